@@ -1,0 +1,94 @@
+"""The `fedsllm` command line: one module per subcommand, registered here.
+
+Exit codes (documented in README.md):
+    0  success
+    1  a run failed (a role process exited non-zero, or training broke)
+    2  bad input: a scenario field, a flag or a file (one line on stderr)
+    3  the allocation problem is infeasible or a solver failed
+    4  link emulation cannot be set up (privileges, kernel features)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fedsllm.errors import AllocationError, ConfigError, LinkError, WireError
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_ALLOCATION = 3
+EXIT_LINK = 4
+
+SUBCOMMANDS = ("run", "plan", "sweep", "export", "report", "compare", "calibrate")
+"""Modules under fedsllm.cli, each with `register(subparsers)`; missing ones are skipped
+so that the CLI grows one module at a time."""
+
+
+def configure_logging(level: str = "INFO", role: str = "cli", client_id: int | None = None) -> None:
+    """The one place that installs log handlers; called by `fedsllm` and each role's main."""
+    tag = role if client_id is None else f"{role}[{client_id}]"
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s.%(msecs)03d {tag} %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def add_scenario_args(parser: argparse.ArgumentParser) -> None:
+    """--scenario and --set, shared by every subcommand that reads a scenario."""
+    parser.add_argument("--scenario", default=None,
+                        help="scenario TOML file (default: the built-in default scenario)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE",
+                        help="override any scenario field, e.g. --set training.batch_size=4 "
+                             "(repeatable; values are TOML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsllm",
+        description="Federated split LoRA fine-tuning testbed over emulated wireless links.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"fedsllm.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"fedsllm.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, "cli")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"fedsllm: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except WireError as err:
+        print(f"fedsllm: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AllocationError as err:
+        print(f"fedsllm: allocation failed ({err.status}): {err}", file=sys.stderr)
+        return EXIT_ALLOCATION
+    except LinkError as err:
+        print(f"fedsllm: link emulation: {err}", file=sys.stderr)
+        return EXIT_LINK
+    except KeyboardInterrupt:
+        print("fedsllm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""One scenario file (TOML) -> one validated, frozen `ScenarioConfig`.
+
+Every knob of a run lives here, one dataclass per concern. Each field's
+docstring gives its unit and what sentinel values mean. Checks on one field
+sit in the sub-config's ``__post_init__``; checks across fields sit in
+``ScenarioConfig.__post_init__``. The loader rejects unknown keys and wrong
+types, so a scenario that loads is valid and nothing downstream checks it
+again. Errors are `ConfigError` with the dotted path of the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fedsllm.errors import ConfigError
+
+MODEL_PRESETS = ("tiny-llama", "tiny-gpt2", "gpt2-small")
+WIRE_DTYPES = ("float32", "bfloat16", "float16")
+DATA_SOURCES = ("e2e", "jsonl", "text")
+PARTITIONS = ("iid", "dirichlet")
+SERVER_UPDATES = ("per_batch", "wave")
+POLICIES = (
+    "fixed_steps",
+    "optimal",
+    "equal",
+    "equal_opt_eta",
+    "opt_fixed_eta",
+    "proportional",
+    "random",
+    "fixed",
+)
+SOLVERS = ("exact", "cvxpy")
+LINK_BACKENDS = ("none", "token", "tc")
+NETWORKS = ("loopback", "netns")
+PLACEMENTS = ("disc", "square")
+FADINGS = ("none", "rayleigh")
+
+_frozen = dataclass(frozen=True, kw_only=True, slots=True)
+
+
+def _check(ok: bool, path: str, value: Any, reason: str) -> None:
+    if not ok:
+        raise ConfigError(path, value, reason)
+
+
+def _one_of(path: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, path, value, f"must be one of {', '.join(allowed)}")
+
+
+def _positive(path: str, value: float) -> None:
+    _check(math.isfinite(value) and value > 0, path, value, "must be > 0")
+
+
+def _non_negative(path: str, value: float) -> None:
+    _check(math.isfinite(value) and value >= 0, path, value, "must be >= 0")
+
+
+@_frozen
+class ModelConfig:
+    preset: str = "tiny-llama"
+    """Built-in architecture built from config with random init: tiny-llama,
+    tiny-gpt2 (d=64, 4 blocks) or gpt2-small (124M, for timing studies).
+    Ignored when `path` is set."""
+    path: str = ""
+    """Local Hugging Face checkpoint directory; empty = build `preset`."""
+    pretrain_steps: int = 300
+    """Steps of base pretraining on generated generic text before fine-tuning,
+    for presets only (a random frozen base leaves LoRA little to adapt).
+    The result is cached on disk by config hash. 0 = use the random base."""
+    pretrain_lr: float = 3e-3
+    """Learning rate of the base pretraining (AdamW)."""
+    attn_implementation: str = "sdpa"
+    """transformers attention kernel: sdpa or eager."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            _one_of("model.preset", self.preset, MODEL_PRESETS)
+        _non_negative("model.pretrain_steps", self.pretrain_steps)
+        _positive("model.pretrain_lr", self.pretrain_lr)
+        _one_of("model.attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+
+
+@_frozen
+class SplitConfig:
+    split_layer: int = 2
+    """The client holds the embeddings and blocks [0, split_layer); the main
+    server holds the rest, the final norm and the LM head."""
+    wire_dtype: str = "float32"
+    """Precision of smashed activations and gradients on the wire."""
+
+    def __post_init__(self) -> None:
+        _check(self.split_layer >= 1, "split.split_layer", self.split_layer, "must be >= 1")
+        _one_of("split.wire_dtype", self.wire_dtype, WIRE_DTYPES)
+
+
+@_frozen
+class AdapterConfig:
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    dropout: float = 0.0
+    """LoRA dropout probability."""
+    target_modules: tuple[str, ...] = ()
+    """Module names to adapt; empty = the family default (Llama: q_proj,
+    v_proj; GPT-2: c_attn)."""
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "adapter.rank", self.rank, "must be >= 1")
+        _positive("adapter.alpha", self.alpha)
+        _check(0 <= self.dropout < 1, "adapter.dropout", self.dropout, "must be in [0, 1)")
+
+
+@_frozen
+class DataConfig:
+    source: str = "e2e"
+    """e2e = built-in restaurant data-to-text generator; jsonl or text = user
+    file at `path`."""
+    path: str = ""
+    """User data file (JSONL with a "text" field, or plain text, one sample
+    per line); required when source is jsonl or text."""
+    num_train_samples: int = 2000
+    """Training samples in all (generator), split across clients."""
+    num_val_samples: int = 128
+    """Held-out validation samples."""
+    seq_len: int = 64
+    """Tokens per sample after truncation/padding."""
+    partition: str = "iid"
+    """iid, or dirichlet (non-IID over the restaurant attributes)."""
+    dirichlet_alpha: float = 0.5
+    """Concentration of the Dirichlet partition; smaller = more skewed."""
+    client_fractions: tuple[float, ...] = ()
+    """Per-client share of the training samples (normalized); empty = equal."""
+
+    def __post_init__(self) -> None:
+        _one_of("data.source", self.source, DATA_SOURCES)
+        if self.source != "e2e":
+            _check(bool(self.path), "data.path", self.path, f"required for source {self.source}")
+        _check(self.num_train_samples >= 1, "data.num_train_samples", self.num_train_samples,
+               "must be >= 1")
+        _check(self.num_val_samples >= 1, "data.num_val_samples", self.num_val_samples,
+               "must be >= 1")
+        _check(self.seq_len >= 8, "data.seq_len", self.seq_len, "must be >= 8")
+        _one_of("data.partition", self.partition, PARTITIONS)
+        _positive("data.dirichlet_alpha", self.dirichlet_alpha)
+        for i, frac in enumerate(self.client_fractions):
+            _positive(f"data.client_fractions[{i}]", frac)
+
+
+@_frozen
+class TrainingConfig:
+    batch_size: int = 8
+    """Minibatch size beta of one local iteration."""
+    num_rounds: int = 3
+    """Global rounds R (policy fixed_steps; otherwise the policy's N may cap it)."""
+    num_local_steps: int = 10
+    """Local iterations n per round (policy fixed_steps)."""
+    client_lr: float = 2e-3
+    """AdamW learning rate of the client-side LoRA."""
+    server_lr: float = 2e-3
+    """AdamW learning rate of the server-side LoRA."""
+    server_update: str = "per_batch"
+    """per_batch = one server optimizer step per client batch (serialized);
+    wave = one averaged step per wave of client batches (MODEL.md section 1)."""
+    num_val_batches: int = 4
+    """Validation batches evaluated after every round."""
+    round_deadline_s: float = 0.0
+    """Seconds the fed server waits for client adapters; 0 = wait for all."""
+    min_clients: int = 1
+    """Adapters needed to aggregate once the deadline passes."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "num_rounds", "num_local_steps", "num_val_batches",
+                     "min_clients"):
+            value = getattr(self, name)
+            _check(value >= 1, f"training.{name}", value, "must be >= 1")
+        _positive("training.client_lr", self.client_lr)
+        _positive("training.server_lr", self.server_lr)
+        _one_of("training.server_update", self.server_update, SERVER_UPDATES)
+        _non_negative("training.round_deadline_s", self.round_deadline_s)
+
+
+@_frozen
+class ClientProfile:
+    flops: float = 0.0
+    """Emulated compute speed f_k in FLOP/s; 0 = devices.client_flops."""
+    tx_power_dbm: float = math.nan
+    """Transmit power p_k in dBm; NaN = channel.tx_power_dbm."""
+    distance_m: float = 0.0
+    """Distance to the base station in metres; 0 = random placement."""
+    gain_db: float = math.nan
+    """Fixed channel gain g_k in dB (overrides path loss and shadowing);
+    NaN = from placement."""
+
+    def __post_init__(self) -> None:
+        _non_negative("flops", self.flops)
+        _non_negative("distance_m", self.distance_m)
+
+
+@_frozen
+class ClientsConfig:
+    num_clients: int = 3
+    """Number of clients K."""
+    profiles: tuple[ClientProfile, ...] = ()
+    """Per-client overrides; empty = every client takes the defaults, else
+    exactly num_clients entries."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_clients >= 1, "clients.num_clients", self.num_clients, "must be >= 1")
+
+
+@_frozen
+class ChannelConfig:
+    bandwidth_hz: float = 20e6
+    """Total uplink bandwidth B shared by FDMA, Hz."""
+    noise_psd_dbm_per_hz: float = -174.0
+    """Noise power spectral density N0, dBm/Hz."""
+    tx_power_dbm: float = 10.0
+    """Default transmit power p_k, dBm."""
+    cell_radius_m: float = 500.0
+    """Clients are placed uniformly in a disc (or square of this half-side)."""
+    min_distance_m: float = 10.0
+    """Closest placement to the base station, metres."""
+    placement: str = "disc"
+    """disc or square."""
+    path_loss_intercept_db: float = 128.1
+    """Path loss at 1 km, dB (128.1 + 37.6 log10(d/km))."""
+    path_loss_slope_db: float = 37.6
+    """Path loss per decade of distance, dB."""
+    shadowing_std_db: float = 8.0
+    """Log-normal shadowing standard deviation, dB; 0 = none."""
+    fading: str = "none"
+    """none, or rayleigh (re-drawn every round, seeded)."""
+    downlink_bps: float = 0.0
+    """Per-client downlink rate R_dl, bit/s; 0 = unlimited (paper default)."""
+
+    def __post_init__(self) -> None:
+        _positive("channel.bandwidth_hz", self.bandwidth_hz)
+        _positive("channel.cell_radius_m", self.cell_radius_m)
+        _positive("channel.min_distance_m", self.min_distance_m)
+        _check(self.min_distance_m < self.cell_radius_m, "channel.min_distance_m",
+               self.min_distance_m, "must be < channel.cell_radius_m")
+        _one_of("channel.placement", self.placement, PLACEMENTS)
+        _non_negative("channel.shadowing_std_db", self.shadowing_std_db)
+        _one_of("channel.fading", self.fading, FADINGS)
+        _non_negative("channel.downlink_bps", self.downlink_bps)
+
+
+@_frozen
+class DevicesConfig:
+    client_flops: float = 2e9
+    """Default emulated client compute speed f_k, FLOP/s."""
+    server_flops: float = 20e9
+    """Emulated main-server compute speed f_S, FLOP/s."""
+    aggregation_s: float = 0.0
+    """Modelled aggregation time t_agg per round, seconds."""
+
+    def __post_init__(self) -> None:
+        _positive("devices.client_flops", self.client_flops)
+        _positive("devices.server_flops", self.server_flops)
+        _non_negative("devices.aggregation_s", self.aggregation_s)
+
+
+@_frozen
+class ConvergenceConfig:
+    a: float = 4.0
+    """Rounds constant: N(eta) = a / (1 - eta) (MODEL.md section 4)."""
+    v: float = 6.0
+    """Local-iteration constant: n(eta) = v * log2(1 / eta)."""
+
+    def __post_init__(self) -> None:
+        _positive("convergence.a", self.a)
+        _positive("convergence.v", self.v)
+
+
+@_frozen
+class PolicyConfig:
+    name: str = "fixed_steps"
+    """fixed_steps = training.num_rounds x training.num_local_steps, no
+    controller; otherwise an allocation policy of MODEL.md section 5."""
+    solver: str = "exact"
+    """exact (Lambert W lemma) or cvxpy (Clarabel)."""
+    fixed_eta: float = 0.5
+    """eta of the fixed-eta policies (the unoptimized case uses 0.5)."""
+    shares_file: str = ""
+    """JSON list of bandwidth fractions for policy fixed."""
+    num_random_draws: int = 20
+    """Dirichlet draws averaged by policy random."""
+
+    def __post_init__(self) -> None:
+        _one_of("policy.name", self.name, POLICIES)
+        _one_of("policy.solver", self.solver, SOLVERS)
+        _check(0 < self.fixed_eta < 1, "policy.fixed_eta", self.fixed_eta, "must be in (0, 1)")
+        if self.name == "fixed":
+            _check(bool(self.shares_file), "policy.shares_file", self.shares_file,
+                   "required for policy fixed")
+        _check(self.num_random_draws >= 1, "policy.num_random_draws", self.num_random_draws,
+               "must be >= 1")
+
+
+@_frozen
+class LinkConfig:
+    backend: str = "none"
+    """none = unshaped loopback; token = in-process pacing; tc = kernel
+    shaping (needs network = netns or containers)."""
+    time_dilation: float = 1.0
+    """Stretches every emulated duration (links and compute); reports divide
+    it back out."""
+    propagation_delay_s: float = 0.0
+    """One-way propagation delay added per transfer, seconds."""
+    chunk_bytes: int = 262144
+    """Tensor stream chunk size, bytes (pacing granularity)."""
+    emulate_compute: bool = False
+    """Pad compute steps to FLOPs / device speed."""
+
+    def __post_init__(self) -> None:
+        _one_of("link.backend", self.backend, LINK_BACKENDS)
+        _positive("link.time_dilation", self.time_dilation)
+        _non_negative("link.propagation_delay_s", self.propagation_delay_s)
+        _check(4096 <= self.chunk_bytes <= 4 * 2**20, "link.chunk_bytes", self.chunk_bytes,
+               "must be in [4096, 4194304]")
+
+
+@_frozen
+class RunConfig:
+    network: str = "loopback"
+    """loopback (every role on 127.0.0.1) or netns (namespaces + veth + tc)."""
+    host: str = "127.0.0.1"
+    """Address the servers bind and clients dial in loopback mode."""
+    num_threads: int = 1
+    """torch intra-op threads per process."""
+    startup_timeout_s: float = 120.0
+    """How long the launcher waits for a server to report healthy."""
+
+    def __post_init__(self) -> None:
+        _one_of("run.network", self.network, NETWORKS)
+        _check(self.num_threads >= 1, "run.num_threads", self.num_threads, "must be >= 1")
+        _positive("run.startup_timeout_s", self.startup_timeout_s)
+
+
+@_frozen
+class ScenarioConfig:
+    name: str = "default"
+    """Label used in reports and run directory names."""
+    seed: int = 0
+    """Seeds data, placement, fading, init and batching."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        k = self.clients.num_clients
+        _check(len(self.clients.profiles) in (0, k), "clients.profiles",
+               len(self.clients.profiles), f"must list 0 or clients.num_clients={k} entries")
+        _check(len(self.data.client_fractions) in (0, k), "data.client_fractions",
+               len(self.data.client_fractions),
+               f"must list 0 or clients.num_clients={k} entries")
+        _check(k <= self.data.num_train_samples, "clients.num_clients", k,
+               f"must be <= data.num_train_samples={self.data.num_train_samples}")
+        _check(self.training.min_clients <= k, "training.min_clients",
+               self.training.min_clients, f"must be <= clients.num_clients={k}")
+        if self.link.backend == "tc":
+            _check(self.run.network == "netns", "link.backend", self.link.backend,
+                   "tc needs run.network = netns")
+
+    def profile(self, client_id: int) -> ClientProfile:
+        """The resolved profile of client `client_id` (defaults filled in)."""
+        base = self.clients.profiles[client_id] if self.clients.profiles else ClientProfile()
+        return dataclasses.replace(
+            base,
+            flops=base.flops or self.devices.client_flops,
+            tx_power_dbm=(self.channel.tx_power_dbm if math.isnan(base.tx_power_dbm)
+                          else base.tx_power_dbm),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists, NaN kept) that `from_dict` reads back."""
+        return _to_plain(self)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against annotation `tp` and build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), path or "<root>", value, "must be a table")
+        return _build(tp, value, path)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        _check(isinstance(value, list | tuple), path, value, "must be a list")
+        return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        _check(isinstance(value, bool), path, value, "must be true or false")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), path, value,
+               "must be an integer")
+        return value
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(ok, path, value, "must be a number")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), path, value, "must be a string")
+        return value
+    if isinstance(tp, types.UnionType):  # pragma: no cover - no unions in the schema yet
+        raise TypeError(f"unsupported annotation {tp} at {path}")
+    raise TypeError(f"unsupported annotation {tp} at {path}")
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        _check(key in names, f"{prefix}{key}", data[key],
+               f"unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # Sub-configs inside lists only know their own field name.
+        if path and not err.path.startswith(path.split("[")[0]):
+            raise ConfigError(f"{prefix}{err.path}", err.value, err.reason) from None
+        raise
+
+
+def from_dict(data: dict[str, Any]) -> ScenarioConfig:
+    """Validate a nested dict (from TOML or `to_dict`) into a ScenarioConfig."""
+    return _build(ScenarioConfig, data, "")
+
+
+def _parse_override_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string: --set model.preset=tiny-gpt2
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.path=value`` assignments (TOML values) to a nested dict.
+
+    Returns a new dict; unknown paths are caught later by `from_dict`.
+    """
+    import copy
+
+    result = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        _check(bool(sep) and bool(key), "--set", item, "must look like section.field=value")
+        parts = key.strip().split(".")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            _check(isinstance(node, dict), key, item, f"{part} is not a table")
+        node[parts[-1]] = _parse_override_value(raw.strip())
+    return result
+
+
+def default_scenario_path() -> Path:
+    """The built-in default scenario shipped inside the package."""
+    return Path(str(resources.files("fedsllm") / "scenarios" / "default.toml"))
+
+
+def load_dict(path: str | Path | None) -> dict[str, Any]:
+    """Read a scenario TOML file (None = the built-in default) as a dict."""
+    source = Path(path) if path else default_scenario_path()
+    try:
+        with open(source, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("--scenario", str(source), "file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("--scenario", str(source), f"not valid TOML ({err})") from None
+
+
+def load_scenario(path: str | Path | None = None, overrides: list[str] | None = None
+                  ) -> ScenarioConfig:
+    """Load, override and validate a scenario; the one entry point for configs."""
+    return from_dict(apply_overrides(load_dict(path), overrides or []))

@@ -1,0 +1,53 @@
+"""The project's few typed errors; each carries enough context to act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FedsLLMError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class ConfigError(FedsLLMError):
+    """A scenario field is missing, unknown or out of range.
+
+    `path` is the dotted field name (``clients.profiles[2].flops``) so the
+    message tells the user exactly what to edit.
+    """
+
+    def __init__(self, path: str, value: Any, reason: str) -> None:
+        self.path = path
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{path}: {reason}, got {value!r}")
+
+
+class WireError(FedsLLMError):
+    """A frame, tensor or adapter received over the wire is malformed.
+
+    Servicers map it to INVALID_ARGUMENT; `field` names the offending part.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class StateError(FedsLLMError):
+    """A well-formed request that does not fit the current state (stale round,
+    unknown client). Servicers map it to FAILED_PRECONDITION."""
+
+
+class AllocationError(FedsLLMError):
+    """The allocation problem is infeasible, degenerate, or a solver did not
+    reach an optimal status; `status` carries the solver's own word for it."""
+
+    def __init__(self, message: str, status: str = "infeasible") -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class LinkError(FedsLLMError):
+    """Link emulation cannot be set up as asked (no privileges, no netem)."""
