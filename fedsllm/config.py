@@ -131,7 +131,7 @@ class DataConfig:
     """Training samples in all (generator), split across clients."""
     num_val_samples: int = 128
     """Held-out validation samples."""
-    seq_len: int = 64
+    seq_len: int = 256
     """Tokens per sample after truncation/padding."""
     partition: str = "iid"
     """iid, or dirichlet (non-IID over the restaurant attributes)."""

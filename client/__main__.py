@@ -1,0 +1,87 @@
+"""`python -m client`: one client process.
+
+Builds its data shard and the client sub-network with LoRA from the resolved
+scenario, opens the Train stream to the main server, and runs the rounds of
+client/loop.py. Exits 0 when the last round is done, non-zero with the error
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from pathlib import Path
+
+log = logging.getLogger("client")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
+    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument("--run-dir", required=True, help="run directory (traces)")
+    parser.add_argument("--client-id", type=int, required=True, help="this client's id k")
+    parser.add_argument("--fed-address", required=True, help="fed server host:port")
+    parser.add_argument("--main-address", required=True, help="main server host:port")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from fedsllm.cli import configure_logging
+
+    configure_logging(args.log_level, "client", args.client_id)
+    import torch
+
+    from client.loop import ClientTrainer, FixedPlan
+    from client.remote import FedServerClient, MainServerStream
+    from fedsllm.data.federated import build_federated_data
+    from fedsllm.model.lora import adapter_from_bytes, adapter_to_bytes, load_adapter
+    from fedsllm.roles import build_part, load_resolved_scenario
+    from fedsllm.trace import Tracer
+    from fedsllm.wire.rpc import make_channel
+
+    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
+    k = args.client_id
+    if not 0 <= k < scenario.clients.num_clients:
+        log.error("--client-id %d is not in [0, %d)", k, scenario.clients.num_clients)
+        return 2
+    run_dir = Path(args.run_dir)
+    tracer = Tracer(run_dir / "trace" / f"client_{k}.jsonl", "client", client_id=k)
+    part, tokenizer, _ = build_part(scenario, "client")
+    data = build_federated_data(scenario, tokenizer)
+    shard = data.train[k]
+    optimizer = torch.optim.AdamW([p for p in part.parameters() if p.requires_grad],
+                                  lr=scenario.training.client_lr)
+    chunk_bytes = scenario.link.chunk_bytes
+    main_channel = make_channel(args.main_address)
+    fed_channel = make_channel(args.fed_address)
+    main_link = MainServerStream(main_channel, k, scenario_hash, scenario.split.wire_dtype,
+                                 chunk_bytes)
+    fed_link = FedServerClient(fed_channel, k, scenario_hash, chunk_bytes)
+    trainer = ClientTrainer(
+        client_id=k, part=part, optimizer=optimizer,
+        batches=shard.batches(scenario.training.batch_size, seed=scenario.seed * 1000 + k),
+        main=main_link, fed=fed_link, tracer=tracer, to_bytes=adapter_to_bytes,
+        from_bytes=adapter_from_bytes, load_state=load_adapter,
+        compute=lambda _flops: contextlib.nullcontext())
+    evaluate = None
+    if k == 0:
+        def evaluate(round_index: int) -> float:
+            return trainer.evaluate(data.val, scenario.training.batch_size,
+                                    scenario.training.num_val_batches, round_index)
+    log.info("client %d: %d training samples", k, len(shard))
+    try:
+        trainer.run(len(shard), FixedPlan(scenario.training.num_local_steps), evaluate)
+    finally:
+        main_link.close()
+        main_channel.close()
+        fed_channel.close()
+        tracer.close()
+    log.info("client %d done", k)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The client's training loop (MODEL.md section 1), top to bottom.
+
+One function runs one local iteration and shows its five steps in order,
+each inside a named trace span: client forward, uplink, server compute (seen
+from here as the wait for the reply), downlink, client backward + LoRA step.
+The loop talks to the servers only through the two small link interfaces
+below, so it knows nothing of gRPC; client/remote.py implements them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from fedsllm.data.dataset import Batch, TokenDataset
+from fedsllm.trace import Tracer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepReply:
+    loss: float
+    num_tokens: int
+    grad: torch.Tensor | None
+    server_compute_s: float
+
+
+class MainServerLink(Protocol):
+    def send_step(self, round_index: int, step: int, train: bool, activations: torch.Tensor,
+                  attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+        """Send one step's tensors (paced by the uplink); returns bytes sent."""
+
+    def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
+        """Block for the reply to the last step; returns it and the bytes received."""
+
+
+class FedServerLink(Protocol):
+    def join(self, num_samples: int) -> tuple[int, int]:
+        """Returns (current round, number of rounds)."""
+
+    def push_adapter(self, round_index: int, blob: bytes) -> None: ...
+
+    def pull_global(self, round_index: int) -> bytes | None: ...
+
+
+class RoundPlan(Protocol):
+    """Where the number of local iterations of a round comes from (fixed or controller)."""
+
+    def local_steps(self, round_index: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class FixedPlan:
+    num_local_steps: int
+
+    def local_steps(self, round_index: int) -> int:
+        return self.num_local_steps
+
+
+@dataclass
+class ClientTrainer:
+    client_id: int
+    part: torch.nn.Module
+    """The client sub-network wrapped by peft (only LoRA parameters trainable)."""
+    optimizer: torch.optim.Optimizer
+    batches: Iterator[Batch]
+    main: MainServerLink
+    fed: FedServerLink
+    tracer: Tracer
+    to_bytes: Callable[[torch.nn.Module], bytes]
+    from_bytes: Callable[[bytes, torch.nn.Module], dict[str, torch.Tensor]]
+    load_state: Callable[[torch.nn.Module, dict[str, torch.Tensor]], None]
+    compute: Callable[[float], Any]
+    """Device pacing: `compute(flops)` returns a context manager around a compute step."""
+    flops_forward: float = 0.0
+    flops_backward: float = 0.0
+    loaded_round: int = -2
+    """Round whose global adapter is installed (-2 = none yet)."""
+
+    # ------------------------------------------------------------- one iteration
+    def local_iteration(self, round_index: int, step: int) -> float:
+        batch = next(self.batches)
+        tr = self.tracer
+
+        # 1. client forward
+        with tr.span("client_forward", round=round_index, step=step), \
+                self.compute(self.flops_forward):
+            self.part.train()
+            hidden = self.part(batch.input_ids, batch.attention_mask)
+
+        # 2. uplink: smashed activations + labels
+        with tr.span("uplink", round=round_index, step=step) as span:
+            span.bytes = self.main.send_step(round_index, step, True, hidden.detach(),
+                                             batch.attention_mask, batch.labels)
+
+        # 3 + 4. server compute, then downlink of the activation gradient
+        with tr.span("wait_reply", round=round_index, step=step) as span:
+            reply, num_bytes = self.main.receive_reply(round_index, step)
+            span.bytes = num_bytes
+            span.extra = {"server_compute_s": reply.server_compute_s}
+        if reply.grad is None:
+            raise RuntimeError(f"round {round_index} step {step}: train reply has no gradient")
+
+        # 5. client backward + LoRA step
+        with tr.span("client_backward", round=round_index, step=step), \
+                self.compute(self.flops_backward):
+            self.optimizer.zero_grad(set_to_none=True)
+            hidden.backward(reply.grad.to(hidden.dtype))
+            self.optimizer.step()
+
+        tr.event("train_loss", round=round_index, step=step, loss=reply.loss,
+                 num_tokens=reply.num_tokens)
+        return reply.loss
+
+    # ------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, val: TokenDataset, batch_size: int, num_batches: int,
+                 round_index: int) -> float:
+        """Token-weighted mean validation loss of the current global model."""
+        self.part.eval()
+        total_loss = 0.0
+        total_tokens = 0
+        with self.tracer.span("eval", round=round_index):
+            for i in range(num_batches):
+                lo = (i * batch_size) % len(val)
+                sl = slice(lo, min(lo + batch_size, len(val)))
+                ids, mask, labels = val.input_ids[sl], val.attention_mask[sl], val.labels[sl]
+                hidden = self.part(ids, mask)
+                self.main.send_step(max(round_index, 0), i, False, hidden, mask, labels)
+                reply, _ = self.main.receive_reply(max(round_index, 0), i)
+                total_loss += reply.loss * reply.num_tokens
+                total_tokens += reply.num_tokens
+        loss = total_loss / max(total_tokens, 1)
+        self.tracer.event("val_loss", round=round_index, loss=loss)
+        return loss
+
+    # ------------------------------------------------------------- rounds
+    def load_global(self, round_index: int) -> None:
+        """Fetch and install the global adapter produced by `round_index` (-1 = initial)."""
+        if self.loaded_round == round_index:
+            return
+        with self.tracer.span("global_download", round=round_index + 1) as span:
+            blob = self.fed.pull_global(round_index)
+            span.bytes = len(blob) if blob else 0
+        if blob is not None:
+            self.load_state(self.part, self.from_bytes(blob, self.part))
+        self.loaded_round = round_index
+
+    def run(self, num_samples: int, plan: RoundPlan, evaluate: Callable[[int], float] | None
+            ) -> None:
+        current, num_rounds = self.fed.join(num_samples)
+        log.info("client %d joined at round %d of %d", self.client_id, current, num_rounds)
+        for round_index in range(current, num_rounds):
+            self.load_global(round_index - 1)
+            if evaluate is not None and round_index == current:
+                evaluate(round_index - 1)  # loss before this client's first round
+            num_steps = plan.local_steps(round_index)
+            losses = [self.local_iteration(round_index, s) for s in range(num_steps)]
+            log.info("round %d: %d steps, mean loss %.4f", round_index, num_steps,
+                     sum(losses) / len(losses))
+            with self.tracer.span("adapter_upload", round=round_index) as span:
+                blob = self.to_bytes(self.part)
+                span.bytes = len(blob)
+                self.fed.push_adapter(round_index, blob)
+            if evaluate is not None:
+                self.load_global(round_index)
+                evaluate(round_index)
+        if evaluate is None:
+            self.load_global(num_rounds - 1)

@@ -1,0 +1,155 @@
+"""The client's gRPC side: the Train stream to the main server and the calls to
+the fed server, behind the small link interfaces of client/loop.py.
+
+Uplink pacing happens here, before each message is handed to gRPC (the
+request iterator pulls from a queue the loop fills), so no byte reaches the
+network earlier than the emulated link allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import torch
+
+from client.loop import StepReply
+from fedsllm.errors import StateError, WireError
+from fedsllm.proto import fed_server_pb2, main_server_pb2
+from fedsllm.proto import fed_server_pb2_grpc as fed_grpc
+from fedsllm.proto import main_server_pb2_grpc as main_grpc
+from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
+from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo, TrainWelcomeInfo
+from fedsllm.wire.rpc import call_with_retry
+from fedsllm.wire.tensors import TensorSpec, tensor_to_frame
+from fedsllm.wire.train import StepDownload, read_downlink, step_upload_requests, train_request
+
+log = logging.getLogger(__name__)
+
+Pace = Callable[[int], None]
+"""pace(nbytes): blocks until the emulated link has carried nbytes."""
+
+_CLOSE = object()
+
+
+class MainServerStream:
+    """One long-lived bidirectional Train stream (MainServerLink)."""
+
+    def __init__(self, channel: grpc.Channel, client_id: int, scenario_hash: str,
+                 wire_dtype: str, chunk_bytes: int, pace_up: Pace | None = None,
+                 downlink_bps: Callable[[], float] = lambda: 0.0) -> None:
+        self.client_id = client_id
+        self.wire_dtype = wire_dtype
+        self.chunk_bytes = chunk_bytes
+        self.pace_up = pace_up
+        self.downlink_bps = downlink_bps
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._sent_shape: tuple[int, ...] | None = None
+        self._call = main_grpc.MainServerStub(channel).Train(self._requests())
+        self._downlink = read_downlink(self._call, self._reply_specs)
+        self._queue.put(train_request(TrainHelloInfo(
+            client_id=client_id, scenario_hash=scenario_hash, wire_dtype=wire_dtype)))
+        welcome = next(self._downlink, None)
+        if not isinstance(welcome, TrainWelcomeInfo):
+            raise WireError("TrainResponse", "main server did not answer hello with welcome")
+
+    def _requests(self) -> Iterator[main_server_pb2.TrainRequest]:
+        while True:
+            item = self._queue.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def _reply_specs(self, _result: Any) -> list[TensorSpec]:
+        return [TensorSpec("activations_grad", frozenset({self.wire_dtype}), self._sent_shape,
+                           require_finite=True)]
+
+    def send_step(self, round_index: int, step: int, train: bool, activations: torch.Tensor,
+                  attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+        frames = [tensor_to_frame("activations", activations.detach(), self.wire_dtype),
+                  tensor_to_frame("attention_mask", attention_mask),
+                  tensor_to_frame("labels", labels)]
+        self._sent_shape = tuple(activations.shape)
+        header = StepHeaderInfo(round=round_index, step=step, mode="train" if train else "eval",
+                                downlink_bps=float(self.downlink_bps()),
+                                tensor_names=tuple(f.name for f in frames))
+        total = 0
+        for request in step_upload_requests(header, frames, self.chunk_bytes):
+            size = request.ByteSize()
+            if self.pace_up is not None:
+                self.pace_up(size)
+            self._queue.put(request)
+            total += size
+        return total
+
+    def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
+        reply = next(self._downlink, None)
+        if not isinstance(reply, StepDownload):
+            raise WireError("TrainResponse", f"stream ended before the reply to round "
+                            f"{round_index} step {step}")
+        result = reply.result
+        if (result.round, result.step) != (round_index, step):
+            raise WireError("StepResult", f"answers round {result.round} step {result.step}, "
+                            f"expected round {round_index} step {step}")
+        grad = (reply.tensor("activations_grad", torch.float32)
+                if "activations_grad" in reply.frames else None)
+        num_bytes = sum(f.num_bytes for f in reply.frames.values())
+        return StepReply(loss=result.loss, num_tokens=result.num_tokens, grad=grad,
+                         server_compute_s=result.server_compute_s), num_bytes
+
+    def close(self) -> None:
+        self._queue.put(_CLOSE)
+        for _ in self._downlink:  # drain so the call completes with its status
+            pass
+
+
+class FedServerClient:
+    """Join, push and pull against the fed server (FedServerLink)."""
+
+    def __init__(self, channel: grpc.Channel, client_id: int, scenario_hash: str,
+                 chunk_bytes: int, pace_up: Pace | None = None,
+                 rpc_timeout_s: float = 60.0, pull_timeout_s: float = 3600.0) -> None:
+        self.stub = fed_grpc.FedServerStub(channel)
+        self.client_id = client_id
+        self.scenario_hash = scenario_hash
+        self.chunk_bytes = chunk_bytes
+        self.pace_up = pace_up
+        self.rpc_timeout_s = rpc_timeout_s
+        self.pull_timeout_s = pull_timeout_s
+        self.num_samples = 0
+
+    def join(self, num_samples: int) -> tuple[int, int]:
+        self.num_samples = num_samples
+        request = fed_server_pb2.JoinRequest(client_id=self.client_id, num_samples=num_samples,
+                                             scenario_hash=self.scenario_hash)
+        reply = call_with_retry(lambda: self.stub.Join(request, timeout=self.rpc_timeout_s))
+        return reply.current_round, reply.num_rounds
+
+    def _paced(self, requests: Iterator[Any]) -> Iterator[Any]:
+        for request in requests:
+            if self.pace_up is not None:
+                self.pace_up(request.ByteSize())
+            yield request
+
+    def push_adapter(self, round_index: int, blob: bytes) -> None:
+        header = PushHeaderInfo(client_id=self.client_id, round=round_index,
+                                num_samples=self.num_samples, total_bytes=len(blob))
+        try:
+            self.stub.PushAdapter(self._paced(push_requests(header, blob, self.chunk_bytes)),
+                                  timeout=self.rpc_timeout_s)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # A straggler past the deadline: the round went on without it.
+                raise StateError(f"fed server refused round {round_index}: "
+                                 f"{err.details()}") from None
+            raise
+
+    def pull_global(self, round_index: int) -> bytes | None:
+        if round_index < 0:
+            return None  # before round 0 every client holds the same seeded init
+        request = fed_server_pb2.PullGlobalRequest(client_id=self.client_id, round=round_index)
+        _header, blob = read_pull(self.stub.PullGlobal(request, timeout=self.pull_timeout_s))
+        return blob

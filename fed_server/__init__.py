@@ -1,0 +1,1 @@
+"""The federated server role: rounds, FedAvg of client adapters, checkpoints."""

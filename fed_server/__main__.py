@@ -1,0 +1,70 @@
+"""`python -m fed_server`: the federated server process.
+
+Parses arguments, loads the resolved scenario, resumes from the run
+directory's checkpoint, serves FedServer (and the health service) until
+SIGTERM, then stops with a grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger("fed_server")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fed_server", description=__doc__)
+    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument("--run-dir", required=True, help="run directory (checkpoints, traces)")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from fedsllm.cli import configure_logging
+
+    configure_logging(args.log_level, "fed_server")
+    from fed_server.checkpoint import load_checkpoint
+    from fed_server.rounds import RoundState
+    from fed_server.service import FedServerService
+    from fedsllm.proto import fed_server_pb2_grpc
+    from fedsllm.roles import load_resolved_scenario
+    from fedsllm.trace import Tracer
+    from fedsllm.wire.rpc import create_server, stop_server
+
+    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
+    run_dir = Path(args.run_dir)
+    tracer = Tracer(run_dir / "trace" / "fed_server.jsonl", "fed_server")
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint.completed_round >= 0:
+        log.info("resuming after round %d from %s", checkpoint.completed_round, run_dir)
+    state = RoundState(num_clients=scenario.clients.num_clients,
+                       num_rounds=scenario.training.num_rounds, run_dir=run_dir, tracer=tracer,
+                       checkpoint=checkpoint, deadline_s=scenario.training.round_deadline_s,
+                       min_clients=scenario.training.min_clients)
+    service = FedServerService(state, scenario_hash, scenario.training.num_local_steps,
+                               max_adapter_bytes=256 * 2**20,
+                               chunk_bytes=scenario.link.chunk_bytes)
+    server, port = create_server(
+        args.bind, [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s)])
+    log.info("serving FedServer on port %d", port)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        state.poll_deadline()
+    stop_server(server, grace_s=2.0)
+    tracer.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

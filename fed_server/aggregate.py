@@ -1,0 +1,76 @@
+"""FedAvg of client-side LoRA adapters, weighted by data size (MODEL.md section 1).
+
+Pure numpy on parsed safetensors dicts: the fed server never needs torch.
+Averages are accumulated in float64 and cast back to each tensor's dtype so
+the result does not depend on the order clients reported in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fedsllm.errors import WireError
+
+AdapterState = dict[str, np.ndarray]
+
+
+def parse_adapter(blob: bytes) -> AdapterState:
+    """safetensors bytes -> dict of numpy arrays; any parse failure is a WireError."""
+    from safetensors.numpy import load
+
+    try:
+        state = load(blob)
+    except Exception as err:  # safetensors raises several types for bad bytes
+        raise WireError("adapter", f"not a valid safetensors blob ({err})") from None
+    if not state:
+        raise WireError("adapter", "holds no tensors")
+    return state
+
+
+def serialize_adapter(state: Mapping[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in state.items()})
+
+
+def check_compatible(state: AdapterState, template: AdapterState) -> None:
+    """Same keys, shapes and dtypes as `template`, and every value finite."""
+    missing = sorted(set(template) - set(state))
+    extra = sorted(set(state) - set(template))
+    if missing or extra:
+        raise WireError("adapter.keys", f"missing {missing[:3]}, unexpected {extra[:3]}")
+    for key, ref in template.items():
+        value = state[key]
+        if value.shape != ref.shape:
+            raise WireError(f"adapter[{key}].shape", f"{value.shape}, expected {ref.shape}")
+        if value.dtype != ref.dtype:
+            raise WireError(f"adapter[{key}].dtype", f"{value.dtype}, expected {ref.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise WireError(f"adapter[{key}]", "holds NaN or Inf")
+
+
+def check_finite_float(state: AdapterState) -> None:
+    """The first adapter of a run has no template; it must still be sane."""
+    for key, value in state.items():
+        if value.dtype.kind != "f":
+            raise WireError(f"adapter[{key}].dtype", f"{value.dtype}, expected a float type")
+        if not np.all(np.isfinite(value)):
+            raise WireError(f"adapter[{key}]", "holds NaN or Inf")
+
+
+def fedavg(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
+    """sum_k w_k * state_k / sum_k w_k, key by key."""
+    if len(states) != len(weights) or not states:
+        raise ValueError("fedavg needs one weight per state and at least one state")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"fedavg weights must sum to > 0, got {total}")
+    result: AdapterState = {}
+    for key, ref in states[0].items():
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for state, weight in zip(states, weights, strict=True):
+            acc += state[key].astype(np.float64) * (weight / total)
+        result[key] = acc.astype(ref.dtype)
+    return result

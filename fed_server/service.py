@@ -1,0 +1,94 @@
+"""FedServer gRPC servicer: decode, call RoundState, encode, map errors.
+
+Thin by design: every rule lives in fed_server/rounds.py; this module only
+turns protobuf into plain values and domain exceptions into status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from fed_server.rounds import RoundState
+from fedsllm.errors import StateError, WireError
+from fedsllm.proto import fed_server_pb2 as pb
+from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
+from fedsllm.wire.adapters import GlobalHeaderInfo, pull_responses, read_push
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    WireError: grpc.StatusCode.INVALID_ARGUMENT,
+    StateError: grpc.StatusCode.FAILED_PRECONDITION,
+    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+"""Domain exception -> gRPC status; anything else is a bug and surfaces as UNKNOWN."""
+
+
+def _abort(context: grpc.ServicerContext, err: Exception) -> None:
+    for exc_type, code in STATUS_OF.items():
+        if isinstance(err, exc_type):
+            log.warning("refused request: %s: %s", code.name, err)
+            context.abort(code, str(err))
+    raise err
+
+
+class FedServerService(pb_grpc.FedServerServicer):
+    def __init__(self, state: RoundState, scenario_hash: str, num_local_steps: int,
+                 max_adapter_bytes: int, chunk_bytes: int, pull_timeout_s: float = 3600.0
+                 ) -> None:
+        self.state = state
+        self.scenario_hash = scenario_hash
+        self.num_local_steps = num_local_steps
+        self.max_adapter_bytes = max_adapter_bytes
+        self.chunk_bytes = chunk_bytes
+        self.pull_timeout_s = pull_timeout_s
+
+    def _check_hash(self, given: str) -> None:
+        if given != self.scenario_hash:
+            raise StateError(f"scenario_hash {given!r} does not match the server's "
+                             f"{self.scenario_hash!r}: client and server run different scenarios")
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
+        try:
+            self._check_hash(request.scenario_hash)
+            joined = self.state.join(request.client_id, request.num_samples)
+        except (WireError, StateError) as err:
+            _abort(context, err)
+        return pb.JoinResponse(current_round=joined.current_round,
+                               num_rounds=joined.num_rounds,
+                               num_local_steps=self.num_local_steps)
+
+    def PushAdapter(self, request_iterator: Iterator[pb.PushAdapterRequest],
+                    context: grpc.ServicerContext) -> pb.PushAdapterResponse:
+        try:
+            header, blob = read_push(request_iterator, self.max_adapter_bytes)
+            self.state.submit(header.client_id, header.round, blob, header.num_samples)
+        except (WireError, StateError) as err:
+            _abort(context, err)
+        snap = self.state.snapshot()
+        return pb.PushAdapterResponse(accepted=True, round=header.round,
+                                      num_received=len(snap.pending))
+
+    def PullGlobal(self, request: pb.PullGlobalRequest, context: grpc.ServicerContext
+                   ) -> Iterator[pb.PullGlobalResponse]:
+        try:
+            blob = self.state.wait_global(request.round, self.pull_timeout_s)
+        except (WireError, TimeoutError) as err:
+            _abort(context, err)
+        snap = self.state.snapshot()
+        header = GlobalHeaderInfo(round=max(snap.completed_round, 0),
+                                  has_adapter=blob is not None,
+                                  total_bytes=len(blob) if blob else 0,
+                                  finished=self.state.finished)
+        yield from pull_responses(header, blob, self.chunk_bytes)
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext
+               ) -> pb.StatusResponse:
+        snap = self.state.snapshot()
+        return pb.StatusResponse(round=max(snap.completed_round + 1, 0),
+                                 num_rounds=self.state.num_rounds,
+                                 finished=self.state.finished,
+                                 clients_joined=sorted(snap.joined))

@@ -1,0 +1,106 @@
+"""`fedsllm run`: one real federated split fine-tuning run on this machine.
+
+Resolves the scenario (flags are sugar for --set overrides), starts every
+role as its own process through fedsllm.launch, shows progress from the
+trace files, and prints the per-round summary. Exits non-zero naming the
+failing process and its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("run", help="run federated split LoRA fine-tuning as real processes",
+                            description=__doc__)
+    add_scenario_args(parser)
+    parser.add_argument("--clients", type=int, help="number of clients K (clients.num_clients)")
+    parser.add_argument("--rounds", type=int, help="global rounds (training.num_rounds)")
+    parser.add_argument("--local-steps", type=int,
+                        help="local iterations per round (training.num_local_steps)")
+    parser.add_argument("--seed", type=int, help="scenario seed")
+    parser.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress display")
+    parser.set_defaults(func=run_command)
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The everyday flags, turned into the same dotted overrides as --set."""
+    mapping = {
+        "clients": "clients.num_clients",
+        "rounds": "training.num_rounds",
+        "local_steps": "training.num_local_steps",
+        "seed": "seed",
+    }
+    out = list(args.overrides)
+    for attr, path in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{path}={value}")
+    return out
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedsllm.config import load_scenario
+    from fedsllm.launch import make_run_dir, run_processes
+    from fedsllm.progress import RunProgress
+    from fedsllm.summary import summarize
+    from fedsllm.trace import read_records
+
+    scenario = load_scenario(args.scenario, flag_overrides(args))
+    console = Console(stderr=True)
+    run_dir = make_run_dir(args.out, scenario)
+    console.print(f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
+                  f"{scenario.clients.num_clients} clients, {scenario.training.num_rounds} rounds "
+                  f"x {scenario.training.num_local_steps} local steps -> {run_dir}")
+    progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
+    with progress:
+        outcome = run_processes(scenario, run_dir, on_tick=progress.update)
+    summary = summarize(read_records(run_dir / "trace"))
+    doc = {
+        "scenario": scenario.name,
+        "run_dir": str(run_dir),
+        "ok": outcome.failed is None,
+        "failed": None if outcome.failed is None else {
+            "process": outcome.failed.proc.name, "pid": outcome.failed.proc.pid,
+            "reason": outcome.failed.reason, "log": str(outcome.failed.proc.log_path)},
+        "exit_codes": outcome.exit_codes,
+        "launcher_wall_s": outcome.wall_s,
+        **summary.to_dict(),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(doc, indent=2))
+    print_summary(console, summary)
+    if outcome.failed is not None:
+        proc = outcome.failed.proc
+        console.print(f"[bold red]run failed:[/] {outcome.failed}")
+        console.print(f"last lines of {proc.log_path}:\n{proc.log_tail()}", markup=False,
+                      highlight=False)
+        return EXIT_RUN_FAILED
+    console.print(f"run directory: {run_dir}")
+    print(str(run_dir), file=sys.stdout)
+    return EXIT_OK
+
+
+def print_summary(console: Any, summary: Any) -> None:
+    from rich.table import Table
+
+    def fmt(x: float, digits: int = 4) -> str:
+        return "-" if math.isnan(x) else f"{x:.{digits}f}"
+
+    table = Table(title="per-round summary")
+    for col in ("round", "clients", "steps", "train loss", "val loss", "wall s"):
+        table.add_column(col, justify="right")
+    table.add_row("init", "", "", "", fmt(summary.initial_val_loss), "")
+    for r in summary.rounds:
+        table.add_row(str(r.round), str(r.num_clients), str(r.num_steps), fmt(r.train_loss),
+                      fmt(r.val_loss), fmt(r.wall_s, 2))
+    console.print(table)

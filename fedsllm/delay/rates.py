@@ -1,0 +1,185 @@
+"""The delay model's formulas (MODEL.md sections 2-4): rates, the lemma, round times.
+
+Pure numpy functions over DelayInputs; no solving (fedsllm.delay.solvers)
+and no I/O. `predict_round_delay` is the model's prediction for one round
+with given shares and integer local iterations, which the run reports hold
+against measured spans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsllm.delay.inputs import DelayInputs
+from fedsllm.errors import AllocationError, ConfigError
+
+LN2 = math.log(2.0)
+
+
+def check_eta(eta: float) -> float:
+    """Reject an accuracy outside the open interval (0, 1) of MODEL.md section 4."""
+    if not (isinstance(eta, int | float) and math.isfinite(eta) and 0.0 < eta < 1.0):
+        raise ConfigError("eta", eta, "must be in the open interval (0, 1)")
+    return float(eta)
+
+
+def local_iterations(eta: float, v: float) -> float:
+    """n(eta) = v log2(1/eta), MODEL.md section 4 (continuous)."""
+    return v * math.log2(1.0 / check_eta(eta))
+
+
+def global_rounds(eta: float, a: float) -> float:
+    """N(eta) = a / (1 - eta), MODEL.md section 4."""
+    return a / (1.0 - check_eta(eta))
+
+
+def integer_iterations(n: float) -> int:
+    """n rounded up as a real run does, at least one local iteration.
+
+    The 1e-9 slack keeps a value such as 6.000000000001 (from log2 rounding) at 6.
+    """
+    return max(1, math.ceil(n - 1e-9))
+
+
+def rate_bps(shares_hz: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
+    """R_k(b_k) = b_k log2(1 + g_k p_k / (N0 b_k)), MODEL.md section 2; R(0) = 0."""
+    b = np.asarray(shares_hz, dtype=float)
+    c = np.asarray(snr_hz, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = b * np.log1p(c / b) / LN2
+    return np.where(b > 0, r, 0.0)
+
+
+def rate_slope(shares_hz: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
+    """dR_k/db_k (bit/s per Hz), positive and decreasing: R_k is concave (section 2)."""
+    b = np.asarray(shares_hz, dtype=float)
+    c = np.asarray(snr_hz, dtype=float)
+    return (np.log1p(c / b) - c / (b + c)) / LN2
+
+
+def bandwidth_for_rate(rate: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
+    """The lemma of MODEL.md section 5: least b with R(b) = rho.
+
+    b(rho) = -rho ln2 / (W_{-1}(-Gamma e^{-Gamma}) + Gamma), Gamma = rho ln2 / snr,
+    for Gamma < 1; +inf at or above the rate ceiling; 0 for rho = 0. One
+    Newton step on R(b) = rho follows, because W_{-1} loses digits near its
+    branch point (Gamma -> 1, a share far above the client's snr).
+    """
+    from scipy.special import lambertw
+
+    rho = np.asarray(rate, dtype=float)
+    c = np.asarray(snr_hz, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        gamma = rho * LN2 / c
+        ok = (gamma > 0) & (gamma < 1)
+        g = np.where(ok, gamma, 0.5)
+        w = lambertw(-g * np.exp(-g), k=-1).real
+        b = -g * c / (w + g)
+        b = np.where(np.isfinite(b) & (b > 0), b, np.inf)
+        # Newton polish on b log1p(c/b) = rho ln2 (only where b is finite).
+        fin = ok & np.isfinite(b)
+        bb = np.where(fin, b, 1.0)
+        resid = bb * np.log1p(c / bb) - g * c
+        slope = np.log1p(c / bb) - c / (bb + c)
+        step = np.where(fin & (slope > 0), resid / slope, 0.0)
+        polished = bb - step
+        b = np.where(fin & (polished > 0), polished, b)
+    return np.where(rho <= 0, 0.0, np.where(ok, b, np.inf))
+
+
+@dataclass(frozen=True, slots=True)
+class DelayBreakdown:
+    """One round's predicted delay, per client and phase (MODEL.md section 3), seconds.
+
+    Every array has shape (K,); `client_round_s` is their sum per client and
+    `round_time_s` the slowest client (the round ends when all report).
+    """
+
+    num_iterations: int
+    shares_hz: np.ndarray
+    rate_bps: np.ndarray
+    client_compute_s: np.ndarray
+    server_compute_s: np.ndarray
+    uplink_s: np.ndarray
+    """n * beta * s / R_k: smashed data up."""
+    downlink_s: np.ndarray
+    """n * beta * gradient bits / R_dl: gradients down (0 when unlimited)."""
+    adapter_uplink_s: np.ndarray
+    """omega / R_k."""
+    adapter_downlink_s: np.ndarray
+    aggregation_s: float
+    client_round_s: np.ndarray
+    round_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
+
+
+def client_round_times(inputs: DelayInputs, shares_hz: np.ndarray, n: float) -> np.ndarray:
+    """round_k = n (tau_k + beta s / R_k) + omega / R_k + omega / R_dl + t_agg (section 3).
+
+    `n` may be continuous (the optimizer's n(eta)); infinite for a zero share.
+    """
+    r = rate_bps(shares_hz, inputs.snr_hz)
+    with np.errstate(divide="ignore"):
+        comm = (n * inputs.bits_per_iter + inputs.omega_bits) / r
+    return n * inputs.tau_s + inputs.adapter_downlink_s + inputs.aggregation_s + comm
+
+
+def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int
+                        ) -> DelayBreakdown:
+    """Predicted delay of one round with bandwidth `shares_hz` and `n_int` local iterations.
+
+    Raises AllocationError when a share is zero or negative (that client
+    never finishes) or shares exceed the total bandwidth, ConfigError on a
+    wrong shape or iteration count.
+    """
+    shares = np.asarray(shares_hz, dtype=float).reshape(-1)
+    k = inputs.num_clients
+    if shares.size != k:
+        raise ConfigError("shares_hz", shares.size, f"must have one entry per client ({k})")
+    if not (isinstance(n_int, int | np.integer) and n_int >= 1):
+        raise ConfigError("n_int", n_int, "must be an integer >= 1")
+    bad = np.flatnonzero(~(np.isfinite(shares) & (shares > 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise AllocationError(f"client {i} has bandwidth share {shares[i]!r} Hz: it never "
+                              "finishes a round", status="infeasible")
+    if shares.sum() > inputs.bandwidth_hz * (1 + 1e-9):
+        raise AllocationError(f"shares sum to {shares.sum():.6g} Hz, above the total "
+                              f"bandwidth {inputs.bandwidth_hz:.6g} Hz", status="infeasible")
+    if np.any(inputs.snr_hz <= 0):
+        i = int(np.flatnonzero(inputs.snr_hz <= 0)[0])
+        raise AllocationError(f"client {i} has zero channel gain: it never finishes a round",
+                              status="infeasible")
+    n = int(n_int)
+    r = rate_bps(shares, inputs.snr_hz)
+    client_compute = n * inputs.client_compute_s
+    server_compute = n * inputs.server_compute_s
+    uplink = n * inputs.bits_per_iter / r
+    downlink = n * inputs.downlink_iter_s
+    adapter_up = inputs.omega_bits / r
+    per_client = (client_compute + server_compute + uplink + downlink + adapter_up
+                  + inputs.adapter_downlink_s + inputs.aggregation_s)
+    return DelayBreakdown(
+        num_iterations=n,
+        shares_hz=shares,
+        rate_bps=r,
+        client_compute_s=client_compute,
+        server_compute_s=server_compute,
+        uplink_s=uplink,
+        downlink_s=downlink,
+        adapter_uplink_s=adapter_up,
+        adapter_downlink_s=np.array(inputs.adapter_downlink_s),
+        aggregation_s=float(inputs.aggregation_s),
+        client_round_s=per_client,
+        round_time_s=float(per_client.max()),
+    )

@@ -1,0 +1,419 @@
+"""Delay-minimizing allocation of MODEL.md section 5: the exact lemma solver and the cvxpy one.
+
+Both minimize T = N(eta) * max_k round_k(eta, b_k) over eta and the shares b,
+with the same outer one-dimensional search over eta (grid bracket in
+logit(eta), then bounded Brent) and different inner problems for a fixed
+eta: `exact` inverts the rate with the Lambert W lemma and finds the common
+round time by safeguarded Newton on sum_k b_k(t) = B; `cvxpy` solves the
+convex program in DCP/DPP form with Clarabel. Units inside the cvxpy
+problem are scaled to O(1). Pure functions: no I/O, no logging, no clock.
+Baselines with given shares (section 5) live in fedsllm.delay.policies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsllm.delay.inputs import DelayInputs
+from fedsllm.delay.rates import (
+    LN2,
+    bandwidth_for_rate,
+    check_eta,
+    client_round_times,
+    global_rounds,
+    integer_iterations,
+    local_iterations,
+    rate_bps,
+    rate_slope,
+)
+from fedsllm.errors import AllocationError, ConfigError
+
+SOLVER_NAMES = ("exact", "cvxpy")
+
+LOGIT_RANGE = (-9.0, 9.0)
+"""eta searched within logit^-1 of this: about [1.2e-4, 1 - 1.2e-4]."""
+NUM_GRID = 25
+"""Grid points of the bracketing pass over logit(eta)."""
+BRENT_XATOL = 1e-9
+"""Absolute tolerance of the refinement, in logit(eta)."""
+CVXPY_CHECK_RTOL = 1e-6
+"""A cvxpy answer is accepted only if the exact round time of its shares is
+within this of the solver's objective."""
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """One policy's result: accuracy, iterations, rounds, shares and delays (MODEL.md 3-5).
+
+    Continuous quantities are the model's; the `_int` ones are what a real
+    run does with n rounded up (`bandwidth_int_hz` are the shares that are
+    optimal, or simply kept, for n_int). Arrays have shape (K,).
+    """
+
+    policy: str
+    solver: str
+    """exact, cvxpy, or none when the policy fixes the shares."""
+    backend: str
+    """What computed it: lambertw, CLARABEL, SCS, or closed_form."""
+    status: str
+    eta: float
+    n: float
+    """Local iterations per round n(eta), continuous."""
+    n_int: int
+    num_rounds: float
+    """Global rounds N(eta), continuous."""
+    total_delay_s: float
+    """T = N(eta) * round_time_s."""
+    round_time_s: float
+    bandwidth_hz: np.ndarray
+    """b_k; for policy random the mean over draws."""
+    rate_bps: np.ndarray
+    client_round_s: np.ndarray
+    total_delay_int_s: float
+    """N(eta) * round_time_int_s: the delay with n_int local iterations."""
+    round_time_int_s: float
+    bandwidth_int_hz: np.ndarray
+    num_draws: int = 1
+
+    @property
+    def num_rounds_int(self) -> int:
+        return max(1, math.ceil(self.num_rounds - 1e-9))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        out["num_rounds_int"] = self.num_rounds_int
+        return out
+
+
+def _check_solvable(inputs: DelayInputs) -> None:
+    snr = inputs.snr_hz
+    bad = np.flatnonzero(~(np.isfinite(snr) & (snr > 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise AllocationError(
+            f"client {i} has rate ceiling {snr[i] / LN2!r} bit/s (gain {inputs.gain[i]!r}): "
+            "no bandwidth lets it finish a round", status="infeasible")
+
+
+def _round_terms(inputs: DelayInputs, n: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fixed_k, C_k): round_k = fixed_k + C_k / R_k(b_k), MODEL.md section 5."""
+    fixed = n * inputs.tau_s + inputs.adapter_downlink_s + inputs.aggregation_s
+    need = n * inputs.bits_per_iter + inputs.omega_bits
+    return fixed, need
+
+
+def _equal_share_time(inputs: DelayInputs, fixed: np.ndarray, need: np.ndarray) -> float:
+    share = np.full(inputs.num_clients, inputs.bandwidth_hz / inputs.num_clients)
+    return float(np.max(fixed + need / rate_bps(share, inputs.snr_hz)))
+
+
+def exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None
+                     ) -> tuple[float, np.ndarray]:
+    """min over b of max_k round_k for fixed n: the lemma plus a search on t (section 5).
+
+    Every client finishes at the common time t; b_k(t) = lemma(C_k / (t - fixed_k))
+    decreases and is convex in t, so Newton on sum_k b_k(t) = B, kept inside a
+    bisection bracket, converges from either side. The bracket starts at
+    (max_k fixed_k + C_k / ceiling_k, equal-share round time]. `t_start`
+    warm-starts it (the outer eta search passes the previous answer).
+    Returns (round time s, shares Hz summing to at most B).
+    """
+    _check_solvable(inputs)
+    fixed, need = _round_terms(inputs, n)
+    snr = inputs.snr_hz
+    total = inputs.bandwidth_hz
+    lo = float(np.max(fixed + need / (snr / LN2)))
+    hi = _equal_share_time(inputs, fixed, need)
+    t = t_start if t_start is not None and lo < t_start < hi else hi
+    shares = np.full(inputs.num_clients, total / inputs.num_clients)
+    for _ in range(200):
+        slack = t - fixed
+        rho = need / slack
+        shares = bandwidth_for_rate(rho, snr)
+        excess = float(shares.sum()) - total
+        if excess > 0:
+            lo = t
+        else:
+            hi = t
+        if abs(excess) <= 1e-12 * total or hi - lo <= 4e-16 * hi:
+            break
+        t_new = math.nan
+        if math.isfinite(excess):
+            # d b_k / d t = (1 / R'_k(b_k)) * d rho_k / d t,  d rho_k / d t = -C_k / slack^2
+            slope = float(np.sum(-(need / slack**2) / rate_slope(shares, snr)))
+            if slope < 0 and math.isfinite(slope):
+                t_new = t - excess / slope
+        if not lo < t_new < hi:
+            t_new = 0.5 * (lo + hi)
+        if abs(t_new - t) <= 1e-15 * t:
+            break
+        t = t_new
+    else:
+        raise AllocationError(f"exact inner solve did not converge at n={n!r}",
+                              status="not_converged")
+    if not np.all(np.isfinite(shares)):
+        shares = bandwidth_for_rate(need / (hi - fixed), snr)
+    ssum = float(shares.sum())
+    if ssum > total:
+        shares = shares * (total / ssum)
+    return float(np.max(client_round_times(inputs, shares, n))), shares
+
+
+class CvxpyInner:
+    """The inner problem of MODEL.md section 5 in DPP form, compiled once per K.
+
+    Scaled to O(1): bandwidth in units of B/K (b~ = K b / B, c~ = K snr / B,
+    rate r~ = b~ ln(1 + c~/b~) in nats per unit share), time in units of the
+    equal-share round time, and per client b~_k = s_k x_k and r~_k = C~_k y_k
+    with s_k = C~_k / ln(1 + c~_k) (the share a client would need at its
+    full-band spectral efficiency), so x_k and y_k = 1 / (t - fixed_k) are
+    O(1) whatever the spread of the gains. rel_entr is homogeneous, hence
+
+        minimize   t
+        subject to y_k <= (s_k / C~_k) * -rel_entr(x_k, x_k + c~_k / s_k)
+                   fixed~_k + inv_pos(y_k) <= t,   sum_k s_k x_k <= K,   x >= 0
+
+    Clarabel runs first (max_step_fraction=0.9, tight tolerances), then
+    Clarabel with a more cautious step, then SCS with tight eps; an answer
+    is accepted only with status optimal and if the exact round time of its
+    shares matches its objective. Otherwise AllocationError with the status.
+    """
+
+    def __init__(self, inputs: DelayInputs) -> None:
+        import cvxpy as cp
+
+        _check_solvable(inputs)
+        k = inputs.num_clients
+        self._inputs = inputs
+        self._cp = cp
+        self._x = cp.Variable(k, nonneg=True)
+        y = cp.Variable(k, nonneg=True)
+        self._t = cp.Variable()
+        self._scale = cp.Parameter(k, nonneg=True)  # s_k
+        self._snr_over_scale = cp.Parameter(k, nonneg=True)  # c~_k / s_k
+        self._weight = cp.Parameter(k, nonneg=True)  # s_k / C~_k
+        self._fixed = cp.Parameter(k)
+        constraints = [
+            y <= cp.multiply(self._weight,
+                             -cp.rel_entr(self._x, self._x + self._snr_over_scale)),
+            self._fixed + cp.inv_pos(y) <= self._t,
+            cp.sum(cp.multiply(self._scale, self._x)) <= k,
+        ]
+        self._problem = cp.Problem(cp.Minimize(self._t), constraints)
+        if not self._problem.is_dpp():  # pragma: no cover - a coding error, not an input
+            raise AllocationError("cvxpy inner problem is not DPP", status="not_dpp")
+        self.backend = ""
+
+    def _attempts(self) -> list[tuple[str, dict[str, Any]]]:
+        cp = self._cp
+        tight = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+        return [
+            (cp.CLARABEL, {"max_step_fraction": 0.9, **tight}),
+            (cp.CLARABEL, {"max_step_fraction": 0.7, "max_iter": 500}),
+            (cp.SCS, {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000}),
+        ]
+
+    def solve(self, n: float) -> tuple[float, np.ndarray]:
+        """(round time s, shares Hz) for n local iterations, checked against the exact formula."""
+        cp = self._cp
+        inputs = self._inputs
+        k = inputs.num_clients
+        fixed, need = _round_terms(inputs, n)
+        t_ref = _equal_share_time(inputs, fixed, need)
+        snr = inputs.snr_hz * k / inputs.bandwidth_hz
+        need_s = need * LN2 * k / (inputs.bandwidth_hz * t_ref)
+        scale = need_s / np.log1p(snr)
+        self._fixed.value = fixed / t_ref
+        self._scale.value = scale
+        self._snr_over_scale.value = snr / scale
+        self._weight.value = scale / need_s
+        last = "not_solved"
+        for solver, opts in self._attempts():
+            try:
+                self._problem.solve(solver=solver, **opts)
+            except cp.error.SolverError as err:
+                last = f"{solver}: solver_error ({err})"
+                continue
+            status = self._problem.status
+            if status != cp.OPTIMAL or self._x.value is None:
+                last = f"{solver}: {status}"
+                continue
+            shares = np.maximum(np.asarray(self._x.value, dtype=float), 0.0) * scale
+            shares *= inputs.bandwidth_hz / k
+            ssum = float(shares.sum())
+            if ssum > inputs.bandwidth_hz:
+                shares *= inputs.bandwidth_hz / ssum
+            t_true = float(np.max(client_round_times(inputs, shares, n)))
+            t_solver = float(self._t.value) * t_ref
+            if not (math.isfinite(t_true)
+                    and abs(t_true - t_solver) <= CVXPY_CHECK_RTOL * t_solver):
+                last = (f"{solver}: inaccurate (round time {t_true!r} s vs objective "
+                        f"{t_solver!r} s)")
+                continue
+            self.backend = str(solver)
+            return t_true, shares
+        raise AllocationError(f"cvxpy found no checked optimal solution at n={n!r}; "
+                              f"last attempt {last}", status=last.split(" (")[0])
+
+
+def max_eta(v: float, min_local_iterations: float) -> float:
+    """Largest eta with n(eta) >= min_local_iterations (1 - 1e-12 when the floor is 0).
+
+    MODEL.md section 4 allows any eta in (0, 1), but n(eta) < 1 local
+    iteration per round has no meaning in a real run (it would be rounded
+    up to 1, and the model's delay would then be far off), so the searches
+    default to n >= 1.
+    """
+    if not (math.isfinite(min_local_iterations) and min_local_iterations >= 0):
+        raise ConfigError("min_local_iterations", min_local_iterations, "must be >= 0")
+    if min_local_iterations == 0:
+        return 1.0 - 1e-12
+    return 2.0 ** (-min_local_iterations / v)
+
+
+def search_eta(objective: Callable[[float], float], eta_max: float = 1.0 - 1e-12) -> float:
+    """argmin over eta in (0, eta_max] of `objective`: grid in logit(eta), then bounded Brent.
+
+    MODEL.md section 5 leaves the outer problem one-dimensional but not
+    provably unimodal, hence the grid bracket before the local refinement.
+    """
+    from scipy.optimize import minimize_scalar
+
+    def of_z(z: float) -> float:
+        return objective(1.0 / (1.0 + math.exp(-z)))
+
+    z_max = min(LOGIT_RANGE[1], math.log(eta_max / (1.0 - eta_max)))
+    z_min = min(LOGIT_RANGE[0], z_max - 1.0)
+    grid = np.linspace(z_min, z_max, NUM_GRID)
+    values = [of_z(float(z)) for z in grid]
+    best = int(np.argmin(values))
+    lo = float(grid[max(best - 1, 0)])
+    hi = float(grid[min(best + 1, NUM_GRID - 1)])
+    res = minimize_scalar(of_z, bounds=(lo, hi), method="bounded",
+                          options={"xatol": BRENT_XATOL})
+    z = float(res.x) if res.fun <= values[best] else float(grid[best])
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _exact_inner(inputs: DelayInputs) -> Callable[[float], tuple[float, np.ndarray]]:
+    state: dict[str, float] = {}
+
+    def exact(n: float) -> tuple[float, np.ndarray]:
+        # Warm start from the previous eta's round time: the outer search moves slowly.
+        t, shares = exact_round_time(inputs, n, state.get("t"))
+        state["t"] = t
+        return t, shares
+
+    return exact
+
+
+def solve_allocation(inputs: DelayInputs, solver: str = "exact", eta: float | None = None,
+                     policy: str = "optimal", min_local_iterations: float = 1.0) -> Allocation:
+    """Optimal shares, and the optimal eta unless `eta` is given (MODEL.md section 5).
+
+    The eta search keeps n(eta) >= `min_local_iterations` (see `max_eta`;
+    0 = the whole open interval). `policy` only labels the result.
+    """
+    if solver not in SOLVER_NAMES:
+        raise ConfigError("policy.solver", solver, f"must be one of {', '.join(SOLVER_NAMES)}")
+    cvx = CvxpyInner(inputs) if solver == "cvxpy" else None
+    inner = cvx.solve if cvx is not None else _exact_inner(inputs)
+    if eta is None:
+        def objective(e: float) -> float:
+            return global_rounds(e, inputs.a) * inner(local_iterations(e, inputs.v))[0]
+
+        eta = search_eta(objective, max_eta(inputs.v, min_local_iterations))
+    eta = check_eta(eta)
+    n = local_iterations(eta, inputs.v)
+    t, shares = inner(n)
+    n_int = integer_iterations(n)
+    t_int, shares_int = inner(float(n_int))
+    backend = cvx.backend if cvx is not None else "lambertw"
+    num_rounds = global_rounds(eta, inputs.a)
+    return Allocation(
+        policy=policy,
+        solver=solver,
+        backend=backend,
+        status="optimal",
+        eta=eta,
+        n=n,
+        n_int=n_int,
+        num_rounds=num_rounds,
+        total_delay_s=num_rounds * t,
+        round_time_s=t,
+        bandwidth_hz=shares,
+        rate_bps=rate_bps(shares, inputs.snr_hz),
+        client_round_s=client_round_times(inputs, shares, n),
+        total_delay_int_s=num_rounds * t_int,
+        round_time_int_s=t_int,
+        bandwidth_int_hz=shares_int,
+    )
+
+
+def shares_allocation(inputs: DelayInputs, shares_hz: np.ndarray, policy: str,
+                      eta: float | None = None, min_local_iterations: float = 1.0
+                      ) -> Allocation:
+    """A baseline with given shares (MODEL.md section 5): only eta is optimized, if not given.
+
+    `shares_hz` is (K,) or (D, K) for D random draws, in which case the
+    delay is the mean over draws and one eta minimizes that mean.
+    """
+    _check_solvable(inputs)
+    draws = np.atleast_2d(np.asarray(shares_hz, dtype=float))
+    if draws.shape[1] != inputs.num_clients:
+        raise ConfigError("shares_hz", draws.shape[1],
+                          f"must have one entry per client ({inputs.num_clients})")
+    bad = np.argwhere(~(np.isfinite(draws) & (draws > 0)))
+    if bad.size:
+        d, i = (int(x) for x in bad[0])
+        raise AllocationError(f"client {i} gets bandwidth share {draws[d, i]!r} Hz: it never "
+                              "finishes a round", status="infeasible")
+    if np.any(draws.sum(axis=1) > inputs.bandwidth_hz * (1 + 1e-9)):
+        raise AllocationError("shares exceed the total bandwidth", status="infeasible")
+    rates = rate_bps(draws, inputs.snr_hz)
+
+    def per_client(n: float) -> np.ndarray:
+        fixed, need = _round_terms(inputs, n)
+        return fixed + need / rates  # (D, K)
+
+    def round_time(n: float) -> float:
+        return float(np.mean(np.max(per_client(n), axis=1)))
+
+    if eta is None:
+        eta = search_eta(
+            lambda e: global_rounds(e, inputs.a) * round_time(local_iterations(e, inputs.v)),
+            max_eta(inputs.v, min_local_iterations))
+    eta = check_eta(eta)
+    n = local_iterations(eta, inputs.v)
+    n_int = integer_iterations(n)
+    num_rounds = global_rounds(eta, inputs.a)
+    t = round_time(n)
+    t_int = round_time(float(n_int))
+    mean_shares = draws.mean(axis=0)
+    return Allocation(
+        policy=policy,
+        solver="none",
+        backend="closed_form",
+        status="optimal",
+        eta=eta,
+        n=n,
+        n_int=n_int,
+        num_rounds=num_rounds,
+        total_delay_s=num_rounds * t,
+        round_time_s=t,
+        bandwidth_hz=mean_shares,
+        rate_bps=rates.mean(axis=0),
+        client_round_s=per_client(n).mean(axis=0),
+        total_delay_int_s=num_rounds * t_int,
+        round_time_int_s=t_int,
+        bandwidth_int_hz=mean_shares,
+        num_draws=draws.shape[0],
+    )

@@ -1,0 +1,249 @@
+"""The local launcher: the fed server, the main server and K clients as separate
+OS processes on loopback, watched until they finish.
+
+It owns process lifecycle only: run directory, ports, command lines, health
+waits, failure detection, and stopping every process it started by its own
+pid. Training logic lives in the roles; the summary is computed from the
+trace files the roles write (fedsllm.summary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsllm.config import ScenarioConfig
+
+log = logging.getLogger(__name__)
+
+
+def scenario_hash(scenario: ScenarioConfig) -> str:
+    """Short stable hash of the resolved scenario; roles refuse peers with another."""
+    text = json.dumps(scenario.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_run_dir(out: str | Path | None, scenario: ScenarioConfig) -> Path:
+    """A fresh run directory: OUT itself when given, else runs/<name>-<timestamp>."""
+    if out:
+        run_dir = Path(out)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            from fedsllm.errors import ConfigError
+
+            raise ConfigError("--out", str(run_dir), "exists and is not empty")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{scenario.name}-{stamp}"
+        suffix = 1
+        while run_dir.exists():
+            run_dir = Path("runs") / f"{scenario.name}-{stamp}-{suffix}"
+            suffix += 1
+    for sub in ("logs", "trace", "adapters"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return run_dir.resolve()
+
+
+def write_scenario(run_dir: Path, scenario: ScenarioConfig) -> Path:
+    path = run_dir / "scenario.json"
+    doc = {"scenario_hash": scenario_hash(scenario), **scenario.to_dict()}
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    return path
+
+
+@dataclass
+class RoleProcess:
+    """One started role process; stopped only through its own pid."""
+
+    name: str
+    cmd: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+    started_s: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def log_tail(self, num_lines: int = 25) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-num_lines:])
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
+                self.popen.kill()
+                self.popen.wait()
+        return int(self.popen.returncode)
+
+
+def role_env(scenario: ScenarioConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    threads = str(scenario.run.num_threads)
+    env.update({
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    })
+    # The roles are top-level packages of this checkout; make them importable
+    # even when fedsllm runs from a source tree that is not installed.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def start_role(name: str, module: str, args: Sequence[str], run_dir: Path,
+               env: dict[str, str], prefix: Sequence[str] = ()) -> RoleProcess:
+    log_path = run_dir / "logs" / f"{name}.log"
+    cmd = [*prefix, sys.executable, "-m", module, *args]
+    with open(log_path, "ab") as fh:
+        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+    log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
+    return RoleProcess(name=name, cmd=cmd, log_path=log_path, popen=popen)
+
+
+class RoleFailed(RuntimeError):
+    """A role process exited non-zero or never became healthy."""
+
+    def __init__(self, proc: RoleProcess, reason: str) -> None:
+        self.proc = proc
+        self.reason = reason
+        super().__init__(f"{proc.name} (pid {proc.pid}) {reason}")
+
+
+def wait_until_healthy(proc: RoleProcess, address: str, timeout_s: float) -> None:
+    """Poll the standard health service, failing fast if the process dies."""
+    from fedsllm.wire.rpc import wait_healthy
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise RoleFailed(proc, f"exited with code {code} before serving")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RoleFailed(proc, f"not healthy at {address} after {timeout_s:.0f} s")
+        try:
+            wait_healthy(address, timeout_s=min(1.0, remaining))
+            return
+        except TimeoutError:
+            continue
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    exit_codes: dict[str, int]
+    failed: RoleFailed | None
+    wall_s: float
+
+
+def run_processes(scenario: ScenarioConfig, run_dir: Path,
+                  on_tick: Callable[[], None] | None = None,
+                  tick_s: float = 0.25) -> RunOutcome:
+    """Start every role, wait for the clients, stop the servers; never leaves a process."""
+    from fedsllm.wire.rpc import free_port
+
+    scenario_path = write_scenario(run_dir, scenario)
+    env = role_env(scenario)
+    host = scenario.run.host
+    fed_port, main_port = free_port(host), free_port(host)
+    fed_addr, main_addr = f"{host}:{fed_port}", f"{host}:{main_port}"
+    common = ["--scenario-json", str(scenario_path), "--run-dir", str(run_dir)]
+    procs: list[RoleProcess] = []
+    exit_codes: dict[str, int] = {}
+    failed: RoleFailed | None = None
+    t0 = time.monotonic()
+    try:
+        fed = start_role("fed_server", "fed_server",
+                         [*common, "--bind", f"{host}:{fed_port}"], run_dir, env)
+        procs.append(fed)
+        main = start_role("main_server", "main_server",
+                          [*common, "--bind", f"{host}:{main_port}"], run_dir, env)
+        procs.append(main)
+        wait_until_healthy(fed, fed_addr, scenario.run.startup_timeout_s)
+        wait_until_healthy(main, main_addr, scenario.run.startup_timeout_s)
+        clients = [
+            start_role(f"client_{k}", "client",
+                       [*common, "--client-id", str(k), "--fed-address", fed_addr,
+                        "--main-address", main_addr], run_dir, env)
+            for k in range(scenario.clients.num_clients)
+        ]
+        procs.extend(clients)
+        pending = {c.name: c for c in clients}
+        while pending:
+            for name, proc in list(pending.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                exit_codes[name] = code
+                del pending[name]
+                if code != 0:
+                    raise RoleFailed(proc, f"exited with code {code}")
+            for server in (fed, main):
+                code = server.poll()
+                if code is not None:
+                    raise RoleFailed(server, f"exited with code {code} while clients ran")
+            if on_tick is not None:
+                on_tick()
+            time.sleep(tick_s)
+        save_server_adapter(main_addr, run_dir)
+        if on_tick is not None:
+            on_tick()
+    except RoleFailed as err:
+        failed = err
+    except KeyboardInterrupt:
+        log.warning("interrupted; stopping every role")
+        raise
+    finally:
+        for proc in reversed(procs):
+            code = proc.stop()
+            exit_codes.setdefault(proc.name, code)
+    if failed is None:
+        for name in ("fed_server", "main_server"):
+            if exit_codes.get(name, 0) != 0:
+                failed = RoleFailed(next(p for p in procs if p.name == name),
+                                    f"exited with code {exit_codes[name]} at shutdown")
+    return RunOutcome(run_dir=run_dir, exit_codes=exit_codes, failed=failed,
+                      wall_s=time.monotonic() - t0)
+
+
+def save_server_adapter(main_addr: str, run_dir: Path) -> None:
+    """Fetch the main server's final adapter into the run directory."""
+    from fedsllm.proto import main_server_pb2, main_server_pb2_grpc
+    from fedsllm.wire.adapters import read_adapter_chunks
+    from fedsllm.wire.rpc import make_channel
+
+    with make_channel(main_addr) as channel:
+        stub = main_server_pb2_grpc.MainServerStub(channel)
+        chunks = stub.GetServerAdapter(main_server_pb2.GetServerAdapterRequest(), timeout=60)
+        blob = read_adapter_chunks(chunks)
+    (run_dir / "adapters" / "server.safetensors").write_bytes(blob)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

@@ -1,0 +1,102 @@
+from fedsllm.proto import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JoinRequest(_message.Message):
+    __slots__ = ("client_id", "num_samples", "scenario_hash")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_HASH_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    num_samples: int
+    scenario_hash: str
+    def __init__(self, client_id: _Optional[int] = ..., num_samples: _Optional[int] = ..., scenario_hash: _Optional[str] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("current_round", "num_rounds", "num_local_steps")
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    NUM_LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    current_round: int
+    num_rounds: int
+    num_local_steps: int
+    def __init__(self, current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., num_local_steps: _Optional[int] = ...) -> None: ...
+
+class PushAdapterHeader(_message.Message):
+    __slots__ = ("client_id", "round", "num_samples", "total_bytes")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    round: int
+    num_samples: int
+    total_bytes: int
+    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ..., num_samples: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class PushAdapterRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PushAdapterHeader
+    chunk: _tensor_pb2.AdapterChunk
+    def __init__(self, header: _Optional[_Union[PushAdapterHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.AdapterChunk, _Mapping]] = ...) -> None: ...
+
+class PushAdapterResponse(_message.Message):
+    __slots__ = ("accepted", "round", "num_received")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    round: int
+    num_received: int
+    def __init__(self, accepted: _Optional[bool] = ..., round: _Optional[int] = ..., num_received: _Optional[int] = ...) -> None: ...
+
+class PullGlobalRequest(_message.Message):
+    __slots__ = ("client_id", "round")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    round: int
+    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
+
+class PullGlobalHeader(_message.Message):
+    __slots__ = ("round", "has_adapter", "total_bytes", "finished")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    HAS_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    has_adapter: bool
+    total_bytes: int
+    finished: bool
+    def __init__(self, round: _Optional[int] = ..., has_adapter: _Optional[bool] = ..., total_bytes: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+
+class PullGlobalResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PullGlobalHeader
+    chunk: _tensor_pb2.AdapterChunk
+    def __init__(self, header: _Optional[_Union[PullGlobalHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.AdapterChunk, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("round", "num_rounds", "finished", "clients_joined")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_JOINED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    num_rounds: int
+    finished: bool
+    clients_joined: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., finished: _Optional[bool] = ..., clients_joined: _Optional[_Iterable[int]] = ...) -> None: ...

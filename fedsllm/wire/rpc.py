@@ -1,0 +1,219 @@
+"""Every gRPC server and channel of the project is built here.
+
+One set of channel options (message size, keepalive) is applied to both
+ends; every server gets the standard health service (grpc.health.v1), so
+the launcher and compose healthchecks ask instead of sleeping; servers stop
+with a grace period; client calls carry a deadline, and the one
+retry-with-backoff function lives here. What the services do is left to the
+roles' service.py modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_MESSAGE_BYTES = 64 * 2**20
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+# Fully qualified service names, as the health service and reflection see them.
+MAIN_SERVER_SERVICE = "fedsllm.proto.MainServer"
+FED_SERVER_SERVICE = "fedsllm.proto.FedServer"
+CONTROLLER_SERVICE = "fedsllm.proto.Controller"
+
+# Both ends: large-enough messages (streams of 1 MiB chunks never need them,
+# but a unary reply may), and keepalive pings that the server is told to
+# accept, so an idle Train stream or Subscribe survives and a dead peer is
+# noticed within about 40 s.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    # Port 0 and free_port() must give a port nobody else listens on.
+    ("grpc.so_reuseport", 0),
+)
+
+
+def create_server(
+    address: str,
+    register: Sequence[Callable[[grpc.Server], None]],
+    *,
+    service_names: Sequence[str] = (),
+    max_workers: int = 32,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> tuple[grpc.Server, int]:
+    """Build, bind and start a server; returns it and the bound port.
+
+    `register` holds callables such as
+    ``lambda s: add_MainServerServicer_to_server(servicer, s)``.
+    `service_names` are marked SERVING in the health service next to "".
+    Each long-lived stream holds one worker thread, so `max_workers` must
+    exceed the number of concurrent streams. `address` may use port 0.
+    """
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=list(SERVER_OPTIONS),
+        interceptors=list(interceptors),
+    )
+    for add in register:
+        add(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise OSError(f"cannot bind gRPC server to {address}: {err}") from err
+    for name in ("", *service_names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.start()
+    log.info("gRPC server on %s (port %d) serving %s", address, port,
+             ", ".join(service_names) or "health only")
+    return server, port
+
+
+def stop_server(server: grpc.Server, grace_s: float = 2.0) -> None:
+    """Stop accepting calls, let running ones finish for `grace_s`, then cancel them."""
+    server.stop(grace_s).wait()
+
+
+def make_channel(address: str) -> grpc.Channel:
+    """An insecure channel with the project's options (same as the servers')."""
+    return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for launchers that must name
+    ports before starting servers; tests should bind port 0 instead)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 5,
+    base_delay_s: float = 0.1,
+    max_delay_s: float = 5.0,
+    retry_on: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE,),
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call `fn` until it succeeds, retrying gRPC errors whose code is in
+    `retry_on` with exponential backoff (base_delay_s * 2**i, capped at
+    max_delay_s). Other errors and the last failure propagate unchanged.
+
+    Only idempotent calls belong here (Join, Register, PullGlobal, Status):
+    a retried stream would resend half its chunks.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    for i in range(attempts):
+        try:
+            return fn()
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            if code not in retry_on or i == attempts - 1:
+                raise
+            delay_s = min(max_delay_s, base_delay_s * 2**i)
+            log.debug("retrying after %s (attempt %d/%d, sleeping %.3f s)", code, i + 1,
+                      attempts, delay_s)
+            sleep(delay_s)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def unary_call(method: Callable[..., T], request: Any, *, timeout_s: float,
+               attempts: int = 1, base_delay_s: float = 0.1) -> T:
+    """One unary call with a deadline, retried on UNAVAILABLE when attempts > 1."""
+    return call_with_retry(lambda: method(request, timeout=timeout_s), attempts=attempts,
+                           base_delay_s=base_delay_s)
+
+
+def wait_healthy(address: str, timeout_s: float, service: str = "",
+                 poll_s: float = 0.05) -> None:
+    """Block until the server at `address` reports `service` SERVING.
+
+    Raises TimeoutError naming the address and the last answer or error.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with make_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"gRPC server at {address} not SERVING {service!r} after "
+                                   f"{timeout_s} s (last: {last})")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                   timeout=max(0.05, min(remaining, 1.0)))
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as err:
+                code = err.code() if isinstance(err, grpc.Call) else None
+                last = f"{code}"
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+class RequestQueue:
+    """A request iterator for a client-side stream that is fed step by step.
+
+    gRPC drains a request iterator on its own thread; a bidirectional stream
+    whose next request depends on the last reply (the Train loop) needs an
+    iterator that blocks until the caller puts the next message. `close()`
+    ends the stream cleanly. With `maxsize` > 0, `put` blocks while that
+    many messages wait (backpressure).
+    """
+
+    _END = object()
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self._closed = threading.Event()
+
+    def put(self, msg: Any, timeout_s: float | None = None) -> None:
+        if self._closed.is_set():
+            raise ValueError("put on a closed RequestQueue")
+        self._queue.put(msg, timeout=timeout_s)
+
+    def put_all(self, msgs: Iterator[Any] | Sequence[Any]) -> None:
+        for msg in msgs:
+            self.put(msg)
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._queue.put(self._END)
+
+    def __iter__(self) -> RequestQueue:
+        return self
+
+    def __next__(self) -> Any:
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        return item

@@ -1,0 +1,71 @@
+"""`python -m main_server`: the main server process.
+
+Builds the server sub-network with its LoRA from the resolved scenario,
+serves MainServer (and the health service) until SIGTERM, then stops with a
+grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger("main_server")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m main_server", description=__doc__)
+    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument("--run-dir", required=True, help="run directory (traces)")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from fedsllm.cli import configure_logging
+
+    configure_logging(args.log_level, "main_server")
+    from fedsllm.model.lora import adapter_to_bytes
+    from fedsllm.proto import main_server_pb2_grpc
+    from fedsllm.roles import build_part, load_resolved_scenario
+    from fedsllm.trace import Tracer
+    from fedsllm.wire.rpc import create_server, stop_server
+    from main_server.compute import ServerTrainer
+    from main_server.service import MainServerService, StepLimits
+
+    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
+    run_dir = Path(args.run_dir)
+    tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
+    part, tokenizer, model_config = build_part(scenario, "server")
+    trainer = ServerTrainer(part, lr=scenario.training.server_lr,
+                            update=scenario.training.server_update,
+                            wave_size=scenario.clients.num_clients)
+    limits = StepLimits(
+        hidden_size=model_config.hidden_size, vocab_size=tokenizer.vocab_size,
+        max_seq_len=scenario.data.seq_len, max_batch=max(scenario.training.batch_size, 64),
+        wire_dtype=scenario.split.wire_dtype, num_clients=scenario.clients.num_clients,
+        max_tensor_bytes=256 * 2**20)
+    service = MainServerService(trainer, limits, scenario_hash, tracer,
+                                chunk_bytes=scenario.link.chunk_bytes,
+                                adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes))
+    server, port = create_server(
+        args.bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)])
+    log.info("serving MainServer on port %d", port)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    stop_server(server, grace_s=2.0)
+    tracer.close()
+    log.info("stopped after %d server updates", trainer.num_updates)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""MainServer gRPC servicer: one long-lived bidirectional Train stream per client.
+
+Per step the client sends a header, the chunks of "activations",
+"attention_mask" and "labels", and an end marker; the server validates the
+whole step before it touches the model (dtype, shapes against each other and
+against the model, label and mask values), runs ServerTrainer, and streams
+back the result and, in training, the activation gradient, paced at the
+downlink rate the client asked for. A bad frame ends the stream with
+INVALID_ARGUMENT and changes no server state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from fedsllm.errors import StateError, WireError
+from fedsllm.proto import main_server_pb2 as pb
+from fedsllm.proto import main_server_pb2_grpc as pb_grpc
+from fedsllm.proto import tensor_pb2
+from fedsllm.trace import Tracer
+from fedsllm.wire.messages import (
+    StepResultInfo,
+    TrainHelloInfo,
+    TrainWelcomeInfo,
+    step_result_to_proto,
+    welcome_to_proto,
+)
+from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
+from fedsllm.wire.train import StepUpload, read_uplink
+from main_server.compute import ServerTrainer
+
+log = logging.getLogger(__name__)
+
+STEP_TENSORS = ("activations", "attention_mask", "labels")
+
+STATUS_OF = {
+    WireError: grpc.StatusCode.INVALID_ARGUMENT,
+    StateError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """What a well-formed step looks like for this model and scenario."""
+
+    hidden_size: int
+    vocab_size: int
+    max_seq_len: int
+    max_batch: int
+    wire_dtype: str
+    num_clients: int
+    max_tensor_bytes: int
+
+
+def step_specs(limits: StepLimits) -> list[TensorSpec]:
+    return [
+        TensorSpec("activations", frozenset({limits.wire_dtype}),
+                   ("B", "T", limits.hidden_size), require_finite=True),
+        TensorSpec("attention_mask", frozenset({"int64"}), ("B", "T")),
+        TensorSpec("labels", frozenset({"int64"}), ("B", "T")),
+    ]
+
+
+def check_step_values(limits: StepLimits, hidden: torch.Tensor, mask: torch.Tensor,
+                      labels: torch.Tensor) -> None:
+    """Checks that need the values, after the assembler checked dtypes and shapes."""
+    batch, seq = mask.shape
+    if batch > limits.max_batch:
+        raise WireError("activations.shape[0]", f"={batch}, expected <= {limits.max_batch}")
+    if seq > limits.max_seq_len:
+        raise WireError("activations.shape[1]", f"={seq}, expected <= {limits.max_seq_len}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise WireError("attention_mask", "values must be 0 or 1")
+    valid = (labels == -100) | ((labels >= 0) & (labels < limits.vocab_size))
+    if not bool(valid.all()):
+        bad = int(labels[~valid][0])
+        raise WireError("labels", f"value {bad} is neither -100 nor in [0, {limits.vocab_size})")
+    if int((labels[:, 1:] != -100).sum()) == 0:
+        raise WireError("labels", "no token to predict (all -100 after the shift)")
+    del hidden
+
+
+class MainServerService(pb_grpc.MainServerServicer):
+    def __init__(self, trainer: ServerTrainer, limits: StepLimits, scenario_hash: str,
+                 tracer: Tracer, chunk_bytes: int,
+                 pace: Callable[[int, float, int], None] | None = None,
+                 adapter_bytes: Callable[[], bytes] | None = None) -> None:
+        self.trainer = trainer
+        self.limits = limits
+        self.scenario_hash = scenario_hash
+        self.tracer = tracer
+        self.chunk_bytes = chunk_bytes
+        self.pace = pace
+        """pace(client_id, rate_bps, nbytes): blocks before a downlink chunk is sent."""
+        self.adapter_bytes = adapter_bytes
+
+    # ------------------------------------------------------------ Train
+    def Train(self, request_iterator: Iterator[pb.TrainRequest],
+              context: grpc.ServicerContext) -> Iterator[pb.TrainResponse]:
+        uplink = read_uplink(request_iterator, lambda _header: step_specs(self.limits),
+                             WireLimits(max_tensor_bytes=self.limits.max_tensor_bytes))
+        try:
+            hello = next(uplink, None)
+            if not isinstance(hello, TrainHelloInfo):
+                raise WireError("TrainRequest", "the stream ended before hello")
+            self._check_hello(hello)
+        except (WireError, StateError) as err:
+            self._abort(context, err)
+        client_id = hello.client_id
+        log.info("client %d connected", client_id)
+        yield pb.TrainResponse(welcome=welcome_to_proto(TrainWelcomeInfo(
+            client_id=client_id, scenario_hash=self.scenario_hash,
+            max_tensor_bytes=self.limits.max_tensor_bytes)))
+        try:
+            for upload in uplink:
+                if not isinstance(upload, StepUpload):
+                    raise WireError("TrainRequest", "hello sent twice")
+                tensors = self._step_tensors(upload)
+                yield from self._serve_step(client_id, upload.header.round, upload.header.step,
+                                            upload.header.mode, upload.header.downlink_bps,
+                                            tensors, upload.receive_s)
+        except (WireError, StateError) as err:
+            self._abort(context, err)
+        log.info("client %d disconnected", client_id)
+
+    def _check_hello(self, hello: TrainHelloInfo) -> None:
+        if not 0 <= hello.client_id < self.limits.num_clients:
+            raise WireError("hello.client_id",
+                            f"={hello.client_id}, expected [0, {self.limits.num_clients})")
+        if hello.scenario_hash != self.scenario_hash:
+            raise StateError(f"hello.scenario_hash={hello.scenario_hash!r} does not match "
+                             f"the server's {self.scenario_hash!r}")
+        if hello.wire_dtype != self.limits.wire_dtype:
+            raise WireError("hello.wire_dtype",
+                            f"={hello.wire_dtype!r}, expected {self.limits.wire_dtype!r}")
+
+    def _step_tensors(self, upload: StepUpload) -> dict[str, torch.Tensor]:
+        """Every check of a step, before the model sees any of it."""
+        if tuple(sorted(upload.header.tensor_names)) != tuple(sorted(STEP_TENSORS)):
+            raise WireError("header.tensor_names",
+                            f"={list(upload.header.tensor_names)}, expected {list(STEP_TENSORS)}")
+        hidden = upload.tensor("activations", torch.float32)
+        mask = upload.tensor("attention_mask")
+        labels = upload.tensor("labels")
+        check_step_values(self.limits, hidden, mask, labels)
+        return {"activations": hidden, "attention_mask": mask, "labels": labels}
+
+    def _serve_step(self, client_id: int, round_index: int, step: int, mode: str,
+                    downlink_bps: float, tensors: dict[str, torch.Tensor], receive_s: float
+                    ) -> Iterator[pb.TrainResponse]:
+        hidden, mask, labels = (tensors[n] for n in STEP_TENSORS)
+        with self.tracer.span("server_compute", round=round_index, step=step,
+                              client=client_id) as span:
+            if mode == "train":
+                result = self.trainer.train_step(hidden, mask, labels)
+            else:
+                result = self.trainer.eval_step(hidden, mask, labels)
+            span.extra = {"mode": mode, "loss": result.loss, "compute_s": result.compute_s}
+        names: tuple[str, ...] = ("activations_grad",) if result.grad_hidden is not None else ()
+        info = StepResultInfo(round=round_index, step=step, loss=result.loss,
+                              num_tokens=result.num_tokens, server_compute_s=result.compute_s,
+                              server_receive_s=receive_s, tensor_names=names)
+        yield pb.TrainResponse(result=step_result_to_proto(info))
+        if result.grad_hidden is None:
+            return
+        frame = tensor_to_frame("activations_grad", result.grad_hidden, self.limits.wire_dtype)
+        with self.tracer.span("downlink", round=round_index, step=step, client=client_id,
+                              bytes=frame.num_bytes):
+            for chunk in frame_to_chunks(frame, self.chunk_bytes):
+                if self.pace is not None and downlink_bps > 0:
+                    self.pace(client_id, downlink_bps, len(chunk.data))
+                yield pb.TrainResponse(chunk=chunk)
+
+    # ------------------------------------------------------------ adapter
+    def GetServerAdapter(self, request: pb.GetServerAdapterRequest,
+                         context: grpc.ServicerContext) -> Iterator[tensor_pb2.AdapterChunk]:
+        from fedsllm.wire.adapters import blob_to_chunks
+
+        if self.adapter_bytes is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not export adapters")
+        blob = self.adapter_bytes()
+        yield from blob_to_chunks(blob, self.chunk_bytes)
+
+    def _abort(self, context: grpc.ServicerContext, err: Exception) -> None:
+        for exc_type, code in STATUS_OF.items():
+            if isinstance(err, exc_type):
+                log.warning("refused: %s: %s", code.name, err)
+                context.abort(code, str(err))
+        raise err

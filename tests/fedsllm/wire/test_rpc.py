@@ -1,0 +1,217 @@
+"""Servers, channels, health and retry through a real gRPC server on port 0."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+import torch
+
+from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2, main_server_pb2_grpc
+from fedsllm.wire import rpc
+from fedsllm.wire.adapters import read_adapter_chunks
+from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, TrainHelloInfo
+from fedsllm.wire.tensors import TensorSpec, frame_to_chunks, tensor_to_frame
+from fedsllm.wire.train import StepDownload, read_downlink, step_upload_requests, train_request
+
+from ._echo import ECHO_ADAPTER
+
+NAMES = ("activations", "attention_mask", "labels")
+
+
+def _grad_specs(result: StepResultInfo) -> list[TensorSpec]:
+    return [TensorSpec("activations_grad", frozenset({"float32", "bfloat16"}))]
+
+
+def _open_train(address: str) -> tuple[grpc.Channel, rpc.RequestQueue, object]:
+    channel = rpc.make_channel(address)
+    stub = main_server_pb2_grpc.MainServerStub(channel)
+    requests = rpc.RequestQueue()
+    responses = stub.Train(requests, timeout=60)
+    requests.put(train_request(TrainHelloInfo(client_id=0, scenario_hash="h",
+                                              wire_dtype="float32")))
+    return channel, requests, responses
+
+
+def test_service_names_match_the_protos() -> None:
+    assert main_server_pb2.DESCRIPTOR.services_by_name["MainServer"].full_name == (
+        rpc.MAIN_SERVER_SERVICE)
+    assert fed_server_pb2.DESCRIPTOR.services_by_name["FedServer"].full_name == (
+        rpc.FED_SERVER_SERVICE)
+    assert controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name == (
+        rpc.CONTROLLER_SERVICE)
+
+
+def test_health_reports_serving(echo_server: str) -> None:
+    rpc.wait_healthy(echo_server, timeout_s=10)
+    rpc.wait_healthy(echo_server, timeout_s=10, service=rpc.MAIN_SERVER_SERVICE)
+    with pytest.raises(TimeoutError, match="not SERVING 'fedsllm.proto.Nope'"):
+        rpc.wait_healthy(echo_server, timeout_s=0.3, service="fedsllm.proto.Nope")
+
+
+def test_wait_healthy_times_out_naming_the_address() -> None:
+    address = f"127.0.0.1:{rpc.free_port()}"
+    with pytest.raises(TimeoutError, match=address):
+        rpc.wait_healthy(address, timeout_s=0.3)
+
+
+def test_large_tensors_cross_intact(echo_server: str) -> None:
+    channel, requests, responses = _open_train(echo_server)
+    try:
+        downlink = read_downlink(responses, _grad_specs)
+        welcome = next(downlink)
+        assert welcome.client_id == 0
+        # About 20 MB of activations, bigger than gRPC's 4 MiB default message limit.
+        acts = torch.randn(5, 256, 4096, generator=torch.Generator().manual_seed(1))
+        frames = [tensor_to_frame("activations", acts),
+                  tensor_to_frame("attention_mask", torch.ones(5, 256, dtype=torch.int64)),
+                  tensor_to_frame("labels", torch.zeros(5, 256, dtype=torch.int64))]
+        header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0,
+                                tensor_names=NAMES)
+        requests.put_all(step_upload_requests(header, frames, 2**20))
+        reply = next(downlink)
+        assert isinstance(reply, StepDownload)
+        assert reply.result.num_tokens == 5 * 256
+        assert reply.result.loss == pytest.approx(float(acts.mean()), rel=1e-5)
+        assert torch.equal(reply.tensor("activations_grad"), acts * 2)
+        # A second step on the same stream, in eval mode: no tensors back.
+        eval_header = StepHeaderInfo(round=0, step=1, mode="eval", downlink_bps=0.0,
+                                     tensor_names=NAMES)
+        small = [tensor_to_frame("activations", acts[:1, :8]),
+                 tensor_to_frame("attention_mask", torch.ones(1, 8, dtype=torch.int64)),
+                 tensor_to_frame("labels", torch.zeros(1, 8, dtype=torch.int64))]
+        requests.put_all(step_upload_requests(eval_header, small, 2**20))
+        reply = next(downlink)
+        assert reply.result.step == 1 and reply.frames == {}
+        requests.close()
+        assert next(downlink, None) is None
+    finally:
+        channel.close()
+
+
+def test_malformed_upload_ends_stream_with_invalid_argument(echo_server: str) -> None:
+    channel, requests, responses = _open_train(echo_server)
+    try:
+        downlink = read_downlink(responses, _grad_specs)
+        next(downlink)
+        header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0,
+                                tensor_names=NAMES)
+        requests.put(train_request(header))
+        bad = tensor_to_frame("activations", torch.tensor([[[float("nan")]]]))
+        for chunk in frame_to_chunks(bad, 2**20):
+            requests.put(train_request(chunk))
+        with pytest.raises(grpc.RpcError) as info:
+            next(downlink)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "activations.data: 1 non-finite value(s)" in info.value.details()
+    finally:
+        requests.close()
+        channel.close()
+
+
+def test_server_adapter_stream(echo_server: str) -> None:
+    with rpc.make_channel(echo_server) as channel:
+        stub = main_server_pb2_grpc.MainServerStub(channel)
+        chunks = stub.GetServerAdapter(main_server_pb2.GetServerAdapterRequest(), timeout=10)
+        assert read_adapter_chunks(chunks) == ECHO_ADAPTER
+
+
+def test_bind_conflict_raises_oserror(echo_server: str) -> None:
+    with pytest.raises(OSError, match="cannot bind"):
+        rpc.create_server(echo_server, [])
+
+
+class _Flaky:
+    def __init__(self, failures: int, code: grpc.StatusCode) -> None:
+        self.failures, self.code, self.calls = failures, code, 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise _RpcError(self.code)
+        return "ok"
+
+
+class _RpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "test"
+
+    def initial_metadata(self):  # pragma: no cover - unused
+        return None
+
+    def trailing_metadata(self):  # pragma: no cover - unused
+        return None
+
+    def is_active(self) -> bool:  # pragma: no cover - unused
+        return False
+
+    def time_remaining(self):  # pragma: no cover - unused
+        return None
+
+    def cancel(self) -> bool:  # pragma: no cover - unused
+        return False
+
+    def add_callback(self, callback) -> bool:  # pragma: no cover - unused
+        return False
+
+
+def test_call_with_retry_backs_off_then_succeeds() -> None:
+    sleeps: list[float] = []
+    fn = _Flaky(3, grpc.StatusCode.UNAVAILABLE)
+    assert rpc.call_with_retry(fn, attempts=5, base_delay_s=0.1, sleep=sleeps.append) == "ok"
+    assert fn.calls == 4
+    assert sleeps == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_call_with_retry_gives_up_and_skips_other_codes() -> None:
+    sleeps: list[float] = []
+    fn = _Flaky(10, grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(grpc.RpcError):
+        rpc.call_with_retry(fn, attempts=3, base_delay_s=1.0, max_delay_s=1.5,
+                            sleep=sleeps.append)
+    assert fn.calls == 3 and sleeps == [1.0, 1.5]
+    fn = _Flaky(1, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.RpcError):
+        rpc.call_with_retry(fn, attempts=3, sleep=sleeps.append)
+    assert fn.calls == 1
+
+
+def test_unary_call_retries_until_server_appears() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = rpc.free_port()
+    address = f"127.0.0.1:{port}"
+    holder: list[grpc.Server] = []
+
+    def start_later() -> None:
+        server, _ = rpc.create_server(address, [])
+        holder.append(server)
+
+    timer = threading.Timer(0.3, start_later)
+    timer.start()
+    try:
+        with rpc.make_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = rpc.unary_call(stub.Check, health_pb2.HealthCheckRequest(), timeout_s=1.0,
+                                   attempts=8, base_delay_s=0.1)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        timer.join()
+        for server in holder:
+            rpc.stop_server(server, 0.1)
+
+
+def test_request_queue_order_and_close() -> None:
+    q = rpc.RequestQueue()
+    q.put_all([1, 2, 3])
+    q.close()
+    assert list(q) == [1, 2, 3]
+    with pytest.raises(ValueError, match="closed"):
+        q.put(4)

@@ -1,0 +1,245 @@
+"""Tensor frames and chunk streams: round trips, byte order, every rejection."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import pytest
+import torch
+
+from fedsllm.errors import WireError
+from fedsllm.proto import tensor_pb2
+from fedsllm.wire.tensors import (
+    DTYPE_ITEMSIZE,
+    ChunkAssembler,
+    TensorFrame,
+    TensorSpec,
+    WireLimits,
+    assemble,
+    check_finite,
+    frame_to_chunks,
+    frame_to_tensor,
+    tensor_to_frame,
+)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+}
+SHAPES = [(), (1,), (7,), (2, 3), (2, 5, 3), (1, 1, 1, 4)]
+
+
+def _sample(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{shape}".encode()))
+    if dtype == torch.bool:
+        return torch.rand(shape, generator=gen) > 0.5
+    if dtype.is_floating_point:
+        return (torch.randn(shape, generator=gen) * 100).to(dtype)
+    return torch.randint(0, 200, shape, generator=gen).to(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_frame_round_trip_every_dtype_and_shape(name: str, shape: tuple[int, ...]) -> None:
+    x = _sample(DTYPES[name], shape)
+    frame = tensor_to_frame("t", x)
+    assert frame.dtype == name
+    assert frame.shape == shape
+    assert frame.num_bytes == math.prod(shape) * DTYPE_ITEMSIZE[name]
+    y = frame_to_tensor(frame)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert torch.equal(y, x)
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 64, 4096, 10**7])
+def test_chunk_round_trip(name: str, chunk_bytes: int) -> None:
+    x = _sample(DTYPES[name], (3, 11, 5))
+    frame = tensor_to_frame("activations", x)
+    chunks = list(frame_to_chunks(frame, chunk_bytes))
+    assert len(chunks) == math.ceil(frame.num_bytes / chunk_bytes)
+    assert [c.offset for c in chunks] == list(range(0, frame.num_bytes, chunk_bytes))
+    out = assemble(chunks)
+    assert torch.equal(frame_to_tensor(out["activations"]), x)
+
+
+def test_byte_order_is_little_endian() -> None:
+    frame = tensor_to_frame("x", torch.tensor([1.5, -2.0], dtype=torch.float32))
+    assert bytes(frame.data) == struct.pack("<2f", 1.5, -2.0)
+    frame = tensor_to_frame("x", torch.tensor([258], dtype=torch.int64))
+    assert bytes(frame.data) == struct.pack("<q", 258)
+    # bfloat16 is the top half of the float32 pattern: 1.0 -> 0x3f80, little-endian.
+    frame = tensor_to_frame("x", torch.tensor([1.0], dtype=torch.bfloat16))
+    assert bytes(frame.data) == b"\x80\x3f"
+    decoded = frame_to_tensor(TensorFrame("y", "int32", (2,), struct.pack("<2i", 7, -3)))
+    assert decoded.tolist() == [7, -3]
+
+
+def test_wire_cast_and_decode_cast() -> None:
+    x = torch.randn(4, 8)
+    frame = tensor_to_frame("a", x, wire_dtype="bfloat16")
+    assert frame.dtype == "bfloat16" and frame.num_bytes == 4 * 8 * 2
+    y = frame_to_tensor(frame, dtype=torch.float32)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, x, rtol=1e-2, atol=1e-2)
+    assert torch.equal(y, x.to(torch.bfloat16).float())
+
+
+def test_decoded_tensor_is_writable_copy() -> None:
+    x = torch.arange(6, dtype=torch.float32)
+    frame = tensor_to_frame("a", x)
+    y = frame_to_tensor(frame)
+    y += 1
+    assert torch.equal(x, torch.arange(6, dtype=torch.float32))
+    assert torch.equal(frame_to_tensor(frame), x)
+
+
+def test_non_contiguous_and_grad_tensors_encode() -> None:
+    x = torch.randn(4, 6, requires_grad=True)
+    t = x.t()
+    frame = tensor_to_frame("a", t)
+    assert frame.shape == (6, 4)
+    assert torch.equal(frame_to_tensor(frame), t.detach())
+
+
+@pytest.mark.parametrize(
+    ("tensor", "wire_dtype", "field"),
+    [
+        (torch.zeros(0, 3), None, "a.shape"),
+        (torch.zeros(2, dtype=torch.float64), None, "a.dtype"),
+        (torch.zeros(2, dtype=torch.complex64), None, "a.dtype"),
+        (torch.zeros(2), "float64", "a.dtype"),
+    ],
+)
+def test_sender_rejects(tensor: torch.Tensor, wire_dtype: str | None, field: str) -> None:
+    with pytest.raises(WireError) as info:
+        tensor_to_frame("a", tensor, wire_dtype=wire_dtype)
+    assert info.value.field == field
+
+
+def _chunk(**kw: object) -> tensor_pb2.TensorChunk:
+    base: dict[str, object] = dict(
+        name="activations", dtype="float32", shape=[2, 4, 8], total_bytes=256, offset=0,
+        data=b"\0" * 256,
+    )
+    base.update(kw)
+    return tensor_pb2.TensorChunk(**base)
+
+
+SPECS = [
+    TensorSpec("activations", frozenset({"float32", "bfloat16"}), ("B", "T", 8), True),
+    TensorSpec("attention_mask", frozenset({"int64"}), ("B", "T")),
+    TensorSpec("labels", frozenset({"int64"}), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "field", "needle"),
+    [
+        ([_chunk(name="weights")], "chunk.name", "'weights'"),
+        ([_chunk(name="")], "chunk.name", "unexpected tensor"),
+        ([_chunk(dtype="float64")], "activations.dtype", "'float64' is not allowed"),
+        ([_chunk(dtype="int64", total_bytes=512, data=b"\0" * 512)], "activations.dtype",
+         "=int64, expected one of"),
+        ([_chunk(shape=[2, 4, 7], total_bytes=224, data=b"\0" * 224)],
+         "activations.shape[2]", "=7, expected 8"),
+        ([_chunk(shape=[2, 0, 8], total_bytes=0)], "activations.shape[1]", "=0"),
+        ([_chunk(shape=[2, 32], total_bytes=256)], "activations.shape", "rank 2, expected rank 3"),
+        ([_chunk(total_bytes=255)], "activations.total_bytes", "=255, but shape (2, 4, 8)"),
+        ([_chunk(offset=4)], "activations.offset", "=4, expected 0"),
+        ([_chunk(data=b"")], "activations.data", "empty chunk"),
+        ([_chunk(data=b"\0" * 300)], "activations.data", "runs past total_bytes=256"),
+        ([_chunk(data=b"\0" * 128), _chunk(offset=64, data=b"\0" * 128)],
+         "activations.offset", "=64, expected 128"),
+        ([_chunk(data=b"\0" * 128),
+          _chunk(name="labels", dtype="int64", shape=[2, 4], total_bytes=64, data=b"\0" * 64)],
+         "chunk.name", "'labels' started before 'activations' was complete (128 of 256"),
+        ([_chunk(data=b"\0" * 128), _chunk(offset=128, dtype="bfloat16", data=b"\0" * 128)],
+         "activations.dtype", "in a later chunk"),
+        ([_chunk(data=b"\0" * 128), _chunk(offset=128, shape=[4, 2, 8], data=b"\0" * 128)],
+         "activations.shape", "in a later chunk"),
+        ([_chunk(data=b"\0" * 128), _chunk(offset=128, total_bytes=512, data=b"\0" * 128)],
+         "activations.total_bytes", "in a later chunk"),
+        ([_chunk(), _chunk()], "activations", "sent twice"),
+        ([_chunk(),
+          _chunk(name="attention_mask", dtype="int64", shape=[2, 5], total_bytes=80,
+                 data=b"\0" * 80)],
+         "attention_mask.shape[1]", "=5, expected T=4 (from activations.shape[1])"),
+        ([_chunk(data=struct.pack("<f", float("nan")) + b"\0" * 252)], "activations.data",
+         "1 non-finite value(s), first at flat index 0"),
+        ([_chunk(data=b"\0" * 252 + struct.pack("<f", float("inf")))], "activations.data",
+         "index 63 (inf)"),
+    ],
+)
+def test_assembler_rejects(chunks: list[tensor_pb2.TensorChunk], field: str, needle: str) -> None:
+    asm = ChunkAssembler.for_specs(SPECS)
+    with pytest.raises(WireError) as info:
+        for c in chunks:
+            asm.feed(c)
+    assert info.value.field == field
+    assert needle in str(info.value)
+
+
+def test_assembler_size_limit_checked_before_allocation() -> None:
+    huge = _chunk(shape=[2**20, 2**20, 8], total_bytes=2**20 * 2**20 * 32, data=b"\0")
+    asm = ChunkAssembler.for_specs(SPECS, WireLimits(max_tensor_bytes=2**20))
+    with pytest.raises(WireError, match="exceeds the limit 1048576") as info:
+        asm.feed(huge)
+    assert info.value.field == "activations.total_bytes"
+    rank = _chunk(shape=[1] * 9, total_bytes=4, data=b"\0" * 4)
+    with pytest.raises(WireError, match="rank 9 exceeds"):
+        ChunkAssembler(limits=WireLimits()).feed(rank)
+
+
+def test_assembler_finish_reports_incomplete_and_missing() -> None:
+    asm = ChunkAssembler.for_specs(SPECS)
+    asm.feed(_chunk(data=b"\0" * 100))
+    assert asm.in_progress == "activations"
+    with pytest.raises(WireError, match="incomplete: 100 of 256"):
+        asm.finish()
+    asm = ChunkAssembler.for_specs(SPECS)
+    asm.feed(_chunk())
+    with pytest.raises(WireError, match=r"\['labels'\] never arrived") as info:
+        asm.finish(["activations", "labels"])
+    assert info.value.field == "labels"
+
+
+def test_assembler_several_tensors_with_symbols() -> None:
+    acts = torch.randn(2, 4, 8)
+    mask = torch.ones(2, 4, dtype=torch.int64)
+    labels = torch.arange(8, dtype=torch.int64).reshape(2, 4)
+    frames = [tensor_to_frame("activations", acts), tensor_to_frame("attention_mask", mask),
+              tensor_to_frame("labels", labels)]
+    asm = ChunkAssembler.for_specs(SPECS)
+    done = [asm.feed(c) for f in frames for c in frame_to_chunks(f, 48)]
+    assert [d.name for d in done if d is not None] == ["activations", "attention_mask", "labels"]
+    out = asm.finish(["activations", "attention_mask", "labels"])
+    assert torch.equal(frame_to_tensor(out["activations"]), acts)
+    assert torch.equal(frame_to_tensor(out["labels"]), labels)
+    assert asm.bindings["B"][0] == 2 and asm.bindings["T"][0] == 4
+
+
+def test_rejected_header_binds_nothing() -> None:
+    asm = ChunkAssembler.for_specs(SPECS)
+    with pytest.raises(WireError):
+        asm.feed(_chunk(shape=[2, 4, 7], total_bytes=224, data=b"\0" * 224))
+    assert asm.bindings == {} and asm.in_progress is None and asm.frames == {}
+
+
+def test_check_finite_ignores_integers_and_flags_bf16() -> None:
+    check_finite(tensor_to_frame("m", torch.tensor([1, 2], dtype=torch.int64)))
+    bad = tensor_to_frame("g", torch.tensor([0.0, float("-inf")], dtype=torch.bfloat16))
+    with pytest.raises(WireError, match="first at flat index 1"):
+        check_finite(bad)
+
+
+def test_frame_to_chunks_rejects_bad_chunk_size() -> None:
+    with pytest.raises(WireError, match="chunk_bytes"):
+        list(frame_to_chunks(tensor_to_frame("a", torch.ones(2)), 0))
