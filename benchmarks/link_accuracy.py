@@ -142,7 +142,9 @@ def token_change_delay(old: float, new: float, chunk: int, num: int = 5) -> list
         releases: list[float] = []
         t_change = [0.0]
 
-        def changer(shaper: TokenShaper = shaper, i: int = i) -> None:
+        def changer(
+            shaper: TokenShaper = shaper, i: int = i, t_change: list[float] = t_change
+        ) -> None:
             time.sleep(0.2 + 0.013 * i)  # land at varying points inside a chunk
             t_change[0] = time.monotonic()
             shaper.set_rates(0, new, new)

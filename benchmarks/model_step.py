@@ -30,8 +30,13 @@ def _time_step(client, server, ids, mask, labels) -> dict[str, float]:
     t4 = time.perf_counter()
     for part in (client, server):
         part.zero_grad(set_to_none=True)
-    return {"client_fwd": t1 - t0, "server_fwd": t2 - t1, "server_bwd": t3 - t2,
-            "client_bwd": t4 - t3, "step": t4 - t0}
+    return {
+        "client_fwd": t1 - t0,
+        "server_fwd": t2 - t1,
+        "server_bwd": t3 - t2,
+        "client_bwd": t4 - t3,
+        "step": t4 - t0,
+    }
 
 
 def main() -> None:
@@ -52,17 +57,24 @@ def main() -> None:
     from fedsllm.model.split import split_model
 
     torch.set_num_threads(args.threads)
-    print(f"host {platform.node()} ({os.cpu_count()} cpus, {platform.machine()}), "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"peft {peft.__version__}, threads {args.threads}")
+    print(
+        f"host {platform.node()} ({os.cpu_count()} cpus, {platform.machine()}), "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"peft {peft.__version__}, threads {args.threads}"
+    )
     batch, seq_len = 8, 64
-    print(f"batch {batch}, seq {seq_len}, fp32, LoRA r=8, split {args.split_layer}, "
-          f"median of {args.reps} steps after 2 warm-up steps (ms)")
-    print(f"{'preset':<12} {'client fwd':>10} {'client bwd':>10} {'server fwd':>10} "
-          f"{'server bwd':>10} {'step':>8}")
+    print(
+        f"batch {batch}, seq {seq_len}, fp32, LoRA r=8, split {args.split_layer}, "
+        f"median of {args.reps} steps after 2 warm-up steps (ms)"
+    )
+    print(
+        f"{'preset':<12} {'client fwd':>10} {'client bwd':>10} {'server fwd':>10} "
+        f"{'server bwd':>10} {'step':>8}"
+    )
     for preset in args.presets:
-        scenario = ScenarioConfig(model=ModelConfig(preset=preset, pretrain_steps=0),
-                                  data=DataConfig(seq_len=seq_len))
+        scenario = ScenarioConfig(
+            model=ModelConfig(preset=preset, pretrain_steps=0), data=DataConfig(seq_len=seq_len)
+        )
         model = build_base_model(scenario, 259)
         family = model_family(model)
         client, server = split_model(model, args.split_layer)
@@ -78,8 +90,10 @@ def main() -> None:
             _time_step(client, server, ids, mask, labels)
         runs = [_time_step(client, server, ids, mask, labels) for _ in range(args.reps)]
         med = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
-        print(f"{preset:<12} {med['client_fwd']:>10.1f} {med['client_bwd']:>10.1f} "
-              f"{med['server_fwd']:>10.1f} {med['server_bwd']:>10.1f} {med['step']:>8.1f}")
+        print(
+            f"{preset:<12} {med['client_fwd']:>10.1f} {med['client_bwd']:>10.1f} "
+            f"{med['server_fwd']:>10.1f} {med['server_bwd']:>10.1f} {med['step']:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -52,25 +52,40 @@ def main(argv: list[str] | None = None) -> int:
     part, tokenizer, _ = build_part(scenario, "client")
     data = build_federated_data(scenario, tokenizer)
     shard = data.train[k]
-    optimizer = torch.optim.AdamW([p for p in part.parameters() if p.requires_grad],
-                                  lr=scenario.training.client_lr)
+    optimizer = torch.optim.AdamW(
+        [p for p in part.parameters() if p.requires_grad], lr=scenario.training.client_lr
+    )
     chunk_bytes = scenario.link.chunk_bytes
     main_channel = make_channel(args.main_address)
     fed_channel = make_channel(args.fed_address)
-    main_link = MainServerStream(main_channel, k, scenario_hash, scenario.split.wire_dtype,
-                                 chunk_bytes)
+    main_link = MainServerStream(
+        main_channel, k, scenario_hash, scenario.split.wire_dtype, chunk_bytes
+    )
     fed_link = FedServerClient(fed_channel, k, scenario_hash, chunk_bytes)
     trainer = ClientTrainer(
-        client_id=k, part=part, optimizer=optimizer,
+        client_id=k,
+        part=part,
+        optimizer=optimizer,
         batches=shard.batches(scenario.training.batch_size, seed=scenario.seed * 1000 + k),
-        main=main_link, fed=fed_link, tracer=tracer, to_bytes=adapter_to_bytes,
-        from_bytes=adapter_from_bytes, load_state=load_adapter,
-        compute=lambda _flops: contextlib.nullcontext())
+        main=main_link,
+        fed=fed_link,
+        tracer=tracer,
+        to_bytes=adapter_to_bytes,
+        from_bytes=adapter_from_bytes,
+        load_state=load_adapter,
+        compute=lambda _flops: contextlib.nullcontext(),
+    )
     evaluate = None
     if k == 0:
+
         def evaluate(round_index: int) -> float:
-            return trainer.evaluate(data.val, scenario.training.batch_size,
-                                    scenario.training.num_val_batches, round_index)
+            return trainer.evaluate(
+                data.val,
+                scenario.training.batch_size,
+                scenario.training.num_val_batches,
+                round_index,
+            )
+
     log.info("client %d: %d training samples", k, len(shard))
     try:
         trainer.run(len(shard), FixedPlan(scenario.training.num_local_steps), evaluate)

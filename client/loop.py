@@ -31,8 +31,15 @@ class StepReply:
 
 
 class MainServerLink(Protocol):
-    def send_step(self, round_index: int, step: int, train: bool, activations: torch.Tensor,
-                  attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    def send_step(
+        self,
+        round_index: int,
+        step: int,
+        train: bool,
+        activations: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> int:
         """Send one step's tensors (paced by the uplink); returns bytes sent."""
 
     def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
@@ -88,15 +95,18 @@ class ClientTrainer:
         tr = self.tracer
 
         # 1. client forward
-        with tr.span("client_forward", round=round_index, step=step), \
-                self.compute(self.flops_forward):
+        with (
+            tr.span("client_forward", round=round_index, step=step),
+            self.compute(self.flops_forward),
+        ):
             self.part.train()
             hidden = self.part(batch.input_ids, batch.attention_mask)
 
         # 2. uplink: smashed activations + labels
         with tr.span("uplink", round=round_index, step=step) as span:
-            span.bytes = self.main.send_step(round_index, step, True, hidden.detach(),
-                                             batch.attention_mask, batch.labels)
+            span.bytes = self.main.send_step(
+                round_index, step, True, hidden.detach(), batch.attention_mask, batch.labels
+            )
 
         # 3 + 4. server compute, then downlink of the activation gradient
         with tr.span("wait_reply", round=round_index, step=step) as span:
@@ -107,20 +117,24 @@ class ClientTrainer:
             raise RuntimeError(f"round {round_index} step {step}: train reply has no gradient")
 
         # 5. client backward + LoRA step
-        with tr.span("client_backward", round=round_index, step=step), \
-                self.compute(self.flops_backward):
+        with (
+            tr.span("client_backward", round=round_index, step=step),
+            self.compute(self.flops_backward),
+        ):
             self.optimizer.zero_grad(set_to_none=True)
             hidden.backward(reply.grad.to(hidden.dtype))
             self.optimizer.step()
 
-        tr.event("train_loss", round=round_index, step=step, loss=reply.loss,
-                 num_tokens=reply.num_tokens)
+        tr.event(
+            "train_loss", round=round_index, step=step, loss=reply.loss, num_tokens=reply.num_tokens
+        )
         return reply.loss
 
     # ------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, val: TokenDataset, batch_size: int, num_batches: int,
-                 round_index: int) -> float:
+    def evaluate(
+        self, val: TokenDataset, batch_size: int, num_batches: int, round_index: int
+    ) -> float:
         """Token-weighted mean validation loss of the current global model."""
         self.part.eval()
         total_loss = 0.0
@@ -151,8 +165,9 @@ class ClientTrainer:
             self.load_state(self.part, self.from_bytes(blob, self.part))
         self.loaded_round = round_index
 
-    def run(self, num_samples: int, plan: RoundPlan, evaluate: Callable[[int], float] | None
-            ) -> None:
+    def run(
+        self, num_samples: int, plan: RoundPlan, evaluate: Callable[[int], float] | None
+    ) -> None:
         current, num_rounds = self.fed.join(num_samples)
         log.info("client %d joined at round %d of %d", self.client_id, current, num_rounds)
         for round_index in range(current, num_rounds):
@@ -161,8 +176,12 @@ class ClientTrainer:
                 evaluate(round_index - 1)  # loss before this client's first round
             num_steps = plan.local_steps(round_index)
             losses = [self.local_iteration(round_index, s) for s in range(num_steps)]
-            log.info("round %d: %d steps, mean loss %.4f", round_index, num_steps,
-                     sum(losses) / len(losses))
+            log.info(
+                "round %d: %d steps, mean loss %.4f",
+                round_index,
+                num_steps,
+                sum(losses) / len(losses),
+            )
             with self.tracer.span("adapter_upload", round=round_index) as span:
                 blob = self.to_bytes(self.part)
                 span.bytes = len(blob)

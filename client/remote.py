@@ -38,9 +38,16 @@ _CLOSE = object()
 class MainServerStream:
     """One long-lived bidirectional Train stream (MainServerLink)."""
 
-    def __init__(self, channel: grpc.Channel, client_id: int, scenario_hash: str,
-                 wire_dtype: str, chunk_bytes: int, pace_up: Pace | None = None,
-                 downlink_bps: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        client_id: int,
+        scenario_hash: str,
+        wire_dtype: str,
+        chunk_bytes: int,
+        pace_up: Pace | None = None,
+        downlink_bps: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.client_id = client_id
         self.wire_dtype = wire_dtype
         self.chunk_bytes = chunk_bytes
@@ -50,8 +57,13 @@ class MainServerStream:
         self._sent_shape: tuple[int, ...] | None = None
         self._call = main_grpc.MainServerStub(channel).Train(self._requests())
         self._downlink = read_downlink(self._call, self._reply_specs)
-        self._queue.put(train_request(TrainHelloInfo(
-            client_id=client_id, scenario_hash=scenario_hash, wire_dtype=wire_dtype)))
+        self._queue.put(
+            train_request(
+                TrainHelloInfo(
+                    client_id=client_id, scenario_hash=scenario_hash, wire_dtype=wire_dtype
+                )
+            )
+        )
         welcome = next(self._downlink, None)
         if not isinstance(welcome, TrainWelcomeInfo):
             raise WireError("TrainResponse", "main server did not answer hello with welcome")
@@ -64,18 +76,37 @@ class MainServerStream:
             yield item
 
     def _reply_specs(self, _result: Any) -> list[TensorSpec]:
-        return [TensorSpec("activations_grad", frozenset({self.wire_dtype}), self._sent_shape,
-                           require_finite=True)]
+        return [
+            TensorSpec(
+                "activations_grad",
+                frozenset({self.wire_dtype}),
+                self._sent_shape,
+                require_finite=True,
+            )
+        ]
 
-    def send_step(self, round_index: int, step: int, train: bool, activations: torch.Tensor,
-                  attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
-        frames = [tensor_to_frame("activations", activations.detach(), self.wire_dtype),
-                  tensor_to_frame("attention_mask", attention_mask),
-                  tensor_to_frame("labels", labels)]
+    def send_step(
+        self,
+        round_index: int,
+        step: int,
+        train: bool,
+        activations: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> int:
+        frames = [
+            tensor_to_frame("activations", activations.detach(), self.wire_dtype),
+            tensor_to_frame("attention_mask", attention_mask),
+            tensor_to_frame("labels", labels),
+        ]
         self._sent_shape = tuple(activations.shape)
-        header = StepHeaderInfo(round=round_index, step=step, mode="train" if train else "eval",
-                                downlink_bps=float(self.downlink_bps()),
-                                tensor_names=tuple(f.name for f in frames))
+        header = StepHeaderInfo(
+            round=round_index,
+            step=step,
+            mode="train" if train else "eval",
+            downlink_bps=float(self.downlink_bps()),
+            tensor_names=tuple(f.name for f in frames),
+        )
         total = 0
         for request in step_upload_requests(header, frames, self.chunk_bytes):
             size = request.ByteSize()
@@ -88,17 +119,28 @@ class MainServerStream:
     def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
         reply = next(self._downlink, None)
         if not isinstance(reply, StepDownload):
-            raise WireError("TrainResponse", f"stream ended before the reply to round "
-                            f"{round_index} step {step}")
+            raise WireError(
+                "TrainResponse", f"stream ended before the reply to round {round_index} step {step}"
+            )
         result = reply.result
         if (result.round, result.step) != (round_index, step):
-            raise WireError("StepResult", f"answers round {result.round} step {result.step}, "
-                            f"expected round {round_index} step {step}")
-        grad = (reply.tensor("activations_grad", torch.float32)
-                if "activations_grad" in reply.frames else None)
+            raise WireError(
+                "StepResult",
+                f"answers round {result.round} step {result.step}, "
+                f"expected round {round_index} step {step}",
+            )
+        grad = (
+            reply.tensor("activations_grad", torch.float32)
+            if "activations_grad" in reply.frames
+            else None
+        )
         num_bytes = sum(f.num_bytes for f in reply.frames.values())
-        return StepReply(loss=result.loss, num_tokens=result.num_tokens, grad=grad,
-                         server_compute_s=result.server_compute_s), num_bytes
+        return StepReply(
+            loss=result.loss,
+            num_tokens=result.num_tokens,
+            grad=grad,
+            server_compute_s=result.server_compute_s,
+        ), num_bytes
 
     def close(self) -> None:
         self._queue.put(_CLOSE)
@@ -109,9 +151,16 @@ class MainServerStream:
 class FedServerClient:
     """Join, push and pull against the fed server (FedServerLink)."""
 
-    def __init__(self, channel: grpc.Channel, client_id: int, scenario_hash: str,
-                 chunk_bytes: int, pace_up: Pace | None = None,
-                 rpc_timeout_s: float = 60.0, pull_timeout_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        client_id: int,
+        scenario_hash: str,
+        chunk_bytes: int,
+        pace_up: Pace | None = None,
+        rpc_timeout_s: float = 60.0,
+        pull_timeout_s: float = 3600.0,
+    ) -> None:
         self.stub = fed_grpc.FedServerStub(channel)
         self.client_id = client_id
         self.scenario_hash = scenario_hash
@@ -123,8 +172,9 @@ class FedServerClient:
 
     def join(self, num_samples: int) -> tuple[int, int]:
         self.num_samples = num_samples
-        request = fed_server_pb2.JoinRequest(client_id=self.client_id, num_samples=num_samples,
-                                             scenario_hash=self.scenario_hash)
+        request = fed_server_pb2.JoinRequest(
+            client_id=self.client_id, num_samples=num_samples, scenario_hash=self.scenario_hash
+        )
         reply = call_with_retry(lambda: self.stub.Join(request, timeout=self.rpc_timeout_s))
         return reply.current_round, reply.num_rounds
 
@@ -135,16 +185,23 @@ class FedServerClient:
             yield request
 
     def push_adapter(self, round_index: int, blob: bytes) -> None:
-        header = PushHeaderInfo(client_id=self.client_id, round=round_index,
-                                num_samples=self.num_samples, total_bytes=len(blob))
+        header = PushHeaderInfo(
+            client_id=self.client_id,
+            round=round_index,
+            num_samples=self.num_samples,
+            total_bytes=len(blob),
+        )
         try:
-            self.stub.PushAdapter(self._paced(push_requests(header, blob, self.chunk_bytes)),
-                                  timeout=self.rpc_timeout_s)
+            self.stub.PushAdapter(
+                self._paced(push_requests(header, blob, self.chunk_bytes)),
+                timeout=self.rpc_timeout_s,
+            )
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 # A straggler past the deadline: the round went on without it.
-                raise StateError(f"fed server refused round {round_index}: "
-                                 f"{err.details()}") from None
+                raise StateError(
+                    f"fed server refused round {round_index}: {err.details()}"
+                ) from None
             raise
 
     def pull_global(self, round_index: int) -> bytes | None:

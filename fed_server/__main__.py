@@ -44,15 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.completed_round >= 0:
         log.info("resuming after round %d from %s", checkpoint.completed_round, run_dir)
-    state = RoundState(num_clients=scenario.clients.num_clients,
-                       num_rounds=scenario.training.num_rounds, run_dir=run_dir, tracer=tracer,
-                       checkpoint=checkpoint, deadline_s=scenario.training.round_deadline_s,
-                       min_clients=scenario.training.min_clients)
-    service = FedServerService(state, scenario_hash, scenario.training.num_local_steps,
-                               max_adapter_bytes=256 * 2**20,
-                               chunk_bytes=scenario.link.chunk_bytes)
+    state = RoundState(
+        num_clients=scenario.clients.num_clients,
+        num_rounds=scenario.training.num_rounds,
+        run_dir=run_dir,
+        tracer=tracer,
+        checkpoint=checkpoint,
+        deadline_s=scenario.training.round_deadline_s,
+        min_clients=scenario.training.min_clients,
+    )
+    service = FedServerService(
+        state,
+        scenario_hash,
+        scenario.training.num_local_steps,
+        max_adapter_bytes=256 * 2**20,
+        chunk_bytes=scenario.link.chunk_bytes,
+    )
     server, port = create_server(
-        args.bind, [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s)])
+        args.bind, [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s)]
+    )
     log.info("serving FedServer on port %d", port)
 
     stop = threading.Event()

@@ -48,10 +48,18 @@ class RoundSnapshot:
 
 
 class RoundState:
-    def __init__(self, *, num_clients: int, num_rounds: int, run_dir: Path | None,
-                 tracer: Tracer, checkpoint: Checkpoint | None = None,
-                 deadline_s: float = 0.0, min_clients: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        num_clients: int,
+        num_rounds: int,
+        run_dir: Path | None,
+        tracer: Tracer,
+        checkpoint: Checkpoint | None = None,
+        deadline_s: float = 0.0,
+        min_clients: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.num_clients = num_clients
         self.num_rounds = num_rounds
         self.run_dir = run_dir
@@ -82,8 +90,12 @@ class RoundState:
 
     def snapshot(self) -> RoundSnapshot:
         with self._cond:
-            return RoundSnapshot(self._completed, dict(self._joined), tuple(sorted(self._pending)),
-                                 tuple(sorted(self._globals)))
+            return RoundSnapshot(
+                self._completed,
+                dict(self._joined),
+                tuple(sorted(self._pending)),
+                tuple(sorted(self._globals)),
+            )
 
     def _check_client(self, client_id: int) -> None:
         if not 0 <= client_id < self.num_clients:
@@ -97,15 +109,22 @@ class RoundState:
         with self._cond:
             known = self._joined.get(client_id)
             if known is not None and known != num_samples:
-                raise StateError(f"client {client_id} rejoined with num_samples={num_samples}, "
-                                 f"joined before with {known}")
+                raise StateError(
+                    f"client {client_id} rejoined with num_samples={num_samples}, "
+                    f"joined before with {known}"
+                )
             self._joined[client_id] = num_samples
-            log.info("client %d joined with %d samples (round %d)", client_id, num_samples,
-                     self.current_round)
+            log.info(
+                "client %d joined with %d samples (round %d)",
+                client_id,
+                num_samples,
+                self.current_round,
+            )
             return JoinResult(current_round=self.current_round, num_rounds=self.num_rounds)
 
-    def submit(self, client_id: int, round_index: int, blob: bytes,
-               num_samples: int | None = None) -> None:
+    def submit(
+        self, client_id: int, round_index: int, blob: bytes, num_samples: int | None = None
+    ) -> None:
         """Accept client `client_id`'s adapter for `round_index`, aggregating when complete."""
         self._check_client(client_id)
         state = parse_adapter(blob)  # parse outside the lock: it is the slow part
@@ -113,11 +132,14 @@ class RoundState:
             if client_id not in self._joined:
                 raise StateError(f"client {client_id} has not joined")
             if num_samples is not None and num_samples != self._joined[client_id]:
-                raise WireError("num_samples", f"={num_samples}, but client {client_id} "
-                                f"joined with {self._joined[client_id]}")
+                raise WireError(
+                    "num_samples",
+                    f"={num_samples}, but client {client_id} joined with {self._joined[client_id]}",
+                )
             if round_index != self.current_round:
-                raise StateError(f"round {round_index} is not the current round "
-                                 f"{self.current_round}")
+                raise StateError(
+                    f"round {round_index} is not the current round {self.current_round}"
+                )
             if client_id in self._pending:
                 raise StateError(f"client {client_id} already reported round {round_index}")
             if self._template is not None:
@@ -128,8 +150,13 @@ class RoundState:
                 if first is not None:
                     check_compatible(state, first)
             self._pending[client_id] = state
-            log.info("round %d: adapter from client %d (%d/%d)", round_index, client_id,
-                     len(self._pending), self.num_clients)
+            log.info(
+                "round %d: adapter from client %d (%d/%d)",
+                round_index,
+                client_id,
+                len(self._pending),
+                self.num_clients,
+            )
             if len(self._pending) == self.num_clients:
                 self._aggregate_locked()
 
@@ -140,8 +167,12 @@ class RoundState:
         with self._cond:
             late = self.clock() - self._round_started > self.deadline_s
             if late and len(self._pending) >= self.min_clients and not self.finished:
-                log.warning("round %d: deadline passed, aggregating %d/%d adapters",
-                            self.current_round, len(self._pending), self.num_clients)
+                log.warning(
+                    "round %d: deadline passed, aggregating %d/%d adapters",
+                    self.current_round,
+                    len(self._pending),
+                    self.num_clients,
+                )
                 self._aggregate_locked()
                 return True
         return False
@@ -181,6 +212,7 @@ class RoundState:
                 return None
             ok = self._cond.wait_for(lambda: self._completed >= round_index, timeout=timeout_s)
             if not ok:
-                raise TimeoutError(f"global adapter of round {round_index} not ready "
-                                   f"after {timeout_s:.0f} s")
+                raise TimeoutError(
+                    f"global adapter of round {round_index} not ready after {timeout_s:.0f} s"
+                )
             return self._globals[self._completed]

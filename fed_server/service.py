@@ -36,9 +36,15 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> None:
 
 
 class FedServerService(pb_grpc.FedServerServicer):
-    def __init__(self, state: RoundState, scenario_hash: str, num_local_steps: int,
-                 max_adapter_bytes: int, chunk_bytes: int, pull_timeout_s: float = 3600.0
-                 ) -> None:
+    def __init__(
+        self,
+        state: RoundState,
+        scenario_hash: str,
+        num_local_steps: int,
+        max_adapter_bytes: int,
+        chunk_bytes: int,
+        pull_timeout_s: float = 3600.0,
+    ) -> None:
         self.state = state
         self.scenario_hash = scenario_hash
         self.num_local_steps = num_local_steps
@@ -48,8 +54,10 @@ class FedServerService(pb_grpc.FedServerServicer):
 
     def _check_hash(self, given: str) -> None:
         if given != self.scenario_hash:
-            raise StateError(f"scenario_hash {given!r} does not match the server's "
-                             f"{self.scenario_hash!r}: client and server run different scenarios")
+            raise StateError(
+                f"scenario_hash {given!r} does not match the server's "
+                f"{self.scenario_hash!r}: client and server run different scenarios"
+            )
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         try:
@@ -57,38 +65,46 @@ class FedServerService(pb_grpc.FedServerServicer):
             joined = self.state.join(request.client_id, request.num_samples)
         except (WireError, StateError) as err:
             _abort(context, err)
-        return pb.JoinResponse(current_round=joined.current_round,
-                               num_rounds=joined.num_rounds,
-                               num_local_steps=self.num_local_steps)
+        return pb.JoinResponse(
+            current_round=joined.current_round,
+            num_rounds=joined.num_rounds,
+            num_local_steps=self.num_local_steps,
+        )
 
-    def PushAdapter(self, request_iterator: Iterator[pb.PushAdapterRequest],
-                    context: grpc.ServicerContext) -> pb.PushAdapterResponse:
+    def PushAdapter(
+        self, request_iterator: Iterator[pb.PushAdapterRequest], context: grpc.ServicerContext
+    ) -> pb.PushAdapterResponse:
         try:
             header, blob = read_push(request_iterator, self.max_adapter_bytes)
             self.state.submit(header.client_id, header.round, blob, header.num_samples)
         except (WireError, StateError) as err:
             _abort(context, err)
         snap = self.state.snapshot()
-        return pb.PushAdapterResponse(accepted=True, round=header.round,
-                                      num_received=len(snap.pending))
+        return pb.PushAdapterResponse(
+            accepted=True, round=header.round, num_received=len(snap.pending)
+        )
 
-    def PullGlobal(self, request: pb.PullGlobalRequest, context: grpc.ServicerContext
-                   ) -> Iterator[pb.PullGlobalResponse]:
+    def PullGlobal(
+        self, request: pb.PullGlobalRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.PullGlobalResponse]:
         try:
             blob = self.state.wait_global(request.round, self.pull_timeout_s)
         except (WireError, TimeoutError) as err:
             _abort(context, err)
         snap = self.state.snapshot()
-        header = GlobalHeaderInfo(round=max(snap.completed_round, 0),
-                                  has_adapter=blob is not None,
-                                  total_bytes=len(blob) if blob else 0,
-                                  finished=self.state.finished)
+        header = GlobalHeaderInfo(
+            round=max(snap.completed_round, 0),
+            has_adapter=blob is not None,
+            total_bytes=len(blob) if blob else 0,
+            finished=self.state.finished,
+        )
         yield from pull_responses(header, blob, self.chunk_bytes)
 
-    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext
-               ) -> pb.StatusResponse:
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         snap = self.state.snapshot()
-        return pb.StatusResponse(round=max(snap.completed_round + 1, 0),
-                                 num_rounds=self.state.num_rounds,
-                                 finished=self.state.finished,
-                                 clients_joined=sorted(snap.joined))
+        return pb.StatusResponse(
+            round=max(snap.completed_round + 1, 0),
+            num_rounds=self.state.num_rounds,
+            finished=self.state.finished,
+            clients_joined=sorted(snap.joined),
+        )

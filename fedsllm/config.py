@@ -144,10 +144,15 @@ class DataConfig:
         _one_of("data.source", self.source, DATA_SOURCES)
         if self.source != "e2e":
             _check(bool(self.path), "data.path", self.path, f"required for source {self.source}")
-        _check(self.num_train_samples >= 1, "data.num_train_samples", self.num_train_samples,
-               "must be >= 1")
-        _check(self.num_val_samples >= 1, "data.num_val_samples", self.num_val_samples,
-               "must be >= 1")
+        _check(
+            self.num_train_samples >= 1,
+            "data.num_train_samples",
+            self.num_train_samples,
+            "must be >= 1",
+        )
+        _check(
+            self.num_val_samples >= 1, "data.num_val_samples", self.num_val_samples, "must be >= 1"
+        )
         _check(self.seq_len >= 8, "data.seq_len", self.seq_len, "must be >= 8")
         _one_of("data.partition", self.partition, PARTITIONS)
         _positive("data.dirichlet_alpha", self.dirichlet_alpha)
@@ -178,8 +183,13 @@ class TrainingConfig:
     """Adapters needed to aggregate once the deadline passes."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "num_rounds", "num_local_steps", "num_val_batches",
-                     "min_clients"):
+        for name in (
+            "batch_size",
+            "num_rounds",
+            "num_local_steps",
+            "num_val_batches",
+            "min_clients",
+        ):
             value = getattr(self, name)
             _check(value >= 1, f"training.{name}", value, "must be >= 1")
         _positive("training.client_lr", self.client_lr)
@@ -246,8 +256,12 @@ class ChannelConfig:
         _positive("channel.bandwidth_hz", self.bandwidth_hz)
         _positive("channel.cell_radius_m", self.cell_radius_m)
         _positive("channel.min_distance_m", self.min_distance_m)
-        _check(self.min_distance_m < self.cell_radius_m, "channel.min_distance_m",
-               self.min_distance_m, "must be < channel.cell_radius_m")
+        _check(
+            self.min_distance_m < self.cell_radius_m,
+            "channel.min_distance_m",
+            self.min_distance_m,
+            "must be < channel.cell_radius_m",
+        )
         _one_of("channel.placement", self.placement, PLACEMENTS)
         _non_negative("channel.shadowing_std_db", self.shadowing_std_db)
         _one_of("channel.fading", self.fading, FADINGS)
@@ -300,10 +314,18 @@ class PolicyConfig:
         _one_of("policy.solver", self.solver, SOLVERS)
         _check(0 < self.fixed_eta < 1, "policy.fixed_eta", self.fixed_eta, "must be in (0, 1)")
         if self.name == "fixed":
-            _check(bool(self.shares_file), "policy.shares_file", self.shares_file,
-                   "required for policy fixed")
-        _check(self.num_random_draws >= 1, "policy.num_random_draws", self.num_random_draws,
-               "must be >= 1")
+            _check(
+                bool(self.shares_file),
+                "policy.shares_file",
+                self.shares_file,
+                "required for policy fixed",
+            )
+        _check(
+            self.num_random_draws >= 1,
+            "policy.num_random_draws",
+            self.num_random_draws,
+            "must be >= 1",
+        )
 
 
 @_frozen
@@ -325,8 +347,12 @@ class LinkConfig:
         _one_of("link.backend", self.backend, LINK_BACKENDS)
         _positive("link.time_dilation", self.time_dilation)
         _non_negative("link.propagation_delay_s", self.propagation_delay_s)
-        _check(4096 <= self.chunk_bytes <= 4 * 2**20, "link.chunk_bytes", self.chunk_bytes,
-               "must be in [4096, 4194304]")
+        _check(
+            4096 <= self.chunk_bytes <= 4 * 2**20,
+            "link.chunk_bytes",
+            self.chunk_bytes,
+            "must be in [4096, 4194304]",
+        )
 
 
 @_frozen
@@ -367,18 +393,37 @@ class ScenarioConfig:
 
     def __post_init__(self) -> None:
         k = self.clients.num_clients
-        _check(len(self.clients.profiles) in (0, k), "clients.profiles",
-               len(self.clients.profiles), f"must list 0 or clients.num_clients={k} entries")
-        _check(len(self.data.client_fractions) in (0, k), "data.client_fractions",
-               len(self.data.client_fractions),
-               f"must list 0 or clients.num_clients={k} entries")
-        _check(k <= self.data.num_train_samples, "clients.num_clients", k,
-               f"must be <= data.num_train_samples={self.data.num_train_samples}")
-        _check(self.training.min_clients <= k, "training.min_clients",
-               self.training.min_clients, f"must be <= clients.num_clients={k}")
+        _check(
+            len(self.clients.profiles) in (0, k),
+            "clients.profiles",
+            len(self.clients.profiles),
+            f"must list 0 or clients.num_clients={k} entries",
+        )
+        _check(
+            len(self.data.client_fractions) in (0, k),
+            "data.client_fractions",
+            len(self.data.client_fractions),
+            f"must list 0 or clients.num_clients={k} entries",
+        )
+        _check(
+            k <= self.data.num_train_samples,
+            "clients.num_clients",
+            k,
+            f"must be <= data.num_train_samples={self.data.num_train_samples}",
+        )
+        _check(
+            self.training.min_clients <= k,
+            "training.min_clients",
+            self.training.min_clients,
+            f"must be <= clients.num_clients={k}",
+        )
         if self.link.backend == "tc":
-            _check(self.run.network == "netns", "link.backend", self.link.backend,
-                   "tc needs run.network = netns")
+            _check(
+                self.run.network == "netns",
+                "link.backend",
+                self.link.backend,
+                "tc needs run.network = netns",
+            )
 
     def profile(self, client_id: int) -> ClientProfile:
         """The resolved profile of client `client_id` (defaults filled in)."""
@@ -386,8 +431,9 @@ class ScenarioConfig:
         return dataclasses.replace(
             base,
             flops=base.flops or self.devices.client_flops,
-            tx_power_dbm=(self.channel.tx_power_dbm if math.isnan(base.tx_power_dbm)
-                          else base.tx_power_dbm),
+            tx_power_dbm=(
+                self.channel.tx_power_dbm if math.isnan(base.tx_power_dbm) else base.tx_power_dbm
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -420,8 +466,12 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         _check(isinstance(value, bool), path, value, "must be true or false")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), path, value,
-               "must be an integer")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            path,
+            value,
+            "must be an integer",
+        )
         return value
     if tp is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -440,8 +490,12 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     prefix = f"{path}." if path else ""
     for key in data:
-        _check(key in names, f"{prefix}{key}", data[key],
-               f"unknown field (known: {', '.join(sorted(names))})")
+        _check(
+            key in names,
+            f"{prefix}{key}",
+            data[key],
+            f"unknown field (known: {', '.join(sorted(names))})",
+        )
     kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
@@ -501,7 +555,8 @@ def load_dict(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError("--scenario", str(source), f"not valid TOML ({err})") from None
 
 
-def load_scenario(path: str | Path | None = None, overrides: list[str] | None = None
-                  ) -> ScenarioConfig:
+def load_scenario(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ScenarioConfig:
     """Load, override and validate a scenario; the one entry point for configs."""
     return from_dict(apply_overrides(load_dict(path), overrides or []))

@@ -100,14 +100,16 @@ class RoleProcess:
 def role_env(scenario: ScenarioConfig) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(scenario.run.num_threads)
-    env.update({
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    })
+    env.update(
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     # The roles are top-level packages of this checkout; make them importable
     # even when fedsllm runs from a source tree that is not installed.
     root = str(Path(__file__).resolve().parent.parent)
@@ -115,13 +117,20 @@ def role_env(scenario: ScenarioConfig) -> dict[str, str]:
     return env
 
 
-def start_role(name: str, module: str, args: Sequence[str], run_dir: Path,
-               env: dict[str, str], prefix: Sequence[str] = ()) -> RoleProcess:
+def start_role(
+    name: str,
+    module: str,
+    args: Sequence[str],
+    run_dir: Path,
+    env: dict[str, str],
+    prefix: Sequence[str] = (),
+) -> RoleProcess:
     log_path = run_dir / "logs" / f"{name}.log"
     cmd = [*prefix, sys.executable, "-m", module, *args]
     with open(log_path, "ab") as fh:
-        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
     return RoleProcess(name=name, cmd=cmd, log_path=log_path, popen=popen)
 
@@ -162,9 +171,12 @@ class RunOutcome:
     wall_s: float
 
 
-def run_processes(scenario: ScenarioConfig, run_dir: Path,
-                  on_tick: Callable[[], None] | None = None,
-                  tick_s: float = 0.25) -> RunOutcome:
+def run_processes(
+    scenario: ScenarioConfig,
+    run_dir: Path,
+    on_tick: Callable[[], None] | None = None,
+    tick_s: float = 0.25,
+) -> RunOutcome:
     """Start every role, wait for the clients, stop the servers; never leaves a process."""
     from fedsllm.wire.rpc import free_port
 
@@ -179,18 +191,32 @@ def run_processes(scenario: ScenarioConfig, run_dir: Path,
     failed: RoleFailed | None = None
     t0 = time.monotonic()
     try:
-        fed = start_role("fed_server", "fed_server",
-                         [*common, "--bind", f"{host}:{fed_port}"], run_dir, env)
+        fed = start_role(
+            "fed_server", "fed_server", [*common, "--bind", f"{host}:{fed_port}"], run_dir, env
+        )
         procs.append(fed)
-        main = start_role("main_server", "main_server",
-                          [*common, "--bind", f"{host}:{main_port}"], run_dir, env)
+        main = start_role(
+            "main_server", "main_server", [*common, "--bind", f"{host}:{main_port}"], run_dir, env
+        )
         procs.append(main)
         wait_until_healthy(fed, fed_addr, scenario.run.startup_timeout_s)
         wait_until_healthy(main, main_addr, scenario.run.startup_timeout_s)
         clients = [
-            start_role(f"client_{k}", "client",
-                       [*common, "--client-id", str(k), "--fed-address", fed_addr,
-                        "--main-address", main_addr], run_dir, env)
+            start_role(
+                f"client_{k}",
+                "client",
+                [
+                    *common,
+                    "--client-id",
+                    str(k),
+                    "--fed-address",
+                    fed_addr,
+                    "--main-address",
+                    main_addr,
+                ],
+                run_dir,
+                env,
+            )
             for k in range(scenario.clients.num_clients)
         ]
         procs.extend(clients)
@@ -226,10 +252,13 @@ def run_processes(scenario: ScenarioConfig, run_dir: Path,
     if failed is None:
         for name in ("fed_server", "main_server"):
             if exit_codes.get(name, 0) != 0:
-                failed = RoleFailed(next(p for p in procs if p.name == name),
-                                    f"exited with code {exit_codes[name]} at shutdown")
-    return RunOutcome(run_dir=run_dir, exit_codes=exit_codes, failed=failed,
-                      wall_s=time.monotonic() - t0)
+                failed = RoleFailed(
+                    next(p for p in procs if p.name == name),
+                    f"exited with code {exit_codes[name]} at shutdown",
+                )
+    return RunOutcome(
+        run_dir=run_dir, exit_codes=exit_codes, failed=failed, wall_s=time.monotonic() - t0
+    )
 
 
 def save_server_adapter(main_addr: str, run_dir: Path) -> None:

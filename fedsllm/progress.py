@@ -15,8 +15,9 @@ from fedsllm.trace import TraceTail
 
 
 class RunProgress:
-    def __init__(self, scenario: ScenarioConfig, trace_dir: Path, console: Any,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self, scenario: ScenarioConfig, trace_dir: Path, console: Any, enabled: bool = True
+    ) -> None:
         self.scenario = scenario
         self.tail = TraceTail(trace_dir)
         self.console = console
@@ -31,17 +32,27 @@ class RunProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), console=self.console, transient=False)
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=False,
+            )
             self._progress.__enter__()
             total = self.scenario.training.num_rounds * self.scenario.training.num_local_steps
             for k in range(self.scenario.clients.num_clients):
-                self._tasks[k] = self._progress.add_task(f"client {k}", total=total,
-                                                         info="starting")
+                self._tasks[k] = self._progress.add_task(
+                    f"client {k}", total=total, info="starting"
+                )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
 
@@ -52,13 +63,17 @@ class RunProgress:
             if rec["name"] == "train_loss" and self._progress is not None:
                 k = rec["client"]
                 self._progress.update(
-                    self._tasks[k], advance=1,
-                    info=f"round {rec['round']} step {rec['step']} loss {rec['extra']['loss']:.4f}")
+                    self._tasks[k],
+                    advance=1,
+                    info=f"round {rec['round']} step {rec['step']} loss {rec['extra']['loss']:.4f}",
+                )
             elif rec["name"] == "val_loss":
                 self._val[rec["round"]] = rec["extra"]["loss"]
                 if self.enabled:
                     label = "initial" if rec["round"] < 0 else f"after round {rec['round']}"
                     self.console.print(f"validation loss {label}: {rec['extra']['loss']:.4f}")
             elif rec["name"] == "round_done" and self.enabled:
-                self.console.print(f"round {rec['round']} aggregated "
-                                   f"({rec['extra'].get('num_clients', '?')} clients)")
+                self.console.print(
+                    f"round {rec['round']} aggregated "
+                    f"({rec['extra'].get('num_clients', '?')} clients)"
+                )

@@ -64,14 +64,16 @@ def summarize(records: list[dict[str, Any]]) -> RunSummary:
         begin = round_end.get(rnd - 1, start)
         end = round_end.get(rnd, math.nan)
         values = losses.get(rnd, [])
-        rounds.append(RoundSummary(
-            round=rnd,
-            train_loss=sum(values) / len(values) if values else math.nan,
-            val_loss=val.get(rnd, math.nan),
-            wall_s=end - begin,
-            num_clients=len(clients.get(rnd, ())),
-            num_steps=len(values),
-        ))
+        rounds.append(
+            RoundSummary(
+                round=rnd,
+                train_loss=sum(values) / len(values) if values else math.nan,
+                val_loss=val.get(rnd, math.nan),
+                wall_s=end - begin,
+                num_clients=len(clients.get(rnd, ())),
+                num_steps=len(values),
+            )
+        )
     last_end = max(round_end.values(), default=math.nan)
     final_round = max(val, default=-1)
     return RunSummary(

@@ -61,8 +61,14 @@ class Tracer:
     processes' records share one time axis.
     """
 
-    def __init__(self, path: Path | None, role: str, client_id: int = -1,
-                 clock: Callable[[], float] = time.time, clock_offset_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        role: str,
+        client_id: int = -1,
+        clock: Callable[[], float] = time.time,
+        clock_offset_s: float = 0.0,
+    ) -> None:
         self.role = role
         self.client_id = client_id
         self.clock = clock
@@ -83,29 +89,64 @@ class Tracer:
         with self._lock:
             self._fh.write(line + "\n")
 
-    def record(self, kind: str, name: str, t0: float, t1: float, *, round: int = -1,
-               step: int = -1, bytes: int = 0, client: int | None = None,
-               extra: dict[str, Any] | None = None) -> None:
-        self._write({
-            "kind": kind, "role": self.role,
-            "client": self.client_id if client is None else client,
-            "round": round, "step": step, "name": name, "t0": t0, "t1": t1,
-            "bytes": bytes, "extra": extra or {},
-        })
+    def record(
+        self,
+        kind: str,
+        name: str,
+        t0: float,
+        t1: float,
+        *,
+        round: int = -1,
+        step: int = -1,
+        bytes: int = 0,
+        client: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self._write(
+            {
+                "kind": kind,
+                "role": self.role,
+                "client": self.client_id if client is None else client,
+                "round": round,
+                "step": step,
+                "name": name,
+                "t0": t0,
+                "t1": t1,
+                "bytes": bytes,
+                "extra": extra or {},
+            }
+        )
 
     @contextmanager
-    def span(self, name: str, *, round: int = -1, step: int = -1, bytes: int = 0,
-             client: int | None = None) -> Iterator[SpanHandle]:
+    def span(
+        self,
+        name: str,
+        *,
+        round: int = -1,
+        step: int = -1,
+        bytes: int = 0,
+        client: int | None = None,
+    ) -> Iterator[SpanHandle]:
         handle = SpanHandle(bytes=bytes)
         t0 = self.now()
         try:
             yield handle
         finally:
-            self.record("span", name, t0, self.now(), round=round, step=step,
-                        bytes=handle.bytes, client=client, extra=handle.extra)
+            self.record(
+                "span",
+                name,
+                t0,
+                self.now(),
+                round=round,
+                step=step,
+                bytes=handle.bytes,
+                client=client,
+                extra=handle.extra,
+            )
 
-    def event(self, name: str, *, round: int = -1, step: int = -1, client: int | None = None,
-              **extra: Any) -> None:
+    def event(
+        self, name: str, *, round: int = -1, step: int = -1, client: int | None = None, **extra: Any
+    ) -> None:
         t = self.now()
         self.record("event", name, t, t, round=round, step=step, client=client, extra=extra)
 

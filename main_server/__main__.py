@@ -42,19 +42,32 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir)
     tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
     part, tokenizer, model_config = build_part(scenario, "server")
-    trainer = ServerTrainer(part, lr=scenario.training.server_lr,
-                            update=scenario.training.server_update,
-                            wave_size=scenario.clients.num_clients)
+    trainer = ServerTrainer(
+        part,
+        lr=scenario.training.server_lr,
+        update=scenario.training.server_update,
+        wave_size=scenario.clients.num_clients,
+    )
     limits = StepLimits(
-        hidden_size=model_config.hidden_size, vocab_size=tokenizer.vocab_size,
-        max_seq_len=scenario.data.seq_len, max_batch=max(scenario.training.batch_size, 64),
-        wire_dtype=scenario.split.wire_dtype, num_clients=scenario.clients.num_clients,
-        max_tensor_bytes=256 * 2**20)
-    service = MainServerService(trainer, limits, scenario_hash, tracer,
-                                chunk_bytes=scenario.link.chunk_bytes,
-                                adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes))
+        hidden_size=model_config.hidden_size,
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=scenario.data.seq_len,
+        max_batch=max(scenario.training.batch_size, 64),
+        wire_dtype=scenario.split.wire_dtype,
+        num_clients=scenario.clients.num_clients,
+        max_tensor_bytes=256 * 2**20,
+    )
+    service = MainServerService(
+        trainer,
+        limits,
+        scenario_hash,
+        tracer,
+        chunk_bytes=scenario.link.chunk_bytes,
+        adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
+    )
     server, port = create_server(
-        args.bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)])
+        args.bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
+    )
     log.info("serving MainServer on port %d", port)
 
     stop = threading.Event()

@@ -30,8 +30,14 @@ class ServerStepResult:
 
 
 class ServerTrainer:
-    def __init__(self, server_part: torch.nn.Module, *, lr: float, update: str = "per_batch",
-                 wave_size: int = 1) -> None:
+    def __init__(
+        self,
+        server_part: torch.nn.Module,
+        *,
+        lr: float,
+        update: str = "per_batch",
+        wave_size: int = 1,
+    ) -> None:
         self.part = server_part
         self.params = [p for p in server_part.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr)
@@ -41,8 +47,9 @@ class ServerTrainer:
         self._batches_in_wave = 0
         self.num_updates = 0
 
-    def train_step(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> ServerStepResult:
+    def train_step(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> ServerStepResult:
         hidden = hidden.detach().requires_grad_(True)
         with self._lock:
             t0 = time.perf_counter()
@@ -66,8 +73,9 @@ class ServerTrainer:
         return ServerStepResult(float(loss.detach()), _num_tokens(labels), grad, compute_s)
 
     @torch.no_grad()
-    def eval_step(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor) -> ServerStepResult:
+    def eval_step(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> ServerStepResult:
         with self._lock:
             t0 = time.perf_counter()
             self.part.eval()

@@ -59,15 +59,20 @@ class StepLimits:
 
 def step_specs(limits: StepLimits) -> list[TensorSpec]:
     return [
-        TensorSpec("activations", frozenset({limits.wire_dtype}),
-                   ("B", "T", limits.hidden_size), require_finite=True),
+        TensorSpec(
+            "activations",
+            frozenset({limits.wire_dtype}),
+            ("B", "T", limits.hidden_size),
+            require_finite=True,
+        ),
         TensorSpec("attention_mask", frozenset({"int64"}), ("B", "T")),
         TensorSpec("labels", frozenset({"int64"}), ("B", "T")),
     ]
 
 
-def check_step_values(limits: StepLimits, hidden: torch.Tensor, mask: torch.Tensor,
-                      labels: torch.Tensor) -> None:
+def check_step_values(
+    limits: StepLimits, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> None:
     """Checks that need the values, after the assembler checked dtypes and shapes."""
     batch, seq = mask.shape
     if batch > limits.max_batch:
@@ -86,10 +91,16 @@ def check_step_values(limits: StepLimits, hidden: torch.Tensor, mask: torch.Tens
 
 
 class MainServerService(pb_grpc.MainServerServicer):
-    def __init__(self, trainer: ServerTrainer, limits: StepLimits, scenario_hash: str,
-                 tracer: Tracer, chunk_bytes: int,
-                 pace: Callable[[int, float, int], None] | None = None,
-                 adapter_bytes: Callable[[], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        trainer: ServerTrainer,
+        limits: StepLimits,
+        scenario_hash: str,
+        tracer: Tracer,
+        chunk_bytes: int,
+        pace: Callable[[int, float, int], None] | None = None,
+        adapter_bytes: Callable[[], bytes] | None = None,
+    ) -> None:
         self.trainer = trainer
         self.limits = limits
         self.scenario_hash = scenario_hash
@@ -100,10 +111,14 @@ class MainServerService(pb_grpc.MainServerServicer):
         self.adapter_bytes = adapter_bytes
 
     # ------------------------------------------------------------ Train
-    def Train(self, request_iterator: Iterator[pb.TrainRequest],
-              context: grpc.ServicerContext) -> Iterator[pb.TrainResponse]:
-        uplink = read_uplink(request_iterator, lambda _header: step_specs(self.limits),
-                             WireLimits(max_tensor_bytes=self.limits.max_tensor_bytes))
+    def Train(
+        self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.TrainResponse]:
+        uplink = read_uplink(
+            request_iterator,
+            lambda _header: step_specs(self.limits),
+            WireLimits(max_tensor_bytes=self.limits.max_tensor_bytes),
+        )
         try:
             hello = next(uplink, None)
             if not isinstance(hello, TrainHelloInfo):
@@ -113,72 +128,106 @@ class MainServerService(pb_grpc.MainServerServicer):
             self._abort(context, err)
         client_id = hello.client_id
         log.info("client %d connected", client_id)
-        yield pb.TrainResponse(welcome=welcome_to_proto(TrainWelcomeInfo(
-            client_id=client_id, scenario_hash=self.scenario_hash,
-            max_tensor_bytes=self.limits.max_tensor_bytes)))
+        yield pb.TrainResponse(
+            welcome=welcome_to_proto(
+                TrainWelcomeInfo(
+                    client_id=client_id,
+                    scenario_hash=self.scenario_hash,
+                    max_tensor_bytes=self.limits.max_tensor_bytes,
+                )
+            )
+        )
         try:
             for upload in uplink:
                 if not isinstance(upload, StepUpload):
                     raise WireError("TrainRequest", "hello sent twice")
                 tensors = self._step_tensors(upload)
-                yield from self._serve_step(client_id, upload.header.round, upload.header.step,
-                                            upload.header.mode, upload.header.downlink_bps,
-                                            tensors, upload.receive_s)
+                yield from self._serve_step(
+                    client_id,
+                    upload.header.round,
+                    upload.header.step,
+                    upload.header.mode,
+                    upload.header.downlink_bps,
+                    tensors,
+                    upload.receive_s,
+                )
         except (WireError, StateError) as err:
             self._abort(context, err)
         log.info("client %d disconnected", client_id)
 
     def _check_hello(self, hello: TrainHelloInfo) -> None:
         if not 0 <= hello.client_id < self.limits.num_clients:
-            raise WireError("hello.client_id",
-                            f"={hello.client_id}, expected [0, {self.limits.num_clients})")
+            raise WireError(
+                "hello.client_id", f"={hello.client_id}, expected [0, {self.limits.num_clients})"
+            )
         if hello.scenario_hash != self.scenario_hash:
-            raise StateError(f"hello.scenario_hash={hello.scenario_hash!r} does not match "
-                             f"the server's {self.scenario_hash!r}")
+            raise StateError(
+                f"hello.scenario_hash={hello.scenario_hash!r} does not match "
+                f"the server's {self.scenario_hash!r}"
+            )
         if hello.wire_dtype != self.limits.wire_dtype:
-            raise WireError("hello.wire_dtype",
-                            f"={hello.wire_dtype!r}, expected {self.limits.wire_dtype!r}")
+            raise WireError(
+                "hello.wire_dtype", f"={hello.wire_dtype!r}, expected {self.limits.wire_dtype!r}"
+            )
 
     def _step_tensors(self, upload: StepUpload) -> dict[str, torch.Tensor]:
         """Every check of a step, before the model sees any of it."""
         if tuple(sorted(upload.header.tensor_names)) != tuple(sorted(STEP_TENSORS)):
-            raise WireError("header.tensor_names",
-                            f"={list(upload.header.tensor_names)}, expected {list(STEP_TENSORS)}")
+            raise WireError(
+                "header.tensor_names",
+                f"={list(upload.header.tensor_names)}, expected {list(STEP_TENSORS)}",
+            )
         hidden = upload.tensor("activations", torch.float32)
         mask = upload.tensor("attention_mask")
         labels = upload.tensor("labels")
         check_step_values(self.limits, hidden, mask, labels)
         return {"activations": hidden, "attention_mask": mask, "labels": labels}
 
-    def _serve_step(self, client_id: int, round_index: int, step: int, mode: str,
-                    downlink_bps: float, tensors: dict[str, torch.Tensor], receive_s: float
-                    ) -> Iterator[pb.TrainResponse]:
+    def _serve_step(
+        self,
+        client_id: int,
+        round_index: int,
+        step: int,
+        mode: str,
+        downlink_bps: float,
+        tensors: dict[str, torch.Tensor],
+        receive_s: float,
+    ) -> Iterator[pb.TrainResponse]:
         hidden, mask, labels = (tensors[n] for n in STEP_TENSORS)
-        with self.tracer.span("server_compute", round=round_index, step=step,
-                              client=client_id) as span:
+        with self.tracer.span(
+            "server_compute", round=round_index, step=step, client=client_id
+        ) as span:
             if mode == "train":
                 result = self.trainer.train_step(hidden, mask, labels)
             else:
                 result = self.trainer.eval_step(hidden, mask, labels)
             span.extra = {"mode": mode, "loss": result.loss, "compute_s": result.compute_s}
         names: tuple[str, ...] = ("activations_grad",) if result.grad_hidden is not None else ()
-        info = StepResultInfo(round=round_index, step=step, loss=result.loss,
-                              num_tokens=result.num_tokens, server_compute_s=result.compute_s,
-                              server_receive_s=receive_s, tensor_names=names)
+        info = StepResultInfo(
+            round=round_index,
+            step=step,
+            loss=result.loss,
+            num_tokens=result.num_tokens,
+            server_compute_s=result.compute_s,
+            server_receive_s=receive_s,
+            tensor_names=names,
+        )
         yield pb.TrainResponse(result=step_result_to_proto(info))
         if result.grad_hidden is None:
             return
         frame = tensor_to_frame("activations_grad", result.grad_hidden, self.limits.wire_dtype)
-        with self.tracer.span("downlink", round=round_index, step=step, client=client_id,
-                              bytes=frame.num_bytes):
+        with self.tracer.span(
+            "downlink", round=round_index, step=step, client=client_id, bytes=frame.num_bytes
+        ):
             for chunk in frame_to_chunks(frame, self.chunk_bytes):
                 if self.pace is not None and downlink_bps > 0:
                     self.pace(client_id, downlink_bps, len(chunk.data))
                 yield pb.TrainResponse(chunk=chunk)
 
     # ------------------------------------------------------------ adapter
-    def GetServerAdapter(self, request: pb.GetServerAdapterRequest,
-                         context: grpc.ServicerContext) -> Iterator[tensor_pb2.AdapterChunk]:
+    def GetServerAdapter(
+        self, request: pb.GetServerAdapterRequest, context: grpc.ServicerContext
+    ) -> Iterator[tensor_pb2.AdapterChunk]:
         from fedsllm.wire.adapters import blob_to_chunks
 
         if self.adapter_bytes is None:

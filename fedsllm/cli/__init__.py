@@ -42,18 +42,27 @@ def configure_logging(level: str = "INFO", role: str = "cli", client_id: int | N
 
 def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     """--scenario and --set, shared by every subcommand that reads a scenario."""
-    parser.add_argument("--scenario", default=None,
-                        help="scenario TOML file (default: the built-in default scenario)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.FIELD=VALUE",
-                        help="override any scenario field, e.g. --set training.batch_size=4 "
-                             "(repeatable; values are TOML)")
+    parser.add_argument(
+        "--scenario",
+        default=None,
+        help="scenario TOML file (default: the built-in default scenario)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any scenario field, e.g. --set training.batch_size=4 "
+        "(repeatable; values are TOML)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsllm",
-        description="Federated split LoRA fine-tuning testbed over emulated wireless links.")
+        description="Federated split LoRA fine-tuning testbed over emulated wireless links.",
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:

@@ -18,13 +18,15 @@ from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("run", help="run federated split LoRA fine-tuning as real processes",
-                            description=__doc__)
+    parser = sub.add_parser(
+        "run", help="run federated split LoRA fine-tuning as real processes", description=__doc__
+    )
     add_scenario_args(parser)
     parser.add_argument("--clients", type=int, help="number of clients K (clients.num_clients)")
     parser.add_argument("--rounds", type=int, help="global rounds (training.num_rounds)")
-    parser.add_argument("--local-steps", type=int,
-                        help="local iterations per round (training.num_local_steps)")
+    parser.add_argument(
+        "--local-steps", type=int, help="local iterations per round (training.num_local_steps)"
+    )
     parser.add_argument("--seed", type=int, help="scenario seed")
     parser.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
@@ -59,9 +61,11 @@ def run_command(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, flag_overrides(args))
     console = Console(stderr=True)
     run_dir = make_run_dir(args.out, scenario)
-    console.print(f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
-                  f"{scenario.clients.num_clients} clients, {scenario.training.num_rounds} rounds "
-                  f"x {scenario.training.num_local_steps} local steps -> {run_dir}")
+    console.print(
+        f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
+        f"{scenario.clients.num_clients} clients, {scenario.training.num_rounds} rounds "
+        f"x {scenario.training.num_local_steps} local steps -> {run_dir}"
+    )
     progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
     with progress:
         outcome = run_processes(scenario, run_dir, on_tick=progress.update)
@@ -70,9 +74,14 @@ def run_command(args: argparse.Namespace) -> int:
         "scenario": scenario.name,
         "run_dir": str(run_dir),
         "ok": outcome.failed is None,
-        "failed": None if outcome.failed is None else {
-            "process": outcome.failed.proc.name, "pid": outcome.failed.proc.pid,
-            "reason": outcome.failed.reason, "log": str(outcome.failed.proc.log_path)},
+        "failed": None
+        if outcome.failed is None
+        else {
+            "process": outcome.failed.proc.name,
+            "pid": outcome.failed.proc.pid,
+            "reason": outcome.failed.reason,
+            "log": str(outcome.failed.proc.log_path),
+        },
         "exit_codes": outcome.exit_codes,
         "launcher_wall_s": outcome.wall_s,
         **summary.to_dict(),
@@ -82,8 +91,9 @@ def run_command(args: argparse.Namespace) -> int:
     if outcome.failed is not None:
         proc = outcome.failed.proc
         console.print(f"[bold red]run failed:[/] {outcome.failed}")
-        console.print(f"last lines of {proc.log_path}:\n{proc.log_tail()}", markup=False,
-                      highlight=False)
+        console.print(
+            f"last lines of {proc.log_path}:\n{proc.log_tail()}", markup=False, highlight=False
+        )
         return EXIT_RUN_FAILED
     console.print(f"run directory: {run_dir}")
     print(str(run_dir), file=sys.stdout)
@@ -101,6 +111,12 @@ def print_summary(console: Any, summary: Any) -> None:
         table.add_column(col, justify="right")
     table.add_row("init", "", "", "", fmt(summary.initial_val_loss), "")
     for r in summary.rounds:
-        table.add_row(str(r.round), str(r.num_clients), str(r.num_steps), fmt(r.train_loss),
-                      fmt(r.val_loss), fmt(r.wall_s, 2))
+        table.add_row(
+            str(r.round),
+            str(r.num_clients),
+            str(r.num_steps),
+            fmt(r.train_loss),
+            fmt(r.val_loss),
+            fmt(r.wall_s, 2),
+        )
     console.print(table)

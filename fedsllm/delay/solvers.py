@@ -178,7 +178,7 @@ class CvxpyInner:
     O(1) whatever the spread of the gains. rel_entr is homogeneous, hence
 
         minimize   t
-        subject to y_k <= (s_k / C~_k) * -rel_entr(x_k, x_k + c~_k / s_k)
+        subject to (C~_k / s_k) y_k <= -rel_entr(x_k, x_k + c~_k / s_k)
                    fixed~_k + inv_pos(y_k) <= t,   sum_k s_k x_k <= K,   x >= 0
 
     Clarabel runs first (max_step_fraction=0.9, tight tolerances), then
@@ -199,11 +199,11 @@ class CvxpyInner:
         self._t = cp.Variable()
         self._scale = cp.Parameter(k, nonneg=True)  # s_k
         self._snr_over_scale = cp.Parameter(k, nonneg=True)  # c~_k / s_k
-        self._weight = cp.Parameter(k, nonneg=True)  # s_k / C~_k
+        self._weight = cp.Parameter(k, nonneg=True)  # C~_k / s_k
         self._fixed = cp.Parameter(k)
         constraints = [
-            y <= cp.multiply(self._weight,
-                             -cp.rel_entr(self._x, self._x + self._snr_over_scale)),
+            cp.multiply(self._weight, y) <= -cp.rel_entr(self._x,
+                                                         self._x + self._snr_over_scale),
             self._fixed + cp.inv_pos(y) <= self._t,
             cp.sum(cp.multiply(self._scale, self._x)) <= k,
         ]
@@ -234,7 +234,7 @@ class CvxpyInner:
         self._fixed.value = fixed / t_ref
         self._scale.value = scale
         self._snr_over_scale.value = snr / scale
-        self._weight.value = scale / need_s
+        self._weight.value = need_s / scale
         last = "not_solved"
         for solver, opts in self._attempts():
             try:

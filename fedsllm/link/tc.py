@@ -80,8 +80,18 @@ def htb_root_cmds(dev: str, *, netns: str | None = None) -> list[Cmd]:
     default_minor = SHAPED_CLASSID.split(":")[1]
     return [
         _tc(netns)
-        + ["qdisc", "add", "dev", dev, "root", "handle", ROOT_HANDLE, "htb", "default",
-           default_minor]
+        + [
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "root",
+            "handle",
+            ROOT_HANDLE,
+            "htb",
+            "default",
+            default_minor,
+        ]
     ]
 
 

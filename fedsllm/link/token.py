@@ -54,6 +54,15 @@ class TokenShaper(Shaper):
     `time_dilation` multiplies every emulated duration (transmission and
     propagation) for hosts too slow to keep up in real time; `stats()`
     divides it back out. Clients whose rates were never set are unshaped.
+
+    `continuity_s` (real seconds, default 5 ms): a chunk that arrives no
+    later than this after its link fell idle is scheduled right at the end
+    of the previous one. Without it every chunk's sender overhead (copying
+    into the socket, waking up) was lost link time: 16 MiB at 50 Mbit/s in
+    256 KiB chunks came out 2.6% slow. It can never make a payload finish
+    before bytes * 8 / rate after its first chunk started, and it never
+    applies to a message's first chunk, so idle time between messages still
+    earns nothing.
     """
 
     def __init__(
@@ -63,12 +72,16 @@ class TokenShaper(Shaper):
         time_dilation: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        continuity_s: float = 0.005,
     ) -> None:
+        if not (math.isfinite(continuity_s) and continuity_s >= 0):
+            raise LinkError(f"continuity_s must be >= 0, got {continuity_s!r}")
         if not (math.isfinite(propagation_delay_s) and propagation_delay_s >= 0):
             raise LinkError(f"propagation_delay_s must be >= 0, got {propagation_delay_s!r}")
         if not (math.isfinite(time_dilation) and time_dilation > 0):
             raise LinkError(f"time_dilation must be > 0, got {time_dilation!r}")
         self._delay_s = propagation_delay_s
+        self._continuity_s = continuity_s
         self._dilation = time_dilation
         self._clock = clock
         self._sleep = sleep
@@ -114,8 +127,14 @@ class TokenShaper(Shaper):
             state = self._links.setdefault(key, _LinkState())
             now = self._clock()
             ready = now + (self._delay_s * self._dilation if new_message else 0.0)
-            # No burst credit: an idle link's vclock is in the past and is ignored.
-            start = max(ready, state.vclock)
+            if not new_message and state.vclock < now <= state.vclock + self._continuity_s:
+                # The sender came back just after its last chunk ended (socket
+                # copy, thread wake-up): still one back-to-back stream, so the
+                # overhead is not charged as idle link time.
+                start = state.vclock
+            else:
+                # No burst credit: an idle link's vclock is in the past and is ignored.
+                start = max(ready, state.vclock)
             duration = 0.0 if math.isinf(rate) else nbytes * 8 / rate * self._dilation
             end = start + duration
             state.vclock = end

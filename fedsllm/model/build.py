@@ -33,7 +33,7 @@ SUPPORTED_FAMILIES = {"llama": "llama", "gpt2": "gpt2"}
 
 
 def model_family(model: Any) -> str:
-    """"llama" or "gpt2": which split recipe fits this model.
+    """ "llama" or "gpt2": which split recipe fits this model.
 
     Raises ConfigError (model.path) for any other architecture, since only a
     user checkpoint can bring one in.
@@ -41,8 +41,11 @@ def model_family(model: Any) -> str:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     family = SUPPORTED_FAMILIES.get(model_type or "")
     if family is None:
-        raise ConfigError("model.path", model_type,
-                          f"unsupported architecture (supported: {', '.join(SUPPORTED_FAMILIES)})")
+        raise ConfigError(
+            "model.path",
+            model_type,
+            f"unsupported architecture (supported: {', '.join(SUPPORTED_FAMILIES)})",
+        )
     return family
 
 
@@ -77,8 +80,12 @@ def build_preset_model(scenario: Any, vocab_size: int) -> Any:
 
     from fedsllm.model.presets import preset_config
 
-    cfg = preset_config(scenario.model.preset, vocab_size, max_positions_for(scenario),
-                        scenario.model.attn_implementation)
+    cfg = preset_config(
+        scenario.model.preset,
+        vocab_size,
+        max_positions_for(scenario),
+        scenario.model.attn_implementation,
+    )
     # fork_rng keeps the caller's global RNG stream untouched by the init.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(scenario.seed)
@@ -93,10 +100,12 @@ def _load_checkpoint(scenario: Any) -> Any:
     path = scenario.model.path
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, attn_implementation=scenario.model.attn_implementation)
+            path, local_files_only=True, attn_implementation=scenario.model.attn_implementation
+        )
     except (OSError, ValueError) as err:
-        raise ConfigError("model.path", path, f"cannot load a causal LM checkpoint ({err})"
-                          ) from None
+        raise ConfigError(
+            "model.path", path, f"cannot load a causal LM checkpoint ({err})"
+        ) from None
     _disable_dropout(model)
     return model
 
@@ -118,8 +127,11 @@ def build_base_model(scenario: Any, vocab_size: int) -> Any:
 
             pretrain_base(model, scenario, vocab_size)
         elif steps > 0:
-            log.info("base pretraining skipped for preset %s (only %s are pretrained); "
-                     "the base keeps its random init", scenario.model.preset,
-                     ", ".join(PRETRAIN_PRESETS))
+            log.info(
+                "base pretraining skipped for preset %s (only %s are pretrained); "
+                "the base keeps its random init",
+                scenario.model.preset,
+                ", ".join(PRETRAIN_PRESETS),
+            )
     model_family(model)
     return _freeze(model)

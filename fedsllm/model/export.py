@@ -6,8 +6,8 @@ the run's base model from its scenario (same seed, same cached pretraining,
 so the same weights), checks both adapter files against the split parts,
 renames their keys to the full model's (server blocks shifted by the split
 layer) and saves them with peft's own `save_pretrained`. For a preset base
-it also saves the base model and the tokenizer description under
-``OUT_DIR/base``, so that
+it also saves the base model, an equivalent transformers tokenizer and a
+short tokenizer description under ``OUT_DIR/base``, so that
 
     base = AutoModelForCausalLM.from_pretrained(OUT_DIR / "base")
     model = PeftModel.from_pretrained(base, OUT_DIR)
@@ -68,8 +68,9 @@ def _checked_state(path: Path, peft_part: Any) -> dict[str, Any]:
     try:
         return adapter_from_bytes(_read_bytes(path), peft_part, field=path.name)
     except WireError as err:
-        raise ConfigError(str(path), err.field, f"adapter does not fit the run's model: "
-                          f"{err.reason}") from None
+        raise ConfigError(
+            str(path), err.field, f"adapter does not fit the run's model: {err.reason}"
+        ) from None
 
 
 def tokenizer_info(tokenizer: Any) -> dict[str, Any]:
@@ -82,9 +83,49 @@ def tokenizer_info(tokenizer: Any) -> dict[str, Any]:
         "eos_id": tokenizer.eos_id,
     }
     if type(tokenizer).__name__ == "ByteTokenizer":
-        info["encoding"] = ("UTF-8 bytes; token id = byte value + 3; ids 0, 1, 2 are pad, "
-                            "bos, eos; a sample is bos + bytes (+ eos)")
+        info["encoding"] = (
+            "UTF-8 bytes; token id = byte value + 3; ids 0, 1, 2 are pad, "
+            "bos, eos; a sample is bos + bytes (+ eos)"
+        )
     return info
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (what ByteLevel pre-tokenizing uses)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\xa1"), ord("\xac") + 1),
+        *range(ord("\xae"), ord("\xff") + 1),
+    ]
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {byte: chr(char) for byte, char in zip(printable, chars, strict=True)}
+
+
+def byte_tokenizer_hf(tokenizer: Any) -> Any:
+    """A transformers fast tokenizer that encodes exactly like `ByteTokenizer`.
+
+    Byte-level BPE with no merges: each UTF-8 byte b becomes id b + 3, and
+    the three specials keep ids 0, 1, 2, so `AutoTokenizer.from_pretrained`
+    on the exported base needs nothing from this project.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    offset = tokenizer.vocab_size - 256
+    vocab = {"<pad>": tokenizer.pad_id, "<bos>": tokenizer.bos_id, "<eos>": tokenizer.eos_id}
+    vocab.update({char: byte + offset for byte, char in _byte_to_unicode().items()})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -98,8 +139,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from fedsllm.model.lora import (
         adapter_state,
         apply_lora,
-        lora_config,
         load_adapter,
+        lora_config,
         validate_state,
     )
     from fedsllm.model.split import part_key_to_full, split_model
@@ -117,13 +158,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     # The parts only serve to check the files; they get their own copy of the weights
     # because LoRA injection edits the modules it wraps.
     client, server = split_model(copy.deepcopy(model), split_layer)
-    client_state = _checked_state(run_dir / CLIENT_ADAPTER,
-                                  apply_lora(client, scenario.adapter, family))
-    server_state = _checked_state(run_dir / SERVER_ADAPTER,
-                                  apply_lora(server, scenario.adapter, family))
+    client_state = _checked_state(
+        run_dir / CLIENT_ADAPTER, apply_lora(client, scenario.adapter, family)
+    )
+    server_state = _checked_state(
+        run_dir / SERVER_ADAPTER, apply_lora(server, scenario.adapter, family)
+    )
     full_state = {part_key_to_full(k, family, 0): v for k, v in client_state.items()}
-    full_state.update({part_key_to_full(k, family, split_layer): v
-                       for k, v in server_state.items()})
+    full_state.update(
+        {part_key_to_full(k, family, split_layer): v for k, v in server_state.items()}
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if scenario.model.path:
@@ -131,8 +175,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     else:
         base_dir = out_dir / "base"
         model.save_pretrained(base_dir)
+        from fedsllm.data.tokenizer import ByteTokenizer
+
+        if isinstance(tokenizer, ByteTokenizer):
+            byte_tokenizer_hf(tokenizer).save_pretrained(base_dir)
         (base_dir / TOKENIZER_INFO).write_text(
-            json.dumps(tokenizer_info(tokenizer), indent=2) + "\n", encoding="utf-8")
+            json.dumps(tokenizer_info(tokenizer), indent=2) + "\n", encoding="utf-8"
+        )
         base_ref = str(base_dir.resolve())
 
     full = get_peft_model(model, lora_config(scenario.adapter, family))
@@ -140,11 +189,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     try:
         validate_state(full_state, adapter_state(full), field="exported adapter")
     except WireError as err:
-        raise ConfigError(str(run_dir / "adapters"), err.field,
-                          f"client and server adapters do not cover the full model: "
-                          f"{err.reason}") from None
+        raise ConfigError(
+            str(run_dir / "adapters"),
+            err.field,
+            f"client and server adapters do not cover the full model: {err.reason}",
+        ) from None
     load_adapter(full, full_state)
     full.save_pretrained(out_dir)
-    log.info("exported %d adapter tensors (%s, split at %d) to %s; base: %s",
-             len(full_state), family, split_layer, out_dir, base_ref)
+    log.info(
+        "exported %d adapter tensors (%s, split at %d) to %s; base: %s",
+        len(full_state),
+        family,
+        split_layer,
+        out_dir,
+        base_ref,
+    )
     return out_dir

@@ -60,8 +60,11 @@ def apply_lora(part: torch.nn.Module, adapter_cfg: Any, family: str, seed: int =
             return get_peft_model(part, cfg)
     except ValueError as err:
         # peft raises ValueError when no module matches the targets.
-        raise ConfigError("adapter.target_modules", tuple(cfg.target_modules),
-                          f"matches no module of this model part ({err})") from None
+        raise ConfigError(
+            "adapter.target_modules",
+            tuple(cfg.target_modules),
+            f"matches no module of this model part ({err})",
+        ) from None
 
 
 def adapter_state(peft_model: Any) -> dict[str, torch.Tensor]:
@@ -91,8 +94,9 @@ def bytes_to_state(data: bytes, field: str = "adapter") -> dict[str, torch.Tenso
         raise WireError(field, f"not a valid safetensors blob ({err})") from None
 
 
-def validate_state(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
-                   field: str = "adapter") -> None:
+def validate_state(
+    state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], field: str = "adapter"
+) -> None:
     """Raise WireError unless `state` matches `reference` key for key.
 
     Checks the key set, then for each key: shape, floating dtype equal to
@@ -100,16 +104,16 @@ def validate_state(state: Mapping[str, torch.Tensor], reference: Mapping[str, to
     """
     missing = sorted(set(reference) - set(state))
     if missing:
-        raise WireError(f"{field}[{missing[0]}]",
-                        f"missing key ({len(missing)} missing in all)")
+        raise WireError(f"{field}[{missing[0]}]", f"missing key ({len(missing)} missing in all)")
     extra = sorted(set(state) - set(reference))
     if extra:
         raise WireError(f"{field}[{extra[0]}]", f"unexpected key ({len(extra)} unexpected in all)")
     for key in sorted(reference):
         got, want = state[key], reference[key]
         if tuple(got.shape) != tuple(want.shape):
-            raise WireError(f"{field}[{key}]",
-                            f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+            raise WireError(
+                f"{field}[{key}]", f"shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+            )
         if not got.dtype.is_floating_point or got.dtype != want.dtype:
             raise WireError(f"{field}[{key}]", f"dtype {got.dtype}, expected {want.dtype}")
         if not bool(torch.isfinite(got).all()):
@@ -121,8 +125,9 @@ def adapter_to_bytes(peft_model: Any) -> bytes:
     return state_to_bytes(adapter_state(peft_model))
 
 
-def adapter_from_bytes(data: bytes, peft_model: Any, field: str = "adapter"
-                       ) -> dict[str, torch.Tensor]:
+def adapter_from_bytes(
+    data: bytes, peft_model: Any, field: str = "adapter"
+) -> dict[str, torch.Tensor]:
     """Parse and check adapter bytes against `peft_model`; the model is never touched.
 
     Returns the state dict ready for `load_adapter`. Raises WireError naming

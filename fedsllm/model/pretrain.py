@@ -60,8 +60,9 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def pretrain_key(model_config: Any, vocab_size: int, seed: int, steps: int, lr: float,
-                 seq_len: int) -> str:
+def pretrain_key(
+    model_config: Any, vocab_size: int, seed: int, steps: int, lr: float, seq_len: int
+) -> str:
     """Hash of everything that determines the pretrained weights."""
     cfg = model_config.to_dict()
     cfg.pop("transformers_version", None)
@@ -118,7 +119,7 @@ def mean_loss(model: Any, blocks: torch.Tensor, batch_size: int = PRETRAIN_BATCH
     model.eval()
     total, count = 0.0, 0
     for start in range(0, blocks.shape[0], batch_size):
-        batch = blocks[start:start + batch_size]
+        batch = blocks[start : start + batch_size]
         out = model(input_ids=batch, labels=batch)
         total += out.loss.item() * batch.shape[0]
         count += batch.shape[0]
@@ -126,8 +127,7 @@ def mean_loss(model: Any, blocks: torch.Tensor, batch_size: int = PRETRAIN_BATCH
     return total / max(count, 1)
 
 
-def train_base(model: Any, steps: int, lr: float, seq_len: int, seed: int
-               ) -> tuple[float, float]:
+def train_base(model: Any, steps: int, lr: float, seq_len: int, seed: int) -> tuple[float, float]:
     """Train every parameter of `model` for `steps` AdamW steps; returns (first, last) loss.
 
     Runs under `torch.manual_seed(seed)` inside a forked RNG so the caller's
@@ -143,9 +143,10 @@ def train_base(model: Any, steps: int, lr: float, seq_len: int, seed: int
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
         for step in range(steps):
-            batch = blocks[order[step * PRETRAIN_BATCH_SIZE:(step + 1) * PRETRAIN_BATCH_SIZE]]
+            batch = blocks[order[step * PRETRAIN_BATCH_SIZE : (step + 1) * PRETRAIN_BATCH_SIZE]]
             loss = model(input_ids=batch, labels=batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -212,20 +213,28 @@ def pretrain_base(model: Any, scenario: Any, vocab_size: int) -> PretrainResult:
     if _try_load(model, path):
         log.info("pretrained base loaded from cache %s", path)
         model.eval()
-        return PretrainResult(path, True, float("nan"), float("nan"),
-                              time.perf_counter() - start)
+        return PretrainResult(path, True, float("nan"), float("nan"), time.perf_counter() - start)
     with _exclusive(root / f"base-{key}.lock"):
         # Another process may have finished while this one waited for the lock.
         if _try_load(model, path):
             log.info("pretrained base loaded from cache %s (after waiting)", path)
             model.eval()
-            return PretrainResult(path, True, float("nan"), float("nan"),
-                                  time.perf_counter() - start)
-        log.info("pretraining %s base: %d steps, lr %g, batch %d x %d tokens (seed %d)",
-                 scenario.model.preset, steps, lr, PRETRAIN_BATCH_SIZE, seq_len, scenario.seed)
+            return PretrainResult(
+                path, True, float("nan"), float("nan"), time.perf_counter() - start
+            )
+        log.info(
+            "pretraining %s base: %d steps, lr %g, batch %d x %d tokens (seed %d)",
+            scenario.model.preset,
+            steps,
+            lr,
+            PRETRAIN_BATCH_SIZE,
+            seq_len,
+            scenario.seed,
+        )
         first, last = train_base(model, steps, lr, seq_len, scenario.seed)
         _save_atomic(model, path)
     seconds = time.perf_counter() - start
-    log.info("pretrained base in %.1f s: loss %.3f -> %.3f; cached at %s",
-             seconds, first, last, path)
+    log.info(
+        "pretrained base in %.1f s: loss %.3f -> %.3f; cached at %s", seconds, first, last, path
+    )
     return PretrainResult(path, False, first, last, seconds)

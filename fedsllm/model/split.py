@@ -73,8 +73,12 @@ def _blocks(model: Any, family: str) -> nn.ModuleList:
     return model.model.layers if family == "llama" else model.transformer.h
 
 
-def _causal_mask(config: Any, hidden_BTD: torch.Tensor, attention_mask_BT: torch.Tensor,
-                 position_ids_BT: torch.Tensor) -> Any:
+def _causal_mask(
+    config: Any,
+    hidden_BTD: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    position_ids_BT: torch.Tensor,
+) -> Any:
     from transformers.masking_utils import create_causal_mask
 
     return create_causal_mask(
@@ -86,9 +90,14 @@ def _causal_mask(config: Any, hidden_BTD: torch.Tensor, attention_mask_BT: torch
     )
 
 
-def _run_blocks(family: str, blocks: nn.ModuleList, rotary_emb: nn.Module | None,
-                config: Any, hidden_BTD: torch.Tensor, attention_mask_BT: torch.Tensor
-                ) -> torch.Tensor:
+def _run_blocks(
+    family: str,
+    blocks: nn.ModuleList,
+    rotary_emb: nn.Module | None,
+    config: Any,
+    hidden_BTD: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+) -> torch.Tensor:
     """Replay the body of LlamaModel/GPT2Model.forward over a slice of blocks."""
     position_ids_BT = positions_from_mask(attention_mask_BT)
     mask = _causal_mask(config, hidden_BTD, attention_mask_BT, position_ids_BT)
@@ -105,8 +114,9 @@ def _run_blocks(family: str, blocks: nn.ModuleList, rotary_emb: nn.Module | None
             )
     else:
         for block in blocks:
-            hidden_BTD = block(hidden_BTD, None, mask, use_cache=False,
-                               position_ids=position_ids_BT)
+            hidden_BTD = block(
+                hidden_BTD, None, mask, use_cache=False, position_ids=position_ids_BT
+            )
     return hidden_BTD
 
 
@@ -136,8 +146,9 @@ class ClientPart(nn.Module):
         if self.family == "gpt2":
             hidden_BTD = hidden_BTD + self.wpe(positions_from_mask(attention_mask))
             hidden_BTD = self.drop(hidden_BTD)
-        return _run_blocks(self.family, self.layers, self.rotary_emb, self.config, hidden_BTD,
-                           attention_mask)
+        return _run_blocks(
+            self.family, self.layers, self.rotary_emb, self.config, hidden_BTD, attention_mask
+        )
 
 
 class ServerPart(nn.Module):
@@ -163,8 +174,13 @@ class ServerPart(nn.Module):
         # skip_init: the weights are overwritten below, and a random init would
         # consume the caller's global RNG stream.
         own_head = torch.nn.utils.skip_init(
-            nn.Linear, head.in_features, head.out_features, bias=head.bias is not None,
-            device=head.weight.device, dtype=head.weight.dtype)
+            nn.Linear,
+            head.in_features,
+            head.out_features,
+            bias=head.bias is not None,
+            device=head.weight.device,
+            dtype=head.weight.dtype,
+        )
         with torch.no_grad():
             own_head.weight.copy_(head.weight)
             if head.bias is not None:
@@ -172,8 +188,9 @@ class ServerPart(nn.Module):
         own_head.requires_grad_(head.weight.requires_grad)
         self.lm_head = own_head
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Smashed activations (B, T, D) -> (logits (B, T, V), loss or None).
 
         The loss is transformers' own ForCausalLMLoss (labels shifted inside,
@@ -181,8 +198,9 @@ class ServerPart(nn.Module):
         """
         from transformers.loss.loss_utils import ForCausalLMLoss
 
-        hidden_BTD = _run_blocks(self.family, self.layers, self.rotary_emb, self.config, hidden,
-                                 attention_mask)
+        hidden_BTD = _run_blocks(
+            self.family, self.layers, self.rotary_emb, self.config, hidden, attention_mask
+        )
         logits_BTV = self.lm_head(self.norm(hidden_BTD))
         loss = None
         if labels is not None:
@@ -203,8 +221,9 @@ def split_model(model: Any, split_layer: int) -> tuple[ClientPart, ServerPart]:
     """
     n = num_blocks(model)
     if not isinstance(split_layer, int) or not 1 <= split_layer <= n - 1:
-        raise ConfigError("split.split_layer", split_layer,
-                          f"must be in [1, {n - 1}] for a model with {n} blocks")
+        raise ConfigError(
+            "split.split_layer", split_layer, f"must be in [1, {n - 1}] for a model with {n} blocks"
+        )
     return ClientPart(model, split_layer), ServerPart(model, split_layer)
 
 
@@ -216,7 +235,7 @@ def part_key_to_full(key: str, family: str, layer_offset: int) -> str:
     """
     peft_prefix = "base_model.model."
     lead = peft_prefix if key.startswith(peft_prefix) else ""
-    rest = key[len(lead):]
+    rest = key[len(lead) :]
     head, _, tail = rest.partition(".")
     prefixes = FAMILY_PREFIXES[family]
     if head not in prefixes:

@@ -1,0 +1,12 @@
+"""The wire layer: the only place protobuf and gRPC are spoken.
+
+- tensors.py: torch tensors <-> TensorFrame <-> TensorChunk streams (validated).
+- adapters.py: safetensors blobs <-> PushAdapter / PullGlobal / GetServerAdapter streams.
+- messages.py: typed records <-> every other message (x_to_proto / x_from_proto).
+- train.py: the Train stream's grammar (builders and readers of whole steps).
+- rpc.py: servers, channels, health, deadlines, retry.
+- protogen.py: regenerates fedsllm/proto/ from proto/fedsllm/proto/*.proto.
+
+Submodules are imported explicitly (no re-exports) so importing one does not
+pull in torch or grpc for the others.
+"""

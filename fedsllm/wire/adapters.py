@@ -10,9 +10,9 @@ otherwise, before any state is touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedsllm.errors import WireError
 
@@ -46,8 +46,12 @@ class GlobalHeaderInfo:
     """True when the run is over."""
 
 
-def blob_to_chunks(blob: bytes, chunk_bytes: int) -> Iterator[tensor_pb2.AdapterChunk]:
-    """Cut a blob into AdapterChunk messages of at most `chunk_bytes` each."""
+def blob_to_chunks(
+    blob: bytes, chunk_bytes: int, envelope: Callable[[], Any] | None = None
+) -> Iterator[Any]:
+    """Cut a blob into AdapterChunk messages of at most `chunk_bytes` each,
+    or into envelopes (a message class with a `chunk` field) holding them,
+    built in place to save a copy."""
     from fedsllm.proto import tensor_pb2
 
     if chunk_bytes <= 0:
@@ -57,8 +61,12 @@ def blob_to_chunks(blob: bytes, chunk_bytes: int) -> Iterator[tensor_pb2.Adapter
     view = memoryview(blob).cast("B")
     total = view.nbytes
     for offset in range(0, total, chunk_bytes):
-        yield tensor_pb2.AdapterChunk(total_bytes=total, offset=offset,
-                                      data=bytes(view[offset:offset + chunk_bytes]))
+        msg = tensor_pb2.AdapterChunk() if envelope is None else envelope()
+        chunk = msg if envelope is None else msg.chunk
+        chunk.total_bytes = total
+        chunk.offset = offset
+        chunk.data = bytes(view[offset : offset + chunk_bytes])
+        yield msg
 
 
 class AdapterAssembler:
@@ -71,8 +79,9 @@ class AdapterAssembler:
 
     __slots__ = ("_buf", "_filled", "_max_bytes", "_total", "_view")
 
-    def __init__(self, total_bytes: int | None = None,
-                 max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES) -> None:
+    def __init__(
+        self, total_bytes: int | None = None, max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES
+    ) -> None:
         self._max_bytes = max_bytes
         self._total: int | None = None
         self._buf = bytearray()
@@ -85,8 +94,7 @@ class AdapterAssembler:
         if total <= 0:
             raise WireError("adapter.total_bytes", f"={total}, must be > 0")
         if total > self._max_bytes:
-            raise WireError("adapter.total_bytes", f"={total} exceeds the limit "
-                            f"{self._max_bytes}")
+            raise WireError("adapter.total_bytes", f"={total} exceeds the limit {self._max_bytes}")
         self._total = total
         self._view.release()
         self._buf = bytearray(total)
@@ -102,19 +110,24 @@ class AdapterAssembler:
             self._allocate(chunk.total_bytes)
         total = self._total
         if chunk.total_bytes != total:
-            raise WireError("adapter.total_bytes", f"={chunk.total_bytes} in a chunk, "
-                            f"expected {total}")
+            raise WireError(
+                "adapter.total_bytes", f"={chunk.total_bytes} in a chunk, expected {total}"
+            )
         if chunk.offset != self._filled:
-            raise WireError("adapter.offset", f"={chunk.offset}, expected {self._filled} "
-                            "(chunks must be contiguous and in order)")
+            raise WireError(
+                "adapter.offset",
+                f"={chunk.offset}, expected {self._filled} "
+                "(chunks must be contiguous and in order)",
+            )
         data = chunk.data
         if not data:
             raise WireError("adapter.data", f"empty chunk at offset {chunk.offset}")
         end = self._filled + len(data)
         if end > total:
-            raise WireError("adapter.data", f"chunk [{chunk.offset}, {end}) runs past "
-                            f"total_bytes={total}")
-        self._view[self._filled:end] = data
+            raise WireError(
+                "adapter.data", f"chunk [{chunk.offset}, {end}) runs past total_bytes={total}"
+            )
+        self._view[self._filled : end] = data
         self._filled = end
         return end == total
 
@@ -123,20 +136,21 @@ class AdapterAssembler:
         if self._total is None:
             raise WireError("adapter.data", "no chunk received")
         if self._filled != self._total:
-            raise WireError("adapter.data", f"incomplete: {self._filled} of {self._total} "
-                            "bytes received")
+            raise WireError(
+                "adapter.data", f"incomplete: {self._filled} of {self._total} bytes received"
+            )
         self._view.release()
         return bytes(self._buf)
 
 
-def read_adapter_chunks(chunks: Iterable[tensor_pb2.AdapterChunk],
-                        max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES) -> bytes:
+def read_adapter_chunks(
+    chunks: Iterable[tensor_pb2.AdapterChunk], max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES
+) -> bytes:
     """A whole GetServerAdapter stream -> blob."""
     asm = AdapterAssembler(max_bytes=max_bytes)
     for chunk in chunks:
         if asm.complete:
-            raise WireError("adapter.offset", f"={chunk.offset}, chunk after the blob "
-                            "was complete")
+            raise WireError("adapter.offset", f"={chunk.offset}, chunk after the blob was complete")
         asm.feed(chunk)
     return asm.result()
 
@@ -144,39 +158,52 @@ def read_adapter_chunks(chunks: Iterable[tensor_pb2.AdapterChunk],
 # ---------------------------------------------------------------- PushAdapter
 
 
-def push_requests(header: PushHeaderInfo, blob: bytes,
-                  chunk_bytes: int) -> Iterator[fed_server_pb2.PushAdapterRequest]:
+def push_requests(
+    header: PushHeaderInfo, blob: bytes, chunk_bytes: int
+) -> Iterator[fed_server_pb2.PushAdapterRequest]:
     """header, then the blob's chunks."""
     from fedsllm.proto import fed_server_pb2
 
     if header.total_bytes != len(blob):
-        raise WireError("PushAdapterHeader.total_bytes", f"={header.total_bytes} but the "
-                        f"blob has {len(blob)} bytes")
-    yield fed_server_pb2.PushAdapterRequest(header=fed_server_pb2.PushAdapterHeader(
-        client_id=header.client_id, round=header.round, num_samples=header.num_samples,
-        total_bytes=header.total_bytes))
-    for chunk in blob_to_chunks(blob, chunk_bytes):
-        yield fed_server_pb2.PushAdapterRequest(chunk=chunk)
+        raise WireError(
+            "PushAdapterHeader.total_bytes",
+            f"={header.total_bytes} but the blob has {len(blob)} bytes",
+        )
+    yield fed_server_pb2.PushAdapterRequest(
+        header=fed_server_pb2.PushAdapterHeader(
+            client_id=header.client_id,
+            round=header.round,
+            num_samples=header.num_samples,
+            total_bytes=header.total_bytes,
+        )
+    )
+    yield from blob_to_chunks(blob, chunk_bytes, fed_server_pb2.PushAdapterRequest)
 
 
-def read_push_header(msg: fed_server_pb2.PushAdapterRequest,
-                     max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES) -> PushHeaderInfo:
+def read_push_header(
+    msg: fed_server_pb2.PushAdapterRequest, max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES
+) -> PushHeaderInfo:
     """Validate the first message of a PushAdapter stream (before reading the blob)."""
     if msg.WhichOneof("kind") != "header":
-        raise WireError("PushAdapterRequest.kind", f"first message must be header, got "
-                        f"{msg.WhichOneof('kind')}")
+        raise WireError(
+            "PushAdapterRequest.kind", f"first message must be header, got {msg.WhichOneof('kind')}"
+        )
     h = msg.header
     if h.num_samples == 0:
         raise WireError("PushAdapterHeader.num_samples", "=0, must be > 0")
     if h.total_bytes == 0 or h.total_bytes > max_bytes:
-        raise WireError("PushAdapterHeader.total_bytes", f"={h.total_bytes}, must be in "
-                        f"[1, {max_bytes}]")
-    return PushHeaderInfo(client_id=h.client_id, round=h.round, num_samples=h.num_samples,
-                          total_bytes=h.total_bytes)
+        raise WireError(
+            "PushAdapterHeader.total_bytes", f"={h.total_bytes}, must be in [1, {max_bytes}]"
+        )
+    return PushHeaderInfo(
+        client_id=h.client_id, round=h.round, num_samples=h.num_samples, total_bytes=h.total_bytes
+    )
 
 
-def read_push(requests: Iterable[fed_server_pb2.PushAdapterRequest],
-              max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES) -> tuple[PushHeaderInfo, bytes]:
+def read_push(
+    requests: Iterable[fed_server_pb2.PushAdapterRequest],
+    max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
+) -> tuple[PushHeaderInfo, bytes]:
     """A whole PushAdapter stream -> (header, blob). WireError on any defect."""
     it = iter(requests)
     first = next(it, None)
@@ -186,11 +213,13 @@ def read_push(requests: Iterable[fed_server_pb2.PushAdapterRequest],
     asm = AdapterAssembler(header.total_bytes, max_bytes)
     for msg in it:
         if msg.WhichOneof("kind") != "chunk":
-            raise WireError("PushAdapterRequest.kind", f"expected chunk, got "
-                            f"{msg.WhichOneof('kind')}")
+            raise WireError(
+                "PushAdapterRequest.kind", f"expected chunk, got {msg.WhichOneof('kind')}"
+            )
         if asm.complete:
-            raise WireError("adapter.offset", f"={msg.chunk.offset}, chunk after the blob "
-                            "was complete")
+            raise WireError(
+                "adapter.offset", f"={msg.chunk.offset}, chunk after the blob was complete"
+            )
         asm.feed(msg.chunk)
     return header, asm.result()
 
@@ -198,27 +227,36 @@ def read_push(requests: Iterable[fed_server_pb2.PushAdapterRequest],
 # ---------------------------------------------------------------- PullGlobal
 
 
-def pull_responses(header: GlobalHeaderInfo, blob: bytes | None,
-                   chunk_bytes: int) -> Iterator[fed_server_pb2.PullGlobalResponse]:
+def pull_responses(
+    header: GlobalHeaderInfo, blob: bytes | None, chunk_bytes: int
+) -> Iterator[fed_server_pb2.PullGlobalResponse]:
     """header, then the blob's chunks (none when there is no adapter)."""
     from fedsllm.proto import fed_server_pb2
 
     size = len(blob) if blob is not None else 0
     if header.has_adapter != (blob is not None) or header.total_bytes != size:
-        raise WireError("PullGlobalHeader", f"has_adapter={header.has_adapter}, "
-                        f"total_bytes={header.total_bytes} disagree with a blob of {size} "
-                        "bytes")
-    yield fed_server_pb2.PullGlobalResponse(header=fed_server_pb2.PullGlobalHeader(
-        round=header.round, has_adapter=header.has_adapter, total_bytes=header.total_bytes,
-        finished=header.finished))
+        raise WireError(
+            "PullGlobalHeader",
+            f"has_adapter={header.has_adapter}, "
+            f"total_bytes={header.total_bytes} disagree with a blob of {size} "
+            "bytes",
+        )
+    yield fed_server_pb2.PullGlobalResponse(
+        header=fed_server_pb2.PullGlobalHeader(
+            round=header.round,
+            has_adapter=header.has_adapter,
+            total_bytes=header.total_bytes,
+            finished=header.finished,
+        )
+    )
     if blob is not None:
-        for chunk in blob_to_chunks(blob, chunk_bytes):
-            yield fed_server_pb2.PullGlobalResponse(chunk=chunk)
+        yield from blob_to_chunks(blob, chunk_bytes, fed_server_pb2.PullGlobalResponse)
 
 
-def read_pull(responses: Iterable[fed_server_pb2.PullGlobalResponse],
-              max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
-              ) -> tuple[GlobalHeaderInfo, bytes | None]:
+def read_pull(
+    responses: Iterable[fed_server_pb2.PullGlobalResponse],
+    max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
+) -> tuple[GlobalHeaderInfo, bytes | None]:
     """A whole PullGlobal stream -> (header, blob or None)."""
     it = iter(responses)
     first = next(it, None)
@@ -226,12 +264,15 @@ def read_pull(responses: Iterable[fed_server_pb2.PullGlobalResponse],
         got = None if first is None else first.WhichOneof("kind")
         raise WireError("PullGlobalResponse.kind", f"first message must be header, got {got}")
     h = first.header
-    header = GlobalHeaderInfo(round=h.round, has_adapter=h.has_adapter,
-                              total_bytes=h.total_bytes, finished=h.finished)
+    header = GlobalHeaderInfo(
+        round=h.round, has_adapter=h.has_adapter, total_bytes=h.total_bytes, finished=h.finished
+    )
     if not header.has_adapter:
         if header.total_bytes != 0:
-            raise WireError("PullGlobalHeader.total_bytes", f"={header.total_bytes} "
-                            "without an adapter, expected 0")
+            raise WireError(
+                "PullGlobalHeader.total_bytes",
+                f"={header.total_bytes} without an adapter, expected 0",
+            )
         extra = next(it, None)
         if extra is not None:
             raise WireError("PullGlobalResponse.kind", "chunk after a header without adapter")
@@ -239,10 +280,12 @@ def read_pull(responses: Iterable[fed_server_pb2.PullGlobalResponse],
     asm = AdapterAssembler(header.total_bytes, max_bytes)
     for msg in it:
         if msg.WhichOneof("kind") != "chunk":
-            raise WireError("PullGlobalResponse.kind", f"expected chunk, got "
-                            f"{msg.WhichOneof('kind')}")
+            raise WireError(
+                "PullGlobalResponse.kind", f"expected chunk, got {msg.WhichOneof('kind')}"
+            )
         if asm.complete:
-            raise WireError("adapter.offset", f"={msg.chunk.offset}, chunk after the blob "
-                            "was complete")
+            raise WireError(
+                "adapter.offset", f"={msg.chunk.offset}, chunk after the blob was complete"
+            )
         asm.feed(msg.chunk)
     return header, asm.result()

@@ -47,19 +47,22 @@ class TrainHelloInfo:
 def hello_to_proto(info: TrainHelloInfo) -> main_server_pb2.TrainHello:
     from fedsllm.proto import main_server_pb2
 
-    return main_server_pb2.TrainHello(client_id=info.client_id,
-                                      scenario_hash=info.scenario_hash,
-                                      wire_dtype=info.wire_dtype)
+    return main_server_pb2.TrainHello(
+        client_id=info.client_id, scenario_hash=info.scenario_hash, wire_dtype=info.wire_dtype
+    )
 
 
 def hello_from_proto(msg: main_server_pb2.TrainHello) -> TrainHelloInfo:
     if msg.wire_dtype not in WIRE_DTYPES:
-        raise WireError("TrainHello.wire_dtype", f"={msg.wire_dtype!r}, expected one of "
-                        f"{', '.join(WIRE_DTYPES)}")
+        raise WireError(
+            "TrainHello.wire_dtype",
+            f"={msg.wire_dtype!r}, expected one of {', '.join(WIRE_DTYPES)}",
+        )
     if not msg.scenario_hash:
         raise WireError("TrainHello.scenario_hash", "is empty")
-    return TrainHelloInfo(client_id=msg.client_id, scenario_hash=msg.scenario_hash,
-                          wire_dtype=msg.wire_dtype)
+    return TrainHelloInfo(
+        client_id=msg.client_id, scenario_hash=msg.scenario_hash, wire_dtype=msg.wire_dtype
+    )
 
 
 @_record
@@ -73,14 +76,19 @@ class TrainWelcomeInfo:
 def welcome_to_proto(info: TrainWelcomeInfo) -> main_server_pb2.TrainWelcome:
     from fedsllm.proto import main_server_pb2
 
-    return main_server_pb2.TrainWelcome(client_id=info.client_id,
-                                        scenario_hash=info.scenario_hash,
-                                        max_tensor_bytes=info.max_tensor_bytes)
+    return main_server_pb2.TrainWelcome(
+        client_id=info.client_id,
+        scenario_hash=info.scenario_hash,
+        max_tensor_bytes=info.max_tensor_bytes,
+    )
 
 
 def welcome_from_proto(msg: main_server_pb2.TrainWelcome) -> TrainWelcomeInfo:
-    return TrainWelcomeInfo(client_id=msg.client_id, scenario_hash=msg.scenario_hash,
-                            max_tensor_bytes=msg.max_tensor_bytes)
+    return TrainWelcomeInfo(
+        client_id=msg.client_id,
+        scenario_hash=msg.scenario_hash,
+        max_tensor_bytes=msg.max_tensor_bytes,
+    )
 
 
 @_record
@@ -98,30 +106,40 @@ class StepHeaderInfo:
 def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
     from fedsllm.proto import main_server_pb2
 
-    mode = {"train": main_server_pb2.STEP_MODE_TRAIN,
-            "eval": main_server_pb2.STEP_MODE_EVAL}.get(info.mode)
+    mode = {"train": main_server_pb2.STEP_MODE_TRAIN, "eval": main_server_pb2.STEP_MODE_EVAL}.get(
+        info.mode
+    )
     if mode is None:
         raise WireError("StepHeader.mode", f"={info.mode!r}, expected one of {STEP_MODES}")
-    return main_server_pb2.StepHeader(round=info.round, step=info.step, mode=mode,
-                                      downlink_bps=info.downlink_bps,
-                                      tensor_names=list(info.tensor_names))
+    return main_server_pb2.StepHeader(
+        round=info.round,
+        step=info.step,
+        mode=mode,
+        downlink_bps=info.downlink_bps,
+        tensor_names=list(info.tensor_names),
+    )
 
 
 def step_header_from_proto(msg: main_server_pb2.StepHeader) -> StepHeaderInfo:
     from fedsllm.proto import main_server_pb2
 
-    mode = {main_server_pb2.STEP_MODE_TRAIN: "train",
-            main_server_pb2.STEP_MODE_EVAL: "eval"}.get(msg.mode)
+    mode = {main_server_pb2.STEP_MODE_TRAIN: "train", main_server_pb2.STEP_MODE_EVAL: "eval"}.get(
+        msg.mode
+    )
     if mode is None:
-        raise WireError("StepHeader.mode", f"={msg.mode}, expected STEP_MODE_TRAIN or "
-                        "STEP_MODE_EVAL")
+        raise WireError(
+            "StepHeader.mode", f"={msg.mode}, expected STEP_MODE_TRAIN or STEP_MODE_EVAL"
+        )
     names = tuple(msg.tensor_names)
     if len(set(names)) != len(names) or not all(names):
-        raise WireError("StepHeader.tensor_names", f"={list(names)} must be non-empty "
-                        "and unique")
-    return StepHeaderInfo(round=msg.round, step=msg.step, mode=mode,
-                          downlink_bps=_finite("StepHeader.downlink_bps", msg.downlink_bps),
-                          tensor_names=names)
+        raise WireError("StepHeader.tensor_names", f"={list(names)} must be non-empty and unique")
+    return StepHeaderInfo(
+        round=msg.round,
+        step=msg.step,
+        mode=mode,
+        downlink_bps=_finite("StepHeader.downlink_bps", msg.downlink_bps),
+        tensor_names=names,
+    )
 
 
 @_record
@@ -141,26 +159,41 @@ class StepResultInfo:
     """Tensors whose chunks follow the result, in order."""
 
 
-_RESULT_TIMES = ("server_compute_s", "server_forward_s", "server_backward_s",
-                 "server_update_s", "server_queue_s", "server_receive_s")
+_RESULT_TIMES = (
+    "server_compute_s",
+    "server_forward_s",
+    "server_backward_s",
+    "server_update_s",
+    "server_queue_s",
+    "server_receive_s",
+)
 
 
 def step_result_to_proto(info: StepResultInfo) -> main_server_pb2.StepResult:
     from fedsllm.proto import main_server_pb2
 
     return main_server_pb2.StepResult(
-        round=info.round, step=info.step, loss=info.loss, num_tokens=info.num_tokens,
+        round=info.round,
+        step=info.step,
+        loss=info.loss,
+        num_tokens=info.num_tokens,
         tensor_names=list(info.tensor_names),
-        **{name: getattr(info, name) for name in _RESULT_TIMES})
+        **{name: getattr(info, name) for name in _RESULT_TIMES},
+    )
 
 
 def step_result_from_proto(msg: main_server_pb2.StepResult) -> StepResultInfo:
     # A non-finite loss is a legitimate report (a diverged model), so only
     # the timings are range-checked.
     times = {name: _finite(f"StepResult.{name}", getattr(msg, name)) for name in _RESULT_TIMES}
-    return StepResultInfo(round=msg.round, step=msg.step, loss=msg.loss,
-                          num_tokens=msg.num_tokens, tensor_names=tuple(msg.tensor_names),
-                          **times)
+    return StepResultInfo(
+        round=msg.round,
+        step=msg.step,
+        loss=msg.loss,
+        num_tokens=msg.num_tokens,
+        tensor_names=tuple(msg.tensor_names),
+        **times,
+    )
 
 
 @_record
@@ -181,8 +214,9 @@ class JoinInfo:
 def join_to_proto(info: JoinInfo) -> fed_server_pb2.JoinRequest:
     from fedsllm.proto import fed_server_pb2
 
-    return fed_server_pb2.JoinRequest(client_id=info.client_id, num_samples=info.num_samples,
-                                      scenario_hash=info.scenario_hash)
+    return fed_server_pb2.JoinRequest(
+        client_id=info.client_id, num_samples=info.num_samples, scenario_hash=info.scenario_hash
+    )
 
 
 def join_from_proto(msg: fed_server_pb2.JoinRequest) -> JoinInfo:
@@ -190,8 +224,9 @@ def join_from_proto(msg: fed_server_pb2.JoinRequest) -> JoinInfo:
         raise WireError("JoinRequest.num_samples", "=0, must be > 0")
     if not msg.scenario_hash:
         raise WireError("JoinRequest.scenario_hash", "is empty")
-    return JoinInfo(client_id=msg.client_id, num_samples=msg.num_samples,
-                    scenario_hash=msg.scenario_hash)
+    return JoinInfo(
+        client_id=msg.client_id, num_samples=msg.num_samples, scenario_hash=msg.scenario_hash
+    )
 
 
 @_record
@@ -204,14 +239,19 @@ class JoinReplyInfo:
 def join_reply_to_proto(info: JoinReplyInfo) -> fed_server_pb2.JoinResponse:
     from fedsllm.proto import fed_server_pb2
 
-    return fed_server_pb2.JoinResponse(current_round=info.current_round,
-                                       num_rounds=info.num_rounds,
-                                       num_local_steps=info.num_local_steps)
+    return fed_server_pb2.JoinResponse(
+        current_round=info.current_round,
+        num_rounds=info.num_rounds,
+        num_local_steps=info.num_local_steps,
+    )
 
 
 def join_reply_from_proto(msg: fed_server_pb2.JoinResponse) -> JoinReplyInfo:
-    return JoinReplyInfo(current_round=msg.current_round, num_rounds=msg.num_rounds,
-                         num_local_steps=msg.num_local_steps)
+    return JoinReplyInfo(
+        current_round=msg.current_round,
+        num_rounds=msg.num_rounds,
+        num_local_steps=msg.num_local_steps,
+    )
 
 
 @_record
@@ -225,13 +265,13 @@ class PushReplyInfo:
 def push_reply_to_proto(info: PushReplyInfo) -> fed_server_pb2.PushAdapterResponse:
     from fedsllm.proto import fed_server_pb2
 
-    return fed_server_pb2.PushAdapterResponse(accepted=info.accepted, round=info.round,
-                                              num_received=info.num_received)
+    return fed_server_pb2.PushAdapterResponse(
+        accepted=info.accepted, round=info.round, num_received=info.num_received
+    )
 
 
 def push_reply_from_proto(msg: fed_server_pb2.PushAdapterResponse) -> PushReplyInfo:
-    return PushReplyInfo(accepted=msg.accepted, round=msg.round,
-                         num_received=msg.num_received)
+    return PushReplyInfo(accepted=msg.accepted, round=msg.round, num_received=msg.num_received)
 
 
 @_record
@@ -261,14 +301,21 @@ class StatusInfo:
 def status_to_proto(info: StatusInfo) -> fed_server_pb2.StatusResponse:
     from fedsllm.proto import fed_server_pb2
 
-    return fed_server_pb2.StatusResponse(round=info.round, num_rounds=info.num_rounds,
-                                         finished=info.finished,
-                                         clients_joined=list(info.clients_joined))
+    return fed_server_pb2.StatusResponse(
+        round=info.round,
+        num_rounds=info.num_rounds,
+        finished=info.finished,
+        clients_joined=list(info.clients_joined),
+    )
 
 
 def status_from_proto(msg: fed_server_pb2.StatusResponse) -> StatusInfo:
-    return StatusInfo(round=msg.round, num_rounds=msg.num_rounds, finished=msg.finished,
-                      clients_joined=tuple(msg.clients_joined))
+    return StatusInfo(
+        round=msg.round,
+        num_rounds=msg.num_rounds,
+        finished=msg.finished,
+        clients_joined=tuple(msg.clients_joined),
+    )
 
 
 # ---------------------------------------------------------------- controller
@@ -289,8 +336,13 @@ def register_to_proto(info: RegisterInfo) -> controller_pb2.RegisterRequest:
     from fedsllm.proto import controller_pb2
 
     return controller_pb2.RegisterRequest(
-        client_id=info.client_id, num_samples=info.num_samples, flops=info.flops,
-        tx_power_dbm=info.tx_power_dbm, distance_m=info.distance_m, gain_db=info.gain_db)
+        client_id=info.client_id,
+        num_samples=info.num_samples,
+        flops=info.flops,
+        tx_power_dbm=info.tx_power_dbm,
+        distance_m=info.distance_m,
+        gain_db=info.gain_db,
+    )
 
 
 def register_from_proto(msg: controller_pb2.RegisterRequest) -> RegisterInfo:
@@ -300,10 +352,13 @@ def register_from_proto(msg: controller_pb2.RegisterRequest) -> RegisterInfo:
     if flops == 0:
         raise WireError("RegisterRequest.flops", "=0.0, must be > 0")
     return RegisterInfo(
-        client_id=msg.client_id, num_samples=msg.num_samples, flops=flops,
+        client_id=msg.client_id,
+        num_samples=msg.num_samples,
+        flops=flops,
         tx_power_dbm=_finite("RegisterRequest.tx_power_dbm", msg.tx_power_dbm, minimum=None),
         distance_m=_finite("RegisterRequest.distance_m", msg.distance_m),
-        gain_db=_finite("RegisterRequest.gain_db", msg.gain_db, minimum=None))
+        gain_db=_finite("RegisterRequest.gain_db", msg.gain_db, minimum=None),
+    )
 
 
 @_record
@@ -315,8 +370,9 @@ class RegisterReplyInfo:
 def register_reply_to_proto(info: RegisterReplyInfo) -> controller_pb2.RegisterResponse:
     from fedsllm.proto import controller_pb2
 
-    return controller_pb2.RegisterResponse(num_registered=info.num_registered,
-                                           num_expected=info.num_expected)
+    return controller_pb2.RegisterResponse(
+        num_registered=info.num_registered, num_expected=info.num_expected
+    )
 
 
 def register_reply_from_proto(msg: controller_pb2.RegisterResponse) -> RegisterReplyInfo:
@@ -361,22 +417,36 @@ class AllocationInfo:
     """Global rounds the allocation implies; 0 = unchanged."""
 
 
-_ALLOC_FLOATS = ("bandwidth_hz", "uplink_bps", "downlink_bps", "predicted_round_s",
-                 "predicted_total_s", "issued_unix_s")
+_ALLOC_FLOATS = (
+    "bandwidth_hz",
+    "uplink_bps",
+    "downlink_bps",
+    "predicted_round_s",
+    "predicted_total_s",
+    "issued_unix_s",
+)
 
 
 def allocation_to_proto(info: AllocationInfo) -> controller_pb2.AllocationUpdate:
     from fedsllm.proto import controller_pb2
 
     return controller_pb2.AllocationUpdate(
-        version=info.version, round=info.round, client_id=info.client_id, policy=info.policy,
-        share=info.share, num_local_steps=info.num_local_steps, eta=info.eta,
-        num_rounds=info.num_rounds, **{name: getattr(info, name) for name in _ALLOC_FLOATS})
+        version=info.version,
+        round=info.round,
+        client_id=info.client_id,
+        policy=info.policy,
+        share=info.share,
+        num_local_steps=info.num_local_steps,
+        eta=info.eta,
+        num_rounds=info.num_rounds,
+        **{name: getattr(info, name) for name in _ALLOC_FLOATS},
+    )
 
 
 def allocation_from_proto(msg: controller_pb2.AllocationUpdate) -> AllocationInfo:
-    floats = {name: _finite(f"AllocationUpdate.{name}", getattr(msg, name))
-              for name in _ALLOC_FLOATS}
+    floats = {
+        name: _finite(f"AllocationUpdate.{name}", getattr(msg, name)) for name in _ALLOC_FLOATS
+    }
     share = _finite("AllocationUpdate.share", msg.share)
     if share > 1.0:
         raise WireError("AllocationUpdate.share", f"={share!r}, must be in [0, 1]")
@@ -384,9 +454,17 @@ def allocation_from_proto(msg: controller_pb2.AllocationUpdate) -> AllocationInf
         raise WireError("AllocationUpdate.eta", f"={msg.eta!r}, must be in (0, 1)")
     if msg.num_local_steps == 0:
         raise WireError("AllocationUpdate.num_local_steps", "=0, must be >= 1")
-    return AllocationInfo(version=msg.version, round=msg.round, client_id=msg.client_id,
-                          policy=msg.policy, share=share, num_local_steps=msg.num_local_steps,
-                          eta=msg.eta, num_rounds=msg.num_rounds, **floats)
+    return AllocationInfo(
+        version=msg.version,
+        round=msg.round,
+        client_id=msg.client_id,
+        policy=msg.policy,
+        share=share,
+        num_local_steps=msg.num_local_steps,
+        eta=msg.eta,
+        num_rounds=msg.num_rounds,
+        **floats,
+    )
 
 
 @_record
@@ -399,15 +477,17 @@ class ChannelReportInfo:
 def channel_report_to_proto(info: ChannelReportInfo) -> controller_pb2.ReportChannelRequest:
     from fedsllm.proto import controller_pb2
 
-    return controller_pb2.ReportChannelRequest(client_id=info.client_id, gain_db=info.gain_db,
-                                               distance_m=info.distance_m)
+    return controller_pb2.ReportChannelRequest(
+        client_id=info.client_id, gain_db=info.gain_db, distance_m=info.distance_m
+    )
 
 
 def channel_report_from_proto(msg: controller_pb2.ReportChannelRequest) -> ChannelReportInfo:
     return ChannelReportInfo(
         client_id=msg.client_id,
         gain_db=_finite("ReportChannelRequest.gain_db", msg.gain_db, minimum=None),
-        distance_m=_finite("ReportChannelRequest.distance_m", msg.distance_m))
+        distance_m=_finite("ReportChannelRequest.distance_m", msg.distance_m),
+    )
 
 
 @_record

@@ -62,16 +62,24 @@ def generate(out_root: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     written = [init]
     for f in files:
         stem = f.stem
-        written += [target / f"{stem}_pb2.py", target / f"{stem}_pb2.pyi",
-                    target / f"{stem}_pb2_grpc.py"]
+        written += [
+            target / f"{stem}_pb2.py",
+            target / f"{stem}_pb2.pyi",
+            target / f"{stem}_pb2_grpc.py",
+        ]
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedsllm.wire.protogen",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT,
-                        help="root under which fedsllm/proto/ is written (default: repo root)")
+    parser = argparse.ArgumentParser(
+        prog="python -m fedsllm.wire.protogen", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT,
+        help="root under which fedsllm/proto/ is written (default: repo root)",
+    )
     ns = parser.parse_args(argv)
     for path in generate(ns.out):
         print(path)

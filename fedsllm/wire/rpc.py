@@ -88,8 +88,12 @@ def create_server(
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.start()
-    log.info("gRPC server on %s (port %d) serving %s", address, port,
-             ", ".join(service_names) or "health only")
+    log.info(
+        "gRPC server on %s (port %d) serving %s",
+        address,
+        port,
+        ", ".join(service_names) or "health only",
+    )
     return server, port
 
 
@@ -137,21 +141,28 @@ def call_with_retry(
             if code not in retry_on or i == attempts - 1:
                 raise
             delay_s = min(max_delay_s, base_delay_s * 2**i)
-            log.debug("retrying after %s (attempt %d/%d, sleeping %.3f s)", code, i + 1,
-                      attempts, delay_s)
+            log.debug(
+                "retrying after %s (attempt %d/%d, sleeping %.3f s)", code, i + 1, attempts, delay_s
+            )
             sleep(delay_s)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def unary_call(method: Callable[..., T], request: Any, *, timeout_s: float,
-               attempts: int = 1, base_delay_s: float = 0.1) -> T:
+def unary_call(
+    method: Callable[..., T],
+    request: Any,
+    *,
+    timeout_s: float,
+    attempts: int = 1,
+    base_delay_s: float = 0.1,
+) -> T:
     """One unary call with a deadline, retried on UNAVAILABLE when attempts > 1."""
-    return call_with_retry(lambda: method(request, timeout=timeout_s), attempts=attempts,
-                           base_delay_s=base_delay_s)
+    return call_with_retry(
+        lambda: method(request, timeout=timeout_s), attempts=attempts, base_delay_s=base_delay_s
+    )
 
 
-def wait_healthy(address: str, timeout_s: float, service: str = "",
-                 poll_s: float = 0.05) -> None:
+def wait_healthy(address: str, timeout_s: float, service: str = "", poll_s: float = 0.05) -> None:
     """Block until the server at `address` reports `service` SERVING.
 
     Raises TimeoutError naming the address and the last answer or error.
@@ -165,11 +176,15 @@ def wait_healthy(address: str, timeout_s: float, service: str = "",
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"gRPC server at {address} not SERVING {service!r} after "
-                                   f"{timeout_s} s (last: {last})")
+                raise TimeoutError(
+                    f"gRPC server at {address} not SERVING {service!r} after "
+                    f"{timeout_s} s (last: {last})"
+                )
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                   timeout=max(0.05, min(remaining, 1.0)))
+                reply = stub.Check(
+                    health_pb2.HealthCheckRequest(service=service),
+                    timeout=max(0.05, min(remaining, 1.0)),
+                )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

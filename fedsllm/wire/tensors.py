@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fedsllm.errors import WireError
 
@@ -109,8 +111,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     """Wire name of a torch dtype; WireError when it is not allowed on the wire."""
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPE_ITEMSIZE:
-        raise WireError("dtype", f"{name} is not allowed on the wire "
-                        f"(allowed: {', '.join(DTYPE_ITEMSIZE)})")
+        raise WireError(
+            "dtype", f"{name} is not allowed on the wire (allowed: {', '.join(DTYPE_ITEMSIZE)})"
+        )
     return name
 
 
@@ -132,13 +135,17 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
     t = tensor.detach()
     if wire_dtype is not None:
         if wire_dtype not in DTYPE_ITEMSIZE:
-            raise WireError(f"{name}.dtype", f"wire dtype {wire_dtype!r} is not allowed "
-                            f"(allowed: {', '.join(DTYPE_ITEMSIZE)})")
+            raise WireError(
+                f"{name}.dtype",
+                f"wire dtype {wire_dtype!r} is not allowed (allowed: {', '.join(DTYPE_ITEMSIZE)})",
+            )
         t = t.to(dtype=_torch_dtype(wire_dtype))
     dtype = str(t.dtype).removeprefix("torch.")
     if dtype not in DTYPE_ITEMSIZE:
-        raise WireError(f"{name}.dtype", f"{dtype} is not allowed on the wire "
-                        f"(allowed: {', '.join(DTYPE_ITEMSIZE)})")
+        raise WireError(
+            f"{name}.dtype",
+            f"{dtype} is not allowed on the wire (allowed: {', '.join(DTYPE_ITEMSIZE)})",
+        )
     if t.numel() == 0:
         raise WireError(f"{name}.shape", f"empty tensor {tuple(t.shape)} cannot be sent")
     t = t.to(device="cpu").contiguous()
@@ -150,22 +157,28 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
     return TensorFrame(name=name, dtype=dtype, shape=tuple(int(s) for s in t.shape), data=data)
 
 
-def frame_to_tensor(frame: TensorFrame, dtype: torch.dtype | None = None, *,
-                    copy: bool = True) -> torch.Tensor:
+def frame_to_tensor(
+    frame: TensorFrame, dtype: torch.dtype | None = None, *, copy: bool = True
+) -> torch.Tensor:
     """Decode a frame into a CPU tensor of its shape, cast to `dtype` if given.
 
     With copy=True (the default) the result owns its memory and is writable.
-    copy=False reuses a bytearray buffer (as ChunkAssembler produces) without
+    copy=False wraps a writable buffer (as ChunkAssembler produces) without
     copying; use it only when nothing else holds that buffer.
     """
     import torch
 
-    _validate_header(frame.name, frame.dtype, frame.shape, frame.num_bytes,
-                     WireLimits(max_tensor_bytes=sys.maxsize))
+    _validate_header(
+        frame.name,
+        frame.dtype,
+        frame.shape,
+        frame.num_bytes,
+        WireLimits(max_tensor_bytes=sys.maxsize),
+    )
     data = frame.data
     if sys.byteorder == "big" and DTYPE_ITEMSIZE[frame.dtype] > 1:  # pragma: no cover
         data = bytearray(_byteswap(data, DTYPE_ITEMSIZE[frame.dtype]))
-    elif copy or not isinstance(data, bytearray):
+    elif copy or memoryview(data).readonly:
         data = bytearray(data)
     t = torch.frombuffer(data, dtype=_torch_dtype(frame.dtype)).reshape(frame.shape)
     if dtype is not None and dtype != t.dtype:
@@ -176,11 +189,16 @@ def frame_to_tensor(frame: TensorFrame, dtype: torch.dtype | None = None, *,
 # ---------------------------------------------------------------- chunks
 
 
-def frame_to_chunks(frame: TensorFrame, chunk_bytes: int) -> Iterator[tensor_pb2.TensorChunk]:
+def frame_to_chunks(
+    frame: TensorFrame, chunk_bytes: int, envelope: Callable[[], Any] | None = None
+) -> Iterator[Any]:
     """Cut a frame into TensorChunk messages of at most `chunk_bytes` data each.
 
     Every chunk repeats name, dtype, shape and total_bytes (a few bytes) so
-    each one can be checked on its own.
+    each one can be checked on its own. With `envelope` (a message class
+    with a `chunk` field, e.g. TrainRequest), the chunk is built in place
+    inside a fresh envelope and the envelopes are yielded: wrapping a
+    finished chunk would copy its payload once more.
     """
     from fedsllm.proto import tensor_pb2
 
@@ -190,36 +208,47 @@ def frame_to_chunks(frame: TensorFrame, chunk_bytes: int) -> Iterator[tensor_pb2
     total = view.nbytes
     shape = list(frame.shape)
     for offset in range(0, total, chunk_bytes):
-        yield tensor_pb2.TensorChunk(
-            name=frame.name,
-            dtype=frame.dtype,
-            shape=shape,
-            total_bytes=total,
-            offset=offset,
-            data=bytes(view[offset:offset + chunk_bytes]),
-        )
+        if envelope is None:
+            msg = tensor_pb2.TensorChunk()
+            chunk = msg
+        else:
+            msg = envelope()
+            chunk = msg.chunk
+        chunk.name = frame.name
+        chunk.dtype = frame.dtype
+        chunk.shape.extend(shape)
+        chunk.total_bytes = total
+        chunk.offset = offset
+        chunk.data = bytes(view[offset : offset + chunk_bytes])
+        yield msg
 
 
-def _validate_header(name: str, dtype: str, shape: Sequence[int], total_bytes: int,
-                     limits: WireLimits) -> int:
+def _validate_header(
+    name: str, dtype: str, shape: Sequence[int], total_bytes: int, limits: WireLimits
+) -> int:
     """Check dtype, shape and size of one tensor; returns its itemsize."""
     itemsize = DTYPE_ITEMSIZE.get(dtype)
     if itemsize is None:
-        raise WireError(f"{name}.dtype", f"{dtype!r} is not allowed "
-                        f"(allowed: {', '.join(DTYPE_ITEMSIZE)})")
+        raise WireError(
+            f"{name}.dtype", f"{dtype!r} is not allowed (allowed: {', '.join(DTYPE_ITEMSIZE)})"
+        )
     if len(shape) > limits.max_ndim:
-        raise WireError(f"{name}.shape", f"rank {len(shape)} exceeds the limit "
-                        f"{limits.max_ndim}")
+        raise WireError(f"{name}.shape", f"rank {len(shape)} exceeds the limit {limits.max_ndim}")
     for i, dim in enumerate(shape):
         if dim <= 0:
             raise WireError(f"{name}.shape[{i}]", f"={dim}, every dimension must be > 0")
     expected = math.prod(shape) * itemsize
     if expected > limits.max_tensor_bytes:
-        raise WireError(f"{name}.total_bytes", f"{expected} bytes for shape "
-                        f"{tuple(shape)} {dtype} exceeds the limit {limits.max_tensor_bytes}")
+        raise WireError(
+            f"{name}.total_bytes",
+            f"{expected} bytes for shape "
+            f"{tuple(shape)} {dtype} exceeds the limit {limits.max_tensor_bytes}",
+        )
     if total_bytes != expected:
-        raise WireError(f"{name}.total_bytes", f"={total_bytes}, but shape {tuple(shape)} "
-                        f"of {dtype} needs {expected}")
+        raise WireError(
+            f"{name}.total_bytes",
+            f"={total_bytes}, but shape {tuple(shape)} of {dtype} needs {expected}",
+        )
     return itemsize
 
 
@@ -230,16 +259,15 @@ def check_finite(frame: TensorFrame) -> None:
         return
     import torch
 
-    if isinstance(frame.data, bytearray):
-        t = torch.frombuffer(frame.data, dtype=_torch_dtype(frame.dtype))
-    else:
-        t = frame_to_tensor(frame).reshape(-1)
+    t = frame_to_tensor(frame, copy=False).reshape(-1)
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         bad = int((~finite).sum())
         first = int((~finite).nonzero()[0, 0])
-        raise WireError(f"{frame.name}.data", f"{bad} non-finite value(s), first at flat "
-                        f"index {first} ({float(t[first])})")
+        raise WireError(
+            f"{frame.name}.data",
+            f"{bad} non-finite value(s), first at flat index {first} ({float(t[first])})",
+        )
 
 
 @dataclass(slots=True)
@@ -248,7 +276,7 @@ class _Partial:
     dtype: str
     shape: tuple[int, ...]
     total: int
-    buf: bytearray
+    buf: memoryview
     view: memoryview
     filled: int = 0
 
@@ -275,8 +303,9 @@ class ChunkAssembler:
     _current: _Partial | None = None
 
     @classmethod
-    def for_specs(cls, specs: Iterable[TensorSpec],
-                  limits: WireLimits | None = None) -> ChunkAssembler:
+    def for_specs(
+        cls, specs: Iterable[TensorSpec], limits: WireLimits | None = None
+    ) -> ChunkAssembler:
         return cls(limits=limits or WireLimits(), specs={s.name: s for s in specs})
 
     @property
@@ -285,6 +314,7 @@ class ChunkAssembler:
         return self._current.name if self._current else None
 
     def feed(self, chunk: tensor_pb2.TensorChunk) -> TensorFrame | None:
+        """Validate and buffer one chunk; the finished frame when it was the last."""
         cur = self._current
         if cur is None:
             cur = self._start(chunk)
@@ -295,18 +325,21 @@ class ChunkAssembler:
         if n == 0:
             raise WireError(f"{cur.name}.data", f"empty chunk at offset {chunk.offset}")
         if chunk.offset != cur.filled:
-            raise WireError(f"{cur.name}.offset", f"={chunk.offset}, expected {cur.filled} "
-                            "(chunks must be contiguous and in order)")
+            raise WireError(
+                f"{cur.name}.offset",
+                f"={chunk.offset}, expected {cur.filled} (chunks must be contiguous and in order)",
+            )
         end = cur.filled + n
         if end > cur.total:
-            raise WireError(f"{cur.name}.data", f"chunk [{chunk.offset}, {end}) runs past "
-                            f"total_bytes={cur.total}")
-        cur.view[cur.filled:end] = data
+            raise WireError(
+                f"{cur.name}.data",
+                f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
+            )
+        cur.view[cur.filled : end] = data
         cur.filled = end
         if end < cur.total:
             return None
         self._current = None
-        cur.view.release()
         frame = TensorFrame(name=cur.name, dtype=cur.dtype, shape=cur.shape, data=cur.buf)
         spec = self.specs.get(cur.name) if self.specs is not None else None
         if spec is not None and spec.require_finite:
@@ -325,19 +358,23 @@ class ChunkAssembler:
         """Check the sequence ended cleanly: no half tensor, every `required` name present."""
         if self._current is not None:
             cur = self._current
-            raise WireError(f"{cur.name}.data", f"incomplete: {cur.filled} of {cur.total} "
-                            "bytes received")
+            raise WireError(
+                f"{cur.name}.data", f"incomplete: {cur.filled} of {cur.total} bytes received"
+            )
         missing = [n for n in required if n not in self.frames]
         if missing:
-            raise WireError(missing[0], f"expected tensor(s) {missing} never arrived "
-                            f"(got {sorted(self.frames)})")
+            raise WireError(
+                missing[0],
+                f"expected tensor(s) {missing} never arrived (got {sorted(self.frames)})",
+            )
         return self.frames
 
     def _start(self, chunk: tensor_pb2.TensorChunk) -> _Partial:
         name = chunk.name
         if self.specs is not None and name not in self.specs:
-            raise WireError("chunk.name", f"unexpected tensor {name!r} "
-                            f"(expected one of {sorted(self.specs)})")
+            raise WireError(
+                "chunk.name", f"unexpected tensor {name!r} (expected one of {sorted(self.specs)})"
+            )
         if not name:
             raise WireError("chunk.name", "empty tensor name")
         if name in self.frames:
@@ -348,9 +385,12 @@ class ChunkAssembler:
         spec = self.specs.get(name) if self.specs is not None else None
         if spec is not None:
             self._check_spec(spec, chunk.dtype, shape)
-        buf = bytearray(total)
-        self._current = _Partial(name=name, dtype=chunk.dtype, shape=shape, total=total,
-                                 buf=buf, view=memoryview(buf))
+        # numpy's allocation is not zero-filled and reuses already-mapped
+        # pages across steps; a bytearray would memset every buffer first.
+        buf = memoryview(np.empty(total, dtype=np.uint8))
+        self._current = _Partial(
+            name=name, dtype=chunk.dtype, shape=shape, total=total, buf=buf, view=buf
+        )
         return self._current
 
     def _check_spec(self, spec: TensorSpec, dtype: str, shape: tuple[int, ...]) -> None:
@@ -360,8 +400,11 @@ class ChunkAssembler:
         if spec.shape is None:
             return
         if len(shape) != len(spec.shape):
-            raise WireError(f"{name}.shape", f"={shape} has rank {len(shape)}, expected "
-                            f"rank {len(spec.shape)} {_spec_text(spec.shape)}")
+            raise WireError(
+                f"{name}.shape",
+                f"={shape} has rank {len(shape)}, expected "
+                f"rank {len(spec.shape)} {_spec_text(spec.shape)}",
+            )
         new: dict[str, tuple[int, str]] = {}
         for i, (dim, want) in enumerate(zip(shape, spec.shape, strict=True)):
             if want is None:
@@ -374,31 +417,42 @@ class ChunkAssembler:
             if bound is None:
                 new[want] = (dim, f"{name}.shape[{i}]")
             elif bound[0] != dim:
-                raise WireError(f"{name}.shape[{i}]", f"={dim}, expected {want}={bound[0]} "
-                                f"(from {bound[1]})")
+                raise WireError(
+                    f"{name}.shape[{i}]", f"={dim}, expected {want}={bound[0]} (from {bound[1]})"
+                )
         # Bind only once the whole tensor header is accepted.
         self.bindings.update(new)
 
     def _check_continuation(self, cur: _Partial, chunk: tensor_pb2.TensorChunk) -> None:
         if chunk.name != cur.name:
-            raise WireError("chunk.name", f"{chunk.name!r} started before {cur.name!r} was "
-                            f"complete ({cur.filled} of {cur.total} bytes)")
+            raise WireError(
+                "chunk.name",
+                f"{chunk.name!r} started before {cur.name!r} was "
+                f"complete ({cur.filled} of {cur.total} bytes)",
+            )
         if chunk.dtype != cur.dtype:
-            raise WireError(f"{cur.name}.dtype", f"={chunk.dtype!r} in a later chunk, first "
-                            f"chunk said {cur.dtype!r}")
+            raise WireError(
+                f"{cur.name}.dtype",
+                f"={chunk.dtype!r} in a later chunk, first chunk said {cur.dtype!r}",
+            )
         if tuple(chunk.shape) != cur.shape:
-            raise WireError(f"{cur.name}.shape", f"={tuple(chunk.shape)} in a later chunk, "
-                            f"first chunk said {cur.shape}")
+            raise WireError(
+                f"{cur.name}.shape",
+                f"={tuple(chunk.shape)} in a later chunk, first chunk said {cur.shape}",
+            )
         if chunk.total_bytes != cur.total:
-            raise WireError(f"{cur.name}.total_bytes", f"={chunk.total_bytes} in a later "
-                            f"chunk, first chunk said {cur.total}")
+            raise WireError(
+                f"{cur.name}.total_bytes",
+                f"={chunk.total_bytes} in a later chunk, first chunk said {cur.total}",
+            )
 
 
 def _spec_text(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("*" if d is None else str(d) for d in shape) + ")"
 
 
-def assemble(chunks: Iterable[tensor_pb2.TensorChunk],
-             limits: WireLimits | None = None) -> dict[str, TensorFrame]:
+def assemble(
+    chunks: Iterable[tensor_pb2.TensorChunk], limits: WireLimits | None = None
+) -> dict[str, TensorFrame]:
     """Rebuild every tensor in a finished chunk sequence (no name restrictions)."""
     return ChunkAssembler(limits=limits or WireLimits()).feed_all(chunks)

@@ -126,25 +126,29 @@ def _check_names(field: str, names: Sequence[str], frames: Sequence[TensorFrame]
         raise WireError(field, f"={list(names)} but the frames are {got}")
 
 
-def step_upload_requests(header: StepHeaderInfo, frames: Sequence[TensorFrame],
-                         chunk_bytes: int) -> Iterator[main_server_pb2.TrainRequest]:
+def step_upload_requests(
+    header: StepHeaderInfo, frames: Sequence[TensorFrame], chunk_bytes: int
+) -> Iterator[main_server_pb2.TrainRequest]:
     """header, every frame's chunks (in header order), end."""
+    from fedsllm.proto import main_server_pb2
+
     _check_names("StepHeader.tensor_names", header.tensor_names, frames)
     yield train_request(header)
     for frame in frames:
-        for chunk in frame_to_chunks(frame, chunk_bytes):
-            yield train_request(chunk)
+        yield from frame_to_chunks(frame, chunk_bytes, main_server_pb2.TrainRequest)
     yield train_request(StepEndInfo())
 
 
-def step_download_responses(result: StepResultInfo, frames: Sequence[TensorFrame],
-                            chunk_bytes: int) -> Iterator[main_server_pb2.TrainResponse]:
+def step_download_responses(
+    result: StepResultInfo, frames: Sequence[TensorFrame], chunk_bytes: int
+) -> Iterator[main_server_pb2.TrainResponse]:
     """result, then every frame's chunks (in result order)."""
+    from fedsllm.proto import main_server_pb2
+
     _check_names("StepResult.tensor_names", result.tensor_names, frames)
     yield train_response(result)
     for frame in frames:
-        for chunk in frame_to_chunks(frame, chunk_bytes):
-            yield train_response(chunk)
+        yield from frame_to_chunks(frame, chunk_bytes, main_server_pb2.TrainResponse)
 
 
 # ---------------------------------------------------------------- readers
@@ -177,13 +181,15 @@ class StepDownload:
         return frame_to_tensor(self.frames[name], dtype, copy=False)
 
 
-def _step_assembler(field: str, names: Sequence[str], specs: Iterable[TensorSpec],
-                    limits: WireLimits) -> ChunkAssembler:
+def _step_assembler(
+    field: str, names: Sequence[str], specs: Iterable[TensorSpec], limits: WireLimits
+) -> ChunkAssembler:
     by_name = {s.name: s for s in specs}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise WireError(field, f"names unexpected tensor(s) {unknown} "
-                        f"(accepted: {sorted(by_name)})")
+        raise WireError(
+            field, f"names unexpected tensor(s) {unknown} (accepted: {sorted(by_name)})"
+        )
     return ChunkAssembler(limits=limits, specs={n: by_name[n] for n in names})
 
 
@@ -206,8 +212,9 @@ def read_uplink(
         return
     hello = parse_train_request(first)
     if not isinstance(hello, TrainHelloInfo):
-        raise WireError("TrainRequest.kind", f"first message must be hello, got "
-                        f"{first.WhichOneof('kind')}")
+        raise WireError(
+            "TrainRequest.kind", f"first message must be hello, got {first.WhichOneof('kind')}"
+        )
     yield hello
     header: StepHeaderInfo | None = None
     assembler: ChunkAssembler | None = None
@@ -216,18 +223,22 @@ def read_uplink(
         item = parse_train_request(msg)
         if isinstance(item, StepHeaderInfo):
             if header is not None:
-                raise WireError("TrainRequest.kind", f"header of step {item.step} before the "
-                                f"end of step {header.step}")
+                raise WireError(
+                    "TrainRequest.kind",
+                    f"header of step {item.step} before the end of step {header.step}",
+                )
             started = time.perf_counter()
-            assembler = _step_assembler("StepHeader.tensor_names", item.tensor_names,
-                                        specs(item), limits)
+            assembler = _step_assembler(
+                "StepHeader.tensor_names", item.tensor_names, specs(item), limits
+            )
             header = item
         elif isinstance(item, StepEndInfo):
             if header is None or assembler is None:
                 raise WireError("TrainRequest.kind", "end without a step header")
             frames = assembler.finish(header.tensor_names)
-            yield StepUpload(header=header, frames=dict(frames),
-                             receive_s=time.perf_counter() - started)
+            yield StepUpload(
+                header=header, frames=dict(frames), receive_s=time.perf_counter() - started
+            )
             header, assembler = None, None
         elif isinstance(item, TrainHelloInfo):
             raise WireError("TrainRequest.kind", "hello sent twice")
@@ -252,8 +263,9 @@ def read_downlink(
         return
     welcome = parse_train_response(first)
     if not isinstance(welcome, TrainWelcomeInfo):
-        raise WireError("TrainResponse.kind", f"first message must be welcome, got "
-                        f"{first.WhichOneof('kind')}")
+        raise WireError(
+            "TrainResponse.kind", f"first message must be welcome, got {first.WhichOneof('kind')}"
+        )
     yield welcome
     result: StepResultInfo | None = None
     assembler: ChunkAssembler | None = None
@@ -262,14 +274,17 @@ def read_downlink(
         item = parse_train_response(msg)
         if isinstance(item, StepResultInfo):
             if result is not None:
-                raise WireError("TrainResponse.kind", f"result of step {item.step} before "
-                                f"the tensors of step {result.step}")
+                raise WireError(
+                    "TrainResponse.kind",
+                    f"result of step {item.step} before the tensors of step {result.step}",
+                )
             started = time.perf_counter()
             if not item.tensor_names:
                 yield StepDownload(result=item, frames={}, receive_s=0.0)
                 continue
-            assembler = _step_assembler("StepResult.tensor_names", item.tensor_names,
-                                        specs(item), limits)
+            assembler = _step_assembler(
+                "StepResult.tensor_names", item.tensor_names, specs(item), limits
+            )
             result = item
         elif isinstance(item, TrainWelcomeInfo):
             raise WireError("TrainResponse.kind", "welcome sent twice")
@@ -277,11 +292,14 @@ def read_downlink(
             if result is None or assembler is None:
                 raise WireError("TrainResponse.kind", f"chunk of {item.name!r} outside a step")
             assembler.feed(item)
-            if assembler.in_progress is None and len(assembler.frames) == len(
-                    result.tensor_names):
-                yield StepDownload(result=result, frames=dict(assembler.frames),
-                                   receive_s=time.perf_counter() - started)
+            if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):
+                yield StepDownload(
+                    result=result,
+                    frames=dict(assembler.frames),
+                    receive_s=time.perf_counter() - started,
+                )
                 result, assembler = None, None
     if result is not None:
-        raise WireError("TrainResponse.kind", f"stream ended inside the reply to step "
-                        f"{result.step}")
+        raise WireError(
+            "TrainResponse.kind", f"stream ended inside the reply to step {result.step}"
+        )

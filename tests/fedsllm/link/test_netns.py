@@ -370,7 +370,7 @@ def test_cleanup_restores_host_when_body_raises(exc):
     before = _host_snapshot()
     topo = NetnsTopology("pyx", 1, up_bps=1e6, down_bps=1e6)
     with pytest.raises(exc), topo:
-        assert f"fsl-pyx-c0" in _host_snapshot()[0]
+        assert "fsl-pyx-c0" in _host_snapshot()[0]
         raise exc("boom")
     assert _host_snapshot() == before
     topo.cleanup()  # twice is harmless

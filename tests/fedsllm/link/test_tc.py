@@ -102,8 +102,9 @@ class FakeRunner:
         assert kwargs == {"capture_output": True, "text": True, "check": False}
         self.calls.append(cmd)
         rc = 2 if len(self.calls) - 1 == self.fail_at else 0
-        return subprocess.CompletedProcess(cmd, rc, stdout=f"out{len(self.calls)}",
-                                           stderr="Error: boom")
+        return subprocess.CompletedProcess(
+            cmd, rc, stdout=f"out{len(self.calls)}", stderr="Error: boom"
+        )
 
 
 def test_run_cmds_returns_stdout_in_order():

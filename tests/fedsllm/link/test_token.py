@@ -116,6 +116,22 @@ def test_no_burst_credit_after_idle():
     assert fake.sleeps == pytest.approx([1.0, 1.0])
 
 
+def test_sender_overhead_within_continuity_is_not_lost_link_time():
+    fake = FakeClock()
+    shaper = make(fake, continuity_s=0.005)
+    shaper.set_rates(0, 8e6, 8e6)
+    shaper.pace(0, UP, 1_000_000)  # ends at 1.0
+    fake.now += 0.002  # the socket copy took 2 ms
+    shaper.pace(0, UP, 1_000_000)  # continues the stream: ends at 2.0
+    assert fake.now == pytest.approx(2.0)
+    fake.now += 0.010  # beyond continuity: the link was idle
+    shaper.pace(0, UP, 1_000_000)
+    assert fake.now == pytest.approx(3.01)
+    fake.now += 0.002  # a new message never continues the previous schedule
+    shaper.pace(0, UP, 1_000_000, new_message=True)
+    assert fake.now == pytest.approx(4.012)
+
+
 def test_unshaped_rates_never_sleep():
     fake = FakeClock()
     shaper = make(fake)
@@ -192,9 +208,7 @@ def test_threads_share_one_link_without_overlap():
     assert shaper.stats()[(0, UP)].num_bytes == 2_000_000
 
 
-@pytest.mark.parametrize(
-    "up,down", [(-1.0, 1e6), (1e6, math.nan), ("fast", 1e6), (1e6, None)]
-)
+@pytest.mark.parametrize("up,down", [(-1.0, 1e6), (1e6, math.nan), ("fast", 1e6), (1e6, None)])
 def test_bad_rate_raises_and_changes_nothing(up, down):
     shaper = make(FakeClock())
     shaper.set_rates(0, 1e6, 2e6)

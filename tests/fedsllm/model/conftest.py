@@ -11,8 +11,9 @@ from fedsllm.config import DataConfig, ModelConfig, ScenarioConfig, SplitConfig
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-                   ) -> None:
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep every pretrain cache of these tests out of the user's ~/.cache."""
     monkeypatch.setenv("FEDSLLM_CACHE", str(tmp_path_factory.mktemp("fedsllm-cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -21,12 +22,19 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture
 def tiny_scenario() -> Callable[..., ScenarioConfig]:
-    def make(preset: str = "tiny-llama", attn: str = "sdpa", pretrain_steps: int = 0,
-             seq_len: int = 16, split_layer: int = 2, seed: int = 0) -> ScenarioConfig:
+    def make(
+        preset: str = "tiny-llama",
+        attn: str = "sdpa",
+        pretrain_steps: int = 0,
+        seq_len: int = 16,
+        split_layer: int = 2,
+        seed: int = 0,
+    ) -> ScenarioConfig:
         return ScenarioConfig(
             seed=seed,
-            model=ModelConfig(preset=preset, pretrain_steps=pretrain_steps,
-                              attn_implementation=attn),
+            model=ModelConfig(
+                preset=preset, pretrain_steps=pretrain_steps, attn_implementation=attn
+            ),
             split=SplitConfig(split_layer=split_layer),
             data=DataConfig(seq_len=seq_len),
         )
@@ -34,8 +42,9 @@ def tiny_scenario() -> Callable[..., ScenarioConfig]:
     return make
 
 
-def make_batch(side: str, batch_size: int = 3, seq_len: int = 12, vocab_size: int = 259,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(
+    side: str, batch_size: int = 3, seq_len: int = 12, vocab_size: int = 259, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) with rows of different lengths padded on `side`."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab_size, (batch_size, seq_len), generator=gen)

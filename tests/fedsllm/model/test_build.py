@@ -30,15 +30,23 @@ def test_dropout_is_off_even_in_train_mode(tiny_scenario):
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     ids = torch.randint(3, 259, (2, 8), generator=torch.Generator().manual_seed(0))
     model.train()
-    torch.testing.assert_close(model(input_ids=ids).logits, model(input_ids=ids).logits,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        model(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0
+    )
 
 
 def test_model_family_rejects_other_architectures():
     from transformers import BertConfig, BertModel
 
-    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=37, vocab_size=50))
+    bert = BertModel(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            vocab_size=50,
+        )
+    )
     with pytest.raises(ConfigError, match="unsupported architecture.*llama, gpt2"):
         model_family(bert)
 
@@ -62,8 +70,9 @@ def test_missing_checkpoint_is_a_config_error(tmp_path):
 
 
 def test_gpt2_small_is_not_pretrained():
-    scenario = ScenarioConfig(model=ModelConfig(preset="gpt2-small", pretrain_steps=300),
-                              data=DataConfig(seq_len=16))
+    scenario = ScenarioConfig(
+        model=ModelConfig(preset="gpt2-small", pretrain_steps=300), data=DataConfig(seq_len=16)
+    )
     model = build_base_model(scenario, 259)
     assert model.config.n_layer == 12
     assert not any(cache_dir().glob("*.safetensors"))

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedsllm.cli import main as cli_main
+from fedsllm.data.tokenizer import ByteTokenizer
 from fedsllm.errors import ConfigError
 from fedsllm.model.build import build_base_model, model_family
 from fedsllm.model.export import export_run
@@ -37,12 +38,14 @@ def _write_run(run_dir, scenario):
     return client, server
 
 
-@pytest.mark.parametrize(("preset", "blocks"), [("tiny-llama", "model.layers"),
-                                                ("tiny-gpt2", "transformer.h")])
-def test_export_loads_with_plain_peft_and_matches_split_logits(tiny_scenario, padded_batch,
-                                                               tmp_path, preset, blocks):
+@pytest.mark.parametrize(
+    ("preset", "blocks"), [("tiny-llama", "model.layers"), ("tiny-gpt2", "transformer.h")]
+)
+def test_export_loads_with_plain_peft_and_matches_split_logits(
+    tiny_scenario, padded_batch, tmp_path, preset, blocks
+):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     scenario = tiny_scenario(preset, pretrain_steps=5)
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
@@ -57,6 +60,12 @@ def test_export_loads_with_plain_peft_and_matches_split_logits(tiny_scenario, pa
     for index in range(4):  # server blocks 2, 3 are shifted back into place
         assert any(f"base_model.model.{blocks}.{index}." in k for k in keys), index
     assert (out_dir / "base" / "fedsllm_tokenizer.json").is_file()
+    hf_tokenizer = AutoTokenizer.from_pretrained(out_dir / "base")
+    text = "Tom eats near the river. cafe\u00e9 [x] 12\n"
+    assert hf_tokenizer.encode(text, add_special_tokens=False) == ByteTokenizer().encode(text)
+    assert hf_tokenizer.decode(ByteTokenizer().encode(text)) == text
+    assert (hf_tokenizer.pad_token_id, hf_tokenizer.bos_token_id) == (0, 1)
+    assert hf_tokenizer.eos_token_id == 2 and len(hf_tokenizer) == 259
 
     base = AutoModelForCausalLM.from_pretrained(out_dir / "base")
     full = PeftModel.from_pretrained(base, out_dir)
@@ -64,14 +73,16 @@ def test_export_loads_with_plain_peft_and_matches_split_logits(tiny_scenario, pa
     ids, mask, _labels = padded_batch("left")
     with torch.no_grad():
         expected, _ = server(client(ids, mask), mask)
-        got = full(input_ids=ids, attention_mask=mask,
-                   position_ids=positions_from_mask(mask)).logits
+        got = full(
+            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)
+        ).logits
     real = mask.bool()
     torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-5)
     # The adapters matter: the bare base gives other logits.
     with full.disable_adapter(), torch.no_grad():
-        bare = full(input_ids=ids, attention_mask=mask,
-                    position_ids=positions_from_mask(mask)).logits
+        bare = full(
+            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)
+        ).logits
     assert (bare[real] - expected[real]).abs().max() > 1e-3
 
 

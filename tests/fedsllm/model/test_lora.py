@@ -39,8 +39,9 @@ def _snapshot(peft_model):
     return {k: v.clone() for k, v in adapter_state(peft_model).items()}
 
 
-@pytest.mark.parametrize(("preset", "targets"), [("tiny-llama", ("q_proj", "v_proj")),
-                                                 ("tiny-gpt2", ("c_attn",))])
+@pytest.mark.parametrize(
+    ("preset", "targets"), [("tiny-llama", ("q_proj", "v_proj")), ("tiny-gpt2", ("c_attn",))]
+)
 def test_default_targets_and_only_lora_trainable(tiny_scenario, preset, targets):
     model = _client(tiny_scenario, preset)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -138,8 +139,9 @@ def _inf(state):
     return {**state, key: bad}, key, "infinite"
 
 
-@pytest.mark.parametrize("corrupt", [_drop_one, _add_one, _reshape, _to_double, _to_int, _nan,
-                                     _inf])
+@pytest.mark.parametrize(
+    "corrupt", [_drop_one, _add_one, _reshape, _to_double, _to_int, _nan, _inf]
+)
 def test_adapter_from_bytes_rejects_and_leaves_model_unchanged(tiny_scenario, corrupt):
     bad_state, key, reason = corrupt(_good_state(tiny_scenario))
     receiver = _client(tiny_scenario)
@@ -152,8 +154,9 @@ def test_adapter_from_bytes_rejects_and_leaves_model_unchanged(tiny_scenario, co
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("blob", [b"", b"garbage bytes", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}",
-                                  b"\xff" * 64])
+@pytest.mark.parametrize(
+    "blob", [b"", b"garbage bytes", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}", b"\xff" * 64]
+)
 def test_adapter_from_bytes_rejects_garbage(tiny_scenario, blob):
     receiver = _client(tiny_scenario)
     before = _snapshot(receiver)

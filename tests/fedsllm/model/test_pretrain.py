@@ -58,8 +58,9 @@ def test_cache_key_changes_with_each_input(tiny_scenario):
         pretrain_key(cfg, 259, 0, 11, 1e-3, 32),
         pretrain_key(cfg, 259, 0, 10, 2e-3, 32),
         pretrain_key(cfg, 259, 0, 10, 1e-3, 64),
-        pretrain_key(build_preset_model(tiny_scenario("tiny-gpt2"), 259).config,
-                     259, 0, 10, 1e-3, 32),
+        pretrain_key(
+            build_preset_model(tiny_scenario("tiny-gpt2"), 259).config, 259, 0, 10, 1e-3, 32
+        ),
     ]
     assert len({base, *variants}) == len(variants) + 1
 
@@ -97,9 +98,17 @@ print("SUM", repr(sum(float(p.double().sum()) for p in m.parameters())))
 def test_concurrent_processes_train_once_and_agree(tmp_path):
     env = {**os.environ, "FEDSLLM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[3]
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER], env=env, cwd=root,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER],
+            env=env,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     sums = {line for out in outputs for line in out.splitlines() if line.startswith("SUM")}

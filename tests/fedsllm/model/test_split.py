@@ -25,8 +25,9 @@ def _lora_params(peft_model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 @pytest.mark.parametrize(("preset", "attn", "side"), CASES)
-def test_split_matches_unsplit_logits_loss_and_lora_grads(tiny_scenario, padded_batch, preset,
-                                                          attn, side):
+def test_split_matches_unsplit_logits_loss_and_lora_grads(
+    tiny_scenario, padded_batch, preset, attn, side
+):
     scenario = tiny_scenario(preset, attn)
     adapter = AdapterConfig(rank=4, alpha=8.0)
     full_base = build_base_model(scenario, 259)
@@ -49,8 +50,9 @@ def test_split_matches_unsplit_logits_loss_and_lora_grads(tiny_scenario, padded_
     assert num_mapped == len(full_params) > 0
 
     ids, mask, labels = padded_batch(side)
-    out = full(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-               labels=labels)
+    out = full(
+        input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), labels=labels
+    )
     out.loss.backward()
 
     # The wire protocol: activations cross detached; their gradient comes back.
@@ -120,12 +122,24 @@ def test_positions_from_mask_left_and_right():
 @pytest.mark.parametrize(
     ("family", "key", "offset", "expected"),
     [
-        ("llama", "base_model.model.layers.1.self_attn.q_proj.lora_A.weight", 2,
-         "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"),
-        ("gpt2", "base_model.model.layers.0.attn.c_attn.lora_B.weight", 0,
-         "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"),
-        ("gpt2", "base_model.model.lm_head.lora_A.weight", 2,
-         "base_model.model.lm_head.lora_A.weight"),
+        (
+            "llama",
+            "base_model.model.layers.1.self_attn.q_proj.lora_A.weight",
+            2,
+            "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight",
+        ),
+        (
+            "gpt2",
+            "base_model.model.layers.0.attn.c_attn.lora_B.weight",
+            0,
+            "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight",
+        ),
+        (
+            "gpt2",
+            "base_model.model.lm_head.lora_A.weight",
+            2,
+            "base_model.model.lm_head.lora_A.weight",
+        ),
         ("llama", "embed_tokens.weight", 0, "model.embed_tokens.weight"),
     ],
 )

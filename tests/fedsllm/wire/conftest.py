@@ -25,5 +25,3 @@ def echo_server() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         rpc.stop_server(server, grace_s=0.5)
-
-

@@ -29,18 +29,22 @@ def _open_train(address: str) -> tuple[grpc.Channel, rpc.RequestQueue, object]:
     stub = main_server_pb2_grpc.MainServerStub(channel)
     requests = rpc.RequestQueue()
     responses = stub.Train(requests, timeout=60)
-    requests.put(train_request(TrainHelloInfo(client_id=0, scenario_hash="h",
-                                              wire_dtype="float32")))
+    requests.put(
+        train_request(TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32"))
+    )
     return channel, requests, responses
 
 
 def test_service_names_match_the_protos() -> None:
     assert main_server_pb2.DESCRIPTOR.services_by_name["MainServer"].full_name == (
-        rpc.MAIN_SERVER_SERVICE)
+        rpc.MAIN_SERVER_SERVICE
+    )
     assert fed_server_pb2.DESCRIPTOR.services_by_name["FedServer"].full_name == (
-        rpc.FED_SERVER_SERVICE)
+        rpc.FED_SERVER_SERVICE
+    )
     assert controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name == (
-        rpc.CONTROLLER_SERVICE)
+        rpc.CONTROLLER_SERVICE
+    )
 
 
 def test_health_reports_serving(echo_server: str) -> None:
@@ -64,11 +68,12 @@ def test_large_tensors_cross_intact(echo_server: str) -> None:
         assert welcome.client_id == 0
         # About 20 MB of activations, bigger than gRPC's 4 MiB default message limit.
         acts = torch.randn(5, 256, 4096, generator=torch.Generator().manual_seed(1))
-        frames = [tensor_to_frame("activations", acts),
-                  tensor_to_frame("attention_mask", torch.ones(5, 256, dtype=torch.int64)),
-                  tensor_to_frame("labels", torch.zeros(5, 256, dtype=torch.int64))]
-        header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0,
-                                tensor_names=NAMES)
+        frames = [
+            tensor_to_frame("activations", acts),
+            tensor_to_frame("attention_mask", torch.ones(5, 256, dtype=torch.int64)),
+            tensor_to_frame("labels", torch.zeros(5, 256, dtype=torch.int64)),
+        ]
+        header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0, tensor_names=NAMES)
         requests.put_all(step_upload_requests(header, frames, 2**20))
         reply = next(downlink)
         assert isinstance(reply, StepDownload)
@@ -76,11 +81,14 @@ def test_large_tensors_cross_intact(echo_server: str) -> None:
         assert reply.result.loss == pytest.approx(float(acts.mean()), rel=1e-5)
         assert torch.equal(reply.tensor("activations_grad"), acts * 2)
         # A second step on the same stream, in eval mode: no tensors back.
-        eval_header = StepHeaderInfo(round=0, step=1, mode="eval", downlink_bps=0.0,
-                                     tensor_names=NAMES)
-        small = [tensor_to_frame("activations", acts[:1, :8]),
-                 tensor_to_frame("attention_mask", torch.ones(1, 8, dtype=torch.int64)),
-                 tensor_to_frame("labels", torch.zeros(1, 8, dtype=torch.int64))]
+        eval_header = StepHeaderInfo(
+            round=0, step=1, mode="eval", downlink_bps=0.0, tensor_names=NAMES
+        )
+        small = [
+            tensor_to_frame("activations", acts[:1, :8]),
+            tensor_to_frame("attention_mask", torch.ones(1, 8, dtype=torch.int64)),
+            tensor_to_frame("labels", torch.zeros(1, 8, dtype=torch.int64)),
+        ]
         requests.put_all(step_upload_requests(eval_header, small, 2**20))
         reply = next(downlink)
         assert reply.result.step == 1 and reply.frames == {}
@@ -95,8 +103,7 @@ def test_malformed_upload_ends_stream_with_invalid_argument(echo_server: str) ->
     try:
         downlink = read_downlink(responses, _grad_specs)
         next(downlink)
-        header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0,
-                                tensor_names=NAMES)
+        header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0, tensor_names=NAMES)
         requests.put(train_request(header))
         bad = tensor_to_frame("activations", torch.tensor([[[float("nan")]]]))
         for chunk in frame_to_chunks(bad, 2**20):
@@ -174,8 +181,7 @@ def test_call_with_retry_gives_up_and_skips_other_codes() -> None:
     sleeps: list[float] = []
     fn = _Flaky(10, grpc.StatusCode.UNAVAILABLE)
     with pytest.raises(grpc.RpcError):
-        rpc.call_with_retry(fn, attempts=3, base_delay_s=1.0, max_delay_s=1.5,
-                            sleep=sleeps.append)
+        rpc.call_with_retry(fn, attempts=3, base_delay_s=1.0, max_delay_s=1.5, sleep=sleeps.append)
     assert fn.calls == 3 and sleeps == [1.0, 1.5]
     fn = _Flaky(1, grpc.StatusCode.INVALID_ARGUMENT)
     with pytest.raises(grpc.RpcError):
@@ -199,8 +205,13 @@ def test_unary_call_retries_until_server_appears() -> None:
     try:
         with rpc.make_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            reply = rpc.unary_call(stub.Check, health_pb2.HealthCheckRequest(), timeout_s=1.0,
-                                   attempts=8, base_delay_s=0.1)
+            reply = rpc.unary_call(
+                stub.Check,
+                health_pb2.HealthCheckRequest(),
+                timeout_s=1.0,
+                attempts=8,
+                base_delay_s=0.1,
+            )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         timer.join()

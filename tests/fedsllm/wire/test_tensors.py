@@ -126,7 +126,11 @@ def test_sender_rejects(tensor: torch.Tensor, wire_dtype: str | None, field: str
 
 def _chunk(**kw: object) -> tensor_pb2.TensorChunk:
     base: dict[str, object] = dict(
-        name="activations", dtype="float32", shape=[2, 4, 8], total_bytes=256, offset=0,
+        name="activations",
+        dtype="float32",
+        shape=[2, 4, 8],
+        total_bytes=256,
+        offset=0,
         data=b"\0" * 256,
     )
     base.update(kw)
@@ -146,36 +150,75 @@ SPECS = [
         ([_chunk(name="weights")], "chunk.name", "'weights'"),
         ([_chunk(name="")], "chunk.name", "unexpected tensor"),
         ([_chunk(dtype="float64")], "activations.dtype", "'float64' is not allowed"),
-        ([_chunk(dtype="int64", total_bytes=512, data=b"\0" * 512)], "activations.dtype",
-         "=int64, expected one of"),
-        ([_chunk(shape=[2, 4, 7], total_bytes=224, data=b"\0" * 224)],
-         "activations.shape[2]", "=7, expected 8"),
+        (
+            [_chunk(dtype="int64", total_bytes=512, data=b"\0" * 512)],
+            "activations.dtype",
+            "=int64, expected one of",
+        ),
+        (
+            [_chunk(shape=[2, 4, 7], total_bytes=224, data=b"\0" * 224)],
+            "activations.shape[2]",
+            "=7, expected 8",
+        ),
         ([_chunk(shape=[2, 0, 8], total_bytes=0)], "activations.shape[1]", "=0"),
         ([_chunk(shape=[2, 32], total_bytes=256)], "activations.shape", "rank 2, expected rank 3"),
         ([_chunk(total_bytes=255)], "activations.total_bytes", "=255, but shape (2, 4, 8)"),
         ([_chunk(offset=4)], "activations.offset", "=4, expected 0"),
         ([_chunk(data=b"")], "activations.data", "empty chunk"),
         ([_chunk(data=b"\0" * 300)], "activations.data", "runs past total_bytes=256"),
-        ([_chunk(data=b"\0" * 128), _chunk(offset=64, data=b"\0" * 128)],
-         "activations.offset", "=64, expected 128"),
-        ([_chunk(data=b"\0" * 128),
-          _chunk(name="labels", dtype="int64", shape=[2, 4], total_bytes=64, data=b"\0" * 64)],
-         "chunk.name", "'labels' started before 'activations' was complete (128 of 256"),
-        ([_chunk(data=b"\0" * 128), _chunk(offset=128, dtype="bfloat16", data=b"\0" * 128)],
-         "activations.dtype", "in a later chunk"),
-        ([_chunk(data=b"\0" * 128), _chunk(offset=128, shape=[4, 2, 8], data=b"\0" * 128)],
-         "activations.shape", "in a later chunk"),
-        ([_chunk(data=b"\0" * 128), _chunk(offset=128, total_bytes=512, data=b"\0" * 128)],
-         "activations.total_bytes", "in a later chunk"),
+        (
+            [_chunk(data=b"\0" * 128), _chunk(offset=64, data=b"\0" * 128)],
+            "activations.offset",
+            "=64, expected 128",
+        ),
+        (
+            [
+                _chunk(data=b"\0" * 128),
+                _chunk(name="labels", dtype="int64", shape=[2, 4], total_bytes=64, data=b"\0" * 64),
+            ],
+            "chunk.name",
+            "'labels' started before 'activations' was complete (128 of 256",
+        ),
+        (
+            [_chunk(data=b"\0" * 128), _chunk(offset=128, dtype="bfloat16", data=b"\0" * 128)],
+            "activations.dtype",
+            "in a later chunk",
+        ),
+        (
+            [_chunk(data=b"\0" * 128), _chunk(offset=128, shape=[4, 2, 8], data=b"\0" * 128)],
+            "activations.shape",
+            "in a later chunk",
+        ),
+        (
+            [_chunk(data=b"\0" * 128), _chunk(offset=128, total_bytes=512, data=b"\0" * 128)],
+            "activations.total_bytes",
+            "in a later chunk",
+        ),
         ([_chunk(), _chunk()], "activations", "sent twice"),
-        ([_chunk(),
-          _chunk(name="attention_mask", dtype="int64", shape=[2, 5], total_bytes=80,
-                 data=b"\0" * 80)],
-         "attention_mask.shape[1]", "=5, expected T=4 (from activations.shape[1])"),
-        ([_chunk(data=struct.pack("<f", float("nan")) + b"\0" * 252)], "activations.data",
-         "1 non-finite value(s), first at flat index 0"),
-        ([_chunk(data=b"\0" * 252 + struct.pack("<f", float("inf")))], "activations.data",
-         "index 63 (inf)"),
+        (
+            [
+                _chunk(),
+                _chunk(
+                    name="attention_mask",
+                    dtype="int64",
+                    shape=[2, 5],
+                    total_bytes=80,
+                    data=b"\0" * 80,
+                ),
+            ],
+            "attention_mask.shape[1]",
+            "=5, expected T=4 (from activations.shape[1])",
+        ),
+        (
+            [_chunk(data=struct.pack("<f", float("nan")) + b"\0" * 252)],
+            "activations.data",
+            "1 non-finite value(s), first at flat index 0",
+        ),
+        (
+            [_chunk(data=b"\0" * 252 + struct.pack("<f", float("inf")))],
+            "activations.data",
+            "index 63 (inf)",
+        ),
     ],
 )
 def test_assembler_rejects(chunks: list[tensor_pb2.TensorChunk], field: str, needle: str) -> None:
@@ -215,8 +258,11 @@ def test_assembler_several_tensors_with_symbols() -> None:
     acts = torch.randn(2, 4, 8)
     mask = torch.ones(2, 4, dtype=torch.int64)
     labels = torch.arange(8, dtype=torch.int64).reshape(2, 4)
-    frames = [tensor_to_frame("activations", acts), tensor_to_frame("attention_mask", mask),
-              tensor_to_frame("labels", labels)]
+    frames = [
+        tensor_to_frame("activations", acts),
+        tensor_to_frame("attention_mask", mask),
+        tensor_to_frame("labels", labels),
+    ]
     asm = ChunkAssembler.for_specs(SPECS)
     done = [asm.feed(c) for f in frames for c in frame_to_chunks(f, 48)]
     assert [d.name for d in done if d is not None] == ["activations", "attention_mask", "labels"]

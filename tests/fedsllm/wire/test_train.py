@@ -67,18 +67,25 @@ def test_uplink_round_trip_several_steps() -> None:
         assert s.header == _header(i)
         assert s.receive_s >= 0
         want = _frames(i)
-        assert torch.equal(s.tensor("activations"), torch.randn(
-            2, 5, 16, generator=torch.Generator().manual_seed(i)))
+        assert torch.equal(
+            s.tensor("activations"),
+            torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(i)),
+        )
         assert bytes(s.frames["labels"].data) == bytes(want[2].data)
 
 
 def test_downlink_round_trip_train_and_eval() -> None:
     grad = tensor_to_frame("activations_grad", torch.randn(2, 5, 16))
-    train = StepResultInfo(round=0, step=0, loss=2.5, num_tokens=10, server_compute_s=0.01,
-                           tensor_names=("activations_grad",))
+    train = StepResultInfo(
+        round=0,
+        step=0,
+        loss=2.5,
+        num_tokens=10,
+        server_compute_s=0.01,
+        tensor_names=("activations_grad",),
+    )
     evals = StepResultInfo(round=0, step=1, loss=2.0, num_tokens=10, server_compute_s=0.01)
-    msgs = [train_response(TrainWelcomeInfo(client_id=1, scenario_hash="h",
-                                            max_tensor_bytes=99))]
+    msgs = [train_response(TrainWelcomeInfo(client_id=1, scenario_hash="h", max_tensor_bytes=99))]
     msgs += step_download_responses(train, [grad], 64)
     msgs += step_download_responses(evals, [], 64)
     spec = TensorSpec("activations_grad", frozenset({"float32"}), (2, 5, 16))
@@ -124,20 +131,39 @@ def _req(item: object) -> main_server_pb2.TrainRequest:
         ([_req(_header(0))], "first message must be hello, got header"),
         ([_req(HELLO), _req(HELLO)], "hello sent twice"),
         ([_req(HELLO), _req(StepEndInfo())], "end without a step header"),
-        ([_req(HELLO), _req(_header(0)), _req(_header(1))],
-         "header of step 1 before the end of step 0"),
-        ([_req(HELLO), *[_req(c) for c in frame_to_chunks(_frames(0)[1], 100)]],
-         "chunk of 'attention_mask' outside a step"),
-        ([_req(HELLO), _req(_header(0)), *[_req(c) for c in frame_to_chunks(_frames(0)[0], 99)]],
-         "stream ended inside step 0"),
-        ([_req(HELLO), _req(_header(0, names=("activations", "weights")))],
-         "unexpected tensor(s) ['weights']"),
-        ([_req(HELLO), _req(_header(0, names=("activations",))),
-          *[_req(c) for c in frame_to_chunks(_frames(0)[2], 100)]],
-         "unexpected tensor 'labels'"),
-        ([_req(HELLO), _req(_header(0)), *[_req(c) for c in frame_to_chunks(_frames(0)[0], 99)],
-          _req(StepEndInfo())],
-         "['attention_mask', 'labels'] never arrived"),
+        (
+            [_req(HELLO), _req(_header(0)), _req(_header(1))],
+            "header of step 1 before the end of step 0",
+        ),
+        (
+            [_req(HELLO), *[_req(c) for c in frame_to_chunks(_frames(0)[1], 100)]],
+            "chunk of 'attention_mask' outside a step",
+        ),
+        (
+            [_req(HELLO), _req(_header(0)), *[_req(c) for c in frame_to_chunks(_frames(0)[0], 99)]],
+            "stream ended inside step 0",
+        ),
+        (
+            [_req(HELLO), _req(_header(0, names=("activations", "weights")))],
+            "unexpected tensor(s) ['weights']",
+        ),
+        (
+            [
+                _req(HELLO),
+                _req(_header(0, names=("activations",))),
+                *[_req(c) for c in frame_to_chunks(_frames(0)[2], 100)],
+            ],
+            "unexpected tensor 'labels'",
+        ),
+        (
+            [
+                _req(HELLO),
+                _req(_header(0)),
+                *[_req(c) for c in frame_to_chunks(_frames(0)[0], 99)],
+                _req(StepEndInfo()),
+            ],
+            "['attention_mask', 'labels'] never arrived",
+        ),
     ],
 )
 def test_uplink_rejects(msgs: list, needle: str) -> None:
@@ -157,15 +183,21 @@ def test_uplink_shape_mismatch_names_field_and_values() -> None:
 
 
 def test_downlink_rejects_out_of_place() -> None:
-    welcome = train_response(TrainWelcomeInfo(client_id=1, scenario_hash="h",
-                                              max_tensor_bytes=1))
-    result = StepResultInfo(round=0, step=0, loss=1.0, num_tokens=1, server_compute_s=0.0,
-                            tensor_names=("activations_grad",))
+    welcome = train_response(TrainWelcomeInfo(client_id=1, scenario_hash="h", max_tensor_bytes=1))
+    result = StepResultInfo(
+        round=0,
+        step=0,
+        loss=1.0,
+        num_tokens=1,
+        server_compute_s=0.0,
+        tensor_names=("activations_grad",),
+    )
     spec = [TensorSpec("activations_grad", frozenset({"float32"}))]
     with pytest.raises(WireError, match="first message must be welcome"):
         list(read_downlink([train_response(result)], lambda r: spec))
     with pytest.raises(WireError, match="result of step 0 before the tensors of step 0"):
-        list(read_downlink([welcome, train_response(result), train_response(result)],
-                           lambda r: spec))
+        list(
+            read_downlink([welcome, train_response(result), train_response(result)], lambda r: spec)
+        )
     with pytest.raises(WireError, match="stream ended inside the reply to step 0"):
         list(read_downlink([welcome, train_response(result)], lambda r: spec))
