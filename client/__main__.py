@@ -9,9 +9,11 @@ otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("client")
 
@@ -23,6 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-id", type=int, required=True, help="this client's id k")
     parser.add_argument("--fed-address", required=True, help="fed server host:port")
     parser.add_argument("--main-address", required=True, help="main server host:port")
+    parser.add_argument(
+        "--netns-run-id",
+        default="",
+        help="run id of the launcher's network namespaces (tc backend)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -35,10 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from client.loop import ClientTrainer, FixedPlan
-    from client.remote import FedServerClient, MainServerStream
+    from client.remote import AllocationFollower, FedServerClient, MainServerStream
     from fedsllm.data.federated import build_federated_data
+    from fedsllm.link.base import Direction
+    from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_from_bytes, adapter_to_bytes, load_adapter
-    from fedsllm.roles import build_part, load_resolved_scenario
+    from fedsllm.roles import (
+        build_part,
+        build_role_shaper,
+        compute_context,
+        load_resolved_scenario,
+        make_pacer,
+        register_info,
+    )
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import make_channel
 
@@ -56,24 +72,58 @@ def main(argv: list[str] | None = None) -> int:
         [p for p in part.parameters() if p.requires_grad], lr=scenario.training.client_lr
     )
     chunk_bytes = scenario.link.chunk_bytes
+    shaper = build_role_shaper(scenario, args.netns_run_id)
+    pacer = make_pacer(scenario, scenario.profile(k).flops)
+    counts = count_scenario(scenario)
+    batch_size = scenario.training.batch_size
+
+    def pace_up(nbytes: int, new_message: bool) -> None:
+        shaper.pace(k, Direction.UP, nbytes, new_message=new_message)
+
+    def downlink_bps() -> float:
+        rate = shaper.rates(k)[1] if shaper is not None else math.inf
+        return 0.0 if math.isinf(rate) else rate
+
     main_channel = make_channel(args.main_address)
     fed_channel = make_channel(args.fed_address)
+    follower = None
+    plan: Any = FixedPlan(scenario.training.num_local_steps)
+    if scenario.policy.name != "fixed_steps":
+
+        def apply(info: Any) -> None:
+            if shaper is not None:
+                shaper.set_rates(k, info.uplink_bps, info.downlink_bps or math.inf)
+
+        follower = AllocationFollower(
+            fed_channel, register_info(scenario, k, len(shard)), apply, tracer
+        )
+        plan = follower
     main_link = MainServerStream(
-        main_channel, k, scenario_hash, scenario.split.wire_dtype, chunk_bytes
+        main_channel,
+        k,
+        scenario_hash,
+        scenario.split.wire_dtype,
+        chunk_bytes,
+        pace_up=pace_up if shaper else None,
+        downlink_bps=downlink_bps,
     )
-    fed_link = FedServerClient(fed_channel, k, scenario_hash, chunk_bytes)
+    fed_link = FedServerClient(
+        fed_channel, k, scenario_hash, chunk_bytes, pace_up=pace_up if shaper else None
+    )
     trainer = ClientTrainer(
         client_id=k,
         part=part,
         optimizer=optimizer,
-        batches=shard.batches(scenario.training.batch_size, seed=scenario.seed * 1000 + k),
+        batches=shard.batches(batch_size, seed=scenario.seed * 1000 + k),
         main=main_link,
         fed=fed_link,
         tracer=tracer,
         to_bytes=adapter_to_bytes,
         from_bytes=adapter_from_bytes,
         load_state=load_adapter,
-        compute=lambda _flops: contextlib.nullcontext(),
+        compute=compute_context(pacer),
+        flops_forward=batch_size * counts.client_fwd_flops,
+        flops_backward=batch_size * counts.client_bwd_flops,
     )
     evaluate = None
     if k == 0:
@@ -88,8 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("client %d: %d training samples", k, len(shard))
     try:
-        trainer.run(len(shard), FixedPlan(scenario.training.num_local_steps), evaluate)
+        trainer.run(len(shard), plan, evaluate)
     finally:
+        if follower is not None:
+            follower.close()
+        if pacer is not None:
+            tracer.event("device_summary", **dataclasses.asdict(pacer.summary()))
+        if shaper is not None:
+            for (cid, direction), stats in shaper.stats().items():
+                tracer.event(
+                    "link_stats",
+                    client=cid,
+                    direction=direction.name.lower(),
+                    **dataclasses.asdict(stats),
+                )
         main_link.close()
         main_channel.close()
         fed_channel.close()

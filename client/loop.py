@@ -82,8 +82,9 @@ class ClientTrainer:
     to_bytes: Callable[[torch.nn.Module], bytes]
     from_bytes: Callable[[bytes, torch.nn.Module], dict[str, torch.Tensor]]
     load_state: Callable[[torch.nn.Module, dict[str, torch.Tensor]], None]
-    compute: Callable[[float], Any]
-    """Device pacing: `compute(flops)` returns a context manager around a compute step."""
+    compute: Callable[[float, str], Any]
+    """Device pacing: `compute(flops, label)` returns a context manager around a
+    compute step that yields its StepRecord (or None when not emulated)."""
     flops_forward: float = 0.0
     flops_backward: float = 0.0
     loaded_round: int = -2
@@ -96,9 +97,10 @@ class ClientTrainer:
 
         # 1. client forward
         with (
-            tr.span("client_forward", round=round_index, step=step),
-            self.compute(self.flops_forward),
+            tr.span("client_forward", round=round_index, step=step) as span,
+            self.compute(self.flops_forward, "client_forward") as device,
         ):
+            span.extra["device"] = device  # filled in when the step ends
             self.part.train()
             hidden = self.part(batch.input_ids, batch.attention_mask)
 
@@ -118,9 +120,10 @@ class ClientTrainer:
 
         # 5. client backward + LoRA step
         with (
-            tr.span("client_backward", round=round_index, step=step),
-            self.compute(self.flops_backward),
+            tr.span("client_backward", round=round_index, step=step) as span,
+            self.compute(self.flops_backward, "client_backward") as device,
         ):
+            span.extra["device"] = device  # filled in when the step ends
             self.optimizer.zero_grad(set_to_none=True)
             hidden.backward(reply.grad.to(hidden.dtype))
             self.optimizer.step()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,8 +30,9 @@ from fedsllm.wire.train import StepDownload, read_downlink, step_upload_requests
 
 log = logging.getLogger(__name__)
 
-Pace = Callable[[int], None]
-"""pace(nbytes): blocks until the emulated link has carried nbytes."""
+Pace = Callable[[int, bool], None]
+"""pace(nbytes, new_message): blocks until the emulated link has carried nbytes;
+new_message marks the first message of a transfer (charged the propagation delay)."""
 
 _CLOSE = object()
 
@@ -110,8 +112,10 @@ class MainServerStream:
         total = 0
         for request in step_upload_requests(header, frames, self.chunk_bytes):
             size = request.ByteSize()
-            if self.pace_up is not None:
-                self.pace_up(size)
+            if self.pace_up is not None and train:
+                # Evaluation is a measurement instrument, not part of the
+                # protocol being emulated: it crosses unshaped.
+                self.pace_up(size, total == 0)
             self._queue.put(request)
             total += size
         return total
@@ -179,9 +183,9 @@ class FedServerClient:
         return reply.current_round, reply.num_rounds
 
     def _paced(self, requests: Iterator[Any]) -> Iterator[Any]:
-        for request in requests:
+        for i, request in enumerate(requests):
             if self.pace_up is not None:
-                self.pace_up(request.ByteSize())
+                self.pace_up(request.ByteSize(), i == 0)
             yield request
 
     def push_adapter(self, round_index: int, blob: bytes) -> None:
@@ -210,3 +214,96 @@ class FedServerClient:
         request = fed_server_pb2.PullGlobalRequest(client_id=self.client_id, round=round_index)
         _header, blob = read_pull(self.stub.PullGlobal(request, timeout=self.pull_timeout_s))
         return blob
+
+
+class AllocationFollower:
+    """Registers with the controller and follows its allocation pushes (RoundPlan).
+
+    A background thread reads the Subscribe stream and applies every update at
+    once (`apply`: the shaper's new rates), so a push that arrives mid-round
+    takes effect at the next chunk. `local_steps(r)` waits until an
+    allocation for round r (or later) has arrived, so a round never starts on
+    a stale plan.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        register: Any,
+        apply: Callable[[Any], None],
+        tracer: Any,
+        wait_timeout_s: float = 120.0,
+    ) -> None:
+        from fedsllm.proto import controller_pb2, controller_pb2_grpc
+        from fedsllm.wire.messages import register_to_proto
+
+        self.client_id = register.client_id
+        self.apply = apply
+        self.tracer = tracer
+        self.wait_timeout_s = wait_timeout_s
+        self._cond = threading.Condition()
+        self._latest: Any = None
+        self._error: BaseException | None = None
+        stub = controller_pb2_grpc.ControllerStub(channel)
+        call_with_retry(lambda: stub.Register(register_to_proto(register), timeout=30))
+        self._stream = stub.Subscribe(controller_pb2.SubscribeRequest(client_id=register.client_id))
+        self._thread = threading.Thread(target=self._follow, name="allocations", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        from fedsllm.wire.messages import allocation_from_proto
+
+        try:
+            for message in self._stream:
+                info = allocation_from_proto(message)
+                self.apply(info)
+                self.tracer.event(
+                    "rates_applied",
+                    round=info.round,
+                    version=info.version,
+                    uplink_bps=info.uplink_bps,
+                    downlink_bps=info.downlink_bps,
+                    bandwidth_hz=info.bandwidth_hz,
+                    num_local_steps=info.num_local_steps,
+                )
+                log.info(
+                    "allocation v%d for round %d: %.3f MHz, up %.2f Mbit/s, n=%d",
+                    info.version,
+                    info.round,
+                    info.bandwidth_hz / 1e6,
+                    info.uplink_bps / 1e6,
+                    info.num_local_steps,
+                )
+                with self._cond:
+                    self._latest = info
+                    self._cond.notify_all()
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                with self._cond:
+                    self._error = err
+                    self._cond.notify_all()
+
+    def latest(self) -> Any:
+        with self._cond:
+            return self._latest
+
+    def local_steps(self, round_index: int) -> int:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: (
+                    self._error is not None
+                    or (self._latest is not None and self._latest.round >= round_index)
+                ),
+                timeout=self.wait_timeout_s,
+            )
+            if self._error is not None:
+                raise RuntimeError(f"allocation stream failed: {self._error}")
+            if not ok:
+                raise TimeoutError(
+                    f"no allocation for round {round_index} after {self.wait_timeout_s:.0f} s"
+                )
+            return int(self._latest.num_local_steps)
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._thread.join(timeout=5)

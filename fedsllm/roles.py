@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +41,52 @@ def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:
     part = client_part if side == "client" else server_part
     peft_part = apply_lora(part, scenario.adapter, family, seed=scenario.seed)
     return peft_part, tokenizer, base.config
+
+
+def build_role_shaper(scenario: ScenarioConfig, netns_run_id: str = "") -> Any:
+    """The link shaper of this process (None when links are not emulated)."""
+    from fedsllm.link import build_shaper
+
+    topology = None
+    if scenario.link.backend == "tc":
+        from fedsllm.link.netns import NetnsTopology
+
+        topology = NetnsTopology(netns_run_id, scenario.clients.num_clients)
+    return build_shaper(scenario.link, topology=topology)
+
+
+def make_pacer(scenario: ScenarioConfig, flops_per_s: float) -> Any:
+    """Device-compute emulation for this process (None when it is off)."""
+    if not scenario.link.emulate_compute:
+        return None
+    from fedsllm.device import DevicePacer
+
+    return DevicePacer(flops_per_s, scenario.link.time_dilation)
+
+
+def compute_context(pacer: Any) -> Callable[[float, str], AbstractContextManager[Any]]:
+    """`compute(flops, label)` for the training loops: paced when emulated."""
+    if pacer is None:
+        return lambda _flops, _label: nullcontext(None)
+    return lambda flops, label: pacer.step(flops, label)
+
+
+def register_info(scenario: ScenarioConfig, client_id: int, num_samples: int) -> Any:
+    """What a client tells the controller about itself: its profile as the scenario
+    places it (distance and gain from the seeded channel model)."""
+    import math
+
+    from fedsllm.link.channel import client_distances, client_gains
+    from fedsllm.wire.messages import RegisterInfo
+
+    profile = scenario.profile(client_id)
+    distance = float(client_distances(scenario)[client_id])
+    gain_db = 10 * math.log10(float(client_gains(scenario, 0)[client_id]))
+    return RegisterInfo(
+        client_id=client_id,
+        num_samples=num_samples,
+        flops=profile.flops,
+        tx_power_dbm=profile.tx_power_dbm,
+        distance_m=distance,
+        gain_db=gain_db,
+    )

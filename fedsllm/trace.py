@@ -22,6 +22,7 @@ client_backward, adapter_upload, aggregation, global_download, wait, eval.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -85,7 +86,7 @@ class Tracer:
     def _write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             return
-        line = json.dumps(record, separators=(",", ":"))
+        line = json.dumps(record, separators=(",", ":"), default=_jsonable)
         with self._lock:
             self._fh.write(line + "\n")
 
@@ -155,6 +156,15 @@ class Tracer:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses (device step records, allocations) are written as their fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, float | int):
+        return value
+    return str(value)
 
 
 def read_records(trace_dir: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ grace period.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -21,6 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
     parser.add_argument("--run-dir", required=True, help="run directory (traces)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument(
+        "--netns-run-id",
+        default="",
+        help="run id of the launcher's network namespaces (tc backend)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -30,9 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "main_server")
+    from fedsllm.link.base import Direction
+    from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_to_bytes
     from fedsllm.proto import main_server_pb2_grpc
-    from fedsllm.roles import build_part, load_resolved_scenario
+    from fedsllm.roles import (
+        build_part,
+        build_role_shaper,
+        compute_context,
+        load_resolved_scenario,
+        make_pacer,
+    )
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server, stop_server
     from main_server.compute import ServerTrainer
@@ -57,13 +72,25 @@ def main(argv: list[str] | None = None) -> int:
         num_clients=scenario.clients.num_clients,
         max_tensor_bytes=256 * 2**20,
     )
+    shaper = build_role_shaper(scenario, args.netns_run_id)
+    pacer = make_pacer(scenario, scenario.devices.server_flops)
+    counts = count_scenario(scenario)
+
+    def pace_down(client_id: int, rate_bps: float, nbytes: int, new_message: bool) -> None:
+        if shaper.rates(client_id)[1] != rate_bps:
+            shaper.set_rates(client_id, math.inf, rate_bps)
+        shaper.pace(client_id, Direction.DOWN, nbytes, new_message=new_message)
+
     service = MainServerService(
         trainer,
         limits,
         scenario_hash,
         tracer,
         chunk_bytes=scenario.link.chunk_bytes,
+        pace=pace_down if shaper is not None and scenario.link.backend == "token" else None,
         adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
+        compute=compute_context(pacer) if pacer is not None else None,
+        flops_per_sample=counts.phi_s,
     )
     server, port = create_server(
         args.bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
@@ -75,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     stop_server(server, grace_s=2.0)
+    if pacer is not None:
+        tracer.event("device_summary", **dataclasses.asdict(pacer.summary()))
     tracer.close()
     log.info("stopped after %d server updates", trainer.num_updates)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import torch
@@ -98,8 +99,10 @@ class MainServerService(pb_grpc.MainServerServicer):
         scenario_hash: str,
         tracer: Tracer,
         chunk_bytes: int,
-        pace: Callable[[int, float, int], None] | None = None,
+        pace: Callable[[int, float, int, bool], None] | None = None,
         adapter_bytes: Callable[[], bytes] | None = None,
+        compute: Callable[[float, str], Any] | None = None,
+        flops_per_sample: float = 0.0,
     ) -> None:
         self.trainer = trainer
         self.limits = limits
@@ -107,8 +110,14 @@ class MainServerService(pb_grpc.MainServerServicer):
         self.tracer = tracer
         self.chunk_bytes = chunk_bytes
         self.pace = pace
-        """pace(client_id, rate_bps, nbytes): blocks before a downlink chunk is sent."""
+        """pace(client_id, rate_bps, nbytes, new_message): blocks before a downlink
+        chunk is sent, at the rate the client asked for in its step header."""
         self.adapter_bytes = adapter_bytes
+        self.compute = compute
+        """compute(flops, label): device pacing around a training step. It wraps the
+        lock wait too and sleeps outside the lock, so clients are served in
+        parallel at the emulated speed, as MODEL.md section 3 assumes."""
+        self.flops_per_sample = flops_per_sample
 
     # ------------------------------------------------------------ Train
     def Train(
@@ -197,11 +206,17 @@ class MainServerService(pb_grpc.MainServerServicer):
         with self.tracer.span(
             "server_compute", round=round_index, step=step, client=client_id
         ) as span:
-            if mode == "train":
+            if mode == "train" and self.compute is not None:
+                with self.compute(
+                    self.flops_per_sample * hidden.shape[0], "server_compute"
+                ) as device:
+                    span.extra["device"] = device
+                    result = self.trainer.train_step(hidden, mask, labels)
+            elif mode == "train":
                 result = self.trainer.train_step(hidden, mask, labels)
             else:
                 result = self.trainer.eval_step(hidden, mask, labels)
-            span.extra = {"mode": mode, "loss": result.loss, "compute_s": result.compute_s}
+            span.extra.update(mode=mode, loss=result.loss, compute_s=result.compute_s)
         names: tuple[str, ...] = ("activations_grad",) if result.grad_hidden is not None else ()
         info = StepResultInfo(
             round=round_index,
@@ -219,10 +234,11 @@ class MainServerService(pb_grpc.MainServerServicer):
         with self.tracer.span(
             "downlink", round=round_index, step=step, client=client_id, bytes=frame.num_bytes
         ):
-            for chunk in frame_to_chunks(frame, self.chunk_bytes):
+            for i, chunk in enumerate(frame_to_chunks(frame, self.chunk_bytes)):
+                response = pb.TrainResponse(chunk=chunk)
                 if self.pace is not None and downlink_bps > 0:
-                    self.pace(client_id, downlink_bps, len(chunk.data))
-                yield pb.TrainResponse(chunk=chunk)
+                    self.pace(client_id, downlink_bps, response.ByteSize(), i == 0)
+                yield response
 
     # ------------------------------------------------------------ adapter
     def GetServerAdapter(

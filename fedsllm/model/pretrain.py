@@ -39,6 +39,11 @@ CORPUS_VERSION = "generic-v1"
 PRETRAIN_BATCH_SIZE = 16
 """Blocks per pretraining step."""
 
+MAX_BLOCK_LEN = 128
+"""Longest pretraining block: attention cost grows with T^2, and the default
+fine-tuning length (256) would make a cold start take over a minute here.
+Llama's rotary positions are relative, so 128-token blocks carry over."""
+
 WARMUP_STEPS = 20
 """Linear learning-rate warmup steps (capped at a tenth of the run)."""
 
@@ -204,7 +209,7 @@ def pretrain_base(model: Any, scenario: Any, vocab_size: int) -> PretrainResult:
     it had turned off (build.py freezes it anyway)."""
     steps = scenario.model.pretrain_steps
     lr = scenario.model.pretrain_lr
-    seq_len = scenario.data.seq_len
+    seq_len = min(scenario.data.seq_len, MAX_BLOCK_LEN)
     key = pretrain_key(model.config, vocab_size, scenario.seed, steps, lr, seq_len)
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)

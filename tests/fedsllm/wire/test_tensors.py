@@ -289,3 +289,17 @@ def test_check_finite_ignores_integers_and_flags_bf16() -> None:
 def test_frame_to_chunks_rejects_bad_chunk_size() -> None:
     with pytest.raises(WireError, match="chunk_bytes"):
         list(frame_to_chunks(tensor_to_frame("a", torch.ones(2)), 0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_check_finite_accepts_values_whose_sum_overflows(dtype: torch.dtype) -> None:
+    big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)
+    check_finite(tensor_to_frame("g", big))
+    big[17] = float("nan")
+    with pytest.raises(WireError, match="1 non-finite value"):
+        check_finite(tensor_to_frame("g", big))
+
+
+def test_check_finite_catches_opposite_infinities() -> None:
+    with pytest.raises(WireError, match="2 non-finite value"):
+        check_finite(tensor_to_frame("g", torch.tensor([float("inf"), 1.0, float("-inf")])))

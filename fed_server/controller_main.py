@@ -1,0 +1,84 @@
+"""`python -m fed_server.controller_main`: the allocation controller as a process of its own.
+
+Parses arguments, loads the resolved scenario (scenario.json as the launcher
+writes it), plans the run, publishes round 0 at once, and serves the
+Controller (and the health service) until SIGTERM or SIGINT; then it closes
+the controller so every Subscribe stream ends, and stops with a grace
+period. The fed server can host the same Controller in-process instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger("fed_server.controller_main")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fed_server.controller_main", description=__doc__
+    )
+    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument(
+        "--run-dir",
+        default="",
+        help="run directory; allocations are traced to RUN_DIR/trace/controller.jsonl "
+        "(default: no trace)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from fedsllm.cli import configure_logging
+
+    configure_logging(args.log_level, "controller")
+    from fed_server.controller import Controller
+    from fed_server.controller_service import ControllerService
+    from fedsllm.errors import AllocationError, ConfigError
+    from fedsllm.proto import controller_pb2_grpc
+    from fedsllm.roles import load_resolved_scenario
+    from fedsllm.trace import Tracer
+    from fedsllm.wire.rpc import CONTROLLER_SERVICE, create_server, stop_server
+
+    scenario, _scenario_hash = load_resolved_scenario(args.scenario_json)
+    tracer = None
+    if args.run_dir:
+        tracer = Tracer(Path(args.run_dir) / "trace" / "controller.jsonl", "controller")
+    try:
+        controller = Controller(scenario, tracer=tracer)
+        controller.start_round(0)
+    except (ConfigError, AllocationError) as err:
+        log.error("cannot plan the run: %s", err)
+        if tracer is not None:
+            tracer.close()
+        return 2
+    service = ControllerService(controller)
+    server, port = create_server(
+        args.bind,
+        [lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(service, s)],
+        service_names=(CONTROLLER_SERVICE,),
+    )
+    log.info("serving Controller on port %d", port)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    controller.close()
+    stop_server(server, grace_s=2.0)
+    if tracer is not None:
+        tracer.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

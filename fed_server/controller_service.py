@@ -1,0 +1,96 @@
+"""Controller gRPC servicer: decode, call the Controller, encode, map errors.
+
+Thin by design: every rule lives in fed_server/controller.py; this module
+only turns protobuf into plain records (fedsllm.wire.messages) and domain
+exceptions into status codes. Subscribe holds one worker thread per stream
+and ends when the controller closes or the client goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from fed_server.controller import Controller
+from fedsllm.errors import AllocationError, StateError, WireError
+from fedsllm.proto import controller_pb2 as pb
+from fedsllm.proto import controller_pb2_grpc as pb_grpc
+from fedsllm.wire.messages import (
+    ChannelReplyInfo,
+    allocation_to_proto,
+    channel_reply_to_proto,
+    channel_report_from_proto,
+    register_from_proto,
+    register_reply_to_proto,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    WireError: grpc.StatusCode.INVALID_ARGUMENT,
+    StateError: grpc.StatusCode.FAILED_PRECONDITION,
+    AllocationError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+"""Domain exception -> gRPC status; anything else is a bug and surfaces as UNKNOWN.
+
+AllocationError: the request would leave the round unsolvable, so it was
+refused and the previous allocation stays in force."""
+
+SUBSCRIBE_POLL_S = 0.5
+"""How often an idle Subscribe stream checks that its client is still there."""
+
+
+def _abort(context: grpc.ServicerContext, err: Exception) -> None:
+    for exc_type, code in STATUS_OF.items():
+        if isinstance(err, exc_type):
+            log.warning("controller: refused request: %s: %s", code.name, err)
+            context.abort(code, str(err))
+    raise err
+
+
+class ControllerService(pb_grpc.ControllerServicer):
+    def __init__(self, controller: Controller, poll_s: float = SUBSCRIBE_POLL_S) -> None:
+        self.controller = controller
+        self.poll_s = poll_s
+
+    def Register(
+        self, request: pb.RegisterRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterResponse:
+        try:
+            reply = self.controller.register(register_from_proto(request))
+        except (WireError, StateError, AllocationError) as err:
+            _abort(context, err)
+        return register_reply_to_proto(reply)
+
+    def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AllocationUpdate]:
+        controller = self.controller
+        try:
+            client_id = controller.check_client("SubscribeRequest.client_id", request.client_id)
+        except WireError as err:
+            _abort(context, err)
+        # A cancelled stream wakes its waiter at once instead of at the next poll.
+        context.add_callback(controller.wake)
+        after = 0
+        log.info("controller: client %d subscribed", client_id)
+        while context.is_active():
+            info = controller.wait_update(client_id, after, self.poll_s)
+            if info is None:
+                if controller.closed:
+                    break
+                continue
+            after = info.version
+            yield allocation_to_proto(info)
+        log.info("controller: subscription of client %d ended", client_id)
+
+    def ReportChannel(
+        self, request: pb.ReportChannelRequest, context: grpc.ServicerContext
+    ) -> pb.ReportChannelResponse:
+        try:
+            version = self.controller.report_channel(channel_report_from_proto(request))
+        except (WireError, StateError, AllocationError) as err:
+            _abort(context, err)
+        return channel_reply_to_proto(ChannelReplyInfo(version=version))
