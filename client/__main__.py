@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fed-address", required=True, help="fed server host:port")
     parser.add_argument("--main-address", required=True, help="main server host:port")
     parser.add_argument(
+        "--control-address",
+        default="",
+        help="controller host:port (default: the fed server's address)",
+    )
+    parser.add_argument(
         "--netns-run-id",
         default="",
         help="run id of the launcher's network namespaces (tc backend)",
@@ -94,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             if shaper is not None:
                 shaper.set_rates(k, info.uplink_bps, info.downlink_bps or math.inf)
 
+        control_channel = make_channel(args.control_address or args.fed_address)
         follower = AllocationFollower(
-            fed_channel, register_info(scenario, k, len(shard)), apply, tracer
+            control_channel, register_info(scenario, k, len(shard)), apply, tracer
         )
         plan = follower
     main_link = MainServerStream(
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         compute=compute_context(pacer),
         flops_forward=batch_size * counts.client_fwd_flops,
         flops_backward=batch_size * counts.client_bwd_flops,
+        eval_every=scenario.training.eval_every,
     )
     evaluate = None
     if k == 0:

@@ -87,6 +87,8 @@ class ClientTrainer:
     compute step that yields its StepRecord (or None when not emulated)."""
     flops_forward: float = 0.0
     flops_backward: float = 0.0
+    eval_every: int = 1
+    """Evaluate after every this many rounds (and after the last)."""
     loaded_round: int = -2
     """Round whose global adapter is installed (-2 = none yet)."""
 
@@ -189,7 +191,8 @@ class ClientTrainer:
                 blob = self.to_bytes(self.part)
                 span.bytes = len(blob)
                 self.fed.push_adapter(round_index, blob)
-            if evaluate is not None:
+            last = round_index == num_rounds - 1
+            if evaluate is not None and (last or (round_index + 1) % self.eval_every == 0):
                 self.load_global(round_index)
                 evaluate(round_index)
         if evaluate is None:

@@ -21,6 +21,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
     parser.add_argument("--run-dir", required=True, help="run directory (checkpoints, traces)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument(
+        "--control-bind",
+        default="127.0.0.1:0",
+        help="host:port of the controller service (allocation policies only)",
+    )
+    parser.add_argument("--netns-run-id", default="", help="unused; accepted like the other roles")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -44,19 +50,36 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.completed_round >= 0:
         log.info("resuming after round %d from %s", checkpoint.completed_round, run_dir)
+    num_rounds = scenario.training.num_rounds
+    num_local_steps = scenario.training.num_local_steps
+    controller = None
+    if scenario.policy.name != "fixed_steps":
+        from fed_server.controller import Controller
+
+        # The plan (eta, n, N) is fixed for the run; every round re-solves the shares.
+        controller = Controller(scenario, tracer=tracer)
+        num_rounds = controller.plan.num_rounds
+        num_local_steps = controller.plan.num_local_steps
+        controller.start_round(checkpoint.completed_round + 1)
+
+    def next_round(done: int) -> None:
+        if controller is not None and done + 1 < num_rounds:
+            controller.start_round(done + 1)
+
     state = RoundState(
         num_clients=scenario.clients.num_clients,
-        num_rounds=scenario.training.num_rounds,
+        num_rounds=num_rounds,
         run_dir=run_dir,
         tracer=tracer,
         checkpoint=checkpoint,
         deadline_s=scenario.training.round_deadline_s,
         min_clients=scenario.training.min_clients,
+        on_aggregated=next_round,
     )
     service = FedServerService(
         state,
         scenario_hash,
-        scenario.training.num_local_steps,
+        num_local_steps,
         max_adapter_bytes=256 * 2**20,
         chunk_bytes=scenario.link.chunk_bytes,
     )
@@ -64,12 +87,29 @@ def main(argv: list[str] | None = None) -> int:
         args.bind, [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s)]
     )
     log.info("serving FedServer on port %d", port)
+    control_server = None
+    if controller is not None:
+        from fed_server.controller_service import ControllerService
+        from fedsllm.proto import controller_pb2_grpc
+
+        control = ControllerService(controller)
+        # Its own port: under tc, control traffic stays out of the shaped class
+        # while adapter transfers to the fed server stay shaped.
+        control_server, control_port = create_server(
+            args.control_bind,
+            [lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(control, s)],
+        )
+        log.info("serving Controller on port %d (policy %s)", control_port, scenario.policy.name)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while not stop.wait(0.5):
         state.poll_deadline()
+    if controller is not None:
+        controller.close()  # ends every Subscribe stream
+    if control_server is not None:
+        stop_server(control_server, grace_s=1.0)
     stop_server(server, grace_s=2.0)
     tracer.close()
     log.info("stopped")

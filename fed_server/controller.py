@@ -144,8 +144,9 @@ def load_shares_file(path: str | Path, num_clients: int) -> np.ndarray:
     return fractions
 
 
-def dirichlet_fractions(seed: int, round_index: int, num_clients: int, num_draws: int = 1
-                        ) -> np.ndarray:
+def dirichlet_fractions(
+    seed: int, round_index: int, num_clients: int, num_draws: int = 1
+) -> np.ndarray:
     """Policy random's bandwidth fractions, (num_draws, K), deterministic in (seed, round)."""
     rng = np.random.default_rng([seed, RANDOM_STREAM, round_index + 1])
     return rng.dirichlet(np.full(num_clients, DIRICHLET_ALPHA), size=num_draws)
@@ -317,8 +318,11 @@ class Controller:
         return self._given_shares(inputs, round_index)
 
     def _build(
-        self, round_index: int, registered: dict[int, RegisterInfo],
-        channels: dict[int, ChannelReportInfo], version: int,
+        self,
+        round_index: int,
+        registered: dict[int, RegisterInfo],
+        channels: dict[int, ChannelReportInfo],
+        version: int,
     ) -> tuple[AllocationInfo, ...]:
         """Solve round `round_index` and build one AllocationInfo per client (no state change)."""
         from fedsllm.delay.rates import predict_round_delay, rate_bps
@@ -375,7 +379,12 @@ class Controller:
             if self.tracer is not None:
                 t = self.tracer.now()
                 self.tracer.record(
-                    "event", "allocation_error", t, t, round=round_index, client=-1,
+                    "event",
+                    "allocation_error",
+                    t,
+                    t,
+                    round=round_index,
+                    client=-1,
                     extra={"reason": reason, "status": err.status, "message": str(err)},
                 )
             raise
@@ -408,7 +417,12 @@ class Controller:
         for info in allocations:
             t = self.tracer.now()
             self.tracer.record(
-                "event", "allocation", t, t, round=info.round, client=info.client_id,
+                "event",
+                "allocation",
+                t,
+                t,
+                round=info.round,
+                client=info.client_id,
                 extra={**_fields(info), "reason": reason},
             )
 
@@ -511,7 +525,9 @@ class Controller:
                     f"round {round_index} is stale: the controller is at round {self._round}"
                 )
             return self._resolve_and_publish(
-                int(round_index), dict(self._registered), dict(self._channels),
+                int(round_index),
+                dict(self._registered),
+                dict(self._channels),
                 f"start of round {round_index}",
             )
 

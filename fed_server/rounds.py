@@ -59,6 +59,7 @@ class RoundState:
         deadline_s: float = 0.0,
         min_clients: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        on_aggregated: Callable[[int], None] | None = None,
     ) -> None:
         self.num_clients = num_clients
         self.num_rounds = num_rounds
@@ -67,6 +68,9 @@ class RoundState:
         self.deadline_s = deadline_s
         self.min_clients = min_clients
         self.clock = clock
+        self.on_aggregated = on_aggregated
+        """Called with the round just aggregated, before waiting clients are released,
+        so the controller's allocation for the next round is out first."""
         self._cond = threading.Condition()
         self._joined: dict[int, int] = {}
         self._pending: dict[int, AdapterState] = {}
@@ -194,6 +198,11 @@ class RoundState:
         self._completed = round_index
         self._round_started = self.clock()
         self.tracer.event("round_done", round=round_index, num_clients=len(ids))
+        if self.on_aggregated is not None:
+            try:
+                self.on_aggregated(round_index)
+            except Exception:  # a failed re-solve must not lose the aggregate
+                log.exception("round %d: the after-aggregation hook failed", round_index)
         log.info("round %d aggregated from clients %s", round_index, ids)
         self._cond.notify_all()
 

@@ -176,7 +176,9 @@ class TrainingConfig:
     """per_batch = one server optimizer step per client batch (serialized);
     wave = one averaged step per wave of client batches (MODEL.md section 1)."""
     num_val_batches: int = 4
-    """Validation batches evaluated after every round."""
+    """Validation batches evaluated after a round."""
+    eval_every: int = 1
+    """Evaluate after every this many rounds (the last round always is)."""
     round_deadline_s: float = 0.0
     """Seconds the fed server waits for client adapters; 0 = wait for all."""
     min_clients: int = 1

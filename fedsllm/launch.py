@@ -144,8 +144,18 @@ class RoleFailed(RuntimeError):
         super().__init__(f"{proc.name} (pid {proc.pid}) {reason}")
 
 
-def wait_until_healthy(proc: RoleProcess, address: str, timeout_s: float) -> None:
-    """Poll the standard health service, failing fast if the process dies."""
+def wait_until_healthy(
+    proc: RoleProcess,
+    address: str,
+    timeout_s: float,
+    prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> None:
+    """Poll the standard health service, failing fast if the process dies.
+
+    With a namespace `prefix` the probe runs inside that namespace (the host
+    cannot reach namespace addresses), as `python -m fedsllm.wire.probe`.
+    """
     from fedsllm.wire.rpc import wait_healthy
 
     deadline = time.monotonic() + timeout_s
@@ -156,11 +166,75 @@ def wait_until_healthy(proc: RoleProcess, address: str, timeout_s: float) -> Non
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RoleFailed(proc, f"not healthy at {address} after {timeout_s:.0f} s")
+        if prefix:
+            probe = subprocess.run(
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "fedsllm.wire.probe",
+                    address,
+                    "--timeout",
+                    f"{min(2.0, remaining):.2f}",
+                ],
+                env=env,
+                capture_output=True,
+                check=False,
+            )
+            if probe.returncode == 0:
+                return
+            continue
         try:
             wait_healthy(address, timeout_s=min(1.0, remaining))
             return
         except TimeoutError:
             continue
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where each role binds, how the others reach it, and how it is started."""
+
+    fed_bind: str
+    fed_addr: str
+    control_bind: str
+    control_addr: str
+    main_bind: str
+    main_addr: str
+    prefixes: dict[str, list[str]]
+    """Command prefix per role name ("fed_server", "main_server", "client_K")."""
+    netns_run_id: str = ""
+
+    def prefix(self, role: str) -> list[str]:
+        return self.prefixes.get(role, [])
+
+
+def loopback_endpoints(scenario: ScenarioConfig) -> Endpoints:
+    from fedsllm.wire.rpc import free_port
+
+    host = scenario.run.host
+    fed, control, main = (f"{host}:{free_port(host)}" for _ in range(3))
+    return Endpoints(fed, fed, control, control, main, main, prefixes={})
+
+
+NETNS_PORTS = {"fed": 50051, "main": 50052, "control": 50053}
+"""Fixed ports inside the run's namespaces (each namespace has its own port space)."""
+
+
+def netns_endpoints(scenario: ScenarioConfig, topology: Any) -> Endpoints:
+    fed_ip, main_ip = topology.address("fed"), topology.address("main")
+    fed = f"{fed_ip}:{NETNS_PORTS['fed']}"
+    control = f"{fed_ip}:{NETNS_PORTS['control']}"
+    main = f"{main_ip}:{NETNS_PORTS['main']}"
+    prefixes = {
+        "fed_server": topology.exec_prefix("fed"),
+        "main_server": topology.exec_prefix("main"),
+    }
+    for k in range(scenario.clients.num_clients):
+        prefixes[f"client_{k}"] = topology.exec_prefix(k)
+    return Endpoints(
+        fed, fed, control, control, main, main, prefixes=prefixes, netns_run_id=topology.run_id
+    )
 
 
 @dataclass
@@ -177,30 +251,61 @@ def run_processes(
     on_tick: Callable[[], None] | None = None,
     tick_s: float = 0.25,
 ) -> RunOutcome:
-    """Start every role, wait for the clients, stop the servers; never leaves a process."""
-    from fedsllm.wire.rpc import free_port
+    """Run every role on this machine: on loopback, or in network namespaces
+    joined by veth pairs (run.network = netns), which are always removed."""
+    if scenario.run.network == "netns":
+        from fedsllm.link.netns import NetnsTopology
 
+        run_id = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+        topology = NetnsTopology(
+            run_id, scenario.clients.num_clients, control_ports=(NETNS_PORTS["control"],)
+        )
+        with topology:
+            return _run_processes(
+                scenario, run_dir, netns_endpoints(scenario, topology), on_tick, tick_s
+            )
+    return _run_processes(scenario, run_dir, loopback_endpoints(scenario), on_tick, tick_s)
+
+
+def _run_processes(
+    scenario: ScenarioConfig,
+    run_dir: Path,
+    ends: Endpoints,
+    on_tick: Callable[[], None] | None,
+    tick_s: float,
+) -> RunOutcome:
+    """Start every role, wait for the clients, stop the servers; never leaves a process."""
     scenario_path = write_scenario(run_dir, scenario)
     env = role_env(scenario)
-    host = scenario.run.host
-    fed_port, main_port = free_port(host), free_port(host)
-    fed_addr, main_addr = f"{host}:{fed_port}", f"{host}:{main_port}"
     common = ["--scenario-json", str(scenario_path), "--run-dir", str(run_dir)]
+    if ends.netns_run_id:
+        common += ["--netns-run-id", ends.netns_run_id]
+    timeout_s = scenario.run.startup_timeout_s
     procs: list[RoleProcess] = []
     exit_codes: dict[str, int] = {}
     failed: RoleFailed | None = None
     t0 = time.monotonic()
     try:
         fed = start_role(
-            "fed_server", "fed_server", [*common, "--bind", f"{host}:{fed_port}"], run_dir, env
+            "fed_server",
+            "fed_server",
+            [*common, "--bind", ends.fed_bind, "--control-bind", ends.control_bind],
+            run_dir,
+            env,
+            ends.prefix("fed_server"),
         )
         procs.append(fed)
         main = start_role(
-            "main_server", "main_server", [*common, "--bind", f"{host}:{main_port}"], run_dir, env
+            "main_server",
+            "main_server",
+            [*common, "--bind", ends.main_bind],
+            run_dir,
+            env,
+            ends.prefix("main_server"),
         )
         procs.append(main)
-        wait_until_healthy(fed, fed_addr, scenario.run.startup_timeout_s)
-        wait_until_healthy(main, main_addr, scenario.run.startup_timeout_s)
+        wait_until_healthy(fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), env)
+        wait_until_healthy(main, ends.main_addr, timeout_s, ends.prefix("main_server"), env)
         clients = [
             start_role(
                 f"client_{k}",
@@ -210,12 +315,15 @@ def run_processes(
                     "--client-id",
                     str(k),
                     "--fed-address",
-                    fed_addr,
+                    ends.fed_addr,
+                    "--control-address",
+                    ends.control_addr,
                     "--main-address",
-                    main_addr,
+                    ends.main_addr,
                 ],
                 run_dir,
                 env,
+                ends.prefix(f"client_{k}"),
             )
             for k in range(scenario.clients.num_clients)
         ]
@@ -237,41 +345,21 @@ def run_processes(
             if on_tick is not None:
                 on_tick()
             time.sleep(tick_s)
-        save_server_adapter(main_addr, run_dir)
-        if on_tick is not None:
-            on_tick()
     except RoleFailed as err:
         failed = err
-    except KeyboardInterrupt:
-        log.warning("interrupted; stopping every role")
-        raise
     finally:
         for proc in reversed(procs):
             code = proc.stop()
             exit_codes.setdefault(proc.name, code)
+    if on_tick is not None:
+        on_tick()
     if failed is None:
-        for name in ("fed_server", "main_server"):
-            if exit_codes.get(name, 0) != 0:
-                failed = RoleFailed(
-                    next(p for p in procs if p.name == name),
-                    f"exited with code {exit_codes[name]} at shutdown",
-                )
+        for proc in procs[:2]:
+            if exit_codes.get(proc.name, 0) != 0:
+                failed = RoleFailed(proc, f"exited with code {exit_codes[proc.name]} at shutdown")
     return RunOutcome(
         run_dir=run_dir, exit_codes=exit_codes, failed=failed, wall_s=time.monotonic() - t0
     )
-
-
-def save_server_adapter(main_addr: str, run_dir: Path) -> None:
-    """Fetch the main server's final adapter into the run directory."""
-    from fedsllm.proto import main_server_pb2, main_server_pb2_grpc
-    from fedsllm.wire.adapters import read_adapter_chunks
-    from fedsllm.wire.rpc import make_channel
-
-    with make_channel(main_addr) as channel:
-        stub = main_server_pb2_grpc.MainServerStub(channel)
-        chunks = stub.GetServerAdapter(main_server_pb2.GetServerAdapterRequest(), timeout=60)
-        blob = read_adapter_chunks(chunks)
-    (run_dir / "adapters" / "server.safetensors").write_bytes(blob)
 
 
 def read_json(path: Path) -> Any:

@@ -40,7 +40,14 @@ class RunProgress:
                 transient=False,
             )
             self._progress.__enter__()
-            total = self.scenario.training.num_rounds * self.scenario.training.num_local_steps
+            training = self.scenario.training
+            # With an allocation policy the controller decides rounds and steps;
+            # the total is filled in when its "plan" event appears.
+            total = (
+                training.num_rounds * training.num_local_steps
+                if self.scenario.policy.name == "fixed_steps"
+                else None
+            )
             for k in range(self.scenario.clients.num_clients):
                 self._tasks[k] = self._progress.add_task(
                     f"client {k}", total=total, info="starting"
@@ -60,7 +67,16 @@ class RunProgress:
         for rec in self.tail.poll():
             if rec["kind"] != "event":
                 continue
-            if rec["name"] == "train_loss" and self._progress is not None:
+            if rec["name"] == "plan" and self._progress is not None:
+                plan = rec["extra"]
+                for task in self._tasks.values():
+                    self._progress.update(task, total=plan["num_rounds"] * plan["num_local_steps"])
+                self.console.print(
+                    f"plan ({plan['policy']}): eta {plan['eta']:.3f}, {plan['num_rounds']} rounds "
+                    f"x {plan['num_local_steps']} local steps, predicted "
+                    f"{plan['predicted_total_s']:.1f} s"
+                )
+            elif rec["name"] == "train_loss" and self._progress is not None:
                 k = rec["client"]
                 self._progress.update(
                     self._tasks[k],

@@ -76,12 +76,13 @@ def register_info(scenario: ScenarioConfig, client_id: int, num_samples: int) ->
     places it (distance and gain from the seeded channel model)."""
     import math
 
-    from fedsllm.link.channel import client_distances, client_gains
+    from fedsllm.link.channel import client_distances
     from fedsllm.wire.messages import RegisterInfo
 
     profile = scenario.profile(client_id)
     distance = float(client_distances(scenario)[client_id])
-    gain_db = 10 * math.log10(float(client_gains(scenario, 0)[client_id]))
+    # gain 0 dB means "from placement": a fixed gain would freeze per-round fading.
+    gain_db = 0.0 if math.isnan(profile.gain_db) else profile.gain_db
     return RegisterInfo(
         client_id=client_id,
         num_samples=num_samples,

@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     stop_server(server, grace_s=2.0)
+    # The run directory is shared (a host folder or a compose volume), so the
+    # final server adapter is left there rather than fetched over the network.
+    adapters = run_dir / "adapters"
+    adapters.mkdir(parents=True, exist_ok=True)
+    tmp = adapters / "server.safetensors.tmp"
+    tmp.write_bytes(trainer.adapter_bytes(adapter_to_bytes))
+    tmp.replace(adapters / "server.safetensors")
     if pacer is not None:
         tracer.event("device_summary", **dataclasses.asdict(pacer.summary()))
     tracer.close()

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
+from fedsllm.config import NETWORKS, POLICIES
 
 
 def register(sub: Any) -> None:
@@ -28,6 +29,17 @@ def register(sub: Any) -> None:
         "--local-steps", type=int, help="local iterations per round (training.num_local_steps)"
     )
     parser.add_argument("--seed", type=int, help="scenario seed")
+    parser.add_argument(
+        "--policy",
+        choices=POLICIES,
+        help="bandwidth/iteration policy (policy.name); fixed_steps = no controller",
+    )
+    parser.add_argument(
+        "--network",
+        choices=NETWORKS,
+        help="loopback, or netns: every role in its own network namespace, "
+        "links shaped by tc (sets link.backend=tc; needs root)",
+    )
     parser.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
     parser.set_defaults(func=run_command)
@@ -40,12 +52,17 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "rounds": "training.num_rounds",
         "local_steps": "training.num_local_steps",
         "seed": "seed",
+        "policy": "policy.name",
     }
     out = list(args.overrides)
     for attr, path in mapping.items():
         value = getattr(args, attr, None)
         if value is not None:
-            out.append(f"{path}={value}")
+            out.append(f"{path}={value!r}" if isinstance(value, str) else f"{path}={value}")
+    if getattr(args, "network", None):
+        out += [f"run.network={args.network!r}"]
+        if args.network == "netns":
+            out += ["link.backend='tc'"]
     return out
 
 

@@ -88,13 +88,18 @@ class DelayInputs:
             arr = np.array(getattr(self, name), dtype=float, copy=True).reshape(-1)
             if num is None:
                 num = arr.size
-            _check(arr.size == num, f"DelayInputs.{name}", arr.size,
-                   f"must have one entry per client ({num})")
+            _check(
+                arr.size == num,
+                f"DelayInputs.{name}",
+                arr.size,
+                f"must have one entry per client ({num})",
+            )
             bad = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0)))
             if bad.size:
                 i = int(bad[0])
-                raise ConfigError(f"DelayInputs.{name}[{i}]", float(arr[i]),
-                                  "must be finite and >= 0")
+                raise ConfigError(
+                    f"DelayInputs.{name}[{i}]", float(arr[i]), "must be finite and >= 0"
+                )
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
         _check(bool(num), "clients.num_clients", num, "must be >= 1")
@@ -106,12 +111,12 @@ class DelayInputs:
                 raise ConfigError(f"DelayInputs.{name}[{i}]", float(arr[i]), "must be > 0")
         for name in ("bandwidth_hz", "noise_psd_w_per_hz", "a", "v"):
             value = float(getattr(self, name))
-            _check(math.isfinite(value) and value > 0, f"DelayInputs.{name}", value,
-                   "must be > 0")
+            _check(math.isfinite(value) and value > 0, f"DelayInputs.{name}", value, "must be > 0")
         for name in ("aggregation_s", "downlink_bps"):
             value = float(getattr(self, name))
-            _check(math.isfinite(value) and value >= 0, f"DelayInputs.{name}", value,
-                   "must be >= 0")
+            _check(
+                math.isfinite(value) and value >= 0, f"DelayInputs.{name}", value, "must be >= 0"
+            )
         _check(self.batch_size >= 1, "DelayInputs.batch_size", self.batch_size, "must be >= 1")
 
     @property
@@ -173,8 +178,10 @@ def delay_inputs(scenario: Any, round_index: int = 0, counts: Any = None) -> Del
         gain=client_gains(scenario, round_index),
         power_w=client_powers_w(scenario),
         client_flops=flops,
-        data_sizes=np.array(client_sizes(scenario.data.num_train_samples,
-                                         scenario.data.client_fractions, k), dtype=float),
+        data_sizes=np.array(
+            client_sizes(scenario.data.num_train_samples, scenario.data.client_fractions, k),
+            dtype=float,
+        ),
         client_compute_s=beta * counts.phi_c / flops,
         server_compute_s=ones * (beta * counts.phi_s / scenario.devices.server_flops),
         downlink_iter_s=ones * (grad_bits / dl_bps if dl_bps > 0 else 0.0),

@@ -134,8 +134,7 @@ def client_round_times(inputs: DelayInputs, shares_hz: np.ndarray, n: float) -> 
     return n * inputs.tau_s + inputs.adapter_downlink_s + inputs.aggregation_s + comm
 
 
-def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int
-                        ) -> DelayBreakdown:
+def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int) -> DelayBreakdown:
     """Predicted delay of one round with bandwidth `shares_hz` and `n_int` local iterations.
 
     Raises AllocationError when a share is zero or negative (that client
@@ -151,15 +150,21 @@ def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int
     bad = np.flatnonzero(~(np.isfinite(shares) & (shares > 0)))
     if bad.size:
         i = int(bad[0])
-        raise AllocationError(f"client {i} has bandwidth share {shares[i]!r} Hz: it never "
-                              "finishes a round", status="infeasible")
+        raise AllocationError(
+            f"client {i} has bandwidth share {shares[i]!r} Hz: it never finishes a round",
+            status="infeasible",
+        )
     if shares.sum() > inputs.bandwidth_hz * (1 + 1e-9):
-        raise AllocationError(f"shares sum to {shares.sum():.6g} Hz, above the total "
-                              f"bandwidth {inputs.bandwidth_hz:.6g} Hz", status="infeasible")
+        raise AllocationError(
+            f"shares sum to {shares.sum():.6g} Hz, above the total "
+            f"bandwidth {inputs.bandwidth_hz:.6g} Hz",
+            status="infeasible",
+        )
     if np.any(inputs.snr_hz <= 0):
         i = int(np.flatnonzero(inputs.snr_hz <= 0)[0])
-        raise AllocationError(f"client {i} has zero channel gain: it never finishes a round",
-                              status="infeasible")
+        raise AllocationError(
+            f"client {i} has zero channel gain: it never finishes a round", status="infeasible"
+        )
     n = int(n_int)
     r = rate_bps(shares, inputs.snr_hz)
     client_compute = n * inputs.client_compute_s
@@ -167,8 +172,15 @@ def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int
     uplink = n * inputs.bits_per_iter / r
     downlink = n * inputs.downlink_iter_s
     adapter_up = inputs.omega_bits / r
-    per_client = (client_compute + server_compute + uplink + downlink + adapter_up
-                  + inputs.adapter_downlink_s + inputs.aggregation_s)
+    per_client = (
+        client_compute
+        + server_compute
+        + uplink
+        + downlink
+        + adapter_up
+        + inputs.adapter_downlink_s
+        + inputs.aggregation_s
+    )
     return DelayBreakdown(
         num_iterations=n,
         shares_hz=shares,

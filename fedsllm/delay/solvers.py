@@ -100,7 +100,9 @@ def _check_solvable(inputs: DelayInputs) -> None:
         i = int(bad[0])
         raise AllocationError(
             f"client {i} has rate ceiling {snr[i] / LN2!r} bit/s (gain {inputs.gain[i]!r}): "
-            "no bandwidth lets it finish a round", status="infeasible")
+            "no bandwidth lets it finish a round",
+            status="infeasible",
+        )
 
 
 def _round_terms(inputs: DelayInputs, n: float) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +117,9 @@ def _equal_share_time(inputs: DelayInputs, fixed: np.ndarray, need: np.ndarray) 
     return float(np.max(fixed + need / rate_bps(share, inputs.snr_hz)))
 
 
-def exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None
-                     ) -> tuple[float, np.ndarray]:
+def exact_round_time(
+    inputs: DelayInputs, n: float, t_start: float | None = None
+) -> tuple[float, np.ndarray]:
     """min over b of max_k round_k for fixed n: the lemma plus a search on t (section 5).
 
     Every client finishes at the common time t; b_k(t) = lemma(C_k / (t - fixed_k))
@@ -157,8 +160,9 @@ def exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None
             break
         t = t_new
     else:
-        raise AllocationError(f"exact inner solve did not converge at n={n!r}",
-                              status="not_converged")
+        raise AllocationError(
+            f"exact inner solve did not converge at n={n!r}", status="not_converged"
+        )
     if not np.all(np.isfinite(shares)):
         shares = bandwidth_for_rate(need / (hi - fixed), snr)
     ssum = float(shares.sum())
@@ -202,8 +206,7 @@ class CvxpyInner:
         self._weight = cp.Parameter(k, nonneg=True)  # C~_k / s_k
         self._fixed = cp.Parameter(k)
         constraints = [
-            cp.multiply(self._weight, y) <= -cp.rel_entr(self._x,
-                                                         self._x + self._snr_over_scale),
+            cp.multiply(self._weight, y) <= -cp.rel_entr(self._x, self._x + self._snr_over_scale),
             self._fixed + cp.inv_pos(y) <= self._t,
             cp.sum(cp.multiply(self._scale, self._x)) <= k,
         ]
@@ -253,15 +256,17 @@ class CvxpyInner:
                 shares *= inputs.bandwidth_hz / ssum
             t_true = float(np.max(client_round_times(inputs, shares, n)))
             t_solver = float(self._t.value) * t_ref
-            if not (math.isfinite(t_true)
-                    and abs(t_true - t_solver) <= CVXPY_CHECK_RTOL * t_solver):
-                last = (f"{solver}: inaccurate (round time {t_true!r} s vs objective "
-                        f"{t_solver!r} s)")
+            if not (
+                math.isfinite(t_true) and abs(t_true - t_solver) <= CVXPY_CHECK_RTOL * t_solver
+            ):
+                last = f"{solver}: inaccurate (round time {t_true!r} s vs objective {t_solver!r} s)"
                 continue
             self.backend = str(solver)
             return t_true, shares
-        raise AllocationError(f"cvxpy found no checked optimal solution at n={n!r}; "
-                              f"last attempt {last}", status=last.split(" (")[0])
+        raise AllocationError(
+            f"cvxpy found no checked optimal solution at n={n!r}; last attempt {last}",
+            status=last.split(" (")[0],
+        )
 
 
 def max_eta(v: float, min_local_iterations: float) -> float:
@@ -297,8 +302,7 @@ def search_eta(objective: Callable[[float], float], eta_max: float = 1.0 - 1e-12
     best = int(np.argmin(values))
     lo = float(grid[max(best - 1, 0)])
     hi = float(grid[min(best + 1, NUM_GRID - 1)])
-    res = minimize_scalar(of_z, bounds=(lo, hi), method="bounded",
-                          options={"xatol": BRENT_XATOL})
+    res = minimize_scalar(of_z, bounds=(lo, hi), method="bounded", options={"xatol": BRENT_XATOL})
     z = float(res.x) if res.fun <= values[best] else float(grid[best])
     return 1.0 / (1.0 + math.exp(-z))
 
@@ -315,8 +319,13 @@ def _exact_inner(inputs: DelayInputs) -> Callable[[float], tuple[float, np.ndarr
     return exact
 
 
-def solve_allocation(inputs: DelayInputs, solver: str = "exact", eta: float | None = None,
-                     policy: str = "optimal", min_local_iterations: float = 1.0) -> Allocation:
+def solve_allocation(
+    inputs: DelayInputs,
+    solver: str = "exact",
+    eta: float | None = None,
+    policy: str = "optimal",
+    min_local_iterations: float = 1.0,
+) -> Allocation:
     """Optimal shares, and the optimal eta unless `eta` is given (MODEL.md section 5).
 
     The eta search keeps n(eta) >= `min_local_iterations` (see `max_eta`;
@@ -327,6 +336,7 @@ def solve_allocation(inputs: DelayInputs, solver: str = "exact", eta: float | No
     cvx = CvxpyInner(inputs) if solver == "cvxpy" else None
     inner = cvx.solve if cvx is not None else _exact_inner(inputs)
     if eta is None:
+
         def objective(e: float) -> float:
             return global_rounds(e, inputs.a) * inner(local_iterations(e, inputs.v))[0]
 
@@ -358,9 +368,13 @@ def solve_allocation(inputs: DelayInputs, solver: str = "exact", eta: float | No
     )
 
 
-def shares_allocation(inputs: DelayInputs, shares_hz: np.ndarray, policy: str,
-                      eta: float | None = None, min_local_iterations: float = 1.0
-                      ) -> Allocation:
+def shares_allocation(
+    inputs: DelayInputs,
+    shares_hz: np.ndarray,
+    policy: str,
+    eta: float | None = None,
+    min_local_iterations: float = 1.0,
+) -> Allocation:
     """A baseline with given shares (MODEL.md section 5): only eta is optimized, if not given.
 
     `shares_hz` is (K,) or (D, K) for D random draws, in which case the
@@ -369,13 +383,16 @@ def shares_allocation(inputs: DelayInputs, shares_hz: np.ndarray, policy: str,
     _check_solvable(inputs)
     draws = np.atleast_2d(np.asarray(shares_hz, dtype=float))
     if draws.shape[1] != inputs.num_clients:
-        raise ConfigError("shares_hz", draws.shape[1],
-                          f"must have one entry per client ({inputs.num_clients})")
+        raise ConfigError(
+            "shares_hz", draws.shape[1], f"must have one entry per client ({inputs.num_clients})"
+        )
     bad = np.argwhere(~(np.isfinite(draws) & (draws > 0)))
     if bad.size:
         d, i = (int(x) for x in bad[0])
-        raise AllocationError(f"client {i} gets bandwidth share {draws[d, i]!r} Hz: it never "
-                              "finishes a round", status="infeasible")
+        raise AllocationError(
+            f"client {i} gets bandwidth share {draws[d, i]!r} Hz: it never finishes a round",
+            status="infeasible",
+        )
     if np.any(draws.sum(axis=1) > inputs.bandwidth_hz * (1 + 1e-9)):
         raise AllocationError("shares exceed the total bandwidth", status="infeasible")
     rates = rate_bps(draws, inputs.snr_hz)
@@ -390,7 +407,8 @@ def shares_allocation(inputs: DelayInputs, shares_hz: np.ndarray, policy: str,
     if eta is None:
         eta = search_eta(
             lambda e: global_rounds(e, inputs.a) * round_time(local_iterations(e, inputs.v)),
-            max_eta(inputs.v, min_local_iterations))
+            max_eta(inputs.v, min_local_iterations),
+        )
     eta = check_eta(eta)
     n = local_iterations(eta, inputs.v)
     n_int = integer_iterations(n)

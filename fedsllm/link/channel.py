@@ -28,8 +28,9 @@ def db_to_linear(db: float | np.ndarray) -> float | np.ndarray:
     return 10.0 ** (np.asarray(db, dtype=float) / 10.0)
 
 
-def path_loss_db(distance_m: np.ndarray, intercept_db: float = 128.1,
-                 slope_db: float = 37.6) -> np.ndarray:
+def path_loss_db(
+    distance_m: np.ndarray, intercept_db: float = 128.1, slope_db: float = 37.6
+) -> np.ndarray:
     """intercept + slope * log10(d / km): the 3GPP macro-cell law of MODEL.md section 2."""
     return intercept_db + slope_db * np.log10(np.asarray(distance_m, dtype=float) / 1000.0)
 
@@ -75,8 +76,9 @@ def client_gains(scenario: Any, round_index: int = 0) -> np.ndarray:
     """
     ch = scenario.channel
     k = scenario.clients.num_clients
-    loss_db = path_loss_db(client_distances(scenario), ch.path_loss_intercept_db,
-                           ch.path_loss_slope_db)
+    loss_db = path_loss_db(
+        client_distances(scenario), ch.path_loss_intercept_db, ch.path_loss_slope_db
+    )
     shadow_db = _rng(scenario.seed, _SHADOWING_STREAM).normal(0.0, 1.0, k) * ch.shadowing_std_db
     gain_db = -(loss_db + shadow_db)
     for i in range(k):
@@ -92,8 +94,7 @@ def client_gains(scenario: Any, round_index: int = 0) -> np.ndarray:
 def client_powers_w(scenario: Any) -> np.ndarray:
     """Transmit power p_k of every client, watts (profile tx_power_dbm or the channel default)."""
     k = scenario.clients.num_clients
-    return np.asarray(dbm_to_w([scenario.profile(i).tx_power_dbm for i in range(k)]),
-                      dtype=float)
+    return np.asarray(dbm_to_w([scenario.profile(i).tx_power_dbm for i in range(k)]), dtype=float)
 
 
 def noise_psd_w_per_hz(scenario: Any) -> float:

@@ -141,8 +141,17 @@ def _shape(model_config: Any) -> _Shape:
             other += q_out + 2 * kv_out + d
         if getattr(model_config, "mlp_bias", False):
             other += 2 * inter + d
-        return _Shape(family, d, model_config.num_hidden_layers, model_config.vocab_size,
-                      q_out, mats, other, model_config.vocab_size * d, d)
+        return _Shape(
+            family,
+            d,
+            model_config.num_hidden_layers,
+            model_config.vocab_size,
+            q_out,
+            mats,
+            other,
+            model_config.vocab_size * d,
+            d,
+        )
     if family == "gpt2":
         d = model_config.n_embd
         inter = getattr(model_config, "n_inner", None) or 4 * d
@@ -153,13 +162,15 @@ def _shape(model_config: Any) -> _Shape:
         }
         other = 4 * d + 3 * d + d + inter + d  # ln_1, ln_2 (w+b), biases of the four matrices
         embed = (model_config.vocab_size + model_config.n_positions) * d
-        return _Shape(family, d, model_config.n_layer, model_config.vocab_size, d, mats,
-                      other, embed, 2 * d)
+        return _Shape(
+            family, d, model_config.n_layer, model_config.vocab_size, d, mats, other, embed, 2 * d
+        )
     raise ConfigError("model", family, "counts know the llama and gpt2 families only")
 
 
-def count_model(model_config: Any, split_layer: int, adapter: Any, seq_len: int,
-                wire_dtype: str = "float32") -> ModelCounts:
+def count_model(
+    model_config: Any, split_layer: int, adapter: Any, seq_len: int, wire_dtype: str = "float32"
+) -> ModelCounts:
     """Count the costs of splitting `model_config` at `split_layer` with LoRA `adapter`.
 
     `model_config` is a transformers config (llama or gpt2 family); `adapter`
@@ -167,23 +178,28 @@ def count_model(model_config: Any, split_layer: int, adapter: Any, seq_len: int,
     """
     shape = _shape(model_config)
     if not 1 <= split_layer < shape.num_layers:
-        raise ConfigError("split.split_layer", split_layer,
-                          f"must be in [1, {shape.num_layers - 1}] for this model")
+        raise ConfigError(
+            "split.split_layer",
+            split_layer,
+            f"must be in [1, {shape.num_layers - 1}] for this model",
+        )
     if wire_dtype not in WIRE_DTYPE_BYTES:
-        raise ConfigError("split.wire_dtype", wire_dtype,
-                          f"must be one of {', '.join(WIRE_DTYPE_BYTES)}")
+        raise ConfigError(
+            "split.wire_dtype", wire_dtype, f"must be one of {', '.join(WIRE_DTYPE_BYTES)}"
+        )
     if seq_len < 1:
         raise ConfigError("data.seq_len", seq_len, "must be >= 1")
     targets = tuple(adapter.target_modules) or DEFAULT_TARGETS[shape.family]
     for name in targets:
         if name not in shape.block_matrices:
-            raise ConfigError("adapter.target_modules", name,
-                              f"not a {shape.family} block matrix "
-                              f"(known: {', '.join(shape.block_matrices)})")
+            raise ConfigError(
+                "adapter.target_modules",
+                name,
+                f"not a {shape.family} block matrix (known: {', '.join(shape.block_matrices)})",
+            )
     rank = adapter.rank
     block_matmul = sum(i * o for mats in shape.block_matrices.values() for i, o in mats)
-    block_lora = sum(rank * (i + o) for name in set(targets)
-                     for i, o in shape.block_matrices[name])
+    block_lora = sum(rank * (i + o) for name in set(targets) for i, o in shape.block_matrices[name])
     block_params = block_matmul + shape.block_other_params
     d, t, v = shape.d_model, seq_len, shape.vocab_size
     attn_per_sample = 2.0 * t * (t + 1) * shape.d_attn
@@ -221,11 +237,17 @@ def model_config_for(scenario: Any) -> Any:
         return AutoConfig.from_pretrained(scenario.model.path, local_files_only=True)
     from fedsllm.model.presets import preset_config
 
-    return preset_config(scenario.model.preset,
-                         attn_implementation=scenario.model.attn_implementation)
+    return preset_config(
+        scenario.model.preset, attn_implementation=scenario.model.attn_implementation
+    )
 
 
 def count_scenario(scenario: Any) -> ModelCounts:
     """`count_model` for the model, split, adapter, seq_len and wire dtype of a scenario."""
-    return count_model(model_config_for(scenario), scenario.split.split_layer,
-                       scenario.adapter, scenario.data.seq_len, scenario.split.wire_dtype)
+    return count_model(
+        model_config_for(scenario),
+        scenario.split.split_layer,
+        scenario.adapter,
+        scenario.data.seq_len,
+        scenario.split.wire_dtype,
+    )

@@ -13,8 +13,12 @@ BYTE_VOCAB_SIZE = 259
 """256 byte values + pad, bos, eos (see fedsllm.data.tokenizer)."""
 
 
-def preset_config(preset: str, vocab_size: int = BYTE_VOCAB_SIZE, max_positions: int = 512,
-                  attn_implementation: str = "sdpa") -> Any:
+def preset_config(
+    preset: str,
+    vocab_size: int = BYTE_VOCAB_SIZE,
+    max_positions: int = 512,
+    attn_implementation: str = "sdpa",
+) -> Any:
     """Return the transformers config of a built-in preset.
 
     Dropout is zero in every preset so that split and unsplit runs are

@@ -1,0 +1,304 @@
+"""Trace spans -> measured round windows and per-client phase durations, in emulated seconds.
+
+This module only measures; what the delay model expects is fedsllm.report.predict's
+job. Definitions (the report and its tests rely on them):
+
+- Round window of round r: from the end of round r-1's aggregation span (or,
+  for the first round or when r-1 has none, the first protocol span of round
+  r) to the end of round r's aggregation span. A round without aggregation is
+  incomplete: its window ends at its last protocol span.
+- Eval spans (validation on client 0 between rounds) are not part of the
+  emulated protocol: their overlap with a window is cut out of the time axis,
+  `measured_s = window_s - eval_s`. That is exact when the evaluating client
+  is the last to finish and an upper bound on eval's effect otherwise; both
+  numbers are kept.
+- Phases of client k in round r (durations clipped to the window): compute
+  (client_forward + client_backward), uplink, server (main server's
+  train-mode server_compute for k), downlink (main server's downlink spans
+  for k), adapter_upload, global_download (the download that opens round r),
+  aggregation (the fed server's span of round r, shared by all), and waiting:
+  whatever is left of the client's window (queueing at the server, transfer
+  latency, waiting for stragglers). server and downlink sit inside the
+  client's wait_reply spans, so the phases do not overlap.
+- Every wall-clock duration is divided by `time_dilation`; device records
+  (extra.device) are already in emulated seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PHASES = (
+    "compute",
+    "uplink",
+    "server",
+    "downlink",
+    "adapter_upload",
+    "global_download",
+    "aggregation",
+    "waiting",
+)
+"""Per-client phases of a round, in the order a report shows them."""
+
+CLIENT_PROTOCOL_SPANS = (
+    "global_download",
+    "client_forward",
+    "uplink",
+    "wait_reply",
+    "client_backward",
+    "adapter_upload",
+)
+"""Client-side spans that belong to the emulated protocol (eval is not one)."""
+
+
+@dataclass
+class ClientMeasured:
+    """What client k did in one round, emulated seconds unless named otherwise."""
+
+    client: int
+    num_steps: int = 0
+    phases_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    wait_reply_s: float = 0.0
+    """Client-side wait for the server's reply (server + downlink + queueing)."""
+    eval_s: float = 0.0
+    """This client's own eval time inside the window (cut out of its total)."""
+    total_s: float = 0.0
+    """window_s - eval_s: the sum of `phases_s`."""
+    num_uplink_msgs: int = 0
+    num_downlink_msgs: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    """From the main server's downlink spans (the client's wait_reply bytes when absent)."""
+    adapter_bytes: int = 0
+    global_bytes: int = 0
+    client_target_s: float = 0.0
+    """Sum of device target_s (FLOPs / f_k) over this round's client compute steps."""
+    server_target_s: float = 0.0
+    """Sum of device target_s (FLOPs / f_S) over the server's train steps for this client."""
+    num_client_device_steps: int = 0
+    num_server_device_steps: int = 0
+    client_overrun_s: float = 0.0
+    server_overrun_s: float = 0.0
+    num_overruns: int = 0
+    finish_s: float = math.nan
+    """End of this client's adapter upload, seconds after the window start."""
+    flops: float = 0.0
+    """Client FLOPs paced this round (from device records)."""
+
+    @property
+    def overrun_s(self) -> float:
+        return self.client_overrun_s + self.server_overrun_s
+
+    @property
+    def achieved_uplink_bps(self) -> float:
+        """Uplink bytes * 8 / uplink seconds (emulated); NaN without uplink time."""
+        return _rate(self.uplink_bytes, self.phases_s["uplink"])
+
+    @property
+    def achieved_downlink_bps(self) -> float:
+        return _rate(self.downlink_bytes, self.phases_s["downlink"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["overrun_s"] = self.overrun_s
+        out["achieved_uplink_bps"] = self.achieved_uplink_bps
+        out["achieved_downlink_bps"] = self.achieved_downlink_bps
+        return out
+
+
+@dataclass
+class RoundMeasured:
+    """One round's window and its clients, emulated seconds (offsets from the run start)."""
+
+    round: int
+    complete: bool
+    start_s: float
+    end_s: float
+    window_s: float
+    eval_s: float
+    measured_s: float
+    aggregation_s: float
+    clients: list[ClientMeasured]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "clients"}
+        out["clients"] = [c.to_dict() for c in self.clients]
+        return out
+
+
+def _rate(num_bytes: int, seconds: float) -> float:
+    return num_bytes * 8.0 / seconds if seconds > 0 else math.nan
+
+
+def _clipped(rec: dict[str, Any], lo: float, hi: float) -> float:
+    return max(0.0, min(rec["t1"], hi) - max(rec["t0"], lo))
+
+
+def union_length(intervals: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
+    """Length of the union of `intervals` inside [lo, hi] (overlapping evals count once)."""
+    clipped = sorted((max(a, lo), min(b, hi)) for a, b in intervals if min(b, hi) > max(a, lo))
+    total = 0.0
+    cur_a, cur_b = math.nan, math.nan
+    for a, b in clipped:
+        if math.isnan(cur_a) or a > cur_b:
+            if not math.isnan(cur_a):
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if not math.isnan(cur_a):
+        total += cur_b - cur_a
+    return total
+
+
+def run_start(records: list[dict[str, Any]]) -> float:
+    """Wall-clock origin of the report's time axis: the first span of the run."""
+    return min((r["t0"] for r in records if r.get("kind") == "span"), default=math.nan)
+
+
+def is_protocol_span(rec: dict[str, Any]) -> bool:
+    """Spans of the emulated protocol: client-side phases, train-mode server work, aggregation."""
+    if rec.get("kind") != "span":
+        return False
+    name = rec["name"]
+    if rec.get("role") == "client":
+        return name in CLIENT_PROTOCOL_SPANS
+    if rec.get("role") == "main_server":
+        return name == "downlink" or (
+            name == "server_compute" and rec.get("extra", {}).get("mode", "train") == "train"
+        )
+    return rec.get("role") == "fed_server" and name == "aggregation"
+
+
+def _device(rec: dict[str, Any]) -> dict[str, Any] | None:
+    dev = rec.get("extra", {}).get("device")
+    return dev if isinstance(dev, dict) and dev.get("done", True) else None
+
+
+def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[RoundMeasured]:
+    """Per-round windows and per-client phases of a run's records (see the module docstring)."""
+    dil = float(time_dilation)
+    origin = run_start(records)
+    spans = [r for r in records if r.get("kind") == "span"]
+    agg_end: dict[int, float] = {}
+    agg_span: dict[int, dict[str, Any]] = {}
+    by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    evals: list[dict[str, Any]] = []
+    for rec in spans:
+        if rec["name"] == "eval":
+            evals.append(rec)
+            continue
+        if not is_protocol_span(rec):
+            continue
+        by_round[rec["round"]].append(rec)
+        if rec["name"] == "aggregation" and rec["t1"] >= agg_end.get(rec["round"], -math.inf):
+            agg_end[rec["round"]] = rec["t1"]
+            agg_span[rec["round"]] = rec
+    rounds: list[RoundMeasured] = []
+    for rnd in sorted(r for r in by_round if r >= 0):
+        recs = by_round[rnd]
+        first = min(r["t0"] for r in recs)
+        start = agg_end.get(rnd - 1, first)
+        start = min(start, first)
+        complete = rnd in agg_end
+        end = agg_end[rnd] if complete else max(r["t1"] for r in recs)
+        window_s = (end - start) / dil
+        eval_s = union_length(((e["t0"], e["t1"]) for e in evals), start, end) / dil
+        agg_s = _clipped(agg_span[rnd], start, end) / dil if complete else 0.0
+        client_ids = sorted({r["client"] for r in recs if r["client"] >= 0})
+        clients = []
+        for k in client_ids:
+            own_evals = [(e["t0"], e["t1"]) for e in evals if e["client"] == k]
+            own_eval_s = union_length(own_evals, start, end) / dil
+            clients.append(
+                _measure_client(k, [r for r in recs if r["client"] == k], start, end, dil,
+                                agg_s, window_s, own_eval_s)
+            )
+        rounds.append(
+            RoundMeasured(
+                round=rnd,
+                complete=complete,
+                start_s=(start - origin) / dil,
+                end_s=(end - origin) / dil,
+                window_s=window_s,
+                eval_s=eval_s,
+                measured_s=window_s - eval_s,
+                aggregation_s=agg_s,
+                clients=clients,
+            )
+        )
+    return rounds
+
+
+def _measure_client(
+    k: int,
+    recs: list[dict[str, Any]],
+    start: float,
+    end: float,
+    dil: float,
+    agg_s: float,
+    window_s: float,
+    own_eval_s: float,
+) -> ClientMeasured:
+    c = ClientMeasured(client=k)
+    ph = c.phases_s
+    steps: set[int] = set()
+    downlink_seen = False
+    reply_bytes = 0
+    last_upload = math.nan
+    for rec in recs:
+        name, role = rec["name"], rec["role"]
+        dur = _clipped(rec, start, end) / dil
+        dev = _device(rec)
+        if role == "client" and name in ("client_forward", "client_backward"):
+            ph["compute"] += dur
+            if name == "client_forward":
+                steps.add(rec["step"])
+            if dev is not None:
+                c.client_target_s += float(dev.get("target_s", 0.0))
+                c.flops += float(dev.get("flops", 0.0))
+                c.num_client_device_steps += 1
+                over = float(dev.get("overrun_s", 0.0))
+                c.client_overrun_s += over
+                c.num_overruns += int(over > 0)
+        elif role == "client" and name == "uplink":
+            ph["uplink"] += dur
+            c.uplink_bytes += int(rec.get("bytes", 0))
+            c.num_uplink_msgs += 1
+        elif role == "client" and name == "wait_reply":
+            c.wait_reply_s += dur
+            reply_bytes += int(rec.get("bytes", 0))
+        elif role == "client" and name == "adapter_upload":
+            ph["adapter_upload"] += dur
+            c.adapter_bytes += int(rec.get("bytes", 0))
+            last_upload = rec["t1"] if math.isnan(last_upload) else max(last_upload, rec["t1"])
+        elif role == "client" and name == "global_download":
+            ph["global_download"] += dur
+            c.global_bytes += int(rec.get("bytes", 0))
+        elif role == "main_server" and name == "server_compute":
+            ph["server"] += dur
+            if dev is not None:
+                c.server_target_s += float(dev.get("target_s", 0.0))
+                c.num_server_device_steps += 1
+                over = float(dev.get("overrun_s", 0.0))
+                c.server_overrun_s += over
+                c.num_overruns += int(over > 0)
+        elif role == "main_server" and name == "downlink":
+            downlink_seen = True
+            ph["downlink"] += dur
+            c.downlink_bytes += int(rec.get("bytes", 0))
+            c.num_downlink_msgs += 1
+    if not downlink_seen:
+        c.downlink_bytes = reply_bytes
+    c.num_steps = len(steps)
+    ph["aggregation"] = agg_s
+    c.eval_s = own_eval_s
+    busy = sum(v for name, v in ph.items() if name != "waiting")
+    ph["waiting"] = max(0.0, window_s - own_eval_s - busy)
+    c.total_s = sum(ph.values())
+    c.finish_s = (last_upload - start) / dil if not math.isnan(last_upload) else math.nan
+    return c
