@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -106,8 +107,9 @@ class MainServerStream:
             round=round_index,
             step=step,
             mode="train" if train else "eval",
-            downlink_bps=float(self.downlink_bps()),
+            downlink_bps=float(self.downlink_bps()) if train else 0.0,
             tensor_names=tuple(f.name for f in frames),
+            sent_unix_s=time.time(),
         )
         total = 0
         for request in step_upload_requests(header, frames, self.chunk_bytes):

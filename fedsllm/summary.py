@@ -26,11 +26,24 @@ class RoundSummary:
 
 
 @dataclass(frozen=True)
+class ClientLink:
+    client: int
+    allocated_uplink_bps: float
+    """Mean of the uplink rates the controller pushed (NaN without a controller)."""
+    achieved_uplink_bps: float
+    """Training-step uplink bytes * 8 / their receive time at the main server."""
+    allocated_bandwidth_hz: float
+    overrun_s: float
+    """Client compute time beyond the emulated device's (0 = emulation held)."""
+
+
+@dataclass(frozen=True)
 class RunSummary:
     rounds: list[RoundSummary]
     initial_val_loss: float
     final_val_loss: float
     total_wall_s: float
+    links: list[ClientLink]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,7 +51,42 @@ class RunSummary:
             "initial_val_loss": self.initial_val_loss,
             "final_val_loss": self.final_val_loss,
             "total_wall_s": self.total_wall_s,
+            "links": [asdict(link) for link in self.links],
         }
+
+
+def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
+    """Allocated against achieved uplink rate, and device overruns, per client."""
+    allocated: dict[int, list[float]] = defaultdict(list)
+    bandwidth: dict[int, list[float]] = defaultdict(list)
+    sent: dict[int, float] = defaultdict(float)
+    took: dict[int, float] = defaultdict(float)
+    overrun: dict[int, float] = defaultdict(float)
+    clients: set[int] = set()
+    for rec in records:
+        extra = rec.get("extra", {})
+        if rec["kind"] == "event" and rec["name"] == "allocation":
+            allocated[rec["client"]].append(float(extra["uplink_bps"]))
+            bandwidth[rec["client"]].append(float(extra["bandwidth_hz"]))
+        elif rec["name"] == "server_compute" and extra.get("mode") == "train":
+            clients.add(rec["client"])
+            sent[rec["client"]] += float(extra.get("uplink_bytes", 0))
+            took[rec["client"]] += float(extra.get("receive_s", 0.0))
+        elif rec["role"] == "client" and isinstance(extra.get("device"), dict):
+            overrun[rec["client"]] += float(extra["device"].get("overrun_s", 0.0))
+    out = []
+    for k in sorted(clients | set(allocated)):
+        rates, hz = allocated.get(k, []), bandwidth.get(k, [])
+        out.append(
+            ClientLink(
+                client=k,
+                allocated_uplink_bps=sum(rates) / len(rates) if rates else math.nan,
+                achieved_uplink_bps=8 * sent[k] / took[k] if took.get(k) else math.nan,
+                allocated_bandwidth_hz=sum(hz) / len(hz) if hz else math.nan,
+                overrun_s=overrun.get(k, 0.0),
+            )
+        )
+    return out
 
 
 def summarize(records: list[dict[str, Any]]) -> RunSummary:
@@ -81,4 +129,5 @@ def summarize(records: list[dict[str, Any]]) -> RunSummary:
         initial_val_loss=val.get(-1, math.nan),
         final_val_loss=val.get(final_round, math.nan) if final_round >= 0 else math.nan,
         total_wall_s=last_end - start,
+        links=client_links(records),
     )

@@ -12,6 +12,7 @@ INVALID_ARGUMENT and changes no server state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -158,11 +159,22 @@ class MainServerService(pb_grpc.MainServerServicer):
                     upload.header.mode,
                     upload.header.downlink_bps,
                     tensors,
-                    upload.receive_s,
+                    self._transfer_s(upload),
+                    sum(frame.num_bytes for frame in upload.frames.values()),
                 )
         except (WireError, StateError) as err:
             self._abort(context, err)
         log.info("client %d disconnected", client_id)
+
+    @staticmethod
+    def _transfer_s(upload: StepUpload) -> float:
+        """One-way transfer time of the step: from the client's send stamp (same host,
+        or clocks aligned) to the end marker's arrival; the receive window alone
+        when unstamped. Measuring from the header's arrival instead undercounts
+        whenever this handler is resumed late."""
+        if upload.header.sent_unix_s > 0:
+            return max(0.0, time.time() - upload.header.sent_unix_s)
+        return upload.receive_s
 
     def _check_hello(self, hello: TrainHelloInfo) -> None:
         if not 0 <= hello.client_id < self.limits.num_clients:
@@ -201,6 +213,7 @@ class MainServerService(pb_grpc.MainServerServicer):
         downlink_bps: float,
         tensors: dict[str, torch.Tensor],
         receive_s: float,
+        uplink_bytes: int = 0,
     ) -> Iterator[pb.TrainResponse]:
         hidden, mask, labels = (tensors[n] for n in STEP_TENSORS)
         with self.tracer.span(
@@ -216,7 +229,15 @@ class MainServerService(pb_grpc.MainServerServicer):
                 result = self.trainer.train_step(hidden, mask, labels)
             else:
                 result = self.trainer.eval_step(hidden, mask, labels)
-            span.extra.update(mode=mode, loss=result.loss, compute_s=result.compute_s)
+            # receive_s runs from the step header to its end marker at this end of
+            # the link: bytes / receive_s is the uplink rate achieved, whatever shaped it.
+            span.extra.update(
+                mode=mode,
+                loss=result.loss,
+                compute_s=result.compute_s,
+                receive_s=receive_s,
+                uplink_bytes=uplink_bytes,
+            )
         names: tuple[str, ...] = ("activations_grad",) if result.grad_hidden is not None else ()
         info = StepResultInfo(
             round=round_index,

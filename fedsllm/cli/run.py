@@ -137,3 +137,23 @@ def print_summary(console: Any, summary: Any) -> None:
             fmt(r.wall_s, 2),
         )
     console.print(table)
+    if not summary.links:
+        return
+    links = Table(title="per-client links (uplink) and devices")
+    for col in (
+        "client",
+        "bandwidth MHz",
+        "allocated Mbit/s",
+        "achieved Mbit/s",
+        "compute overrun s",
+    ):
+        links.add_column(col, justify="right")
+    for link in summary.links:
+        links.add_row(
+            str(link.client),
+            fmt(link.allocated_bandwidth_hz / 1e6, 3),
+            fmt(link.allocated_uplink_bps / 1e6, 3),
+            fmt(link.achieved_uplink_bps / 1e6, 3),
+            fmt(link.overrun_s, 3),
+        )
+    console.print(links)

@@ -5,7 +5,8 @@ job. Definitions (the report and its tests rely on them):
 
 - Round window of round r: from the end of round r-1's aggregation span (or,
   for the first round or when r-1 has none, the first protocol span of round
-  r) to the end of round r's aggregation span. A round without aggregation is
+  r other than its global download, which may have waited for every client
+  to join) to the end of round r's aggregation span. A round without aggregation is
   incomplete: its window ends at its last protocol span.
 - Eval spans (validation on client 0 between rounds) are not part of the
   emulated protocol: their overlap with a window is cut out of the time axis,
@@ -84,6 +85,9 @@ class ClientMeasured:
     client_overrun_s: float = 0.0
     server_overrun_s: float = 0.0
     num_overruns: int = 0
+    start_s: float = math.nan
+    """This client's first training span, seconds after the window start (a late start
+    in the first round is process start-up or the initial evaluation)."""
     finish_s: float = math.nan
     """End of this client's adapter upload, seconds after the window start."""
     flops: float = 0.0
@@ -199,9 +203,12 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
             agg_end[rec["round"]] = rec["t1"]
             agg_span[rec["round"]] = rec
     rounds: list[RoundMeasured] = []
-    for rnd in sorted(r for r in by_round if r >= 0):
+    # The final global download is labelled round num_rounds: no round of its own.
+    real = [r for r in by_round if r >= 0 and any(x["name"] != "global_download" for x in by_round[r])]
+    for rnd in sorted(real):
         recs = by_round[rnd]
-        first = min(r["t0"] for r in recs)
+        # The first training span, not a download that waited for every client to join.
+        first = min(r["t0"] for r in recs if r["name"] != "global_download")
         start = agg_end.get(rnd - 1, first)
         start = min(start, first)
         complete = rnd in agg_end
@@ -215,8 +222,16 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
             own_evals = [(e["t0"], e["t1"]) for e in evals if e["client"] == k]
             own_eval_s = union_length(own_evals, start, end) / dil
             clients.append(
-                _measure_client(k, [r for r in recs if r["client"] == k], start, end, dil,
-                                agg_s, window_s, own_eval_s)
+                _measure_client(
+                    k,
+                    [r for r in recs if r["client"] == k],
+                    start,
+                    end,
+                    dil,
+                    agg_s,
+                    window_s,
+                    own_eval_s,
+                )
             )
         rounds.append(
             RoundMeasured(
@@ -250,6 +265,10 @@ def _measure_client(
     downlink_seen = False
     reply_bytes = 0
     last_upload = math.nan
+    first_train = min(
+        (r["t0"] for r in recs if r["role"] == "client" and r["name"] != "global_download"),
+        default=math.nan,
+    )
     for rec in recs:
         name, role = rec["name"], rec["role"]
         dur = _clipped(rec, start, end) / dil
@@ -300,5 +319,6 @@ def _measure_client(
     busy = sum(v for name, v in ph.items() if name != "waiting")
     ph["waiting"] = max(0.0, window_s - own_eval_s - busy)
     c.total_s = sum(ph.values())
+    c.start_s = (first_train - start) / dil
     c.finish_s = (last_upload - start) / dil if not math.isnan(last_upload) else math.nan
     return c

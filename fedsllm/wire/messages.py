@@ -101,6 +101,8 @@ class StepHeaderInfo:
     """Rate the server paces its reply at, bit/s; 0 = unpaced."""
     tensor_names: tuple[str, ...]
     """Tensors that follow, in order."""
+    sent_unix_s: float = 0.0
+    """When the client began sending the step (Unix seconds, its clock); 0 = unset."""
 
 
 def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
@@ -117,6 +119,7 @@ def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
         mode=mode,
         downlink_bps=info.downlink_bps,
         tensor_names=list(info.tensor_names),
+        sent_unix_s=info.sent_unix_s,
     )
 
 
@@ -139,6 +142,7 @@ def step_header_from_proto(msg: main_server_pb2.StepHeader) -> StepHeaderInfo:
         mode=mode,
         downlink_bps=_finite("StepHeader.downlink_bps", msg.downlink_bps),
         tensor_names=names,
+        sent_unix_s=_finite("StepHeader.sent_unix_s", msg.sent_unix_s),
     )
 
 

@@ -1,0 +1,419 @@
+"""A finished (or partial) run directory -> report.md, report.json and PNG figures.
+
+`write_report(run_dir)` is what `fedsllm report` and the end of `fedsllm run`
+call. It reads RUN_DIR/scenario.json and RUN_DIR/trace/*.jsonl, measures
+every round (fedsllm.report.phases), predicts it with the delay model for the
+allocation and constants actually used (fedsllm.report.predict), and writes
+the files; rendering is fedsllm.report.render's, plotting
+fedsllm.report.figures'.
+
+All durations are emulated seconds: wall-clock durations divided by
+scenario.link.time_dilation. Times "t_s"/"start_s"/"end_s" are offsets from
+the run's first span, also in emulated seconds.
+
+report.json fields (non-finite numbers are written as null: "not available",
+and for a link rate "unshaped", i.e. infinite):
+    format                 "fedsllm.report/1"
+    run_dir                the run directory
+    scenario_hash          hash of the scenario that ran
+    scenario               ScenarioConfig.to_dict() of what ran
+    time_dilation          link.time_dilation that was divided out
+    run_start_unix_s       wall-clock origin of every *_s offset
+    settings               policy, link_backend, emulate_compute, num_clients, batch_size,
+                           aggregation_s (t_agg), propagation_delay_s
+    counts                 the model's counted constants: phi_c_flops, phi_s_flops
+                           (per sample), smashed_bytes_per_batch, gradient_bytes_per_batch,
+                           client_adapter_bytes; null when the model could not be counted
+    rounds[]               one per round that left protocol spans:
+        round, complete    complete = the round has an aggregation span
+        start_s, end_s     the window (see fedsllm.report.phases)
+        window_s           end_s - start_s
+        eval_s             eval time inside the window (cut out)
+        measured_s         window_s - eval_s: the measured round delay
+        predicted_s        the model with the measured bytes / FLOPs and rates in force
+        model_s            the model with counted constants (DelayInputs); null when not counted
+        controller_predicted_s  the allocation's own prediction (null without a controller)
+        error_pct          (predicted_s - measured_s) / measured_s * 100
+        model_error_pct    the same for model_s
+        aggregation_s      the fed server's aggregation span
+        train_loss         mean train loss of the round's local iterations
+        val_loss           validation loss after the round (null when not evaluated)
+        num_overruns, overrun_s   device-emulation overruns of the round (client + server)
+        clients[]:
+            client, num_steps (executed), allocated_steps (0 = not allocated)
+            measured       phases_s {compute, uplink, server, downlink, adapter_upload,
+                           global_download, aggregation, waiting}, total_s, wait_reply_s,
+                           eval_s, bytes (uplink_bytes, downlink_bytes, adapter_bytes,
+                           global_bytes), message counts, device sums (client_target_s,
+                           server_target_s, flops), overruns, finish_s,
+                           achieved_uplink_bps, achieved_downlink_bps
+            predicted      phases_s (same keys; waiting = 0), propagation_s, total_s,
+                           compute_source ("model" or "measured")
+            model_s        counted-constants round_k
+            rates          uplink_bps, downlink_bps (allocated / in force; null = unshaped),
+                           source, version, bandwidth_hz, share, num_local_steps,
+                           predicted_round_s, num_versions
+    totals                 measured_s, predicted_s, model_s (sums over complete rounds),
+                           error_pct, mean_abs_error_pct, eval_s, num_overruns, overrun_s,
+                           num_rounds, num_rounds_complete
+    link_stats[]           per client and direction from the shapers: num_bytes,
+                           num_chunks, busy_s, shaped_bytes, achieved_bps
+    device_summaries[]     role, client and DeviceSummary fields of every paced process
+    losses                 train[] {t_s, round, client, step, loss}, val[] {t_s, round, loss},
+                           initial_val_loss, final_val_loss
+    eval_spans[]           client, round, start_s, duration_s (validation, not protocol)
+    figures[]              file names of the PNGs next to report.md
+    notes[]                what a reader must know to read the numbers right
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsllm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "fedsllm.report/1"
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went, and its headline numbers."""
+
+    run_dir: Path
+    report_md: Path
+    report_json: Path
+    figures: tuple[Path, ...]
+    num_rounds: int
+    mean_abs_error_pct: float
+    """Mean |error| of predicted against measured over complete rounds (NaN if none)."""
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, str, list[dict[str, Any]]]:
+    """(scenario, scenario_hash, records) of a run; ConfigError naming what is missing."""
+    from fedsllm.roles import load_resolved_scenario
+    from fedsllm.trace import read_records
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ConfigError("run_dir", str(root), "is not a directory")
+    scenario_path = root / "scenario.json"
+    if not scenario_path.is_file():
+        raise ConfigError("run_dir", str(root), "missing scenario.json (not a run directory)")
+    try:
+        scenario, scenario_hash = load_resolved_scenario(scenario_path)
+    except json.JSONDecodeError as err:
+        raise ConfigError(str(scenario_path), str(err), "is not valid JSON") from None
+    trace_dir = root / "trace"
+    if not trace_dir.is_dir() or not any(trace_dir.glob("*.jsonl")):
+        raise ConfigError("run_dir", str(root), "missing trace/*.jsonl (no trace records)")
+    records = read_records(trace_dir)
+    if not any(r.get("kind") == "span" for r in records):
+        raise ConfigError("run_dir", str(root), "trace/*.jsonl hold no spans (run incomplete)")
+    return scenario, scenario_hash, records
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _clean(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _counts(scenario: Any) -> Any:
+    """The real model's counts, or None when the model cannot be counted (e.g. a missing
+    local checkpoint): the measured side of the report does not need them."""
+    from fedsllm.model.counts import count_scenario
+
+    try:
+        return count_scenario(scenario)
+    except (ConfigError, OSError, ValueError) as err:
+        log.warning("report: cannot count the model (%s); model_s left out", err)
+        return None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    """Everything report.json holds (with NaN / inf still in it) for a run directory."""
+    scenario, scenario_hash, records = load_run(run_dir)
+    return report_from_records(run_dir, scenario, scenario_hash, records)
+
+
+def report_from_records(
+    run_dir: str | Path, scenario: Any, scenario_hash: str, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The report of already loaded records (see the module docstring for its fields)."""
+    from fedsllm.report.phases import measure_rounds, run_start
+    from fedsllm.report.predict import error_pct, model_client_s, predict_round, rates_in_force
+
+    dil = float(scenario.link.time_dilation)
+    origin = run_start(records)
+    k_total = scenario.clients.num_clients
+    measured = measure_rounds(records, dil)
+    rates = rates_in_force(records, k_total, [m.round for m in measured], scenario.link.backend)
+    counts = _counts(scenario)
+    beta = scenario.training.batch_size
+    emulate = bool(scenario.link.emulate_compute)
+
+    train_by_round: dict[int, list[float]] = {}
+    losses_train: list[dict[str, Any]] = []
+    losses_val: list[dict[str, Any]] = []
+    val_by_round: dict[int, float] = {}
+    link_stats: list[dict[str, Any]] = []
+    device_summaries: list[dict[str, Any]] = []
+    for rec in records:
+        if rec.get("kind") != "event":
+            continue
+        extra = rec.get("extra", {})
+        t_s = (rec["t0"] - origin) / dil
+        if rec["name"] == "train_loss":
+            loss = float(extra.get("loss", math.nan))
+            train_by_round.setdefault(rec["round"], []).append(loss)
+            losses_train.append(
+                {"t_s": t_s, "round": rec["round"], "client": rec["client"],
+                 "step": rec["step"], "loss": loss}
+            )
+        elif rec["name"] == "val_loss":
+            loss = float(extra.get("loss", math.nan))
+            val_by_round[rec["round"]] = loss
+            losses_val.append({"t_s": t_s, "round": rec["round"], "loss": loss})
+        elif rec["name"] == "link_stats":
+            busy, shaped = float(extra.get("busy_s", 0.0)), int(extra.get("shaped_bytes", 0))
+            link_stats.append(
+                {"client": rec["client"], **extra,
+                 "achieved_bps": shaped * 8.0 / busy if busy > 0 else math.nan}
+            )
+        elif rec["name"] == "device_summary":
+            device_summaries.append({"role": rec["role"], "client": rec["client"], **extra})
+
+    rounds: list[dict[str, Any]] = []
+    for m in measured:
+        pred = predict_round(
+            m,
+            rates,
+            emulate_compute=emulate,
+            aggregation_s=scenario.devices.aggregation_s,
+            propagation_delay_s=(
+                scenario.link.propagation_delay_s if scenario.link.backend != "none" else 0.0
+            ),
+        )
+        inputs = None
+        if counts is not None:
+            from fedsllm.delay.inputs import delay_inputs
+
+            inputs = delay_inputs(scenario, m.round, counts)
+        clients = []
+        model_values = []
+        for cm, cp in zip(m.clients, pred.clients, strict=True):
+            r = rates.get((m.round, cm.client))
+            model_s = math.nan
+            if inputs is not None and r is not None and 0 <= cm.client < k_total and cm.num_steps:
+                measured_compute = (
+                    None if emulate else cm.phases_s["compute"] + cm.phases_s["server"]
+                )
+                model_s = model_client_s(
+                    inputs, cm.client, cm.num_steps, r, 8.0 * counts.gradient_bytes * beta,
+                    measured_compute,
+                )
+                model_values.append(model_s)
+            clients.append(
+                {
+                    "client": cm.client,
+                    "num_steps": cm.num_steps,
+                    "allocated_steps": r.num_local_steps if r is not None else 0,
+                    "measured": cm.to_dict(),
+                    "predicted": cp.to_dict(),
+                    "model_s": model_s,
+                    "rates": r.to_dict() if r is not None else None,
+                }
+            )
+        model_round = max(model_values) if model_values else math.nan
+        rounds.append(
+            {
+                "round": m.round,
+                "complete": m.complete,
+                "start_s": m.start_s,
+                "end_s": m.end_s,
+                "window_s": m.window_s,
+                "eval_s": m.eval_s,
+                "measured_s": m.measured_s,
+                "predicted_s": pred.predicted_s,
+                "model_s": model_round,
+                "controller_predicted_s": pred.controller_predicted_s,
+                "error_pct": error_pct(m.measured_s, pred.predicted_s),
+                "model_error_pct": error_pct(m.measured_s, model_round),
+                "aggregation_s": m.aggregation_s,
+                "train_loss": _mean(train_by_round.get(m.round, [])),
+                "val_loss": val_by_round.get(m.round, math.nan),
+                "num_overruns": sum(c.num_overruns for c in m.clients),
+                "overrun_s": sum(c.overrun_s for c in m.clients),
+                "clients": clients,
+            }
+        )
+
+    done = [r for r in rounds if r["complete"]]
+    tot_meas = sum(r["measured_s"] for r in done)
+    tot_pred = sum(r["predicted_s"] for r in done)
+    errs = [abs(r["error_pct"]) for r in done if math.isfinite(r["error_pct"])]
+    evals = [
+        {"client": r["client"], "round": r["round"], "start_s": (r["t0"] - origin) / dil,
+         "duration_s": (r["t1"] - r["t0"]) / dil}
+        for r in records
+        if r.get("kind") == "span" and r["name"] == "eval"
+    ]
+    final_round = max((k for k in val_by_round if k >= 0), default=None)
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "run_dir": str(Path(run_dir)),
+        "scenario_hash": scenario_hash,
+        "scenario": scenario.to_dict(),
+        "time_dilation": dil,
+        "run_start_unix_s": origin,
+        "settings": {
+            "name": scenario.name,
+            "policy": scenario.policy.name,
+            "link_backend": scenario.link.backend,
+            "emulate_compute": emulate,
+            "num_clients": k_total,
+            "batch_size": beta,
+            "aggregation_s": scenario.devices.aggregation_s,
+            "propagation_delay_s": scenario.link.propagation_delay_s,
+        },
+        "counts": None
+        if counts is None
+        else {
+            "phi_c_flops": counts.phi_c,
+            "phi_s_flops": counts.phi_s,
+            "smashed_bytes_per_batch": counts.smashed_bytes_per_batch(beta),
+            "gradient_bytes_per_batch": counts.gradient_bytes_per_batch(beta),
+            "client_adapter_bytes": counts.client_adapter_bytes,
+        },
+        "rounds": rounds,
+        "totals": {
+            "measured_s": tot_meas,
+            "predicted_s": tot_pred,
+            "model_s": sum(r["model_s"] for r in done),
+            "error_pct": error_pct(tot_meas, tot_pred),
+            "mean_abs_error_pct": _mean(errs),
+            "eval_s": sum(e["duration_s"] for e in evals),
+            "num_overruns": sum(r["num_overruns"] for r in rounds),
+            "overrun_s": sum(r["overrun_s"] for r in rounds),
+            "num_rounds": len(rounds),
+            "num_rounds_complete": len(done),
+        },
+        "link_stats": link_stats,
+        "device_summaries": device_summaries,
+        "losses": {
+            "train": losses_train,
+            "val": losses_val,
+            "initial_val_loss": val_by_round.get(-1, math.nan),
+            "final_val_loss": val_by_round[final_round] if final_round is not None else math.nan,
+        },
+        "eval_spans": evals,
+        "figures": [],
+        "notes": [],
+    }
+    report["notes"] = _notes(report)
+    return report
+
+
+def _notes(report: dict[str, Any]) -> list[str]:
+    s = report["settings"]
+    notes = []
+    dil = report["time_dilation"]
+    if dil != 1.0:
+        notes.append(
+            f"All durations are emulated seconds: wall-clock durations divided by "
+            f"link.time_dilation = {dil:g}."
+        )
+    notes.append(
+        "Validation (eval spans, client 0 between rounds) is not part of the emulated protocol: "
+        f"its time inside a round window is cut out of measured_s "
+        f"({report['totals']['eval_s']:.3f} s in all)."
+    )
+    sources = {c["rates"]["source"] for r in report["rounds"] for c in r["clients"] if c["rates"]}
+    if "configured" in sources:
+        notes.append(
+            "Rounds without an allocation use the configured link rates: unshaped links "
+            "have infinite rate, so the model predicts zero transfer time."
+        )
+    if "unshaped_backend" in sources:
+        notes.append(
+            "link.backend is none: allocated rates were never applied to a link, so the "
+            "prediction uses infinite rates."
+        )
+    if not s["emulate_compute"]:
+        notes.append(
+            "link.emulate_compute is off: compute ran at host speed, so the prediction uses "
+            "the measured compute and server times."
+        )
+    tot = report["totals"]
+    if tot["num_overruns"]:
+        notes.append(
+            f"The host was slower than the emulated device on {tot['num_overruns']} compute "
+            f"steps ({tot['overrun_s']:.3f} s over target): those steps took longer than the "
+            "model's FLOPs / speed."
+        )
+    for r in report["rounds"]:
+        starts = [c["measured"]["start_s"] for c in r["clients"]]
+        starts = [x for x in starts if math.isfinite(x)]
+        if starts and max(starts) > 0.1 * max(r["measured_s"], 1e-9):
+            notes.append(
+                f"Round {r['round']}: clients started up to {max(starts):.3f} s after the round "
+                "window opened (process start-up or the evaluation before the first round): "
+                "that time counts as waiting."
+            )
+            break
+    incomplete = [r["round"] for r in report["rounds"] if not r["complete"]]
+    if incomplete:
+        notes.append(f"Rounds without aggregation (incomplete, left out of totals): {incomplete}.")
+    if report["counts"] is None:
+        notes.append("The model could not be counted: model_s is not available.")
+    if s["propagation_delay_s"] > 0 and s["link_backend"] != "none":
+        notes.append(
+            "link.propagation_delay_s is not part of MODEL.md; the prediction adds it once per "
+            "paced message (predicted propagation_s)."
+        )
+    return notes
+
+
+def write_report(run_dir: str | Path) -> ReportResult:
+    """Write RUN_DIR/report.md, report.json and report_*.png; ConfigError when the run
+    directory lacks scenario.json or trace records."""
+    from fedsllm.report.figures import write_figures
+    from fedsllm.report.render import render_markdown
+
+    root = Path(run_dir)
+    scenario, scenario_hash, records = load_run(root)
+    report = report_from_records(root, scenario, scenario_hash, records)
+    figures = write_figures(report, records, root)
+    report["figures"] = [p.name for p in figures]
+    md_path = root / "report.md"
+    json_path = root / "report.json"
+    md_path.write_text(render_markdown(report), encoding="utf-8")
+    json_path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False), encoding="utf-8")
+    return ReportResult(
+        run_dir=root,
+        report_md=md_path,
+        report_json=json_path,
+        figures=tuple(figures),
+        num_rounds=len(report["rounds"]),
+        mean_abs_error_pct=report["totals"]["mean_abs_error_pct"],
+    )

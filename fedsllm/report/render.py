@@ -1,0 +1,208 @@
+"""The report dict (fedsllm.report.build_report) -> a readable report.md.
+
+Plain Markdown tables, no terminal styling, so the file reads the same in a
+browser, an editor or a pull request. Computing the numbers is left to
+fedsllm.report; this module only formats them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fedsllm.report.phases import PHASES
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:+.1f}%"
+
+
+def _rate(bps: Any) -> str:
+    """Mbit/s; an infinite or missing allocated rate is an unshaped link."""
+    if bps is None or (isinstance(bps, float) and math.isinf(bps)):
+        return "unshaped"
+    if isinstance(bps, float) and math.isnan(bps):
+        return "-"
+    return f"{bps / 1e6:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    tot = report["totals"]
+    lines = [
+        f"# FedsLLM run report: {s['name']}",
+        "",
+        f"- run directory: `{report['run_dir']}`",
+        f"- scenario hash: `{report['scenario_hash']}`",
+        f"- clients: {s['num_clients']}, batch size {s['batch_size']}, policy `{s['policy']}`, "
+        f"link backend `{s['link_backend']}`, compute emulated: {s['emulate_compute']}",
+        f"- time unit: emulated seconds (time dilation {report['time_dilation']:g} divided out)",
+        f"- rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}",
+        f"- total measured {_f(tot['measured_s'])} s, predicted {_f(tot['predicted_s'])} s "
+        f"(error {_pct(tot['error_pct'])}, mean |error| per round "
+        f"{_f(tot['mean_abs_error_pct'], 1)}%)",
+        "",
+        "Error = (predicted - measured) / measured: positive when the model over-predicts. "
+        "*predicted* uses the bytes and FLOPs the trace recorded and the link rates in force; "
+        "*model* uses the counted constants of the model (what a planner sees); *controller* "
+        "is the allocation's own prediction.",
+        "",
+    ]
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+
+    lines += ["## Rounds", ""]
+    rows = []
+    for r in report["rounds"]:
+        rows.append(
+            [
+                str(r["round"]) + ("" if r["complete"] else " (incomplete)"),
+                _f(r["measured_s"]),
+                _f(r["predicted_s"]),
+                _pct(r["error_pct"]),
+                _f(r["model_s"]),
+                _pct(r["model_error_pct"]),
+                _f(r["controller_predicted_s"]),
+                _f(r["window_s"]),
+                _f(r["eval_s"]),
+                str(r["num_overruns"]),
+                _f(r["train_loss"], 4),
+                _f(r["val_loss"], 4),
+            ]
+        )
+    lines += _table(
+        ["round", "measured s", "predicted s", "error", "model s", "model error",
+         "controller s", "window s", "eval s", "overruns", "train loss", "val loss"],
+        rows,
+    )
+
+    lines += ["## Phases per client (measured / predicted, s)", ""]
+    rows = []
+    for r in report["rounds"]:
+        for c in r["clients"]:
+            m, p = c["measured"]["phases_s"], c["predicted"]["phases_s"]
+            rows.append(
+                [str(r["round"]), str(c["client"]), f"{c['num_steps']}"
+                 + (f"/{c['allocated_steps']}" if c["allocated_steps"] else "")]
+                + [f"{_f(m[ph])} / {_f(p[ph])}" for ph in PHASES]
+                + [f"{_f(c['measured']['total_s'])} / {_f(c['predicted']['total_s'])}"]
+            )
+    lines += _table(["round", "client", "steps"] + list(PHASES) + ["total"], rows)
+
+    lines += ["## Link rates per client (Mbit/s, allocated vs achieved)", ""]
+    rows = []
+    for r in report["rounds"]:
+        for c in r["clients"]:
+            rates = c["rates"] or {}
+            m = c["measured"]
+            rows.append(
+                [
+                    str(r["round"]),
+                    str(c["client"]),
+                    str(rates.get("source", "-")),
+                    str(rates.get("version", -1)),
+                    _rate(rates.get("uplink_bps")),
+                    _rate(m["achieved_uplink_bps"]),
+                    _rate(rates.get("downlink_bps")),
+                    _rate(m["achieved_downlink_bps"]),
+                    str(m["uplink_bytes"]),
+                    str(m["downlink_bytes"]),
+                    str(m["adapter_bytes"]),
+                ]
+            )
+    lines += _table(
+        ["round", "client", "source", "version", "uplink alloc", "uplink achieved",
+         "downlink alloc", "downlink achieved", "uplink bytes", "downlink bytes",
+         "adapter bytes"],
+        rows,
+    )
+    if report["link_stats"]:
+        lines += ["Whole-run link statistics from the shapers:", ""]
+        rows = [
+            [str(x.get("client")), str(x.get("direction")), str(x.get("num_bytes")),
+             str(x.get("shaped_bytes")), _f(x.get("busy_s")), _rate(x.get("achieved_bps"))]
+            for x in report["link_stats"]
+        ]
+        lines += _table(
+            ["client", "direction", "bytes", "shaped bytes", "busy s", "achieved Mbit/s"], rows
+        )
+
+    lines += ["## Device emulation", ""]
+    rows = []
+    for r in report["rounds"]:
+        for c in r["clients"]:
+            m = c["measured"]
+            rows.append(
+                [str(r["round"]), str(c["client"]), _f(m["client_target_s"]),
+                 _f(m["server_target_s"]), str(m["num_overruns"]), _f(m["client_overrun_s"]),
+                 _f(m["server_overrun_s"])]
+            )
+    lines += _table(
+        ["round", "client", "client target s", "server target s", "overruns",
+         "client overrun s", "server overrun s"],
+        rows,
+    )
+    if report["device_summaries"]:
+        rows = [
+            [str(d.get("role")), str(d.get("client")), str(d.get("num_steps")),
+             str(d.get("num_overruns")), _f(d.get("target_s")), _f(d.get("compute_s")),
+             _f(d.get("overrun_s"))]
+            for d in report["device_summaries"]
+        ]
+        lines += ["Whole-run device summaries (including evaluation steps):", ""]
+        lines += _table(
+            ["role", "client", "steps", "overruns", "target s", "compute s", "overrun s"], rows
+        )
+
+    if report["counts"]:
+        c = report["counts"]
+        lines += [
+            "## Counted constants",
+            "",
+            f"- phi_c = {c['phi_c_flops']:.4g} FLOP/sample, phi_s = {c['phi_s_flops']:.4g} "
+            "FLOP/sample",
+            f"- smashed data per batch {c['smashed_bytes_per_batch']} B, gradients per batch "
+            f"{c['gradient_bytes_per_batch']} B, client adapter {c['client_adapter_bytes']} B",
+            "",
+        ]
+    if report["eval_spans"]:
+        lines += ["## Evaluation (not part of the protocol)", ""]
+        rows = [
+            [str(e["round"]), str(e["client"]), _f(e["start_s"]), _f(e["duration_s"])]
+            for e in report["eval_spans"]
+        ]
+        lines += _table(["after round", "client", "start s", "duration s"], rows)
+    losses = report["losses"]
+    lines += [
+        "## Loss",
+        "",
+        f"- validation loss before training {_f(losses['initial_val_loss'], 4)}, "
+        f"after the last round {_f(losses['final_val_loss'], 4)}",
+        "",
+    ]
+    if report["figures"]:
+        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in report["figures"]] + [""]
+    lines += [
+        "## Scenario",
+        "",
+        "```json",
+        json.dumps(report["scenario"], indent=1, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
