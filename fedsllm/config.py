@@ -71,7 +71,7 @@ class ModelConfig:
     Ignored when `path` is set."""
     path: str = ""
     """Local Hugging Face checkpoint directory; empty = build `preset`."""
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     """Steps of base pretraining on generated generic text before fine-tuning,
     for presets only (a random frozen base leaves LoRA little to adapt).
     The result is cached on disk by config hash. 0 = use the random base."""
@@ -179,6 +179,9 @@ class TrainingConfig:
     """Validation batches evaluated after a round."""
     eval_every: int = 1
     """Evaluate after every this many rounds (the last round always is)."""
+    target_val_loss: float = 0.0
+    """Validation loss that counts as "trained" for time-to-target figures
+    (fedsllm compare, fedsllm calibrate); 0 = none."""
     round_deadline_s: float = 0.0
     """Seconds the fed server waits for client adapters; 0 = wait for all."""
     min_clients: int = 1
@@ -198,6 +201,7 @@ class TrainingConfig:
         _positive("training.server_lr", self.server_lr)
         _one_of("training.server_update", self.server_update, SERVER_UPDATES)
         _non_negative("training.round_deadline_s", self.round_deadline_s)
+        _non_negative("training.target_val_loss", self.target_val_loss)
 
 
 @_frozen

@@ -183,9 +183,9 @@ class CvxpyInner:
                    fixed_k / t_ref + C~_k * inv_pos(r~_k) <= t,   C~_k = C_k K ln2 / (B t_ref)
                    sum_k b~_k <= K,   b~ >= 0
 
-    Clarabel runs first (max_step_fraction=0.9, as FACTS.md measured), then
-    Clarabel with a shorter step and more iterations, then SCS with tight
-    eps. An answer is accepted only with status optimal and if the exact
+    Clarabel runs first (max_step_fraction=0.9, as FACTS.md measured, with
+    tolerances 1e-10), then with its default tolerances, then with a shorter
+    step and more iterations, then SCS with tight eps. An answer is accepted only with status optimal and if the exact
     round time of its shares (fedsllm.delay.rates) matches the solver's
     objective within CVXPY_CHECK_RTOL; otherwise AllocationError with the
     last status. Ill-conditioned instances (a client near its rate ceiling
@@ -218,7 +218,9 @@ class CvxpyInner:
 
     def _attempts(self) -> list[tuple[str, dict[str, Any]]]:
         cp = self._cp
+        tight = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
         return [
+            (cp.CLARABEL, {"max_step_fraction": 0.9, **tight}),
             (cp.CLARABEL, {"max_step_fraction": 0.9}),
             (cp.CLARABEL, {"max_step_fraction": 0.7, "max_iter": 500}),
             (cp.SCS, {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 100_000}),

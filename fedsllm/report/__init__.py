@@ -187,8 +187,13 @@ def report_from_records(
             loss = float(extra.get("loss", math.nan))
             train_by_round.setdefault(rec["round"], []).append(loss)
             losses_train.append(
-                {"t_s": t_s, "round": rec["round"], "client": rec["client"],
-                 "step": rec["step"], "loss": loss}
+                {
+                    "t_s": t_s,
+                    "round": rec["round"],
+                    "client": rec["client"],
+                    "step": rec["step"],
+                    "loss": loss,
+                }
             )
         elif rec["name"] == "val_loss":
             loss = float(extra.get("loss", math.nan))
@@ -197,8 +202,11 @@ def report_from_records(
         elif rec["name"] == "link_stats":
             busy, shaped = float(extra.get("busy_s", 0.0)), int(extra.get("shaped_bytes", 0))
             link_stats.append(
-                {"client": rec["client"], **extra,
-                 "achieved_bps": shaped * 8.0 / busy if busy > 0 else math.nan}
+                {
+                    "client": rec["client"],
+                    **extra,
+                    "achieved_bps": shaped * 8.0 / busy if busy > 0 else math.nan,
+                }
             )
         elif rec["name"] == "device_summary":
             device_summaries.append({"role": rec["role"], "client": rec["client"], **extra})
@@ -229,7 +237,11 @@ def report_from_records(
                     None if emulate else cm.phases_s["compute"] + cm.phases_s["server"]
                 )
                 model_s = model_client_s(
-                    inputs, cm.client, cm.num_steps, r, 8.0 * counts.gradient_bytes * beta,
+                    inputs,
+                    cm.client,
+                    cm.num_steps,
+                    r,
+                    8.0 * counts.gradient_bytes * beta,
                     measured_compute,
                 )
                 model_values.append(model_s)
@@ -273,8 +285,12 @@ def report_from_records(
     tot_pred = sum(r["predicted_s"] for r in done)
     errs = [abs(r["error_pct"]) for r in done if math.isfinite(r["error_pct"])]
     evals = [
-        {"client": r["client"], "round": r["round"], "start_s": (r["t0"] - origin) / dil,
-         "duration_s": (r["t1"] - r["t0"]) / dil}
+        {
+            "client": r["client"],
+            "round": r["round"],
+            "start_s": (r["t0"] - origin) / dil,
+            "duration_s": (r["t1"] - r["t0"]) / dil,
+        }
         for r in records
         if r.get("kind") == "span" and r["name"] == "eval"
     ]

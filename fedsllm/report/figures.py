@@ -115,23 +115,46 @@ def delay_figure(report: dict[str, Any]) -> Any:
     ax = fig.add_subplot()
     xs = [r["round"] for r in rounds]
     width = 0.38
-    ax.bar([x - width / 2 for x in xs], [r["measured_s"] for r in rounds], width,
-           label="measured", color="#4c72b0")
-    ax.bar([x + width / 2 for x in xs], [r["predicted_s"] for r in rounds], width,
-           label="predicted (measured constants)", color="#dd8452")
+    ax.bar(
+        [x - width / 2 for x in xs],
+        [r["measured_s"] for r in rounds],
+        width,
+        label="measured",
+        color="#4c72b0",
+    )
+    ax.bar(
+        [x + width / 2 for x in xs],
+        [r["predicted_s"] for r in rounds],
+        width,
+        label="predicted (measured constants)",
+        color="#dd8452",
+    )
     model = [(r["round"], r["model_s"]) for r in rounds if math.isfinite(r["model_s"])]
     if model:
-        ax.plot([m[0] for m in model], [m[1] for m in model], "k_", markersize=14,
-                label="model (counted constants)")
-    ctrl = [(r["round"], r["controller_predicted_s"]) for r in rounds
-            if math.isfinite(r["controller_predicted_s"])]
+        ax.plot(
+            [m[0] for m in model],
+            [m[1] for m in model],
+            "k_",
+            markersize=14,
+            label="model (counted constants)",
+        )
+    ctrl = [
+        (r["round"], r["controller_predicted_s"])
+        for r in rounds
+        if math.isfinite(r["controller_predicted_s"])
+    ]
     if ctrl:
         ax.plot([c[0] for c in ctrl], [c[1] for c in ctrl], "rx", label="controller")
     for r in rounds:
         if math.isfinite(r["error_pct"]):
             top = max(r["measured_s"], r["predicted_s"])
-            ax.annotate(f"{r['error_pct']:+.0f}%", (r["round"], top), ha="center",
-                        va="bottom", fontsize="x-small")
+            ax.annotate(
+                f"{r['error_pct']:+.0f}%",
+                (r["round"], top),
+                ha="center",
+                va="bottom",
+                fontsize="x-small",
+            )
     ax.set_xlabel("round")
     ax.set_ylabel("round delay (emulated s)")
     ax.set_title("Measured vs predicted round delay (label: prediction error)")
@@ -148,11 +171,23 @@ def loss_figure(report: dict[str, Any]) -> Any:
     train = report["losses"]["train"]
     val = report["losses"]["val"]
     if train:
-        ax.plot([x["t_s"] for x in train], [x["loss"] for x in train], ".", markersize=3,
-                alpha=0.5, color="#4c72b0", label="train (per iteration)")
+        ax.plot(
+            [x["t_s"] for x in train],
+            [x["loss"] for x in train],
+            ".",
+            markersize=3,
+            alpha=0.5,
+            color="#4c72b0",
+            label="train (per iteration)",
+        )
     if val:
-        ax.plot([x["t_s"] for x in val], [x["loss"] for x in val], "o-", color="#c44e52",
-                label="validation")
+        ax.plot(
+            [x["t_s"] for x in val],
+            [x["loss"] for x in val],
+            "o-",
+            color="#c44e52",
+            label="validation",
+        )
     ax.set_xlabel("time since run start (emulated s)")
     ax.set_ylabel("loss")
     ax.set_title("Loss against time")

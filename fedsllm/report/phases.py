@@ -204,7 +204,9 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
             agg_span[rec["round"]] = rec
     rounds: list[RoundMeasured] = []
     # The final global download is labelled round num_rounds: no round of its own.
-    real = [r for r in by_round if r >= 0 and any(x["name"] != "global_download" for x in by_round[r])]
+    real = [
+        r for r in by_round if r >= 0 and any(x["name"] != "global_download" for x in by_round[r])
+    ]
     for rnd in sorted(real):
         recs = by_round[rnd]
         # The first training span, not a download that waited for every client to join.

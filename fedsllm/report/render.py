@@ -86,8 +86,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
         )
     lines += _table(
-        ["round", "measured s", "predicted s", "error", "model s", "model error",
-         "controller s", "window s", "eval s", "overruns", "train loss", "val loss"],
+        [
+            "round",
+            "measured s",
+            "predicted s",
+            "error",
+            "model s",
+            "model error",
+            "controller s",
+            "window s",
+            "eval s",
+            "overruns",
+            "train loss",
+            "val loss",
+        ],
         rows,
     )
 
@@ -97,8 +109,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         for c in r["clients"]:
             m, p = c["measured"]["phases_s"], c["predicted"]["phases_s"]
             rows.append(
-                [str(r["round"]), str(c["client"]), f"{c['num_steps']}"
-                 + (f"/{c['allocated_steps']}" if c["allocated_steps"] else "")]
+                [
+                    str(r["round"]),
+                    str(c["client"]),
+                    f"{c['num_steps']}"
+                    + (f"/{c['allocated_steps']}" if c["allocated_steps"] else ""),
+                ]
                 + [f"{_f(m[ph])} / {_f(p[ph])}" for ph in PHASES]
                 + [f"{_f(c['measured']['total_s'])} / {_f(c['predicted']['total_s'])}"]
             )
@@ -126,16 +142,32 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ]
             )
     lines += _table(
-        ["round", "client", "source", "version", "uplink alloc", "uplink achieved",
-         "downlink alloc", "downlink achieved", "uplink bytes", "downlink bytes",
-         "adapter bytes"],
+        [
+            "round",
+            "client",
+            "source",
+            "version",
+            "uplink alloc",
+            "uplink achieved",
+            "downlink alloc",
+            "downlink achieved",
+            "uplink bytes",
+            "downlink bytes",
+            "adapter bytes",
+        ],
         rows,
     )
     if report["link_stats"]:
         lines += ["Whole-run link statistics from the shapers:", ""]
         rows = [
-            [str(x.get("client")), str(x.get("direction")), str(x.get("num_bytes")),
-             str(x.get("shaped_bytes")), _f(x.get("busy_s")), _rate(x.get("achieved_bps"))]
+            [
+                str(x.get("client")),
+                str(x.get("direction")),
+                str(x.get("num_bytes")),
+                str(x.get("shaped_bytes")),
+                _f(x.get("busy_s")),
+                _rate(x.get("achieved_bps")),
+            ]
             for x in report["link_stats"]
         ]
         lines += _table(
@@ -148,20 +180,39 @@ def render_markdown(report: dict[str, Any]) -> str:
         for c in r["clients"]:
             m = c["measured"]
             rows.append(
-                [str(r["round"]), str(c["client"]), _f(m["client_target_s"]),
-                 _f(m["server_target_s"]), str(m["num_overruns"]), _f(m["client_overrun_s"]),
-                 _f(m["server_overrun_s"])]
+                [
+                    str(r["round"]),
+                    str(c["client"]),
+                    _f(m["client_target_s"]),
+                    _f(m["server_target_s"]),
+                    str(m["num_overruns"]),
+                    _f(m["client_overrun_s"]),
+                    _f(m["server_overrun_s"]),
+                ]
             )
     lines += _table(
-        ["round", "client", "client target s", "server target s", "overruns",
-         "client overrun s", "server overrun s"],
+        [
+            "round",
+            "client",
+            "client target s",
+            "server target s",
+            "overruns",
+            "client overrun s",
+            "server overrun s",
+        ],
         rows,
     )
     if report["device_summaries"]:
         rows = [
-            [str(d.get("role")), str(d.get("client")), str(d.get("num_steps")),
-             str(d.get("num_overruns")), _f(d.get("target_s")), _f(d.get("compute_s")),
-             _f(d.get("overrun_s"))]
+            [
+                str(d.get("role")),
+                str(d.get("client")),
+                str(d.get("num_steps")),
+                str(d.get("num_overruns")),
+                _f(d.get("target_s")),
+                _f(d.get("compute_s")),
+                _f(d.get("overrun_s")),
+            ]
             for d in report["device_summaries"]
         ]
         lines += ["Whole-run device summaries (including evaluation steps):", ""]

@@ -14,6 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
+    "policy.name='fixed_steps'",
+    "link.backend='none'",
+    "link.emulate_compute=false",
+    "training.eval_every=1",
     "model.pretrain_steps=0",
     "data.seq_len=32",
     "data.num_train_samples=96",
@@ -21,7 +25,8 @@ TINY = [
     "training.batch_size=4",
     "training.num_val_batches=2",
 ]
-"""Overrides that make a run take seconds: tiny random base, short sequences."""
+"""Overrides that make a run take seconds: tiny random base, short sequences, no
+controller and no emulation (tests that want them override these)."""
 
 
 def fedsllm(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,597 @@
+"""Run one scenario under several allocation policies and compare measured with predicted delay.
+
+Every policy runs the same scenario (same seeds, data and channels; only
+policy.name differs) as a real emulated run, one after another, each in
+OUT/<policy>/. The comparison is the paper's headline figure made testable:
+the delay reduction of each policy against the unoptimized case ("equal":
+equal shares, fixed eta), measured on the emulated system beside the one the
+delay model predicts (the controller's plan, integer n and N). Measuring a
+run is fedsllm.report's job when that package is present (its per-round
+measured_s cuts evaluation out of each round window); otherwise round wall
+times come from fedsllm.summary with evaluation spans cut out here. The
+arithmetic (`compare_rows`, `time_to_target`) is pure and works on
+`PolicyResult`s; the CLI (fedsllm.cli.compare) prints and writes the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsllm.config import POLICIES, ScenarioConfig
+from fedsllm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REFERENCE_POLICY = "equal"
+"""The unoptimized case of MODEL.md section 5: equal shares, eta fixed (0.5)."""
+COMPARE_FORMAT = "fedsllm.compare/1"
+MEASURED_FROM_REPORT = "report"
+"""measured_s of fedsllm.report: round window minus evaluation, first window opening at
+the round's first protocol span."""
+MEASURED_FROM_SUMMARY = "summary"
+"""fedsllm.summary round wall times minus the evaluation spans inside each window."""
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """'optimal,equal' -> ('optimal', 'equal'); ConfigError naming --policies and the value."""
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not names:
+        raise ConfigError("--policies", text, "must list at least one policy")
+    out: list[str] = []
+    for name in names:
+        if name not in POLICIES:
+            raise ConfigError("--policies", name, f"unknown policy (known: {', '.join(POLICIES)})")
+        if name == "fixed_steps":
+            raise ConfigError(
+                "--policies",
+                name,
+                "has no allocation plan to compare (it runs without a controller)",
+            )
+        if name in out:
+            raise ConfigError("--policies", name, "is listed twice")
+        out.append(name)
+    return tuple(out)
+
+
+def compare_base_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """The scenario dict every compared run starts from (before the policy is set).
+
+    Links are shaped by the token backend unless the scenario names a backend
+    itself, and compute is always padded to the emulated device speeds: an
+    unshaped, host-speed run measures the host, not the allocation. A
+    target validation loss needs a loss after every round, so evaluation
+    runs every round then.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    link = out.setdefault("link", {})
+    link.setdefault("backend", "token")
+    link["emulate_compute"] = True
+    training = out.setdefault("training", {})
+    target = training.get("target_val_loss", 0.0)
+    if isinstance(target, int | float) and not isinstance(target, bool) and target > 0:
+        training["eval_every"] = 1
+    return out
+
+
+def policy_scenario(base: ScenarioConfig, policy: str) -> ScenarioConfig:
+    """`base` with only policy.name changed."""
+    return dataclasses.replace(base, policy=dataclasses.replace(base.policy, name=policy))
+
+
+def reference_policy(policies: Sequence[str]) -> tuple[str, str]:
+    """(reference, note): "equal" when compared, else the first policy, which the note says."""
+    if REFERENCE_POLICY in policies:
+        return REFERENCE_POLICY, (
+            "Reductions are against policy equal (equal shares, fixed eta): the unoptimized case."
+        )
+    return policies[0], (
+        f"Policy equal (the unoptimized case) was not compared: reductions are against the "
+        f"first policy, {policies[0]}."
+    )
+
+
+# ---------------------------------------------------------------- measurements
+
+
+@dataclass(frozen=True)
+class RoundMeasure:
+    """One round of a run, in emulated seconds."""
+
+    round: int
+    measured_s: float
+    """Round delay without evaluation."""
+    val_loss: float
+    """Validation loss after the round (NaN when not evaluated)."""
+    start_s: float = math.nan
+    """Window start, seconds since the run's first record."""
+    end_s: float = math.nan
+    """Window end (end of the round's aggregation)."""
+
+
+@dataclass
+class PolicyResult:
+    """What one policy's run gave; NaN where the run did not produce it."""
+
+    policy: str
+    run_dir: str = ""
+    ok: bool = True
+    failed_process: str = ""
+    failed_reason: str = ""
+    measured_source: str = ""
+    rounds: list[RoundMeasure] = field(default_factory=list)
+    plan: dict[str, Any] = field(default_factory=dict)
+    """The fed server's "plan" event: eta, num_local_steps, num_rounds,
+    predicted_round_s, predicted_total_s."""
+    report_predicted_s: float = math.nan
+    """fedsllm.report's prediction for what actually ran (NaN without the report)."""
+    eval_s: float = math.nan
+    initial_val_loss: float = math.nan
+    final_val_loss: float = math.nan
+
+    @property
+    def measured_total_s(self) -> float:
+        if not self.ok or not self.rounds:
+            return math.nan
+        return float(sum(r.measured_s for r in self.rounds))
+
+    @property
+    def predicted_total_s(self) -> float:
+        return float(self.plan.get("predicted_total_s", math.nan))
+
+
+def plan_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fed server's plan event (empty without a controller)."""
+    for rec in records:
+        if rec.get("kind") == "event" and rec.get("name") == "plan":
+            return dict(rec.get("extra", {}))
+    return {}
+
+
+def rounds_from_records(records: list[dict[str, Any]], time_dilation: float) -> list[RoundMeasure]:
+    """Per-round measured delay from fedsllm.summary's windows with evaluation cut out.
+
+    Window of round r: end of round r-1's aggregation (round_done) to the end
+    of round r's. The first window opens at round 0's first protocol span, so
+    process start-up and the evaluation before training stay out of it.
+    Only rounds that finished (a round_done event) count.
+    """
+    from fedsllm.summary import summarize
+
+    summary = summarize(records)
+    done = {
+        int(r["round"]): float(r["t1"])
+        for r in records
+        if r.get("kind") == "event" and r.get("name") == "round_done"
+    }
+    spans = [r for r in records if r.get("kind") == "span"]
+    evals = [(float(r["t0"]), float(r["t1"])) for r in spans if r["name"] == "eval"]
+    origin = min((float(r["t0"]) for r in records), default=math.nan)
+    first = [float(r["t0"]) for r in spans if r["round"] == 0 and r["name"] != "eval"]
+    out: list[RoundMeasure] = []
+    for rs in summary.rounds:
+        if rs.round not in done:
+            continue
+        end = done[rs.round]
+        start = done.get(rs.round - 1, min(first, default=end - rs.wall_s))
+        cut = sum(max(0.0, min(t1, end) - max(t0, start)) for t0, t1 in evals)
+        out.append(
+            RoundMeasure(
+                round=rs.round,
+                measured_s=(end - start - cut) / time_dilation,
+                val_loss=rs.val_loss,
+                start_s=(start - origin) / time_dilation,
+                end_s=(end - origin) / time_dilation,
+            )
+        )
+    return out
+
+
+def rounds_from_report(report: dict[str, Any]) -> list[RoundMeasure]:
+    """Per-round measured delay from a report.json dict (complete rounds only)."""
+
+    def num(x: Any) -> float:
+        return math.nan if x is None else float(x)
+
+    return [
+        RoundMeasure(
+            round=int(r["round"]),
+            measured_s=num(r["measured_s"]),
+            val_loss=num(r.get("val_loss")),
+            start_s=num(r.get("start_s")),
+            end_s=num(r.get("end_s")),
+        )
+        for r in report.get("rounds", [])
+        if r.get("complete", True)
+    ]
+
+
+def val_losses(records: list[dict[str, Any]]) -> dict[int, float]:
+    return {
+        int(r["round"]): float(r["extra"]["loss"])
+        for r in records
+        if r.get("kind") == "event" and r.get("name") == "val_loss"
+    }
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def reduction_pct(reference_s: float, value_s: float) -> float:
+    """(reference - value) / reference * 100: positive when `value` is faster."""
+    if not (math.isfinite(reference_s) and math.isfinite(value_s)) or reference_s <= 0:
+        return math.nan
+    return (reference_s - value_s) / reference_s * 100.0
+
+
+def time_to_target(rounds: Sequence[RoundMeasure], target_loss: float) -> dict[str, float]:
+    """Delay until the end of the first round whose val_loss <= target.
+
+    `delay_s` sums the measured (evaluation-free) round delays through that
+    round; `wall_s` is the wall time from the start of round 0 to the end of
+    that round, evaluations included. NaN (and round -1) when the target is
+    off (<= 0) or never reached.
+    """
+    nan = {"round": -1, "delay_s": math.nan, "wall_s": math.nan}
+    if not target_loss > 0:
+        return nan
+    ordered = sorted(rounds, key=lambda r: r.round)
+    total = 0.0
+    for r in ordered:
+        total += r.measured_s
+        if math.isfinite(r.val_loss) and r.val_loss <= target_loss:
+            wall = r.end_s - ordered[0].start_s
+            return {"round": r.round, "delay_s": total, "wall_s": wall}
+    return nan
+
+
+def compare_rows(
+    results: Sequence[PolicyResult], reference: str, target_loss: float = 0.0
+) -> list[dict[str, Any]]:
+    """One row per policy: totals, reductions against `reference`, and their gap.
+
+    measured_reduction_pct and predicted_reduction_pct are each policy's
+    saving against the reference's total (measured against measured,
+    predicted against predicted); diff_pp = measured - predicted, in
+    percentage points.
+    """
+    ref = next((r for r in results if r.policy == reference), None)
+    ref_meas = ref.measured_total_s if ref is not None else math.nan
+    ref_pred = ref.predicted_total_s if ref is not None else math.nan
+    rows = []
+    for res in results:
+        meas, pred = res.measured_total_s, res.predicted_total_s
+        red_m, red_p = reduction_pct(ref_meas, meas), reduction_pct(ref_pred, pred)
+        ttt = time_to_target(res.rounds, target_loss)
+        rows.append(
+            {
+                "policy": res.policy,
+                "reference": res.policy == reference,
+                "ok": res.ok,
+                "run_dir": res.run_dir,
+                "eta": float(res.plan.get("eta", math.nan)),
+                "num_local_steps": int(res.plan.get("num_local_steps", 0)),
+                "num_rounds_planned": int(res.plan.get("num_rounds", 0)),
+                "num_rounds_measured": len(res.rounds),
+                "predicted_round_s": float(res.plan.get("predicted_round_s", math.nan)),
+                "predicted_total_s": pred,
+                "measured_total_s": meas,
+                "measured_source": res.measured_source,
+                "report_predicted_s": res.report_predicted_s,
+                "model_error_pct": (
+                    (pred - meas) / meas * 100.0
+                    if math.isfinite(meas) and meas > 0 and math.isfinite(pred)
+                    else math.nan
+                ),
+                "measured_reduction_pct": red_m,
+                "predicted_reduction_pct": red_p,
+                "diff_pp": red_m - red_p,
+                "eval_s": res.eval_s,
+                "initial_val_loss": res.initial_val_loss,
+                "final_val_loss": res.final_val_loss,
+                "target_round": int(ttt["round"]),
+                "time_to_target_s": ttt["delay_s"],
+                "time_to_target_wall_s": ttt["wall_s"],
+                "failed_process": res.failed_process,
+                "failed_reason": res.failed_reason,
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- running
+
+
+def measure_run(run_dir: Path, scenario: ScenarioConfig, use_report: bool = True) -> PolicyResult:
+    """Read a finished run: the plan, per-round measured delays, losses.
+
+    With fedsllm.report present its report is written into the run directory
+    and its measured_s is used; without it (or if it cannot read the run) the
+    summary-based measurement of this module is.
+    """
+    from fedsllm.trace import read_records
+
+    records = read_records(run_dir / "trace")
+    res = PolicyResult(policy=scenario.policy.name, run_dir=str(run_dir))
+    res.plan = plan_from_records(records)
+    val = val_losses(records)
+    after = {r: x for r, x in val.items() if r >= 0}
+    res.initial_val_loss = val.get(-1, math.nan)
+    res.final_val_loss = after[max(after)] if after else math.nan
+    report = _report(run_dir) if use_report else None
+    if report is not None:
+        res.rounds = rounds_from_report(report)
+        res.measured_source = MEASURED_FROM_REPORT
+        totals = report.get("totals", {})
+        res.report_predicted_s = _num(totals.get("predicted_s"))
+        res.eval_s = _num(totals.get("eval_s"))
+    else:
+        dil = float(scenario.link.time_dilation)
+        res.rounds = rounds_from_records(records, dil)
+        res.measured_source = MEASURED_FROM_SUMMARY
+        res.eval_s = sum(
+            (float(r["t1"]) - float(r["t0"])) / dil
+            for r in records
+            if r.get("kind") == "span" and r["name"] == "eval"
+        )
+    # Losses come from the trace either way (the report drops rounds without spans).
+    res.rounds = [dataclasses.replace(r, val_loss=val.get(r.round, math.nan)) for r in res.rounds]
+    return res
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _report(run_dir: Path) -> dict[str, Any] | None:
+    """report.json of the run via fedsllm.report, or None when that is unavailable."""
+    try:
+        from fedsllm.report import write_report
+    except ImportError:
+        return None
+    try:
+        result = write_report(run_dir)
+        return json.loads(Path(result.report_json).read_text(encoding="utf-8"))
+    except (ConfigError, OSError, ValueError, KeyError, TypeError, ArithmeticError) as err:
+        log.warning("compare: report of %s failed (%s); using summary wall times", run_dir, err)
+        return None
+
+
+def run_policy(
+    scenario: ScenarioConfig, run_dir: Path, on_tick: Callable[[], None] | None = None
+) -> PolicyResult:
+    """One real run (fedsllm.launch) of `scenario` in `run_dir`, measured."""
+    from fedsllm.launch import run_processes
+    from fedsllm.summary import summarize
+    from fedsllm.trace import read_records
+
+    outcome = run_processes(scenario, run_dir, on_tick=on_tick)
+    summary = summarize(read_records(run_dir / "trace"))
+    failed = outcome.failed
+    doc = {
+        "scenario": scenario.name,
+        "run_dir": str(run_dir),
+        "ok": failed is None,
+        "failed": None
+        if failed is None
+        else {
+            "process": failed.proc.name,
+            "reason": failed.reason,
+            "log": str(failed.proc.log_path),
+        },
+        "exit_codes": outcome.exit_codes,
+        "launcher_wall_s": outcome.wall_s,
+        **summary.to_dict(),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(doc, indent=2))
+    if failed is not None:
+        return PolicyResult(
+            policy=scenario.policy.name,
+            run_dir=str(run_dir),
+            ok=False,
+            failed_process=failed.proc.name,
+            failed_reason=f"{failed.reason}; log {failed.proc.log_path}",
+        )
+    return measure_run(run_dir, scenario)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def compare_doc(
+    base: ScenarioConfig,
+    results: Sequence[PolicyResult],
+    reference: str,
+    reference_note: str,
+) -> dict[str, Any]:
+    """Everything OUT/compare.json holds (NaN written as null)."""
+    target = base.training.target_val_loss
+    rows = compare_rows(results, reference, target)
+    sources = sorted({r.measured_source for r in results if r.measured_source})
+    notes = [reference_note]
+    if MEASURED_FROM_REPORT in sources:
+        notes.append(
+            "Measured total = sum of fedsllm.report's per-round measured_s (round window "
+            "minus evaluation time), emulated seconds."
+        )
+    if MEASURED_FROM_SUMMARY in sources:
+        notes.append(
+            "Measured total = sum of fedsllm.summary round wall times minus the evaluation "
+            "spans inside each round window, emulated seconds."
+        )
+    notes.append(
+        "Predicted total = the controller plan's predicted_total_s: N rounds x the round "
+        "delay with integer n local iterations, at round 0's channels."
+    )
+    if target > 0:
+        notes.append(
+            f"Time to target = summed measured round delays from round 0 through the first "
+            f"round with val loss <= {target:g} (evaluated every round); the wall-clock "
+            "figure includes evaluation."
+        )
+    return _clean(
+        {
+            "format": COMPARE_FORMAT,
+            "reference": reference,
+            "measured_source": ",".join(sources),
+            "target_val_loss": target,
+            "settings": {
+                "link_backend": base.link.backend,
+                "emulate_compute": base.link.emulate_compute,
+                "num_clients": base.clients.num_clients,
+                "seed": base.seed,
+                "time_dilation": base.link.time_dilation,
+            },
+            "policies": rows,
+            "rounds": {r.policy: [dataclasses.asdict(x) for x in r.rounds] for r in results},
+            "notes": notes,
+            "scenario": base.to_dict(),
+        }
+    )
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _pp(x: Any, sign: bool = True) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:+.1f}" if sign else f"{x:.1f}"
+
+
+TABLE_COLUMNS = (
+    "policy",
+    "eta",
+    "n x N",
+    "measured s",
+    "predicted s",
+    "measured red. %",
+    "predicted red. %",
+    "diff pp",
+)
+
+
+def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the comparison table (shared by the terminal and compare.md)."""
+    target = doc["target_val_loss"] or 0.0
+    header = list(TABLE_COLUMNS)
+    if target > 0:
+        header += ["rounds to target", "time to target s"]
+    rows = []
+    for p in doc["policies"]:
+        name = p["policy"] + (" (ref)" if p["reference"] else "")
+        if not p["ok"]:
+            name += f" FAILED ({p['failed_process']})"
+        cells = [
+            name,
+            _f(p["eta"], 3),
+            f"{p['num_local_steps']} x {p['num_rounds_planned']}",
+            _f(p["measured_total_s"]),
+            _f(p["predicted_total_s"]),
+            _pp(p["measured_reduction_pct"]),
+            _pp(p["predicted_reduction_pct"]),
+            _pp(p["diff_pp"]),
+        ]
+        if target > 0:
+            reached = p["target_round"] >= 0
+            cells += [
+                str(p["target_round"] + 1) if reached else "not reached",
+                _f(p["time_to_target_s"]) if reached else "-",
+            ]
+        rows.append(cells)
+    return header, rows
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    header, rows = table_rows(doc)
+    s = doc["settings"]
+    lines = [
+        "# FedsLLM policy comparison",
+        "",
+        f"- clients: {s['num_clients']}, seed {s['seed']}, link backend `{s['link_backend']}`, "
+        f"compute emulated: {s['emulate_compute']}",
+        f"- reference: `{doc['reference']}`; measured from: {doc['measured_source'] or '-'}",
+        "- reduction = (reference - policy) / reference; diff pp = measured reduction - "
+        "predicted reduction (percentage points)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    lines += ["", "## Runs", ""]
+    for p in doc["policies"]:
+        lines.append(f"- `{p['policy']}`: `{p['run_dir']}`")
+    lines += ["", "![measured vs predicted total delay](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def write_figure(doc: dict[str, Any], path: Path) -> Path:
+    """Measured vs predicted total delay bars, policies side by side (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    policies = doc["policies"]
+    names = [p["policy"] for p in policies]
+
+    def val(x: Any) -> float:
+        return math.nan if x is None else float(x)
+
+    measured = [val(p["measured_total_s"]) for p in policies]
+    predicted = [val(p["predicted_total_s"]) for p in policies]
+    fig = Figure(figsize=(max(5.0, 1.6 * len(names) + 2), 4.2), dpi=100)
+    ax = fig.add_subplot()
+    xs = list(range(len(names)))
+    width = 0.38
+    ax.bar([x - width / 2 for x in xs], measured, width, label="measured", color="#4c72b0")
+    ax.bar([x + width / 2 for x in xs], predicted, width, label="predicted", color="#dd8452")
+    for x, p in zip(xs, policies, strict=True):
+        red = p["measured_reduction_pct"]
+        if red is not None and not p["reference"]:
+            top = max(v for v in (val(p["measured_total_s"]), 0.0) if math.isfinite(v))
+            ax.annotate(f"{red:+.1f}%", (x - width / 2, top), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names)
+    ax.set_ylabel("total training delay (emulated s)")
+    ax.set_title(f"Measured vs predicted total delay (reference: {doc['reference']})")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_outputs(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Path]:
+    """OUT/compare.json, compare.md and compare.png."""
+    json_path = out_dir / "compare.json"
+    md_path = out_dir / "compare.md"
+    png_path = out_dir / "compare.png"
+    json_path.write_text(json.dumps(doc, indent=2, allow_nan=False), encoding="utf-8")
+    md_path.write_text(render_markdown(doc), encoding="utf-8")
+    write_figure(doc, png_path)
+    return json_path, md_path, png_path
