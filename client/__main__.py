@@ -20,7 +20,13 @@ log = logging.getLogger("client")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
-    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument(
+        "--scenario-json",
+        "--scenario",
+        dest="scenario_json",
+        required=True,
+        help="resolved scenario.json written by the launcher, or a scenario TOML file",
+    )
     parser.add_argument("--run-dir", required=True, help="run directory (traces)")
     parser.add_argument("--client-id", type=int, required=True, help="this client's id k")
     parser.add_argument("--fed-address", required=True, help="fed server host:port")

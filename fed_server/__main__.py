@@ -18,7 +18,13 @@ log = logging.getLogger("fed_server")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fed_server", description=__doc__)
-    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument(
+        "--scenario-json",
+        "--scenario",
+        dest="scenario_json",
+        required=True,
+        help="resolved scenario.json written by the launcher, or a scenario TOML file",
+    )
     parser.add_argument("--run-dir", required=True, help="run directory (checkpoints, traces)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
     parser.add_argument(
@@ -47,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
     run_dir = Path(args.run_dir)
     tracer = Tracer(run_dir / "trace" / "fed_server.jsonl", "fed_server")
+    if not (run_dir / "scenario.json").exists():
+        # Started without the launcher (docker compose): leave the resolved
+        # scenario where `fedsllm report` and `fedsllm export` look for it.
+        from fedsllm.launch import write_scenario
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_scenario(run_dir, scenario)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.completed_round >= 0:
         log.info("resuming after round %d from %s", checkpoint.completed_round, run_dir)

@@ -12,10 +12,18 @@ from fedsllm.config import ScenarioConfig, from_dict
 
 
 def load_resolved_scenario(path: str | Path) -> tuple[ScenarioConfig, str]:
-    """Read the launcher's scenario.json; returns the scenario and its hash."""
-    doc = json.loads(Path(path).read_text())
-    scenario_hash = doc.pop("scenario_hash", "")
-    return from_dict(doc), scenario_hash
+    """Read the launcher's scenario.json, or a scenario TOML file (as docker
+    compose passes it); returns the scenario and its hash, which peers compare."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        from fedsllm.config import load_scenario
+        from fedsllm.launch import scenario_hash
+
+        scenario = load_scenario(path)
+        return scenario, scenario_hash(scenario)
+    doc = json.loads(path.read_text())
+    scenario_hash_text = doc.pop("scenario_hash", "")
+    return from_dict(doc), scenario_hash_text
 
 
 def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:

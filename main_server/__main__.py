@@ -20,7 +20,13 @@ log = logging.getLogger("main_server")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m main_server", description=__doc__)
-    parser.add_argument("--scenario-json", required=True, help="resolved scenario (scenario.json)")
+    parser.add_argument(
+        "--scenario-json",
+        "--scenario",
+        dest="scenario_json",
+        required=True,
+        help="resolved scenario.json written by the launcher, or a scenario TOML file",
+    )
     parser.add_argument("--run-dir", required=True, help="run directory (traces)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
     parser.add_argument(

@@ -134,6 +134,8 @@ class PolicyResult:
     plan: dict[str, Any] = field(default_factory=dict)
     """The fed server's "plan" event: eta, num_local_steps, num_rounds,
     predicted_round_s, predicted_total_s."""
+    startup_skew_s: float = 0.0
+    """Start-up skew cut out of round 0 (see `startup_skew_s`)."""
     report_predicted_s: float = math.nan
     """fedsllm.report's prediction for what actually ran (NaN without the report)."""
     eval_s: float = math.nan
@@ -159,13 +161,56 @@ def plan_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
+CLIENT_ROUND_SPANS = ("client_forward", "uplink", "wait_reply", "client_backward", "adapter_upload")
+"""Client spans of the protocol proper: round 0 begins, for a client, at its first one
+(its global download may have waited for every client to join)."""
+
+
+def _overlap(intervals: Sequence[tuple[float, float]], lo: float, hi: float) -> float:
+    return sum(max(0.0, min(t1, hi) - max(t0, lo)) for t0, t1 in intervals)
+
+
+def _evals(records: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [
+        (float(r["t0"]), float(r["t1"]))
+        for r in records
+        if r.get("kind") == "span" and r.get("name") == "eval"
+    ]
+
+
+def client_starts(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Wall-clock start of round 0 per client: its first protocol span of round 0."""
+    starts: dict[int, float] = {}
+    for r in records:
+        if (
+            r.get("kind") == "span"
+            and r.get("role") == "client"
+            and r.get("round") == 0
+            and r.get("name") in CLIENT_ROUND_SPANS
+        ):
+            k = int(r["client"])
+            starts[k] = min(starts.get(k, math.inf), float(r["t0"]))
+    return starts
+
+
+def startup_skew_s(records: list[dict[str, Any]], time_dilation: float) -> float:
+    """Emulated seconds between the first and the last client starting round 0, evaluation
+    cut out: process start-up, not protocol (MODEL.md's clients start a round together)."""
+    starts = client_starts(records)
+    if len(starts) < 2:
+        return 0.0
+    lo, hi = min(starts.values()), max(starts.values())
+    return max(0.0, hi - lo - _overlap(_evals(records), lo, hi)) / time_dilation
+
+
 def rounds_from_records(records: list[dict[str, Any]], time_dilation: float) -> list[RoundMeasure]:
     """Per-round measured delay from fedsllm.summary's windows with evaluation cut out.
 
     Window of round r: end of round r-1's aggregation (round_done) to the end
-    of round r's. The first window opens at round 0's first protocol span, so
-    process start-up and the evaluation before training stay out of it.
-    Only rounds that finished (a round_done event) count.
+    of round r's. The first window opens when the last client starts its
+    round-0 protocol spans, so process start-up skew and the evaluation
+    before training stay out of it. Only rounds that finished (a round_done
+    event) count.
     """
     from fedsllm.summary import summarize
 
@@ -175,21 +220,19 @@ def rounds_from_records(records: list[dict[str, Any]], time_dilation: float) -> 
         for r in records
         if r.get("kind") == "event" and r.get("name") == "round_done"
     }
-    spans = [r for r in records if r.get("kind") == "span"]
-    evals = [(float(r["t0"]), float(r["t1"])) for r in spans if r["name"] == "eval"]
+    evals = _evals(records)
     origin = min((float(r["t0"]) for r in records), default=math.nan)
-    first = [float(r["t0"]) for r in spans if r["round"] == 0 and r["name"] != "eval"]
+    starts = client_starts(records)
     out: list[RoundMeasure] = []
     for rs in summary.rounds:
         if rs.round not in done:
             continue
         end = done[rs.round]
-        start = done.get(rs.round - 1, min(first, default=end - rs.wall_s))
-        cut = sum(max(0.0, min(t1, end) - max(t0, start)) for t0, t1 in evals)
+        start = done.get(rs.round - 1, max(starts.values(), default=end - rs.wall_s))
         out.append(
             RoundMeasure(
                 round=rs.round,
-                measured_s=(end - start - cut) / time_dilation,
+                measured_s=(end - start - _overlap(evals, start, end)) / time_dilation,
                 val_loss=rs.val_loss,
                 start_s=(start - origin) / time_dilation,
                 end_s=(end - origin) / time_dilation,
@@ -298,6 +341,7 @@ def compare_rows(
                 "predicted_reduction_pct": red_p,
                 "diff_pp": red_m - red_p,
                 "eval_s": res.eval_s,
+                "startup_skew_s": res.startup_skew_s,
                 "initial_val_loss": res.initial_val_loss,
                 "final_val_loss": res.final_val_loss,
                 "target_round": int(ttt["round"]),
@@ -330,14 +374,26 @@ def measure_run(run_dir: Path, scenario: ScenarioConfig, use_report: bool = True
     res.initial_val_loss = val.get(-1, math.nan)
     res.final_val_loss = after[max(after)] if after else math.nan
     report = _report(run_dir) if use_report else None
+    dil = float(scenario.link.time_dilation)
+    res.startup_skew_s = startup_skew_s(records, dil)
     if report is not None:
-        res.rounds = rounds_from_report(report)
+        # The report opens round 0 at the first client's start; the model has every
+        # client start together, so the skew of the others' start-up is cut out.
+        res.rounds = [
+            dataclasses.replace(
+                r,
+                measured_s=r.measured_s - res.startup_skew_s,
+                start_s=r.start_s + res.startup_skew_s,
+            )
+            if r.round == 0
+            else r
+            for r in rounds_from_report(report)
+        ]
         res.measured_source = MEASURED_FROM_REPORT
         totals = report.get("totals", {})
         res.report_predicted_s = _num(totals.get("predicted_s"))
         res.eval_s = _num(totals.get("eval_s"))
     else:
-        dil = float(scenario.link.time_dilation)
         res.rounds = rounds_from_records(records, dil)
         res.measured_source = MEASURED_FROM_SUMMARY
         res.eval_s = sum(
@@ -433,12 +489,14 @@ def compare_doc(
     if MEASURED_FROM_REPORT in sources:
         notes.append(
             "Measured total = sum of fedsllm.report's per-round measured_s (round window "
-            "minus evaluation time), emulated seconds."
+            "minus evaluation time), emulated seconds; round 0 opens when the last client "
+            "starts it (start-up skew, startup_skew_s, cut out)."
         )
     if MEASURED_FROM_SUMMARY in sources:
         notes.append(
             "Measured total = sum of fedsllm.summary round wall times minus the evaluation "
-            "spans inside each round window, emulated seconds."
+            "spans inside each round window, emulated seconds; round 0 opens when the last "
+            "client starts it."
         )
     notes.append(
         "Predicted total = the controller plan's predicted_total_s: N rounds x the round "
