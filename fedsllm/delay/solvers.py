@@ -223,7 +223,7 @@ class CvxpyInner:
             (cp.CLARABEL, {"max_step_fraction": 0.9, **tight}),
             (cp.CLARABEL, {"max_step_fraction": 0.9}),
             (cp.CLARABEL, {"max_step_fraction": 0.7, "max_iter": 500}),
-            (cp.SCS, {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 100_000}),
+            (cp.SCS, {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 20_000}),
         ]
 
     def solve(self, n: float) -> tuple[float, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fedsllm.config import ClientProfile, ScenarioConfig, from_dict, load_scenario
+from fedsllm.config import ScenarioConfig, from_dict, load_scenario
 from fedsllm.experiments.scenario_toml import dumps_toml, toml_value
 
 
@@ -51,9 +51,9 @@ def test_profiles_nan_and_awkward_strings_round_trip() -> None:
     assert "[[clients.profiles]]" in text
     scenario = from_dict(back)
     assert isinstance(scenario, ScenarioConfig)
-    assert scenario.clients.profiles[1] == ClientProfile(
-        flops=0.0, tx_power_dbm=23.0, distance_m=120.0, gain_db=math.nan
-    ) or math.isnan(scenario.clients.profiles[1].gain_db)
+    second = scenario.clients.profiles[1]
+    assert (second.flops, second.tx_power_dbm, second.distance_m) == (0.0, 23.0, 120.0)
+    assert math.isnan(second.gain_db)
     assert scenario.clients.profiles[0].gain_db == -95.5
     assert math.isnan(scenario.clients.profiles[0].tx_power_dbm)
     assert same(scenario.to_dict(), from_dict(data).to_dict())
@@ -73,7 +73,7 @@ def test_profiles_nan_and_awkward_strings_round_trip() -> None:
         (math.inf, "inf"),
         (-math.inf, "-inf"),
         (math.nan, "nan"),
-        ("a\"b", '"a\\"b"'),
+        ('a"b', '"a\\"b"'),
         ([], "[]"),
         ([1, 2.5, "x"], '[1, 2.5, "x"]'),
         ([[1], []], "[[1], []]"),

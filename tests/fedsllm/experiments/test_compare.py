@@ -1,0 +1,317 @@
+"""Policy comparison: input checks, measurement from trace records, the arithmetic of
+reductions and time to target on synthetic runs, and the files written."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedsllm.cli import main
+from fedsllm.config import apply_overrides, from_dict, load_dict, load_scenario
+from fedsllm.errors import ConfigError
+from fedsllm.experiments.compare import (
+    PolicyResult,
+    RoundMeasure,
+    compare_base_dict,
+    compare_doc,
+    compare_rows,
+    parse_policies,
+    plan_from_records,
+    policy_scenario,
+    reduction_pct,
+    reference_policy,
+    rounds_from_records,
+    startup_skew_s,
+    time_to_target,
+    write_outputs,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_parse_policies() -> None:
+    assert parse_policies("optimal,equal") == ("optimal", "equal")
+    assert parse_policies(" equal , random,") == ("equal", "random")
+
+
+@pytest.mark.parametrize(
+    ("text", "bad"),
+    [
+        ("optimal,bogus", "bogus"),
+        ("fixed_steps", "fixed_steps"),
+        ("equal,equal", "equal"),
+        (",", ","),
+    ],
+)
+def test_parse_policies_refuses(text: str, bad: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_policies(text)
+    assert err.value.path == "--policies"
+    assert err.value.value == bad
+
+
+def test_reference_is_equal_else_the_first_policy() -> None:
+    assert reference_policy(("optimal", "equal"))[0] == "equal"
+    ref, note = reference_policy(("optimal", "proportional"))
+    assert ref == "optimal"
+    assert "not compared" in note and "optimal" in note
+
+
+@pytest.mark.parametrize(
+    ("ref", "value", "pct"),
+    [
+        (10.0, 6.0, 40.0),
+        (10.0, 12.0, -20.0),
+        (10.0, 10.0, 0.0),
+        (0.0, 1.0, math.nan),
+        (math.nan, 1.0, math.nan),
+    ],
+)
+def test_reduction_pct(ref: float, value: float, pct: float) -> None:
+    got = reduction_pct(ref, value)
+    assert (math.isnan(got) and math.isnan(pct)) or got == pytest.approx(pct)
+
+
+def _rounds(delays: list[float], losses: list[float], gap: float = 0.5) -> list[RoundMeasure]:
+    out, t = [], 1.0
+    for r, (d, loss) in enumerate(zip(delays, losses, strict=True)):
+        out.append(RoundMeasure(r, d, loss, start_s=t, end_s=t + d))
+        t += d + gap  # an evaluation of `gap` seconds between rounds
+    return out
+
+
+def _result(policy: str, delays: list[float], predicted: float, **plan: Any) -> PolicyResult:
+    losses = [5.0 - i for i in range(len(delays))]
+    return PolicyResult(
+        policy=policy,
+        run_dir=f"/runs/{policy}",
+        measured_source="summary",
+        rounds=_rounds(delays, losses),
+        plan={
+            "predicted_total_s": predicted,
+            "eta": 0.5,
+            "num_local_steps": 3,
+            "num_rounds": len(delays),
+            "predicted_round_s": predicted / len(delays),
+            **plan,
+        },
+    )
+
+
+def test_compare_rows_reductions_and_percentage_points() -> None:
+    equal = _result("equal", [2.0, 3.0, 5.0], 8.0)  # measured 10
+    optimal = _result("optimal", [1.0, 2.0, 3.0], 4.0)  # measured 6
+    rows = {r["policy"]: r for r in compare_rows([optimal, equal], "equal")}
+    o, e = rows["optimal"], rows["equal"]
+    assert (o["measured_total_s"], o["predicted_total_s"]) == (6.0, 4.0)
+    assert o["measured_reduction_pct"] == pytest.approx(40.0)
+    assert o["predicted_reduction_pct"] == pytest.approx(50.0)
+    assert o["diff_pp"] == pytest.approx(-10.0)
+    assert o["model_error_pct"] == pytest.approx((4.0 - 6.0) / 6.0 * 100)
+    assert e["reference"] and not o["reference"]
+    assert e["measured_reduction_pct"] == 0.0 and e["diff_pp"] == 0.0
+    assert o["num_rounds_measured"] == 3 and o["num_local_steps"] == 3
+    assert math.isnan(o["time_to_target_s"]) and o["target_round"] == -1
+
+
+def test_compare_rows_against_a_failed_reference_is_nan() -> None:
+    failed = PolicyResult(policy="equal", ok=False, failed_process="client_1")
+    optimal = _result("optimal", [1.0], 1.0)
+    rows = compare_rows([optimal, failed], "equal")
+    assert math.isnan(rows[0]["measured_reduction_pct"])
+    assert math.isnan(rows[1]["measured_total_s"])
+    assert rows[1]["failed_process"] == "client_1" and rows[1]["ok"] is False
+
+
+def test_time_to_target() -> None:
+    rounds = _rounds([2.0, 3.0, 4.0, 1.0], [4.0, 3.2, 2.9, 2.5], gap=0.5)
+    got = time_to_target(rounds, 3.0)
+    assert got["round"] == 2
+    assert got["delay_s"] == pytest.approx(9.0)  # 2 + 3 + 4, evaluations left out
+    assert got["wall_s"] == pytest.approx(9.0 + 2 * 0.5)  # start of round 0 to end of round 2
+    assert time_to_target(rounds, 2.5)["round"] == 3
+    assert math.isnan(time_to_target(rounds, 1.0)["delay_s"])
+    assert math.isnan(time_to_target(rounds, 0.0)["delay_s"])  # 0 = no target
+
+
+def test_time_to_target_per_policy_in_rows() -> None:
+    a = _result("equal", [2.0, 2.0, 2.0], 6.0)  # losses 5, 4, 3
+    b = _result("optimal", [1.0, 1.0], 2.0)  # losses 5, 4
+    rows = {r["policy"]: r for r in compare_rows([a, b], "equal", target_loss=3.5)}
+    assert rows["equal"]["target_round"] == 2 and rows["equal"]["time_to_target_s"] == 6.0
+    assert rows["optimal"]["target_round"] == -1
+    assert math.isnan(rows["optimal"]["time_to_target_s"])
+
+
+def test_compare_base_dict() -> None:
+    data = compare_base_dict({"training": {"batch_size": 4}})
+    assert data["link"] == {"backend": "token", "emulate_compute": True}
+    assert "eval_every" not in data["training"]
+    tc = compare_base_dict(
+        {
+            "link": {"backend": "tc", "emulate_compute": False},
+            "training": {"target_val_loss": 2.5, "eval_every": 5},
+        }
+    )
+    assert tc["link"] == {"backend": "tc", "emulate_compute": True}
+    assert tc["training"]["eval_every"] == 1
+    raw = {"link": {"backend": "none"}}
+    assert compare_base_dict(raw)["link"]["backend"] == "none"
+    assert raw == {"link": {"backend": "none"}}  # the input is not mutated
+
+
+def test_policy_scenarios_differ_only_in_policy_name() -> None:
+    data = compare_base_dict(apply_overrides(load_dict(None), ["clients.num_clients=2"]))
+    base = from_dict(data)
+    a, b = policy_scenario(base, "optimal"), policy_scenario(base, "equal")
+    da, db = a.to_dict(), b.to_dict()
+    assert da["policy"].pop("name") == "optimal" and db["policy"].pop("name") == "equal"
+    assert da == db
+
+
+def _span(role: str, client: int, rnd: int, name: str, t0: float, t1: float) -> dict:
+    return {
+        "kind": "span",
+        "role": role,
+        "client": client,
+        "round": rnd,
+        "step": 0,
+        "name": name,
+        "t0": t0,
+        "t1": t1,
+        "bytes": 0,
+        "extra": {},
+    }
+
+
+def _event(name: str, rnd: int, t: float, **extra: Any) -> dict:
+    return {
+        "kind": "event",
+        "role": "fed_server",
+        "client": -1,
+        "round": rnd,
+        "step": -1,
+        "name": name,
+        "t0": t,
+        "t1": t,
+        "bytes": 0,
+        "extra": extra,
+    }
+
+
+def synthetic_records() -> list[dict]:
+    """Two clients: client 0 evaluates 100..101 then starts at 101; client 1 starts at 103.
+    Round 0 ends at 105, round 1 (with an eval 105..106 inside) at 109."""
+    recs = [
+        _event(
+            "plan",
+            -1,
+            99.0,
+            policy="optimal",
+            eta=0.6,
+            num_local_steps=2,
+            num_rounds=2,
+            predicted_round_s=1.5,
+            predicted_total_s=3.0,
+        ),
+        _span("client", 0, -1, "eval", 100.0, 101.0),
+        {**_event("val_loss", -1, 101.0, loss=5.0), "role": "client", "client": 0},
+        _span("client", 0, 0, "client_forward", 101.0, 102.0),
+        _span("client", 1, 0, "global_download", 100.5, 102.9),
+        _span("client", 1, 0, "client_forward", 103.0, 104.0),
+        {**_event("train_loss", 0, 104.0, loss=4.0), "role": "client", "client": 0},
+        _event("round_done", 0, 105.0),
+        _span("client", 0, 0, "eval", 105.0, 106.0),
+        {**_event("val_loss", 0, 106.0, loss=4.5), "role": "client", "client": 0},
+        _span("client", 0, 1, "client_forward", 106.0, 107.0),
+        {**_event("train_loss", 1, 107.0, loss=3.0), "role": "client", "client": 0},
+        _event("round_done", 1, 109.0),
+    ]
+    return sorted(recs, key=lambda r: r["t0"])
+
+
+def test_rounds_from_records_cut_eval_and_startup() -> None:
+    recs = synthetic_records()
+    rounds = rounds_from_records(recs, time_dilation=1.0)
+    assert [r.round for r in rounds] == [0, 1]
+    # Round 0 opens when the last client starts (103), ends at 105.
+    assert rounds[0].measured_s == pytest.approx(2.0)
+    # Round 1: 105..109 minus the eval 105..106.
+    assert rounds[1].measured_s == pytest.approx(3.0)
+    assert math.isnan(rounds[1].val_loss)  # not evaluated after round 1
+    assert rounds[0].val_loss == 4.5
+    assert (rounds[0].start_s, rounds[1].end_s) == (4.0, 10.0)  # offsets from 99.0
+    halved = rounds_from_records(recs, time_dilation=2.0)
+    assert [r.measured_s for r in halved] == pytest.approx([1.0, 1.5])
+
+
+def test_startup_skew_leaves_out_evaluation() -> None:
+    recs = synthetic_records()
+    # Clients start at 101 and 103; no eval overlaps 101..103.
+    assert startup_skew_s(recs, 1.0) == pytest.approx(2.0)
+    recs.append(_span("client", 0, -1, "eval", 101.5, 102.5))
+    assert startup_skew_s(recs, 1.0) == pytest.approx(1.0)
+    assert startup_skew_s(recs, 2.0) == pytest.approx(0.5)
+    assert startup_skew_s([r for r in recs if r.get("client") != 1], 1.0) == 0.0
+
+
+def test_plan_from_records() -> None:
+    plan = plan_from_records(synthetic_records())
+    assert plan["predicted_total_s"] == 3.0 and plan["num_rounds"] == 2
+    assert plan_from_records([]) == {}
+
+
+def test_doc_and_files(tmp_path: Path) -> None:
+    base = load_scenario(None, ["training.target_val_loss=3.5"])
+    results = [
+        _result("optimal", [1.0, 1.0, 1.0], 2.5),
+        _result("equal", [2.0, 2.0], 4.0),
+        PolicyResult(policy="random", ok=False, failed_process="client_0", failed_reason="x"),
+    ]
+    ref, note = reference_policy(("optimal", "equal", "random"))
+    doc = compare_doc(base, results, ref, note)
+    json_path, md_path, png_path = write_outputs(doc, tmp_path)
+    back = json.loads(json_path.read_text())  # strict JSON: NaN became null
+    assert [p["policy"] for p in back["policies"]] == ["optimal", "equal", "random"]
+    assert back["reference"] == "equal" and back["target_val_loss"] == 3.5
+    assert back["policies"][0]["measured_reduction_pct"] == pytest.approx(25.0)
+    assert back["policies"][0]["predicted_reduction_pct"] == pytest.approx(37.5)
+    assert back["policies"][0]["diff_pp"] == pytest.approx(-12.5)
+    assert back["policies"][0]["target_round"] == 2  # losses 5, 4, 3
+    assert back["policies"][2]["measured_total_s"] is None
+    assert back["scenario"]["training"]["target_val_loss"] == 3.5
+    md = md_path.read_text()
+    assert "| optimal |" in md and "equal (ref)" in md and "FAILED (client_0)" in md
+    assert "time to target s" in md
+    assert png_path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--policies", "optimal,bogus"], "bogus"),
+        (["--policies", "fixed_steps"], "fixed_steps"),
+        (["--policies", "optimal", "--set", "training.batch_size=0"], "training.batch_size"),
+        (["--policies", "optimal", "--clients", "0"], "clients.num_clients"),
+        (["--policies", "fixed"], "policy.shares_file"),
+    ],
+)
+def test_cli_refuses_bad_input_before_running(
+    argv: list[str], named: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", *argv]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_refuses_a_used_out_dir(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("")
+    assert main(["compare", "--policies", "optimal", "--out", str(out)]) == 2
+    assert "--out" in capsys.readouterr().err
