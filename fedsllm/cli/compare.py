@@ -65,6 +65,8 @@ def compare_command(args: argparse.Namespace) -> int:
     reference, note = reference_policy(policies)
     out_dir = fresh_out_dir(args.out, f"compare-{base.name}")
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=max(console.width, 132))
     console.print(
         f"[bold]fedsllm compare[/] scenario [cyan]{base.name}[/]: policies "
         f"{', '.join(policies)}; {base.clients.num_clients} clients, link "
@@ -98,10 +100,6 @@ def compare_command(args: argparse.Namespace) -> int:
     for line in doc["notes"]:
         console.print(f"- {line}", markup=False, highlight=False)
     if failed is not None:
-        console.print(
-            f"[bold red]compare failed:[/] policy {failed.policy}: process "
-            f"{failed.failed_process} {failed.failed_reason}"
-        )
         print(
             f"fedsllm: error: policy {failed.policy}: {failed.failed_process} "
             f"{failed.failed_reason}",

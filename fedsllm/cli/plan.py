@@ -120,7 +120,8 @@ def _render(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Narrow terminals (and captured output) would fold the numbers; keep them readable.
+    console = Console(width=max(Console().width, 132))
     policies = doc["policies"]
     table = Table(title=f"Allocation policies (scenario {doc['scenario']['name']}, "
                         f"K={len(doc['inputs']['gain'])}, "

@@ -1,0 +1,149 @@
+"""The client loop (client/loop.py) without gRPC: in-memory links stand in for the
+servers, so the order of the five steps, the round protocol and the trace
+records can be checked exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import torch
+
+from client.loop import ClientTrainer, FixedPlan, StepReply
+from fedsllm.data.dataset import Batch, TokenDataset
+from fedsllm.trace import Tracer, read_records
+
+
+class LinearPart(torch.nn.Module):
+    """A stand-in client part: embedding + one trainable linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 4).requires_grad_(False)
+        self.lora = torch.nn.Linear(4, 4, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.lora(self.emb(input_ids)) * attention_mask[..., None]
+
+
+class FakeMain:
+    """Answers each step with loss = mean(h^2) and its exact gradient."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, bool]] = []
+        self._last: torch.Tensor | None = None
+
+    def send_step(self, round_index, step, train, activations, attention_mask, labels) -> int:
+        self.calls.append((round_index, step, train))
+        self._last = activations.detach().clone().requires_grad_(True)
+        return activations.numel() * 4
+
+    def receive_reply(self, round_index, step):
+        h = self._last
+        train = self.calls[-1][2]
+        with torch.enable_grad():
+            loss = (h**2).mean()
+            if train:
+                loss.backward()
+        grad = h.grad if train else None
+        return StepReply(float(loss), int(h.shape[0] * h.shape[1]), grad, 0.001), 64
+
+
+class FakeFed:
+    def __init__(self) -> None:
+        self.pushed: list[int] = []
+        self.pulled: list[int] = []
+        self.blobs: dict[int, bytes] = {}
+
+    def join(self, num_samples):
+        return 0, 2
+
+    def push_adapter(self, round_index, blob):
+        self.pushed.append(round_index)
+        self.blobs[round_index] = blob
+
+    def pull_global(self, round_index):
+        self.pulled.append(round_index)
+        return self.blobs.get(round_index)
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    while True:
+        ids = torch.randint(0, 16, (2, 5), generator=g)
+        yield Batch(ids, torch.ones(2, 5, dtype=torch.int64), ids.clone())
+
+
+def _trainer(tmp_path, eval_every: int = 1) -> tuple[ClientTrainer, FakeMain, FakeFed]:
+    torch.manual_seed(0)
+    part = LinearPart()
+    main, fed = FakeMain(), FakeFed()
+
+    def to_bytes(p):
+        return json.dumps(p.lora.weight.tolist()).encode()
+
+    def from_bytes(blob, p):
+        return {"w": torch.tensor(json.loads(blob))}
+
+    def load_state(p, state):
+        with torch.no_grad():
+            p.lora.weight.copy_(state["w"])
+
+    trainer = ClientTrainer(
+        client_id=0,
+        part=part,
+        optimizer=torch.optim.SGD(part.lora.parameters(), lr=0.5),
+        batches=_batches(),
+        main=main,
+        fed=fed,
+        tracer=Tracer(tmp_path / "trace" / "client_0.jsonl", "client", client_id=0),
+        to_bytes=to_bytes,
+        from_bytes=from_bytes,
+        load_state=load_state,
+        compute=lambda flops, label: contextlib.nullcontext(None),
+        eval_every=eval_every,
+    )
+    return trainer, main, fed
+
+
+def test_local_iteration_runs_the_five_steps_in_order(tmp_path) -> None:
+    trainer, main, _ = _trainer(tmp_path)
+    before = trainer.part.lora.weight.clone()
+    losses = [trainer.local_iteration(0, s) for s in range(3)]
+    trainer.tracer.close()
+    assert main.calls == [(0, 0, True), (0, 1, True), (0, 2, True)]
+    assert not torch.equal(before, trainer.part.lora.weight)  # the LoRA step happened
+    assert losses[-1] < losses[0]  # descending on mean(h^2)
+    names = [r["name"] for r in read_records(tmp_path / "trace")]
+    step0 = names[: names.index("train_loss") + 1]
+    assert step0 == ["client_forward", "uplink", "wait_reply", "client_backward", "train_loss"]
+
+
+def test_run_pushes_pulls_and_evaluates_per_round(tmp_path) -> None:
+    trainer, main, fed = _trainer(tmp_path)
+    val = TokenDataset(torch.randint(0, 16, (4, 5)), torch.ones(4, 5, dtype=torch.int64))
+    evaluated: list[int] = []
+
+    def evaluate(round_index: int) -> float:
+        evaluated.append(round_index)
+        return trainer.evaluate(val, batch_size=2, num_batches=2, round_index=round_index)
+
+    trainer.run(num_samples=10, plan=FixedPlan(2), evaluate=evaluate)
+    trainer.tracer.close()
+    assert fed.pushed == [0, 1]
+    assert evaluated == [-1, 0, 1]  # before training, then after every round
+    train_calls = [c for c in main.calls if c[2]]
+    assert [c[:2] for c in train_calls] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    eval_calls = [c for c in main.calls if not c[2]]
+    assert len(eval_calls) == 3 * 2
+    # After each round the pushed adapter came back as the global one.
+    assert trainer.loaded_round == 1
+    records = read_records(tmp_path / "trace")
+    assert [r["round"] for r in records if r["name"] == "val_loss"] == [-1, 0, 1]
+
+
+def test_eval_every_skips_rounds_but_not_the_last(tmp_path) -> None:
+    trainer, _, _ = _trainer(tmp_path, eval_every=5)
+    evaluated: list[int] = []
+    trainer.run(num_samples=10, plan=FixedPlan(1), evaluate=lambda r: evaluated.append(r) or 0.0)
+    assert evaluated == [-1, 1]

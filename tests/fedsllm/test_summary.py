@@ -1,0 +1,106 @@
+"""Run summary arithmetic (fedsllm/summary.py) on a synthetic trace with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fedsllm.summary import summarize
+
+
+def _span(name, t0, t1, *, client=0, round=0, role="client", **extra):
+    return {
+        "kind": "span",
+        "role": role,
+        "client": client,
+        "round": round,
+        "step": 0,
+        "name": name,
+        "t0": t0,
+        "t1": t1,
+        "bytes": 0,
+        "extra": extra,
+    }
+
+
+def _event(name, t, *, client=0, round=0, role="client", **extra):
+    return {
+        "kind": "event",
+        "role": role,
+        "client": client,
+        "round": round,
+        "step": -1,
+        "name": name,
+        "t0": t,
+        "t1": t,
+        "bytes": 0,
+        "extra": extra,
+    }
+
+
+RECORDS = [
+    _span("client_forward", 100.0, 100.1),
+    _event("val_loss", 100.05, round=-1, loss=3.0),
+    _event("train_loss", 100.5, client=0, loss=2.0),
+    _event("train_loss", 100.6, client=1, loss=4.0),
+    _span(
+        "server_compute",
+        100.2,
+        100.3,
+        client=0,
+        role="main_server",
+        mode="train",
+        receive_s=0.5,
+        uplink_bytes=125_000,
+    ),
+    _span(
+        "server_compute",
+        100.3,
+        100.4,
+        client=1,
+        role="main_server",
+        mode="train",
+        receive_s=1.0,
+        uplink_bytes=125_000,
+    ),
+    _span(
+        "server_compute",
+        100.4,
+        100.45,
+        client=0,
+        role="main_server",
+        mode="eval",
+        receive_s=9.0,
+        uplink_bytes=999,
+    ),
+    _span("client_backward", 100.6, 100.7, client=1, device={"overrun_s": 0.25, "target_s": 0.1}),
+    _event("allocation", 100.0, client=0, role="fed_server", uplink_bps=2e6, bandwidth_hz=5e6),
+    _event("allocation", 101.0, client=0, role="fed_server", uplink_bps=4e6, bandwidth_hz=7e6),
+    _event("round_done", 102.0, client=-1, role="fed_server", num_clients=2),
+    _event("val_loss", 102.1, round=0, loss=2.5),
+    _event("train_loss", 102.5, client=0, round=1, loss=1.0),
+    _event("round_done", 103.5, client=-1, round=1, role="fed_server"),
+    _event("val_loss", 103.6, round=1, loss=2.0),
+]
+
+
+def test_per_round_losses_and_wall_times() -> None:
+    summary = summarize(RECORDS)
+    r0, r1 = summary.rounds
+    assert (r0.round, r0.train_loss, r0.num_clients, r0.num_steps) == (0, 3.0, 2, 2)
+    assert r0.wall_s == pytest.approx(2.0)  # first span at 100.0 -> round_done 102.0
+    assert r0.val_loss == 2.5
+    assert (r1.train_loss, r1.wall_s, r1.val_loss) == (1.0, pytest.approx(1.5), 2.0)
+    assert summary.initial_val_loss == 3.0 and summary.final_val_loss == 2.0
+    assert summary.total_wall_s == pytest.approx(3.5)
+
+
+def test_links_allocated_against_achieved() -> None:
+    links = {link.client: link for link in summarize(RECORDS).links}
+    assert links[0].allocated_uplink_bps == pytest.approx(3e6)  # mean of the pushes
+    assert links[0].allocated_bandwidth_hz == pytest.approx(6e6)
+    assert links[0].achieved_uplink_bps == pytest.approx(2e6)  # 125 kB in 0.5 s, eval ignored
+    assert links[1].achieved_uplink_bps == pytest.approx(1e6)
+    assert math.isnan(links[1].allocated_uplink_bps)
+    assert links[1].overrun_s == pytest.approx(0.25) and links[0].overrun_s == 0.0
