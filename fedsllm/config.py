@@ -368,13 +368,18 @@ class RunConfig:
     host: str = "127.0.0.1"
     """Address the servers bind and clients dial in loopback mode."""
     num_threads: int = 1
-    """torch intra-op threads per process."""
+    """torch intra-op threads of each client process."""
+    server_threads: int = 2
+    """torch intra-op threads of the main server, which computes for every client
+    (serialized by its lock), while clients mostly wait on their links."""
     startup_timeout_s: float = 120.0
     """How long the launcher waits for a server to report healthy."""
 
     def __post_init__(self) -> None:
         _one_of("run.network", self.network, NETWORKS)
         _check(self.num_threads >= 1, "run.num_threads", self.num_threads, "must be >= 1")
+        _check(self.server_threads >= 1, "run.server_threads", self.server_threads,
+               "must be >= 1")
         _positive("run.startup_timeout_s", self.startup_timeout_s)
 
 

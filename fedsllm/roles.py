@@ -41,7 +41,9 @@ def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:
     from fedsllm.model.lora import apply_lora
     from fedsllm.model.split import split_model
 
-    torch.set_num_threads(scenario.run.num_threads)
+    torch.set_num_threads(
+        scenario.run.server_threads if side == "server" else scenario.run.num_threads
+    )
     tokenizer = load_tokenizer(scenario)
     base = build_base_model(scenario, tokenizer.vocab_size)
     family = model_family(base)

@@ -37,7 +37,7 @@ SOLVER_NAMES = ("exact", "cvxpy")
 
 LOGIT_RANGE = (-9.0, 9.0)
 """eta searched within logit^-1 of this: about [1.2e-4, 1 - 1.2e-4]."""
-NUM_GRID = 25
+NUM_GRID = 13
 """Grid points of the bracketing pass over logit(eta)."""
 BRENT_XATOL = 1e-9
 """Absolute tolerance of the refinement, in logit(eta)."""
@@ -117,31 +117,42 @@ def _equal_share_time(inputs: DelayInputs, fixed: np.ndarray, need: np.ndarray) 
     return float(np.max(fixed + need / rate_bps(share, inputs.snr_hz)))
 
 
-def exact_round_time(
-    inputs: DelayInputs, n: float, t_start: float | None = None
-) -> tuple[float, np.ndarray]:
+def exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None
+                     ) -> tuple[float, np.ndarray]:
     """min over b of max_k round_k for fixed n: the lemma plus a search on t (section 5).
 
     Every client finishes at the common time t; b_k(t) = lemma(C_k / (t - fixed_k))
-    decreases and is convex in t, so Newton on sum_k b_k(t) = B, kept inside a
-    bisection bracket, converges from either side. The bracket starts at
-    (max_k fixed_k + C_k / ceiling_k, equal-share round time]. `t_start`
-    warm-starts it (the outer eta search passes the previous answer).
-    Returns (round time s, shares Hz summing to at most B).
+    decreases and is convex in t, so Newton on log sum_k b_k(t) = log B, kept
+    inside a bisection bracket, converges from either side. The bracket
+    starts at (max_k fixed_k + C_k / ceiling_k, equal-share round time].
+    `t_start` warm-starts it. Returns (round time s, shares Hz summing to at most B).
     """
+    t, shares, _ = _exact_round_time(inputs, n, t_start=t_start)
+    return t, shares
+
+
+def _exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None,
+                      start_fraction: float | None = None
+                      ) -> tuple[float, np.ndarray, float]:
+    """exact_round_time, also taking and returning the answer's place in the initial bracket
+    ((t - lo) / (hi - lo)), which predicts the next answer of the eta search well."""
     _check_solvable(inputs)
     fixed, need = _round_terms(inputs, n)
     snr = inputs.snr_hz
     total = inputs.bandwidth_hz
     lo = float(np.max(fixed + need / (snr / LN2)))
     hi = _equal_share_time(inputs, fixed, need)
+    lo0, hi0 = lo, hi
+    if start_fraction is not None and 0.0 < start_fraction < 1.0:
+        t_start = lo + start_fraction * (hi - lo)
     t = t_start if t_start is not None and lo < t_start < hi else hi
+    log_total = math.log(total)
     shares = np.full(inputs.num_clients, total / inputs.num_clients)
     for _ in range(200):
         slack = t - fixed
-        rho = need / slack
-        shares = bandwidth_for_rate(rho, snr)
-        excess = float(shares.sum()) - total
+        shares = bandwidth_for_rate(need / slack, snr)
+        ssum = float(shares.sum())
+        excess = ssum - total
         if excess > 0:
             lo = t
         else:
@@ -149,26 +160,27 @@ def exact_round_time(
         if abs(excess) <= 1e-12 * total or hi - lo <= 4e-16 * hi:
             break
         t_new = math.nan
-        if math.isfinite(excess):
-            # d b_k / d t = (1 / R'_k(b_k)) * d rho_k / d t,  d rho_k / d t = -C_k / slack^2
+        if math.isfinite(ssum):
+            # d b_k / d t = (1 / R'_k(b_k)) * d rho_k / d t,  d rho_k / d t = -C_k / slack^2;
+            # Newton on the log tames the pole of sum_k b_k at the lower end.
             slope = float(np.sum(-(need / slack**2) / rate_slope(shares, snr)))
             if slope < 0 and math.isfinite(slope):
-                t_new = t - excess / slope
+                t_new = t - (math.log(ssum) - log_total) * ssum / slope
         if not lo < t_new < hi:
             t_new = 0.5 * (lo + hi)
         if abs(t_new - t) <= 1e-15 * t:
             break
         t = t_new
     else:
-        raise AllocationError(
-            f"exact inner solve did not converge at n={n!r}", status="not_converged"
-        )
+        raise AllocationError(f"exact inner solve did not converge at n={n!r}",
+                              status="not_converged")
     if not np.all(np.isfinite(shares)):
         shares = bandwidth_for_rate(need / (hi - fixed), snr)
     ssum = float(shares.sum())
     if ssum > total:
         shares = shares * (total / ssum)
-    return float(np.max(client_round_times(inputs, shares, n))), shares
+    fraction = (t - lo0) / (hi0 - lo0) if hi0 > lo0 else 1.0
+    return float(np.max(client_round_times(inputs, shares, n))), shares, fraction
 
 
 class CvxpyInner:
@@ -311,9 +323,10 @@ def _exact_inner(inputs: DelayInputs) -> Callable[[float], tuple[float, np.ndarr
     state: dict[str, float] = {}
 
     def exact(n: float) -> tuple[float, np.ndarray]:
-        # Warm start from the previous eta's round time: the outer search moves slowly.
-        t, shares = exact_round_time(inputs, n, state.get("t"))
-        state["t"] = t
+        # Warm start where the previous eta's answer sat in its bracket: the outer
+        # search moves slowly and the answer's place in the bracket barely changes.
+        t, shares, state["fraction"] = _exact_round_time(
+            inputs, n, start_fraction=state.get("fraction"))
         return t, shares
 
     return exact

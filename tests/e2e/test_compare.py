@@ -57,3 +57,26 @@ def test_compare_optimal_and_equal(tmp_path) -> None:
     assert a["link"]["backend"] == "token" and a["link"]["emulate_compute"] is True
     assert (out / "compare.png").read_bytes()[:8] == PNG_MAGIC
     assert "| optimal |" in (out / "compare.md").read_text()
+
+
+def test_failed_run_exits_1_naming_policy_and_process(tmp_path) -> None:
+    out = tmp_path / "cmp"
+    proc = fedsllm(
+        "compare",
+        "--policies",
+        "equal,optimal",
+        "--clients",
+        "2",
+        "--out",
+        str(out),
+        *overrides(f"model.path='{tmp_path / 'no_such_checkpoint'}'"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "policy equal" in proc.stderr
+    assert any(name in proc.stderr for name in ("fed_server", "main_server", "client_"))
+    doc = read_json(out / "compare.json")
+    # The first failure stops the comparison: optimal never ran.
+    assert [p["policy"] for p in doc["policies"]] == ["equal"]
+    assert doc["policies"][0]["ok"] is False and doc["policies"][0]["failed_process"]
