@@ -34,13 +34,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"host {platform.node()} python {platform.python_version()} numpy {np.__version__} "
-          f"scipy {scipy.__version__} cvxpy {cvxpy.__version__}")
-    print(f"{'solver':8} {'K':>6} {'median s':>10} {'min s':>8} {'refused':>8}")
+    print(
+        f"host {platform.node()} python {platform.python_version()} numpy {np.__version__} "
+        f"scipy {scipy.__version__} cvxpy {cvxpy.__version__}"
+    )
+    print("solver = whole eta search; solver@eta = shares at eta=0.5 (two inner solves)")
+    print(f"{'solver':10} {'K':>6} {'median s':>10} {'min s':>8} {'refused':>8}")
     # Warm imports so that the first row is not an import time.
     solve_allocation(random_inputs(0, 3), "exact")
     solve_allocation(random_inputs(0, 3), "cvxpy", 0.5)
-    for solver, sizes in (("exact", (10, 100, 1000, 10000)), ("cvxpy", (10, 100, 200))):
+    cases = (
+        ("exact", None, (10, 100, 1000, 10000)),
+        ("cvxpy", None, (10, 100, 200)),
+        ("exact", 0.5, (10, 100, 200)),
+        ("cvxpy", 0.5, (10, 100, 200)),
+    )
+    for solver, eta, sizes in cases:
+        label = solver if eta is None else f"{solver}@eta"
         for k in sizes:
             times = []
             refused = 0
@@ -48,7 +58,7 @@ def main() -> None:
                 inputs = random_inputs(rep, k)
                 start = time.perf_counter()
                 try:
-                    solve_allocation(inputs, solver)
+                    solve_allocation(inputs, solver, eta)
                 except AllocationError:
                     refused += 1
                     continue
@@ -57,7 +67,7 @@ def main() -> None:
                 times.append(elapsed)
             med = statistics.median(times) if times else float("nan")
             low = min(times) if times else float("nan")
-            print(f"{solver:8} {k:>6} {med:>10.4f} {low:>8.4f} {refused:>5}/{args.repeats}")
+            print(f"{label:10} {k:>6} {med:>10.4f} {low:>8.4f} {refused:>5}/{args.repeats}")
 
 
 if __name__ == "__main__":

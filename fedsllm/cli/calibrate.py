@@ -75,6 +75,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     base = load_scenario(args.scenario, args.overrides)
     out_dir = fresh_out_dir(args.out, f"calibrate-{base.name}")
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=max(console.width, 120))
     console.print(
         f"[bold]fedsllm calibrate[/] scenario [cyan]{base.name}[/]: target val loss "
         f"{args.target_loss:g}, n in {list(steps)}, {args.max_rounds} rounds each -> {out_dir}"

@@ -20,21 +20,33 @@ from fedsllm.errors import ConfigError
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "sweep", help="delay of every allocation policy against one parameter (CSV + PNG)",
+        "sweep",
+        help="delay of every allocation policy against one parameter (CSV + PNG)",
         description="Sweep one parameter of the delay model (MODEL.md section 5) and plot "
-                    "the delay of every policy; --paper runs the standard set.")
+        "the delay of every policy; --paper runs the standard set.",
+    )
     add_scenario_args(parser)
-    parser.add_argument("--param", default=None,
-                        help="num_clients, bandwidth_mhz, tx_power_dbm, cell_radius_m or "
-                             "smashed_scale")
+    parser.add_argument(
+        "--param",
+        default=None,
+        help="num_clients, bandwidth_mhz, tx_power_dbm, cell_radius_m or smashed_scale",
+    )
     parser.add_argument("--values", default=None, help="comma-separated values, e.g. 5,10,20")
     parser.add_argument("--out", default="sweep_out", help="output directory (default sweep_out)")
-    parser.add_argument("--seeds", type=int, default=3,
-                        help="random placements averaged per point (default 3)")
-    parser.add_argument("--solver", choices=("exact", "cvxpy"), default="exact",
-                        help="inner solver of the optimal policies (default exact)")
-    parser.add_argument("--paper", action="store_true",
-                        help="run the standard set of sweeps and print the average reduction")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="random placements averaged per point (default 3)"
+    )
+    parser.add_argument(
+        "--solver",
+        choices=("exact", "cvxpy"),
+        default="exact",
+        help="inner solver of the optimal policies (default exact)",
+    )
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="run the standard set of sweeps and print the average reduction",
+    )
     parser.set_defaults(func=run)
 
 
@@ -57,14 +69,25 @@ def write_csv(path: Path, points: list[Any]) -> None:
     policies = list(points[0].mean_delay_s)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([points[0].param, "num_seeds",
-                         *[f"T_{p}_s" for p in policies], *[f"eta_{p}" for p in policies],
-                         "reduction_optimal_vs_equal"])
+        writer.writerow(
+            [
+                points[0].param,
+                "num_seeds",
+                *[f"T_{p}_s" for p in policies],
+                *[f"eta_{p}" for p in policies],
+                "reduction_optimal_vs_equal",
+            ]
+        )
         for pt in points:
-            writer.writerow([pt.value, pt.num_seeds,
-                             *[f"{pt.mean_delay_s[p]:.9g}" for p in policies],
-                             *[f"{pt.mean_eta[p]:.9g}" for p in policies],
-                             f"{pt.reduction:.9g}"])
+            writer.writerow(
+                [
+                    pt.value,
+                    pt.num_seeds,
+                    *[f"{pt.mean_delay_s[p]:.9g}" for p in policies],
+                    *[f"{pt.mean_eta[p]:.9g}" for p in policies],
+                    f"{pt.reduction:.9g}",
+                ]
+            )
 
 
 def write_png(path: Path, points: list[Any]) -> None:
@@ -75,8 +98,9 @@ def write_png(path: Path, points: list[Any]) -> None:
 
     param = points[0].param
     xs = [pt.value for pt in points]
-    fig, (ax, ax_red) = plt.subplots(2, 1, figsize=(7, 7), sharex=True,
-                                     gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax_red) = plt.subplots(
+        2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     for policy in points[0].mean_delay_s:
         ax.plot(xs, [pt.mean_delay_s[policy] for pt in points], marker="o", label=policy)
     ax.set_yscale("log")
@@ -121,21 +145,27 @@ def run(args: argparse.Namespace) -> int:
         all_points.extend(points)
         write_csv(out / f"sweep_{param}.csv", points)
         write_png(out / f"sweep_{param}.png", points)
-        print(f"{param}: " + ", ".join(f"{pt.value:g} -> {100 * pt.reduction:.2f}%"
-                                       for pt in points)
-              + f"  (average {100 * average_reduction(points):.2f}%)")
+        print(
+            f"{param}: "
+            + ", ".join(f"{pt.value:g} -> {100 * pt.reduction:.2f}%" for pt in points)
+            + f"  (average {100 * average_reduction(points):.2f}%)"
+        )
     avg = 100 * average_reduction(all_points)
     if args.paper:
         scen = from_dict(base)
-        print(f"Parameters: model {scen.model.preset}, split {scen.split.split_layer}, "
-              f"rank {scen.adapter.rank}, seq_len {scen.data.seq_len}, batch "
-              f"{scen.training.batch_size}, base K={scen.clients.num_clients}, B="
-              f"{scen.channel.bandwidth_hz / 1e6:g} MHz, p={scen.channel.tx_power_dbm:g} dBm, "
-              f"radius {scen.channel.cell_radius_m:g} m, a={scen.convergence.a:g}, "
-              f"v={scen.convergence.v:g}, fixed eta {scen.policy.fixed_eta:g}, "
-              f"{args.seeds} placements per point, solver {args.solver}")
-        print(f"Average delay reduction of the optimum against the unoptimized case over "
-              f"{len(all_points)} points: {avg:.2f}% (paper: 47.63%)")
+        print(
+            f"Parameters: model {scen.model.preset}, split {scen.split.split_layer}, "
+            f"rank {scen.adapter.rank}, seq_len {scen.data.seq_len}, batch "
+            f"{scen.training.batch_size}, base K={scen.clients.num_clients}, B="
+            f"{scen.channel.bandwidth_hz / 1e6:g} MHz, p={scen.channel.tx_power_dbm:g} dBm, "
+            f"radius {scen.channel.cell_radius_m:g} m, a={scen.convergence.a:g}, "
+            f"v={scen.convergence.v:g}, fixed eta {scen.policy.fixed_eta:g}, "
+            f"{args.seeds} placements per point, solver {args.solver}"
+        )
+        print(
+            f"Average delay reduction of the optimum against the unoptimized case over "
+            f"{len(all_points)} points: {avg:.2f}% (paper: 47.63%)"
+        )
     else:
         print(f"Average delay reduction against the unoptimized case: {avg:.2f}%")
     print(f"Wrote CSV and PNG files under {out}")

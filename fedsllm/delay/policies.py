@@ -16,8 +16,15 @@ from fedsllm.delay.inputs import DelayInputs
 from fedsllm.delay.solvers import Allocation, shares_allocation, solve_allocation
 from fedsllm.errors import ConfigError
 
-POLICY_NAMES = ("optimal", "equal", "equal_opt_eta", "opt_fixed_eta", "proportional",
-                "random", "fixed")
+POLICY_NAMES = (
+    "optimal",
+    "equal",
+    "equal_opt_eta",
+    "opt_fixed_eta",
+    "proportional",
+    "random",
+    "fixed",
+)
 """config.POLICIES without fixed_steps (which runs without a controller)."""
 
 _RANDOM_STREAM = 11
@@ -28,19 +35,26 @@ def _fixed_shares(inputs: DelayInputs, fractions: Sequence[float] | None) -> np.
         raise ConfigError("policy.shares_file", None, "policy fixed needs a list of shares")
     arr = np.asarray(list(fractions), dtype=float).reshape(-1)
     if arr.size != inputs.num_clients:
-        raise ConfigError("policy.shares_file", arr.size,
-                          f"must list one share per client ({inputs.num_clients})")
+        raise ConfigError(
+            "policy.shares_file", arr.size, f"must list one share per client ({inputs.num_clients})"
+        )
     for i, x in enumerate(arr):
         if not (np.isfinite(x) and x > 0):
             raise ConfigError(f"policy.shares_file[{i}]", float(x), "must be > 0")
     return arr / arr.sum() * inputs.bandwidth_hz
 
 
-def solve_policy(inputs: DelayInputs, policy_name: str, solver: str = "exact",
-                 fixed_eta: float = 0.5, shares: Sequence[float] | None = None,
-                 num_random_draws: int = 20, seed: int = 0,
-                 optimize_eta_for_fixed_shares: bool = True,
-                 min_local_iterations: float = 1.0) -> Allocation:
+def solve_policy(
+    inputs: DelayInputs,
+    policy_name: str,
+    solver: str = "exact",
+    fixed_eta: float = 0.5,
+    shares: Sequence[float] | None = None,
+    num_random_draws: int = 20,
+    seed: int = 0,
+    optimize_eta_for_fixed_shares: bool = True,
+    min_local_iterations: float = 1.0,
+) -> Allocation:
     """The allocation of one policy (MODEL.md section 5).
 
     - optimal: optimal shares and eta (`solver`: exact or cvxpy);
@@ -65,14 +79,21 @@ def solve_policy(inputs: DelayInputs, policy_name: str, solver: str = "exact",
     if policy_name == "equal":
         return shares_allocation(inputs, np.full(k, total / k), "equal", fixed_eta)
     if policy_name == "equal_opt_eta":
-        return shares_allocation(inputs, np.full(k, total / k), "equal_opt_eta", None,
-                                 min_local_iterations)
+        return shares_allocation(
+            inputs, np.full(k, total / k), "equal_opt_eta", None, min_local_iterations
+        )
     if policy_name == "proportional":
         if not np.all(inputs.gain > 0):
-            raise ConfigError("DelayInputs.gain", inputs.gain.min(),
-                              "proportional shares need every gain > 0")
-        return shares_allocation(inputs, inputs.gain / inputs.gain.sum() * total,
-                                 "proportional", share_eta, min_local_iterations)
+            raise ConfigError(
+                "DelayInputs.gain", inputs.gain.min(), "proportional shares need every gain > 0"
+            )
+        return shares_allocation(
+            inputs,
+            inputs.gain / inputs.gain.sum() * total,
+            "proportional",
+            share_eta,
+            min_local_iterations,
+        )
     if policy_name == "random":
         if num_random_draws < 1:
             raise ConfigError("policy.num_random_draws", num_random_draws, "must be >= 1")
@@ -80,20 +101,28 @@ def solve_policy(inputs: DelayInputs, policy_name: str, solver: str = "exact",
         draws = rng.dirichlet(np.ones(k), size=num_random_draws) * total
         return shares_allocation(inputs, draws, "random", share_eta, min_local_iterations)
     if policy_name == "fixed":
-        return shares_allocation(inputs, _fixed_shares(inputs, shares), "fixed", share_eta,
-                                 min_local_iterations)
+        return shares_allocation(
+            inputs, _fixed_shares(inputs, shares), "fixed", share_eta, min_local_iterations
+        )
     raise ConfigError("policy.name", policy_name, f"must be one of {', '.join(POLICY_NAMES)}")
 
 
-def solve_policies(inputs: DelayInputs, solver: str = "exact", fixed_eta: float = 0.5,
-                   shares: Sequence[float] | None = None, num_random_draws: int = 20,
-                   seed: int = 0, names: Sequence[str] | None = None
-                   ) -> dict[str, Allocation]:
+def solve_policies(
+    inputs: DelayInputs,
+    solver: str = "exact",
+    fixed_eta: float = 0.5,
+    shares: Sequence[float] | None = None,
+    num_random_draws: int = 20,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> dict[str, Allocation]:
     """Every policy in `names` (default: all, fixed only when `shares` is given)."""
     if names is None:
         names = [p for p in POLICY_NAMES if p != "fixed" or shares is not None]
-    return {name: solve_policy(inputs, name, solver, fixed_eta, shares, num_random_draws, seed)
-            for name in names}
+    return {
+        name: solve_policy(inputs, name, solver, fixed_eta, shares, num_random_draws, seed)
+        for name in names
+    }
 
 
 def reduction(allocation: Allocation, baseline: Allocation) -> float:

@@ -117,8 +117,9 @@ def _equal_share_time(inputs: DelayInputs, fixed: np.ndarray, need: np.ndarray) 
     return float(np.max(fixed + need / rate_bps(share, inputs.snr_hz)))
 
 
-def exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None
-                     ) -> tuple[float, np.ndarray]:
+def exact_round_time(
+    inputs: DelayInputs, n: float, t_start: float | None = None
+) -> tuple[float, np.ndarray]:
     """min over b of max_k round_k for fixed n: the lemma plus a search on t (section 5).
 
     Every client finishes at the common time t; b_k(t) = lemma(C_k / (t - fixed_k))
@@ -131,9 +132,9 @@ def exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None
     return t, shares
 
 
-def _exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = None,
-                      start_fraction: float | None = None
-                      ) -> tuple[float, np.ndarray, float]:
+def _exact_round_time(
+    inputs: DelayInputs, n: float, t_start: float | None = None, start_fraction: float | None = None
+) -> tuple[float, np.ndarray, float]:
     """exact_round_time, also taking and returning the answer's place in the initial bracket
     ((t - lo) / (hi - lo)), which predicts the next answer of the eta search well."""
     _check_solvable(inputs)
@@ -172,8 +173,9 @@ def _exact_round_time(inputs: DelayInputs, n: float, t_start: float | None = Non
             break
         t = t_new
     else:
-        raise AllocationError(f"exact inner solve did not converge at n={n!r}",
-                              status="not_converged")
+        raise AllocationError(
+            f"exact inner solve did not converge at n={n!r}", status="not_converged"
+        )
     if not np.all(np.isfinite(shares)):
         shares = bandwidth_for_rate(need / (hi - fixed), snr)
     ssum = float(shares.sum())
@@ -197,7 +199,8 @@ class CvxpyInner:
 
     Clarabel runs first (max_step_fraction=0.9, as FACTS.md measured, with
     tolerances 1e-10), then with its default tolerances, then with a shorter
-    step and more iterations, then SCS with tight eps. An answer is accepted only with status optimal and if the exact
+    step and more iterations, then SCS with tight eps. An answer is accepted
+    only with status optimal and if the exact
     round time of its shares (fedsllm.delay.rates) matches the solver's
     objective within CVXPY_CHECK_RTOL; otherwise AllocationError with the
     last status. Ill-conditioned instances (a client near its rate ceiling
@@ -250,7 +253,10 @@ class CvxpyInner:
         self._fixed.value = fixed / t_ref
         self._need.value = need * LN2 * k / (inputs.bandwidth_hz * t_ref)
         last = "not_solved"
+        tried: list[str] = []
         for solver, opts in self._attempts():
+            if last != "not_solved":
+                tried.append(last)
             try:
                 with warnings.catch_warnings():
                     # cvxpy warns on inaccurate solutions; the status check below decides.
@@ -270,15 +276,21 @@ class CvxpyInner:
                 shares *= inputs.bandwidth_hz / ssum
             t_true = float(np.max(client_round_times(inputs, shares, n)))
             t_solver = float(self._t.value) * t_ref
-            if not (math.isfinite(t_true)
-                    and abs(t_true - t_solver) <= CVXPY_CHECK_RTOL * t_solver):
-                last = (f"{solver}: inaccurate (round time {t_true!r} s of its shares vs "
-                        f"objective {t_solver!r} s)")
+            if not (
+                math.isfinite(t_true) and abs(t_true - t_solver) <= CVXPY_CHECK_RTOL * t_solver
+            ):
+                last = (
+                    f"{solver}: inaccurate (round time {t_true!r} s of its shares vs "
+                    f"objective {t_solver!r} s)"
+                )
                 continue
             self.backend = str(solver)
             return t_true, shares
-        raise AllocationError(f"cvxpy found no checked optimal solution at n={n!r}; "
-                              f"last attempt {last}", status=last.split(" (")[0])
+        tried.append(last)
+        raise AllocationError(
+            f"cvxpy found no checked optimal solution at n={n!r}; attempts: {'; '.join(tried)}",
+            status=last.split(" (")[0],
+        )
 
 
 def max_eta(v: float, min_local_iterations: float) -> float:
@@ -326,7 +338,8 @@ def _exact_inner(inputs: DelayInputs) -> Callable[[float], tuple[float, np.ndarr
         # Warm start where the previous eta's answer sat in its bracket: the outer
         # search moves slowly and the answer's place in the bracket barely changes.
         t, shares, state["fraction"] = _exact_round_time(
-            inputs, n, start_fraction=state.get("fraction"))
+            inputs, n, start_fraction=state.get("fraction")
+        )
         return t, shares
 
     return exact

@@ -27,8 +27,7 @@ SWEEP_PARAMS: dict[str, tuple[str | None, float]] = {
 """Sweepable parameter -> (scenario field, unit factor). smashed_scale multiplies
 the uplink bits per iteration (beta*s) counted from the model."""
 
-SWEEP_POLICIES = ("optimal", "equal", "equal_opt_eta", "opt_fixed_eta", "proportional",
-                  "random")
+SWEEP_POLICIES = ("optimal", "equal", "equal_opt_eta", "opt_fixed_eta", "proportional", "random")
 
 PAPER_SWEEPS: dict[str, tuple[float, ...]] = {
     "num_clients": (2, 5, 10, 20, 50),
@@ -68,8 +67,14 @@ def check_param(param: str) -> None:
         raise ConfigError("--param", param, f"must be one of {', '.join(SWEEP_PARAMS)}")
 
 
-def sweep(base: dict[str, Any], param: str, values: Sequence[float], num_seeds: int = 3,
-          solver: str = "exact", policies: Sequence[str] = SWEEP_POLICIES) -> list[SweepPoint]:
+def sweep(
+    base: dict[str, Any],
+    param: str,
+    values: Sequence[float],
+    num_seeds: int = 3,
+    solver: str = "exact",
+    policies: Sequence[str] = SWEEP_POLICIES,
+) -> list[SweepPoint]:
     """Delay of each policy at each value of `param`, seeds base seed .. base seed + num_seeds-1.
 
     `base` is a scenario dict (load_dict + overrides); each point is
@@ -106,21 +111,25 @@ def sweep(base: dict[str, Any], param: str, values: Sequence[float], num_seeds: 
                 inputs = inputs.replace(bits_per_iter=inputs.bits_per_iter * value)
             pol = scenario.policy
             for name in policies:
-                alloc = solve_policy(inputs, name, solver, pol.fixed_eta, None,
-                                     pol.num_random_draws, scenario.seed)
+                alloc = solve_policy(
+                    inputs, name, solver, pol.fixed_eta, None, pol.num_random_draws, scenario.seed
+                )
                 totals[name].append(alloc.total_delay_s)
                 etas[name].append(alloc.eta)
         mean = {p: float(np.mean(v)) for p, v in totals.items()}
-        points.append(SweepPoint(
-            param=param,
-            value=float(value),
-            num_seeds=num_seeds,
-            mean_delay_s=mean,
-            mean_eta={p: float(np.mean(v)) for p, v in etas.items()},
-            reduction=1.0 - mean["optimal"] / mean["equal"],
-            per_seed_reduction=[1.0 - o / e for o, e in
-                                zip(totals["optimal"], totals["equal"], strict=True)],
-        ))
+        points.append(
+            SweepPoint(
+                param=param,
+                value=float(value),
+                num_seeds=num_seeds,
+                mean_delay_s=mean,
+                mean_eta={p: float(np.mean(v)) for p, v in etas.items()},
+                reduction=1.0 - mean["optimal"] / mean["equal"],
+                per_seed_reduction=[
+                    1.0 - o / e for o, e in zip(totals["optimal"], totals["equal"], strict=True)
+                ],
+            )
+        )
     return points
 
 

@@ -23,7 +23,8 @@ def test_compare_optimal_and_equal(tmp_path) -> None:
         "2",
         "--out",
         str(out),
-        *overrides("convergence.a=1.0", "convergence.v=2.0"),
+        # TINY turns emulation off; compare turns compute pacing back on by itself.
+        *overrides("link.backend='token'", "convergence.a=1.0", "convergence.v=2.0"),
         cwd=tmp_path,
         timeout=600,
     )

@@ -19,18 +19,30 @@ def test_plan_json_holds_inputs_and_every_policy(capsys: pytest.CaptureFixture) 
     inp = doc["inputs"]
     assert len(inp["gain"]) == 4 and inp["bandwidth_hz"] == 10e6
     assert doc["scenario"]["seed"] == 2
-    for key in ("power_w", "tau_s", "client_compute_s", "bits_per_iter", "omega_bits",
-                "noise_psd_w_per_hz", "a", "v"):
+    for key in (
+        "power_w",
+        "tau_s",
+        "client_compute_s",
+        "bits_per_iter",
+        "omega_bits",
+        "noise_psd_w_per_hz",
+        "a",
+        "v",
+    ):
         assert key in inp
-    assert {"optimal", "equal", "equal_opt_eta", "opt_fixed_eta", "proportional",
-            "random"} <= set(doc["policies"])
+    assert {"optimal", "equal", "equal_opt_eta", "opt_fixed_eta", "proportional", "random"} <= set(
+        doc["policies"]
+    )
     opt = doc["policies"]["optimal"]
     assert len(opt["bandwidth_hz"]) == 4 and len(opt["rate_bps"]) == 4
     assert len(opt["bits_per_round"]) == 4
     assert doc["policies"]["equal"]["reduction_vs_equal"] == 0.0
     # Anyone can recompute the optimum from the document alone.
-    fields = {k: np.array(v) if isinstance(v, list) else v for k, v in inp.items()
-              if k in DelayInputs.__dataclass_fields__}
+    fields = {
+        k: np.array(v) if isinstance(v, list) else v
+        for k, v in inp.items()
+        if k in DelayInputs.__dataclass_fields__
+    }
     again = solve_allocation(DelayInputs(**fields), "exact")
     assert again.total_delay_s == pytest.approx(opt["total_delay_s"], rel=1e-9)
 
@@ -41,13 +53,17 @@ def test_plan_table_and_cvxpy(capsys: pytest.CaptureFixture) -> None:
     assert "optimal" in out and "equal_opt_eta" in out and "cvxpy" in out
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["--bandwidth-mhz", "-5"], "channel.bandwidth_hz"),
-    (["--clients", "0"], "clients.num_clients"),
-    (["--set", "convergence.a=-1"], "convergence.a"),
-])
-def test_bad_flag_value_exits_2_naming_the_field(argv: list[str], field: str,
-                                                 capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["--bandwidth-mhz", "-5"], "channel.bandwidth_hz"),
+        (["--clients", "0"], "clients.num_clients"),
+        (["--set", "convergence.a=-1"], "convergence.a"),
+    ],
+)
+def test_bad_flag_value_exits_2_naming_the_field(
+    argv: list[str], field: str, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["plan", *argv]) == 2
     assert field in capsys.readouterr().err
 

@@ -13,10 +13,22 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_sweep_writes_csv_and_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = main(["sweep", "--param", "num_clients", "--values", "2,4", "--seeds", "2",
-               "--out", str(tmp_path)])
+    rc = main(
+        [
+            "sweep",
+            "--param",
+            "num_clients",
+            "--values",
+            "2,4",
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
-    rows = list(csv.DictReader(open(tmp_path / "sweep_num_clients.csv")))
+    with open(tmp_path / "sweep_num_clients.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [float(r["num_clients"]) for r in rows] == [2.0, 4.0]
     for r in rows:
         assert float(r["T_optimal_s"]) <= float(r["T_equal_s"])
@@ -25,13 +37,17 @@ def test_sweep_writes_csv_and_png(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "Average delay reduction" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["--param", "rank", "--values", "1"], "--param"),
-    (["--param", "bandwidth_mhz", "--values", "5,x"], "--values"),
-    (["--param", "bandwidth_mhz", "--values", "0"], "channel.bandwidth_hz"),
-    (["--values", "1"], "--param"),
-])
-def test_bad_sweep_flags_exit_2(argv: list[str], field: str, tmp_path: Path,
-                                capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["--param", "rank", "--values", "1"], "--param"),
+        (["--param", "bandwidth_mhz", "--values", "5,x"], "--values"),
+        (["--param", "bandwidth_mhz", "--values", "0"], "channel.bandwidth_hz"),
+        (["--values", "1"], "--param"),
+    ],
+)
+def test_bad_sweep_flags_exit_2(
+    argv: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["sweep", *argv, "--out", str(tmp_path)]) == 2
     assert field in capsys.readouterr().err

@@ -10,8 +10,9 @@ import pytest
 from fedsllm.delay.inputs import DelayInputs
 
 
-def random_inputs(seed: int, num_clients: int, bandwidth_hz: float = 20e6,
-                  identical: bool = False) -> DelayInputs:
+def random_inputs(
+    seed: int, num_clients: int, bandwidth_hz: float = 20e6, identical: bool = False
+) -> DelayInputs:
     """Placement in a 50-500 m disc, 8 dB shadowing, 10 dBm, compute and bits spread 10x."""
     rng = np.random.default_rng([seed, num_clients])
     k = num_clients
@@ -19,8 +20,9 @@ def random_inputs(seed: int, num_clients: int, bandwidth_hz: float = 20e6,
     gain_db = -(128.1 + 37.6 * np.log10(dist / 1000.0)) + 8.0 * rng.standard_normal(k)
     if identical:
         gain_db[:] = gain_db[0]
-    spread = (lambda lo, hi: np.full(k, lo)) if identical else (
-        lambda lo, hi: rng.uniform(lo, hi, k))
+    spread = (
+        (lambda lo, hi: np.full(k, lo)) if identical else (lambda lo, hi: rng.uniform(lo, hi, k))
+    )
     return DelayInputs(
         gain=10 ** (gain_db / 10),
         power_w=np.full(k, 0.01),

@@ -13,14 +13,22 @@ from fedsllm.model.counts import count_scenario
 
 
 def test_inputs_follow_scenario_and_counts() -> None:
-    scen = load_scenario(None, ["clients.num_clients=4", "training.batch_size=4",
-                                "devices.server_flops=1e10", "devices.aggregation_s=0.5",
-                                "clients.profiles=[{flops=1e9}, {}, {}, {}]"])
+    scen = load_scenario(
+        None,
+        [
+            "clients.num_clients=4",
+            "training.batch_size=4",
+            "devices.server_flops=1e10",
+            "devices.aggregation_s=0.5",
+            "clients.profiles=[{flops=1e9}, {}, {}, {}]",
+        ],
+    )
     counts = count_scenario(scen)
     inp = delay_inputs(scen)
     assert inp.num_clients == 4
-    np.testing.assert_allclose(inp.client_compute_s,
-                               4 * counts.phi_c / np.array([1e9, 2e9, 2e9, 2e9]))
+    np.testing.assert_allclose(
+        inp.client_compute_s, 4 * counts.phi_c / np.array([1e9, 2e9, 2e9, 2e9])
+    )
     np.testing.assert_allclose(inp.server_compute_s, 4 * counts.phi_s / 1e10)
     np.testing.assert_allclose(inp.bits_per_iter, 8 * 4 * counts.smashed_bytes)
     np.testing.assert_allclose(inp.omega_bits, 8 * counts.client_adapter_bytes)
@@ -47,13 +55,16 @@ def test_fading_changes_gains_by_round() -> None:
     assert not np.allclose(delay_inputs(scen, 0).gain, delay_inputs(scen, 1).gain, atol=0)
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"bandwidth_hz": 0.0}, "DelayInputs.bandwidth_hz"),
-    ({"power_w": np.array([0.01, -1.0, 0.01])}, "DelayInputs.power_w[1]"),
-    ({"bits_per_iter": np.array([1.0, 2.0])}, "DelayInputs.bits_per_iter"),
-    ({"client_compute_s": np.array([0.1, np.nan, 0.1])}, "DelayInputs.client_compute_s[1]"),
-    ({"a": -1.0}, "DelayInputs.a"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"bandwidth_hz": 0.0}, "DelayInputs.bandwidth_hz"),
+        ({"power_w": np.array([0.01, -1.0, 0.01])}, "DelayInputs.power_w[1]"),
+        ({"bits_per_iter": np.array([1.0, 2.0])}, "DelayInputs.bits_per_iter"),
+        ({"client_compute_s": np.array([0.1, np.nan, 0.1])}, "DelayInputs.client_compute_s[1]"),
+        ({"a": -1.0}, "DelayInputs.a"),
+    ],
+)
 def test_bad_inputs_name_the_field(make_inputs, change: dict, field: str) -> None:
     inp = make_inputs(0, 3)
     with pytest.raises(ConfigError) as err:
@@ -65,7 +76,16 @@ def test_zero_clients_rejected(make_inputs) -> None:
     inp = make_inputs(0, 3)
     empty = np.zeros(0)
     with pytest.raises(ConfigError) as err:
-        inp.replace(gain=empty, power_w=empty, client_flops=empty, data_sizes=empty,
-                    client_compute_s=empty, server_compute_s=empty, downlink_iter_s=empty,
-                    adapter_downlink_s=empty, bits_per_iter=empty, omega_bits=empty)
+        inp.replace(
+            gain=empty,
+            power_w=empty,
+            client_flops=empty,
+            data_sizes=empty,
+            client_compute_s=empty,
+            server_compute_s=empty,
+            downlink_iter_s=empty,
+            adapter_downlink_s=empty,
+            bits_per_iter=empty,
+            omega_bits=empty,
+        )
     assert err.value.path == "clients.num_clients"

@@ -39,8 +39,9 @@ def test_equal_is_the_unoptimized_case() -> None:
 def test_proportional_and_fixed_shares() -> None:
     inputs = random_inputs(5, 4)
     prop = solve_policy(inputs, "proportional")
-    np.testing.assert_allclose(prop.bandwidth_hz / prop.bandwidth_hz.sum(),
-                               inputs.gain / inputs.gain.sum())
+    np.testing.assert_allclose(
+        prop.bandwidth_hz / prop.bandwidth_hz.sum(), inputs.gain / inputs.gain.sum()
+    )
     fixed = solve_policy(inputs, "fixed", shares=[1, 1, 2, 4], optimize_eta_for_fixed_shares=False)
     np.testing.assert_allclose(fixed.bandwidth_hz, np.array([1, 1, 2, 4]) / 8 * 20e6)
     assert fixed.eta == 0.5
@@ -57,13 +58,16 @@ def test_random_is_seeded_and_averaged() -> None:
     assert a.bandwidth_hz.sum() == pytest.approx(inputs.bandwidth_hz)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"policy_name": "fixed_steps"}, "policy.name"),
-    ({"policy_name": "fixed"}, "policy.shares_file"),
-    ({"policy_name": "fixed", "shares": [1.0, 2.0]}, "policy.shares_file"),
-    ({"policy_name": "fixed", "shares": [1.0, -1.0, 1.0]}, "policy.shares_file[1]"),
-    ({"policy_name": "random", "num_random_draws": 0}, "policy.num_random_draws"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"policy_name": "fixed_steps"}, "policy.name"),
+        ({"policy_name": "fixed"}, "policy.shares_file"),
+        ({"policy_name": "fixed", "shares": [1.0, 2.0]}, "policy.shares_file"),
+        ({"policy_name": "fixed", "shares": [1.0, -1.0, 1.0]}, "policy.shares_file[1]"),
+        ({"policy_name": "random", "num_random_draws": 0}, "policy.num_random_draws"),
+    ],
+)
 def test_bad_policy_arguments(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         solve_policy(random_inputs(7, 3), **kwargs)

@@ -27,8 +27,14 @@ from fedsllm.errors import AllocationError, ConfigError
 def test_lemma_equals_numerical_root(snr: float, frac: float) -> None:
     rho = frac * snr / math.log(2)  # below the rate ceiling
     b = float(bandwidth_for_rate(np.array([rho]), np.array([snr]))[0])
-    root = brentq(lambda x: x * math.log1p(snr / x) / math.log(2) - rho, snr * 1e-30, snr * 1e12,
-                  xtol=1e-300, rtol=1e-14, maxiter=2000)
+    root = brentq(
+        lambda x: x * math.log1p(snr / x) / math.log(2) - rho,
+        snr * 1e-30,
+        snr * 1e12,
+        xtol=1e-300,
+        rtol=1e-14,
+        maxiter=2000,
+    )
     assert b == pytest.approx(root, rel=1e-9)
     assert float(rate_bps(np.array([b]), np.array([snr]))[0]) == pytest.approx(rho, rel=1e-12)
 
@@ -63,15 +69,24 @@ def test_eta_functions() -> None:
 
 
 def test_prediction_components_add_up(make_inputs) -> None:
-    inp = make_inputs(3, 5).replace(downlink_iter_s=np.full(5, 0.05),
-                                    adapter_downlink_s=np.full(5, 0.2))
+    inp = make_inputs(3, 5).replace(
+        downlink_iter_s=np.full(5, 0.05), adapter_downlink_s=np.full(5, 0.2)
+    )
     shares = np.full(5, inp.bandwidth_hz / 5)
     pred = predict_round_delay(inp, shares, 4)
-    total = (pred.client_compute_s + pred.server_compute_s + pred.uplink_s + pred.downlink_s
-             + pred.adapter_uplink_s + pred.adapter_downlink_s + pred.aggregation_s)
+    total = (
+        pred.client_compute_s
+        + pred.server_compute_s
+        + pred.uplink_s
+        + pred.downlink_s
+        + pred.adapter_uplink_s
+        + pred.adapter_downlink_s
+        + pred.aggregation_s
+    )
     np.testing.assert_allclose(pred.client_round_s, total, rtol=1e-14)
-    np.testing.assert_allclose(pred.client_round_s, client_round_times(inp, shares, 4.0),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        pred.client_round_s, client_round_times(inp, shares, 4.0), rtol=1e-14
+    )
     np.testing.assert_allclose(pred.uplink_s, 4 * inp.bits_per_iter / pred.rate_bps)
     np.testing.assert_allclose(pred.downlink_s, 4 * 0.05)
     assert pred.round_time_s == pytest.approx(pred.client_round_s.max())

@@ -13,7 +13,6 @@ from fedsllm.delay.rates import (
     client_round_times,
     global_rounds,
     local_iterations,
-    rate_bps,
 )
 from fedsllm.delay.solvers import (
     exact_round_time,
@@ -32,8 +31,9 @@ def _assert_agree(exact, cvx, inputs) -> None:
     of clients so strong that the objective barely depends on them."""
     assert cvx.total_delay_s == pytest.approx(exact.total_delay_s, rel=REL)
     assert cvx.eta == pytest.approx(exact.eta, rel=1e-3)
-    np.testing.assert_allclose(cvx.bandwidth_hz, exact.bandwidth_hz, rtol=REL,
-                               atol=1e-6 * inputs.bandwidth_hz)
+    np.testing.assert_allclose(
+        cvx.bandwidth_hz, exact.bandwidth_hz, rtol=REL, atol=1e-6 * inputs.bandwidth_hz
+    )
     np.testing.assert_allclose(cvx.client_round_s, exact.client_round_s, rtol=REL)
 
 
@@ -108,6 +108,7 @@ def test_optimality_conditions(seed: int, k: int) -> None:
         moved[i] -= delta
         moved[j] += delta
         assert client_round_times(inputs, moved, alloc.n).max() > alloc.round_time_s
+
     # No feasible change of eta lowers T (the upper end is n(eta) = 1).
     def total(eta: float) -> float:
         t, _ = exact_round_time(inputs, local_iterations(eta, inputs.v))
@@ -154,8 +155,10 @@ def test_identical_clients_get_equal_shares() -> None:
 
 
 def test_more_bandwidth_never_hurts() -> None:
-    delays = [solve_allocation(random_inputs(7, 10, bandwidth_hz=b), "exact").total_delay_s
-              for b in (1e6, 5e6, 20e6, 100e6)]
+    delays = [
+        solve_allocation(random_inputs(7, 10, bandwidth_hz=b), "exact").total_delay_s
+        for b in (1e6, 5e6, 20e6, 100e6)
+    ]
     assert all(x > y for x, y in zip(delays, delays[1:], strict=False))
 
 

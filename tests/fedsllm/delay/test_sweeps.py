@@ -12,18 +12,19 @@ from fedsllm.errors import ConfigError
 def test_bandwidth_sweep_rows() -> None:
     base = load_dict(None)
     base["clients"] = {"num_clients": 4}
-    points = sweep(base, "bandwidth_mhz", [5, 20], num_seeds=2,
-                   policies=("optimal", "equal", "equal_opt_eta"))
+    points = sweep(
+        base, "bandwidth_mhz", [5, 20], num_seeds=2, policies=("optimal", "equal", "equal_opt_eta")
+    )
     assert [p.value for p in points] == [5.0, 20.0]
     for p in points:
         assert p.num_seeds == 2 and len(p.per_seed_reduction) == 2
         assert p.mean_delay_s["optimal"] <= p.mean_delay_s["equal_opt_eta"] * (1 + 1e-9)
-        assert p.reduction == pytest.approx(1 - p.mean_delay_s["optimal"]
-                                            / p.mean_delay_s["equal"])
+        assert p.reduction == pytest.approx(1 - p.mean_delay_s["optimal"] / p.mean_delay_s["equal"])
     # More bandwidth, less delay.
     assert points[1].mean_delay_s["optimal"] < points[0].mean_delay_s["optimal"]
     assert average_reduction(points) == pytest.approx(
-        (points[0].reduction + points[1].reduction) / 2)
+        (points[0].reduction + points[1].reduction) / 2
+    )
 
 
 def test_smashed_scale_raises_delay() -> None:

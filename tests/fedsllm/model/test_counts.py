@@ -52,16 +52,20 @@ def test_param_counts_match_built_model(preset: str, split: int) -> None:
     assert (counts.client_params, counts.server_params) == (client, server)
 
 
-@pytest.mark.parametrize("preset,targets", [
-    ("tiny-llama", ()),
-    ("tiny-llama", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                    "down_proj")),
-    ("tiny-gpt2", ()),
-    ("tiny-gpt2", ("c_attn", "c_proj", "c_fc")),
-])
+@pytest.mark.parametrize(
+    "preset,targets",
+    [
+        ("tiny-llama", ()),
+        (
+            "tiny-llama",
+            ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        ),
+        ("tiny-gpt2", ()),
+        ("tiny-gpt2", ("c_attn", "c_proj", "c_fc")),
+    ],
+)
 @pytest.mark.parametrize("rank", [4, 8])
-def test_lora_params_and_bytes_match_peft(preset: str, targets: tuple[str, ...],
-                                          rank: int) -> None:
+def test_lora_params_and_bytes_match_peft(preset: str, targets: tuple[str, ...], rank: int) -> None:
     from peft import LoraConfig, get_peft_model
     from peft.utils import get_peft_model_state_dict
 
@@ -69,18 +73,22 @@ def test_lora_params_and_bytes_match_peft(preset: str, targets: tuple[str, ...],
 
     model = _build(preset)
     family = "llama" if preset == "tiny-llama" else "gpt2"
-    cfg = LoraConfig(r=rank, lora_alpha=16, target_modules=list(targets or
-                                                                DEFAULT_TARGETS[family]),
-                     fan_in_fan_out=family == "gpt2")
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=16,
+        target_modules=list(targets or DEFAULT_TARGETS[family]),
+        fan_in_fan_out=family == "gpt2",
+    )
     peft_model = get_peft_model(model, cfg)
     state = get_peft_model_state_dict(peft_model)
     split = 2
-    client_bytes = sum(t.numel() * t.element_size() for k, t in state.items()
-                       if _block_index(k) < split)
-    server_bytes = sum(t.numel() * t.element_size() for k, t in state.items()
-                       if _block_index(k) >= split)
-    counts = count_model(model.config, split, AdapterConfig(rank=rank, target_modules=targets),
-                         16)
+    client_bytes = sum(
+        t.numel() * t.element_size() for k, t in state.items() if _block_index(k) < split
+    )
+    server_bytes = sum(
+        t.numel() * t.element_size() for k, t in state.items() if _block_index(k) >= split
+    )
+    counts = count_model(model.config, split, AdapterConfig(rank=rank, target_modules=targets), 16)
     assert counts.client_adapter_bytes == client_bytes
     assert counts.server_adapter_bytes == server_bytes
     assert counts.client_lora_params * 4 == client_bytes
@@ -135,16 +143,22 @@ def test_counts_of_gpt2_small_match_facts() -> None:
 def test_count_scenario_uses_the_scenario() -> None:
     scen = ScenarioConfig(split=SplitConfig(split_layer=3, wire_dtype="float16"))
     counts = count_scenario(scen)
-    assert (counts.split_layer, counts.wire_dtype, counts.seq_len) == (3, "float16",
-                                                                       scen.data.seq_len)
+    assert (counts.split_layer, counts.wire_dtype, counts.seq_len) == (
+        3,
+        "float16",
+        scen.data.seq_len,
+    )
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"split_layer": 4}, "split.split_layer"),
-    ({"split_layer": 0}, "split.split_layer"),
-    ({"wire_dtype": "int8"}, "split.wire_dtype"),
-    ({"adapter": AdapterConfig(target_modules=("c_attn",))}, "adapter.target_modules"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"split_layer": 4}, "split.split_layer"),
+        ({"split_layer": 0}, "split.split_layer"),
+        ({"wire_dtype": "int8"}, "split.wire_dtype"),
+        ({"adapter": AdapterConfig(target_modules=("c_attn",))}, "adapter.target_modules"),
+    ],
+)
 def test_bad_arguments_name_the_field(kwargs: dict, field: str) -> None:
     args = {"split_layer": 2, "adapter": AdapterConfig(), "seq_len": 16, **kwargs}
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,92 @@
+"""The command line is frozen on purpose (STYLE.md rule 6): new knobs go into the
+scenario and are reached with --set. Changing a flag means changing this table."""
+
+from __future__ import annotations
+
+import argparse
+
+from fedsllm.cli import build_parser, main
+
+EXPECTED = {
+    "run": {
+        "--clients",
+        "--local-steps",
+        "--network",
+        "--out",
+        "--policy",
+        "--quiet",
+        "--rounds",
+        "--scenario",
+        "--seed",
+        "--set",
+    },
+    "plan": {"--bandwidth-mhz", "--clients", "--json", "--scenario", "--seed", "--set", "--solver"},
+    "sweep": {
+        "--out",
+        "--paper",
+        "--param",
+        "--scenario",
+        "--seeds",
+        "--set",
+        "--solver",
+        "--values",
+    },
+    "export": set(),
+    "report": {"--format"},
+    "compare": {"--clients", "--out", "--policies", "--scenario", "--seed", "--set"},
+    "calibrate": {
+        "--max-rounds",
+        "--out",
+        "--scenario",
+        "--set",
+        "--steps",
+        "--target-loss",
+        "--write",
+    },
+}
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_cli_options_are_pinned() -> None:
+    found = {
+        name: {o for a in p._actions for o in a.option_strings} - {"-h", "--help"}
+        for name, p in _subcommands().items()
+    }
+    assert found == EXPECTED
+
+
+def test_flags_are_sugar_for_overrides() -> None:
+    from fedsllm.cli.run import flag_overrides
+
+    args = _subcommands()["run"].parse_args(
+        [
+            "--clients",
+            "4",
+            "--rounds",
+            "2",
+            "--policy",
+            "equal",
+            "--network",
+            "netns",
+            "--set",
+            "seed=3",
+        ]
+    )
+    assert flag_overrides(args) == [
+        "seed=3",
+        "clients.num_clients=4",
+        "training.num_rounds=2",
+        "policy.name='equal'",
+        "run.network='netns'",
+        "link.backend='tc'",
+    ]
+
+
+def test_bad_override_exits_2_naming_the_field(capsys) -> None:
+    assert main(["plan", "--set", "channel.bandwidth_hz=-1"]) == 2
+    assert "channel.bandwidth_hz" in capsys.readouterr().err
