@@ -39,8 +39,10 @@ class MainServerLink(Protocol):
         activations: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        initial_adapter: bool = False,
     ) -> int:
-        """Send one step's tensors (paced by the uplink); returns bytes sent."""
+        """Send one step's tensors (paced by the uplink); returns bytes sent.
+        `initial_adapter` (eval only) asks for the server adapter before training."""
 
     def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
         """Block for the reply to the last step; returns it and the bytes received."""
@@ -150,7 +152,15 @@ class ClientTrainer:
                 sl = slice(lo, min(lo + batch_size, len(val)))
                 ids, mask, labels = val.input_ids[sl], val.attention_mask[sl], val.labels[sl]
                 hidden = self.part(ids, mask)
-                self.main.send_step(max(round_index, 0), i, False, hidden, mask, labels)
+                self.main.send_step(
+                    max(round_index, 0),
+                    i,
+                    False,
+                    hidden,
+                    mask,
+                    labels,
+                    initial_adapter=round_index < 0,
+                )
                 reply, _ = self.main.receive_reply(max(round_index, 0), i)
                 total_loss += reply.loss * reply.num_tokens
                 total_tokens += reply.num_tokens

@@ -96,6 +96,7 @@ class MainServerStream:
         activations: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        initial_adapter: bool = False,
     ) -> int:
         frames = [
             tensor_to_frame("activations", activations.detach(), self.wire_dtype),
@@ -110,6 +111,7 @@ class MainServerStream:
             downlink_bps=float(self.downlink_bps()) if train else 0.0,
             tensor_names=tuple(f.name for f in frames),
             sent_unix_s=time.time(),
+            initial_adapter=initial_adapter and not train,
         )
         total = 0
         for request in step_upload_requests(header, frames, self.chunk_bytes):

@@ -272,25 +272,47 @@ class Controller:
         return inputs
 
     def _solve_plan(self, inputs: DelayInputs) -> Allocation:
-        from fedsllm.delay.solvers import shares_allocation, solve_allocation
+        """The run's plan. Policies that optimize eta search it over the values a
+        real run can execute (integer n, N rounded up; fedsllm.delay.integer),
+        so rounding never makes the plan worse than its continuous optimum."""
+        from fedsllm.delay.integer import best_integer_iterations, eta_for_iterations
+        from fedsllm.delay.rates import client_round_times
+        from fedsllm.delay.solvers import exact_round_time, shares_allocation, solve_allocation
 
         policy = self.scenario.policy
         name = policy.name
         total = inputs.bandwidth_hz
         k = inputs.num_clients
-        if name == "optimal":
-            return solve_allocation(inputs, policy.solver, None, policy=name)
         if name == "opt_fixed_eta":
             return solve_allocation(inputs, policy.solver, policy.fixed_eta, policy=name)
         if name == "equal":
             return shares_allocation(inputs, np.full(k, total / k), name, eta=policy.fixed_eta)
+
+        def best_eta(round_time: Callable[[int], float], hint: float) -> float:
+            n = best_integer_iterations(round_time, inputs.a, inputs.v, hint)
+            return eta_for_iterations(n, inputs.v)
+
+        if name == "optimal":
+            continuous = solve_allocation(inputs, "exact", None, policy=name)
+            eta = best_eta(lambda n: exact_round_time(inputs, float(n))[0], continuous.n)
+            return solve_allocation(inputs, policy.solver, eta, policy=name)
         if name == "random":
-            draws = dirichlet_fractions(
-                self.scenario.seed, RANDOM_PLAN_ROUND, k, policy.num_random_draws
+            draws = (
+                dirichlet_fractions(
+                    self.scenario.seed, RANDOM_PLAN_ROUND, k, policy.num_random_draws
+                )
+                * total
             )
-            return shares_allocation(inputs, draws * total, name)
-        # equal_opt_eta, proportional, fixed: given shares, optimal eta for them.
-        return shares_allocation(inputs, self._given_shares(inputs, -1), name)
+        else:  # equal_opt_eta, proportional, fixed: given shares, best eta for them
+            draws = np.atleast_2d(self._given_shares(inputs, -1))
+        continuous = shares_allocation(inputs, draws, name)
+
+        def round_time(n: int) -> float:
+            rounds = [np.max(client_round_times(inputs, d, float(n))) for d in draws]
+            return float(np.mean(rounds))
+
+        eta = best_eta(round_time, continuous.n)
+        return shares_allocation(inputs, draws if name == "random" else draws[0], name, eta=eta)
 
     def _given_shares(self, inputs: DelayInputs, round_index: int) -> np.ndarray:
         """Shares of the policies that do not optimize bandwidth, Hz."""

@@ -378,8 +378,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _one_of("run.network", self.network, NETWORKS)
         _check(self.num_threads >= 1, "run.num_threads", self.num_threads, "must be >= 1")
-        _check(self.server_threads >= 1, "run.server_threads", self.server_threads,
-               "must be >= 1")
+        _check(self.server_threads >= 1, "run.server_threads", self.server_threads, "must be >= 1")
         _positive("run.startup_timeout_s", self.startup_timeout_s)
 
 

@@ -46,6 +46,8 @@ class ServerTrainer:
         self._lock = threading.Lock()
         self._batches_in_wave = 0
         self.num_updates = 0
+        self._initial = [p.detach().clone() for p in self.params]
+        """The adapter before any update, for "before training" evaluations."""
 
     def train_step(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
@@ -74,12 +76,28 @@ class ServerTrainer:
 
     @torch.no_grad()
     def eval_step(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        initial_adapter: bool = False,
     ) -> ServerStepResult:
+        """Loss without an update; `initial_adapter` evaluates the adapter as it was
+        before training (swapped in, and back, under the lock)."""
         with self._lock:
             t0 = time.perf_counter()
             self.part.eval()
-            _, loss = self.part(hidden, attention_mask, labels)
+            saved = None
+            if initial_adapter:
+                saved = [p.detach().clone() for p in self.params]
+                for p, init in zip(self.params, self._initial, strict=True):
+                    p.copy_(init)
+            try:
+                _, loss = self.part(hidden, attention_mask, labels)
+            finally:
+                if saved is not None:
+                    for p, value in zip(self.params, saved, strict=True):
+                        p.copy_(value)
             compute_s = time.perf_counter() - t0
         return ServerStepResult(float(loss), _num_tokens(labels), None, compute_s)
 

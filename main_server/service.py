@@ -161,6 +161,7 @@ class MainServerService(pb_grpc.MainServerServicer):
                     tensors,
                     self._transfer_s(upload),
                     sum(frame.num_bytes for frame in upload.frames.values()),
+                    upload.header.initial_adapter,
                 )
         except (WireError, StateError) as err:
             self._abort(context, err)
@@ -214,6 +215,7 @@ class MainServerService(pb_grpc.MainServerServicer):
         tensors: dict[str, torch.Tensor],
         receive_s: float,
         uplink_bytes: int = 0,
+        initial_adapter: bool = False,
     ) -> Iterator[pb.TrainResponse]:
         hidden, mask, labels = (tensors[n] for n in STEP_TENSORS)
         with self.tracer.span(
@@ -228,7 +230,7 @@ class MainServerService(pb_grpc.MainServerServicer):
             elif mode == "train":
                 result = self.trainer.train_step(hidden, mask, labels)
             else:
-                result = self.trainer.eval_step(hidden, mask, labels)
+                result = self.trainer.eval_step(hidden, mask, labels, initial_adapter)
             # receive_s runs from the step header to its end marker at this end of
             # the link: bytes / receive_s is the uplink rate achieved, whatever shaped it.
             span.extra.update(

@@ -78,8 +78,10 @@ def run_command(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, flag_overrides(args))
     console = Console(stderr=True)
     if scenario.policy.name != "fixed_steps" and (args.rounds or args.local_steps):
-        console.print(f"[yellow]warning:[/] policy {scenario.policy.name} decides the rounds and "
-                      "local steps; --rounds/--local-steps apply to policy fixed_steps only")
+        console.print(
+            f"[yellow]warning:[/] policy {scenario.policy.name} decides the rounds and "
+            "local steps; --rounds/--local-steps apply to policy fixed_steps only"
+        )
     run_dir = make_run_dir(args.out, scenario)
     console.print(
         f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
@@ -112,8 +114,10 @@ def run_command(args: argparse.Namespace) -> int:
         from fedsllm.report import write_report
 
         report = write_report(run_dir)
-        console.print(f"report: {report.report_md} (mean |error| of the delay model "
-                      f"{report.mean_abs_error_pct:.1f}% over {report.num_rounds} rounds)")
+        console.print(
+            f"report: {report.report_md} (mean |error| of the delay model "
+            f"{report.mean_abs_error_pct:.1f}% over {report.num_rounds} rounds)"
+        )
     if outcome.failed is not None:
         proc = outcome.failed.proc
         console.print(f"[bold red]run failed:[/] {outcome.failed}")

@@ -633,7 +633,13 @@ def write_figure(doc: dict[str, Any], path: Path) -> Path:
         red = p["measured_reduction_pct"]
         if red is not None and not p["reference"]:
             top = max(v for v in (val(p["measured_total_s"]), 0.0) if math.isfinite(v))
-            ax.annotate(f"{red:+.1f}%", (x - width / 2, top), ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                f"{-red:+.1f}% vs {doc['reference']}",
+                (x - width / 2, top),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax.set_xticks(xs)
     ax.set_xticklabels(names)
     ax.set_ylabel("total training delay (emulated s)")

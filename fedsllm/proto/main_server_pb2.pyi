@@ -28,20 +28,22 @@ class TrainHello(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., scenario_hash: _Optional[str] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class StepHeader(_message.Message):
-    __slots__ = ("round", "step", "mode", "downlink_bps", "tensor_names", "sent_unix_s")
+    __slots__ = ("round", "step", "mode", "downlink_bps", "tensor_names", "sent_unix_s", "initial_adapter")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     DOWNLINK_BPS_FIELD_NUMBER: _ClassVar[int]
     TENSOR_NAMES_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     round: int
     step: int
     mode: StepMode
     downlink_bps: float
     tensor_names: _containers.RepeatedScalarFieldContainer[str]
     sent_unix_s: float
-    def __init__(self, round: _Optional[int] = ..., step: _Optional[int] = ..., mode: _Optional[_Union[StepMode, str]] = ..., downlink_bps: _Optional[float] = ..., tensor_names: _Optional[_Iterable[str]] = ..., sent_unix_s: _Optional[float] = ...) -> None: ...
+    initial_adapter: bool
+    def __init__(self, round: _Optional[int] = ..., step: _Optional[int] = ..., mode: _Optional[_Union[StepMode, str]] = ..., downlink_bps: _Optional[float] = ..., tensor_names: _Optional[_Iterable[str]] = ..., sent_unix_s: _Optional[float] = ..., initial_adapter: _Optional[bool] = ...) -> None: ...
 
 class StepEnd(_message.Message):
     __slots__ = ()

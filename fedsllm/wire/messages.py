@@ -103,6 +103,8 @@ class StepHeaderInfo:
     """Tensors that follow, in order."""
     sent_unix_s: float = 0.0
     """When the client began sending the step (Unix seconds, its clock); 0 = unset."""
+    initial_adapter: bool = False
+    """Eval only: use the server adapter as it was before training."""
 
 
 def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
@@ -120,6 +122,7 @@ def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
         downlink_bps=info.downlink_bps,
         tensor_names=list(info.tensor_names),
         sent_unix_s=info.sent_unix_s,
+        initial_adapter=info.initial_adapter,
     )
 
 
@@ -143,6 +146,7 @@ def step_header_from_proto(msg: main_server_pb2.StepHeader) -> StepHeaderInfo:
         downlink_bps=_finite("StepHeader.downlink_bps", msg.downlink_bps),
         tensor_names=names,
         sent_unix_s=_finite("StepHeader.sent_unix_s", msg.sent_unix_s),
+        initial_adapter=msg.initial_adapter,
     )
 
 

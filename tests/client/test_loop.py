@@ -31,10 +31,14 @@ class FakeMain:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int, bool]] = []
+        self.initial_flags: list[bool] = []
         self._last: torch.Tensor | None = None
 
-    def send_step(self, round_index, step, train, activations, attention_mask, labels) -> int:
+    def send_step(
+        self, round_index, step, train, activations, attention_mask, labels, initial_adapter=False
+    ) -> int:
         self.calls.append((round_index, step, train))
+        self.initial_flags.append(initial_adapter)
         self._last = activations.detach().clone().requires_grad_(True)
         return activations.numel() * 4
 
@@ -134,8 +138,10 @@ def test_run_pushes_pulls_and_evaluates_per_round(tmp_path) -> None:
     assert evaluated == [-1, 0, 1]  # before training, then after every round
     train_calls = [c for c in main.calls if c[2]]
     assert [c[:2] for c in train_calls] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    eval_calls = [c for c in main.calls if not c[2]]
+    eval_calls = [i for i, c in enumerate(main.calls) if not c[2]]
     assert len(eval_calls) == 3 * 2
+    # Only the evaluation before training asks for the server's initial adapter.
+    assert [main.initial_flags[i] for i in eval_calls] == [True, True] + [False] * 4
     # After each round the pushed adapter came back as the global one.
     assert trainer.loaded_round == 1
     records = read_records(tmp_path / "trace")

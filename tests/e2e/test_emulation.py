@@ -32,11 +32,13 @@ def _check_emulated_run(out, num_clients: int) -> None:
     plan = plans[0]["extra"]
     assert plan["policy"] == "optimal"
     assert len(summary["rounds"]) == plan["num_rounds"]
-    assert all(r["num_steps"] == num_clients * plan["num_local_steps"]
-               for r in summary["rounds"])
+    assert all(r["num_steps"] == num_clients * plan["num_local_steps"] for r in summary["rounds"])
 
-    allocations = {(r["extra"]["version"], r["client"]): r["extra"]
-                   for r in records if r["name"] == "allocation"}
+    allocations = {
+        (r["extra"]["version"], r["client"]): r["extra"]
+        for r in records
+        if r["name"] == "allocation"
+    }
     applied = [r for r in records if r["name"] == "rates_applied"]
     assert {r["client"] for r in applied} == set(range(num_clients))
     for event in applied:
@@ -45,27 +47,42 @@ def _check_emulated_run(out, num_clients: int) -> None:
         assert event["extra"]["num_local_steps"] == pushed["num_local_steps"]
     for version in {v for v, _ in allocations}:
         shares = [allocations[(version, k)]["bandwidth_hz"] for k in range(num_clients)]
-        assert sum(shares) == pytest.approx(allocations[(version, 0)]["bandwidth_hz"]
-                                            / allocations[(version, 0)]["share"], rel=1e-6)
+        assert sum(shares) == pytest.approx(
+            allocations[(version, 0)]["bandwidth_hz"] / allocations[(version, 0)]["share"], rel=1e-6
+        )
 
     # One-sided, so host load cannot make it fail: no training upload may cross
     # its link faster than the allocated rate allows (5% slack for framing).
-    rate = {k: allocations[(max(v for v, c in allocations if c == k), k)]["uplink_bps"]
-            for k in range(num_clients)}
-    steps = [r for r in records
-             if r["name"] == "server_compute" and r["extra"].get("mode") == "train"]
+    rate = {
+        k: allocations[(max(v for v, c in allocations if c == k), k)]["uplink_bps"]
+        for k in range(num_clients)
+    }
+    steps = [
+        r for r in records if r["name"] == "server_compute" and r["extra"].get("mode") == "train"
+    ]
     assert steps
     for step in steps:
         floor = step["extra"]["uplink_bytes"] * 8 / rate[step["client"]]
         assert step["extra"]["receive_s"] >= 0.95 * floor
-    assert summary["links"] and all(math.isfinite(link["achieved_uplink_bps"])
-                                    for link in summary["links"])
+    assert summary["links"] and all(
+        math.isfinite(link["achieved_uplink_bps"]) for link in summary["links"]
+    )
 
 
 def test_loopback_token_policy_optimal(tmp_path) -> None:
     out = tmp_path / "run"
-    proc = fedsllm("run", "--policy", "optimal", "--clients", "2", "--quiet", "--out", str(out),
-                   *overrides("link.backend='token'", *EMULATED), cwd=tmp_path)
+    proc = fedsllm(
+        "run",
+        "--policy",
+        "optimal",
+        "--clients",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+        *overrides("link.backend='token'", *EMULATED),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_emulated_run(out, 2)
     assert "achieved Mbit/s" in proc.stderr
@@ -82,8 +99,20 @@ def _netns_state() -> tuple[str, str]:
 def test_netns_tc_policy_optimal(tmp_path) -> None:
     before = _netns_state()
     out = tmp_path / "run"
-    proc = fedsllm("run", "--network", "netns", "--policy", "optimal", "--clients", "2",
-                   "--quiet", "--out", str(out), *overrides(*EMULATED), cwd=tmp_path)
+    proc = fedsllm(
+        "run",
+        "--network",
+        "netns",
+        "--policy",
+        "optimal",
+        "--clients",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+        *overrides(*EMULATED),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_emulated_run(out, 2)
     assert read_json(out / "scenario.json")["link"]["backend"] == "tc"

@@ -448,3 +448,17 @@ def test_clients_own_register_info_keeps_the_scenario_channel(counts) -> None:
     np.testing.assert_array_equal(inputs.data_sizes, [40, 41, 42])
     _, shares = exact_round_time(expected, float(ctrl.plan.num_local_steps))
     np.testing.assert_allclose(_shares(ctrl), shares, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("a", "v"), [(1.0, 2.0), (4.0, 6.0), (2.0, 3.0)])
+def test_integer_plan_never_loses_to_equal(a: float, v: float) -> None:
+    """The plan a run executes (integer n, rounds rounded up) of policy optimal is
+    never slower than the unoptimized plan, which rounding the continuous
+    optimum could not guarantee (a=1, v=2 was a case)."""
+    from fedsllm.config import load_scenario
+
+    over = [f"convergence.a={a}", f"convergence.v={v}"]
+    optimal = Controller(load_scenario(overrides=[*over, "policy.name='optimal'"]))
+    equal = Controller(load_scenario(overrides=[*over, "policy.name='equal'"]))
+    assert optimal.plan.predicted_total_s <= equal.plan.predicted_total_s + 1e-9
+    assert optimal.plan.num_local_steps >= 1

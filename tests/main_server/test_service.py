@@ -281,3 +281,31 @@ def test_bad_step_refused_state_unchanged(server, name, requests, code, match) -
     assert match in info.value.details()
     assert trainer.num_updates == updates
     assert trainer.adapter_bytes(adapter_to_bytes) == before
+
+
+def test_initial_adapter_eval_ignores_training_so_far(server) -> None:
+    """The "before training" loss is the same whether or not other clients have
+    already updated the shared server adapter."""
+    address, trainer = server
+    from fedsllm.wire.rpc import make_channel
+
+    t = _tensors(seed=7)
+    with make_channel(address) as channel:
+        stream = MainServerStream(channel, 1, HASH, "float32", chunk_bytes=4096)
+
+        def evaluate(initial: bool) -> float:
+            stream.send_step(0, 0, False, t["activations"], t["attention_mask"], t["labels"],
+                             initial_adapter=initial)
+            reply, _ = stream.receive_reply(0, 0)
+            assert reply.grad is None
+            return reply.loss
+
+        before_initial, before_current = evaluate(True), evaluate(False)
+        adapter = trainer.adapter_bytes(adapter_to_bytes)
+        stream.send_step(0, 1, True, t["activations"], t["attention_mask"], t["labels"])
+        stream.receive_reply(0, 1)
+        after_initial, after_current = evaluate(True), evaluate(False)
+        stream.close()
+    assert after_initial == before_initial
+    assert after_current != before_current  # the adapter did train
+    assert trainer.adapter_bytes(adapter_to_bytes) != adapter  # and the swap was undone
