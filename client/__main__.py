@@ -19,15 +19,9 @@ log = logging.getLogger("client")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
-    parser.add_argument(
-        "--scenario-json",
-        "--scenario",
-        dest="scenario_json",
-        required=True,
-        help="resolved scenario.json written by the launcher, or a scenario TOML file",
-    )
-    parser.add_argument("--run-dir", required=True, help="run directory (traces)")
+    from fedsllm.roles import role_arg_parser
+
+    parser = role_arg_parser("python -m client", __doc__)
     parser.add_argument("--client-id", type=int, required=True, help="this client's id k")
     parser.add_argument("--fed-address", required=True, help="fed server host:port")
     parser.add_argument("--main-address", required=True, help="main server host:port")
@@ -36,12 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="controller host:port (default: the fed server's address)",
     )
-    parser.add_argument(
-        "--netns-run-id",
-        default="",
-        help="run id of the launcher's network namespaces (tc backend)",
-    )
-    parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import NoReturn
 
 import grpc
 
@@ -25,6 +26,7 @@ from fedsllm.wire.messages import (
     register_from_proto,
     register_reply_to_proto,
 )
+from fedsllm.wire.rpc import abort_for
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,8 @@ SUBSCRIBE_POLL_S = 0.5
 """How often an idle Subscribe stream checks that its client is still there."""
 
 
-def _abort(context: grpc.ServicerContext, err: Exception) -> None:
-    for exc_type, code in STATUS_OF.items():
-        if isinstance(err, exc_type):
-            log.warning("controller: refused request: %s: %s", code.name, err)
-            context.abort(code, str(err))
-    raise err
+def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
+    abort_for(context, err, STATUS_OF, log)
 
 
 class ControllerService(pb_grpc.ControllerServicer):

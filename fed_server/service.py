@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import NoReturn
 
 import grpc
 
@@ -16,6 +17,7 @@ from fedsllm.errors import StateError, WireError
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
 from fedsllm.wire.adapters import GlobalHeaderInfo, pull_responses, read_push
+from fedsllm.wire.rpc import abort_for
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,8 @@ STATUS_OF = {
 """Domain exception -> gRPC status; anything else is a bug and surfaces as UNKNOWN."""
 
 
-def _abort(context: grpc.ServicerContext, err: Exception) -> None:
-    for exc_type, code in STATUS_OF.items():
-        if isinstance(err, exc_type):
-            log.warning("refused request: %s: %s", code.name, err)
-            context.abort(code, str(err))
-    raise err
+def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
+    abort_for(context, err, STATUS_OF, log)
 
 
 class FedServerService(pb_grpc.FedServerServicer):

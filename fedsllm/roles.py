@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -9,6 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.config import ScenarioConfig, from_dict
+
+
+def role_arg_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments every role takes; each role's parse_args adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--scenario-json",
+        "--scenario",
+        dest="scenario_json",
+        required=True,
+        help="resolved scenario.json written by the launcher, or a scenario TOML file",
+    )
+    parser.add_argument("--run-dir", required=True, help="run directory (traces, adapters)")
+    parser.add_argument(
+        "--netns-run-id",
+        default="",
+        help="run id of the launcher's network namespaces (tc backend)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
 
 
 def load_resolved_scenario(path: str | Path) -> tuple[ScenarioConfig, str]:

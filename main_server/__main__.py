@@ -19,22 +19,10 @@ log = logging.getLogger("main_server")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m main_server", description=__doc__)
-    parser.add_argument(
-        "--scenario-json",
-        "--scenario",
-        dest="scenario_json",
-        required=True,
-        help="resolved scenario.json written by the launcher, or a scenario TOML file",
-    )
-    parser.add_argument("--run-dir", required=True, help="run directory (traces)")
+    from fedsllm.roles import role_arg_parser
+
+    parser = role_arg_parser("python -m main_server", __doc__)
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
-    parser.add_argument(
-        "--netns-run-id",
-        default="",
-        help="run id of the launcher's network namespaces (tc backend)",
-    )
-    parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 

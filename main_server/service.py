@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import torch
@@ -32,6 +32,7 @@ from fedsllm.wire.messages import (
     step_result_to_proto,
     welcome_to_proto,
 )
+from fedsllm.wire.rpc import abort_for
 from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import StepUpload, read_uplink
 from main_server.compute import ServerTrainer
@@ -274,9 +275,5 @@ class MainServerService(pb_grpc.MainServerServicer):
         blob = self.adapter_bytes()
         yield from blob_to_chunks(blob, self.chunk_bytes)
 
-    def _abort(self, context: grpc.ServicerContext, err: Exception) -> None:
-        for exc_type, code in STATUS_OF.items():
-            if isinstance(err, exc_type):
-                log.warning("refused: %s: %s", code.name, err)
-                context.abort(code, str(err))
-        raise err
+    def _abort(self, context: grpc.ServicerContext, err: Exception) -> NoReturn:
+        abort_for(context, err, STATUS_OF, log)

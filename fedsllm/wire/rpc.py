@@ -15,9 +15,9 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -95,6 +95,22 @@ def create_server(
         ", ".join(service_names) or "health only",
     )
     return server, port
+
+
+def abort_for(
+    context: grpc.ServicerContext,
+    err: Exception,
+    status_of: Mapping[type[Exception], grpc.StatusCode],
+    logger: logging.Logger,
+) -> NoReturn:
+    """End the call with the status `status_of` assigns to `err`'s type (the
+    servicers' error tables), logging what was refused; an exception of no
+    listed type is a bug and propagates (gRPC reports it as UNKNOWN)."""
+    for exc_type, code in status_of.items():
+        if isinstance(err, exc_type):
+            logger.warning("refused: %s: %s", code.name, err)
+            context.abort(code, str(err))
+    raise err
 
 
 def stop_server(server: grpc.Server, grace_s: float = 2.0) -> None:
