@@ -5,8 +5,8 @@ with the same outer one-dimensional search over eta (grid bracket in
 logit(eta), then bounded Brent) and different inner problems for a fixed
 eta: `exact` inverts the rate with the Lambert W lemma and finds the common
 round time by safeguarded Newton on sum_k b_k(t) = B; `cvxpy` solves the
-convex program in DCP/DPP form with Clarabel. Units inside the cvxpy
-problem are scaled to O(1). Pure functions: no I/O, no logging, no clock.
+convex program in DCP/DPP form with Clarabel (fedsllm.delay.convex: scaled
+per client, polished, and certified). Pure functions: no I/O, no logging, no clock.
 Baselines with given shares (section 5) live in fedsllm.delay.policies.
 """
 
@@ -41,9 +41,6 @@ NUM_GRID = 13
 """Grid points of the bracketing pass over logit(eta)."""
 BRENT_XATOL = 1e-9
 """Absolute tolerance of the refinement, in logit(eta)."""
-CVXPY_CHECK_RTOL = 1e-6
-"""A cvxpy answer is accepted only if the exact round time of its shares is
-within this of the solver's objective."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,111 +183,39 @@ def _exact_round_time(
 
 
 class CvxpyInner:
-    """The inner problem of MODEL.md section 5 in DPP form, compiled once per K.
+    """The inner problem of MODEL.md section 5 solved with cvxpy, for one DelayInputs.
 
-    Scaled to O(1): shares in units of B/K (b~ = K b / B, c~ = K snr / B),
-    rates in nats per unit share (r~ = b~ ln(1 + c~/b~)), time in units of
-    the equal-share round time t_ref:
-
-        minimize   t
-        subject to r~_k <= -rel_entr(b~_k, b~_k + c~_k)
-                   fixed_k / t_ref + C~_k * inv_pos(r~_k) <= t,   C~_k = C_k K ln2 / (B t_ref)
-                   sum_k b~_k <= K,   b~ >= 0
-
-    Clarabel runs first (max_step_fraction=0.9, as FACTS.md measured, with
-    tolerances 1e-10), then with its default tolerances, then with a shorter
-    step and more iterations, then SCS with tight eps. An answer is accepted
-    only with status optimal and if the exact
-    round time of its shares (fedsllm.delay.rates) matches the solver's
-    objective within CVXPY_CHECK_RTOL; otherwise AllocationError with the
-    last status. Ill-conditioned instances (a client near its rate ceiling
-    holding most of the band) fail that check rather than pass silently.
+    The formulation (per-client scaling, the two stages, the polish) and its
+    certificate of optimality live in fedsllm.delay.convex; this class only
+    turns n into (fixed_k, C_k). Every answer is certified: all clients
+    finish within convex.CERT_RTOL of each other with the whole band used,
+    which bounds T against the optimum. A solver status other than optimal
+    is used only if its polished shares pass that certificate; when no
+    attempt (Clarabel variants, then SCS) passes, AllocationError carries
+    the statuses.
     """
 
     def __init__(self, inputs: DelayInputs) -> None:
-        import cvxpy as cp
+        from fedsllm.delay.convex import ConvexInner
 
         _check_solvable(inputs)
-        k = inputs.num_clients
         self._inputs = inputs
-        self._cp = cp
-        self._b = cp.Variable(k, nonneg=True)
-        rate = cp.Variable(k, nonneg=True)
-        self._t = cp.Variable()
-        self._snr = cp.Parameter(k, nonneg=True)
-        self._fixed = cp.Parameter(k)
-        self._need = cp.Parameter(k, nonneg=True)
-        constraints = [
-            rate <= -cp.rel_entr(self._b, self._b + self._snr),
-            self._fixed + cp.multiply(self._need, cp.inv_pos(rate)) <= self._t,
-            cp.sum(self._b) <= k,
-        ]
-        self._problem = cp.Problem(cp.Minimize(self._t), constraints)
-        if not self._problem.is_dpp():  # pragma: no cover - a coding error, not an input
-            raise AllocationError("cvxpy inner problem is not DPP", status="not_dpp")
-        self._snr.value = inputs.snr_hz * k / inputs.bandwidth_hz
+        self._convex = ConvexInner(inputs.snr_hz, inputs.bandwidth_hz)
         self.backend = ""
-
-    def _attempts(self) -> list[tuple[str, dict[str, Any]]]:
-        cp = self._cp
-        tight = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
-        return [
-            (cp.CLARABEL, {"max_step_fraction": 0.9, **tight}),
-            (cp.CLARABEL, {"max_step_fraction": 0.9}),
-            (cp.CLARABEL, {"max_step_fraction": 0.7, "max_iter": 500}),
-            (cp.SCS, {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 20_000}),
-        ]
+        self.status = ""
 
     def solve(self, n: float) -> tuple[float, np.ndarray]:
-        """(round time s, shares Hz) for n local iterations, checked against the exact formula."""
-        import warnings
-
-        cp = self._cp
+        """(round time s, shares Hz) for n local iterations, certified optimal within 1e-9."""
         inputs = self._inputs
-        k = inputs.num_clients
         fixed, need = _round_terms(inputs, n)
-        t_ref = _equal_share_time(inputs, fixed, need)
-        self._fixed.value = fixed / t_ref
-        self._need.value = need * LN2 * k / (inputs.bandwidth_hz * t_ref)
-        last = "not_solved"
-        tried: list[str] = []
-        for solver, opts in self._attempts():
-            if last != "not_solved":
-                tried.append(last)
-            try:
-                with warnings.catch_warnings():
-                    # cvxpy warns on inaccurate solutions; the status check below decides.
-                    warnings.simplefilter("ignore", UserWarning)
-                    self._problem.solve(solver=solver, **opts)
-            except cp.error.SolverError as err:
-                last = f"{solver}: solver_error ({err})"
-                continue
-            status = self._problem.status
-            if status != cp.OPTIMAL or self._b.value is None:
-                last = f"{solver}: {status}"
-                continue
-            shares = np.maximum(np.asarray(self._b.value, dtype=float), 0.0)
-            shares *= inputs.bandwidth_hz / k
-            ssum = float(shares.sum())
-            if ssum > inputs.bandwidth_hz:
-                shares *= inputs.bandwidth_hz / ssum
-            t_true = float(np.max(client_round_times(inputs, shares, n)))
-            t_solver = float(self._t.value) * t_ref
-            if not (
-                math.isfinite(t_true) and abs(t_true - t_solver) <= CVXPY_CHECK_RTOL * t_solver
-            ):
-                last = (
-                    f"{solver}: inaccurate (round time {t_true!r} s of its shares vs "
-                    f"objective {t_solver!r} s)"
-                )
-                continue
-            self.backend = str(solver)
-            return t_true, shares
-        tried.append(last)
-        raise AllocationError(
-            f"cvxpy found no checked optimal solution at n={n!r}; attempts: {'; '.join(tried)}",
-            status=last.split(" (")[0],
-        )
+        try:
+            sol = self._convex.solve(fixed, need)
+        except AllocationError as err:
+            raise AllocationError(f"at n={n!r}: {err}", status=err.status) from err
+        self.backend = sol.backend
+        self.status = sol.status
+        shares = sol.shares_hz
+        return float(np.max(client_round_times(inputs, shares, n))), shares
 
 
 def max_eta(v: float, min_local_iterations: float) -> float:

@@ -47,6 +47,7 @@ def read_run_scenario(run_dir: Path) -> Any:
         raise ConfigError(str(path), None, f"not readable JSON ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(str(path), type(data).__name__, "must hold a JSON object")
+    data.pop("scenario_hash", None)  # the launcher stores the hash beside the fields
     try:
         return from_dict(data)
     except ConfigError as err:

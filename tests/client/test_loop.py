@@ -50,7 +50,7 @@ class FakeMain:
             if train:
                 loss.backward()
         grad = h.grad if train else None
-        return StepReply(float(loss), int(h.shape[0] * h.shape[1]), grad, 0.001), 64
+        return StepReply(float(loss.detach()), int(h.shape[0] * h.shape[1]), grad, 0.001), 64
 
 
 class FakeFed:

@@ -9,12 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedsllm.delay.convex import certify
 from fedsllm.delay.rates import (
     client_round_times,
     global_rounds,
     local_iterations,
 )
 from fedsllm.delay.solvers import (
+    CvxpyInner,
+    _round_terms,
     exact_round_time,
     max_eta,
     solve_allocation,
@@ -26,42 +29,60 @@ from .conftest import random_inputs
 REL = 1e-5
 
 
+def _exact_is_certified(inputs, alloc, n: float) -> bool:
+    """The exact answer passes the same optimality certificate as cvxpy's (convex.certify)."""
+    fixed, need = _round_terms(inputs, n)
+    shares = alloc * (inputs.bandwidth_hz / alloc.sum())
+    return certify(fixed, need, shares, inputs.snr_hz, inputs.bandwidth_hz, rtol=1e-8)
+
+
 def _assert_agree(exact, cvx, inputs) -> None:
-    """T within REL; every b_k within REL relative, with a floor of 1e-6 B for the shares
-    of clients so strong that the objective barely depends on them."""
+    """T and every b_k within REL, relative, no absolute floor: cvxpy's shares are
+    certified (every client finishes within 1e-9 of the slowest, the band is full),
+    so even the smallest share is pinned down to ~1e-9 relative."""
     assert cvx.total_delay_s == pytest.approx(exact.total_delay_s, rel=REL)
     assert cvx.eta == pytest.approx(exact.eta, rel=1e-3)
-    np.testing.assert_allclose(
-        cvx.bandwidth_hz, exact.bandwidth_hz, rtol=REL, atol=1e-6 * inputs.bandwidth_hz
-    )
+    np.testing.assert_allclose(cvx.bandwidth_hz, exact.bandwidth_hz, rtol=REL, atol=0)
+    np.testing.assert_allclose(cvx.bandwidth_int_hz, exact.bandwidth_int_hz, rtol=REL, atol=0)
     np.testing.assert_allclose(cvx.client_round_s, exact.client_round_s, rtol=REL)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), k=st.integers(1, 30), eta=st.floats(0.05, 0.9))
-def test_exact_and_cvxpy_agree_at_fixed_eta(seed: int, k: int, eta: float) -> None:
-    inputs = random_inputs(seed, k)
-    exact = solve_allocation(inputs, "exact", eta)
-    try:
-        cvx = solve_allocation(inputs, "cvxpy", eta)
-    except AllocationError as err:
-        # Allowed: cvxpy refused an answer it could not check; never a wrong one.
-        assert err.status
-        return
+def _check_pair(inputs, exact, cvx) -> None:
     assert cvx.backend in ("CLARABEL", "SCS")
-    _assert_agree(exact, cvx, inputs)
+    if _exact_is_certified(inputs, exact.bandwidth_hz, exact.n):
+        _assert_agree(exact, cvx, inputs)
+    else:
+        # The known fault of rates.bandwidth_for_rate near the rate ceiling (see
+        # test_exact_regression_near_rate_ceiling): cvxpy must then do strictly better.
+        assert cvx.total_delay_s < exact.total_delay_s * (1 - REL)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), k=st.integers(1, 12))
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.one_of(st.integers(1, 30), st.integers(31, 200)),
+    eta=st.floats(0.05, 0.9),
+)
+def test_exact_and_cvxpy_agree_at_fixed_eta(seed: int, k: int, eta: float) -> None:
+    """cvxpy must answer (never refuse) on realistic scenarios up to K = 200, and agree."""
+    inputs = random_inputs(seed, k)
+    _check_pair(
+        inputs, solve_allocation(inputs, "exact", eta), solve_allocation(inputs, "cvxpy", eta)
+    )
+
+
+@settings(
+    max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 20))
 def test_exact_and_cvxpy_agree_on_the_optimum(seed: int, k: int) -> None:
     inputs = random_inputs(seed, k)
-    exact = solve_allocation(inputs, "exact")
-    try:
-        cvx = solve_allocation(inputs, "cvxpy")
-    except AllocationError:
-        return
-    _assert_agree(exact, cvx, inputs)
+    _check_pair(inputs, solve_allocation(inputs, "exact"), solve_allocation(inputs, "cvxpy"))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -73,19 +94,37 @@ def test_cvxpy_solves_ordinary_scenarios(seed: int) -> None:
     _assert_agree(exact, cvx, inputs)
 
 
+def test_exact_and_cvxpy_agree_on_the_optimum_at_k_200() -> None:
+    """The whole eta search with cvxpy at K = 200 (benchmarks/solver_scaling.py times it)."""
+    inputs = random_inputs(1, 200)
+    _assert_agree(solve_allocation(inputs, "exact"), solve_allocation(inputs, "cvxpy"), inputs)
+
+
 @pytest.mark.parametrize("seed", [1, 9])
 def test_exact_and_cvxpy_agree_at_large_k(seed: int) -> None:
     inputs = random_inputs(seed, 200)
     n = local_iterations(0.5, inputs.v)
     t_exact, b_exact = exact_round_time(inputs, n)
-    from fedsllm.delay.solvers import CvxpyInner
-
-    try:
-        t_cvx, b_cvx = CvxpyInner(inputs).solve(n)
-    except AllocationError:
-        pytest.skip("cvxpy refused this instance (checked, not silently wrong)")
+    inner = CvxpyInner(inputs)
+    t_cvx, b_cvx = inner.solve(n)
+    assert inner.backend == "CLARABEL"
     assert t_cvx == pytest.approx(t_exact, rel=REL)
-    np.testing.assert_allclose(b_cvx, b_exact, rtol=REL, atol=1e-6 * inputs.bandwidth_hz)
+    np.testing.assert_allclose(b_cvx, b_exact, rtol=REL, atol=0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rates.bandwidth_for_rate returns a share 14% short of the asked rate for "
+    "Gamma > 1 - 1e-5 (W_-1 near its branch point), so the exact Newton on t stops on a "
+    "wrong bracket and under-fills the band; cvxpy's certified answer is 22% lower",
+)
+def test_exact_regression_near_rate_ceiling() -> None:
+    inputs = random_inputs(2006, 50)
+    n = local_iterations(0.5, inputs.v)
+    t_exact, b_exact = exact_round_time(inputs, n)
+    t_cvx, b_cvx = CvxpyInner(inputs).solve(n)
+    assert b_exact.sum() == pytest.approx(inputs.bandwidth_hz, rel=1e-10)
+    assert t_exact == pytest.approx(t_cvx, rel=REL)
 
 
 @pytest.mark.parametrize("seed,k", [(0, 1), (1, 5), (2, 40), (3, 1000)])

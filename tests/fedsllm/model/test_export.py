@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from fedsllm.cli import main as cli_main
 from fedsllm.data.tokenizer import ByteTokenizer
 from fedsllm.errors import ConfigError
+from fedsllm.launch import write_scenario
 from fedsllm.model.build import build_base_model, model_family
 from fedsllm.model.export import export_run
 from fedsllm.model.lora import adapter_to_bytes, apply_lora
@@ -32,7 +33,8 @@ def _write_run(run_dir, scenario):
                 if "lora_" in name:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
     (run_dir / "adapters").mkdir(parents=True)
-    (run_dir / "scenario.json").write_text(json.dumps(scenario.to_dict()))
+    # Exactly what the launcher writes (the fields plus the scenario hash).
+    write_scenario(run_dir, scenario)
     (run_dir / "adapters" / "client_global.safetensors").write_bytes(adapter_to_bytes(client))
     (run_dir / "adapters" / "server.safetensors").write_bytes(adapter_to_bytes(server))
     return client, server
