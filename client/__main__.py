@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from client.loop import ClientTrainer, FixedPlan
     from client.remote import AllocationFollower, FedServerClient, MainServerStream
+    from fedsllm.clock import measure_offset
     from fedsllm.data.federated import build_federated_data
     from fedsllm.link.base import Direction
     from fedsllm.model.counts import count_scenario
@@ -98,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             control_channel, register_info(scenario, k, len(shard)), apply, tracer
         )
         plan = follower
+    fed_link = FedServerClient(
+        fed_channel, k, scenario_hash, chunk_bytes, pace_up=pace_up if shaper else None
+    )
+    clock = measure_offset(fed_link.server_clock)
+    tracer.clock_offset_s = clock.offset_s
+    tracer.event("clock_offset", offset_s=clock.offset_s, rtt_s=clock.rtt_s)
     main_link = MainServerStream(
         main_channel,
         k,
@@ -106,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk_bytes,
         pace_up=pace_up if shaper else None,
         downlink_bps=downlink_bps,
-    )
-    fed_link = FedServerClient(
-        fed_channel, k, scenario_hash, chunk_bytes, pace_up=pace_up if shaper else None
+        now=tracer.now,
     )
     trainer = ClientTrainer(
         client_id=k,

@@ -50,12 +50,16 @@ class MainServerStream:
         chunk_bytes: int,
         pace_up: Pace | None = None,
         downlink_bps: Callable[[], float] = lambda: 0.0,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.client_id = client_id
         self.wire_dtype = wire_dtype
         self.chunk_bytes = chunk_bytes
         self.pace_up = pace_up
         self.downlink_bps = downlink_bps
+        self.now = now
+        """The run's reference clock (local time + offset to the fed server), used
+        to stamp each step so the receiver can measure its one-way transfer."""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sent_shape: tuple[int, ...] | None = None
         self._call = main_grpc.MainServerStub(channel).Train(self._requests())
@@ -110,7 +114,7 @@ class MainServerStream:
             mode="train" if train else "eval",
             downlink_bps=float(self.downlink_bps()) if train else 0.0,
             tensor_names=tuple(f.name for f in frames),
-            sent_unix_s=time.time(),
+            sent_unix_s=self.now(),
             initial_adapter=initial_adapter and not train,
         )
         total = 0
@@ -211,6 +215,12 @@ class FedServerClient:
                     f"fed server refused round {round_index}: {err.details()}"
                 ) from None
             raise
+
+    def server_clock(self) -> float:
+        """The fed server's clock (one Status round trip), for fedsllm.clock."""
+        request = fed_server_pb2.StatusRequest()
+        reply = call_with_retry(lambda: self.stub.Status(request, timeout=self.rpc_timeout_s))
+        return float(reply.server_unix_s)
 
     def pull_global(self, round_index: int) -> bytes | None:
         if round_index < 0:

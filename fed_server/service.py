@@ -7,6 +7,7 @@ turns protobuf into plain values and domain exceptions into status codes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -105,4 +106,5 @@ class FedServerService(pb_grpc.FedServerServicer):
             num_rounds=self.state.num_rounds,
             finished=self.state.finished,
             clients_joined=sorted(snap.joined),
+            server_unix_s=time.time(),
         )

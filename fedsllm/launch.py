@@ -298,7 +298,7 @@ def _run_processes(
         main = start_role(
             "main_server",
             "main_server",
-            [*common, "--bind", ends.main_bind],
+            [*common, "--bind", ends.main_bind, "--fed-address", ends.fed_addr],
             run_dir,
             env,
             ends.prefix("main_server"),

@@ -23,6 +23,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = role_arg_parser("python -m main_server", __doc__)
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument(
+        "--fed-address",
+        default="",
+        help="fed server host:port, to align this process's clock with the run's "
+        "(default: none; fine when every role shares one host)",
+    )
     return parser.parse_args(argv)
 
 
@@ -50,6 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
     run_dir = Path(args.run_dir)
     tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
+    if args.fed_address:
+        from fedsllm.clock import measure_offset
+        from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
+        from fedsllm.wire.rpc import call_with_retry, make_channel
+
+        with make_channel(args.fed_address) as channel:
+            stub = fed_server_pb2_grpc.FedServerStub(channel)
+            request = fed_server_pb2.StatusRequest()
+            clock = measure_offset(
+                lambda: call_with_retry(lambda: stub.Status(request, timeout=10)).server_unix_s
+            )
+        tracer.clock_offset_s = clock.offset_s
+        tracer.event("clock_offset", offset_s=clock.offset_s, rtt_s=clock.rtt_s)
     part, tokenizer, model_config = build_part(scenario, "server")
     trainer = ServerTrainer(
         part,

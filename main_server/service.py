@@ -12,7 +12,6 @@ INVALID_ARGUMENT and changes no server state.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -168,14 +167,14 @@ class MainServerService(pb_grpc.MainServerServicer):
             self._abort(context, err)
         log.info("client %d disconnected", client_id)
 
-    @staticmethod
-    def _transfer_s(upload: StepUpload) -> float:
-        """One-way transfer time of the step: from the client's send stamp (same host,
-        or clocks aligned) to the end marker's arrival; the receive window alone
-        when unstamped. Measuring from the header's arrival instead undercounts
-        whenever this handler is resumed late."""
+    def _transfer_s(self, upload: StepUpload) -> float:
+        """One-way transfer time of the step: from the client's send stamp to the end
+        marker's arrival, both on the run's reference clock (each side adds its
+        offset to the fed server's clock); the receive window alone when unstamped.
+        Measuring from the header's arrival instead undercounts whenever this
+        handler is resumed late."""
         if upload.header.sent_unix_s > 0:
-            return max(0.0, time.time() - upload.header.sent_unix_s)
+            return max(0.0, self.tracer.now() - upload.header.sent_unix_s)
         return upload.receive_s
 
     def _check_hello(self, hello: TrainHelloInfo) -> None:

@@ -61,13 +61,39 @@ def rate_slope(shares_hz: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
     return (np.log1p(c / b) - c / (b + c)) / LN2
 
 
+BRANCH_GAMMA = 0.9
+"""Above this Gamma the lemma is evaluated in the cancellation-free form below."""
+
+
+def _lower_branch_gap(delta: np.ndarray) -> np.ndarray:
+    """eps > 0 with -W_{-1}(-Gamma e^-Gamma) = 1 + eps, for Gamma = 1 - delta.
+
+    u = -W_{-1}(.) is the root u > 1 of u - ln u = Gamma - ln Gamma; with
+    u = 1 + eps and Gamma = 1 - delta that is eps - log1p(eps) = -delta -
+    log1p(-delta), whose two sides are computed to full relative precision
+    (log1p), unlike W_{-1} near its branch point -1/e, where Gamma -> 1 and
+    W + Gamma cancels. Newton from eps = delta (the two agree to first order)
+    converges in a handful of steps: the function is convex and increasing.
+    """
+    target = -delta - np.log1p(-delta)
+    eps = delta * (1.0 + 2.0 * delta / 3.0)
+    for _ in range(40):
+        f = eps - np.log1p(eps) - target
+        step = f * (1.0 + eps) / eps
+        eps = np.maximum(eps - step, eps * 0.5)
+        if np.all(np.abs(step) <= 1e-15 * eps):
+            break
+    return eps
+
+
 def bandwidth_for_rate(rate: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
     """The lemma of MODEL.md section 5: least b with R(b) = rho.
 
     b(rho) = -rho ln2 / (W_{-1}(-Gamma e^{-Gamma}) + Gamma), Gamma = rho ln2 / snr,
-    for Gamma < 1; +inf at or above the rate ceiling; 0 for rho = 0. One
-    Newton step on R(b) = rho follows, because W_{-1} loses digits near its
-    branch point (Gamma -> 1, a share far above the client's snr).
+    for Gamma < 1; +inf at or above the rate ceiling; 0 for rho = 0. Near the
+    ceiling (Gamma > BRANCH_GAMMA) the denominator cancels catastrophically,
+    so there it is written as W + Gamma = -(eps + delta) with delta = 1 - Gamma
+    and eps from `_lower_branch_gap`. One Newton step on R(b) = rho follows.
     """
     from scipy.special import lambertw
 
@@ -77,8 +103,13 @@ def bandwidth_for_rate(rate: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
         gamma = rho * LN2 / c
         ok = (gamma > 0) & (gamma < 1)
         g = np.where(ok, gamma, 0.5)
+        near = ok & (g > BRANCH_GAMMA)
         w = lambertw(-g * np.exp(-g), k=-1).real
-        b = -g * c / (w + g)
+        denom = w + g
+        if np.any(near):
+            delta = np.where(near, 1.0 - g, 0.05)
+            denom = np.where(near, -(_lower_branch_gap(delta) + delta), denom)
+        b = -g * c / denom
         b = np.where(np.isfinite(b) & (b > 0), b, np.inf)
         # Newton polish on b log1p(c/b) = rho ln2 (only where b is finite).
         fin = ok & np.isfinite(b)

@@ -90,13 +90,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("round", "num_rounds", "finished", "clients_joined")
+    __slots__ = ("round", "num_rounds", "finished", "clients_joined", "server_unix_s")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_JOINED_FIELD_NUMBER: _ClassVar[int]
+    SERVER_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     round: int
     num_rounds: int
     finished: bool
     clients_joined: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., finished: _Optional[bool] = ..., clients_joined: _Optional[_Iterable[int]] = ...) -> None: ...
+    server_unix_s: float
+    def __init__(self, round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., finished: _Optional[bool] = ..., clients_joined: _Optional[_Iterable[int]] = ..., server_unix_s: _Optional[float] = ...) -> None: ...

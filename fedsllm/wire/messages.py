@@ -304,6 +304,8 @@ class StatusInfo:
     num_rounds: int
     finished: bool
     clients_joined: tuple[int, ...]
+    server_unix_s: float = 0.0
+    """The fed server's clock when it answered (the run's reference clock)."""
 
 
 def status_to_proto(info: StatusInfo) -> fed_server_pb2.StatusResponse:
@@ -314,6 +316,7 @@ def status_to_proto(info: StatusInfo) -> fed_server_pb2.StatusResponse:
         num_rounds=info.num_rounds,
         finished=info.finished,
         clients_joined=list(info.clients_joined),
+        server_unix_s=info.server_unix_s,
     )
 
 
@@ -323,6 +326,7 @@ def status_from_proto(msg: fed_server_pb2.StatusResponse) -> StatusInfo:
         num_rounds=msg.num_rounds,
         finished=msg.finished,
         clients_joined=tuple(msg.clients_joined),
+        server_unix_s=_finite("StatusResponse.server_unix_s", msg.server_unix_s),
     )
 
 

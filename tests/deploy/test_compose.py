@@ -85,6 +85,10 @@ def test_addresses_point_at_bound_services(compose) -> None:
             assert host in services, address
             assert port in bound[host], address
         assert set(service["depends_on"]) == {"fed-server", "main-server"}
+    _, main_args = _parsed(services["main-server"])
+    host, port = main_args.fed_address.rsplit(":", 1)
+    assert port in bound[host]  # the main server aligns its clock with the fed server's
+    assert set(services["main-server"]["depends_on"]) == {"fed-server"}
     report_deps = set(services["report"]["depends_on"])
     assert report_deps == {n for n in services if n.startswith("client-")}
 

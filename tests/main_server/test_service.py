@@ -294,8 +294,15 @@ def test_initial_adapter_eval_ignores_training_so_far(server) -> None:
         stream = MainServerStream(channel, 1, HASH, "float32", chunk_bytes=4096)
 
         def evaluate(initial: bool) -> float:
-            stream.send_step(0, 0, False, t["activations"], t["attention_mask"], t["labels"],
-                             initial_adapter=initial)
+            stream.send_step(
+                0,
+                0,
+                False,
+                t["activations"],
+                t["attention_mask"],
+                t["labels"],
+                initial_adapter=initial,
+            )
             reply, _ = stream.receive_reply(0, 0)
             assert reply.grad is None
             return reply.loss

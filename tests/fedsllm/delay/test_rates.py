@@ -105,3 +105,14 @@ def test_prediction_rejects_bad_shares(make_inputs) -> None:
     with pytest.raises(ConfigError) as err:
         predict_round_delay(inp, np.full(3, 1e6), 0)
     assert err.value.path == "n_int"
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.9, 0.9000001, 0.99, 0.99999, 1 - 1e-8, 1 - 1e-12])
+def test_lemma_is_exact_up_to_the_rate_ceiling(gamma: float) -> None:
+    """R(b(rho)) = rho even where W_-1 is near its branch point (Gamma -> 1)."""
+    from fedsllm.delay.rates import LN2, bandwidth_for_rate, rate_bps
+
+    snr = np.array([357653.0, 2.5e9])
+    rho = gamma * snr / LN2
+    b = bandwidth_for_rate(rho, snr)
+    np.testing.assert_allclose(rate_bps(b, snr), rho, rtol=1e-9)

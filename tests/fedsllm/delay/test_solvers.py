@@ -112,13 +112,10 @@ def test_exact_and_cvxpy_agree_at_large_k(seed: int) -> None:
     np.testing.assert_allclose(b_cvx, b_exact, rtol=REL, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rates.bandwidth_for_rate returns a share 14% short of the asked rate for "
-    "Gamma > 1 - 1e-5 (W_-1 near its branch point), so the exact Newton on t stops on a "
-    "wrong bracket and under-fills the band; cvxpy's certified answer is 22% lower",
-)
 def test_exact_regression_near_rate_ceiling() -> None:
+    """A client asked for a rate within 1e-5 of its ceiling: the lemma used to
+    lose digits at W_-1's branch point and return a share 14% short, so the
+    exact search stopped on a wrong round time with the band under-filled."""
     inputs = random_inputs(2006, 50)
     n = local_iterations(0.5, inputs.v)
     t_exact, b_exact = exact_round_time(inputs, n)
