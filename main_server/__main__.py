@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fed_address:
         from fedsllm.clock import measure_offset
         from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
-        from fedsllm.wire.rpc import call_with_retry, make_channel
+        from fedsllm.wire.rpc import call_with_retry, make_channel, wait_healthy
 
+        # Started beside the fed server, which may still be coming up.
+        wait_healthy(args.fed_address, scenario.run.startup_timeout_s)
         with make_channel(args.fed_address) as channel:
             stub = fed_server_pb2_grpc.FedServerStub(channel)
             request = fed_server_pb2.StatusRequest()
