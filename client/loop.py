@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from fedsllm.data.dataset import Batch, TokenDataset
+from fedsllm.errors import StateError
 from fedsllm.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ class FedServerLink(Protocol):
     def join(self, num_samples: int) -> tuple[int, int]:
         """Returns (current round, number of rounds)."""
 
-    def push_adapter(self, round_index: int, blob: bytes) -> None: ...
+    def push_adapter(self, round_index: int, blob: bytes) -> None:
+        """Raises StateError when the round went on without this client (a straggler)."""
 
-    def pull_global(self, round_index: int) -> bytes | None: ...
+    def pull_global(self, round_index: int) -> tuple[int, bytes | None]:
+        """The global adapter of round `round_index` or a later one, with its round."""
 
 
 class RoundPlan(Protocol):
@@ -169,24 +172,38 @@ class ClientTrainer:
         return loss
 
     # ------------------------------------------------------------- rounds
-    def load_global(self, round_index: int) -> None:
-        """Fetch and install the global adapter produced by `round_index` (-1 = initial)."""
-        if self.loaded_round == round_index:
-            return
+    def load_global(self, round_index: int) -> int:
+        """Install the global adapter of `round_index` (-1 = initial) or of a later
+        round, when the run has moved on; returns the round it came from."""
+        if self.loaded_round >= round_index:
+            return self.loaded_round
         with self.tracer.span("global_download", round=round_index + 1) as span:
-            blob = self.fed.pull_global(round_index)
+            done, blob = self.fed.pull_global(round_index)
             span.bytes = len(blob) if blob else 0
         if blob is not None:
             self.load_state(self.part, self.from_bytes(blob, self.part))
-        self.loaded_round = round_index
+        self.loaded_round = max(done, round_index)
+        return self.loaded_round
 
     def run(
         self, num_samples: int, plan: RoundPlan, evaluate: Callable[[int], float] | None
     ) -> None:
         current, num_rounds = self.fed.join(num_samples)
         log.info("client %d joined at round %d of %d", self.client_id, current, num_rounds)
-        for round_index in range(current, num_rounds):
-            self.load_global(round_index - 1)
+        round_index = current
+        while round_index < num_rounds:
+            done = self.load_global(round_index - 1)
+            if done >= round_index:
+                # A straggler whose rounds went on without it skips to the current one.
+                log.warning(
+                    "client %d: rounds %d..%d finished without it; resuming at %d",
+                    self.client_id,
+                    round_index,
+                    done,
+                    done + 1,
+                )
+                round_index = done + 1
+                continue
             if evaluate is not None and round_index == current:
                 evaluate(round_index - 1)  # loss before this client's first round
             num_steps = plan.local_steps(round_index)
@@ -197,13 +214,24 @@ class ClientTrainer:
                 num_steps,
                 sum(losses) / len(losses),
             )
-            with self.tracer.span("adapter_upload", round=round_index) as span:
-                blob = self.to_bytes(self.part)
-                span.bytes = len(blob)
-                self.fed.push_adapter(round_index, blob)
+            try:
+                with self.tracer.span("adapter_upload", round=round_index) as span:
+                    blob = self.to_bytes(self.part)
+                    span.bytes = len(blob)
+                    self.fed.push_adapter(round_index, blob)
+            except StateError as err:
+                # Past the round's deadline: the fed server aggregated without this
+                # update. Not an error of the run; the next pull catches up.
+                self.tracer.event("straggler", round=round_index, reason=str(err))
+                log.warning(
+                    "client %d: round %d update refused: %s", self.client_id, round_index, err
+                )
+                round_index += 1
+                continue
             last = round_index == num_rounds - 1
             if evaluate is not None and (last or (round_index + 1) % self.eval_every == 0):
                 self.load_global(round_index)
                 evaluate(round_index)
+            round_index += 1
         if evaluate is None:
             self.load_global(num_rounds - 1)

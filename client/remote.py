@@ -222,12 +222,12 @@ class FedServerClient:
         reply = call_with_retry(lambda: self.stub.Status(request, timeout=self.rpc_timeout_s))
         return float(reply.server_unix_s)
 
-    def pull_global(self, round_index: int) -> bytes | None:
+    def pull_global(self, round_index: int) -> tuple[int, bytes | None]:
         if round_index < 0:
-            return None  # before round 0 every client holds the same seeded init
+            return -1, None  # before round 0 every client holds the same seeded init
         request = fed_server_pb2.PullGlobalRequest(client_id=self.client_id, round=round_index)
-        _header, blob = read_pull(self.stub.PullGlobal(request, timeout=self.pull_timeout_s))
-        return blob
+        header, blob = read_pull(self.stub.PullGlobal(request, timeout=self.pull_timeout_s))
+        return (header.round if header.has_adapter else -1), blob
 
 
 class AllocationFollower:

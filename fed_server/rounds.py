@@ -207,21 +207,26 @@ class RoundState:
         self._cond.notify_all()
 
     def wait_global(self, round_index: int, timeout_s: float) -> bytes | None:
-        """Block until the global adapter of `round_index` exists.
+        """The global adapter of `round_index` (or later); see `wait_global_round`."""
+        return self.wait_global_round(round_index, timeout_s)[1]
+
+    def wait_global_round(self, round_index: int, timeout_s: float) -> tuple[int, bytes | None]:
+        """Block until the global adapter of `round_index` exists; returns it with
+        the round it belongs to, read together under the lock.
 
         Round -1 means "before any aggregation": the initial adapter is each
         client's identically seeded LoRA init, so there is nothing to send.
         Asking for a round the server has moved past returns the latest one
-        (a straggler catching up).
+        (a straggler catching up), labelled with its own round.
         """
         if round_index < -1 or round_index >= self.num_rounds:
             raise WireError("round", f"{round_index} is not in [-1, {self.num_rounds})")
         with self._cond:
             if round_index == -1 and self._completed == -1:
-                return None
+                return -1, None
             ok = self._cond.wait_for(lambda: self._completed >= round_index, timeout=timeout_s)
             if not ok:
                 raise TimeoutError(
                     f"global adapter of round {round_index} not ready after {timeout_s:.0f} s"
                 )
-            return self._globals[self._completed]
+            return self._completed, self._globals[self._completed]

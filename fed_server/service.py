@@ -87,12 +87,11 @@ class FedServerService(pb_grpc.FedServerServicer):
         self, request: pb.PullGlobalRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.PullGlobalResponse]:
         try:
-            blob = self.state.wait_global(request.round, self.pull_timeout_s)
+            done, blob = self.state.wait_global_round(request.round, self.pull_timeout_s)
         except (WireError, TimeoutError) as err:
             _abort(context, err)
-        snap = self.state.snapshot()
         header = GlobalHeaderInfo(
-            round=max(snap.completed_round, 0),
+            round=max(done, 0),
             has_adapter=blob is not None,
             total_bytes=len(blob) if blob else 0,
             finished=self.state.finished,

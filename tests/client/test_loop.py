@@ -68,7 +68,7 @@ class FakeFed:
 
     def pull_global(self, round_index):
         self.pulled.append(round_index)
-        return self.blobs.get(round_index)
+        return round_index, self.blobs.get(round_index)
 
 
 def _batches():
