@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -81,12 +82,30 @@ def main(argv: list[str] | None = None) -> int:
         min_clients=scenario.training.min_clients,
         on_aggregated=next_round,
     )
+    pace_down = None
+    if controller is not None and scenario.link.backend == "token":
+        from fedsllm.link.base import Direction
+        from fedsllm.roles import build_role_shaper
+
+        shaper = build_role_shaper(scenario)
+
+        def pace_down(client_id: int, nbytes: int, new_message: bool) -> None:
+            # The global adapter crosses client k's downlink at the rate the
+            # controller allocated it (unshaped when that is 0 = unlimited).
+            current = controller.current(client_id)
+            rate = current.downlink_bps if current is not None else 0.0
+            if rate > 0:
+                if shaper.rates(client_id)[1] != rate:
+                    shaper.set_rates(client_id, math.inf, rate)
+                shaper.pace(client_id, Direction.DOWN, nbytes, new_message=new_message)
+
     service = FedServerService(
         state,
         scenario_hash,
         num_local_steps,
         max_adapter_bytes=256 * 2**20,
         chunk_bytes=scenario.link.chunk_bytes,
+        pace_down=pace_down,
     )
     server, port = create_server(
         args.bind, [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import grpc
@@ -43,8 +43,12 @@ class FedServerService(pb_grpc.FedServerServicer):
         max_adapter_bytes: int,
         chunk_bytes: int,
         pull_timeout_s: float = 3600.0,
+        pace_down: Callable[[int, int, bool], None] | None = None,
     ) -> None:
         self.state = state
+        self.pace_down = pace_down
+        """pace_down(client_id, nbytes, new_message): blocks before each chunk of the
+        global adapter goes out, at that client's downlink rate (MODEL.md: omega / R_dl)."""
         self.scenario_hash = scenario_hash
         self.num_local_steps = num_local_steps
         self.max_adapter_bytes = max_adapter_bytes
@@ -96,7 +100,10 @@ class FedServerService(pb_grpc.FedServerServicer):
             total_bytes=len(blob) if blob else 0,
             finished=self.state.finished,
         )
-        yield from pull_responses(header, blob, self.chunk_bytes)
+        for i, response in enumerate(pull_responses(header, blob, self.chunk_bytes)):
+            if self.pace_down is not None:
+                self.pace_down(request.client_id, response.ByteSize(), i == 0)
+            yield response
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         snap = self.state.snapshot()

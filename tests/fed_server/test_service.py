@@ -155,3 +155,35 @@ def test_bad_input_is_refused_and_changes_nothing(fed, send, code, match) -> Non
     assert state.snapshot() == before
     # The server still works after refusing.
     assert _push(stub, 0, 0, _blob(1.0)).accepted
+
+
+def test_pull_global_is_paced_per_client(tmp_path) -> None:
+    """Every message of the global adapter goes through the downlink pacer of the
+    client that asked, the first one marked as a new message."""
+    state = RoundState(
+        num_clients=1, num_rounds=1, run_dir=tmp_path, tracer=Tracer(None, "fed_server")
+    )
+    paced: list[tuple[int, int, bool]] = []
+    service = FedServerService(
+        state,
+        HASH,
+        num_local_steps=1,
+        max_adapter_bytes=4096,
+        chunk_bytes=64,
+        pace_down=lambda k, n, first: paced.append((k, n, first)),
+    )
+    server, port = create_server(
+        "127.0.0.1:0", [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)]
+    )
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.FedServerStub(channel)
+            _join(stub, 0)
+            _push(stub, 0, 0, _blob(2.0))
+            responses = list(stub.PullGlobal(pb.PullGlobalRequest(client_id=0, round=0), timeout=5))
+    finally:
+        stop_server(server, grace_s=0.5)
+    assert len(paced) == len(responses) > 2
+    assert [p[0] for p in paced] == [0] * len(paced)
+    assert [p[2] for p in paced] == [True] + [False] * (len(paced) - 1)
+    assert [p[1] for p in paced] == [r.ByteSize() for r in responses]
