@@ -33,24 +33,32 @@ def scenario_hash(scenario: ScenarioConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def make_run_dir(out: str | Path | None, scenario: ScenarioConfig) -> Path:
-    """A fresh run directory: OUT itself when given, else runs/<name>-<timestamp>."""
+def fresh_out_dir(out: str | Path | None, stem: str) -> Path:
+    """OUT itself when given (absent or an empty directory), else runs/<stem>-<timestamp>;
+    created, and returned absolute. Runs never write into a used directory."""
     if out:
-        run_dir = Path(out)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
             from fedsllm.errors import ConfigError
 
-            raise ConfigError("--out", str(run_dir), "exists and is not empty")
+            raise ConfigError("--out", str(path), "exists and is not an empty directory")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{scenario.name}-{stamp}"
+        path = Path("runs") / f"{stem}-{stamp}"
         suffix = 1
-        while run_dir.exists():
-            run_dir = Path("runs") / f"{scenario.name}-{stamp}-{suffix}"
+        while path.exists():
+            path = Path("runs") / f"{stem}-{stamp}-{suffix}"
             suffix += 1
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def make_run_dir(out: str | Path | None, scenario: ScenarioConfig) -> Path:
+    """A fresh run directory with its logs/, trace/ and adapters/ folders."""
+    run_dir = fresh_out_dir(out, scenario.name)
     for sub in ("logs", "trace", "adapters"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    return run_dir.resolve()
+    return run_dir
 
 
 def write_scenario(run_dir: Path, scenario: ScenarioConfig) -> Path:

@@ -63,7 +63,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         run_calibration,
         write_calibrated,
     )
-    from fedsllm.experiments.runs import fresh_out_dir
+    from fedsllm.launch import fresh_out_dir
 
     steps = parse_steps(args.steps)
     check_calibration_args(args.target_loss, args.max_rounds)

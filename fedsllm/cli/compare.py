@@ -50,8 +50,7 @@ def compare_command(args: argparse.Namespace) -> int:
         table_rows,
         write_outputs,
     )
-    from fedsllm.experiments.runs import fresh_out_dir
-    from fedsllm.launch import make_run_dir
+    from fedsllm.launch import fresh_out_dir, make_run_dir
 
     policies = parse_policies(args.policies)
     overrides = list(args.overrides)
