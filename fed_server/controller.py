@@ -211,13 +211,16 @@ class Controller:
         self._allocations: tuple[AllocationInfo, ...] = ()
         self._closed = False
         plan_alloc = self._solve_plan(self._inputs(0, {}, {}))
+        num_rounds = int(plan_alloc.num_rounds_int)
+        if policy.max_rounds:
+            num_rounds = min(num_rounds, policy.max_rounds)  # a shortened run of the plan
         self.plan = Plan(
             policy=policy.name,
             eta=float(plan_alloc.eta),
             num_local_steps=int(plan_alloc.n_int),
-            num_rounds=int(plan_alloc.num_rounds_int),
+            num_rounds=num_rounds,
             predicted_round_s=float(plan_alloc.round_time_int_s),
-            predicted_total_s=float(plan_alloc.num_rounds_int * plan_alloc.round_time_int_s),
+            predicted_total_s=float(num_rounds * plan_alloc.round_time_int_s),
         )
         log.info(
             "controller: plan for policy %s: eta %.4f, %d local steps x %d rounds, "

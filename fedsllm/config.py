@@ -314,6 +314,9 @@ class PolicyConfig:
     """JSON list of bandwidth fractions for policy fixed."""
     num_random_draws: int = 20
     """Dirichlet draws averaged by policy random."""
+    max_rounds: int = 0
+    """Run at most this many of the plan's N rounds (`fedsllm run --rounds` under
+    an allocation policy); 0 = all N."""
 
     def __post_init__(self) -> None:
         _one_of("policy.name", self.name, POLICIES)

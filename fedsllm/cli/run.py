@@ -75,13 +75,20 @@ def run_command(args: argparse.Namespace) -> int:
     from fedsllm.summary import summarize
     from fedsllm.trace import read_records
 
-    scenario = load_scenario(args.scenario, flag_overrides(args))
+    overrides = flag_overrides(args)
+    scenario = load_scenario(args.scenario, overrides)
     console = Console(stderr=True)
-    if scenario.policy.name != "fixed_steps" and (args.rounds or args.local_steps):
-        console.print(
-            f"[yellow]warning:[/] policy {scenario.policy.name} decides the rounds and "
-            "local steps; --rounds/--local-steps apply to policy fixed_steps only"
-        )
+    if scenario.policy.name != "fixed_steps":
+        if args.rounds:
+            # Under an allocation policy the plan decides N; --rounds runs its first R.
+            scenario = load_scenario(
+                args.scenario, [*overrides, f"policy.max_rounds={args.rounds}"]
+            )
+        if args.local_steps:
+            console.print(
+                f"[yellow]warning:[/] policy {scenario.policy.name} decides the local steps "
+                "(n from its eta); --local-steps applies to policy fixed_steps only"
+            )
     run_dir = make_run_dir(args.out, scenario)
     console.print(
         f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "

@@ -77,14 +77,18 @@ def test_loopback_token_policy_optimal(tmp_path) -> None:
         "optimal",
         "--clients",
         "2",
+        "--rounds",
+        "2",
         "--quiet",
         "--out",
         str(out),
-        *overrides("link.backend='token'", *EMULATED),
+        *overrides("link.backend='token'", "link.emulate_compute=true"),
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_emulated_run(out, 2)
+    # The default constants plan 37 one-step rounds; --rounds 2 runs the first two.
+    assert len(read_json(out / "summary.json")["rounds"]) == 2
     assert "achieved Mbit/s" in proc.stderr
 
 

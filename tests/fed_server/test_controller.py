@@ -462,3 +462,16 @@ def test_integer_plan_never_loses_to_equal(a: float, v: float) -> None:
     equal = Controller(load_scenario(overrides=[*over, "policy.name='equal'"]))
     assert optimal.plan.predicted_total_s <= equal.plan.predicted_total_s + 1e-9
     assert optimal.plan.num_local_steps >= 1
+
+
+def test_max_rounds_runs_the_first_rounds_of_the_plan() -> None:
+    from fedsllm.config import load_scenario
+
+    full = Controller(load_scenario(overrides=["policy.name='optimal'"]))
+    short = Controller(load_scenario(overrides=["policy.name='optimal'", "policy.max_rounds=3"]))
+    assert full.plan.num_rounds > 3 and short.plan.num_rounds == 3
+    assert (short.plan.eta, short.plan.num_local_steps) == (
+        full.plan.eta,
+        full.plan.num_local_steps,
+    )
+    assert short.plan.predicted_total_s == pytest.approx(3 * full.plan.predicted_round_s)
