@@ -9,8 +9,8 @@ a real MainServerService + ServerTrainer (a 768-wide, one-block Llama server
 part with LoRA), which trains on it and streams back the 1.57 MB gradient.
 overhead = client wall time (send + receive) - server compute_s (forward,
 loss, backward, LoRA step, as the server measured it). Goal: <= 5 ms median.
-The server runs in a thread of this process (the client only waits while it
-computes), so the figure includes no process isolation benefits.
+The server runs in a child process, as the main server does in a run
+(`--in-process` shares one interpreter, and its GIL, with the client).
 """
 
 from __future__ import annotations
@@ -74,37 +74,65 @@ def build_server(hidden: int = 768) -> tuple[str, object, object]:
     return f"127.0.0.1:{port}", server, trainer
 
 
+def serve_in_child(conn) -> None:  # runs in the child process
+    torch.set_num_threads(1)
+    address, server, _ = build_server()
+    conn.send(address)
+    conn.recv()  # wait for the parent to finish
+    from fedsllm.wire.rpc import stop_server
+
+    stop_server(server, 0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--in-process", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from client.remote import MainServerStream
     from fedsllm.wire.rpc import make_channel, stop_server
 
-    address, server, _ = build_server()
+    child = conn = server = None
+    if args.in_process:
+        address, server, _ = build_server()
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        child = ctx.Process(target=serve_in_child, args=(child_conn,))
+        child.start()
+        address = conn.recv()
     b, t, d = 8, 64, 768
     acts = torch.randn(b, t, d)
     mask = torch.ones(b, t, dtype=torch.int64)
     labels = torch.randint(3, 259, (b, t))
     overheads, walls, computes = [], [], []
-    with make_channel(address) as channel:
-        stream = MainServerStream(channel, 0, "bench", "float32", 256 * 1024)
-        for step in range(args.steps + 5):
-            t0 = time.perf_counter()
-            stream.send_step(0, step, True, acts, mask, labels)
-            reply, nbytes = stream.receive_reply(0, step)
-            wall = time.perf_counter() - t0
-            if step >= 5:  # warm-up
-                walls.append(wall)
-                computes.append(reply.server_compute_s)
-                overheads.append(wall - reply.server_compute_s)
-        stream.close()
-    stop_server(server, 0.5)
+    try:
+        with make_channel(address) as channel:
+            stream = MainServerStream(channel, 0, "bench", "float32", 256 * 1024)
+            for step in range(args.steps + 5):
+                t0 = time.perf_counter()
+                stream.send_step(0, step, True, acts, mask, labels)
+                reply, nbytes = stream.receive_reply(0, step)
+                wall = time.perf_counter() - t0
+                if step >= 5:  # warm-up
+                    walls.append(wall)
+                    computes.append(reply.server_compute_s)
+                    overheads.append(wall - reply.server_compute_s)
+            stream.close()
+    finally:
+        if server is not None:
+            stop_server(server, 0.5)
+        if child is not None:
+            conn.send("stop")
+            child.join(timeout=10)
     print(
         f"host: {platform.node()} {platform.machine()} python {platform.python_version()}, "
         f"torch {torch.__version__}, grpcio {metadata.version('grpcio')}, "
-        f"protobuf {metadata.version('protobuf')}"
+        f"protobuf {metadata.version('protobuf')}; server "
+        f"{'in this process' if args.in_process else 'in a child process'}"
     )
     print(
         f"payload: activations {acts.numel() * 4 / 1e6:.2f} MB up, gradient "
