@@ -258,6 +258,7 @@ class AllocationFollower:
         self._cond = threading.Condition()
         self._latest: Any = None
         self._error: BaseException | None = None
+        self._closing = False
         stub = controller_pb2_grpc.ControllerStub(channel)
         call_with_retry(lambda: stub.Register(register_to_proto(register), timeout=30))
         self._stream = stub.Subscribe(controller_pb2.SubscribeRequest(client_id=register.client_id))
@@ -292,10 +293,18 @@ class AllocationFollower:
                     self._latest = info
                     self._cond.notify_all()
         except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                with self._cond:
-                    self._error = err
-                    self._cond.notify_all()
+            if self._closing and err.code() == grpc.StatusCode.CANCELLED:
+                return  # close() cancelled the stream
+            failure: BaseException = err
+        except Exception as err:  # a malformed push, or a shaper that refused its rates
+            failure = err
+        else:
+            failure = StateError("the controller ended the allocation stream")
+        # Recorded so that local_steps fails at once instead of timing out with
+        # a misleading message once this thread is gone.
+        with self._cond:
+            self._error = failure
+            self._cond.notify_all()
 
     def latest(self) -> Any:
         with self._cond:
@@ -303,21 +312,23 @@ class AllocationFollower:
 
     def local_steps(self, round_index: int) -> int:
         with self._cond:
-            ok = self._cond.wait_for(
+            self._cond.wait_for(
                 lambda: (
                     self._error is not None
                     or (self._latest is not None and self._latest.round >= round_index)
                 ),
                 timeout=self.wait_timeout_s,
             )
+            # An allocation that arrived before the stream failed still holds.
+            if self._latest is not None and self._latest.round >= round_index:
+                return int(self._latest.num_local_steps)
             if self._error is not None:
                 raise RuntimeError(f"allocation stream failed: {self._error}")
-            if not ok:
-                raise TimeoutError(
-                    f"no allocation for round {round_index} after {self.wait_timeout_s:.0f} s"
-                )
-            return int(self._latest.num_local_steps)
+            raise TimeoutError(
+                f"no allocation for round {round_index} after {self.wait_timeout_s:.0f} s"
+            )
 
     def close(self) -> None:
+        self._closing = True
         self._stream.cancel()
         self._thread.join(timeout=5)

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         controller = Controller(scenario, tracer=tracer)
         num_rounds = controller.plan.num_rounds
         num_local_steps = controller.plan.num_local_steps
-        controller.start_round(checkpoint.completed_round + 1)
+        if checkpoint.completed_round + 1 < num_rounds:
+            # A resume after the last round has no round left to allocate.
+            controller.start_round(checkpoint.completed_round + 1)
 
     def next_round(done: int) -> None:
         if controller is not None and done + 1 < num_rounds:

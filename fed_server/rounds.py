@@ -117,6 +117,11 @@ class RoundState:
                     f"client {client_id} rejoined with num_samples={num_samples}, "
                     f"joined before with {known}"
                 )
+            if not self._joined:
+                # The first round's deadline runs from the first join, not from
+                # this server's start: the clients' own start-up (model build,
+                # data) is no part of the round.
+                self._round_started = self.clock()
             self._joined[client_id] = num_samples
             log.info(
                 "client %d joined with %d samples (round %d)",
@@ -143,6 +148,12 @@ class RoundState:
             if round_index != self.current_round:
                 raise StateError(
                     f"round {round_index} is not the current round {self.current_round}"
+                )
+            if self.finished:
+                # current_round is num_rounds here: without this, an adapter for
+                # a round past the last one would be accepted and aggregated.
+                raise StateError(
+                    f"round {round_index} refused: all {self.num_rounds} rounds are done"
                 )
             if client_id in self._pending:
                 raise StateError(f"client {client_id} already reported round {round_index}")

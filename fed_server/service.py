@@ -91,6 +91,11 @@ class FedServerService(pb_grpc.FedServerServicer):
         self, request: pb.PullGlobalRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.PullGlobalResponse]:
         try:
+            # client_id picks whose downlink paces the transfer: check it first.
+            if not 0 <= request.client_id < self.state.num_clients:
+                raise WireError(
+                    "client_id", f"{request.client_id} is not in [0, {self.state.num_clients})"
+                )
             done, blob = self.state.wait_global_round(request.round, self.pull_timeout_s)
         except (WireError, TimeoutError) as err:
             _abort(context, err)

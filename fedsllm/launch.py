@@ -16,10 +16,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from fedsllm.config import ScenarioConfig
@@ -191,6 +194,9 @@ def wait_until_healthy(
             )
             if probe.returncode == 0:
                 return
+            # A probe that fails at once (not yet in the namespace, an import
+            # error) would otherwise be respawned in a tight loop.
+            time.sleep(0.1)
             continue
         try:
             wait_healthy(address, timeout_s=min(1.0, remaining))
@@ -253,6 +259,32 @@ class RunOutcome:
     wall_s: float
 
 
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while the roles run.
+
+    The roles run in sessions of their own, so nothing else stops them when
+    the launcher is terminated; SIGTERM's default action would skip the
+    `finally` that stops them by pid. Only when nobody else handles SIGTERM
+    and only from the main thread (signal's rule).
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_processes(
     scenario: ScenarioConfig,
     run_dir: Path,
@@ -261,6 +293,16 @@ def run_processes(
 ) -> RunOutcome:
     """Run every role on this machine: on loopback, or in network namespaces
     joined by veth pairs (run.network = netns), which are always removed."""
+    with sigterm_as_exit():
+        return _run_here(scenario, run_dir, on_tick, tick_s)
+
+
+def _run_here(
+    scenario: ScenarioConfig,
+    run_dir: Path,
+    on_tick: Callable[[], None] | None,
+    tick_s: float,
+) -> RunOutcome:
     if scenario.run.network == "netns":
         from fedsllm.link.netns import NetnsTopology
 

@@ -17,7 +17,7 @@ Record schema (one JSON object per line):
     extra  free-form dict (loss, num_tokens, overrun_s, ...)
 
 Phase names: client_forward, uplink, server_compute, downlink,
-client_backward, adapter_upload, aggregation, global_download, wait, eval.
+client_backward, adapter_upload, aggregation, global_download, wait_reply, eval.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ PHASES = (
     "adapter_upload",
     "aggregation",
     "global_download",
-    "wait",
+    "wait_reply",
     "eval",
 )
 
@@ -88,7 +88,10 @@ class Tracer:
             return
         line = json.dumps(record, separators=(",", ":"), default=_jsonable)
         with self._lock:
-            self._fh.write(line + "\n")
+            # Checked again under the lock: a handler thread still running after
+            # its server stopped may write while close() runs.
+            if self._fh is not None:
+                self._fh.write(line + "\n")
 
     def record(
         self,

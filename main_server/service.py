@@ -231,8 +231,9 @@ class MainServerService(pb_grpc.MainServerServicer):
                 result = self.trainer.train_step(hidden, mask, labels)
             else:
                 result = self.trainer.eval_step(hidden, mask, labels, initial_adapter)
-            # receive_s runs from the step header to its end marker at this end of
-            # the link: bytes / receive_s is the uplink rate achieved, whatever shaped it.
+            # receive_s runs from the client's send stamp (or, unstamped, from the
+            # step header) to the end marker's arrival here (see _transfer_s):
+            # bytes / receive_s is the uplink rate achieved, whatever shaped it.
             span.extra.update(
                 mode=mode,
                 loss=result.loss,
