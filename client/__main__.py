@@ -99,8 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             control_channel, register_info(scenario, k, len(shard)), apply, tracer
         )
         plan = follower
+
+    def upload_s(nbytes: int) -> float:
+        rate = shaper.rates(k)[0] if shaper is not None else math.inf
+        return 0.0 if math.isinf(rate) else nbytes * 8 / rate * scenario.link.time_dilation
+
     fed_link = FedServerClient(
-        fed_channel, k, scenario_hash, chunk_bytes, pace_up=pace_up if shaper else None
+        fed_channel,
+        k,
+        scenario_hash,
+        chunk_bytes,
+        pace_up=pace_up if shaper else None,
+        upload_s=upload_s,
     )
     clock = measure_offset(fed_link.server_clock)
     tracer.clock_offset_s = clock.offset_s

@@ -172,8 +172,12 @@ class FedServerClient:
         pace_up: Pace | None = None,
         rpc_timeout_s: float = 60.0,
         pull_timeout_s: float = 3600.0,
+        upload_s: Callable[[int], float] = lambda _nbytes: 0.0,
     ) -> None:
         self.stub = fed_grpc.FedServerStub(channel)
+        self.upload_s = upload_s
+        """Expected emulated time to upload n bytes (0 = unshaped): the push deadline
+        grows with it, so a large adapter on a slow link is not cut off."""
         self.client_id = client_id
         self.scenario_hash = scenario_hash
         self.chunk_bytes = chunk_bytes
@@ -206,7 +210,7 @@ class FedServerClient:
         try:
             self.stub.PushAdapter(
                 self._paced(push_requests(header, blob, self.chunk_bytes)),
-                timeout=self.rpc_timeout_s,
+                timeout=self.rpc_timeout_s + 2.0 * self.upload_s(len(blob)),
             )
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:

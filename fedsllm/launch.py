@@ -95,6 +95,11 @@ class RoleProcess:
             return ""
         return "\n".join(lines[-num_lines:])
 
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM) without waiting."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
     def stop(self, grace_s: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""
         if self.popen.poll() is None:
@@ -398,6 +403,11 @@ def _run_processes(
     except RoleFailed as err:
         failed = err
     finally:
+        # Clients first (they may still be talking to the servers), then every
+        # process is signalled before any is waited for, so an interrupt during
+        # one wait cannot leave the others running.
+        for proc in reversed(procs):
+            proc.terminate()
         for proc in reversed(procs):
             code = proc.stop()
             exit_codes.setdefault(proc.name, code)

@@ -66,7 +66,8 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
     for rec in records:
         extra = rec.get("extra", {})
         if rec["kind"] == "event" and rec["name"] == "allocation":
-            allocated[rec["client"]].append(float(extra["uplink_bps"]))
+            if float(extra["uplink_bps"]) > 0:  # 0 means unshaped, not a rate
+                allocated[rec["client"]].append(float(extra["uplink_bps"]))
             bandwidth[rec["client"]].append(float(extra["bandwidth_hz"]))
         elif rec["name"] == "server_compute" and extra.get("mode") == "train":
             clients.add(rec["client"])

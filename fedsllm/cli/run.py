@@ -92,8 +92,7 @@ def run_command(args: argparse.Namespace) -> int:
     run_dir = make_run_dir(args.out, scenario)
     console.print(
         f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
-        f"{scenario.clients.num_clients} clients, {scenario.training.num_rounds} rounds "
-        f"x {scenario.training.num_local_steps} local steps -> {run_dir}"
+        f"{scenario.clients.num_clients} clients, {plan_text(scenario)} -> {run_dir}"
     )
     progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
     with progress:
@@ -120,7 +119,14 @@ def run_command(args: argparse.Namespace) -> int:
     if outcome.failed is None:
         from fedsllm.report import write_report
 
-        report = write_report(run_dir)
+        try:
+            report = write_report(run_dir)
+        except Exception as err:  # the run is intact; say what broke and fail loudly
+            console.print(
+                f"[bold red]report failed:[/] {type(err).__name__}: {err} "
+                f"(run directory {run_dir} is complete; retry with fedsllm report)"
+            )
+            return EXIT_RUN_FAILED
         console.print(
             f"report: {report.report_md} (mean |error| of the delay model "
             f"{report.mean_abs_error_pct:.1f}% over {report.num_rounds} rounds)"
@@ -135,6 +141,15 @@ def run_command(args: argparse.Namespace) -> int:
     console.print(f"run directory: {run_dir}")
     print(str(run_dir), file=sys.stdout)
     return EXIT_OK
+
+
+def plan_text(scenario: Any) -> str:
+    """What the banner says about rounds: fixed, or left to the controller's plan."""
+    training, policy = scenario.training, scenario.policy
+    if policy.name == "fixed_steps":
+        return f"{training.num_rounds} rounds x {training.num_local_steps} local steps"
+    cap = f", at most {policy.max_rounds} rounds" if policy.max_rounds else ""
+    return f"policy {policy.name} (the controller plans rounds and local steps{cap})"
 
 
 def print_summary(console: Any, summary: Any) -> None:

@@ -34,11 +34,17 @@ def best_integer_iterations(
 ) -> int:
     """The integer n minimizing ceil(N(eta_n)) * round_time(n).
 
-    `n_hint` is the continuous optimum; the search covers 1..max(4 * n_hint + 8)
-    (or `n_max`), far past where more local work stops paying for fewer rounds
+    `n_hint` is the continuous optimum; the search covers 1..max(8, ceil(4 n_hint) + 8)
+    (or 1..`n_max`), far past where more local work stops paying for fewer rounds
     (N(eta_n) falls to its floor of ceil(a) while the round time keeps growing
     linearly in n).
     """
+    if n_max is None and not (math.isfinite(n_hint) and n_hint > 0):
+        from fedsllm.errors import AllocationError
+
+        raise AllocationError(
+            f"n_hint={n_hint!r}: the continuous optimum must be finite and > 0", status="degenerate"
+        )
     upper = n_max if n_max is not None else max(8, int(math.ceil(4 * n_hint)) + 8)
     best_n, best_t = 1, math.inf
     for n in range(1, upper + 1):

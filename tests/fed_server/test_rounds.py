@@ -130,3 +130,30 @@ def test_resume_from_checkpoint(tmp_path) -> None:
     resumed.join(0, 4)
     with pytest.raises(WireError, match="shape"):
         resumed.submit(0, 1, serialize_adapter({"w": np.zeros((1, 2), "float32")}))
+
+
+def test_no_adapter_is_accepted_after_the_last_round(tmp_path) -> None:
+    state = _state(tmp_path, num_clients=1, num_rounds=1)
+    state.join(0, 4)
+    state.submit(0, 0, _blob(1.0))
+    assert state.finished and state.current_round == 1
+    before = state.snapshot()
+    with pytest.raises(StateError, match="rounds are done"):
+        state.submit(0, 1, _blob(2.0))
+    assert state.snapshot() == before
+    assert load_checkpoint(tmp_path).completed_round == 0
+
+
+def test_first_deadline_runs_from_the_first_join(tmp_path) -> None:
+    """Server start-up and the clients' model building are no part of round 0."""
+    now = [0.0]
+    state = _state(tmp_path, num_clients=2, deadline_s=1.0, min_clients=1, clock=lambda: now[0])
+    now[0] = 30.0  # the clients took 30 s to build their models
+    state.join(0, 10)
+    state.join(1, 10)
+    state.submit(0, 0, _blob(1.0))
+    now[0] = 30.2
+    assert not state.poll_deadline()  # 0.2 s into the round: client 1 still has time
+    now[0] = 31.5
+    assert state.poll_deadline()
+    assert state.current_round == 1

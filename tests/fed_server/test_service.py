@@ -187,3 +187,14 @@ def test_pull_global_is_paced_per_client(tmp_path) -> None:
     assert [p[0] for p in paced] == [0] * len(paced)
     assert [p[2] for p in paced] == [True] + [False] * (len(paced) - 1)
     assert [p[1] for p in paced] == [r.ByteSize() for r in responses]
+
+
+def test_pull_global_refuses_an_unknown_client(fed) -> None:
+    stub, state = fed
+    _join(stub, 0)
+    before = state.snapshot()
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.PullGlobal(pb.PullGlobalRequest(client_id=9, round=0), timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "client_id" in info.value.details()
+    assert state.snapshot() == before

@@ -60,3 +60,11 @@ def test_search_is_never_worse_than_equal_shares() -> None:
         n_equal, float(np.max(client_round_times(inputs, equal, 2))), 1.0, 2.0
     )
     assert integer_delay(n, opt_round(n), 1.0, 2.0) <= equal_total
+
+
+@pytest.mark.parametrize("hint", [math.nan, math.inf, 0.0])
+def test_degenerate_hint_is_a_typed_error(hint: float) -> None:
+    from fedsllm.errors import AllocationError
+
+    with pytest.raises(AllocationError, match="n_hint"):
+        best_integer_iterations(lambda n: 1.0, 4.0, 6.0, n_hint=hint)
