@@ -9,7 +9,6 @@ otherwise.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -42,17 +41,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from client.loop import ClientTrainer, FixedPlan
     from client.remote import AllocationFollower, FedServerClient, MainServerStream
-    from fedsllm.clock import measure_offset
     from fedsllm.data.federated import build_federated_data
     from fedsllm.link.base import Direction
     from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_from_bytes, adapter_to_bytes, load_adapter
     from fedsllm.roles import (
+        align_clock,
         build_part,
         build_role_shaper,
         compute_context,
         load_resolved_scenario,
         make_pacer,
+        record_emulation,
         register_info,
     )
     from fedsllm.trace import Tracer
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     main_channel = make_channel(args.main_address)
     fed_channel = make_channel(args.fed_address)
+    channels = [main_channel, fed_channel]
     follower = None
     plan: Any = FixedPlan(scenario.training.num_local_steps)
     if scenario.policy.name != "fixed_steps":
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 shaper.set_rates(k, info.uplink_bps, info.downlink_bps or math.inf)
 
         control_channel = make_channel(args.control_address or args.fed_address)
+        channels.append(control_channel)
         follower = AllocationFollower(
             control_channel, register_info(scenario, k, len(shard)), apply, tracer
         )
@@ -112,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         pace_up=pace_up if shaper else None,
         upload_s=upload_s,
     )
-    clock = measure_offset(fed_link.server_clock)
-    tracer.clock_offset_s = clock.offset_s
-    tracer.event("clock_offset", offset_s=clock.offset_s, rtt_s=clock.rtt_s)
+    align_clock(tracer, fed_channel)
     main_link = MainServerStream(
         main_channel,
         k,
@@ -158,19 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if follower is not None:
             follower.close()
-        if pacer is not None:
-            tracer.event("device_summary", **dataclasses.asdict(pacer.summary()))
-        if shaper is not None:
-            for (cid, direction), stats in shaper.stats().items():
-                tracer.event(
-                    "link_stats",
-                    client=cid,
-                    direction=direction.name.lower(),
-                    **dataclasses.asdict(stats),
-                )
+        record_emulation(tracer, pacer, shaper)
         main_link.close()
-        main_channel.close()
-        fed_channel.close()
+        for channel in channels:
+            channel.close()
         tracer.close()
     log.info("client %d done", k)
     return 0

@@ -9,7 +9,6 @@ network earlier than the emulated link allows.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,12 +19,12 @@ import torch
 
 from client.loop import StepReply
 from fedsllm.errors import StateError, WireError
-from fedsllm.proto import fed_server_pb2, main_server_pb2
+from fedsllm.proto import fed_server_pb2
 from fedsllm.proto import fed_server_pb2_grpc as fed_grpc
 from fedsllm.proto import main_server_pb2_grpc as main_grpc
 from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
 from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo, TrainWelcomeInfo
-from fedsllm.wire.rpc import call_with_retry
+from fedsllm.wire.rpc import RequestQueue, call_with_retry
 from fedsllm.wire.tensors import TensorSpec, tensor_to_frame
 from fedsllm.wire.train import StepDownload, read_downlink, step_upload_requests, train_request
 
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 Pace = Callable[[int, bool], None]
 """pace(nbytes, new_message): blocks until the emulated link has carried nbytes;
 new_message marks the first message of a transfer (charged the propagation delay)."""
-
-_CLOSE = object()
 
 
 class MainServerStream:
@@ -60,9 +57,9 @@ class MainServerStream:
         self.now = now
         """The run's reference clock (local time + offset to the fed server), used
         to stamp each step so the receiver can measure its one-way transfer."""
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue = RequestQueue()
         self._sent_shape: tuple[int, ...] | None = None
-        self._call = main_grpc.MainServerStub(channel).Train(self._requests())
+        self._call = main_grpc.MainServerStub(channel).Train(self._queue)
         self._downlink = read_downlink(self._call, self._reply_specs)
         self._queue.put(
             train_request(
@@ -74,13 +71,6 @@ class MainServerStream:
         welcome = next(self._downlink, None)
         if not isinstance(welcome, TrainWelcomeInfo):
             raise WireError("TrainResponse", "main server did not answer hello with welcome")
-
-    def _requests(self) -> Iterator[main_server_pb2.TrainRequest]:
-        while True:
-            item = self._queue.get()
-            if item is _CLOSE:
-                return
-            yield item
 
     def _reply_specs(self, _result: Any) -> list[TensorSpec]:
         return [
@@ -155,7 +145,7 @@ class MainServerStream:
         ), num_bytes
 
     def close(self) -> None:
-        self._queue.put(_CLOSE)
+        self._queue.close()
         for _ in self._downlink:  # drain so the call completes with its status
             pass
 
@@ -219,12 +209,6 @@ class FedServerClient:
                     f"fed server refused round {round_index}: {err.details()}"
                 ) from None
             raise
-
-    def server_clock(self) -> float:
-        """The fed server's clock (one Status round trip), for fedsllm.clock."""
-        request = fed_server_pb2.StatusRequest()
-        reply = call_with_retry(lambda: self.stub.Status(request, timeout=self.rpc_timeout_s))
-        return float(reply.server_unix_s)
 
     def pull_global(self, round_index: int) -> tuple[int, bytes | None]:
         if round_index < 0:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import threading
 from pathlib import Path
@@ -86,20 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     pace_down = None
     if controller is not None and scenario.link.backend == "token":
-        from fedsllm.link.base import Direction
-        from fedsllm.roles import build_role_shaper
+        from fedsllm.roles import build_role_shaper, pace_downlink
 
         shaper = build_role_shaper(scenario)
 
         def pace_down(client_id: int, nbytes: int, new_message: bool) -> None:
             # The global adapter crosses client k's downlink at the rate the
-            # controller allocated it (unshaped when that is 0 = unlimited).
+            # controller allocated it (0 = unlimited).
             current = controller.current(client_id)
             rate = current.downlink_bps if current is not None else 0.0
-            if rate > 0:
-                if shaper.rates(client_id)[1] != rate:
-                    shaper.set_rates(client_id, math.inf, rate)
-                shaper.pace(client_id, Direction.DOWN, nbytes, new_message=new_message)
+            pace_downlink(shaper, client_id, rate, nbytes, new_message)
 
     service = FedServerService(
         state,

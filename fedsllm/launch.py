@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -79,7 +79,6 @@ class RoleProcess:
     cmd: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes]
-    started_s: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -103,7 +102,7 @@ class RoleProcess:
     def stop(self, grace_s: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.popen.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
@@ -214,12 +213,11 @@ def wait_until_healthy(
 class Endpoints:
     """Where each role binds, how the others reach it, and how it is started."""
 
-    fed_bind: str
     fed_addr: str
-    control_bind: str
     control_addr: str
-    main_bind: str
     main_addr: str
+    """host:port each server binds and the others dial (the same in both modes:
+    loopback ports, or addresses inside the run's namespaces)."""
     prefixes: dict[str, list[str]]
     """Command prefix per role name ("fed_server", "main_server", "client_K")."""
     netns_run_id: str = ""
@@ -233,7 +231,7 @@ def loopback_endpoints(scenario: ScenarioConfig) -> Endpoints:
 
     host = scenario.run.host
     fed, control, main = (f"{host}:{free_port(host)}" for _ in range(3))
-    return Endpoints(fed, fed, control, control, main, main, prefixes={})
+    return Endpoints(fed, control, main, prefixes={})
 
 
 NETNS_PORTS = {"fed": 50051, "main": 50052, "control": 50053}
@@ -251,9 +249,7 @@ def netns_endpoints(scenario: ScenarioConfig, topology: Any) -> Endpoints:
     }
     for k in range(scenario.clients.num_clients):
         prefixes[f"client_{k}"] = topology.exec_prefix(k)
-    return Endpoints(
-        fed, fed, control, control, main, main, prefixes=prefixes, netns_run_id=topology.run_id
-    )
+    return Endpoints(fed, control, main, prefixes=prefixes, netns_run_id=topology.run_id)
 
 
 @dataclass
@@ -344,7 +340,7 @@ def _run_processes(
         fed = start_role(
             "fed_server",
             "fed_server",
-            [*common, "--bind", ends.fed_bind, "--control-bind", ends.control_bind],
+            [*common, "--bind", ends.fed_addr, "--control-bind", ends.control_addr],
             run_dir,
             env,
             ends.prefix("fed_server"),
@@ -353,7 +349,7 @@ def _run_processes(
         main = start_role(
             "main_server",
             "main_server",
-            [*common, "--bind", ends.main_bind, "--fed-address", ends.fed_addr],
+            [*common, "--bind", ends.main_addr, "--fed-address", ends.fed_addr],
             run_dir,
             env,
             ends.prefix("main_server"),
@@ -420,7 +416,3 @@ def _run_processes(
     return RunOutcome(
         run_dir=run_dir, exit_codes=exit_codes, failed=failed, wall_s=time.monotonic() - t0
     )
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())

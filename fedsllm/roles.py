@@ -122,3 +122,51 @@ def register_info(scenario: ScenarioConfig, client_id: int, num_samples: int) ->
         distance_m=distance,
         gain_db=gain_db,
     )
+
+
+def pace_downlink(
+    shaper: Any, client_id: int, rate_bps: float, nbytes: int, new_message: bool
+) -> None:
+    """Hold one downlink message to client `client_id` until a link of `rate_bps`
+    (0 = unlimited) has carried it; the servers learn the rate per message."""
+    import math
+
+    from fedsllm.link.base import Direction
+
+    if rate_bps <= 0:
+        return
+    if shaper.rates(client_id)[1] != rate_bps:
+        shaper.set_rates(client_id, math.inf, rate_bps)
+    shaper.pace(client_id, Direction.DOWN, nbytes, new_message=new_message)
+
+
+def align_clock(tracer: Any, fed_channel: Any, timeout_s: float = 10.0) -> None:
+    """Estimate this process's offset to the fed server's clock (fedsllm.clock) and
+    put it on the tracer, so every process's records share one time axis."""
+    from fedsllm.clock import measure_offset
+    from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
+    from fedsllm.wire.rpc import unary_call
+
+    stub = fed_server_pb2_grpc.FedServerStub(fed_channel)
+    request = fed_server_pb2.StatusRequest()
+    clock = measure_offset(
+        lambda: unary_call(stub.Status, request, timeout_s=timeout_s, attempts=5).server_unix_s
+    )
+    tracer.clock_offset_s = clock.offset_s
+    tracer.event("clock_offset", offset_s=clock.offset_s, rtt_s=clock.rtt_s)
+
+
+def record_emulation(tracer: Any, pacer: Any, shaper: Any) -> None:
+    """Trace what device and link emulation did in this process, for reports."""
+    import dataclasses
+
+    if pacer is not None:
+        tracer.event("device_summary", **dataclasses.asdict(pacer.summary()))
+    if shaper is not None:
+        for (client_id, direction), stats in shaper.stats().items():
+            tracer.event(
+                "link_stats",
+                client=client_id,
+                direction=direction.name.lower(),
+                **dataclasses.asdict(stats),
+            )

@@ -8,9 +8,8 @@ grace period.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import logging
-import math
 import signal
 import threading
 from pathlib import Path
@@ -37,19 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "main_server")
-    from fedsllm.link.base import Direction
     from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_to_bytes
     from fedsllm.proto import main_server_pb2_grpc
     from fedsllm.roles import (
+        align_clock,
         build_part,
         build_role_shaper,
         compute_context,
         load_resolved_scenario,
         make_pacer,
+        pace_downlink,
+        record_emulation,
     )
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import create_server, stop_server
+    from fedsllm.wire.rpc import create_server, make_channel, stop_server, wait_healthy
     from main_server.compute import ServerTrainer
     from main_server.service import MainServerService, StepLimits
 
@@ -57,20 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir)
     tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
     if args.fed_address:
-        from fedsllm.clock import measure_offset
-        from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
-        from fedsllm.wire.rpc import call_with_retry, make_channel, wait_healthy
-
         # Started beside the fed server, which may still be coming up.
         wait_healthy(args.fed_address, scenario.run.startup_timeout_s)
         with make_channel(args.fed_address) as channel:
-            stub = fed_server_pb2_grpc.FedServerStub(channel)
-            request = fed_server_pb2.StatusRequest()
-            clock = measure_offset(
-                lambda: call_with_retry(lambda: stub.Status(request, timeout=10)).server_unix_s
-            )
-        tracer.clock_offset_s = clock.offset_s
-        tracer.event("clock_offset", offset_s=clock.offset_s, rtt_s=clock.rtt_s)
+            align_clock(tracer, channel)
     part, tokenizer, model_config = build_part(scenario, "server")
     trainer = ServerTrainer(
         part,
@@ -91,18 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     pacer = make_pacer(scenario, scenario.devices.server_flops)
     counts = count_scenario(scenario)
 
-    def pace_down(client_id: int, rate_bps: float, nbytes: int, new_message: bool) -> None:
-        if shaper.rates(client_id)[1] != rate_bps:
-            shaper.set_rates(client_id, math.inf, rate_bps)
-        shaper.pace(client_id, Direction.DOWN, nbytes, new_message=new_message)
-
     service = MainServerService(
         trainer,
         limits,
         scenario_hash,
         tracer,
         chunk_bytes=scenario.link.chunk_bytes,
-        pace=pace_down if shaper is not None and scenario.link.backend == "token" else None,
+        pace=(
+            functools.partial(pace_downlink, shaper)
+            if shaper is not None and scenario.link.backend == "token"
+            else None
+        ),
         adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
         compute=compute_context(pacer) if pacer is not None else None,
         flops_per_sample=counts.phi_s,
@@ -124,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = adapters / "server.safetensors.tmp"
     tmp.write_bytes(trainer.adapter_bytes(adapter_to_bytes))
     tmp.replace(adapters / "server.safetensors")
-    if pacer is not None:
-        tracer.event("device_summary", **dataclasses.asdict(pacer.summary()))
+    record_emulation(tracer, pacer, shaper)
     tracer.close()
     log.info("stopped after %d server updates", trainer.num_updates)
     return 0
