@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         ),
         adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
-        compute=compute_context(pacer) if pacer is not None else None,
+        compute=compute_context(pacer),
         flops_per_sample=counts.phi_s,
     )
     server, port = create_server(

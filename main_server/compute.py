@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 
+from fedsllm.data.dataset import IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class ServerStepResult:
     loss: float
     """Mean token cross-entropy of the batch."""
     num_tokens: int
-    """Tokens that counted in the loss (labels != -100, after the shift)."""
+    """Tokens that counted in the loss (labels != IGNORE_INDEX, after the shift)."""
     grad_hidden: torch.Tensor | None
     """d loss / d activations, same shape as the activations; None in eval."""
     compute_s: float
@@ -72,7 +74,7 @@ class ServerTrainer:
             raise RuntimeError("server part did not propagate a gradient to its input")
         if self.update != "per_batch":
             grad = grad / scale  # the client sees its own batch's gradient, unscaled
-        return ServerStepResult(float(loss.detach()), _num_tokens(labels), grad, compute_s)
+        return ServerStepResult(float(loss.detach()), num_loss_tokens(labels), grad, compute_s)
 
     @torch.no_grad()
     def eval_step(
@@ -99,7 +101,7 @@ class ServerTrainer:
                     for p, value in zip(self.params, saved, strict=True):
                         p.copy_(value)
             compute_s = time.perf_counter() - t0
-        return ServerStepResult(float(loss), _num_tokens(labels), None, compute_s)
+        return ServerStepResult(float(loss), num_loss_tokens(labels), None, compute_s)
 
     def adapter_bytes(self, to_bytes: Any) -> bytes:
         """Serialize the adapter under the lock so no update is half-applied."""
@@ -107,5 +109,6 @@ class ServerTrainer:
             return to_bytes(self.part)
 
 
-def _num_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != -100).sum())
+def num_loss_tokens(labels: torch.Tensor) -> int:
+    """Tokens the shifted causal-LM loss counts (labels after the first != ignore)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

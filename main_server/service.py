@@ -19,10 +19,12 @@ from typing import Any, NoReturn
 import grpc
 import torch
 
+from fedsllm.data.dataset import IGNORE_INDEX
 from fedsllm.errors import StateError, WireError
 from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.proto import tensor_pb2
+from fedsllm.roles import compute_context
 from fedsllm.trace import Tracer
 from fedsllm.wire.messages import (
     StepResultInfo,
@@ -34,7 +36,7 @@ from fedsllm.wire.messages import (
 from fedsllm.wire.rpc import abort_for
 from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import StepUpload, read_uplink
-from main_server.compute import ServerTrainer
+from main_server.compute import ServerTrainer, num_loss_tokens
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,7 @@ def step_specs(limits: StepLimits) -> list[TensorSpec]:
     ]
 
 
-def check_step_values(
-    limits: StepLimits, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-) -> None:
+def check_step_values(limits: StepLimits, mask: torch.Tensor, labels: torch.Tensor) -> None:
     """Checks that need the values, after the assembler checked dtypes and shapes."""
     batch, seq = mask.shape
     if batch > limits.max_batch:
@@ -83,13 +83,14 @@ def check_step_values(
         raise WireError("activations.shape[1]", f"={seq}, expected <= {limits.max_seq_len}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise WireError("attention_mask", "values must be 0 or 1")
-    valid = (labels == -100) | ((labels >= 0) & (labels < limits.vocab_size))
+    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < limits.vocab_size))
     if not bool(valid.all()):
         bad = int(labels[~valid][0])
-        raise WireError("labels", f"value {bad} is neither -100 nor in [0, {limits.vocab_size})")
-    if int((labels[:, 1:] != -100).sum()) == 0:
-        raise WireError("labels", "no token to predict (all -100 after the shift)")
-    del hidden
+        raise WireError(
+            "labels", f"value {bad} is neither {IGNORE_INDEX} nor in [0, {limits.vocab_size})"
+        )
+    if num_loss_tokens(labels) == 0:
+        raise WireError("labels", f"no token to predict (all {IGNORE_INDEX} after the shift)")
 
 
 class MainServerService(pb_grpc.MainServerServicer):
@@ -112,9 +113,10 @@ class MainServerService(pb_grpc.MainServerServicer):
         self.chunk_bytes = chunk_bytes
         self.pace = pace
         """pace(client_id, rate_bps, nbytes, new_message): blocks before a downlink
-        chunk is sent, at the rate the client asked for in its step header."""
+        chunk is sent, at the rate the client asked for in its step header
+        (0 = unpaced; fedsllm.roles.pace_downlink)."""
         self.adapter_bytes = adapter_bytes
-        self.compute = compute
+        self.compute = compute or compute_context(None)
         """compute(flops, label): device pacing around a training step. It wraps the
         lock wait too and sleeps outside the lock, so clients are served in
         parallel at the emulated speed, as MODEL.md section 3 assumes."""
@@ -151,18 +153,7 @@ class MainServerService(pb_grpc.MainServerServicer):
             for upload in uplink:
                 if not isinstance(upload, StepUpload):
                     raise WireError("TrainRequest", "hello sent twice")
-                tensors = self._step_tensors(upload)
-                yield from self._serve_step(
-                    client_id,
-                    upload.header.round,
-                    upload.header.step,
-                    upload.header.mode,
-                    upload.header.downlink_bps,
-                    tensors,
-                    self._transfer_s(upload),
-                    sum(frame.num_bytes for frame in upload.frames.values()),
-                    upload.header.initial_adapter,
-                )
+                yield from self._serve_step(client_id, upload)
         except (WireError, StateError) as err:
             self._abort(context, err)
         log.info("client %d disconnected", client_id)
@@ -192,7 +183,7 @@ class MainServerService(pb_grpc.MainServerServicer):
                 "hello.wire_dtype", f"={hello.wire_dtype!r}, expected {self.limits.wire_dtype!r}"
             )
 
-    def _step_tensors(self, upload: StepUpload) -> dict[str, torch.Tensor]:
+    def _step_tensors(self, upload: StepUpload) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every check of a step, before the model sees any of it."""
         if tuple(sorted(upload.header.tensor_names)) != tuple(sorted(STEP_TENSORS)):
             raise WireError(
@@ -202,44 +193,33 @@ class MainServerService(pb_grpc.MainServerServicer):
         hidden = upload.tensor("activations", torch.float32)
         mask = upload.tensor("attention_mask")
         labels = upload.tensor("labels")
-        check_step_values(self.limits, hidden, mask, labels)
-        return {"activations": hidden, "attention_mask": mask, "labels": labels}
+        check_step_values(self.limits, mask, labels)
+        return hidden, mask, labels
 
-    def _serve_step(
-        self,
-        client_id: int,
-        round_index: int,
-        step: int,
-        mode: str,
-        downlink_bps: float,
-        tensors: dict[str, torch.Tensor],
-        receive_s: float,
-        uplink_bytes: int = 0,
-        initial_adapter: bool = False,
-    ) -> Iterator[pb.TrainResponse]:
-        hidden, mask, labels = (tensors[n] for n in STEP_TENSORS)
+    def _serve_step(self, client_id: int, upload: StepUpload) -> Iterator[pb.TrainResponse]:
+        hidden, mask, labels = self._step_tensors(upload)
+        header = upload.header
+        round_index, step = header.round, header.step
         with self.tracer.span(
             "server_compute", round=round_index, step=step, client=client_id
         ) as span:
-            if mode == "train" and self.compute is not None:
-                with self.compute(
-                    self.flops_per_sample * hidden.shape[0], "server_compute"
-                ) as device:
+            if header.mode == "train":
+                flops = self.flops_per_sample * hidden.shape[0]
+                with self.compute(flops, "server_compute") as device:
                     span.extra["device"] = device
                     result = self.trainer.train_step(hidden, mask, labels)
-            elif mode == "train":
-                result = self.trainer.train_step(hidden, mask, labels)
             else:
-                result = self.trainer.eval_step(hidden, mask, labels, initial_adapter)
+                result = self.trainer.eval_step(hidden, mask, labels, header.initial_adapter)
             # receive_s runs from the client's send stamp (or, unstamped, from the
             # step header) to the end marker's arrival here (see _transfer_s):
             # bytes / receive_s is the uplink rate achieved, whatever shaped it.
+            receive_s = self._transfer_s(upload)
             span.extra.update(
-                mode=mode,
+                mode=header.mode,
                 loss=result.loss,
                 compute_s=result.compute_s,
                 receive_s=receive_s,
-                uplink_bytes=uplink_bytes,
+                uplink_bytes=sum(frame.num_bytes for frame in upload.frames.values()),
             )
         names: tuple[str, ...] = ("activations_grad",) if result.grad_hidden is not None else ()
         info = StepResultInfo(
@@ -260,8 +240,8 @@ class MainServerService(pb_grpc.MainServerServicer):
         ):
             for i, chunk in enumerate(frame_to_chunks(frame, self.chunk_bytes)):
                 response = pb.TrainResponse(chunk=chunk)
-                if self.pace is not None and downlink_bps > 0:
-                    self.pace(client_id, downlink_bps, response.ByteSize(), i == 0)
+                if self.pace is not None:
+                    self.pace(client_id, header.downlink_bps, response.ByteSize(), i == 0)
                 yield response
 
     # ------------------------------------------------------------ adapter

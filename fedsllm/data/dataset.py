@@ -154,13 +154,3 @@ def tokenize_texts(
         input_ids[row, cols] = torch.tensor(ids, dtype=torch.int64)
         attention_mask[row, cols] = 1
     return TokenDataset(input_ids, attention_mask)
-
-
-def __getattr__(name: str) -> object:
-    # docs/INTERFACES.md first placed build_federated_data here; it lives in
-    # federated.py (which imports this module), so resolve it on first use.
-    if name in ("build_federated_data", "FederatedData"):
-        from fedsllm.data import federated
-
-        return getattr(federated, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

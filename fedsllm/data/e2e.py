@@ -219,10 +219,8 @@ def render_sentence(attributes: Mapping[str, str], template: int) -> str:
         if location:
             first += f" {location}"
         first += "."
-        second = f"It is {' and '.join(details)}." if details else ""
-        if second:
-            # "It is with a high customer rating" reads badly; name the place.
-            second = f"{name} offers food {' and '.join(details)}."
+        # "It is with a high customer rating" reads badly; name the place.
+        second = f"{name} offers food {' and '.join(details)}." if details else ""
         return _join([first, second, _family(a, "It")])
     # template 3: family first, then everything else in one sentence
     fam = a.get("familyFriendly")

@@ -37,7 +37,11 @@ class FederatedData:
 
     train: list[TokenDataset]
     val: TokenDataset
-    client_num_samples: list[int]
+
+    @property
+    def client_num_samples(self) -> list[int]:
+        """D_k: the shard sizes."""
+        return [len(t) for t in self.train]
 
     @property
     def num_clients(self) -> int:
@@ -98,4 +102,4 @@ def build_federated_data(scenario: ScenarioConfig, tokenizer: Tokenizer) -> Fede
     all_train = tokenize_texts(train_texts, tokenizer, data.seq_len)
     train = [all_train.subset(idx) for idx in shards]
     val = tokenize_texts(val_texts, tokenizer, data.seq_len)
-    return FederatedData(train=train, val=val, client_num_samples=[len(t) for t in train])
+    return FederatedData(train=train, val=val)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedsllm.data.dataset import seed_words
 from fedsllm.errors import ConfigError
 
 _STREAM_IID = 1
@@ -28,7 +29,7 @@ _STREAM_DIRICHLET = 2
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed % 2**64, stream])
+    return np.random.default_rng(seed_words(seed, stream))
 
 
 def client_sizes(num_samples: int, fractions: Sequence[float], num_clients: int) -> list[int]:

@@ -58,7 +58,7 @@ class ByteTokenizer:
         return data.decode("utf-8", errors="replace")
 
     def __repr__(self) -> str:
-        return "ByteTokenizer(vocab_size=259)"
+        return f"ByteTokenizer(vocab_size={self.vocab_size})"
 
 
 class HFTokenizer:

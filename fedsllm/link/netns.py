@@ -58,9 +58,7 @@ from fedsllm.link.tc import (
     SHAPED_CLASSID,
     Cmd,
     Runner,
-    class_stats_cmd,
     htb_change_cmd,
-    parse_class_sent_bytes,
     run_cmds,
     shaped_egress_cmds,
     tc_rate_bps,
@@ -143,6 +141,8 @@ class NetnsTopology:
         return ["fed", "main"] + [client_role(k) for k in range(self.num_clients)]
 
     def _check_role(self, role: str | int) -> str:
+        if isinstance(role, int) and not isinstance(role, bool) and 0 <= role < self.num_clients:
+            return client_role(role)  # the per-chunk path (TcShaper.pace): no list to build
         name = client_role(role) if isinstance(role, int) else role
         if name not in self.roles and name != BRIDGE_ROLE:
             raise LinkError(
@@ -314,21 +314,6 @@ class NetnsTopology:
         with self._lock:
             return self._rates[client_id]
 
-    def shaped_wire_bytes(self, client_id: int) -> tuple[int, int]:
-        """Bytes (headers included) the kernel sent through the client's
-        shaped classes so far: (uplink, downlink)."""
-        role = self._check_role(client_id)
-        up_txt, down_txt = run_cmds(
-            [
-                class_stats_cmd(ENDPOINT_DEV, netns=self.netns(role)),
-                class_stats_cmd(self._port(role), netns=self.netns(BRIDGE_ROLE)),
-            ],
-            runner=self._runner,
-        )
-        up = parse_class_sent_bytes(up_txt).get(SHAPED_CLASSID, 0)
-        down = parse_class_sent_bytes(down_txt).get(SHAPED_CLASSID, 0)
-        return up, down
-
 
 class TcShaper(Shaper):
     """The `Shaper` of the tc backend: the kernel paces, this class steers it.
@@ -338,8 +323,8 @@ class TcShaper(Shaper):
     waits for bandwidth (htb does) but, for the first chunk of a message,
     waits the one-way propagation delay (x time_dilation) since this kernel
     has no netem. Byte counts in `stats()` are what the process handed over;
-    `busy_s` is 0 because the kernel's timing is not visible here (use
-    `NetnsTopology.shaped_wire_bytes` for kernel counters).
+    `busy_s` is 0 because the kernel's timing is not visible here (the main
+    server measures each upload's one-way time at the receiving end).
     """
 
     def __init__(

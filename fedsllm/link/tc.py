@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import subprocess
 from collections.abc import Callable, Sequence
 
@@ -149,19 +148,6 @@ def shaped_egress_cmds(
         + htb_class_cmds(dev, SHAPED_CLASSID, rate_bps, netns=netns, prio=1)
         + port_filter_cmds(dev, control_ports, CONTROL_CLASSID, netns=netns)
     )
-
-
-def class_stats_cmd(dev: str, *, netns: str | None = None) -> Cmd:
-    """`tc -s class show` for `dev` (this tc prints no JSON for classes)."""
-    return _tc(netns) + ["-s", "class", "show", "dev", dev]
-
-
-_CLASS_RE = re.compile(r"^class htb (\S+) .*?\n\s*Sent (\d+) bytes", re.MULTILINE)
-
-
-def parse_class_sent_bytes(text: str) -> dict[str, int]:
-    """Map classid -> bytes sent (wire bytes, headers included) from `tc -s class show`."""
-    return {m.group(1): int(m.group(2)) for m in _CLASS_RE.finditer(text)}
 
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -94,11 +94,6 @@ class TokenShaper(Shaper):
         """The factor every emulated duration is stretched by."""
         return self._dilation
 
-    @property
-    def propagation_delay_s(self) -> float:
-        """One-way delay charged at the first chunk of each message (undilated)."""
-        return self._delay_s
-
     def set_rates(self, client_id: int, up_bps: float, down_bps: float) -> None:
         check_client_id(client_id)
         up = check_rate(f"client {client_id} up_bps", up_bps)
@@ -170,7 +165,7 @@ class TokenShaper(Shaper):
     def next_idle(self, client_id: int, direction: Direction) -> float:
         """When the link next falls idle on `clock`'s time line (-inf if unused).
 
-        Exposed for tests and for the controller's diagnostics.
+        Exposed so tests can read the virtual clock.
         """
         with self._lock:
             state = self._links.get((client_id, direction))

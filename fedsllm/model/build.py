@@ -49,11 +49,6 @@ def model_family(model: Any) -> str:
     return family
 
 
-def max_positions_for(scenario: Any) -> int:
-    """Position table size of a preset: at least 512, and enough for data.seq_len."""
-    return max(512, scenario.data.seq_len)
-
-
 def _disable_dropout(model: Any) -> None:
     """Zero every base dropout so split and unsplit runs compare exactly even in train mode."""
     from torch import nn
@@ -78,14 +73,9 @@ def build_preset_model(scenario: Any, vocab_size: int) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fedsllm.model.presets import preset_config
+    from fedsllm.model.presets import scenario_preset_config
 
-    cfg = preset_config(
-        scenario.model.preset,
-        vocab_size,
-        max_positions_for(scenario),
-        scenario.model.attn_implementation,
-    )
+    cfg = scenario_preset_config(scenario, vocab_size)
     # fork_rng keeps the caller's global RNG stream untouched by the init.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(scenario.seed)

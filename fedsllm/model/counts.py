@@ -32,17 +32,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fedsllm.config import WIRE_DTYPES
 from fedsllm.errors import ConfigError
+from fedsllm.wire.tensors import DTYPE_ITEMSIZE
 
-WIRE_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+WIRE_DTYPE_BYTES = {name: DTYPE_ITEMSIZE[name] for name in WIRE_DTYPES}
 """Bytes per activation value on the wire, by SplitConfig.wire_dtype."""
 
 INT64_BYTES = 8
 ADAPTER_VALUE_BYTES = 4
 """LoRA tensors travel as fp32."""
 
-DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
-"""peft's family defaults, the same ones fedsllm.model.lora uses."""
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
+"""Modules adapted when adapter.target_modules is empty (the LoRA paper's choice);
+fedsllm.model.lora applies LoRA to exactly these, so counts and model agree."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +238,9 @@ def model_config_for(scenario: Any) -> Any:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(scenario.model.path, local_files_only=True)
-    from fedsllm.model.presets import preset_config
+    from fedsllm.model.presets import scenario_preset_config
 
-    return preset_config(
-        scenario.model.preset, attn_implementation=scenario.model.attn_implementation
-    )
+    return scenario_preset_config(scenario)
 
 
 def count_scenario(scenario: Any) -> ModelCounts:

@@ -16,12 +16,7 @@ from typing import Any
 import torch
 
 from fedsllm.errors import ConfigError, WireError
-
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "v_proj"),
-    "gpt2": ("c_attn",),
-}
-"""Modules adapted when adapter.target_modules is empty (the LoRA paper's choice)."""
+from fedsllm.model.counts import DEFAULT_TARGETS
 
 
 def lora_config(adapter_cfg: Any, family: str) -> Any:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-BYTE_VOCAB_SIZE = 259
-"""256 byte values + pad, bos, eos (see fedsllm.data.tokenizer)."""
+from fedsllm.data.tokenizer import ByteTokenizer
+
+BYTE_VOCAB_SIZE = ByteTokenizer.vocab_size
+"""256 byte values + pad, bos, eos (fedsllm.data.tokenizer)."""
 
 
 def preset_config(
@@ -59,3 +61,15 @@ def preset_config(
         raise ValueError(f"unknown preset {preset!r}")
     cfg._attn_implementation = attn_implementation
     return cfg
+
+
+def scenario_preset_config(scenario: Any, vocab_size: int = BYTE_VOCAB_SIZE) -> Any:
+    """The config of a scenario's preset, exactly as fedsllm.model.build builds it
+    (position table of at least 512 and enough for data.seq_len), so that the
+    FLOP counts and the model describe the same architecture."""
+    return preset_config(
+        scenario.model.preset,
+        vocab_size,
+        max(512, scenario.data.seq_len),
+        scenario.model.attn_implementation,
+    )

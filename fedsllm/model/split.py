@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from fedsllm.errors import ConfigError
+from fedsllm.model.build import model_family
 
 FAMILY_PREFIXES: dict[str, dict[str, str]] = {
     "llama": {
@@ -60,13 +61,6 @@ def positions_from_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     position so embedding lookups stay in range (their outputs are masked).
     """
     return (attention_mask_BT.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _family_of(model: Any) -> str:
-    # Local import keeps split.py free of a cycle with build.py.
-    from fedsllm.model.build import model_family
-
-    return model_family(model)
 
 
 def _blocks(model: Any, family: str) -> nn.ModuleList:
@@ -97,9 +91,9 @@ def _run_blocks(
     config: Any,
     hidden_BTD: torch.Tensor,
     attention_mask_BT: torch.Tensor,
+    position_ids_BT: torch.Tensor,
 ) -> torch.Tensor:
     """Replay the body of LlamaModel/GPT2Model.forward over a slice of blocks."""
-    position_ids_BT = positions_from_mask(attention_mask_BT)
     mask = _causal_mask(config, hidden_BTD, attention_mask_BT, position_ids_BT)
     if family == "llama":
         position_embeddings = rotary_emb(hidden_BTD, position_ids=position_ids_BT)
@@ -125,7 +119,7 @@ class ClientPart(nn.Module):
 
     def __init__(self, model: Any, split_layer: int) -> None:
         super().__init__()
-        self.family = _family_of(model)
+        self.family = model_family(model)
         self.config = model.config
         self.split_layer = split_layer
         blocks = _blocks(model, self.family)
@@ -143,11 +137,17 @@ class ClientPart(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids and 0/1 mask -> hidden states (B, T, D) after block L-1."""
         hidden_BTD = self.embed_tokens(input_ids)
+        position_ids_BT = positions_from_mask(attention_mask)
         if self.family == "gpt2":
-            hidden_BTD = hidden_BTD + self.wpe(positions_from_mask(attention_mask))
-            hidden_BTD = self.drop(hidden_BTD)
+            hidden_BTD = self.drop(hidden_BTD + self.wpe(position_ids_BT))
         return _run_blocks(
-            self.family, self.layers, self.rotary_emb, self.config, hidden_BTD, attention_mask
+            self.family,
+            self.layers,
+            self.rotary_emb,
+            self.config,
+            hidden_BTD,
+            attention_mask,
+            position_ids_BT,
         )
 
 
@@ -156,7 +156,7 @@ class ServerPart(nn.Module):
 
     def __init__(self, model: Any, split_layer: int) -> None:
         super().__init__()
-        self.family = _family_of(model)
+        self.family = model_family(model)
         self.config = model.config
         self.split_layer = split_layer
         blocks = _blocks(model, self.family)
@@ -199,7 +199,13 @@ class ServerPart(nn.Module):
         from transformers.loss.loss_utils import ForCausalLMLoss
 
         hidden_BTD = _run_blocks(
-            self.family, self.layers, self.rotary_emb, self.config, hidden, attention_mask
+            self.family,
+            self.layers,
+            self.rotary_emb,
+            self.config,
+            hidden,
+            attention_mask,
+            positions_from_mask(attention_mask),
         )
         logits_BTV = self.lm_head(self.norm(hidden_BTD))
         loss = None
@@ -210,7 +216,7 @@ class ServerPart(nn.Module):
 
 def num_blocks(model: Any) -> int:
     """How many transformer blocks the model has (the upper end of the split range)."""
-    return len(_blocks(model, _family_of(model)))
+    return len(_blocks(model, model_family(model)))
 
 
 def split_model(model: Any, split_layer: int) -> tuple[ClientPart, ServerPart]:

@@ -106,6 +106,8 @@ class AdapterAssembler:
 
     def feed(self, chunk: tensor_pb2.AdapterChunk) -> bool:
         """Add one chunk; True once the blob is complete."""
+        if self.complete:
+            raise WireError("adapter.offset", f"={chunk.offset}, chunk after the blob was complete")
         if self._total is None:
             self._allocate(chunk.total_bytes)
         total = self._total
@@ -149,9 +151,16 @@ def read_adapter_chunks(
     """A whole GetServerAdapter stream -> blob."""
     asm = AdapterAssembler(max_bytes=max_bytes)
     for chunk in chunks:
-        if asm.complete:
-            raise WireError("adapter.offset", f"={chunk.offset}, chunk after the blob was complete")
         asm.feed(chunk)
+    return asm.result()
+
+
+def _read_blob_chunks(messages: Iterator[Any], field: str, asm: AdapterAssembler) -> bytes:
+    """The chunk messages that follow a stream's header -> blob."""
+    for msg in messages:
+        if msg.WhichOneof("kind") != "chunk":
+            raise WireError(f"{field}.kind", f"expected chunk, got {msg.WhichOneof('kind')}")
+        asm.feed(msg.chunk)
     return asm.result()
 
 
@@ -211,17 +220,7 @@ def read_push(
         raise WireError("PushAdapterRequest.kind", "empty stream, expected a header")
     header = read_push_header(first, max_bytes)
     asm = AdapterAssembler(header.total_bytes, max_bytes)
-    for msg in it:
-        if msg.WhichOneof("kind") != "chunk":
-            raise WireError(
-                "PushAdapterRequest.kind", f"expected chunk, got {msg.WhichOneof('kind')}"
-            )
-        if asm.complete:
-            raise WireError(
-                "adapter.offset", f"={msg.chunk.offset}, chunk after the blob was complete"
-            )
-        asm.feed(msg.chunk)
-    return header, asm.result()
+    return header, _read_blob_chunks(it, "PushAdapterRequest", asm)
 
 
 # ---------------------------------------------------------------- PullGlobal
@@ -278,14 +277,4 @@ def read_pull(
             raise WireError("PullGlobalResponse.kind", "chunk after a header without adapter")
         return header, None
     asm = AdapterAssembler(header.total_bytes, max_bytes)
-    for msg in it:
-        if msg.WhichOneof("kind") != "chunk":
-            raise WireError(
-                "PullGlobalResponse.kind", f"expected chunk, got {msg.WhichOneof('kind')}"
-            )
-        if asm.complete:
-            raise WireError(
-                "adapter.offset", f"={msg.chunk.offset}, chunk after the blob was complete"
-            )
-        asm.feed(msg.chunk)
-    return header, asm.result()
+    return header, _read_blob_chunks(it, "PullGlobalResponse", asm)

@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fedsllm.config import WIRE_DTYPES
 from fedsllm.errors import WireError
 
 if TYPE_CHECKING:
     from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2
 
-WIRE_DTYPES = ("float32", "bfloat16", "float16")
 STEP_MODES = ("train", "eval")
 
 _record = dataclass(frozen=True, kw_only=True, slots=True)

@@ -15,6 +15,7 @@ fedsllm.wire.train.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -93,7 +94,9 @@ class WireLimits:
 # ---------------------------------------------------------------- torch side
 
 
-def _torch_dtype(name: str) -> torch.dtype:
+@functools.cache
+def _torch_dtypes() -> dict[str, torch.dtype]:
+    """Wire name -> torch dtype, built once (torch is imported lazily)."""
     import torch
 
     return {
@@ -104,15 +107,18 @@ def _torch_dtype(name: str) -> torch.dtype:
         "int32": torch.int32,
         "bool": torch.bool,
         "uint8": torch.uint8,
-    }[name]
+    }
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """Wire name of a torch dtype; WireError when it is not allowed on the wire."""
-    name = str(dtype).removeprefix("torch.")
+def _torch_dtype(name: str) -> torch.dtype:
+    return _torch_dtypes()[name]
+
+
+def _check_allowed(field: str, name: str) -> str:
+    """`name` if it is a wire dtype, else WireError naming `field`."""
     if name not in DTYPE_ITEMSIZE:
         raise WireError(
-            "dtype", f"{name} is not allowed on the wire (allowed: {', '.join(DTYPE_ITEMSIZE)})"
+            field, f"{name} is not allowed on the wire (allowed: {', '.join(DTYPE_ITEMSIZE)})"
         )
     return name
 
@@ -132,18 +138,8 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
 
     t = tensor.detach()
     if wire_dtype is not None:
-        if wire_dtype not in DTYPE_ITEMSIZE:
-            raise WireError(
-                f"{name}.dtype",
-                f"wire dtype {wire_dtype!r} is not allowed (allowed: {', '.join(DTYPE_ITEMSIZE)})",
-            )
-        t = t.to(dtype=_torch_dtype(wire_dtype))
-    dtype = str(t.dtype).removeprefix("torch.")
-    if dtype not in DTYPE_ITEMSIZE:
-        raise WireError(
-            f"{name}.dtype",
-            f"{dtype} is not allowed on the wire (allowed: {', '.join(DTYPE_ITEMSIZE)})",
-        )
+        t = t.to(dtype=_torch_dtype(_check_allowed(f"{name}.dtype", wire_dtype)))
+    dtype = _check_allowed(f"{name}.dtype", str(t.dtype).removeprefix("torch."))
     if t.numel() == 0:
         raise WireError(f"{name}.shape", f"empty tensor {tuple(t.shape)} cannot be sent")
     t = t.to(device="cpu").contiguous()
@@ -281,7 +277,6 @@ class _Partial:
     shape: tuple[int, ...]
     total: int
     buf: memoryview
-    view: memoryview
     filled: int = 0
 
 
@@ -339,7 +334,7 @@ class ChunkAssembler:
                 f"{cur.name}.data",
                 f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
-        cur.view[cur.filled : end] = data
+        cur.buf[cur.filled : end] = data
         cur.filled = end
         if end < cur.total:
             return None
@@ -392,9 +387,7 @@ class ChunkAssembler:
         # numpy's allocation is not zero-filled and reuses already-mapped
         # pages across steps; a bytearray would memset every buffer first.
         buf = memoryview(np.empty(total, dtype=np.uint8))
-        self._current = _Partial(
-            name=name, dtype=chunk.dtype, shape=shape, total=total, buf=buf, view=buf
-        )
+        self._current = _Partial(name=name, dtype=chunk.dtype, shape=shape, total=total, buf=buf)
         return self._current
 
     def _check_spec(self, spec: TensorSpec, dtype: str, shape: tuple[int, ...]) -> None:

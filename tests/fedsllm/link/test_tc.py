@@ -82,17 +82,6 @@ def test_shaped_egress_cmds_order_and_classes():
     assert all("tbf" not in c and "netem" not in c for c in cmds)
 
 
-def test_parse_class_sent_bytes():
-    text = (
-        "class htb 1:10 root prio 0 rate 100Gbit ceil 100Gbit burst 0b cburst 0b \n"
-        " Sent 120 bytes 2 pkt (dropped 0, overlimits 0 requeues 0) \n"
-        " backlog 0b 0p requeues 0\n\n"
-        "class htb 1:20 root prio 1 rate 8365Kbit ceil 8365Kbit burst 1598b cburst 1598b \n"
-        " Sent 4242 bytes 3 pkt (dropped 0, overlimits 0 requeues 0) \n"
-    )
-    assert tc.parse_class_sent_bytes(text) == {"1:10": 120, "1:20": 4242}
-
-
 class FakeRunner:
     def __init__(self, fail_at: int | None = None) -> None:
         self.calls: list[list[str]] = []

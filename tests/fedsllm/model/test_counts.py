@@ -66,19 +66,16 @@ def test_param_counts_match_built_model(preset: str, split: int) -> None:
 )
 @pytest.mark.parametrize("rank", [4, 8])
 def test_lora_params_and_bytes_match_peft(preset: str, targets: tuple[str, ...], rank: int) -> None:
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from peft.utils import get_peft_model_state_dict
 
-    from fedsllm.model.counts import DEFAULT_TARGETS
+    from fedsllm.config import AdapterConfig
+    from fedsllm.model.lora import lora_config
 
     model = _build(preset)
     family = "llama" if preset == "tiny-llama" else "gpt2"
-    cfg = LoraConfig(
-        r=rank,
-        lora_alpha=16,
-        target_modules=list(targets or DEFAULT_TARGETS[family]),
-        fan_in_fan_out=family == "gpt2",
-    )
+    # The config training really uses, so counts are held against the model's LoRA.
+    cfg = lora_config(AdapterConfig(rank=rank, alpha=16.0, target_modules=targets), family)
     peft_model = get_peft_model(model, cfg)
     state = get_peft_model_state_dict(peft_model)
     split = 2
