@@ -24,8 +24,6 @@ class RunProgress:
         self.enabled = enabled
         self._progress: Any = None
         self._tasks: dict[int, Any] = {}
-        self._val: dict[int, float] = {}
-        self._last_round = -1
 
     def __enter__(self) -> RunProgress:
         if self.enabled:
@@ -84,7 +82,6 @@ class RunProgress:
                     info=f"round {rec['round']} step {rec['step']} loss {rec['extra']['loss']:.4f}",
                 )
             elif rec["name"] == "val_loss":
-                self._val[rec["round"]] = rec["extra"]["loss"]
                 if self.enabled:
                     label = "initial" if rec["round"] < 0 else f"after round {rec['round']}"
                     self.console.print(f"validation loss {label}: {rec['extra']['loss']:.4f}")

@@ -2,16 +2,20 @@
 
 Train loss of a round is the mean over all clients' local iterations of that
 round; validation loss "after round r" is what the evaluating client measured
-on the global model of round r (round -1: the model before training); the
-wall time of round r runs from the end of round r-1's aggregation (or the
-first span of the run) to the end of round r's aggregation.
+on the global model of round r (round -1: the model before training; parsed
+here once, by `val_losses`, for every module that needs it); the wall time of
+round r is fedsllm.report.phases' round window at time dilation 1 (wall
+seconds, evaluation included), so `fedsllm run`'s table and the report
+measure the same thing; a round that did not finish has a NaN wall time.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -90,13 +94,44 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
     return out
 
 
+def val_losses(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Round -> validation loss after it (-1: before training), from val_loss events."""
+    return {
+        int(r["round"]): float(r["extra"]["loss"])
+        for r in records
+        if r.get("kind") == "event" and r.get("name") == "val_loss"
+    }
+
+
+def initial_val_loss(val: dict[int, float]) -> float:
+    """The loss before training (NaN when not evaluated)."""
+    return val.get(-1, math.nan)
+
+
+def final_val_loss(val: dict[int, float]) -> float:
+    """The loss after the last evaluated round (NaN when no round was evaluated)."""
+    after = [r for r in val if r >= 0]
+    return val[max(after)] if after else math.nan
+
+
+def json_clean(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null ("not available"), keys strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_clean(v) for v in value]
+    return value
+
+
 def summarize(records: list[dict[str, Any]]) -> RunSummary:
+    from fedsllm.report.phases import measure_rounds, run_start
+
     losses: dict[int, list[float]] = defaultdict(list)
     clients: dict[int, set[int]] = defaultdict(set)
-    val: dict[int, float] = {}
     round_end: dict[int, float] = {}
-    spans = [r for r in records if r["kind"] == "span"]
-    start = min((r["t0"] for r in spans), default=math.nan)
+    start = run_start(records)
     for rec in records:
         if rec["kind"] != "event":
             continue
@@ -104,31 +139,64 @@ def summarize(records: list[dict[str, Any]]) -> RunSummary:
         if name == "train_loss":
             losses[rnd].append(float(rec["extra"]["loss"]))
             clients[rnd].add(rec["client"])
-        elif name == "val_loss":
-            val[rnd] = float(rec["extra"]["loss"])
         elif name == "round_done":
             round_end[rnd] = rec["t1"]
+    val = val_losses(records)
+    windows = {m.round: m for m in measure_rounds(records, 1.0)}
     rounds: list[RoundSummary] = []
     for rnd in sorted(set(losses) | set(round_end)):
-        begin = round_end.get(rnd - 1, start)
-        end = round_end.get(rnd, math.nan)
         values = losses.get(rnd, [])
+        m = windows.get(rnd)
         rounds.append(
             RoundSummary(
                 round=rnd,
                 train_loss=sum(values) / len(values) if values else math.nan,
                 val_loss=val.get(rnd, math.nan),
-                wall_s=end - begin,
+                wall_s=m.window_s if m is not None and m.complete else math.nan,
                 num_clients=len(clients.get(rnd, ())),
                 num_steps=len(values),
             )
         )
-    last_end = max(round_end.values(), default=math.nan)
-    final_round = max(val, default=-1)
+    ends = [start + m.end_s for m in windows.values() if m.complete]
+    last_end = max([*ends, *round_end.values()], default=math.nan)
     return RunSummary(
         rounds=rounds,
-        initial_val_loss=val.get(-1, math.nan),
-        final_val_loss=val.get(final_round, math.nan) if final_round >= 0 else math.nan,
+        initial_val_loss=initial_val_loss(val),
+        final_val_loss=final_val_loss(val),
         total_wall_s=last_end - start,
         links=client_links(records),
     )
+
+
+def write_summary(
+    run_dir: Path,
+    outcome: Any,
+    records_or_summary: list[dict[str, Any]] | RunSummary,
+    scenario_name: str,
+) -> RunSummary:
+    """RUN_DIR/summary.json: the launcher's outcome (fedsllm.launch.RunOutcome) and the
+    run summary (given, or summarized from the records); returns the summary."""
+    summary = (
+        records_or_summary
+        if isinstance(records_or_summary, RunSummary)
+        else summarize(records_or_summary)
+    )
+    failed = outcome.failed
+    doc = {
+        "scenario": scenario_name,
+        "run_dir": str(run_dir),
+        "ok": failed is None,
+        "failed": None
+        if failed is None
+        else {
+            "process": failed.proc.name,
+            "pid": failed.proc.pid,
+            "reason": failed.reason,
+            "log": str(failed.proc.log_path),
+        },
+        "exit_codes": outcome.exit_codes,
+        "launcher_wall_s": outcome.wall_s,
+        **summary.to_dict(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(doc, indent=2))
+    return summary

@@ -32,19 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-PHASES = (
-    "client_forward",
-    "uplink",
-    "server_compute",
-    "downlink",
-    "client_backward",
-    "adapter_upload",
-    "aggregation",
-    "global_download",
-    "wait_reply",
-    "eval",
-)
-
 
 @dataclass
 class SpanHandle:
@@ -162,11 +149,14 @@ class Tracer:
 
 
 def _jsonable(value: Any) -> Any:
-    """Dataclasses (device step records, allocations) are written as their fields."""
+    """Dataclasses (device step records, allocations) are written as their fields, numpy
+    scalars (solver outputs) as the Python numbers they hold."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    if isinstance(value, float | int):
-        return value
+    import numpy
+
+    if isinstance(value, numpy.generic):
+        return value.item()
     return str(value)
 
 

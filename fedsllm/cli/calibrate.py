@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +80,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         f"[bold]fedsllm calibrate[/] scenario [cyan]{base.name}[/]: target val loss "
         f"{args.target_loss:g}, n in {list(steps)}, {args.max_rounds} rounds each -> {out_dir}"
     )
-    started = {"t": time.monotonic()}
 
     def on_run(n: int, run_dir: Path) -> None:
-        started["t"] = time.monotonic()
         console.print(f"running n = {n} local steps in {run_dir} ...")
 
     points, failures = run_calibration(

@@ -9,7 +9,6 @@ failing process and its error.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
@@ -72,7 +71,7 @@ def run_command(args: argparse.Namespace) -> int:
     from fedsllm.config import load_scenario
     from fedsllm.launch import make_run_dir, run_processes
     from fedsllm.progress import RunProgress
-    from fedsllm.summary import summarize
+    from fedsllm.summary import write_summary
     from fedsllm.trace import read_records
 
     overrides = flag_overrides(args)
@@ -97,24 +96,9 @@ def run_command(args: argparse.Namespace) -> int:
     progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
     with progress:
         outcome = run_processes(scenario, run_dir, on_tick=progress.update)
-    summary = summarize(read_records(run_dir / "trace"))
-    doc = {
-        "scenario": scenario.name,
-        "run_dir": str(run_dir),
-        "ok": outcome.failed is None,
-        "failed": None
-        if outcome.failed is None
-        else {
-            "process": outcome.failed.proc.name,
-            "pid": outcome.failed.proc.pid,
-            "reason": outcome.failed.reason,
-            "log": str(outcome.failed.proc.log_path),
-        },
-        "exit_codes": outcome.exit_codes,
-        "launcher_wall_s": outcome.wall_s,
-        **summary.to_dict(),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(doc, indent=2))
+    summary = write_summary(
+        run_dir, outcome, read_records(run_dir / "trace"), scenario_name=scenario.name
+    )
     print_summary(console, summary)
     if outcome.failed is None:
         from fedsllm.report import write_report

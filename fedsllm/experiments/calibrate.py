@@ -95,7 +95,7 @@ def fit_convergence(num_steps: Sequence[int], rounds: Sequence[float]) -> Conver
         raise ConfigError("rounds", y.tolist(), "every round count must be > 0")
 
     def x_of(v: float) -> Any:
-        return 1.0 / (-np.expm1(-n * math.log(2.0) / v))
+        return predicted_rounds(n, 1.0, v)  # 1 / (1 - eta(n)): rounds per unit of a
 
     grid = np.logspace(math.log10(V_BOUNDS[0]), math.log10(V_BOUNDS[1]), 400)
     costs = []
@@ -219,14 +219,13 @@ def point_from_records(
     num_steps: int, records: list[dict[str, Any]], target_loss: float, run_dir: str
 ) -> CalibrationPoint:
     """Rounds-to-target of a finished run from its val_loss trace events."""
-    val: dict[int, float] = {}
-    for rec in records:
-        if rec.get("kind") == "event" and rec.get("name") == "val_loss":
-            val[int(rec["round"])] = float(rec["extra"]["loss"])
+    from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
+
+    val = val_losses(records)
     after = {r: x for r, x in val.items() if r >= 0}
     rounds = rounds_to_target(val, target_loss)
     note = ""
-    initial = val.get(-1, math.nan)
+    initial = initial_val_loss(val)
     if rounds is None:
         note = f"val loss never <= {target_loss:g} within {len(after)} rounds"
     if math.isfinite(initial) and initial <= target_loss:
@@ -236,7 +235,7 @@ def point_from_records(
         rounds=rounds,
         run_dir=run_dir,
         initial_val_loss=initial,
-        final_val_loss=after[max(after)] if after else math.nan,
+        final_val_loss=final_val_loss(val),
         best_val_loss=min(after.values()) if after else math.nan,
         note=note,
     )
@@ -329,16 +328,9 @@ def calibration_doc(
 ) -> dict[str, Any]:
     """What OUT/calibrate.json holds (NaN written as null)."""
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, float):
-            return value if math.isfinite(value) else None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
+    from fedsllm.summary import json_clean
 
-    return clean(
+    return json_clean(
         {
             "format": "fedsllm.calibrate/1",
             "target_val_loss": target_loss,

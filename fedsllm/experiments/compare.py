@@ -6,9 +6,8 @@ OUT/<policy>/. The comparison is the paper's headline figure made testable:
 the delay reduction of each policy against the unoptimized case ("equal":
 equal shares, fixed eta), measured on the emulated system beside the one the
 delay model predicts (the controller's plan, integer n and N). Measuring a
-run is fedsllm.report's job when that package is present (its per-round
-measured_s cuts evaluation out of each round window); otherwise round wall
-times come from fedsllm.summary with evaluation spans cut out here. The
+run is fedsllm.report's job alone (its per-round measured_s: the round window
+of fedsllm.report.phases, start-up skew and evaluation cut out). The
 arithmetic (`compare_rows`, `time_to_target`) is pure and works on
 `PolicyResult`s; the CLI (fedsllm.cli.compare) prints and writes the files.
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,16 +25,12 @@ from typing import Any
 from fedsllm.config import POLICIES, ScenarioConfig
 from fedsllm.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
 REFERENCE_POLICY = "equal"
 """The unoptimized case of MODEL.md section 5: equal shares, eta fixed (0.5)."""
 COMPARE_FORMAT = "fedsllm.compare/1"
 MEASURED_FROM_REPORT = "report"
-"""measured_s of fedsllm.report: round window minus evaluation, first window opening at
-the round's first protocol span."""
-MEASURED_FROM_SUMMARY = "summary"
-"""fedsllm.summary round wall times minus the evaluation spans inside each window."""
+"""measured_s of fedsllm.report: round window minus evaluation, round 0 opening when the
+last client starts it."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -135,7 +129,7 @@ class PolicyResult:
     """The fed server's "plan" event: eta, num_local_steps, num_rounds,
     predicted_round_s, predicted_total_s."""
     startup_skew_s: float = 0.0
-    """Start-up skew cut out of round 0 (see `startup_skew_s`)."""
+    """Clients' start-up skew left out of round 0 (fedsllm.report.phases)."""
     report_predicted_s: float = math.nan
     """fedsllm.report's prediction for what actually ran (NaN without the report)."""
     eval_s: float = math.nan
@@ -161,111 +155,25 @@ def plan_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
-CLIENT_ROUND_SPANS = ("client_forward", "uplink", "wait_reply", "client_backward", "adapter_upload")
-"""Client spans of the protocol proper: round 0 begins, for a client, at its first one
-(its global download may have waited for every client to join)."""
-
-
-def _overlap(intervals: Sequence[tuple[float, float]], lo: float, hi: float) -> float:
-    return sum(max(0.0, min(t1, hi) - max(t0, lo)) for t0, t1 in intervals)
-
-
-def _evals(records: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    return [
-        (float(r["t0"]), float(r["t1"]))
-        for r in records
-        if r.get("kind") == "span" and r.get("name") == "eval"
-    ]
-
-
-def client_starts(records: list[dict[str, Any]]) -> dict[int, float]:
-    """Wall-clock start of round 0 per client: its first protocol span of round 0."""
-    starts: dict[int, float] = {}
-    for r in records:
-        if (
-            r.get("kind") == "span"
-            and r.get("role") == "client"
-            and r.get("round") == 0
-            and r.get("name") in CLIENT_ROUND_SPANS
-        ):
-            k = int(r["client"])
-            starts[k] = min(starts.get(k, math.inf), float(r["t0"]))
-    return starts
-
-
-def startup_skew_s(records: list[dict[str, Any]], time_dilation: float) -> float:
-    """Emulated seconds between the first and the last client starting round 0, evaluation
-    cut out: process start-up, not protocol (MODEL.md's clients start a round together)."""
-    starts = client_starts(records)
-    if len(starts) < 2:
-        return 0.0
-    lo, hi = min(starts.values()), max(starts.values())
-    return max(0.0, hi - lo - _overlap(_evals(records), lo, hi)) / time_dilation
-
-
-def rounds_from_records(records: list[dict[str, Any]], time_dilation: float) -> list[RoundMeasure]:
-    """Per-round measured delay from fedsllm.summary's windows with evaluation cut out.
-
-    Window of round r: end of round r-1's aggregation (round_done) to the end
-    of round r's. The first window opens when the last client starts its
-    round-0 protocol spans, so process start-up skew and the evaluation
-    before training stay out of it. Only rounds that finished (a round_done
-    event) count.
-    """
-    from fedsllm.summary import summarize
-
-    summary = summarize(records)
-    done = {
-        int(r["round"]): float(r["t1"])
-        for r in records
-        if r.get("kind") == "event" and r.get("name") == "round_done"
-    }
-    evals = _evals(records)
-    origin = min((float(r["t0"]) for r in records), default=math.nan)
-    starts = client_starts(records)
-    out: list[RoundMeasure] = []
-    for rs in summary.rounds:
-        if rs.round not in done:
-            continue
-        end = done[rs.round]
-        start = done.get(rs.round - 1, max(starts.values(), default=end - rs.wall_s))
-        out.append(
-            RoundMeasure(
-                round=rs.round,
-                measured_s=(end - start - _overlap(evals, start, end)) / time_dilation,
-                val_loss=rs.val_loss,
-                start_s=(start - origin) / time_dilation,
-                end_s=(end - origin) / time_dilation,
-            )
-        )
-    return out
-
-
 def rounds_from_report(report: dict[str, Any]) -> list[RoundMeasure]:
     """Per-round measured delay from a report.json dict (complete rounds only)."""
-
-    def num(x: Any) -> float:
-        return math.nan if x is None else float(x)
 
     return [
         RoundMeasure(
             round=int(r["round"]),
-            measured_s=num(r["measured_s"]),
-            val_loss=num(r.get("val_loss")),
-            start_s=num(r.get("start_s")),
-            end_s=num(r.get("end_s")),
+            measured_s=_num(r["measured_s"]),
+            val_loss=_num(r.get("val_loss")),
+            start_s=_num(r.get("start_s")),
+            end_s=_num(r.get("end_s")),
         )
         for r in report.get("rounds", [])
         if r.get("complete", True)
     ]
 
 
-def val_losses(records: list[dict[str, Any]]) -> dict[int, float]:
-    return {
-        int(r["round"]): float(r["extra"]["loss"])
-        for r in records
-        if r.get("kind") == "event" and r.get("name") == "val_loss"
-    }
+def _num(x: Any) -> float:
+    """A report number: null (not available) is NaN."""
+    return math.nan if x is None else float(x)
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -309,6 +217,8 @@ def compare_rows(
     predicted against predicted); diff_pp = measured - predicted, in
     percentage points.
     """
+    from fedsllm.report.predict import error_pct
+
     ref = next((r for r in results if r.policy == reference), None)
     ref_meas = ref.measured_total_s if ref is not None else math.nan
     ref_pred = ref.predicted_total_s if ref is not None else math.nan
@@ -332,11 +242,7 @@ def compare_rows(
                 "measured_total_s": meas,
                 "measured_source": res.measured_source,
                 "report_predicted_s": res.report_predicted_s,
-                "model_error_pct": (
-                    (pred - meas) / meas * 100.0
-                    if math.isfinite(meas) and meas > 0 and math.isfinite(pred)
-                    else math.nan
-                ),
+                "model_error_pct": error_pct(meas, pred),
                 "measured_reduction_pct": red_m,
                 "predicted_reduction_pct": red_p,
                 "diff_pp": red_m - red_p,
@@ -357,71 +263,34 @@ def compare_rows(
 # ---------------------------------------------------------------- running
 
 
-def measure_run(run_dir: Path, scenario: ScenarioConfig, use_report: bool = True) -> PolicyResult:
-    """Read a finished run: the plan, per-round measured delays, losses.
-
-    With fedsllm.report present its report is written into the run directory
-    and its measured_s is used; without it (or if it cannot read the run) the
-    summary-based measurement of this module is.
-    """
+def measure_run(run_dir: Path, scenario: ScenarioConfig, scenario_hash: str = "") -> PolicyResult:
+    """Read a finished run once: the plan, per-round measured delays (fedsllm.report's
+    measured_s, complete rounds only), losses; report.md/.json and figures are written
+    into the run directory."""
+    from fedsllm.launch import scenario_hash as hash_of
+    from fedsllm.report import report_from_records, write_report_files
+    from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
     from fedsllm.trace import read_records
 
     records = read_records(run_dir / "trace")
+    report = report_from_records(run_dir, scenario, scenario_hash or hash_of(scenario), records)
+    write_report_files(run_dir, report, records)
     res = PolicyResult(policy=scenario.policy.name, run_dir=str(run_dir))
     res.plan = plan_from_records(records)
     val = val_losses(records)
-    after = {r: x for r, x in val.items() if r >= 0}
-    res.initial_val_loss = val.get(-1, math.nan)
-    res.final_val_loss = after[max(after)] if after else math.nan
-    report = _report(run_dir) if use_report else None
-    dil = float(scenario.link.time_dilation)
-    res.startup_skew_s = startup_skew_s(records, dil)
-    if report is not None:
-        # The report opens round 0 at the first client's start; the model has every
-        # client start together, so the skew of the others' start-up is cut out.
-        res.rounds = [
-            dataclasses.replace(
-                r,
-                measured_s=r.measured_s - res.startup_skew_s,
-                start_s=r.start_s + res.startup_skew_s,
-            )
-            if r.round == 0
-            else r
-            for r in rounds_from_report(report)
-        ]
-        res.measured_source = MEASURED_FROM_REPORT
-        totals = report.get("totals", {})
-        res.report_predicted_s = _num(totals.get("predicted_s"))
-        res.eval_s = _num(totals.get("eval_s"))
-    else:
-        res.rounds = rounds_from_records(records, dil)
-        res.measured_source = MEASURED_FROM_SUMMARY
-        res.eval_s = sum(
-            (float(r["t1"]) - float(r["t0"])) / dil
-            for r in records
-            if r.get("kind") == "span" and r["name"] == "eval"
-        )
-    # Losses come from the trace either way (the report drops rounds without spans).
-    res.rounds = [dataclasses.replace(r, val_loss=val.get(r.round, math.nan)) for r in res.rounds]
+    res.initial_val_loss = initial_val_loss(val)
+    res.final_val_loss = final_val_loss(val)
+    res.startup_skew_s = float(report["startup_skew_s"])
+    res.measured_source = MEASURED_FROM_REPORT
+    totals = report["totals"]
+    res.report_predicted_s = _num(totals.get("predicted_s"))
+    res.eval_s = _num(totals.get("eval_s"))
+    # Losses come from the trace (the report drops rounds without spans).
+    res.rounds = [
+        dataclasses.replace(r, val_loss=val.get(r.round, math.nan))
+        for r in rounds_from_report(report)
+    ]
     return res
-
-
-def _num(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def _report(run_dir: Path) -> dict[str, Any] | None:
-    """report.json of the run via fedsllm.report, or None when that is unavailable."""
-    try:
-        from fedsllm.report import write_report
-    except ImportError:
-        return None
-    try:
-        result = write_report(run_dir)
-        return json.loads(Path(result.report_json).read_text(encoding="utf-8"))
-    except (ConfigError, OSError, ValueError, KeyError, TypeError, ArithmeticError) as err:
-        log.warning("compare: report of %s failed (%s); using summary wall times", run_dir, err)
-        return None
 
 
 def run_policy(
@@ -429,28 +298,12 @@ def run_policy(
 ) -> PolicyResult:
     """One real run (fedsllm.launch) of `scenario` in `run_dir`, measured."""
     from fedsllm.launch import run_processes
-    from fedsllm.summary import summarize
+    from fedsllm.summary import write_summary
     from fedsllm.trace import read_records
 
     outcome = run_processes(scenario, run_dir, on_tick=on_tick)
-    summary = summarize(read_records(run_dir / "trace"))
+    write_summary(run_dir, outcome, read_records(run_dir / "trace"), scenario_name=scenario.name)
     failed = outcome.failed
-    doc = {
-        "scenario": scenario.name,
-        "run_dir": str(run_dir),
-        "ok": failed is None,
-        "failed": None
-        if failed is None
-        else {
-            "process": failed.proc.name,
-            "reason": failed.reason,
-            "log": str(failed.proc.log_path),
-        },
-        "exit_codes": outcome.exit_codes,
-        "launcher_wall_s": outcome.wall_s,
-        **summary.to_dict(),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(doc, indent=2))
     if failed is not None:
         return PolicyResult(
             policy=scenario.policy.name,
@@ -463,16 +316,6 @@ def run_policy(
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def compare_doc(
@@ -492,12 +335,6 @@ def compare_doc(
             "minus evaluation time), emulated seconds; round 0 opens when the last client "
             "starts it (start-up skew, startup_skew_s, cut out)."
         )
-    if MEASURED_FROM_SUMMARY in sources:
-        notes.append(
-            "Measured total = sum of fedsllm.summary round wall times minus the evaluation "
-            "spans inside each round window, emulated seconds; round 0 opens when the last "
-            "client starts it."
-        )
     notes.append(
         "Predicted total = the controller plan's predicted_total_s: N rounds x the round "
         "delay with integer n local iterations, at round 0's channels."
@@ -508,7 +345,9 @@ def compare_doc(
             f"round with val loss <= {target:g} (evaluated every round); the wall-clock "
             "figure includes evaluation."
         )
-    return _clean(
+    from fedsllm.summary import json_clean
+
+    return json_clean(
         {
             "format": COMPARE_FORMAT,
             "reference": reference,
@@ -527,12 +366,6 @@ def compare_doc(
             "scenario": base.to_dict(),
         }
     )
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
 
 
 def _pp(x: Any, sign: bool = True) -> str:
@@ -555,6 +388,8 @@ TABLE_COLUMNS = (
 
 def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison table (shared by the terminal and compare.md)."""
+    from fedsllm.report.render import fmt
+
     target = doc["target_val_loss"] or 0.0
     header = list(TABLE_COLUMNS)
     if target > 0:
@@ -566,10 +401,10 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             name += f" FAILED ({p['failed_process']})"
         cells = [
             name,
-            _f(p["eta"], 3),
+            fmt(p["eta"], 3),
             f"{p['num_local_steps']} x {p['num_rounds_planned']}",
-            _f(p["measured_total_s"]),
-            _f(p["predicted_total_s"]),
+            fmt(p["measured_total_s"]),
+            fmt(p["predicted_total_s"]),
             _pp(p["measured_reduction_pct"]),
             _pp(p["predicted_reduction_pct"]),
             _pp(p["diff_pp"]),
@@ -578,13 +413,15 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             reached = p["target_round"] >= 0
             cells += [
                 str(p["target_round"] + 1) if reached else "not reached",
-                _f(p["time_to_target_s"]) if reached else "-",
+                fmt(p["time_to_target_s"]) if reached else "-",
             ]
         rows.append(cells)
     return header, rows
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
+    from fedsllm.report.render import markdown_table
+
     header, rows = table_rows(doc)
     s = doc["settings"]
     lines = [
@@ -596,11 +433,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "- reduction = (reference - policy) / reference; diff pp = measured reduction - "
         "predicted reduction (percentage points)",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+        *markdown_table(header, rows),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     lines += ["", "## Runs", ""]
     for p in doc["policies"]:
         lines.append(f"- `{p['policy']}`: `{p['run_dir']}`")
@@ -618,11 +453,8 @@ def write_figure(doc: dict[str, Any], path: Path) -> Path:
     policies = doc["policies"]
     names = [p["policy"] for p in policies]
 
-    def val(x: Any) -> float:
-        return math.nan if x is None else float(x)
-
-    measured = [val(p["measured_total_s"]) for p in policies]
-    predicted = [val(p["predicted_total_s"]) for p in policies]
+    measured = [_num(p["measured_total_s"]) for p in policies]
+    predicted = [_num(p["predicted_total_s"]) for p in policies]
     fig = Figure(figsize=(max(5.0, 1.6 * len(names) + 2), 4.2), dpi=100)
     ax = fig.add_subplot()
     xs = list(range(len(names)))
@@ -632,7 +464,7 @@ def write_figure(doc: dict[str, Any], path: Path) -> Path:
     for x, p in zip(xs, policies, strict=True):
         red = p["measured_reduction_pct"]
         if red is not None and not p["reference"]:
-            top = max(v for v in (val(p["measured_total_s"]), 0.0) if math.isfinite(v))
+            top = max(v for v in (_num(p["measured_total_s"]), 0.0) if math.isfinite(v))
             ax.annotate(
                 f"{-red:+.1f}% vs {doc['reference']}",
                 (x - width / 2, top),

@@ -36,9 +36,8 @@ def _float(x: float) -> str:
         return "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    text = repr(x)
     # repr always has '.', 'e' or is nan/inf; '1e-06' and '1e+16' are valid TOML floats.
-    return text
+    return repr(x)
 
 
 def _is_table(value: Any) -> bool:

@@ -19,6 +19,7 @@ and for a link rate "unshaped", i.e. infinite):
     scenario               ScenarioConfig.to_dict() of what ran
     time_dilation          link.time_dilation that was divided out
     run_start_unix_s       wall-clock origin of every *_s offset
+    startup_skew_s         clients' start-up skew left out of round 0's window (emulated s)
     settings               policy, link_backend, emulate_compute, num_clients, batch_size,
                            aggregation_s (t_agg), propagation_delay_s
     counts                 the model's counted constants: phi_c_flops, phi_s_flops
@@ -36,6 +37,7 @@ and for a link rate "unshaped", i.e. infinite):
         error_pct          (predicted_s - measured_s) / measured_s * 100
         model_error_pct    the same for model_s
         aggregation_s      the fed server's aggregation span
+        startup_skew_s     start-up skew left out of this round's window (round 0 only)
         train_loss         mean train loss of the round's local iterations
         val_loss           validation loss after the round (null when not evaluated)
         num_overruns, overrun_s   device-emulation overruns of the round (client + server)
@@ -119,21 +121,6 @@ def load_run(run_dir: str | Path) -> tuple[Any, str, list[dict[str, Any]]]:
     return scenario, scenario_hash, records
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _clean(value: Any) -> Any:
-    """Strict JSON: non-finite floats become null."""
-    if isinstance(value, float):
-        return _finite(value)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _counts(scenario: Any) -> Any:
     """The real model's counts, or None when the model cannot be counted (e.g. a missing
     local checkpoint): the measured side of the report does not need them."""
@@ -162,6 +149,7 @@ def report_from_records(
     """The report of already loaded records (see the module docstring for its fields)."""
     from fedsllm.report.phases import measure_rounds, run_start
     from fedsllm.report.predict import error_pct, model_client_s, predict_round, rates_in_force
+    from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
 
     dil = float(scenario.link.time_dilation)
     origin = run_start(records)
@@ -175,7 +163,7 @@ def report_from_records(
     train_by_round: dict[int, list[float]] = {}
     losses_train: list[dict[str, Any]] = []
     losses_val: list[dict[str, Any]] = []
-    val_by_round: dict[int, float] = {}
+    val_by_round = val_losses(records)
     link_stats: list[dict[str, Any]] = []
     device_summaries: list[dict[str, Any]] = []
     for rec in records:
@@ -196,9 +184,7 @@ def report_from_records(
                 }
             )
         elif rec["name"] == "val_loss":
-            loss = float(extra.get("loss", math.nan))
-            val_by_round[rec["round"]] = loss
-            losses_val.append({"t_s": t_s, "round": rec["round"], "loss": loss})
+            losses_val.append({"t_s": t_s, "round": rec["round"], "loss": float(extra["loss"])})
         elif rec["name"] == "link_stats":
             busy, shaped = float(extra.get("busy_s", 0.0)), int(extra.get("shaped_bytes", 0))
             link_stats.append(
@@ -227,9 +213,10 @@ def report_from_records(
             from fedsllm.delay.inputs import delay_inputs
 
             inputs = delay_inputs(scenario, m.round, counts)
+        row = m.to_dict()
         clients = []
         model_values = []
-        for cm, cp in zip(m.clients, pred.clients, strict=True):
+        for cm, cm_dict, cp in zip(m.clients, row["clients"], pred.clients, strict=True):
             r = rates.get((m.round, cm.client))
             model_s = math.nan
             if inputs is not None and r is not None and 0 <= cm.client < k_total and cm.num_steps:
@@ -250,28 +237,20 @@ def report_from_records(
                     "client": cm.client,
                     "num_steps": cm.num_steps,
                     "allocated_steps": r.num_local_steps if r is not None else 0,
-                    "measured": cm.to_dict(),
+                    "measured": cm_dict,
                     "predicted": cp.to_dict(),
                     "model_s": model_s,
                     "rates": r.to_dict() if r is not None else None,
                 }
             )
         model_round = max(model_values) if model_values else math.nan
-        rounds.append(
+        row.update(
             {
-                "round": m.round,
-                "complete": m.complete,
-                "start_s": m.start_s,
-                "end_s": m.end_s,
-                "window_s": m.window_s,
-                "eval_s": m.eval_s,
-                "measured_s": m.measured_s,
                 "predicted_s": pred.predicted_s,
                 "model_s": model_round,
                 "controller_predicted_s": pred.controller_predicted_s,
                 "error_pct": error_pct(m.measured_s, pred.predicted_s),
                 "model_error_pct": error_pct(m.measured_s, model_round),
-                "aggregation_s": m.aggregation_s,
                 "train_loss": _mean(train_by_round.get(m.round, [])),
                 "val_loss": val_by_round.get(m.round, math.nan),
                 "num_overruns": sum(c.num_overruns for c in m.clients),
@@ -279,6 +258,7 @@ def report_from_records(
                 "clients": clients,
             }
         )
+        rounds.append(row)
 
     done = [r for r in rounds if r["complete"]]
     tot_meas = sum(r["measured_s"] for r in done)
@@ -294,7 +274,6 @@ def report_from_records(
         for r in records
         if r.get("kind") == "span" and r["name"] == "eval"
     ]
-    final_round = max((k for k in val_by_round if k >= 0), default=None)
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "run_dir": str(Path(run_dir)),
@@ -302,6 +281,7 @@ def report_from_records(
         "scenario": scenario.to_dict(),
         "time_dilation": dil,
         "run_start_unix_s": origin,
+        "startup_skew_s": sum(m.startup_skew_s for m in measured),
         "settings": {
             "name": scenario.name,
             "policy": scenario.policy.name,
@@ -339,8 +319,8 @@ def report_from_records(
         "losses": {
             "train": losses_train,
             "val": losses_val,
-            "initial_val_loss": val_by_round.get(-1, math.nan),
-            "final_val_loss": val_by_round[final_round] if final_round is not None else math.nan,
+            "initial_val_loss": initial_val_loss(val_by_round),
+            "final_val_loss": final_val_loss(val_by_round),
         },
         "eval_spans": evals,
         "figures": [],
@@ -387,6 +367,12 @@ def _notes(report: dict[str, Any]) -> list[str]:
             f"steps ({tot['overrun_s']:.3f} s over target): those steps took longer than the "
             "model's FLOPs / speed."
         )
+    if report["startup_skew_s"] > 0:
+        notes.append(
+            f"Round 0 opens when the last client starts its protocol work: the clients' "
+            f"process start-up skew ({report['startup_skew_s']:.3f} s, evaluation cut out) is "
+            "not part of the emulated protocol and is left out of measured_s."
+        )
     for r in report["rounds"]:
         starts = [c["measured"]["start_s"] for c in r["clients"]]
         starts = [x for x in starts if math.isfinite(x)]
@@ -413,18 +399,30 @@ def _notes(report: dict[str, Any]) -> list[str]:
 def write_report(run_dir: str | Path) -> ReportResult:
     """Write RUN_DIR/report.md, report.json and report_*.png; ConfigError when the run
     directory lacks scenario.json or trace records."""
-    from fedsllm.report.figures import write_figures
-    from fedsllm.report.render import render_markdown
-
     root = Path(run_dir)
     scenario, scenario_hash, records = load_run(root)
     report = report_from_records(root, scenario, scenario_hash, records)
+    return write_report_files(root, report, records)
+
+
+def write_report_files(
+    run_dir: str | Path, report: dict[str, Any], records: list[dict[str, Any]]
+) -> ReportResult:
+    """Write an already built report (report_from_records) and its figures into RUN_DIR;
+    fills report["figures"] with the PNG file names."""
+    from fedsllm.report.figures import write_figures
+    from fedsllm.report.render import render_markdown
+    from fedsllm.summary import json_clean
+
+    root = Path(run_dir)
     figures = write_figures(report, records, root)
     report["figures"] = [p.name for p in figures]
     md_path = root / "report.md"
     json_path = root / "report.json"
     md_path.write_text(render_markdown(report), encoding="utf-8")
-    json_path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False), encoding="utf-8")
+    json_path.write_text(
+        json.dumps(json_clean(report), indent=1, allow_nan=False), encoding="utf-8"
+    )
     return ReportResult(
         run_dir=root,
         report_md=md_path,

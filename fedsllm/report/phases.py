@@ -3,11 +3,17 @@
 This module only measures; what the delay model expects is fedsllm.report.predict's
 job. Definitions (the report and its tests rely on them):
 
-- Round window of round r: from the end of round r-1's aggregation span (or,
-  for the first round or when r-1 has none, the first protocol span of round
-  r other than its global download, which may have waited for every client
-  to join) to the end of round r's aggregation span. A round without aggregation is
+- Round window of round r: from the end of round r-1 (below) to the end of
+  round r's aggregation span, or, for a round whose trace has a round_done
+  event but no aggregation span, that event's time. A round with neither is
   incomplete: its window ends at its last protocol span.
+- The first round (and any round whose predecessor has no end) opens when the
+  LAST client starts its protocol work of that round (its first client span
+  other than the global download, which may have waited for every client to
+  join): MODEL.md's clients start a round together, so the clients' process
+  start-up skew is not part of the emulated protocol. That skew (last start
+  minus first start, evaluation inside it cut out) is kept as
+  `RoundMeasured.startup_skew_s`.
 - Eval spans (validation on client 0 between rounds) are not part of the
   emulated protocol: their overlap with a window is cut out of the time axis,
   `measured_s = window_s - eval_s`. That is exact when the evaluating client
@@ -55,6 +61,10 @@ CLIENT_PROTOCOL_SPANS = (
 )
 """Client-side spans that belong to the emulated protocol (eval is not one)."""
 
+CLIENT_WORK_SPANS = tuple(n for n in CLIENT_PROTOCOL_SPANS if n != "global_download")
+"""Client protocol spans that mark a client at work in a round: its global download may
+have waited for every client to join, so it does not say when the client started."""
+
 
 @dataclass
 class ClientMeasured:
@@ -86,8 +96,8 @@ class ClientMeasured:
     server_overrun_s: float = 0.0
     num_overruns: int = 0
     start_s: float = math.nan
-    """This client's first training span, seconds after the window start (a late start
-    in the first round is process start-up or the initial evaluation)."""
+    """This client's first training span, seconds after the window start (negative in
+    the first round for a client that started before the last one did)."""
     finish_s: float = math.nan
     """End of this client's adapter upload, seconds after the window start."""
     flops: float = 0.0
@@ -127,6 +137,10 @@ class RoundMeasured:
     measured_s: float
     aggregation_s: float
     clients: list[ClientMeasured]
+    startup_skew_s: float = 0.0
+    """Emulated seconds between the first and the last client starting this round's
+    work, evaluation cut out; left out of the window (non-zero only for a round that
+    opens without a previous round's end, i.e. round 0)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "clients"}
@@ -183,25 +197,53 @@ def _device(rec: dict[str, Any]) -> dict[str, Any] | None:
     return dev if isinstance(dev, dict) and dev.get("done", True) else None
 
 
+def _round_ends(records: list[dict[str, Any]]) -> dict[int, tuple[float, dict[str, Any] | None]]:
+    """Round -> (end time, its aggregation span): the latest aggregation span's end, or
+    the round_done event's time for a round that has no aggregation span."""
+    ends: dict[int, tuple[float, dict[str, Any] | None]] = {}
+    for rec in records:
+        if rec.get("kind") == "span" and is_protocol_span(rec) and rec["name"] == "aggregation":
+            rnd = rec["round"]
+            if rnd not in ends or ends[rnd][1] is None or rec["t1"] >= ends[rnd][0]:
+                ends[rnd] = (rec["t1"], rec)
+    for rec in records:
+        if rec.get("kind") == "event" and rec.get("name") == "round_done":
+            rnd = rec["round"]
+            if rnd not in ends or (ends[rnd][1] is None and rec["t1"] > ends[rnd][0]):
+                ends[rnd] = (rec["t1"], None)
+    return ends
+
+
+def _first_round_start(
+    recs: list[dict[str, Any]], evals: list[tuple[float, float]]
+) -> tuple[float, float] | None:
+    """(window start, start-up skew in wall seconds) of a round that opens without a
+    previous round's end: the last client's first work span; None without client work."""
+    starts: dict[int, float] = {}
+    for r in recs:
+        if r["role"] == "client" and r["name"] in CLIENT_WORK_SPANS:
+            starts[r["client"]] = min(starts.get(r["client"], math.inf), r["t0"])
+    if not starts:
+        return None
+    lo, hi = min(starts.values()), max(starts.values())
+    return hi, max(0.0, hi - lo - union_length(evals, lo, hi))
+
+
 def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[RoundMeasured]:
     """Per-round windows and per-client phases of a run's records (see the module docstring)."""
     dil = float(time_dilation)
     origin = run_start(records)
-    spans = [r for r in records if r.get("kind") == "span"]
-    agg_end: dict[int, float] = {}
-    agg_span: dict[int, dict[str, Any]] = {}
+    ends = _round_ends(records)
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
     evals: list[dict[str, Any]] = []
-    for rec in spans:
+    for rec in records:
+        if rec.get("kind") != "span":
+            continue
         if rec["name"] == "eval":
             evals.append(rec)
-            continue
-        if not is_protocol_span(rec):
-            continue
-        by_round[rec["round"]].append(rec)
-        if rec["name"] == "aggregation" and rec["t1"] >= agg_end.get(rec["round"], -math.inf):
-            agg_end[rec["round"]] = rec["t1"]
-            agg_span[rec["round"]] = rec
+        elif is_protocol_span(rec):
+            by_round[rec["round"]].append(rec)
+    eval_windows = [(e["t0"], e["t1"]) for e in evals]
     rounds: list[RoundMeasured] = []
     # The final global download is labelled round num_rounds: no round of its own.
     real = [
@@ -209,15 +251,19 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
     ]
     for rnd in sorted(real):
         recs = by_round[rnd]
-        # The first training span, not a download that waited for every client to join.
         first = min(r["t0"] for r in recs if r["name"] != "global_download")
-        start = agg_end.get(rnd - 1, first)
-        start = min(start, first)
-        complete = rnd in agg_end
-        end = agg_end[rnd] if complete else max(r["t1"] for r in recs)
+        skew = 0.0
+        if rnd - 1 in ends:
+            start = min(ends[rnd - 1][0], first)
+        else:
+            opened = _first_round_start(recs, eval_windows)
+            start, skew = opened if opened is not None else (first, 0.0)
+        complete = rnd in ends
+        agg = ends[rnd][1] if complete else None
+        end = ends[rnd][0] if complete else max(r["t1"] for r in recs)
         window_s = (end - start) / dil
-        eval_s = union_length(((e["t0"], e["t1"]) for e in evals), start, end) / dil
-        agg_s = _clipped(agg_span[rnd], start, end) / dil if complete else 0.0
+        eval_s = union_length(eval_windows, start, end) / dil
+        agg_s = _clipped(agg, start, end) / dil if agg is not None else 0.0
         client_ids = sorted({r["client"] for r in recs if r["client"] >= 0})
         clients = []
         for k in client_ids:
@@ -246,6 +292,7 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
                 measured_s=window_s - eval_s,
                 aggregation_s=agg_s,
                 clients=clients,
+                startup_skew_s=skew / dil,
             )
         )
     return rounds

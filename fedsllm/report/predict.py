@@ -29,9 +29,6 @@ from typing import Any
 
 from fedsllm.report.phases import PHASES, ClientMeasured, RoundMeasured
 
-RATE_SOURCES = ("allocation", "rates_applied", "configured", "unshaped_backend")
-"""Where the rates in force came from, most authoritative first."""
-
 
 @dataclass(frozen=True)
 class RatesInForce:
@@ -40,7 +37,8 @@ class RatesInForce:
     uplink_bps: float
     downlink_bps: float
     source: str
-    """One of RATE_SOURCES."""
+    """Where the rates came from, most authoritative first: allocation, rates_applied,
+    configured or unshaped_backend."""
     version: int = -1
     """Allocation version (-1 without one)."""
     bandwidth_hz: float = math.nan
@@ -76,11 +74,6 @@ class RoundPredicted:
     clients: list[ClientPredicted]
     controller_predicted_s: float = math.nan
     """The allocation's predicted_round_s (the controller's plan), NaN without one."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["clients"] = [c.to_dict() for c in self.clients]
-        return out
 
 
 def _unshaped(rate: float) -> float:

@@ -14,7 +14,8 @@ from typing import Any
 from fedsllm.report.phases import PHASES
 
 
-def _f(x: Any, digits: int = 3) -> str:
+def fmt(x: Any, digits: int = 3) -> str:
+    """Fixed-point text of a number; "-" for a missing (None) or non-finite one."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return f"{x:.{digits}f}"
@@ -35,7 +36,8 @@ def _rate(bps: Any) -> str:
     return f"{bps / 1e6:.3f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a Markdown table (and a blank line after it)."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out + [""]
@@ -53,9 +55,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"link backend `{s['link_backend']}`, compute emulated: {s['emulate_compute']}",
         f"- time unit: emulated seconds (time dilation {report['time_dilation']:g} divided out)",
         f"- rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}",
-        f"- total measured {_f(tot['measured_s'])} s, predicted {_f(tot['predicted_s'])} s "
+        f"- total measured {fmt(tot['measured_s'])} s, predicted {fmt(tot['predicted_s'])} s "
         f"(error {_pct(tot['error_pct'])}, mean |error| per round "
-        f"{_f(tot['mean_abs_error_pct'], 1)}%)",
+        f"{fmt(tot['mean_abs_error_pct'], 1)}%)",
         "",
         "Error = (predicted - measured) / measured: positive when the model over-predicts. "
         "*predicted* uses the bytes and FLOPs the trace recorded and the link rates in force; "
@@ -72,20 +74,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows.append(
             [
                 str(r["round"]) + ("" if r["complete"] else " (incomplete)"),
-                _f(r["measured_s"]),
-                _f(r["predicted_s"]),
+                fmt(r["measured_s"]),
+                fmt(r["predicted_s"]),
                 _pct(r["error_pct"]),
-                _f(r["model_s"]),
+                fmt(r["model_s"]),
                 _pct(r["model_error_pct"]),
-                _f(r["controller_predicted_s"]),
-                _f(r["window_s"]),
-                _f(r["eval_s"]),
+                fmt(r["controller_predicted_s"]),
+                fmt(r["window_s"]),
+                fmt(r["eval_s"]),
                 str(r["num_overruns"]),
-                _f(r["train_loss"], 4),
-                _f(r["val_loss"], 4),
+                fmt(r["train_loss"], 4),
+                fmt(r["val_loss"], 4),
             ]
         )
-    lines += _table(
+    lines += markdown_table(
         [
             "round",
             "measured s",
@@ -115,10 +117,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"{c['num_steps']}"
                     + (f"/{c['allocated_steps']}" if c["allocated_steps"] else ""),
                 ]
-                + [f"{_f(m[ph])} / {_f(p[ph])}" for ph in PHASES]
-                + [f"{_f(c['measured']['total_s'])} / {_f(c['predicted']['total_s'])}"]
+                + [f"{fmt(m[ph])} / {fmt(p[ph])}" for ph in PHASES]
+                + [f"{fmt(c['measured']['total_s'])} / {fmt(c['predicted']['total_s'])}"]
             )
-    lines += _table(["round", "client", "steps"] + list(PHASES) + ["total"], rows)
+    lines += markdown_table(["round", "client", "steps"] + list(PHASES) + ["total"], rows)
 
     lines += ["## Link rates per client (Mbit/s, allocated vs achieved)", ""]
     rows = []
@@ -141,7 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     str(m["adapter_bytes"]),
                 ]
             )
-    lines += _table(
+    lines += markdown_table(
         [
             "round",
             "client",
@@ -165,12 +167,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 str(x.get("direction")),
                 str(x.get("num_bytes")),
                 str(x.get("shaped_bytes")),
-                _f(x.get("busy_s")),
+                fmt(x.get("busy_s")),
                 _rate(x.get("achieved_bps")),
             ]
             for x in report["link_stats"]
         ]
-        lines += _table(
+        lines += markdown_table(
             ["client", "direction", "bytes", "shaped bytes", "busy s", "achieved Mbit/s"], rows
         )
 
@@ -183,14 +185,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [
                     str(r["round"]),
                     str(c["client"]),
-                    _f(m["client_target_s"]),
-                    _f(m["server_target_s"]),
+                    fmt(m["client_target_s"]),
+                    fmt(m["server_target_s"]),
                     str(m["num_overruns"]),
-                    _f(m["client_overrun_s"]),
-                    _f(m["server_overrun_s"]),
+                    fmt(m["client_overrun_s"]),
+                    fmt(m["server_overrun_s"]),
                 ]
             )
-    lines += _table(
+    lines += markdown_table(
         [
             "round",
             "client",
@@ -209,14 +211,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 str(d.get("client")),
                 str(d.get("num_steps")),
                 str(d.get("num_overruns")),
-                _f(d.get("target_s")),
-                _f(d.get("compute_s")),
-                _f(d.get("overrun_s")),
+                fmt(d.get("target_s")),
+                fmt(d.get("compute_s")),
+                fmt(d.get("overrun_s")),
             ]
             for d in report["device_summaries"]
         ]
         lines += ["Whole-run device summaries (including evaluation steps):", ""]
-        lines += _table(
+        lines += markdown_table(
             ["role", "client", "steps", "overruns", "target s", "compute s", "overrun s"], rows
         )
 
@@ -234,16 +236,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["eval_spans"]:
         lines += ["## Evaluation (not part of the protocol)", ""]
         rows = [
-            [str(e["round"]), str(e["client"]), _f(e["start_s"]), _f(e["duration_s"])]
+            [str(e["round"]), str(e["client"]), fmt(e["start_s"]), fmt(e["duration_s"])]
             for e in report["eval_spans"]
         ]
-        lines += _table(["after round", "client", "start s", "duration s"], rows)
+        lines += markdown_table(["after round", "client", "start s", "duration s"], rows)
     losses = report["losses"]
     lines += [
         "## Loss",
         "",
-        f"- validation loss before training {_f(losses['initial_val_loss'], 4)}, "
-        f"after the last round {_f(losses['final_val_loss'], 4)}",
+        f"- validation loss before training {fmt(losses['initial_val_loss'], 4)}, "
+        f"after the last round {fmt(losses['final_val_loss'], 4)}",
         "",
     ]
     if report["figures"]:

@@ -31,6 +31,7 @@ def test_compare_optimal_and_equal(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = read_json(out / "compare.json")
     assert doc["reference"] == "equal"
+    assert doc["measured_source"] == "report"
     rows = {p["policy"]: p for p in doc["policies"]}
     assert set(rows) == {"optimal", "equal"}
     for name, row in rows.items():

@@ -79,6 +79,7 @@ RECORDS = [
     _event("allocation", 101.0, client=0, role="fed_server", uplink_bps=4e6, bandwidth_hz=7e6),
     _event("round_done", 102.0, client=-1, role="fed_server", num_clients=2),
     _event("val_loss", 102.1, round=0, loss=2.5),
+    _span("client_forward", 102.2, 102.4, round=1),
     _event("train_loss", 102.5, client=0, round=1, loss=1.0),
     _event("round_done", 103.5, client=-1, round=1, role="fed_server"),
     _event("val_loss", 103.6, round=1, loss=2.0),
@@ -89,11 +90,39 @@ def test_per_round_losses_and_wall_times() -> None:
     summary = summarize(RECORDS)
     r0, r1 = summary.rounds
     assert (r0.round, r0.train_loss, r0.num_clients, r0.num_steps) == (0, 3.0, 2, 2)
-    assert r0.wall_s == pytest.approx(2.0)  # first span at 100.0 -> round_done 102.0
+    # The report's window: round 0 opens when the last client starts (client 1's
+    # backward at 100.6; client 0 started at 100.0) and ends at round_done 102.0.
+    assert r0.wall_s == pytest.approx(1.4)
     assert r0.val_loss == 2.5
     assert (r1.train_loss, r1.wall_s, r1.val_loss) == (1.0, pytest.approx(1.5), 2.0)
     assert summary.initial_val_loss == 3.0 and summary.final_val_loss == 2.0
-    assert summary.total_wall_s == pytest.approx(3.5)
+    assert summary.total_wall_s == pytest.approx(3.5)  # first span 100.0 -> last end 103.5
+
+
+def test_wall_times_agree_with_the_report() -> None:
+    from fedsllm.report.phases import measure_rounds
+
+    windows = [m.window_s for m in measure_rounds(RECORDS, 1.0)]
+    assert [r.wall_s for r in summarize(RECORDS).rounds] == pytest.approx(windows)
+
+
+def test_partial_run_has_nan_wall_for_unfinished_rounds() -> None:
+    partial = [r for r in RECORDS if not (r["name"] == "round_done" and r["round"] == 1)]
+    r0, r1 = summarize(partial).rounds
+    assert r0.wall_s == pytest.approx(1.4)
+    assert math.isnan(r1.wall_s) and r1.train_loss == 1.0
+    assert summarize(partial).total_wall_s == pytest.approx(2.0)
+    empty = summarize([_event("train_loss", 1.0, loss=2.0)])
+    assert math.isnan(empty.rounds[0].wall_s) and math.isnan(empty.total_wall_s)
+
+
+def test_val_losses_initial_and_final() -> None:
+    from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
+
+    val = val_losses(RECORDS)
+    assert val == {-1: 3.0, 0: 2.5, 1: 2.0}
+    assert (initial_val_loss(val), final_val_loss(val)) == (3.0, 2.0)
+    assert math.isnan(final_val_loss({-1: 3.0})) and math.isnan(initial_val_loss({0: 1.0}))
 
 
 def test_links_allocated_against_achieved() -> None:

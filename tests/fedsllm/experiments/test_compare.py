@@ -19,16 +19,19 @@ from fedsllm.experiments.compare import (
     compare_base_dict,
     compare_doc,
     compare_rows,
+    measure_run,
     parse_policies,
     plan_from_records,
     policy_scenario,
     reduction_pct,
     reference_policy,
-    rounds_from_records,
-    startup_skew_s,
     time_to_target,
     write_outputs,
 )
+from fedsllm.report import load_run
+from fedsllm.report.phases import measure_rounds
+from tests.fedsllm.report.synthetic import DIL, make_run_dir
+from tests.fedsllm.report.synthetic import synthetic_records as report_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -89,7 +92,7 @@ def _result(policy: str, delays: list[float], predicted: float, **plan: Any) -> 
     return PolicyResult(
         policy=policy,
         run_dir=f"/runs/{policy}",
-        measured_source="summary",
+        measured_source="report",
         rounds=_rounds(delays, losses),
         plan={
             "predicted_total_s": predicted,
@@ -234,29 +237,58 @@ def synthetic_records() -> list[dict]:
     return sorted(recs, key=lambda r: r["t0"])
 
 
-def test_rounds_from_records_cut_eval_and_startup() -> None:
+def test_report_windows_cut_eval_and_startup() -> None:
+    """The report's round windows (the one definition compare uses) on a trace without
+    aggregation spans: round_done ends a round, round 0 opens at the last client's start."""
     recs = synthetic_records()
-    rounds = rounds_from_records(recs, time_dilation=1.0)
-    assert [r.round for r in rounds] == [0, 1]
+    rounds = measure_rounds(recs, time_dilation=1.0)
+    assert [r.round for r in rounds] == [0, 1] and all(r.complete for r in rounds)
     # Round 0 opens when the last client starts (103), ends at 105.
     assert rounds[0].measured_s == pytest.approx(2.0)
     # Round 1: 105..109 minus the eval 105..106.
     assert rounds[1].measured_s == pytest.approx(3.0)
-    assert math.isnan(rounds[1].val_loss)  # not evaluated after round 1
-    assert rounds[0].val_loss == 4.5
-    assert (rounds[0].start_s, rounds[1].end_s) == (4.0, 10.0)  # offsets from 99.0
-    halved = rounds_from_records(recs, time_dilation=2.0)
+    assert (rounds[0].start_s, rounds[1].end_s) == (3.0, 9.0)  # offsets from the eval at 100
+    halved = measure_rounds(recs, time_dilation=2.0)
     assert [r.measured_s for r in halved] == pytest.approx([1.0, 1.5])
 
 
 def test_startup_skew_leaves_out_evaluation() -> None:
     recs = synthetic_records()
     # Clients start at 101 and 103; no eval overlaps 101..103.
-    assert startup_skew_s(recs, 1.0) == pytest.approx(2.0)
+    assert measure_rounds(recs, 1.0)[0].startup_skew_s == pytest.approx(2.0)
     recs.append(_span("client", 0, -1, "eval", 101.5, 102.5))
-    assert startup_skew_s(recs, 1.0) == pytest.approx(1.0)
-    assert startup_skew_s(recs, 2.0) == pytest.approx(0.5)
-    assert startup_skew_s([r for r in recs if r.get("client") != 1], 1.0) == 0.0
+    assert measure_rounds(recs, 1.0)[0].startup_skew_s == pytest.approx(1.0)
+    assert measure_rounds(recs, 2.0)[0].startup_skew_s == pytest.approx(0.5)
+    alone = [r for r in recs if r.get("client") != 1]
+    assert measure_rounds(alone, 1.0)[0].startup_skew_s == 0.0
+
+
+def test_measure_run_reads_the_report(tmp_path: Path) -> None:
+    """compare's measurement of a run directory is the report's, with losses from the trace."""
+    run = make_run_dir(tmp_path / "run", report_records())
+    scenario = load_run(run)[0]
+    res = measure_run(run, scenario)
+    report = json.loads((run / "report.json").read_text())
+    assert res.measured_source == "report" and res.ok
+    assert [r.round for r in res.rounds] == [0, 1]
+    assert [r.measured_s for r in res.rounds] == pytest.approx([1.0, 0.9])  # see test_report
+    assert [r.measured_s for r in res.rounds] == pytest.approx(
+        [r["measured_s"] for r in report["rounds"]]
+    )
+    assert res.measured_total_s == pytest.approx(report["totals"]["measured_s"])
+    assert res.report_predicted_s == pytest.approx(report["totals"]["predicted_s"])
+    assert [r.val_loss for r in res.rounds] == [4.0, 3.0]
+    assert (res.initial_val_loss, res.final_val_loss) == (5.0, 3.0)
+    assert res.eval_s == pytest.approx(1.4 / DIL)  # both eval spans, wall / dilation
+    assert res.startup_skew_s == 0.0
+
+    # compare's own synthetic trace: no aggregation spans, client 1 starts 2 s late.
+    skewed = make_run_dir(tmp_path / "skewed", synthetic_records())
+    res = measure_run(skewed, load_run(skewed)[0])
+    assert [r.measured_s for r in res.rounds] == pytest.approx([2.0 / DIL, 3.0 / DIL])
+    assert res.startup_skew_s == pytest.approx(2.0 / DIL)
+    assert res.predicted_total_s == 3.0  # the plan event
+    assert [r.val_loss for r in res.rounds][0] == 4.5 and math.isnan(res.rounds[1].val_loss)
 
 
 def test_plan_from_records() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,216 +19,13 @@ from fedsllm.report.predict import (
     rates_in_force,
     transfer_s,
 )
-
-T0 = 1000.0
-DIL = 2.0
-"""Synthetic traces are written in wall seconds with time dilation 2: every wall
-duration below is twice its emulated value."""
-
-
-def _span(
-    role: str,
-    client: int,
-    rnd: int,
-    step: int,
-    name: str,
-    t0: float,
-    t1: float,
-    nbytes: int = 0,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "kind": "span",
-        "role": role,
-        "client": client,
-        "round": rnd,
-        "step": step,
-        "name": name,
-        "t0": T0 + t0,
-        "t1": T0 + t1,
-        "bytes": nbytes,
-        "extra": extra or {},
-    }
-
-
-def _event(role: str, client: int, rnd: int, name: str, t: float, **extra: Any) -> dict[str, Any]:
-    return {
-        "kind": "event",
-        "role": role,
-        "client": client,
-        "round": rnd,
-        "step": -1,
-        "name": name,
-        "t0": T0 + t,
-        "t1": T0 + t,
-        "bytes": 0,
-        "extra": extra,
-    }
-
-
-def _device(target_s: float, overrun_s: float = 0.0) -> dict[str, Any]:
-    return {
-        "device": {
-            "label": "x",
-            "flops": 1e6,
-            "target_s": target_s,
-            "compute_s": target_s + overrun_s,
-            "padded_s": 0.0,
-            "overrun_s": overrun_s,
-            "done": True,
-        }
-    }
-
-
-def _one_step(
-    k: int,
-    rnd: int,
-    t: float,
-    uplink_wall: float,
-    *,
-    client_overrun: float = 0.0,
-    server_overrun: float = 0.0,
-) -> list[dict[str, Any]]:
-    """One local iteration starting at wall offset t: forward 0.2, uplink `uplink_wall`,
-    server 0.2 + downlink 0.2 inside wait_reply, backward 0.2 (wall seconds)."""
-    u = t + 0.2 + uplink_wall
-    return [
-        _span("client", k, rnd, 0, "client_forward", t, t + 0.2, extra=_device(0.1)),
-        _span("client", k, rnd, 0, "uplink", t + 0.2, u, 100_000),
-        _span("client", k, rnd, 0, "wait_reply", u, u + 0.4, 50_000),
-        _span(
-            "main_server",
-            k,
-            rnd,
-            0,
-            "server_compute",
-            u,
-            u + 0.2,
-            extra={**_device(0.08, server_overrun), "mode": "train", "loss": 1.0},
-        ),
-        _span("main_server", k, rnd, 0, "downlink", u + 0.2, u + 0.4, 50_000),
-        _span(
-            "client",
-            k,
-            rnd,
-            0,
-            "client_backward",
-            u + 0.4,
-            u + 0.6,
-            extra=_device(0.1, client_overrun),
-        ),
-        _event("client", k, rnd, "train_loss", u + 0.6, loss=2.0 + rnd, num_tokens=10),
-    ]
-
-
-def _alloc(k: int, rnd: int, version: int, up: float, down: float, t: float) -> dict[str, Any]:
-    return _event(
-        "fed_server",
-        k,
-        rnd,
-        "allocation",
-        t,
-        version=version,
-        round=rnd,
-        client_id=k,
-        policy="optimal",
-        bandwidth_hz=1e6,
-        share=0.5,
-        uplink_bps=up,
-        downlink_bps=down,
-        num_local_steps=1,
-        eta=0.5,
-        predicted_round_s=0.5,
-        predicted_total_s=1.0,
-        issued_unix_s=T0 + t,
-        num_rounds=2,
-    )
-
-
-def synthetic_records(with_allocations: bool = True) -> list[dict[str, Any]]:
-    """Two clients, two rounds, one local iteration each (wall seconds, dilation 2).
-
-    Round 0: window [0, 2.0] wall (both clients start at 0; aggregation [1.8, 2.0]).
-    Round 1: window [2.0, 4.2] wall; eval on client 0 in [2.0, 2.4] is cut out.
-    """
-    recs: list[dict[str, Any]] = [
-        _span("client", 0, -1, -1, "eval", -1.0, 0.0),  # before the first round: no overlap
-        _event("client", 0, -1, "val_loss", 0.0, loss=5.0),
-    ]
-    # round 0: client 0 uplink 0.4 wall, client 1 uplink 0.6 wall
-    recs += _one_step(0, 0, 0.0, 0.4, client_overrun=0.05, server_overrun=0.02)
-    recs.append(_span("client", 0, 0, -1, "adapter_upload", 1.2, 1.4, 20_000))
-    recs += _one_step(1, 0, 0.0, 0.6)
-    recs.append(_span("client", 1, 0, -1, "adapter_upload", 1.4, 1.6, 20_000))
-    recs.append(_span("fed_server", -1, 0, -1, "aggregation", 1.8, 2.0, 20_000))
-    recs.append(_event("fed_server", -1, 0, "round_done", 2.0, num_clients=2))
-    # round 1: client 0 evaluates first, then downloads and trains
-    recs.append(_span("client", 0, 0, -1, "eval", 2.0, 2.4))
-    recs.append(_event("client", 0, 0, "val_loss", 2.4, loss=4.0))
-    recs.append(_span("client", 0, 1, -1, "global_download", 2.4, 2.6, 20_000))
-    recs += _one_step(0, 1, 2.6, 0.4)
-    recs.append(_span("client", 0, 1, -1, "adapter_upload", 3.8, 4.0, 20_000))
-    recs.append(_span("client", 1, 1, -1, "global_download", 2.0, 2.1, 20_000))
-    recs += _one_step(1, 1, 2.1, 0.4)
-    recs.append(_span("client", 1, 1, -1, "adapter_upload", 3.3, 3.5, 20_000))
-    recs.append(_span("fed_server", -1, 1, -1, "aggregation", 4.0, 4.2, 20_000))
-    recs.append(_event("fed_server", -1, 1, "round_done", 4.2, num_clients=2))
-    recs.append(_event("client", 0, 1, "val_loss", 4.6, loss=3.0))
-    recs.append(_span("client", 0, 2, -1, "global_download", 4.2, 4.3, 20_000))  # final pull
-    recs.append(
-        _event(
-            "client",
-            0,
-            -1,
-            "link_stats",
-            5.0,
-            direction="up",
-            num_bytes=240_000,
-            num_chunks=4,
-            busy_s=0.8,
-            shaped_bytes=200_000,
-        )
-    )
-    if with_allocations:
-        recs += [
-            _alloc(0, 0, 1, 2e6, 0.0, -0.5),
-            _alloc(1, 0, 1, 1e6, 0.0, -0.5),
-            _alloc(0, 1, 2, 2e6, 1.6e6, 1.9),
-            _alloc(1, 1, 2, 2e6, 1.6e6, 1.9),
-            _alloc(0, 2, 3, 4e6, 0.0, 4.1),  # for round 2: must not apply to round 1
-            _alloc(1, 2, 3, 4e6, 0.0, 4.1),
-        ]
-    return sorted(recs, key=lambda r: r["t0"])
-
-
-def make_run_dir(root: Path, records: list[dict[str, Any]], *overrides: str) -> Path:
-    scenario = load_scenario(
-        None,
-        [
-            "clients.num_clients=2",
-            f"link.time_dilation={DIL}",
-            "link.emulate_compute=true",
-            'link.backend="token"',
-            "devices.aggregation_s=0.01",
-            "training.batch_size=4",
-            "data.seq_len=32",
-            "model.pretrain_steps=0",
-            *overrides,
-        ],
-    )
-    (root / "trace").mkdir(parents=True)
-    doc = {"scenario_hash": "synthetic", **scenario.to_dict()}
-    (root / "scenario.json").write_text(json.dumps(doc))
-    by_role: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
-        name = rec["role"] if rec["role"] != "client" else f"client_{rec['client']}"
-        by_role.setdefault(name, []).append(rec)
-    for name, recs in by_role.items():
-        with open(root / "trace" / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            for rec in recs:
-                fh.write(json.dumps(rec) + "\n")
-    return root
-
+from tests.fedsllm.report.synthetic import (
+    DIL,
+    _one_step,
+    _span,
+    make_run_dir,
+    synthetic_records,
+)
 
 # --------------------------------------------------------------------- arithmetic
 
@@ -292,6 +88,43 @@ def test_measured_windows_phases_and_dilation() -> None:
     assert r1.clients[1].total_s == pytest.approx(1.1)  # client 1 did not evaluate
     assert r1.clients[0].phases_s["global_download"] == pytest.approx(0.1)
     assert r1.clients[0].start_s == pytest.approx(0.3)  # eval + download before training
+
+
+def test_round_zero_opens_when_the_last_client_starts(tmp_path: Path) -> None:
+    """Client 1 starts round 0 late (process start-up): the window opens at its start, the
+    skew (evaluation inside it cut out) is recorded, and the report says so."""
+    late = 0.6  # wall seconds
+    recs = [
+        r
+        for r in synthetic_records()
+        if not (r["client"] == 1 and r["round"] == 0 and r["kind"] == "span")
+    ]
+    recs += _one_step(1, 0, late, 0.2)  # ends at late + 1.0 wall, before aggregation
+    recs.append(_span("client", 0, -1, -1, "eval", 0.1, 0.3))  # eval inside the skew
+    recs.sort(key=lambda r: r["t0"])
+    r0, r1 = measure_rounds(recs, DIL)
+    assert r0.start_s == pytest.approx((1.0 + late) / DIL)  # origin: the eval at -1.0 wall
+    assert r0.window_s == pytest.approx((2.0 - late) / DIL)
+    assert r0.measured_s == pytest.approx((2.0 - late) / DIL)  # the eval ends before 0.6
+    assert r0.startup_skew_s == pytest.approx((late - 0.2) / DIL)
+    assert r1.startup_skew_s == 0.0 and r1.start_s == pytest.approx(1.5)
+    assert r0.clients[1].start_s == pytest.approx(0.0)
+    assert r0.clients[0].start_s == pytest.approx(-late / DIL)
+    run = make_run_dir(tmp_path / "run", recs)
+    doc = json.loads(write_report(run).report_json.read_text())
+    assert doc["startup_skew_s"] == pytest.approx((late - 0.2) / DIL)
+    assert doc["rounds"][0]["measured_s"] == pytest.approx((2.0 - late) / DIL)
+    assert "start-up skew" in (run / "report.md").read_text()
+
+
+def test_round_done_ends_a_round_without_aggregation() -> None:
+    recs = [r for r in synthetic_records() if r["name"] != "aggregation"]
+    r0, r1 = measure_rounds(recs, DIL)
+    assert r0.complete and r1.complete
+    assert r0.end_s == pytest.approx(1.5) and r1.end_s == pytest.approx(2.6)  # round_done
+    assert r0.aggregation_s == 0.0
+    no_end = [r for r in recs if not (r["name"] == "round_done" and r["round"] == 1)]
+    assert not measure_rounds(no_end, DIL)[1].complete
 
 
 def test_rates_in_force_picks_newest_version_for_the_round() -> None:
@@ -391,10 +224,12 @@ def test_write_report_files_are_valid(tmp_path: Path) -> None:
     assert doc["format"] == "fedsllm.report/1"
     assert doc["rounds"][0]["error_pct"] == pytest.approx(25.0)
     assert doc["rounds"][0]["clients"][0]["rates"]["downlink_bps"] is None  # unshaped
-    assert sorted(doc["figures"]) == sorted(p.name for p in result.figures)
-    assert len(result.figures) == 3
-    for path in result.figures:
-        _check_png(path)
+    assert len(doc["figures"]) == 3 and len(set(doc["figures"])) == 3
+    on_disk = {p.name for p in run.glob("*.png")}
+    assert set(doc["figures"]) == on_disk  # every named figure exists, none unnamed
+    for name in doc["figures"]:
+        _check_png(run / name)
+    assert doc["startup_skew_s"] == 0.0  # both clients start round 0 together
     assert result.mean_abs_error_pct == pytest.approx((25.0 + abs((1.12 - 0.9) / 0.9 * 100)) / 2)
 
 
