@@ -84,8 +84,8 @@ def reliability(num_scenarios: int) -> None:
     from conftest import random_inputs
 
     from fedsllm.delay.convex import ConvexInner, certify
-    from fedsllm.delay.rates import local_iterations
-    from fedsllm.delay.solvers import _round_terms, exact_round_time
+    from fedsllm.delay.rates import local_iterations, round_terms
+    from fedsllm.delay.solvers import exact_round_time
     from fedsllm.errors import AllocationError
 
     print(f"\ncvxpy inner problem at eta=0.5 over {num_scenarios} scenarios per K (seeds 1000+)")
@@ -102,7 +102,7 @@ def reliability(num_scenarios: int) -> None:
         for seed in range(num_scenarios):
             inputs = random_inputs(1000 + seed, k)
             n = local_iterations(0.5, inputs.v)
-            fixed, need = _round_terms(inputs, n)
+            fixed, need = round_terms(inputs, n)
             t_exact, b_exact = exact_round_time(inputs, n)
             start = time.perf_counter()
             try:

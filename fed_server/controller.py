@@ -28,19 +28,18 @@ value stands (no real link has a 0 dB gain).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedsllm.config import ClientProfile, ScenarioConfig
+from fedsllm.delay.policies import PLAN_ROUND, POLICY_NAMES, policy_shares, read_shares_file
 from fedsllm.errors import AllocationError, ConfigError, StateError, WireError
 from fedsllm.trace import Tracer
 from fedsllm.wire.messages import (
@@ -52,30 +51,10 @@ from fedsllm.wire.messages import (
 
 if TYPE_CHECKING:
     from fedsllm.delay.inputs import DelayInputs
-    from fedsllm.delay.solvers import Allocation
+    from fedsllm.delay.solvers import Allocation, CvxpyInner
     from fedsllm.model.counts import ModelCounts
 
 log = logging.getLogger(__name__)
-
-CONTROLLER_POLICIES = (
-    "optimal",
-    "equal",
-    "equal_opt_eta",
-    "opt_fixed_eta",
-    "proportional",
-    "random",
-    "fixed",
-)
-"""Policies the controller serves; fixed_steps runs without a controller."""
-
-RANDOM_STREAM = 7
-"""numpy stream id of policy random's Dirichlet draws, apart from the channel's streams."""
-RANDOM_PLAN_ROUND = -1
-"""Round slot of the plan's averaged draws, so they never repeat a round's draw."""
-DIRICHLET_ALPHA = 1.0
-"""Concentration of policy random's shares: uniform over the simplex."""
-SHARES_SUM_RTOL = 1e-9
-"""Slack on sum(fractions) <= 1 for policy fixed's shares file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,58 +88,12 @@ class ControllerSnapshot:
     closed: bool
 
 
-def _fields(info: Any) -> dict[str, Any]:
-    return {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
-
-
 def _check_finite(field: str, value: float, minimum: float | None = None) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" and >= {minimum:g}"
         raise WireError(field, f"={value!r}, must be finite{bound}")
     return float(value)
-
-
-def load_shares_file(path: str | Path, num_clients: int) -> np.ndarray:
-    """Policy fixed's bandwidth fractions: a JSON list of K positive numbers summing to <= 1."""
-    field = "policy.shares_file"
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(field, str(path), "file not found") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(field, str(path), f"not a readable JSON file ({err})") from None
-    if not isinstance(data, list) or len(data) != num_clients:
-        raise ConfigError(
-            field, data, f"must be a JSON list of clients.num_clients={num_clients} fractions"
-        )
-    for i, frac in enumerate(data):
-        ok = isinstance(frac, int | float) and not isinstance(frac, bool)
-        if not (ok and math.isfinite(frac) and frac > 0):
-            raise ConfigError(f"{field}[{i}]", frac, "must be a finite number > 0")
-    fractions = np.asarray(data, dtype=float)
-    if fractions.sum() > 1.0 + SHARES_SUM_RTOL:
-        raise ConfigError(field, data, f"fractions must sum to <= 1, got {fractions.sum():.6g}")
-    return fractions
-
-
-def dirichlet_fractions(
-    seed: int, round_index: int, num_clients: int, num_draws: int = 1
-) -> np.ndarray:
-    """Policy random's bandwidth fractions, (num_draws, K), deterministic in (seed, round)."""
-    rng = np.random.default_rng([seed, RANDOM_STREAM, round_index + 1])
-    return rng.dirichlet(np.full(num_clients, DIRICHLET_ALPHA), size=num_draws)
-
-
-def _inner_shares(inputs: DelayInputs, solver: str, n_int: int) -> np.ndarray:
-    """MODEL.md section 5's inner problem at fixed n: the min-max round shares."""
-    from fedsllm.delay.solvers import CvxpyInner, exact_round_time
-
-    if solver == "cvxpy":
-        _, shares = CvxpyInner(inputs).solve(float(n_int))
-    else:
-        _, shares = exact_round_time(inputs, float(n_int))
-    return np.asarray(shares, dtype=float)
 
 
 class Controller:
@@ -181,11 +114,11 @@ class Controller:
         tracer: Tracer | None = None,
     ) -> None:
         policy = scenario.policy
-        if policy.name not in CONTROLLER_POLICIES:
+        if policy.name not in POLICY_NAMES:
             raise ConfigError(
                 "policy.name",
                 policy.name,
-                f"the controller serves {', '.join(CONTROLLER_POLICIES)}; "
+                f"the controller serves {', '.join(POLICY_NAMES)}; "
                 "fixed_steps runs without a controller",
             )
         if counts is None:
@@ -198,10 +131,11 @@ class Controller:
         self.tracer = tracer
         self.num_clients = scenario.clients.num_clients
         self._fixed_fractions = (
-            load_shares_file(policy.shares_file, self.num_clients)
+            read_shares_file(policy.shares_file, self.num_clients)
             if policy.name == "fixed"
             else None
         )
+        self._cvxpy: CvxpyInner | None = None  # one compiled cvxpy problem for every round
         self._change_lock = threading.Lock()
         self._cond = threading.Condition()
         self._registered: dict[int, RegisterInfo] = {}
@@ -234,7 +168,7 @@ class Controller:
         )
         if tracer is not None:
             t = tracer.now()
-            tracer.record("event", "plan", t, t, client=-1, extra=_fields(self.plan))
+            tracer.record("event", "plan", t, t, client=-1, extra=dataclasses.asdict(self.plan))
 
     # ------------------------------------------------------------ solving
 
@@ -284,12 +218,11 @@ class Controller:
 
         policy = self.scenario.policy
         name = policy.name
-        total = inputs.bandwidth_hz
-        k = inputs.num_clients
         if name == "opt_fixed_eta":
             return solve_allocation(inputs, policy.solver, policy.fixed_eta, policy=name)
         if name == "equal":
-            return shares_allocation(inputs, np.full(k, total / k), name, eta=policy.fixed_eta)
+            shares = self.given_shares(inputs, PLAN_ROUND)
+            return shares_allocation(inputs, shares, name, eta=policy.fixed_eta)
 
         def best_eta(round_time: Callable[[int], float], hint: float) -> float:
             n = best_integer_iterations(round_time, inputs.a, inputs.v, hint)
@@ -299,15 +232,8 @@ class Controller:
             continuous = solve_allocation(inputs, "exact", None, policy=name)
             eta = best_eta(lambda n: exact_round_time(inputs, float(n))[0], continuous.n)
             return solve_allocation(inputs, policy.solver, eta, policy=name)
-        if name == "random":
-            draws = (
-                dirichlet_fractions(
-                    self.scenario.seed, RANDOM_PLAN_ROUND, k, policy.num_random_draws
-                )
-                * total
-            )
-        else:  # equal_opt_eta, proportional, fixed: given shares, best eta for them
-            draws = np.atleast_2d(self._given_shares(inputs, -1))
+        # equal_opt_eta, proportional, fixed, random: given shares, the best eta for them.
+        draws = np.atleast_2d(self.given_shares(inputs, PLAN_ROUND, policy.num_random_draws))
         continuous = shares_allocation(inputs, draws, name)
 
         def round_time(n: int) -> float:
@@ -317,30 +243,39 @@ class Controller:
         eta = best_eta(round_time, continuous.n)
         return shares_allocation(inputs, draws if name == "random" else draws[0], name, eta=eta)
 
-    def _given_shares(self, inputs: DelayInputs, round_index: int) -> np.ndarray:
-        """Shares of the policies that do not optimize bandwidth, Hz."""
-        name = self.scenario.policy.name
-        total = inputs.bandwidth_hz
-        k = inputs.num_clients
-        if name in ("equal", "equal_opt_eta"):
-            return np.full(k, total / k)
-        if name == "proportional":
-            gains = np.asarray(inputs.gain, dtype=float)
-            if not gains.sum() > 0:
-                raise AllocationError("every client has zero channel gain", status="infeasible")
-            return total * gains / gains.sum()
-        if name == "random":
-            return total * dirichlet_fractions(self.scenario.seed, round_index, k)[0]
-        if name == "fixed" and self._fixed_fractions is not None:
-            return total * self._fixed_fractions
-        raise ConfigError("policy.name", name, "has no given shares")  # pragma: no cover
+    def given_shares(self, inputs: DelayInputs, round_index: int, num_draws: int = 1) -> np.ndarray:
+        """Shares (Hz) of the policies that do not optimize bandwidth: `policy_shares`,
+        the same function `fedsllm plan` reports, with this run's seed and fractions."""
+        return policy_shares(
+            self.scenario.policy.name,
+            inputs,
+            self.scenario.seed,
+            round_index,
+            self._fixed_fractions,
+            num_draws,
+        )
+
+    def _inner_shares(self, inputs: DelayInputs) -> np.ndarray:
+        """MODEL.md section 5's inner problem at the plan's n_int: the min-max round shares.
+
+        cvxpy keeps one compiled problem for the run (it depends on K alone).
+        """
+        from fedsllm.delay.solvers import CvxpyInner, exact_round_time
+
+        n = float(self.plan.num_local_steps)
+        if self.scenario.policy.solver != "cvxpy":
+            return np.asarray(exact_round_time(inputs, n)[1], dtype=float)
+        if self._cvxpy is None:
+            self._cvxpy = CvxpyInner(inputs)
+        else:
+            self._cvxpy.set_inputs(inputs)
+        return np.asarray(self._cvxpy.solve(n)[1], dtype=float)
 
     def solve_shares(self, inputs: DelayInputs, round_index: int) -> np.ndarray:
         """Bandwidth shares (Hz) of one round at the plan's fixed n_int and eta."""
-        name = self.scenario.policy.name
-        if name in ("optimal", "opt_fixed_eta"):
-            return _inner_shares(inputs, self.scenario.policy.solver, self.plan.num_local_steps)
-        return self._given_shares(inputs, round_index)
+        if self.scenario.policy.name in ("optimal", "opt_fixed_eta"):
+            return self._inner_shares(inputs)
+        return self.given_shares(inputs, round_index)
 
     def _build(
         self,
@@ -350,12 +285,12 @@ class Controller:
         version: int,
     ) -> tuple[AllocationInfo, ...]:
         """Solve round `round_index` and build one AllocationInfo per client (no state change)."""
-        from fedsllm.delay.rates import predict_round_delay, rate_bps
+        from fedsllm.delay.rates import predict_round_delay
 
         inputs = self._inputs(round_index, registered, channels)
         shares = self.solve_shares(inputs, round_index)
         breakdown = predict_round_delay(inputs, shares, self.plan.num_local_steps)
-        rates = rate_bps(shares, inputs.snr_hz)
+        rates = breakdown.rate_bps
         round_s = float(breakdown.round_time_s)
         issued = float(self.clock())
         total = inputs.bandwidth_hz
@@ -448,7 +383,7 @@ class Controller:
                 t,
                 round=info.round,
                 client=info.client_id,
-                extra={**_fields(info), "reason": reason},
+                extra={**dataclasses.asdict(info), "reason": reason},
             )
 
     # ------------------------------------------------------------ requests

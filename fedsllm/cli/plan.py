@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from fedsllm.cli import add_scenario_args
-from fedsllm.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -65,19 +63,6 @@ def scenario_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def read_shares_file(path: str) -> list[float]:
-    """The JSON list of bandwidth fractions of policy fixed."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError("policy.shares_file", path, "file not found") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError("policy.shares_file", path, f"not valid JSON ({err})") from None
-    if not (isinstance(data, list) and all(isinstance(x, int | float) for x in data)):
-        raise ConfigError("policy.shares_file", path, "must hold a JSON list of numbers")
-    return [float(x) for x in data]
-
-
 def _finite(obj: Any) -> Any:
     """NaN/inf -> None so that the document is strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -94,16 +79,16 @@ def plan_document(scenario: Any, round_index: int = 0) -> dict[str, Any]:
     import dataclasses
 
     from fedsllm.delay.inputs import delay_inputs
-    from fedsllm.delay.policies import reduction, solve_policies
+    from fedsllm.delay.policies import read_shares_file, reduction, solve_policies
     from fedsllm.link.channel import client_distances
     from fedsllm.model.counts import count_scenario
 
     counts = count_scenario(scenario)
     inputs = delay_inputs(scenario, round_index, counts)
     pol = scenario.policy
-    shares = read_shares_file(pol.shares_file) if pol.shares_file else None
+    fractions = read_shares_file(pol.shares_file, inputs.num_clients) if pol.shares_file else None
     results = solve_policies(
-        inputs, pol.solver, pol.fixed_eta, shares, pol.num_random_draws, scenario.seed
+        inputs, pol.solver, pol.fixed_eta, fractions, pol.num_random_draws, scenario.seed
     )
     equal = results["equal"]
     inp = inputs.to_dict()

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--param", None, "required unless --paper")
         check_param(args.param)
         jobs = [(args.param, tuple(parse_values(args.values)))]
-    from_dict(base)  # validate the base once, before any work
+    scen = from_dict(base)  # validate the base once, before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_points = []
@@ -152,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
         )
     avg = 100 * average_reduction(all_points)
     if args.paper:
-        scen = from_dict(base)
         print(
             f"Parameters: model {scen.model.preset}, split {scen.split.split_layer}, "
             f"rank {scen.adapter.rank}, seq_len {scen.data.seq_len}, batch "

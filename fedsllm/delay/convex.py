@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from fedsllm.delay.rates import LN2, bandwidth_for_rate, rate_bps, rate_slope
-from fedsllm.errors import AllocationError
+from fedsllm.errors import AllocationError, ConfigError
 
 CERT_RTOL = 1e-9
 """An answer is certified when every client finishes within this (relative) of the slowest."""
@@ -87,11 +87,15 @@ class ConvexSolution:
     """cvxpy solves (stage 1 + stage 2) this answer took."""
 
 
+def _round_times(fixed: np.ndarray, need: np.ndarray, b: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    return fixed + need / rate_bps(b, snr)
+
+
 def finish_spread(
     fixed: np.ndarray, need: np.ndarray, shares: np.ndarray, snr: np.ndarray
 ) -> float:
     """1 - min_k round_k / max_k round_k: the certificate's eps for shares that fill the band."""
-    times = fixed + need / rate_bps(shares, snr)
+    times = _round_times(fixed, need, shares, snr)
     top = float(np.max(times))
     if not math.isfinite(top):
         return math.inf
@@ -117,10 +121,6 @@ def certify(
     return finish_spread(fixed, need, b, snr) <= rtol
 
 
-def _round_times(fixed: np.ndarray, need: np.ndarray, b: np.ndarray, snr: np.ndarray) -> np.ndarray:
-    return fixed + need / rate_bps(b, snr)
-
-
 def _dtime_dshare(need: np.ndarray, b: np.ndarray, snr: np.ndarray) -> np.ndarray:
     """d round_k / d b_k = -C_k R'_k / R_k^2 (negative)."""
     r = rate_bps(b, snr)
@@ -131,29 +131,21 @@ class ConvexInner:
     """min_b max_k fixed_k + C_k / R_k(b_k) s.t. sum b <= B, in DPP form, compiled once.
 
     Both stages are cvxpy Problems with Parameters, so re-solving for a new
-    (fixed, need) costs one parameter update and one solver call (cvxpy
-    caches the compiled problem). `attempts` is the fallback order: Clarabel
-    as FACTS.md measured it (max_step_fraction 0.9), Clarabel with its
-    defaults, Clarabel with a shorter step and tighter tolerances, then SCS
-    with tight eps.
+    (fixed, need), or for a new channel after `set_channel`, costs one
+    parameter update and one solver call (cvxpy caches the compiled
+    problem, which depends on the number of clients alone). `attempts` is
+    the fallback order: Clarabel as FACTS.md measured it (max_step_fraction
+    0.9), Clarabel with its defaults, Clarabel with a shorter step and
+    tighter tolerances, then SCS with tight eps.
     """
 
     def __init__(self, snr_hz: np.ndarray, bandwidth_hz: float) -> None:
         import cvxpy as cp
 
-        snr = np.asarray(snr_hz, dtype=float).reshape(-1)
-        bad = np.flatnonzero(~(np.isfinite(snr) & (snr > 0)))
-        if bad.size:
-            i = int(bad[0])
-            raise AllocationError(
-                f"client {i} has snr {snr[i]!r} Hz: no bandwidth lets it finish a round",
-                status="infeasible",
-            )
-        k = snr.size
+        k = np.asarray(snr_hz).size
         self._cp = cp
-        self._snr = snr
-        self._total = float(bandwidth_hz)
         self._num = k
+        self.set_channel(snr_hz, bandwidth_hz)
         # Per-client scale parameters (set per solve).
         self._log_theta = cp.Parameter(k, pos=True)  # L_k = ln(1 + sig_k)
         self._inv_theta = cp.Parameter(k, pos=True)  # 1 / (1 + sig_k)
@@ -183,6 +175,25 @@ class ConvexInner:
         )
         if not (self._stage1.is_dpp() and self._stage2.is_dpp()):  # pragma: no cover
             raise AllocationError("cvxpy inner problem is not DPP", status="not_dpp")
+
+    def set_channel(self, snr_hz: np.ndarray, bandwidth_hz: float) -> None:
+        """Solve for this channel (g_k p_k / N0 per client, same K) and band from now on.
+
+        Raises AllocationError for a client no bandwidth lets finish, ConfigError
+        for a different number of clients (the compiled problem is for K).
+        """
+        snr = np.asarray(snr_hz, dtype=float).reshape(-1)
+        if snr.size != self._num:
+            raise ConfigError("snr_hz", snr.size, f"must have one entry per client ({self._num})")
+        bad = np.flatnonzero(~(np.isfinite(snr) & (snr > 0)))
+        if bad.size:
+            i = int(bad[0])
+            raise AllocationError(
+                f"client {i} has snr {snr[i]!r} Hz: no bandwidth lets it finish a round",
+                status="infeasible",
+            )
+        self._snr = snr
+        self._total = float(bandwidth_hz)
 
     def _cone(self, u: Any, rho: Any) -> Any:
         cp = self._cp

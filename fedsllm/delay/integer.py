@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from fedsllm.delay.rates import global_rounds
+from fedsllm.delay.rates import global_rounds, round_up
+from fedsllm.errors import AllocationError
 
 
 def eta_for_iterations(n: int, v: float) -> float:
@@ -25,27 +26,24 @@ def eta_for_iterations(n: int, v: float) -> float:
 
 def integer_delay(n: int, round_time_s: float, a: float, v: float) -> float:
     """Total delay of a run with n local iterations: ceil(N(eta_n)) * round time."""
-    rounds = math.ceil(global_rounds(eta_for_iterations(n, v), a) - 1e-9)
-    return max(1, rounds) * round_time_s
+    return round_up(global_rounds(eta_for_iterations(n, v), a)) * round_time_s
 
 
 def best_integer_iterations(
-    round_time: Callable[[int], float], a: float, v: float, n_hint: float, n_max: int | None = None
+    round_time: Callable[[int], float], a: float, v: float, n_hint: float
 ) -> int:
     """The integer n minimizing ceil(N(eta_n)) * round_time(n).
 
-    `n_hint` is the continuous optimum; the search covers 1..max(8, ceil(4 n_hint) + 8)
-    (or 1..`n_max`), far past where more local work stops paying for fewer rounds
-    (N(eta_n) falls to its floor of ceil(a) while the round time keeps growing
+    `n_hint` is the continuous optimum; the search covers 1..max(8, ceil(4 n_hint) + 8),
+    far past where more local work stops paying for fewer rounds (N(eta_n)
+    falls to its floor of ceil(a) while the round time keeps growing
     linearly in n).
     """
-    if n_max is None and not (math.isfinite(n_hint) and n_hint > 0):
-        from fedsllm.errors import AllocationError
-
+    if not (math.isfinite(n_hint) and n_hint > 0):
         raise AllocationError(
             f"n_hint={n_hint!r}: the continuous optimum must be finite and > 0", status="degenerate"
         )
-    upper = n_max if n_max is not None else max(8, int(math.ceil(4 * n_hint)) + 8)
+    upper = max(8, int(math.ceil(4 * n_hint)) + 8)
     best_n, best_t = 1, math.inf
     for n in range(1, upper + 1):
         total = integer_delay(n, round_time(n), a, v)

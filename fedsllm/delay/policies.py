@@ -2,19 +2,26 @@
 
 The optimum and its baselines are computed on the same DelayInputs so that
 reports can set them side by side; the solving itself is in
-fedsllm.delay.solvers. Pure: the random baseline takes its seed as an
-argument and reading a shares file is the caller's job.
+fedsllm.delay.solvers. `policy_shares` is the one definition of the shares
+of the policies that do not optimize bandwidth (equal, proportional, random,
+fixed): `fedsllm plan` and the allocation controller both take them from
+here, so what the plan reports is what a run gets. `read_shares_file` is
+the one reader of policy fixed's file. Random draws take their seed and
+round as arguments: nothing here keeps state.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from fedsllm.delay.inputs import DelayInputs
 from fedsllm.delay.solvers import Allocation, shares_allocation, solve_allocation
-from fedsllm.errors import ConfigError
+from fedsllm.errors import AllocationError, ConfigError
 
 POLICY_NAMES = (
     "optimal",
@@ -27,21 +34,109 @@ POLICY_NAMES = (
 )
 """config.POLICIES without fixed_steps (which runs without a controller)."""
 
-_RANDOM_STREAM = 11
+GIVEN_SHARE_POLICIES = ("equal", "equal_opt_eta", "proportional", "random", "fixed")
+"""Policies whose shares `policy_shares` gives (the others optimize them)."""
+
+RANDOM_STREAM = 7
+"""numpy stream id of policy random's Dirichlet draws, apart from the channel's streams."""
+PLAN_ROUND = -1
+"""Round slot of a plan's averaged random draws, so that they never repeat a round's draw."""
+DIRICHLET_ALPHA = 1.0
+"""Concentration of policy random's shares: uniform over the simplex."""
+SHARES_SUM_RTOL = 1e-9
+"""Slack on sum(fractions) <= 1 for policy fixed."""
 
 
-def _fixed_shares(inputs: DelayInputs, fractions: Sequence[float] | None) -> np.ndarray:
+def check_fractions(fractions: Sequence[float] | np.ndarray | None, num_clients: int) -> np.ndarray:
+    """Policy fixed's bandwidth fractions, checked: K finite numbers > 0 summing to <= 1.
+
+    The convention: b_k = fraction_k * B as given, never rescaled. Fractions
+    summing below 1 leave the rest of the band unused, which is what a user
+    who writes them means (the run then shows what that spare band costs).
+    """
+    field = "policy.shares_file"
     if fractions is None:
-        raise ConfigError("policy.shares_file", None, "policy fixed needs a list of shares")
-    arr = np.asarray(list(fractions), dtype=float).reshape(-1)
-    if arr.size != inputs.num_clients:
+        raise ConfigError(field, None, "policy fixed needs a list of shares")
+    values = list(fractions)
+    if len(values) != num_clients:
         raise ConfigError(
-            "policy.shares_file", arr.size, f"must list one share per client ({inputs.num_clients})"
+            field, values, f"must list clients.num_clients={num_clients} fractions, one per client"
         )
-    for i, x in enumerate(arr):
-        if not (np.isfinite(x) and x > 0):
-            raise ConfigError(f"policy.shares_file[{i}]", float(x), "must be > 0")
-    return arr / arr.sum() * inputs.bandwidth_hz
+    for i, frac in enumerate(values):
+        ok = isinstance(frac, int | float | np.floating | np.integer) and not isinstance(frac, bool)
+        if not (ok and math.isfinite(frac) and frac > 0):
+            raise ConfigError(f"{field}[{i}]", frac, "must be a finite number > 0")
+    arr = np.asarray(values, dtype=float)
+    if arr.sum() > 1.0 + SHARES_SUM_RTOL:
+        raise ConfigError(field, values, f"fractions must sum to <= 1, got {arr.sum():.6g}")
+    return arr
+
+
+def read_shares_file(path: str | Path, num_clients: int) -> np.ndarray:
+    """Policy fixed's fractions from a JSON list of K numbers > 0 summing to <= 1."""
+    field = "policy.shares_file"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(field, str(path), "file not found") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(field, str(path), f"not a readable JSON file ({err})") from None
+    if not isinstance(data, list):
+        raise ConfigError(field, data, "must hold a JSON list of numbers")
+    return check_fractions(data, num_clients)
+
+
+def random_fractions(
+    seed: int, round_index: int, num_clients: int, num_draws: int = 1
+) -> np.ndarray:
+    """Policy random's fractions, (num_draws, K): Dirichlet(1), deterministic in (seed, round)."""
+    rng = np.random.default_rng([seed, RANDOM_STREAM, round_index + 1])
+    return rng.dirichlet(np.full(num_clients, DIRICHLET_ALPHA), size=num_draws)
+
+
+def policy_shares(
+    policy_name: str,
+    inputs: DelayInputs,
+    seed: int = 0,
+    round_index: int = PLAN_ROUND,
+    fractions: Sequence[float] | np.ndarray | None = None,
+    num_draws: int = 1,
+) -> np.ndarray:
+    """Bandwidth shares (Hz) of a policy that does not optimize them, for one round.
+
+    - equal, equal_opt_eta: B / K each;
+    - proportional: B g_k / sum g;
+    - random: Dirichlet(1) fractions of B drawn for (`seed`, `round_index`);
+      with `num_draws` > 1 the result is (num_draws, K), the draws a plan
+      averages (round_index PLAN_ROUND);
+    - fixed: `fractions` * B as given (`check_fractions`: unused band stays unused).
+    Returns (K,) otherwise. Raises ConfigError for another policy or bad
+    fractions, AllocationError when proportional shares meet a zero gain.
+    """
+    k = inputs.num_clients
+    total = inputs.bandwidth_hz
+    if policy_name in ("equal", "equal_opt_eta"):
+        return np.full(k, total / k)
+    if policy_name == "proportional":
+        gains = np.asarray(inputs.gain, dtype=float)
+        if not np.all(gains > 0):
+            i = int(np.flatnonzero(~(gains > 0))[0])
+            raise AllocationError(
+                f"client {i} has channel gain {gains[i]!r}: proportional shares need every "
+                "gain > 0",
+                status="infeasible",
+            )
+        return total * gains / gains.sum()
+    if policy_name == "random":
+        if num_draws < 1:
+            raise ConfigError("policy.num_random_draws", num_draws, "must be >= 1")
+        draws = total * random_fractions(seed, round_index, k, num_draws)
+        return draws if num_draws > 1 else draws[0]
+    if policy_name == "fixed":
+        return total * check_fractions(fractions, k)
+    raise ConfigError(
+        "policy.name", policy_name, f"has no given shares: one of {', '.join(GIVEN_SHARE_POLICIES)}"
+    )
 
 
 def solve_policy(
@@ -49,11 +144,12 @@ def solve_policy(
     policy_name: str,
     solver: str = "exact",
     fixed_eta: float = 0.5,
-    shares: Sequence[float] | None = None,
+    fractions: Sequence[float] | np.ndarray | None = None,
     num_random_draws: int = 20,
     seed: int = 0,
     optimize_eta_for_fixed_shares: bool = True,
     min_local_iterations: float = 1.0,
+    round_index: int = PLAN_ROUND,
 ) -> Allocation:
     """The allocation of one policy (MODEL.md section 5).
 
@@ -62,65 +158,45 @@ def solve_policy(
     - equal_opt_eta: b_k = B/K, eta optimized;
     - opt_fixed_eta: optimal shares at `fixed_eta`;
     - proportional: b_k proportional to g_k;
-    - random: Dirichlet(1) shares, `num_random_draws` draws seeded by `seed`,
+    - random: `num_random_draws` Dirichlet(1) draws for (`seed`, `round_index`),
       delay averaged over the draws (one eta for all);
-    - fixed: `shares` (fractions, normalized to B).
-    For proportional, random and fixed, eta is optimized for the given shares
-    unless `optimize_eta_for_fixed_shares` is False (then `fixed_eta`), so
-    that they differ from the optimum in the shares alone.
+    - fixed: `fractions` of B, as given (see `check_fractions`).
+    The given shares are `policy_shares`'. For proportional, random and
+    fixed, eta is optimized for the given shares unless
+    `optimize_eta_for_fixed_shares` is False (then `fixed_eta`), so that they
+    differ from the optimum in the shares alone.
     """
     if policy_name == "optimal":
         return solve_allocation(inputs, solver, None, "optimal", min_local_iterations)
     if policy_name == "opt_fixed_eta":
         return solve_allocation(inputs, solver, fixed_eta, "opt_fixed_eta")
-    k = inputs.num_clients
-    total = inputs.bandwidth_hz
-    share_eta = None if optimize_eta_for_fixed_shares else fixed_eta
+    if policy_name not in GIVEN_SHARE_POLICIES:
+        raise ConfigError("policy.name", policy_name, f"must be one of {', '.join(POLICY_NAMES)}")
+    shares = policy_shares(
+        policy_name, inputs, seed, round_index, fractions, num_draws=num_random_draws
+    )
     if policy_name == "equal":
-        return shares_allocation(inputs, np.full(k, total / k), "equal", fixed_eta)
-    if policy_name == "equal_opt_eta":
-        return shares_allocation(
-            inputs, np.full(k, total / k), "equal_opt_eta", None, min_local_iterations
-        )
-    if policy_name == "proportional":
-        if not np.all(inputs.gain > 0):
-            raise ConfigError(
-                "DelayInputs.gain", inputs.gain.min(), "proportional shares need every gain > 0"
-            )
-        return shares_allocation(
-            inputs,
-            inputs.gain / inputs.gain.sum() * total,
-            "proportional",
-            share_eta,
-            min_local_iterations,
-        )
-    if policy_name == "random":
-        if num_random_draws < 1:
-            raise ConfigError("policy.num_random_draws", num_random_draws, "must be >= 1")
-        rng = np.random.default_rng([seed, _RANDOM_STREAM])
-        draws = rng.dirichlet(np.ones(k), size=num_random_draws) * total
-        return shares_allocation(inputs, draws, "random", share_eta, min_local_iterations)
-    if policy_name == "fixed":
-        return shares_allocation(
-            inputs, _fixed_shares(inputs, shares), "fixed", share_eta, min_local_iterations
-        )
-    raise ConfigError("policy.name", policy_name, f"must be one of {', '.join(POLICY_NAMES)}")
+        return shares_allocation(inputs, shares, "equal", fixed_eta)
+    share_eta = None
+    if policy_name != "equal_opt_eta" and not optimize_eta_for_fixed_shares:
+        share_eta = fixed_eta
+    return shares_allocation(inputs, shares, policy_name, share_eta, min_local_iterations)
 
 
 def solve_policies(
     inputs: DelayInputs,
     solver: str = "exact",
     fixed_eta: float = 0.5,
-    shares: Sequence[float] | None = None,
+    fractions: Sequence[float] | np.ndarray | None = None,
     num_random_draws: int = 20,
     seed: int = 0,
     names: Sequence[str] | None = None,
 ) -> dict[str, Allocation]:
-    """Every policy in `names` (default: all, fixed only when `shares` is given)."""
+    """Every policy in `names` (default: all, fixed only when `fractions` is given)."""
     if names is None:
-        names = [p for p in POLICY_NAMES if p != "fixed" or shares is not None]
+        names = [p for p in POLICY_NAMES if p != "fixed" or fractions is not None]
     return {
-        name: solve_policy(inputs, name, solver, fixed_eta, shares, num_random_draws, seed)
+        name: solve_policy(inputs, name, solver, fixed_eta, fractions, num_random_draws, seed)
         for name in names
     }
 

@@ -37,12 +37,13 @@ def global_rounds(eta: float, a: float) -> float:
     return a / (1.0 - check_eta(eta))
 
 
-def integer_iterations(n: float) -> int:
-    """n rounded up as a real run does, at least one local iteration.
+def round_up(x: float) -> int:
+    """A continuous count (local iterations n, global rounds N) rounded up as a real run
+    does, at least 1.
 
     The 1e-9 slack keeps a value such as 6.000000000001 (from log2 rounding) at 6.
     """
-    return max(1, math.ceil(n - 1e-9))
+    return max(1, math.ceil(x - 1e-9))
 
 
 def rate_bps(shares_hz: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
@@ -154,15 +155,26 @@ class DelayBreakdown:
         return out
 
 
+def round_terms(inputs: DelayInputs, n: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fixed_k, C_k) with round_k = fixed_k + C_k / R_k(b_k) (MODEL.md sections 3 and 5).
+
+    fixed_k = n tau_k + omega / R_dl + t_agg is what no uplink share changes;
+    C_k = n beta s + omega is the uplink bits of a round. The one place the
+    round-time formula is written: the solvers and the predictions use it.
+    """
+    fixed = n * inputs.tau_s + inputs.adapter_downlink_s + inputs.aggregation_s
+    need = n * inputs.bits_per_iter + inputs.omega_bits
+    return fixed, need
+
+
 def client_round_times(inputs: DelayInputs, shares_hz: np.ndarray, n: float) -> np.ndarray:
     """round_k = n (tau_k + beta s / R_k) + omega / R_k + omega / R_dl + t_agg (section 3).
 
     `n` may be continuous (the optimizer's n(eta)); infinite for a zero share.
     """
-    r = rate_bps(shares_hz, inputs.snr_hz)
+    fixed, need = round_terms(inputs, n)
     with np.errstate(divide="ignore"):
-        comm = (n * inputs.bits_per_iter + inputs.omega_bits) / r
-    return n * inputs.tau_s + inputs.adapter_downlink_s + inputs.aggregation_s + comm
+        return fixed + need / rate_bps(shares_hz, inputs.snr_hz)
 
 
 def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int) -> DelayBreakdown:
@@ -203,15 +215,8 @@ def predict_round_delay(inputs: DelayInputs, shares_hz: np.ndarray, n_int: int) 
     uplink = n * inputs.bits_per_iter / r
     downlink = n * inputs.downlink_iter_s
     adapter_up = inputs.omega_bits / r
-    per_client = (
-        client_compute
-        + server_compute
-        + uplink
-        + downlink
-        + adapter_up
-        + inputs.adapter_downlink_s
-        + inputs.aggregation_s
-    )
+    fixed, need = round_terms(inputs, n)
+    per_client = fixed + need / r
     return DelayBreakdown(
         num_iterations=n,
         shares_hz=shares,

@@ -26,10 +26,11 @@ from fedsllm.delay.rates import (
     check_eta,
     client_round_times,
     global_rounds,
-    integer_iterations,
     local_iterations,
     rate_bps,
     rate_slope,
+    round_terms,
+    round_up,
 )
 from fedsllm.errors import AllocationError, ConfigError
 
@@ -79,7 +80,7 @@ class Allocation:
 
     @property
     def num_rounds_int(self) -> int:
-        return max(1, math.ceil(self.num_rounds - 1e-9))
+        return round_up(self.num_rounds)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -102,48 +103,40 @@ def _check_solvable(inputs: DelayInputs) -> None:
         )
 
 
-def _round_terms(inputs: DelayInputs, n: float) -> tuple[np.ndarray, np.ndarray]:
-    """(fixed_k, C_k): round_k = fixed_k + C_k / R_k(b_k), MODEL.md section 5."""
-    fixed = n * inputs.tau_s + inputs.adapter_downlink_s + inputs.aggregation_s
-    need = n * inputs.bits_per_iter + inputs.omega_bits
-    return fixed, need
-
-
 def _equal_share_time(inputs: DelayInputs, fixed: np.ndarray, need: np.ndarray) -> float:
     share = np.full(inputs.num_clients, inputs.bandwidth_hz / inputs.num_clients)
     return float(np.max(fixed + need / rate_bps(share, inputs.snr_hz)))
 
 
-def exact_round_time(
-    inputs: DelayInputs, n: float, t_start: float | None = None
-) -> tuple[float, np.ndarray]:
+def exact_round_time(inputs: DelayInputs, n: float) -> tuple[float, np.ndarray]:
     """min over b of max_k round_k for fixed n: the lemma plus a search on t (section 5).
 
     Every client finishes at the common time t; b_k(t) = lemma(C_k / (t - fixed_k))
     decreases and is convex in t, so Newton on log sum_k b_k(t) = log B, kept
     inside a bisection bracket, converges from either side. The bracket
     starts at (max_k fixed_k + C_k / ceiling_k, equal-share round time].
-    `t_start` warm-starts it. Returns (round time s, shares Hz summing to at most B).
+    Returns (round time s, shares Hz summing to at most B).
     """
-    t, shares, _ = _exact_round_time(inputs, n, t_start=t_start)
+    t, shares, _ = _exact_round_time(inputs, n)
     return t, shares
 
 
 def _exact_round_time(
-    inputs: DelayInputs, n: float, t_start: float | None = None, start_fraction: float | None = None
+    inputs: DelayInputs, n: float, start_fraction: float | None = None
 ) -> tuple[float, np.ndarray, float]:
     """exact_round_time, also taking and returning the answer's place in the initial bracket
-    ((t - lo) / (hi - lo)), which predicts the next answer of the eta search well."""
+    ((t - lo) / (hi - lo)), which predicts the next answer of the eta search well: the
+    search starts there (`start_fraction`), else at the bracket's upper end."""
     _check_solvable(inputs)
-    fixed, need = _round_terms(inputs, n)
+    fixed, need = round_terms(inputs, n)
     snr = inputs.snr_hz
     total = inputs.bandwidth_hz
     lo = float(np.max(fixed + need / (snr / LN2)))
     hi = _equal_share_time(inputs, fixed, need)
     lo0, hi0 = lo, hi
+    t = hi
     if start_fraction is not None and 0.0 < start_fraction < 1.0:
-        t_start = lo + start_fraction * (hi - lo)
-    t = t_start if t_start is not None and lo < t_start < hi else hi
+        t = lo + start_fraction * (hi - lo)
     log_total = math.log(total)
     shares = np.full(inputs.num_clients, total / inputs.num_clients)
     for _ in range(200):
@@ -187,12 +180,14 @@ class CvxpyInner:
 
     The formulation (per-client scaling, the two stages, the polish) and its
     certificate of optimality live in fedsllm.delay.convex; this class only
-    turns n into (fixed_k, C_k). Every answer is certified: all clients
-    finish within convex.CERT_RTOL of each other with the whole band used,
-    which bounds T against the optimum. A solver status other than optimal
-    is used only if its polished shares pass that certificate; when no
-    attempt (Clarabel variants, then SCS) passes, AllocationError carries
-    the statuses.
+    turns n into (fixed_k, C_k). The compiled cvxpy problem depends on K
+    alone: `set_inputs` moves one instance to a new round's inputs (same K)
+    without recompiling, as the allocation controller does every round.
+    Every answer is certified: all clients finish within convex.CERT_RTOL
+    of each other with the whole band used, which bounds T against the
+    optimum. A solver status other than optimal is used only if its polished
+    shares pass that certificate; when no attempt (Clarabel variants, then
+    SCS) passes, AllocationError carries the statuses.
     """
 
     def __init__(self, inputs: DelayInputs) -> None:
@@ -204,10 +199,16 @@ class CvxpyInner:
         self.backend = ""
         self.status = ""
 
+    def set_inputs(self, inputs: DelayInputs) -> None:
+        """Solve for `inputs` from now on (same number of clients), keeping the compiled problem."""
+        _check_solvable(inputs)
+        self._convex.set_channel(inputs.snr_hz, inputs.bandwidth_hz)
+        self._inputs = inputs
+
     def solve(self, n: float) -> tuple[float, np.ndarray]:
         """(round time s, shares Hz) for n local iterations, certified optimal within 1e-9."""
         inputs = self._inputs
-        fixed, need = _round_terms(inputs, n)
+        fixed, need = round_terms(inputs, n)
         try:
             sol = self._convex.solve(fixed, need)
         except AllocationError as err:
@@ -295,8 +296,11 @@ def solve_allocation(
     eta = check_eta(eta)
     n = local_iterations(eta, inputs.v)
     t, shares = inner(n)
-    n_int = integer_iterations(n)
-    t_int, shares_int = inner(float(n_int))
+    n_int = round_up(n)
+    if math.isclose(n, n_int, rel_tol=1e-12):
+        t_int, shares_int = t, shares
+    else:
+        t_int, shares_int = inner(float(n_int))
     backend = cvx.backend if cvx is not None else "lambertw"
     num_rounds = global_rounds(eta, inputs.a)
     return Allocation(
@@ -349,7 +353,7 @@ def shares_allocation(
     rates = rate_bps(draws, inputs.snr_hz)
 
     def per_client(n: float) -> np.ndarray:
-        fixed, need = _round_terms(inputs, n)
+        fixed, need = round_terms(inputs, n)
         return fixed + need / rates  # (D, K)
 
     def round_time(n: float) -> float:
@@ -362,7 +366,7 @@ def shares_allocation(
         )
     eta = check_eta(eta)
     n = local_iterations(eta, inputs.v)
-    n_int = integer_iterations(n)
+    n_int = round_up(n)
     num_rounds = global_rounds(eta, inputs.a)
     t = round_time(n)
     t_int = round_time(float(n_int))

@@ -54,14 +54,6 @@ class SweepPoint:
     per_seed_reduction: list[float] = field(default_factory=list)
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
 def check_param(param: str) -> None:
     if param not in SWEEP_PARAMS:
         raise ConfigError("--param", param, f"must be one of {', '.join(SWEEP_PARAMS)}")
@@ -81,9 +73,7 @@ def sweep(
     validated as a ScenarioConfig, so a bad value raises ConfigError naming
     the field.
     """
-    import copy
-
-    from fedsllm.config import from_dict
+    from fedsllm.config import apply_overrides, from_dict
     from fedsllm.delay.inputs import delay_inputs
     from fedsllm.delay.policies import solve_policy
     from fedsllm.model.counts import count_scenario
@@ -95,18 +85,22 @@ def sweep(
         raise ConfigError("policies", list(policies), "must include optimal and equal")
     path, factor = SWEEP_PARAMS[param]
     base_seed = int(base.get("seed", 0))
+    # No swept parameter touches the model, split, adapter or sequence: count once.
+    counts = count_scenario(from_dict(base))
     points = []
     for value in values:
-        data = copy.deepcopy(base)
+        overrides = []
         if path is not None:
             scaled = value * factor
-            _set(data, path, int(round(scaled)) if param == "num_clients" else float(scaled))
+            overrides.append(
+                f"{path}={int(round(scaled)) if param == 'num_clients' else float(scaled)!r}"
+            )
         totals: dict[str, list[float]] = {p: [] for p in policies}
         etas: dict[str, list[float]] = {p: [] for p in policies}
         for i in range(num_seeds):
-            data["seed"] = base_seed + i
+            data = apply_overrides(base, [*overrides, f"seed={base_seed + i}"])
             scenario = from_dict(data)
-            inputs = delay_inputs(scenario, 0, count_scenario(scenario))
+            inputs = delay_inputs(scenario, 0, counts)
             if path is None:
                 inputs = inputs.replace(bits_per_iter=inputs.bits_per_iter * value)
             pol = scenario.policy

@@ -281,12 +281,47 @@ def test_fixed_policy_refuses_bad_files(counts, tmp_path: Path, content: str, ma
 
 
 def test_cvxpy_solver_agrees_with_exact(counts) -> None:
-    exact = _controller(counts, "policy.name='opt_fixed_eta'")
-    convex = _controller(counts, "policy.name='opt_fixed_eta'", "policy.solver='cvxpy'")
+    fading = "channel.fading='rayleigh'"  # every round a new channel for one compiled problem
+    exact = _controller(counts, "policy.name='opt_fixed_eta'", fading)
+    convex = _controller(counts, "policy.name='opt_fixed_eta'", "policy.solver='cvxpy'", fading)
     assert exact.plan.num_local_steps == convex.plan.num_local_steps
     exact.start_round(0)
     convex.start_round(0)
     np.testing.assert_allclose(_shares(convex), _shares(exact), rtol=1e-4)
+    compiled = convex._cvxpy
+    exact.start_round(1)
+    convex.start_round(1)
+    assert convex._cvxpy is compiled  # one compiled problem for the whole run
+    np.testing.assert_allclose(_shares(convex), _shares(exact), rtol=1e-4)
+    assert convex.current(0).round == 1
+
+
+@pytest.mark.parametrize("policy", ["fixed", "proportional", "equal", "random"])
+def test_round_zero_shares_are_what_fedsllm_plan_reports(
+    counts, tmp_path: Path, policy: str
+) -> None:
+    """The controller and `fedsllm plan` take the shares from one function, so they agree."""
+    from fedsllm.cli.plan import plan_document
+    from fedsllm.delay.policies import solve_policy
+
+    path = tmp_path / "shares.json"
+    path.write_text(json.dumps([0.4, 0.2, 0.2]))
+    ctrl = _controller(counts, f"policy.name='{policy}'", f"policy.shares_file='{path}'")
+    ctrl.start_round(0)
+    pushed = _shares(ctrl)
+    if policy == "random":
+        # The plan averages its own draws; one round's draw is the same seed and round's.
+        inputs = delay_inputs(ctrl.scenario, 0, counts)
+        expected = solve_policy(
+            inputs, "random", num_random_draws=1, seed=ctrl.scenario.seed, round_index=0
+        ).bandwidth_hz
+    else:
+        doc = plan_document(ctrl.scenario)
+        expected = np.array(doc["policies"][policy]["bandwidth_hz"])
+    np.testing.assert_allclose(pushed, expected, rtol=1e-12)
+    if policy == "fixed":
+        b = delay_inputs(ctrl.scenario, 0, counts).bandwidth_hz
+        np.testing.assert_allclose(pushed, [0.4 * b, 0.2 * b, 0.2 * b], rtol=1e-12)
 
 
 # ---------------------------------------------------------------- subscriptions

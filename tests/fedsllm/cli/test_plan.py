@@ -36,7 +36,14 @@ def test_plan_json_holds_inputs_and_every_policy(capsys: pytest.CaptureFixture) 
     opt = doc["policies"]["optimal"]
     assert len(opt["bandwidth_hz"]) == 4 and len(opt["rate_bps"]) == 4
     assert len(opt["bits_per_round"]) == 4
-    assert doc["policies"]["equal"]["reduction_vs_equal"] == 0.0
+    # The reported reduction is 1 - T_opt / T_equal of the document's own delays, and real.
+    t_opt = opt["total_delay_s"]
+    t_equal = doc["policies"]["equal"]["total_delay_s"]
+    assert doc["optimal_reduction_vs_equal"] == pytest.approx(1 - t_opt / t_equal, rel=1e-12)
+    assert opt["reduction_vs_equal"] == pytest.approx(1 - t_opt / t_equal, rel=1e-12)
+    assert 0.0 < doc["optimal_reduction_vs_equal"] < 1.0
+    for name, pol in doc["policies"].items():
+        assert pol["total_delay_s"] >= t_opt * (1 - 1e-9), name
     # Anyone can recompute the optimum from the document alone.
     fields = {
         k: np.array(v) if isinstance(v, list) else v

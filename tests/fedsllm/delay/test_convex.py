@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fedsllm.delay.convex import CERT_RTOL, ConvexInner, certify, finish_spread
-from fedsllm.delay.rates import local_iterations, rate_bps
-from fedsllm.delay.solvers import _round_terms, exact_round_time
+from fedsllm.delay.rates import local_iterations, rate_bps, round_terms
+from fedsllm.delay.solvers import exact_round_time
 from fedsllm.errors import AllocationError
 
 from .conftest import random_inputs
@@ -15,7 +15,7 @@ from .conftest import random_inputs
 
 def _problem(seed: int, k: int, eta: float = 0.5):
     inputs = random_inputs(seed, k)
-    fixed, need = _round_terms(inputs, local_iterations(eta, inputs.v))
+    fixed, need = round_terms(inputs, local_iterations(eta, inputs.v))
     return inputs, fixed, need
 
 

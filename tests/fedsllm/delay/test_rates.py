@@ -14,10 +14,10 @@ from fedsllm.delay.rates import (
     bandwidth_for_rate,
     client_round_times,
     global_rounds,
-    integer_iterations,
     local_iterations,
     predict_round_delay,
     rate_bps,
+    round_up,
 )
 from fedsllm.errors import AllocationError, ConfigError
 
@@ -59,9 +59,9 @@ def test_rate_is_increasing_concave_and_bounded() -> None:
 def test_eta_functions() -> None:
     assert local_iterations(0.25, 3.0) == pytest.approx(6.0)
     assert global_rounds(0.75, 2.0) == pytest.approx(8.0)
-    assert integer_iterations(6.0000000000001) == 6
-    assert integer_iterations(6.2) == 7
-    assert integer_iterations(0.3) == 1
+    assert round_up(6.0000000000001) == 6
+    assert round_up(6.2) == 7
+    assert round_up(0.3) == 1
     for bad in (0.0, 1.0, -0.5, math.nan):
         with pytest.raises(ConfigError) as err:
             local_iterations(bad, 1.0)

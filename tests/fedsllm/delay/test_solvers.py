@@ -14,10 +14,10 @@ from fedsllm.delay.rates import (
     client_round_times,
     global_rounds,
     local_iterations,
+    round_terms,
 )
 from fedsllm.delay.solvers import (
     CvxpyInner,
-    _round_terms,
     exact_round_time,
     max_eta,
     solve_allocation,
@@ -31,7 +31,7 @@ REL = 1e-5
 
 def _exact_is_certified(inputs, alloc, n: float) -> bool:
     """The exact answer passes the same optimality certificate as cvxpy's (convex.certify)."""
-    fixed, need = _round_terms(inputs, n)
+    fixed, need = round_terms(inputs, n)
     shares = alloc * (inputs.bandwidth_hz / alloc.sum())
     return certify(fixed, need, shares, inputs.snr_hz, inputs.bandwidth_hz, rtol=1e-8)
 
@@ -223,3 +223,33 @@ def test_bad_inputs_give_documented_errors() -> None:
     with pytest.raises(ConfigError) as cerr:
         solve_allocation(inputs, "ipopt")
     assert cerr.value.path == "policy.solver"
+
+
+def test_integer_n_is_solved_once() -> None:
+    """At an eta whose n(eta) is already an integer, the n_int answer is the n answer."""
+    from fedsllm.delay.integer import eta_for_iterations
+
+    inputs = random_inputs(8, 6)
+    alloc = solve_allocation(inputs, "exact", eta_for_iterations(3, inputs.v))
+    assert alloc.n_int == 3
+    assert alloc.round_time_int_s == alloc.round_time_s
+    np.testing.assert_array_equal(alloc.bandwidth_int_hz, alloc.bandwidth_hz)
+
+
+def test_cvxpy_inner_moves_to_new_inputs_without_recompiling() -> None:
+    first, second = random_inputs(11, 8), random_inputs(12, 8)
+    n = local_iterations(0.4, first.v)
+    inner = CvxpyInner(first)
+    inner.solve(n)
+    stage1 = inner._convex._stage1
+    inner.set_inputs(second)
+    t, shares = inner.solve(n)
+    assert inner._convex._stage1 is stage1
+    t_fresh, shares_fresh = CvxpyInner(second).solve(n)
+    assert t == pytest.approx(t_fresh, rel=1e-9)
+    np.testing.assert_allclose(shares, shares_fresh, rtol=1e-6)
+    t_exact, _ = exact_round_time(second, n)
+    assert t == pytest.approx(t_exact, rel=REL)
+    with pytest.raises(ConfigError) as err:
+        inner.set_inputs(random_inputs(13, 5))
+    assert err.value.path == "snr_hz"
