@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
 log = logging.getLogger("fed_server")
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from fed_server.rounds import RoundState
     from fed_server.service import FedServerService
     from fedsllm.proto import fed_server_pb2_grpc
-    from fedsllm.roles import load_resolved_scenario
+    from fedsllm.roles import load_resolved_scenario, wait_for_stop
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server, stop_server
 
@@ -110,23 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving FedServer on port %d", port)
     control_server = None
     if controller is not None:
-        from fed_server.controller_service import ControllerService
-        from fedsllm.proto import controller_pb2_grpc
+        from fed_server.controller_service import serve_controller
 
-        control = ControllerService(controller)
         # Its own port: under tc, control traffic stays out of the shaped class
         # while adapter transfers to the fed server stay shaped.
-        control_server, control_port = create_server(
-            args.control_bind,
-            [lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(control, s)],
-        )
+        control_server, control_port = serve_controller(controller, args.control_bind)
         log.info("serving Controller on port %d (policy %s)", control_port, scenario.policy.name)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        state.poll_deadline()
+    wait_for_stop(tick=state.poll_deadline)
     if controller is not None:
         controller.close()  # ends every Subscribe stream
     if control_server is not None:

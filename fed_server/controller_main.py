@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
 log = logging.getLogger("fed_server.controller_main")
@@ -46,12 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level, "controller")
     from fed_server.controller import Controller
-    from fed_server.controller_service import ControllerService
+    from fed_server.controller_service import serve_controller
     from fedsllm.errors import AllocationError, ConfigError
-    from fedsllm.proto import controller_pb2_grpc
-    from fedsllm.roles import load_resolved_scenario
+    from fedsllm.roles import load_resolved_scenario, wait_for_stop
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import CONTROLLER_SERVICE, create_server, stop_server
+    from fedsllm.wire.rpc import stop_server
 
     scenario, _scenario_hash = load_resolved_scenario(args.scenario_json)
     tracer = None
@@ -65,19 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if tracer is not None:
             tracer.close()
         return 2
-    service = ControllerService(controller)
-    server, port = create_server(
-        args.bind,
-        [lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(service, s)],
-        service_names=(CONTROLLER_SERVICE,),
-    )
+    server, port = serve_controller(controller, args.bind)
     log.info("serving Controller on port %d", port)
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+    wait_for_stop()
     controller.close()
     stop_server(server, grace_s=2.0)
     if tracer is not None:

@@ -92,3 +92,16 @@ class ControllerService(pb_grpc.ControllerServicer):
         except (WireError, StateError, AllocationError) as err:
             _abort(context, err)
         return channel_reply_to_proto(ChannelReplyInfo(version=version))
+
+
+def serve_controller(controller: Controller, bind: str) -> tuple[grpc.Server, int]:
+    """A gRPC server for `controller` alone (with health), as the fed server hosts
+    it on its own port and `python -m fed_server.controller_main` runs it."""
+    from fedsllm.wire.rpc import CONTROLLER_SERVICE, create_server
+
+    service = ControllerService(controller)
+    return create_server(
+        bind,
+        [lambda s: pb_grpc.add_ControllerServicer_to_server(service, s)],
+        service_names=(CONTROLLER_SERVICE,),
+    )

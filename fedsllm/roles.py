@@ -170,3 +170,17 @@ def record_emulation(tracer: Any, pacer: Any, shaper: Any) -> None:
                 direction=direction.name.lower(),
                 **dataclasses.asdict(stats),
             )
+
+
+def wait_for_stop(every_s: float = 0.5, tick: Callable[[], object] | None = None) -> None:
+    """Block until SIGTERM or SIGINT (how the launcher, compose and Ctrl-C stop a
+    server), calling `tick` every `every_s` seconds meanwhile."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(every_s):
+        if tick is not None:
+            tick()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import signal
-import threading
 from pathlib import Path
 
 log = logging.getLogger("main_server")
@@ -48,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         make_pacer,
         pace_downlink,
         record_emulation,
+        wait_for_stop,
     )
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server, make_channel, stop_server, wait_healthy
@@ -102,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("serving MainServer on port %d", port)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop()
     stop_server(server, grace_s=2.0)
     # The run directory is shared (a host folder or a compose volume), so the
     # final server adapter is left there rather than fetched over the network.

@@ -58,6 +58,27 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+FLAG_PATHS = {
+    "clients": "clients.num_clients",
+    "rounds": "training.num_rounds",
+    "local_steps": "training.num_local_steps",
+    "seed": "seed",
+    "policy": "policy.name",
+    "solver": "policy.solver",
+}
+"""Everyday flags -> the scenario field each one sets (flags are sugar for --set)."""
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """--set assignments, then the sugar flags a subcommand has (which win over --set)."""
+    out = list(args.overrides)
+    for attr, path in FLAG_PATHS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{path}={value!r}" if isinstance(value, str) else f"{path}={value}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsllm",

@@ -39,6 +39,7 @@ def compare_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from fedsllm.cli import flag_overrides
     from fedsllm.config import apply_overrides, from_dict, load_dict
     from fedsllm.experiments.compare import (
         compare_base_dict,
@@ -53,11 +54,7 @@ def compare_command(args: argparse.Namespace) -> int:
     from fedsllm.launch import fresh_out_dir, make_run_dir
 
     policies = parse_policies(args.policies)
-    overrides = list(args.overrides)
-    if args.clients is not None:
-        overrides.append(f"clients.num_clients={args.clients}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
+    overrides = flag_overrides(args)
     base = from_dict(compare_base_dict(apply_overrides(load_dict(args.scenario), overrides)))
     # Build (and so validate) every policy's scenario before anything runs.
     scenarios = [policy_scenario(base, p) for p in policies]

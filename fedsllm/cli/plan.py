@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from fedsllm.cli import add_scenario_args
+from fedsllm.cli import add_scenario_args, flag_overrides
 
 
 def register(subparsers: Any) -> None:
@@ -50,16 +50,10 @@ def register(subparsers: Any) -> None:
 
 
 def scenario_overrides(args: argparse.Namespace) -> list[str]:
-    """The --set list with the sugar flags appended (they win over --set)."""
-    out = list(args.overrides)
-    if args.clients is not None:
-        out.append(f"clients.num_clients={args.clients}")
+    """The shared flag overrides plus --bandwidth-mhz (they win over --set)."""
+    out = flag_overrides(args)
     if args.bandwidth_mhz is not None:
         out.append(f"channel.bandwidth_hz={args.bandwidth_mhz * 1e6!r}")
-    if args.seed is not None:
-        out.append(f"seed={args.seed}")
-    if getattr(args, "solver", None) is not None:
-        out.append(f'policy.solver="{args.solver}"')
     return out
 
 

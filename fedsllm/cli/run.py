@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
+from fedsllm.cli import flag_overrides as shared_flag_overrides
 from fedsllm.config import NETWORKS, POLICIES
 
 
@@ -45,19 +46,8 @@ def register(sub: Any) -> None:
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """The everyday flags, turned into the same dotted overrides as --set."""
-    mapping = {
-        "clients": "clients.num_clients",
-        "rounds": "training.num_rounds",
-        "local_steps": "training.num_local_steps",
-        "seed": "seed",
-        "policy": "policy.name",
-    }
-    out = list(args.overrides)
-    for attr, path in mapping.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            out.append(f"{path}={value!r}" if isinstance(value, str) else f"{path}={value}")
+    """The shared flag overrides, plus --network (netns implies the tc backend)."""
+    out = shared_flag_overrides(args)
     if getattr(args, "network", None):
         out += [f"run.network={args.network!r}"]
         if args.network == "netns":
