@@ -50,13 +50,7 @@ class RunSummary:
     links: list[ClientLink]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rounds": [asdict(r) for r in self.rounds],
-            "initial_val_loss": self.initial_val_loss,
-            "final_val_loss": self.final_val_loss,
-            "total_wall_s": self.total_wall_s,
-            "links": [asdict(link) for link in self.links],
-        }
+        return asdict(self)
 
 
 def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
