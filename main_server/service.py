@@ -197,6 +197,7 @@ class MainServerService(pb_grpc.MainServerServicer):
         return hidden, mask, labels
 
     def _serve_step(self, client_id: int, upload: StepUpload) -> Iterator[pb.TrainResponse]:
+        receive_s = self._transfer_s(upload)  # now, before compute: the upload's end
         hidden, mask, labels = self._step_tensors(upload)
         header = upload.header
         round_index, step = header.round, header.step
@@ -213,7 +214,6 @@ class MainServerService(pb_grpc.MainServerServicer):
             # receive_s runs from the client's send stamp (or, unstamped, from the
             # step header) to the end marker's arrival here (see _transfer_s):
             # bytes / receive_s is the uplink rate achieved, whatever shaped it.
-            receive_s = self._transfer_s(upload)
             span.extra.update(
                 mode=header.mode,
                 loss=result.loss,

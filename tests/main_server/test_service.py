@@ -316,3 +316,52 @@ def test_initial_adapter_eval_ignores_training_so_far(server) -> None:
     assert after_initial == before_initial
     assert after_current != before_current  # the adapter did train
     assert trainer.adapter_bytes(adapter_to_bytes) != adapter  # and the swap was undone
+
+
+def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
+    """receive_s (what 'achieved uplink rate' divides by) ends when the upload has
+    arrived: a long emulated server step must not count as transfer time."""
+    import contextlib
+    import time
+
+    from fedsllm.trace import read_records
+    from fedsllm.wire.rpc import create_server, make_channel, stop_server
+
+    scenario = load_scenario(overrides=["model.pretrain_steps=0", "data.seq_len=16"])
+    part, tokenizer, cfg = build_part(scenario, "server")
+    trainer = ServerTrainer(part, lr=1e-2)
+    limits = StepLimits(
+        hidden_size=cfg.hidden_size,
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=T,
+        max_batch=8,
+        wire_dtype="float32",
+        num_clients=1,
+        max_tensor_bytes=2**20,
+    )
+
+    @contextlib.contextmanager
+    def slow_device(_flops: float, _label: str):
+        yield None
+        time.sleep(1.0)  # the emulated server takes 1 s for this step
+
+    tracer = Tracer(tmp_path / "trace" / "main_server.jsonl", "main_server")
+    service = MainServerService(
+        trainer, limits, HASH, tracer, chunk_bytes=4096, compute=slow_device
+    )
+    srv, port = create_server(
+        "127.0.0.1:0", [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)]
+    )
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096, now=tracer.now)
+            t = _tensors()
+            stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
+            stream.receive_reply(0, 0)
+            stream.close()
+    finally:
+        stop_server(srv, grace_s=0.5)
+        tracer.close()
+    (step,) = [r for r in read_records(tmp_path / "trace") if r["name"] == "server_compute"]
+    assert step["t1"] - step["t0"] >= 1.0
+    assert 0 <= step["extra"]["receive_s"] < 0.5
