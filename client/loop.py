@@ -1,4 +1,4 @@
-"""The client's training loop (MODEL.md section 1), top to bottom.
+"""The client's training loop (docs/MODEL.md section 1), top to bottom.
 
 One function runs one local iteration and shows its five steps in order,
 each inside a named trace span: client forward, uplink, server compute (seen

@@ -1,4 +1,4 @@
-"""FedAvg of client-side LoRA adapters, weighted by data size (MODEL.md section 1).
+"""FedAvg of client-side LoRA adapters, weighted by data size (docs/MODEL.md section 1).
 
 Pure numpy on parsed safetensors dicts: the fed server never needs torch.
 Averages are accumulated in float64 and cast back to each tensor's dtype so

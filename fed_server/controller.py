@@ -1,11 +1,11 @@
 """The allocation controller's logic: plan the run, re-solve shares per round, publish.
 
 At construction the controller solves the run's plan from the scenario alone
-with the configured policy (MODEL.md section 5): the accuracy eta, the
+with the configured policy (docs/MODEL.md section 5): the accuracy eta, the
 integer local iterations n_int and the integer global rounds N. The plan is
 fixed for the whole run. Every later solve (a new round's Rayleigh fading, a
 client registering its own profile, a reported channel) only re-optimizes
-the bandwidth shares at that fixed n_int, MODEL.md's inner problem, and
+the bandwidth shares at that fixed n_int, docs/MODEL.md's inner problem, and
 publishes one `AllocationInfo` per client under a new version. Subscribers
 block in `wait_update` until a version newer than theirs exists.
 
@@ -256,7 +256,7 @@ class Controller:
         )
 
     def _inner_shares(self, inputs: DelayInputs) -> np.ndarray:
-        """MODEL.md section 5's inner problem at the plan's n_int: the min-max round shares.
+        """docs/MODEL.md section 5's inner problem at the plan's n_int: the min-max round shares.
 
         cvxpy keeps one compiled problem for the run (it depends on K alone).
         """

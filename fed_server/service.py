@@ -48,7 +48,7 @@ class FedServerService(pb_grpc.FedServerServicer):
         self.state = state
         self.pace_down = pace_down
         """pace_down(client_id, nbytes, new_message): blocks before each chunk of the
-        global adapter goes out, at that client's downlink rate (MODEL.md: omega / R_dl)."""
+        global adapter goes out, at that client's downlink rate (docs/MODEL.md: omega / R_dl)."""
         self.scenario_hash = scenario_hash
         self.num_local_steps = num_local_steps
         self.max_adapter_bytes = max_adapter_bytes

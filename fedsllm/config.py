@@ -174,7 +174,7 @@ class TrainingConfig:
     """AdamW learning rate of the server-side LoRA."""
     server_update: str = "per_batch"
     """per_batch = one server optimizer step per client batch (serialized);
-    wave = one averaged step per wave of client batches (MODEL.md section 1)."""
+    wave = one averaged step per wave of client batches (docs/MODEL.md section 1)."""
     num_val_batches: int = 4
     """Validation batches evaluated after a round."""
     eval_every: int = 1
@@ -292,7 +292,7 @@ class DevicesConfig:
 @_frozen
 class ConvergenceConfig:
     a: float = 4.0
-    """Rounds constant: N(eta) = a / (1 - eta) (MODEL.md section 4)."""
+    """Rounds constant: N(eta) = a / (1 - eta) (docs/MODEL.md section 4)."""
     v: float = 6.0
     """Local-iteration constant: n(eta) = v * log2(1 / eta)."""
 
@@ -305,7 +305,7 @@ class ConvergenceConfig:
 class PolicyConfig:
     name: str = "fixed_steps"
     """fixed_steps = training.num_rounds x training.num_local_steps, no
-    controller; otherwise an allocation policy of MODEL.md section 5."""
+    controller; otherwise an allocation policy of docs/MODEL.md section 5."""
     solver: str = "exact"
     """exact (Lambert W lemma) or cvxpy (Clarabel)."""
     fixed_eta: float = 0.5

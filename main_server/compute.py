@@ -1,7 +1,7 @@
 """Server-side forward, loss, backward and LoRA step for one client batch.
 
 One shared server adapter serves every client stream; a lock serializes the
-updates (MODEL.md section 1, server_update = per_batch), or, in `wave` mode,
+updates (docs/MODEL.md section 1, server_update = per_batch), or, in `wave` mode,
 gradients of `wave_size` batches are averaged into one step. Evaluation
 batches take the lock too, so they see a consistent adapter. This module
 knows nothing of gRPC.

@@ -119,7 +119,7 @@ class MainServerService(pb_grpc.MainServerServicer):
         self.compute = compute or compute_context(None)
         """compute(flops, label): device pacing around a training step. It wraps the
         lock wait too and sleeps outside the lock, so clients are served in
-        parallel at the emulated speed, as MODEL.md section 3 assumes."""
+        parallel at the emulated speed, as docs/MODEL.md section 3 assumes."""
         self.flops_per_sample = flops_per_sample
 
     # ------------------------------------------------------------ Train

@@ -19,8 +19,8 @@ from fedsllm.cli import add_scenario_args, flag_overrides
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "plan",
-        help="solve the delay-minimizing allocation and its baselines (MODEL.md)",
-        description="Solve the bandwidth/accuracy allocation of MODEL.md section 5 for a "
+        help="solve the delay-minimizing allocation and its baselines (docs/MODEL.md)",
+        description="Solve the bandwidth/accuracy allocation of docs/MODEL.md section 5 for a "
         "scenario and compare every policy.",
     )
     add_scenario_args(parser)
@@ -105,7 +105,7 @@ def plan_document(scenario: Any, round_index: int = 0) -> dict[str, Any]:
         policies[name] = doc
     return _finite(
         {
-            "model_section": "MODEL.md sections 2-5",
+            "model_section": "docs/MODEL.md sections 2-5",
             "round_index": round_index,
             "scenario": scenario.to_dict(),
             "counts": counts_doc,

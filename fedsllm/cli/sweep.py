@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sweep",
         help="delay of every allocation policy against one parameter (CSV + PNG)",
-        description="Sweep one parameter of the delay model (MODEL.md section 5) and plot "
+        description="Sweep one parameter of the delay model (docs/MODEL.md section 5) and plot "
         "the delay of every policy; --paper runs the standard set.",
     )
     add_scenario_args(parser)

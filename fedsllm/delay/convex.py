@@ -1,4 +1,5 @@
-"""The cvxpy form of MODEL.md section 5's inner problem, scaled per client, polished and certified.
+"""The cvxpy form of docs/MODEL.md section 5's inner problem, scaled per client,
+polished and certified.
 
 For fixed n the inner problem is: minimize over b >= 0 with sum_k b_k <= B
 the round time max_k fixed_k + C_k / R_k(b_k). `ConvexInner` solves it with

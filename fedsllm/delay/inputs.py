@@ -1,4 +1,4 @@
-"""Scenario -> the numbers of the delay model (MODEL.md sections 2-4), as one frozen record.
+"""Scenario -> the numbers of the delay model (docs/MODEL.md sections 2-4), as one frozen record.
 
 `DelayInputs` is what every solver, baseline and prediction reads: per-client
 channel, power, compute times and bit counts, plus the scalars B, N0, a, v,
@@ -39,7 +39,7 @@ def _check(ok: bool, path: str, value: Any, reason: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DelayInputs:
-    """Inputs of MODEL.md sections 2-5 for K clients (arrays of shape (K,), read-only).
+    """Inputs of docs/MODEL.md sections 2-5 for K clients (arrays of shape (K,), read-only).
 
     Per iteration of client k (section 3):
     tau_k = client_compute_s + server_compute_s + downlink_iter_s, the part
@@ -125,12 +125,12 @@ class DelayInputs:
 
     @property
     def tau_s(self) -> np.ndarray:
-        """tau_k of MODEL.md section 3: per-iteration time that no bandwidth share changes."""
+        """tau_k of docs/MODEL.md section 3: per-iteration time that no bandwidth share changes."""
         return self.client_compute_s + self.server_compute_s + self.downlink_iter_s
 
     @property
     def snr_hz(self) -> np.ndarray:
-        """g_k p_k / N0, Hz: the rate ceiling times ln 2 (MODEL.md section 2)."""
+        """g_k p_k / N0, Hz: the rate ceiling times ln 2 (docs/MODEL.md section 2)."""
         return self.gain * self.power_w / self.noise_psd_w_per_hz
 
     @property

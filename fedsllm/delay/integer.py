@@ -1,5 +1,5 @@
 """The plan a real run can execute: an integer number of local iterations n and
-an integer number of rounds N (MODEL.md section 4: "in a real run n is rounded
+an integer number of rounds N (docs/MODEL.md section 4: "in a real run n is rounded
 up to an integer").
 
 The continuous optimum of section 5 rounds badly: with cheap rounds it sits

@@ -1,4 +1,4 @@
-"""Every allocation policy of MODEL.md section 5 behind one function, `solve_policy`.
+"""Every allocation policy of docs/MODEL.md section 5 behind one function, `solve_policy`.
 
 The optimum and its baselines are computed on the same DelayInputs so that
 reports can set them side by side; the solving itself is in
@@ -151,7 +151,7 @@ def solve_policy(
     min_local_iterations: float = 1.0,
     round_index: int = PLAN_ROUND,
 ) -> Allocation:
-    """The allocation of one policy (MODEL.md section 5).
+    """The allocation of one policy (docs/MODEL.md section 5).
 
     - optimal: optimal shares and eta (`solver`: exact or cvxpy);
     - equal: b_k = B/K at `fixed_eta` (the unoptimized case);

@@ -1,4 +1,4 @@
-"""The delay model's formulas (MODEL.md sections 2-4): rates, the lemma, round times.
+"""The delay model's formulas (docs/MODEL.md sections 2-4): rates, the lemma, round times.
 
 Pure numpy functions over DelayInputs; no solving (fedsllm.delay.solvers)
 and no I/O. `predict_round_delay` is the model's prediction for one round
@@ -21,19 +21,19 @@ LN2 = math.log(2.0)
 
 
 def check_eta(eta: float) -> float:
-    """Reject an accuracy outside the open interval (0, 1) of MODEL.md section 4."""
+    """Reject an accuracy outside the open interval (0, 1) of docs/MODEL.md section 4."""
     if not (isinstance(eta, int | float) and math.isfinite(eta) and 0.0 < eta < 1.0):
         raise ConfigError("eta", eta, "must be in the open interval (0, 1)")
     return float(eta)
 
 
 def local_iterations(eta: float, v: float) -> float:
-    """n(eta) = v log2(1/eta), MODEL.md section 4 (continuous)."""
+    """n(eta) = v log2(1/eta), docs/MODEL.md section 4 (continuous)."""
     return v * math.log2(1.0 / check_eta(eta))
 
 
 def global_rounds(eta: float, a: float) -> float:
-    """N(eta) = a / (1 - eta), MODEL.md section 4."""
+    """N(eta) = a / (1 - eta), docs/MODEL.md section 4."""
     return a / (1.0 - check_eta(eta))
 
 
@@ -47,7 +47,7 @@ def round_up(x: float) -> int:
 
 
 def rate_bps(shares_hz: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
-    """R_k(b_k) = b_k log2(1 + g_k p_k / (N0 b_k)), MODEL.md section 2; R(0) = 0."""
+    """R_k(b_k) = b_k log2(1 + g_k p_k / (N0 b_k)), docs/MODEL.md section 2; R(0) = 0."""
     b = np.asarray(shares_hz, dtype=float)
     c = np.asarray(snr_hz, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -88,7 +88,7 @@ def _lower_branch_gap(delta: np.ndarray) -> np.ndarray:
 
 
 def bandwidth_for_rate(rate: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
-    """The lemma of MODEL.md section 5: least b with R(b) = rho.
+    """The lemma of docs/MODEL.md section 5: least b with R(b) = rho.
 
     b(rho) = -rho ln2 / (W_{-1}(-Gamma e^{-Gamma}) + Gamma), Gamma = rho ln2 / snr,
     for Gamma < 1; +inf at or above the rate ceiling; 0 for rho = 0. Near the
@@ -125,7 +125,7 @@ def bandwidth_for_rate(rate: np.ndarray, snr_hz: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class DelayBreakdown:
-    """One round's predicted delay, per client and phase (MODEL.md section 3), seconds.
+    """One round's predicted delay, per client and phase (docs/MODEL.md section 3), seconds.
 
     Every array has shape (K,); `client_round_s` is their sum per client and
     `round_time_s` the slowest client (the round ends when all report).
@@ -156,7 +156,7 @@ class DelayBreakdown:
 
 
 def round_terms(inputs: DelayInputs, n: float) -> tuple[np.ndarray, np.ndarray]:
-    """(fixed_k, C_k) with round_k = fixed_k + C_k / R_k(b_k) (MODEL.md sections 3 and 5).
+    """(fixed_k, C_k) with round_k = fixed_k + C_k / R_k(b_k) (docs/MODEL.md sections 3 and 5).
 
     fixed_k = n tau_k + omega / R_dl + t_agg is what no uplink share changes;
     C_k = n beta s + omega is the uplink bits of a round. The one place the

@@ -1,4 +1,4 @@
-"""Delay-minimizing allocation of MODEL.md section 5: the exact lemma solver and the cvxpy one.
+"""Delay-minimizing allocation of docs/MODEL.md section 5: the exact lemma solver and the cvxpy one.
 
 Both minimize T = N(eta) * max_k round_k(eta, b_k) over eta and the shares b,
 with the same outer one-dimensional search over eta (grid bracket in
@@ -46,7 +46,7 @@ BRENT_XATOL = 1e-9
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """One policy's result: accuracy, iterations, rounds, shares and delays (MODEL.md 3-5).
+    """One policy's result: accuracy, iterations, rounds, shares and delays (docs/MODEL.md 3-5).
 
     Continuous quantities are the model's; the `_int` ones are what a real
     run does with n rounded up (`bandwidth_int_hz` are the shares that are
@@ -176,7 +176,7 @@ def _exact_round_time(
 
 
 class CvxpyInner:
-    """The inner problem of MODEL.md section 5 solved with cvxpy, for one DelayInputs.
+    """The inner problem of docs/MODEL.md section 5 solved with cvxpy, for one DelayInputs.
 
     The formulation (per-client scaling, the two stages, the polish) and its
     certificate of optimality live in fedsllm.delay.convex; this class only
@@ -222,7 +222,7 @@ class CvxpyInner:
 def max_eta(v: float, min_local_iterations: float) -> float:
     """Largest eta with n(eta) >= min_local_iterations (1 - 1e-12 when the floor is 0).
 
-    MODEL.md section 4 allows any eta in (0, 1), but n(eta) < 1 local
+    docs/MODEL.md section 4 allows any eta in (0, 1), but n(eta) < 1 local
     iteration per round has no meaning in a real run (it would be rounded
     up to 1, and the model's delay would then be far off), so the searches
     default to n >= 1.
@@ -237,7 +237,7 @@ def max_eta(v: float, min_local_iterations: float) -> float:
 def search_eta(objective: Callable[[float], float], eta_max: float = 1.0 - 1e-12) -> float:
     """argmin over eta in (0, eta_max] of `objective`: grid in logit(eta), then bounded Brent.
 
-    MODEL.md section 5 leaves the outer problem one-dimensional but not
+    docs/MODEL.md section 5 leaves the outer problem one-dimensional but not
     provably unimodal, hence the grid bracket before the local refinement.
     """
     from scipy.optimize import minimize_scalar
@@ -278,7 +278,7 @@ def solve_allocation(
     policy: str = "optimal",
     min_local_iterations: float = 1.0,
 ) -> Allocation:
-    """Optimal shares, and the optimal eta unless `eta` is given (MODEL.md section 5).
+    """Optimal shares, and the optimal eta unless `eta` is given (docs/MODEL.md section 5).
 
     The eta search keeps n(eta) >= `min_local_iterations` (see `max_eta`;
     0 = the whole open interval). `policy` only labels the result.
@@ -330,7 +330,7 @@ def shares_allocation(
     eta: float | None = None,
     min_local_iterations: float = 1.0,
 ) -> Allocation:
-    """A baseline with given shares (MODEL.md section 5): only eta is optimized, if not given.
+    """A baseline with given shares (docs/MODEL.md section 5): only eta is optimized, if not given.
 
     `shares_hz` is (K,) or (D, K) for D random draws, in which case the
     delay is the mean over draws and one eta minimizes that mean.

@@ -1,4 +1,4 @@
-"""Parameter sweeps of the delay model (MODEL.md section 5): delay per policy against a knob.
+"""Parameter sweeps of the delay model (docs/MODEL.md section 5): delay per policy against a knob.
 
 Each point varies one scenario parameter, averages random placements over a
 few seeds, and records every policy's mean delay and the optimum's

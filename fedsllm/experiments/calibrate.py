@@ -1,6 +1,6 @@
-"""Fit the convergence constants a and v (MODEL.md section 4) from short real runs.
+"""Fit the convergence constants a and v (docs/MODEL.md section 4) from short real runs.
 
-MODEL.md models rounds-to-target as N = a / (1 - eta) with the local accuracy
+docs/MODEL.md models rounds-to-target as N = a / (1 - eta) with the local accuracy
 eta reached by n = v * log2(1/eta) local iterations, i.e. for a run with n
 local steps per round
 
@@ -41,7 +41,7 @@ A_MIN = 1e-6
 
 
 def predicted_rounds(num_steps: Any, a: float, v: float) -> Any:
-    """rounds(n) = a / (1 - 2^(-n/v)) (MODEL.md section 4 with eta = 2^(-n/v)); numpy-aware."""
+    """rounds(n) = a / (1 - 2^(-n/v)) (docs/MODEL.md section 4 with eta = 2^(-n/v)); numpy-aware."""
     import numpy as np
 
     n = np.asarray(num_steps, dtype=float)

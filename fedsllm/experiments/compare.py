@@ -26,7 +26,7 @@ from fedsllm.config import POLICIES, ScenarioConfig
 from fedsllm.errors import ConfigError
 
 REFERENCE_POLICY = "equal"
-"""The unoptimized case of MODEL.md section 5: equal shares, eta fixed (0.5)."""
+"""The unoptimized case of docs/MODEL.md section 5: equal shares, eta fixed (0.5)."""
 COMPARE_FORMAT = "fedsllm.compare/1"
 MEASURED_FROM_REPORT = "report"
 """measured_s of fedsllm.report: round window minus evaluation, round 0 opening when the

@@ -1,4 +1,4 @@
-"""Channel model of MODEL.md section 2: client placement, gains, powers and noise, seeded.
+"""Channel model of docs/MODEL.md section 2: client placement, gains, powers and noise, seeded.
 
 Turns a scenario into the physical numbers g_k, p_k and N0 that the rate
 formula needs; rates and shaping are left to fedsllm.delay and the shapers.
@@ -31,7 +31,7 @@ def db_to_linear(db: float | np.ndarray) -> float | np.ndarray:
 def path_loss_db(
     distance_m: np.ndarray, intercept_db: float = 128.1, slope_db: float = 37.6
 ) -> np.ndarray:
-    """intercept + slope * log10(d / km): the 3GPP macro-cell law of MODEL.md section 2."""
+    """intercept + slope * log10(d / km): the 3GPP macro-cell law of docs/MODEL.md section 2."""
     return intercept_db + slope_db * np.log10(np.asarray(distance_m, dtype=float) / 1000.0)
 
 

@@ -1,6 +1,6 @@
 """FLOPs, smashed-data bytes and adapter bytes of a split LoRA model: the one source of them.
 
-The delay model (MODEL.md section 3: phi_c, phi_s, s, omega) and the running
+The delay model (docs/MODEL.md section 3: phi_c, phi_s, s, omega) and the running
 code (device-compute emulation, link pacing) both read these numbers from
 `count_model`, so the plan and the run describe the same thing. Everything is
 counted from the transformers config alone (no weights are built), which keeps
@@ -80,12 +80,12 @@ class ModelCounts:
 
     @property
     def phi_c(self) -> float:
-        """Client forward+backward FLOPs per sample (MODEL.md section 3)."""
+        """Client forward+backward FLOPs per sample (docs/MODEL.md section 3)."""
         return self.client_fwd_flops + self.client_bwd_flops
 
     @property
     def phi_s(self) -> float:
-        """Server forward+backward FLOPs per sample (MODEL.md section 3)."""
+        """Server forward+backward FLOPs per sample (docs/MODEL.md section 3)."""
         return self.server_fwd_flops + self.server_bwd_flops
 
     @property

@@ -390,8 +390,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
         notes.append("The model could not be counted: model_s is not available.")
     if s["propagation_delay_s"] > 0 and s["link_backend"] != "none":
         notes.append(
-            "link.propagation_delay_s is not part of MODEL.md; the prediction adds it once per "
-            "paced message (predicted propagation_s)."
+            "link.propagation_delay_s is not part of docs/MODEL.md; the prediction adds it "
+            "once per paced message (predicted propagation_s)."
         )
     return notes
 

@@ -10,7 +10,7 @@ job. Definitions (the report and its tests rely on them):
 - The first round (and any round whose predecessor has no end) opens when the
   LAST client starts its protocol work of that round (its first client span
   other than the global download, which may have waited for every client to
-  join): MODEL.md's clients start a round together, so the clients' process
+  join): docs/MODEL.md's clients start a round together, so the clients' process
   start-up skew is not part of the emulated protocol. That skew (last start
   minus first start, evaluation inside it cut out) is kept as
   `RoundMeasured.startup_skew_s`.

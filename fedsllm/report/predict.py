@@ -1,11 +1,11 @@
-"""What the delay model (MODEL.md section 3) predicts for the rounds a run actually executed.
+"""What the delay model (docs/MODEL.md section 3) predicts for the rounds a run actually executed.
 
 For each round and client: the link rates in force (the allocation events of
 the controller, else the clients' rates_applied events, else the rates the
 run configured, i.e. unshaped = infinite rate = zero transfer time), the
 integer local iterations actually executed, and the constants actually
 measured (bytes from the transfer spans, FLOPs / device speed from the
-device records) go through the formulas of MODEL.md section 3:
+device records) go through the formulas of docs/MODEL.md section 3:
 
     tau_k   = beta*phi_c/f_k + beta*phi_s/f_S (+ beta*s_dl/R_dl)
     iter_k  = tau_k + beta*s/R_k
@@ -16,7 +16,7 @@ same FLOPs / f_k the pacer used), n*beta*s as the bytes the uplink spans
 carried, and so on. Compute terms come from the model only when
 link.emulate_compute is on; otherwise the measured compute is used, because
 nothing made the host run at f_k. The round prediction is the slowest
-client's. Propagation delay (link.propagation_delay_s, not part of MODEL.md)
+client's. Propagation delay (link.propagation_delay_s, not part of docs/MODEL.md)
 is added per paced message when configured, as its own term. Measuring is
 fedsllm.report.phases' job.
 """
@@ -142,7 +142,7 @@ def predict_client(
     aggregation_s: float,
     propagation_delay_s: float = 0.0,
 ) -> ClientPredicted:
-    """round_k of MODEL.md section 3 for what client k actually executed (module docstring)."""
+    """round_k of docs/MODEL.md section 3 for what client k actually executed (module docstring)."""
     p = ClientPredicted(client=measured.client)
     ph = p.phases_s
     if emulate_compute and measured.num_client_device_steps > 0:
@@ -181,7 +181,7 @@ def predict_round(
     aggregation_s: float,
     propagation_delay_s: float = 0.0,
 ) -> RoundPredicted:
-    """The model's round delay: the slowest client's round_k (MODEL.md section 3)."""
+    """The model's round delay: the slowest client's round_k (docs/MODEL.md section 3)."""
     clients = [
         predict_client(
             c,
@@ -221,7 +221,8 @@ def model_client_s(
     gradient_bits_per_iter: float,
     measured_compute_s: float | None = None,
 ) -> float:
-    """round_k from the counted constants alone (fedsllm.delay.DelayInputs), MODEL.md section 3.
+    """round_k from the counted constants alone (fedsllm.delay.DelayInputs),
+    docs/MODEL.md section 3.
 
     The planner's view of the same round: phi_c, phi_s, s and omega counted from
     the model rather than read from the trace; `rates` replace the inputs' own

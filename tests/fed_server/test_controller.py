@@ -141,7 +141,7 @@ def test_rates_follow_the_shannon_formula(counts) -> None:
     ctrl = _controller(counts, "channel.tx_power_dbm=13.0", "channel.downlink_bps=5e7")
     ctrl.start_round(0)
     inputs = delay_inputs(ctrl.scenario, 0, counts)
-    # MODEL.md section 2, from the dB figures by hand: p = 10^((dBm-30)/10) W.
+    # docs/MODEL.md section 2, from the dB figures by hand: p = 10^((dBm-30)/10) W.
     power_w = 10 ** ((13.0 - 30.0) / 10)
     n0 = 10 ** ((-174.0 - 30.0) / 10)
     np.testing.assert_allclose(inputs.power_w, power_w, rtol=1e-12)

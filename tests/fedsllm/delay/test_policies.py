@@ -1,4 +1,4 @@
-"""Baselines of MODEL.md section 5 against the optimum, through solve_policy."""
+"""Baselines of docs/MODEL.md section 5 against the optimum, through solve_policy."""
 
 from __future__ import annotations
 

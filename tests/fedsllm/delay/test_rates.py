@@ -1,4 +1,4 @@
-"""Rates, the Lambert-W lemma and the per-round prediction (MODEL.md sections 2-4)."""
+"""Rates, the Lambert-W lemma and the per-round prediction (docs/MODEL.md sections 2-4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The exact (Lambert W) and cvxpy solvers of MODEL.md section 5: agreement and optimality."""
+"""The exact (Lambert W) and cvxpy solvers of docs/MODEL.md section 5: agreement and optimality."""
 
 from __future__ import annotations
 
