@@ -1,7 +1,9 @@
 """Network-namespace topology for the tc backend, and the Shaper that drives it.
 
-Layout of one run (every name carries the run id, so cleanup removes
-exactly what this run created and runs never collide):
+Layout of one run (every name the host can see is `fsl-<id>-<role>`: the
+project prefix `fsl-`, the run id and a dash, so cleanup removes exactly
+what this run created, runs never collide, and `project_footprint` finds
+what a run has on the host without looking at anything else there):
 
     fsl-<id>-br     a Linux bridge br0 with one port per endpoint, p-<role>
     fsl-<id>-fed    eth0 10.77.0.1/24   fed server + controller
@@ -10,8 +12,11 @@ exactly what this run created and runs never collide):
 
 Each endpoint's eth0 is one end of a veth pair whose other end, p-<role>,
 is a port of br0 in the bridge namespace. Nothing is ever created in the
-caller's namespace. The 10.77.0.0/24 subnet lives only inside this run's
-isolated namespaces, so it cannot clash with the host's or another run's.
+caller's namespace: the interface names br0, eth0 and p-<role> exist only
+inside this run's own namespaces, where no other name can clash with them
+(so they need neither prefix nor run id, nor to fit 15 characters with
+them). The 10.77.0.0/24 subnet lives only inside this run's isolated
+namespaces, so it cannot clash with the host's or another run's.
 
 Shaping, per client k (htb, see `fedsllm.link.tc`):
 - uplink = htb on eth0's egress in fsl-<id>-c<k>: everything client k sends;
@@ -51,6 +56,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
+from typing import NamedTuple
 
 from fedsllm.errors import LinkError
 from fedsllm.link.base import Direction, LinkStats, Shaper, check_client_id, check_rate
@@ -71,8 +77,85 @@ MAX_CLIENTS = 200
 BRIDGE_ROLE = "br"
 BRIDGE_DEV = "br0"
 ENDPOINT_DEV = "eth0"
+PROJECT_PREFIX = "fsl-"
+"""Start of every name this project creates where the host can see it (its
+namespaces); the run id and a dash follow (see `run_prefix`)."""
 _RUN_ID_RE = re.compile(r"^[a-z0-9]{1,16}$")
 _ROLE_ADDR = {"fed": "10.77.0.1", "main": "10.77.0.2"}
+_NETNS_LINE_RE = re.compile(r"^(\S+)(?:\s+\(id:\s*(\d+)\))?")
+_LINK_NAME_RE = re.compile(r"^\d+:\s+([^\s:@]+)(?:@\S*)?:")
+_LINK_NETNS_RE = re.compile(r"\blink-netns\s+(\S+)")
+_LINK_NETNSID_RE = re.compile(r"\blink-netnsid\s+(\d+)")
+
+
+def check_run_id(run_id: object) -> str:
+    """`run_id` itself when it is 1-16 characters of [a-z0-9]; LinkError otherwise."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        raise LinkError(f"run_id must match [a-z0-9]{{1,16}}, got {run_id!r}")
+    return run_id
+
+
+def run_prefix(run_id: str | None = None) -> str:
+    """`fsl-<run_id>-`, the start of every name of one run; `fsl-` (every run) for None.
+
+    The trailing dash keeps run "ab" from claiming run "abc"'s names.
+    """
+    return PROJECT_PREFIX if run_id is None else f"{PROJECT_PREFIX}{check_run_id(run_id)}-"
+
+
+class Footprint(NamedTuple):
+    """What the project (or one run) has where the host can see it."""
+
+    namespaces: frozenset[str]
+    """Named network namespaces whose name starts with the prefix."""
+    links: frozenset[str]
+    """Links of the caller's namespace named with the prefix, or with their
+    other end (veth peer, ...) in one of the prefix's namespaces. The topology
+    never creates one, so this is empty unless something leaked."""
+
+
+def _list_netns(runner: Runner) -> dict[str, str | None]:
+    """Named namespaces -> their id as seen from here (None when unassigned).
+
+    `ip netns list` lines look like "name" or "name (id: 3)".
+    """
+    (out,) = run_cmds([["ip", "netns", "list"]], runner=runner)
+    found: dict[str, str | None] = {}
+    for line in out.splitlines():
+        match = _NETNS_LINE_RE.match(line.strip())
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def project_footprint(run_id: str | None = None, *, runner: Runner = subprocess.run) -> Footprint:
+    """The namespaces and caller-namespace links that belong to the project,
+    or to run `run_id` only: those named with `run_prefix(run_id)`.
+
+    Reads `ip netns list` and `ip -o link show`, and keeps nothing else, so
+    a test that compares this before and after a run compares only what the
+    project made (Docker's veths and bridges, other runs' namespaces, and
+    anything else on the host are outside it). Needs no root.
+    """
+    prefix = run_prefix(run_id)
+    netns = _list_netns(runner)
+    ours = frozenset(name for name in netns if name.startswith(prefix))
+    ours_by_id = {nsid: name for name, nsid in netns.items() if nsid is not None and name in ours}
+    (out,) = run_cmds([["ip", "-o", "link", "show"]], runner=runner)
+    links = set()
+    for line in out.splitlines():
+        match = _LINK_NAME_RE.match(line)
+        if not match:
+            continue
+        peer_ns = _LINK_NETNS_RE.search(line)
+        peer_id = _LINK_NETNSID_RE.search(line)
+        if (
+            match.group(1).startswith(prefix)
+            or (peer_ns is not None and peer_ns.group(1) in ours)
+            or (peer_id is not None and peer_id.group(1) in ours_by_id)
+        ):
+            links.add(match.group(1))
+    return Footprint(namespaces=ours, links=frozenset(links))
 
 
 def client_role(client_id: int) -> str:
@@ -110,8 +193,7 @@ class NetnsTopology:
         down_bps: float = math.inf,
         runner: Runner = subprocess.run,
     ) -> None:
-        if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
-            raise LinkError(f"run_id must match [a-z0-9]{{1,16}}, got {run_id!r}")
+        check_run_id(run_id)
         if (
             not isinstance(num_clients, int)
             or isinstance(num_clients, bool)
@@ -152,7 +234,7 @@ class NetnsTopology:
 
     def netns(self, role: str | int) -> str:
         """Namespace name of a role (an int is a client id)."""
-        return f"fsl-{self.run_id}-{self._check_role(role)}"
+        return run_prefix(self.run_id) + self._check_role(role)
 
     @property
     def namespaces(self) -> list[str]:
@@ -270,9 +352,7 @@ class NetnsTopology:
         self._restore_sigterm()
 
     def _list_netns(self) -> set[str]:
-        (out,) = run_cmds([["ip", "netns", "list"]], runner=self._runner)
-        # Lines look like "name" or "name (id: 3)".
-        return {line.split()[0] for line in out.splitlines() if line.strip()}
+        return set(_list_netns(self._runner))
 
     def _install_sigterm(self) -> None:
         # SIGTERM's default action skips atexit; turn it into SystemExit so

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
+import threading
 
 import pytest
 
+from fedsllm.launch import netns_run_id
 from tests.e2e.conftest import fedsllm, overrides, read_json
 
 pytestmark = pytest.mark.slow
@@ -92,32 +93,58 @@ def test_loopback_token_policy_optimal(tmp_path) -> None:
     assert "achieved Mbit/s" in proc.stderr
 
 
-def _netns_state() -> tuple[str, str]:
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    return netns, links
+class _SeenNamespaces:
+    """Polls one run's namespaces from a thread while the run goes on (rule 24:
+    only this run's names, never the whole host's `ip link`)."""
+
+    def __init__(self, run_id: str, every_s: float = 0.1) -> None:
+        from fedsllm.link.netns import project_footprint
+
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+
+        def poll() -> None:
+            while not self._stop.wait(every_s):
+                self.seen |= project_footprint(run_id).namespaces
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+
+    def __enter__(self) -> _SeenNamespaces:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and tc need root")
 def test_netns_tc_policy_optimal(tmp_path) -> None:
-    before = _netns_state()
+    from fedsllm.link.netns import NetnsTopology, project_footprint
+
     out = tmp_path / "run"
-    proc = fedsllm(
-        "run",
-        "--network",
-        "netns",
-        "--policy",
-        "optimal",
-        "--clients",
-        "2",
-        "--quiet",
-        "--out",
-        str(out),
-        *overrides(*EMULATED),
-        cwd=tmp_path,
-    )
+    # The launcher names the run's namespaces after its run directory
+    # (fedsllm.launch._run_here); watching them shows this is that run.
+    run_id = netns_run_id(out.resolve())
+    before = project_footprint(run_id)
+    with _SeenNamespaces(run_id) as watch:
+        proc = fedsllm(
+            "run",
+            "--network",
+            "netns",
+            "--policy",
+            "optimal",
+            "--clients",
+            "2",
+            "--quiet",
+            "--out",
+            str(out),
+            *overrides(*EMULATED),
+            cwd=tmp_path,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_emulated_run(out, 2)
     assert read_json(out / "scenario.json")["link"]["backend"] == "tc"
-    assert _netns_state() == before
+    assert watch.seen == set(NetnsTopology(run_id, 2).namespaces)
+    assert project_footprint(run_id) == before

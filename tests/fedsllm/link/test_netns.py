@@ -1,11 +1,17 @@
 """Tests for fedsllm/link/netns.py: command plans without root; a real
 two-client topology with TCP traffic, live rate changes and exact cleanup
-with root (marker `root`)."""
+with root (marker `root`).
+
+Rule 24: the root tests look only at what they made. Each uses a fresh run
+id, and compares `project_footprint(run_id)` (that run's namespaces and any
+host link of theirs) before and after, never the host's whole `ip link`.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -16,7 +22,14 @@ import pytest
 
 from fedsllm.errors import LinkError
 from fedsllm.link.base import Direction
-from fedsllm.link.netns import NetnsTopology, TcShaper, check_privileges
+from fedsllm.link.netns import (
+    Footprint,
+    NetnsTopology,
+    TcShaper,
+    check_privileges,
+    project_footprint,
+    run_prefix,
+)
 from fedsllm.link.tc import tc_rate_bps
 
 # ----------------------------------------------------------------- no root
@@ -39,6 +52,14 @@ class RecordingRunner:
         elif cmd[:3] == ["ip", "netns", "del"]:
             self.netns.discard(cmd[3])
         return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+
+def _run_id(kind: str) -> str:
+    """A run id no other test, session or host process uses: kind + 6 hex digits."""
+    return kind + secrets.token_hex(3)
+
+
+EMPTY = Footprint(frozenset(), frozenset())
 
 
 def test_names_addresses_and_exec_prefix():
@@ -123,6 +144,73 @@ def test_check_privileges_refuses_non_root():
     with pytest.raises(LinkError, match="needs root.*unshare --user --map-root-user"):
         check_privileges(geteuid=lambda: 1000)
     check_privileges(geteuid=lambda: 0)
+
+
+def test_run_prefix():
+    assert run_prefix() == "fsl-"
+    assert run_prefix("ab12") == "fsl-ab12-"
+    assert all(ns.startswith(run_prefix("ab12")) for ns in NetnsTopology("ab12", 3).namespaces)
+    with pytest.raises(LinkError, match="run_id"):
+        run_prefix("Bad-Id")
+
+
+HOST_NETNS = """\
+fsl-ab-br (id: 4)
+fsl-ab-c0 (id: 5)
+fsl-abc-br (id: 6)
+fsl-xy-main
+docker-ns (id: 7)
+"""
+
+HOST_LINKS = """\
+1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT\\    \
+link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00
+4: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq state UP mode DEFAULT\\    \
+link/ether 02:fc:00:00:00:01 brd ff:ff:ff:ff:ff:ff
+5: docker0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state DOWN\\    \
+link/ether 02:42:ac:11:00:01 brd ff:ff:ff:ff:ff:ff
+6: veth1a2b3c@if2: <BROADCAST,MULTICAST,UP> mtu 1500 master docker0 state UP\\    \
+link/ether 46:25:c5:87:11:50 brd ff:ff:ff:ff:ff:ff link-netns docker-ns
+7: leak0@if3: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN\\    \
+link/ether 46:25:c5:87:11:51 brd ff:ff:ff:ff:ff:ff link-netns fsl-ab-br
+8: leak1@if9: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN\\    \
+link/ether 46:25:c5:87:11:52 brd ff:ff:ff:ff:ff:ff link-netnsid 5
+9: fsl-ab-x@fsl-abc-y: <BROADCAST,MULTICAST,M-DOWN> mtu 1500 qdisc noop state DOWN\\    \
+link/ether 46:25:c5:87:11:53 brd ff:ff:ff:ff:ff:ff
+10: fsl-abc-y@fsl-ab-x: <BROADCAST,MULTICAST,M-DOWN> mtu 1500 qdisc noop state DOWN\\    \
+link/ether 46:25:c5:87:11:54 brd ff:ff:ff:ff:ff:ff
+11: other@if4: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN\\    \
+link/ether 46:25:c5:87:11:55 brd ff:ff:ff:ff:ff:ff link-netnsid 6
+"""
+
+
+class HostRunner:
+    """Answers `ip netns list` and `ip -o link show` with fixed host output."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append(cmd)
+        out = {("ip", "netns", "list"): HOST_NETNS, ("ip", "-o", "link"): HOST_LINKS}
+        return subprocess.CompletedProcess(cmd, 0, stdout=out[tuple(cmd[:3])], stderr="")
+
+
+def test_project_footprint_keeps_only_the_prefix():
+    runner = HostRunner()
+    run = project_footprint("ab", runner=runner)
+    assert run == Footprint(
+        namespaces=frozenset({"fsl-ab-br", "fsl-ab-c0"}),
+        # named fsl-ab-, or with the other end in fsl-ab-br (by name) / fsl-ab-c0 (by id 5)
+        links=frozenset({"leak0", "leak1", "fsl-ab-x"}),
+    )
+    assert runner.calls == [["ip", "netns", "list"], ["ip", "-o", "link", "show"]]
+    project = project_footprint(runner=HostRunner())
+    assert project.namespaces == {"fsl-ab-br", "fsl-ab-c0", "fsl-abc-br", "fsl-xy-main"}
+    assert project.links == {"leak0", "leak1", "fsl-ab-x", "fsl-abc-y", "other"}
+    assert project_footprint("zz", runner=HostRunner()) == EMPTY
+    with pytest.raises(LinkError, match="run_id"):
+        project_footprint("fsl-ab", runner=HostRunner())
 
 
 def _enter(topo: NetnsTopology) -> None:
@@ -256,11 +344,25 @@ for _ in range(int(sys.argv[3])):
 CONTROL_PORT = 7000
 
 
-def _host_snapshot() -> tuple[str, str]:
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                           check=True)  # fmt: skip
-    return netns.stdout, links.stdout
+def _ip(*args: str, check: bool = True) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check).stdout
+
+
+def _assert_run_exists(topo: NetnsTopology) -> None:
+    """The run's namespaces and in-namespace links exist; nothing of it is on the host."""
+    assert project_footprint(topo.run_id) == Footprint(frozenset(topo.namespaces), frozenset())
+    br = topo.netns("br")
+    br_links = _ip("-n", br, "-o", "link", "show")
+    for role in topo.roles:
+        assert f" p-{role}@" in br_links, (role, br_links)
+        assert " eth0@" in _ip("-n", topo.netns(role), "-o", "link", "show"), role
+    assert " br0:" in br_links
+
+
+def _whole_host() -> tuple[str, str]:
+    """The host-wide snapshot the old tests compared (rule 24 forbids it); only
+    used to show that an unrelated change would have failed them."""
+    return _ip("netns", "list"), _ip("-o", "link", "show")
 
 
 class Procs:
@@ -300,10 +402,14 @@ def _goodput_bps(marks: list[tuple[float, int]], t_from: float = -math.inf) -> f
 
 @pytest.fixture(scope="module")
 def topology():
-    before = _host_snapshot()
-    with NetnsTopology("pyt", 2, control_ports=(CONTROL_PORT,), up_bps=8e6, down_bps=8e6) as t:
-        yield t
-    assert _host_snapshot() == before
+    run_id = _run_id("pt")
+    before = project_footprint(run_id)
+    assert before == EMPTY
+    topo = NetnsTopology(run_id, 2, control_ports=(CONTROL_PORT,), up_bps=8e6, down_bps=8e6)
+    with topo:
+        _assert_run_exists(topo)
+        yield topo
+    assert project_footprint(run_id) == before
 
 
 @pytest.fixture
@@ -367,11 +473,72 @@ def test_control_port_skips_the_shaped_queue(topology, procs):
 @pytest.mark.root
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_cleanup_restores_host_when_body_raises(exc):
-    before = _host_snapshot()
-    topo = NetnsTopology("pyx", 1, up_bps=1e6, down_bps=1e6)
+    run_id = _run_id("px")
+    before = project_footprint(run_id)
+    assert before == EMPTY
+    topo = NetnsTopology(run_id, 1, up_bps=1e6, down_bps=1e6)
     with pytest.raises(exc), topo:
-        assert "fsl-pyx-c0" in _host_snapshot()[0]
+        _assert_run_exists(topo)
         raise exc("boom")
-    assert _host_snapshot() == before
+    assert project_footprint(run_id) == before
     topo.cleanup()  # twice is harmless
-    assert _host_snapshot() == before
+    assert project_footprint(run_id) == before
+
+
+@needs_root
+@pytest.mark.root
+def test_cleanup_check_ignores_unrelated_host_changes():
+    """Docker starting containers mid-test (a veth pair, a namespace) and another
+    run's namespace: the run's footprint is unchanged; the old whole-host
+    comparison would have failed."""
+    run_id, other_run, tag = _run_id("pu"), _run_id("po"), secrets.token_hex(3)
+    veth, peer, other_ns = f"zzunrel{tag}a", f"zzunrel{tag}b", f"zzunrel{tag}"
+    other_run_ns = f"{run_prefix(other_run)}br"
+    made_links: list[str] = []
+    made_netns: list[str] = []
+    whole_before = _whole_host()
+    before = project_footprint(run_id)
+    try:
+        with NetnsTopology(run_id, 1) as topo:
+            _assert_run_exists(topo)
+            for ns in (other_ns, other_run_ns):
+                _ip("netns", "add", ns)
+                made_netns.append(ns)
+            _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+            made_links.append(veth)
+            assert project_footprint(run_id) == Footprint(frozenset(topo.namespaces), frozenset())
+        assert project_footprint(run_id) == before
+        assert _whole_host() != whole_before  # what the old test compared
+        assert other_run_ns in project_footprint().namespaces  # another run is not this one
+    finally:
+        for link in made_links:
+            _ip("link", "del", link, check=False)
+        for ns in made_netns:
+            _ip("netns", "del", ns, check=False)
+    assert veth not in _ip("-o", "link", "show")
+
+
+@needs_root
+@pytest.mark.root
+def test_footprint_catches_a_link_left_on_the_host():
+    """The comparison can fail: a host link named with the run's prefix survives
+    cleanup, and one whose peer sits in the run's namespace is the run's too."""
+    run_id, tag = _run_id("pl"), secrets.token_hex(3)
+    named, named_peer, leaked = f"{run_prefix(run_id)}x", f"zzleak{tag}b", f"zzleak{tag}a"
+    made: list[str] = []
+    before = project_footprint(run_id)
+    try:
+        with NetnsTopology(run_id, 1) as topo:
+            _ip("link", "add", named, "type", "veth", "peer", "name", named_peer)
+            made.append(named)
+            _ip("link", "add", leaked, "type", "veth", "peer", "name", "leak0", "netns",
+                topo.netns("br"))  # fmt: skip
+            made.append(leaked)
+            assert project_footprint(run_id).links == {named, leaked}
+        # Deleting the bridge namespace took `leaked` with its peer; `named` stays.
+        assert project_footprint(run_id) == Footprint(frozenset(), frozenset({named}))
+        assert project_footprint(run_id) != before
+    finally:
+        for link in made:
+            _ip("link", "del", link, check=False)
+    assert project_footprint(run_id) == before
