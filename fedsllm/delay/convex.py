@@ -135,7 +135,7 @@ class ConvexInner:
     (fixed, need), or for a new channel after `set_channel`, costs one
     parameter update and one solver call (cvxpy caches the compiled
     problem, which depends on the number of clients alone). `attempts` is
-    the fallback order: Clarabel as FACTS.md measured it (max_step_fraction
+    the fallback order: Clarabel as measured on the development machine (max_step_fraction
     0.9), Clarabel with its defaults, Clarabel with a shorter step and
     tighter tolerances, then SCS with tight eps.
     """

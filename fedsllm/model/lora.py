@@ -1,7 +1,7 @@
 """LoRA on a split part, and moving adapter state in and out as safetensors bytes.
 
 Adapters are applied with peft and move only through peft's two state-dict
-functions plus safetensors (STYLE.md rule 7); nothing is pickled. Bytes that
+functions plus safetensors; nothing is pickled. Bytes that
 arrive from the wire are parsed and checked against the receiving model
 (key set, shapes, dtype, finiteness) before anything is loaded, and a bad
 blob raises `WireError` without touching the model. Aggregation and

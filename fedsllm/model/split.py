@@ -1,6 +1,6 @@
 """Cut a causal LM at block L into a client part and a server part.
 
-The cut is data, not an edit of the model class (STYLE.md rule 7): two
+The cut is data, not an edit of the model class: two
 explicit wrappers reuse the model's own modules and replay what the model's
 forward does around them.
 

@@ -130,7 +130,7 @@ def test_bytes_and_backward_terms() -> None:
 
 
 def test_counts_of_gpt2_small_match_facts() -> None:
-    """FACTS.md: client adapter 196,608 B on c_attn at split 2 (r=8), server 983,040 B."""
+    """Counted by hand: client adapter 196,608 B on c_attn at split 2 (r=8), server 983,040 B."""
     counts = count_model(preset_config("gpt2-small"), 2, AdapterConfig(rank=8), 64)
     assert counts.client_adapter_bytes == 196_608
     assert counts.server_adapter_bytes == 983_040
