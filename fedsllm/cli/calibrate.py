@@ -4,7 +4,12 @@ For each local-step count n in --steps, one fixed_steps run of --max-rounds
 rounds (evaluated every round) counts the rounds until the validation loss
 first reaches --target-loss; rounds(n) = a / (1 - 2^(-n/v)) is fitted to
 the runs that reached it, and the scenario is written to --write with
-[convergence] a, v replaced. The logic lives in fedsllm.experiments.calibrate.
+[convergence] a, v replaced. The validation loss of every run after every
+round is printed, with the targets those runs would support, so that a
+refused target can be replaced without guessing. A fit that measured
+nothing (too few runs reached the target, every run took the same rounds, a
+constant at its bound, a < 1) is refused with exit 2 and --write is left
+untouched. The logic lives in fedsllm.experiments.calibrate.
 """
 
 from __future__ import annotations
@@ -12,10 +17,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from fedsllm.experiments.calibrate import CalibrationPoint
 
 
 def register(sub: Any) -> None:
@@ -43,8 +54,52 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=calibrate_command)
 
 
+MAX_ROUND_COLUMNS = 8
+"""Rounds shown in the loss table; longer runs show an even spread, the last included."""
+
+
 def _f(x: float, digits: int = 4) -> str:
     return "-" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _shown_rounds(num_rounds: int) -> list[int]:
+    if num_rounds <= MAX_ROUND_COLUMNS:
+        return list(range(num_rounds))
+    step = (num_rounds - 1) / (MAX_ROUND_COLUMNS - 1)
+    return sorted({round(i * step) for i in range(MAX_ROUND_COLUMNS)})
+
+
+def loss_table(points: Sequence[CalibrationPoint], target_loss: float) -> Table:
+    """Validation loss of each run before training and after each round, '*' where it
+    is <= the target: the table a user picks a --target-loss from."""
+    from rich import box
+    from rich.table import Table
+
+    num_rounds = max((len(p.val_curve) for p in points), default=0)
+    shown = _shown_rounds(num_rounds)
+    table = Table(
+        title=f"val loss after each round (* = <= target {target_loss:g}; "
+        "rounds = rounds to target)",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    for col in ("n", "rounds", "before", *(f"r{r + 1}" for r in shown), "best"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for p in points:
+        cells = []
+        for r in shown:
+            x = p.val_curve[r] if r < len(p.val_curve) else math.nan
+            mark = "*" if math.isfinite(x) and x <= target_loss else ""
+            cells.append(_f(x, 3) + mark)
+        table.add_row(
+            str(p.num_steps),
+            str(p.rounds) if p.rounds is not None else "never",
+            _f(p.initial_val_loss, 3),
+            *cells,
+            _f(p.best_val_loss, 3),
+        )
+    return table
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
@@ -56,8 +111,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from fedsllm.experiments.calibrate import (
         calibration_doc,
         check_calibration_args,
+        diagnose_calibration,
         dump_json,
-        fit_points,
         parse_steps,
         run_calibration,
         write_calibrated,
@@ -87,19 +142,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
     points, failures = run_calibration(
         base, steps, args.max_rounds, args.target_loss, out_dir, on_run
     )
-    table = Table(title=f"rounds to val loss <= {args.target_loss:g}")
-    for col in ("n", "rounds", "initial val", "best val", "final val", "note"):
-        table.add_column(col, justify="right" if col != "note" else "left")
+    console.print(loss_table(points, args.target_loss))
     for p in points:
-        table.add_row(
-            str(p.num_steps),
-            str(p.rounds) if p.rounds is not None else "not reached",
-            _f(p.initial_val_loss),
-            _f(p.best_val_loss),
-            _f(p.final_val_loss),
-            p.note,
-        )
-    console.print(table)
+        if p.note:
+            console.print(f"n = {p.num_steps}: {p.note}", highlight=False)
     if failures:
         n, err = failures[0]
         dump_json(
@@ -112,20 +158,25 @@ def calibrate_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUN_FAILED
-    try:
-        fit = fit_points(points, args.target_loss, args.max_rounds)
-    except ConfigError:
+    result = diagnose_calibration(points, args.target_loss, args.max_rounds)
+    advice = result.target_advice()
+    if advice:
+        console.print(advice, highlight=False)
+    if not result.usable:
+        # Nothing is written: the diagnostics go to calibrate.json, the reason to stderr.
         dump_json(
             out_dir / "calibrate.json",
-            calibration_doc(base, points, None, args.target_loss, args.max_rounds),
+            calibration_doc(base, points, result, args.target_loss, args.max_rounds),
         )
-        raise
-    written = write_calibrated(write_path, base, fit)
+        raise result.error()
+    fit = result.raise_if_unusable()
+    written = write_calibrated(write_path, base, fit, args.target_loss)
     dump_json(
         out_dir / "calibrate.json",
-        calibration_doc(base, points, fit, args.target_loss, args.max_rounds, str(written)),
+        calibration_doc(base, points, result, args.target_loss, args.max_rounds, str(written)),
     )
-    fit_table = Table(title=f"fit: a = {fit.a:.4f}, v = {fit.v:.4f} (rmse {fit.rmse:.3f} rounds)")
+    console.print(f"fit: a = {fit.a:.4f}, v = {fit.v:.4f} (rmse {fit.rmse:.3f} rounds)")
+    fit_table = Table()
     for col in ("n", "rounds", "fitted", "residual"):
         fit_table.add_column(col, justify="right")
     for n, r, pr, res in zip(fit.num_steps, fit.rounds, fit.predicted, fit.residuals, strict=True):
@@ -134,6 +185,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     left_out = [p.num_steps for p in points if p.rounds is None]
     if left_out:
         console.print(f"left out of the fit (target not reached): n = {left_out}")
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
     console.print(f"a = {fit.a:.6g}, v = {fit.v:.6g}; wrote {written}")
     print(f"a = {fit.a:.6g}\nv = {fit.v:.6g}", file=sys.stdout)
     return EXIT_OK
