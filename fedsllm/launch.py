@@ -9,6 +9,7 @@ trace files the roles write (fedsllm.summary).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,15 +37,18 @@ def scenario_hash(scenario: ScenarioConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fresh_out_dir(out: str | Path | None, stem: str) -> Path:
+def fresh_out_dir(out: str | Path | None, stem: str, field: str = "--out") -> Path:
     """OUT itself when given (absent or an empty directory), else runs/<stem>-<timestamp>;
-    created, and returned absolute. Runs never write into a used directory."""
+    created, checked writable (fedsllm.paths), and returned absolute. Runs never write
+    into a used directory."""
+    from fedsllm.paths import writable_dir
+
     if out:
         path = Path(out)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             from fedsllm.errors import ConfigError
 
-            raise ConfigError("--out", str(path), "exists and is not an empty directory")
+            raise ConfigError(field, str(path), "exists and is not an empty directory")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{stem}-{stamp}"
@@ -52,8 +56,7 @@ def fresh_out_dir(out: str | Path | None, stem: str) -> Path:
         while path.exists():
             path = Path("runs") / f"{stem}-{stamp}-{suffix}"
             suffix += 1
-    path.mkdir(parents=True, exist_ok=True)
-    return path.resolve()
+    return writable_dir(path, field)
 
 
 def make_run_dir(out: str | Path | None, scenario: ScenarioConfig) -> Path:
@@ -94,22 +97,118 @@ class RoleProcess:
             return ""
         return "\n".join(lines[-num_lines:])
 
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the role's process group, while the role is still ours.
+
+        Roles run in sessions of their own (their pgid is their pid), so the
+        group also reaches anything a role started. A process that has been
+        reaped is never signalled: its pid may belong to someone else by now.
+        """
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signum)
+
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM) without waiting."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
 
-    def stop(self, grace_s: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""
-        if self.popen.poll() is None:
-            self.terminate()
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
-                self.popen.kill()
-                self.popen.wait()
-        return int(self.popen.returncode)
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+
+class StopRequest:
+    """SIGINT and SIGTERM received while roles run, recorded instead of raised.
+
+    A KeyboardInterrupt raised at an arbitrary point (between a fork and the
+    line that records the child, say) is how children were orphaned: the
+    launcher now turns both signals into this flag, checks it between every
+    step of start-up and while it waits, and stops everything it started
+    before it re-raises (`raise_if_set`).
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals: list[int] = []
+
+    def record(self, signum: int, _frame: FrameType | None = None) -> None:
+        self.signals.append(signum)
+        self.event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    @property
+    def hurry(self) -> bool:
+        """A second signal: the user wants out now, so cleanup skips the grace period."""
+        return len(self.signals) >= 2
+
+    def check(self) -> None:
+        if self.is_set:
+            raise RunInterrupted(self.signals[0])
+
+    def raise_if_set(self) -> None:
+        """After cleanup: SIGINT becomes KeyboardInterrupt, SIGTERM SystemExit(143)."""
+        if not self.signals:
+            return
+        if self.signals[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + self.signals[0])
+
+
+class RunInterrupted(Exception):
+    """Start-up or the wait for the clients was cut short by a signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class ProcessSet:
+    """Every role process of a run, recorded the moment it exists.
+
+    `start` appends the child before it returns, and no signal can raise in
+    between (StopRequest), so `stop_all` always reaches every child, at any
+    point of start-up.
+    """
+
+    def __init__(self, stop: StopRequest | None = None) -> None:
+        self.procs: list[RoleProcess] = []
+        self.stop = stop or StopRequest()
+
+    def start(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        run_dir: Path,
+        env: dict[str, str],
+        prefix: Sequence[str] = (),
+    ) -> RoleProcess:
+        self.stop.check()
+        proc = start_role(name, module, args, run_dir, env, prefix)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self, grace_s: float = 10.0, poll_s: float = 0.05) -> dict[str, int]:
+        """SIGTERM to every process at once (the newest first: clients before the
+        servers they talk to), one shared grace period, then SIGKILL to the rest.
+
+        A second interrupt while waiting skips what is left of the grace period.
+        Returns every process's exit code.
+        """
+        for proc in reversed(self.procs):
+            proc.terminate()
+        deadline = time.monotonic() + grace_s
+        while any(p.poll() is None for p in self.procs):
+            if time.monotonic() >= deadline or self.stop.hurry:
+                break
+            time.sleep(poll_s)
+        for proc in self.procs:
+            if proc.poll() is None:
+                log.warning("%s (pid %d) ignored SIGTERM; killing it", proc.name, proc.pid)
+                proc.kill()
+        return {proc.name: int(proc.popen.wait()) for proc in self.procs}
 
 
 def role_env(scenario: ScenarioConfig) -> dict[str, str]:
@@ -165,8 +264,10 @@ def wait_until_healthy(
     timeout_s: float,
     prefix: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    stop: StopRequest | None = None,
 ) -> None:
-    """Poll the standard health service, failing fast if the process dies.
+    """Poll the standard health service, failing fast if the process dies
+    or the launcher is interrupted (`stop`).
 
     With a namespace `prefix` the probe runs inside that namespace (the host
     cannot reach namespace addresses), as `python -m fedsllm.wire.probe`.
@@ -175,6 +276,8 @@ def wait_until_healthy(
 
     deadline = time.monotonic() + timeout_s
     while True:
+        if stop is not None:
+            stop.check()
         code = proc.poll()
         if code is not None:
             raise RoleFailed(proc, f"exited with code {code} before serving")
@@ -261,29 +364,25 @@ class RunOutcome:
 
 
 @contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit while the roles run.
+def deferred_stop_signals() -> Iterator[StopRequest]:
+    """Record SIGINT and SIGTERM in a StopRequest while the roles run.
 
-    The roles run in sessions of their own, so nothing else stops them when
-    the launcher is terminated; SIGTERM's default action would skip the
-    `finally` that stops them by pid. Only when nobody else handles SIGTERM
-    and only from the main thread (signal's rule).
+    The roles run in sessions of their own, so neither the terminal's Ctrl-C
+    nor a SIGTERM to the launcher reaches them: only the launcher's cleanup
+    does, and it must never be skipped or cut short by an exception raised
+    mid-statement. Handlers can be set only from the main thread (signal's
+    rule); elsewhere the request stays empty and the caller's handlers apply.
     """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
         return
-
-    def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    previous = {sig: signal.signal(sig, stop.record) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_processes(
@@ -293,9 +392,26 @@ def run_processes(
     tick_s: float = 0.25,
 ) -> RunOutcome:
     """Run every role on this machine: on loopback, or in network namespaces
-    joined by veth pairs (run.network = netns), which are always removed."""
-    with sigterm_as_exit():
-        return _run_here(scenario, run_dir, on_tick, tick_s)
+    joined by veth pairs (run.network = netns), which are always removed.
+
+    An interrupt (SIGINT, SIGTERM) stops every process started so far, at any
+    point, and is then re-raised: KeyboardInterrupt, or SystemExit(143).
+    """
+    with deferred_stop_signals() as stop:
+        try:
+            outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop)
+        except RunInterrupted:
+            outcome = None
+    stop.raise_if_set()
+    if outcome is None:  # pragma: no cover - RunInterrupted is raised only with a signal
+        raise RuntimeError("run interrupted without a signal")
+    return outcome
+
+
+def netns_run_id(run_dir: Path) -> str:
+    """The id that names a run's namespaces (fsl-<id>-<role>): short, and stable for
+    one run directory, so tests and cleanup can find exactly this run's names."""
+    return hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
 
 
 def _run_here(
@@ -303,19 +419,20 @@ def _run_here(
     run_dir: Path,
     on_tick: Callable[[], None] | None,
     tick_s: float,
+    stop: StopRequest,
 ) -> RunOutcome:
     if scenario.run.network == "netns":
         from fedsllm.link.netns import NetnsTopology
 
-        run_id = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+        run_id = netns_run_id(run_dir)
         topology = NetnsTopology(
             run_id, scenario.clients.num_clients, control_ports=(NETNS_PORTS["control"],)
         )
         with topology:
             return _run_processes(
-                scenario, run_dir, netns_endpoints(scenario, topology), on_tick, tick_s
+                scenario, run_dir, netns_endpoints(scenario, topology), on_tick, tick_s, stop
             )
-    return _run_processes(scenario, run_dir, loopback_endpoints(scenario), on_tick, tick_s)
+    return _run_processes(scenario, run_dir, loopback_endpoints(scenario), on_tick, tick_s, stop)
 
 
 def _run_processes(
@@ -324,6 +441,7 @@ def _run_processes(
     ends: Endpoints,
     on_tick: Callable[[], None] | None,
     tick_s: float,
+    stop: StopRequest,
 ) -> RunOutcome:
     """Start every role, wait for the clients, stop the servers; never leaves a process."""
     scenario_path = write_scenario(run_dir, scenario)
@@ -332,12 +450,12 @@ def _run_processes(
     if ends.netns_run_id:
         common += ["--netns-run-id", ends.netns_run_id]
     timeout_s = scenario.run.startup_timeout_s
-    procs: list[RoleProcess] = []
+    roles = ProcessSet(stop)
     exit_codes: dict[str, int] = {}
     failed: RoleFailed | None = None
     t0 = time.monotonic()
     try:
-        fed = start_role(
+        fed = roles.start(
             "fed_server",
             "fed_server",
             [*common, "--bind", ends.fed_addr, "--control-bind", ends.control_addr],
@@ -345,8 +463,7 @@ def _run_processes(
             env,
             ends.prefix("fed_server"),
         )
-        procs.append(fed)
-        main = start_role(
+        main = roles.start(
             "main_server",
             "main_server",
             [*common, "--bind", ends.main_addr, "--fed-address", ends.fed_addr],
@@ -354,11 +471,11 @@ def _run_processes(
             env,
             ends.prefix("main_server"),
         )
-        procs.append(main)
-        wait_until_healthy(fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), env)
-        wait_until_healthy(main, ends.main_addr, timeout_s, ends.prefix("main_server"), env)
-        clients = [
-            start_role(
+        wait_until_healthy(fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), env, stop)
+        wait_until_healthy(main, ends.main_addr, timeout_s, ends.prefix("main_server"), env, stop)
+        pending: dict[str, RoleProcess] = {}
+        for k in range(scenario.clients.num_clients):
+            client = roles.start(
                 f"client_{k}",
                 "client",
                 [
@@ -376,11 +493,9 @@ def _run_processes(
                 env,
                 ends.prefix(f"client_{k}"),
             )
-            for k in range(scenario.clients.num_clients)
-        ]
-        procs.extend(clients)
-        pending = {c.name: c for c in clients}
+            pending[client.name] = client
         while pending:
+            stop.check()
             for name, proc in list(pending.items()):
                 code = proc.poll()
                 if code is None:
@@ -395,22 +510,18 @@ def _run_processes(
                     raise RoleFailed(server, f"exited with code {code} while clients ran")
             if on_tick is not None:
                 on_tick()
-            time.sleep(tick_s)
+            stop.event.wait(tick_s)
     except RoleFailed as err:
         failed = err
     finally:
-        # Clients first (they may still be talking to the servers), then every
-        # process is signalled before any is waited for, so an interrupt during
-        # one wait cannot leave the others running.
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            code = proc.stop()
-            exit_codes.setdefault(proc.name, code)
+        # Every process is signalled before any is waited for, so an interrupt
+        # during the wait cannot leave the others running.
+        for name, code in roles.stop_all().items():
+            exit_codes.setdefault(name, code)
     if on_tick is not None:
         on_tick()
     if failed is None:
-        for proc in procs[:2]:
+        for proc in roles.procs[:2]:
             if exit_codes.get(proc.name, 0) != 0:
                 failed = RoleFailed(proc, f"exited with code {exit_codes[proc.name]} at shutdown")
     return RunOutcome(

@@ -90,3 +90,56 @@ class RunProgress:
                     f"round {rec['round']} aggregated "
                     f"({rec['extra'].get('num_clients', '?')} clients)"
                 )
+
+
+def prepare_base(scenario: ScenarioConfig, console: Any, enabled: bool = True) -> None:
+    """Pretrain the run's base once, before any role starts, and say so.
+
+    The first run with a pretrained preset spends tens of seconds training the
+    base; the roles would do it silently behind "starting". Doing it here with
+    a progress bar tells the user what happens, that it happens once, and where
+    the result is kept; every role then finds the cache.
+    """
+    from fedsllm.model.build import prepare_base as prepare
+    from fedsllm.model.pretrain import cache_dir
+
+    bar: Any = None
+    task: Any = None
+
+    def on_step(done: int, total: int, loss: float) -> None:
+        nonlocal bar, task
+        if not enabled:
+            return
+        if bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            console.print(
+                f"pretraining the {scenario.model.preset} base once ({total} steps); it is "
+                f"cached under {cache_dir()} and later runs load it in milliseconds"
+            )
+            bar = Progress(
+                TextColumn("base pretraining"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                console=console,
+                transient=True,
+            )
+            bar.__enter__()
+            task = bar.add_task("pretrain", total=total, loss="-")
+        bar.update(task, completed=done, loss=f"{loss:.3f}")
+
+    try:
+        result = prepare(scenario, on_step)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if result is None or not enabled:
+        return
+    if result.cache_hit:
+        console.print(f"base model: pretrained {scenario.model.preset} loaded from the cache")
+    else:
+        console.print(
+            f"base model pretrained in {result.seconds:.1f} s (loss {result.first_loss:.3f} "
+            f"-> {result.last_loss:.3f}), cached at {result.cache_path}"
+        )

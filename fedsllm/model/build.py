@@ -100,6 +100,27 @@ def _load_checkpoint(scenario: Any) -> Any:
     return model
 
 
+def prepare_base(scenario: Any, on_step: Any = None) -> Any:
+    """Pretrain and cache the scenario's base once, before any role starts.
+
+    Every role builds the same base; a preset that is pretrained (a few hundred
+    steps, tens of seconds on a CPU the first time) would otherwise leave the
+    launcher silent while one role trains and the others wait on the cache
+    lock. Returns the `PretrainResult` (with `cache_hit`), or None when the base
+    needs no pretraining (a checkpoint, a preset that is not pretrained, or
+    model.pretrain_steps = 0). `on_step(done, total, loss)` sees every step.
+    """
+    if scenario.model.path or scenario.model.pretrain_steps <= 0:
+        return None
+    if scenario.model.preset not in PRETRAIN_PRESETS:
+        return None
+    from fedsllm.data.tokenizer import load_tokenizer
+    from fedsllm.model.pretrain import pretrain_base
+
+    vocab_size = load_tokenizer(scenario).vocab_size
+    return pretrain_base(build_preset_model(scenario, vocab_size), scenario, vocab_size, on_step)
+
+
 def build_base_model(scenario: Any, vocab_size: int) -> Any:
     """The run's frozen base model (eval mode, requires_grad False everywhere).
 

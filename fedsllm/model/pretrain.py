@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,10 @@ Llama's rotary positions are relative, so 128-token blocks carry over."""
 
 WARMUP_STEPS = 20
 """Linear learning-rate warmup steps (capped at a tenth of the run)."""
+
+StepCallback = Callable[[int, int, float], None]
+"""Called after every pretraining step with (steps done, steps in all, loss), so a
+launcher can show what the first, slow start of a run is doing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,14 @@ def mean_loss(model: Any, blocks: torch.Tensor, batch_size: int = PRETRAIN_BATCH
     return total / max(count, 1)
 
 
-def train_base(model: Any, steps: int, lr: float, seq_len: int, seed: int) -> tuple[float, float]:
+def train_base(
+    model: Any,
+    steps: int,
+    lr: float,
+    seq_len: int,
+    seed: int,
+    on_step: StepCallback | None = None,
+) -> tuple[float, float]:
     """Train every parameter of `model` for `steps` AdamW steps; returns (first, last) loss.
 
     Runs under `torch.manual_seed(seed)` inside a forked RNG so the caller's
@@ -161,6 +172,8 @@ def train_base(model: Any, steps: int, lr: float, seq_len: int, seed: int) -> tu
             last = loss.item()
             if step == 0:
                 first = last
+            if on_step is not None:
+                on_step(step + 1, steps, last)
             if step % 100 == 0 or step == steps - 1:
                 log.debug("pretrain step %d/%d loss %.4f", step + 1, steps, last)
     model.requires_grad_(False)
@@ -203,10 +216,13 @@ def _save_atomic(model: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def pretrain_base(model: Any, scenario: Any, vocab_size: int) -> PretrainResult:
+def pretrain_base(
+    model: Any, scenario: Any, vocab_size: int, on_step: StepCallback | None = None
+) -> PretrainResult:
     """Load the cached pretrained weights into `model`, training and caching them first
     if no process has yet. The model ends in eval mode with whatever requires_grad
-    it had turned off (build.py freezes it anyway)."""
+    it had turned off (build.py freezes it anyway). `on_step` sees every training
+    step (none on a cache hit)."""
     steps = scenario.model.pretrain_steps
     lr = scenario.model.pretrain_lr
     seq_len = min(scenario.data.seq_len, MAX_BLOCK_LEN)
@@ -236,7 +252,7 @@ def pretrain_base(model: Any, scenario: Any, vocab_size: int) -> PretrainResult:
             seq_len,
             scenario.seed,
         )
-        first, last = train_base(model, steps, lr, seq_len, scenario.seed)
+        first, last = train_base(model, steps, lr, seq_len, scenario.seed, on_step)
         _save_atomic(model, path)
     seconds = time.perf_counter() - start
     log.info(

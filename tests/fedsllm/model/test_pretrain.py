@@ -116,3 +116,40 @@ def test_concurrent_processes_train_once_and_agree(tmp_path):
     assert sum(out.count("pretraining tiny-llama base") for out in outputs) == 1
     assert sum(out.count("loaded from cache") for out in outputs) == 2
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_prepare_base_reports_every_step_once_then_hits_the_cache(tiny_scenario):
+    """The launcher pretrains before the roles start, with progress; a second run
+    finds the cache and reports no steps."""
+    from fedsllm.model.build import prepare_base
+
+    scenario = tiny_scenario("tiny-llama", pretrain_steps=3, seq_len=16)
+    steps: list[tuple[int, int]] = []
+    first = prepare_base(scenario, lambda done, total, loss: steps.append((done, total)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert first is not None and not first.cache_hit
+    steps.clear()
+    second = prepare_base(scenario, lambda done, total, loss: steps.append((done, total)))
+    assert second is not None and second.cache_hit and steps == []
+    assert prepare_base(tiny_scenario("tiny-llama", pretrain_steps=0)) is None
+
+
+def test_run_says_it_pretrains_once_and_where_the_cache_is(tiny_scenario):
+    """What `fedsllm run` prints before the roles start (it was 40 s of 'starting')."""
+    import io
+
+    from rich.console import Console
+
+    from fedsllm.progress import prepare_base
+
+    scenario = tiny_scenario("tiny-llama", pretrain_steps=2, seq_len=16)
+    out = io.StringIO()
+    prepare_base(scenario, Console(file=out, width=200), enabled=True)
+    text = out.getvalue()
+    assert "pretraining the tiny-llama base once (2 steps)" in text
+    assert str(cache_dir()) in text and "later runs load it" in text
+    assert "base model pretrained in" in text
+    out = io.StringIO()
+    prepare_base(scenario, Console(file=out, width=200), enabled=True)
+    assert "loaded from the cache" in out.getvalue()
+    assert "pretraining" not in out.getvalue()
