@@ -3,7 +3,11 @@
 Reads the scenario (flags are sugar for --set overrides), builds the delay
 inputs, runs fedsllm.delay.policies and renders a rich table, or one JSON
 document (--json) holding the per-client inputs actually used and every
-policy's result, enough to recompute the optimum elsewhere.
+policy's result, enough to recompute the optimum elsewhere. Each baseline
+is compared as the optimum's percent less delay, unless
+fedsllm.delay.policies.judge flags it absurd (over ABSURD_FACTOR times the
+optimum's delay) or infeasible: then the table says so, with the reason,
+and the JSON leaves the percentages null.
 """
 
 from __future__ import annotations
@@ -68,12 +72,42 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _policy_doc(result: Any, inputs: Any, equal_delay_s: float | None) -> dict[str, Any]:
+    """One policy's allocation (if any) plus its verdict; percentages only when it is ok."""
+    alloc = result.allocation
+    doc: dict[str, Any] = {"policy": result.policy, "total_delay_s": None}
+    if alloc is not None:
+        doc = alloc.to_dict()
+        doc["bits_per_round"] = (alloc.n * inputs.bits_per_iter + inputs.omega_bits).tolist()
+    ok = result.status == "ok"
+    doc.update(
+        verdict=result.status,
+        verdict_label=result.label,
+        verdict_reason=result.reason,
+        delay_ratio_to_optimal=result.delay_ratio,
+        optimal_less_delay=result.optimal_less_delay,
+        reduction_vs_equal=(
+            1.0 - alloc.total_delay_s / equal_delay_s
+            if ok and alloc is not None and equal_delay_s
+            else None
+        ),
+    )
+    return doc
+
+
 def plan_document(scenario: Any, round_index: int = 0) -> dict[str, Any]:
-    """Inputs, counts and every policy's allocation of `scenario`, JSON-ready."""
+    """Inputs, counts and every policy's allocation and verdict of `scenario`, JSON-ready.
+
+    Per policy: the allocation's fields, `verdict` (ok, absurd, infeasible),
+    `verdict_label` (what the table prints), `verdict_reason`,
+    `delay_ratio_to_optimal` (T / T_optimal), `optimal_less_delay` (1 -
+    T_optimal / T) and `reduction_vs_equal` (1 - T / T_equal); the last two
+    are null when the policy is flagged.
+    """
     import dataclasses
 
     from fedsllm.delay.inputs import delay_inputs
-    from fedsllm.delay.policies import read_shares_file, reduction, solve_policies
+    from fedsllm.delay.policies import ABSURD_FACTOR, compare_policies, read_shares_file
     from fedsllm.link.channel import client_distances
     from fedsllm.model.counts import count_scenario
 
@@ -81,10 +115,11 @@ def plan_document(scenario: Any, round_index: int = 0) -> dict[str, Any]:
     inputs = delay_inputs(scenario, round_index, counts)
     pol = scenario.policy
     fractions = read_shares_file(pol.shares_file, inputs.num_clients) if pol.shares_file else None
-    results = solve_policies(
+    results = compare_policies(
         inputs, pol.solver, pol.fixed_eta, fractions, pol.num_random_draws, scenario.seed
     )
     equal = results["equal"]
+    equal_delay = equal.allocation.total_delay_s if equal.allocation is not None else None
     inp = inputs.to_dict()
     inp["distance_m"] = client_distances(scenario).tolist()
     inp["snr_hz"] = inputs.snr_hz.tolist()
@@ -96,13 +131,7 @@ def plan_document(scenario: Any, round_index: int = 0) -> dict[str, Any]:
         client_adapter_bytes=counts.client_adapter_bytes,
         server_adapter_bytes=counts.server_adapter_bytes,
     )
-    policies = {}
-    for name, alloc in results.items():
-        doc = alloc.to_dict()
-        n = alloc.n
-        doc["bits_per_round"] = (n * inputs.bits_per_iter + inputs.omega_bits).tolist()
-        doc["reduction_vs_equal"] = reduction(alloc, equal)
-        policies[name] = doc
+    policies = {name: _policy_doc(result, inputs, equal_delay) for name, result in results.items()}
     return _finite(
         {
             "model_section": "docs/MODEL.md sections 2-5",
@@ -111,13 +140,15 @@ def plan_document(scenario: Any, round_index: int = 0) -> dict[str, Any]:
             "counts": counts_doc,
             "inputs": inp,
             "policies": policies,
-            "optimal_reduction_vs_equal": reduction(results["optimal"], equal),
+            "absurd_factor": ABSURD_FACTOR,
+            "optimal_reduction_vs_equal": equal.optimal_less_delay,
         }
     )
 
 
 def _render(doc: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     # Narrow terminals (and captured output) would fold the numbers; keep them readable.
@@ -137,10 +168,19 @@ def _render(doc: dict[str, Any]) -> None:
         "N",
         "T with n_int (s)",
         "round (s)",
-        "reduction vs equal",
+        "optimal: % less delay",
     ):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, p in policies.items():
+        if p["verdict"] == "infeasible":
+            table.add_row(name, *["-"] * 7, "infeasible")
+            continue
+        if name == "optimal":
+            compared = "-"
+        elif p["verdict"] == "ok":
+            compared = f"{100 * p['optimal_less_delay']:.2f}%"
+        else:
+            compared = p["verdict_label"]
         table.add_row(
             name,
             f"{p['total_delay_s']:.4g}",
@@ -150,9 +190,20 @@ def _render(doc: dict[str, Any]) -> None:
             f"{p['num_rounds']:.3f}",
             f"{p['total_delay_int_s']:.4g}",
             f"{p['round_time_s']:.4g}",
-            f"{100 * p['reduction_vs_equal']:.2f}%",
+            compared,
         )
     console.print(table)
+    flagged = [(n, p) for n, p in policies.items() if p["verdict"] != "ok"]
+    if flagged:
+        console.print(
+            f"Flagged baselines (absurd = more than {doc['absurd_factor']:g}x the optimum's "
+            "delay, not compared in percent):"
+        )
+        for name, p in flagged:
+            console.print(
+                f"  {name}: {escape(p['verdict_label'])}: {escape(p['verdict_reason'])}",
+                soft_wrap=True,
+            )
     opt = policies["optimal"]
     inp = doc["inputs"]
     clients = Table(title=f"Optimal allocation per client ({opt['solver']}/{opt['backend']})")
@@ -183,10 +234,17 @@ def _render(doc: dict[str, Any]) -> None:
             f"{opt['client_round_s'][k]:.4g}",
         )
     console.print(clients)
-    console.print(
-        f"Optimum cuts the delay by {100 * doc['optimal_reduction_vs_equal']:.2f}% "
-        "against equal shares at the fixed eta (the unoptimized case)."
-    )
+    equal = policies["equal"]
+    if equal["verdict"] == "ok":
+        console.print(
+            f"The optimum takes {100 * doc['optimal_reduction_vs_equal']:.2f}% less delay than "
+            "equal shares at the fixed eta (the unoptimized case)."
+        )
+    else:
+        console.print(
+            f"Equal shares at the fixed eta (the unoptimized case) are {equal['verdict_label']}: "
+            "no percentage is meaningful against them."
+        )
 
 
 def run(args: argparse.Namespace) -> int:

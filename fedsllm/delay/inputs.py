@@ -32,6 +32,13 @@ _PER_CLIENT = (
 )
 
 
+MIN_ROUNDS_CONSTANT = 1.0
+"""Least rounds constant a accepted. N(eta) = a / (1 - eta) > a for every eta in (0, 1),
+so a >= 1 is exactly what keeps every policy's continuous N >= 1, whatever eta it
+fixes or finds; below it the model would promise less than the one round a run does.
+Checked here because plan, sweep and the allocation controller all build DelayInputs."""
+
+
 def _check(ok: bool, path: str, value: Any, reason: str) -> None:
     if not ok:
         raise ConfigError(path, value, reason)
@@ -72,7 +79,7 @@ class DelayInputs:
     noise_psd_w_per_hz: float
     """N0."""
     a: float
-    """Rounds constant, N(eta) = a / (1 - eta)."""
+    """Rounds constant, N(eta) = a / (1 - eta); >= MIN_ROUNDS_CONSTANT."""
     v: float
     """Local-iteration constant, n(eta) = v log2(1/eta)."""
     batch_size: int
@@ -112,6 +119,14 @@ class DelayInputs:
         for name in ("bandwidth_hz", "noise_psd_w_per_hz", "a", "v"):
             value = float(getattr(self, name))
             _check(math.isfinite(value) and value > 0, f"DelayInputs.{name}", value, "must be > 0")
+        _check(
+            self.a >= MIN_ROUNDS_CONSTANT,
+            "convergence.a",
+            self.a,
+            f"must be >= {MIN_ROUNDS_CONSTANT:g}: N(eta) = a / (1 - eta) global rounds falls "
+            "below 1 for eta < 1 - a, a plan of less than one round; rerun `fedsllm calibrate` "
+            "with a target loss the runs need several rounds to reach, or set convergence.a >= 1",
+        )
         for name in ("aggregation_s", "downlink_bps"):
             value = float(getattr(self, name))
             _check(

@@ -1,14 +1,17 @@
 """Parameter sweeps of the delay model (docs/MODEL.md section 5): delay per policy against a knob.
 
 Each point varies one scenario parameter, averages random placements over a
-few seeds, and records every policy's mean delay and the optimum's
-reduction against the unoptimized case (equal shares, fixed eta), the
-figure the paper reports as 47.63% on average. Pure: takes a scenario dict,
-returns rows; files and plots are fedsllm.cli.sweep's job.
+few seeds, and records every policy's mean delay, its verdict against the
+optimum (fedsllm.delay.policies.judge_delay on the mean delays: ok, absurd
+or infeasible) and the optimum's reduction against the unoptimized case
+(equal shares, fixed eta), the figure the paper reports as 47.63% on
+average. Pure: takes a scenario dict, returns rows; files and plots are
+fedsllm.cli.sweep's job.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +51,22 @@ class SweepPoint:
     value: float
     num_seeds: int
     mean_delay_s: dict[str, float]
+    """inf for a policy infeasible at some seed."""
     mean_eta: dict[str, float]
+    """NaN for a policy infeasible at some seed."""
     reduction: float
-    """1 - mean T(optimal) / mean T(equal)."""
+    """1 - mean T(optimal) / mean T(equal): the optimum's fraction less delay than equal."""
     per_seed_reduction: list[float] = field(default_factory=list)
+    status: dict[str, str] = field(default_factory=dict)
+    """Per policy: ok, absurd or infeasible (fedsllm.delay.policies.judge_delay)."""
+    delay_ratio: dict[str, float] = field(default_factory=dict)
+    """Per policy: mean T / mean T(optimal); inf when infeasible."""
+
+    def label(self, policy: str) -> str:
+        """The flag a report prints for `policy` here ("" when ok)."""
+        from fedsllm.delay.policies import verdict_label
+
+        return verdict_label(self.status.get(policy, "ok"), self.delay_ratio.get(policy, 1.0))
 
 
 def check_param(param: str) -> None:
@@ -75,7 +90,8 @@ def sweep(
     """
     from fedsllm.config import apply_overrides, from_dict
     from fedsllm.delay.inputs import delay_inputs
-    from fedsllm.delay.policies import solve_policy
+    from fedsllm.delay.policies import STATUS_INFEASIBLE, judge_delay, solve_policy
+    from fedsllm.errors import AllocationError
     from fedsllm.model.counts import count_scenario
 
     check_param(param)
@@ -105,12 +121,27 @@ def sweep(
                 inputs = inputs.replace(bits_per_iter=inputs.bits_per_iter * value)
             pol = scenario.policy
             for name in policies:
-                alloc = solve_policy(
-                    inputs, name, solver, pol.fixed_eta, None, pol.num_random_draws, scenario.seed
-                )
+                try:
+                    alloc = solve_policy(
+                        inputs,
+                        name,
+                        solver,
+                        pol.fixed_eta,
+                        None,
+                        pol.num_random_draws,
+                        scenario.seed,
+                    )
+                except AllocationError as err:
+                    # A baseline that cannot finish a round is a result; the optimum's is not.
+                    if name == "optimal" or err.status != STATUS_INFEASIBLE:
+                        raise
+                    totals[name].append(math.inf)
+                    etas[name].append(math.nan)
+                    continue
                 totals[name].append(alloc.total_delay_s)
                 etas[name].append(alloc.eta)
         mean = {p: float(np.mean(v)) for p, v in totals.items()}
+        t_opt = mean["optimal"]
         points.append(
             SweepPoint(
                 param=param,
@@ -118,15 +149,23 @@ def sweep(
                 num_seeds=num_seeds,
                 mean_delay_s=mean,
                 mean_eta={p: float(np.mean(v)) for p, v in etas.items()},
-                reduction=1.0 - mean["optimal"] / mean["equal"],
+                reduction=1.0 - t_opt / mean["equal"],
                 per_seed_reduction=[
                     1.0 - o / e for o, e in zip(totals["optimal"], totals["equal"], strict=True)
                 ],
+                status={p: judge_delay(t, t_opt) for p, t in mean.items()},
+                delay_ratio={p: t / t_opt for p, t in mean.items()},
             )
         )
     return points
 
 
 def average_reduction(points: Sequence[SweepPoint]) -> float:
-    """Mean over points of the per-point reduction of the optimum against equal."""
-    return float(np.mean([p.reduction for p in points]))
+    """Mean over points of the per-point reduction of the optimum against equal.
+
+    Points where equal itself is flagged (absurd or infeasible) are left out:
+    a reduction near 100% there would be a starved client's, not the
+    allocation's. NaN when no point is left.
+    """
+    kept = [p.reduction for p in points if p.status.get("equal", "ok") == "ok"]
+    return float(np.mean(kept)) if kept else math.nan

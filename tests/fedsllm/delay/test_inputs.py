@@ -89,3 +89,22 @@ def test_zero_clients_rejected(make_inputs) -> None:
             omega_bits=empty,
         )
     assert err.value.path == "clients.num_clients"
+
+
+@pytest.mark.parametrize("a", [0.999, 0.5, 1e-6])
+def test_rounds_constant_below_one_is_refused(make_inputs, a: float) -> None:
+    """N(eta) = a / (1 - eta) < 1 for eta < 1 - a: a plan of less than one round. Refused
+    where plan, sweep and the controller all pass (DelayInputs), naming the scenario field
+    and the way out."""
+    with pytest.raises(ConfigError) as err:
+        make_inputs(0, 3).replace(a=a)
+    assert err.value.path == "convergence.a" and err.value.value == a
+    assert "fedsllm calibrate" in err.value.reason
+    with pytest.raises(ConfigError) as err:
+        delay_inputs(load_scenario(None, [f"convergence.a={a}"]))
+    assert err.value.path == "convergence.a"
+
+
+def test_rounds_constant_of_one_and_the_default_are_accepted(make_inputs) -> None:
+    assert make_inputs(0, 3).replace(a=1.0).a == 1.0
+    assert delay_inputs(load_scenario(None)).a == 4.0

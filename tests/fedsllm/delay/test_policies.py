@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
+from fedsllm.delay import policies
 from fedsllm.delay.policies import (
+    ABSURD_FACTOR,
     PLAN_ROUND,
     POLICY_NAMES,
+    compare_policies,
+    format_factor,
+    judge_delay,
     policy_shares,
     read_shares_file,
     reduction,
@@ -126,3 +133,57 @@ def test_bad_policy_arguments(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         solve_policy(random_inputs(7, 3), **kwargs)
     assert err.value.path == field
+
+
+@pytest.mark.parametrize(
+    "delay_s,status",
+    [
+        (100.0, "ok"),
+        (1000.0, "ok"),  # exactly ABSURD_FACTOR times the optimum is still compared
+        (1000.001, "absurd"),
+        (2.7e6, "absurd"),
+        (math.inf, "infeasible"),
+        (math.nan, "infeasible"),
+    ],
+)
+def test_one_criterion_for_absurd(delay_s: float, status: str) -> None:
+    assert ABSURD_FACTOR == 10.0
+    assert judge_delay(delay_s, 100.0) == status
+
+
+def test_proportional_starves_the_weakest_client_and_is_flagged() -> None:
+    """The explosion of issue 8: b_k ~ g_k gives the weakest channel ~1e-6 of B (gains
+    spread over 60 dB), its rate collapses and its round sets T. The policy is what
+    docs/MODEL.md defines, so it is kept and flagged, not printed as -1012232%."""
+    inputs = random_inputs(3, 50)
+    results = compare_policies(inputs, num_random_draws=5, seed=1)
+    assert set(results) == set(POLICY_NAMES) - {"fixed"}
+    prop = results["proportional"]
+    assert prop.status == "absurd" and prop.delay_ratio > ABSURD_FACTOR
+    assert prop.label == f"absurd ({format_factor(prop.delay_ratio)} the optimum)"
+    assert prop.optimal_less_delay is None
+    weakest = int(np.argmin(inputs.gain))
+    assert f"client {weakest} " in prop.reason
+    assert prop.allocation is not None
+    assert prop.allocation.bandwidth_hz[weakest] < 1e-4 * inputs.bandwidth_hz
+    best = results["optimal"]
+    assert best.status == "ok" and best.delay_ratio == 1.0 and best.optimal_less_delay == 0.0
+    for name in ("equal", "equal_opt_eta", "opt_fixed_eta"):
+        res = results[name]
+        assert res.status == "ok" and res.label == "", name
+        t = res.allocation.total_delay_s
+        assert res.optimal_less_delay == pytest.approx(1 - best.allocation.total_delay_s / t)
+        assert 0.0 <= res.optimal_less_delay < 1.0
+
+
+def test_an_infeasible_baseline_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_shares(name: str, *args: object, **kwargs: object) -> np.ndarray:
+        raise AllocationError(f"{name}: a client gets no band", status="infeasible")
+
+    monkeypatch.setattr(policies, "policy_shares", no_shares)
+    results = compare_policies(random_inputs(2, 4), names=("optimal", "proportional"))
+    prop = results["proportional"]
+    assert prop.status == "infeasible" and prop.allocation is None
+    assert prop.label == "infeasible" and math.isinf(prop.delay_ratio)
+    assert "no band" in prop.reason
+    assert results["optimal"].status == "ok"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from fedsllm.config import load_dict
-from fedsllm.delay.sweeps import average_reduction, sweep
+from fedsllm.delay.policies import ABSURD_FACTOR
+from fedsllm.delay.sweeps import SweepPoint, average_reduction, sweep
 from fedsllm.errors import ConfigError
 
 
@@ -52,3 +55,39 @@ def test_bad_sweep_arguments() -> None:
     with pytest.raises(ConfigError) as err:
         sweep(load_dict(None), "bandwidth_mhz", [-1.0], num_seeds=1)
     assert err.value.path == "channel.bandwidth_hz"
+
+
+def test_sweep_flags_absurd_baselines() -> None:
+    """Proportional at K = 10 is thousands of times the optimum (issue 8): the point says
+    so, with the factor, while the paper's baselines stay ok."""
+    base = load_dict(None)
+    (point,) = sweep(
+        base, "num_clients", [10], num_seeds=1, policies=("optimal", "equal", "proportional")
+    )
+    ratio = point.delay_ratio["proportional"]
+    assert point.status == {"optimal": "ok", "equal": "ok", "proportional": "absurd"}
+    assert ratio == pytest.approx(
+        point.mean_delay_s["proportional"] / point.mean_delay_s["optimal"]
+    )
+    assert ratio > ABSURD_FACTOR
+    assert point.label("proportional").startswith("absurd (x")
+    assert point.label("equal") == ""
+
+
+def _point(reduction: float, equal_status: str) -> SweepPoint:
+    return SweepPoint(
+        param="num_clients",
+        value=1.0,
+        num_seeds=1,
+        mean_delay_s={"optimal": 1.0, "equal": 1.0 / (1.0 - reduction)},
+        mean_eta={"optimal": 0.5, "equal": 0.5},
+        reduction=reduction,
+        status={"optimal": "ok", "equal": equal_status},
+        delay_ratio={"optimal": 1.0, "equal": 1.0 / (1.0 - reduction)},
+    )
+
+
+def test_average_leaves_out_points_where_equal_is_flagged() -> None:
+    points = [_point(0.3, "ok"), _point(0.5, "ok"), _point(0.99, "absurd")]
+    assert average_reduction(points) == pytest.approx(0.4)
+    assert math.isnan(average_reduction([_point(0.99, "absurd")]))
