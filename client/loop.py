@@ -29,6 +29,9 @@ class StepReply:
     num_tokens: int
     grad: torch.Tensor | None
     server_compute_s: float
+    downlink_bps: float = 0.0
+    """The rate the main server paced this reply's gradient at: what the step's
+    request asked for, bit/s (0 = not paced: the downlink is unshaped)."""
 
 
 class MainServerLink(Protocol):
@@ -49,6 +52,13 @@ class MainServerLink(Protocol):
         """Block for the reply to the last step; returns it and the bytes received."""
 
 
+class GlobalPull(Protocol):
+    """A pull of the global adapter whose wait is over: the transfer has begun."""
+
+    def read(self) -> tuple[int, bytes | None]:
+        """The rest of the transfer: (round the adapter is from, blob or None)."""
+
+
 class FedServerLink(Protocol):
     def join(self, num_samples: int) -> tuple[int, int]:
         """Returns (current round, number of rounds)."""
@@ -56,8 +66,10 @@ class FedServerLink(Protocol):
     def push_adapter(self, round_index: int, blob: bytes) -> None:
         """Raises StateError when the round went on without this client (a straggler)."""
 
-    def pull_global(self, round_index: int) -> tuple[int, bytes | None]:
-        """The global adapter of round `round_index` or a later one, with its round."""
+    def pull_global(self, round_index: int) -> GlobalPull:
+        """Blocks until the fed server starts sending the global adapter of round
+        `round_index` or a later one (the wait for the round to close); the returned
+        pull then carries the transfer."""
 
 
 class RoundPlan(Protocol):
@@ -121,7 +133,10 @@ class ClientTrainer:
         with tr.span("wait_reply", round=round_index, step=step) as span:
             reply, num_bytes = self.main.receive_reply(round_index, step)
             span.bytes = num_bytes
-            span.extra = {"server_compute_s": reply.server_compute_s}
+            span.extra = {
+                "server_compute_s": reply.server_compute_s,
+                "downlink_bps": reply.downlink_bps,
+            }
         if reply.grad is None:
             raise RuntimeError(f"round {round_index} step {step}: train reply has no gradient")
 
@@ -177,8 +192,12 @@ class ClientTrainer:
         round, when the run has moved on; returns the round it came from."""
         if self.loaded_round >= round_index:
             return self.loaded_round
+        # Two spans: the wait for the round to close (the slowest client's upload and
+        # the aggregation) is not download time; global_download is the transfer only.
+        with self.tracer.span("wait_global", round=round_index):
+            pull = self.fed.pull_global(round_index)
         with self.tracer.span("global_download", round=round_index + 1) as span:
-            done, blob = self.fed.pull_global(round_index)
+            done, blob = pull.read()
             span.bytes = len(blob) if blob else 0
         if blob is not None:
             self.load_state(self.part, self.from_bytes(blob, self.part))

@@ -8,6 +8,7 @@ network earlier than the emulated link allows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -59,6 +60,7 @@ class MainServerStream:
         to stamp each step so the receiver can measure its one-way transfer."""
         self._queue = RequestQueue()
         self._sent_shape: tuple[int, ...] | None = None
+        self._sent_downlink_bps = 0.0
         self._call = main_grpc.MainServerStub(channel).Train(self._queue)
         self._downlink = read_downlink(self._call, self._reply_specs)
         self._queue.put(
@@ -107,6 +109,7 @@ class MainServerStream:
             sent_unix_s=self.now(),
             initial_adapter=initial_adapter and not train,
         )
+        self._sent_downlink_bps = header.downlink_bps
         total = 0
         for request in step_upload_requests(header, frames, self.chunk_bytes):
             size = request.ByteSize()
@@ -142,6 +145,7 @@ class MainServerStream:
             num_tokens=result.num_tokens,
             grad=grad,
             server_compute_s=result.server_compute_s,
+            downlink_bps=self._sent_downlink_bps,
         ), num_bytes
 
     def close(self) -> None:
@@ -210,11 +214,29 @@ class FedServerClient:
                 ) from None
             raise
 
-    def pull_global(self, round_index: int) -> tuple[int, bytes | None]:
+    def pull_global(self, round_index: int) -> GlobalStream:
         if round_index < 0:
-            return -1, None  # before round 0 every client holds the same seeded init
+            return GlobalStream(None)  # before round 0 every client holds the same seeded init
         request = fed_server_pb2.PullGlobalRequest(client_id=self.client_id, round=round_index)
-        header, blob = read_pull(self.stub.PullGlobal(request, timeout=self.pull_timeout_s))
+        responses = self.stub.PullGlobal(request, timeout=self.pull_timeout_s)
+        # The fed server answers only once the round has closed: the first message's
+        # arrival ends the wait, and the transfer is what follows (that header's own
+        # few bytes, and a propagation delay if one is set, fall in the wait).
+        first = next(responses, None)
+        return GlobalStream(itertools.chain([] if first is None else [first], responses))
+
+
+class GlobalStream:
+    """The rest of a PullGlobal stream whose wait is over (GlobalPull); None: nothing to
+    pull (before round 0)."""
+
+    def __init__(self, responses: Iterator[Any] | None) -> None:
+        self._responses = responses
+
+    def read(self) -> tuple[int, bytes | None]:
+        if self._responses is None:
+            return -1, None
+        header, blob = read_pull(self._responses)
         return (header.round if header.has_adapter else -1), blob
 
 

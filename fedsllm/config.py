@@ -15,6 +15,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -571,5 +572,80 @@ def load_dict(path: str | Path | None) -> dict[str, Any]:
 def load_scenario(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> ScenarioConfig:
-    """Load, override and validate a scenario; the one entry point for configs."""
-    return from_dict(apply_overrides(load_dict(path), overrides or []))
+    """Load, override and validate a scenario; the one entry point for configs.
+
+    Explicit overrides of fields the scenario's policy ignores are refused
+    (`check_overrides_apply`); the same values written in the file are not,
+    since a file may serve several policies.
+    """
+    scenario = from_dict(apply_overrides(load_dict(path), overrides or []))
+    check_overrides_apply(overrides or [], scenario.policy.name)
+    return scenario
+
+
+def policy_name_of(path: str | Path | None, overrides: list[str]) -> Any:
+    """policy.name once `overrides` apply to the file (not validated: the loader does that).
+
+    The flag mapper needs it before loading, to know what --rounds means.
+    """
+    data = apply_overrides(load_dict(path), overrides)
+    policy = data.get("policy", {})
+    return policy.get("name", PolicyConfig().name) if isinstance(policy, dict) else None
+
+
+def _planning_only(policy: str) -> bool:
+    return policy != "fixed_steps"
+
+
+POLICY_BOUND_FIELDS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "training.num_rounds": (
+        _planning_only,
+        "is ignored by policy {policy}, whose plan decides the rounds; set "
+        "policy.max_rounds={value} (run --rounds / compare --rounds) to run the first "
+        "{value} rounds of the plan, or policy.name='fixed_steps' to run exactly {value}",
+    ),
+    "training.num_local_steps": (
+        _planning_only,
+        "is ignored by policy {policy}, whose plan decides the local steps (n from its "
+        "eta); set policy.name='fixed_steps' to fix them",
+    ),
+    "policy.max_rounds": (
+        lambda policy: not _planning_only(policy),
+        "is ignored by policy {policy}, which has no plan to cut short; set "
+        "training.num_rounds={value} instead",
+    ),
+}
+"""Fields that only some policies read -> (is it ignored under this policy?, the reason,
+which names the field that does apply). An override of one of them that the policy
+would silently drop is refused instead."""
+
+
+def _override_paths(overrides: list[str]) -> list[tuple[str, Any]]:
+    """(dotted path, value) of every leaf an override sets: `training={num_rounds=3}`
+    sets training.num_rounds just as `training.num_rounds=3` does."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(path: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{path}.{key}" if path else str(key), sub)
+        else:
+            out.append((path, value))
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if sep:
+            walk(key.strip(), _parse_override_value(raw.strip()))
+    return out
+
+
+def check_overrides_apply(overrides: list[str], policy: str) -> None:
+    """Refuse an explicit override (--set or a flag) that `policy` would ignore.
+
+    A run that silently drops `--set training.num_rounds=3` runs the whole plan
+    instead of 3 rounds; the error names the field that does apply.
+    """
+    for path, value in _override_paths(overrides):
+        bound = POLICY_BOUND_FIELDS.get(path)
+        if bound is not None and bound[0](policy):
+            raise ConfigError(path, value, bound[1].format(policy=policy, value=value))

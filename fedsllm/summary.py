@@ -39,6 +39,13 @@ class ClientLink:
     allocated_bandwidth_hz: float
     overrun_s: float
     """Client compute time beyond the emulated device's (0 = emulation held)."""
+    downlink_bps: float = 0.0
+    """Rate the main server paced this client's activation gradients at (what its
+    training steps asked for, mean over the paced steps), bit/s; 0 = unshaped, not
+    paced: channel.downlink_bps = 0 (the default), no controller (policy fixed_steps)
+    or link.backend none."""
+    downlink_paced: bool = False
+    """Whether any of this client's training-step gradients were paced."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,11 @@ class RunSummary:
 
 
 def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
-    """Allocated against achieved uplink rate, and device overruns, per client."""
+    """Allocated against achieved uplink rate, the downlink rate gradients were paced
+    at, and device overruns, per client."""
     allocated: dict[int, list[float]] = defaultdict(list)
+    allocated_down: dict[int, list[float]] = defaultdict(list)
+    asked_down: dict[int, list[float]] = defaultdict(list)
     bandwidth: dict[int, list[float]] = defaultdict(list)
     sent: dict[int, float] = defaultdict(float)
     took: dict[int, float] = defaultdict(float)
@@ -66,7 +76,12 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
         if rec["kind"] == "event" and rec["name"] == "allocation":
             if float(extra["uplink_bps"]) > 0:  # 0 means unshaped, not a rate
                 allocated[rec["client"]].append(float(extra["uplink_bps"]))
+            allocated_down[rec["client"]].append(float(extra.get("downlink_bps", 0.0)))
             bandwidth[rec["client"]].append(float(extra["bandwidth_hz"]))
+        elif rec["name"] == "wait_reply" and "downlink_bps" in extra:
+            # The rate the step's request asked the main server to pace its gradient
+            # at (0 = not paced): what happened, whatever was allocated.
+            asked_down[rec["client"]].append(float(extra["downlink_bps"]))
         elif rec["name"] == "server_compute" and extra.get("mode") == "train":
             clients.add(rec["client"])
             sent[rec["client"]] += float(extra.get("uplink_bytes", 0))
@@ -76,6 +91,8 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
     out = []
     for k in sorted(clients | set(allocated)):
         rates, hz = allocated.get(k, []), bandwidth.get(k, [])
+        # Traces from before clients recorded the rate fall back to the allocations.
+        down = [x for x in asked_down.get(k, allocated_down.get(k, [])) if x > 0]
         out.append(
             ClientLink(
                 client=k,
@@ -83,6 +100,8 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
                 achieved_uplink_bps=8 * sent[k] / took[k] if took.get(k) else math.nan,
                 allocated_bandwidth_hz=sum(hz) / len(hz) if hz else math.nan,
                 overrun_s=overrun.get(k, 0.0),
+                downlink_bps=sum(down) / len(down) if down else 0.0,
+                downlink_paced=bool(down),
             )
         )
     return out

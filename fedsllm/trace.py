@@ -17,7 +17,12 @@ Record schema (one JSON object per line):
     extra  free-form dict (loss, num_tokens, overrun_s, ...)
 
 Phase names: client_forward, uplink, server_compute, downlink,
-client_backward, adapter_upload, aggregation, global_download, wait_reply, eval.
+client_backward, adapter_upload, aggregation, wait_global, global_download,
+wait_reply, eval. wait_global (round r) is a client's wait for round r to
+close (the slowest client's upload and the aggregation) until the fed server
+starts sending the global adapter; global_download (round r + 1) is only that
+transfer. wait_reply extra.downlink_bps is the rate the step asked the main
+server to pace its gradient at (0 = not paced).
 """
 
 from __future__ import annotations

@@ -60,23 +60,77 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
 
 FLAG_PATHS = {
     "clients": "clients.num_clients",
-    "rounds": "training.num_rounds",
-    "local_steps": "training.num_local_steps",
     "seed": "seed",
     "policy": "policy.name",
     "solver": "policy.solver",
 }
 """Everyday flags -> the scenario field each one sets (flags are sugar for --set)."""
 
+ROUND_FLAG_PATHS: dict[str, tuple[str, str, str | None]] = {
+    "rounds": ("--rounds", "training.num_rounds", "policy.max_rounds"),
+    "local_steps": ("--local-steps", "training.num_local_steps", None),
+}
+"""Flags whose field depends on the policy: attr -> (flag, field under policy
+fixed_steps, field under a planning policy). A planning policy decides N and n
+itself, so --rounds runs the first R rounds of its plan and --local-steps has
+nothing to set (None: refused, not dropped)."""
 
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """--set assignments, then the sugar flags a subcommand has (which win over --set)."""
+
+def flag_overrides(args: argparse.Namespace, policy: str | None = None) -> list[str]:
+    """--set assignments, then the sugar flags a subcommand has (which win over --set).
+
+    `policy` is the policy the runs will use; None = the scenario's, once --set
+    and --policy apply (compare passes its own, since it replaces the scenario's).
+    """
     out = list(args.overrides)
     for attr, path in FLAG_PATHS.items():
         value = getattr(args, attr, None)
         if value is not None:
             out.append(f"{path}={value!r}" if isinstance(value, str) else f"{path}={value}")
+    given = {a: getattr(args, a) for a in ROUND_FLAG_PATHS if getattr(args, a, None) is not None}
+    if not given:
+        return out
+    if policy is None:
+        from fedsllm.config import policy_name_of
+
+        policy = policy_name_of(getattr(args, "scenario", None), out)
+    for attr, value in given.items():
+        flag, fixed_path, planned_path = ROUND_FLAG_PATHS[attr]
+        if value < 1:
+            raise ConfigError(flag, value, "must be >= 1")
+        path = fixed_path if policy == "fixed_steps" else planned_path
+        if path is None:
+            raise ConfigError(
+                flag,
+                value,
+                f"policy {policy} plans the local steps (n from its eta); {flag} applies "
+                f"to policy fixed_steps only (--policy fixed_steps or "
+                f"--set policy.name='fixed_steps')",
+            )
+        out.append(f"{path}={value}")
     return out
+
+
+def add_memory_check_arg(parser: argparse.ArgumentParser) -> None:
+    """--skip-memory-check, for every subcommand that starts role processes."""
+    from fedsllm.resources import SKIP_FLAG
+
+    parser.add_argument(
+        SKIP_FLAG,
+        dest="skip_memory_check",
+        action="store_true",
+        help="start even when the estimated memory of all role processes exceeds "
+        "what this machine has available (the default refuses, exit 2)",
+    )
+
+
+def check_run_memory(scenario: object, args: argparse.Namespace) -> None:
+    """Refuse a run that will not fit in memory before anything is started or written."""
+    if getattr(args, "skip_memory_check", False):
+        return
+    from fedsllm.resources import available_memory_bytes, check_memory, scenario_memory
+
+    check_memory(scenario_memory(scenario), available_memory_bytes())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +127,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise ConfigError("--write", str(write_path), "its directory does not exist")
     if write_path.is_dir():
         raise ConfigError("--write", str(write_path), "is a directory")
+    if not os.access(write_path.parent, os.W_OK) or (
+        write_path.exists() and not os.access(write_path, os.W_OK)
+    ):
+        # Found now, not after the minutes of runs the fit needs.
+        raise ConfigError("--write", str(write_path), "cannot write there (permission denied)")
     base = load_scenario(args.scenario, args.overrides)
     out_dir = fresh_out_dir(args.out, f"calibrate-{base.name}")
     console = Console(stderr=True)

@@ -4,7 +4,10 @@ Each policy runs as a real emulated run (token-paced links unless the
 scenario names a backend, compute padded to the device speeds) in
 OUT/<policy>/, one after another; only policy.name differs between them.
 Prints the comparison and writes OUT/compare.json, compare.md and
-compare.png. The logic lives in fedsllm.experiments.compare.
+compare.png. --rounds R runs only the first R rounds of each plan
+(policy.max_rounds); the table then says which plans were cut and gives
+each whole plan's predicted delay beside the measured one. The logic lives
+in fedsllm.experiments.compare.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ import sys
 import time
 from typing import Any
 
-from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
+from fedsllm.cli import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    add_memory_check_arg,
+    add_scenario_args,
+    check_run_memory,
+)
 
 
 def register(sub: Any) -> None:
@@ -30,8 +39,15 @@ def register(sub: Any) -> None:
         help="comma-separated policies to run, e.g. optimal,equal (equal is the reference)",
     )
     parser.add_argument("--clients", type=int, help="number of clients K (clients.num_clients)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="run only the first R rounds of each policy's plan (policy.max_rounds); "
+        "default: every plan runs whole",
+    )
     parser.add_argument("--seed", type=int, help="scenario seed")
     parser.add_argument("--out", help="output directory (default runs/compare-<name>-<timestamp>)")
+    add_memory_check_arg(parser)
     parser.set_defaults(func=compare_command)
 
 
@@ -40,33 +56,41 @@ def compare_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedsllm.cli import flag_overrides
-    from fedsllm.config import apply_overrides, from_dict, load_dict
     from fedsllm.experiments.compare import (
-        compare_base_dict,
         compare_doc,
+        load_compare_base,
         parse_policies,
         policy_scenario,
         reference_policy,
         run_policy,
+        summary_lines,
         table_rows,
         write_outputs,
     )
     from fedsllm.launch import fresh_out_dir, make_run_dir
+    from fedsllm.progress import prepare_base
 
     policies = parse_policies(args.policies)
-    overrides = flag_overrides(args)
-    base = from_dict(compare_base_dict(apply_overrides(load_dict(args.scenario), overrides)))
+    # Every compared policy plans (parse_policies refuses fixed_steps), whatever the
+    # scenario's own policy.name: --rounds cuts their plans.
+    overrides = flag_overrides(args, policy=policies[0])
+    base = load_compare_base(args.scenario, overrides, policies)
     # Build (and so validate) every policy's scenario before anything runs.
     scenarios = [policy_scenario(base, p) for p in policies]
     reference, note = reference_policy(policies)
+    check_run_memory(base, args)  # the policies run one after another: one run's worth
     out_dir = fresh_out_dir(args.out, f"compare-{base.name}")
     console = Console(stderr=True)
     if not console.is_terminal:
-        console = Console(stderr=True, width=max(console.width, 132))
+        console = Console(stderr=True, width=max(console.width, 160))
+    prepare_base(base, console)
+    cut = base.policy.max_rounds
     console.print(
         f"[bold]fedsllm compare[/] scenario [cyan]{base.name}[/]: policies "
         f"{', '.join(policies)}; {base.clients.num_clients} clients, link "
-        f"{base.link.backend}, compute emulated -> {out_dir}"
+        f"{base.link.backend}, compute emulated"
+        + (f", only the first {cut} rounds of each plan" if cut else "")
+        + f" -> {out_dir}"
     )
     results = []
     failed = None
@@ -80,9 +104,12 @@ def compare_command(args: argparse.Namespace) -> int:
         if not result.ok:
             failed = result
             break
+        whole = result.num_rounds_full
+        of_plan = f" of the plan's {whole}" if whole > len(result.rounds) else ""
         console.print(
-            f"  done in {time.monotonic() - t0:.1f} s: {len(result.rounds)} rounds, measured "
-            f"{result.measured_total_s:.3f} s, predicted {result.predicted_total_s:.3f} s"
+            f"  done in {time.monotonic() - t0:.1f} s: {len(result.rounds)} rounds{of_plan}, "
+            f"measured {result.measured_total_s:.3f} s, predicted "
+            f"{result.predicted_total_s:.3f} s"
         )
     doc = compare_doc(base, results, reference, note)
     json_path, md_path, png_path = write_outputs(doc, out_dir)
@@ -93,6 +120,8 @@ def compare_command(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    for line in summary_lines(doc):
+        console.print(line, markup=False, highlight=False)
     for line in doc["notes"]:
         console.print(f"- {line}", markup=False, highlight=False)
     if failed is not None:

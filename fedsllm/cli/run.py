@@ -13,7 +13,13 @@ import math
 import sys
 from typing import Any
 
-from fedsllm.cli import EXIT_OK, EXIT_RUN_FAILED, add_scenario_args
+from fedsllm.cli import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    add_memory_check_arg,
+    add_scenario_args,
+    check_run_memory,
+)
 from fedsllm.cli import flag_overrides as shared_flag_overrides
 from fedsllm.config import NETWORKS, POLICIES
 
@@ -24,9 +30,17 @@ def register(sub: Any) -> None:
     )
     add_scenario_args(parser)
     parser.add_argument("--clients", type=int, help="number of clients K (clients.num_clients)")
-    parser.add_argument("--rounds", type=int, help="global rounds (training.num_rounds)")
     parser.add_argument(
-        "--local-steps", type=int, help="local iterations per round (training.num_local_steps)"
+        "--rounds",
+        type=int,
+        help="global rounds: under policy fixed_steps exactly R (training.num_rounds); "
+        "under a planning policy the first R rounds of its plan (policy.max_rounds)",
+    )
+    parser.add_argument(
+        "--local-steps",
+        type=int,
+        help="local iterations per round (training.num_local_steps); policy fixed_steps "
+        "only, refused under a planning policy, which decides them",
     )
     parser.add_argument("--seed", type=int, help="scenario seed")
     parser.add_argument(
@@ -42,6 +56,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
+    add_memory_check_arg(parser)
     parser.set_defaults(func=run_command)
 
 
@@ -60,29 +75,24 @@ def run_command(args: argparse.Namespace) -> int:
 
     from fedsllm.config import load_scenario
     from fedsllm.launch import make_run_dir, run_processes
-    from fedsllm.progress import RunProgress
+    from fedsllm.progress import RunProgress, prepare_base
     from fedsllm.summary import write_summary
     from fedsllm.trace import read_records
 
-    overrides = flag_overrides(args)
-    scenario = load_scenario(args.scenario, overrides)
+    scenario = load_scenario(args.scenario, flag_overrides(args))
     console = Console(stderr=True)
+    check_run_memory(scenario, args)
     if scenario.policy.name != "fixed_steps":
-        if args.rounds:
-            # Under an allocation policy the plan decides N; --rounds runs its first R.
-            scenario = load_scenario(
-                args.scenario, [*overrides, f"policy.max_rounds={args.rounds}"]
-            )
-        if args.local_steps:
-            console.print(
-                f"[yellow]warning:[/] policy {scenario.policy.name} decides the local steps "
-                "(n from its eta); --local-steps applies to policy fixed_steps only"
-            )
+        from fedsllm.delay.inputs import delay_inputs
+
+        # The controller would refuse these (a < 1, ...) only after the roles started.
+        delay_inputs(scenario)
     run_dir = make_run_dir(args.out, scenario)
     console.print(
         f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
         f"{scenario.clients.num_clients} clients, {plan_text(scenario)} -> {run_dir}"
     )
+    prepare_base(scenario, console, enabled=not args.quiet)
     progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
     with progress:
         outcome = run_processes(scenario, run_dir, on_tick=progress.update)
@@ -102,7 +112,7 @@ def run_command(args: argparse.Namespace) -> int:
             )
             return EXIT_RUN_FAILED
         console.print(
-            f"report: {report.report_md} (mean |error| of the delay model "
+            f"report: {report.report_md.name} (mean |error| of the delay model "
             f"{report.mean_abs_error_pct:.1f}% over {report.num_rounds} rounds)"
         )
     if outcome.failed is not None:
@@ -112,8 +122,9 @@ def run_command(args: argparse.Namespace) -> int:
             f"last lines of {proc.log_path}:\n{proc.log_tail()}", markup=False, highlight=False
         )
         return EXIT_RUN_FAILED
-    console.print(f"run directory: {run_dir}")
-    print(str(run_dir), file=sys.stdout)
+    # Said once, on stdout: the bare path when a script reads it, a label on a terminal.
+    label = "run directory: " if sys.stdout.isatty() else ""
+    print(f"{label}{run_dir}", file=sys.stdout)
     return EXIT_OK
 
 
@@ -148,12 +159,13 @@ def print_summary(console: Any, summary: Any) -> None:
     console.print(table)
     if not summary.links:
         return
-    links = Table(title="per-client links (uplink) and devices")
+    links = Table(title="per-client links (uplink allocated vs achieved, downlink) and devices")
     for col in (
         "client",
         "bandwidth MHz",
         "allocated Mbit/s",
         "achieved Mbit/s",
+        "downlink Mbit/s",
         "compute overrun s",
     ):
         links.add_column(col, justify="right")
@@ -163,6 +175,7 @@ def print_summary(console: Any, summary: Any) -> None:
             fmt(link.allocated_bandwidth_hz / 1e6, 3),
             fmt(link.allocated_uplink_bps / 1e6, 3),
             fmt(link.achieved_uplink_bps / 1e6, 3),
+            fmt(link.downlink_bps / 1e6, 3) if link.downlink_paced else "unshaped",
             fmt(link.overrun_s, 3),
         )
     console.print(links)

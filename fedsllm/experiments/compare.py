@@ -10,6 +10,16 @@ run is fedsllm.report's job alone (its per-round measured_s: the round window
 of fedsllm.report.phases, start-up skew and evaluation cut out). The
 arithmetic (`compare_rows`, `time_to_target`) is pure and works on
 `PolicyResult`s; the CLI (fedsllm.cli.compare) prints and writes the files.
+
+A comparison may be cut short (policy.max_rounds, `compare --rounds`): every
+policy then runs only the first R rounds of its plan. Plans differ in how
+they split the work (one with fewer local steps per round needs more rounds),
+so the reduction between cut plans is not the reduction between the plans;
+the rows say which plans were cut and carry each whole plan's predicted
+delay beside the measured one.
+
+One sign convention everywhere (`reduction_pct`, `reduction_text`): a
+positive reduction is less delay than the reference, written "x% less".
 """
 
 from __future__ import annotations
@@ -25,6 +35,11 @@ from typing import Any
 from fedsllm.config import POLICIES, ScenarioConfig
 from fedsllm.errors import ConfigError
 
+REDUCTION_DEFINITION = (
+    "Reduction = (reference delay - policy delay) / reference delay: positive means less "
+    "delay than the reference, written 'x% less', negative 'x% more'."
+)
+"""The sign convention of every reduction in the table, the figure and the text."""
 REFERENCE_POLICY = "equal"
 """The unoptimized case of docs/MODEL.md section 5: equal shares, eta fixed (0.5)."""
 COMPARE_FORMAT = "fedsllm.compare/1"
@@ -79,6 +94,24 @@ def compare_base_dict(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_compare_base(
+    path: str | Path | None, overrides: list[str], policies: Sequence[str]
+) -> ScenarioConfig:
+    """The validated base scenario of a comparison (`compare_base_dict` of the file with
+    `overrides`), refusing overrides that the compared policies ignore.
+
+    The compared policies replace the scenario's own policy.name, so
+    applicability is checked against them, not against the file's (or an
+    override's) policy.name.
+    """
+    from fedsllm.config import apply_overrides, check_overrides_apply, from_dict, load_dict
+
+    base = from_dict(compare_base_dict(apply_overrides(load_dict(path), overrides)))
+    for policy in policies:
+        check_overrides_apply(overrides, policy)
+    return base
+
+
 def policy_scenario(base: ScenarioConfig, policy: str) -> ScenarioConfig:
     """`base` with only policy.name changed."""
     return dataclasses.replace(base, policy=dataclasses.replace(base.policy, name=policy))
@@ -127,7 +160,11 @@ class PolicyResult:
     rounds: list[RoundMeasure] = field(default_factory=list)
     plan: dict[str, Any] = field(default_factory=dict)
     """The fed server's "plan" event: eta, num_local_steps, num_rounds,
-    predicted_round_s, predicted_total_s."""
+    predicted_round_s, predicted_total_s (num_rounds and the total are of the rounds
+    that run: policy.max_rounds may have cut the plan)."""
+    num_rounds_full: int = 0
+    """Rounds of the whole plan before policy.max_rounds cut it (`full_plan_rounds`);
+    0 = not known, taken as the plan's num_rounds."""
     startup_skew_s: float = 0.0
     """Clients' start-up skew left out of round 0 (fedsllm.report.phases)."""
     report_predicted_s: float = math.nan
@@ -153,6 +190,22 @@ def plan_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
         if rec.get("kind") == "event" and rec.get("name") == "plan":
             return dict(rec.get("extra", {}))
     return {}
+
+
+def full_plan_rounds(plan: dict[str, Any], convergence_a: float, max_rounds: int) -> int:
+    """Rounds N of the whole plan, before policy.max_rounds cut it (0 without a plan).
+
+    The plan event carries the rounds that run. A cut plan keeps its eta (the
+    controller only stops early), so its whole N is the controller's
+    N(eta) = a / (1 - eta) rounded up (docs/MODEL.md section 4).
+    """
+    from fedsllm.delay.rates import global_rounds, round_up
+
+    num_run = int(plan.get("num_rounds", 0))
+    eta = plan.get("eta")
+    if not num_run or max_rounds <= 0 or num_run < max_rounds or eta is None:
+        return num_run
+    return max(num_run, round_up(global_rounds(float(eta), convergence_a)))
 
 
 def rounds_from_report(report: dict[str, Any]) -> list[RoundMeasure]:
@@ -186,6 +239,18 @@ def reduction_pct(reference_s: float, value_s: float) -> float:
     return (reference_s - value_s) / reference_s * 100.0
 
 
+def reduction_text(pct: float | None, reference: str | None = None) -> str:
+    """A reduction in words: "23.3% less" (or "... delay than equal" given the reference).
+
+    The one rendering of `reduction_pct` for the table, the figure and the text,
+    so that no reader has to guess what a sign means.
+    """
+    if pct is None or not math.isfinite(pct):
+        return "-"
+    text = f"{abs(pct):.1f}% {'less' if pct >= 0 else 'more'}"
+    return text if reference is None else f"{text} delay than {reference}"
+
+
 def time_to_target(rounds: Sequence[RoundMeasure], target_loss: float) -> dict[str, float]:
     """Delay until the end of the first round whose val_loss <= target.
 
@@ -215,17 +280,24 @@ def compare_rows(
     measured_reduction_pct and predicted_reduction_pct are each policy's
     saving against the reference's total (measured against measured,
     predicted against predicted); diff_pp = measured - predicted, in
-    percentage points.
+    percentage points. When policy.max_rounds cut a plan, those cover the rounds
+    that ran, `truncated` is set, and full_predicted_total_s and
+    full_predicted_reduction_pct are the whole plans' (what the policies would
+    save over a whole training).
     """
     from fedsllm.report.predict import error_pct
 
     ref = next((r for r in results if r.policy == reference), None)
     ref_meas = ref.measured_total_s if ref is not None else math.nan
     ref_pred = ref.predicted_total_s if ref is not None else math.nan
+    ref_full = _full_predicted_s(ref) if ref is not None else math.nan
     rows = []
     for res in results:
         meas, pred = res.measured_total_s, res.predicted_total_s
         red_m, red_p = reduction_pct(ref_meas, meas), reduction_pct(ref_pred, pred)
+        num_run = int(res.plan.get("num_rounds", 0))
+        num_full = res.num_rounds_full or num_run
+        full = _full_predicted_s(res)
         ttt = time_to_target(res.rounds, target_loss)
         rows.append(
             {
@@ -235,7 +307,9 @@ def compare_rows(
                 "run_dir": res.run_dir,
                 "eta": float(res.plan.get("eta", math.nan)),
                 "num_local_steps": int(res.plan.get("num_local_steps", 0)),
-                "num_rounds_planned": int(res.plan.get("num_rounds", 0)),
+                "num_rounds_planned": num_run,
+                "num_rounds_full": num_full,
+                "truncated": num_full > num_run,
                 "num_rounds_measured": len(res.rounds),
                 "predicted_round_s": float(res.plan.get("predicted_round_s", math.nan)),
                 "predicted_total_s": pred,
@@ -246,6 +320,8 @@ def compare_rows(
                 "measured_reduction_pct": red_m,
                 "predicted_reduction_pct": red_p,
                 "diff_pp": red_m - red_p,
+                "full_predicted_total_s": full,
+                "full_predicted_reduction_pct": reduction_pct(ref_full, full),
                 "eval_s": res.eval_s,
                 "startup_skew_s": res.startup_skew_s,
                 "initial_val_loss": res.initial_val_loss,
@@ -258,6 +334,15 @@ def compare_rows(
             }
         )
     return rows
+
+
+def _full_predicted_s(res: PolicyResult) -> float:
+    """The whole plan's predicted delay: its N rounds x the plan's round delay."""
+    num_run = int(res.plan.get("num_rounds", 0))
+    num_full = res.num_rounds_full or num_run
+    if num_full == num_run:
+        return res.predicted_total_s
+    return num_full * float(res.plan.get("predicted_round_s", math.nan))
 
 
 # ---------------------------------------------------------------- running
@@ -277,6 +362,9 @@ def measure_run(run_dir: Path, scenario: ScenarioConfig, scenario_hash: str = ""
     write_report_files(run_dir, report, records)
     res = PolicyResult(policy=scenario.policy.name, run_dir=str(run_dir))
     res.plan = plan_from_records(records)
+    res.num_rounds_full = full_plan_rounds(
+        res.plan, scenario.convergence.a, scenario.policy.max_rounds
+    )
     val = val_losses(records)
     res.initial_val_loss = initial_val_loss(val)
     res.final_val_loss = final_val_loss(val)
@@ -328,7 +416,7 @@ def compare_doc(
     target = base.training.target_val_loss
     rows = compare_rows(results, reference, target)
     sources = sorted({r.measured_source for r in results if r.measured_source})
-    notes = [reference_note]
+    notes = [reference_note, REDUCTION_DEFINITION]
     if MEASURED_FROM_REPORT in sources:
         notes.append(
             "Measured total = sum of fedsllm.report's per-round measured_s (round window "
@@ -339,6 +427,16 @@ def compare_doc(
         "Predicted total = the controller plan's predicted_total_s: N rounds x the round "
         "delay with integer n local iterations, at round 0's channels."
     )
+    cut = [r for r in rows if r["truncated"]]
+    if cut:
+        notes.append(
+            f"Cut short by policy.max_rounds={base.policy.max_rounds} (--rounds): "
+            + ", ".join(f"{r['policy']} {truncation_text(r)}" for r in cut)
+            + ". Measured and predicted totals cover only the rounds that ran; a plan with "
+            "fewer local steps per round needs more rounds, so the reduction between cut "
+            "plans is not the reduction between the plans. The full-plan columns give each "
+            "whole plan's predicted delay and its reduction against the reference's whole plan."
+        )
     if target > 0:
         notes.append(
             f"Time to target = summed measured round delays from round 0 through the first "
@@ -353,12 +451,14 @@ def compare_doc(
             "reference": reference,
             "measured_source": ",".join(sources),
             "target_val_loss": target,
+            "truncated": bool(cut),
             "settings": {
                 "link_backend": base.link.backend,
                 "emulate_compute": base.link.emulate_compute,
                 "num_clients": base.clients.num_clients,
                 "seed": base.seed,
                 "time_dilation": base.link.time_dilation,
+                "max_rounds": base.policy.max_rounds,
             },
             "policies": rows,
             "rounds": {r.policy: [dataclasses.asdict(x) for x in r.rounds] for r in results},
@@ -366,6 +466,35 @@ def compare_doc(
             "scenario": base.to_dict(),
         }
     )
+
+
+def truncation_text(row: dict[str, Any]) -> str:
+    """'truncated: 2 of 37 rounds' for a cut plan, 'all 5 rounds' for a whole one."""
+    num_run, num_full = row["num_rounds_planned"], row["num_rounds_full"]
+    if row["truncated"]:
+        return f"truncated: {num_run} of {num_full} rounds"
+    return f"all {num_run} rounds"
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """One sentence per compared policy, e.g. 'optimal: measured 23.3% less delay than
+    equal (predicted 25.0% less)', plus the whole plans' prediction when cut short."""
+    ref = doc["reference"]
+    out = []
+    for p in doc["policies"]:
+        if p["reference"] or not p["ok"]:
+            continue
+        line = (
+            f"{p['policy']}: measured {reduction_text(p['measured_reduction_pct'], ref)} "
+            f"(predicted {reduction_text(p['predicted_reduction_pct'])})"
+        )
+        if doc.get("truncated"):
+            line += (
+                f" over the rounds that ran ({truncation_text(p)}); whole plan predicted "
+                f"{reduction_text(p['full_predicted_reduction_pct'], ref)}"
+            )
+        out.append(line)
+    return out
 
 
 def _pp(x: Any, sign: bool = True) -> str:
@@ -377,21 +506,30 @@ def _pp(x: Any, sign: bool = True) -> str:
 TABLE_COLUMNS = (
     "policy",
     "eta",
-    "n x N",
+    "n x rounds run",
     "measured s",
     "predicted s",
-    "measured red. %",
-    "predicted red. %",
+    "measured vs ref",
+    "predicted vs ref",
     "diff pp",
 )
+TRUNCATION_COLUMNS = ("rounds", "full plan pred. s", "full plan pred. vs ref")
+"""Added when policy.max_rounds cut a plan: the cut, and the whole plan's prediction."""
 
 
 def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the comparison table (shared by the terminal and compare.md)."""
+    """Header and cells of the comparison table (shared by the terminal and compare.md).
+
+    Reductions read "x% less" / "x% more" (`reduction_text`); diff pp is signed,
+    measured minus predicted reduction.
+    """
     from fedsllm.report.render import fmt
 
     target = doc["target_val_loss"] or 0.0
+    truncated = bool(doc.get("truncated"))
     header = list(TABLE_COLUMNS)
+    if truncated:
+        header += TRUNCATION_COLUMNS
     if target > 0:
         header += ["rounds to target", "time to target s"]
     rows = []
@@ -399,16 +537,26 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         name = p["policy"] + (" (ref)" if p["reference"] else "")
         if not p["ok"]:
             name += f" FAILED ({p['failed_process']})"
+
+        def versus(pct: Any, row: dict[str, Any] = p) -> str:
+            return "ref" if row["reference"] and row["ok"] else reduction_text(pct)
+
         cells = [
             name,
             fmt(p["eta"], 3),
             f"{p['num_local_steps']} x {p['num_rounds_planned']}",
             fmt(p["measured_total_s"]),
             fmt(p["predicted_total_s"]),
-            _pp(p["measured_reduction_pct"]),
-            _pp(p["predicted_reduction_pct"]),
+            versus(p["measured_reduction_pct"]),
+            versus(p["predicted_reduction_pct"]),
             _pp(p["diff_pp"]),
         ]
+        if truncated:
+            cells += [
+                truncation_text(p).removesuffix(" rounds"),
+                fmt(p["full_predicted_total_s"]),
+                versus(p["full_predicted_reduction_pct"]),
+            ]
         if target > 0:
             reached = p["target_round"] >= 0
             cells += [
@@ -430,11 +578,14 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"- clients: {s['num_clients']}, seed {s['seed']}, link backend `{s['link_backend']}`, "
         f"compute emulated: {s['emulate_compute']}",
         f"- reference: `{doc['reference']}`; measured from: {doc['measured_source'] or '-'}",
-        "- reduction = (reference - policy) / reference; diff pp = measured reduction - "
-        "predicted reduction (percentage points)",
+        "- diff pp = measured reduction - predicted reduction (percentage points); "
+        "reductions as defined in the notes",
         "",
         *markdown_table(header, rows),
     ]
+    summary = summary_lines(doc)
+    if summary:
+        lines += [f"- {line}" for line in summary] + [""]
     lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     lines += ["", "## Runs", ""]
     for p in doc["policies"]:
@@ -443,42 +594,59 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_figure(doc: dict[str, Any], path: Path) -> Path:
-    """Measured vs predicted total delay bars, policies side by side (matplotlib Agg)."""
-    import matplotlib
+def figure_labels(doc: dict[str, Any]) -> list[str]:
+    """The annotation over each policy's bars: its measured reduction in words ("" for
+    the reference and failed runs), and the whole plan's predicted one when cut short."""
+    ref = doc["reference"]
+    out = []
+    for p in doc["policies"]:
+        if p["reference"] or not p["ok"]:
+            out.append("")
+            continue
+        label = f"measured {reduction_text(p['measured_reduction_pct'], ref)}"
+        if doc.get("truncated"):
+            label += f"\nwhole plan predicted {reduction_text(p['full_predicted_reduction_pct'])}"
+        out.append(label)
+    return out
 
-    matplotlib.use("Agg")
+
+def build_figure(doc: dict[str, Any]) -> Any:
+    """Measured vs predicted total delay bars, policies side by side (a matplotlib Figure)."""
     from matplotlib.figure import Figure
 
     policies = doc["policies"]
     names = [p["policy"] for p in policies]
-
     measured = [_num(p["measured_total_s"]) for p in policies]
     predicted = [_num(p["predicted_total_s"]) for p in policies]
-    fig = Figure(figsize=(max(5.0, 1.6 * len(names) + 2), 4.2), dpi=100)
+    fig = Figure(figsize=(max(5.0, 1.9 * len(names) + 2), 4.4), dpi=100)
     ax = fig.add_subplot()
     xs = list(range(len(names)))
     width = 0.38
     ax.bar([x - width / 2 for x in xs], measured, width, label="measured", color="#4c72b0")
     ax.bar([x + width / 2 for x in xs], predicted, width, label="predicted", color="#dd8452")
-    for x, p in zip(xs, policies, strict=True):
-        red = p["measured_reduction_pct"]
-        if red is not None and not p["reference"]:
-            top = max(v for v in (_num(p["measured_total_s"]), 0.0) if math.isfinite(v))
-            ax.annotate(
-                f"{-red:+.1f}% vs {doc['reference']}",
-                (x - width / 2, top),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+    for x, label, meas, pred in zip(xs, figure_labels(doc), measured, predicted, strict=True):
+        if label:
+            top = max([v for v in (meas, pred) if math.isfinite(v)] or [0.0])
+            ax.annotate(label, (x, top), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs)
     ax.set_xticklabels(names)
     ax.set_ylabel("total training delay (emulated s)")
-    ax.set_title(f"Measured vs predicted total delay (reference: {doc['reference']})")
+    title = f"Measured vs predicted total delay (reference: {doc['reference']})"
+    if doc.get("truncated"):
+        title += f"\nfirst {doc['settings']['max_rounds']} rounds of each plan"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize="small")
+    ax.margins(y=0.2)  # room for the labels over the bars
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
+
+
+def write_figure(doc: dict[str, Any], path: Path) -> Path:
+    """`build_figure` saved as PNG (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    build_figure(doc).savefig(path)
     return path
 
 

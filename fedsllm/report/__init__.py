@@ -21,7 +21,8 @@ and for a link rate "unshaped", i.e. infinite):
     run_start_unix_s       wall-clock origin of every *_s offset
     startup_skew_s         clients' start-up skew left out of round 0's window (emulated s)
     settings               policy, link_backend, emulate_compute, num_clients, batch_size,
-                           aggregation_s (t_agg), propagation_delay_s
+                           aggregation_s (t_agg), propagation_delay_s, downlink_bps
+                           (channel.downlink_bps; 0 = unshaped)
     counts                 the model's counted constants: phi_c_flops, phi_s_flops
                            (per sample), smashed_bytes_per_batch, gradient_bytes_per_batch,
                            client_adapter_bytes; null when the model could not be counted
@@ -44,14 +45,21 @@ and for a link rate "unshaped", i.e. infinite):
         clients[]:
             client, num_steps (executed), allocated_steps (0 = not allocated)
             measured       phases_s {compute, uplink, server, downlink, adapter_upload,
-                           global_download, aggregation, waiting}, total_s, wait_reply_s,
+                           global_download (the transfer only), aggregation, waiting
+                           (the wait for the slowest client and the round's close, and
+                           the rest of the window)}, total_s, wait_reply_s,
                            eval_s, bytes (uplink_bytes, downlink_bytes, adapter_bytes,
                            global_bytes), message counts, device sums (client_target_s,
                            server_target_s, flops), overruns, finish_s,
-                           achieved_uplink_bps, achieved_downlink_bps
+                           uplink_transfer_s, downlink_transfer_s (whole transfer spans),
+                           achieved_uplink_bps, achieved_downlink_bps (bytes over those),
+                           downlink_paced_bps (what the steps asked; null: not recorded)
             predicted      phases_s (same keys; waiting = 0), propagation_s, total_s,
                            compute_source ("model" or "measured")
             model_s        counted-constants round_k
+            downlink_bps   the rate gradients were paced at (as the client's steps
+                           recorded it, else the rate in force); null = not paced
+            downlink_paced whether they were paced (false: unshaped downlink)
             rates          uplink_bps, downlink_bps (allocated / in force; null = unshaped),
                            source, version, bandwidth_hz, share, num_local_steps,
                            predicted_round_s, num_versions
@@ -135,6 +143,15 @@ def _counts(scenario: Any) -> Any:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def downlink_used_bps(recorded_bps: float, rates: Any) -> float:
+    """The rate a client's gradients were paced at in a round, inf = not paced: what its
+    training steps asked the main server for (`recorded_bps`, NaN when the trace does
+    not record it), else the rate in force (fedsllm.report.predict.RatesInForce)."""
+    if not math.isnan(recorded_bps):
+        return recorded_bps
+    return rates.downlink_bps if rates is not None else math.inf
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
@@ -232,6 +249,7 @@ def report_from_records(
                     measured_compute,
                 )
                 model_values.append(model_s)
+            down = downlink_used_bps(cm.downlink_paced_bps, r)
             clients.append(
                 {
                     "client": cm.client,
@@ -241,6 +259,8 @@ def report_from_records(
                     "predicted": cp.to_dict(),
                     "model_s": model_s,
                     "rates": r.to_dict() if r is not None else None,
+                    "downlink_bps": down,
+                    "downlink_paced": math.isfinite(down),
                 }
             )
         model_round = max(model_values) if model_values else math.nan
@@ -291,6 +311,7 @@ def report_from_records(
             "batch_size": beta,
             "aggregation_s": scenario.devices.aggregation_s,
             "propagation_delay_s": scenario.link.propagation_delay_s,
+            "downlink_bps": scenario.channel.downlink_bps,
         },
         "counts": None
         if counts is None
@@ -383,6 +404,7 @@ def _notes(report: dict[str, Any]) -> list[str]:
                 "that time counts as waiting."
             )
             break
+    notes += _downlink_notes(report)
     incomplete = [r["round"] for r in report["rounds"] if not r["complete"]]
     if incomplete:
         notes.append(f"Rounds without aggregation (incomplete, left out of totals): {incomplete}.")
@@ -394,6 +416,33 @@ def _notes(report: dict[str, Any]) -> list[str]:
             "once per paced message (predicted propagation_s)."
         )
     return notes
+
+
+def _downlink_notes(report: dict[str, Any]) -> list[str]:
+    """Say whether the downlink was paced: the default (channel.downlink_bps = 0) is not."""
+    s = report["settings"]
+    paced = [c["downlink_paced"] for r in report["rounds"] for c in r["clients"]]
+    if not paced or all(paced):
+        return []
+    if s["link_backend"] == "none":
+        why = "link.backend is none"
+    elif s["policy"] == "fixed_steps":
+        why = "policy fixed_steps has no controller, so no link rate was ever set"
+    elif s["downlink_bps"] <= 0:
+        why = "channel.downlink_bps is 0, the default"
+    else:
+        why = "no downlink rate was in force"
+    if any(paced):
+        return [
+            f"The downlink was paced in only {sum(paced)} of {len(paced)} client-rounds "
+            f"({why} in the others): see the downlink column of the link table."
+        ]
+    return [
+        f"The downlink was not paced ({why}): activation gradients and the global adapter "
+        "crossed unshaped, so the model counts no time for them, and 'downlink achieved' is "
+        "the speed of the local transport, not of an emulated link. Set channel.downlink_bps "
+        "(under a controller policy) to pace them."
+    ]
 
 
 def write_report(run_dir: str | Path) -> ReportResult:

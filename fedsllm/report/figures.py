@@ -24,9 +24,11 @@ _COLORS = {
     "downlink": "#c44e52",
     "adapter_upload": "#8172b3",
     "global_download": "#937860",
+    "waiting": "#e6e6e6",
     "aggregation": "#da8bc3",
     "eval": "#8c8c8c",
 }
+_LABELS = {"waiting": "waiting (slowest client, aggregation)"}
 _CLIENT_SPAN_PHASE = {
     "client_forward": "compute",
     "client_backward": "compute",
@@ -34,6 +36,9 @@ _CLIENT_SPAN_PHASE = {
     "wait_reply": "wait_reply",
     "adapter_upload": "adapter_upload",
     "global_download": "global_download",
+    # Between a client's adapter upload and the start of the next global adapter's
+    # transfer: waiting for the round to close, not a download.
+    "wait_global": "waiting",
     "eval": "eval",
 }
 
@@ -88,7 +93,14 @@ def timeline_figure(report: dict[str, Any], records: list[dict[str, Any]]) -> An
     used: list[str] = []
     for i, label in enumerate(labels):
         for phase, bars in rows[label].items():
-            ax.broken_barh(bars, (i - 0.4, 0.8), facecolors=_COLORS[phase], linewidth=0)
+            ax.broken_barh(
+                bars,
+                (i - 0.4, 0.8),
+                facecolors=_COLORS[phase],
+                linewidth=0,
+                edgecolor="#999999",
+                hatch="///" if phase == "waiting" else None,
+            )
             if phase not in used:
                 used.append(phase)
     for r in report["rounds"]:
@@ -99,9 +111,19 @@ def timeline_figure(report: dict[str, Any], records: list[dict[str, Any]]) -> An
     ax.set_xlabel("time since run start (emulated s)")
     ax.set_title("Phases per process (dotted: end of each round's aggregation)")
     fig.legend(
-        handles=[Patch(color=_COLORS[p], label=p) for p in _COLORS if p in used],
+        handles=[
+            Patch(
+                facecolor=_COLORS[p],
+                edgecolor="#999999",
+                hatch="///" if p == "waiting" else None,
+                linewidth=0,
+                label=_LABELS.get(p, p),
+            )
+            for p in _COLORS
+            if p in used
+        ],
         loc="outside lower center",
-        ncol=min(len(used), 9) or 1,
+        ncol=min(len(used), 5) or 1,
         fontsize="small",
         frameon=False,
     )

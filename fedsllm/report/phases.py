@@ -22,11 +22,19 @@ job. Definitions (the report and its tests rely on them):
 - Phases of client k in round r (durations clipped to the window): compute
   (client_forward + client_backward), uplink, server (main server's
   train-mode server_compute for k), downlink (main server's downlink spans
-  for k), adapter_upload, global_download (the download that opens round r),
-  aggregation (the fed server's span of round r, shared by all), and waiting:
-  whatever is left of the client's window (queueing at the server, transfer
-  latency, waiting for stragglers). server and downlink sit inside the
-  client's wait_reply spans, so the phases do not overlap.
+  for k), adapter_upload, global_download (the transfer of the global
+  adapter that opens round r), aggregation (the fed server's span of round r,
+  shared by all), and waiting: whatever is left of the client's window. Most
+  of it is the client's wait_global span, from its adapter upload until the
+  fed server starts sending the next global adapter (waiting for the slowest
+  client and the aggregation, less the aggregation itself); the rest is
+  queueing at the server, transfer latency and start-up. Waiting is never a
+  transfer. server and downlink sit inside the client's wait_reply spans, so
+  the phases do not overlap.
+- Achieved rates (achieved_uplink_bps, achieved_downlink_bps) divide the bytes
+  of a round's transfer spans by those same spans' whole durations, not by
+  the clipped phase: a client that started round 0 before the window opened
+  still sent all its bytes, over all of its span.
 - Every wall-clock duration is divided by `time_dilation`; device records
   (extra.device) are already in emulated seconds.
 """
@@ -59,7 +67,8 @@ CLIENT_PROTOCOL_SPANS = (
     "client_backward",
     "adapter_upload",
 )
-"""Client-side spans that belong to the emulated protocol (eval is not one)."""
+"""Client-side spans that belong to the emulated protocol (eval is not one, nor is
+wait_global: waiting for the round to close is what `waiting` measures)."""
 
 CLIENT_WORK_SPANS = tuple(n for n in CLIENT_PROTOCOL_SPANS if n != "global_download")
 """Client protocol spans that mark a client at work in a round: its global download may
@@ -84,6 +93,14 @@ class ClientMeasured:
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     """From the main server's downlink spans (the client's wait_reply bytes when absent)."""
+    uplink_transfer_s: float = 0.0
+    """Whole (unclipped) duration of the uplink spans whose bytes `uplink_bytes` counts."""
+    downlink_transfer_s: float = 0.0
+    """Whole (unclipped) duration of the main server's downlink spans for this client."""
+    downlink_paced_bps: float = math.nan
+    """Rate this round's gradients were paced at, as the client's steps asked the main
+    server (mean over the paced steps); inf = not paced (unshaped downlink); NaN = not
+    recorded (a trace from before the client recorded it)."""
     adapter_bytes: int = 0
     global_bytes: int = 0
     client_target_s: float = 0.0
@@ -109,12 +126,15 @@ class ClientMeasured:
 
     @property
     def achieved_uplink_bps(self) -> float:
-        """Uplink bytes * 8 / uplink seconds (emulated); NaN without uplink time."""
-        return _rate(self.uplink_bytes, self.phases_s["uplink"])
+        """Uplink bytes * 8 / the uplink spans' whole seconds (emulated); NaN without
+        uplink time. Not the clipped phase: that would count all the bytes over part of
+        the time."""
+        return _rate(self.uplink_bytes, self.uplink_transfer_s)
 
     @property
     def achieved_downlink_bps(self) -> float:
-        return _rate(self.downlink_bytes, self.phases_s["downlink"])
+        """Downlink bytes * 8 / the downlink spans' whole seconds (emulated)."""
+        return _rate(self.downlink_bytes, self.downlink_transfer_s)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -154,6 +174,10 @@ def _rate(num_bytes: int, seconds: float) -> float:
 
 def _clipped(rec: dict[str, Any], lo: float, hi: float) -> float:
     return max(0.0, min(rec["t1"], hi) - max(rec["t0"], lo))
+
+
+def _whole(rec: dict[str, Any]) -> float:
+    return max(0.0, rec["t1"] - rec["t0"])
 
 
 def union_length(intervals: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
@@ -313,6 +337,7 @@ def _measure_client(
     steps: set[int] = set()
     downlink_seen = False
     reply_bytes = 0
+    asked: list[float] = []
     last_upload = math.nan
     first_train = min(
         (r["t0"] for r in recs if r["role"] == "client" and r["name"] != "global_download"),
@@ -336,10 +361,13 @@ def _measure_client(
         elif role == "client" and name == "uplink":
             ph["uplink"] += dur
             c.uplink_bytes += int(rec.get("bytes", 0))
+            c.uplink_transfer_s += _whole(rec) / dil
             c.num_uplink_msgs += 1
         elif role == "client" and name == "wait_reply":
             c.wait_reply_s += dur
             reply_bytes += int(rec.get("bytes", 0))
+            if "downlink_bps" in rec.get("extra", {}):
+                asked.append(float(rec["extra"]["downlink_bps"]))
         elif role == "client" and name == "adapter_upload":
             ph["adapter_upload"] += dur
             c.adapter_bytes += int(rec.get("bytes", 0))
@@ -359,9 +387,13 @@ def _measure_client(
             downlink_seen = True
             ph["downlink"] += dur
             c.downlink_bytes += int(rec.get("bytes", 0))
+            c.downlink_transfer_s += _whole(rec) / dil
             c.num_downlink_msgs += 1
     if not downlink_seen:
         c.downlink_bytes = reply_bytes
+    if asked:
+        paced = [x for x in asked if x > 0]  # 0 asks for no pacing
+        c.downlink_paced_bps = sum(paced) / len(paced) if paced else math.inf
     c.num_steps = len(steps)
     ph["aggregation"] = agg_s
     c.eval_s = own_eval_s

@@ -16,9 +16,13 @@ same FLOPs / f_k the pacer used), n*beta*s as the bytes the uplink spans
 carried, and so on. Compute terms come from the model only when
 link.emulate_compute is on; otherwise the measured compute is used, because
 nothing made the host run at f_k. The round prediction is the slowest
-client's. Propagation delay (link.propagation_delay_s, not part of docs/MODEL.md)
-is added per paced message when configured, as its own term. Measuring is
-fedsllm.report.phases' job.
+client's. Waiting (a client's wait_global span: the slowest client and the
+aggregation) is not a transfer: the model predicts none for it, and no wait
+span's time or bytes enter a transfer term; a faster client's waiting is what
+the slowest client's round_k covers. Propagation delay
+(link.propagation_delay_s, not part of docs/MODEL.md) is added per paced
+message when configured, as its own term. Measuring is fedsllm.report.phases'
+job.
 """
 
 from __future__ import annotations

@@ -36,6 +36,23 @@ def _rate(bps: Any) -> str:
     return f"{bps / 1e6:.3f}"
 
 
+def _downlink_summary(report: dict[str, Any]) -> str:
+    """One line: was the downlink paced, and at what rate."""
+    used = [
+        (c["downlink_paced"], c["downlink_bps"]) for r in report["rounds"] for c in r["clients"]
+    ]
+    paced = sorted({bps for ok, bps in used if ok})
+    if not paced:
+        return "unshaped, not paced"
+    where = (
+        ""
+        if all(ok for ok, _ in used)
+        else f" in {sum(ok for ok, _ in used)} of {len(used)} client-rounds"
+    )
+    rates = ", ".join(f"{bps / 1e6:.3f}" for bps in paced[:3]) + (", ..." if len(paced) > 3 else "")
+    return f"paced at {rates} Mbit/s{where}"
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """Lines of a Markdown table (and a blank line after it)."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -53,6 +70,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- scenario hash: `{report['scenario_hash']}`",
         f"- clients: {s['num_clients']}, batch size {s['batch_size']}, policy `{s['policy']}`, "
         f"link backend `{s['link_backend']}`, compute emulated: {s['emulate_compute']}",
+        f"- downlink (activation gradients, global adapter): {_downlink_summary(report)}",
         f"- time unit: emulated seconds (time dilation {report['time_dilation']:g} divided out)",
         f"- rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}",
         f"- total measured {fmt(tot['measured_s'])} s, predicted {fmt(tot['predicted_s'])} s "
@@ -122,7 +140,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     lines += markdown_table(["round", "client", "steps"] + list(PHASES) + ["total"], rows)
 
-    lines += ["## Link rates per client (Mbit/s, allocated vs achieved)", ""]
+    lines += [
+        "## Link rates per client (Mbit/s, allocated vs achieved)",
+        "",
+        "*downlink paced at*: the rate the main server paced the client's gradients at "
+        "(unshaped: not paced, so *downlink achieved* is the local transport's speed).",
+        "",
+    ]
     rows = []
     for r in report["rounds"]:
         for c in r["clients"]:
@@ -136,7 +160,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     str(rates.get("version", -1)),
                     _rate(rates.get("uplink_bps")),
                     _rate(m["achieved_uplink_bps"]),
-                    _rate(rates.get("downlink_bps")),
+                    _rate(c["downlink_bps"]),
                     _rate(m["achieved_downlink_bps"]),
                     str(m["uplink_bytes"]),
                     str(m["downlink_bytes"]),
@@ -151,7 +175,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "version",
             "uplink alloc",
             "uplink achieved",
-            "downlink alloc",
+            "downlink paced at",
             "downlink achieved",
             "uplink bytes",
             "downlink bytes",

@@ -5,6 +5,7 @@ records can be checked exactly."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import torch
@@ -53,11 +54,26 @@ class FakeMain:
         return StepReply(float(loss.detach()), int(h.shape[0] * h.shape[1]), grad, 0.001), 64
 
 
+class FakePull:
+    def __init__(self, result: tuple[int, bytes | None], on_read=None) -> None:
+        self.result = result
+        self.on_read = on_read
+
+    def read(self):
+        if self.on_read is not None:
+            self.on_read()
+        return self.result
+
+
 class FakeFed:
-    def __init__(self) -> None:
+    def __init__(self, on_wait=None, on_read=None) -> None:
         self.pushed: list[int] = []
         self.pulled: list[int] = []
         self.blobs: dict[int, bytes] = {}
+        self.on_wait = on_wait
+        """Called while pull_global waits for the round to close (before it returns)."""
+        self.on_read = on_read
+        """Called while the pull's transfer runs."""
 
     def join(self, num_samples):
         return 0, 2
@@ -68,7 +84,9 @@ class FakeFed:
 
     def pull_global(self, round_index):
         self.pulled.append(round_index)
-        return round_index, self.blobs.get(round_index)
+        if self.on_wait is not None:
+            self.on_wait()
+        return FakePull((round_index, self.blobs.get(round_index)), self.on_read)
 
 
 def _batches():
@@ -78,10 +96,13 @@ def _batches():
         yield Batch(ids, torch.ones(2, 5, dtype=torch.int64), ids.clone())
 
 
-def _trainer(tmp_path, eval_every: int = 1) -> tuple[ClientTrainer, FakeMain, FakeFed]:
+def _trainer(
+    tmp_path, eval_every: int = 1, fed: FakeFed | None = None, clock=None
+) -> tuple[ClientTrainer, FakeMain, FakeFed]:
     torch.manual_seed(0)
     part = LinearPart()
-    main, fed = FakeMain(), FakeFed()
+    main, fed = FakeMain(), fed or FakeFed()
+    tracer_clock = {} if clock is None else {"clock": clock}
 
     def to_bytes(p):
         return json.dumps(p.lora.weight.tolist()).encode()
@@ -100,7 +121,7 @@ def _trainer(tmp_path, eval_every: int = 1) -> tuple[ClientTrainer, FakeMain, Fa
         batches=_batches(),
         main=main,
         fed=fed,
-        tracer=Tracer(tmp_path / "trace" / "client_0.jsonl", "client", client_id=0),
+        tracer=Tracer(tmp_path / "trace" / "client_0.jsonl", "client", client_id=0, **tracer_clock),
         to_bytes=to_bytes,
         from_bytes=from_bytes,
         load_state=load_state,
@@ -153,3 +174,38 @@ def test_eval_every_skips_rounds_but_not_the_last(tmp_path) -> None:
     evaluated: list[int] = []
     trainer.run(num_samples=10, plan=FixedPlan(1), evaluate=lambda r: evaluated.append(r) or 0.0)
     assert evaluated == [-1, 1]
+
+
+def test_waiting_for_the_round_to_close_is_its_own_span(tmp_path) -> None:
+    """load_global records the wait for the round to close (wait_global, round r) apart
+    from the transfer of the global adapter (global_download, round r + 1)."""
+    now = [100.0]
+    fed = FakeFed(
+        on_wait=lambda: now.__setitem__(0, now[0] + 5.0),  # the slowest client, aggregation
+        on_read=lambda: now.__setitem__(0, now[0] + 0.5),  # the transfer
+    )
+    trainer, _, _ = _trainer(tmp_path, fed=fed, clock=lambda: now[0])
+    fed.blobs[3] = trainer.to_bytes(trainer.part)
+    assert trainer.load_global(3) == 3
+    trainer.tracer.close()
+    spans = {r["name"]: r for r in read_records(tmp_path / "trace") if r["kind"] == "span"}
+    wait, download = spans["wait_global"], spans["global_download"]
+    assert (wait["round"], wait["t1"] - wait["t0"], wait["bytes"]) == (3, 5.0, 0)
+    assert (download["round"], download["t1"] - download["t0"]) == (4, 0.5)
+    assert download["t0"] == wait["t1"] and download["bytes"] == len(fed.blobs[3])
+
+
+def test_steps_record_the_downlink_rate_they_asked_for(tmp_path) -> None:
+    class PacedMain(FakeMain):
+        def receive_reply(self, round_index, step):
+            reply, n = super().receive_reply(round_index, step)
+            return dataclasses.replace(reply, downlink_bps=2e6), n
+
+    trainer, _, _ = _trainer(tmp_path)
+    trainer.main = PacedMain()
+    trainer.local_iteration(0, 0)
+    trainer.main = FakeMain()  # the default: a reply that was not paced
+    trainer.local_iteration(0, 1)
+    trainer.tracer.close()
+    waits = [r for r in read_records(tmp_path / "trace") if r["name"] == "wait_reply"]
+    assert [w["extra"]["downlink_bps"] for w in waits] == [2e6, 0.0]

@@ -1,6 +1,8 @@
-"""The client's allocation follower against a real controller over gRPC: pushes
+"""The client's gRPC side. The allocation follower against a real controller: pushes
 are applied and recorded, and a failure in applying one ends the wait at once
-with the cause instead of a long timeout."""
+with the cause instead of a long timeout. The pull of the global adapter returns
+when the fed server starts answering (the wait) and reads the rest on demand (the
+transfer). A training step's reply says the downlink rate the main server paced it at."""
 
 from __future__ import annotations
 
@@ -75,3 +77,87 @@ def test_failure_to_apply_ends_the_wait_with_the_cause(controller) -> None:
             follower.local_steps(0)
         assert time.monotonic() - t0 < 30  # not the 60 s timeout
         follower.close()
+
+
+class _CountingStub:
+    """A fed server stub whose PullGlobal stream counts the messages taken from it."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.num_taken = 0
+        self.requests: list[object] = []
+
+    def PullGlobal(self, request, timeout):
+        from fedsllm.wire.adapters import GlobalHeaderInfo, pull_responses
+
+        self.requests.append(request)
+        header = GlobalHeaderInfo(round=request.round, has_adapter=True, total_bytes=len(self.blob))
+        for message in pull_responses(header, self.blob, 4096):
+            self.num_taken += 1
+            yield message
+
+
+def test_pull_global_returns_once_the_fed_server_answers() -> None:
+    from client.remote import FedServerClient
+
+    blob = bytes(range(256)) * 40  # three 4 KiB chunks
+    with make_channel("127.0.0.1:1") as channel:  # never dialled: the stub is replaced
+        fed = FedServerClient(channel, 0, "h", 4096)
+        fed.stub = stub = _CountingStub(blob)
+        pull = fed.pull_global(2)
+        assert stub.num_taken == 1  # the header ended the wait; the chunks are the transfer
+        assert pull.read() == (2, blob)
+        assert stub.num_taken == 4
+        assert fed.pull_global(-1).read() == (-1, None)  # before round 0: no call
+        assert len(stub.requests) == 1
+
+
+@pytest.mark.parametrize("asked_bps", [0.0, 2e6])
+def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
+    import torch
+
+    from client.remote import MainServerStream
+    from fedsllm.proto import main_server_pb2_grpc
+    from fedsllm.roles import build_part
+    from fedsllm.wire.rpc import create_server, stop_server
+    from main_server.compute import ServerTrainer
+    from main_server.service import MainServerService, StepLimits
+
+    scenario = load_scenario(overrides=["model.pretrain_steps=0", "data.seq_len=8"])
+    part, tokenizer, cfg = build_part(scenario, "server")
+    limits = StepLimits(
+        hidden_size=cfg.hidden_size,
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=8,
+        max_batch=2,
+        wire_dtype="float32",
+        num_clients=1,
+        max_tensor_bytes=2**20,
+    )
+    paced: list[float] = []
+    service = MainServerService(
+        ServerTrainer(part, lr=1e-2),
+        limits,
+        "h",
+        Tracer(None, "main_server"),
+        chunk_bytes=4096,
+        pace=lambda _client, rate_bps, _nbytes, _new: paced.append(rate_bps),
+    )
+    server, port = create_server(
+        "127.0.0.1:0", [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
+    )
+    g = torch.Generator().manual_seed(0)
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            stream = MainServerStream(
+                channel, 0, "h", "float32", 4096, downlink_bps=lambda: asked_bps
+            )
+            hidden = torch.randn(2, 8, cfg.hidden_size, generator=g)
+            labels = torch.randint(3, 200, (2, 8), generator=g)
+            stream.send_step(0, 0, True, hidden, torch.ones(2, 8, dtype=torch.int64), labels)
+            reply, _ = stream.receive_reply(0, 0)
+            stream.close()
+    finally:
+        stop_server(server, grace_s=0.5)
+    assert paced and set(paced) == {asked_bps}  # every gradient chunk, at that rate
+    assert reply.downlink_bps == asked_bps

@@ -28,6 +28,10 @@ def test_three_clients_two_rounds(tmp_path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The run directory is said once at the end, on stdout (bare for scripts); the
+    # stderr banner at the start is the only other mention.
+    assert proc.stdout.strip() == str(out.resolve())
+    assert proc.stderr.count(str(out.resolve())) <= 1, proc.stderr[-2000:]
     summary = read_json(out / "summary.json")
     assert summary["ok"] is True
     assert summary["exit_codes"] == {

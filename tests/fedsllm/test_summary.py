@@ -133,3 +133,31 @@ def test_links_allocated_against_achieved() -> None:
     assert links[1].achieved_uplink_bps == pytest.approx(1e6)
     assert math.isnan(links[1].allocated_uplink_bps)
     assert links[1].overrun_s == pytest.approx(0.25) and links[0].overrun_s == 0.0
+
+
+def test_links_state_the_downlink_rate_the_gradients_were_paced_at() -> None:
+    """Client 0's steps asked the main server for no pacing (the default downlink): it is
+    unshaped whatever an allocation said; client 1's were paced at 1.6 Mbit/s."""
+    recs = [
+        *RECORDS,
+        _event(
+            "allocation",
+            100.0,
+            client=0,
+            role="fed_server",
+            uplink_bps=2e6,
+            downlink_bps=8e6,
+            bandwidth_hz=5e6,
+        ),
+        _span("wait_reply", 100.2, 100.4, client=0, downlink_bps=0.0),
+        _span("wait_reply", 100.3, 100.5, client=1, downlink_bps=1.6e6),
+    ]
+    links = {link.client: link for link in summarize(recs).links}
+    assert not links[0].downlink_paced and links[0].downlink_bps == 0.0  # 0: unshaped
+    assert links[1].downlink_paced and links[1].downlink_bps == pytest.approx(1.6e6)
+    # Without recorded step rates (an older trace) the allocations' downlink is used:
+    # 0 in every push (the default) is unshaped.
+    old = {link.client: link for link in summarize(RECORDS).links}
+    assert not old[0].downlink_paced and old[0].downlink_bps == 0.0
+    pushed = [r for r in recs if r["name"] != "wait_reply"]
+    assert {link.client: link for link in summarize(pushed).links}[0].downlink_bps == 8e6

@@ -1,5 +1,5 @@
-"""The command line is frozen on purpose (STYLE.md rule 6): new knobs go into the
-scenario and are reached with --set. Changing a flag means changing this table."""
+"""The command line is frozen on purpose (flags are sugar for --set): new knobs go into
+the scenario and are reached with --set. Changing a flag means changing this table."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ EXPECTED = {
         "--scenario",
         "--seed",
         "--set",
+        "--skip-memory-check",
     },
     "plan": {"--bandwidth-mhz", "--clients", "--json", "--scenario", "--seed", "--set", "--solver"},
     "sweep": {
@@ -33,7 +34,16 @@ EXPECTED = {
     },
     "export": set(),
     "report": {"--format"},
-    "compare": {"--clients", "--out", "--policies", "--scenario", "--seed", "--set"},
+    "compare": {
+        "--clients",
+        "--out",
+        "--policies",
+        "--rounds",
+        "--scenario",
+        "--seed",
+        "--set",
+        "--skip-memory-check",
+    },
     "calibrate": {
         "--max-rounds",
         "--out",
@@ -77,11 +87,12 @@ def test_flags_are_sugar_for_overrides() -> None:
             "seed=3",
         ]
     )
+    # Under a planning policy (equal) --rounds cuts the plan: policy.max_rounds.
     assert flag_overrides(args) == [
         "seed=3",
         "clients.num_clients=4",
-        "training.num_rounds=2",
         "policy.name='equal'",
+        "policy.max_rounds=2",
         "run.network='netns'",
         "link.backend='tc'",
     ]

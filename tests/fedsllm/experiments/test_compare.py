@@ -14,17 +14,27 @@ from fedsllm.cli import main
 from fedsllm.config import apply_overrides, from_dict, load_dict, load_scenario
 from fedsllm.errors import ConfigError
 from fedsllm.experiments.compare import (
+    REDUCTION_DEFINITION,
+    TRUNCATION_COLUMNS,
     PolicyResult,
     RoundMeasure,
+    build_figure,
     compare_base_dict,
     compare_doc,
     compare_rows,
+    figure_labels,
+    full_plan_rounds,
+    load_compare_base,
     measure_run,
     parse_policies,
     plan_from_records,
     policy_scenario,
     reduction_pct,
+    reduction_text,
     reference_policy,
+    render_markdown,
+    summary_lines,
+    table_rows,
     time_to_target,
     write_outputs,
 )
@@ -291,6 +301,16 @@ def test_measure_run_reads_the_report(tmp_path: Path) -> None:
     assert [r.val_loss for r in res.rounds][0] == 4.5 and math.isnan(res.rounds[1].val_loss)
 
 
+def test_measure_run_knows_the_whole_plan_of_a_cut_run(tmp_path: Path) -> None:
+    """policy.max_rounds=2 cut the plan (eta 0.6): its whole N is ceil(a / (1 - eta))."""
+    run = make_run_dir(tmp_path / "cut", synthetic_records(), "policy.max_rounds=2")
+    res = measure_run(run, load_run(run)[0])
+    assert res.plan["num_rounds"] == 2
+    assert res.num_rounds_full == math.ceil(4.0 / (1 - 0.6))  # convergence.a = 4
+    whole = make_run_dir(tmp_path / "whole", synthetic_records())
+    assert measure_run(whole, load_run(whole)[0]).num_rounds_full == 2
+
+
 def test_plan_from_records() -> None:
     plan = plan_from_records(synthetic_records())
     assert plan["predicted_total_s"] == 3.0 and plan["num_rounds"] == 2
@@ -330,6 +350,9 @@ def test_doc_and_files(tmp_path: Path) -> None:
         (["--policies", "optimal", "--set", "training.batch_size=0"], "training.batch_size"),
         (["--policies", "optimal", "--clients", "0"], "clients.num_clients"),
         (["--policies", "fixed"], "policy.shares_file"),
+        (["--policies", "optimal,equal", "--set", "training.num_rounds=3"], "policy.max_rounds"),
+        (["--policies", "optimal", "--set", "training.num_local_steps=3"], "fixed_steps"),
+        (["--policies", "optimal", "--rounds", "0"], "--rounds"),
     ],
 )
 def test_cli_refuses_bad_input_before_running(
@@ -347,3 +370,166 @@ def test_cli_refuses_a_used_out_dir(tmp_path: Path, capsys) -> None:
     (out / "x").write_text("")
     assert main(["compare", "--policies", "optimal", "--out", str(out)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ sign and truncation
+
+
+@pytest.mark.parametrize(
+    ("pct", "ref", "text"),
+    [
+        (23.3, None, "23.3% less"),
+        (-12.04, None, "12.0% more"),
+        (23.3, "equal", "23.3% less delay than equal"),
+        (-5.0, "equal", "5.0% more delay than equal"),
+        (math.nan, "equal", "-"),
+        (None, None, "-"),
+    ],
+)
+def test_reduction_text(pct: float | None, ref: str | None, text: str) -> None:
+    assert reduction_text(pct, ref) == text
+
+
+@pytest.mark.parametrize(
+    ("plan", "max_rounds", "whole"),
+    [
+        ({"num_rounds": 2, "eta": 0.5}, 2, 8),  # cut: ceil(4 / 0.5)
+        ({"num_rounds": 2, "eta": 0.5}, 0, 2),  # no cap: what ran is the plan
+        ({"num_rounds": 3, "eta": 0.5}, 5, 3),  # the cap was above the plan's N
+        ({"num_rounds": 8, "eta": 0.5}, 8, 8),  # the cap was exactly N
+        ({}, 2, 0),  # no plan
+    ],
+)
+def test_full_plan_rounds(plan: dict[str, Any], max_rounds: int, whole: int) -> None:
+    assert full_plan_rounds(plan, 4.0, max_rounds) == whole
+
+
+def _cut(policy: str, n: int, round_s: float, whole: int, delays: list[float]) -> PolicyResult:
+    res = _result(
+        policy,
+        delays,
+        round_s * len(delays),
+        num_local_steps=n,
+        predicted_round_s=round_s,
+    )
+    res.num_rounds_full = whole
+    return res
+
+
+def _cut_doc() -> dict[str, Any]:
+    """The trap of issue 8: optimal plans 37 one-step rounds of 1 s, equal 8 six-step
+    rounds of 3 s; both cut to 2 rounds. Cut, optimal looks 3x faster; whole, it is slower."""
+    base = load_scenario(None, ["policy.max_rounds=2"])
+    results = [
+        _cut("optimal", 1, 1.0, 37, [1.1, 1.1]),  # measured 2.2, predicted 2, whole 37
+        _cut("equal", 6, 3.0, 8, [3.3, 3.3]),  # measured 6.6, predicted 6, whole 24
+    ]
+    return compare_doc(base, results, *reference_policy(("optimal", "equal")))
+
+
+def test_rows_of_a_cut_comparison_carry_the_whole_plans() -> None:
+    doc = _cut_doc()
+    assert doc["truncated"] is True and doc["settings"]["max_rounds"] == 2
+    o, e = doc["policies"]
+    assert (o["num_rounds_planned"], o["num_rounds_full"], o["truncated"]) == (2, 37, True)
+    assert o["measured_reduction_pct"] == pytest.approx(100 * (6.6 - 2.2) / 6.6)
+    assert o["predicted_reduction_pct"] == pytest.approx(100 * 4 / 6)
+    assert (o["full_predicted_total_s"], e["full_predicted_total_s"]) == (37.0, 24.0)
+    assert o["full_predicted_reduction_pct"] == pytest.approx(100 * (24 - 37) / 24)
+    assert any("policy.max_rounds=2" in n and "not the reduction" in n for n in doc["notes"])
+
+
+def test_table_of_a_cut_comparison() -> None:
+    header, rows = table_rows(_cut_doc())
+    assert header[-3:] == list(TRUNCATION_COLUMNS)
+    cells = dict(zip(header, rows[0], strict=True))
+    assert cells["n x rounds run"] == "1 x 2"
+    assert cells["rounds"] == "truncated: 2 of 37"
+    assert cells["measured vs ref"] == "66.7% less"
+    assert cells["predicted vs ref"] == "66.7% less"
+    assert cells["full plan pred. s"] == "37.000"
+    assert cells["full plan pred. vs ref"] == "54.2% more"
+    ref = dict(zip(header, rows[1], strict=True))
+    assert ref["measured vs ref"] == "ref" and ref["rounds"] == "truncated: 2 of 8"
+    md = render_markdown(_cut_doc())
+    assert "| truncated: 2 of 37 |" in md and REDUCTION_DEFINITION in md
+
+
+def test_table_of_whole_plans_has_no_truncation_columns() -> None:
+    base = load_scenario(None)
+    results = [_result("optimal", [1.0, 2.0, 3.0], 4.0), _result("equal", [2.0, 3.0, 5.0], 8.0)]
+    doc = compare_doc(base, results, *reference_policy(("optimal", "equal")))
+    header, rows = table_rows(doc)
+    assert doc["truncated"] is False
+    assert not set(TRUNCATION_COLUMNS) & set(header)
+    cells = dict(zip(header, rows[0], strict=True))
+    assert (cells["measured vs ref"], cells["predicted vs ref"]) == ("40.0% less", "50.0% less")
+    assert cells["diff pp"] == "-10.0"
+
+
+def _doc_with(slower: bool) -> dict[str, Any]:
+    """optimal measured 23.3% faster than equal (or 23.3% slower)."""
+    delays = [12.33 if slower else 7.67]
+    results = [_result("optimal", delays, delays[0]), _result("equal", [10.0], 10.0)]
+    return compare_doc(load_scenario(None), results, *reference_policy(("optimal", "equal")))
+
+
+def test_figure_says_less_or_more_delay_like_the_table() -> None:
+    """One sign convention: the figure once said "-23.3% vs equal" where the table had +23.3."""
+    faster = _doc_with(slower=False)
+    assert figure_labels(faster) == ["measured 23.3% less delay than equal", ""]
+    header, rows = table_rows(faster)
+    assert dict(zip(header, rows[0], strict=True))["measured vs ref"] == "23.3% less"
+    fig = build_figure(faster)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["measured 23.3% less delay than equal"]
+    assert summary_lines(faster) == [
+        "optimal: measured 23.3% less delay than equal (predicted 23.3% less)"
+    ]
+    slower = _doc_with(slower=True)
+    assert (
+        figure_labels(slower)[0].startswith("measured ")
+        and "more delay than equal" in (figure_labels(slower)[0])
+    )
+
+
+def test_figure_of_a_cut_comparison_shows_the_whole_plan() -> None:
+    doc = _cut_doc()
+    fig = build_figure(doc)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == [
+        "measured 66.7% less delay than equal\nwhole plan predicted 54.2% more",
+    ]
+    assert "first 2 rounds of each plan" in fig.axes[0].get_title()
+    (line,) = summary_lines(doc)
+    assert "truncated: 2 of 37 rounds" in line and line.endswith("54.2% more delay than equal")
+
+
+# ------------------------------------------------------------ overrides and --rounds
+
+
+def test_compare_rounds_cuts_every_plan_whatever_the_file_policy(tmp_path: Path) -> None:
+    from fedsllm.cli import build_parser, flag_overrides
+
+    scenario = tmp_path / "fixed.toml"
+    scenario.write_text('[policy]\nname = "fixed_steps"\n')
+    args = build_parser().parse_args(
+        ["compare", "--scenario", str(scenario), "--policies", "optimal", "--rounds", "2"]
+    )
+    # compare passes its policies: --rounds is policy.max_rounds although the file says
+    # fixed_steps (the compared runs plan), and the loader accepts it for them.
+    overrides = flag_overrides(args, policy="optimal")
+    assert overrides == ["policy.max_rounds=2"]
+    base = load_compare_base(scenario, overrides, ("optimal", "equal"))
+    assert base.policy.max_rounds == 2
+    # The same with policy.name set by an override (the e2e tests' TINY set does).
+    fixed = ["policy.name='fixed_steps'", *overrides]
+    assert load_compare_base(None, fixed, ("optimal",)).policy.max_rounds == 2
+
+
+def test_load_compare_base_refuses_what_the_compared_policies_ignore(tmp_path: Path) -> None:
+    scenario = tmp_path / "fixed.toml"
+    scenario.write_text('[policy]\nname = "fixed_steps"\n')
+    with pytest.raises(ConfigError) as err:
+        load_compare_base(scenario, ["training.num_rounds=3"], ("optimal", "equal"))
+    assert err.value.path == "training.num_rounds" and "policy.max_rounds=3" in err.value.reason

@@ -77,14 +77,18 @@ def _one_step(
     *,
     client_overrun: float = 0.0,
     server_overrun: float = 0.0,
+    downlink_bps: float | None = None,
 ) -> list[dict[str, Any]]:
     """One local iteration starting at wall offset t: forward 0.2, uplink `uplink_wall`,
-    server 0.2 + downlink 0.2 inside wait_reply, backward 0.2 (wall seconds)."""
+    server 0.2 + downlink 0.2 inside wait_reply, backward 0.2 (wall seconds).
+    `downlink_bps`: the rate the step asked the main server to pace its gradient at
+    (0 = not paced), recorded on wait_reply; None leaves it out (an older trace)."""
     u = t + 0.2 + uplink_wall
+    reply = {} if downlink_bps is None else {"downlink_bps": downlink_bps}
     return [
         _span("client", k, rnd, 0, "client_forward", t, t + 0.2, extra=_device(0.1)),
         _span("client", k, rnd, 0, "uplink", t + 0.2, u, 100_000),
-        _span("client", k, rnd, 0, "wait_reply", u, u + 0.4, 50_000),
+        _span("client", k, rnd, 0, "wait_reply", u, u + 0.4, 50_000, extra=reply),
         _span(
             "main_server",
             k,

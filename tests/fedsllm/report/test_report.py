@@ -117,6 +117,122 @@ def test_round_zero_opens_when_the_last_client_starts(tmp_path: Path) -> None:
     assert "start-up skew" in (run / "report.md").read_text()
 
 
+@pytest.mark.parametrize(
+    ("late", "uplink_in_window_s", "downlink_in_window_s"),
+    [
+        (0.5, 0.05, 0.1),  # client 0's uplink [0.2, 0.6] wall straddles the window start
+        (0.9, 0.0, 0.05),  # its uplink is all before it, its downlink [0.8, 1.0] straddles
+    ],
+)
+def test_achieved_rates_count_whole_transfers_when_round_zero_opens_late(
+    late, uplink_in_window_s, downlink_in_window_s
+) -> None:
+    """Round 0 opens when the last client starts: an earlier client's transfer spans are
+    clipped out of its phases (which still add up to the window), but its achieved rate
+    is bytes over the whole spans, not all the bytes over the clipped part (the report
+    showed 50.9 Mbit/s achieved against 15.6 allocated)."""
+    recs = [
+        r
+        for r in synthetic_records()
+        if not (r["client"] == 1 and r["round"] == 0 and r["kind"] == "span")
+    ]
+    recs += _one_step(1, 0, late, 0.1)
+    recs.sort(key=lambda r: r["t0"])
+    r0 = measure_rounds(recs, DIL)[0]
+    assert r0.start_s == pytest.approx((1.0 + late) / DIL)  # client 1's start
+    c0 = r0.clients[0]
+    assert c0.phases_s["uplink"] == pytest.approx(uplink_in_window_s)
+    assert c0.phases_s["downlink"] == pytest.approx(downlink_in_window_s)
+    assert c0.total_s == pytest.approx(r0.window_s)
+    # synthetic uplink: 100 kB in 0.4 wall = 0.2 emulated s; downlink 50 kB in 0.1 s
+    assert c0.achieved_uplink_bps == pytest.approx(100_000 * 8 / 0.2)
+    assert c0.achieved_downlink_bps == pytest.approx(50_000 * 8 / 0.1)
+    assert c0.uplink_transfer_s == pytest.approx(0.2)
+
+
+def test_waiting_for_the_round_to_close_is_waiting_not_download(tmp_path: Path) -> None:
+    """A client's wait_global span (its upload until the fed server starts sending the
+    next global adapter) is drawn as waiting, changes no phase or prediction (waiting is
+    the rest of the window, never a transfer), and global_download stays the transfer."""
+    from fedsllm.report.figures import _timeline_rows
+
+    base = synthetic_records()
+    waits = [
+        _span("client", 0, 0, -1, "wait_global", 1.4, 2.0),  # from its upload to the close
+        _span("client", 1, 0, -1, "wait_global", 1.6, 2.05),
+        _span("client", 1, 1, -1, "wait_global", 3.5, 4.25),
+    ]
+    recs = sorted(base + waits, key=lambda r: r["t0"])
+    for with_waits, without in zip(
+        measure_rounds(recs, DIL), measure_rounds(base, DIL), strict=True
+    ):
+        assert with_waits.to_dict() == without.to_dict()
+    r0, r1 = measure_rounds(recs, DIL)
+    assert r0.clients[1].phases_s["waiting"] == pytest.approx((2.0 - 1.6 - 0.2) / DIL)
+    assert r1.clients[1].phases_s["global_download"] == pytest.approx(0.1 / DIL)
+    assert sum(r1.clients[1].phases_s.values()) == pytest.approx(r1.window_s)
+    run = make_run_dir(tmp_path / "run", recs)
+    rep = build_report(run)
+    ref = build_report(make_run_dir(tmp_path / "ref", base))
+    assert [r["predicted_s"] for r in rep["rounds"]] == [r["predicted_s"] for r in ref["rounds"]]
+    assert all(c["predicted"]["phases_s"]["waiting"] == 0.0 for c in rep["rounds"][0]["clients"])
+    rows = _timeline_rows(recs, rep["run_start_unix_s"], DIL)
+    origin_s = 1.0 / DIL  # the run starts with the eval at -1.0 wall
+    bars = [x for bar in rows["client 1"]["waiting"] for x in bar]
+    assert bars == pytest.approx([origin_s + 0.8, 0.225, origin_s + 1.75, 0.375])
+    (download,) = rows["client 1"]["global_download"]  # round 1's transfer alone
+    assert download == pytest.approx((origin_s + 1.0, 0.05))
+    assert "waiting" in rows["client 0"]
+    write_report(run)  # draws the waiting bars
+
+
+def _with_downlink_rate(bps: float | None) -> list[dict]:
+    """The synthetic trace with every training step recording the downlink rate it asked
+    the main server for."""
+    recs = [r for r in synthetic_records() if r["name"] != "wait_reply"]
+    for r in synthetic_records():
+        if r["name"] == "wait_reply":
+            recs.append({**r, "extra": {} if bps is None else {"downlink_bps": bps}})
+    return sorted(recs, key=lambda r: r["t0"])
+
+
+def test_report_says_the_default_downlink_is_not_paced(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "run", _with_downlink_rate(0.0))
+    result = write_report(run)
+    doc = json.loads(result.report_json.read_text())
+    for r in doc["rounds"]:
+        for c in r["clients"]:
+            assert c["downlink_paced"] is False and c["downlink_bps"] is None
+    # Round 1's allocation says 1.6 Mbit/s, but the steps asked for no pacing: what the
+    # client recorded wins.
+    assert doc["rounds"][1]["clients"][0]["rates"]["downlink_bps"] == 1.6e6
+    md = result.report_md.read_text()
+    assert "- downlink (activation gradients, global adapter): unshaped, not paced" in md
+    assert "The downlink was not paced (channel.downlink_bps is 0, the default)" in md
+    assert "| downlink paced at |" in md
+
+
+def test_report_states_the_downlink_rate_used(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "run", _with_downlink_rate(1.6e6))
+    rep = build_report(run)
+    assert all(c["downlink_paced"] for r in rep["rounds"] for c in r["clients"])
+    assert rep["rounds"][0]["clients"][0]["downlink_bps"] == 1.6e6
+    assert not any("downlink was" in n for n in rep["notes"])
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "global adapter): paced at 1.600 Mbit/s" in md
+    # An older trace without the recorded rate falls back to the rates in force: round 0's
+    # allocation leaves the downlink unshaped, round 1's paces it at 1.6 Mbit/s.
+    old = build_report(make_run_dir(tmp_path / "old", _with_downlink_rate(None)))
+    assert [c["downlink_paced"] for r in old["rounds"] for c in r["clients"]] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert any("paced in only 2 of 4 client-rounds" in n for n in old["notes"])
+
+
 def test_round_done_ends_a_round_without_aggregation() -> None:
     recs = [r for r in synthetic_records() if r["name"] != "aggregation"]
     r0, r1 = measure_rounds(recs, DIL)

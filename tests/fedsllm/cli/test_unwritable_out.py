@@ -1,0 +1,61 @@
+"""An output path that cannot be written is bad input: one line naming it, exit 2,
+before anything runs or is written (issue: a raw PermissionError traceback)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fedsllm.cli import main
+from tests.e2e.conftest import overrides
+
+
+def _denied(tmp_path: Path) -> Path:
+    """A directory this process may not create: /sys refuses even root."""
+    if os.geteuid() == 0:
+        return Path("/sys") / f"fedsllm-test-{uuid.uuid4().hex[:8]}"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked / "out"
+
+
+def _under_a_file(tmp_path: Path) -> Path:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    return blocker / "out"
+
+
+COMMANDS = {
+    "run": lambda out: ["run", "--quiet", "--out", str(out), *overrides()],
+    "compare": lambda out: ["compare", "--policies", "optimal,equal", "--out", str(out)],
+    "sweep": lambda out: ["sweep", "--param", "num_clients", "--values", "2,3", "--out", str(out)],
+    "calibrate": lambda out: [
+        "calibrate",
+        "--target-loss",
+        "2.0",
+        "--write",
+        str(out.parent.parent / "calibrated.toml"),
+        "--out",
+        str(out),
+    ],
+}
+
+
+@pytest.mark.parametrize("make_path", [_denied, _under_a_file], ids=["denied", "under-a-file"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys, command, make_path) -> None:
+    out = make_path(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(COMMANDS[command](out))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fedsllm: error: --out: ") and str(out) in lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
