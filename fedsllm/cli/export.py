@@ -16,8 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Rebuild the run's base model from RUN_DIR/scenario.json and write one PEFT "
             "adapter for the whole model to OUT_DIR (adapter_config.json, "
-            "adapter_model.safetensors); for a preset base also OUT_DIR/base, loadable with "
-            "AutoModelForCausalLM.from_pretrained."
+            "adapter_model.safetensors), a tokenizer that AutoTokenizer loads and that "
+            "puts training's bos in front, and a model card (README.md: run, base, "
+            "scenario, losses from RUN_DIR/summary.json, how to load); for a preset base "
+            "also OUT_DIR/base, loadable with AutoModelForCausalLM.from_pretrained. "
+            "Prints OUT_DIR."
         ),
     )
     parser.add_argument("run_dir", help="run directory written by `fedsllm run`")

@@ -59,3 +59,14 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys, command, make_path)
     assert "Traceback" not in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("make_path", [_denied, _under_a_file], ids=["denied", "under-a-file"])
+def test_export_to_an_unwritable_out_dir_is_one_line_exit_2(tmp_path, capsys, make_path) -> None:
+    out = make_path(tmp_path)
+    code = main(["export", str(tmp_path / "no-run"), str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("fedsllm: error: OUT_DIR: ") and str(out) in err
+    assert not out.exists()
