@@ -23,7 +23,7 @@ EXIT_BAD_INPUT = 2
 EXIT_ALLOCATION = 3
 EXIT_LINK = 4
 
-SUBCOMMANDS = ("run", "plan", "sweep", "export", "report", "compare", "calibrate")
+SUBCOMMANDS = ("run", "plan", "sweep", "export", "report", "compare", "calibrate", "certs")
 """Modules under fedsllm.cli, each with `register(subparsers)`; missing ones are skipped
 so that the CLI grows one module at a time."""
 

@@ -53,6 +53,7 @@ EXPECTED = {
         "--target-loss",
         "--write",
     },
+    "certs": {"--clients"},
 }
 
 

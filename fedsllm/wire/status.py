@@ -1,0 +1,66 @@
+"""The one mapping from the project's domain errors to gRPC status codes.
+
+Every servicer ends a refused call with `abort_for(context, err)`; no service
+keeps a table of its own. An error of no listed type is a bug: it propagates,
+and gRPC reports it as UNKNOWN. The most specific listed class wins (the
+error's MRO is walked), so a subclass may be given a code of its own.
+What raises these errors is left to the roles and to fedsllm.security.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NoReturn
+
+import grpc
+
+from fedsllm.errors import AllocationError, ConfigError, StateError, WireError
+from fedsllm.security.identity import AuthenticationError, PermissionDeniedError
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
+    {
+        # Who is calling (fedsllm.security.identity): no or unknown credentials,
+        # or a known caller acting beyond its identity. Nothing was changed.
+        AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+        PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+        # A malformed frame, tensor or adapter, or a request field out of range.
+        WireError: grpc.StatusCode.INVALID_ARGUMENT,
+        ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+        # Well-formed, but not now: stale round, unknown client, wrong scenario
+        # hash; an allocation request that would leave the round unsolvable
+        # (refused, the previous allocation stays in force).
+        StateError: grpc.StatusCode.FAILED_PRECONDITION,
+        AllocationError: grpc.StatusCode.FAILED_PRECONDITION,
+        # The server waited for peers (e.g. a round to close) past its limit.
+        TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+"""Domain error -> status code; a superset of the tables fed_server/service.py,
+fed_server/controller_service.py and main_server/service.py kept."""
+
+
+def status_for(err: BaseException) -> grpc.StatusCode | None:
+    """The code STATUS_OF gives `err` (its most specific listed class), or None."""
+    for cls in type(err).__mro__:
+        code = STATUS_OF.get(cls)
+        if code is not None:
+            return code
+    return None
+
+
+def abort_for(
+    context: grpc.ServicerContext, err: Exception, logger: logging.Logger | None = None
+) -> NoReturn:
+    """End the call with the status STATUS_OF assigns to `err` and its message,
+    logging the refusal at WARNING (on `logger`, default this module's); an
+    error of no listed type is re-raised unchanged (a bug: UNKNOWN)."""
+    code = status_for(err)
+    if code is None:
+        raise err
+    (logger or log).warning("refused: %s: %s", code.name, err)
+    context.abort(code, str(err))
+    raise err  # unreachable: context.abort raises
