@@ -237,7 +237,15 @@ def model_config_for(scenario: Any) -> Any:
     if scenario.model.path:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(scenario.model.path, local_files_only=True)
+        try:
+            return AutoConfig.from_pretrained(scenario.model.path, local_files_only=True)
+        except (OSError, ValueError) as err:
+            from fedsllm.errors import ConfigError
+
+            reason = str(err).splitlines()[0]
+            raise ConfigError(
+                "model.path", scenario.model.path, f"not a causal LM checkpoint ({reason})"
+            ) from None
     from fedsllm.model.presets import scenario_preset_config
 
     return scenario_preset_config(scenario)

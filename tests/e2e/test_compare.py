@@ -7,6 +7,7 @@ import math
 import pytest
 
 from tests.e2e.conftest import fedsllm, overrides, read_json
+from tests.e2e.test_run import config_only_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def test_failed_run_exits_1_naming_policy_and_process(tmp_path) -> None:
         "2",
         "--out",
         str(out),
-        *overrides(f"model.path='{tmp_path / 'no_such_checkpoint'}'"),
+        *overrides(f"model.path='{config_only_checkpoint(tmp_path / 'weightless')}'"),
         cwd=tmp_path,
         timeout=300,
     )

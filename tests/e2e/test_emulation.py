@@ -90,7 +90,7 @@ def test_loopback_token_policy_optimal(tmp_path) -> None:
     _check_emulated_run(out, 2)
     # The default constants plan 37 one-step rounds; --rounds 2 runs the first two.
     assert len(read_json(out / "summary.json")["rounds"]) == 2
-    assert "achieved Mbit/s" in proc.stderr
+    assert "achieved" in proc.stderr and "allocated" in proc.stderr
 
 
 class _SeenNamespaces:

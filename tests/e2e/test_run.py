@@ -84,9 +84,31 @@ def test_unknown_field_is_named(tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_failing_process_is_named_and_everything_stops(tmp_path) -> None:
+def config_only_checkpoint(path):
+    """A directory with a valid config.json and no weights: it passes every check the
+    launcher makes before starting (it counts FLOPs and memory from the config), and
+    the roles fail when they load the weights."""
+    from fedsllm.model.presets import preset_config
+
+    preset_config("tiny-llama").save_pretrained(path)
+    return path
+
+
+def test_bad_model_path_fails_before_anything_starts(tmp_path) -> None:
     empty = tmp_path / "not-a-checkpoint"
     empty.mkdir()
+    out = tmp_path / "run"
+    proc = fedsllm(
+        "run", "--quiet", "--out", str(out), *overrides(f"model.path={str(empty)!r}"), cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("fedsllm: error: model.path: not a causal LM checkpoint")
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_failing_process_is_named_and_everything_stops(tmp_path) -> None:
+    empty = config_only_checkpoint(tmp_path / "not-a-checkpoint")
     out = tmp_path / "run"
     proc = fedsllm(
         "run", "--quiet", "--out", str(out), *overrides(f"model.path={str(empty)!r}"), cwd=tmp_path
