@@ -37,6 +37,33 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "client", args.client_id)
+    from fedsllm.roles import load_resolved_scenario
+    from fedsllm.telemetry.service import start_sender
+    from fedsllm.trace import Tracer
+    from fedsllm.wire.rpc import make_channel
+
+    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
+    k = args.client_id
+    if not 0 <= k < scenario.clients.num_clients:
+        log.error("--client-id %d is not in [0, %d)", k, scenario.clients.num_clients)
+        return 2
+    run_dir = Path(args.run_dir)
+    # Telemetry goes to the fed server's collector on the control port when there
+    # is one: under tc it is an unshaped class, so records never queue behind
+    # adapter uploads or take the link's measured rate.
+    telemetry_channel = make_channel(args.control_address or args.fed_address)
+    telemetry = start_sender(telemetry_channel, run_dir, "client", k)
+    tracer = Tracer(None, "client", client_id=k, sink=telemetry)
+    try:
+        return _run(args, scenario, scenario_hash, tracer)
+    finally:
+        # Bounded: a client whose fed server is gone still exits; what was not
+        # acknowledged stays in RUN_DIR/spool for a restart of this client.
+        telemetry.close(timeout_s=5.0)
+        telemetry_channel.close()
+
+
+def _run(args: argparse.Namespace, scenario: Any, scenario_hash: str, tracer: Any) -> int:
     import torch
 
     from client.loop import ClientTrainer, FixedPlan
@@ -50,21 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         build_part,
         build_role_shaper,
         compute_context,
-        load_resolved_scenario,
         make_pacer,
         record_emulation,
         register_info,
     )
-    from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import make_channel
 
-    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
     k = args.client_id
-    if not 0 <= k < scenario.clients.num_clients:
-        log.error("--client-id %d is not in [0, %d)", k, scenario.clients.num_clients)
-        return 2
-    run_dir = Path(args.run_dir)
-    tracer = Tracer(run_dir / "trace" / f"client_{k}.jsonl", "client", client_id=k)
     part, tokenizer, _ = build_part(scenario, "client")
     data = build_federated_data(scenario, tokenizer)
     shard = data.train[k]

@@ -1,8 +1,13 @@
 """`python -m fed_server`: the federated server process.
 
 Parses arguments, loads the resolved scenario, resumes from the run
-directory's checkpoint, serves FedServer (and the health service) until
-SIGTERM, then stops with a grace period.
+directory's checkpoint, serves FedServer, the telemetry collector (and the
+health service) until SIGTERM, then stops with a grace period.
+
+The collector (fedsllm.telemetry) keeps every role's records in
+RUN_DIR/trace/; it is served on the fed server's port, on the control port
+(unshaped under tc) and on RUN_DIR/telemetry.sock (for watchers on this host,
+whatever network namespace they are in).
 """
 
 from __future__ import annotations
@@ -10,6 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+    from fedsllm.telemetry.service import TelemetryService
 
 log = logging.getLogger("fed_server")
 
@@ -22,7 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--control-bind",
         default="127.0.0.1:0",
-        help="host:port of the controller service (allocation policies only)",
+        help="host:port of the control services: telemetry, and the controller "
+        "(allocation policies only)",
+    )
+    parser.add_argument(
+        "--telemetry-wait-s",
+        type=float,
+        default=6.0,
+        help="at shutdown, how long to wait for the roles still sending telemetry "
+        "to send their last records (default 6; a role silent for 2 s is not waited for)",
     )
     return parser.parse_args(argv)
 
@@ -37,12 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     from fed_server.service import FedServerService
     from fedsllm.proto import fed_server_pb2_grpc
     from fedsllm.roles import load_resolved_scenario, wait_for_stop
+    from fedsllm.telemetry.collector import TelemetryCollector
+    from fedsllm.telemetry.service import TELEMETRY_SERVICE, TelemetryService, add_to_server
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import create_server, stop_server
+    from fedsllm.wire.rpc import CONTROLLER_SERVICE, FED_SERVER_SERVICE, create_server, stop_server
 
     scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
     run_dir = Path(args.run_dir)
-    tracer = Tracer(run_dir / "trace" / "fed_server.jsonl", "fed_server")
+    # Resumes from the records a previous fed server of this run left there.
+    collector = TelemetryCollector(run_dir / "trace")
+    telemetry = TelemetryService(collector)
+    tracer = Tracer(None, "fed_server", sink=collector.emit_local)
     if not (run_dir / "scenario.json").exists():
         # Started without the launcher (docker compose): leave the resolved
         # scenario where `fedsllm report` and `fedsllm export` look for it.
@@ -103,27 +127,79 @@ def main(argv: list[str] | None = None) -> int:
         pace_down=pace_down,
     )
     server, port = create_server(
-        args.bind, [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s)]
+        args.bind,
+        [
+            lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s),
+            add_to_server(telemetry),
+        ],
+        service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE),
     )
-    log.info("serving FedServer on port %d", port)
-    control_server = None
+    log.info("serving FedServer and Telemetry on port %d", port)
+    # Its own port: under tc, control traffic (allocations, telemetry) stays out
+    # of the shaped class while adapter transfers to the fed server stay shaped.
+    control = [add_to_server(telemetry)]
+    control_names = [TELEMETRY_SERVICE]
     if controller is not None:
-        from fed_server.controller_service import serve_controller
+        from fed_server.controller_service import ControllerService
+        from fedsllm.proto import controller_pb2_grpc
 
-        # Its own port: under tc, control traffic stays out of the shaped class
-        # while adapter transfers to the fed server stay shaped.
-        control_server, control_port = serve_controller(controller, args.control_bind)
-        log.info("serving Controller on port %d (policy %s)", control_port, scenario.policy.name)
+        controller_service = ControllerService(controller)
+        control.append(
+            lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(controller_service, s)
+        )
+        control_names.append(CONTROLLER_SERVICE)
+    control_server, control_port = create_server(
+        args.control_bind, control, service_names=control_names
+    )
+    log.info("serving %s on port %d", ", ".join(control_names), control_port)
+    local_server = _serve_local_telemetry(run_dir, telemetry)
 
     wait_for_stop(tick=state.poll_deadline)
     if controller is not None:
         controller.close()  # ends every Subscribe stream
-    if control_server is not None:
-        stop_server(control_server, grace_s=1.0)
-    stop_server(server, grace_s=2.0)
+    # Roles stopping with us (the main server) send their last records now.
+    still_open = collector.wait_final(
+        args.telemetry_wait_s, exclude=("fed_server",), idle_s=min(2.0, args.telemetry_wait_s)
+    )
+    if still_open:
+        log.warning(
+            "telemetry of %s not closed after %.1f s; what they did not send stays in their spool",
+            ", ".join(still_open),
+            args.telemetry_wait_s,
+        )
     tracer.close()
+    collector.close()  # ends every telemetry watch
+    if local_server is not None:
+        stop_server(local_server, grace_s=0.5)
+    stop_server(control_server, grace_s=1.0)
+    stop_server(server, grace_s=2.0)
     log.info("stopped")
     return 0
+
+
+def _serve_local_telemetry(run_dir: Path, telemetry: TelemetryService) -> grpc.Server | None:
+    """Telemetry on RUN_DIR/telemetry.sock, or None when the path cannot be a
+    unix socket (too long) or the bind fails."""
+    from fedsllm.telemetry import TELEMETRY_SOCKET, socket_address
+    from fedsllm.telemetry.service import TELEMETRY_SERVICE, add_to_server
+    from fedsllm.wire.rpc import create_server
+
+    address = socket_address(run_dir)
+    if address is None:
+        log.warning(
+            "run directory path too long for %s; no local telemetry socket", TELEMETRY_SOCKET
+        )
+        return None
+    (run_dir / TELEMETRY_SOCKET).unlink(missing_ok=True)  # left by an earlier fed server
+    try:
+        server, _ = create_server(
+            address, [add_to_server(telemetry)], service_names=(TELEMETRY_SERVICE,)
+        )
+    except OSError as err:
+        log.warning("no local telemetry socket: %s", err)
+        return None
+    log.info("serving Telemetry on %s", address)
+    return server
 
 
 if __name__ == "__main__":

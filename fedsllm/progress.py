@@ -1,7 +1,9 @@
-"""Live progress of a run (round, client, loss), rendered with rich from the trace files.
+"""Live progress of a run (round, client, loss), rendered with rich.
 
-Reads only what the roles already write, so the display cannot disagree with
-the run's records.
+Follows the fed server's telemetry collector (a Subscribe stream on the run's
+telemetry socket, fedsllm.telemetry.service.TelemetryWatcher) and reads the
+typed records the roles send, so the display cannot disagree with the run's
+records and needs no shared file.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from fedsllm.config import ScenarioConfig
-from fedsllm.trace import TraceTail
+from fedsllm.telemetry.records import TelemetryRecord
 
 
 class RunProgress:
@@ -19,7 +21,8 @@ class RunProgress:
         self, scenario: ScenarioConfig, trace_dir: Path, console: Any, enabled: bool = True
     ) -> None:
         self.scenario = scenario
-        self.tail = TraceTail(trace_dir)
+        self.run_dir = trace_dir.parent
+        self.watcher: Any = None
         self.console = console
         self.enabled = enabled
         self._progress: Any = None
@@ -50,6 +53,13 @@ class RunProgress:
                 self._tasks[k] = self._progress.add_task(
                     f"client {k}", total=total, info="starting"
                 )
+            from fedsllm.telemetry import socket_address
+            from fedsllm.telemetry.service import TelemetryWatcher
+
+            # The fed server is not up yet: the watcher connects when it is.
+            address = socket_address(self.run_dir)
+            if address is not None:
+                self.watcher = TelemetryWatcher(address)
         return self
 
     def __exit__(
@@ -58,38 +68,42 @@ class RunProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
 
     def update(self) -> None:
-        for rec in self.tail.poll():
-            if rec["kind"] != "event":
-                continue
-            if rec["name"] == "plan" and self._progress is not None:
-                plan = rec["extra"]
-                for task in self._tasks.values():
-                    self._progress.update(task, total=plan["num_rounds"] * plan["num_local_steps"])
-                self.console.print(
-                    f"plan ({plan['policy']}): eta {plan['eta']:.3f}, {plan['num_rounds']} rounds "
-                    f"x {plan['num_local_steps']} local steps, predicted "
-                    f"{plan['predicted_total_s']:.1f} s"
-                )
-            elif rec["name"] == "train_loss" and self._progress is not None:
-                k = rec["client"]
-                self._progress.update(
-                    self._tasks[k],
-                    advance=1,
-                    info=f"round {rec['round']} step {rec['step']} loss {rec['extra']['loss']:.4f}",
-                )
-            elif rec["name"] == "val_loss":
-                if self.enabled:
-                    label = "initial" if rec["round"] < 0 else f"after round {rec['round']}"
-                    self.console.print(f"validation loss {label}: {rec['extra']['loss']:.4f}")
-            elif rec["name"] == "round_done" and self.enabled:
-                self.console.print(
-                    f"round {rec['round']} aggregated "
-                    f"({rec['extra'].get('num_clients', '?')} clients)"
-                )
+        if self.watcher is not None:
+            for rec in self.watcher.poll():
+                self.show(rec)
+
+    def show(self, rec: TelemetryRecord) -> None:
+        """Reflect one record in the display (events only)."""
+        if rec.kind != "event" or self._progress is None:
+            return
+        if rec.name == "plan":
+            rounds, steps = rec.counts["num_rounds"], rec.counts["num_local_steps"]
+            for task in self._tasks.values():
+                self._progress.update(task, total=rounds * steps)
+            self.console.print(
+                f"plan ({rec.labels['policy']}): eta {rec.values['eta']:.3f}, {rounds} rounds "
+                f"x {steps} local steps, predicted {rec.values['predicted_total_s']:.1f} s"
+            )
+        elif rec.name == "train_loss" and rec.client in self._tasks:
+            self._progress.update(
+                self._tasks[rec.client],
+                advance=1,
+                info=f"round {rec.round} step {rec.step} loss {rec.values['loss']:.4f}",
+            )
+        elif rec.name == "val_loss":
+            label = "initial" if rec.round < 0 else f"after round {rec.round}"
+            self.console.print(f"validation loss {label}: {rec.values['loss']:.4f}")
+        elif rec.name == "round_done":
+            self.console.print(
+                f"round {rec.round} aggregated ({rec.counts.get('num_clients', '?')} clients)"
+            )
 
 
 def prepare_base(scenario: ScenarioConfig, console: Any, enabled: bool = True) -> None:

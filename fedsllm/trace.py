@@ -1,34 +1,46 @@
-"""Spans and events from every process, as JSON lines in the run directory.
+"""Spans and events from every process, as typed telemetry records.
 
-Each process owns one `Tracer` writing RUN_DIR/trace/<role>.jsonl. Reports,
-progress display and the run summary are computed from these records, not
-from counters kept aside. Records are flushed line by line so a crashed
-process still leaves what it did, and so the launcher can tail them live.
+Each process owns one `Tracer`. Every span and event becomes a
+fedsllm.telemetry.records.TelemetryRecord (one schema, defined in
+proto/fedsllm/proto/telemetry.proto and versioned): its name must be a known
+phase or event, and its attributes are sorted into typed maps. The Tracer
+hands the record to a `sink`: in the client and the main server a
+fedsllm.telemetry.sender.TelemetrySender, which streams it to the fed
+server's collector; in the fed server the collector itself. The collector
+keeps the whole run in RUN_DIR/trace/<source>.jsonl; reports, progress
+display and the run summary are computed from those records, not from
+counters kept aside. A Tracer given a `path` also writes its records there
+as JSON lines (a process that runs without a collector, such as
+`python -m fed_server.controller_main`).
 
-Record schema (one JSON object per line):
+JSON form of a record (TelemetryRecord.to_dict, one object per line):
+    schema version of the record schema (fedsllm.telemetry.records.SCHEMA_VERSION)
+    source emitting process: "client_<k>", "main_server", "fed_server", ...
+    seq    per-source sequence number (1, 2, ...; 0 in a local file)
     kind   "span" | "event"
-    role   "client" | "main_server" | "fed_server" | "launcher"
+    role   "client" | "main_server" | "fed_server" | "controller" | "launcher"
     client client id, -1 when not client-specific
     round  global round, -1 when not round-specific
     step   local iteration, -1 when not step-specific
     name   phase name (span) or event name (event)
     t0, t1 wall-clock seconds (time.time() + clock_offset_s); events: t0 == t1
     bytes  payload bytes of a transfer span, else 0
-    extra  free-form dict (loss, num_tokens, overrun_s, ...)
+    extra  the typed attributes (loss, num_tokens, device, overrun_s, ...)
 
-Phase names: client_forward, uplink, server_compute, downlink,
-client_backward, adapter_upload, aggregation, wait_global, global_download,
-wait_reply, eval. wait_global (round r) is a client's wait for round r to
-close (the slowest client's upload and the aggregation) until the fed server
-starts sending the global adapter; global_download (round r + 1) is only that
-transfer. wait_reply extra.downlink_bps is the rate the step asked the main
-server to pace its gradient at (0 = not paced).
+Phase names (fedsllm.telemetry.records.PHASES): client_forward, uplink,
+server_compute, downlink, client_backward, adapter_upload, aggregation,
+wait_global, global_download, wait_reply, eval. wait_global (round r) is a
+client's wait for round r to close (the slowest client's upload and the
+aggregation) until the fed server starts sending the global adapter;
+global_download (round r + 1) is only that transfer. wait_reply
+extra.downlink_bps is the rate the step asked the main server to pace its
+gradient at (0 = not paced). Event names: fedsllm.telemetry.records.EVENTS.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +48,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from fedsllm.telemetry.records import TelemetryRecord, check_role, from_dict, make_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,11 +77,14 @@ class Tracer:
         client_id: int = -1,
         clock: Callable[[], float] = time.time,
         clock_offset_s: float = 0.0,
+        sink: Callable[[TelemetryRecord], None] | None = None,
     ) -> None:
+        check_role(role)
         self.role = role
         self.client_id = client_id
         self.clock = clock
         self.clock_offset_s = clock_offset_s
+        self.sink = sink
         self._lock = threading.Lock()
         self._fh: TextIO | None = None
         if path is not None:
@@ -75,10 +94,10 @@ class Tracer:
     def now(self) -> float:
         return self.clock() + self.clock_offset_s
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: TelemetryRecord) -> None:
         if self._fh is None:
             return
-        line = json.dumps(record, separators=(",", ":"), default=_jsonable)
+        line = json.dumps(record.to_dict(), separators=(",", ":"))
         with self._lock:
             # Checked again under the lock: a handler thread still running after
             # its server stopped may write while close() runs.
@@ -98,20 +117,23 @@ class Tracer:
         client: int | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        self._write(
-            {
-                "kind": kind,
-                "role": self.role,
-                "client": self.client_id if client is None else client,
-                "round": round,
-                "step": step,
-                "name": name,
-                "t0": t0,
-                "t1": t1,
-                "bytes": bytes,
-                "extra": extra or {},
-            }
+        """One span or event; ValueError when `name` is not a known phase or event."""
+        rec = make_record(
+            kind,
+            name,
+            self.role,
+            source_client=self.client_id if self.role == "client" else -1,
+            client=self.client_id if client is None else client,
+            round=round,
+            step=step,
+            t0=t0,
+            t1=t1,
+            bytes=bytes,
+            extra=extra,
         )
+        if self.sink is not None:
+            self.sink(rec)
+        self._write(rec)
 
     @contextmanager
     def span(
@@ -153,55 +175,35 @@ class Tracer:
                 self._fh = None
 
 
-def _jsonable(value: Any) -> Any:
-    """Dataclasses (device step records, allocations) are written as their fields, numpy
-    scalars (solver outputs) as the Python numbers they hold."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    import numpy
+def read_telemetry(trace_dir: Path) -> list[TelemetryRecord]:
+    """Every record of a run's trace/ as typed records, sorted by start time.
 
-    if isinstance(value, numpy.generic):
-        return value.item()
-    return str(value)
-
-
-def read_records(trace_dir: Path) -> list[dict[str, Any]]:
-    """All records of a run, sorted by start time; torn last lines are skipped."""
-    records: list[dict[str, Any]] = []
+    A torn last line (a process killed mid-write) is skipped; so is a record
+    this schema cannot read (unknown name, newer schema), with one warning.
+    A file from before records named their source gets its name from the file.
+    """
+    records: list[TelemetryRecord] = []
+    skipped: list[str] = []
     for path in sorted(trace_dir.glob("*.jsonl")):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 try:
-                    records.append(json.loads(line))
+                    doc = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a process died mid-line; the rest is still valid
-    records.sort(key=lambda r: r["t0"])
+                doc.setdefault("source", path.stem)
+                try:
+                    records.append(from_dict(doc))
+                except (KeyError, TypeError, ValueError) as err:
+                    skipped.append(f"{path.name}: {err}")
+    if skipped:
+        log.warning("skipped %d unreadable trace records (first: %s)", len(skipped), skipped[0])
+    records.sort(key=lambda r: r.t0)
     return records
 
 
-class TraceTail:
-    """Incrementally reads new complete lines from every trace file (for live progress)."""
-
-    def __init__(self, trace_dir: Path) -> None:
-        self.trace_dir = trace_dir
-        self._offsets: dict[Path, int] = {}
-
-    def poll(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if not self.trace_dir.exists():
-            return out
-        for path in sorted(self.trace_dir.glob("*.jsonl")):
-            offset = self._offsets.get(path, 0)
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-            end = data.rfind(b"\n")
-            if end < 0:
-                continue
-            for line in data[: end + 1].splitlines():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-            self._offsets[path] = offset + end + 1
-        return out
+def read_records(trace_dir: Path) -> list[dict[str, Any]]:
+    """All records of a run in their JSON form (TelemetryRecord.to_dict), sorted
+    by start time: read through the typed schema, so every name is a known
+    phase or event and every attribute has its type."""
+    return [r.to_dict() for r in read_telemetry(trace_dir)]

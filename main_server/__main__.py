@@ -55,12 +55,22 @@ def main(argv: list[str] | None = None) -> int:
 
     scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
     run_dir = Path(args.run_dir)
-    tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
+    telemetry = telemetry_channel = None
     if args.fed_address:
+        # Records stream to the fed server's collector (spooled under
+        # RUN_DIR/spool while it is unreachable).
+        from fedsllm.telemetry.service import start_sender
+
+        telemetry_channel = make_channel(args.fed_address)
+        telemetry = start_sender(telemetry_channel, run_dir, "main_server")
+        tracer = Tracer(None, "main_server", sink=telemetry)
         # Started beside the fed server, which may still be coming up.
         wait_healthy(args.fed_address, scenario.run.startup_timeout_s)
         with make_channel(args.fed_address) as channel:
             align_clock(tracer, channel)
+    else:
+        # No fed server to collect them: the records stay in this run directory.
+        tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
     part, tokenizer, model_config = build_part(scenario, "server")
     trainer = ServerTrainer(
         part,
@@ -112,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(adapters / "server.safetensors")
     record_emulation(tracer, pacer, shaper)
     tracer.close()
+    if telemetry is not None:
+        # The fed server waits for this source's final push before it stops;
+        # bounded well inside the launcher's grace period.
+        telemetry.close(timeout_s=3.0)
+        telemetry_channel.close()
     log.info("stopped after %d server updates", trainer.num_updates)
     return 0
 

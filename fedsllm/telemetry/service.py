@@ -1,0 +1,194 @@
+"""Telemetry over gRPC: the collector's servicer, a sender's push, and a watcher.
+
+`TelemetryService` decodes, calls fedsllm.telemetry.collector, encodes, and
+ends refused calls through the project's one error table (fedsllm.wire.status:
+a malformed record is INVALID_ARGUMENT, a closed collector FAILED_PRECONDITION;
+a sender keeps what was refused in its spool and retries). `grpc_push`
+is the transport a TelemetrySender is given. `TelemetryWatcher` follows a
+collector's Subscribe stream in a thread (reconnecting from the next index
+when the stream breaks), for `fedsllm run`'s progress and any other tool.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from fedsllm.errors import StateError, WireError
+from fedsllm.proto import telemetry_pb2 as pb
+from fedsllm.proto import telemetry_pb2_grpc as pb_grpc
+from fedsllm.telemetry.codec import (
+    record_from_proto,
+    record_to_proto,
+    role_from_proto,
+    role_to_proto,
+)
+from fedsllm.telemetry.collector import TelemetryCollector
+from fedsllm.telemetry.records import TelemetryRecord, source_name
+from fedsllm.telemetry.sender import Push, TelemetrySender
+from fedsllm.wire.status import abort_for
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_SERVICE = "fedsllm.proto.Telemetry"
+
+
+class TelemetryService(pb_grpc.TelemetryServicer):
+    def __init__(self, collector: TelemetryCollector, poll_s: float = 0.5) -> None:
+        self.collector = collector
+        self.poll_s = poll_s
+
+    def Push(
+        self, request: pb.PushTelemetryRequest, context: grpc.ServicerContext
+    ) -> pb.PushTelemetryResponse:
+        try:
+            source = source_name(role_from_proto(request.role), request.source_client)
+            records = [record_from_proto(m) for m in request.records]
+            for i, rec in enumerate(records):
+                if rec.source != source:
+                    raise WireError(
+                        f"records[{i}]", f"comes from {rec.source}, the request from {source}"
+                    )
+                if rec.seq < 1:
+                    raise WireError(f"records[{i}].seq", f"{rec.seq} is not a sequence number")
+            if records:
+                acked = self.collector.store(records, final=request.final)
+            elif request.final:
+                acked = self.collector.finish(source)
+            else:
+                acked = self.collector.acked(source)
+        except (WireError, StateError) as err:
+            abort_for(context, err, log)
+        return pb.PushTelemetryResponse(acked_seq=acked)
+
+    def Subscribe(
+        self, request: pb.SubscribeTelemetryRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SubscribeTelemetryResponse]:
+        index = request.from_index
+        while context.is_active():
+            records, closed = self.collector.wait_from(index, self.poll_s)
+            for rec in records:
+                yield pb.SubscribeTelemetryResponse(
+                    index=index,
+                    record=record_to_proto(rec),
+                    collector_id=self.collector.instance_id,
+                )
+                index += 1
+            if closed and not records:
+                return
+
+
+def add_to_server(service: TelemetryService) -> Callable[[grpc.Server], None]:
+    """For fedsllm.wire.rpc.create_server's `register` list."""
+    return lambda server: pb_grpc.add_TelemetryServicer_to_server(service, server)
+
+
+def grpc_push(
+    channel: grpc.Channel, role: str, client_id: int = -1, timeout_s: float = 5.0
+) -> Push:
+    """A TelemetrySender's transport: one Push call with a deadline, no retry
+    (the sender retries from its spool)."""
+    stub = pb_grpc.TelemetryStub(channel)
+    role_value = role_to_proto(role)
+    source_client = client_id if role == "client" else -1
+
+    def push(records: Sequence[pb.TelemetryRecord], final: bool) -> int:
+        request = pb.PushTelemetryRequest(
+            role=role_value, source_client=source_client, records=records, final=final
+        )
+        return int(stub.Push(request, timeout=timeout_s).acked_seq)
+
+    return push
+
+
+class TelemetryWatcher:
+    """Follows a collector's records live from `from_index`, in a thread.
+
+    `poll()` returns the records received since the last call, each once. The
+    stream is reopened from the next index whenever it breaks (the fed server
+    not up yet, or gone), until `close()`; from 0, dropping records already
+    delivered, when the collector restarted (its indexes changed).
+    """
+
+    def __init__(self, address: str, from_index: int = 0, retry_s: float = 0.2) -> None:
+        from fedsllm.wire.rpc import make_channel
+
+        self.address = address
+        self.next_index = from_index
+        self.retry_s = retry_s
+        self._queue: queue.SimpleQueue[TelemetryRecord] = queue.SimpleQueue()
+        self._collector_id = ""
+        self._seen: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._call: grpc.Call | None = None
+        self._lock = threading.Lock()
+        self._channel = make_channel(address)
+        self._stub = pb_grpc.TelemetryStub(self._channel)
+        self._thread = threading.Thread(target=self._follow, name="telemetry-watch", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> list[TelemetryRecord]:
+        out: list[TelemetryRecord] = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        self._thread.join(timeout_s)
+        self._channel.close()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            call = self._stub.Subscribe(pb.SubscribeTelemetryRequest(from_index=self.next_index))
+            with self._lock:
+                self._call = call
+            if self._stop.is_set():
+                call.cancel()
+                return
+            try:
+                for message in call:
+                    if message.collector_id != self._collector_id:
+                        restarted = bool(self._collector_id) and self.next_index > 0
+                        self._collector_id = message.collector_id
+                        if restarted:  # its indexes are not the old ones: start over
+                            self.next_index = 0
+                            call.cancel()
+                            break
+                    if message.index < self.next_index:
+                        continue
+                    self.next_index = message.index + 1
+                    rec = record_from_proto(message.record)
+                    key = (rec.source, rec.seq)
+                    if key not in self._seen:
+                        self._seen.add(key)
+                        self._queue.put(rec)
+            except grpc.RpcError as err:
+                log.debug("telemetry watch of %s broke: %s", self.address, err)
+            except WireError as err:
+                log.warning("telemetry watch of %s: unreadable record: %s", self.address, err)
+            self._stop.wait(self.retry_s)
+
+
+def start_sender(
+    channel: grpc.Channel, role_dir: Path, role: str, client_id: int = -1
+) -> TelemetrySender:
+    """A running TelemetrySender for this process, pushing over `channel` (to the
+    fed server) and spooling under `role_dir`/spool."""
+    from fedsllm.telemetry import spool_dir
+
+    return TelemetrySender(
+        grpc_push(channel, role, client_id),
+        spool_dir(role_dir),
+        source_name(role, client_id if role == "client" else -1),
+    )

@@ -1,0 +1,202 @@
+"""Telemetry through a real gRPC server on loopback: push, subscribe, malformed
+input, and the collector restarted in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fedsllm.proto import telemetry_pb2 as pb
+from fedsllm.proto import telemetry_pb2_grpc as pb_grpc
+from fedsllm.telemetry.codec import record_to_proto
+from fedsllm.telemetry.collector import TelemetryCollector
+from fedsllm.telemetry.sender import TelemetrySender
+from fedsllm.telemetry.service import (
+    TELEMETRY_SERVICE,
+    TelemetryService,
+    TelemetryWatcher,
+    add_to_server,
+    grpc_push,
+)
+from fedsllm.wire.rpc import create_server, make_channel, stop_server
+from tests.fedsllm.telemetry.helpers import event
+
+
+def _serve(collector: TelemetryCollector, address: str = "127.0.0.1:0", service=None):
+    service = service or TelemetryService(collector, poll_s=0.05)
+    return create_server(address, [add_to_server(service)], service_names=(TELEMETRY_SERVICE,))
+
+
+class DiesAfterStoring(TelemetryService):
+    """Once `dying` is set, the next Push stores its batch and then the collector
+    goes away before it can answer: the sender must resend what is stored."""
+
+    def __init__(self, collector: TelemetryCollector) -> None:
+        super().__init__(collector, poll_s=0.05)
+        self.dying = threading.Event()
+        self.died = threading.Event()
+
+    def Push(self, request, context):
+        reply = super().Push(request, context)
+        if self.dying.is_set() and request.records and not self.died.is_set():
+            self.collector.close()
+            self.died.set()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "collector stopped")
+        return reply
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    collector = TelemetryCollector(tmp_path / "trace")
+    server, port = _serve(collector)
+    yield collector, f"127.0.0.1:{port}"
+    collector.close()
+    stop_server(server, grace_s=0.1)
+
+
+def _wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_push_then_watch_from_an_index(served) -> None:
+    collector, address = served
+    with make_channel(address) as channel:
+        push = grpc_push(channel, "client", 0)
+        records = [record_to_proto(event(i).numbered(i + 1)) for i in range(5)]
+        assert push(records, False) == 5
+        assert push(records[:2], True) == 5  # a resend: nothing doubled
+    assert len(collector.records()) == 5
+    watched = Watched(address, from_index=2)
+    try:
+        _wait_for(lambda: len(watched.steps()) == 3)
+        assert watched.steps() == [2, 3, 4]
+        with make_channel(address) as channel:
+            grpc_push(channel, "client", 0)([record_to_proto(event(5).numbered(6))], False)
+        _wait_for(lambda: len(watched.steps()) == 4)  # live, after the replay
+    finally:
+        watched.close()
+
+
+class Watched:
+    """A TelemetryWatcher and the steps of the records it delivered so far."""
+
+    def __init__(self, address: str, from_index: int = 0) -> None:
+        self.watcher = TelemetryWatcher(address, from_index=from_index, retry_s=0.05)
+        self._steps: list[int] = []
+
+    def steps(self) -> list[int]:
+        self._steps.extend(r.step for r in self.watcher.poll())
+        return self._steps
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "seq", "code"),
+    [
+        ({"role": 99}, 1, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"role": pb.TELEMETRY_ROLE_MAIN_SERVER}, 1, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"role": pb.TELEMETRY_ROLE_CLIENT}, 0, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+    ids=["unknown role", "source is not the request's", "seq 0"],
+)
+def test_malformed_push_is_refused_and_stores_nothing(served, request_kw, seq, code) -> None:
+    collector, address = served
+    record = record_to_proto(event(0).numbered(seq))
+    with make_channel(address) as channel:
+        stub = pb_grpc.TelemetryStub(channel)
+        request = pb.PushTelemetryRequest(records=[record], source_client=0, **request_kw)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Push(request, timeout=5)
+    assert err.value.code() == code
+    assert collector.records() == []
+
+
+def test_push_to_a_closed_collector_is_refused_so_the_sender_keeps_it(served) -> None:
+    collector, address = served
+    collector.close()
+    with make_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
+        grpc_push(channel, "client", 0)([record_to_proto(event(0).numbered(1))], False)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_collector_restart_mid_run_every_record_arrives_exactly_once(tmp_path: Path) -> None:
+    """The issue's test: restart the collector in the middle of a run."""
+    trace = tmp_path / "trace"
+    collector = TelemetryCollector(trace)
+    dying = DiesAfterStoring(collector)
+    server, port = _serve(collector, service=dying)
+    address = f"127.0.0.1:{port}"
+    channel = make_channel(address)
+    sender = TelemetrySender(
+        grpc_push(channel, "client", 0, timeout_s=1.0),
+        tmp_path / "spool",
+        "client_0",
+        batch_records=16,
+        flush_interval_s=0.01,
+        backoff_s=0.01,
+        max_backoff_s=0.05,
+    )
+    early = Watched(address)  # watching live from the start, across the restart
+    num_records = 900
+    produced = threading.Event()
+    phase_done = [threading.Event() for _ in range(3)]
+    go_on = [threading.Event() for _ in range(3)]
+
+    def training_loop() -> None:  # a record every millisecond, through every phase
+        for phase in range(3):
+            for i in range(phase * 300, (phase + 1) * 300):
+                sender(event(i))
+                time.sleep(0.001)
+            phase_done[phase].set()
+            go_on[phase].wait(30)
+        produced.set()
+
+    loop = threading.Thread(target=training_loop)
+    loop.start()
+    phase_done[0].wait(30)
+    # The collector goes away in the middle of a push stream, after storing a
+    # batch it never acknowledged...
+    dying.dying.set()
+    assert dying.died.wait(10)
+    stop_server(server, grace_s=0.0)
+    go_on[0].set()
+    phase_done[1].wait(30)  # ... and the loop went on while it was away
+    assert len((trace / "client_0.jsonl").read_text().splitlines()) <= 300
+    collector = TelemetryCollector(trace)  # a new process: state from the files only
+    server, _ = _serve(collector, address)
+    go_on[1].set()
+    phase_done[2].wait(30)
+    go_on[2].set()
+    produced.wait(30)
+    loop.join(30)
+    assert sender.close(20.0)
+    try:
+        lines = [json.loads(x) for x in (trace / "client_0.jsonl").read_text().splitlines()]
+        assert sorted(r["seq"] for r in lines) == list(range(1, num_records + 1))
+        assert sorted(r["step"] for r in lines) == list(range(num_records))
+        assert sorted(r.seq for r in collector.records()) == list(range(1, num_records + 1))
+        assert sender.num_failed_pushes > 0  # the outage was real
+        assert sender.spool_path.stat().st_size == 0
+        watched = Watched(address)
+        try:
+            for w in (watched, early):
+                _wait_for(lambda w=w: len(w.steps()) >= num_records)
+                assert sorted(w.steps()) == list(range(num_records))
+        finally:
+            watched.close()
+            early.close()
+    finally:
+        collector.close()
+        stop_server(server, grace_s=0.1)
+        channel.close()
