@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from fedsllm.config import ScenarioConfig
-from fedsllm.telemetry.records import TelemetryRecord
+from fedsllm.telemetry.records import EventKind, TelemetryRecord
 
 
 class RunProgress:
@@ -81,9 +81,10 @@ class RunProgress:
 
     def show(self, rec: TelemetryRecord) -> None:
         """Reflect one record in the display (events only)."""
-        if rec.kind != "event" or self._progress is None:
+        event = rec.event
+        if event is None or self._progress is None:
             return
-        if rec.name == "plan":
+        if event is EventKind.PLAN:
             rounds, steps = rec.counts["num_rounds"], rec.counts["num_local_steps"]
             for task in self._tasks.values():
                 self._progress.update(task, total=rounds * steps)
@@ -91,16 +92,16 @@ class RunProgress:
                 f"plan ({rec.labels['policy']}): eta {rec.values['eta']:.3f}, {rounds} rounds "
                 f"x {steps} local steps, predicted {rec.values['predicted_total_s']:.1f} s"
             )
-        elif rec.name == "train_loss" and rec.client in self._tasks:
+        elif event is EventKind.TRAIN_LOSS and rec.client in self._tasks:
             self._progress.update(
                 self._tasks[rec.client],
                 advance=1,
                 info=f"round {rec.round} step {rec.step} loss {rec.values['loss']:.4f}",
             )
-        elif rec.name == "val_loss":
+        elif event is EventKind.VAL_LOSS:
             label = "initial" if rec.round < 0 else f"after round {rec.round}"
             self.console.print(f"validation loss {label}: {rec.values['loss']:.4f}")
-        elif rec.name == "round_done":
+        elif event is EventKind.ROUND_DONE:
             self.console.print(
                 f"round {rec.round} aggregated ({rec.counts.get('num_clients', '?')} clients)"
             )

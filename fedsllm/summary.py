@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsllm.telemetry.records import EventKind, Phase, TelemetryRecord
+
 
 @dataclass(frozen=True)
 class RoundSummary:
@@ -60,7 +62,7 @@ class RunSummary:
         return asdict(self)
 
 
-def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
+def client_links(records: list[TelemetryRecord]) -> list[ClientLink]:
     """Allocated against achieved uplink rate, the downlink rate gradients were paced
     at, and device overruns, per client."""
     allocated: dict[int, list[float]] = defaultdict(list)
@@ -72,22 +74,23 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
     overrun: dict[int, float] = defaultdict(float)
     clients: set[int] = set()
     for rec in records:
-        extra = rec.get("extra", {})
-        if rec["kind"] == "event" and rec["name"] == "allocation":
-            if float(extra["uplink_bps"]) > 0:  # 0 means unshaped, not a rate
-                allocated[rec["client"]].append(float(extra["uplink_bps"]))
-            allocated_down[rec["client"]].append(float(extra.get("downlink_bps", 0.0)))
-            bandwidth[rec["client"]].append(float(extra["bandwidth_hz"]))
-        elif rec["name"] == "wait_reply" and "downlink_bps" in extra:
+        phase, k = rec.phase, rec.client
+        if rec.event is EventKind.ALLOCATION:
+            uplink_bps = _required(rec, "uplink_bps")
+            if uplink_bps > 0:  # 0 means unshaped, not a rate
+                allocated[k].append(uplink_bps)
+            allocated_down[k].append(rec.number("downlink_bps", 0.0))
+            bandwidth[k].append(_required(rec, "bandwidth_hz"))
+        elif phase is Phase.WAIT_REPLY and rec.has_number("downlink_bps"):
             # The rate the step's request asked the main server to pace its gradient
             # at (0 = not paced): what happened, whatever was allocated.
-            asked_down[rec["client"]].append(float(extra["downlink_bps"]))
-        elif rec["name"] == "server_compute" and extra.get("mode") == "train":
-            clients.add(rec["client"])
-            sent[rec["client"]] += float(extra.get("uplink_bytes", 0))
-            took[rec["client"]] += float(extra.get("receive_s", 0.0))
-        elif rec["role"] == "client" and isinstance(extra.get("device"), dict):
-            overrun[rec["client"]] += float(extra["device"].get("overrun_s", 0.0))
+            asked_down[k].append(rec.number("downlink_bps"))
+        elif phase is Phase.SERVER_COMPUTE and rec.labels.get("mode") == "train":
+            clients.add(k)
+            sent[k] += rec.number("uplink_bytes", 0.0)
+            took[k] += rec.number("receive_s", 0.0)
+        elif rec.role == "client" and rec.device is not None:
+            overrun[k] += rec.device.overrun_s
     out = []
     for k in sorted(clients | set(allocated)):
         rates, hz = allocated.get(k, []), bandwidth.get(k, [])
@@ -107,13 +110,16 @@ def client_links(records: list[dict[str, Any]]) -> list[ClientLink]:
     return out
 
 
-def val_losses(records: list[dict[str, Any]]) -> dict[int, float]:
+def _required(rec: TelemetryRecord, key: str) -> float:
+    """A numeric attribute the record's kind always carries; KeyError naming it when absent."""
+    if not rec.has_number(key):
+        raise KeyError(f"{rec.name} record of {rec.source} (seq {rec.seq}) has no {key!r}")
+    return rec.number(key)
+
+
+def val_losses(records: list[TelemetryRecord]) -> dict[int, float]:
     """Round -> validation loss after it (-1: before training), from val_loss events."""
-    return {
-        int(r["round"]): float(r["extra"]["loss"])
-        for r in records
-        if r.get("kind") == "event" and r.get("name") == "val_loss"
-    }
+    return {r.round: _required(r, "loss") for r in records if r.event is EventKind.VAL_LOSS}
 
 
 def initial_val_loss(val: dict[int, float]) -> float:
@@ -138,7 +144,7 @@ def json_clean(value: Any) -> Any:
     return value
 
 
-def summarize(records: list[dict[str, Any]]) -> RunSummary:
+def summarize(records: list[TelemetryRecord]) -> RunSummary:
     from fedsllm.report.phases import measure_rounds, run_start
 
     losses: dict[int, list[float]] = defaultdict(list)
@@ -146,14 +152,12 @@ def summarize(records: list[dict[str, Any]]) -> RunSummary:
     round_end: dict[int, float] = {}
     start = run_start(records)
     for rec in records:
-        if rec["kind"] != "event":
-            continue
-        name, rnd = rec["name"], rec["round"]
-        if name == "train_loss":
-            losses[rnd].append(float(rec["extra"]["loss"]))
-            clients[rnd].add(rec["client"])
-        elif name == "round_done":
-            round_end[rnd] = rec["t1"]
+        event, rnd = rec.event, rec.round
+        if event is EventKind.TRAIN_LOSS:
+            losses[rnd].append(_required(rec, "loss"))
+            clients[rnd].add(rec.client)
+        elif event is EventKind.ROUND_DONE:
+            round_end[rnd] = rec.t1
     val = val_losses(records)
     windows = {m.round: m for m in measure_rounds(records, 1.0)}
     rounds: list[RoundSummary] = []
@@ -184,7 +188,7 @@ def summarize(records: list[dict[str, Any]]) -> RunSummary:
 def write_summary(
     run_dir: Path,
     outcome: Any,
-    records_or_summary: list[dict[str, Any]] | RunSummary,
+    records_or_summary: list[TelemetryRecord] | RunSummary,
     scenario_name: str,
 ) -> RunSummary:
     """RUN_DIR/summary.json: the launcher's outcome (fedsllm.launch.RunOutcome) and the

@@ -40,7 +40,6 @@ gradient at (0 = not paced). Event names: fedsllm.telemetry.records.EVENTS.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,8 +49,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedsllm.telemetry.records import TelemetryRecord, check_role, from_dict, make_record
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,32 +175,35 @@ class Tracer:
 def read_telemetry(trace_dir: Path) -> list[TelemetryRecord]:
     """Every record of a run's trace/ as typed records, sorted by start time.
 
-    A torn last line (a process killed mid-write) is skipped; so is a record
-    this schema cannot read (unknown name, newer schema), with one warning.
-    A file from before records named their source gets its name from the file.
+    A line that is not JSON (a process killed mid-write) is skipped. A record
+    this schema cannot read (an unknown phase or event name, a newer schema, a
+    missing field) is refused: ConfigError naming its file and line. A file
+    from before records named their source gets its name from the file.
     """
+    from fedsllm.errors import ConfigError
+
     records: list[TelemetryRecord] = []
-    skipped: list[str] = []
     for path in sorted(trace_dir.glob("*.jsonl")):
         with open(path, encoding="utf-8") as fh:
-            for line in fh:
+            for lineno, line in enumerate(fh, start=1):
                 try:
                     doc = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a process died mid-line; the rest is still valid
-                doc.setdefault("source", path.stem)
                 try:
+                    doc.setdefault("source", path.stem)
                     records.append(from_dict(doc))
-                except (KeyError, TypeError, ValueError) as err:
-                    skipped.append(f"{path.name}: {err}")
-    if skipped:
-        log.warning("skipped %d unreadable trace records (first: %s)", len(skipped), skipped[0])
+                except (AttributeError, KeyError, TypeError, ValueError) as err:
+                    what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+                    reason = f"unreadable telemetry record: {what}"
+                    raise ConfigError(f"{path}:{lineno}", line.strip()[:200], reason) from err
     records.sort(key=lambda r: r.t0)
     return records
 
 
 def read_records(trace_dir: Path) -> list[dict[str, Any]]:
     """All records of a run in their JSON form (TelemetryRecord.to_dict), sorted
-    by start time: read through the typed schema, so every name is a known
-    phase or event and every attribute has its type."""
+    by start time, read through the typed schema (read_telemetry). For tests and
+    tools that look at raw records; the summary, the report and the experiments
+    read the typed records."""
     return [r.to_dict() for r in read_telemetry(trace_dir)]

@@ -77,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
     from fedsllm.launch import make_run_dir, run_processes
     from fedsllm.progress import RunProgress, prepare_base
     from fedsllm.summary import write_summary
-    from fedsllm.trace import read_records
+    from fedsllm.trace import read_telemetry
 
     scenario = load_scenario(args.scenario, flag_overrides(args))
     console = Console(stderr=True)
@@ -97,7 +97,7 @@ def run_command(args: argparse.Namespace) -> int:
     with progress:
         outcome = run_processes(scenario, run_dir, on_tick=progress.update)
     summary = write_summary(
-        run_dir, outcome, read_records(run_dir / "trace"), scenario_name=scenario.name
+        run_dir, outcome, read_telemetry(run_dir / "trace"), scenario_name=scenario.name
     )
     print_summary(console, summary)
     if outcome.failed is None:

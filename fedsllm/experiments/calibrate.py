@@ -32,6 +32,7 @@ from typing import Any
 
 from fedsllm.config import ScenarioConfig
 from fedsllm.errors import ConfigError
+from fedsllm.telemetry.records import TelemetryRecord
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class CalibrationPoint:
 
 
 def point_from_records(
-    num_steps: int, records: list[dict[str, Any]], target_loss: float, run_dir: str
+    num_steps: int, records: list[TelemetryRecord], target_loss: float, run_dir: str
 ) -> CalibrationPoint:
     """Rounds-to-target of a finished run from its val_loss trace events."""
     from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
@@ -655,7 +656,7 @@ def run_calibration(
     Returns the points and the failures [(n, RoleFailed)]; the caller stops on failures.
     """
     from fedsllm.launch import make_run_dir, run_processes
-    from fedsllm.trace import read_records
+    from fedsllm.trace import read_telemetry
 
     points: list[CalibrationPoint] = []
     failures: list[tuple[int, Any]] = []
@@ -668,7 +669,7 @@ def run_calibration(
         if outcome.failed is not None:
             failures.append((n, outcome.failed))
             break
-        records = read_records(run_dir / "trace")
+        records = read_telemetry(run_dir / "trace")
         point = point_from_records(n, records, target_loss, str(run_dir))
         log.info("calibrate: n=%d -> rounds %s", n, point.rounds)
         points.append(point)

@@ -34,6 +34,7 @@ from typing import Any
 
 from fedsllm.config import POLICIES, ScenarioConfig
 from fedsllm.errors import ConfigError
+from fedsllm.telemetry.records import EventKind, TelemetryRecord
 
 REDUCTION_DEFINITION = (
     "Reduction = (reference delay - policy delay) / reference delay: positive means less "
@@ -184,11 +185,11 @@ class PolicyResult:
         return float(self.plan.get("predicted_total_s", math.nan))
 
 
-def plan_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fed server's plan event (empty without a controller)."""
+def plan_from_records(records: list[TelemetryRecord]) -> dict[str, Any]:
+    """The fed server's plan event's attributes (empty without a controller)."""
     for rec in records:
-        if rec.get("kind") == "event" and rec.get("name") == "plan":
-            return dict(rec.get("extra", {}))
+        if rec.event is EventKind.PLAN:
+            return rec.extra()
     return {}
 
 
@@ -355,9 +356,9 @@ def measure_run(run_dir: Path, scenario: ScenarioConfig, scenario_hash: str = ""
     from fedsllm.launch import scenario_hash as hash_of
     from fedsllm.report import report_from_records, write_report_files
     from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
-    from fedsllm.trace import read_records
+    from fedsllm.trace import read_telemetry
 
-    records = read_records(run_dir / "trace")
+    records = read_telemetry(run_dir / "trace")
     report = report_from_records(run_dir, scenario, scenario_hash or hash_of(scenario), records)
     write_report_files(run_dir, report, records)
     res = PolicyResult(policy=scenario.policy.name, run_dir=str(run_dir))
@@ -387,10 +388,10 @@ def run_policy(
     """One real run (fedsllm.launch) of `scenario` in `run_dir`, measured."""
     from fedsllm.launch import run_processes
     from fedsllm.summary import write_summary
-    from fedsllm.trace import read_records
+    from fedsllm.trace import read_telemetry
 
     outcome = run_processes(scenario, run_dir, on_tick=on_tick)
-    write_summary(run_dir, outcome, read_records(run_dir / "trace"), scenario_name=scenario.name)
+    write_summary(run_dir, outcome, read_telemetry(run_dir / "trace"), scenario_name=scenario.name)
     failed = outcome.failed
     if failed is not None:
         return PolicyResult(

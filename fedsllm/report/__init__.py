@@ -86,6 +86,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.errors import ConfigError
+from fedsllm.telemetry.records import EventKind, Phase, TelemetryRecord
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,11 @@ class ReportResult:
     """Mean |error| of predicted against measured over complete rounds (NaN if none)."""
 
 
-def load_run(run_dir: str | Path) -> tuple[Any, str, list[dict[str, Any]]]:
-    """(scenario, scenario_hash, records) of a run; ConfigError naming what is missing."""
+def load_run(run_dir: str | Path) -> tuple[Any, str, list[TelemetryRecord]]:
+    """(scenario, scenario_hash, typed records) of a run; ConfigError naming what is
+    missing, or the file and line of a record the telemetry schema cannot read."""
     from fedsllm.roles import load_resolved_scenario
-    from fedsllm.trace import read_records
+    from fedsllm.trace import read_telemetry
 
     root = Path(run_dir)
     if not root.is_dir():
@@ -123,8 +125,8 @@ def load_run(run_dir: str | Path) -> tuple[Any, str, list[dict[str, Any]]]:
     trace_dir = root / "trace"
     if not trace_dir.is_dir() or not any(trace_dir.glob("*.jsonl")):
         raise ConfigError("run_dir", str(root), "missing trace/*.jsonl (no trace records)")
-    records = read_records(trace_dir)
-    if not any(r.get("kind") == "span" for r in records):
+    records = read_telemetry(trace_dir)
+    if not any(r.is_span for r in records):
         raise ConfigError("run_dir", str(root), "trace/*.jsonl hold no spans (run incomplete)")
     return scenario, scenario_hash, records
 
@@ -161,7 +163,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
 
 
 def report_from_records(
-    run_dir: str | Path, scenario: Any, scenario_hash: str, records: list[dict[str, Any]]
+    run_dir: str | Path, scenario: Any, scenario_hash: str, records: list[TelemetryRecord]
 ) -> dict[str, Any]:
     """The report of already loaded records (see the module docstring for its fields)."""
     from fedsllm.report.phases import measure_rounds, run_start
@@ -184,35 +186,35 @@ def report_from_records(
     link_stats: list[dict[str, Any]] = []
     device_summaries: list[dict[str, Any]] = []
     for rec in records:
-        if rec.get("kind") != "event":
+        event = rec.event
+        if event is None:
             continue
-        extra = rec.get("extra", {})
-        t_s = (rec["t0"] - origin) / dil
-        if rec["name"] == "train_loss":
-            loss = float(extra.get("loss", math.nan))
-            train_by_round.setdefault(rec["round"], []).append(loss)
+        t_s = (rec.t0 - origin) / dil
+        if event is EventKind.TRAIN_LOSS:
+            loss = rec.number("loss")
+            train_by_round.setdefault(rec.round, []).append(loss)
             losses_train.append(
                 {
                     "t_s": t_s,
-                    "round": rec["round"],
-                    "client": rec["client"],
-                    "step": rec["step"],
+                    "round": rec.round,
+                    "client": rec.client,
+                    "step": rec.step,
                     "loss": loss,
                 }
             )
-        elif rec["name"] == "val_loss":
-            losses_val.append({"t_s": t_s, "round": rec["round"], "loss": float(extra["loss"])})
-        elif rec["name"] == "link_stats":
-            busy, shaped = float(extra.get("busy_s", 0.0)), int(extra.get("shaped_bytes", 0))
+        elif event is EventKind.VAL_LOSS:
+            losses_val.append({"t_s": t_s, "round": rec.round, "loss": rec.number("loss")})
+        elif event is EventKind.LINK_STATS:
+            busy, shaped = rec.number("busy_s", 0.0), int(rec.number("shaped_bytes", 0))
             link_stats.append(
                 {
-                    "client": rec["client"],
-                    **extra,
+                    "client": rec.client,
+                    **rec.extra(),
                     "achieved_bps": shaped * 8.0 / busy if busy > 0 else math.nan,
                 }
             )
-        elif rec["name"] == "device_summary":
-            device_summaries.append({"role": rec["role"], "client": rec["client"], **extra})
+        elif event is EventKind.DEVICE_SUMMARY:
+            device_summaries.append({"role": rec.role, "client": rec.client, **rec.extra()})
 
     rounds: list[dict[str, Any]] = []
     for m in measured:
@@ -286,13 +288,13 @@ def report_from_records(
     errs = [abs(r["error_pct"]) for r in done if math.isfinite(r["error_pct"])]
     evals = [
         {
-            "client": r["client"],
-            "round": r["round"],
-            "start_s": (r["t0"] - origin) / dil,
-            "duration_s": (r["t1"] - r["t0"]) / dil,
+            "client": r.client,
+            "round": r.round,
+            "start_s": (r.t0 - origin) / dil,
+            "duration_s": (r.t1 - r.t0) / dil,
         }
         for r in records
-        if r.get("kind") == "span" and r["name"] == "eval"
+        if r.phase is Phase.EVAL
     ]
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
@@ -455,7 +457,7 @@ def write_report(run_dir: str | Path) -> ReportResult:
 
 
 def write_report_files(
-    run_dir: str | Path, report: dict[str, Any], records: list[dict[str, Any]]
+    run_dir: str | Path, report: dict[str, Any], records: list[TelemetryRecord]
 ) -> ReportResult:
     """Write an already built report (report_from_records) and its figures into RUN_DIR;
     fills report["figures"] with the PNG file names."""

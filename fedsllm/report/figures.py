@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedsllm.telemetry.records import Phase, TelemetryRecord
+
 TIMELINE_PNG = "report_timeline.png"
 DELAY_PNG = "report_delay.png"
 LOSS_PNG = "report_loss.png"
@@ -29,17 +31,17 @@ _COLORS = {
     "eval": "#8c8c8c",
 }
 _LABELS = {"waiting": "waiting (slowest client, aggregation)"}
-_CLIENT_SPAN_PHASE = {
-    "client_forward": "compute",
-    "client_backward": "compute",
-    "uplink": "uplink",
-    "wait_reply": "wait_reply",
-    "adapter_upload": "adapter_upload",
-    "global_download": "global_download",
+_CLIENT_SPAN_PHASE: dict[Phase, str] = {
+    Phase.CLIENT_FORWARD: "compute",
+    Phase.CLIENT_BACKWARD: "compute",
+    Phase.UPLINK: "uplink",
+    Phase.WAIT_REPLY: "wait_reply",
+    Phase.ADAPTER_UPLOAD: "adapter_upload",
+    Phase.GLOBAL_DOWNLOAD: "global_download",
     # Between a client's adapter upload and the start of the next global adapter's
     # transfer: waiting for the round to close, not a download.
-    "wait_global": "waiting",
-    "eval": "eval",
+    Phase.WAIT_GLOBAL: "waiting",
+    Phase.EVAL: "eval",
 }
 
 
@@ -50,27 +52,29 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _timeline_rows(
-    records: list[dict[str, Any]], origin: float, dil: float
+    records: list[TelemetryRecord], origin: float, dil: float
 ) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """row label -> phase -> [(start, duration)] in emulated seconds since the run start."""
     rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for rec in records:
-        if rec.get("kind") != "span":
+        span, role = rec.phase, rec.role
+        if span is None:
             continue
-        role, name = rec.get("role"), rec["name"]
-        if role == "client" and name in _CLIENT_SPAN_PHASE:
-            row, phase = f"client {rec['client']}", _CLIENT_SPAN_PHASE[name]
-        elif role == "main_server" and name in ("server_compute", "downlink"):
-            eval_step = rec.get("extra", {}).get("mode") == "eval"
+        if role == "client" and span in _CLIENT_SPAN_PHASE:
+            row, phase = f"client {rec.client}", _CLIENT_SPAN_PHASE[span]
+        elif role == "main_server" and span in (Phase.SERVER_COMPUTE, Phase.DOWNLINK):
+            eval_step = rec.labels.get("mode") == "eval"
             row = "main server"
-            phase = "eval" if eval_step else ("server" if name == "server_compute" else "downlink")
-        elif role == "fed_server" and name == "aggregation":
+            phase = (
+                "eval" if eval_step else ("server" if span is Phase.SERVER_COMPUTE else "downlink")
+            )
+        elif role == "fed_server" and span is Phase.AGGREGATION:
             row, phase = "fed server", "aggregation"
         else:
             continue
-        start = (rec["t0"] - origin) / dil
+        start = (rec.t0 - origin) / dil
         rows.setdefault(row, {}).setdefault(phase, []).append(
-            (start, max((rec["t1"] - rec["t0"]) / dil, 0.0))
+            (start, max((rec.t1 - rec.t0) / dil, 0.0))
         )
     return rows
 
@@ -81,7 +85,7 @@ def _row_order(label: str) -> tuple[int, int]:
     return (1, 0 if label == "main server" else 1)
 
 
-def timeline_figure(report: dict[str, Any], records: list[dict[str, Any]]) -> Any:
+def timeline_figure(report: dict[str, Any], records: list[TelemetryRecord]) -> Any:
     """Gantt chart of every client's phases over the run, with round boundaries."""
     from matplotlib.patches import Patch
 
@@ -219,7 +223,7 @@ def loss_figure(report: dict[str, Any]) -> Any:
 
 
 def write_figures(
-    report: dict[str, Any], records: list[dict[str, Any]], out_dir: Path
+    report: dict[str, Any], records: list[TelemetryRecord], out_dir: Path
 ) -> list[Path]:
     """Write the three PNGs into `out_dir`; returns their paths."""
     out: list[Path] = []

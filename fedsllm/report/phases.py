@@ -47,6 +47,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedsllm.telemetry.records import DeviceStep, EventKind, Phase, TelemetryRecord
+
 PHASES = (
     "compute",
     "uplink",
@@ -59,18 +61,18 @@ PHASES = (
 )
 """Per-client phases of a round, in the order a report shows them."""
 
-CLIENT_PROTOCOL_SPANS = (
-    "global_download",
-    "client_forward",
-    "uplink",
-    "wait_reply",
-    "client_backward",
-    "adapter_upload",
+CLIENT_PROTOCOL_SPANS: tuple[Phase, ...] = (
+    Phase.GLOBAL_DOWNLOAD,
+    Phase.CLIENT_FORWARD,
+    Phase.UPLINK,
+    Phase.WAIT_REPLY,
+    Phase.CLIENT_BACKWARD,
+    Phase.ADAPTER_UPLOAD,
 )
 """Client-side spans that belong to the emulated protocol (eval is not one, nor is
 wait_global: waiting for the round to close is what `waiting` measures)."""
 
-CLIENT_WORK_SPANS = tuple(n for n in CLIENT_PROTOCOL_SPANS if n != "global_download")
+CLIENT_WORK_SPANS = tuple(p for p in CLIENT_PROTOCOL_SPANS if p is not Phase.GLOBAL_DOWNLOAD)
 """Client protocol spans that mark a client at work in a round: its global download may
 have waited for every client to join, so it does not say when the client started."""
 
@@ -172,12 +174,12 @@ def _rate(num_bytes: int, seconds: float) -> float:
     return num_bytes * 8.0 / seconds if seconds > 0 else math.nan
 
 
-def _clipped(rec: dict[str, Any], lo: float, hi: float) -> float:
-    return max(0.0, min(rec["t1"], hi) - max(rec["t0"], lo))
+def _clipped(rec: TelemetryRecord, lo: float, hi: float) -> float:
+    return max(0.0, min(rec.t1, hi) - max(rec.t0, lo))
 
 
-def _whole(rec: dict[str, Any]) -> float:
-    return max(0.0, rec["t1"] - rec["t0"])
+def _whole(rec: TelemetryRecord) -> float:
+    return max(0.0, rec.t1 - rec.t0)
 
 
 def union_length(intervals: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
@@ -197,85 +199,85 @@ def union_length(intervals: Iterable[tuple[float, float]], lo: float, hi: float)
     return total
 
 
-def run_start(records: list[dict[str, Any]]) -> float:
+def run_start(records: list[TelemetryRecord]) -> float:
     """Wall-clock origin of the report's time axis: the first span of the run."""
-    return min((r["t0"] for r in records if r.get("kind") == "span"), default=math.nan)
+    return min((r.t0 for r in records if r.is_span), default=math.nan)
 
 
-def is_protocol_span(rec: dict[str, Any]) -> bool:
+def is_protocol_span(rec: TelemetryRecord) -> bool:
     """Spans of the emulated protocol: client-side phases, train-mode server work, aggregation."""
-    if rec.get("kind") != "span":
+    phase = rec.phase
+    if phase is None:
         return False
-    name = rec["name"]
-    if rec.get("role") == "client":
-        return name in CLIENT_PROTOCOL_SPANS
-    if rec.get("role") == "main_server":
-        return name == "downlink" or (
-            name == "server_compute" and rec.get("extra", {}).get("mode", "train") == "train"
+    if rec.role == "client":
+        return phase in CLIENT_PROTOCOL_SPANS
+    if rec.role == "main_server":
+        return phase is Phase.DOWNLINK or (
+            phase is Phase.SERVER_COMPUTE and rec.labels.get("mode", "train") == "train"
         )
-    return rec.get("role") == "fed_server" and name == "aggregation"
+    return rec.role == "fed_server" and phase is Phase.AGGREGATION
 
 
-def _device(rec: dict[str, Any]) -> dict[str, Any] | None:
-    dev = rec.get("extra", {}).get("device")
-    return dev if isinstance(dev, dict) and dev.get("done", True) else None
+def _device(rec: TelemetryRecord) -> DeviceStep | None:
+    dev = rec.device
+    return dev if dev is not None and dev.done else None
 
 
-def _round_ends(records: list[dict[str, Any]]) -> dict[int, tuple[float, dict[str, Any] | None]]:
+def _round_ends(records: list[TelemetryRecord]) -> dict[int, tuple[float, TelemetryRecord | None]]:
     """Round -> (end time, its aggregation span): the latest aggregation span's end, or
     the round_done event's time for a round that has no aggregation span."""
-    ends: dict[int, tuple[float, dict[str, Any] | None]] = {}
+    ends: dict[int, tuple[float, TelemetryRecord | None]] = {}
     for rec in records:
-        if rec.get("kind") == "span" and is_protocol_span(rec) and rec["name"] == "aggregation":
-            rnd = rec["round"]
-            if rnd not in ends or ends[rnd][1] is None or rec["t1"] >= ends[rnd][0]:
-                ends[rnd] = (rec["t1"], rec)
+        if rec.phase is Phase.AGGREGATION and is_protocol_span(rec):
+            rnd = rec.round
+            if rnd not in ends or ends[rnd][1] is None or rec.t1 >= ends[rnd][0]:
+                ends[rnd] = (rec.t1, rec)
     for rec in records:
-        if rec.get("kind") == "event" and rec.get("name") == "round_done":
-            rnd = rec["round"]
-            if rnd not in ends or (ends[rnd][1] is None and rec["t1"] > ends[rnd][0]):
-                ends[rnd] = (rec["t1"], None)
+        if rec.event is EventKind.ROUND_DONE:
+            rnd = rec.round
+            if rnd not in ends or (ends[rnd][1] is None and rec.t1 > ends[rnd][0]):
+                ends[rnd] = (rec.t1, None)
     return ends
 
 
 def _first_round_start(
-    recs: list[dict[str, Any]], evals: list[tuple[float, float]]
+    recs: list[TelemetryRecord], evals: list[tuple[float, float]]
 ) -> tuple[float, float] | None:
     """(window start, start-up skew in wall seconds) of a round that opens without a
     previous round's end: the last client's first work span; None without client work."""
     starts: dict[int, float] = {}
     for r in recs:
-        if r["role"] == "client" and r["name"] in CLIENT_WORK_SPANS:
-            starts[r["client"]] = min(starts.get(r["client"], math.inf), r["t0"])
+        if r.role == "client" and r.phase in CLIENT_WORK_SPANS:
+            starts[r.client] = min(starts.get(r.client, math.inf), r.t0)
     if not starts:
         return None
     lo, hi = min(starts.values()), max(starts.values())
     return hi, max(0.0, hi - lo - union_length(evals, lo, hi))
 
 
-def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[RoundMeasured]:
+def measure_rounds(records: list[TelemetryRecord], time_dilation: float) -> list[RoundMeasured]:
     """Per-round windows and per-client phases of a run's records (see the module docstring)."""
     dil = float(time_dilation)
     origin = run_start(records)
     ends = _round_ends(records)
-    by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    evals: list[dict[str, Any]] = []
+    by_round: dict[int, list[TelemetryRecord]] = defaultdict(list)
+    evals: list[TelemetryRecord] = []
     for rec in records:
-        if rec.get("kind") != "span":
-            continue
-        if rec["name"] == "eval":
+        if rec.phase is Phase.EVAL:
             evals.append(rec)
         elif is_protocol_span(rec):
-            by_round[rec["round"]].append(rec)
-    eval_windows = [(e["t0"], e["t1"]) for e in evals]
+            by_round[rec.round].append(rec)
+    eval_windows = [(e.t0, e.t1) for e in evals]
     rounds: list[RoundMeasured] = []
     # The final global download is labelled round num_rounds: no round of its own.
     real = [
-        r for r in by_round if r >= 0 and any(x["name"] != "global_download" for x in by_round[r])
+        r
+        for r in by_round
+        if r >= 0 and any(x.phase is not Phase.GLOBAL_DOWNLOAD for x in by_round[r])
     ]
     for rnd in sorted(real):
         recs = by_round[rnd]
-        first = min(r["t0"] for r in recs if r["name"] != "global_download")
+        first = min(r.t0 for r in recs if r.phase is not Phase.GLOBAL_DOWNLOAD)
         skew = 0.0
         if rnd - 1 in ends:
             start = min(ends[rnd - 1][0], first)
@@ -284,19 +286,19 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
             start, skew = opened if opened is not None else (first, 0.0)
         complete = rnd in ends
         agg = ends[rnd][1] if complete else None
-        end = ends[rnd][0] if complete else max(r["t1"] for r in recs)
+        end = ends[rnd][0] if complete else max(r.t1 for r in recs)
         window_s = (end - start) / dil
         eval_s = union_length(eval_windows, start, end) / dil
         agg_s = _clipped(agg, start, end) / dil if agg is not None else 0.0
-        client_ids = sorted({r["client"] for r in recs if r["client"] >= 0})
+        client_ids = sorted({r.client for r in recs if r.client >= 0})
         clients = []
         for k in client_ids:
-            own_evals = [(e["t0"], e["t1"]) for e in evals if e["client"] == k]
+            own_evals = [(e.t0, e.t1) for e in evals if e.client == k]
             own_eval_s = union_length(own_evals, start, end) / dil
             clients.append(
                 _measure_client(
                     k,
-                    [r for r in recs if r["client"] == k],
+                    [r for r in recs if r.client == k],
                     start,
                     end,
                     dil,
@@ -324,7 +326,7 @@ def measure_rounds(records: list[dict[str, Any]], time_dilation: float) -> list[
 
 def _measure_client(
     k: int,
-    recs: list[dict[str, Any]],
+    recs: list[TelemetryRecord],
     start: float,
     end: float,
     dil: float,
@@ -340,53 +342,51 @@ def _measure_client(
     asked: list[float] = []
     last_upload = math.nan
     first_train = min(
-        (r["t0"] for r in recs if r["role"] == "client" and r["name"] != "global_download"),
+        (r.t0 for r in recs if r.role == "client" and r.phase is not Phase.GLOBAL_DOWNLOAD),
         default=math.nan,
     )
     for rec in recs:
-        name, role = rec["name"], rec["role"]
+        phase, role = rec.phase, rec.role
         dur = _clipped(rec, start, end) / dil
         dev = _device(rec)
-        if role == "client" and name in ("client_forward", "client_backward"):
+        if role == "client" and phase in (Phase.CLIENT_FORWARD, Phase.CLIENT_BACKWARD):
             ph["compute"] += dur
-            if name == "client_forward":
-                steps.add(rec["step"])
+            if phase is Phase.CLIENT_FORWARD:
+                steps.add(rec.step)
             if dev is not None:
-                c.client_target_s += float(dev.get("target_s", 0.0))
-                c.flops += float(dev.get("flops", 0.0))
+                c.client_target_s += dev.target_s
+                c.flops += dev.flops
                 c.num_client_device_steps += 1
-                over = float(dev.get("overrun_s", 0.0))
-                c.client_overrun_s += over
-                c.num_overruns += int(over > 0)
-        elif role == "client" and name == "uplink":
+                c.client_overrun_s += dev.overrun_s
+                c.num_overruns += int(dev.overrun_s > 0)
+        elif role == "client" and phase is Phase.UPLINK:
             ph["uplink"] += dur
-            c.uplink_bytes += int(rec.get("bytes", 0))
+            c.uplink_bytes += rec.bytes
             c.uplink_transfer_s += _whole(rec) / dil
             c.num_uplink_msgs += 1
-        elif role == "client" and name == "wait_reply":
+        elif role == "client" and phase is Phase.WAIT_REPLY:
             c.wait_reply_s += dur
-            reply_bytes += int(rec.get("bytes", 0))
-            if "downlink_bps" in rec.get("extra", {}):
-                asked.append(float(rec["extra"]["downlink_bps"]))
-        elif role == "client" and name == "adapter_upload":
+            reply_bytes += rec.bytes
+            if rec.has_number("downlink_bps"):
+                asked.append(rec.number("downlink_bps"))
+        elif role == "client" and phase is Phase.ADAPTER_UPLOAD:
             ph["adapter_upload"] += dur
-            c.adapter_bytes += int(rec.get("bytes", 0))
-            last_upload = rec["t1"] if math.isnan(last_upload) else max(last_upload, rec["t1"])
-        elif role == "client" and name == "global_download":
+            c.adapter_bytes += rec.bytes
+            last_upload = rec.t1 if math.isnan(last_upload) else max(last_upload, rec.t1)
+        elif role == "client" and phase is Phase.GLOBAL_DOWNLOAD:
             ph["global_download"] += dur
-            c.global_bytes += int(rec.get("bytes", 0))
-        elif role == "main_server" and name == "server_compute":
+            c.global_bytes += rec.bytes
+        elif role == "main_server" and phase is Phase.SERVER_COMPUTE:
             ph["server"] += dur
             if dev is not None:
-                c.server_target_s += float(dev.get("target_s", 0.0))
+                c.server_target_s += dev.target_s
                 c.num_server_device_steps += 1
-                over = float(dev.get("overrun_s", 0.0))
-                c.server_overrun_s += over
-                c.num_overruns += int(over > 0)
-        elif role == "main_server" and name == "downlink":
+                c.server_overrun_s += dev.overrun_s
+                c.num_overruns += int(dev.overrun_s > 0)
+        elif role == "main_server" and phase is Phase.DOWNLINK:
             downlink_seen = True
             ph["downlink"] += dur
-            c.downlink_bytes += int(rec.get("bytes", 0))
+            c.downlink_bytes += rec.bytes
             c.downlink_transfer_s += _whole(rec) / dil
             c.num_downlink_msgs += 1
     if not downlink_seen:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedsllm.report.phases import PHASES, ClientMeasured, RoundMeasured
+from fedsllm.telemetry.records import EventKind, TelemetryRecord
 
 
 @dataclass(frozen=True)
@@ -87,23 +88,22 @@ def _unshaped(rate: float) -> float:
 
 
 def rates_in_force(
-    records: list[dict[str, Any]], num_clients: int, rounds: list[int], link_backend: str
+    records: list[TelemetryRecord], num_clients: int, rounds: list[int], link_backend: str
 ) -> dict[tuple[int, int], RatesInForce]:
     """(round, client) -> rates in force; the newest version issued for a round <= r wins."""
-    allocs: dict[int, list[tuple[int, int, dict[str, Any]]]] = {k: [] for k in range(num_clients)}
+    allocs: dict[int, list[tuple[int, int, TelemetryRecord]]] = {k: [] for k in range(num_clients)}
     source = "configured"
-    names = {r["name"] for r in records if r.get("kind") == "event"}
-    wanted = "allocation" if "allocation" in names else "rates_applied"
-    if wanted in names:
-        source = wanted
+    kinds = {r.event for r in records if r.is_event}
+    wanted = EventKind.ALLOCATION if EventKind.ALLOCATION in kinds else EventKind.RATES_APPLIED
+    if wanted in kinds:
+        source = wanted.value
     for rec in records:
-        if rec.get("kind") != "event" or rec["name"] != wanted:
+        if rec.event is not wanted:
             continue
-        extra = rec.get("extra", {})
-        k = int(extra.get("client_id", rec["client"]))
-        rnd = int(extra.get("round", rec["round"]))
+        k = int(rec.number("client_id", rec.client))
+        rnd = int(rec.number("round", rec.round))
         if k in allocs:
-            allocs[k].append((rnd, int(extra.get("version", 0)), extra))
+            allocs[k].append((rnd, int(rec.number("version", 0)), rec))
     out: dict[tuple[int, int], RatesInForce] = {}
     for rnd in rounds:
         for k in range(num_clients):
@@ -115,19 +115,19 @@ def rates_in_force(
                     downlink_bps=math.inf,
                     source="unshaped_backend" if link_backend == "none" else "configured",
                     version=best[1] if best else -1,
-                    num_local_steps=int(best[2].get("num_local_steps", 0)) if best else 0,
+                    num_local_steps=int(best[2].number("num_local_steps", 0)) if best else 0,
                 )
                 continue
-            _, version, extra = max(usable, key=lambda a: a[1])
+            _, version, alloc = max(usable, key=lambda a: a[1])
             out[(rnd, k)] = RatesInForce(
-                uplink_bps=_unshaped(extra.get("uplink_bps", 0.0)),
-                downlink_bps=_unshaped(extra.get("downlink_bps", 0.0)),
+                uplink_bps=_unshaped(alloc.number("uplink_bps", 0.0)),
+                downlink_bps=_unshaped(alloc.number("downlink_bps", 0.0)),
                 source=source,
                 version=version,
-                bandwidth_hz=float(extra.get("bandwidth_hz", math.nan)),
-                share=float(extra.get("share", math.nan)),
-                num_local_steps=int(extra.get("num_local_steps", 0)),
-                predicted_round_s=float(extra.get("predicted_round_s", math.nan)),
+                bandwidth_hz=alloc.number("bandwidth_hz", math.nan),
+                share=alloc.number("share", math.nan),
+                num_local_steps=int(alloc.number("num_local_steps", 0)),
+                predicted_round_s=alloc.number("predicted_round_s", math.nan),
                 num_versions=len({a[1] for a in allocs[k] if a[0] == rnd}),
             )
     return out

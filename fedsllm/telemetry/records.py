@@ -3,16 +3,21 @@
 `TelemetryRecord` is what every role emits (through fedsllm.trace.Tracer),
 what travels to the collector (fedsllm.telemetry.codec turns it into
 proto/fedsllm/proto/telemetry.proto's message) and what every reader gets.
-Span and event names are closed sets (PHASES, EVENTS), mirrored by the
-proto's Phase and EventKind enums: a new name is added in both places, and a
-name outside them is refused when it is emitted, not discovered by a reader.
+Span and event names are closed sets (the `Phase` and `EventKind` enums, and
+their names PHASES, EVENTS), mirrored by the proto's Phase and EventKind enums:
+a new name is added in both places, and a name outside them is refused when it
+is emitted or read, not discovered by a reader. Readers (the summary, the
+report, the experiments, the progress display) match `rec.phase` /
+`rec.event` against the enums, never the name string.
 
 Attributes are typed by value: floats in `values`, integers and flags in
 `counts`, text in `labels`, number lists in `series`; a nested dict `a` becomes
 keys "a.b"; the emulated compute step of a span is a `DeviceStep`.
-`to_dict` gives the JSON form the run directory keeps (trace/<source>.jsonl)
-and the readers consume: the legacy keys (kind, role, client, round, step,
-name, t0, t1, bytes, extra) plus schema, source and seq.
+`number(key)` reads a numeric attribute whichever of values/counts holds it.
+`to_dict` gives the JSON form the run directory keeps (trace/<source>.jsonl),
+which fedsllm.trace.read_telemetry reads back through `from_dict`: the legacy
+keys (kind, role, client, round, step, name, t0, t1, bytes, extra) plus
+schema, source and seq.
 
 No I/O, no protobuf, no grpc here.
 """
@@ -20,6 +25,7 @@ No I/O, no protobuf, no grpc here.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +64,42 @@ EVENTS: tuple[str, ...] = (
     "link_stats",
 )
 """Event names, in the order of the proto's EventKind enum (value = index + 1)."""
+
+
+class Phase(enum.StrEnum):
+    """A span's phase (the proto's Phase enum; a member equals its name in PHASES)."""
+
+    CLIENT_FORWARD = "client_forward"
+    UPLINK = "uplink"
+    SERVER_COMPUTE = "server_compute"
+    DOWNLINK = "downlink"
+    CLIENT_BACKWARD = "client_backward"
+    ADAPTER_UPLOAD = "adapter_upload"
+    AGGREGATION = "aggregation"
+    WAIT_GLOBAL = "wait_global"
+    GLOBAL_DOWNLOAD = "global_download"
+    WAIT_REPLY = "wait_reply"
+    EVAL = "eval"
+
+
+class EventKind(enum.StrEnum):
+    """An event's kind (the proto's EventKind enum; a member equals its name in EVENTS)."""
+
+    TRAIN_LOSS = "train_loss"
+    VAL_LOSS = "val_loss"
+    ROUND_DONE = "round_done"
+    PLAN = "plan"
+    ALLOCATION = "allocation"
+    ALLOCATION_ERROR = "allocation_error"
+    RATES_APPLIED = "rates_applied"
+    STRAGGLER = "straggler"
+    CLOCK_OFFSET = "clock_offset"
+    DEVICE_SUMMARY = "device_summary"
+    LINK_STATS = "link_stats"
+
+
+_PHASE_OF: dict[str, Phase] = {p.value: p for p in Phase}
+_EVENT_OF: dict[str, EventKind] = {e.value: e for e in EventKind}
 
 ROLES: tuple[str, ...] = ("client", "main_server", "fed_server", "controller", "launcher")
 """Emitting roles, in the order of the proto's TelemetryRole enum (value = index + 1)."""
@@ -109,6 +151,36 @@ class TelemetryRecord:
     series: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     device: DeviceStep | None = None
     schema: int = SCHEMA_VERSION
+
+    @property
+    def phase(self) -> Phase | None:
+        """The span's phase; None for an event."""
+        return _PHASE_OF[self.name] if self.kind == "span" else None
+
+    @property
+    def event(self) -> EventKind | None:
+        """The event's kind; None for a span."""
+        return _EVENT_OF[self.name] if self.kind == "event" else None
+
+    @property
+    def is_span(self) -> bool:
+        return self.kind == "span"
+
+    @property
+    def is_event(self) -> bool:
+        return self.kind == "event"
+
+    def number(self, key: str, default: float = math.nan) -> float:
+        """A numeric attribute as a float, whether it was recorded as a float
+        (`values`) or an integer or flag (`counts`); `default` when absent."""
+        if key in self.values:
+            return float(self.values[key])
+        if key in self.counts:
+            return float(self.counts[key])
+        return default
+
+    def has_number(self, key: str) -> bool:
+        return key in self.values or key in self.counts
 
     @property
     def source(self) -> str:
@@ -288,13 +360,15 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
 
 def from_dict(doc: Mapping[str, Any]) -> TelemetryRecord:
     """The record a `to_dict` line came from (the collector re-reads its files on
-    restart). ValueError for a record of a newer schema."""
+    restart). ValueError for a record of a newer schema, or of a role, phase or
+    event name outside it."""
     schema = int(doc.get("schema", SCHEMA_VERSION))
     if schema > SCHEMA_VERSION:
         raise ValueError(f"telemetry schema {schema} is newer than this reader's {SCHEMA_VERSION}")
     extra = dict(doc.get("extra") or {})
     source = str(doc.get("source", ""))
     role = str(doc["role"])
+    check_role(role)
     source_client = int(source.removeprefix("client_")) if source.startswith("client_") else -1
     record = make_record(
         str(doc["kind"]),

@@ -7,36 +7,42 @@ import math
 import pytest
 
 from fedsllm.summary import summarize
+from fedsllm.telemetry.records import EventKind, Phase
+from tests.fedsllm.report.synthetic import typed
 
 
 def _span(name, t0, t1, *, client=0, round=0, role="client", **extra):
-    return {
-        "kind": "span",
-        "role": role,
-        "client": client,
-        "round": round,
-        "step": 0,
-        "name": name,
-        "t0": t0,
-        "t1": t1,
-        "bytes": 0,
-        "extra": extra,
-    }
+    return typed(
+        {
+            "kind": "span",
+            "role": role,
+            "client": client,
+            "round": round,
+            "step": 0,
+            "name": name,
+            "t0": t0,
+            "t1": t1,
+            "bytes": 0,
+            "extra": extra,
+        }
+    )
 
 
 def _event(name, t, *, client=0, round=0, role="client", **extra):
-    return {
-        "kind": "event",
-        "role": role,
-        "client": client,
-        "round": round,
-        "step": -1,
-        "name": name,
-        "t0": t,
-        "t1": t,
-        "bytes": 0,
-        "extra": extra,
-    }
+    return typed(
+        {
+            "kind": "event",
+            "role": role,
+            "client": client,
+            "round": round,
+            "step": -1,
+            "name": name,
+            "t0": t,
+            "t1": t,
+            "bytes": 0,
+            "extra": extra,
+        }
+    )
 
 
 RECORDS = [
@@ -107,7 +113,7 @@ def test_wall_times_agree_with_the_report() -> None:
 
 
 def test_partial_run_has_nan_wall_for_unfinished_rounds() -> None:
-    partial = [r for r in RECORDS if not (r["name"] == "round_done" and r["round"] == 1)]
+    partial = [r for r in RECORDS if not (r.event is EventKind.ROUND_DONE and r.round == 1)]
     r0, r1 = summarize(partial).rounds
     assert r0.wall_s == pytest.approx(1.4)
     assert math.isnan(r1.wall_s) and r1.train_loss == 1.0
@@ -159,5 +165,5 @@ def test_links_state_the_downlink_rate_the_gradients_were_paced_at() -> None:
     # 0 in every push (the default) is unshaped.
     old = {link.client: link for link in summarize(RECORDS).links}
     assert not old[0].downlink_paced and old[0].downlink_bps == 0.0
-    pushed = [r for r in recs if r["name"] != "wait_reply"]
+    pushed = [r for r in recs if r.phase is not Phase.WAIT_REPLY]
     assert {link.client: link for link in summarize(pushed).links}[0].downlink_bps == 8e6

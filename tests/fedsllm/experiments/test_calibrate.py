@@ -30,6 +30,7 @@ from fedsllm.experiments.calibrate import (
     rounds_to_target,
     write_calibrated,
 )
+from fedsllm.telemetry.records import TelemetryRecord, make_record
 
 
 @pytest.mark.parametrize(
@@ -115,8 +116,20 @@ def test_rounds_to_target(losses: dict[int, float], target: float, rounds: int |
     assert rounds_to_target(losses, target) == rounds
 
 
-def _val(rnd: int, loss: float) -> dict:
-    return {"kind": "event", "name": "val_loss", "round": rnd, "t0": rnd, "extra": {"loss": loss}}
+def _val(rnd: int, loss: float) -> TelemetryRecord:
+    return make_record(
+        "event",
+        "val_loss",
+        "client",
+        source_client=0,
+        client=0,
+        round=rnd,
+        step=-1,
+        t0=rnd,
+        t1=rnd,
+        bytes=0,
+        extra={"loss": float(loss)},
+    )
 
 
 def test_point_from_records() -> None:

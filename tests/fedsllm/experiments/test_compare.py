@@ -40,7 +40,8 @@ from fedsllm.experiments.compare import (
 )
 from fedsllm.report import load_run
 from fedsllm.report.phases import measure_rounds
-from tests.fedsllm.report.synthetic import DIL, make_run_dir
+from fedsllm.telemetry.records import TelemetryRecord
+from tests.fedsllm.report.synthetic import DIL, make_run_dir, typed
 from tests.fedsllm.report.synthetic import synthetic_records as report_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -186,37 +187,43 @@ def test_policy_scenarios_differ_only_in_policy_name() -> None:
     assert da == db
 
 
-def _span(role: str, client: int, rnd: int, name: str, t0: float, t1: float) -> dict:
-    return {
-        "kind": "span",
-        "role": role,
-        "client": client,
-        "round": rnd,
-        "step": 0,
-        "name": name,
-        "t0": t0,
-        "t1": t1,
-        "bytes": 0,
-        "extra": {},
-    }
+def _span(role: str, client: int, rnd: int, name: str, t0: float, t1: float) -> TelemetryRecord:
+    return typed(
+        {
+            "kind": "span",
+            "role": role,
+            "client": client,
+            "round": rnd,
+            "step": 0,
+            "name": name,
+            "t0": t0,
+            "t1": t1,
+            "bytes": 0,
+            "extra": {},
+        }
+    )
 
 
-def _event(name: str, rnd: int, t: float, **extra: Any) -> dict:
-    return {
-        "kind": "event",
-        "role": "fed_server",
-        "client": -1,
-        "round": rnd,
-        "step": -1,
-        "name": name,
-        "t0": t,
-        "t1": t,
-        "bytes": 0,
-        "extra": extra,
-    }
+def _event(
+    name: str, rnd: int, t: float, role: str = "fed_server", client: int = -1, **extra: Any
+) -> TelemetryRecord:
+    return typed(
+        {
+            "kind": "event",
+            "role": role,
+            "client": client,
+            "round": rnd,
+            "step": -1,
+            "name": name,
+            "t0": t,
+            "t1": t,
+            "bytes": 0,
+            "extra": extra,
+        }
+    )
 
 
-def synthetic_records() -> list[dict]:
+def synthetic_records() -> list[TelemetryRecord]:
     """Two clients: client 0 evaluates 100..101 then starts at 101; client 1 starts at 103.
     Round 0 ends at 105, round 1 (with an eval 105..106 inside) at 109."""
     recs = [
@@ -232,19 +239,19 @@ def synthetic_records() -> list[dict]:
             predicted_total_s=3.0,
         ),
         _span("client", 0, -1, "eval", 100.0, 101.0),
-        {**_event("val_loss", -1, 101.0, loss=5.0), "role": "client", "client": 0},
+        _event("val_loss", -1, 101.0, role="client", client=0, loss=5.0),
         _span("client", 0, 0, "client_forward", 101.0, 102.0),
         _span("client", 1, 0, "global_download", 100.5, 102.9),
         _span("client", 1, 0, "client_forward", 103.0, 104.0),
-        {**_event("train_loss", 0, 104.0, loss=4.0), "role": "client", "client": 0},
+        _event("train_loss", 0, 104.0, role="client", client=0, loss=4.0),
         _event("round_done", 0, 105.0),
         _span("client", 0, 0, "eval", 105.0, 106.0),
-        {**_event("val_loss", 0, 106.0, loss=4.5), "role": "client", "client": 0},
+        _event("val_loss", 0, 106.0, role="client", client=0, loss=4.5),
         _span("client", 0, 1, "client_forward", 106.0, 107.0),
-        {**_event("train_loss", 1, 107.0, loss=3.0), "role": "client", "client": 0},
+        _event("train_loss", 1, 107.0, role="client", client=0, loss=3.0),
         _event("round_done", 1, 109.0),
     ]
-    return sorted(recs, key=lambda r: r["t0"])
+    return sorted(recs, key=lambda r: r.t0)
 
 
 def test_report_windows_cut_eval_and_startup() -> None:
@@ -269,7 +276,7 @@ def test_startup_skew_leaves_out_evaluation() -> None:
     recs.append(_span("client", 0, -1, "eval", 101.5, 102.5))
     assert measure_rounds(recs, 1.0)[0].startup_skew_s == pytest.approx(1.0)
     assert measure_rounds(recs, 2.0)[0].startup_skew_s == pytest.approx(0.5)
-    alone = [r for r in recs if r.get("client") != 1]
+    alone = [r for r in recs if r.client != 1]
     assert measure_rounds(alone, 1.0)[0].startup_skew_s == 0.0
 
 

@@ -1,5 +1,6 @@
 """Synthetic trace records with known answers, and a run directory holding them: shared by
-the report's tests and compare's measurement tests."""
+the report's tests and compare's measurement tests. Every record is built in the run
+directory's JSON form and read through the typed schema (`typed`), as read_telemetry does."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.config import load_scenario
+from fedsllm.telemetry.records import TelemetryRecord, from_dict
 
 T0 = 1000.0
 DIL = 2.0
 """Synthetic traces are written in wall seconds with time dilation 2: every wall
 duration below is twice its emulated value."""
+
+
+def typed(doc: dict[str, Any]) -> TelemetryRecord:
+    """A record given in its JSON form (TelemetryRecord.to_dict's keys, `source` optional:
+    "client_<client>" for a client, else the role), read through the typed schema."""
+    source = f"client_{doc['client']}" if doc["role"] == "client" else doc["role"]
+    return from_dict({"source": source, **doc})
 
 
 def _span(
@@ -25,34 +34,38 @@ def _span(
     t1: float,
     nbytes: int = 0,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "kind": "span",
-        "role": role,
-        "client": client,
-        "round": rnd,
-        "step": step,
-        "name": name,
-        "t0": T0 + t0,
-        "t1": T0 + t1,
-        "bytes": nbytes,
-        "extra": extra or {},
-    }
+) -> TelemetryRecord:
+    return typed(
+        {
+            "kind": "span",
+            "role": role,
+            "client": client,
+            "round": rnd,
+            "step": step,
+            "name": name,
+            "t0": T0 + t0,
+            "t1": T0 + t1,
+            "bytes": nbytes,
+            "extra": extra or {},
+        }
+    )
 
 
-def _event(role: str, client: int, rnd: int, name: str, t: float, **extra: Any) -> dict[str, Any]:
-    return {
-        "kind": "event",
-        "role": role,
-        "client": client,
-        "round": rnd,
-        "step": -1,
-        "name": name,
-        "t0": T0 + t,
-        "t1": T0 + t,
-        "bytes": 0,
-        "extra": extra,
-    }
+def _event(role: str, client: int, rnd: int, name: str, t: float, **extra: Any) -> TelemetryRecord:
+    return typed(
+        {
+            "kind": "event",
+            "role": role,
+            "client": client,
+            "round": rnd,
+            "step": -1,
+            "name": name,
+            "t0": T0 + t,
+            "t1": T0 + t,
+            "bytes": 0,
+            "extra": extra,
+        }
+    )
 
 
 def _device(target_s: float, overrun_s: float = 0.0) -> dict[str, Any]:
@@ -78,7 +91,7 @@ def _one_step(
     client_overrun: float = 0.0,
     server_overrun: float = 0.0,
     downlink_bps: float | None = None,
-) -> list[dict[str, Any]]:
+) -> list[TelemetryRecord]:
     """One local iteration starting at wall offset t: forward 0.2, uplink `uplink_wall`,
     server 0.2 + downlink 0.2 inside wait_reply, backward 0.2 (wall seconds).
     `downlink_bps`: the rate the step asked the main server to pace its gradient at
@@ -114,7 +127,7 @@ def _one_step(
     ]
 
 
-def _alloc(k: int, rnd: int, version: int, up: float, down: float, t: float) -> dict[str, Any]:
+def _alloc(k: int, rnd: int, version: int, up: float, down: float, t: float) -> TelemetryRecord:
     return _event(
         "fed_server",
         k,
@@ -138,13 +151,13 @@ def _alloc(k: int, rnd: int, version: int, up: float, down: float, t: float) -> 
     )
 
 
-def synthetic_records(with_allocations: bool = True) -> list[dict[str, Any]]:
+def synthetic_records(with_allocations: bool = True) -> list[TelemetryRecord]:
     """Two clients, two rounds, one local iteration each (wall seconds, dilation 2).
 
     Round 0: window [0, 2.0] wall (both clients start at 0; aggregation [1.8, 2.0]).
     Round 1: window [2.0, 4.2] wall; eval on client 0 in [2.0, 2.4] is cut out.
     """
-    recs: list[dict[str, Any]] = [
+    recs: list[TelemetryRecord] = [
         _span("client", 0, -1, -1, "eval", -1.0, 0.0),  # before the first round: no overlap
         _event("client", 0, -1, "val_loss", 0.0, loss=5.0),
     ]
@@ -191,10 +204,10 @@ def synthetic_records(with_allocations: bool = True) -> list[dict[str, Any]]:
             _alloc(0, 2, 3, 4e6, 0.0, 4.1),  # for round 2: must not apply to round 1
             _alloc(1, 2, 3, 4e6, 0.0, 4.1),
         ]
-    return sorted(recs, key=lambda r: r["t0"])
+    return sorted(recs, key=lambda r: r.t0)
 
 
-def make_run_dir(root: Path, records: list[dict[str, Any]], *overrides: str) -> Path:
+def make_run_dir(root: Path, records: list[TelemetryRecord], *overrides: str) -> Path:
     scenario = load_scenario(
         None,
         [
@@ -212,12 +225,11 @@ def make_run_dir(root: Path, records: list[dict[str, Any]], *overrides: str) -> 
     (root / "trace").mkdir(parents=True)
     doc = {"scenario_hash": "synthetic", **scenario.to_dict()}
     (root / "scenario.json").write_text(json.dumps(doc))
-    by_role: dict[str, list[dict[str, Any]]] = {}
+    by_source: dict[str, list[TelemetryRecord]] = {}
     for rec in records:
-        name = rec["role"] if rec["role"] != "client" else f"client_{rec['client']}"
-        by_role.setdefault(name, []).append(rec)
-    for name, recs in by_role.items():
+        by_source.setdefault(rec.source, []).append(rec)
+    for name, recs in by_source.items():
         with open(root / "trace" / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            for rec in recs:
-                fh.write(json.dumps(rec) + "\n")
+            for seq, rec in enumerate(recs, start=1):
+                fh.write(json.dumps(rec.numbered(seq).to_dict()) + "\n")
     return root

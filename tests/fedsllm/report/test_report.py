@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from fedsllm.report.predict import (
     rates_in_force,
     transfer_s,
 )
+from fedsllm.telemetry.records import EventKind, Phase, TelemetryRecord
 from tests.fedsllm.report.synthetic import (
     DIL,
     _one_step,
@@ -94,14 +96,10 @@ def test_round_zero_opens_when_the_last_client_starts(tmp_path: Path) -> None:
     """Client 1 starts round 0 late (process start-up): the window opens at its start, the
     skew (evaluation inside it cut out) is recorded, and the report says so."""
     late = 0.6  # wall seconds
-    recs = [
-        r
-        for r in synthetic_records()
-        if not (r["client"] == 1 and r["round"] == 0 and r["kind"] == "span")
-    ]
+    recs = [r for r in synthetic_records() if not (r.client == 1 and r.round == 0 and r.is_span)]
     recs += _one_step(1, 0, late, 0.2)  # ends at late + 1.0 wall, before aggregation
     recs.append(_span("client", 0, -1, -1, "eval", 0.1, 0.3))  # eval inside the skew
-    recs.sort(key=lambda r: r["t0"])
+    recs.sort(key=lambda r: r.t0)
     r0, r1 = measure_rounds(recs, DIL)
     assert r0.start_s == pytest.approx((1.0 + late) / DIL)  # origin: the eval at -1.0 wall
     assert r0.window_s == pytest.approx((2.0 - late) / DIL)
@@ -131,13 +129,9 @@ def test_achieved_rates_count_whole_transfers_when_round_zero_opens_late(
     clipped out of its phases (which still add up to the window), but its achieved rate
     is bytes over the whole spans, not all the bytes over the clipped part (the report
     showed 50.9 Mbit/s achieved against 15.6 allocated)."""
-    recs = [
-        r
-        for r in synthetic_records()
-        if not (r["client"] == 1 and r["round"] == 0 and r["kind"] == "span")
-    ]
+    recs = [r for r in synthetic_records() if not (r.client == 1 and r.round == 0 and r.is_span)]
     recs += _one_step(1, 0, late, 0.1)
-    recs.sort(key=lambda r: r["t0"])
+    recs.sort(key=lambda r: r.t0)
     r0 = measure_rounds(recs, DIL)[0]
     assert r0.start_s == pytest.approx((1.0 + late) / DIL)  # client 1's start
     c0 = r0.clients[0]
@@ -162,7 +156,7 @@ def test_waiting_for_the_round_to_close_is_waiting_not_download(tmp_path: Path) 
         _span("client", 1, 0, -1, "wait_global", 1.6, 2.05),
         _span("client", 1, 1, -1, "wait_global", 3.5, 4.25),
     ]
-    recs = sorted(base + waits, key=lambda r: r["t0"])
+    recs = sorted(base + waits, key=lambda r: r.t0)
     for with_waits, without in zip(
         measure_rounds(recs, DIL), measure_rounds(base, DIL), strict=True
     ):
@@ -186,14 +180,14 @@ def test_waiting_for_the_round_to_close_is_waiting_not_download(tmp_path: Path) 
     write_report(run)  # draws the waiting bars
 
 
-def _with_downlink_rate(bps: float | None) -> list[dict]:
+def _with_downlink_rate(bps: float | None) -> list[TelemetryRecord]:
     """The synthetic trace with every training step recording the downlink rate it asked
     the main server for."""
-    recs = [r for r in synthetic_records() if r["name"] != "wait_reply"]
+    recs = [r for r in synthetic_records() if r.phase is not Phase.WAIT_REPLY]
     for r in synthetic_records():
-        if r["name"] == "wait_reply":
-            recs.append({**r, "extra": {} if bps is None else {"downlink_bps": bps}})
-    return sorted(recs, key=lambda r: r["t0"])
+        if r.phase is Phase.WAIT_REPLY:
+            recs.append(replace(r, values={} if bps is None else {"downlink_bps": bps}))
+    return sorted(recs, key=lambda r: r.t0)
 
 
 def test_report_says_the_default_downlink_is_not_paced(tmp_path: Path) -> None:
@@ -234,12 +228,12 @@ def test_report_states_the_downlink_rate_used(tmp_path: Path) -> None:
 
 
 def test_round_done_ends_a_round_without_aggregation() -> None:
-    recs = [r for r in synthetic_records() if r["name"] != "aggregation"]
+    recs = [r for r in synthetic_records() if r.phase is not Phase.AGGREGATION]
     r0, r1 = measure_rounds(recs, DIL)
     assert r0.complete and r1.complete
     assert r0.end_s == pytest.approx(1.5) and r1.end_s == pytest.approx(2.6)  # round_done
     assert r0.aggregation_s == 0.0
-    no_end = [r for r in recs if not (r["name"] == "round_done" and r["round"] == 1)]
+    no_end = [r for r in recs if not (r.event is EventKind.ROUND_DONE and r.round == 1)]
     assert not measure_rounds(no_end, DIL)[1].complete
 
 

@@ -4,12 +4,15 @@ collected trace back through the typed schema (legacy files included)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from fedsllm.device import StepRecord
+from fedsllm.errors import ConfigError
 from fedsllm.telemetry.collector import TelemetryCollector
+from fedsllm.telemetry.records import EVENTS, PHASES, EventKind, Phase, from_dict
 from fedsllm.trace import Tracer, read_records, read_telemetry
 
 
@@ -57,8 +60,9 @@ def test_collected_trace_reads_back_typed_and_as_dicts(tmp_path: Path) -> None:
     assert dicts[0]["extra"]["weights"] == [1.0, 2.0]
 
 
-def test_legacy_and_unreadable_lines(tmp_path: Path, caplog) -> None:
-    legacy = {
+def _legacy(**changes) -> dict:
+    """A line as the Tracer wrote it before records named their source and schema."""
+    return {
         "kind": "event",
         "role": "client",
         "client": 0,
@@ -69,11 +73,46 @@ def test_legacy_and_unreadable_lines(tmp_path: Path, caplog) -> None:
         "t1": 5.0,
         "bytes": 0,
         "extra": {"loss": 1.25},
+        **changes,
     }
-    unknown = {**legacy, "name": "no_such_event", "t0": 6.0, "t1": 6.0}
-    lines = [json.dumps(legacy), json.dumps(unknown), '{"kind": "sp']
+
+
+def test_legacy_lines_and_a_torn_last_line(tmp_path: Path) -> None:
+    lines = [json.dumps(_legacy()), '{"kind": "sp']
     (tmp_path / "client_0.jsonl").write_text("\n".join(lines))
-    records = read_records(tmp_path)
-    assert len(records) == 1
-    assert records[0]["source"] == "client_0" and records[0]["extra"] == {"loss": 1.25}
-    assert "skipped 1 unreadable trace records" in caplog.text
+    (rec,) = read_telemetry(tmp_path)
+    assert rec.source == "client_0" and rec.event is EventKind.VAL_LOSS
+    assert rec.values == {"loss": 1.25} and rec.number("loss") == 1.25
+    (doc,) = read_records(tmp_path)
+    assert doc["source"] == "client_0" and doc["extra"] == {"loss": 1.25}
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"name": "no_such_event"}, "'no_such_event' is not a telemetry event"),
+        ({"kind": "span", "name": "upload"}, "'upload' is not a telemetry phase"),
+        ({"schema": 99}, "schema 99 is newer"),
+        ({"role": "gateway"}, "'gateway' is not one of"),
+    ],
+)
+def test_a_record_outside_the_schema_is_refused_naming_file_and_line(
+    tmp_path: Path, changes: dict, why: str
+) -> None:
+    lines = [json.dumps(_legacy()), json.dumps(_legacy(t0=6.0, t1=6.0, **changes))]
+    (tmp_path / "client_0.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="client_0.jsonl:2: unreadable telemetry record") as err:
+        read_telemetry(tmp_path)
+    assert why in str(err.value)
+    assert str(tmp_path / "client_0.jsonl") in str(err.value)
+
+
+def test_typed_views_of_a_record() -> None:
+    span = from_dict({**_legacy(), "kind": "span", "name": "wait_reply", "extra": {"n": 3}})
+    assert span.phase is Phase.WAIT_REPLY and span.event is None and span.is_span
+    assert span.number("n") == 3.0 and span.has_number("n") and not span.has_number("x")
+    assert math.isnan(span.number("x")) and span.number("x", 0.0) == 0.0
+    event = from_dict(_legacy())
+    assert event.event is EventKind.VAL_LOSS and event.phase is None and event.is_event
+    assert [p.value for p in Phase] == list(PHASES)
+    assert [e.value for e in EventKind] == list(EVENTS)
