@@ -1,9 +1,12 @@
 """`python -m client`: one client process.
 
-Builds its data shard and the client sub-network with LoRA from the resolved
-scenario, opens the Train stream to the main server, and runs the rounds of
-client/loop.py. Exits 0 when the last round is done, non-zero with the error
-otherwise.
+Starts from the fed server's address, its client id and a private work
+directory (fedsllm.bootstrap): fetches the resolved scenario (and a
+pretrained base) from the fed server, builds its data shard and the client
+sub-network with LoRA, opens the Train stream to the main server, and runs
+the rounds of client/loop.py (its Join carries the base hash). Exits 0 when
+the last round is done, 2 for a bad setting (naming it), non-zero with the
+error otherwise.
 """
 
 from __future__ import annotations
@@ -11,23 +14,39 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
+import os
 from typing import Any
 
 log = logging.getLogger("client")
+
+STARTUP_TIMEOUT_S = 120.0
+"""How long to wait for the fed server before the scenario is known."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from fedsllm.roles import role_arg_parser
 
     parser = role_arg_parser("python -m client", __doc__)
-    parser.add_argument("--client-id", type=int, required=True, help="this client's id k")
-    parser.add_argument("--fed-address", required=True, help="fed server host:port")
-    parser.add_argument("--main-address", required=True, help="main server host:port")
+    parser.add_argument(
+        "--client-id", default=None, help="this client's id k (or FEDSLLM_CLIENT_ID)"
+    )
+    parser.add_argument(
+        "--fed-address",
+        default=None,
+        help="fed server host:port (or FEDSLLM_FED_ADDRESS, or run.fed_address of a "
+        "local --scenario)",
+    )
+    parser.add_argument(
+        "--main-address",
+        default=None,
+        help="main server host:port (or FEDSLLM_MAIN_ADDRESS, else the scenario's "
+        "run.main_address)",
+    )
     parser.add_argument(
         "--control-address",
-        default="",
-        help="controller host:port (default: the fed server's address)",
+        default=None,
+        help="control host:port: telemetry, run info, controller (or "
+        "FEDSLLM_CONTROL_ADDRESS, else run.control_address, else the fed server's address)",
     )
     return parser.parse_args(argv)
 
@@ -36,34 +55,75 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fedsllm.cli import configure_logging
 
-    configure_logging(args.log_level, "client", args.client_id)
-    from fedsllm.roles import load_resolved_scenario
+    configure_logging(
+        args.log_level, "client", args.client_id or os.environ.get("FEDSLLM_CLIENT_ID")
+    )
+    from fedsllm.bootstrap import (
+        SettingError,
+        parse_address,
+        parse_client_id,
+        resolve,
+    )
+    from fedsllm.roles import resolve_role_paths, role_start
     from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import make_channel
+    from fedsllm.wire.rpc import make_channel, wait_healthy
 
-    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
-    k = args.client_id
-    if not 0 <= k < scenario.clients.num_clients:
-        log.error("--client-id %d is not in [0, %d)", k, scenario.clients.num_clients)
+    try:
+        client_id = resolve(
+            "--client-id", args.client_id, "FEDSLLM_CLIENT_ID", parse=parse_client_id
+        )
+        if client_id.value is None:
+            raise SettingError("--client-id", None, "required (or FEDSLLM_CLIENT_ID)")
+        k = client_id.value
+        args.client_id = k
+        fed_address, work_dir = resolve_role_paths(args)
+        control = resolve(
+            "--control-address", args.control_address, "FEDSLLM_CONTROL_ADDRESS",
+            parse=parse_address,
+        ).value  # fmt: skip
+        # Run info comes over the control port when there is one (unshaped under tc).
+        wait_healthy(control or fed_address, STARTUP_TIMEOUT_S)
+        scenario, scenario_hash, info = role_start(args, control or fed_address, work_dir)
+        control = resolve(
+            "--control-address", control, "FEDSLLM_CONTROL_ADDRESS", "run.control_address",
+            scenario.run.control_address, default=fed_address, parse=parse_address,
+        ).value  # fmt: skip
+        main_address = resolve(
+            "--main-address", args.main_address, "FEDSLLM_MAIN_ADDRESS", "run.main_address",
+            scenario.run.main_address, parse=parse_address,
+        )  # fmt: skip
+        if main_address.value is None:
+            raise SettingError(
+                "--main-address", None, "required (or FEDSLLM_MAIN_ADDRESS, or run.main_address)"
+            )
+        if not k < scenario.clients.num_clients:
+            raise SettingError(
+                client_id.source, k, f"is not in [0, {scenario.clients.num_clients})"
+            )
+    except SettingError as err:
+        log.error("%s", err)
         return 2
-    run_dir = Path(args.run_dir)
+    args.fed_address, args.control_address = fed_address, control
+    args.main_address, args.work_dir = main_address.value, work_dir
     # Telemetry goes to the fed server's collector on the control port when there
     # is one: under tc it is an unshaped class, so records never queue behind
     # adapter uploads or take the link's measured rate.
-    telemetry_channel = make_channel(args.control_address or args.fed_address)
-    telemetry = start_sender(telemetry_channel, run_dir, "client", k)
+    telemetry_channel = make_channel(control)
+    telemetry = start_sender(telemetry_channel, work_dir, "client", k)
     tracer = Tracer(None, "client", client_id=k, sink=telemetry)
     try:
-        return _run(args, scenario, scenario_hash, tracer)
+        return _run(args, scenario, scenario_hash, info, tracer)
     finally:
         # Bounded: a client whose fed server is gone still exits; what was not
-        # acknowledged stays in RUN_DIR/spool for a restart of this client.
+        # acknowledged stays in WORK_DIR/spool for a restart of this client.
         telemetry.close(timeout_s=5.0)
         telemetry_channel.close()
 
 
-def _run(args: argparse.Namespace, scenario: Any, scenario_hash: str, tracer: Any) -> int:
+def _run(
+    args: argparse.Namespace, scenario: Any, scenario_hash: str, info: Any, tracer: Any
+) -> int:
     import torch
 
     from client.loop import ClientTrainer, FixedPlan
@@ -74,17 +134,20 @@ def _run(args: argparse.Namespace, scenario: Any, scenario_hash: str, tracer: An
     from fedsllm.model.lora import adapter_from_bytes, adapter_to_bytes, load_adapter
     from fedsllm.roles import (
         align_clock,
-        build_part,
+        build_role_part,
         build_role_shaper,
         compute_context,
         make_pacer,
         record_emulation,
         register_info,
+        role_base_file,
     )
     from fedsllm.wire.rpc import make_channel
 
     k = args.client_id
-    part, tokenizer, _ = build_part(scenario, "client")
+    part, tokenizer, _, base_hash = build_role_part(
+        scenario, "client", role_base_file(info, args.control_address, args.work_dir)
+    )
     data = build_federated_data(scenario, tokenizer)
     shard = data.train[k]
     optimizer = torch.optim.AdamW(
@@ -114,7 +177,7 @@ def _run(args: argparse.Namespace, scenario: Any, scenario_hash: str, tracer: An
             if shaper is not None:
                 shaper.set_rates(k, info.uplink_bps, info.downlink_bps or math.inf)
 
-        control_channel = make_channel(args.control_address or args.fed_address)
+        control_channel = make_channel(args.control_address)
         channels.append(control_channel)
         follower = AllocationFollower(
             control_channel, register_info(scenario, k, len(shard)), apply, tracer
@@ -132,6 +195,7 @@ def _run(args: argparse.Namespace, scenario: Any, scenario_hash: str, tracer: An
         chunk_bytes,
         pace_up=pace_up if shaper else None,
         upload_s=upload_s,
+        base_hash=base_hash,
     )
     align_clock(tracer, fed_channel)
     main_link = MainServerStream(

@@ -22,12 +22,18 @@ from client.loop import StepReply
 from fedsllm.errors import StateError, WireError
 from fedsllm.proto import fed_server_pb2
 from fedsllm.proto import fed_server_pb2_grpc as fed_grpc
-from fedsllm.proto import main_server_pb2_grpc as main_grpc
 from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
 from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo, TrainWelcomeInfo
 from fedsllm.wire.rpc import RequestQueue, call_with_retry
 from fedsllm.wire.tensors import TensorSpec, tensor_to_frame
-from fedsllm.wire.train import StepDownload, read_downlink, step_upload_requests, train_request
+from fedsllm.wire.train import (
+    StepDownload,
+    message_bytes,
+    read_downlink,
+    step_upload_requests,
+    train_call,
+    train_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,7 @@ class MainServerStream:
         self._queue = RequestQueue()
         self._sent_shape: tuple[int, ...] | None = None
         self._sent_downlink_bps = 0.0
-        self._call = main_grpc.MainServerStub(channel).Train(self._queue)
+        self._call = train_call(channel)(self._queue)
         self._downlink = read_downlink(self._call, self._reply_specs)
         self._queue.put(
             train_request(
@@ -111,8 +117,11 @@ class MainServerStream:
         )
         self._sent_downlink_bps = header.downlink_bps
         total = 0
+        # The chunks are views of the tensors: gRPC's sending thread encodes each
+        # just before it goes out (one copy, into memory the last message freed),
+        # so the tensors must stay as they are until receive_reply returns.
         for request in step_upload_requests(header, frames, self.chunk_bytes):
-            size = request.ByteSize()
+            size = message_bytes(request)
             if self.pace_up is not None and train:
                 # Evaluation is a measurement instrument, not part of the
                 # protocol being emulated: it crosses unshaped.
@@ -167,8 +176,11 @@ class FedServerClient:
         rpc_timeout_s: float = 60.0,
         pull_timeout_s: float = 3600.0,
         upload_s: Callable[[int], float] = lambda _nbytes: 0.0,
+        base_hash: str = "",
     ) -> None:
         self.stub = fed_grpc.FedServerStub(channel)
+        self.base_hash = base_hash
+        """Hash of the frozen base this client built; the fed server refuses a mismatch."""
         self.upload_s = upload_s
         """Expected emulated time to upload n bytes (0 = unshaped): the push deadline
         grows with it, so a large adapter on a slow link is not cut off."""
@@ -183,7 +195,10 @@ class FedServerClient:
     def join(self, num_samples: int) -> tuple[int, int]:
         self.num_samples = num_samples
         request = fed_server_pb2.JoinRequest(
-            client_id=self.client_id, num_samples=num_samples, scenario_hash=self.scenario_hash
+            client_id=self.client_id,
+            num_samples=num_samples,
+            scenario_hash=self.scenario_hash,
+            base_hash=self.base_hash,
         )
         reply = call_with_retry(lambda: self.stub.Join(request, timeout=self.rpc_timeout_s))
         return reply.current_round, reply.num_rounds

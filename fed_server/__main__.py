@@ -1,8 +1,11 @@
 """`python -m fed_server`: the federated server process.
 
 Parses arguments, loads the resolved scenario, resumes from the run
-directory's checkpoint, serves FedServer, the telemetry collector (and the
-health service) until SIGTERM, then stops with a grace period.
+directory's checkpoint, serves FedServer, RunInfo (the scenario and the base
+for the other roles, which share nothing with it but gRPC), the telemetry
+collector (and the health service) until SIGTERM, then stops with a grace
+period. The run directory is the one place the run is assembled: traces,
+adapters (the main server's arrives over the wire), the served base.
 
 The collector (fedsllm.telemetry) keeps every role's records in
 RUN_DIR/trace/; it is served on the fed server's port, on the control port
@@ -28,13 +31,18 @@ log = logging.getLogger("fed_server")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from fedsllm.roles import role_arg_parser
 
-    parser = role_arg_parser("python -m fed_server", __doc__)
-    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser = role_arg_parser("python -m fed_server", __doc__, fed_server=True)
+    parser.add_argument(
+        "--bind",
+        default=None,
+        help="host:port to serve on (or FEDSLLM_FED_BIND, else the scenario's "
+        "run.fed_address, else 127.0.0.1:0)",
+    )
     parser.add_argument(
         "--control-bind",
-        default="127.0.0.1:0",
-        help="host:port of the control services: telemetry, and the controller "
-        "(allocation policies only)",
+        default=None,
+        help="host:port of the control services: telemetry, run info, and the controller "
+        "(or FEDSLLM_CONTROL_BIND, else run.control_address, else 127.0.0.1:0)",
     )
     parser.add_argument(
         "--telemetry-wait-s",
@@ -54,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from fed_server.checkpoint import load_checkpoint
     from fed_server.rounds import RoundState
     from fed_server.service import FedServerService
+    from fedsllm.bootstrap import SettingError, parse_bind, parse_dir, parse_file, resolve
     from fedsllm.proto import fed_server_pb2_grpc
     from fedsllm.roles import load_resolved_scenario, wait_for_stop
     from fedsllm.telemetry.collector import TelemetryCollector
@@ -61,8 +70,28 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import CONTROLLER_SERVICE, FED_SERVER_SERVICE, create_server, stop_server
 
-    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
-    run_dir = Path(args.run_dir)
+    try:
+        scenario_file = resolve(
+            "--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file
+        )
+        if scenario_file.value is None:
+            raise SettingError("--scenario", None, "required (or FEDSLLM_SCENARIO)")
+        run_dir_setting = resolve("--run-dir", args.run_dir, "FEDSLLM_RUN_DIR", parse=parse_dir)
+        if run_dir_setting.value is None:
+            raise SettingError("--run-dir", None, "required (or FEDSLLM_RUN_DIR)")
+        scenario, scenario_hash = load_resolved_scenario(scenario_file.value)
+        bind = resolve(
+            "--bind", args.bind, "FEDSLLM_FED_BIND", "run.fed_address",
+            scenario.run.fed_address, default="127.0.0.1:0", parse=parse_bind,
+        ).value  # fmt: skip
+        control_bind = resolve(
+            "--control-bind", args.control_bind, "FEDSLLM_CONTROL_BIND", "run.control_address",
+            scenario.run.control_address, default="127.0.0.1:0", parse=parse_bind,
+        ).value  # fmt: skip
+    except SettingError as err:
+        log.error("%s", err)
+        return 2
+    run_dir = Path(run_dir_setting.value)
     # Resumes from the records a previous fed server of this run left there.
     collector = TelemetryCollector(run_dir / "trace")
     telemetry = TelemetryService(collector)
@@ -118,6 +147,22 @@ def main(argv: list[str] | None = None) -> int:
             rate = current.downlink_bps if current is not None else 0.0
             pace_downlink(shaper, client_id, rate, nbytes, new_message)
 
+    # Peers fetch the scenario and (a pretrained) base from here and present
+    # both hashes at Join.
+    from fed_server.runinfo import RunInfoService
+    from fedsllm.bootstrap import RUN_INFO_SERVICE
+    from fedsllm.roles import serve_base
+
+    base_hash, base_file = serve_base(scenario, run_dir)
+    if base_file is not None:
+        log.info("base %s served from %s", base_hash, base_file)
+    run_info = RunInfoService(
+        scenario.to_dict(), scenario_hash, base_hash, base_file, scenario.link.chunk_bytes
+    )
+
+    def add_run_info(s: grpc.Server) -> None:
+        fed_server_pb2_grpc.add_RunInfoServicer_to_server(run_info, s)
+
     service = FedServerService(
         state,
         scenario_hash,
@@ -125,20 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         max_adapter_bytes=256 * 2**20,
         chunk_bytes=scenario.link.chunk_bytes,
         pace_down=pace_down,
+        base_hash=base_hash,
+        run_dir=run_dir,
     )
     server, port = create_server(
-        args.bind,
+        bind,
         [
             lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s),
             add_to_server(telemetry),
+            add_run_info,
         ],
-        service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE),
+        service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE, RUN_INFO_SERVICE),
     )
     log.info("serving FedServer and Telemetry on port %d", port)
     # Its own port: under tc, control traffic (allocations, telemetry) stays out
     # of the shaped class while adapter transfers to the fed server stay shaped.
-    control = [add_to_server(telemetry)]
-    control_names = [TELEMETRY_SERVICE]
+    control = [add_to_server(telemetry), add_run_info]
+    control_names = [TELEMETRY_SERVICE, RUN_INFO_SERVICE]
     if controller is not None:
         from fed_server.controller_service import ControllerService
         from fedsllm.proto import controller_pb2_grpc
@@ -148,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(controller_service, s)
         )
         control_names.append(CONTROLLER_SERVICE)
-    control_server, control_port = create_server(
-        args.control_bind, control, service_names=control_names
-    )
+    control_server, control_port = create_server(control_bind, control, service_names=control_names)
     log.info("serving %s on port %d", ", ".join(control_names), control_port)
     local_server = _serve_local_telemetry(run_dir, telemetry)
 

@@ -40,6 +40,17 @@ def save_checkpoint(run_dir: Path, completed_round: int, adapter: bytes) -> None
     _atomic_write(run_dir / "checkpoint.json", json.dumps(meta).encode())
 
 
+def save_server_adapter(run_dir: Path, round_index: int, final: bool, adapter: bytes) -> None:
+    """The main server's adapter as it sent it: adapters/server_round{r}.safetensors
+    at a checkpoint, and adapters/server.safetensors (the latest, and the final
+    one at the end) either way."""
+    adapters = run_dir / "adapters"
+    adapters.mkdir(parents=True, exist_ok=True)
+    if not final and round_index >= 0:
+        _atomic_write(adapters / f"server_round{round_index}.safetensors", adapter)
+    _atomic_write(adapters / "server.safetensors", adapter)
+
+
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     meta_path = run_dir / "checkpoint.json"
     if not meta_path.exists():

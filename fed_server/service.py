@@ -7,13 +7,17 @@ turns protobuf into plain values and domain exceptions into status codes.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
 
+from fed_server.checkpoint import save_server_adapter
 from fed_server.rounds import RoundState
+from fedsllm.bootstrap import read_server_adapter
 from fedsllm.errors import StateError, WireError
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
@@ -44,8 +48,16 @@ class FedServerService(pb_grpc.FedServerServicer):
         chunk_bytes: int,
         pull_timeout_s: float = 3600.0,
         pace_down: Callable[[int, int, bool], None] | None = None,
+        base_hash: str = "",
+        run_dir: Path | None = None,
     ) -> None:
         self.state = state
+        self.base_hash = base_hash
+        """Hash of the frozen base weights; a peer presenting another is refused
+        (empty: the first peer to Join with one sets it)."""
+        self._base_lock = threading.Lock()
+        self.run_dir = run_dir
+        """Where the main server's adapter is kept (adapters/server*.safetensors)."""
         self.pace_down = pace_down
         """pace_down(client_id, nbytes, new_message): blocks before each chunk of the
         global adapter goes out, at that client's downlink rate (docs/MODEL.md: omega / R_dl)."""
@@ -62,9 +74,23 @@ class FedServerService(pb_grpc.FedServerServicer):
                 f"{self.scenario_hash!r}: client and server run different scenarios"
             )
 
+    def _check_base(self, given: str, who: str) -> None:
+        with self._base_lock:
+            if not self.base_hash and given:
+                # A base every role builds itself: the first peer's is the reference.
+                self.base_hash = given
+                log.info("base hash %s (from %s) is the run's reference", given, who)
+                return
+        if self.base_hash and given != self.base_hash:
+            raise StateError(
+                f"base_hash {given!r} of {who} does not match the fed server's "
+                f"{self.base_hash!r}: the frozen base weights differ"
+            )
+
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         try:
             self._check_hash(request.scenario_hash)
+            self._check_base(request.base_hash, f"client {request.client_id}")
             joined = self.state.join(request.client_id, request.num_samples)
         except (WireError, StateError) as err:
             _abort(context, err)
@@ -109,6 +135,35 @@ class FedServerService(pb_grpc.FedServerServicer):
             if self.pace_down is not None:
                 self.pace_down(request.client_id, response.ByteSize(), i == 0)
             yield response
+
+    def JoinMainServer(
+        self, request: pb.MainServerJoinRequest, context: grpc.ServicerContext
+    ) -> pb.MainServerJoinResponse:
+        try:
+            self._check_hash(request.scenario_hash)
+            self._check_base(request.base_hash, "the main server")
+        except StateError as err:
+            _abort(context, err)
+        log.info("main server joined (base %s)", request.base_hash)
+        return pb.MainServerJoinResponse(num_rounds=self.state.num_rounds)
+
+    def PushServerAdapter(
+        self,
+        request_iterator: Iterator[pb.PushServerAdapterRequest],
+        context: grpc.ServicerContext,
+    ) -> pb.PushAdapterResponse:
+        try:
+            round_index, final, blob = read_server_adapter(request_iterator, self.max_adapter_bytes)
+        except WireError as err:
+            _abort(context, err)
+        if self.run_dir is not None:
+            save_server_adapter(self.run_dir, round_index, final, blob)
+        log.info(
+            "server adapter %s (%d bytes)",
+            "final" if final else f"after round {round_index}",
+            len(blob),
+        )
+        return pb.PushAdapterResponse(accepted=True, round=max(round_index, 0))
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         snap = self.state.snapshot()

@@ -378,9 +378,26 @@ class RunConfig:
     (serialized by its lock), while clients mostly wait on their links."""
     startup_timeout_s: float = 120.0
     """How long the launcher waits for a server to report healthy."""
+    fed_address: str = ""
+    """host:port of the fed server, for roles started on their own hosts (after
+    --fed-address and FEDSLLM_FED_ADDRESS; the launcher passes its own)."""
+    control_address: str = ""
+    """host:port of the fed server's control port (telemetry, controller);
+    default: the fed server's address."""
+    main_address: str = ""
+    """host:port of the main server: where clients dial and, unless --bind or
+    FEDSLLM_MAIN_BIND says otherwise, where the main server binds."""
 
     def __post_init__(self) -> None:
         _one_of("run.network", self.network, NETWORKS)
+        for name in ("fed_address", "control_address", "main_address"):
+            value = getattr(self, name)
+            _check(
+                not value or (":" in value and value.rpartition(":")[2].isdigit()),
+                f"run.{name}",
+                value,
+                "must be host:port",
+            )
         _check(self.num_threads >= 1, "run.num_threads", self.num_threads, "must be >= 1")
         _check(self.server_threads >= 1, "run.server_threads", self.server_threads, "must be >= 1")
         _positive("run.startup_timeout_s", self.startup_timeout_s)

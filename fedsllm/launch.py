@@ -211,8 +211,30 @@ class ProcessSet:
         return {proc.name: int(proc.popen.wait()) for proc in self.procs}
 
 
+ROLE_ENV_VARS = (
+    "FEDSLLM_SCENARIO",
+    "FEDSLLM_RUN_DIR",
+    "FEDSLLM_WORK_DIR",
+    "FEDSLLM_CLIENT_ID",
+    "FEDSLLM_FED_ADDRESS",
+    "FEDSLLM_CONTROL_ADDRESS",
+    "FEDSLLM_MAIN_ADDRESS",
+    "FEDSLLM_FED_BIND",
+    "FEDSLLM_CONTROL_BIND",
+    "FEDSLLM_MAIN_BIND",
+)
+"""Variables that configure one role on its own host (README: Running across
+machines); the launcher passes every value as a flag and drops these."""
+
+
+def role_work_dir(run_dir: Path, name: str) -> Path:
+    """The private directory of role `name` ("main_server", "client_K") in a run
+    the launcher starts: its telemetry spool and fetched base, nothing shared."""
+    return run_dir / "roles" / name
+
+
 def role_env(scenario: ScenarioConfig) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ROLE_ENV_VARS}
     threads = str(scenario.run.num_threads)
     env.update(
         {
@@ -443,12 +465,22 @@ def _run_processes(
     tick_s: float,
     stop: StopRequest,
 ) -> RunOutcome:
-    """Start every role, wait for the clients, stop the servers; never leaves a process."""
+    """Start every role, wait for the clients, stop the servers; never leaves a process.
+
+    Only the fed server is given the scenario and RUN_DIR; every other role gets
+    the fed server's address and a private work directory of its own
+    (RUN_DIR/roles/<role>/, which no other role reads), and everything else
+    over gRPC.
+    """
     scenario_path = write_scenario(run_dir, scenario)
     env = role_env(scenario)
-    common = ["--scenario-json", str(scenario_path), "--run-dir", str(run_dir)]
-    if ends.netns_run_id:
-        common += ["--netns-run-id", ends.netns_run_id]
+    common = ["--netns-run-id", ends.netns_run_id] if ends.netns_run_id else []
+
+    def work_dir(name: str) -> list[str]:
+        path = role_work_dir(run_dir, name)
+        path.mkdir(parents=True, exist_ok=True)
+        return ["--work-dir", str(path)]
+
     timeout_s = scenario.run.startup_timeout_s
     roles = ProcessSet(stop)
     exit_codes: dict[str, int] = {}
@@ -458,7 +490,11 @@ def _run_processes(
         fed = roles.start(
             "fed_server",
             "fed_server",
-            [*common, "--bind", ends.fed_addr, "--control-bind", ends.control_addr],
+            [
+                *common,
+                *("--scenario", str(scenario_path), "--run-dir", str(run_dir)),
+                *("--bind", ends.fed_addr, "--control-bind", ends.control_addr),
+            ],
             run_dir,
             env,
             ends.prefix("fed_server"),
@@ -466,7 +502,11 @@ def _run_processes(
         main = roles.start(
             "main_server",
             "main_server",
-            [*common, "--bind", ends.main_addr, "--fed-address", ends.fed_addr],
+            [
+                *common,
+                *work_dir("main_server"),
+                *("--bind", ends.main_addr, "--fed-address", ends.fed_addr),
+            ],
             run_dir,
             env,
             ends.prefix("main_server"),
@@ -480,6 +520,7 @@ def _run_processes(
                 "client",
                 [
                     *common,
+                    *work_dir(f"client_{k}"),
                     "--client-id",
                     str(k),
                     "--fed-address",

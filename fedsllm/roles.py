@@ -10,19 +10,45 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.config import ScenarioConfig, from_dict
+from fedsllm.errors import ConfigError
 
 
-def role_arg_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """The arguments every role takes; each role's parse_args adds its own."""
+def role_arg_parser(
+    prog: str, description: str | None, *, fed_server: bool = False
+) -> argparse.ArgumentParser:
+    """The arguments every role takes; each role's parse_args adds its own.
+
+    Values left out here come from FEDSLLM_* variables, then the scenario
+    (fedsllm.bootstrap.resolve); argparse defaults are None for that reason.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
-        "--scenario-json",
         "--scenario",
+        "--scenario-json",
         dest="scenario_json",
-        required=True,
-        help="resolved scenario.json written by the launcher, or a scenario TOML file",
+        default=None,
+        help=(
+            "resolved scenario.json or scenario TOML file (or FEDSLLM_SCENARIO); required"
+            if fed_server
+            else "optional local scenario file (or FEDSLLM_SCENARIO): it must hash to the "
+            "fed server's scenario, which is what this role runs"
+        ),
     )
-    parser.add_argument("--run-dir", required=True, help="run directory (traces, adapters)")
+    if fed_server:
+        parser.add_argument(
+            "--run-dir",
+            default=None,
+            help="run directory where the whole run is assembled (or FEDSLLM_RUN_DIR)",
+        )
+    else:
+        parser.add_argument(
+            "--work-dir",
+            "--run-dir",
+            dest="work_dir",
+            default=None,
+            help="this role's private directory: telemetry spool, fetched base "
+            "(or FEDSLLM_WORK_DIR)",
+        )
     parser.add_argument(
         "--netns-run-id",
         default="",
@@ -30,6 +56,63 @@ def role_arg_parser(prog: str, description: str | None) -> argparse.ArgumentPars
     )
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def resolve_role_paths(args: argparse.Namespace) -> tuple[str, Path]:
+    """A client's or the main server's fed server address (--fed-address,
+    FEDSLLM_FED_ADDRESS, or run.fed_address of a local --scenario file) and
+    private work directory (--work-dir, FEDSLLM_WORK_DIR). SettingError when
+    either is missing or bad."""
+    from fedsllm.bootstrap import SettingError, parse_address, parse_dir, parse_file, resolve
+
+    local = resolve("--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file)
+    from_file = ""
+    if local.value is not None:
+        try:
+            from_file = load_resolved_scenario(local.value)[0].run.fed_address
+        except (ConfigError, ValueError, OSError) as err:
+            raise SettingError(local.source, str(local.value), f"cannot be read: {err}") from None
+    fed = resolve(
+        "--fed-address", args.fed_address, "FEDSLLM_FED_ADDRESS", "run.fed_address", from_file,
+        parse=parse_address,
+    )  # fmt: skip
+    if fed.value is None:
+        raise SettingError(
+            "--fed-address", None, "required (or FEDSLLM_FED_ADDRESS, or run.fed_address)"
+        )
+    work = resolve("--work-dir", args.work_dir, "FEDSLLM_WORK_DIR", parse=parse_dir)
+    if work.value is None:
+        raise SettingError("--work-dir", None, "required (or FEDSLLM_WORK_DIR)")
+    return fed.value, work.value
+
+
+def role_start(
+    args: argparse.Namespace, fed_address: str, work_dir: str
+) -> tuple[ScenarioConfig, str, Any]:
+    """A client's or the main server's start: the fed server's scenario (checked
+    against a local --scenario file when one is given) and its RunInfo.
+    Raises fedsllm.bootstrap.SettingError for a bad or mismatched value."""
+    from fedsllm.bootstrap import check_local_scenario, get_run_info, parse_file, resolve
+    from fedsllm.wire.rpc import make_channel
+
+    local = resolve("--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file)
+    with make_channel(fed_address) as channel:
+        info = get_run_info(channel)
+    if local.value is not None:
+        check_local_scenario(local.value, local.source, info.scenario_hash)
+    return info.scenario, info.scenario_hash, info
+
+
+def role_base_file(info: Any, fed_address: str, work_dir: Path) -> Path | None:
+    """The base's weights fetched from the fed server into this role's work
+    directory, or None when this role builds the base itself."""
+    if not info.base_bytes:
+        return None
+    from fedsllm.bootstrap import fetch_base
+    from fedsllm.wire.rpc import make_channel
+
+    with make_channel(fed_address) as channel:
+        return fetch_base(channel, work_dir, info.base_hash)
 
 
 def load_resolved_scenario(path: str | Path) -> tuple[ScenarioConfig, str]:
@@ -48,15 +131,26 @@ def load_resolved_scenario(path: str | Path) -> tuple[ScenarioConfig, str]:
 
 
 def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:
+    """build_role_part without the base hash: (peft part, tokenizer, model config)."""
+    part, tokenizer, config, _ = build_role_part(scenario, side)
+    return part, tokenizer, config
+
+
+def build_role_part(
+    scenario: ScenarioConfig, side: str, base_file: Path | None = None
+) -> tuple[Any, Any, Any, str]:
     """Build the base model, split it, and put LoRA on `side` ("client" or "server").
 
-    Returns (peft-wrapped part, tokenizer, model config). Every process calls
-    this with the same scenario and gets identical frozen weights and an
-    identical initial adapter (seeded), so nothing but adapters and
-    activations ever needs to cross the wire.
+    Returns (peft-wrapped part, tokenizer, model config, base hash). The base
+    comes from `base_file` (weights the fed server streamed) when given, else
+    from the scenario. Every process gets identical frozen weights (the fed
+    server refuses a peer whose base hash differs) and an identical initial
+    adapter (seeded), so nothing but adapters and activations ever needs to
+    cross the wire.
     """
     import torch
 
+    from fedsllm.bootstrap import base_weights_hash
     from fedsllm.data.tokenizer import load_tokenizer
     from fedsllm.model.build import build_base_model, model_family
     from fedsllm.model.lora import apply_lora
@@ -66,23 +160,50 @@ def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:
         scenario.run.server_threads if side == "server" else scenario.run.num_threads
     )
     tokenizer = load_tokenizer(scenario)
-    base = build_base_model(scenario, tokenizer.vocab_size)
+    base = build_base_model(scenario, tokenizer.vocab_size, weights=base_file)
+    base_hash = base_weights_hash(base)
     family = model_family(base)
     client_part, server_part = split_model(base, scenario.split.split_layer)
     part = client_part if side == "client" else server_part
     peft_part = apply_lora(part, scenario.adapter, family, seed=scenario.seed)
-    return peft_part, tokenizer, base.config
+    return peft_part, tokenizer, base.config, base_hash
+
+
+def serve_base(scenario: ScenarioConfig, run_dir: Path) -> tuple[str, Path | None]:
+    """The fed server's base when peers fetch it (a pretrained preset): its hash
+    and the safetensors FetchBase serves (RUN_DIR/base/<hash>.safetensors);
+    ("", None) when every role builds the base itself."""
+    from fedsllm.bootstrap import base_is_served, base_weights_hash, save_base
+    from fedsllm.data.tokenizer import load_tokenizer
+    from fedsllm.model.build import build_base_model
+
+    if not base_is_served(scenario):
+        # Each role builds it (seeded init, or model.path on every host); the fed
+        # server never needs the model, so the first peer's hash is the reference.
+        return "", None
+    base = build_base_model(scenario, load_tokenizer(scenario).vocab_size)
+    base_hash = base_weights_hash(base)
+    path = run_dir / "base" / f"{base_hash}.safetensors"
+    if not path.is_file():
+        save_base(base, path)
+    return base_hash, path
 
 
 def build_role_shaper(scenario: ScenarioConfig, netns_run_id: str = "") -> Any:
     """The link shaper of this process (None when links are not emulated)."""
     from fedsllm.link import build_shaper
 
-    topology = None
-    if scenario.link.backend == "tc":
+    topology: Any = None
+    if scenario.link.backend == "tc" and netns_run_id:
         from fedsllm.link.netns import NetnsTopology
 
         topology = NetnsTopology(netns_run_id, scenario.clients.num_clients)
+    elif scenario.link.backend == "tc":
+        # No launcher namespaces: a container that shapes its own interface
+        # (`fedsllm compose --links tc`, set up by fedsllm.deploy.supervise --tc).
+        from fedsllm.deploy.links import InterfaceTopology
+
+        topology = InterfaceTopology(scenario.clients.num_clients)
     return build_shaper(scenario.link, topology=topology)
 
 

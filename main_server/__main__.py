@@ -1,8 +1,12 @@
 """`python -m main_server`: the main server process.
 
-Builds the server sub-network with its LoRA from the resolved scenario,
-serves MainServer (and the health service) until SIGTERM, then stops with a
-grace period.
+Starts from the fed server's address and a private work directory
+(fedsllm.bootstrap): fetches the resolved scenario (and a pretrained base)
+from the fed server, builds the server sub-network with its LoRA, joins with
+the scenario and base hashes, serves MainServer (and the health service)
+until SIGTERM, then stops with a grace period. Its adapter goes to the fed
+server after each completed round and at the end; it writes nothing outside
+its work directory.
 """
 
 from __future__ import annotations
@@ -10,21 +14,108 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("main_server")
+
+STARTUP_TIMEOUT_S = 120.0
+"""How long to wait for the fed server before the scenario is known."""
+
+
+def join_main_server(channel: Any, scenario_hash: str, base_hash: str) -> int:
+    """JoinMainServer; SettingError naming the hash the fed server refused."""
+    import grpc
+
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
+    from fedsllm.wire.rpc import unary_call
+
+    stub = fed_server_pb2_grpc.FedServerStub(channel)
+    request = fed_server_pb2.MainServerJoinRequest(scenario_hash=scenario_hash, base_hash=base_hash)
+    try:
+        return unary_call(stub.JoinMainServer, request, timeout_s=30.0).num_rounds
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            field = "base_hash" if "base_hash" in (err.details() or "") else "scenario_hash"
+            raise SettingError(field, base_hash if field == "base_hash" else scenario_hash,
+                               f"refused at Join: {err.details()}") from None  # fmt: skip
+        raise
+
+
+class AdapterCheckpoints:
+    """Sends the server adapter to the fed server after each round it completes
+    (polled on its Status) and at the end; failures are logged, not raised."""
+
+    def __init__(
+        self, channel: Any, adapter: Callable[[], bytes], chunk_bytes: int, every_s: float = 1.0
+    ) -> None:
+        from fedsllm.proto import fed_server_pb2_grpc
+
+        self.stub = fed_server_pb2_grpc.FedServerStub(channel)
+        self.adapter = adapter
+        self.chunk_bytes = chunk_bytes
+        self.every_s = every_s
+        self.completed = -1
+        self._last_poll = 0.0
+
+    def tick(self, force: bool = False) -> None:
+        import time
+
+        import grpc
+
+        from fedsllm.proto import fed_server_pb2
+
+        now = time.monotonic()
+        if now - self._last_poll < self.every_s and not force:
+            return
+        self._last_poll = now
+        try:
+            status = self.stub.Status(fed_server_pb2.StatusRequest(), timeout=5.0)
+        except grpc.RpcError:
+            return
+        completed = status.round - 1 if not status.finished else status.num_rounds - 1
+        if completed > self.completed:
+            self.completed = completed
+            self.push(final=False)
+
+    def push(self, final: bool) -> bool:
+        import grpc
+
+        from fedsllm.bootstrap import server_adapter_requests
+
+        blob = self.adapter()
+        try:
+            self.stub.PushServerAdapter(
+                server_adapter_requests(self.completed, final, blob, self.chunk_bytes),
+                timeout=10.0,
+            )
+        except grpc.RpcError as err:
+            log.warning("server adapter not sent to the fed server: %s", err.details())
+            return False
+        log.info(
+            "server adapter sent (%s, %d bytes)",
+            "final" if final else f"after round {self.completed}",
+            len(blob),
+        )
+        return True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from fedsllm.roles import role_arg_parser
 
     parser = role_arg_parser("python -m main_server", __doc__)
-    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on")
+    parser.add_argument(
+        "--bind",
+        default=None,
+        help="host:port to serve on (or FEDSLLM_MAIN_BIND, else the scenario's "
+        "run.main_address, else 127.0.0.1:0)",
+    )
     parser.add_argument(
         "--fed-address",
-        default="",
-        help="fed server host:port, to align this process's clock with the run's "
-        "(default: none; fine when every role shares one host)",
+        default=None,
+        help="fed server host:port (or FEDSLLM_FED_ADDRESS, or run.fed_address of a "
+        "local --scenario): the scenario, the base, telemetry and the clock come from it",
     )
     return parser.parse_args(argv)
 
@@ -34,44 +125,60 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "main_server")
+    from fedsllm.bootstrap import SettingError, parse_bind, resolve
     from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_to_bytes
     from fedsllm.proto import main_server_pb2_grpc
     from fedsllm.roles import (
         align_clock,
-        build_part,
+        build_role_part,
         build_role_shaper,
         compute_context,
-        load_resolved_scenario,
         make_pacer,
         pace_downlink,
         record_emulation,
+        resolve_role_paths,
+        role_base_file,
+        role_start,
         wait_for_stop,
     )
+    from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server, make_channel, stop_server, wait_healthy
     from main_server.compute import ServerTrainer
     from main_server.service import MainServerService, StepLimits
 
-    scenario, scenario_hash = load_resolved_scenario(args.scenario_json)
-    run_dir = Path(args.run_dir)
-    telemetry = telemetry_channel = None
-    if args.fed_address:
-        # Records stream to the fed server's collector (spooled under
-        # RUN_DIR/spool while it is unreachable).
-        from fedsllm.telemetry.service import start_sender
-
-        telemetry_channel = make_channel(args.fed_address)
-        telemetry = start_sender(telemetry_channel, run_dir, "main_server")
-        tracer = Tracer(None, "main_server", sink=telemetry)
+    try:
+        fed_address, work_dir = resolve_role_paths(args)
         # Started beside the fed server, which may still be coming up.
-        wait_healthy(args.fed_address, scenario.run.startup_timeout_s)
-        with make_channel(args.fed_address) as channel:
-            align_clock(tracer, channel)
-    else:
-        # No fed server to collect them: the records stay in this run directory.
-        tracer = Tracer(run_dir / "trace" / "main_server.jsonl", "main_server")
-    part, tokenizer, model_config = build_part(scenario, "server")
+        wait_healthy(fed_address, STARTUP_TIMEOUT_S)
+        scenario, scenario_hash, info = role_start(args, fed_address, work_dir)
+        bind = resolve(
+            "--bind", args.bind, "FEDSLLM_MAIN_BIND", "run.main_address",
+            scenario.run.main_address, default="127.0.0.1:0", parse=parse_bind,
+        ).value  # fmt: skip
+    except SettingError as err:
+        log.error("%s", err)
+        return 2
+    # Records stream to the fed server's collector (spooled under
+    # WORK_DIR/spool while it is unreachable).
+    telemetry_channel = make_channel(fed_address)
+    telemetry = start_sender(telemetry_channel, work_dir, "main_server")
+    tracer = Tracer(None, "main_server", sink=telemetry)
+    fed_channel = make_channel(fed_address)
+    align_clock(tracer, fed_channel)
+    part, tokenizer, model_config, base_hash = build_role_part(
+        scenario, "server", role_base_file(info, fed_address, work_dir)
+    )
+    try:
+        join_main_server(fed_channel, scenario_hash, base_hash)
+    except SettingError as err:
+        log.error("%s", err)
+        tracer.close()
+        telemetry.close(timeout_s=3.0)
+        telemetry_channel.close()
+        fed_channel.close()
+        return 2
     trainer = ServerTrainer(
         part,
         lr=scenario.training.server_lr,
@@ -107,26 +214,27 @@ def main(argv: list[str] | None = None) -> int:
         flops_per_sample=counts.phi_s,
     )
     server, port = create_server(
-        args.bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
+        bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
     )
     log.info("serving MainServer on port %d", port)
 
-    wait_for_stop()
+    def adapter() -> bytes:
+        return trainer.adapter_bytes(adapter_to_bytes)
+
+    checkpoints = AdapterCheckpoints(fed_channel, adapter, scenario.link.chunk_bytes)
+    wait_for_stop(tick=checkpoints.tick)
     stop_server(server, grace_s=2.0)
-    # The run directory is shared (a host folder or a compose volume), so the
-    # final server adapter is left there rather than fetched over the network.
-    adapters = run_dir / "adapters"
-    adapters.mkdir(parents=True, exist_ok=True)
-    tmp = adapters / "server.safetensors.tmp"
-    tmp.write_bytes(trainer.adapter_bytes(adapter_to_bytes))
-    tmp.replace(adapters / "server.safetensors")
+    # The fed server keeps the server adapter in its run directory: this
+    # role writes nothing outside its own work directory.
+    checkpoints.tick(force=True)  # a last round that ended since the last poll
+    checkpoints.push(final=True)
     record_emulation(tracer, pacer, shaper)
     tracer.close()
-    if telemetry is not None:
-        # The fed server waits for this source's final push before it stops;
-        # bounded well inside the launcher's grace period.
-        telemetry.close(timeout_s=3.0)
-        telemetry_channel.close()
+    # The fed server waits for this source's final push before it stops;
+    # bounded well inside the launcher's grace period.
+    telemetry.close(timeout_s=3.0)
+    telemetry_channel.close()
+    fed_channel.close()
     log.info("stopped after %d server updates", trainer.num_updates)
     return 0
 

@@ -35,7 +35,7 @@ from fedsllm.wire.messages import (
 )
 from fedsllm.wire.rpc import abort_for
 from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
-from fedsllm.wire.train import StepUpload, read_uplink
+from fedsllm.wire.train import StepUpload, message_bytes, read_uplink
 from main_server.compute import ServerTrainer, num_loss_tokens
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,13 @@ def check_step_values(limits: StepLimits, mask: torch.Tensor, labels: torch.Tens
         raise WireError("activations.shape[0]", f"={batch}, expected <= {limits.max_batch}")
     if seq > limits.max_seq_len:
         raise WireError("activations.shape[1]", f"={seq}, expected <= {limits.max_seq_len}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
+    # Each check is one pass over the (small) integer tensors: their extremes.
+    low, high = torch.aminmax(mask)
+    if int(low) < 0 or int(high) > 1:
         raise WireError("attention_mask", "values must be 0 or 1")
-    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < limits.vocab_size))
-    if not bool(valid.all()):
+    low, high = torch.aminmax(torch.where(labels == IGNORE_INDEX, 0, labels))
+    if int(low) < 0 or int(high) >= limits.vocab_size:
+        valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < limits.vocab_size))
         bad = int(labels[~valid][0])
         raise WireError(
             "labels", f"value {bad} is neither {IGNORE_INDEX} nor in [0, {limits.vocab_size})"
@@ -124,8 +127,8 @@ class MainServerService(pb_grpc.MainServerServicer):
 
     # ------------------------------------------------------------ Train
     def Train(
-        self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.TrainResponse]:
+        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
         uplink = read_uplink(
             request_iterator,
             lambda _header: step_specs(self.limits),
@@ -196,7 +199,7 @@ class MainServerService(pb_grpc.MainServerServicer):
         check_step_values(self.limits, mask, labels)
         return hidden, mask, labels
 
-    def _serve_step(self, client_id: int, upload: StepUpload) -> Iterator[pb.TrainResponse]:
+    def _serve_step(self, client_id: int, upload: StepUpload) -> Iterator[Any]:
         receive_s = self._transfer_s(upload)  # now, before compute: the upload's end
         hidden, mask, labels = self._step_tensors(upload)
         header = upload.header
@@ -238,11 +241,12 @@ class MainServerService(pb_grpc.MainServerServicer):
         with self.tracer.span(
             "downlink", round=round_index, step=step, client=client_id, bytes=frame.num_bytes
         ):
+            # Chunks are views of the gradient; the Train codec (installed by
+            # create_server) frames each with one copy of its bytes.
             for i, chunk in enumerate(frame_to_chunks(frame, self.chunk_bytes)):
-                response = pb.TrainResponse(chunk=chunk)
                 if self.pace is not None:
-                    self.pace(client_id, header.downlink_bps, response.ByteSize(), i == 0)
-                yield response
+                    self.pace(client_id, header.downlink_bps, message_bytes(chunk), i == 0)
+                yield chunk
 
     # ------------------------------------------------------------ adapter
     def GetServerAdapter(

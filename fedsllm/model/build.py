@@ -121,13 +121,21 @@ def prepare_base(scenario: Any, on_step: Any = None) -> Any:
     return pretrain_base(build_preset_model(scenario, vocab_size), scenario, vocab_size, on_step)
 
 
-def build_base_model(scenario: Any, vocab_size: int) -> Any:
+def build_base_model(scenario: Any, vocab_size: int, weights: Any = None) -> Any:
     """The run's frozen base model (eval mode, requires_grad False everywhere).
 
     `vocab_size` sizes a preset's embedding (the tokenizer's vocabulary);
-    it is ignored for a checkpoint, which brings its own.
+    it is ignored for a checkpoint, which brings its own. `weights` is a
+    safetensors file of the preset's whole state (the fed server's base,
+    fetched over the wire): loaded strictly instead of pretraining here.
     """
-    if scenario.model.path:
+    if weights is not None and not scenario.model.path:
+        from safetensors.torch import load_model
+
+        model = build_preset_model(scenario, vocab_size)
+        load_model(model, str(weights), strict=True)
+        log.info("base model weights from %s", weights)
+    elif scenario.model.path:
         log.info("loading base model from %s", scenario.model.path)
         model = _load_checkpoint(scenario)
     else:

@@ -305,7 +305,10 @@ def _export_run(run_dir: Path, out_dir: Path) -> Path:
         if not (run_dir / rel).is_file():
             raise ConfigError(str(run_dir / rel), None, "file not found")
     tokenizer = load_tokenizer(scenario)
-    model = build_base_model(scenario, tokenizer.vocab_size)
+    # The base the fed server served its peers (a pretrained preset), when the
+    # run directory keeps it: no pretraining, no cache on this host.
+    served = sorted((run_dir / "base").glob("*.safetensors"))
+    model = build_base_model(scenario, tokenizer.vocab_size, weights=served[0] if served else None)
     family = model_family(model)
     split_layer = scenario.split.split_layer
 

@@ -7,15 +7,85 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetScenarioRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetScenarioResponse(_message.Message):
+    __slots__ = ("scenario_json", "scenario_hash", "base_hash", "base_bytes")
+    SCENARIO_JSON_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    scenario_json: str
+    scenario_hash: str
+    base_hash: str
+    base_bytes: int
+    def __init__(self, scenario_json: _Optional[str] = ..., scenario_hash: _Optional[str] = ..., base_hash: _Optional[str] = ..., base_bytes: _Optional[int] = ...) -> None: ...
+
+class FetchBaseRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FetchBaseHeader(_message.Message):
+    __slots__ = ("base_hash", "total_bytes")
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    base_hash: str
+    total_bytes: int
+    def __init__(self, base_hash: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class FetchBaseResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: FetchBaseHeader
+    chunk: _tensor_pb2.AdapterChunk
+    def __init__(self, header: _Optional[_Union[FetchBaseHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.AdapterChunk, _Mapping]] = ...) -> None: ...
+
+class MainServerJoinRequest(_message.Message):
+    __slots__ = ("scenario_hash", "base_hash")
+    SCENARIO_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
+    scenario_hash: str
+    base_hash: str
+    def __init__(self, scenario_hash: _Optional[str] = ..., base_hash: _Optional[str] = ...) -> None: ...
+
+class MainServerJoinResponse(_message.Message):
+    __slots__ = ("num_rounds",)
+    NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    num_rounds: int
+    def __init__(self, num_rounds: _Optional[int] = ...) -> None: ...
+
+class PushServerAdapterHeader(_message.Message):
+    __slots__ = ("round", "final", "total_bytes")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    final: bool
+    total_bytes: int
+    def __init__(self, round: _Optional[int] = ..., final: _Optional[bool] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class PushServerAdapterRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PushServerAdapterHeader
+    chunk: _tensor_pb2.AdapterChunk
+    def __init__(self, header: _Optional[_Union[PushServerAdapterHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.AdapterChunk, _Mapping]] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
-    __slots__ = ("client_id", "num_samples", "scenario_hash")
+    __slots__ = ("client_id", "num_samples", "scenario_hash", "base_hash")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     num_samples: int
     scenario_hash: str
-    def __init__(self, client_id: _Optional[int] = ..., num_samples: _Optional[int] = ..., scenario_hash: _Optional[str] = ...) -> None: ...
+    base_hash: str
+    def __init__(self, client_id: _Optional[int] = ..., num_samples: _Optional[int] = ..., scenario_hash: _Optional[str] = ..., base_hash: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("current_round", "num_rounds", "num_local_steps")

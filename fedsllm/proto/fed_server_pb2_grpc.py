@@ -54,6 +54,16 @@ class FedServerStub:
                 request_serializer=fedsllm_dot_proto_dot_fed__server__pb2.StatusRequest.SerializeToString,
                 response_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.JoinMainServer = channel.unary_unary(
+                '/fedsllm.proto.FedServer/JoinMainServer',
+                request_serializer=fedsllm_dot_proto_dot_fed__server__pb2.MainServerJoinRequest.SerializeToString,
+                response_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.MainServerJoinResponse.FromString,
+                _registered_method=True)
+        self.PushServerAdapter = channel.stream_unary(
+                '/fedsllm.proto.FedServer/PushServerAdapter',
+                request_serializer=fedsllm_dot_proto_dot_fed__server__pb2.PushServerAdapterRequest.SerializeToString,
+                response_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.PushAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class FedServerServicer:
@@ -89,6 +99,23 @@ class FedServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinMainServer(self, request, context):
+        """The main server announces itself; refused when its scenario or base
+        hash differs from the fed server's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushServerAdapter(self, request_iterator, context):
+        """The main server uploads its server adapter, after each completed round
+        and at the end: one header, then the chunks of a safetensors blob. The
+        fed server keeps it in its run directory (adapters/server.safetensors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FedServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +138,16 @@ def add_FedServerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.StatusRequest.FromString,
                     response_serializer=fedsllm_dot_proto_dot_fed__server__pb2.StatusResponse.SerializeToString,
+            ),
+            'JoinMainServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinMainServer,
+                    request_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.MainServerJoinRequest.FromString,
+                    response_serializer=fedsllm_dot_proto_dot_fed__server__pb2.MainServerJoinResponse.SerializeToString,
+            ),
+            'PushServerAdapter': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushServerAdapter,
+                    request_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.PushServerAdapterRequest.FromString,
+                    response_serializer=fedsllm_dot_proto_dot_fed__server__pb2.PushAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +258,187 @@ class FedServer:
             '/fedsllm.proto.FedServer/Status',
             fedsllm_dot_proto_dot_fed__server__pb2.StatusRequest.SerializeToString,
             fedsllm_dot_proto_dot_fed__server__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinMainServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsllm.proto.FedServer/JoinMainServer',
+            fedsllm_dot_proto_dot_fed__server__pb2.MainServerJoinRequest.SerializeToString,
+            fedsllm_dot_proto_dot_fed__server__pb2.MainServerJoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushServerAdapter(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedsllm.proto.FedServer/PushServerAdapter',
+            fedsllm_dot_proto_dot_fed__server__pb2.PushServerAdapterRequest.SerializeToString,
+            fedsllm_dot_proto_dot_fed__server__pb2.PushAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RunInfoStub:
+    """What a role needs before it can start, served by the fed server on its
+    port and on the control port (unshaped under tc): the resolved scenario
+    and the frozen base weights. Roles share nothing but gRPC.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetScenario = channel.unary_unary(
+                '/fedsllm.proto.RunInfo/GetScenario',
+                request_serializer=fedsllm_dot_proto_dot_fed__server__pb2.GetScenarioRequest.SerializeToString,
+                response_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.GetScenarioResponse.FromString,
+                _registered_method=True)
+        self.FetchBase = channel.unary_stream(
+                '/fedsllm.proto.RunInfo/FetchBase',
+                request_serializer=fedsllm_dot_proto_dot_fed__server__pb2.FetchBaseRequest.SerializeToString,
+                response_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.FetchBaseResponse.FromString,
+                _registered_method=True)
+
+
+class RunInfoServicer:
+    """What a role needs before it can start, served by the fed server on its
+    port and on the control port (unshaped under tc): the resolved scenario
+    and the frozen base weights. Roles share nothing but gRPC.
+    """
+
+    def GetScenario(self, request, context):
+        """The resolved scenario, its hash and the hash of the base weights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchBase(self, request, context):
+        """The base weights (safetensors) in chunks: a header, then the chunks.
+        FAILED_PRECONDITION when the base is built locally (see GetScenario).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RunInfoServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetScenario': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScenario,
+                    request_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.GetScenarioRequest.FromString,
+                    response_serializer=fedsllm_dot_proto_dot_fed__server__pb2.GetScenarioResponse.SerializeToString,
+            ),
+            'FetchBase': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBase,
+                    request_deserializer=fedsllm_dot_proto_dot_fed__server__pb2.FetchBaseRequest.FromString,
+                    response_serializer=fedsllm_dot_proto_dot_fed__server__pb2.FetchBaseResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedsllm.proto.RunInfo', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedsllm.proto.RunInfo', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RunInfo:
+    """What a role needs before it can start, served by the fed server on its
+    port and on the control port (unshaped under tc): the resolved scenario
+    and the frozen base weights. Roles share nothing but gRPC.
+    """
+
+    @staticmethod
+    def GetScenario(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsllm.proto.RunInfo/GetScenario',
+            fedsllm_dot_proto_dot_fed__server__pb2.GetScenarioRequest.SerializeToString,
+            fedsllm_dot_proto_dot_fed__server__pb2.GetScenarioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedsllm.proto.RunInfo/FetchBase',
+            fedsllm_dot_proto_dot_fed__server__pb2.FetchBaseRequest.SerializeToString,
+            fedsllm_dot_proto_dot_fed__server__pb2.FetchBaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

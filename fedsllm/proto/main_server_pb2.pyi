@@ -18,14 +18,16 @@ STEP_MODE_TRAIN: StepMode
 STEP_MODE_EVAL: StepMode
 
 class TrainHello(_message.Message):
-    __slots__ = ("client_id", "scenario_hash", "wire_dtype")
+    __slots__ = ("client_id", "scenario_hash", "wire_dtype", "wire_version")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_HASH_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WIRE_VERSION_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     scenario_hash: str
     wire_dtype: str
-    def __init__(self, client_id: _Optional[int] = ..., scenario_hash: _Optional[str] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
+    wire_version: int
+    def __init__(self, client_id: _Optional[int] = ..., scenario_hash: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., wire_version: _Optional[int] = ...) -> None: ...
 
 class StepHeader(_message.Message):
     __slots__ = ("round", "step", "mode", "downlink_bps", "tensor_names", "sent_unix_s", "initial_adapter")
@@ -62,14 +64,16 @@ class TrainRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[TrainHello, _Mapping]] = ..., header: _Optional[_Union[StepHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., end: _Optional[_Union[StepEnd, _Mapping]] = ...) -> None: ...
 
 class TrainWelcome(_message.Message):
-    __slots__ = ("client_id", "scenario_hash", "max_tensor_bytes")
+    __slots__ = ("client_id", "scenario_hash", "max_tensor_bytes", "wire_version")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_HASH_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIRE_VERSION_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     scenario_hash: str
     max_tensor_bytes: int
-    def __init__(self, client_id: _Optional[int] = ..., scenario_hash: _Optional[str] = ..., max_tensor_bytes: _Optional[int] = ...) -> None: ...
+    wire_version: int
+    def __init__(self, client_id: _Optional[int] = ..., scenario_hash: _Optional[str] = ..., max_tensor_bytes: _Optional[int] = ..., wire_version: _Optional[int] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ("round", "step", "loss", "num_tokens", "server_compute_s", "server_forward_s", "server_backward_s", "server_update_s", "server_queue_s", "server_receive_s", "tensor_names")

@@ -1,10 +1,11 @@
 """The wire layer: the only place protobuf and gRPC are spoken.
 
-- tensors.py: torch tensors <-> TensorFrame <-> TensorChunk streams (validated).
+- tensors.py: torch tensors <-> TensorFrame <-> Chunk streams (validated, assembled in place).
+- codec.py: Chunk <-> TensorChunk message bytes, by hand, with one copy of the payload.
 - adapters.py: safetensors blobs <-> PushAdapter / PullGlobal / GetServerAdapter streams.
 - messages.py: typed records <-> every other message (x_to_proto / x_from_proto).
-- train.py: the Train stream's grammar (builders and readers of whole steps).
-- rpc.py: servers, channels, health, deadlines, retry.
+- train.py: the Train stream's grammar (builders and readers of whole steps) and codec.
+- rpc.py: servers, channels, health, deadlines, retry, per-method codecs.
 - protogen.py: regenerates fedsllm/proto/ from proto/fedsllm/proto/*.proto.
 
 Submodules are imported explicitly (no re-exports) so importing one does not

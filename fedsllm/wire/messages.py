@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2
 
 STEP_MODES = ("train", "eval")
+TRAIN_WIRE_VERSION = 1
+"""Version of the Train stream's format (grammar and TensorChunk encoding,
+proto/fedsllm/proto/tensor.proto); a peer sending 0 predates versioning and
+speaks version 1."""
 
 _record = dataclass(frozen=True, kw_only=True, slots=True)
 
@@ -42,17 +46,30 @@ class TrainHelloInfo:
     scenario_hash: str
     wire_dtype: str
     """float32, bfloat16 or float16: precision of activations and gradients."""
+    wire_version: int = TRAIN_WIRE_VERSION
+    """Version of the Train stream's format the sender speaks."""
+
+
+def _wire_version(field: str, version: int) -> int:
+    version = version or 1  # unset: a peer from before versioning, which spoke 1
+    if version != TRAIN_WIRE_VERSION:
+        raise WireError(field, f"={version}, this side speaks {TRAIN_WIRE_VERSION}")
+    return version
 
 
 def hello_to_proto(info: TrainHelloInfo) -> main_server_pb2.TrainHello:
     from fedsllm.proto import main_server_pb2
 
     return main_server_pb2.TrainHello(
-        client_id=info.client_id, scenario_hash=info.scenario_hash, wire_dtype=info.wire_dtype
+        client_id=info.client_id,
+        scenario_hash=info.scenario_hash,
+        wire_dtype=info.wire_dtype,
+        wire_version=info.wire_version,
     )
 
 
 def hello_from_proto(msg: main_server_pb2.TrainHello) -> TrainHelloInfo:
+    version = _wire_version("TrainHello.wire_version", msg.wire_version)
     if msg.wire_dtype not in WIRE_DTYPES:
         raise WireError(
             "TrainHello.wire_dtype",
@@ -61,7 +78,10 @@ def hello_from_proto(msg: main_server_pb2.TrainHello) -> TrainHelloInfo:
     if not msg.scenario_hash:
         raise WireError("TrainHello.scenario_hash", "is empty")
     return TrainHelloInfo(
-        client_id=msg.client_id, scenario_hash=msg.scenario_hash, wire_dtype=msg.wire_dtype
+        client_id=msg.client_id,
+        scenario_hash=msg.scenario_hash,
+        wire_dtype=msg.wire_dtype,
+        wire_version=version,
     )
 
 
@@ -71,6 +91,8 @@ class TrainWelcomeInfo:
     scenario_hash: str
     max_tensor_bytes: int
     """Largest tensor the server accepts, bytes."""
+    wire_version: int = TRAIN_WIRE_VERSION
+    """Version of the Train stream's format the server speaks."""
 
 
 def welcome_to_proto(info: TrainWelcomeInfo) -> main_server_pb2.TrainWelcome:
@@ -80,6 +102,7 @@ def welcome_to_proto(info: TrainWelcomeInfo) -> main_server_pb2.TrainWelcome:
         client_id=info.client_id,
         scenario_hash=info.scenario_hash,
         max_tensor_bytes=info.max_tensor_bytes,
+        wire_version=info.wire_version,
     )
 
 
@@ -88,6 +111,7 @@ def welcome_from_proto(msg: main_server_pb2.TrainWelcome) -> TrainWelcomeInfo:
         client_id=msg.client_id,
         scenario_hash=msg.scenario_hash,
         max_tensor_bytes=msg.max_tensor_bytes,
+        wire_version=_wire_version("TrainWelcome.wire_version", msg.wire_version),
     )
 
 

@@ -2,7 +2,10 @@
 
 One set of channel options (message size, keepalive) is applied to both
 ends; every server gets the standard health service (grpc.health.v1), so
-the launcher and compose healthchecks ask instead of sleeping; servers stop
+the launcher and compose healthchecks ask instead of sleeping, and the
+methods that stream tensors get their own (de)serializers (the Train
+method's chunk codec, fedsllm.wire.train) in place of the generated
+protobuf ones, whichever way the servicer was registered; servers stop
 with a grace period; client calls carry a deadline, and the one
 retry-with-backoff function lives here. What the services do is left to the
 roles' service.py modules.
@@ -54,6 +57,27 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+class CodecInterceptor(grpc.ServerInterceptor):
+    """Swaps the (de)serializers of the methods in `codecs` (full method name ->
+    (request_deserializer, response_serializer)); the handler is untouched."""
+
+    def __init__(
+        self, codecs: Mapping[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]]
+    ) -> None:
+        self._codecs = dict(codecs)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        codec = self._codecs.get(handler_call_details.method)
+        if handler is None or codec is None or not hasattr(handler, "_replace"):
+            return handler
+        return handler._replace(request_deserializer=codec[0], response_serializer=codec[1])
+
+
 def create_server(
     address: str,
     register: Sequence[Callable[[grpc.Server], None]],
@@ -72,10 +96,12 @@ def create_server(
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from fedsllm.wire.train import TRAIN_METHOD, TRAIN_SERVER_CODEC
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=list(SERVER_OPTIONS),
-        interceptors=list(interceptors),
+        interceptors=[CodecInterceptor({TRAIN_METHOD: TRAIN_SERVER_CODEC}), *interceptors],
     )
     for add in register:
         add(server)

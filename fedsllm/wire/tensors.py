@@ -1,12 +1,17 @@
-"""Tensors <-> raw little-endian buffers <-> streams of TensorChunk messages.
+"""Tensors <-> raw little-endian buffers <-> streams of tensor chunks.
 
 `TensorFrame` is the typed form of one tensor on the wire (name, dtype,
-shape, bytes). `tensor_to_frame` / `frame_to_tensor` convert to and from
-torch; `frame_to_chunks` cuts a frame into `TensorChunk` messages and
-`ChunkAssembler` puts chunks back together, validating every field before
-it copies a byte, so a servicer can reject bad input without touching state.
-Nothing is pickled: the buffer is the tensor's elements in C order,
-little-endian, and bfloat16 travels as its 16-bit patterns.
+shape, bytes) and `Chunk` the typed form of one TensorChunk message.
+`tensor_to_frame` / `frame_to_tensor` convert to and from torch;
+`frame_to_chunks` cuts a frame into chunks whose data are views of the
+frame (no copy), and `ChunkAssembler` puts chunks back together, validating
+every field before it copies a byte, so a servicer can reject bad input
+without touching state. Each chunk's bytes are written once, into a buffer
+sized for the whole tensor (reused across a stream's steps, see
+ReceiveBuffers), and checked for NaN and Inf in slices of about a megabyte
+right after they are written, while still in cache. Nothing is pickled: the buffer is the tensor's
+elements in C order, little-endian, and bfloat16 travels as its 16-bit
+patterns. fedsllm.wire.codec turns chunks into message bytes and back.
 
 Pacing, retries and what the tensors mean are left to the callers (the link
 shaper and the role loops); the stream envelopes of the Train RPC live in
@@ -18,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +49,9 @@ DTYPE_ITEMSIZE: Mapping[str, int] = {
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 MAX_NDIM = 8
 DEFAULT_MAX_TENSOR_BYTES = 512 * 2**20
+# Received bytes are checked for NaN and Inf in slices of about this size,
+# small enough to still be in cache, large enough to keep the calls few.
+FINITE_CHECK_BYTES = 2**20
 
 Buffer = bytes | bytearray | memoryview
 
@@ -183,38 +191,66 @@ def frame_to_tensor(
 # ---------------------------------------------------------------- chunks
 
 
-def frame_to_chunks(
-    frame: TensorFrame, chunk_bytes: int, envelope: Callable[[], Any] | None = None
-) -> Iterator[Any]:
-    """Cut a frame into TensorChunk messages of at most `chunk_bytes` data each.
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One TensorChunk message as a record: bytes [offset, offset + len(data)) of
+    a tensor. `data` may be a view into a frame or into received message
+    bytes; it is copied once, by the assembler."""
 
-    Every chunk repeats name, dtype, shape and total_bytes (a few bytes) so
-    each one can be checked on its own. With `envelope` (a message class
-    with a `chunk` field, e.g. TrainRequest), the chunk is built in place
-    inside a fresh envelope and the envelopes are yielded: wrapping a
-    finished chunk would copy its payload once more.
-    """
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    total_bytes: int
+    offset: int
+    data: Buffer
+
+
+def chunk_to_proto(chunk: Chunk) -> tensor_pb2.TensorChunk:
+    """The protobuf form (copies the data; the hot path uses fedsllm.wire.codec)."""
     from fedsllm.proto import tensor_pb2
 
+    return tensor_pb2.TensorChunk(
+        name=chunk.name,
+        dtype=chunk.dtype,
+        shape=list(chunk.shape),
+        total_bytes=chunk.total_bytes,
+        offset=chunk.offset,
+        data=bytes(chunk.data),
+    )
+
+
+def chunk_from_proto(msg: tensor_pb2.TensorChunk) -> Chunk:
+    return Chunk(
+        name=msg.name,
+        dtype=msg.dtype,
+        shape=tuple(msg.shape),
+        total_bytes=msg.total_bytes,
+        offset=msg.offset,
+        data=msg.data,
+    )
+
+
+def frame_to_chunks(frame: TensorFrame, chunk_bytes: int) -> Iterator[Chunk]:
+    """Cut a frame into chunks of at most `chunk_bytes` data each, as views of
+    the frame's buffer (nothing is copied here).
+
+    Every chunk repeats name, dtype, shape and total_bytes (a few bytes) so
+    each one can be checked on its own.
+    """
     if chunk_bytes <= 0:
         raise WireError("chunk_bytes", f"must be > 0, got {chunk_bytes}")
     view = memoryview(frame.data).cast("B")
     total = view.nbytes
-    shape = list(frame.shape)
+    shape = tuple(frame.shape)
     for offset in range(0, total, chunk_bytes):
-        if envelope is None:
-            msg = tensor_pb2.TensorChunk()
-            chunk = msg
-        else:
-            msg = envelope()
-            chunk = msg.chunk
-        chunk.name = frame.name
-        chunk.dtype = frame.dtype
-        chunk.shape.extend(shape)
-        chunk.total_bytes = total
-        chunk.offset = offset
-        chunk.data = bytes(view[offset : offset + chunk_bytes])
-        yield msg
+        yield Chunk(
+            name=frame.name,
+            dtype=frame.dtype,
+            shape=shape,
+            total_bytes=total,
+            offset=offset,
+            data=view[offset : offset + chunk_bytes],
+        )
 
 
 def _validate_header(
@@ -246,28 +282,87 @@ def _validate_header(
     return itemsize
 
 
-def check_finite(frame: TensorFrame) -> None:
-    """WireError when a float frame holds NaN or Inf (an update that would
-    poison the shared model)."""
-    if frame.dtype not in FLOAT_DTYPES:
-        return
+def _all_finite(t: torch.Tensor) -> bool:
+    """True when the float tensor `t` holds no NaN or Inf.
+
+    Fast path: any NaN or Inf makes the sum non-finite, so a finite sum
+    proves every element finite (torch.isfinite over the whole tensor is
+    about 30x slower here). A sum that overflows falls through to the exact
+    check, which is False only for a real NaN or Inf.
+    """
     import torch
 
-    t = frame_to_tensor(frame, copy=False).reshape(-1)
-    # Fast path: any NaN or Inf makes the sum non-finite, so a finite sum
-    # proves every element finite (torch.isfinite over the whole tensor is
-    # about 30x slower here). A sum that overflows falls through to the
-    # exact check, which raises only for a real NaN or Inf.
-    if bool(torch.isfinite(t.sum())):
-        return
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _raise_non_finite(name: str, t: torch.Tensor) -> None:
+    import torch
+
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         bad = int((~finite).sum())
         first = int((~finite).nonzero()[0, 0])
         raise WireError(
-            f"{frame.name}.data",
+            f"{name}.data",
             f"{bad} non-finite value(s), first at flat index {first} ({float(t[first])})",
         )
+
+
+def check_finite(frame: TensorFrame) -> None:
+    """WireError when a float frame holds NaN or Inf (an update that would
+    poison the shared model)."""
+    if frame.dtype not in FLOAT_DTYPES:
+        return
+    t = frame_to_tensor(frame, copy=False).reshape(-1)
+    if not _all_finite(t):
+        _raise_non_finite(frame.name, t)
+
+
+def _new_buffer(num_bytes: int) -> memoryview:
+    # Not zero-filled: every byte is written by the chunks before anyone reads it.
+    return memoryview(np.empty(num_bytes, dtype=np.uint8))
+
+
+def _refcount(buffers: list[np.ndarray], i: int) -> int:
+    return sys.getrefcount(buffers[i])
+
+
+class ReceiveBuffers:
+    """The receive buffers of one stream, reused from step to step.
+
+    A fresh buffer costs a page fault per 4 KiB the first time it is written
+    (a 64 MiB tensor: about a fifth of its transfer time on loopback); a
+    buffer written last step is already mapped. A buffer is handed out again
+    only when nothing outside this pool refers to it: every memoryview,
+    frame and tensor over it holds a reference (CPython reference counts),
+    so a tensor the caller kept is never overwritten. At most `max_buffers`
+    are kept (the oldest is dropped first): enough for two steps of three
+    tensors, since a reader's caller usually still holds the last step while
+    the next one arrives.
+    """
+
+    def __init__(self, max_buffers: int = 8) -> None:
+        self.max_buffers = max_buffers
+        self._buffers: list[np.ndarray] = []
+        # References a pooled array has when nobody else holds it (the list's,
+        # and the argument's), measured rather than assumed.
+        self._free_refs = _refcount([np.empty(0, dtype=np.uint8)], 0)
+
+    def take(self, num_bytes: int) -> memoryview:
+        """A writable buffer of exactly `num_bytes` (contents undefined)."""
+        for i in range(len(self._buffers)):
+            if (
+                self._buffers[i].nbytes == num_bytes
+                and _refcount(self._buffers, i) == self._free_refs
+            ):
+                array = self._buffers.pop(i)
+                self._buffers.append(array)  # most recently used last
+                return memoryview(array)
+        array = np.empty(num_bytes, dtype=np.uint8)
+        self._buffers.append(array)
+        if len(self._buffers) > self.max_buffers:
+            del self._buffers[0]
+        return memoryview(array)
 
 
 @dataclass(slots=True)
@@ -277,26 +372,42 @@ class _Partial:
     shape: tuple[int, ...]
     total: int
     buf: memoryview
+    array: np.ndarray
+    """`buf` as a numpy array, written chunk by chunk."""
     filled: int = 0
+    elements: torch.Tensor | None = None
+    """Flat view of `buf` as the tensor's dtype, when finiteness is checked."""
+    checked: int = 0
+    """Elements already checked for NaN and Inf (whole elements received)."""
+    all_finite: bool = True
 
 
 @dataclass(slots=True)
 class ChunkAssembler:
     """Rebuilds tensors from a sequence of TensorChunk messages.
 
-    Feed chunks in order; `feed` returns the TensorFrame when a tensor's last
-    chunk arrives, else None. Every check runs before the chunk's bytes are
-    copied: the name is expected and not yet received, dtype and shape match
-    the spec (symbols bind across tensors), total_bytes agrees with the shape
-    and the size limit, offsets are contiguous, nothing runs past the total,
-    and no other tensor starts before the current one completes. Any
-    violation raises WireError naming the field and the values.
+    Feed chunks (`Chunk` records or TensorChunk messages) in order; `feed`
+    returns the TensorFrame when a tensor's last chunk arrives, else None.
+    Every check runs before the chunk's bytes are copied: the name is
+    expected and not yet received, dtype and shape match the spec (symbols
+    bind across tensors), total_bytes agrees with the shape and the size
+    limit, offsets are contiguous, nothing runs past the total, and no other
+    tensor starts before the current one completes. The bytes go straight
+    into one buffer of the tensor's size (no join). Where the spec asks for
+    finite values, the whole elements received are checked as soon as about
+    FINITE_CHECK_BYTES of them (or the last chunk) are written, so the check
+    reads data still in cache and the tensor is never read again for it; a
+    non-finite value is reported, with its count and first index, when the
+    tensor completes. Any violation raises
+    WireError naming the field and the values.
 
     `specs=None` accepts any name with any allowed dtype and shape.
     """
 
     limits: WireLimits = field(default_factory=WireLimits)
     specs: Mapping[str, TensorSpec] | None = None
+    buffers: ReceiveBuffers | None = None
+    """Where tensor buffers come from (a stream's pool); None: a fresh one each."""
     frames: dict[str, TensorFrame] = field(default_factory=dict)
     bindings: dict[str, tuple[int, str]] = field(default_factory=dict)
     _current: _Partial | None = None
@@ -312,7 +423,7 @@ class ChunkAssembler:
         """Name of the tensor whose chunks are still arriving, if any."""
         return self._current.name if self._current else None
 
-    def feed(self, chunk: tensor_pb2.TensorChunk) -> TensorFrame | None:
+    def feed(self, chunk: Chunk | tensor_pb2.TensorChunk) -> TensorFrame | None:
         """Validate and buffer one chunk; the finished frame when it was the last."""
         cur = self._current
         if cur is None:
@@ -334,19 +445,28 @@ class ChunkAssembler:
                 f"{cur.name}.data",
                 f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
-        cur.buf[cur.filled : end] = data
+        # numpy copies without holding the GIL, so gRPC's threads go on meanwhile.
+        cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
         cur.filled = end
+        if cur.elements is not None and cur.all_finite:
+            itemsize = DTYPE_ITEMSIZE[cur.dtype]
+            whole = end // itemsize
+            # In slices of about a megabyte: still in cache, and few calls.
+            if whole > cur.checked and (
+                end == cur.total or (whole - cur.checked) * itemsize >= FINITE_CHECK_BYTES
+            ):
+                cur.all_finite = _all_finite(cur.elements[cur.checked : whole])
+                cur.checked = whole
         if end < cur.total:
             return None
         self._current = None
         frame = TensorFrame(name=cur.name, dtype=cur.dtype, shape=cur.shape, data=cur.buf)
-        spec = self.specs.get(cur.name) if self.specs is not None else None
-        if spec is not None and spec.require_finite:
-            check_finite(frame)
+        if not cur.all_finite and cur.elements is not None:
+            _raise_non_finite(cur.name, cur.elements)
         self.frames[cur.name] = frame
         return frame
 
-    def feed_all(self, chunks: Iterable[tensor_pb2.TensorChunk]) -> dict[str, TensorFrame]:
+    def feed_all(self, chunks: Iterable[Chunk | tensor_pb2.TensorChunk]) -> dict[str, TensorFrame]:
         """Feed every chunk, then require that no tensor is left incomplete."""
         for chunk in chunks:
             self.feed(chunk)
@@ -368,7 +488,7 @@ class ChunkAssembler:
             )
         return self.frames
 
-    def _start(self, chunk: tensor_pb2.TensorChunk) -> _Partial:
+    def _start(self, chunk: Chunk | tensor_pb2.TensorChunk) -> _Partial:
         name = chunk.name
         if self.specs is not None and name not in self.specs:
             raise WireError(
@@ -384,10 +504,21 @@ class ChunkAssembler:
         spec = self.specs.get(name) if self.specs is not None else None
         if spec is not None:
             self._check_spec(spec, chunk.dtype, shape)
-        # numpy's allocation is not zero-filled and reuses already-mapped
-        # pages across steps; a bytearray would memset every buffer first.
-        buf = memoryview(np.empty(total, dtype=np.uint8))
-        self._current = _Partial(name=name, dtype=chunk.dtype, shape=shape, total=total, buf=buf)
+        buf = self.buffers.take(total) if self.buffers is not None else _new_buffer(total)
+        elements = None
+        if spec is not None and spec.require_finite and chunk.dtype in FLOAT_DTYPES:
+            import torch
+
+            elements = torch.frombuffer(buf, dtype=_torch_dtype(chunk.dtype))
+        self._current = _Partial(
+            name=name,
+            dtype=chunk.dtype,
+            shape=shape,
+            total=total,
+            buf=buf,
+            array=np.frombuffer(buf, dtype=np.uint8),
+            elements=elements,
+        )
         return self._current
 
     def _check_spec(self, spec: TensorSpec, dtype: str, shape: tuple[int, ...]) -> None:
@@ -420,7 +551,7 @@ class ChunkAssembler:
         # Bind only once the whole tensor header is accepted.
         self.bindings.update(new)
 
-    def _check_continuation(self, cur: _Partial, chunk: tensor_pb2.TensorChunk) -> None:
+    def _check_continuation(self, cur: _Partial, chunk: Chunk | tensor_pb2.TensorChunk) -> None:
         if chunk.name != cur.name:
             raise WireError(
                 "chunk.name",
@@ -449,7 +580,7 @@ def _spec_text(shape: tuple[Any, ...]) -> str:
 
 
 def assemble(
-    chunks: Iterable[tensor_pb2.TensorChunk], limits: WireLimits | None = None
+    chunks: Iterable[Chunk | tensor_pb2.TensorChunk], limits: WireLimits | None = None
 ) -> dict[str, TensorFrame]:
     """Rebuild every tensor in a finished chunk sequence (no name restrictions)."""
     return ChunkAssembler(limits=limits or WireLimits()).feed_all(chunks)

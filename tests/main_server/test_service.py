@@ -4,6 +4,7 @@ FAILED_PRECONDITION) and leaves the server adapter untouched."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -19,7 +20,7 @@ from fedsllm.roles import build_part
 from fedsllm.trace import Tracer
 from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo
 from fedsllm.wire.tensors import TensorFrame, tensor_to_frame
-from fedsllm.wire.train import step_upload_requests, train_request
+from fedsllm.wire.train import step_upload_requests, train_call, train_request
 from main_server.compute import ServerTrainer
 from main_server.service import MainServerService, StepLimits
 
@@ -101,9 +102,15 @@ def _stream(
     client_id: int = 0,
     scenario_hash: str = HASH,
     names: tuple[str, ...] | None = None,
+    wire_version: int = 1,
 ) -> Iterator[pb.TrainRequest]:
     yield train_request(
-        TrainHelloInfo(client_id=client_id, scenario_hash=scenario_hash, wire_dtype="float32")
+        TrainHelloInfo(
+            client_id=client_id,
+            scenario_hash=scenario_hash,
+            wire_dtype="float32",
+            wire_version=wire_version,
+        )
     )
     header = StepHeaderInfo(
         round=0,
@@ -257,6 +264,12 @@ CASES: list[tuple[str, Callable[[], Iterator[pb.TrainRequest]], grpc.StatusCode,
         "client_id",
     ),
     (
+        "newer wire version",
+        lambda: _stream(_frames(_tensors()), wire_version=2),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TrainHello.wire_version",
+    ),
+    (
         "other scenario",
         lambda: _stream(_frames(_tensors()), scenario_hash="x"),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -265,18 +278,29 @@ CASES: list[tuple[str, Callable[[], Iterator[pb.TrainRequest]], grpc.StatusCode,
 ]
 
 
+def _as_proto(item: object) -> pb.TrainRequest:
+    return item if isinstance(item, pb.TrainRequest) else train_request(item)  # type: ignore[arg-type]
+
+
+def _train(channel: grpc.Channel, client: str, requests: Iterator[object]) -> Iterator[object]:
+    """A Train call with the chunk codec, or with the generated stub's protobuf
+    (de)serializers: the server must answer both alike."""
+    if client == "codec":
+        return train_call(channel)(requests, timeout=10)
+    return pb_grpc.MainServerStub(channel).Train(map(_as_proto, requests), timeout=10)
+
+
+@pytest.mark.parametrize("client", ["codec", "protobuf"])
 @pytest.mark.parametrize(("name", "requests", "code", "match"), CASES, ids=[c[0] for c in CASES])
-def test_bad_step_refused_state_unchanged(server, name, requests, code, match) -> None:
+def test_bad_step_refused_state_unchanged(server, name, requests, code, match, client) -> None:
     address, trainer = server
     from fedsllm.wire.rpc import make_channel
 
     before = trainer.adapter_bytes(adapter_to_bytes)
     updates = trainer.num_updates
-    with make_channel(address) as channel:
-        stub = pb_grpc.MainServerStub(channel)
-        with pytest.raises(grpc.RpcError) as info:
-            for _ in stub.Train(requests(), timeout=10):
-                pass
+    with make_channel(address) as channel, pytest.raises(grpc.RpcError) as info:
+        for _ in _train(channel, client, requests()):
+            pass
     assert info.value.code() == code, info.value.details()
     assert match in info.value.details()
     assert trainer.num_updates == updates
@@ -365,3 +389,39 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
     (step,) = [r for r in read_records(tmp_path / "trace") if r["name"] == "server_compute"]
     assert step["t1"] - step["t0"] >= 1.0
     assert 0 <= step["extra"]["receive_s"] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("mask_value", "label_value", "needle"),
+    [
+        (1, 258, None),  # the last id in the vocabulary
+        (0, -100, None),  # ignored positions
+        (-1, 5, "attention_mask: values must be 0 or 1"),
+        (2, 5, "attention_mask: values must be 0 or 1"),
+        (1, 259, "value 259 is neither -100 nor in [0, 259)"),
+        (1, -1, "value -1 is neither -100 nor in [0, 259)"),
+        (1, -101, "value -101 is neither"),
+    ],
+)
+def test_step_values_checked_without_grpc(mask_value: int, label_value: int, needle) -> None:
+    from fedsllm.errors import WireError
+    from main_server.service import check_step_values
+
+    limits = StepLimits(
+        hidden_size=D,
+        vocab_size=259,
+        max_seq_len=T,
+        max_batch=8,
+        wire_dtype="float32",
+        num_clients=1,
+        max_tensor_bytes=2**20,
+    )
+    mask = torch.ones(B, T, dtype=torch.int64)
+    labels = torch.randint(3, 259, (B, T))
+    mask[1, 3] = mask_value
+    labels[1, 5] = label_value
+    if needle is None:
+        check_step_values(limits, mask, labels)
+        return
+    with pytest.raises(WireError, match=re.escape(needle)):
+        check_step_values(limits, mask, labels)

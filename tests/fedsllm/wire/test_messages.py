@@ -177,11 +177,43 @@ def test_cases_set_every_defaulted_field() -> None:
     for record in {type(c[0]) for c in CASES}:
         infos = [c[0] for c in CASES if type(c[0]) is record]
         for f in dataclasses.fields(record):
-            if f.default is dataclasses.MISSING:
-                continue
+            if f.default is dataclasses.MISSING or f.name == "wire_version":
+                continue  # one valid value; see test_train_wire_version
             assert any(getattr(i, f.name) != f.default for i in infos), (
                 f"{record.__name__}.{f.name}"
             )
+
+
+@pytest.mark.parametrize(
+    ("to_proto", "from_proto", "info", "field"),
+    [
+        (
+            m.hello_to_proto,
+            m.hello_from_proto,
+            m.TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32"),
+            "TrainHello.wire_version",
+        ),
+        (
+            m.welcome_to_proto,
+            m.welcome_from_proto,
+            m.TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=1),
+            "TrainWelcome.wire_version",
+        ),
+    ],
+)
+def test_train_wire_version(
+    to_proto: Callable, from_proto: Callable, info: Any, field: str
+) -> None:
+    """Sent on both sides; unset (a peer from before versioning) reads as 1; any
+    other version is refused, naming the field."""
+    msg = to_proto(info)
+    assert msg.wire_version == m.TRAIN_WIRE_VERSION == 1
+    msg.wire_version = 0
+    assert from_proto(msg).wire_version == 1
+    msg.wire_version = 2
+    with pytest.raises(WireError) as err:
+        from_proto(msg)
+    assert err.value.field == field and "=2, this side speaks 1" in str(err.value)
 
 
 def test_nan_loss_is_carried() -> None:

@@ -12,8 +12,21 @@ from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2, main_
 from fedsllm.wire import rpc
 from fedsllm.wire.adapters import read_adapter_chunks
 from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, TrainHelloInfo
-from fedsllm.wire.tensors import TensorSpec, frame_to_chunks, tensor_to_frame
-from fedsllm.wire.train import StepDownload, read_downlink, step_upload_requests, train_request
+from fedsllm.wire.tensors import (
+    Chunk,
+    TensorSpec,
+    chunk_to_proto,
+    frame_to_chunks,
+    tensor_to_frame,
+)
+from fedsllm.wire.train import (
+    TRAIN_METHOD,
+    StepDownload,
+    read_downlink,
+    step_upload_requests,
+    train_call,
+    train_request,
+)
 
 from ._echo import ECHO_ADAPTER
 
@@ -24,14 +37,28 @@ def _grad_specs(result: StepResultInfo) -> list[TensorSpec]:
     return [TensorSpec("activations_grad", frozenset({"float32", "bfloat16"}))]
 
 
-def _open_train(address: str) -> tuple[grpc.Channel, rpc.RequestQueue, object]:
+class _ProtobufQueue(rpc.RequestQueue):
+    """What a peer speaking plain protobuf sends: every item in its envelope."""
+
+    def put(self, msg: object, timeout_s: float | None = None) -> None:
+        if not isinstance(msg, main_server_pb2.TrainRequest):
+            msg = train_request(msg)  # type: ignore[arg-type]
+        super().put(msg, timeout_s)
+
+
+def _open_train(
+    address: str, client: str = "codec"
+) -> tuple[grpc.Channel, rpc.RequestQueue, object]:
+    """A Train stream with the project's chunk codec, or through the generated
+    stub (protobuf's own serializers), which must read and write the same bytes."""
     channel = rpc.make_channel(address)
-    stub = main_server_pb2_grpc.MainServerStub(channel)
-    requests = rpc.RequestQueue()
-    responses = stub.Train(requests, timeout=60)
-    requests.put(
-        train_request(TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32"))
-    )
+    if client == "codec":
+        requests = rpc.RequestQueue()
+        responses = train_call(channel)(requests, timeout=60)
+    else:
+        requests = _ProtobufQueue()
+        responses = main_server_pb2_grpc.MainServerStub(channel).Train(requests, timeout=60)
+    requests.put(TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32"))
     return channel, requests, responses
 
 
@@ -60,8 +87,9 @@ def test_wait_healthy_times_out_naming_the_address() -> None:
         rpc.wait_healthy(address, timeout_s=0.3)
 
 
-def test_large_tensors_cross_intact(echo_server: str) -> None:
-    channel, requests, responses = _open_train(echo_server)
+@pytest.mark.parametrize("client", ["codec", "protobuf"])
+def test_large_tensors_cross_intact(echo_server: str, client: str) -> None:
+    channel, requests, responses = _open_train(echo_server, client)
     try:
         downlink = read_downlink(responses, _grad_specs)
         welcome = next(downlink)
@@ -98,8 +126,9 @@ def test_large_tensors_cross_intact(echo_server: str) -> None:
         channel.close()
 
 
-def test_malformed_upload_ends_stream_with_invalid_argument(echo_server: str) -> None:
-    channel, requests, responses = _open_train(echo_server)
+@pytest.mark.parametrize("client", ["codec", "protobuf"])
+def test_malformed_upload_ends_stream_with_invalid_argument(echo_server: str, client: str) -> None:
+    channel, requests, responses = _open_train(echo_server, client)
     try:
         downlink = read_downlink(responses, _grad_specs)
         next(downlink)
@@ -115,6 +144,53 @@ def test_malformed_upload_ends_stream_with_invalid_argument(echo_server: str) ->
     finally:
         requests.close()
         channel.close()
+
+
+def _raw_train(address: str, messages: list[bytes]) -> grpc.RpcError:
+    """Send ready-made bytes on Train; the error the stream ends with."""
+    with rpc.make_channel(address) as channel:
+        call = channel.stream_stream(
+            TRAIN_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in call(iter(messages), timeout=10):
+                pass
+    return info.value
+
+
+HELLO_BYTES = train_request(
+    TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32")
+).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "needle"),
+    [
+        # Bytes protobuf cannot parse: gRPC's own status for a failed deserializer,
+        # as with the generated protobuf deserializer.
+        (b"\x1a\x05\x0a\x03ab", grpc.StatusCode.INTERNAL, "deserializing"),
+        (b"\x1a\x03\x32\x7f\x00", grpc.StatusCode.INTERNAL, "deserializing"),
+        (b"\xff\xff", grpc.StatusCode.INTERNAL, "deserializing"),
+        # Well-formed protobuf but no oneof field.
+        (b"", grpc.StatusCode.INVALID_ARGUMENT, "no field of the oneof"),
+        # A chunk with no step header before it.
+        (
+            main_server_pb2.TrainRequest(
+                chunk=chunk_to_proto(
+                    next(frame_to_chunks(tensor_to_frame("labels", torch.ones(2)), 64))
+                )
+            ).SerializeToString(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "outside a step",
+        ),
+    ],
+)
+def test_malformed_bytes_refused_with_protobuf_statuses(
+    echo_server: str, message: bytes, code: grpc.StatusCode, needle: str
+) -> None:
+    err = _raw_train(echo_server, [HELLO_BYTES, message])
+    assert err.code() == code, err.details()
+    assert needle in err.details()
 
 
 def test_server_adapter_stream(echo_server: str) -> None:
@@ -226,3 +302,34 @@ def test_request_queue_order_and_close() -> None:
     assert list(q) == [1, 2, 3]
     with pytest.raises(ValueError, match="closed"):
         q.put(4)
+
+
+class _Recorder(main_server_pb2_grpc.MainServerServicer):
+    """Records what gRPC hands the Train handler, then ends the stream."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        self.items = list(request_iterator)
+        return iter(())
+
+
+def test_servers_decode_train_chunks_with_the_codec() -> None:
+    """Registered with the generated add_..._to_server, the Train handler still
+    gets chunks framed by the codec (views into the received bytes), not
+    protobuf messages holding copies."""
+    recorder = _Recorder()
+    server, port = rpc.create_server(
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(recorder, s)],
+    )
+    try:
+        with rpc.make_channel(f"127.0.0.1:{port}") as channel:
+            chunk = next(frame_to_chunks(tensor_to_frame("labels", torch.ones(4)), 64))
+            list(train_call(channel)(iter([chunk]), timeout=10))
+    finally:
+        rpc.stop_server(server, 0.5)
+    (item,) = recorder.items
+    assert isinstance(item, Chunk) and isinstance(item.data, memoryview)
+    assert item == chunk

@@ -13,12 +13,15 @@ from fedsllm.errors import WireError
 from fedsllm.proto import tensor_pb2
 from fedsllm.wire.tensors import (
     DTYPE_ITEMSIZE,
+    Chunk,
     ChunkAssembler,
+    ReceiveBuffers,
     TensorFrame,
     TensorSpec,
     WireLimits,
     assemble,
     check_finite,
+    chunk_from_proto,
     frame_to_chunks,
     frame_to_tensor,
     tensor_to_frame,
@@ -303,3 +306,218 @@ def test_check_finite_accepts_values_whose_sum_overflows(dtype: torch.dtype) -> 
 def test_check_finite_catches_opposite_infinities() -> None:
     with pytest.raises(WireError, match="2 non-finite value"):
         check_finite(tensor_to_frame("g", torch.tensor([float("inf"), 1.0, float("-inf")])))
+
+
+# ---------------------------------------------------------------- through the wire bytes
+
+
+def _special(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Samples with the bit patterns a lossy path would change: NaN payloads,
+    signed zeros, infinities, subnormals (floats), extremes (integers)."""
+    x = _sample(dtype, shape).reshape(-1).clone()
+    if dtype.is_floating_point and x.numel() >= 6:
+        bits = x.view(torch.int16 if dtype != torch.float32 else torch.int32)
+        info = torch.finfo(dtype)
+        x[1] = -0.0
+        x[2] = float("inf")
+        x[3] = info.smallest_normal / 4  # subnormal
+        x[4] = float("nan")
+        bits[5] = bits[4] | 1  # a NaN with another payload
+    elif dtype in (torch.int64, torch.int32) and x.numel() >= 2:
+        x[0], x[1] = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+    return x.reshape(shape)
+
+
+def _through_wire(chunks: list[Chunk], envelope: str) -> list[Chunk]:
+    from fedsllm.wire.train import (
+        decode_train_request,
+        decode_train_response,
+        encode_train_request,
+        encode_train_response,
+    )
+
+    if envelope == "request":
+        return [decode_train_request(encode_train_request(c)) for c in chunks]
+    return [decode_train_response(encode_train_response(c)) for c in chunks]
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 7, 4093])
+def test_bit_exact_through_wire_bytes(name: str, shape: tuple[int, ...], chunk_bytes: int) -> None:
+    x = _special(DTYPES[name], shape)
+    frame = tensor_to_frame("t", x)
+    envelope = "request" if chunk_bytes % 2 else "response"
+    received = _through_wire(list(frame_to_chunks(frame, chunk_bytes)), envelope)
+    out = assemble(received)["t"]
+    assert (out.dtype, out.shape) == (name, shape)
+    assert bytes(out.data) == bytes(frame.data)  # bit for bit, NaN payloads included
+    y = frame_to_tensor(out)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert bytes(y.reshape(-1).view(torch.uint8).numpy()) == bytes(frame.data)
+
+
+def test_chunks_are_views_of_the_frame() -> None:
+    """frame_to_chunks copies nothing: a chunk sees a change to the tensor."""
+    x = torch.zeros(16)
+    chunks = list(frame_to_chunks(tensor_to_frame("a", x), 16))
+    x[5] = 1.0
+    assert bytes(chunks[1].data) == struct.pack("<4f", 0.0, 1.0, 0.0, 0.0)  # elements 4-7
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    from fedsllm.wire.codec import varint
+
+    key = varint(number << 3 | wire_type)
+    if wire_type == 2:
+        return key + varint(len(payload)) + payload
+    return key + payload
+
+
+def _envelope(body: bytes) -> bytes:
+    from fedsllm.wire.codec import varint
+
+    return b"\x1a" + varint(len(body)) + body
+
+
+def test_decoder_accepts_every_protobuf_layout() -> None:
+    """Fields out of order, unpacked shape, repeated scalars (the last wins),
+    unknown fields: the fast reader agrees with protobuf's parser."""
+    from fedsllm.proto import main_server_pb2
+    from fedsllm.wire.codec import varint
+    from fedsllm.wire.train import decode_train_request
+
+    data = bytes(range(32))
+    layouts = [
+        # data first, then the header fields in reverse order
+        _field(6, 2, data)
+        + _field(5, 0, varint(64))
+        + _field(4, 0, varint(256))
+        + _field(3, 2, varint(2) + varint(4) + varint(8))
+        + _field(2, 2, b"float32")
+        + _field(1, 2, b"activations"),
+        # unpacked shape, an unknown field, and offset / data sent twice
+        _field(1, 2, b"activations")
+        + _field(5, 0, varint(7))
+        + _field(2, 2, b"float32")
+        + _field(3, 0, varint(2))
+        + _field(3, 0, varint(4))
+        + _field(3, 0, varint(8))
+        + _field(6, 2, b"stale")
+        + _field(99, 5, b"\0\0\0\0")
+        + _field(4, 0, varint(256))
+        + _field(5, 0, varint(64))
+        + _field(6, 2, data),
+    ]
+    for body in layouts:
+        wire = _envelope(body)
+        want = main_server_pb2.TrainRequest.FromString(wire).chunk
+        got = decode_train_request(wire)
+        assert isinstance(got, Chunk)
+        assert (got.name, got.dtype, got.shape) == ("activations", "float32", (2, 4, 8))
+        assert (got.total_bytes, got.offset, bytes(got.data)) == (256, 64, data)
+        assert got == chunk_from_proto(want)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        _envelope(_field(1, 2, b"abc"))[:-1],  # truncated string
+        b"\x1a\x03\x32\x7f\x00",  # data longer than the message
+        b"\x1a\x02\x08\xff",  # unterminated varint
+        b"\x1a\x01\x0b",  # a group start (wire type 3)
+    ],
+)
+def test_decoder_refuses_malformed_bytes_as_protobuf_does(wire: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    from fedsllm.proto import main_server_pb2
+    from fedsllm.wire.train import decode_train_request
+
+    with pytest.raises(DecodeError):
+        main_server_pb2.TrainRequest.FromString(wire)
+    with pytest.raises(DecodeError):
+        decode_train_request(wire)
+
+
+# ---------------------------------------------------------------- finiteness per chunk
+
+
+@pytest.mark.parametrize("check_bytes", [1, 8, 2**20])
+@pytest.mark.parametrize("chunk_bytes", [3, 5, 64, 10**6])
+def test_finiteness_checked_across_odd_chunk_boundaries(
+    chunk_bytes: int, check_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN whose bytes straddle two chunks, and a second one later, are both
+    counted, whatever slices the check runs in; the error names the first,
+    once the tensor is complete."""
+    from fedsllm.wire import tensors
+
+    monkeypatch.setattr(tensors, "FINITE_CHECK_BYTES", check_bytes)
+    x = torch.zeros(2, 4, 8)
+    x.view(-1)[13] = float("nan")  # bytes [52, 56): split by 3- and 5-byte chunks
+    x.view(-1)[60] = float("-inf")
+    chunks = list(frame_to_chunks(tensor_to_frame("activations", x), chunk_bytes))
+    asm = ChunkAssembler.for_specs(SPECS)
+    with pytest.raises(WireError) as info:
+        for chunk in chunks:
+            asm.feed(chunk)
+    assert info.value.field == "activations.data"
+    assert "2 non-finite value(s), first at flat index 13 (nan)" in str(info.value)
+    assert asm.frames == {}
+
+
+def test_finite_values_whose_chunk_sums_overflow_pass() -> None:
+    big = torch.full((2, 4, 8), torch.finfo(torch.float32).max / 2)
+    asm = ChunkAssembler.for_specs(SPECS)
+    for chunk in frame_to_chunks(tensor_to_frame("activations", big), 24):
+        asm.feed(chunk)
+    assert torch.equal(frame_to_tensor(asm.frames["activations"]), big)
+
+
+def test_non_finite_is_kept_where_no_spec_asks() -> None:
+    x = torch.tensor([float("nan"), 1.0])
+    out = assemble(frame_to_chunks(tensor_to_frame("g", x), 4))
+    assert bytes(out["g"].data) == bytes(tensor_to_frame("g", x).data)
+
+
+# ---------------------------------------------------------------- receive buffers
+
+
+def _assemble_with(buffers: ReceiveBuffers, x: torch.Tensor) -> TensorFrame:
+    asm = ChunkAssembler(buffers=buffers)
+    for chunk in frame_to_chunks(tensor_to_frame("a", x), 40):
+        asm.feed(chunk)
+    return asm.finish()["a"]
+
+
+def test_receive_buffers_reused_only_when_released() -> None:
+    buffers = ReceiveBuffers()
+    first = _assemble_with(buffers, torch.arange(64, dtype=torch.float32))
+    held = frame_to_tensor(first, copy=False)
+    address = held.data_ptr()
+    del first
+    # The caller still holds a tensor over the first buffer: a new one is used.
+    second = _assemble_with(buffers, torch.arange(64, 128, dtype=torch.float32))
+    assert frame_to_tensor(second, copy=False).data_ptr() != address
+    assert torch.equal(held, torch.arange(64, dtype=torch.float32))  # untouched
+    del held
+    # Released now: the next tensor of that size is written into it.
+    third = _assemble_with(buffers, torch.arange(128, 192, dtype=torch.float32))
+    assert frame_to_tensor(third, copy=False).data_ptr() == address
+    assert torch.equal(frame_to_tensor(third), torch.arange(128, 192, dtype=torch.float32))
+
+
+def test_receive_buffers_are_bounded() -> None:
+    buffers = ReceiveBuffers(max_buffers=2)
+    held = [buffers.take(n) for n in (8, 16, 24)]
+    assert len(held) == 3 and len(buffers._buffers) == 2
+
+
+def test_decoder_reads_headers_too_long_to_cache() -> None:
+    from fedsllm.wire.train import decode_train_request, encode_train_request
+
+    chunk = Chunk(
+        name="n" * 5000, dtype="uint8", shape=(3,), total_bytes=3, offset=1, data=b"\x07\x08"
+    )
+    assert decode_train_request(encode_train_request(chunk)) == chunk

@@ -15,10 +15,14 @@ from fedsllm.wire.messages import (
     TrainHelloInfo,
     TrainWelcomeInfo,
 )
-from fedsllm.wire.tensors import TensorSpec, frame_to_chunks, tensor_to_frame
+from fedsllm.wire.tensors import Chunk, TensorSpec, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import (
     StepDownload,
     StepUpload,
+    decode_train_request,
+    decode_train_response,
+    encode_train_request,
+    encode_train_response,
     message_bytes,
     parse_train_request,
     parse_train_response,
@@ -49,16 +53,21 @@ def _header(step: int, mode: str = "train", names: tuple[str, ...] = NAMES) -> S
     return StepHeaderInfo(round=0, step=step, mode=mode, downlink_bps=1e6, tensor_names=names)
 
 
-def _uplink(num_steps: int, chunk_bytes: int = 100) -> list:
-    msgs = [train_request(HELLO)]
+def _uplink(num_steps: int, chunk_bytes: int = 100, wire: str = "codec") -> list:
+    items: list = [HELLO]
     for step in range(num_steps):
-        msgs += step_upload_requests(_header(step), _frames(step), chunk_bytes)
-    # Through bytes, as on the wire.
-    return [main_server_pb2.TrainRequest.FromString(x.SerializeToString()) for x in msgs]
+        items += step_upload_requests(_header(step), _frames(step), chunk_bytes)
+    # Through bytes, as on the wire: the project's codec, or plain protobuf.
+    if wire == "codec":
+        return [decode_train_request(encode_train_request(x)) for x in items]
+    return [
+        main_server_pb2.TrainRequest.FromString(train_request(x).SerializeToString()) for x in items
+    ]
 
 
-def test_uplink_round_trip_several_steps() -> None:
-    items = list(read_uplink(_uplink(3), echo_specs))
+@pytest.mark.parametrize("wire", ["codec", "protobuf"])
+def test_uplink_round_trip_several_steps(wire: str) -> None:
+    items = list(read_uplink(_uplink(3, wire=wire), echo_specs))
     assert items[0] == HELLO
     steps = items[1:]
     assert [s.header.step for s in steps] == [0, 1, 2]
@@ -85,11 +94,12 @@ def test_downlink_round_trip_train_and_eval() -> None:
         tensor_names=("activations_grad",),
     )
     evals = StepResultInfo(round=0, step=1, loss=2.0, num_tokens=10, server_compute_s=0.01)
-    msgs = [train_response(TrainWelcomeInfo(client_id=1, scenario_hash="h", max_tensor_bytes=99))]
+    msgs = [TrainWelcomeInfo(client_id=1, scenario_hash="h", max_tensor_bytes=99)]
     msgs += step_download_responses(train, [grad], 64)
     msgs += step_download_responses(evals, [], 64)
+    received = [decode_train_response(encode_train_response(m)) for m in msgs]
     spec = TensorSpec("activations_grad", frozenset({"float32"}), (2, 5, 16))
-    items = list(read_downlink(msgs, lambda r: [spec]))
+    items = list(read_downlink(received, lambda r: [spec]))
     assert isinstance(items[0], TrainWelcomeInfo) and items[0].max_tensor_bytes == 99
     assert isinstance(items[1], StepDownload) and items[1].result == train
     assert bytes(items[1].frames["activations_grad"].data) == bytes(grad.data)
@@ -114,6 +124,36 @@ def test_message_bytes_counts_payload() -> None:
     chunk = next(frame_to_chunks(_frames(0)[0], 10**6))
     size = message_bytes(train_request(chunk))
     assert 2 * 5 * 16 * 4 < size < 2 * 5 * 16 * 4 + 100
+    # The size a shaper charges for a chunk item is what goes on the wire.
+    assert message_bytes(chunk) == size == len(encode_train_request(chunk))
+    for item in (HELLO, _header(0), StepEndInfo()):
+        assert message_bytes(item) == len(encode_train_request(item))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 10**6])
+def test_codec_writes_the_protobuf_bytes(chunk_bytes: int) -> None:
+    """A peer with the generated stubs reads what the codec writes, and the
+    reverse: the bytes are identical to protobuf's."""
+    for frame in _frames(0):
+        for chunk in frame_to_chunks(frame, chunk_bytes):
+            wire = encode_train_request(chunk)
+            assert wire == train_request(chunk).SerializeToString()
+            assert encode_train_response(chunk) == train_response(chunk).SerializeToString()
+            assert decode_train_request(wire) == chunk
+            assert parse_train_request(main_server_pb2.TrainRequest.FromString(wire)) == chunk
+    for item in (HELLO, _header(0), StepEndInfo()):
+        assert encode_train_request(item) == train_request(item).SerializeToString()
+        assert parse_train_request(decode_train_request(encode_train_request(item))) == item
+
+
+def test_decoded_chunk_is_a_view_of_the_received_bytes() -> None:
+    """No copy between gRPC's message bytes and the assembler."""
+    chunk = next(frame_to_chunks(_frames(0)[0], 64))
+    wire = encode_train_request(chunk)
+    decoded = decode_train_request(wire)
+    assert isinstance(decoded, Chunk)
+    assert isinstance(decoded.data, memoryview) and decoded.data.obj is wire
+    assert bytes(decoded.data) == bytes(chunk.data)
 
 
 def test_builder_rejects_frames_not_matching_header() -> None:
