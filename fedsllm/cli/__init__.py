@@ -23,7 +23,17 @@ EXIT_BAD_INPUT = 2
 EXIT_ALLOCATION = 3
 EXIT_LINK = 4
 
-SUBCOMMANDS = ("run", "plan", "sweep", "export", "report", "compare", "calibrate", "certs")
+SUBCOMMANDS = (
+    "run",
+    "plan",
+    "sweep",
+    "export",
+    "report",
+    "compare",
+    "calibrate",
+    "certs",
+    "compose",
+)
 """Modules under fedsllm.cli, each with `register(subparsers)`; missing ones are skipped
 so that the CLI grows one module at a time."""
 

@@ -54,6 +54,7 @@ EXPECTED = {
         "--write",
     },
     "certs": {"--clients"},
+    "compose": {"--clients", "--links", "--out", "--rounds", "--scenario", "--set"},
 }
 
 
