@@ -1,0 +1,218 @@
+"""Nothing lost, proven: recompute the global adapter from the updates the rounds accepted.
+
+Input: the closed rounds' records (fedsllm/state/ledger.py RoundRecord, or
+their dicts as FedServerStore keeps them), a way to fetch each accepted
+update's tensors, the initial global adapter (None: the clients' identical
+init) and the adapter the run produced. Each round's global adapter is
+recomputed as the FedAvg of exactly the updates its record lists, in client
+order, with weights float(D_k); the last one must equal the produced adapter.
+
+Equality is bit-exact by default (`atol=0`): `fedavg_reference` performs the
+same IEEE operations in the same order as fed_server/aggregate.py (float64
+accumulation of w_k/sum(w) * x_k over clients in id order, then one cast to
+the tensor's dtype), so an honest run reproduces every bit. A tolerance is
+only for adapters aggregated elsewhere in another order; the result states
+the largest difference either way.
+
+Also reported: an update counted twice (a client twice in a round, a key in
+two rounds, a round closed twice), an update missing from the store or whose
+tensors no longer match the digest the round accepted, and rounds absent
+from the records. No I/O besides the `get_update` callable; numpy only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedsllm.state.format import tensor_digest
+from fedsllm.state.ledger import RoundRecord
+from fedsllm.state.store import FedServerStore, UpdateKey
+
+AdapterState = dict[str, np.ndarray]
+Average = Callable[[Sequence[AdapterState], Sequence[float]], AdapterState]
+
+
+def fedavg_reference(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
+    """sum_k w_k * state_k / sum_k w_k, key by key; the semantics of fed_server/aggregate.py
+    `fedavg`, restated here because the core never imports a role (STYLE rule 23).
+    tests/fedsllm/state/test_audit.py holds the two to the same bits."""
+    if len(states) != len(weights) or not states:
+        raise ValueError("fedavg needs one weight per state and at least one state")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"fedavg weights must sum to > 0, got {total}")
+    result: AdapterState = {}
+    for key, ref in states[0].items():
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for state, weight in zip(states, weights, strict=True):
+            acc += state[key].astype(np.float64) * (weight / total)
+        result[key] = acc.astype(ref.dtype)
+    return result
+
+
+def _parse(blob: bytes) -> AdapterState:
+    from safetensors.numpy import load
+
+    return load(blob)
+
+
+@dataclass
+class AuditResult:
+    num_rounds: int = 0
+    num_updates: int = 0
+    doubled: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    """Rounds (or the final adapter) whose recomputed adapter differs from the produced one."""
+    max_abs_diff: float = 0.0
+    """Largest |recomputed - produced| over every compared tensor."""
+    atol: float = 0.0
+    compared: bool = False
+    """False when there was no produced adapter to compare with."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.doubled or self.missing or self.mismatched)
+
+    def lines(self) -> list[str]:
+        """Human-readable verdict, for `fedsllm report`."""
+        how = "bit-exact" if self.atol == 0 else f"to atol={self.atol:g}"
+        verdict = "OK" if self.ok else "FAILED"
+        head = (
+            f"audit {verdict}: {self.num_rounds} rounds, {self.num_updates} accepted updates, "
+            f"doubled={len(self.doubled)}, missing={len(self.missing)}"
+        )
+        out = [head]
+        if self.compared:
+            out.append(
+                f"recomputed FedAvg vs produced adapter ({how}): "
+                f"{'equal' if not self.mismatched else 'DIFFERENT'}, "
+                f"max |diff| = {self.max_abs_diff:.3g}"
+            )
+        else:
+            out.append("no produced adapter to compare with")
+        out += [f"doubled: {d}" for d in self.doubled]
+        out += [f"missing: {m}" for m in self.missing]
+        out += [f"mismatch: {m}" for m in self.mismatched]
+        return out
+
+
+def _compare(
+    label: str, want: AdapterState, got: AdapterState, atol: float, result: AuditResult
+) -> None:
+    if set(want) != set(got):
+        result.mismatched.append(f"{label}: tensor names differ")
+        return
+    for key in sorted(want):
+        a, b = want[key], got[key]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            result.mismatched.append(
+                f"{label}[{key}]: {b.dtype}{b.shape}, expected {a.dtype}{a.shape}"
+            )
+            continue
+        diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+        result.max_abs_diff = max(result.max_abs_diff, diff)
+        same = a.tobytes() == b.tobytes() if atol == 0 else diff <= atol
+        if not same:
+            result.mismatched.append(f"{label}[{key}]: max |diff| {diff:.3g}")
+
+
+def audit_rounds(
+    records: Sequence[RoundRecord | Mapping[str, Any]],
+    get_update: Callable[[UpdateKey], bytes | None],
+    *,
+    initial: bytes | None,
+    produced: bytes | None,
+    produced_by_round: Callable[[int], bytes | None] | None = None,
+    average: Average = fedavg_reference,
+    atol: float = 0.0,
+) -> AuditResult:
+    """Recompute every round from its accepted updates; see the module docstring.
+
+    `produced_by_round(r)`, when given, is also compared round by round, so a
+    divergence is pinned to the round it began in."""
+    recs = sorted(
+        (r if isinstance(r, RoundRecord) else RoundRecord.from_dict(r) for r in records),
+        key=lambda r: r.round,
+    )
+    result = AuditResult(num_rounds=len(recs), atol=atol)
+    rounds = Counter(r.round for r in recs)
+    result.doubled += [f"round {r} closed {n} times" for r, n in sorted(rounds.items()) if n > 1]
+    expected = set(range(max(rounds) + 1)) if rounds else set()
+    result.missing += [f"round {r} has no record" for r in sorted(expected - set(rounds))]
+    keys = Counter((a.client_id, a.round, a.attempt) for r in recs for a in r.accepted)
+    result.doubled += [
+        f"update client {c} round {r} attempt {t} listed {n} times"
+        for (c, r, t), n in sorted(keys.items())
+        if n > 1
+    ]
+    current = _parse(initial) if initial is not None else None
+    for rec in recs:
+        per_client = Counter(a.client_id for a in rec.accepted)
+        result.doubled += [
+            f"round {rec.round}: client {c} counted {n} times"
+            for c, n in sorted(per_client.items())
+            if n > 1
+        ]
+        states: list[AdapterState] = []
+        weights: list[float] = []
+        for acc in sorted(rec.accepted, key=lambda a: a.client_id):
+            key = UpdateKey(acc.client_id, acc.round, acc.attempt)
+            if acc.round != rec.round:
+                result.doubled.append(f"round {rec.round} lists an update of round {acc.round}")
+            blob = get_update(key)
+            if blob is None:
+                result.missing.append(f"round {rec.round}: update of client {acc.client_id} absent")
+                continue
+            if tensor_digest(blob) != acc.digest:
+                result.missing.append(
+                    f"round {rec.round}: update of client {acc.client_id} is not the one accepted"
+                )
+                continue
+            states.append(_parse(blob))
+            weights.append(float(acc.num_samples))
+        result.num_updates += len(states)
+        if len(states) != len(rec.accepted) or not states:
+            current = None  # cannot recompute this round; later rounds still are
+            if not rec.accepted:
+                result.missing.append(f"round {rec.round} closed with no update")
+            continue
+        current = average(states, weights)
+        if produced_by_round is not None:
+            blob = produced_by_round(rec.round)
+            if blob is None:
+                result.missing.append(f"round {rec.round}: no produced global adapter")
+            else:
+                _compare(f"round {rec.round}", current, _parse(blob), atol, result)
+    if produced is not None:
+        result.compared = True
+        if current is None:
+            result.mismatched.append("final: could not be recomputed")
+        else:
+            _compare("final", current, _parse(produced), atol, result)
+    return result
+
+
+def audit_store(
+    store: FedServerStore,
+    *,
+    initial: bytes | None = None,
+    produced: bytes | None = None,
+    atol: float = 0.0,
+) -> AuditResult:
+    """`audit_rounds` over a fed server store; `produced` defaults to its latest global."""
+    if produced is None:
+        produced = store.load().global_adapter
+    return audit_rounds(
+        store.round_records(),
+        store.update,
+        initial=initial,
+        produced=produced,
+        produced_by_round=store.global_adapter,
+        atol=atol,
+    )
