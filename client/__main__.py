@@ -128,7 +128,7 @@ def _run(
 
     from client.loop import ClientTrainer, FixedPlan
     from client.remote import AllocationFollower, FedServerClient, MainServerStream
-    from fedsllm.data.federated import build_federated_data
+    from fedsllm.data.federated import build_client_data
     from fedsllm.link.base import Direction
     from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_from_bytes, adapter_to_bytes, load_adapter
@@ -148,8 +148,8 @@ def _run(
     part, tokenizer, _, base_hash = build_role_part(
         scenario, "client", role_base_file(info, args.control_address, args.work_dir)
     )
-    data = build_federated_data(scenario, tokenizer)
-    shard = data.train[k]
+    # Only this client's shard (and, for client 0, which evaluates, the validation set).
+    shard, val = build_client_data(scenario, tokenizer, k, with_val=k == 0)
     optimizer = torch.optim.AdamW(
         [p for p in part.parameters() if p.requires_grad], lr=scenario.training.client_lr
     )
@@ -229,7 +229,7 @@ def _run(
 
         def evaluate(round_index: int) -> float:
             return trainer.evaluate(
-                data.val,
+                val,
                 scenario.training.batch_size,
                 scenario.training.num_val_batches,
                 round_index,

@@ -92,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     run_dir = Path(run_dir_setting.value)
+    from fedsllm.errors import ConfigError
+    from fedsllm.roles import configure_role_security
+
+    try:
+        security = configure_role_security(args)
+        for address in (bind, control_bind):
+            warning = security.check_bind(address)
+            if warning is not None:
+                log.warning("%s", warning)
+    except ConfigError as err:  # SettingError included
+        log.error("%s", err)
+        return 2
+    log.info("channels: %s", security.describe())
     # Resumes from the records a previous fed server of this run left there.
     collector = TelemetryCollector(run_dir / "trace")
     telemetry = TelemetryService(collector)
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline_s=scenario.training.round_deadline_s,
         min_clients=scenario.training.min_clients,
         on_aggregated=next_round,
+        template=_adapter_template(scenario),
     )
     pace_down = None
     if controller is not None and scenario.link.backend == "token":
@@ -221,6 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     stop_server(server, grace_s=2.0)
     log.info("stopped")
     return 0
+
+
+def _adapter_template(scenario: object) -> dict | None:
+    """What every client push must hold, from the model (never from a peer's
+    first push); None (the first push sets it) when numpy cannot hold its dtype."""
+    from fed_server.aggregate import template_from_spec
+    from fedsllm.roles import client_adapter_template
+
+    try:
+        return template_from_spec(client_adapter_template(scenario))
+    except ValueError as err:
+        log.warning("no adapter template from the model: %s", err)
+        return None
 
 
 def _serve_local_telemetry(run_dir: Path, telemetry: TelemetryService) -> grpc.Server | None:

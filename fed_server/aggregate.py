@@ -60,6 +60,19 @@ def check_finite_float(state: AdapterState) -> None:
             raise WireError(f"adapter[{key}]", "holds NaN or Inf")
 
 
+def template_from_spec(spec: Mapping[str, tuple[Sequence[int], str]]) -> AdapterState:
+    """An adapter template (key -> array of the right shape and dtype) from
+    key -> (shape, dtype name), as the model gives it (fedsllm.roles.
+    client_adapter_template). The arrays are zero-stride views: no memory."""
+    try:
+        return {
+            key: np.broadcast_to(np.zeros((), dtype=np.dtype(dtype)), tuple(shape))
+            for key, (shape, dtype) in spec.items()
+        }
+    except TypeError as err:  # a dtype numpy lacks (bfloat16): check keys only
+        raise ValueError(f"adapter template not representable in numpy: {err}") from None
+
+
 def fedavg(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
     """sum_k w_k * state_k / sum_k w_k, key by key."""
     if len(states) != len(weights) or not states:

@@ -15,9 +15,11 @@ from typing import NoReturn
 import grpc
 
 from fed_server.controller import Controller
-from fedsllm.errors import AllocationError, StateError, WireError
+from fedsllm.errors import AllocationError, ResourceLimitError, StateError, WireError
 from fedsllm.proto import controller_pb2 as pb
 from fedsllm.proto import controller_pb2_grpc as pb_grpc
+from fedsllm.security.identity import AuthenticationError, PermissionDeniedError, authorize
+from fedsllm.security.limits import PeerLimits, peer_key
 from fedsllm.wire.messages import (
     ChannelReplyInfo,
     allocation_to_proto,
@@ -26,39 +28,45 @@ from fedsllm.wire.messages import (
     register_from_proto,
     register_reply_to_proto,
 )
-from fedsllm.wire.rpc import abort_for
+from fedsllm.wire.status import abort_for
 
 log = logging.getLogger(__name__)
 
-STATUS_OF = {
-    WireError: grpc.StatusCode.INVALID_ARGUMENT,
-    StateError: grpc.StatusCode.FAILED_PRECONDITION,
-    AllocationError: grpc.StatusCode.FAILED_PRECONDITION,
-}
-"""Domain exception -> gRPC status; anything else is a bug and surfaces as UNKNOWN.
-
-AllocationError: the request would leave the round unsolvable, so it was
-refused and the previous allocation stays in force."""
+REFUSED = (
+    WireError,
+    StateError,
+    AllocationError,
+    ResourceLimitError,
+    AuthenticationError,
+    PermissionDeniedError,
+)
+"""What a handler refuses, each mapped by fedsllm.wire.status (AllocationError:
+the request would leave the round unsolvable, so it was refused and the
+previous allocation stays in force); anything else is a bug (UNKNOWN)."""
 
 SUBSCRIBE_POLL_S = 0.5
 """How often an idle Subscribe stream checks that its client is still there."""
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
-    abort_for(context, err, STATUS_OF, log)
+    abort_for(context, err, log)
 
 
 class ControllerService(pb_grpc.ControllerServicer):
     def __init__(self, controller: Controller, poll_s: float = SUBSCRIBE_POLL_S) -> None:
         self.controller = controller
         self.poll_s = poll_s
+        self.limits = PeerLimits()
+        """Register rate and Subscribe streams per peer."""
 
     def Register(
         self, request: pb.RegisterRequest, context: grpc.ServicerContext
     ) -> pb.RegisterResponse:
         try:
+            peer = authorize(role="client", client_id=request.client_id, action="Register")
+            self.limits.check_rate("Register", peer_key(peer, context))
             reply = self.controller.register(register_from_proto(request))
-        except (WireError, StateError, AllocationError) as err:
+        except REFUSED as err:
             _abort(context, err)
         return register_reply_to_proto(reply)
 
@@ -67,9 +75,15 @@ class ControllerService(pb_grpc.ControllerServicer):
     ) -> Iterator[pb.AllocationUpdate]:
         controller = self.controller
         try:
+            peer = authorize(
+                role="client", client_id=request.client_id, action="read this allocation"
+            )
             client_id = controller.check_client("SubscribeRequest.client_id", request.client_id)
-        except WireError as err:
+            slot = self.limits.stream("Subscribe", peer_key(peer, context))
+            slot.__enter__()
+        except REFUSED as err:
             _abort(context, err)
+        context.add_callback(lambda: slot.__exit__(None, None, None))
         # A cancelled stream wakes its waiter at once instead of at the next poll.
         context.add_callback(controller.wake)
         after = 0
@@ -88,8 +102,9 @@ class ControllerService(pb_grpc.ControllerServicer):
         self, request: pb.ReportChannelRequest, context: grpc.ServicerContext
     ) -> pb.ReportChannelResponse:
         try:
+            authorize(role="client", client_id=request.client_id, action="ReportChannel")
             version = self.controller.report_channel(channel_report_from_proto(request))
-        except (WireError, StateError, AllocationError) as err:
+        except REFUSED as err:
             _abort(context, err)
         return channel_reply_to_proto(ChannelReplyInfo(version=version))
 

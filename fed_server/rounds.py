@@ -60,6 +60,7 @@ class RoundState:
         min_clients: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_aggregated: Callable[[int], None] | None = None,
+        template: AdapterState | None = None,
     ) -> None:
         self.num_clients = num_clients
         self.num_rounds = num_rounds
@@ -75,7 +76,9 @@ class RoundState:
         self._joined: dict[int, int] = {}
         self._pending: dict[int, AdapterState] = {}
         self._globals: dict[int, bytes] = {}
-        self._template: AdapterState | None = None
+        self._template: AdapterState | None = template
+        """Keys, shapes and dtypes every push must have: the model's (`template`),
+        then each aggregate's; never a peer's first push (the round-0 hijack)."""
         ckpt = checkpoint or Checkpoint(completed_round=-1, adapter=None)
         self._completed = ckpt.completed_round
         if ckpt.adapter is not None:

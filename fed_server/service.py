@@ -18,24 +18,28 @@ import grpc
 from fed_server.checkpoint import save_server_adapter
 from fed_server.rounds import RoundState
 from fedsllm.bootstrap import read_server_adapter
-from fedsllm.errors import StateError, WireError
+from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
-from fedsllm.wire.adapters import GlobalHeaderInfo, pull_responses, read_push
-from fedsllm.wire.rpc import abort_for
+from fedsllm.security.identity import AuthenticationError, PermissionDeniedError, authorize
+from fedsllm.security.limits import PeerLimits, peer_key
+from fedsllm.wire.adapters import (
+    AdapterAssembler,
+    GlobalHeaderInfo,
+    pull_responses,
+    read_blob_chunks,
+    read_push_header,
+)
+from fedsllm.wire.status import abort_for
 
 log = logging.getLogger(__name__)
 
-STATUS_OF = {
-    WireError: grpc.StatusCode.INVALID_ARGUMENT,
-    StateError: grpc.StatusCode.FAILED_PRECONDITION,
-    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-"""Domain exception -> gRPC status; anything else is a bug and surfaces as UNKNOWN."""
+REFUSED = (WireError, StateError, ResourceLimitError, AuthenticationError, PermissionDeniedError)
+"""What a handler refuses (fedsllm.wire.status maps each); anything else is a bug."""
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
-    abort_for(context, err, STATUS_OF, log)
+    abort_for(context, err, log)
 
 
 class FedServerService(pb_grpc.FedServerServicer):
@@ -50,8 +54,11 @@ class FedServerService(pb_grpc.FedServerServicer):
         pace_down: Callable[[int, int, bool], None] | None = None,
         base_hash: str = "",
         run_dir: Path | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         self.state = state
+        self.limits = limits or PeerLimits()
+        """Streams per peer and Join rate (fedsllm.security.limits)."""
         self.base_hash = base_hash
         """Hash of the frozen base weights; a peer presenting another is refused
         (empty: the first peer to Join with one sets it)."""
@@ -89,10 +96,14 @@ class FedServerService(pb_grpc.FedServerServicer):
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         try:
+            peer = peer_key(
+                authorize(role="client", client_id=request.client_id, action="Join"), context
+            )
+            self.limits.check_rate("Join", peer)
             self._check_hash(request.scenario_hash)
             self._check_base(request.base_hash, f"client {request.client_id}")
             joined = self.state.join(request.client_id, request.num_samples)
-        except (WireError, StateError) as err:
+        except REFUSED as err:
             _abort(context, err)
         return pb.JoinResponse(
             current_round=joined.current_round,
@@ -104,9 +115,29 @@ class FedServerService(pb_grpc.FedServerServicer):
         self, request_iterator: Iterator[pb.PushAdapterRequest], context: grpc.ServicerContext
     ) -> pb.PushAdapterResponse:
         try:
-            header, blob = read_push(request_iterator, self.max_adapter_bytes)
-            self.state.submit(header.client_id, header.round, blob, header.num_samples)
-        except (WireError, StateError) as err:
+            peer = peer_key(authorize(role="client", action="PushAdapter"), context)
+            with self.limits.stream("PushAdapter", peer):
+                requests = iter(request_iterator)
+                first = next(requests, None)
+                if first is None:
+                    raise WireError("PushAdapterRequest.kind", "empty stream, expected a header")
+                announced = first.header.total_bytes if first.HasField("header") else 0
+                if announced > self.max_adapter_bytes:
+                    raise ResourceLimitError(
+                        "adapter size",
+                        f"PushAdapterHeader.total_bytes={announced} exceeds the limit "
+                        f"{self.max_adapter_bytes}",
+                    )
+                header = read_push_header(first, self.max_adapter_bytes)
+                # Whose adapter it is comes from the channel: checked before a byte is read.
+                authorize(role="client", client_id=header.client_id, action="PushAdapter")
+                # Memory grows as bytes arrive, never to the announced total at once.
+                asm = AdapterAssembler(
+                    header.total_bytes, self.max_adapter_bytes, preallocate=False
+                )
+                blob = read_blob_chunks(requests, "PushAdapterRequest", asm)
+                self.state.submit(header.client_id, header.round, blob, header.num_samples)
+        except REFUSED as err:
             _abort(context, err)
         snap = self.state.snapshot()
         return pb.PushAdapterResponse(
@@ -117,13 +148,17 @@ class FedServerService(pb_grpc.FedServerServicer):
         self, request: pb.PullGlobalRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.PullGlobalResponse]:
         try:
+            peer = peer_key(
+                authorize(role="client", client_id=request.client_id, action="PullGlobal"), context
+            )
             # client_id picks whose downlink paces the transfer: check it first.
             if not 0 <= request.client_id < self.state.num_clients:
                 raise WireError(
                     "client_id", f"{request.client_id} is not in [0, {self.state.num_clients})"
                 )
-            done, blob = self.state.wait_global_round(request.round, self.pull_timeout_s)
-        except (WireError, TimeoutError) as err:
+            with self.limits.stream("PullGlobal", peer):
+                done, blob = self.state.wait_global_round(request.round, self.pull_timeout_s)
+        except (*REFUSED, TimeoutError) as err:
             _abort(context, err)
         header = GlobalHeaderInfo(
             round=max(done, 0),
@@ -140,9 +175,11 @@ class FedServerService(pb_grpc.FedServerServicer):
         self, request: pb.MainServerJoinRequest, context: grpc.ServicerContext
     ) -> pb.MainServerJoinResponse:
         try:
+            peer = peer_key(authorize(role="main_server", action="JoinMainServer"), context)
+            self.limits.check_rate("JoinMainServer", peer)
             self._check_hash(request.scenario_hash)
             self._check_base(request.base_hash, "the main server")
-        except StateError as err:
+        except REFUSED as err:
             _abort(context, err)
         log.info("main server joined (base %s)", request.base_hash)
         return pb.MainServerJoinResponse(num_rounds=self.state.num_rounds)
@@ -153,8 +190,18 @@ class FedServerService(pb_grpc.FedServerServicer):
         context: grpc.ServicerContext,
     ) -> pb.PushAdapterResponse:
         try:
-            round_index, final, blob = read_server_adapter(request_iterator, self.max_adapter_bytes)
-        except WireError as err:
+            peer = peer_key(authorize(role="main_server", action="PushServerAdapter"), context)
+            with self.limits.stream("PushServerAdapter", peer):
+                round_index, final, blob = read_server_adapter(
+                    request_iterator, self.max_adapter_bytes
+                )
+            # The round names a file: only a round of this run, never a peer-chosen name.
+            if not -1 <= round_index < self.state.num_rounds:
+                raise WireError(
+                    "PushServerAdapter.round",
+                    f"={round_index}, expected [-1, {self.state.num_rounds})",
+                )
+        except REFUSED as err:
             _abort(context, err)
         if self.run_dir is not None:
             save_server_adapter(self.run_dir, round_index, final, blob)

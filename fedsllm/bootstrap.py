@@ -323,7 +323,7 @@ def read_server_adapter(requests: Iterator[Any], max_bytes: int) -> tuple[int, b
             "PushServerAdapterHeader.total_bytes",
             f"={header.total_bytes}, must be in [1, {max_bytes}]",
         )
-    asm = AdapterAssembler(header.total_bytes, max_bytes)
+    asm = AdapterAssembler(header.total_bytes, max_bytes, preallocate=False)
     for msg in it:
         if msg.WhichOneof("kind") != "chunk":
             raise WireError("PushServerAdapterRequest.kind", "a second header")

@@ -387,6 +387,13 @@ class RunConfig:
     main_address: str = ""
     """host:port of the main server: where clients dial and, unless --bind or
     FEDSLLM_MAIN_BIND says otherwise, where the main server binds."""
+    tls: bool = False
+    """Mutual TLS on every channel: the launcher issues a per-run CA and one
+    certificate per role (fedsllm run --tls). Roles started by hand name their
+    files with --tls-ca/--tls-cert/--tls-key or FEDSLLM_TLS_*."""
+    insecure: bool = False
+    """Allow plain gRPC on a non-loopback address (--insecure; warned about in
+    the log and the report). Loopback runs are plain by default."""
 
     def __post_init__(self) -> None:
         _one_of("run.network", self.network, NETWORKS)

@@ -40,6 +40,17 @@ class StateError(FedsLLMError):
     unknown client). Servicers map it to FAILED_PRECONDITION."""
 
 
+class ResourceLimitError(FedsLLMError):
+    """A peer exceeded a server limit (message size, streams per peer, rate of
+    Join/Register, bytes of a transfer). Servicers map it to
+    RESOURCE_EXHAUSTED; nothing was changed. `limit` names the limit."""
+
+    def __init__(self, limit: str, reason: str) -> None:
+        self.limit = limit
+        self.reason = reason
+        super().__init__(f"{limit}: {reason}")
+
+
 class AllocationError(FedsLLMError):
     """The allocation problem is infeasible, degenerate, or a solver did not
     reach an optimal status; `status` carries the solver's own word for it."""

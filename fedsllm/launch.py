@@ -115,6 +115,9 @@ class RoleProcess:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    def wait(self) -> int:
+        return int(self.popen.wait())
+
 
 class StopRequest:
     """SIGINT and SIGTERM received while roles run, recorded instead of raised.
@@ -173,7 +176,7 @@ class ProcessSet:
     """
 
     def __init__(self, stop: StopRequest | None = None) -> None:
-        self.procs: list[RoleProcess] = []
+        self.procs: list[RoleProcess | ForkedRole] = []
         self.stop = stop or StopRequest()
 
     def start(
@@ -187,6 +190,15 @@ class ProcessSet:
     ) -> RoleProcess:
         self.stop.check()
         proc = start_role(name, module, args, run_dir, env, prefix)
+        self.procs.append(proc)
+        return proc
+
+    def start_forked(self, host: ClientHost, name: str) -> ForkedRole:
+        """A client forked by `host` (already in this set; see ClientHost.request),
+        recorded once the host reports its pid. Until then it is in the host's
+        process group, which stopping the host reaches."""
+        self.stop.check()
+        proc = host.forked(name)
         self.procs.append(proc)
         return proc
 
@@ -208,7 +220,7 @@ class ProcessSet:
             if proc.poll() is None:
                 log.warning("%s (pid %d) ignored SIGTERM; killing it", proc.name, proc.pid)
                 proc.kill()
-        return {proc.name: int(proc.popen.wait()) for proc in self.procs}
+        return {proc.name: proc.wait() for proc in self.procs}
 
 
 ROLE_ENV_VARS = (
@@ -234,7 +246,12 @@ def role_work_dir(run_dir: Path, name: str) -> Path:
 
 
 def role_env(scenario: ScenarioConfig) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ROLE_ENV_VARS}
+    from fedsllm.security.run_secrets import SECURITY_ENV_VARS
+
+    # Credentials too: a role gets the launcher's (run_secrets), never the shell's.
+    env = {
+        k: v for k, v in os.environ.items() if k not in ROLE_ENV_VARS and k not in SECURITY_ENV_VARS
+    }
     threads = str(scenario.run.num_threads)
     env.update(
         {
@@ -269,6 +286,184 @@ def start_role(
         )
     log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
     return RoleProcess(name=name, cmd=cmd, log_path=log_path, popen=popen)
+
+
+class ClientHost:
+    """The client fork server (`python -m client.host`) and what it reports.
+
+    Clients of a loopback run are forked from one process that imported
+    torch, transformers and peft once (client/host.py says why). The host is
+    a RoleProcess of its own (its own session, stopped through its pid; the
+    clients share its process group, so that signal reaches them too); each
+    client is a `ForkedRole` whose exit code the host, its parent, reports.
+    """
+
+    def __init__(self, proc: RoleProcess) -> None:
+        self.proc = proc
+        self._cond = threading.Condition()
+        self._ready = False
+        self._pids: dict[str, int] = {}
+        self._codes: dict[str, int] = {}
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, name="client-host", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls, run_dir: Path, env: dict[str, str], prefix: Sequence[str] = ()) -> ClientHost:
+        log_path = run_dir / "logs" / "client_host.log"
+        cmd = [*prefix, sys.executable, "-m", "client.host"]
+        # Each client runs a dozen threads (gRPC, telemetry, pacing); glibc's
+        # default of 8 malloc arenas per core lets every one keep its own heap.
+        env = {"MALLOC_ARENA_MAX": "2", **env}
+        with open(log_path, "ab") as fh:
+            popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=fh,
+                env=env,
+                start_new_session=True,
+            )
+        log.info("started client_host (pid %d): %s", popen.pid, " ".join(cmd))
+        return cls(RoleProcess(name="client_host", cmd=cmd, log_path=log_path, popen=popen))
+
+    def _read(self) -> None:
+        stdout = self.proc.popen.stdout
+        if stdout is None:  # pragma: no cover - always a pipe
+            return
+        for line in stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                kind = event.get("event")
+                if kind == "ready":
+                    self._ready = True
+                elif kind == "started":
+                    self._pids[event["name"]] = int(event["pid"])
+                elif kind == "exited":
+                    self._codes[event["name"]] = int(event["code"])
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _send(self, **request: Any) -> None:
+        stdin = self.proc.popen.stdin
+        if stdin is None:  # pragma: no cover - always a pipe
+            return
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            stdin.write((json.dumps(request) + "\n").encode())
+            stdin.flush()
+
+    def wait_ready(self, timeout_s: float, stop: StopRequest | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._ready:
+                if self._eof or self.proc.poll() is not None:
+                    raise RoleFailed(self.proc, "exited before it was ready")
+                if stop is not None:
+                    stop.check()
+                if time.monotonic() >= deadline:
+                    raise RoleFailed(self.proc, f"not ready after {timeout_s:.0f} s")
+                self._cond.wait(0.1)
+
+    def request(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        """Ask for client `name` with `args` (`env` set in the child over the host's),
+        without waiting: requests sent back to back are forked back to back, where a
+        round trip each would queue behind the clients already computing."""
+        self.request_many([(name, args, env)])
+
+    def request_many(
+        self, clients: Sequence[tuple[str, Sequence[str], dict[str, str] | None]]
+    ) -> None:
+        """`request` for many clients in one write: the host forks them all before
+        any of them starts (client/host.py)."""
+        lines = []
+        for name, args, env in clients:
+            log_path = self.proc.log_path.parent / f"{name}.log"
+            request = {"op": "start", "name": name, "argv": list(args), "env": env or {}}
+            lines.append(json.dumps({**request, "log": str(log_path)}))
+        stdin = self.proc.popen.stdin
+        if stdin is None:  # pragma: no cover - always a pipe
+            return
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            stdin.write(("\n".join(lines) + "\n").encode())
+            stdin.flush()
+
+    def forked(self, name: str, timeout_s: float = 30.0) -> ForkedRole:
+        """The child the host forked for `name` (requested before)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while name not in self._pids:
+                if self._eof or time.monotonic() >= deadline:
+                    raise RoleFailed(self.proc, f"did not fork {name}")
+                self._cond.wait(0.1)
+            pid = self._pids[name]
+        log.info("started %s (pid %d, forked by client_host)", name, pid)
+        return ForkedRole(
+            name=name,
+            log_path=self.proc.log_path.parent / f"{name}.log",
+            host=self,
+            forked_pid=pid,
+        )
+
+    def code(self, name: str) -> int | None:
+        """`name`'s exit code once the host reported it; -9 if the host is gone
+        without reporting (it died, and its children with its process group)."""
+        with self._cond:
+            if name in self._codes:
+                return self._codes[name]
+            if self._eof and self.proc.poll() is not None:
+                return -signal.SIGKILL
+            return None
+
+    def wait_code(self, name: str) -> int:
+        with self._cond:
+            while True:
+                code = self.code(name)
+                if code is not None:
+                    return code
+                self._cond.wait(0.1)
+
+    def signal(self, name: str, signum: int) -> None:
+        self._send(op="signal", name=name, signum=signum)
+
+
+@dataclass
+class ForkedRole:
+    """A client forked by the ClientHost; the same surface as RoleProcess. Signals go
+    through the host, its parent, which forwards them only to a child it has not
+    reaped, so they never reach a reused pid."""
+
+    name: str
+    log_path: Path
+    host: ClientHost
+    forked_pid: int
+
+    @property
+    def pid(self) -> int:
+        return self.forked_pid
+
+    def poll(self) -> int | None:
+        return self.host.code(self.name)
+
+    def wait(self) -> int:
+        return self.host.wait_code(self.name)
+
+    def log_tail(self, num_lines: int = 25) -> str:
+        return RoleProcess.log_tail(self, num_lines)  # type: ignore[arg-type]
+
+    def signal(self, signum: int) -> None:
+        if self.poll() is None:
+            self.host.signal(self.name, signum)
+
+    def terminate(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
 
 
 class RoleFailed(RuntimeError):
@@ -419,7 +614,9 @@ def run_processes(
     An interrupt (SIGINT, SIGTERM) stops every process started so far, at any
     point, and is then re-raised: KeyboardInterrupt, or SystemExit(143).
     """
-    with deferred_stop_signals() as stop:
+    from fedsllm.wire.rpc import restored_security
+
+    with deferred_stop_signals() as stop, restored_security():
         try:
             outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop)
         except RunInterrupted:
@@ -457,6 +654,54 @@ def _run_here(
     return _run_processes(scenario, run_dir, loopback_endpoints(scenario), on_tick, tick_s, stop)
 
 
+def run_secrets(scenario: ScenarioConfig, run_dir: Path, ends: Endpoints) -> Any:
+    """Every role's credentials for this run (fedsllm.security.run_secrets): a
+    token each, and with run.tls a certificate each from a per-run CA naming
+    the run's addresses. In network namespaces the addresses are private to
+    this host, so plain gRPC there counts as asked for (said in the log)."""
+    from fedsllm.security.credentials import is_loopback
+    from fedsllm.security.run_secrets import prepare_run_secrets
+
+    names = ["fed_server", "main_server"] + [
+        f"client_{k}" for k in range(scenario.clients.num_clients)
+    ]
+    addresses = (ends.fed_addr, ends.control_addr, ends.main_addr)
+    hosts = sorted({a.rpartition(":")[0] for a in addresses if not is_loopback(a)})
+    insecure = scenario.run.insecure
+    if hosts and not scenario.run.tls and not insecure and scenario.run.network == "netns":
+        log.info("plain gRPC between this run's private network namespaces (%s)", hosts)
+        insecure = True
+    if not scenario.run.tls:
+        from fedsllm.security.credentials import check_insecure
+
+        for address in addresses:  # refused before any role starts (ConfigError)
+            warning = check_insecure(address, insecure)
+            if warning is not None and scenario.run.insecure:
+                log.warning("%s", warning)
+    secrets = prepare_run_secrets(
+        run_dir,
+        names,
+        {name: role_work_dir(run_dir, name) for name in names},
+        num_clients=scenario.clients.num_clients,
+        tls=scenario.run.tls,
+        insecure=insecure,
+        extra_ip_addresses=[h for h in hosts if _is_ip(h)],
+    )
+    log.info("%s", secrets.describe())
+    (run_dir / "security.txt").write_text(secrets.describe() + "\n")
+    return secrets
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _run_processes(
     scenario: ScenarioConfig,
     run_dir: Path,
@@ -475,6 +720,14 @@ def _run_processes(
     scenario_path = write_scenario(run_dir, scenario)
     env = role_env(scenario)
     common = ["--netns-run-id", ends.netns_run_id] if ends.netns_run_id else []
+    secrets = run_secrets(scenario, run_dir, ends)
+    from fedsllm.wire.rpc import configure_security
+
+    configure_security(secrets.launcher_security())  # undone by run_processes
+
+    def env_of(name: str) -> dict[str, str]:
+        """The shared environment plus role `name`'s own credentials (files only)."""
+        return {**env, **secrets.role_env(name)}
 
     def work_dir(name: str) -> list[str]:
         path = role_work_dir(run_dir, name)
@@ -496,7 +749,7 @@ def _run_processes(
                 *("--bind", ends.fed_addr, "--control-bind", ends.control_addr),
             ],
             run_dir,
-            env,
+            env_of("fed_server"),
             ends.prefix("fed_server"),
         )
         main = roles.start(
@@ -508,17 +761,29 @@ def _run_processes(
                 *("--bind", ends.main_addr, "--fed-address", ends.fed_addr),
             ],
             run_dir,
-            env,
+            env_of("main_server"),
             ends.prefix("main_server"),
         )
-        wait_until_healthy(fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), env, stop)
-        wait_until_healthy(main, ends.main_addr, timeout_s, ends.prefix("main_server"), env, stop)
-        pending: dict[str, RoleProcess] = {}
+        host = None
+        if not ends.prefix("client_0"):
+            # Loopback: clients fork from one pre-imported host (client/host.py),
+            # which imports while the servers start. In namespaces each client
+            # needs its own `ip netns exec`, so each is started on its own.
+            host = ClientHost.start(run_dir, env)
+            roles.procs.append(host.proc)
+        probe_env = {**env, **secrets.launcher_env()}
+        wait_until_healthy(
+            fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), probe_env, stop
+        )
+        wait_until_healthy(
+            main, ends.main_addr, timeout_s, ends.prefix("main_server"), probe_env, stop
+        )
+        if host is not None:
+            host.wait_ready(timeout_s, stop)
+        pending: dict[str, RoleProcess | ForkedRole] = {}
+        forked: list[tuple[str, Sequence[str], dict[str, str] | None]] = []
         for k in range(scenario.clients.num_clients):
-            client = roles.start(
-                f"client_{k}",
-                "client",
-                [
+            client_args = [
                     *common,
                     *work_dir(f"client_{k}"),
                     "--client-id",
@@ -529,12 +794,20 @@ def _run_processes(
                     ends.control_addr,
                     "--main-address",
                     ends.main_addr,
-                ],
-                run_dir,
-                env,
-                ends.prefix(f"client_{k}"),
-            )
+            ]  # fmt: skip
+            if host is not None:
+                # Only this client's own variables travel: the rest is the host's env.
+                forked.append((f"client_{k}", client_args, secrets.role_env(f"client_{k}")))
+                continue
+            client = roles.start(
+                f"client_{k}", "client", client_args, run_dir,
+                env_of(f"client_{k}"), ends.prefix(f"client_{k}"),
+            )  # fmt: skip
             pending[client.name] = client
+        if host is not None and forked:
+            host.request_many(forked)
+        for name, _, _ in forked:
+            pending[name] = roles.start_forked(host, name)  # type: ignore[arg-type]
         while pending:
             stop.check()
             for name, proc in list(pending.items()):
@@ -545,7 +818,7 @@ def _run_processes(
                 del pending[name]
                 if code != 0:
                     raise RoleFailed(proc, f"exited with code {code}")
-            for server in (fed, main):
+            for server in (fed, main, *((host.proc,) if host is not None else ())):
                 code = server.poll()
                 if code is not None:
                     raise RoleFailed(server, f"exited with code {code} while clients ran")

@@ -1,11 +1,13 @@
 """Will a run fit in this machine's memory? An estimate made before anything starts.
 
-Every role is its own OS process that imports torch, transformers, peft and
-grpc and builds the whole base model before keeping its part, so memory grows
-linearly with the number of clients. Starting more clients than fit drives
-the machine into the OOM killer, which takes the user's other work with it;
-`fedsllm run` and `fedsllm compare` therefore refuse such a run up front,
-naming the estimate and the flag that overrides the check.
+Every role is its own OS process that builds the whole base model before
+keeping its part. The servers import torch, transformers, peft and grpc each;
+the clients of a loopback run are forked from one client host that imported
+them once (client/host.py), so a client adds only its own heap: memory still
+grows linearly with the number of clients, at about a fifth of the old slope.
+Starting more clients than fit drives the machine into the OOM killer, which
+takes the user's other work with it; `fedsllm run` and `fedsllm compare`
+therefore refuse such a run up front, naming the estimate and the flag that overrides the check.
 
 The per-process figures are measured (see PROCESS_OVERHEAD_BYTES) and the
 model term is counted from the scenario's real model config, so the estimate
@@ -22,13 +24,30 @@ from fedsllm.errors import ConfigError
 
 GIB = 1024**3
 
-PROCESS_OVERHEAD_BYTES = {"client": 500e6, "main_server": 700e6, "fed_server": 600e6}
-"""Memory of one role process with a tiny preset, beyond the model weights:
-interpreter, imported libraries, data shard, gRPC buffers. Measured on the
-2-core development machine: a client holds about 490 MB RSS (360 MB PSS), and
-48 clients of the default scenario used 23.6 GB in all."""
+PROCESS_OVERHEAD_BYTES = {
+    "client": 100e6,
+    "client_host": 450e6,
+    "client_process": 500e6,
+    "main_server": 700e6,
+    "fed_server": 600e6,
+}
+"""Memory (PSS) of one role process with a tiny preset, beyond the model weights:
+interpreter, imported libraries, data shard, gRPC buffers. A client is a fork
+of the client host, so its figure is the marginal PSS of one more client (its
+heap, its shard, its channels and threads, its share of the host's pages),
+measured with benchmarks/scale.py on the 2-core development machine: 86 MB at
+K = 32 and 84 MB at K = 100 (was 360 MB PSS per separately started client;
+48 of those used 23.6 GB). The host holds the imported libraries once.
+"client_process" is a client started on its own (network namespaces, where
+each client needs its own `ip netns exec`): about 490 MB RSS, 360 MB PSS."""
 
-MODEL_COPIES = {"client": 2.0, "main_server": 4.0, "fed_server": 2.0}
+MODEL_COPIES = {
+    "client": 2.0,
+    "client_host": 2.0,
+    "client_process": 2.0,
+    "main_server": 4.0,
+    "fed_server": 2.0,
+}
 """Base-weight copies each role holds at its peak: the whole base is built
 before the split keeps one part, and the main server also holds the server
 LoRA's optimizer state and the activations of every stream."""
@@ -56,8 +75,9 @@ class MemoryEstimate:
         )
 
 
-def estimate_memory(num_clients: int, base_params: int) -> MemoryEstimate:
-    """The estimate for `num_clients` clients over a base of `base_params` parameters."""
+def estimate_memory(num_clients: int, base_params: int, forked: bool = True) -> MemoryEstimate:
+    """The estimate for `num_clients` clients over a base of `base_params` parameters,
+    the clients forked from a client host (`forked`) or each started on its own."""
     weights = base_params * FLOAT32_BYTES
 
     def role(name: str) -> float:
@@ -65,8 +85,10 @@ def estimate_memory(num_clients: int, base_params: int) -> MemoryEstimate:
 
     return MemoryEstimate(
         num_clients=num_clients,
-        per_client_bytes=role("client"),
-        servers_bytes=role("main_server") + role("fed_server"),
+        per_client_bytes=role("client" if forked else "client_process"),
+        servers_bytes=(
+            role("main_server") + role("fed_server") + (role("client_host") if forked else 0.0)
+        ),
     )
 
 
@@ -76,7 +98,9 @@ def scenario_memory(scenario: Any) -> MemoryEstimate:
 
     counts = count_scenario(scenario)
     base_params = counts.client_params + counts.server_params
-    return estimate_memory(scenario.clients.num_clients, base_params)
+    # Clients in network namespaces are started one by one (fedsllm.launch).
+    forked = scenario.run.network != "netns"
+    return estimate_memory(scenario.clients.num_clients, base_params, forked)
 
 
 def available_memory_bytes(meminfo: str | Path = "/proc/meminfo") -> float | None:

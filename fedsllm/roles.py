@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 from fedsllm.config import ScenarioConfig, from_dict
 from fedsllm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def role_arg_parser(
@@ -55,7 +58,55 @@ def role_arg_parser(
         help="run id of the launcher's network namespaces (tc backend)",
     )
     parser.add_argument("--log-level", default="INFO")
+    tls = parser.add_argument_group(
+        "credentials",
+        "mutual TLS files (each: the flag, else FEDSLLM_TLS_CA/CERT/KEY); without them, "
+        "a bearer token from FEDSLLM_TOKEN_FILE or FEDSLLM_TOKEN, and servers accept the "
+        "tokens in FEDSLLM_PEER_TOKENS (a JSON identity -> token file)",
+    )
+    tls.add_argument("--tls-ca", default=None, help="CA certificate every peer's is signed by")
+    tls.add_argument("--tls-cert", default=None, help="this role's certificate (fedsllm certs)")
+    tls.add_argument("--tls-key", default=None, help="this role's private key")
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow plain gRPC on a non-loopback address (or FEDSLLM_INSECURE=1); warned about",
+    )
     return parser
+
+
+def configure_role_security(args: argparse.Namespace) -> Any:
+    """This process's credentials from its flags, else FEDSLLM_* (fedsllm.wire.rpc
+    .security_from_env), used by every server and channel it builds from now on.
+    Raises fedsllm.bootstrap.SettingError naming the source of an unusable file."""
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.wire.rpc import configure_security, security_from_env
+
+    flags = {
+        "ca": getattr(args, "tls_ca", None),
+        "cert": getattr(args, "tls_cert", None),
+        "key": getattr(args, "tls_key", None),
+    }
+    try:
+        security = security_from_env(flags=flags, insecure=bool(getattr(args, "insecure", None)))
+    except ConfigError as err:
+        raise SettingError(err.path, err.value, err.reason) from None
+    configure_security(security)
+    return security
+
+
+def check_dial(address: str, flag: str) -> None:
+    """The insecure-address rule for a channel this role opens to `address`."""
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.wire.rpc import current_security
+
+    try:
+        warning = current_security().check_bind(address)
+    except ConfigError as err:
+        raise SettingError(flag, address, err.reason) from None
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def resolve_role_paths(args: argparse.Namespace) -> tuple[str, Path]:
@@ -83,6 +134,8 @@ def resolve_role_paths(args: argparse.Namespace) -> tuple[str, Path]:
     work = resolve("--work-dir", args.work_dir, "FEDSLLM_WORK_DIR", parse=parse_dir)
     if work.value is None:
         raise SettingError("--work-dir", None, "required (or FEDSLLM_WORK_DIR)")
+    configure_role_security(args)
+    check_dial(fed.value, "--fed-address")
     return fed.value, work.value
 
 
@@ -167,6 +220,39 @@ def build_role_part(
     part = client_part if side == "client" else server_part
     peft_part = apply_lora(part, scenario.adapter, family, seed=scenario.seed)
     return peft_part, tokenizer, base.config, base_hash
+
+
+def client_adapter_template(scenario: ScenarioConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key -> (shape, numpy dtype name) of the client-side adapter this scenario's
+    model has: what every client push must hold (the fed server checks each push
+    against it, never against another peer's). Built on the meta device: no
+    weights are allocated or loaded."""
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fedsllm.data.tokenizer import load_tokenizer
+    from fedsllm.model.build import model_family
+    from fedsllm.model.counts import model_config_for
+    from fedsllm.model.lora import adapter_state, apply_lora
+    from fedsllm.model.split import split_model
+
+    config = model_config_for(scenario)  # the architecture only: no weights are read
+    if not scenario.model.path:
+        from fedsllm.model.presets import scenario_preset_config
+
+        config = scenario_preset_config(scenario, load_tokenizer(scenario).vocab_size)
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        base = AutoModelForCausalLM.from_config(config)
+        client_part, _ = split_model(base, scenario.split.split_layer)
+        part = apply_lora(client_part, scenario.adapter, model_family(base), seed=scenario.seed)
+        state = adapter_state(part)
+    return {
+        key: (tuple(int(d) for d in value.shape), str(value.dtype).removeprefix("torch."))
+        for key, value in state.items()
+    }
 
 
 def serve_base(scenario: ScenarioConfig, run_dir: Path) -> tuple[str, Path | None]:

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server, make_channel, stop_server, wait_healthy
-    from main_server.compute import ServerTrainer
+    from main_server.compute import LocalWorker, ServerTrainer, StepQueue
     from main_server.service import MainServerService, StepLimits
 
     try:
@@ -160,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as err:
         log.error("%s", err)
         return 2
+    from fedsllm.errors import ConfigError
+    from fedsllm.wire.rpc import current_security
+
+    try:
+        warning = current_security().check_bind(bind)
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    if warning is not None:
+        log.warning("%s", warning)
+    log.info("channels: %s", current_security().describe())
     # Records stream to the fed server's collector (spooled under
     # WORK_DIR/spool while it is unreachable).
     telemetry_channel = make_channel(fed_address)
@@ -197,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     shaper = build_role_shaper(scenario, args.netns_run_id)
     pacer = make_pacer(scenario, scenario.devices.server_flops)
     counts = count_scenario(scenario)
+    # Handlers receive; one worker computes (main_server/compute.py).
+    steps = StepQueue(LocalWorker(trainer))
+
+    def adapter() -> bytes:
+        return steps.call(lambda t: t.adapter_bytes(adapter_to_bytes))
 
     service = MainServerService(
         trainer,
@@ -209,17 +225,15 @@ def main(argv: list[str] | None = None) -> int:
             if shaper is not None and scenario.link.backend == "token"
             else None
         ),
-        adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
+        adapter_bytes=adapter,
         compute=compute_context(pacer),
         flops_per_sample=counts.phi_s,
+        steps=steps,
     )
     server, port = create_server(
         bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
     )
     log.info("serving MainServer on port %d", port)
-
-    def adapter() -> bytes:
-        return trainer.adapter_bytes(adapter_to_bytes)
 
     checkpoints = AdapterCheckpoints(fed_channel, adapter, scenario.link.chunk_bytes)
     wait_for_stop(tick=checkpoints.tick)
@@ -228,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     # role writes nothing outside its own work directory.
     checkpoints.tick(force=True)  # a last round that ended since the last poll
     checkpoints.push(final=True)
+    steps.close()
     record_emulation(tracer, pacer, shaper)
     tracer.close()
     # The fed server waits for this source's final push before it stops;
@@ -235,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     telemetry.close(timeout_s=3.0)
     telemetry_channel.close()
     fed_channel.close()
-    log.info("stopped after %d server updates", trainer.num_updates)
+    log.info(
+        "stopped after %d server updates: %d steps in %d worker passes, %.1f s busy "
+        "(%.1f steps/s), deepest queue %d",
+        trainer.num_updates, steps.num_steps, steps.num_passes, steps.busy_s,
+        steps.num_steps / steps.busy_s if steps.busy_s > 0 else 0.0, steps.max_depth,
+    )  # fmt: skip
     return 0
 
 

@@ -1,17 +1,40 @@
-"""Server-side forward, loss, backward and LoRA step for one client batch.
+"""Server-side forward, loss, backward and LoRA step, behind a queue of steps.
 
-One shared server adapter serves every client stream; a lock serializes the
-updates (docs/MODEL.md section 1, server_update = per_batch), or, in `wave` mode,
-gradients of `wave_size` batches are averaged into one step. Evaluation
-batches take the lock too, so they see a consistent adapter. This module
-knows nothing of gRPC.
+The gRPC handlers (main_server/service.py) only receive and validate a step;
+they put it on a `StepQueue` and wait for its result. One `StepWorker` takes
+the queued steps and computes them, so receiving never waits for computing
+and no handler thread holds a lock around the model.
+
+A worker is anything with `run(jobs) -> results`: today `LocalWorker`, one
+thread of this process on the CPU; the next capability puts a torch.distributed
+rank or a GPU behind the same interface (the queue hands it a list of jobs,
+it hands back one result per job, in order). Nothing here knows gRPC.
+
+Server update modes (docs/MODEL.md section 1, training.server_update):
+
+- `per_batch` (the default): one optimizer step per client batch, in the
+  order batches reach the queue. Batches are never fused, since each one must
+  see the adapter the step before it left.
+- `wave`: the gradients of `wave_size` batches are averaged into one step.
+  The worker fuses every train batch queued when it wakes (at most what the
+  open wave still needs) into one forward and one backward: the batches are
+  right-padded to one length, and each batch's loss is its own token mean, so
+  the update equals the same batches run one by one (to float tolerance).
+  The wave never waits for stragglers: it spans as many worker passes as it
+  takes. A wave left partial (the end of a round, the end of the run, a
+  client that stopped) is applied as the mean of the batches it holds when a
+  batch of a later round arrives, when the adapter is read (evaluation,
+  export), or on `flush()`.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,10 +51,35 @@ class ServerStepResult:
     grad_hidden: torch.Tensor | None
     """d loss / d activations, same shape as the activations; None in eval."""
     compute_s: float
-    """Wall seconds spent in forward + backward + step (lock wait excluded)."""
+    """Wall seconds the worker spent on the pass that computed this batch
+    (forward + backward + step; a fused wave pass counts once per batch)."""
+    queue_s: float = 0.0
+    """Wall seconds the step waited in the queue before the worker took it."""
+    num_fused: int = 1
+    """Batches computed in the same forward and backward as this one."""
+
+
+@dataclass
+class StepJob:
+    """One client's step, as a handler puts it on the queue."""
+
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    mode: str = "train"
+    """"train" or "eval"."""
+    round: int = 0
+    initial_adapter: bool = False
+    """Eval only: evaluate the adapter as it was before training."""
+    client_id: int = -1
+    enqueued_s: float = field(default_factory=time.perf_counter)
+    future: Future[ServerStepResult] = field(default_factory=Future)
 
 
 class ServerTrainer:
+    """The server adapter, its optimizer and the update rule. Not thread-safe:
+    exactly one worker calls it (the queue guarantees this)."""
+
     def __init__(
         self,
         server_part: torch.nn.Module,
@@ -45,37 +93,97 @@ class ServerTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=lr)
         self.update = update
         self.wave_size = max(1, wave_size)
-        self._lock = threading.Lock()
         self._batches_in_wave = 0
+        self._wave_round = -1
         self.num_updates = 0
+        self.num_partial_waves = 0
+        """Waves applied before they held wave_size batches."""
         self._initial = [p.detach().clone() for p in self.params]
         """The adapter before any update, for "before training" evaluations."""
 
+    # ------------------------------------------------------------ train
     def train_step(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> ServerStepResult:
-        hidden = hidden.detach().requires_grad_(True)
-        with self._lock:
-            t0 = time.perf_counter()
-            self.part.train()
-            if self.update == "per_batch" or self._batches_in_wave == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-            _, loss = self.part(hidden, attention_mask, labels)
-            scale = 1.0 if self.update == "per_batch" else 1.0 / self.wave_size
-            (loss * scale).backward()
-            self._batches_in_wave += 1
-            if self.update == "per_batch" or self._batches_in_wave >= self.wave_size:
-                self.optimizer.step()
-                self._batches_in_wave = 0
-                self.num_updates += 1
-            compute_s = time.perf_counter() - t0
-        grad = hidden.grad
-        if grad is None:  # pragma: no cover - the server part always depends on its input
-            raise RuntimeError("server part did not propagate a gradient to its input")
-        if self.update != "per_batch":
-            grad = grad / scale  # the client sees its own batch's gradient, unscaled
-        return ServerStepResult(float(loss.detach()), num_loss_tokens(labels), grad, compute_s)
+        """One batch (a fused pass of one)."""
+        return self.train_steps([(hidden, attention_mask, labels)])[0]
 
+    def train_steps(
+        self,
+        batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        round_index: int = 0,
+    ) -> list[ServerStepResult]:
+        """Forward and backward of `batches` in one pass; per_batch takes exactly one.
+
+        Wave mode: the batches join the open wave (a batch of a later round
+        first closes a partial one); the wave steps once it holds wave_size."""
+        if self.update == "per_batch" and len(batches) != 1:
+            raise ValueError(f"per_batch computes one batch per pass, got {len(batches)}")
+        if self.update == "wave":
+            if self._batches_in_wave and round_index != self._wave_round:
+                self.flush()
+            if self._batches_in_wave + len(batches) > self.wave_size:
+                raise ValueError(
+                    f"{len(batches)} batches overflow the wave "
+                    f"({self._batches_in_wave}/{self.wave_size} held)"
+                )
+            self._wave_round = round_index
+        t0 = time.perf_counter()
+        self.part.train()
+        if self.update == "per_batch" or self._batches_in_wave == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        inputs = [h.detach().requires_grad_(True) for h, _, _ in batches]
+        hidden, mask, labels = _pad_and_stack(inputs, batches)
+        logits, _ = self.part(hidden, mask, None)
+        scale = 1.0 if self.update == "per_batch" else 1.0 / self.wave_size
+        losses = []
+        row = 0
+        for _, _, y in batches:
+            num_rows, seq = y.shape
+            losses.append(_causal_lm_loss(logits[row : row + num_rows, :seq].contiguous(), y))
+            row += num_rows
+        (torch.stack(losses).sum() * scale).backward()
+        self._batches_in_wave += len(batches)
+        if self.update == "per_batch" or self._batches_in_wave >= self.wave_size:
+            self.optimizer.step()
+            self._batches_in_wave = 0
+            self.num_updates += 1
+        compute_s = time.perf_counter() - t0
+        results = []
+        for x, (_, _, y), loss in zip(inputs, batches, losses, strict=True):
+            grad = x.grad
+            if grad is None:  # pragma: no cover - the server part always depends on its input
+                raise RuntimeError("server part did not propagate a gradient to its input")
+            # The client sees its own batch's gradient, unscaled.
+            grad = grad / scale if scale != 1.0 else grad
+            results.append(
+                ServerStepResult(
+                    float(loss.detach()), num_loss_tokens(y), grad, compute_s, 0.0, len(batches)
+                )
+            )
+        return results
+
+    def flush(self) -> bool:
+        """Apply a partial wave as the mean of the batches it holds; True if one was."""
+        if self.update != "wave" or self._batches_in_wave == 0:
+            return False
+        # The gradients were scaled by 1/wave_size; rescale to 1/held.
+        factor = self.wave_size / self._batches_in_wave
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._batches_in_wave = 0
+        self.num_updates += 1
+        self.num_partial_waves += 1
+        return True
+
+    @property
+    def pending_in_wave(self) -> int:
+        return self._batches_in_wave
+
+    # ------------------------------------------------------------ eval
     @torch.no_grad()
     def eval_step(
         self,
@@ -85,30 +193,214 @@ class ServerTrainer:
         initial_adapter: bool = False,
     ) -> ServerStepResult:
         """Loss without an update; `initial_adapter` evaluates the adapter as it was
-        before training (swapped in, and back, under the lock)."""
-        with self._lock:
-            t0 = time.perf_counter()
-            self.part.eval()
-            saved = None
-            if initial_adapter:
-                saved = [p.detach().clone() for p in self.params]
-                for p, init in zip(self.params, self._initial, strict=True):
-                    p.copy_(init)
-            try:
-                _, loss = self.part(hidden, attention_mask, labels)
-            finally:
-                if saved is not None:
-                    for p, value in zip(self.params, saved, strict=True):
-                        p.copy_(value)
-            compute_s = time.perf_counter() - t0
+        before training (swapped in, and back). A partial wave is applied first."""
+        self.flush()
+        t0 = time.perf_counter()
+        self.part.eval()
+        saved = None
+        if initial_adapter:
+            saved = [p.detach().clone() for p in self.params]
+            for p, init in zip(self.params, self._initial, strict=True):
+                p.copy_(init)
+        try:
+            _, loss = self.part(hidden, attention_mask, labels)
+        finally:
+            if saved is not None:
+                for p, value in zip(self.params, saved, strict=True):
+                    p.copy_(value)
+        compute_s = time.perf_counter() - t0
         return ServerStepResult(float(loss), num_loss_tokens(labels), None, compute_s)
 
     def adapter_bytes(self, to_bytes: Any) -> bytes:
-        """Serialize the adapter under the lock so no update is half-applied."""
-        with self._lock:
-            return to_bytes(self.part)
+        """Serialize the adapter, a partial wave applied first. Call it through the
+        queue (`StepQueue.call`) while a worker runs, so no update is half-applied."""
+        self.flush()
+        return to_bytes(self.part)
+
+
+def _pad_and_stack(
+    inputs: list[torch.Tensor], batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One (sum B, max T, D) batch: right padding with mask 0 changes no real
+    position (causal attention, positions from the mask)."""
+    if len(inputs) == 1:
+        return inputs[0], batches[0][1], batches[0][2]
+    seq = max(h.shape[1] for h in inputs)
+    hidden, mask, labels = [], [], []
+    for x, (_, m, y) in zip(inputs, batches, strict=True):
+        pad = seq - x.shape[1]
+        hidden.append(torch.nn.functional.pad(x, (0, 0, 0, pad)))
+        mask.append(torch.nn.functional.pad(m, (0, pad), value=0))
+        labels.append(torch.nn.functional.pad(y, (0, pad), value=IGNORE_INDEX))
+    return torch.cat(hidden), torch.cat(mask), torch.cat(labels)
+
+
+def _causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' ForCausalLMLoss (shift inside, -100 ignored, token mean), as
+    ServerPart.forward computes it, on one batch's rows of a fused pass."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    return ForCausalLMLoss(logits, labels, vocab_size=logits.shape[-1])
 
 
 def num_loss_tokens(labels: torch.Tensor) -> int:
     """Tokens the shifted causal-LM loss counts (labels after the first != ignore)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+# ---------------------------------------------------------------- queue and workers
+class StepWorker(ABC):
+    """Computes a list of queued jobs and returns one result per job, in order.
+
+    The queue calls `run` from one thread at a time. `max_fused` says how many
+    train jobs one call may take. Today's worker is `LocalWorker`; a
+    torch.distributed rank or a device is another subclass."""
+
+    @abstractmethod
+    def max_fused(self) -> int: ...
+
+    @abstractmethod
+    def run(self, jobs: list[StepJob]) -> list[ServerStepResult]: ...
+
+    def call(self, fn: Any) -> Any:
+        """Run `fn(trainer-like state)` between jobs (adapter export)."""
+        raise NotImplementedError
+
+
+class LocalWorker(StepWorker):
+    """Computes on this process's CPU (or its one device) with a ServerTrainer."""
+
+    def __init__(self, trainer: ServerTrainer) -> None:
+        self.trainer = trainer
+
+    def max_fused(self) -> int:
+        if self.trainer.update == "per_batch":
+            return 1
+        return self.trainer.wave_size - self.trainer.pending_in_wave
+
+    def run(self, jobs: list[StepJob]) -> list[ServerStepResult]:
+        if jobs[0].mode == "eval":
+            (job,) = jobs
+            return [
+                self.trainer.eval_step(
+                    job.hidden, job.attention_mask, job.labels, job.initial_adapter
+                )
+            ]
+        return self.trainer.train_steps(
+            [(j.hidden, j.attention_mask, j.labels) for j in jobs], jobs[0].round
+        )
+
+    def call(self, fn: Any) -> Any:
+        return fn(self.trainer)
+
+
+class StepQueue:
+    """Handlers `submit` steps; one thread feeds them to the worker.
+
+    Train jobs of one round are fused up to `worker.max_fused()`; an eval job,
+    a job of another round and a `call` are taken alone, in arrival order.
+    Nothing caps how many handlers may wait here."""
+
+    def __init__(self, worker: StepWorker) -> None:
+        self.worker = worker
+        self._jobs: queue.Queue[StepJob | _Call | None] = queue.Queue()
+        self._held: StepJob | _Call | None = None
+        self._thread = threading.Thread(target=self._loop, name="step-worker", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self.num_passes = 0
+        self.num_steps = 0
+        self.busy_s = 0.0
+        """Wall seconds the worker spent computing (steps / busy_s = steps/s)."""
+        self.max_depth = 0
+        """Most jobs seen waiting at once (queue depth at a pass)."""
+
+    def submit(self, job: StepJob) -> Future[ServerStepResult]:
+        self._ensure_started()
+        self._jobs.put(job)
+        return job.future
+
+    def call(self, fn: Any) -> Any:
+        """Run fn(trainer) on the worker thread between passes and return its value."""
+        self._ensure_started()
+        item = _Call(fn)
+        self._jobs.put(item)
+        return item.future.result()
+
+    def close(self) -> None:
+        if self._started:
+            self._jobs.put(None)
+            self._thread.join(timeout=10.0)
+
+    def _ensure_started(self) -> None:
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def _next(self) -> StepJob | _Call | None:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        return self._jobs.get()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next()
+            if first is None:
+                return
+            if isinstance(first, _Call):
+                _settle(first.future, lambda f=first: self.worker.call(f.fn))
+                continue
+            jobs = [first]
+            if first.mode == "train":
+                limit = self.worker.max_fused()
+                while len(jobs) < limit:
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if (
+                        isinstance(item, StepJob)
+                        and item.mode == "train"
+                        and item.round == first.round
+                    ):
+                        jobs.append(item)
+                    else:
+                        self._held = item
+                        break
+            self.max_depth = max(self.max_depth, len(jobs) + self._jobs.qsize())
+            started = time.perf_counter()
+            try:
+                results = self.worker.run(jobs)
+            except BaseException as err:  # handed to every waiting handler
+                for job in jobs:
+                    job.future.set_exception(err)
+                continue
+            self.busy_s += time.perf_counter() - started
+            self.num_passes += 1
+            self.num_steps += len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                job.future.set_result(
+                    ServerStepResult(
+                        result.loss,
+                        result.num_tokens,
+                        result.grad_hidden,
+                        result.compute_s,
+                        max(0.0, started - job.enqueued_s),
+                        result.num_fused,
+                    )
+                )
+
+
+@dataclass
+class _Call:
+    fn: Any
+    future: Future[Any] = field(default_factory=Future)
+
+
+def _settle(future: Future[Any], fn: Any) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as err:
+        future.set_exception(err)

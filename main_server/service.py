@@ -20,11 +20,13 @@ import grpc
 import torch
 
 from fedsllm.data.dataset import IGNORE_INDEX
-from fedsllm.errors import StateError, WireError
+from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.proto import tensor_pb2
 from fedsllm.roles import compute_context
+from fedsllm.security.identity import PermissionDeniedError, authorize
+from fedsllm.security.limits import PeerLimits, peer_key
 from fedsllm.trace import Tracer
 from fedsllm.wire.messages import (
     StepResultInfo,
@@ -33,19 +35,14 @@ from fedsllm.wire.messages import (
     step_result_to_proto,
     welcome_to_proto,
 )
-from fedsllm.wire.rpc import abort_for
+from fedsllm.wire.status import abort_for
 from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import StepUpload, message_bytes, read_uplink
-from main_server.compute import ServerTrainer, num_loss_tokens
+from main_server.compute import LocalWorker, ServerTrainer, StepJob, StepQueue, num_loss_tokens
 
 log = logging.getLogger(__name__)
 
 STEP_TENSORS = ("activations", "attention_mask", "labels")
-
-STATUS_OF = {
-    WireError: grpc.StatusCode.INVALID_ARGUMENT,
-    StateError: grpc.StatusCode.FAILED_PRECONDITION,
-}
 
 
 @dataclass(frozen=True)
@@ -108,8 +105,12 @@ class MainServerService(pb_grpc.MainServerServicer):
         adapter_bytes: Callable[[], bytes] | None = None,
         compute: Callable[[float, str], Any] | None = None,
         flops_per_sample: float = 0.0,
+        steps: StepQueue | None = None,
     ) -> None:
         self.trainer = trainer
+        self.steps = steps or StepQueue(LocalWorker(trainer))
+        """Receiving a step is decoupled from computing it: handlers put steps
+        here and wait; one worker computes (and, in wave mode, fuses) them."""
         self.limits = limits
         self.scenario_hash = scenario_hash
         self.tracer = tracer
@@ -121,9 +122,12 @@ class MainServerService(pb_grpc.MainServerServicer):
         self.adapter_bytes = adapter_bytes
         self.compute = compute or compute_context(None)
         """compute(flops, label): device pacing around a training step. It wraps the
-        lock wait too and sleeps outside the lock, so clients are served in
-        parallel at the emulated speed, as docs/MODEL.md section 3 assumes."""
+        queue wait too and sleeps in the handler, not in the worker, so clients
+        are served in parallel at the emulated speed, as docs/MODEL.md section 3
+        assumes."""
         self.flops_per_sample = flops_per_sample
+        self.peer_limits = PeerLimits()
+        """Train streams per peer (fedsllm.security.limits)."""
 
     # ------------------------------------------------------------ Train
     def Train(
@@ -139,8 +143,17 @@ class MainServerService(pb_grpc.MainServerServicer):
             if not isinstance(hello, TrainHelloInfo):
                 raise WireError("TrainRequest", "the stream ended before hello")
             self._check_hello(hello)
-        except (WireError, StateError) as err:
+            # The stream trains as the client the channel says it is, never as
+            # the hello claims; one peer holds at most a few streams.
+            peer = peer_key(
+                authorize(role="client", client_id=hello.client_id, action="open a Train stream"),
+                context,
+            )
+            slot = self.peer_limits.stream("Train", peer)
+            slot.__enter__()
+        except (WireError, StateError, ResourceLimitError, PermissionDeniedError) as err:
             self._abort(context, err)
+        context.add_callback(lambda: slot.__exit__(None, None, None))
         client_id = hello.client_id
         log.info("client %d connected", client_id)
         yield pb.TrainResponse(
@@ -207,13 +220,22 @@ class MainServerService(pb_grpc.MainServerServicer):
         with self.tracer.span(
             "server_compute", round=round_index, step=step, client=client_id
         ) as span:
+            job = StepJob(
+                hidden,
+                mask,
+                labels,
+                mode="train" if header.mode == "train" else "eval",
+                round=round_index,
+                initial_adapter=header.initial_adapter,
+                client_id=client_id,
+            )
             if header.mode == "train":
                 flops = self.flops_per_sample * hidden.shape[0]
                 with self.compute(flops, "server_compute") as device:
                     span.extra["device"] = device
-                    result = self.trainer.train_step(hidden, mask, labels)
+                    result = self.steps.submit(job).result()
             else:
-                result = self.trainer.eval_step(hidden, mask, labels, header.initial_adapter)
+                result = self.steps.submit(job).result()
             # receive_s runs from the client's send stamp (or, unstamped, from the
             # step header) to the end marker's arrival here (see _transfer_s):
             # bytes / receive_s is the uplink rate achieved, whatever shaped it.
@@ -221,6 +243,8 @@ class MainServerService(pb_grpc.MainServerServicer):
                 mode=header.mode,
                 loss=result.loss,
                 compute_s=result.compute_s,
+                queue_s=result.queue_s,
+                fused=result.num_fused,
                 receive_s=receive_s,
                 uplink_bytes=sum(frame.num_bytes for frame in upload.frames.values()),
             )
@@ -254,10 +278,14 @@ class MainServerService(pb_grpc.MainServerServicer):
     ) -> Iterator[tensor_pb2.AdapterChunk]:
         from fedsllm.wire.adapters import blob_to_chunks
 
+        try:  # the server's adapter is the run's, not a client's to read
+            authorize(role=("launcher", "fed_server"), action="read the server adapter")
+        except PermissionDeniedError as err:
+            self._abort(context, err)
         if self.adapter_bytes is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not export adapters")
         blob = self.adapter_bytes()
         yield from blob_to_chunks(blob, self.chunk_bytes)
 
     def _abort(self, context: grpc.ServicerContext, err: Exception) -> NoReturn:
-        abort_for(context, err, STATUS_OF, log)
+        abort_for(context, err, log)

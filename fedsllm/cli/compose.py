@@ -40,6 +40,13 @@ def register(sub: Any) -> None:
         "and shape their own uplink and downlink (ifb) with tc",
     )
     parser.add_argument("--out", help="compose file to write (default: standard output)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every channel: issue a CA and one certificate per service into "
+        "certs/ next to --out (required), each service mounting only its own key; without "
+        "it, services run plain gRPC with --insecure",
+    )
     parser.set_defaults(func=compose_command)
 
 
@@ -53,10 +60,14 @@ def compose_command(args: argparse.Namespace) -> int:
         overrides += ["run.network='netns'", "link.backend='tc'"]
     scenario = load_scenario(args.scenario, overrides)
     packaged = args.scenario is None and not overrides and scenario.link.backend == "token"
+    tls_dir = None
+    if args.tls:
+        tls_dir = _issue_certs(args.out, scenario.clients.num_clients)
     doc = build_compose(
         scenario,
         links=args.links,
         scenario_json=None if packaged else resolved_scenario_json(scenario),
+        tls_dir=tls_dir,
     )
     text = compose_text(doc, header(scenario, args.links))
     if args.out:
@@ -64,3 +75,24 @@ def compose_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def _issue_certs(out: str | None, num_clients: int) -> str:
+    """Write certs/ next to the compose file; returns its path as the file names it.
+
+    The directory is 0700 (no other host user reaches the keys); the keys are
+    made readable inside it (0644) because the containers run as another uid
+    (the image's fedsllm user) and each mounts only its own key file."""
+    import os
+
+    from fedsllm.errors import ConfigError
+    from fedsllm.security.certs import write_certs
+
+    if not out:
+        raise ConfigError("--tls", True, "needs --out: the certificates go next to the file")
+    cert_dir = Path(out).resolve().parent / "certs"
+    write_certs(cert_dir, num_clients)
+    cert_dir.chmod(0o700)
+    for key in cert_dir.glob("*.key"):
+        os.chmod(key, 0o644)
+    return "./certs"

@@ -56,6 +56,18 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every channel: a per-run CA and one certificate per role, "
+        "each role given only its own (run.tls)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain gRPC on a non-loopback run.host (run.insecure); warned about "
+        "in the log and the report",
+    )
     add_memory_check_arg(parser)
     parser.set_defaults(func=run_command)
 
@@ -63,6 +75,10 @@ def register(sub: Any) -> None:
 def flag_overrides(args: argparse.Namespace) -> list[str]:
     """The shared flag overrides, plus --network (netns implies the tc backend)."""
     out = shared_flag_overrides(args)
+    if getattr(args, "tls", False):
+        out += ["run.tls=true"]
+    if getattr(args, "insecure", False):
+        out += ["run.insecure=true"]
     if getattr(args, "network", None):
         out += [f"run.network={args.network!r}"]
         if args.network == "netns":

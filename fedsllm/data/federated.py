@@ -103,3 +103,32 @@ def build_federated_data(scenario: ScenarioConfig, tokenizer: Tokenizer) -> Fede
     train = [all_train.subset(idx) for idx in shards]
     val = tokenize_texts(val_texts, tokenizer, data.seq_len)
     return FederatedData(train=train, val=val)
+
+
+def build_client_data(
+    scenario: ScenarioConfig, tokenizer: Tokenizer, client_id: int, *, with_val: bool = False
+) -> tuple[TokenDataset, TokenDataset | None]:
+    """Client `client_id`'s training shard (and the validation set if `with_val`),
+    equal to `build_federated_data(...).train[client_id]` (and `.val`), tokenizing
+    only those texts: the partition needs every sample's index and class, but a
+    client never tokenizes (or holds) another client's shard."""
+    data = scenario.data
+    train_texts, val_texts, classes = split_texts(scenario)
+    if data.partition == "dirichlet" and classes is None:
+        raise ConfigError(
+            "data.partition",
+            data.partition,
+            f"needs per-sample attributes, which only source e2e has (source is {data.source})",
+        )
+    shards = partition_indices(
+        len(train_texts),
+        scenario.clients.num_clients,
+        scenario.seed,
+        fractions=data.client_fractions,
+        attributes=classes,
+        alpha=data.dirichlet_alpha if data.partition == "dirichlet" else None,
+    )
+    own = [train_texts[int(i)] for i in shards[client_id]]
+    train = tokenize_texts(own, tokenizer, data.seq_len)
+    val = tokenize_texts(val_texts, tokenizer, data.seq_len) if with_val else None
+    return train, val

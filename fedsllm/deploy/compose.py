@@ -66,8 +66,29 @@ def _build() -> dict[str, Any]:
     }
 
 
+TLS_MOUNT = "/run/fedsllm/tls"
+"""Where a container finds its own CA, certificate and key (compose --tls)."""
+
+
+def tls_service(cert_dir: str, stem: str) -> dict[str, Any]:
+    """The environment and read-only mounts that give one service its own TLS
+    files only: the CA, `stem`.pem and `stem`.key from `cert_dir` (the
+    directory `fedsllm certs` wrote, relative to the compose file)."""
+    files = {"ca": "ca.pem", "cert": f"{stem}.pem", "key": f"{stem}.key"}
+    return {
+        "environment": {
+            f"FEDSLLM_TLS_{field.upper()}": f"{TLS_MOUNT}/{name}" for field, name in files.items()
+        },
+        "volumes": [f"{cert_dir}/{name}:{TLS_MOUNT}/{name}:ro" for name in files.values()],
+    }
+
+
 def build_compose(
-    scenario: Any, *, links: str = "token", scenario_json: str | None = None
+    scenario: Any,
+    *,
+    links: str = "token",
+    scenario_json: str | None = None,
+    tls_dir: str | None = None,
 ) -> dict[str, Any]:
     """The compose document for `scenario` with `links` (token or tc).
 
@@ -93,11 +114,16 @@ def build_compose(
     stop_when_done = ["python", "-m", "fedsllm.deploy.supervise", "--stop-when-done",
                       f"127.0.0.1:{FED_PORT}", "--clients", ",".join(clients), "--"]  # fmt: skip
     fed_local = f"fed-server:{FED_PORT}"
+    # Containers bind 0.0.0.0 and dial service names: plain gRPC there must be
+    # asked for (fedsllm.security.credentials.check_insecure), and is logged.
+    # With tls_dir (compose --tls) every channel is mutual TLS instead.
+    insecure = [] if tls_dir is not None else ["--insecure"]
     fed_command = ["python", "-m", "fed_server", "--scenario", scenario_path,
                    "--run-dir", RUN_DIR, "--bind", f"0.0.0.0:{FED_PORT}",
-                   "--control-bind", f"0.0.0.0:{CONTROL_PORT}"]  # fmt: skip
+                   "--control-bind", f"0.0.0.0:{CONTROL_PORT}", *insecure]  # fmt: skip
     main_command = ["python", "-m", "main_server", "--work-dir", "/tmp/fedsllm/main-server",
-                    "--bind", f"0.0.0.0:{MAIN_PORT}", "--fed-address", fed_local]  # fmt: skip
+                    "--bind", f"0.0.0.0:{MAIN_PORT}", "--fed-address", fed_local,
+                    *insecure]  # fmt: skip
     services: dict[str, Any] = {
         "fed-server": role(
             stop_when_done + fed_command,
@@ -115,7 +141,7 @@ def build_compose(
         command = ["python", "-m", "client", "--work-dir", f"/tmp/fedsllm/{name}",
                    "--client-id", str(k),
                    "--fed-address", fed_local, "--control-address", f"fed-server:{CONTROL_PORT}",
-                   "--main-address", f"main-server:{MAIN_PORT}"]  # fmt: skip
+                   "--main-address", f"main-server:{MAIN_PORT}", *insecure]  # fmt: skip
         extra: dict[str, Any] = {}
         if links == "tc":
             command = ["python", "-m", "fedsllm.deploy.supervise", "--tc", "--", *command]
@@ -136,6 +162,13 @@ def build_compose(
             for name in [*clients, "fed-server", "main-server"]
         },
     )
+    if tls_dir is not None:
+        for name, service in services.items():
+            if name == "report":
+                continue  # reads the volume, talks to nobody
+            own = tls_service(tls_dir, name.replace("-", "_"))
+            service["environment"] = {**service.get("environment", {}), **own["environment"]}
+            service["volumes"] = [*service.get("volumes", []), *own["volumes"]]
     doc: dict[str, Any] = {"name": "fedsllm", "services": services, "volumes": {VOLUME: {}}}
     if scenario_json is not None:
         doc["configs"] = {"scenario": {"content": scenario_json}}

@@ -350,6 +350,10 @@ def report_from_records(
         "notes": [],
     }
     report["notes"] = _notes(report)
+    # What the launcher said about the channels (fedsllm.security.run_secrets).
+    security = Path(run_dir) / "security.txt"
+    if security.is_file():
+        report["security"] = security.read_text().strip()
     return report
 
 

@@ -68,6 +68,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"- run directory: `{report['run_dir']}`",
         f"- scenario hash: `{report['scenario_hash']}`",
+        f"- channels: {report.get('security', 'not recorded (roles not started by fedsllm run)')}",
         f"- clients: {s['num_clients']}, batch size {s['batch_size']}, policy `{s['policy']}`, "
         f"link backend `{s['link_backend']}`, compute emulated: {s['emulate_compute']}",
         f"- downlink (activation gradients, global adapter): {_downlink_summary(report)}",

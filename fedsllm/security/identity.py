@@ -230,6 +230,29 @@ def caller(context: grpc.ServicerContext) -> Identity:
     return identity
 
 
+def caller_or_none() -> Identity | None:
+    """The identity of the call being served, or None when the server runs
+    without authentication (no TLS and no tokens: loopback only, see
+    fedsllm.wire.rpc.Security.check_bind). Handlers then fall back to the
+    ids in the messages; `authorize` is the one place that decides this."""
+    return _CALLER.get()
+
+
+def authorize(
+    *,
+    role: str | Collection[str],
+    client_id: int | None = None,
+    action: str = "make this call",
+) -> Identity | None:
+    """`require` on the current call's identity; a no-op (None) on a server
+    without authentication. For a client, `client_id` is the id the message
+    claims: only its own passes."""
+    identity = _CALLER.get()
+    if identity is None:
+        return None
+    return require(identity, role=role, client_id=client_id, action=action)
+
+
 def require(
     identity: Identity,
     *,

@@ -22,6 +22,7 @@ import grpc
 from fedsllm.errors import StateError, WireError
 from fedsllm.proto import telemetry_pb2 as pb
 from fedsllm.proto import telemetry_pb2_grpc as pb_grpc
+from fedsllm.security.identity import PermissionDeniedError, authorize
 from fedsllm.telemetry.codec import (
     record_from_proto,
     record_to_proto,
@@ -47,7 +48,14 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self, request: pb.PushTelemetryRequest, context: grpc.ServicerContext
     ) -> pb.PushTelemetryResponse:
         try:
-            source = source_name(role_from_proto(request.role), request.source_client)
+            role = role_from_proto(request.role)
+            # Records are pushed as the channel's identity only (a client as itself).
+            authorize(
+                role=role,
+                client_id=request.source_client if role == "client" else None,
+                action=f"push telemetry as {role}",
+            )
+            source = source_name(role, request.source_client)
             records = [record_from_proto(m) for m in request.records]
             for i, rec in enumerate(records):
                 if rec.source != source:
@@ -62,13 +70,17 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 acked = self.collector.finish(source)
             else:
                 acked = self.collector.acked(source)
-        except (WireError, StateError) as err:
+        except (WireError, StateError, PermissionDeniedError) as err:
             abort_for(context, err, log)
         return pb.PushTelemetryResponse(acked_seq=acked)
 
     def Subscribe(
         self, request: pb.SubscribeTelemetryRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SubscribeTelemetryResponse]:
+        try:  # every role's records: for the run's own watchers only
+            authorize(role=("launcher", "fed_server", "controller"), action="watch telemetry")
+        except PermissionDeniedError as err:
+            abort_for(context, err, log)
         index = request.from_index
         while context.is_active():
             records, closed = self.collector.wait_from(index, self.poll_s)
@@ -148,6 +160,15 @@ class TelemetryWatcher:
         self._thread.join(timeout_s)
         self._channel.close()
 
+    def _reconnect(self) -> None:
+        from fedsllm.wire.rpc import make_channel
+
+        with self._lock:
+            old = self._channel
+            self._channel = make_channel(self.address)
+            self._stub = pb_grpc.TelemetryStub(self._channel)
+        old.close()
+
     def _follow(self) -> None:
         while not self._stop.is_set():
             call = self._stub.Subscribe(pb.SubscribeTelemetryRequest(from_index=self.next_index))
@@ -175,6 +196,10 @@ class TelemetryWatcher:
                         self._queue.put(rec)
             except grpc.RpcError as err:
                 log.debug("telemetry watch of %s broke: %s", self.address, err)
+                if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    # Started before this process had its credentials (the launcher
+                    # issues them as the run starts): a new channel carries them.
+                    self._reconnect()
             except WireError as err:
                 log.warning("telemetry watch of %s: unreadable record: %s", self.address, err)
             self._stop.wait(self.retry_s)

@@ -77,16 +77,24 @@ class AdapterAssembler:
     previous one ended, be non-empty and not run past the total.
     """
 
-    __slots__ = ("_buf", "_filled", "_max_bytes", "_total", "_view")
+    __slots__ = ("_buf", "_filled", "_grow", "_max_bytes", "_total", "_view")
 
     def __init__(
-        self, total_bytes: int | None = None, max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES
+        self,
+        total_bytes: int | None = None,
+        max_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
+        *,
+        preallocate: bool = True,
     ) -> None:
         self._max_bytes = max_bytes
         self._total: int | None = None
         self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._filled = 0
+        self._grow = not preallocate
+        """A server reading an untrusted peer: memory grows with the bytes that
+        arrived, never to the announced total up front (a 256 MiB announcement
+        followed by 1 byte costs 1 byte)."""
         if total_bytes is not None:
             self._allocate(total_bytes)
 
@@ -96,6 +104,9 @@ class AdapterAssembler:
         if total > self._max_bytes:
             raise WireError("adapter.total_bytes", f"={total} exceeds the limit {self._max_bytes}")
         self._total = total
+        if self._grow:
+            self._view.release()  # the buffer is resized as bytes arrive
+            return
         self._view.release()
         self._buf = bytearray(total)
         self._view = memoryview(self._buf)
@@ -129,7 +140,10 @@ class AdapterAssembler:
             raise WireError(
                 "adapter.data", f"chunk [{chunk.offset}, {end}) runs past total_bytes={total}"
             )
-        self._view[self._filled : end] = data
+        if self._grow:
+            self._buf += data
+        else:
+            self._view[self._filled : end] = data
         self._filled = end
         return end == total
 
@@ -142,7 +156,7 @@ class AdapterAssembler:
                 "adapter.data", f"incomplete: {self._filled} of {self._total} bytes received"
             )
         self._view.release()
-        return bytes(self._buf)
+        return bytes(self._buf)  # (grown: the view is empty, the buffer holds it all)
 
 
 def read_adapter_chunks(
@@ -155,7 +169,7 @@ def read_adapter_chunks(
     return asm.result()
 
 
-def _read_blob_chunks(messages: Iterator[Any], field: str, asm: AdapterAssembler) -> bytes:
+def read_blob_chunks(messages: Iterator[Any], field: str, asm: AdapterAssembler) -> bytes:
     """The chunk messages that follow a stream's header -> blob."""
     for msg in messages:
         if msg.WhichOneof("kind") != "chunk":
@@ -220,7 +234,7 @@ def read_push(
         raise WireError("PushAdapterRequest.kind", "empty stream, expected a header")
     header = read_push_header(first, max_bytes)
     asm = AdapterAssembler(header.total_bytes, max_bytes)
-    return header, _read_blob_chunks(it, "PushAdapterRequest", asm)
+    return header, read_blob_chunks(it, "PushAdapterRequest", asm)
 
 
 # ---------------------------------------------------------------- PullGlobal
@@ -277,4 +291,4 @@ def read_pull(
             raise WireError("PullGlobalResponse.kind", "chunk after a header without adapter")
         return header, None
     asm = AdapterAssembler(header.total_bytes, max_bytes)
-    return header, _read_blob_chunks(it, "PullGlobalResponse", asm)
+    return header, read_blob_chunks(it, "PullGlobalResponse", asm)

@@ -20,7 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from typing import Any, NoReturn, TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -57,6 +59,19 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+MAX_SERVER_WORKERS = 4096
+"""Worker threads a server may grow to. gRPC's sync server parks one thread
+per in-flight RPC: every client's Train stream on the main server, every
+waiting PullGlobal on the fed server. A pool of 32 deadlocked round 0 at 33
+clients (the 33rd stream never got a thread, so its welcome never came).
+ThreadPoolExecutor starts threads only when work arrives and no idle one is
+free, so an idle cap costs nothing; the figure is there to fail loudly (a
+queued RPC) long before the host runs out of threads, not to ration work.
+Threads were kept over grpc.aio because every handler and the main server's
+compute queue are synchronous, and one thread per client costs only its
+stack pages actually touched (about 100 kB each)."""
+
+
 class CodecInterceptor(grpc.ServerInterceptor):
     """Swaps the (de)serializers of the methods in `codecs` (full method name ->
     (request_deserializer, response_serializer)); the handler is untouched."""
@@ -83,7 +98,7 @@ def create_server(
     register: Sequence[Callable[[grpc.Server], None]],
     *,
     service_names: Sequence[str] = (),
-    max_workers: int = 32,
+    max_workers: int = MAX_SERVER_WORKERS,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int]:
     """Build, bind and start a server; returns it and the bound port.
@@ -91,24 +106,37 @@ def create_server(
     `register` holds callables such as
     ``lambda s: add_MainServerServicer_to_server(servicer, s)``.
     `service_names` are marked SERVING in the health service next to "".
-    Each long-lived stream holds one worker thread, so `max_workers` must
-    exceed the number of concurrent streams. `address` may use port 0.
+    gRPC's sync server holds one worker thread per in-flight RPC (a Train
+    stream, a blocked PullGlobal wait) for as long as it lasts, so the pool
+    is no cap on work: see MAX_SERVER_WORKERS. `address` may use port 0.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from fedsllm.wire.train import TRAIN_METHOD, TRAIN_SERVER_CODEC
 
+    security = current_security()
+    identity = [security.interceptor()] if security.authenticates else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=list(SERVER_OPTIONS),
-        interceptors=[CodecInterceptor({TRAIN_METHOD: TRAIN_SERVER_CODEC}), *interceptors],
+        # Identity first: a call without credentials is refused before anything else runs.
+        interceptors=[
+            *identity,
+            CodecInterceptor({TRAIN_METHOD: TRAIN_SERVER_CODEC}),
+            *interceptors,
+        ],
     )
     for add in register:
         add(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_insecure_port(address)
+        if security.tls is not None and not _is_unix(address):
+            from fedsllm.security.credentials import server_credentials
+
+            port = server.add_secure_port(address, server_credentials(security.tls))
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as err:
         raise OSError(f"cannot bind gRPC server to {address}: {err}") from err
     for name in ("", *service_names):
@@ -123,30 +151,164 @@ def create_server(
     return server, port
 
 
-def abort_for(
-    context: grpc.ServicerContext,
-    err: Exception,
-    status_of: Mapping[type[Exception], grpc.StatusCode],
-    logger: logging.Logger,
-) -> NoReturn:
-    """End the call with the status `status_of` assigns to `err`'s type (the
-    servicers' error tables), logging what was refused; an exception of no
-    listed type is a bug and propagates (gRPC reports it as UNKNOWN)."""
-    for exc_type, code in status_of.items():
-        if isinstance(err, exc_type):
-            logger.warning("refused: %s: %s", code.name, err)
-            context.abort(code, str(err))
-    raise err
-
-
 def stop_server(server: grpc.Server, grace_s: float = 2.0) -> None:
     """Stop accepting calls, let running ones finish for `grace_s`, then cancel them."""
     server.stop(grace_s).wait()
 
 
 def make_channel(address: str) -> grpc.Channel:
-    """An insecure channel with the project's options (same as the servers')."""
-    return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    """A channel with the project's options (same as the servers') and this
+    process's credentials (`current_security`): mutual TLS when configured (not
+    on a unix socket, which only this host can reach), and this process's
+    token on every call when it has one."""
+    security = current_security()
+    if security.tls is not None and not _is_unix(address):
+        from fedsllm.security.credentials import channel_credentials
+
+        channel = grpc.secure_channel(
+            address, channel_credentials(security.tls), options=list(CHANNEL_OPTIONS)
+        )
+    else:
+        channel = grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    if security.token is not None:
+        from fedsllm.security.identity import with_token
+
+        return with_token(channel, security.token)
+    return channel
+
+
+def _is_unix(address: str) -> bool:
+    return address.startswith(("unix:", "unix-abstract:"))
+
+
+# ---------------------------------------------------------------- credentials
+
+TOKEN_ENV = "FEDSLLM_TOKEN"
+"""This process's own bearer token (for channels without TLS)."""
+TOKEN_FILE_ENV = "FEDSLLM_TOKEN_FILE"
+"""A file holding this process's token (the launcher writes it into the role's
+private directory: a token never appears on a command line)."""
+PEER_TOKENS_ENV = "FEDSLLM_PEER_TOKENS"
+"""A JSON file mapping identity -> token (``{"client/0": "..."}``): the tokens
+this process's servers accept."""
+INSECURE_ENV = "FEDSLLM_INSECURE"
+"""1: plain gRPC on a non-loopback address is allowed (with a warning)."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """This process's credentials, as every server and channel it builds uses them."""
+
+    tls: Any = None
+    """fedsllm.security.credentials.TlsMaterial, or None for plain channels."""
+    token: str | None = None
+    """The token this process presents on plain channels."""
+    tokens: Any = None
+    """fedsllm.security.identity.TokenTable of the peers its servers accept."""
+    insecure: bool = False
+    """--insecure / FEDSLLM_INSECURE=1 was asked for."""
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether this process's servers derive an identity for every call.
+        Without TLS or tokens they run open (loopback only: check_bind)."""
+        return self.tls is not None or self.tokens is not None
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        from fedsllm.security.identity import IdentityInterceptor
+
+        return IdentityInterceptor(self.tokens)
+
+    def describe(self) -> str:
+        """One phrase for logs and the run's report."""
+        if self.tls is not None:
+            return "mutual TLS"
+        if self.tokens is not None or self.token is not None:
+            return "plain gRPC, per-peer tokens" + (" (--insecure)" if self.insecure else "")
+        return "plain gRPC, no authentication (loopback only)"
+
+    def check_bind(self, address: str) -> str | None:
+        """The insecure-address rule (fedsllm.security.credentials.check_insecure)
+        for a server of this process on `address`: None when fine, the warning
+        text when allowed by --insecure; ConfigError when refused."""
+        if self.tls is not None and not _is_unix(address):
+            return None
+        from fedsllm.security.credentials import check_insecure
+
+        return check_insecure(address, self.insecure)
+
+
+_SECURITY: Security | None = None
+_SECURITY_LOCK = threading.Lock()
+
+
+def configure_security(security: Security | None) -> None:
+    """Set this process's credentials (None: read them again from the environment)."""
+    global _SECURITY
+    with _SECURITY_LOCK:
+        _SECURITY = security
+
+
+@contextmanager
+def restored_security() -> Iterator[None]:
+    """Whatever configure_security is called with inside the block is undone
+    at its end (the launcher's credentials stay the launcher's run's)."""
+    with _SECURITY_LOCK:
+        saved = _SECURITY
+    try:
+        yield
+    finally:
+        configure_security(saved)
+
+
+def current_security() -> Security:
+    """This process's credentials: as configured, else from the environment
+    (security_from_env) on first use."""
+    global _SECURITY
+    with _SECURITY_LOCK:
+        if _SECURITY is None:
+            _SECURITY = security_from_env()
+        return _SECURITY
+
+
+def security_from_env(
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    scenario_tls: Mapping[str, Any] | None = None,
+    insecure: bool = False,
+) -> Security:
+    """TLS files from flags > FEDSLLM_TLS_* > the scenario's tls section; the
+    token from FEDSLLM_TOKEN or FEDSLLM_TOKEN_FILE; peers' tokens from
+    FEDSLLM_PEER_TOKENS. ConfigError (naming the source) when one is unusable."""
+    import json
+    import os
+    from pathlib import Path
+
+    from fedsllm.errors import ConfigError
+    from fedsllm.security.credentials import load_tls, resolve_tls
+    from fedsllm.security.identity import TokenTable
+
+    env = os.environ if env is None else env
+    config = resolve_tls(flags, env, scenario_tls)
+    tls = load_tls(config) if config is not None else None
+    token = env.get(TOKEN_ENV) or None
+    token_file = env.get(TOKEN_FILE_ENV)
+    if token is None and token_file:
+        try:
+            token = Path(token_file).read_text().strip() or None
+        except OSError as err:
+            raise ConfigError(TOKEN_FILE_ENV, token_file, f"cannot read ({err.strerror})") from None
+    tokens = None
+    peers_file = env.get(PEER_TOKENS_ENV)
+    if peers_file:
+        try:
+            tokens = TokenTable.from_identity_map(json.loads(Path(peers_file).read_text()))
+        except (OSError, ValueError, AttributeError) as err:
+            raise ConfigError(
+                PEER_TOKENS_ENV, peers_file, f"unusable token table ({err})"
+            ) from None
+    allow = insecure or env.get(INSECURE_ENV, "") in ("1", "true", "yes")
+    return Security(tls=tls, token=token, tokens=tokens, insecure=allow)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -16,7 +16,13 @@ from typing import NoReturn
 
 import grpc
 
-from fedsllm.errors import AllocationError, ConfigError, StateError, WireError
+from fedsllm.errors import (
+    AllocationError,
+    ConfigError,
+    ResourceLimitError,
+    StateError,
+    WireError,
+)
 from fedsllm.security.identity import AuthenticationError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,8 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
         # (refused, the previous allocation stays in force).
         StateError: grpc.StatusCode.FAILED_PRECONDITION,
         AllocationError: grpc.StatusCode.FAILED_PRECONDITION,
+        # A peer went past a limit (size, streams per peer, Join/Register rate).
+        ResourceLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
         # The server waited for peers (e.g. a round to close) past its limit.
         TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     }

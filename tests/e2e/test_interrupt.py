@@ -16,7 +16,7 @@ from tests.fedsllm.test_launch import _wait_gone
 
 pytestmark = pytest.mark.slow
 
-STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")
+STARTED = re.compile(r"started (\S+) \(pid (\d+)[,)]")
 
 
 @pytest.mark.parametrize("interrupt_after", ["main_server", "client_0"])

@@ -37,6 +37,7 @@ def test_three_clients_two_rounds(tmp_path) -> None:
     assert summary["exit_codes"] == {
         "fed_server": 0,
         "main_server": 0,
+        "client_host": 0,
         "client_0": 0,
         "client_1": 0,
         "client_2": 0,
@@ -119,4 +120,5 @@ def test_failing_process_is_named_and_everything_stops(tmp_path) -> None:
     assert summary["ok"] is False
     assert summary["failed"]["process"] == "main_server"
     # Every started process was stopped and reaped: all have exit codes.
-    assert set(summary["exit_codes"]) == {"fed_server", "main_server"}
+    # The client fork server (client/host.py) starts beside the servers.
+    assert set(summary["exit_codes"]) == {"fed_server", "main_server", "client_host"}

@@ -145,7 +145,8 @@ def test_subscribe_ends_when_the_client_leaves(scenario, counts) -> None:
     # One update at once, then idle polls until the client is gone; the run is still open.
     assert [allocation_from_proto(u) for u in updates] == [controller.current(0)]
     assert context.active < 0 and not controller.closed
-    assert context.callbacks == [controller.wake]
+    # The waiter is woken on cancel (next to the stream-slot release of the limits).
+    assert controller.wake in context.callbacks
     controller.close()
 
 

@@ -113,7 +113,7 @@ def _oversize_requests() -> Iterator[pb.PushAdapterRequest]:
         ),
         (
             lambda s: s.PushAdapter(_oversize_requests(), timeout=5),
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
             "total_bytes",
         ),
         (

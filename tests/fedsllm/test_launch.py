@@ -13,12 +13,14 @@ import pytest
 from fedsllm.config import load_scenario
 from fedsllm.errors import ConfigError
 from fedsllm.launch import (
+    ClientHost,
     ProcessSet,
     RunInterrupted,
     deferred_stop_signals,
     fresh_out_dir,
     role_env,
 )
+from fedsllm.wire.rpc import free_port
 
 SLEEPER = "tests.fedsllm.launch_sleeper"
 
@@ -94,3 +96,45 @@ def test_fresh_out_dir_refuses_an_unwritable_path_naming_it(tmp_path) -> None:
     assert err.value.path == "--out"
     assert str(blocker / "run") in str(err.value)
     assert "cannot write there" in str(err.value)
+
+
+@pytest.mark.slow
+def test_client_host_forks_clients_reports_codes_and_stops_them(tmp_path) -> None:
+    """The fork server (issue 12): each client is its own child process with its own
+    log; the host reports its exit code; stop_all reaches a client that is still
+    waiting (for a fed server that never answers) and leaves no process behind."""
+    (tmp_path / "logs").mkdir()
+    env = role_env(load_scenario(None))
+    with deferred_stop_signals() as stop:
+        roles = ProcessSet(stop)
+        host = ClientHost.start(tmp_path, env)
+        roles.procs.append(host.proc)
+        try:
+            host.wait_ready(120.0, stop)
+            # No client id: refused as a bad setting (exit 2) before any network.
+            host.request("client_bad", ["--fed-address", "127.0.0.1:9"])
+            # Waits (up to 120 s) for a fed server on a port nobody serves.
+            free = free_port()
+            host.request(
+                "client_0",
+                ["--client-id", "0", "--fed-address", f"127.0.0.1:{free}", "--work-dir",
+                 str(tmp_path / "w0")],
+                {"FEDSLLM_TEST_MARK": "only-client-0"},
+            )  # fmt: skip
+            bad = roles.start_forked(host, "client_bad")
+            waiting = roles.start_forked(host, "client_0")
+            assert bad.pid != waiting.pid != host.proc.pid
+            deadline = time.monotonic() + 60
+            while bad.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert bad.poll() == 2
+            assert "--client-id" in bad.log_tail()
+            assert waiting.poll() is None and _alive(waiting.pid)
+            environ = Path(f"/proc/{waiting.pid}/environ").read_bytes()
+            assert b"MALLOC_ARENA_MAX=2" in environ
+        finally:
+            codes = roles.stop_all(grace_s=5.0)
+    assert codes["client_bad"] == 2
+    assert codes["client_0"] == -signal.SIGTERM
+    assert codes["client_host"] == 0
+    assert _wait_gone([bad.pid, waiting.pid, host.proc.pid]) == []

@@ -10,6 +10,7 @@ from fedsllm.cli import build_parser, main
 EXPECTED = {
     "run": {
         "--clients",
+        "--insecure",
         "--local-steps",
         "--network",
         "--out",
@@ -20,6 +21,7 @@ EXPECTED = {
         "--seed",
         "--set",
         "--skip-memory-check",
+        "--tls",
     },
     "plan": {"--bandwidth-mhz", "--clients", "--json", "--scenario", "--seed", "--set", "--solver"},
     "sweep": {
@@ -54,7 +56,7 @@ EXPECTED = {
         "--write",
     },
     "certs": {"--clients"},
-    "compose": {"--clients", "--links", "--out", "--rounds", "--scenario", "--set"},
+    "compose": {"--clients", "--links", "--out", "--rounds", "--scenario", "--set", "--tls"},
 }
 
 

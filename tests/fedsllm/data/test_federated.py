@@ -9,7 +9,7 @@ import torch
 
 from fedsllm.config import load_scenario
 from fedsllm.data.dataset import IGNORE_INDEX
-from fedsllm.data.federated import build_federated_data, split_texts
+from fedsllm.data.federated import build_client_data, build_federated_data, split_texts
 from fedsllm.data.tokenizer import ByteTokenizer
 from fedsllm.errors import ConfigError
 
@@ -95,3 +95,16 @@ def test_user_file_errors(tmp_path) -> None:
             TOK,
         )
     assert err.value.path == "data.partition"
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_client_data_is_its_shard_of_the_federated_data(partition: str) -> None:
+    scenario = _scenario(f'data.partition="{partition}"', "clients.num_clients=5")
+    data = build_federated_data(scenario, TOK)
+    for k in (0, 3):
+        train, val = build_client_data(scenario, TOK, k, with_val=k == 0)
+        for name in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(getattr(train, name), getattr(data.train[k], name))
+        assert (val is None) == (k != 0)
+        if val is not None:
+            assert torch.equal(val.input_ids, data.val.input_ids)

@@ -333,3 +333,37 @@ def test_servers_decode_train_chunks_with_the_codec() -> None:
     (item,) = recorder.items
     assert isinstance(item, Chunk) and isinstance(item.data, memoryview)
     assert item == chunk
+
+
+def test_server_threads_are_no_cap_on_blocked_calls() -> None:
+    """Issue 12: a sync server parks one thread per in-flight call, and a pool of
+    32 left the 33rd Train stream (or PullGlobal wait) without one: round 0
+    waited forever at 32/33. 100 calls that block until all have arrived must
+    all be served."""
+    num_calls = 100
+    arrived = threading.Semaphore(0)
+    release = threading.Event()
+
+    def wait(request: bytes, context: grpc.ServicerContext) -> bytes:
+        arrived.release()
+        release.wait(30)
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Blocking", {"Wait": grpc.unary_unary_rpc_method_handler(wait)}
+    )
+    server, port = rpc.create_server(
+        "127.0.0.1:0", [lambda s: s.add_generic_rpc_handlers((handler,))]
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        call = channel.unary_unary("/test.Blocking/Wait")
+        futures = [call.future(b"x", timeout=30) for _ in range(num_calls)]
+        entered = sum(arrived.acquire(timeout=10) for _ in range(num_calls))
+        release.set()
+        assert entered == num_calls
+        assert all(f.result() == b"x" for f in futures)
+    finally:
+        release.set()
+        channel.close()
+        rpc.stop_server(server, grace_s=0.5)

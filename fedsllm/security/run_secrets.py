@@ -1,0 +1,170 @@
+"""The launcher's credentials for one run: a token per peer, and with TLS a CA
+and a certificate per role, each role given only its own.
+
+`prepare_run_secrets(run_dir, scenario, ...)` writes, all mode 0600 in 0700
+directories:
+
+    RUN_DIR/launcher/                    launcher-private: every token
+        tokens.json                      (identity -> token) and, with TLS,
+        certs/                           what `fedsllm certs` writes
+    RUN_DIR/roles/<role>/secrets/        one role's own files only:
+        token                            its bearer token
+        peers.json                       servers only: the tokens they accept
+        ca.pem, <stem>.pem, <stem>.key   with TLS: the CA and its own pair
+
+and `role_env(name)` gives the variables that point the role's process at
+them (fedsllm.wire.rpc.security_from_env reads them): FEDSLLM_TOKEN_FILE,
+FEDSLLM_PEER_TOKENS, FEDSLLM_TLS_CA/CERT/KEY, FEDSLLM_INSECURE. No secret is
+ever on a command line or in the scenario (which RunInfo serves to every
+peer). The launcher itself calls with its own token / certificate
+(`launcher_security`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedsllm.security.identity import Identity, TokenTable
+
+SERVER_ROLES = ("fed_server", "main_server")
+SECURITY_ENV_VARS = (
+    "FEDSLLM_TOKEN",
+    "FEDSLLM_TOKEN_FILE",
+    "FEDSLLM_PEER_TOKENS",
+    "FEDSLLM_TLS_CA",
+    "FEDSLLM_TLS_CERT",
+    "FEDSLLM_TLS_KEY",
+    "FEDSLLM_INSECURE",
+)
+"""What a role's credentials come from; a role gets only the launcher's values,
+never the launching shell's."""
+
+
+def identity_of_role(name: str) -> Identity:
+    """The identity of a launcher role name: "fed_server", "main_server", "client_3"."""
+    if name.startswith("client_"):
+        return Identity.client(int(name.removeprefix("client_")))
+    return Identity(name)
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _write_private(path: Path, data: str | bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+
+
+@dataclass
+class RunSecrets:
+    tokens: TokenTable
+    tls_dir: Path | None
+    """The launcher-private certificate directory, None without TLS."""
+    insecure: bool
+    role_dirs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_dir is not None
+
+    def role_env(self, name: str) -> dict[str, str]:
+        """The security variables of role `name` (its files only)."""
+        secrets = self.role_dirs[name]
+        env = {"FEDSLLM_TOKEN_FILE": str(secrets / "token")}
+        if name in SERVER_ROLES:
+            env["FEDSLLM_PEER_TOKENS"] = str(secrets / "peers.json")
+        if self.tls_dir is not None:
+            stem = identity_of_role(name).file_stem
+            env["FEDSLLM_TLS_CA"] = str(secrets / "ca.pem")
+            env["FEDSLLM_TLS_CERT"] = str(secrets / f"{stem}.pem")
+            env["FEDSLLM_TLS_KEY"] = str(secrets / f"{stem}.key")
+        if self.insecure:
+            env["FEDSLLM_INSECURE"] = "1"
+        return env
+
+    def launcher_env(self) -> dict[str, str]:
+        """The launcher's own credentials as variables, for the health probes it
+        runs inside namespaces (python -m fedsllm.wire.probe)."""
+        launcher = self.tls_dir.parent if self.tls_dir is not None else None
+        env = {"FEDSLLM_TOKEN": self.tokens.token_for(Identity("launcher"))}
+        if launcher is not None and self.tls_dir is not None:
+            env["FEDSLLM_TLS_CA"] = str(self.tls_dir / "ca.pem")
+            env["FEDSLLM_TLS_CERT"] = str(self.tls_dir / "launcher.pem")
+            env["FEDSLLM_TLS_KEY"] = str(self.tls_dir / "launcher.key")
+        if self.insecure:
+            env["FEDSLLM_INSECURE"] = "1"
+        return env
+
+    def launcher_security(self) -> object:
+        """fedsllm.wire.rpc.Security of the launcher process itself."""
+        from fedsllm.security.credentials import load_tls, tls_config_for
+        from fedsllm.wire.rpc import Security
+
+        tls = None
+        if self.tls_dir is not None:
+            tls = load_tls(tls_config_for(self.tls_dir, Identity("launcher")))
+        return Security(
+            tls=tls, token=self.tokens.token_for(Identity("launcher")), insecure=self.insecure
+        )
+
+    def describe(self) -> str:
+        """For the log and the run's report."""
+        if self.tls:
+            return "TLS: on (mutual TLS, per-role certificates from a per-run CA)"
+        if self.insecure:
+            return "TLS: off, insecure (--insecure: plain gRPC, per-peer tokens)"
+        return "TLS: off (plain gRPC on loopback, per-peer tokens)"
+
+
+def prepare_run_secrets(
+    run_dir: Path,
+    role_names: Sequence[str],
+    role_dirs: dict[str, Path],
+    *,
+    num_clients: int,
+    tls: bool,
+    insecure: bool,
+    extra_ip_addresses: Sequence[str] = (),
+) -> RunSecrets:
+    """Generate and place every role's credentials (see the module docstring).
+    `role_dirs` maps each role name to its private directory."""
+    launcher_dir = _private_dir(run_dir / "launcher")
+    identities = [identity_of_role(n) for n in role_names] + [Identity("launcher")]
+    tokens = TokenTable.generate(identities)
+    _write_private(launcher_dir / "tokens.json", json.dumps(tokens.to_identity_map(), indent=2))
+    tls_dir = None
+    if tls:
+        from fedsllm.security.certs import CA_FILE, write_certs
+
+        tls_dir = launcher_dir / "certs"
+        write_certs(tls_dir, num_clients, extra_ip_addresses=extra_ip_addresses)
+    secrets = RunSecrets(tokens=tokens, tls_dir=tls_dir, insecure=insecure)
+    for name in role_names:
+        identity = identity_of_role(name)
+        secret_dir = _private_dir(role_dirs[name] / "secrets")
+        secrets.role_dirs[name] = secret_dir
+        _write_private(secret_dir / "token", tokens.token_for(identity))
+        if name in SERVER_ROLES:
+            # Who may call this server: clients, the launcher, the other server
+            # where it calls this one (the main server calls the fed server).
+            callers = {"client", "launcher"} | ({"main_server"} if name == "fed_server" else set())
+            peers = {
+                who: token
+                for who, token in tokens.to_identity_map().items()
+                if who.split("/")[0] in callers
+            }
+            _write_private(secret_dir / "peers.json", json.dumps(peers))
+        if tls_dir is not None:
+            for file in (CA_FILE, f"{identity.file_stem}.pem", f"{identity.file_stem}.key"):
+                shutil.copyfile(tls_dir / file, secret_dir / file)
+                (secret_dir / file).chmod(0o600)
+    return secrets
