@@ -19,6 +19,8 @@ from fedsllm.data.partition import partition_indices
 from fedsllm.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from fedsllm.config import ScenarioConfig
     from fedsllm.data.tokenizer import Tokenizer
 
@@ -75,14 +77,9 @@ def split_texts(
     return texts[:-num_val], texts[-num_val:], None
 
 
-def build_federated_data(scenario: ScenarioConfig, tokenizer: Tokenizer) -> FederatedData:
-    """Shards and validation set of the scenario, identical in every process.
-
-    Sources jsonl/text keep the file's last num_val_samples samples for
-    validation (10% when that would starve a client) and train on all the
-    rest; num_train_samples applies to the e2e generator only. The
-    dirichlet partition needs attributes and so only works with source e2e.
-    """
+def _texts_and_shards(scenario: ScenarioConfig) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """Training texts, validation texts and every client's shard of indices: the one
+    partition both the launcher-side build and a client's own build agree on."""
     data = scenario.data
     train_texts, val_texts, classes = split_texts(scenario)
     if data.partition == "dirichlet" and classes is None:
@@ -99,6 +96,19 @@ def build_federated_data(scenario: ScenarioConfig, tokenizer: Tokenizer) -> Fede
         attributes=classes,
         alpha=data.dirichlet_alpha if data.partition == "dirichlet" else None,
     )
+    return train_texts, val_texts, shards
+
+
+def build_federated_data(scenario: ScenarioConfig, tokenizer: Tokenizer) -> FederatedData:
+    """Shards and validation set of the scenario, identical in every process.
+
+    Sources jsonl/text keep the file's last num_val_samples samples for
+    validation (10% when that would starve a client) and train on all the
+    rest; num_train_samples applies to the e2e generator only. The
+    dirichlet partition needs attributes and so only works with source e2e.
+    """
+    data = scenario.data
+    train_texts, val_texts, shards = _texts_and_shards(scenario)
     all_train = tokenize_texts(train_texts, tokenizer, data.seq_len)
     train = [all_train.subset(idx) for idx in shards]
     val = tokenize_texts(val_texts, tokenizer, data.seq_len)
@@ -113,21 +123,7 @@ def build_client_data(
     only those texts: the partition needs every sample's index and class, but a
     client never tokenizes (or holds) another client's shard."""
     data = scenario.data
-    train_texts, val_texts, classes = split_texts(scenario)
-    if data.partition == "dirichlet" and classes is None:
-        raise ConfigError(
-            "data.partition",
-            data.partition,
-            f"needs per-sample attributes, which only source e2e has (source is {data.source})",
-        )
-    shards = partition_indices(
-        len(train_texts),
-        scenario.clients.num_clients,
-        scenario.seed,
-        fractions=data.client_fractions,
-        attributes=classes,
-        alpha=data.dirichlet_alpha if data.partition == "dirichlet" else None,
-    )
+    train_texts, val_texts, shards = _texts_and_shards(scenario)
     own = [train_texts[int(i)] for i in shards[client_id]]
     train = tokenize_texts(own, tokenizer, data.seq_len)
     val = tokenize_texts(val_texts, tokenizer, data.seq_len) if with_val else None
