@@ -4,15 +4,24 @@
         [--rounds 2] [--local-steps 3] [--set training.server_update="wave"] ...
 
 For each K it runs `fedsllm run --clients K --policy fixed_steps` (the tiny
-default presets) and samples, every 0.5 s, the PSS of every process of the run
-(the launcher's descendants, from /proc/<pid>/smaps_rollup). It prints, per K:
-wall time, peak total PSS, marginal PSS per client (the clients' summed PSS at
-the peak over K; the slope between two K is printed below the table), the time
-from the fed server's start to the last client's join, the main server's steps
-per second (steps / worker busy seconds, from its log), the worst client's
-compute overrun, and the delay model's mean |error| over rounds (the report's
-measured against predicted delay per round). Headed by host, versions and the
+default presets; `--policy optimal` runs the controller's plan, its rounds
+capped by --rounds through policy.max_rounds) and samples, every 0.5 s, the
+PSS of every process of the run (the launcher's descendants, from
+/proc/<pid>/smaps_rollup). It prints, per K: wall time, peak total PSS,
+marginal PSS per client (the clients' summed PSS at the peak over K; the slope
+between two K is printed below the table), the time from the fed server's
+start to the last client's join, the main server's steps per second (steps /
+worker busy seconds, from its log), the worst client's compute overrun, and
+the delay model's mean |error| over rounds (the report's measured against
+predicted delay per round), and whether the clients ran the controller's plan
+(fedsllm.report.plan_check on the run's telemetry: every client's local steps
+per round, applied allocations and per-step downlink rates; "ok" or the number
+of mismatches, listed below the table). Headed by host, versions and the
 scenario hash of each run. Figures only: nothing here asserts.
+
+Time dilation: link.time_dilation = max(1, 0.3 x K) by default (a 2-core
+host for K emulated devices and one main server; measured in the README's
+"Many clients on one machine").
 """
 
 from __future__ import annotations
@@ -151,13 +160,31 @@ def delay_error(run_dir: Path) -> tuple[float, float, float]:
     )
 
 
+def plan_check(run_dir: Path) -> tuple[str, str]:
+    """(column, summary): "ok", "-" (no plan in the trace) or "<n> mismatches";
+    the summary is printed below the table."""
+    from fedsllm.report.plan_check import check_plan
+    from fedsllm.trace import read_telemetry
+
+    try:
+        check = check_plan(read_telemetry(run_dir / "trace"))
+    except (OSError, ValueError) as err:
+        return "unreadable", str(err)
+    if check.num_local_steps < 0:
+        return "-", ""
+    return ("ok" if check.ok else f"{len(check.mismatches)} mismatches"), check.summary()
+
+
 def run_one(k: int, args: argparse.Namespace, out_root: Path) -> dict[str, float | int | str]:
     run_dir = out_root / f"k{k}"
     cmd = [
-        sys.executable, "-m", "fedsllm", "run", "--clients", str(k), "--policy", "fixed_steps",
-        "--rounds", str(args.rounds), "--local-steps", str(args.local_steps),
+        sys.executable, "-m", "fedsllm", "run", "--clients", str(k), "--policy", args.policy,
         "--quiet", "--out", str(run_dir), *args.extra,
     ]  # fmt: skip
+    if args.policy == "fixed_steps":
+        cmd += ["--rounds", str(args.rounds), "--local-steps", str(args.local_steps)]
+    else:
+        cmd += ["--set", f"policy.max_rounds={args.rounds}"]
     dilation = max(1.0, args.dilation_per_client * k)
     for item in [*args.set, f"link.time_dilation={dilation}"]:
         cmd += ["--set", item]
@@ -173,6 +200,7 @@ def run_one(k: int, args: argparse.Namespace, out_root: Path) -> dict[str, float
     wall = time.monotonic() - t0
     nan = float("nan")
     error, worst, overrun = delay_error(run_dir) if code == 0 else (nan, nan, nan)
+    plan, plan_summary = plan_check(run_dir) if code == 0 else ("", "")
     scenario_hash = ""
     with contextlib.suppress(OSError, ValueError, KeyError):
         scenario_hash = json.loads((run_dir / "scenario.json").read_text())["scenario_hash"]
@@ -189,6 +217,8 @@ def run_one(k: int, args: argparse.Namespace, out_root: Path) -> dict[str, float
         "overrun_s": overrun,
         "delay_error_pct": error,
         "worst_round_error_pct": worst,
+        "plan": plan,
+        "plan_summary": plan_summary,
         "scenario_hash": scenario_hash,
     }
 
@@ -197,14 +227,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32, 64, 100])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--policy",
+        default="fixed_steps",
+        help="planning policy (default fixed_steps; another one runs the controller's "
+        "plan with policy.max_rounds = --rounds and ignores --local-steps)",
+    )
     parser.add_argument("--local-steps", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], help="scenario override (repeatable)")
     parser.add_argument(
         "--dilation-per-client",
         type=float,
-        default=0.2,
+        default=0.3,
         help="link.time_dilation = max(1, this x K): the host has 2 cores for K emulated "
-        "devices and one main server (default 0.2; 0 = no dilation)",
+        "devices and one main server (default 0.3; 0 = no dilation)",
     )
     parser.add_argument(
         "--skip-memory-check", dest="extra", action="append_const", const="--skip-memory-check"
@@ -220,10 +256,12 @@ def main() -> int:
     print(f"# host {platform.node()} {platform.machine()}, {os.cpu_count()} cores, {gib:.0f} GiB;")
     print(f"# python {platform.python_version()}, {packages}")
     sets = " ".join("--set " + s for s in args.set)
-    print(f"# fedsllm run --policy fixed_steps --rounds {args.rounds}")
-    print(f"#   --local-steps {args.local_steps} {sets}; runs under {out_root}")
+    steps = f"--local-steps {args.local_steps}" if args.policy == "fixed_steps" else ""
+    print(f"# fedsllm run --policy {args.policy} --rounds {args.rounds}")
+    print(f"#   {steps} {sets}; runs under {out_root}")
     header = ("K", "dilation", "exit", "wall s", "peak PSS GB", "PSS/client MB", "join s",
-              "steps/s", "overrun s", "delay err %", "worst round %", "scenario")  # fmt: skip
+              "steps/s", "overrun s", "delay err %", "worst round %", "plan",
+              "scenario")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rows = []
@@ -235,12 +273,15 @@ def main() -> int:
             f"{row['peak_pss_gb']:.2f} | "
             f"{row['client_pss_mb']:.0f} | {row['join_s']:.1f} | {row['steps_per_s']:.1f} | "
             f"{row['overrun_s']:.2f} | {row['delay_error_pct']:.1f} | "
-            f"{row['worst_round_error_pct']:.1f} | {row['scenario_hash']} |",
+            f"{row['worst_round_error_pct']:.1f} | {row['plan']} | {row['scenario_hash']} |",
             flush=True,
         )
     for a, b in zip(rows, rows[1:], strict=False):
         slope = (b["peak_pss_gb"] - a["peak_pss_gb"]) * 1e3 / (b["K"] - a["K"])
         print(f"# marginal peak PSS from K={a['K']} to K={b['K']}: {slope:.0f} MB per client")
+    for row in rows:
+        if row["plan_summary"]:
+            print(f"# K={row['K']} plan check: {row['plan_summary']}")
     return 0 if all(r["exit"] == 0 for r in rows) else 1
 
 

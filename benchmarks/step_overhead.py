@@ -24,7 +24,9 @@ from importlib import metadata
 import torch
 
 
-def build_server(hidden: int = 768) -> tuple[str, object, object]:
+def build_server(hidden: int = 768, security: object = None) -> tuple[str, object, object]:
+    """The main server of the benchmark on loopback, with `security`
+    (fedsllm.wire.rpc.Security; None: no credentials, calls let through)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from fedsllm.config import AdapterConfig
@@ -69,7 +71,10 @@ def build_server(hidden: int = 768) -> tuple[str, object, object]:
         adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
     )
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)],
+        security=security,
+        allow_unauthenticated=security is None,
     )
     return f"127.0.0.1:{port}", server, trainer
 

@@ -106,7 +106,10 @@ from fedsllm.telemetry.service import TELEMETRY_SERVICE, TelemetryService, add_t
 from fedsllm.wire.rpc import create_server, stop_server
 collector = TelemetryCollector(Path(sys.argv[1]))
 server, port = create_server(
-    "127.0.0.1:0", [add_to_server(TelemetryService(collector))], service_names=(TELEMETRY_SERVICE,)
+    "127.0.0.1:0",
+    [add_to_server(TelemetryService(collector))],
+    service_names=(TELEMETRY_SERVICE,),
+    allow_unauthenticated=True,
 )
 print(port, flush=True)
 sys.stdin.read()

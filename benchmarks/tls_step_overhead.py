@@ -31,15 +31,15 @@ def serve_child(conn, mode: str, cert_dir: str, tokens: dict[str, str]) -> None:
     torch.set_num_threads(1)
     from fedsllm.security.credentials import load_tls, tls_config_for
     from fedsllm.security.identity import Identity, TokenTable
-    from fedsllm.wire.rpc import Security, configure_security, stop_server
+    from fedsllm.wire.rpc import Security, stop_server
 
     tls = None
     if mode == "tls":
         tls = load_tls(tls_config_for(cert_dir, Identity("main_server")))
-    configure_security(Security(tls=tls, tokens=TokenTable.from_identity_map(tokens)))
+    security = Security(tls=tls, tokens=TokenTable.from_identity_map(tokens))
     from step_overhead import build_server
 
-    address, server, _ = build_server()
+    address, server, _ = build_server(security=security)
     conn.send(address)
     conn.recv()
     stop_server(server, 0.5)

@@ -342,6 +342,7 @@ def _start_server() -> grpc.Server:
             _add_raw,
         ],
         service_names=[rpc.MAIN_SERVER_SERVICE],
+        allow_unauthenticated=True,  # loopback benchmark: no credentials
         max_workers=8,
     )
     server.bench_port = port  # type: ignore[attr-defined]

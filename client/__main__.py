@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parse_client_id,
         resolve,
     )
-    from fedsllm.roles import resolve_role_paths, role_start
+    from fedsllm.roles import resolve_role_paths, role_security, role_start
     from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import make_channel, wait_healthy
@@ -77,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SettingError("--client-id", None, "required (or FEDSLLM_CLIENT_ID)")
         k = client_id.value
         args.client_id = k
-        fed_address, work_dir = resolve_role_paths(args)
+        # This client's credentials (flags > FEDSLLM_* > none), passed to every channel.
+        security = role_security(args)
+        fed_address, work_dir = resolve_role_paths(args, security)
         control = resolve(
             "--control-address", args.control_address, "FEDSLLM_CONTROL_ADDRESS",
             parse=parse_address,
         ).value  # fmt: skip
         # Run info comes over the control port when there is one (unshaped under tc).
-        wait_healthy(control or fed_address, STARTUP_TIMEOUT_S)
-        scenario, scenario_hash, info = role_start(args, control or fed_address, work_dir)
+        wait_healthy(control or fed_address, STARTUP_TIMEOUT_S, security=security)
+        scenario, scenario_hash, info = role_start(args, control or fed_address, work_dir, security)
         control = resolve(
             "--control-address", control, "FEDSLLM_CONTROL_ADDRESS", "run.control_address",
             scenario.run.control_address, default=fed_address, parse=parse_address,
@@ -109,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     # Telemetry goes to the fed server's collector on the control port when there
     # is one: under tc it is an unshaped class, so records never queue behind
     # adapter uploads or take the link's measured rate.
-    telemetry_channel = make_channel(control)
+    telemetry_channel = make_channel(control, security)
     telemetry = start_sender(telemetry_channel, work_dir, "client", k)
     tracer = Tracer(None, "client", client_id=k, sink=telemetry)
     try:
-        return _run(args, scenario, scenario_hash, info, tracer)
+        return _run(args, scenario, scenario_hash, info, tracer, security)
     finally:
         # Bounded: a client whose fed server is gone still exits; what was not
         # acknowledged stays in WORK_DIR/spool for a restart of this client.
@@ -122,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(
-    args: argparse.Namespace, scenario: Any, scenario_hash: str, info: Any, tracer: Any
+    args: argparse.Namespace,
+    scenario: Any,
+    scenario_hash: str,
+    info: Any,
+    tracer: Any,
+    security: Any,
 ) -> int:
     import torch
 
@@ -146,7 +153,7 @@ def _run(
 
     k = args.client_id
     part, tokenizer, _, base_hash = build_role_part(
-        scenario, "client", role_base_file(info, args.control_address, args.work_dir)
+        scenario, "client", role_base_file(info, args.control_address, args.work_dir, security)
     )
     # Only this client's shard (and, for client 0, which evaluates, the validation set).
     shard, val = build_client_data(scenario, tokenizer, k, with_val=k == 0)
@@ -166,8 +173,8 @@ def _run(
         rate = shaper.rates(k)[1] if shaper is not None else math.inf
         return 0.0 if math.isinf(rate) else rate
 
-    main_channel = make_channel(args.main_address)
-    fed_channel = make_channel(args.fed_address)
+    main_channel = make_channel(args.main_address, security)
+    fed_channel = make_channel(args.fed_address, security)
     channels = [main_channel, fed_channel]
     follower = None
     plan: Any = FixedPlan(scenario.training.num_local_steps)
@@ -177,7 +184,7 @@ def _run(
             if shaper is not None:
                 shaper.set_rates(k, info.uplink_bps, info.downlink_bps or math.inf)
 
-        control_channel = make_channel(args.control_address)
+        control_channel = make_channel(args.control_address, security)
         channels.append(control_channel)
         follower = AllocationFollower(
             control_channel, register_info(scenario, k, len(shard)), apply, tracer

@@ -9,6 +9,8 @@ below, so it knows nothing of gRPC; client/remote.py implements them.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -155,6 +157,34 @@ class ClientTrainer:
         )
         return reply.loss
 
+    # ------------------------------------------------------------- warm-up
+    def warm_up(self) -> None:
+        """One untimed forward, backward and optimizer step on the first batch, all
+        undone: the batch goes back in front of the stream, the LoRA weights and
+        the optimizer state are restored. A client's first step otherwise pays,
+        inside round 0's measured window, for what only the first one does (the
+        autograd engine's threads, the optimizer's first-call paths and state,
+        the pages a forked client copies on first touch): at K = 100 on 2 cores
+        those land on every client at once and overran round 0. Untraced; the
+        RNG state is restored too (LoRA dropout draws in the forward)."""
+        rng = torch.get_rng_state()
+        batch = next(self.batches)
+        self.batches = itertools.chain([batch], self.batches)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        weights = [p.detach().clone() for p in params]
+        state = copy.deepcopy(self.optimizer.state_dict())
+        self.part.train()
+        hidden = self.part(batch.input_ids, batch.attention_mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        hidden.backward(torch.zeros_like(hidden))
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, w in zip(params, weights, strict=True):
+                p.copy_(w)
+        self.optimizer.load_state_dict(state)
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+
     # ------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(
@@ -207,6 +237,7 @@ class ClientTrainer:
     def run(
         self, num_samples: int, plan: RoundPlan, evaluate: Callable[[int], float] | None
     ) -> None:
+        self.warm_up()  # before joining: outside every measured round
         current, num_rounds = self.fed.join(num_samples)
         log.info("client %d joined at round %d of %d", self.client_id, current, num_rounds)
         round_index = current

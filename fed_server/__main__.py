@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import grpc
@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(run_dir_setting.value)
     from fedsllm.errors import ConfigError
-    from fedsllm.roles import configure_role_security
+    from fedsllm.roles import role_security
 
     try:
-        security = configure_role_security(args)
+        security = role_security(args)
         for address in (bind, control_bind):
             warning = security.check_bind(address)
             if warning is not None:
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             add_run_info,
         ],
         service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE, RUN_INFO_SERVICE),
+        security=security,
     )
     log.info("serving FedServer and Telemetry on port %d", port)
     # Its own port: under tc, control traffic (allocations, telemetry) stays out
@@ -210,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(controller_service, s)
         )
         control_names.append(CONTROLLER_SERVICE)
-    control_server, control_port = create_server(control_bind, control, service_names=control_names)
+    control_server, control_port = create_server(
+        control_bind, control, service_names=control_names, security=security
+    )
     log.info("serving %s on port %d", ", ".join(control_names), control_port)
-    local_server = _serve_local_telemetry(run_dir, telemetry)
+    local_server = _serve_local_telemetry(run_dir, telemetry, security)
 
     wait_for_stop(tick=state.poll_deadline)
     if controller is not None:
@@ -250,9 +253,11 @@ def _adapter_template(scenario: object) -> dict | None:
         return None
 
 
-def _serve_local_telemetry(run_dir: Path, telemetry: TelemetryService) -> grpc.Server | None:
-    """Telemetry on RUN_DIR/telemetry.sock, or None when the path cannot be a
-    unix socket (too long) or the bind fails."""
+def _serve_local_telemetry(
+    run_dir: Path, telemetry: TelemetryService, security: Any
+) -> grpc.Server | None:
+    """Telemetry on RUN_DIR/telemetry.sock (peers' tokens from `security`), or
+    None when the path cannot be a unix socket (too long) or the bind fails."""
     from fedsllm.telemetry import TELEMETRY_SOCKET, socket_address
     from fedsllm.telemetry.service import TELEMETRY_SERVICE, add_to_server
     from fedsllm.wire.rpc import create_server
@@ -266,7 +271,10 @@ def _serve_local_telemetry(run_dir: Path, telemetry: TelemetryService) -> grpc.S
     (run_dir / TELEMETRY_SOCKET).unlink(missing_ok=True)  # left by an earlier fed server
     try:
         server, _ = create_server(
-            address, [add_to_server(telemetry)], service_names=(TELEMETRY_SERVICE,)
+            address,
+            [add_to_server(telemetry)],
+            service_names=(TELEMETRY_SERVICE,),
+            security=security,
         )
     except OSError as err:
         log.warning("no local telemetry socket: %s", err)

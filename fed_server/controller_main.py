@@ -48,8 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.errors import AllocationError, ConfigError
     from fedsllm.roles import load_resolved_scenario, wait_for_stop
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import stop_server
+    from fedsllm.wire.rpc import security_from_env, stop_server
 
+    try:
+        # This process's credentials (FEDSLLM_TLS_*, FEDSLLM_PEER_TOKENS), for its server.
+        security = security_from_env()
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
     scenario, _scenario_hash = load_resolved_scenario(args.scenario_json)
     tracer = None
     if args.run_dir:
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if tracer is not None:
             tracer.close()
         return 2
-    server, port = serve_controller(controller, args.bind)
+    server, port = serve_controller(controller, args.bind, security)
     log.info("serving Controller on port %d", port)
     wait_for_stop()
     controller.close()

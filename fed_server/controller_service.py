@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -109,9 +109,12 @@ class ControllerService(pb_grpc.ControllerServicer):
         return channel_reply_to_proto(ChannelReplyInfo(version=version))
 
 
-def serve_controller(controller: Controller, bind: str) -> tuple[grpc.Server, int]:
+def serve_controller(
+    controller: Controller, bind: str, security: Any = None
+) -> tuple[grpc.Server, int]:
     """A gRPC server for `controller` alone (with health), as the fed server hosts
-    it on its own port and `python -m fed_server.controller_main` runs it."""
+    it on its own port and `python -m fed_server.controller_main` runs it, with
+    that process's credentials `security` (fedsllm.wire.rpc.Security)."""
     from fedsllm.wire.rpc import CONTROLLER_SERVICE, create_server
 
     service = ControllerService(controller)
@@ -119,4 +122,5 @@ def serve_controller(controller: Controller, bind: str) -> tuple[grpc.Server, in
         bind,
         [lambda s: pb_grpc.add_ControllerServicer_to_server(service, s)],
         service_names=(CONTROLLER_SERVICE,),
+        security=security,
     )

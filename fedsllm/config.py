@@ -176,6 +176,12 @@ class TrainingConfig:
     server_update: str = "per_batch"
     """per_batch = one server optimizer step per client batch (serialized);
     wave = one averaged step per wave of client batches (docs/MODEL.md section 1)."""
+    max_wave_batches: int = 4
+    """Wave mode: most client batches the main server fuses into one forward and
+    backward; a wave of more takes several passes, with the same update. On
+    this 2-core CPU a fused pass costs more per batch as it grows (large
+    logits), so the cap keeps a pass near per_batch's cost per step
+    (benchmarks/scale.py; README "Many clients on one machine")."""
     num_val_batches: int = 4
     """Validation batches evaluated after a round."""
     eval_every: int = 1
@@ -195,6 +201,7 @@ class TrainingConfig:
             "num_local_steps",
             "num_val_batches",
             "min_clients",
+            "max_wave_batches",
         ):
             value = getattr(self, name)
             _check(value >= 1, f"training.{name}", value, "must be >= 1")

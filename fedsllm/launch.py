@@ -482,9 +482,11 @@ def wait_until_healthy(
     prefix: Sequence[str] = (),
     env: dict[str, str] | None = None,
     stop: StopRequest | None = None,
+    security: Any = None,
 ) -> None:
     """Poll the standard health service, failing fast if the process dies
-    or the launcher is interrupted (`stop`).
+    or the launcher is interrupted (`stop`), over a channel with the
+    launcher's credentials `security` (fedsllm.wire.rpc.Security).
 
     With a namespace `prefix` the probe runs inside that namespace (the host
     cannot reach namespace addresses), as `python -m fedsllm.wire.probe`.
@@ -523,7 +525,7 @@ def wait_until_healthy(
             time.sleep(0.1)
             continue
         try:
-            wait_healthy(address, timeout_s=min(1.0, remaining))
+            wait_healthy(address, timeout_s=min(1.0, remaining), security=security)
             return
         except TimeoutError:
             continue
@@ -614,9 +616,7 @@ def run_processes(
     An interrupt (SIGINT, SIGTERM) stops every process started so far, at any
     point, and is then re-raised: KeyboardInterrupt, or SystemExit(143).
     """
-    from fedsllm.wire.rpc import restored_security
-
-    with deferred_stop_signals() as stop, restored_security():
+    with deferred_stop_signals() as stop:
         try:
             outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop)
         except RunInterrupted:
@@ -721,9 +721,7 @@ def _run_processes(
     env = role_env(scenario)
     common = ["--netns-run-id", ends.netns_run_id] if ends.netns_run_id else []
     secrets = run_secrets(scenario, run_dir, ends)
-    from fedsllm.wire.rpc import configure_security
-
-    configure_security(secrets.launcher_security())  # undone by run_processes
+    security = secrets.launcher_security()  # the launcher's own, for its health waits
 
     def env_of(name: str) -> dict[str, str]:
         """The shared environment plus role `name`'s own credentials (files only)."""
@@ -773,10 +771,10 @@ def _run_processes(
             roles.procs.append(host.proc)
         probe_env = {**env, **secrets.launcher_env()}
         wait_until_healthy(
-            fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), probe_env, stop
+            fed, ends.fed_addr, timeout_s, ends.prefix("fed_server"), probe_env, stop, security
         )
         wait_until_healthy(
-            main, ends.main_addr, timeout_s, ends.prefix("main_server"), probe_env, stop
+            main, ends.main_addr, timeout_s, ends.prefix("main_server"), probe_env, stop, security
         )
         if host is not None:
             host.wait_ready(timeout_s, stop)

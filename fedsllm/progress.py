@@ -27,6 +27,8 @@ class RunProgress:
         self.enabled = enabled
         self._progress: Any = None
         self._tasks: dict[int, Any] = {}
+        self._address: str | None = None
+        self._watcher_type: Any = None
 
     def __enter__(self) -> RunProgress:
         if self.enabled:
@@ -56,10 +58,11 @@ class RunProgress:
             from fedsllm.telemetry import socket_address
             from fedsllm.telemetry.service import TelemetryWatcher
 
-            # The fed server is not up yet: the watcher connects when it is.
-            address = socket_address(self.run_dir)
-            if address is not None:
-                self.watcher = TelemetryWatcher(address)
+            # Built in update() once the launcher has written its credentials
+            # (the local socket's server wants the launcher's token); the fed
+            # server need not be up yet: the watcher connects when it is.
+            self._address = socket_address(self.run_dir)
+            self._watcher_type = TelemetryWatcher
         return self
 
     def __exit__(
@@ -75,6 +78,12 @@ class RunProgress:
             self._progress.__exit__(exc_type, exc, tb)
 
     def update(self) -> None:
+        if self.watcher is None and self._address is not None:
+            from fedsllm.security.run_secrets import read_launcher_security
+
+            security = read_launcher_security(self.run_dir)
+            if security is not None:
+                self.watcher = self._watcher_type(self._address, security=security)
         if self.watcher is not None:
             for rec in self.watcher.poll():
                 self.show(rec)

@@ -76,12 +76,13 @@ def role_arg_parser(
     return parser
 
 
-def configure_role_security(args: argparse.Namespace) -> Any:
-    """This process's credentials from its flags, else FEDSLLM_* (fedsllm.wire.rpc
-    .security_from_env), used by every server and channel it builds from now on.
-    Raises fedsllm.bootstrap.SettingError naming the source of an unusable file."""
+def role_security(args: argparse.Namespace) -> Any:
+    """This process's credentials (fedsllm.wire.rpc.Security) from its flags,
+    else FEDSLLM_* (fedsllm.wire.rpc.security_from_env); the role's __main__
+    passes them to every server and channel it builds. Raises
+    fedsllm.bootstrap.SettingError naming the source of an unusable file."""
     from fedsllm.bootstrap import SettingError
-    from fedsllm.wire.rpc import configure_security, security_from_env
+    from fedsllm.wire.rpc import security_from_env
 
     flags = {
         "ca": getattr(args, "tls_ca", None),
@@ -92,28 +93,27 @@ def configure_role_security(args: argparse.Namespace) -> Any:
         security = security_from_env(flags=flags, insecure=bool(getattr(args, "insecure", None)))
     except ConfigError as err:
         raise SettingError(err.path, err.value, err.reason) from None
-    configure_security(security)
     return security
 
 
-def check_dial(address: str, flag: str) -> None:
-    """The insecure-address rule for a channel this role opens to `address`."""
+def check_dial(address: str, flag: str, security: Any) -> None:
+    """The insecure-address rule for a channel this role opens to `address`
+    with `security` (fedsllm.wire.rpc.Security)."""
     from fedsllm.bootstrap import SettingError
-    from fedsllm.wire.rpc import current_security
 
     try:
-        warning = current_security().check_bind(address)
+        warning = security.check_bind(address)
     except ConfigError as err:
         raise SettingError(flag, address, err.reason) from None
     if warning is not None:
         log.warning("%s", warning)
 
 
-def resolve_role_paths(args: argparse.Namespace) -> tuple[str, Path]:
+def resolve_role_paths(args: argparse.Namespace, security: Any) -> tuple[str, Path]:
     """A client's or the main server's fed server address (--fed-address,
     FEDSLLM_FED_ADDRESS, or run.fed_address of a local --scenario file) and
-    private work directory (--work-dir, FEDSLLM_WORK_DIR). SettingError when
-    either is missing or bad."""
+    private work directory (--work-dir, FEDSLLM_WORK_DIR), the address checked
+    against `security` (role_security). SettingError when either is missing or bad."""
     from fedsllm.bootstrap import SettingError, parse_address, parse_dir, parse_file, resolve
 
     local = resolve("--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file)
@@ -134,13 +134,12 @@ def resolve_role_paths(args: argparse.Namespace) -> tuple[str, Path]:
     work = resolve("--work-dir", args.work_dir, "FEDSLLM_WORK_DIR", parse=parse_dir)
     if work.value is None:
         raise SettingError("--work-dir", None, "required (or FEDSLLM_WORK_DIR)")
-    configure_role_security(args)
-    check_dial(fed.value, "--fed-address")
+    check_dial(fed.value, "--fed-address", security)
     return fed.value, work.value
 
 
 def role_start(
-    args: argparse.Namespace, fed_address: str, work_dir: str
+    args: argparse.Namespace, fed_address: str, work_dir: str, security: Any
 ) -> tuple[ScenarioConfig, str, Any]:
     """A client's or the main server's start: the fed server's scenario (checked
     against a local --scenario file when one is given) and its RunInfo.
@@ -149,14 +148,14 @@ def role_start(
     from fedsllm.wire.rpc import make_channel
 
     local = resolve("--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file)
-    with make_channel(fed_address) as channel:
+    with make_channel(fed_address, security) as channel:
         info = get_run_info(channel)
     if local.value is not None:
         check_local_scenario(local.value, local.source, info.scenario_hash)
     return info.scenario, info.scenario_hash, info
 
 
-def role_base_file(info: Any, fed_address: str, work_dir: Path) -> Path | None:
+def role_base_file(info: Any, fed_address: str, work_dir: Path, security: Any) -> Path | None:
     """The base's weights fetched from the fed server into this role's work
     directory, or None when this role builds the base itself."""
     if not info.base_bytes:
@@ -164,7 +163,7 @@ def role_base_file(info: Any, fed_address: str, work_dir: Path) -> Path | None:
     from fedsllm.bootstrap import fetch_base
     from fedsllm.wire.rpc import make_channel
 
-    with make_channel(fed_address) as channel:
+    with make_channel(fed_address, security) as channel:
         return fetch_base(channel, work_dir, info.base_hash)
 
 

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         record_emulation,
         resolve_role_paths,
         role_base_file,
+        role_security,
         role_start,
         wait_for_stop,
     )
@@ -149,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     from main_server.service import MainServerService, StepLimits
 
     try:
-        fed_address, work_dir = resolve_role_paths(args)
+        security = role_security(args)
+        fed_address, work_dir = resolve_role_paths(args, security)
         # Started beside the fed server, which may still be coming up.
-        wait_healthy(fed_address, STARTUP_TIMEOUT_S)
-        scenario, scenario_hash, info = role_start(args, fed_address, work_dir)
+        wait_healthy(fed_address, STARTUP_TIMEOUT_S, security=security)
+        scenario, scenario_hash, info = role_start(args, fed_address, work_dir, security)
         bind = resolve(
             "--bind", args.bind, "FEDSLLM_MAIN_BIND", "run.main_address",
             scenario.run.main_address, default="127.0.0.1:0", parse=parse_bind,
@@ -161,25 +163,24 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     from fedsllm.errors import ConfigError
-    from fedsllm.wire.rpc import current_security
 
     try:
-        warning = current_security().check_bind(bind)
+        warning = security.check_bind(bind)
     except ConfigError as err:
         log.error("%s", err)
         return 2
     if warning is not None:
         log.warning("%s", warning)
-    log.info("channels: %s", current_security().describe())
+    log.info("channels: %s", security.describe())
     # Records stream to the fed server's collector (spooled under
     # WORK_DIR/spool while it is unreachable).
-    telemetry_channel = make_channel(fed_address)
+    telemetry_channel = make_channel(fed_address, security)
     telemetry = start_sender(telemetry_channel, work_dir, "main_server")
     tracer = Tracer(None, "main_server", sink=telemetry)
-    fed_channel = make_channel(fed_address)
+    fed_channel = make_channel(fed_address, security)
     align_clock(tracer, fed_channel)
     part, tokenizer, model_config, base_hash = build_role_part(
-        scenario, "server", role_base_file(info, fed_address, work_dir)
+        scenario, "server", role_base_file(info, fed_address, work_dir, security)
     )
     try:
         join_main_server(fed_channel, scenario_hash, base_hash)
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=scenario.training.server_lr,
         update=scenario.training.server_update,
         wave_size=scenario.clients.num_clients,
+        max_fused=scenario.training.max_wave_batches,
     )
     limits = StepLimits(
         hidden_size=model_config.hidden_size,
@@ -231,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         steps=steps,
     )
     server, port = create_server(
-        bind, [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
+        bind,
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)],
+        security=security,
     )
     log.info("serving MainServer on port %d", port)
 

@@ -16,8 +16,10 @@ Server update modes (docs/MODEL.md section 1, training.server_update):
   order batches reach the queue. Batches are never fused, since each one must
   see the adapter the step before it left.
 - `wave`: the gradients of `wave_size` batches are averaged into one step.
-  The worker fuses every train batch queued when it wakes (at most what the
-  open wave still needs) into one forward and one backward: the batches are
+  The worker fuses the train batches queued when it wakes (at most what the
+  open wave still needs, and at most `max_fused`, training.max_wave_batches:
+  on a CPU a pass of many batches costs more per batch than a small one)
+  into one forward and one backward: the batches are
   right-padded to one length, and each batch's loss is its own token mean, so
   the update equals the same batches run one by one (to float tolerance).
   The wave never waits for stragglers: it spans as many worker passes as it
@@ -87,12 +89,16 @@ class ServerTrainer:
         lr: float,
         update: str = "per_batch",
         wave_size: int = 1,
+        max_fused: int = 0,
     ) -> None:
         self.part = server_part
         self.params = [p for p in server_part.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr)
         self.update = update
         self.wave_size = max(1, wave_size)
+        self.max_fused = max_fused if max_fused > 0 else self.wave_size
+        """Wave mode: most batches one forward and backward takes
+        (training.max_wave_batches); more are computed in several passes."""
         self._batches_in_wave = 0
         self._wave_round = -1
         self.num_updates = 0
@@ -116,9 +122,16 @@ class ServerTrainer:
         """Forward and backward of `batches` in one pass; per_batch takes exactly one.
 
         Wave mode: the batches join the open wave (a batch of a later round
-        first closes a partial one); the wave steps once it holds wave_size."""
+        first closes a partial one); the wave steps once it holds wave_size.
+        More than `max_fused` batches are computed in passes of at most
+        `max_fused` (the gradients add up to the same wave)."""
         if self.update == "per_batch" and len(batches) != 1:
             raise ValueError(f"per_batch computes one batch per pass, got {len(batches)}")
+        if len(batches) > self.max_fused:
+            passes: list[ServerStepResult] = []
+            for lo in range(0, len(batches), self.max_fused):
+                passes += self.train_steps(batches[lo : lo + self.max_fused], round_index)
+            return passes
         if self.update == "wave":
             if self._batches_in_wave and round_index != self._wave_round:
                 self.flush()
@@ -276,7 +289,8 @@ class LocalWorker(StepWorker):
     def max_fused(self) -> int:
         if self.trainer.update == "per_batch":
             return 1
-        return self.trainer.wave_size - self.trainer.pending_in_wave
+        left = self.trainer.wave_size - self.trainer.pending_in_wave
+        return min(left, self.trainer.max_fused)
 
     def run(self, jobs: list[StepJob]) -> list[ServerStepResult]:
         if jobs[0].mode == "eval":

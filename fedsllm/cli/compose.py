@@ -45,7 +45,9 @@ def register(sub: Any) -> None:
         action="store_true",
         help="mutual TLS on every channel: issue a CA and one certificate per service into "
         "certs/ next to --out (required), each service mounting only its own key; without "
-        "it, services run plain gRPC with --insecure",
+        "it, services run plain gRPC with --insecure and a token each, written into "
+        "secrets/ next to --out (each service mounting only its own, the servers the "
+        "tokens they accept)",
     )
     parser.set_defaults(func=compose_command)
 
@@ -63,13 +65,15 @@ def compose_command(args: argparse.Namespace) -> int:
     tls_dir = None
     if args.tls:
         tls_dir = _issue_certs(args.out, scenario.clients.num_clients)
+    else:
+        _issue_tokens(args.out, scenario.clients.num_clients)
     doc = build_compose(
         scenario,
         links=args.links,
         scenario_json=None if packaged else resolved_scenario_json(scenario),
         tls_dir=tls_dir,
     )
-    text = compose_text(doc, header(scenario, args.links))
+    text = compose_text(doc, header(scenario, args.links, tls=args.tls))
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -96,3 +100,21 @@ def _issue_certs(out: str | None, num_clients: int) -> str:
     for key in cert_dir.glob("*.key"):
         os.chmod(key, 0o644)
     return "./certs"
+
+
+def _issue_tokens(out: str | None, num_clients: int) -> None:
+    """Write secrets/ (fedsllm.deploy.compose.SECRETS_DIR) next to the compose
+    file: a token per service (fedsllm.security.run_secrets.write_compose_secrets).
+    Without --out the file goes to standard output and nothing is written: said
+    on standard error, since `up` needs secrets/ next to wherever it is saved."""
+    from fedsllm.deploy.compose import SECRETS_DIR
+    from fedsllm.security.run_secrets import write_compose_secrets
+
+    if not out:
+        print(
+            f"fedsllm compose: no --out, so no {SECRETS_DIR.removeprefix('./')}/ was written; "
+            "every service mounts its token from there: run with --out FILE to create it",
+            file=sys.stderr,
+        )
+        return
+    write_compose_secrets(Path(out).resolve().parent / SECRETS_DIR.removeprefix("./"), num_clients)

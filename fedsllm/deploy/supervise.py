@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("supervise")
 
@@ -54,12 +55,13 @@ def resolves(name: str) -> bool:
     return True
 
 
-def run_finished(fed_address: str) -> bool:
-    """The fed server's own word that the last round has been aggregated."""
+def run_finished(fed_address: str, security: Any = None) -> bool:
+    """The fed server's own word that the last round has been aggregated, asked
+    with the supervised role's credentials `security` (fedsllm.wire.rpc.Security)."""
     from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
     from fedsllm.wire.rpc import make_channel
 
-    channel = make_channel(fed_address)
+    channel = make_channel(fed_address, security)
     try:
         stub = fed_server_pb2_grpc.FedServerStub(channel)
         return bool(stub.Status(fed_server_pb2.StatusRequest(), timeout=5.0).finished)
@@ -89,6 +91,10 @@ def wait_until_done(
 
 
 def supervise(args: argparse.Namespace) -> int:
+    from fedsllm.wire.rpc import security_from_env
+
+    # The supervised role's own credentials (its FEDSLLM_* variables).
+    security = security_from_env()
     proc = subprocess.Popen(args.command)
 
     def forward(signum: int, _frame: object) -> None:
@@ -98,7 +104,11 @@ def supervise(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     clients = [c for c in args.clients.split(",") if c]
     if wait_until_done(
-        args.stop_when_done, clients, lambda: proc.poll() is None, poll_s=args.poll_s
+        args.stop_when_done,
+        clients,
+        lambda: proc.poll() is None,
+        poll_s=args.poll_s,
+        finished=lambda address: run_finished(address, security),
     ):
         log.info("run finished and clients gone: stopping %s", args.command[:3])
         proc.terminate()

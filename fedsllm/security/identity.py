@@ -16,6 +16,7 @@ Identity URIs: ``fedsllm://client/<id>``, ``fedsllm://main_server``,
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hmac
 import logging
@@ -214,6 +215,10 @@ def token_metadata(token: str) -> tuple[tuple[str, str]]:
 _CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "fedsllm_caller", default=None
 )
+# True while serving a call of a server built with allow_unauthenticated=True
+# (unit tests on loopback): the one case where `authorize` lets a call without
+# an identity through.
+_OPEN: contextvars.ContextVar[bool] = contextvars.ContextVar("fedsllm_open", default=False)
 
 
 def caller(context: grpc.ServicerContext) -> Identity:
@@ -230,11 +235,23 @@ def caller(context: grpc.ServicerContext) -> Identity:
     return identity
 
 
+@contextlib.contextmanager
+def calling_as(identity: Identity) -> Iterator[None]:
+    """Serve, inside the block and in this thread, as if IdentityInterceptor had
+    derived `identity` for the call: for code that invokes a handler in process
+    (unit tests with a fake context). Nothing on the wire can reach it."""
+    token = _CALLER.set(identity)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
 def caller_or_none() -> Identity | None:
-    """The identity of the call being served, or None when the server runs
-    without authentication (no TLS and no tokens: loopback only, see
-    fedsllm.wire.rpc.Security.check_bind). Handlers then fall back to the
-    ids in the messages; `authorize` is the one place that decides this."""
+    """The identity of the call being served, or None on a server built with
+    allow_unauthenticated=True (fedsllm.wire.rpc.create_server: unit tests).
+    Handlers then fall back to the ids in the messages; `authorize` is the one
+    place that decides this."""
     return _CALLER.get()
 
 
@@ -244,12 +261,18 @@ def authorize(
     client_id: int | None = None,
     action: str = "make this call",
 ) -> Identity | None:
-    """`require` on the current call's identity; a no-op (None) on a server
-    without authentication. For a client, `client_id` is the id the message
-    claims: only its own passes."""
+    """`require` on the current call's identity. For a client, `client_id` is
+    the id the message claims: only its own passes. Without an identity, a
+    no-op (None) only on a server built with allow_unauthenticated=True;
+    anywhere else AuthenticationError (UNAUTHENTICATED): message ids are
+    never trusted."""
     identity = _CALLER.get()
     if identity is None:
-        return None
+        if _OPEN.get():
+            return None
+        raise AuthenticationError(
+            f"may not {action}: no caller identity (the server has no credentials configured)"
+        )
     return require(identity, role=role, client_id=client_id, action=action)
 
 
@@ -312,7 +335,10 @@ class IdentityInterceptor(grpc.ServerInterceptor):
     metadata is looked up in `tokens`. With neither, or with an unknown token,
     the call is aborted with UNAUTHENTICATED and the handler is never entered.
     `exempt` methods (default: the health service) run without an identity.
-    Works for all four handler shapes.
+    `tls`: whether the server has TLS (only for the refusal's wording when it
+    has no token table either). `allow_unauthenticated` (unit tests on
+    loopback): a call without any credentials runs with no caller, and
+    `authorize` lets it through. Works for all four handler shapes.
     """
 
     def __init__(
@@ -320,16 +346,29 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         tokens: TokenTable | None = None,
         *,
         exempt: Collection[str] = HEALTH_METHODS,
+        allow_unauthenticated: bool = False,
+        tls: bool = True,
     ) -> None:
         self._tokens = tokens
+        self._tls = tls
         self._exempt = frozenset(exempt)
+        self._open = allow_unauthenticated
 
-    def identify(self, context: grpc.ServicerContext) -> Identity:
-        """The caller's identity; raises AuthenticationError with the reason."""
+    def identify(self, context: grpc.ServicerContext) -> Identity | None:
+        """The caller's identity; raises AuthenticationError with the reason.
+        None only when built with allow_unauthenticated and the call brings
+        no credentials it can check."""
         from_tls = identity_from_auth_context(context.auth_context())
         if from_tls is not None:
             return from_tls
         token = _metadata_token(context.invocation_metadata())
+        if self._open and (token is None or self._tokens is None):
+            return None  # open (unit tests): a token it has no table for is ignored
+        if self._tokens is None and not self._tls:
+            raise AuthenticationError(
+                "this server has no credentials configured (neither mutual TLS nor peer "
+                "tokens): it refuses every call"
+            )
         if self._tokens is None:
             raise AuthenticationError(
                 "this server requires mutual TLS: connect with a certificate from its CA"
@@ -365,7 +404,7 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
         return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
 
-    def _authenticate(self, context: grpc.ServicerContext, method: str) -> Identity:
+    def _authenticate(self, context: grpc.ServicerContext, method: str) -> Identity | None:
         try:
             return self.identify(context)
         except AuthenticationError as err:
@@ -376,10 +415,11 @@ class IdentityInterceptor(grpc.ServerInterceptor):
     def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             identity = self._authenticate(context, method)
-            token = _CALLER.set(identity)
+            token, opened = _CALLER.set(identity), _OPEN.set(self._open)
             try:
                 return behavior(request, context)
             finally:
+                _OPEN.reset(opened)
                 _CALLER.reset(token)
 
         return wrapped
@@ -387,28 +427,32 @@ class IdentityInterceptor(grpc.ServerInterceptor):
     def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             identity = self._authenticate(context, method)
-            token = _CALLER.set(identity)
+            token, opened = _CALLER.set(identity), _OPEN.set(self._open)
             try:
                 responses = behavior(request, context)
             finally:
+                _OPEN.reset(opened)
                 _CALLER.reset(token)
-            return _with_caller(identity, responses)
+            return _with_caller(identity, responses, self._open)
 
         return wrapped
 
 
-def _with_caller(identity: Identity, responses: Iterator[Any]) -> Iterator[Any]:
+def _with_caller(
+    identity: Identity | None, responses: Iterator[Any], is_open: bool = False
+) -> Iterator[Any]:
     """Re-enter the caller's identity around each step of a response generator
     (its body runs later, on each next(), outside the wrapper's scope)."""
     iterator = iter(responses)
     try:
         while True:
-            token = _CALLER.set(identity)
+            token, opened = _CALLER.set(identity), _OPEN.set(is_open)
             try:
                 item = next(iterator)
             except StopIteration:
                 return
             finally:
+                _OPEN.reset(opened)
                 _CALLER.reset(token)
             yield item
     finally:

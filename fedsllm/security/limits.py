@@ -1,10 +1,11 @@
 """Per-peer limits a server enforces: concurrent streams and call rate.
 
 A peer is the identity the channel gave the call (fedsllm.security.identity);
-on a server without authentication, the gRPC peer address. Going past a limit
-raises ResourceLimitError (RESOURCE_EXHAUSTED in fedsllm.wire.status) before
-the handler touches any state. Message size is capped by the channel options
-(fedsllm.wire.rpc.MAX_MESSAGE_BYTES) and, for blobs, by the assemblers.
+on a server built with allow_unauthenticated (unit tests), the gRPC peer
+address. Going past a limit raises ResourceLimitError (RESOURCE_EXHAUSTED in
+fedsllm.wire.status) before the handler touches any state. Message size is
+capped by the channel options (fedsllm.wire.rpc.MAX_MESSAGE_BYTES) and, for
+blobs, by the assemblers.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class PeerLimits:
 
 
 def peer_key(identity: Hashable | None, context: object) -> Hashable:
-    """Whose limits a call counts against: its identity, or on a server without
-    authentication the transport peer (``ipv4:127.0.0.1:51234``)."""
+    """Whose limits a call counts against: its identity, or on a server built
+    with allow_unauthenticated (unit tests) the transport peer (``ipv4:127.0.0.1:51234``)."""
     if identity is not None:
         return identity
     peer = getattr(context, "peer", None)

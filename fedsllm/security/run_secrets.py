@@ -125,6 +125,57 @@ class RunSecrets:
         return "TLS: off (plain gRPC on loopback, per-peer tokens)"
 
 
+def write_compose_secrets(directory: Path, num_clients: int) -> None:
+    """Per-service tokens for `fedsllm compose` without --tls, in `directory`
+    (secrets/ next to the compose file; fedsllm.deploy.compose.token_service
+    mounts each file into its service only):
+
+        <stem>.token         one service's own token (stem: fed_server,
+                             main_server, client_<k>)
+        <stem>.peers.json    servers only: the tokens they accept
+
+    The fed server accepts the clients, the main server and itself (its
+    supervisor asks it whether the run is finished); the main server accepts
+    the clients. New tokens on every call. The directory is 0700 (no other
+    host user reads it); the files are 0644 inside it because the containers
+    run as another uid (the image's fedsllm user), each mounting only its own."""
+    names = ["fed_server", "main_server"] + [f"client_{k}" for k in range(num_clients)]
+    tokens = TokenTable.generate([identity_of_role(n) for n in names])
+    callers = {"fed_server": {"client", "main_server", "fed_server"}, "main_server": {"client"}}
+    _private_dir(directory)
+    for name in names:
+        identity = identity_of_role(name)
+        files = {f"{identity.file_stem}.token": tokens.token_for(identity)}
+        if name in callers:
+            peers = {
+                who: token
+                for who, token in tokens.to_identity_map().items()
+                if who.split("/")[0] in callers[name]
+            }
+            files[f"{identity.file_stem}.peers.json"] = json.dumps(peers, indent=2)
+        for file, text in files.items():
+            _write_private(directory / file, text)
+            (directory / file).chmod(0o644)
+
+
+def read_launcher_security(run_dir: Path) -> object | None:
+    """The launcher's token as a fedsllm.wire.rpc.Security, read back from
+    RUN_DIR/launcher/tokens.json, for the progress display's telemetry watcher
+    (built before the run's credentials exist; it calls the fed server's local
+    unix socket, where TLS is never used); None until they are written."""
+    from fedsllm.wire.rpc import Security
+
+    launcher_dir = run_dir / "launcher"
+    try:
+        tokens = TokenTable.from_identity_map(
+            json.loads((launcher_dir / "tokens.json").read_text())
+        )
+        token = tokens.token_for(Identity("launcher"))
+    except (OSError, ValueError, KeyError):
+        return None  # not written yet (or being written)
+    return Security(token=token)
+
+
 def prepare_run_secrets(
     run_dir: Path,
     role_names: Sequence[str],

@@ -16,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -127,10 +128,14 @@ class TelemetryWatcher:
     delivered, when the collector restarted (its indexes changed).
     """
 
-    def __init__(self, address: str, from_index: int = 0, retry_s: float = 0.2) -> None:
+    def __init__(
+        self, address: str, from_index: int = 0, retry_s: float = 0.2, security: Any = None
+    ) -> None:
         from fedsllm.wire.rpc import make_channel
 
         self.address = address
+        self.security = security
+        """The watcher's credentials (fedsllm.wire.rpc.Security; None: none)."""
         self.next_index = from_index
         self.retry_s = retry_s
         self._queue: queue.SimpleQueue[TelemetryRecord] = queue.SimpleQueue()
@@ -139,7 +144,7 @@ class TelemetryWatcher:
         self._stop = threading.Event()
         self._call: grpc.Call | None = None
         self._lock = threading.Lock()
-        self._channel = make_channel(address)
+        self._channel = make_channel(address, security)
         self._stub = pb_grpc.TelemetryStub(self._channel)
         self._thread = threading.Thread(target=self._follow, name="telemetry-watch", daemon=True)
         self._thread.start()
@@ -165,7 +170,7 @@ class TelemetryWatcher:
 
         with self._lock:
             old = self._channel
-            self._channel = make_channel(self.address)
+            self._channel = make_channel(self.address, self.security)
             self._stub = pb_grpc.TelemetryStub(self._channel)
         old.close()
 

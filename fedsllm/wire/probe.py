@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedsllm.wire.rpc import wait_healthy
+from fedsllm.errors import ConfigError
+from fedsllm.wire.rpc import security_from_env, wait_healthy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", default="", help="health service name (default: server)")
     args = parser.parse_args(argv)
     try:
-        wait_healthy(args.address, args.timeout, args.service)
-    except TimeoutError as err:
+        # The prober's credentials (FEDSLLM_TLS_*, FEDSLLM_TOKEN*): a mutual TLS
+        # server answers only a peer with a certificate.
+        security = security_from_env()
+        wait_healthy(args.address, args.timeout, args.service, security=security)
+    except (TimeoutError, ConfigError) as err:
         print(f"probe: {err}", file=sys.stderr)
         return 1
     return 0

@@ -79,7 +79,8 @@ def keepalive_problems(
     """Why a server would cut this client off while it only waits (empty: it would not).
 
     A gRPC server answers pings that come more often than
-    min_recv_ping_interval_without_data_ms (gRPC's default: 300000 ms) with
+    grpc.http2.min_ping_interval_without_data_ms (gRPC's default: 300000 ms; a
+    "min_recv_..." name, which gRPC ignores, leaves that default) with
     GOAWAY "too_many_pings"; a client that pings an idle channel also needs
     the server to permit pings without calls.
     """
@@ -89,11 +90,11 @@ def keepalive_problems(
         return []  # the client sends no keepalive pings: nothing to refuse
     problems = []
     time_ms = _int(client, "grpc.keepalive_time_ms", 0)
-    floor_ms = _int(server, "grpc.http2.min_recv_ping_interval_without_data_ms", 300_000)
+    floor_ms = _int(server, "grpc.http2.min_ping_interval_without_data_ms", 300_000)
     if time_ms < floor_ms:
         problems.append(
             f"client keepalive_time_ms={time_ms} < server "
-            f"min_recv_ping_interval_without_data_ms={floor_ms}: too_many_pings"
+            f"min_ping_interval_without_data_ms={floor_ms}: too_many_pings"
         )
     if _int(client, "grpc.keepalive_permit_without_calls", 0) and not _int(
         server, "grpc.keepalive_permit_without_calls", 0

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,7 +52,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     *CHANNEL_OPTIONS,
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    # The name gRPC core reads (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS);
+    # "min_recv_..." was ignored, leaving 5 min: idle streams got GOAWAY too_many_pings.
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     # Port 0 and free_port() must give a port nobody else listens on.
     ("grpc.so_reuseport", 0),
 )
@@ -100,6 +101,8 @@ def create_server(
     service_names: Sequence[str] = (),
     max_workers: int = MAX_SERVER_WORKERS,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    security: Security | None = None,
+    allow_unauthenticated: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and start a server; returns it and the bound port.
 
@@ -109,13 +112,23 @@ def create_server(
     gRPC's sync server holds one worker thread per in-flight RPC (a Train
     stream, a blocked PullGlobal wait) for as long as it lasts, so the pool
     is no cap on work: see MAX_SERVER_WORKERS. `address` may use port 0.
+
+    `security` is the building process's credentials (its __main__ builds them:
+    fedsllm.roles.role_security); None means none. Every call but the health
+    service's needs an identity from the channel (a TLS certificate or a
+    token of `security.tokens`), so a server without credentials refuses them
+    all with UNAUTHENTICATED, unless built with `allow_unauthenticated=True`
+    (unit tests on loopback only): then handlers see no caller and
+    fedsllm.security.identity.authorize lets calls through.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from fedsllm.wire.train import TRAIN_METHOD, TRAIN_SERVER_CODEC
 
-    security = current_security()
-    identity = [security.interceptor()] if security.authenticates else []
+    security = NO_SECURITY if security is None else security
+    if allow_unauthenticated and security.authenticates:
+        raise ValueError("allow_unauthenticated is for servers without credentials")
+    identity = [security.interceptor(allow_unauthenticated=allow_unauthenticated)]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=list(SERVER_OPTIONS),
@@ -156,12 +169,12 @@ def stop_server(server: grpc.Server, grace_s: float = 2.0) -> None:
     server.stop(grace_s).wait()
 
 
-def make_channel(address: str) -> grpc.Channel:
-    """A channel with the project's options (same as the servers') and this
-    process's credentials (`current_security`): mutual TLS when configured (not
-    on a unix socket, which only this host can reach), and this process's
-    token on every call when it has one."""
-    security = current_security()
+def make_channel(address: str, security: Security | None = None) -> grpc.Channel:
+    """A channel with the project's options (same as the servers') and the
+    caller's credentials `security` (None: none): mutual TLS when configured
+    (not on a unix socket, which only this host can reach), and its token on
+    every call when it has one."""
+    security = NO_SECURITY if security is None else security
     if security.tls is not None and not _is_unix(address):
         from fedsllm.security.credentials import channel_credentials
 
@@ -210,14 +223,16 @@ class Security:
 
     @property
     def authenticates(self) -> bool:
-        """Whether this process's servers derive an identity for every call.
-        Without TLS or tokens they run open (loopback only: check_bind)."""
+        """Whether this process's servers can derive an identity for a call.
+        Without TLS or tokens they refuse every call but health checks."""
         return self.tls is not None or self.tokens is not None
 
-    def interceptor(self) -> grpc.ServerInterceptor:
+    def interceptor(self, *, allow_unauthenticated: bool = False) -> grpc.ServerInterceptor:
         from fedsllm.security.identity import IdentityInterceptor
 
-        return IdentityInterceptor(self.tokens)
+        return IdentityInterceptor(
+            self.tokens, allow_unauthenticated=allow_unauthenticated, tls=self.tls is not None
+        )
 
     def describe(self) -> str:
         """One phrase for logs and the run's report."""
@@ -225,7 +240,7 @@ class Security:
             return "mutual TLS"
         if self.tokens is not None or self.token is not None:
             return "plain gRPC, per-peer tokens" + (" (--insecure)" if self.insecure else "")
-        return "plain gRPC, no authentication (loopback only)"
+        return "plain gRPC, no credentials (servers refuse every call)"
 
     def check_bind(self, address: str) -> str | None:
         """The insecure-address rule (fedsllm.security.credentials.check_insecure)
@@ -238,37 +253,8 @@ class Security:
         return check_insecure(address, self.insecure)
 
 
-_SECURITY: Security | None = None
-_SECURITY_LOCK = threading.Lock()
-
-
-def configure_security(security: Security | None) -> None:
-    """Set this process's credentials (None: read them again from the environment)."""
-    global _SECURITY
-    with _SECURITY_LOCK:
-        _SECURITY = security
-
-
-@contextmanager
-def restored_security() -> Iterator[None]:
-    """Whatever configure_security is called with inside the block is undone
-    at its end (the launcher's credentials stay the launcher's run's)."""
-    with _SECURITY_LOCK:
-        saved = _SECURITY
-    try:
-        yield
-    finally:
-        configure_security(saved)
-
-
-def current_security() -> Security:
-    """This process's credentials: as configured, else from the environment
-    (security_from_env) on first use."""
-    global _SECURITY
-    with _SECURITY_LOCK:
-        if _SECURITY is None:
-            _SECURITY = security_from_env()
-        return _SECURITY
+NO_SECURITY = Security()
+"""No credentials (immutable): plain channels without a token."""
 
 
 def security_from_env(
@@ -366,8 +352,15 @@ def unary_call(
     )
 
 
-def wait_healthy(address: str, timeout_s: float, service: str = "", poll_s: float = 0.05) -> None:
-    """Block until the server at `address` reports `service` SERVING.
+def wait_healthy(
+    address: str,
+    timeout_s: float,
+    service: str = "",
+    poll_s: float = 0.05,
+    security: Security | None = None,
+) -> None:
+    """Block until the server at `address` reports `service` SERVING (asked
+    over a channel with `security`: a mutual TLS server needs a certificate).
 
     Raises TimeoutError naming the address and the last answer or error.
     """
@@ -375,7 +368,7 @@ def wait_healthy(address: str, timeout_s: float, service: str = "", poll_s: floa
 
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with make_channel(address) as channel:
+    with make_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()

@@ -209,3 +209,21 @@ def test_steps_record_the_downlink_rate_they_asked_for(tmp_path) -> None:
     trainer.tracer.close()
     waits = [r for r in read_records(tmp_path / "trace") if r["name"] == "wait_reply"]
     assert [w["extra"]["downlink_bps"] for w in waits] == [2e6, 0.0]
+
+
+def test_warm_up_changes_nothing_a_run_sees(tmp_path) -> None:
+    # The same two steps with and without a warm-up first: same weights, same calls,
+    # same batches (the warm-up's batch goes back in front), and no trace record.
+    warmed, warmed_main, _ = _trainer(tmp_path / "a")
+    plain, plain_main, _ = _trainer(tmp_path / "b")
+    warmed.optimizer = torch.optim.AdamW(warmed.part.lora.parameters(), lr=0.1)
+    plain.optimizer = torch.optim.AdamW(plain.part.lora.parameters(), lr=0.1)
+    warmed.warm_up()
+    assert warmed.optimizer.state_dict()["state"] == {}
+    for s in range(2):
+        assert warmed.local_iteration(0, s) == plain.local_iteration(0, s)
+    torch.testing.assert_close(warmed.part.lora.weight, plain.part.lora.weight, rtol=0, atol=0)
+    assert warmed_main.calls == plain_main.calls
+    warmed.tracer.close()
+    names = [r["name"] for r in read_records(tmp_path / "a" / "trace")]
+    assert names.count("client_forward") == 2

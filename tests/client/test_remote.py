@@ -28,7 +28,9 @@ def controller() -> Iterator[tuple[str, Controller]]:
     ctl.start_round(0)
     service = ControllerService(ctl, poll_s=0.05)
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     try:
         yield f"127.0.0.1:{port}", ctl
@@ -144,7 +146,9 @@ def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
         pace=lambda _client, rate_bps, _nbytes, _new: paced.append(rate_bps),
     )
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     g = torch.Generator().manual_seed(0)
     try:

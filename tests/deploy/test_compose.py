@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -125,12 +126,31 @@ def _check(compose: dict, num_clients: int, links: str) -> None:
     assert list(compose["volumes"]) == ["run-data"]
     for name, service in services.items():
         shared = name in ("fed-server", "report")
-        assert service.get("volumes", []) == (["run-data:/data"] if shared else []), name
+        volumes = [v for v in service.get("volumes", []) if isinstance(v, str)]
+        assert volumes == (["run-data:/data"] if shared else []), name
         if name not in ("fed-server", "report"):
             assert roles[name][1].scenario_json is None, name
             assert roles[name][1].work_dir == f"/tmp/fedsllm/{name}", name
             assert "configs" not in service, name
     assert roles["fed-server"][1].run_dir == "/data/run"
+
+    # Credentials: each role mounts its own token (the servers the tokens they
+    # accept) from secrets/ next to the file, read-only, and must find it there.
+    for name, service in services.items():
+        stem = name.replace("-", "_")
+        mounts = [v for v in service.get("volumes", []) if isinstance(v, dict)]
+        server = name in ("fed-server", "main-server")
+        expected = {} if name == "report" else {"token": f"./secrets/{stem}.token"}
+        if server:
+            expected["peers.json"] = f"./secrets/{stem}.peers.json"
+        assert {m["target"].rsplit("/", 1)[1]: m["source"] for m in mounts} == expected, name
+        for mount in mounts:
+            assert mount["type"] == "bind" and mount["read_only"] is True, name
+            assert mount["bind"] == {"create_host_path": False}, name
+        env = service.get("environment", {})
+        if name != "report":
+            assert env["FEDSLLM_TOKEN_FILE"] == "/run/fedsllm/secrets/token", name
+            assert ("FEDSLLM_PEER_TOKENS" in env) == server, name
 
     # Privileges only where tc runs.
     for name, service in services.items():
@@ -173,3 +193,42 @@ def test_dockerfile_pins_torch_and_takes_its_index_as_an_arg() -> None:
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert '${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"}' in text
     assert "\nUSER fedsllm" in text
+
+
+def test_compose_writes_each_services_token_next_to_the_file(tmp_path) -> None:
+    from fedsllm.security.identity import Identity, TokenTable
+
+    _generate(tmp_path, "--clients", "2")
+    secrets = tmp_path / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert sorted(p.name for p in secrets.iterdir()) == [
+        "client_0.token", "client_1.token", "fed_server.peers.json", "fed_server.token",
+        "main_server.peers.json", "main_server.token",
+    ]  # fmt: skip
+    fed = TokenTable.from_identity_map(json.loads((secrets / "fed_server.peers.json").read_text()))
+    main = TokenTable.from_identity_map(
+        json.loads((secrets / "main_server.peers.json").read_text())
+    )
+    for stem, who in [("client_0", Identity.client(0)), ("client_1", Identity.client(1))]:
+        token = (secrets / f"{stem}.token").read_text()
+        assert fed.lookup(token) == who and main.lookup(token) == who
+    main_token = (secrets / "main_server.token").read_text()
+    assert fed.lookup(main_token) == Identity("main_server") and main.lookup(main_token) is None
+    # The fed server's supervisor asks it with the fed server's own token.
+    assert fed.lookup((secrets / "fed_server.token").read_text()) == Identity("fed_server")
+    # Tokens are never in the file itself.
+    text = (tmp_path / "compose.yml").read_text()
+    assert all(t not in text for t in fed.to_identity_map().values())
+    # New tokens each time it is generated.
+    _generate(tmp_path, "--clients", "2")
+    assert (secrets / "client_0.token").read_text() != fed.token_for(Identity.client(0))
+
+
+def test_compose_to_standard_output_says_no_secrets_were_written() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsllm", "compose", "--clients", "2"],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "./secrets/client_1.token" in proc.stdout
+    assert "no secrets/ was written" in proc.stderr

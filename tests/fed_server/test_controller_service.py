@@ -21,10 +21,12 @@ from fedsllm.config import load_scenario
 from fedsllm.model.counts import count_scenario
 from fedsllm.proto import controller_pb2 as pb
 from fedsllm.proto import controller_pb2_grpc as pb_grpc
+from fedsllm.security.identity import Identity, TokenTable, calling_as
 from fedsllm.trace import read_records
 from fedsllm.wire.messages import allocation_from_proto
 from fedsllm.wire.rpc import (
     CONTROLLER_SERVICE,
+    Security,
     create_server,
     free_port,
     make_channel,
@@ -52,7 +54,9 @@ def served(scenario, counts) -> Iterator[tuple[pb_grpc.ControllerStub, Controlle
     controller.start_round(0)
     service = ControllerService(controller, poll_s=0.05)
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: pb_grpc.add_ControllerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_ControllerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     channel = make_channel(f"127.0.0.1:{port}")
     try:
@@ -103,7 +107,9 @@ def test_subscribe_before_first_round_waits_for_it(scenario, counts) -> None:
     controller = Controller(scenario, counts=counts)
     service = ControllerService(controller, poll_s=0.05)
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: pb_grpc.add_ControllerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_ControllerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     channel = make_channel(f"127.0.0.1:{port}")
     try:
@@ -141,7 +147,8 @@ def test_subscribe_ends_when_the_client_leaves(scenario, counts) -> None:
     controller.start_round(0)
     service = ControllerService(controller, poll_s=0.01)
     context = _FakeContext(active=3)
-    updates = list(service.Subscribe(pb.SubscribeRequest(client_id=0), context))
+    with calling_as(Identity.client(0)):  # the identity the interceptor would derive
+        updates = list(service.Subscribe(pb.SubscribeRequest(client_id=0), context))
     # One update at once, then idle polls until the client is gone; the run is still open.
     assert [allocation_from_proto(u) for u in updates] == [controller.current(0)]
     assert context.active < 0 and not controller.closed
@@ -208,7 +215,16 @@ def test_controller_main_serves_until_sigterm(tmp_path: Path, scenario) -> None:
     path.write_text(json.dumps(doc))
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # Its peers' tokens come from FEDSLLM_PEER_TOKENS, as the launcher passes them.
+    tokens = TokenTable.generate([Identity.client(0)])
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps(tokens.to_identity_map()))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "FEDSLLM_PEER_TOKENS": str(peers),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -229,7 +245,7 @@ def test_controller_main_serves_until_sigterm(tmp_path: Path, scenario) -> None:
     )
     try:
         wait_healthy(address, timeout_s=60.0, service=CONTROLLER_SERVICE)
-        channel = make_channel(address)
+        channel = make_channel(address, Security(token=tokens.token_for(Identity.client(0))))
         stream = pb_grpc.ControllerStub(channel).Subscribe(
             pb.SubscribeRequest(client_id=0), timeout=30
         )

@@ -59,6 +59,7 @@ def _serve(tmp_path: Path, scenario, base_hash: str, base_file: Path | None = No
             lambda s: pb_grpc.add_FedServerServicer_to_server(fed, s),
             lambda s: pb_grpc.add_RunInfoServicer_to_server(info, s),
         ],
+        allow_unauthenticated=True,
     )
     return server, f"127.0.0.1:{port}"
 
@@ -168,7 +169,7 @@ def test_a_local_scenario_must_match_the_fed_servers(fed, scenario, tmp_path, mo
     monkeypatch.delenv("FEDSLLM_SCENARIO", raising=False)
     address, _ = fed
     same = write_scenario(tmp_path, scenario)
-    got, got_hash, _ = role_start(_role_args(same), address, tmp_path)
+    got, got_hash, _ = role_start(_role_args(same), address, tmp_path, None)
     assert (got, got_hash) == (scenario, scenario_hash(scenario))
 
     other_dir = tmp_path / "other"
@@ -179,11 +180,11 @@ def test_a_local_scenario_must_match_the_fed_servers(fed, scenario, tmp_path, mo
     other = other_dir / "scenario.json"
     other.write_text(json.dumps({"scenario_hash": "whatever", **doc}))
     with pytest.raises(SettingError) as err:
-        role_start(_role_args(other), address, tmp_path)
+        role_start(_role_args(other), address, tmp_path, None)
     message = str(err.value)
     assert message.startswith("--scenario: scenario hash mismatch")
     assert scenario_hash(scenario) in message
     # The variable is named when the file came from it.
     monkeypatch.setenv("FEDSLLM_SCENARIO", str(other))
     with pytest.raises(SettingError, match="^FEDSLLM_SCENARIO: scenario hash mismatch"):
-        role_start(_role_args(None), address, tmp_path)
+        role_start(_role_args(None), address, tmp_path, None)

@@ -31,7 +31,9 @@ def fed(tmp_path) -> Iterator[tuple[pb_grpc.FedServerStub, RoundState]]:
         state, HASH, num_local_steps=3, max_adapter_bytes=4096, chunk_bytes=64, pull_timeout_s=2.0
     )
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     channel = make_channel(f"127.0.0.1:{port}")
     try:
@@ -173,7 +175,9 @@ def test_pull_global_is_paced_per_client(tmp_path) -> None:
         pace_down=lambda k, n, first: paced.append((k, n, first)),
     )
     server, port = create_server(
-        "127.0.0.1:0", [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     try:
         with make_channel(f"127.0.0.1:{port}") as channel:

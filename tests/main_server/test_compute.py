@@ -158,3 +158,25 @@ def test_eval_through_the_queue_sees_a_consistent_adapter(part: torch.nn.Module)
     assert result.grad_hidden is None
     assert trainer.num_partial_waves == 1  # eval applied the half wave first
     steps.close()
+
+
+def test_a_wave_larger_than_the_cap_is_split_and_equals_one_by_one(
+    part: torch.nn.Module,
+) -> None:
+    # Five batches, at most two per pass: passes of 2, 2, 1 into one wave of 5.
+    batches = [*BATCHES, make_batch(4, 2, 16), make_batch(5, 1, 14, pad=3)]
+    one = trainer_for(part, "wave", 5)
+    for b in batches:
+        one.train_steps([b])
+    capped = ServerTrainer(copy.deepcopy(part), lr=1e-2, update="wave", wave_size=5, max_fused=2)
+    results = capped.train_steps(batches)
+    assert [r.num_fused for r in results] == [2, 2, 2, 2, 1]
+    assert capped.num_updates == one.num_updates == 1
+    assert_same(adapter(capped), adapter(one))
+    # The queue hands the worker at most the cap.
+    worker = LocalWorker(
+        ServerTrainer(copy.deepcopy(part), lr=1e-2, update="wave", wave_size=5, max_fused=2)
+    )
+    assert worker.max_fused() == 2
+    worker.trainer.train_steps(batches[:4])
+    assert worker.max_fused() == 1  # what the open wave still needs

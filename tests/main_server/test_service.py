@@ -55,7 +55,9 @@ def server() -> Iterator[tuple[str, ServerTrainer]]:
         adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
     )
     srv, port = create_server(
-        "127.0.0.1:0", [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     try:
         yield f"127.0.0.1:{port}", trainer
@@ -374,7 +376,9 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
         trainer, limits, HASH, tracer, chunk_bytes=4096, compute=slow_device
     )
     srv, port = create_server(
-        "127.0.0.1:0", [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)]
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
     )
     try:
         with make_channel(f"127.0.0.1:{port}") as channel:

@@ -13,9 +13,7 @@ from fedsllm.security.identity import Identity, TokenTable, with_token
 from fedsllm.wire.rpc import (
     CHANNEL_OPTIONS,
     Security,
-    configure_security,
     create_server,
-    restored_security,
     stop_server,
 )
 
@@ -43,9 +41,9 @@ def serving(
     security: Security | None = None,
 ) -> Iterator[str]:
     """A real server on 127.0.0.1:0 built with `security` (default: TOKENS); its address."""
-    with restored_security():
-        configure_security(security or Security(tokens=TOKENS))
-        server, port = create_server("127.0.0.1:0", register)
+    server, port = create_server(
+        "127.0.0.1:0", register, security=security or Security(tokens=TOKENS)
+    )
     try:
         yield f"127.0.0.1:{port}"
     finally:

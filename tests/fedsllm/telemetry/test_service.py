@@ -29,7 +29,12 @@ from tests.fedsllm.telemetry.helpers import event
 
 def _serve(collector: TelemetryCollector, address: str = "127.0.0.1:0", service=None):
     service = service or TelemetryService(collector, poll_s=0.05)
-    return create_server(address, [add_to_server(service)], service_names=(TELEMETRY_SERVICE,))
+    return create_server(
+        address,
+        [add_to_server(service)],
+        service_names=(TELEMETRY_SERVICE,),
+        allow_unauthenticated=True,
+    )
 
 
 class DiesAfterStoring(TelemetryService):
@@ -200,3 +205,57 @@ def test_collector_restart_mid_run_every_record_arrives_exactly_once(tmp_path: P
         collector.close()
         stop_server(server, grace_s=0.1)
         channel.close()
+
+
+def test_run_progress_watches_with_the_launchers_token_once_it_exists(tmp_path) -> None:
+    """The progress display starts before the run's credentials exist; it reads
+    the launcher's token from RUN_DIR/launcher/ once written and follows the
+    run's telemetry socket with it (the server accepts nothing else)."""
+    import io
+
+    from rich.console import Console
+
+    from fedsllm.config import load_scenario
+    from fedsllm.progress import RunProgress
+    from fedsllm.security.identity import Identity
+    from fedsllm.security.run_secrets import prepare_run_secrets
+    from fedsllm.telemetry import socket_address
+    from fedsllm.wire.rpc import Security
+
+    run_dir = tmp_path / "run"
+    (run_dir / "trace").mkdir(parents=True)
+    scenario = load_scenario(None, ["clients.num_clients=1"])
+    progress = RunProgress(scenario, run_dir / "trace", Console(file=io.StringIO()))
+    with progress:
+        progress.update()
+        assert progress.watcher is None  # no credentials yet: nothing dialled
+        secrets = prepare_run_secrets(
+            run_dir,
+            ["fed_server", "client_0"],
+            {n: run_dir / "roles" / n for n in ("fed_server", "client_0")},
+            num_clients=1,
+            tls=False,
+            insecure=False,
+        )
+        collector = TelemetryCollector(run_dir / "trace")
+        address = socket_address(run_dir)
+        assert address is not None
+        server, _ = create_server(
+            address,
+            [add_to_server(TelemetryService(collector, poll_s=0.05))],
+            security=Security(tokens=secrets.tokens),
+        )
+        try:
+            progress.update()
+            assert progress.watcher is not None
+            token = secrets.tokens.token_for(Identity("launcher"))
+            assert progress.watcher.security == Security(token=token)
+            as_client = Security(token=secrets.tokens.token_for(Identity.client(0)))
+            with make_channel(address, as_client) as channel:
+                grpc_push(channel, "client", 0)([record_to_proto(event(0).numbered(1))], False)
+            seen = []
+            _wait_for(lambda: bool(seen.extend(progress.watcher.poll()) or seen))
+            assert [r.step for r in seen] == [0]
+        finally:
+            collector.close()
+            stop_server(server, grace_s=0.1)

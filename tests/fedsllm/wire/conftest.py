@@ -20,6 +20,7 @@ def echo_server() -> Iterator[str]:
         [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(EchoMainServer(), s)],
         service_names=[rpc.MAIN_SERVER_SERVICE],
         max_workers=4,
+        allow_unauthenticated=True,
     )
     try:
         yield f"127.0.0.1:{port}"

@@ -90,7 +90,7 @@ def test_bad_link_timeout_settings(args: tuple, path: str) -> None:
 def test_keepalive_agreement() -> None:
     client = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_permit_without_calls", 1)]
     good = {
-        "grpc.http2.min_recv_ping_interval_without_data_ms": 10_000,
+        "grpc.http2.min_ping_interval_without_data_ms": 10_000,
         "grpc.keepalive_permit_without_calls": 1,
     }
     assert keepalive_problems(client, good) == []
@@ -104,3 +104,32 @@ def test_the_projects_own_options_agree() -> None:
     from fedsllm.wire import rpc
 
     assert keepalive_problems(rpc.CHANNEL_OPTIONS, rpc.SERVER_OPTIONS) == []
+
+
+def test_the_servers_ping_floor_is_one_grpc_reads() -> None:
+    # A waiting call with keepalive pings every second survives a server built from
+    # SERVER_OPTIONS with its ping floor scaled to 0.5 s. Under a name gRPC ignores
+    # ("min_recv_..."), the 5 min default struck the pings and cut the call with
+    # GOAWAY too_many_pings: at K = 100, every idle allocation stream after ~2 min.
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    from fedsllm.wire import rpc
+
+    def scaled(key: str, value: int) -> int:
+        return 500 if "ping_interval" in key else value
+
+    options = [(k, scaled(k, v)) for k, v in rpc.SERVER_OPTIONS if k != "grpc.so_reuseport"]
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=options)
+    wait = grpc.unary_unary_rpc_method_handler(lambda req, ctx: time.sleep(7) or b"ok")
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.T", {"W": wait})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = [(k, 1000 if k == "grpc.keepalive_time_ms" else v) for k, v in rpc.CHANNEL_OPTIONS]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=client) as channel:
+            assert channel.unary_unary("/t.T/W")(b"", timeout=20) == b"ok"
+    finally:
+        server.stop(0)

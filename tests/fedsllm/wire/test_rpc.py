@@ -202,7 +202,7 @@ def test_server_adapter_stream(echo_server: str) -> None:
 
 def test_bind_conflict_raises_oserror(echo_server: str) -> None:
     with pytest.raises(OSError, match="cannot bind"):
-        rpc.create_server(echo_server, [])
+        rpc.create_server(echo_server, [], allow_unauthenticated=True)
 
 
 class _Flaky:
@@ -273,7 +273,7 @@ def test_unary_call_retries_until_server_appears() -> None:
     holder: list[grpc.Server] = []
 
     def start_later() -> None:
-        server, _ = rpc.create_server(address, [])
+        server, _ = rpc.create_server(address, [], allow_unauthenticated=True)
         holder.append(server)
 
     timer = threading.Timer(0.3, start_later)
@@ -323,6 +323,7 @@ def test_servers_decode_train_chunks_with_the_codec() -> None:
     server, port = rpc.create_server(
         "127.0.0.1:0",
         [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(recorder, s)],
+        allow_unauthenticated=True,
     )
     try:
         with rpc.make_channel(f"127.0.0.1:{port}") as channel:
@@ -353,7 +354,9 @@ def test_server_threads_are_no_cap_on_blocked_calls() -> None:
         "test.Blocking", {"Wait": grpc.unary_unary_rpc_method_handler(wait)}
     )
     server, port = rpc.create_server(
-        "127.0.0.1:0", [lambda s: s.add_generic_rpc_handlers((handler,))]
+        "127.0.0.1:0",
+        [lambda s: s.add_generic_rpc_handlers((handler,))],
+        allow_unauthenticated=True,
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
