@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,17 @@ from tests.e2e.conftest import overrides
 from tests.fedsllm.test_launch import _wait_gone
 
 pytestmark = pytest.mark.slow
+
+
+def _is_ours(pid: int, tmp_path) -> bool:
+    """Whether `pid` still runs a role of this test's run (its command names tmp_path),
+    so a reused pid is never signalled."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(tmp_path) in cmdline
+
 
 STARTED = re.compile(r"started (\S+) \(pid (\d+)[,)]")
 
@@ -70,6 +83,12 @@ def test_ctrl_c_during_startup_stops_every_role(tmp_path, interrupt_after) -> No
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+        # A launcher killed above cannot clean up: stop, by their own pids, the
+        # roles it reported, so a failing run of this test leaves nothing behind.
+        leftover = [pid for pid in pids.values() if _is_ours(pid, tmp_path)]
+        for pid in leftover:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     reader.join(timeout=10)
     assert code == 130, "".join(lines[-30:])
     assert any("interrupted" in line for line in lines)
