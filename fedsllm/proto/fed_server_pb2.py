@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedsllm.proto import tensor_pb2 as fedsllm_dot_proto_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64sllm/proto/fed_server.proto\x12\rfedsllm.proto\x1a\x1a\x66\x65\x64sllm/proto/tensor.proto\"\x14\n\x12GetScenarioRequest\"j\n\x13GetScenarioResponse\x12\x15\n\rscenario_json\x18\x01 \x01(\t\x12\x15\n\rscenario_hash\x18\x02 \x01(\t\x12\x11\n\tbase_hash\x18\x03 \x01(\t\x12\x12\n\nbase_bytes\x18\x04 \x01(\x04\"\x12\n\x10\x46\x65tchBaseRequest\"9\n\x0f\x46\x65tchBaseHeader\x12\x11\n\tbase_hash\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"{\n\x11\x46\x65tchBaseResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedsllm.proto.FetchBaseHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"A\n\x15MainServerJoinRequest\x12\x15\n\rscenario_hash\x18\x01 \x01(\t\x12\x11\n\tbase_hash\x18\x02 \x01(\t\",\n\x16MainServerJoinResponse\x12\x12\n\nnum_rounds\x18\x01 \x01(\r\"L\n\x17PushServerAdapterHeader\x12\r\n\x05round\x18\x01 \x01(\x05\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x8a\x01\n\x18PushServerAdapterRequest\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.fedsllm.proto.PushServerAdapterHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"_\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x15\n\rscenario_hash\x18\x03 \x01(\t\x12\x11\n\tbase_hash\x18\x04 \x01(\t\"R\n\x0cJoinResponse\x12\x15\n\rcurrent_round\x18\x01 \x01(\r\x12\x12\n\nnum_rounds\x18\x02 \x01(\r\x12\x17\n\x0fnum_local_steps\x18\x03 \x01(\r\"_\n\x11PushAdapterHeader\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\r\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"~\n\x12PushAdapterRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .fedsllm.proto.PushAdapterHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"L\n\x13PushAdapterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0cnum_received\x18\x03 \x01(\r\"5\n\x11PullGlobalRequest\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\r\"]\n\x10PullGlobalHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bhas_adapter\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"}\n\x12PullGlobalResponse\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedsllm.proto.PullGlobalHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"t\n\x0eStatusResponse\x12\r\n\x05round\x18\x01 \x01(\r\x12\x12\n\nnum_rounds\x18\x02 \x01(\r\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x16\n\x0e\x63lients_joined\x18\x04 \x03(\r\x12\x15\n\rserver_unix_s\x18\x05 \x01(\x01\x32\x83\x04\n\tFedServer\x12?\n\x04Join\x12\x1a.fedsllm.proto.JoinRequest\x1a\x1b.fedsllm.proto.JoinResponse\x12V\n\x0bPushAdapter\x12!.fedsllm.proto.PushAdapterRequest\x1a\".fedsllm.proto.PushAdapterResponse(\x01\x12S\n\nPullGlobal\x12 .fedsllm.proto.PullGlobalRequest\x1a!.fedsllm.proto.PullGlobalResponse0\x01\x12\x45\n\x06Status\x12\x1c.fedsllm.proto.StatusRequest\x1a\x1d.fedsllm.proto.StatusResponse\x12]\n\x0eJoinMainServer\x12$.fedsllm.proto.MainServerJoinRequest\x1a%.fedsllm.proto.MainServerJoinResponse\x12\x62\n\x11PushServerAdapter\x12\'.fedsllm.proto.PushServerAdapterRequest\x1a\".fedsllm.proto.PushAdapterResponse(\x01\x32\xb1\x01\n\x07RunInfo\x12T\n\x0bGetScenario\x12!.fedsllm.proto.GetScenarioRequest\x1a\".fedsllm.proto.GetScenarioResponse\x12P\n\tFetchBase\x12\x1f.fedsllm.proto.FetchBaseRequest\x1a .fedsllm.proto.FetchBaseResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64sllm/proto/fed_server.proto\x12\rfedsllm.proto\x1a\x1a\x66\x65\x64sllm/proto/tensor.proto\"\x14\n\x12GetScenarioRequest\"j\n\x13GetScenarioResponse\x12\x15\n\rscenario_json\x18\x01 \x01(\t\x12\x15\n\rscenario_hash\x18\x02 \x01(\t\x12\x11\n\tbase_hash\x18\x03 \x01(\t\x12\x12\n\nbase_bytes\x18\x04 \x01(\x04\"\x12\n\x10\x46\x65tchBaseRequest\"9\n\x0f\x46\x65tchBaseHeader\x12\x11\n\tbase_hash\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"{\n\x11\x46\x65tchBaseResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedsllm.proto.FetchBaseHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"A\n\x15MainServerJoinRequest\x12\x15\n\rscenario_hash\x18\x01 \x01(\t\x12\x11\n\tbase_hash\x18\x02 \x01(\t\",\n\x16MainServerJoinResponse\x12\x12\n\nnum_rounds\x18\x01 \x01(\r\"L\n\x17PushServerAdapterHeader\x12\r\n\x05round\x18\x01 \x01(\x05\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x8a\x01\n\x18PushServerAdapterRequest\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.fedsllm.proto.PushServerAdapterHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"_\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x15\n\rscenario_hash\x18\x03 \x01(\t\x12\x11\n\tbase_hash\x18\x04 \x01(\t\"R\n\x0cJoinResponse\x12\x15\n\rcurrent_round\x18\x01 \x01(\r\x12\x12\n\nnum_rounds\x18\x02 \x01(\r\x12\x17\n\x0fnum_local_steps\x18\x03 \x01(\r\"p\n\x11PushAdapterHeader\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\r\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\"~\n\x12PushAdapterRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .fedsllm.proto.PushAdapterHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"k\n\x13PushAdapterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0cnum_received\x18\x03 \x01(\r\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x0b\n\x03seq\x18\x05 \x01(\r\"5\n\x11PullGlobalRequest\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\r\"]\n\x10PullGlobalHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bhas_adapter\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"}\n\x12PullGlobalResponse\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedsllm.proto.PullGlobalHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedsllm.proto.AdapterChunkH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"t\n\x0eStatusResponse\x12\r\n\x05round\x18\x01 \x01(\r\x12\x12\n\nnum_rounds\x18\x02 \x01(\r\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x16\n\x0e\x63lients_joined\x18\x04 \x03(\r\x12\x15\n\rserver_unix_s\x18\x05 \x01(\x01\x32\x83\x04\n\tFedServer\x12?\n\x04Join\x12\x1a.fedsllm.proto.JoinRequest\x1a\x1b.fedsllm.proto.JoinResponse\x12V\n\x0bPushAdapter\x12!.fedsllm.proto.PushAdapterRequest\x1a\".fedsllm.proto.PushAdapterResponse(\x01\x12S\n\nPullGlobal\x12 .fedsllm.proto.PullGlobalRequest\x1a!.fedsllm.proto.PullGlobalResponse0\x01\x12\x45\n\x06Status\x12\x1c.fedsllm.proto.StatusRequest\x1a\x1d.fedsllm.proto.StatusResponse\x12]\n\x0eJoinMainServer\x12$.fedsllm.proto.MainServerJoinRequest\x1a%.fedsllm.proto.MainServerJoinResponse\x12\x62\n\x11PushServerAdapter\x12\'.fedsllm.proto.PushServerAdapterRequest\x1a\".fedsllm.proto.PushAdapterResponse(\x01\x32\xb1\x01\n\x07RunInfo\x12T\n\x0bGetScenario\x12!.fedsllm.proto.GetScenarioRequest\x1a\".fedsllm.proto.GetScenarioResponse\x12P\n\tFetchBase\x12\x1f.fedsllm.proto.FetchBaseRequest\x1a .fedsllm.proto.FetchBaseResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,23 +55,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINRESPONSE']._serialized_start=840
   _globals['_JOINRESPONSE']._serialized_end=922
   _globals['_PUSHADAPTERHEADER']._serialized_start=924
-  _globals['_PUSHADAPTERHEADER']._serialized_end=1019
-  _globals['_PUSHADAPTERREQUEST']._serialized_start=1021
-  _globals['_PUSHADAPTERREQUEST']._serialized_end=1147
-  _globals['_PUSHADAPTERRESPONSE']._serialized_start=1149
-  _globals['_PUSHADAPTERRESPONSE']._serialized_end=1225
-  _globals['_PULLGLOBALREQUEST']._serialized_start=1227
-  _globals['_PULLGLOBALREQUEST']._serialized_end=1280
-  _globals['_PULLGLOBALHEADER']._serialized_start=1282
-  _globals['_PULLGLOBALHEADER']._serialized_end=1375
-  _globals['_PULLGLOBALRESPONSE']._serialized_start=1377
-  _globals['_PULLGLOBALRESPONSE']._serialized_end=1502
-  _globals['_STATUSREQUEST']._serialized_start=1504
-  _globals['_STATUSREQUEST']._serialized_end=1519
-  _globals['_STATUSRESPONSE']._serialized_start=1521
-  _globals['_STATUSRESPONSE']._serialized_end=1637
-  _globals['_FEDSERVER']._serialized_start=1640
-  _globals['_FEDSERVER']._serialized_end=2155
-  _globals['_RUNINFO']._serialized_start=2158
-  _globals['_RUNINFO']._serialized_end=2335
+  _globals['_PUSHADAPTERHEADER']._serialized_end=1036
+  _globals['_PUSHADAPTERREQUEST']._serialized_start=1038
+  _globals['_PUSHADAPTERREQUEST']._serialized_end=1164
+  _globals['_PUSHADAPTERRESPONSE']._serialized_start=1166
+  _globals['_PUSHADAPTERRESPONSE']._serialized_end=1273
+  _globals['_PULLGLOBALREQUEST']._serialized_start=1275
+  _globals['_PULLGLOBALREQUEST']._serialized_end=1328
+  _globals['_PULLGLOBALHEADER']._serialized_start=1330
+  _globals['_PULLGLOBALHEADER']._serialized_end=1423
+  _globals['_PULLGLOBALRESPONSE']._serialized_start=1425
+  _globals['_PULLGLOBALRESPONSE']._serialized_end=1550
+  _globals['_STATUSREQUEST']._serialized_start=1552
+  _globals['_STATUSREQUEST']._serialized_end=1567
+  _globals['_STATUSRESPONSE']._serialized_start=1569
+  _globals['_STATUSRESPONSE']._serialized_end=1685
+  _globals['_FEDSERVER']._serialized_start=1688
+  _globals['_FEDSERVER']._serialized_end=2203
+  _globals['_RUNINFO']._serialized_start=2206
+  _globals['_RUNINFO']._serialized_end=2383
 # @@protoc_insertion_point(module_scope)

@@ -98,16 +98,18 @@ class JoinResponse(_message.Message):
     def __init__(self, current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., num_local_steps: _Optional[int] = ...) -> None: ...
 
 class PushAdapterHeader(_message.Message):
-    __slots__ = ("client_id", "round", "num_samples", "total_bytes")
+    __slots__ = ("client_id", "round", "num_samples", "total_bytes", "attempt")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     round: int
     num_samples: int
     total_bytes: int
-    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ..., num_samples: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    attempt: int
+    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ..., num_samples: _Optional[int] = ..., total_bytes: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class PushAdapterRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -118,14 +120,18 @@ class PushAdapterRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PushAdapterHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.AdapterChunk, _Mapping]] = ...) -> None: ...
 
 class PushAdapterResponse(_message.Message):
-    __slots__ = ("accepted", "round", "num_received")
+    __slots__ = ("accepted", "round", "num_received", "replayed", "seq")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     round: int
     num_received: int
-    def __init__(self, accepted: _Optional[bool] = ..., round: _Optional[int] = ..., num_received: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    seq: int
+    def __init__(self, accepted: _Optional[bool] = ..., round: _Optional[int] = ..., num_received: _Optional[int] = ..., replayed: _Optional[bool] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class PullGlobalRequest(_message.Message):
     __slots__ = ("client_id", "round")

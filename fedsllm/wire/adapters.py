@@ -33,6 +33,9 @@ class PushHeaderInfo:
     """Samples behind the update (FedAvg weight)."""
     total_bytes: int
     """Size of the blob that follows, bytes."""
+    attempt: int = 0
+    """Which try of this client at this round: the push is keyed by
+    (client_id, round, attempt), so a retried push counts once."""
 
 
 @_record
@@ -198,6 +201,7 @@ def push_requests(
             round=header.round,
             num_samples=header.num_samples,
             total_bytes=header.total_bytes,
+            attempt=header.attempt,
         )
     )
     yield from blob_to_chunks(blob, chunk_bytes, fed_server_pb2.PushAdapterRequest)
@@ -219,7 +223,11 @@ def read_push_header(
             "PushAdapterHeader.total_bytes", f"={h.total_bytes}, must be in [1, {max_bytes}]"
         )
     return PushHeaderInfo(
-        client_id=h.client_id, round=h.round, num_samples=h.num_samples, total_bytes=h.total_bytes
+        client_id=h.client_id,
+        round=h.round,
+        num_samples=h.num_samples,
+        total_bytes=h.total_bytes,
+        attempt=h.attempt,
     )
 
 

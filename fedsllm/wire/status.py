@@ -24,6 +24,16 @@ from fedsllm.errors import (
     WireError,
 )
 from fedsllm.security.identity import AuthenticationError, PermissionDeniedError
+from fedsllm.state.errors import (
+    ConflictingUpdateError,
+    DuplicateUpdateError,
+    LateUpdateError,
+    NotJoinedError,
+    RoundClosedError,
+    RoundNotOpenError,
+    RunFinishedError,
+    UpdateRefused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,22 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
         # (refused, the previous allocation stays in force).
         StateError: grpc.StatusCode.FAILED_PRECONDITION,
         AllocationError: grpc.StatusCode.FAILED_PRECONDITION,
+        # Refused pushes (fedsllm.state.errors), one meaning per code, so a
+        # client knows what to do without reading the message:
+        # - the server does not know this client (it never joined, or the
+        #   server lost it): join again, then push again;
+        NotJoinedError: grpc.StatusCode.FAILED_PRECONDITION,
+        # - the round went on (or will) without this update: catch up with
+        #   the latest global adapter; a push for a round not yet open, or
+        #   after the last one, is out of range the same way;
+        LateUpdateError: grpc.StatusCode.OUT_OF_RANGE,
+        RoundClosedError: grpc.StatusCode.OUT_OF_RANGE,
+        RoundNotOpenError: grpc.StatusCode.OUT_OF_RANGE,
+        RunFinishedError: grpc.StatusCode.OUT_OF_RANGE,
+        # - this round already counts an update of this client (another
+        #   attempt), or this key arrived with other bytes: nothing to redo.
+        DuplicateUpdateError: grpc.StatusCode.ALREADY_EXISTS,
+        ConflictingUpdateError: grpc.StatusCode.ALREADY_EXISTS,
         # A peer went past a limit (size, streams per peer, Join/Register rate).
         ResourceLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
         # The server waited for peers (e.g. a round to close) past its limit.
@@ -49,6 +75,21 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
 )
 """Domain error -> status code; a superset of the tables fed_server/service.py,
 fed_server/controller_service.py and main_server/service.py kept."""
+
+
+REFUSAL_KEY = "fedsllm-refusal"
+"""Trailing-metadata key carrying a refused push's reason word
+(fedsllm.state.errors.UPDATE_REFUSALS), so a client tells "late" from
+"round_closed" without parsing the message."""
+
+
+def refusal_of(err: grpc.RpcError) -> str | None:
+    """The reason word a refused call carried in its trailing metadata, or None."""
+    trailing = getattr(err, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == REFUSAL_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def status_for(err: BaseException) -> grpc.StatusCode | None:
@@ -70,5 +111,7 @@ def abort_for(
     if code is None:
         raise err
     (logger or log).warning("refused: %s: %s", code.name, err)
+    if isinstance(err, UpdateRefused):
+        context.set_trailing_metadata(((REFUSAL_KEY, err.reason),))
     context.abort(code, str(err))
     raise err  # unreachable: context.abort raises
