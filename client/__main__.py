@@ -4,7 +4,9 @@ Starts from the fed server's address, its client id and a private work
 directory (fedsllm.bootstrap): fetches the resolved scenario (and a
 pretrained base) from the fed server, builds its data shard and the client
 sub-network with LoRA, opens the Train stream to the main server, and runs
-the rounds of client/loop.py (its Join carries the base hash). Exits 0 when
+the rounds of client/loop.py (its Join carries the base hash). Its round,
+adapter and optimizer state live in WORK_DIR/state (a ClientStore): a
+restarted client resumes from them. Exits 0 when
 the last round is done, 2 for a bad setting (naming it), non-zero with the
 error otherwise.
 """
@@ -15,12 +17,15 @@ import argparse
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("client")
 
 STARTUP_TIMEOUT_S = 120.0
 """How long to wait for the fed server before the scenario is known."""
+ALLOCATION_WAIT_S = 120.0
+"""How long a round waits for its allocation from a reachable controller."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,7 +139,12 @@ def _run(
     import torch
 
     from client.loop import ClientTrainer, FixedPlan
-    from client.remote import AllocationFollower, FedServerClient, MainServerStream
+    from client.remote import (
+        AllocationFollower,
+        FedServerClient,
+        MainServerStream,
+        trace_reconnects,
+    )
     from fedsllm.data.federated import build_client_data
     from fedsllm.link.base import Direction
     from fedsllm.model.counts import count_scenario
@@ -149,7 +159,8 @@ def _run(
         register_info,
         role_base_file,
     )
-    from fedsllm.wire.rpc import make_channel
+    from fedsllm.state import open_store
+    from fedsllm.wire.rpc import RetryPolicy, make_channel
 
     k = args.client_id
     part, tokenizer, _, base_hash = build_role_part(
@@ -173,6 +184,9 @@ def _run(
         rate = shaper.rates(k)[1] if shaper is not None else math.inf
         return 0.0 if math.isinf(rate) else rate
 
+    # One retry policy for every call: backoff seeded by the client id, so clients
+    # spread their reconnects after a server restart; each retry is traced.
+    retry = RetryPolicy(seed=k, on_retry=trace_reconnects(tracer))
     main_channel = make_channel(args.main_address, security)
     fed_channel = make_channel(args.fed_address, security)
     channels = [main_channel, fed_channel]
@@ -187,13 +201,21 @@ def _run(
         control_channel = make_channel(args.control_address, security)
         channels.append(control_channel)
         follower = AllocationFollower(
-            control_channel, register_info(scenario, k, len(shard)), apply, tracer
+            control_channel,
+            register_info(scenario, k, len(shard)),
+            apply,
+            tracer,
+            # An allocation may wait behind a controller restart: the reconnect too.
+            wait_timeout_s=ALLOCATION_WAIT_S + retry.budget_s,
+            retry=retry,
         )
         plan = follower
 
-    def upload_s(nbytes: int) -> float:
+    def uplink_bps() -> float | None:
+        """The emulated uplink in wall-clock bit/s (time dilation stretches every
+        transfer); None when unshaped."""
         rate = shaper.rates(k)[0] if shaper is not None else math.inf
-        return 0.0 if math.isinf(rate) else nbytes * 8 / rate * scenario.link.time_dilation
+        return None if math.isinf(rate) else rate / scenario.link.time_dilation
 
     fed_link = FedServerClient(
         fed_channel,
@@ -201,8 +223,9 @@ def _run(
         scenario_hash,
         chunk_bytes,
         pace_up=pace_up if shaper else None,
-        upload_s=upload_s,
+        uplink_bps=uplink_bps,
         base_hash=base_hash,
+        retry=retry,
     )
     align_clock(tracer, fed_channel)
     main_link = MainServerStream(
@@ -214,6 +237,7 @@ def _run(
         pace_up=pace_up if shaper else None,
         downlink_bps=downlink_bps,
         now=tracer.now,
+        retry=retry,
     )
     trainer = ClientTrainer(
         client_id=k,
@@ -230,6 +254,7 @@ def _run(
         flops_forward=batch_size * counts.client_fwd_flops,
         flops_backward=batch_size * counts.client_bwd_flops,
         eval_every=scenario.training.eval_every,
+        store=open_store("client", Path(args.work_dir) / "state"),
     )
     evaluate = None
     if k == 0:

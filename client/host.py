@@ -18,9 +18,10 @@ it: negative for a signal). The host is the children's parent and reaps them
 itself, so a signal it forwards can only reach its own live child, never a
 reused pid. Children stay in the host's process group: the launcher's
 SIGTERM/SIGKILL to the group reaches every client. On SIGTERM, or when stdin
-closes (the launcher is gone), the host stops its children and exits once all
-are reaped. The host forks from its only thread, before any gRPC channel or
-torch thread pool exists.
+closes (the launcher is gone), the host stops its children (SIGTERM, then
+SIGCONT for one that was stopped) and exits once all are reaped. The host
+forks from its only thread, before any gRPC channel or torch thread pool
+exists.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ PRELOAD = (
 )
 """What every client imports; a module that is missing is skipped (the client
 imports what it needs itself, at its own cost)."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def preload(names: tuple[str, ...] = PRELOAD) -> list[str]:
@@ -186,6 +190,9 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
             if not stop_sent:
                 for pid in children:
                     _kill(pid, signal.SIGTERM)
+                    # A stopped child (SIGSTOP, a fault injected) acts on its
+                    # SIGTERM only once continued; the host waits for it otherwise.
+                    _kill(pid, signal.SIGCONT)
                 stop_sent = True
             if not children:
                 return 0
@@ -210,8 +217,15 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
             request = json.loads(line)
             if request["op"] == "start":
                 out.flush()
+                # A SIGTERM that reaches the child before it resets its handlers
+                # would run the host's handler (a flag in the child's copy) and be
+                # lost: blocked across the fork, it waits for the child's defaults.
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 pid = os.fork()
                 if pid == 0:
+                    for signum in STOP_SIGNALS:
+                        signal.signal(signum, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     os.close(gate_w)
                     os.read(gate_r, 1)  # b"" once the host closes its end
                     _child(
@@ -220,6 +234,7 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
                         request["log"],
                         (stdin_fd, out.fileno(), gate_r),
                     )
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 children[pid] = request["name"]
                 _send(out, event="started", name=request["name"], pid=pid)
             elif request["op"] == "signal":

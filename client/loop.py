@@ -5,6 +5,12 @@ each inside a named trace span: client forward, uplink, server compute (seen
 from here as the wait for the reply), downlink, client backward + LoRA step.
 The loop talks to the servers only through the two small link interfaces
 below, so it knows nothing of gRPC; client/remote.py implements them.
+
+With a ClientStore the loop checkpoints each round's update before and
+after its push, and a restarted client resumes from it (resume_point):
+it trains an unpushed round again under the next attempt number, goes
+straight to the global adapter of a round it pushed, or rejoins at the
+fed server's current round; its data stream continues where it stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +29,69 @@ from fedsllm.errors import StateError
 from fedsllm.trace import Tracer
 
 log = logging.getLogger(__name__)
+
+
+class StragglerError(StateError):
+    """The fed server refused this round's update because the round went on
+    without it (late, already closed, not open, or the run finished): not a
+    failure of the run; the client catches up with the latest global adapter."""
+
+    def __init__(self, round_index: int, reason: str, details: str = "") -> None:
+        self.round_index = round_index
+        self.reason = reason
+        super().__init__(f"round {round_index} update refused ({reason}): {details}")
+
+
+@dataclass(frozen=True)
+class PushAck:
+    """What the fed server answered to an accepted push."""
+
+    attempt: int
+    """The attempt this push was sent under."""
+    seq: int
+    """Order of acceptance in its round (1 = first); 0 when counted_before."""
+    replayed: bool = False
+    """The server had accepted this very key already (a retry after a lost reply)."""
+    counted_before: bool = False
+    """The round already counted this client under an earlier attempt (the
+    server said "duplicate"): this attempt's bytes are not what counts."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a client starts after its Join (resume_point)."""
+
+    start_round: int
+    """First round to train; the loop installs the global adapter of the round
+    before it first."""
+    attempt: int
+    """Attempt number of start_round's push (later rounds push attempt 0)."""
+    restore_optimizer: bool
+    """Load the saved optimizer state: it is of the round being resumed."""
+    why: str
+    """"fresh", "retrain", "pull" or "rejoin", for the log."""
+
+
+def resume_point(saved: Any, current_round: int) -> ResumePoint:
+    """What a (re)started client does, from its saved state (a ClientSnapshot,
+    or anything with round, pushed and attempt; None: nothing saved) and the
+    current round its Join returned.
+
+    - nothing saved: train the current round (a fresh client, as always);
+    - round r not pushed, current r: train r again under attempt a+1 (if
+      attempt a was in fact accepted, the fed server says so and the push
+      counts as done);
+    - round r pushed, current r: wait for r's global adapter, then train r+1;
+    - any other current round: rejoin there with the current global adapter
+      (the saved optimizer state belongs to an adapter the run left behind).
+    """
+    if saved is None:
+        return ResumePoint(current_round, 0, False, "fresh")
+    if saved.round == current_round and not saved.pushed:
+        return ResumePoint(current_round, saved.attempt + 1, True, "retrain")
+    if saved.round == current_round:
+        return ResumePoint(current_round + 1, 0, True, "pull")
+    return ResumePoint(current_round, 0, False, "rejoin")
 
 
 @dataclass(frozen=True)
@@ -65,8 +134,10 @@ class FedServerLink(Protocol):
     def join(self, num_samples: int) -> tuple[int, int]:
         """Returns (current round, number of rounds)."""
 
-    def push_adapter(self, round_index: int, blob: bytes) -> None:
-        """Raises StateError when the round went on without this client (a straggler)."""
+    def push_adapter(self, round_index: int, blob: bytes, attempt: int = 0) -> PushAck:
+        """Push the update of (this client, round, attempt); returns once the fed
+        server counts it. Raises StragglerError when the round went on without
+        this client, anything else for a real failure."""
 
     def pull_global(self, round_index: int) -> GlobalPull:
         """Blocks until the fed server starts sending the global adapter of round
@@ -110,10 +181,16 @@ class ClientTrainer:
     """Evaluate after every this many rounds (and after the last)."""
     loaded_round: int = -2
     """Round whose global adapter is installed (-2 = none yet)."""
+    store: Any = None
+    """fedsllm.state.ClientStore (None: nothing saved, nothing resumed)."""
+    batches_consumed: int = 0
+    """Training batches taken from `batches` so far (saved, so a restarted
+    client continues its data stream)."""
 
     # ------------------------------------------------------------- one iteration
     def local_iteration(self, round_index: int, step: int) -> float:
         batch = next(self.batches)
+        self.batches_consumed += 1
         tr = self.tracer
 
         # 1. client forward
@@ -234,13 +311,90 @@ class ClientTrainer:
         self.loaded_round = max(done, round_index)
         return self.loaded_round
 
+    # ------------------------------------------------------------- state
+    def save(self, round_index: int, blob: bytes, *, pushed: bool, attempt: int) -> None:
+        """Checkpoint the round's update, the optimizer and the data position."""
+        if self.store is None:
+            return
+        from fedsllm.state.optim import optimizer_to_bytes
+
+        self.store.save(
+            round_index,
+            blob,
+            optimizer_to_bytes(self.optimizer.state_dict()),
+            pushed=pushed,
+            attempt=attempt,
+            extra={"batches": self.batches_consumed},
+        )
+
+    def skip_batches(self, num_batches: int) -> None:
+        """Continue the data stream after `num_batches` (those a saved run used)."""
+        self.batches = itertools.islice(self.batches, num_batches, None)
+        self.batches_consumed = num_batches
+
+    def resume(self, saved: Any, current_round: int) -> ResumePoint:
+        """Apply resume_point's decision: the optimizer state when it is of the
+        round being resumed. (The data position is restored before the warm-up;
+        the saved adapter never needs loading: every case installs a global one.)"""
+        point = resume_point(saved, current_round)
+        if point.restore_optimizer and saved.optimizer is not None:
+            from fedsllm.state.optim import optimizer_from_bytes
+
+            self.optimizer.load_state_dict(optimizer_from_bytes(saved.optimizer))
+        if saved is not None:
+            log.info(
+                "client %d: saved round %d (%s, attempt %d), current %d: %s, from round %d",
+                self.client_id,
+                saved.round,
+                "pushed" if saved.pushed else "not pushed",
+                saved.attempt,
+                current_round,
+                point.why,
+                point.start_round,
+            )
+        return point
+
+    # ------------------------------------------------------------- rounds
+    def push(self, round_index: int, attempt: int) -> bool:
+        """Checkpoint, push, checkpoint: True when the update counts, False when the
+        round went on without it (a straggler; the next pull catches up)."""
+        blob = self.to_bytes(self.part)
+        self.save(round_index, blob, pushed=False, attempt=attempt)
+        try:
+            with self.tracer.span("adapter_upload", round=round_index) as span:
+                span.bytes = len(blob)
+                ack = self.fed.push_adapter(round_index, blob, attempt)
+        except StragglerError as err:
+            # Past the round's deadline: the fed server aggregated without this
+            # update. Not an error of the run; the next pull catches up.
+            self.save(round_index, blob, pushed=True, attempt=attempt)
+            self.tracer.event("straggler", round=round_index, reason=str(err))
+            log.warning("client %d: round %d update refused: %s", self.client_id, round_index, err)
+            return False
+        self.save(round_index, blob, pushed=True, attempt=attempt)
+        # What the server told this client it counts: the soak benchmark checks
+        # every such key against the rounds' records (nothing lost).
+        self.tracer.event(
+            "push_accepted",
+            round=round_index,
+            attempt=ack.attempt,
+            seq=ack.seq,
+            replayed=ack.replayed,
+            counted_before=ack.counted_before,
+        )
+        return True
+
     def run(
         self, num_samples: int, plan: RoundPlan, evaluate: Callable[[int], float] | None
     ) -> None:
+        saved = self.store.load() if self.store is not None else None
+        if saved is not None:
+            self.skip_batches(int(saved.extra.get("batches", 0)))
         self.warm_up()  # before joining: outside every measured round
         current, num_rounds = self.fed.join(num_samples)
         log.info("client %d joined at round %d of %d", self.client_id, current, num_rounds)
-        round_index = current
+        point = self.resume(saved, current)
+        round_index = point.start_round
         while round_index < num_rounds:
             done = self.load_global(round_index - 1)
             if done >= round_index:
@@ -254,7 +408,7 @@ class ClientTrainer:
                 )
                 round_index = done + 1
                 continue
-            if evaluate is not None and round_index == current:
+            if evaluate is not None and round_index == point.start_round:
                 evaluate(round_index - 1)  # loss before this client's first round
             num_steps = plan.local_steps(round_index)
             losses = [self.local_iteration(round_index, s) for s in range(num_steps)]
@@ -264,18 +418,8 @@ class ClientTrainer:
                 num_steps,
                 sum(losses) / len(losses),
             )
-            try:
-                with self.tracer.span("adapter_upload", round=round_index) as span:
-                    blob = self.to_bytes(self.part)
-                    span.bytes = len(blob)
-                    self.fed.push_adapter(round_index, blob)
-            except StateError as err:
-                # Past the round's deadline: the fed server aggregated without this
-                # update. Not an error of the run; the next pull catches up.
-                self.tracer.event("straggler", round=round_index, reason=str(err))
-                log.warning(
-                    "client %d: round %d update refused: %s", self.client_id, round_index, err
-                )
+            attempt = point.attempt if round_index == point.start_round else 0
+            if not self.push(round_index, attempt):
                 round_index += 1
                 continue
             last = round_index == num_rounds - 1

@@ -4,28 +4,40 @@ the fed server, behind the small link interfaces of client/loop.py.
 Uplink pacing happens here, before each message is handed to gRPC (the
 request iterator pulls from a queue the loop fills), so no byte reaches the
 network earlier than the emulated link allows.
+
+Every call reconnects on UNAVAILABLE under one RetryPolicy (capped
+exponential backoff with jitter seeded by the client id, a total budget per
+outage: fedsllm.wire.rpc), and resumes where it was: the Train stream opens
+a new call, says hello again and re-sends the step whose reply it was
+waiting for; a push is retried under the same (client, round, attempt) key;
+a pull asks again; the allocation follower registers and subscribes again.
+The loop above sees none of it, except a "reconnect" trace event per retry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import torch
 
-from client.loop import StepReply
+from client.loop import PushAck, StepReply, StragglerError
 from fedsllm.errors import StateError, WireError
 from fedsllm.proto import fed_server_pb2
 from fedsllm.proto import fed_server_pb2_grpc as fed_grpc
 from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
 from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo, TrainWelcomeInfo
-from fedsllm.wire.rpc import RequestQueue, call_with_retry
-from fedsllm.wire.tensors import TensorSpec, tensor_to_frame
+from fedsllm.wire.retry import link_timeout_s
+from fedsllm.wire.rpc import RequestQueue, RetryPolicy
+from fedsllm.wire.status import refusal_of
+from fedsllm.wire.tensors import TensorFrame, TensorSpec, tensor_to_frame
 from fedsllm.wire.train import (
     StepDownload,
     message_bytes,
@@ -41,9 +53,43 @@ Pace = Callable[[int, bool], None]
 """pace(nbytes, new_message): blocks until the emulated link has carried nbytes;
 new_message marks the first message of a transfer (charged the propagation delay)."""
 
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
+    return err.code() if isinstance(err, grpc.Call) else None
+
+
+def _describe(err: BaseException) -> str:
+    """One line for a log: a status's code and details, or the error's text."""
+    if isinstance(err, grpc.Call):
+        code = err.code()
+        return f"{getattr(code, 'name', code)}: {err.details()}"
+    return str(err)
+
+
+def trace_reconnects(tracer: Any) -> Callable[[str, float], None]:
+    """A RetryPolicy.on_retry that records each retry as a "reconnect" event
+    (the call and the wait before it) in the client's trace."""
+
+    def report(call: str, wait_s: float) -> None:
+        tracer.event("reconnect", call=call, wait_s=wait_s)
+
+    return report
+
+
+@dataclass
+class _InFlight:
+    """The step whose reply has not arrived yet: what a reconnect re-sends."""
+
+    header: StepHeaderInfo
+    frames: list[TensorFrame]
+    train: bool
+
 
 class MainServerStream:
-    """One long-lived bidirectional Train stream (MainServerLink)."""
+    """One long-lived bidirectional Train stream (MainServerLink), re-opened
+    when it breaks."""
 
     def __init__(
         self,
@@ -55,6 +101,7 @@ class MainServerStream:
         pace_up: Pace | None = None,
         downlink_bps: Callable[[], float] = lambda: 0.0,
         now: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.client_id = client_id
         self.wire_dtype = wire_dtype
@@ -64,21 +111,61 @@ class MainServerStream:
         self.now = now
         """The run's reference clock (local time + offset to the fed server), used
         to stamp each step so the receiver can measure its one-way transfer."""
-        self._queue = RequestQueue()
+        self.retry = retry or RetryPolicy(seed=client_id)
+        self.num_reconnects = 0
+        """Train calls opened after the first (each a broken stream survived)."""
+        self._channel = channel
+        self._hello = TrainHelloInfo(
+            client_id=client_id, scenario_hash=scenario_hash, wire_dtype=wire_dtype
+        )
         self._sent_shape: tuple[int, ...] | None = None
         self._sent_downlink_bps = 0.0
-        self._call = train_call(channel)(self._queue)
+        self._inflight: _InFlight | None = None
+        self._queue = RequestQueue()
+        self._call: Any = None
+        self._downlink: Iterator[Any] = iter(())
+        self._connect(None)
+
+    # ------------------------------------------------------------- connection
+    def _open(self) -> None:
+        """One new Train call: hello, then the welcome (RpcError if unreachable)."""
+        self._queue = RequestQueue()
+        self._call = train_call(self._channel)(self._queue)
         self._downlink = read_downlink(self._call, self._reply_specs)
-        self._queue.put(
-            train_request(
-                TrainHelloInfo(
-                    client_id=client_id, scenario_hash=scenario_hash, wire_dtype=wire_dtype
-                )
-            )
-        )
+        self._queue.put(train_request(self._hello))
         welcome = next(self._downlink, None)
         if not isinstance(welcome, TrainWelcomeInfo):
             raise WireError("TrainResponse", "main server did not answer hello with welcome")
+
+    def _discard(self) -> None:
+        """Let go of a broken call (its request thread ends with the queue)."""
+        self._queue.close()
+        if self._call is not None:
+            self._call.cancel()
+
+    def _connect(self, broken: grpc.RpcError | None) -> None:
+        """Open a Train call, retrying UNAVAILABLE under the policy; after a
+        broken stream (`broken`), wait first and re-send the in-flight step."""
+        waits = self.retry.waits("Train")
+        if broken is not None:
+            self._discard()
+            waits.wait(broken)
+        while True:
+            try:
+                self._open()
+                break
+            except grpc.RpcError as err:
+                if _code(err) != UNAVAILABLE:
+                    raise
+                self._discard()
+                waits.wait(err)
+        if broken is not None:
+            self.num_reconnects += 1
+            log.info("client %d: Train stream re-opened", self.client_id)
+            if self._inflight is not None:
+                step = self._inflight
+                header = dataclasses.replace(step.header, sent_unix_s=self.now())
+                self._upload(header, step.frames, step.train)
 
     def _reply_specs(self, _result: Any) -> list[TensorSpec]:
         return [
@@ -89,6 +176,19 @@ class MainServerStream:
                 require_finite=True,
             )
         ]
+
+    # ------------------------------------------------------------- steps
+    def _upload(self, header: StepHeaderInfo, frames: list[TensorFrame], train: bool) -> int:
+        total = 0
+        for request in step_upload_requests(header, frames, self.chunk_bytes):
+            size = message_bytes(request)
+            if self.pace_up is not None and train:
+                # Evaluation is a measurement instrument, not part of the
+                # protocol being emulated: it crosses unshaped.
+                self.pace_up(size, total == 0)
+            self._queue.put(request)
+            total += size
+        return total
 
     def send_step(
         self,
@@ -116,22 +216,29 @@ class MainServerStream:
             initial_adapter=initial_adapter and not train,
         )
         self._sent_downlink_bps = header.downlink_bps
-        total = 0
         # The chunks are views of the tensors: gRPC's sending thread encodes each
         # just before it goes out (one copy, into memory the last message freed),
-        # so the tensors must stay as they are until receive_reply returns.
-        for request in step_upload_requests(header, frames, self.chunk_bytes):
-            size = message_bytes(request)
-            if self.pace_up is not None and train:
-                # Evaluation is a measurement instrument, not part of the
-                # protocol being emulated: it crosses unshaped.
-                self.pace_up(size, total == 0)
-            self._queue.put(request)
-            total += size
-        return total
+        # so the tensors must stay as they are until receive_reply returns. The
+        # frames are kept until then too: a reconnect sends them again.
+        self._inflight = _InFlight(header, frames, train)
+        return self._upload(header, frames, train)
 
     def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
-        reply = next(self._downlink, None)
+        while True:
+            try:
+                reply = next(self._downlink, None)
+                break
+            except grpc.RpcError as err:
+                if _code(err) != UNAVAILABLE:
+                    raise
+                log.warning(
+                    "client %d: Train stream broke waiting for round %d step %d (%s)",
+                    self.client_id,
+                    round_index,
+                    step,
+                    _describe(err),
+                )
+                self._connect(err)
         if not isinstance(reply, StepDownload):
             raise WireError(
                 "TrainResponse", f"stream ended before the reply to round {round_index} step {step}"
@@ -143,6 +250,7 @@ class MainServerStream:
                 f"answers round {result.round} step {result.step}, "
                 f"expected round {round_index} step {step}",
             )
+        self._inflight = None
         grad = (
             reply.tensor("activations_grad", torch.float32)
             if "activations_grad" in reply.frames
@@ -159,12 +267,40 @@ class MainServerStream:
 
     def close(self) -> None:
         self._queue.close()
-        for _ in self._downlink:  # drain so the call completes with its status
-            pass
+        try:
+            for _ in self._downlink:  # drain so the call completes with its status
+                pass
+        except grpc.RpcError as err:  # the server is gone: nothing left to finish
+            log.info("client %d: Train stream ended with %s", self.client_id, _code(err))
+
+
+# ===================================================================== fed server
+PUSH_RETRY_ON = (UNAVAILABLE,)
+
+PushOutcome = str
+"""What a refused push means to the client (push_outcome)."""
+
+
+def push_outcome(code: grpc.StatusCode | None, reason: str | None) -> PushOutcome:
+    """The client's reading of a refused push (fedsllm/wire/status.py's table):
+    "rejoin" (the fed server does not know this client: join, push again),
+    "straggler" (the round went on without this update: catch up),
+    "accepted" (this round already counts an update of this client), or
+    "error" (anything else: a real failure)."""
+    if code == grpc.StatusCode.FAILED_PRECONDITION and reason == "not_joined":
+        return "rejoin"
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        return "straggler"
+    if code == grpc.StatusCode.ALREADY_EXISTS and reason == "duplicate":
+        return "accepted"
+    return "error"
 
 
 class FedServerClient:
     """Join, push and pull against the fed server (FedServerLink)."""
+
+    MAX_REJOINS = 3
+    """Joins one push may make after "not joined" before that is an error."""
 
     def __init__(
         self,
@@ -175,21 +311,25 @@ class FedServerClient:
         pace_up: Pace | None = None,
         rpc_timeout_s: float = 60.0,
         pull_timeout_s: float = 3600.0,
-        upload_s: Callable[[int], float] = lambda _nbytes: 0.0,
+        uplink_bps: Callable[[], float | None] = lambda: None,
         base_hash: str = "",
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.stub = fed_grpc.FedServerStub(channel)
         self.base_hash = base_hash
         """Hash of the frozen base this client built; the fed server refuses a mismatch."""
-        self.upload_s = upload_s
-        """Expected emulated time to upload n bytes (0 = unshaped): the push deadline
-        grows with it, so a large adapter on a slow link is not cut off."""
+        self.uplink_bps = uplink_bps
+        """The emulated uplink's rate in wall-clock bit/s (None or 0: unshaped): the
+        push deadline grows with it (fedsllm.wire.retry.link_timeout_s, floor
+        rpc_timeout_s), so a large adapter on a slow link is not cut off."""
         self.client_id = client_id
         self.scenario_hash = scenario_hash
         self.chunk_bytes = chunk_bytes
         self.pace_up = pace_up
         self.rpc_timeout_s = rpc_timeout_s
         self.pull_timeout_s = pull_timeout_s
+        """Deadline of one PullGlobal call; one that runs out is asked again."""
+        self.retry = retry or RetryPolicy(seed=client_id)
         self.num_samples = 0
 
     def join(self, num_samples: int) -> tuple[int, int]:
@@ -200,7 +340,7 @@ class FedServerClient:
             scenario_hash=self.scenario_hash,
             base_hash=self.base_hash,
         )
-        reply = call_with_retry(lambda: self.stub.Join(request, timeout=self.rpc_timeout_s))
+        reply = self.retry.call("Join", lambda: self.stub.Join(request, timeout=self.rpc_timeout_s))
         return reply.current_round, reply.num_rounds
 
     def _paced(self, requests: Iterator[Any]) -> Iterator[Any]:
@@ -209,50 +349,128 @@ class FedServerClient:
                 self.pace_up(request.ByteSize(), i == 0)
             yield request
 
-    def push_adapter(self, round_index: int, blob: bytes) -> None:
+    def push_timeout_s(self, nbytes: int) -> float:
+        return link_timeout_s(nbytes, self.uplink_bps(), floor_s=self.rpc_timeout_s)
+
+    def push_adapter(self, round_index: int, blob: bytes, attempt: int = 0) -> PushAck:
+        """Push this round's update under (client, round, attempt); returns once the
+        fed server counts it (now, or under an earlier attempt). UNAVAILABLE:
+        the same key again; not joined: join, then push again; out of range:
+        StragglerError; anything else: StateError or the RpcError."""
         header = PushHeaderInfo(
             client_id=self.client_id,
             round=round_index,
             num_samples=self.num_samples,
             total_bytes=len(blob),
+            attempt=attempt,
         )
-        try:
-            self.stub.PushAdapter(
-                self._paced(push_requests(header, blob, self.chunk_bytes)),
-                timeout=self.rpc_timeout_s + 2.0 * self.upload_s(len(blob)),
-            )
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                # A straggler past the deadline: the round went on without it.
-                raise StateError(
-                    f"fed server refused round {round_index}: {err.details()}"
-                ) from None
-            raise
+        timeout_s = self.push_timeout_s(len(blob))
+
+        def push() -> Any:
+            requests = self._paced(push_requests(header, blob, self.chunk_bytes))
+            return self.stub.PushAdapter(requests, timeout=timeout_s)
+
+        for rejoins in itertools.count():
+            try:
+                reply = self.retry.call("PushAdapter", push, retry_on=PUSH_RETRY_ON)
+                return PushAck(attempt=attempt, seq=reply.seq, replayed=reply.replayed)
+            except grpc.RpcError as err:
+                code, reason = _code(err), refusal_of(err)
+                details = err.details() if isinstance(err, grpc.Call) else str(err)
+                outcome = push_outcome(code, reason)
+                if outcome == "accepted":
+                    log.info(
+                        "client %d: round %d already counted: %s",
+                        self.client_id,
+                        round_index,
+                        details,
+                    )
+                    return PushAck(attempt=attempt, seq=0, counted_before=True)
+                if outcome == "straggler":
+                    raise StragglerError(round_index, reason or "out_of_range", details) from None
+                if outcome == "rejoin" and rejoins < self.MAX_REJOINS:
+                    log.warning(
+                        "client %d: fed server does not know it (%s); joining again",
+                        self.client_id,
+                        details,
+                    )
+                    self.join(self.num_samples)
+                    continue
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+                    raise StateError(
+                        f"fed server refused round {round_index} attempt {attempt} "
+                        f"({reason or code.name}): {details}"
+                    ) from None
+                raise
+
+    def _open_pull(self, round_index: int) -> Iterator[Any]:
+        """A PullGlobal call whose wait is over (its first message is in).
+        UNAVAILABLE is retried under the policy; a deadline that runs out while
+        the round is still open is normal: ask again."""
+        request = fed_server_pb2.PullGlobalRequest(client_id=self.client_id, round=round_index)
+
+        def open_once() -> Iterator[Any]:
+            responses = self.stub.PullGlobal(request, timeout=self.pull_timeout_s)
+            # The fed server answers only once the round has closed: the first
+            # message's arrival ends the wait, and the transfer is what follows
+            # (that header's own few bytes, and a propagation delay if one is
+            # set, fall in the wait).
+            first = next(responses, None)
+            return itertools.chain([] if first is None else [first], responses)
+
+        while True:
+            try:
+                return self.retry.call("PullGlobal", open_once)
+            except grpc.RpcError as err:
+                if _code(err) != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                log.info(
+                    "client %d: round %d still open; asking again", self.client_id, round_index
+                )
 
     def pull_global(self, round_index: int) -> GlobalStream:
         if round_index < 0:
             return GlobalStream(None)  # before round 0 every client holds the same seeded init
-        request = fed_server_pb2.PullGlobalRequest(client_id=self.client_id, round=round_index)
-        responses = self.stub.PullGlobal(request, timeout=self.pull_timeout_s)
-        # The fed server answers only once the round has closed: the first message's
-        # arrival ends the wait, and the transfer is what follows (that header's own
-        # few bytes, and a propagation delay if one is set, fall in the wait).
-        first = next(responses, None)
-        return GlobalStream(itertools.chain([] if first is None else [first], responses))
+        return GlobalStream(
+            self._open_pull(round_index),
+            reopen=lambda: self._open_pull(round_index),
+            retry=self.retry,
+        )
 
 
 class GlobalStream:
     """The rest of a PullGlobal stream whose wait is over (GlobalPull); None: nothing to
-    pull (before round 0)."""
+    pull (before round 0). A transfer that breaks is pulled again from the start."""
 
-    def __init__(self, responses: Iterator[Any] | None) -> None:
+    def __init__(
+        self,
+        responses: Iterator[Any] | None,
+        reopen: Callable[[], Iterator[Any]] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._responses = responses
+        self._reopen = reopen
+        self._retry = retry or RetryPolicy()
 
     def read(self) -> tuple[int, bytes | None]:
         if self._responses is None:
             return -1, None
-        header, blob = read_pull(self._responses)
+        waits = self._retry.waits("PullGlobal")
+        while True:
+            try:
+                header, blob = read_pull(self._responses)
+                break
+            except grpc.RpcError as err:
+                retryable = (UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if self._reopen is None or _code(err) not in retryable:
+                    raise
+                waits.wait(err)
+                self._responses = self._reopen()
         return (header.round if header.has_adapter else -1), blob
+
+
+class _Closing(Exception):
+    """close() was called while the follower waited to reconnect."""
 
 
 class AllocationFollower:
@@ -262,7 +480,9 @@ class AllocationFollower:
     once (`apply`: the shaper's new rates), so a push that arrives mid-round
     takes effect at the next chunk. `local_steps(r)` waits until an
     allocation for round r (or later) has arrived, so a round never starts on
-    a stale plan.
+    a stale plan. When the stream breaks with UNAVAILABLE (the controller's
+    server restarted), the thread registers again and subscribes again under
+    the retry policy; only a spent budget or another error ends it.
     """
 
     def __init__(
@@ -272,63 +492,120 @@ class AllocationFollower:
         apply: Callable[[Any], None],
         tracer: Any,
         wait_timeout_s: float = 120.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        from fedsllm.proto import controller_pb2, controller_pb2_grpc
-        from fedsllm.wire.messages import register_to_proto
+        from fedsllm.proto import controller_pb2_grpc
 
         self.client_id = register.client_id
         self.apply = apply
         self.tracer = tracer
         self.wait_timeout_s = wait_timeout_s
+        self._register = register
+        self._closing = threading.Event()
+        # Waits between retries end at once when close() is called.
+        self.retry = dataclasses.replace(
+            retry or RetryPolicy(seed=register.client_id), sleep=self._wait_or_stop
+        )
         self._cond = threading.Condition()
         self._latest: Any = None
         self._error: BaseException | None = None
-        self._closing = False
-        stub = controller_pb2_grpc.ControllerStub(channel)
-        call_with_retry(lambda: stub.Register(register_to_proto(register), timeout=30))
-        self._stream = stub.Subscribe(controller_pb2.SubscribeRequest(client_id=register.client_id))
+        self._stub = controller_pb2_grpc.ControllerStub(channel)
+        self._stream_lock = threading.Lock()
+        self._stream = self._subscribe()
         self._thread = threading.Thread(target=self._follow, name="allocations", daemon=True)
         self._thread.start()
 
-    def _follow(self) -> None:
-        from fedsllm.wire.messages import allocation_from_proto
+    def _subscribe(self) -> Any:
+        """Register (retried under the policy), then open the Subscribe stream."""
+        from fedsllm.proto import controller_pb2
+        from fedsllm.wire.messages import register_to_proto
 
+        request = register_to_proto(self._register)
+        self.retry.call("Register", lambda: self._stub.Register(request, timeout=30))
+        return self._stub.Subscribe(controller_pb2.SubscribeRequest(client_id=self.client_id))
+
+    def _resubscribe(self) -> bool:
+        """A new stream in place of the broken one; False when closing."""
+        stream = self._subscribe()
+        with self._stream_lock:
+            if self._closing.is_set():
+                stream.cancel()
+                return False
+            self._stream = stream
+            return True
+
+    def _wait_or_stop(self, seconds: float) -> None:
+        """The follower's retry wait: ends early, raising _Closing, on close()."""
+        if self._closing.wait(seconds):
+            raise _Closing
+
+    def _follow(self) -> None:
+        failure: BaseException
+        waits = None
         try:
-            for message in self._stream:
-                info = allocation_from_proto(message)
-                self.apply(info)
-                self.tracer.event(
-                    "rates_applied",
-                    round=info.round,
-                    version=info.version,
-                    uplink_bps=info.uplink_bps,
-                    downlink_bps=info.downlink_bps,
-                    bandwidth_hz=info.bandwidth_hz,
-                    num_local_steps=info.num_local_steps,
+            while True:
+                try:
+                    for message in self._stream:
+                        waits = None  # a message came through: the outage is over
+                        self._on_message(message)
+                    # A controller that shuts down ends its streams cleanly; one
+                    # that comes back (a restarted fed server) is subscribed again.
+                    broken: BaseException = StateError("the controller ended the stream")
+                except grpc.RpcError as err:
+                    if self._closing.is_set() and _code(err) == grpc.StatusCode.CANCELLED:
+                        return  # close() cancelled the stream
+                    if _code(err) != UNAVAILABLE:
+                        raise
+                    broken = err
+                if self._closing.is_set():
+                    return
+                log.warning(
+                    "client %d: allocation stream ended (%s); subscribing again",
+                    self.client_id,
+                    _describe(broken),
                 )
-                log.info(
-                    "allocation v%d for round %d: %.3f MHz, up %.2f Mbit/s, n=%d",
-                    info.version,
-                    info.round,
-                    info.bandwidth_hz / 1e6,
-                    info.uplink_bps / 1e6,
-                    info.num_local_steps,
-                )
-                with self._cond:
-                    self._latest = info
-                    self._cond.notify_all()
-        except grpc.RpcError as err:
-            if self._closing and err.code() == grpc.StatusCode.CANCELLED:
-                return  # close() cancelled the stream
-            failure: BaseException = err
-        except Exception as err:  # a malformed push, or a shaper that refused its rates
+                waits = waits or self.retry.waits("Subscribe")
+                waits.wait(broken)
+                if not self._resubscribe():
+                    return
+        except _Closing:
+            return
+        except Exception as err:  # noqa: BLE001 - recorded for local_steps
+            # A malformed push, a shaper that refused its rates, another status,
+            # or a spent reconnect budget.
+            if self._closing.is_set():
+                return
             failure = err
-        else:
-            failure = StateError("the controller ended the allocation stream")
         # Recorded so that local_steps fails at once instead of timing out with
         # a misleading message once this thread is gone.
         with self._cond:
             self._error = failure
+            self._cond.notify_all()
+
+    def _on_message(self, message: Any) -> None:
+        from fedsllm.wire.messages import allocation_from_proto
+
+        info = allocation_from_proto(message)
+        self.apply(info)
+        self.tracer.event(
+            "rates_applied",
+            round=info.round,
+            version=info.version,
+            uplink_bps=info.uplink_bps,
+            downlink_bps=info.downlink_bps,
+            bandwidth_hz=info.bandwidth_hz,
+            num_local_steps=info.num_local_steps,
+        )
+        log.info(
+            "allocation v%d for round %d: %.3f MHz, up %.2f Mbit/s, n=%d",
+            info.version,
+            info.round,
+            info.bandwidth_hz / 1e6,
+            info.uplink_bps / 1e6,
+            info.num_local_steps,
+        )
+        with self._cond:
+            self._latest = info
             self._cond.notify_all()
 
     def latest(self) -> Any:
@@ -354,6 +631,7 @@ class AllocationFollower:
             )
 
     def close(self) -> None:
-        self._closing = True
-        self._stream.cancel()
+        with self._stream_lock:
+            self._closing.set()
+            self._stream.cancel()
         self._thread.join(timeout=5)

@@ -1,7 +1,9 @@
 """`python -m fed_server`: the federated server process.
 
 Parses arguments, loads the resolved scenario, resumes from the run
-directory's checkpoint, serves FedServer, RunInfo (the scenario and the base
+directory's store (RUN_DIR/state: membership, the open round and the updates
+it accepted, the global adapter, the controller's plan and registrations),
+serves FedServer, RunInfo (the scenario and the base
 for the other roles, which share nothing with it but gRPC), the telemetry
 collector (and the health service) until SIGTERM, then stops with a grace
 period. The run directory is the one place the run is assembled: traces,
@@ -59,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "fed_server")
-    from fed_server.checkpoint import load_checkpoint
-    from fed_server.rounds import RoundState
+    from fed_server.rounds import RoundState, fed_server_store
     from fed_server.service import FedServerService
     from fedsllm.bootstrap import SettingError, parse_bind, parse_dir, parse_file, resolve
     from fedsllm.proto import fed_server_pb2_grpc
@@ -116,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_scenario(run_dir, scenario)
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint.completed_round >= 0:
-        log.info("resuming after round %d from %s", checkpoint.completed_round, run_dir)
+    # RUN_DIR/state: membership, rounds, accepted updates, global adapters and
+    # the controller's state, committed before each answer (fed_server/rounds.py).
+    store = fed_server_store(run_dir)
+    saved = store.load()
     num_rounds = scenario.training.num_rounds
     num_local_steps = scenario.training.num_local_steps
     controller = None
@@ -126,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         from fed_server.controller import Controller
 
         # The plan (eta, n, N) is fixed for the run; every round re-solves the shares.
-        controller = Controller(scenario, tracer=tracer)
+        # Its state is saved on every change and restored here, so a restarted fed
+        # server keeps the plan and the registrations, and allocation versions go on.
+        controller = Controller(scenario, tracer=tracer, on_change=store.save_controller)
+        if saved.controller is not None:
+            controller.restore(saved.controller)
         num_rounds = controller.plan.num_rounds
         num_local_steps = controller.plan.num_local_steps
-        if checkpoint.completed_round + 1 < num_rounds:
-            # A resume after the last round has no round left to allocate.
-            controller.start_round(checkpoint.completed_round + 1)
 
     def next_round(done: int) -> None:
         if controller is not None and done + 1 < num_rounds:
@@ -142,15 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         num_rounds=num_rounds,
         run_dir=run_dir,
         tracer=tracer,
-        checkpoint=checkpoint,
         deadline_s=scenario.training.round_deadline_s,
         min_clients=scenario.training.min_clients,
         on_aggregated=next_round,
         template=_adapter_template(scenario),
+        store=store,
     )
+    if controller is not None and not state.finished:
+        # A resume after the last round has no round left to allocate.
+        controller.start_round(state.current_round)
     pace_down = None
     if controller is not None and scenario.link.backend == "token":
-        from fedsllm.roles import build_role_shaper, pace_downlink
+        from fed_server.rounds import ServerStoppingError
+        from fedsllm.roles import RoleStopping, build_role_shaper, pace_downlink
 
         shaper = build_role_shaper(scenario)
 
@@ -159,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             # controller allocated it (0 = unlimited).
             current = controller.current(client_id)
             rate = current.downlink_bps if current is not None else 0.0
-            pace_downlink(shaper, client_id, rate, nbytes, new_message)
+            try:
+                pace_downlink(shaper, client_id, rate, nbytes, new_message)
+            except RoleStopping as err:  # SIGTERM arrived while pacing
+                raise ServerStoppingError(str(err)) from None
 
     # Peers fetch the scenario and (a pretrained) base from here and present
     # both hashes at Join.
@@ -218,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     local_server = _serve_local_telemetry(run_dir, telemetry, security)
 
     wait_for_stop(tick=state.poll_deadline)
+    state.stop()  # every PullGlobal still waiting ends now with UNAVAILABLE
     if controller is not None:
         controller.close()  # ends every Subscribe stream
     # Roles stopping with us (the main server) send their last records now.

@@ -1,15 +1,19 @@
-"""Atomic checkpoint of the global client adapter and the round number.
+"""The run directory's view of the global client adapter and the round number.
 
-Written every round, so a restarted fed server resumes from the last
-completed round instead of round 0.
+RUN_DIR/adapters/client_global*.safetensors and RUN_DIR/checkpoint.json are
+written every round for their readers (fedsllm/model/export.py, the report,
+the tests). They are not what a restarted fed server resumes from: that is
+its store, RUN_DIR/state (fed_server/rounds.py), committed first; RoundState
+rewrites these files from it when a crash left them behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedsllm.state.format import atomic_write
 
 
 @dataclass(frozen=True)
@@ -20,24 +24,15 @@ class Checkpoint:
     """Global client adapter (safetensors) after that round."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: Path, completed_round: int, adapter: bytes) -> None:
     """Adapter files first, then checkpoint.json: a torn write leaves the old checkpoint."""
     adapters = run_dir / "adapters"
     adapters.mkdir(parents=True, exist_ok=True)
     name = f"client_global_round{completed_round}.safetensors"
-    _atomic_write(adapters / name, adapter)
-    _atomic_write(adapters / "client_global.safetensors", adapter)
+    atomic_write(adapters / name, adapter)
+    atomic_write(adapters / "client_global.safetensors", adapter)
     meta = {"completed_round": completed_round, "adapter": f"adapters/{name}"}
-    _atomic_write(run_dir / "checkpoint.json", json.dumps(meta).encode())
+    atomic_write(run_dir / "checkpoint.json", json.dumps(meta).encode())
 
 
 def save_server_adapter(run_dir: Path, round_index: int, final: bool, adapter: bytes) -> None:
@@ -47,8 +42,8 @@ def save_server_adapter(run_dir: Path, round_index: int, final: bool, adapter: b
     adapters = run_dir / "adapters"
     adapters.mkdir(parents=True, exist_ok=True)
     if not final and round_index >= 0:
-        _atomic_write(adapters / f"server_round{round_index}.safetensors", adapter)
-    _atomic_write(adapters / "server.safetensors", adapter)
+        atomic_write(adapters / f"server_round{round_index}.safetensors", adapter)
+    atomic_write(adapters / "server.safetensors", adapter)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:

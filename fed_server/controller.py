@@ -112,6 +112,7 @@ class Controller:
         counts: ModelCounts | None = None,
         clock: Callable[[], float] = time.time,
         tracer: Tracer | None = None,
+        on_change: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         policy = scenario.policy
         if policy.name not in POLICY_NAMES:
@@ -144,6 +145,10 @@ class Controller:
         self._version = 0
         self._allocations: tuple[AllocationInfo, ...] = ()
         self._closed = False
+        self.on_change = on_change
+        """Called with `state_dict()` after every change, under the change lock (the
+        fed server saves it with FedServerStore.save_controller); an exception
+        it raises propagates to the request that made the change."""
         plan_alloc = self._solve_plan(self._inputs(0, {}, {}))
         num_rounds = int(plan_alloc.num_rounds_int)
         if policy.max_rounds:
@@ -357,6 +362,7 @@ class Controller:
             self._version += 1
             self._allocations = allocations
             self._cond.notify_all()
+        self._persist()
         self._record(allocations, reason)
         return allocations[0].version
 
@@ -427,6 +433,7 @@ class Controller:
             elif changed:
                 with self._cond:
                     self._registered = registered
+                self._persist()
             log.info(
                 "controller: client %d registered (%d samples, %.3g FLOP/s, %.1f dBm)%s",
                 k,
@@ -466,6 +473,7 @@ class Controller:
                 )
             with self._cond:
                 self._channels = channels
+            self._persist()
             return self._version
 
     def start_round(self, round_index: int) -> int:
@@ -490,6 +498,65 @@ class Controller:
                 dict(self._channels),
                 f"start of round {round_index}",
             )
+
+    # ------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plan, registrations, channel reports, round and version, as JSON values."""
+        with self._cond:
+            return {
+                "plan": dataclasses.asdict(self.plan),
+                "registered": {
+                    str(k): dataclasses.asdict(v) for k, v in sorted(self._registered.items())
+                },
+                "channels": {
+                    str(k): dataclasses.asdict(v) for k, v in sorted(self._channels.items())
+                },
+                "round": self._round,
+                "version": self._version,
+            }
+
+    def _persist(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.state_dict())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict()` saved (a restarted fed server), before any round starts.
+
+        The plan is the saved one: the run's rounds were counted with it (a
+        different solve here, say another solver build, must not change the
+        run midway). Registrations and channel reports come back, so the
+        round's re-solve gives the shares it gave before; the version
+        continues, so a client subscribed with the last version it saw gets
+        the next publication and not an older number.
+        """
+        saved_plan = Plan(**state["plan"])
+        if saved_plan != self.plan:
+            log.warning(
+                "controller: the saved plan %s differs from this solve %s; keeping the saved one",
+                saved_plan,
+                self.plan,
+            )
+        registered = {int(k): RegisterInfo(**v) for k, v in state["registered"].items()}
+        channels = {int(k): ChannelReportInfo(**v) for k, v in state["channels"].items()}
+        with self._change_lock:
+            if self._round >= 0:
+                raise StateError("controller: restore after a round started")
+            with self._cond:
+                self.plan = saved_plan
+                self._registered = registered
+                self._channels = channels
+                self._version = int(state["version"])
+        log.info(
+            "controller: restored plan (%d local steps x %d rounds), %d registrations, "
+            "%d channel reports, allocation v%d of round %d",
+            saved_plan.num_local_steps,
+            saved_plan.num_rounds,
+            len(registered),
+            len(channels),
+            self._version,
+            int(state["round"]),
+        )
 
     # ------------------------------------------------------------ subscriptions
 

@@ -2,9 +2,24 @@
 
 Round r collects one client adapter per client; when all K have reported (or
 the deadline passed with at least `min_clients`), FedAvg gives the global
-adapter of round r, which is checkpointed and released to `wait_global`.
-Every request is validated completely before any state changes, so a
-refused request leaves the state exactly as it was.
+adapter of round r, which is released to `wait_global_round`.
+
+The rules (membership, idempotent pushes keyed by (client, round, attempt),
+closing) are fedsllm.state's `RoundLedger`, bound to a `FedServerStore` by
+`DurableRounds`: every join, accepted update and closed round is committed to
+the store before the caller is answered, and a closed round is committed
+before the clients waiting for it are released. The store lives in
+RUN_DIR/state (a DiskBackend) when the server has a run directory, in memory
+otherwise; a RoundState opened on a store that holds rounds resumes from it:
+membership, the open round, the updates accepted in it, the latest global
+adapter.
+
+This module adds what the ledger leaves to the role: the adapter checks
+(parsed, finite, the model's keys, shapes and dtypes) before anything is
+accepted, FedAvg, the files other code reads (RUN_DIR/adapters/client_global*
+and checkpoint.json, fed_server/checkpoint.py), the trace, and waiters that
+a stopping server wakes at once. Refusals are the typed errors of
+fedsllm.state.errors, which fedsllm/wire/status.py gives their codes.
 """
 
 from __future__ import annotations
@@ -12,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +39,26 @@ from fed_server.aggregate import (
     parse_adapter,
     serialize_adapter,
 )
-from fed_server.checkpoint import Checkpoint, save_checkpoint
+from fed_server.checkpoint import load_checkpoint, save_checkpoint
 from fedsllm.errors import StateError, WireError
+from fedsllm.state import (
+    DurableRounds,
+    FedServerStore,
+    RoundRecord,
+    SubmitResult,
+    UpdateKey,
+    open_store,
+)
 from fedsllm.trace import Tracer
 
 log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+"""The fed server's store: RUN_DIR/state (fedsllm.state.open_store("fed_server", ...))."""
+
+
+class ServerStoppingError(Exception):
+    """The server is stopping: a waiter gives up at once (the service answers UNAVAILABLE)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +74,21 @@ class RoundSnapshot:
     completed_round: int
     joined: dict[int, int]
     pending: tuple[int, ...]
+    """Clients whose update the open round accepted."""
     global_rounds: tuple[int, ...]
+    """Round of the latest global adapter, () before the first."""
+
+
+def fedavg_blobs(blobs: Sequence[bytes], weights: Sequence[float]) -> bytes:
+    """FedAvg of safetensors adapters (DurableRounds' `aggregate`), in the given order."""
+    return serialize_adapter(fedavg([parse_adapter(b) for b in blobs], weights))
+
+
+def fed_server_store(run_dir: Path | None) -> FedServerStore:
+    """RUN_DIR/state on disk, or memory when the server has no run directory."""
+    store = open_store("fed_server", None if run_dir is None else run_dir / STATE_DIR)
+    assert isinstance(store, FedServerStore)
+    return store
 
 
 class RoundState:
@@ -55,12 +99,12 @@ class RoundState:
         num_rounds: int,
         run_dir: Path | None,
         tracer: Tracer,
-        checkpoint: Checkpoint | None = None,
         deadline_s: float = 0.0,
         min_clients: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_aggregated: Callable[[int], None] | None = None,
         template: AdapterState | None = None,
+        store: FedServerStore | None = None,
     ) -> None:
         self.num_clients = num_clients
         self.num_rounds = num_rounds
@@ -72,37 +116,99 @@ class RoundState:
         self.on_aggregated = on_aggregated
         """Called with the round just aggregated, before waiting clients are released,
         so the controller's allocation for the next round is out first."""
+        self.store = store if store is not None else fed_server_store(run_dir)
         self._cond = threading.Condition()
-        self._joined: dict[int, int] = {}
-        self._pending: dict[int, AdapterState] = {}
-        self._globals: dict[int, bytes] = {}
+        self._stopping = False
+        self._rounds = DurableRounds.open(
+            self.store,
+            num_clients=num_clients,
+            num_rounds=num_rounds,
+            min_clients=min_clients,
+            deadline_s=deadline_s,
+            now=clock(),
+            aggregate=fedavg_blobs,
+        )
         self._template: AdapterState | None = template
-        """Keys, shapes and dtypes every push must have: the model's (`template`),
-        then each aggregate's; never a peer's first push (the round-0 hijack)."""
-        ckpt = checkpoint or Checkpoint(completed_round=-1, adapter=None)
-        self._completed = ckpt.completed_round
-        if ckpt.adapter is not None:
-            self._globals[ckpt.completed_round] = ckpt.adapter
-            self._template = parse_adapter(ckpt.adapter)
-        self._round_started = clock()
+        """Keys, shapes and dtypes every push must have: the model's (`template`);
+        without one (a dtype numpy lacks), the first accepted update's, never a
+        refused peer's (the round-0 hijack)."""
+        if self._template is None:
+            self._template = self._resumed_template()
+        if self._rounds.resumed:
+            self._log_resume()
+            self._sync_checkpoint_files()
+            with self._cond:
+                # Killed after the round's last update was committed and before
+                # the round was: nobody else would close it (every retry is a replay).
+                self._close_if_due_locked()
+
+    # ------------------------------------------------------------ start-up
+    def _resumed_template(self) -> AdapterState | None:
+        done, blob = self._rounds.latest_global()
+        if blob is not None:
+            return parse_adapter(blob)
+        for a in self._rounds.ledger.accepted():
+            update = self.store.update(UpdateKey(a.client_id, a.round, a.attempt))
+            if update is not None:
+                return parse_adapter(update)
+        return None
+
+    def _log_resume(self) -> None:
+        ledger = self._rounds.ledger
+        done, _ = self._rounds.latest_global()
+        log.info(
+            "resumed from %s: %d of %d clients joined %s, round %d open with updates of "
+            "clients %s, latest global adapter: %s, %d round records",
+            self.store.backend.location,
+            len(ledger.members),
+            self.num_clients,
+            sorted(ledger.members),
+            ledger.open_round,
+            [a.client_id for a in ledger.accepted()],
+            f"round {done}" if done >= 0 else "none",
+            len(self.store.round_records()),
+        )
+
+    def _sync_checkpoint_files(self) -> None:
+        """The store commits a round before checkpoint.json and adapters/ are
+        written: after a crash in between, bring those files up to the store."""
+        done, blob = self._rounds.latest_global()
+        if self.run_dir is None or blob is None:
+            return
+        if load_checkpoint(self.run_dir).completed_round < done:
+            save_checkpoint(self.run_dir, done, blob)
+            log.info("rewrote checkpoint.json and adapters/ for round %d from the store", done)
 
     # ------------------------------------------------------------ queries
     @property
     def current_round(self) -> int:
-        return self._completed + 1
+        with self._cond:
+            return self._rounds.ledger.open_round
 
     @property
     def finished(self) -> bool:
-        return self._completed >= self.num_rounds - 1
+        with self._cond:
+            return self._rounds.ledger.finished
+
+    @property
+    def stopping(self) -> bool:
+        with self._cond:
+            return self._stopping
 
     def snapshot(self) -> RoundSnapshot:
         with self._cond:
+            ledger = self._rounds.ledger
+            done, blob = self._rounds.latest_global()
             return RoundSnapshot(
-                self._completed,
-                dict(self._joined),
-                tuple(sorted(self._pending)),
-                tuple(sorted(self._globals)),
+                ledger.closed_round,
+                ledger.members,
+                tuple(a.client_id for a in ledger.accepted()),
+                (done,) if blob is not None else (),
             )
+
+    def round_records(self) -> list[RoundRecord]:
+        """Every closed round's record (who was used, who was missing and why)."""
+        return [RoundRecord.from_dict(d) for d in self.store.round_records()]
 
     def _check_client(self, client_id: int) -> None:
         if not 0 <= client_id < self.num_clients:
@@ -110,115 +216,121 @@ class RoundState:
 
     # ------------------------------------------------------------ commands
     def join(self, client_id: int, num_samples: int) -> JoinResult:
+        """Admit a client; joining again with the same sample count is a no-op
+        (a client, or this server, that restarted)."""
         self._check_client(client_id)
-        if num_samples < 1:
-            raise WireError("num_samples", f"{num_samples}, expected >= 1")
         with self._cond:
-            known = self._joined.get(client_id)
-            if known is not None and known != num_samples:
-                raise StateError(
-                    f"client {client_id} rejoined with num_samples={num_samples}, "
-                    f"joined before with {known}"
-                )
-            if not self._joined:
-                # The first round's deadline runs from the first join, not from
-                # this server's start: the clients' own start-up (model build,
-                # data) is no part of the round.
-                self._round_started = self.clock()
-            self._joined[client_id] = num_samples
+            known = client_id in self._rounds.ledger.members
+            info = self._rounds.join(client_id, num_samples, self.clock())
             log.info(
-                "client %d joined with %d samples (round %d)",
+                "client %d %s with %d samples (round %d)",
                 client_id,
+                "joined again" if known else "joined",
                 num_samples,
-                self.current_round,
+                info.current_round,
             )
-            return JoinResult(current_round=self.current_round, num_rounds=self.num_rounds)
+            return JoinResult(current_round=info.current_round, num_rounds=info.num_rounds)
 
     def submit(
-        self, client_id: int, round_index: int, blob: bytes, num_samples: int | None = None
-    ) -> None:
-        """Accept client `client_id`'s adapter for `round_index`, aggregating when complete."""
+        self,
+        client_id: int,
+        round_index: int,
+        blob: bytes,
+        num_samples: int | None = None,
+        attempt: int = 0,
+    ) -> SubmitResult:
+        """Accept client `client_id`'s adapter for `round_index` once per
+        (client, round, attempt), closing the round when it is due.
+
+        An identical retry returns the first acceptance with replayed=True.
+        Raises WireError for a malformed adapter (checked before anything is
+        accepted) and the typed refusals of fedsllm.state.errors otherwise.
+        """
         self._check_client(client_id)
         state = parse_adapter(blob)  # parse outside the lock: it is the slow part
         with self._cond:
-            if client_id not in self._joined:
-                raise StateError(f"client {client_id} has not joined")
-            if num_samples is not None and num_samples != self._joined[client_id]:
+            joined = self._rounds.ledger.members.get(client_id)
+            if num_samples is not None and joined is not None and num_samples != joined:
                 raise WireError(
-                    "num_samples",
-                    f"={num_samples}, but client {client_id} joined with {self._joined[client_id]}",
+                    "num_samples", f"={num_samples}, but client {client_id} joined with {joined}"
                 )
-            if round_index != self.current_round:
-                raise StateError(
-                    f"round {round_index} is not the current round {self.current_round}"
-                )
-            if self.finished:
-                # current_round is num_rounds here: without this, an adapter for
-                # a round past the last one would be accepted and aggregated.
-                raise StateError(
-                    f"round {round_index} refused: all {self.num_rounds} rounds are done"
-                )
-            if client_id in self._pending:
-                raise StateError(f"client {client_id} already reported round {round_index}")
             if self._template is not None:
                 check_compatible(state, self._template)
             else:
                 check_finite_float(state)
-                first = next(iter(self._pending.values()), None)
-                if first is not None:
-                    check_compatible(state, first)
-            self._pending[client_id] = state
+            result = self._rounds.submit(client_id, round_index, attempt, blob, self.clock())
+            if result.replayed:
+                log.info(
+                    "round %d: client %d attempt %d pushed again: already accepted (seq %d)",
+                    round_index,
+                    client_id,
+                    attempt,
+                    result.acceptance.seq,
+                )
+                return result
+            if self._template is None:
+                self._template = state
             log.info(
-                "round %d: adapter from client %d (%d/%d)",
+                "round %d: adapter from client %d, attempt %d (%d/%d)",
                 round_index,
                 client_id,
-                len(self._pending),
+                attempt,
+                result.acceptance.seq,
                 self.num_clients,
             )
-            if len(self._pending) == self.num_clients:
-                self._aggregate_locked()
+            self._close_if_due_locked()
+            return result
 
     def poll_deadline(self) -> bool:
-        """Aggregate a late round with the adapters at hand; True when it did."""
-        if self.deadline_s <= 0:
-            return False
+        """Close the open round when it is due: past its deadline with the
+        updates at hand (when at least min_clients reported), or complete with
+        a close that failed before (a full disk); True when it did."""
         with self._cond:
-            late = self.clock() - self._round_started > self.deadline_s
-            if late and len(self._pending) >= self.min_clients and not self.finished:
-                log.warning(
-                    "round %d: deadline passed, aggregating %d/%d adapters",
-                    self.current_round,
-                    len(self._pending),
-                    self.num_clients,
-                )
-                self._aggregate_locked()
-                return True
-        return False
+            return self._close_if_due_locked() is not None
 
-    def _aggregate_locked(self) -> None:
-        round_index = self.current_round
+    def _close_if_due_locked(self) -> RoundRecord | None:
+        now = self.clock()
+        if self._rounds.ledger.due(now) is None:
+            return None
+        round_index = self._rounds.ledger.open_round
         with self.tracer.span("aggregation", round=round_index) as span:
-            ids = sorted(self._pending)
-            weights = [float(self._joined[i]) for i in ids]
-            merged = fedavg([self._pending[i] for i in ids], weights)
-            blob = serialize_adapter(merged)
+            record = self._rounds.close_if_due(now)  # aggregated and committed to the store
+            assert record is not None
+            _, blob = self._rounds.latest_global()
+            assert blob is not None
             if self.run_dir is not None:
-                save_checkpoint(self.run_dir, round_index, blob)
+                save_checkpoint(self.run_dir, record.round, blob)
             span.bytes = len(blob)
-            span.extra = {"clients": ids, "weights": weights}
-        self._template = merged
-        self._globals[round_index] = blob
-        self._pending.clear()
-        self._completed = round_index
-        self._round_started = self.clock()
-        self.tracer.event("round_done", round=round_index, num_clients=len(ids))
+            span.extra = {"clients": record.client_ids, "weights": record.weights}
+        self.tracer.event(
+            "round_done",
+            round=record.round,
+            num_clients=len(record.accepted),
+            reason=record.reason,
+            missing=dict(record.missing),
+        )
+        if record.missing:
+            log.warning(
+                "round %d closed (%s) with clients %s; missing: %s",
+                record.round,
+                record.reason,
+                record.client_ids,
+                ", ".join(f"client {k} ({why})" for k, why in sorted(record.missing.items())),
+            )
         if self.on_aggregated is not None:
             try:
-                self.on_aggregated(round_index)
+                self.on_aggregated(record.round)
             except Exception:  # a failed re-solve must not lose the aggregate
-                log.exception("round %d: the after-aggregation hook failed", round_index)
-        log.info("round %d aggregated from clients %s", round_index, ids)
+                log.exception("round %d: the after-aggregation hook failed", record.round)
+        log.info("round %d aggregated from clients %s", record.round, record.client_ids)
         self._cond.notify_all()
+        return record
+
+    def stop(self) -> None:
+        """Wake every waiter: each ends with ServerStoppingError (the server is going away)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
 
     def wait_global(self, round_index: int, timeout_s: float) -> bytes | None:
         """The global adapter of `round_index` (or later); see `wait_global_round`."""
@@ -231,16 +343,29 @@ class RoundState:
         Round -1 means "before any aggregation": the initial adapter is each
         client's identically seeded LoRA init, so there is nothing to send.
         Asking for a round the server has moved past returns the latest one
-        (a straggler catching up), labelled with its own round.
+        (a straggler catching up), labelled with its own round. Raises
+        ServerStoppingError as soon as `stop()` is called, TimeoutError after
+        `timeout_s`.
         """
         if round_index < -1 or round_index >= self.num_rounds:
             raise WireError("round", f"{round_index} is not in [-1, {self.num_rounds})")
         with self._cond:
-            if round_index == -1 and self._completed == -1:
+
+            def ready() -> bool:
+                return self._rounds.latest_global()[0] >= round_index
+
+            if round_index == -1 and self._rounds.latest_global()[1] is None:
                 return -1, None
-            ok = self._cond.wait_for(lambda: self._completed >= round_index, timeout=timeout_s)
-            if not ok:
+            if not ready():
+                log.debug("a pull waits for the global adapter of round %d", round_index)
+            self._cond.wait_for(lambda: self._stopping or ready(), timeout=timeout_s)
+            if not ready():
+                if self._stopping:
+                    raise ServerStoppingError("fed server stopping")
                 raise TimeoutError(
                     f"global adapter of round {round_index} not ready after {timeout_s:.0f} s"
                 )
-            return self._completed, self._globals[self._completed]
+            done, blob = self._rounds.latest_global()
+            if blob is None:
+                raise StateError(f"round {done}: the store holds no global adapter")
+            return done, blob

@@ -16,7 +16,7 @@ from typing import NoReturn
 import grpc
 
 from fed_server.checkpoint import save_server_adapter
-from fed_server.rounds import RoundState
+from fed_server.rounds import RoundState, ServerStoppingError
 from fedsllm.bootstrap import read_server_adapter
 from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import fed_server_pb2 as pb
@@ -42,6 +42,17 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
     abort_for(context, err, log)
 
 
+STOPPING = "fed server stopping"
+"""The message of UNAVAILABLE for a call the stopping server ends: retry elsewhere/later."""
+
+
+def _abort_stopping(context: grpc.ServicerContext) -> NoReturn:
+    # Not a refusal of the request (the status table's business): the server is
+    # going away, which is what UNAVAILABLE means to every gRPC client.
+    context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
+    raise ServerStoppingError(STOPPING)  # unreachable: context.abort raises
+
+
 class FedServerService(pb_grpc.FedServerServicer):
     def __init__(
         self,
@@ -63,11 +74,13 @@ class FedServerService(pb_grpc.FedServerServicer):
         """Hash of the frozen base weights; a peer presenting another is refused
         (empty: the first peer to Join with one sets it)."""
         self._base_lock = threading.Lock()
+        self._main_joins = 0
         self.run_dir = run_dir
         """Where the main server's adapter is kept (adapters/server*.safetensors)."""
         self.pace_down = pace_down
         """pace_down(client_id, nbytes, new_message): blocks before each chunk of the
-        global adapter goes out, at that client's downlink rate (docs/MODEL.md: omega / R_dl)."""
+        global adapter goes out, at that client's downlink rate (docs/MODEL.md: omega / R_dl);
+        raises ServerStoppingError when the server stops meanwhile."""
         self.scenario_hash = scenario_hash
         self.num_local_steps = num_local_steps
         self.max_adapter_bytes = max_adapter_bytes
@@ -136,12 +149,22 @@ class FedServerService(pb_grpc.FedServerServicer):
                     header.total_bytes, self.max_adapter_bytes, preallocate=False
                 )
                 blob = read_blob_chunks(requests, "PushAdapterRequest", asm)
-                self.state.submit(header.client_id, header.round, blob, header.num_samples)
+                result = self.state.submit(
+                    header.client_id,
+                    header.round,
+                    blob,
+                    header.num_samples,
+                    attempt=header.attempt,
+                )
         except REFUSED as err:
             _abort(context, err)
         snap = self.state.snapshot()
         return pb.PushAdapterResponse(
-            accepted=True, round=header.round, num_received=len(snap.pending)
+            accepted=True,
+            round=header.round,
+            num_received=len(snap.pending),
+            replayed=result.replayed,
+            seq=result.acceptance.seq,
         )
 
     def PullGlobal(
@@ -158,6 +181,8 @@ class FedServerService(pb_grpc.FedServerServicer):
                 )
             with self.limits.stream("PullGlobal", peer):
                 done, blob = self.state.wait_global_round(request.round, self.pull_timeout_s)
+        except ServerStoppingError:
+            _abort_stopping(context)
         except (*REFUSED, TimeoutError) as err:
             _abort(context, err)
         header = GlobalHeaderInfo(
@@ -167,13 +192,22 @@ class FedServerService(pb_grpc.FedServerServicer):
             finished=self.state.finished,
         )
         for i, response in enumerate(pull_responses(header, blob, self.chunk_bytes)):
-            if self.pace_down is not None:
-                self.pace_down(request.client_id, response.ByteSize(), i == 0)
+            # Downlink pacing must not hold a stopping server: checked per message,
+            # and a pacer that sees the stop first raises ServerStoppingError.
+            try:
+                if self.state.stopping:
+                    raise ServerStoppingError(STOPPING)
+                if self.pace_down is not None:
+                    self.pace_down(request.client_id, response.ByteSize(), i == 0)
+            except ServerStoppingError:
+                _abort_stopping(context)
             yield response
 
     def JoinMainServer(
         self, request: pb.MainServerJoinRequest, context: grpc.ServicerContext
     ) -> pb.MainServerJoinResponse:
+        """Idempotent: it changes nothing but the log, so a restarted main server
+        (or this one after a restart of the fed server) joins again freely."""
         try:
             peer = peer_key(authorize(role="main_server", action="JoinMainServer"), context)
             self.limits.check_rate("JoinMainServer", peer)
@@ -181,7 +215,10 @@ class FedServerService(pb_grpc.FedServerServicer):
             self._check_base(request.base_hash, "the main server")
         except REFUSED as err:
             _abort(context, err)
-        log.info("main server joined (base %s)", request.base_hash)
+        with self._base_lock:
+            self._main_joins += 1
+            again = self._main_joins > 1
+        log.info("main server joined%s (base %s)", " again" if again else "", request.base_hash)
         return pb.MainServerJoinResponse(num_rounds=self.state.num_rounds)
 
     def PushServerAdapter(

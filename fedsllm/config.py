@@ -41,6 +41,7 @@ POLICIES = (
 SOLVERS = ("exact", "cvxpy")
 LINK_BACKENDS = ("none", "token", "tc")
 NETWORKS = ("loopback", "netns")
+RESTART_POLICIES = ("never", "on-failure")
 PLACEMENTS = ("disc", "square")
 FADINGS = ("none", "rayleigh")
 
@@ -401,9 +402,27 @@ class RunConfig:
     insecure: bool = False
     """Allow plain gRPC on a non-loopback address (--insecure; warned about in
     the log and the report). Loopback runs are plain by default."""
+    restart: str = "never"
+    """What the launcher does when a role dies while clients still run (fedsllm run
+    --restart): never (the run stops, as any non-zero exit did) or on-failure
+    (started again with the same arguments, like compose's restart policy; a
+    client that exits 0 is done). Launcher-only: not part of the scenario hash."""
+    max_restarts: int = 3
+    """on-failure: how many times one role may be restarted by the launcher before
+    its death stops the run (restarts a fault asks for are not counted)."""
+    restart_backoff_s: float = 1.0
+    """on-failure: wait before the first restart of a role; doubled for each
+    further restart of the same role, at most 10x (wall seconds)."""
+    faults: str = ""
+    """Faults to inject (fedsllm run --faults; grammar in fedsllm/faults/spec.py),
+    e.g. "kill:client_1@round=3;restart=2s"; empty: none. Launcher-only: not part
+    of the scenario hash. Link outages need run.network = netns."""
 
     def __post_init__(self) -> None:
         _one_of("run.network", self.network, NETWORKS)
+        _one_of("run.restart", self.restart, RESTART_POLICIES)
+        _check(self.max_restarts >= 0, "run.max_restarts", self.max_restarts, "must be >= 0")
+        _non_negative("run.restart_backoff_s", self.restart_backoff_s)
         for name in ("fed_address", "control_address", "main_address"):
             value = getattr(self, name)
             _check(
@@ -469,6 +488,7 @@ class ScenarioConfig:
                 self.link.backend,
                 "tc needs run.network = netns",
             )
+        check_faults(self.run.faults, k, self.run.network, "run.faults")
 
     def profile(self, client_id: int) -> ClientProfile:
         """The resolved profile of client `client_id` (defaults filled in)."""
@@ -484,6 +504,28 @@ class ScenarioConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists, NaN kept) that `from_dict` reads back."""
         return _to_plain(self)
+
+
+def check_faults(spec: str, num_clients: int, network: str, path: str) -> list[Any]:
+    """The faults of `spec` (fedsllm.faults.parse_faults), or ConfigError naming `path`:
+    a malformed fault, a client that does not exist, or a link outage on loopback,
+    where a role's links cannot be cut without cutting every role's (run.network =
+    netns gives each role its own link)."""
+    from fedsllm.faults import parse_faults
+
+    try:
+        faults = parse_faults(spec, num_clients)
+    except ConfigError as err:
+        raise ConfigError(path, err.value, err.reason) from None
+    for fault in faults:
+        if fault.kind == "outage" and network != "netns":
+            raise ConfigError(
+                path,
+                fault.text(),
+                "a link outage needs run.network = netns (--network netns): on loopback "
+                "every role shares one link",
+            )
+    return faults
 
 
 # ---------------------------------------------------------------- loading

@@ -10,10 +10,12 @@ trace files the roles write (fedsllm.summary).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,9 +33,17 @@ from fedsllm.config import ScenarioConfig
 log = logging.getLogger(__name__)
 
 
+LAUNCHER_ONLY_FIELDS = ("restart", "max_restarts", "restart_backoff_s", "faults")
+"""Fields of run.* that only the launcher reads: how it supervises a run, not what
+the roles compute. They are left out of the scenario hash, so a run resumed with
+other --restart or --faults is still the same run to its roles and their stores."""
+
+
 def scenario_hash(scenario: ScenarioConfig) -> str:
     """Short stable hash of the resolved scenario; roles refuse peers with another."""
-    text = json.dumps(scenario.to_dict(), sort_keys=True, default=str)
+    doc = scenario.to_dict()
+    doc["run"] = {k: v for k, v in doc["run"].items() if k not in LAUNCHER_ONLY_FIELDS}
+    text = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -270,6 +280,23 @@ def role_env(scenario: ScenarioConfig) -> dict[str, str]:
     return env
 
 
+def parent_death_prefix(signame: str = "KILL") -> list[str]:
+    """`setpriv --pdeathsig SIG --` when util-linux's setpriv is installed, else nothing.
+
+    A role runs in a session of its own, so a launcher killed with SIGKILL (which
+    no cleanup survives) would leave it running. setpriv sets PR_SET_PDEATHSIG and
+    execs the role, so the kernel sends SIG to the role when the launcher dies;
+    it is kept across exec (`ip netns exec` too) and is chosen over a preexec_fn,
+    which is unsafe in a launcher that runs threads. The signal comes when the
+    launcher thread that started the role ends: every start, restarts included,
+    happens on the thread that runs the whole run. State is not at risk: every
+    role commits its store atomically. Not for forked clients: they are the
+    client host's children, and the host stops them when the launcher goes.
+    """
+    tool = shutil.which("setpriv")
+    return [tool, "--pdeathsig", signame, "--"] if tool else []
+
+
 def start_role(
     name: str,
     module: str,
@@ -279,7 +306,7 @@ def start_role(
     prefix: Sequence[str] = (),
 ) -> RoleProcess:
     log_path = run_dir / "logs" / f"{name}.log"
-    cmd = [*prefix, sys.executable, "-m", module, *args]
+    cmd = [*parent_death_prefix(), *prefix, sys.executable, "-m", module, *args]
     with open(log_path, "ab") as fh:
         popen = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -302,8 +329,11 @@ class ClientHost:
         self.proc = proc
         self._cond = threading.Condition()
         self._ready = False
-        self._pids: dict[str, int] = {}
-        self._codes: dict[str, int] = {}
+        self._pids: dict[str, list[int]] = {}
+        """Every pid forked for a name, in order (a restarted client has several)."""
+        self._claimed: set[int] = set()
+        self._codes: dict[int, int] = {}
+        """Exit code per pid, as the host reported it."""
         self._eof = False
         self._reader = threading.Thread(target=self._read, name="client-host", daemon=True)
         self._reader.start()
@@ -311,7 +341,9 @@ class ClientHost:
     @classmethod
     def start(cls, run_dir: Path, env: dict[str, str], prefix: Sequence[str] = ()) -> ClientHost:
         log_path = run_dir / "logs" / "client_host.log"
-        cmd = [*prefix, sys.executable, "-m", "client.host"]
+        # SIGTERM, not SIGKILL: the host then stops the clients it forked (a killed
+        # host would leave them behind).
+        cmd = [*parent_death_prefix("TERM"), *prefix, sys.executable, "-m", "client.host"]
         # Each client runs a dozen threads (gRPC, telemetry, pacing); glibc's
         # default of 8 malloc arenas per core lets every one keep its own heap.
         env = {"MALLOC_ARENA_MAX": "2", **env}
@@ -341,9 +373,9 @@ class ClientHost:
                 if kind == "ready":
                     self._ready = True
                 elif kind == "started":
-                    self._pids[event["name"]] = int(event["pid"])
+                    self._pids.setdefault(event["name"], []).append(int(event["pid"]))
                 elif kind == "exited":
-                    self._codes[event["name"]] = int(event["code"])
+                    self._codes[int(event["pid"])] = int(event["code"])
                 self._cond.notify_all()
         with self._cond:
             self._eof = True
@@ -392,15 +424,19 @@ class ClientHost:
             stdin.write(("\n".join(lines) + "\n").encode())
             stdin.flush()
 
+    def _unclaimed(self, name: str) -> int | None:
+        return next((p for p in self._pids.get(name, []) if p not in self._claimed), None)
+
     def forked(self, name: str, timeout_s: float = 30.0) -> ForkedRole:
-        """The child the host forked for `name` (requested before)."""
+        """The child the host forked for `name` (requested before): the first one not
+        handed out yet, so a client requested again gets its new process."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while name not in self._pids:
+            while (pid := self._unclaimed(name)) is None:
                 if self._eof or time.monotonic() >= deadline:
                     raise RoleFailed(self.proc, f"did not fork {name}")
                 self._cond.wait(0.1)
-            pid = self._pids[name]
+            self._claimed.add(pid)
         log.info("started %s (pid %d, forked by client_host)", name, pid)
         return ForkedRole(
             name=name,
@@ -409,20 +445,21 @@ class ClientHost:
             forked_pid=pid,
         )
 
-    def code(self, name: str) -> int | None:
-        """`name`'s exit code once the host reported it; -9 if the host is gone
-        without reporting (it died, and its children with its process group)."""
+    def code(self, pid: int) -> int | None:
+        """The exit code of forked child `pid` once the host reported it; -9 if the
+        host is gone without reporting (it died, and its children with its process
+        group)."""
         with self._cond:
-            if name in self._codes:
-                return self._codes[name]
+            if pid in self._codes:
+                return self._codes[pid]
             if self._eof and self.proc.poll() is not None:
                 return -signal.SIGKILL
             return None
 
-    def wait_code(self, name: str) -> int:
+    def wait_code(self, pid: int) -> int:
         with self._cond:
             while True:
-                code = self.code(name)
+                code = self.code(pid)
                 if code is not None:
                     return code
                 self._cond.wait(0.1)
@@ -447,10 +484,10 @@ class ForkedRole:
         return self.forked_pid
 
     def poll(self) -> int | None:
-        return self.host.code(self.name)
+        return self.host.code(self.forked_pid)
 
     def wait(self) -> int:
-        return self.host.wait_code(self.name)
+        return self.host.wait_code(self.forked_pid)
 
     def log_tail(self, num_lines: int = 25) -> str:
         return RoleProcess.log_tail(self, num_lines)  # type: ignore[arg-type]
@@ -574,12 +611,281 @@ def netns_endpoints(scenario: ScenarioConfig, topology: Any) -> Endpoints:
     return Endpoints(fed, control, main, prefixes=prefixes, netns_run_id=topology.run_id)
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How the launcher treats a role that dies while clients still run (run.restart)."""
+
+    restart: str = "never"
+    """never: the death stops the run; on-failure: the role is started again."""
+    max_restarts: int = 3
+    """Restarts per role the policy allows (those a fault asks for are not counted)."""
+    backoff_s: float = 1.0
+    """Wait before a role's first restart; doubled per further restart, at most 10x."""
+
+    @classmethod
+    def of(cls, scenario: ScenarioConfig) -> RestartPolicy:
+        run = scenario.run
+        return cls(run.restart, run.max_restarts, run.restart_backoff_s)
+
+    def delay_s(self, num_restarts: int) -> float:
+        """Wait before restart number `num_restarts` + 1 of one role."""
+        return min(self.backoff_s * 2.0**num_restarts, 10.0 * self.backoff_s)
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """One role started again during a run: who, why, when."""
+
+    role: str
+    exit_code: int | None
+    """The old process's exit code as subprocess gives it (negative: killed by that
+    signal); None when it was still running and the restart stopped it."""
+    at_s: float
+    """When the new process started, seconds since the launcher started the run."""
+    round: int | None
+    """The round the fed server had open then, when known."""
+    cause: str
+    """"supervisor" (run.restart = on-failure) or "fault" (the fault spec asked)."""
+    attempt: int
+    """This role's restarts so far, this one included."""
+    pid: int = 0
+    """The new process's pid."""
+
+    @property
+    def died_of(self) -> str:
+        """ "exit 1", "SIGKILL", or "running" (stopped by the restart itself)."""
+        if self.exit_code is None:
+            return "running"
+        if self.exit_code < 0:
+            with contextlib.suppress(ValueError):
+                return signal.Signals(-self.exit_code).name
+        return f"exit {self.exit_code}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "died_of": self.died_of}
+
+
+class Supervisor:
+    """Which role process is current, which clients are done, what restarts are due.
+
+    The watch loop calls `tick()` every tick: a client that exited 0 is done; any
+    other death (a client's non-zero exit or signal, a server's exit of any kind
+    while clients run) either waits for the restart a fault has scheduled
+    (`fault_restart_pending`), or is started again after a backoff under
+    run.restart = on-failure (at most `max_restarts` times per role), or stops the
+    run (RoleFailed), as before. `start(name)` starts role `name` again with the
+    arguments it had; it is the launcher's (a ProcessSet start, so the new child is
+    tracked from birth). Processes only need `name`, `pid`, `poll()` and `kill()`
+    (and `signal()` for `send_signal`), so the logic is tested with fakes.
+    """
+
+    def __init__(
+        self,
+        start: Callable[[str], Any],
+        policy: RestartPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        round_of: Callable[[], int | None] = lambda: None,
+    ) -> None:
+        self.start = start
+        self.policy = policy
+        self.clock = clock
+        self.t0 = clock()
+        self.round_of = round_of
+        self.fault_restart_pending: Callable[[str], bool] = lambda _name: False
+        """Set by the launcher when faults run: whether a fault will restart `name`."""
+        self.current: dict[str, Any] = {}
+        self.clients: set[str] = set()
+        self.done: set[str] = set()
+        self.due: dict[str, float] = {}
+        """Role -> clock time of its scheduled (on-failure) restart."""
+        self.waiting_for_fault: set[str] = set()
+        self.deaths: dict[str, int] = {}
+        """Role -> exit code of its last death not yet followed by a restart."""
+        self.counts: dict[str, int] = {}
+        """Role -> restarts by the supervisor (the ones max_restarts limits)."""
+        self.restarts: list[RestartRecord] = []
+
+    def watch(self, name: str, proc: Any, client: bool = False) -> None:
+        self.current[name] = proc
+        if client:
+            self.clients.add(name)
+
+    @property
+    def clients_running(self) -> bool:
+        return bool(self.clients - self.done)
+
+    def pid_of(self, name: str) -> int | None:
+        """The pid of `name`'s current process while it runs (FaultOps.pid_of)."""
+        proc = self.current.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def send_signal(self, pid: int, signum: int) -> None:
+        """FaultOps.send_signal: only to a current process of this run, through its
+        own handle (a forked client through its host), never to a bare pid."""
+        for proc in self.current.values():
+            if proc.pid == pid and proc.poll() is None:
+                proc.signal(signum)
+                return
+        raise ProcessLookupError(f"pid {pid} is not a running role of this run")
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.t0
+
+    def tick(self) -> None:
+        """Notice deaths, start the restarts that are due; RoleFailed when the run stops."""
+        now = self.clock()
+        for name, proc in list(self.current.items()):
+            if name in self.done or name in self.due or name in self.waiting_for_fault:
+                continue
+            code = proc.poll()
+            if code is not None:
+                self._died(name, proc, code, now)
+        for name, at in sorted(self.due.items(), key=lambda item: item[1]):
+            if now >= at:
+                del self.due[name]
+                self._start_again(name, "supervisor")
+
+    def _died(self, name: str, proc: Any, code: int, now: float) -> None:
+        if name in self.clients and code == 0:
+            self.done.add(name)
+            return
+        self.deaths[name] = code
+        how = f"exited with code {code}" + ("" if name in self.clients else " while clients ran")
+        if self.fault_restart_pending(name):
+            log.warning("%s (pid %d) %s; a fault restarts it", name, proc.pid, how)
+            self.waiting_for_fault.add(name)
+            return
+        used = self.counts.get(name, 0)
+        if self.policy.restart == "on-failure":
+            if used < self.policy.max_restarts:
+                delay = self.policy.delay_s(used)
+                log.warning("%s (pid %d) %s; restarting it in %.1f s", name, proc.pid, how, delay)
+                self.due[name] = now + delay
+                return
+            how += f" (after {used} restarts, run.max_restarts={self.policy.max_restarts})"
+        raise RoleFailed(proc, how)
+
+    def restart(self, name: str) -> None:
+        """Start `name` again now, as a fault asks (FaultOps.restart): a process still
+        running is killed first, and waited for."""
+        if name not in self.current:
+            raise KeyError(f"{name} is not a role of this run")
+        if name in self.done:
+            raise RuntimeError(f"{name} has finished; nothing to restart")
+        old = self.current[name]
+        if old.poll() is None and name not in self.due and name not in self.waiting_for_fault:
+            old.kill()
+            old.wait()
+            self.deaths.pop(name, None)
+        elif old.poll() is not None and name not in self.deaths:
+            self.deaths[name] = int(old.poll())
+        self.due.pop(name, None)
+        self._start_again(name, "fault")
+
+    def _start_again(self, name: str, cause: str) -> None:
+        self.waiting_for_fault.discard(name)
+        code = self.deaths.pop(name, None)
+        proc = self.start(name)
+        self.current[name] = proc
+        if cause == "supervisor":
+            self.counts[name] = self.counts.get(name, 0) + 1
+        record = RestartRecord(
+            role=name,
+            exit_code=code,
+            at_s=round(self.elapsed_s(), 3),
+            round=self.round_of(),
+            cause=cause,
+            attempt=sum(1 for r in self.restarts if r.role == name) + 1,
+            pid=proc.pid,
+        )
+        self.restarts.append(record)
+        log.warning("restarted %s (pid %d, %s, after %s)", name, proc.pid, cause, record.died_of)
+
+
+class RoundTracker:
+    """The round the fed server has open, followed from the run's telemetry.
+
+    It reads the fed server's local socket (RUN_DIR/telemetry.sock), which the
+    launcher reaches on loopback and with network namespaces alike, through the
+    watcher that follows the collector across fed server restarts. Round r is
+    open once a client trained in it or round r-1 was aggregated; None before.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        from fedsllm.security.run_secrets import read_launcher_security
+        from fedsllm.telemetry import socket_address
+        from fedsllm.telemetry.service import TelemetryWatcher
+
+        self.watcher = TelemetryWatcher(
+            socket_address(run_dir), security=read_launcher_security(run_dir)
+        )
+        self.open_round: int | None = None
+        self.rounds_done: set[int] = set()
+
+    def current(self) -> int | None:
+        from fedsllm.telemetry.records import EventKind
+
+        for rec in self.watcher.poll():
+            if rec.event is EventKind.ROUND_DONE:
+                self.rounds_done.add(rec.round)
+                seen = rec.round + 1
+            elif rec.event is EventKind.TRAIN_LOSS and rec.round >= 0:
+                seen = rec.round
+            else:
+                continue
+            self.open_round = seen if self.open_round is None else max(self.open_round, seen)
+        return self.open_round
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+def outage_cmds(topology: Any, name: str, down: bool) -> list[list[str]]:
+    """Cut (down) or restore role `name`'s link under run.network = netns: its port on
+    the run's bridge (p-<role>), so the role's own eth0 and address stay as they are."""
+    from fedsllm.link.netns import BRIDGE_ROLE, client_role
+
+    servers = {"fed_server": "fed", "main_server": "main"}
+    role = servers.get(name) or client_role(int(name.removeprefix("client_")))
+    port = f"p-{role}"
+    state = "down" if down else "up"
+    return [["ip", "-n", topology.netns(BRIDGE_ROLE), "link", "set", port, state]]
+
+
+def fault_restart_pending(executor: Any, name: str) -> bool:
+    """Whether a fault that has fired will still restart `name` (its restart action
+    not performed yet): the death it caused is then expected, not a failure."""
+    for i, fault in enumerate(executor.faults):
+        if executor.fired_at[i] is None:
+            continue
+        restarts = [
+            a.text() for a in fault.actions() if a.op == "restart" and a.target.name == name
+        ]
+        done = [e.action for e in executor.events if e.fault_index == i]
+        if any(text not in done for text in restarts):
+            return True
+    return False
+
+
 @dataclass
 class RunOutcome:
     run_dir: Path
     exit_codes: dict[str, int]
     failed: RoleFailed | None
     wall_s: float
+    restarts: list[RestartRecord] = dataclasses.field(default_factory=list)
+    """Every role started again during the run, in order."""
+    fault_events: list[Any] = dataclasses.field(default_factory=list)
+    """Every fault action performed (fedsllm.faults.FaultEvent), in order."""
+    faults: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """FaultExecutor.summary(): per fault, when it fired and each action's outcome."""
+    resumed: bool = False
+    """Whether this launch continued an interrupted run (fedsllm run --resume)."""
+    rounds_done: int | None = None
+    """Rounds the fed server aggregated, as the launcher saw them (None: not followed)."""
+    interrupted: str = ""
+    """Why the launch was cut short ("interrupted by SIGTERM"); empty when it was not."""
 
 
 @contextmanager
@@ -609,16 +915,21 @@ def run_processes(
     run_dir: Path,
     on_tick: Callable[[], None] | None = None,
     tick_s: float = 0.25,
+    resume: bool = False,
 ) -> RunOutcome:
     """Run every role on this machine: on loopback, or in network namespaces
     joined by veth pairs (run.network = netns), which are always removed.
 
+    With `resume` the run directory is an interrupted run's: every role starts
+    on the same directories and credentials and restores from its store.
+    Roles that die are restarted under run.restart = on-failure, and the
+    faults of run.faults are injected (both recorded in RUN_DIR/faults.json).
     An interrupt (SIGINT, SIGTERM) stops every process started so far, at any
     point, and is then re-raised: KeyboardInterrupt, or SystemExit(143).
     """
     with deferred_stop_signals() as stop:
         try:
-            outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop)
+            outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop, resume)
         except RunInterrupted:
             outcome = None
     stop.raise_if_set()
@@ -639,6 +950,7 @@ def _run_here(
     on_tick: Callable[[], None] | None,
     tick_s: float,
     stop: StopRequest,
+    resume: bool = False,
 ) -> RunOutcome:
     if scenario.run.network == "netns":
         from fedsllm.link.netns import NetnsTopology
@@ -648,19 +960,22 @@ def _run_here(
             run_id, scenario.clients.num_clients, control_ports=(NETNS_PORTS["control"],)
         )
         with topology:
-            return _run_processes(
-                scenario, run_dir, netns_endpoints(scenario, topology), on_tick, tick_s, stop
-            )
-    return _run_processes(scenario, run_dir, loopback_endpoints(scenario), on_tick, tick_s, stop)
+            ends = netns_endpoints(scenario, topology)
+            return _run_processes(scenario, run_dir, ends, on_tick, tick_s, stop, resume, topology)
+    ends = loopback_endpoints(scenario)
+    return _run_processes(scenario, run_dir, ends, on_tick, tick_s, stop, resume)
 
 
-def run_secrets(scenario: ScenarioConfig, run_dir: Path, ends: Endpoints) -> Any:
+def run_secrets(
+    scenario: ScenarioConfig, run_dir: Path, ends: Endpoints, resume: bool = False
+) -> Any:
     """Every role's credentials for this run (fedsllm.security.run_secrets): a
     token each, and with run.tls a certificate each from a per-run CA naming
     the run's addresses. In network namespaces the addresses are private to
-    this host, so plain gRPC there counts as asked for (said in the log)."""
+    this host, so plain gRPC there counts as asked for (said in the log).
+    A resumed run reuses the credentials it has (`existing_run_secrets`)."""
     from fedsllm.security.credentials import is_loopback
-    from fedsllm.security.run_secrets import prepare_run_secrets
+    from fedsllm.security.run_secrets import existing_run_secrets, prepare_run_secrets
 
     names = ["fed_server", "main_server"] + [
         f"client_{k}" for k in range(scenario.clients.num_clients)
@@ -678,18 +993,71 @@ def run_secrets(scenario: ScenarioConfig, run_dir: Path, ends: Endpoints) -> Any
             warning = check_insecure(address, insecure)
             if warning is not None and scenario.run.insecure:
                 log.warning("%s", warning)
-    secrets = prepare_run_secrets(
-        run_dir,
-        names,
-        {name: role_work_dir(run_dir, name) for name in names},
-        num_clients=scenario.clients.num_clients,
-        tls=scenario.run.tls,
-        insecure=insecure,
-        extra_ip_addresses=[h for h in hosts if _is_ip(h)],
-    )
+    role_dirs = {name: role_work_dir(run_dir, name) for name in names}
+    secrets = existing_run_secrets(run_dir, role_dirs, insecure) if resume else None
+    if secrets is None:
+        secrets = prepare_run_secrets(
+            run_dir,
+            names,
+            role_dirs,
+            num_clients=scenario.clients.num_clients,
+            tls=scenario.run.tls,
+            insecure=insecure,
+            extra_ip_addresses=[h for h in hosts if _is_ip(h)],
+        )
     log.info("%s", secrets.describe())
     (run_dir / "security.txt").write_text(secrets.describe() + "\n")
     return secrets
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+FAULTS_FILE = "faults.json"
+"""RUN_DIR/faults.json: one entry per launch of the run (first, and each --resume):
+its restart policy, faults and their actions, restarts, and how it ended."""
+
+
+def read_fault_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The launches recorded in RUN_DIR/faults.json ([] when there is none)."""
+    try:
+        doc = json.loads((Path(run_dir) / FAULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    launches = doc.get("launches") if isinstance(doc, dict) else None
+    return list(launches) if isinstance(launches, list) else []
+
+
+def write_fault_log(run_dir: Path, scenario: ScenarioConfig, outcome: RunOutcome) -> Path:
+    """Append this launch to RUN_DIR/faults.json (written whole, atomically)."""
+    from fedsllm.state.format import atomic_write
+
+    failed = outcome.failed
+    entry = {
+        "resumed": outcome.resumed,
+        "restart": scenario.run.restart,
+        "max_restarts": scenario.run.max_restarts,
+        "fault_spec": scenario.run.faults,
+        "faults": outcome.faults,
+        "events": [e.to_dict() for e in outcome.fault_events],
+        "restarts": [r.to_dict() for r in outcome.restarts],
+        "completed": failed is None and not outcome.interrupted,
+        "failed": outcome.interrupted
+        or (None if failed is None else f"{failed.proc.name}: {failed.reason}"),
+        "rounds_done": outcome.rounds_done,
+        "wall_s": round(outcome.wall_s, 3),
+    }
+    path = Path(run_dir) / FAULTS_FILE
+    doc = {"launches": [*read_fault_log(run_dir), entry]}
+    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
+    return path
 
 
 def _is_ip(host: str) -> bool:
@@ -709,19 +1077,25 @@ def _run_processes(
     on_tick: Callable[[], None] | None,
     tick_s: float,
     stop: StopRequest,
+    resume: bool = False,
+    topology: Any = None,
 ) -> RunOutcome:
-    """Start every role, wait for the clients, stop the servers; never leaves a process.
+    """Start every role, watch them until the clients are done, stop the servers;
+    never leaves a process.
 
     Only the fed server is given the scenario and RUN_DIR; every other role gets
     the fed server's address and a private work directory of its own
     (RUN_DIR/roles/<role>/, which no other role reads), and everything else
-    over gRPC.
+    over gRPC. Each role is started from one recipe (`start`), so a restart
+    (run.restart, or a fault) starts it exactly as the first time.
     """
     scenario_path = write_scenario(run_dir, scenario)
     env = role_env(scenario)
     common = ["--netns-run-id", ends.netns_run_id] if ends.netns_run_id else []
-    secrets = run_secrets(scenario, run_dir, ends)
+    secrets = run_secrets(scenario, run_dir, ends, resume)
     security = secrets.launcher_security()  # the launcher's own, for its health waits
+    num_clients = scenario.clients.num_clients
+    faults = _faults_of(scenario)
 
     def env_of(name: str) -> dict[str, str]:
         """The shared environment plus role `name`'s own credentials (files only)."""
@@ -732,37 +1106,58 @@ def _run_processes(
         path.mkdir(parents=True, exist_ok=True)
         return ["--work-dir", str(path)]
 
+    server_args = {
+        "fed_server": [
+            *common,
+            *("--scenario", str(scenario_path), "--run-dir", str(run_dir)),
+            *("--bind", ends.fed_addr, "--control-bind", ends.control_addr),
+        ],
+        "main_server": [
+            *common,
+            *work_dir("main_server"),
+            *("--bind", ends.main_addr, "--fed-address", ends.fed_addr),
+        ],
+    }
+    client_args = {
+        f"client_{k}": [
+            *common,
+            *work_dir(f"client_{k}"),
+            *("--client-id", str(k), "--fed-address", ends.fed_addr),
+            *("--control-address", ends.control_addr, "--main-address", ends.main_addr),
+        ]
+        for k in range(num_clients)
+    }
     timeout_s = scenario.run.startup_timeout_s
     roles = ProcessSet(stop)
+    host: ClientHost | None = None
+
+    def start(name: str) -> RoleProcess | ForkedRole:
+        """Start role `name` (again) with its arguments; tracked from birth."""
+        if name in server_args:
+            return roles.start(
+                name, name, server_args[name], run_dir, env_of(name), ends.prefix(name)
+            )
+        if host is not None:
+            # Only this client's own variables travel: the rest is the host's env.
+            host.request(name, client_args[name], secrets.role_env(name))
+            return roles.start_forked(host, name)
+        return roles.start(
+            name, "client", client_args[name], run_dir, env_of(name), ends.prefix(name)
+        )
+
+    tracker: RoundTracker | None = None
+    executor: Any = None
     exit_codes: dict[str, int] = {}
     failed: RoleFailed | None = None
-    t0 = time.monotonic()
+    interrupted = ""
+    supervisor = Supervisor(start, RestartPolicy.of(scenario))
+    if resume:
+        log.info("resuming the run in %s from its roles' stores", run_dir)
     try:
-        fed = roles.start(
-            "fed_server",
-            "fed_server",
-            [
-                *common,
-                *("--scenario", str(scenario_path), "--run-dir", str(run_dir)),
-                *("--bind", ends.fed_addr, "--control-bind", ends.control_addr),
-            ],
-            run_dir,
-            env_of("fed_server"),
-            ends.prefix("fed_server"),
-        )
-        main = roles.start(
-            "main_server",
-            "main_server",
-            [
-                *common,
-                *work_dir("main_server"),
-                *("--bind", ends.main_addr, "--fed-address", ends.fed_addr),
-            ],
-            run_dir,
-            env_of("main_server"),
-            ends.prefix("main_server"),
-        )
-        host = None
+        fed = start("fed_server")
+        supervisor.watch("fed_server", fed)
+        main = start("main_server")
+        supervisor.watch("main_server", main)
         if not ends.prefix("client_0"):
             # Loopback: clients fork from one pre-imported host (client/host.py),
             # which imports while the servers start. In namespaces each client
@@ -778,64 +1173,111 @@ def _run_processes(
         )
         if host is not None:
             host.wait_ready(timeout_s, stop)
-        pending: dict[str, RoleProcess | ForkedRole] = {}
-        forked: list[tuple[str, Sequence[str], dict[str, str] | None]] = []
-        for k in range(scenario.clients.num_clients):
-            client_args = [
-                    *common,
-                    *work_dir(f"client_{k}"),
-                    "--client-id",
-                    str(k),
-                    "--fed-address",
-                    ends.fed_addr,
-                    "--control-address",
-                    ends.control_addr,
-                    "--main-address",
-                    ends.main_addr,
-            ]  # fmt: skip
-            if host is not None:
-                # Only this client's own variables travel: the rest is the host's env.
-                forked.append((f"client_{k}", client_args, secrets.role_env(f"client_{k}")))
-                continue
-            client = roles.start(
-                f"client_{k}", "client", client_args, run_dir,
-                env_of(f"client_{k}"), ends.prefix(f"client_{k}"),
-            )  # fmt: skip
-            pending[client.name] = client
-        if host is not None and forked:
-            host.request_many(forked)
-        for name, _, _ in forked:
-            pending[name] = roles.start_forked(host, name)  # type: ignore[arg-type]
-        while pending:
+            # One write for every client: the host forks them all before any starts.
+            host.request_many(
+                [(name, args, secrets.role_env(name)) for name, args in client_args.items()]
+            )
+            for name in client_args:
+                supervisor.watch(name, roles.start_forked(host, name), client=True)
+        else:
+            for name in client_args:
+                supervisor.watch(name, start(name), client=True)
+        if faults or scenario.run.restart != "never":
+            tracker = RoundTracker(run_dir)
+            supervisor.round_of = tracker.current
+        if faults:
+            executor = _fault_executor(faults, supervisor, topology)
+            supervisor.fault_restart_pending = lambda name: fault_restart_pending(executor, name)
+        while supervisor.clients_running:
             stop.check()
-            for name, proc in list(pending.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                exit_codes[name] = code
-                del pending[name]
-                if code != 0:
-                    raise RoleFailed(proc, f"exited with code {code}")
-            for server in (fed, main, *((host.proc,) if host is not None else ())):
-                code = server.poll()
-                if code is not None:
-                    raise RoleFailed(server, f"exited with code {code} while clients ran")
+            if executor is not None and not executor.done:
+                executor.poll(supervisor.elapsed_s(), supervisor.round_of())
+            supervisor.tick()
+            if host is not None and host.proc.poll() is not None:
+                raise RoleFailed(
+                    host.proc, f"exited with code {host.proc.poll()} while clients ran"
+                )
             if on_tick is not None:
                 on_tick()
             stop.event.wait(tick_s)
     except RoleFailed as err:
         failed = err
+    except RunInterrupted as err:
+        interrupted = str(err)
+        raise
     finally:
         # Every process is signalled before any is waited for, so an interrupt
         # during the wait cannot leave the others running.
-        for name, code in roles.stop_all().items():
+        codes = roles.stop_all()
+        for name in supervisor.done:
+            exit_codes[name] = 0
+        for name, code in codes.items():
             exit_codes.setdefault(name, code)
+        if tracker is not None:
+            tracker.current()
+            tracker.close()
+        if interrupted:  # recorded too, so a later --resume lists this launch
+            outcome = _outcome(run_dir, exit_codes, None, supervisor, executor, tracker, resume)
+            outcome.interrupted = interrupted
+            write_fault_log(run_dir, scenario, outcome)
     if on_tick is not None:
         on_tick()
     if failed is None:
-        for proc in roles.procs[:2]:
-            if exit_codes.get(proc.name, 0) != 0:
-                failed = RoleFailed(proc, f"exited with code {exit_codes[proc.name]} at shutdown")
+        for name in ("fed_server", "main_server"):
+            proc = supervisor.current.get(name)
+            code = proc.poll() if proc is not None else None
+            if proc is not None and code is not None and code != 0:
+                failed = RoleFailed(proc, f"exited with code {code} at shutdown")
+                break
+    outcome = _outcome(run_dir, exit_codes, failed, supervisor, executor, tracker, resume)
+    write_fault_log(run_dir, scenario, outcome)
+    return outcome
+
+
+def _outcome(
+    run_dir: Path,
+    exit_codes: dict[str, int],
+    failed: RoleFailed | None,
+    supervisor: Supervisor,
+    executor: Any,
+    tracker: RoundTracker | None,
+    resume: bool,
+) -> RunOutcome:
     return RunOutcome(
-        run_dir=run_dir, exit_codes=exit_codes, failed=failed, wall_s=time.monotonic() - t0
+        run_dir=run_dir,
+        exit_codes=exit_codes,
+        failed=failed,
+        wall_s=supervisor.elapsed_s(),
+        restarts=list(supervisor.restarts),
+        fault_events=list(executor.events) if executor is not None else [],
+        faults=executor.summary() if executor is not None else [],
+        resumed=resume,
+        rounds_done=len(tracker.rounds_done) if tracker is not None else None,
     )
+
+
+def _faults_of(scenario: ScenarioConfig) -> list[Any]:
+    from fedsllm.config import check_faults
+
+    return check_faults(
+        scenario.run.faults, scenario.clients.num_clients, scenario.run.network, "run.faults"
+    )
+
+
+def _fault_executor(faults: Sequence[Any], supervisor: Supervisor, topology: Any) -> Any:
+    """A FaultExecutor over the processes `supervisor` holds, and the run's links."""
+    from fedsllm.faults import FaultExecutor, FaultOps
+
+    def set_outage(name: str, down: bool) -> None:
+        if topology is None:  # refused when the scenario loads; kept as a clear error
+            raise RuntimeError("a link outage needs run.network = netns")
+        for cmd in outage_cmds(topology, name, down):
+            subprocess.run(cmd, check=True, capture_output=True)
+
+    ops = FaultOps(
+        pid_of=supervisor.pid_of,
+        restart=supervisor.restart,
+        set_outage=set_outage,
+        send_signal=supervisor.send_signal,
+    )
+    return FaultExecutor(faults, ops)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -14,6 +15,22 @@ from fedsllm.config import ScenarioConfig, from_dict
 from fedsllm.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+ROLE_STOP = threading.Event()
+"""Set once this process was asked to stop (SIGTERM or SIGINT, after
+`wait_for_stop` installed its handlers). Every wait that can last (link and
+device pacing, a handler waiting on a step) waits on it instead of sleeping,
+so a stopping role is never held by a sleep. Never cleared: a process stops once."""
+
+
+class RoleStopping(RuntimeError):
+    """A wait was cut short because the role is stopping (ROLE_STOP is set)."""
+
+
+def sleep_unless_stopped(seconds: float) -> None:
+    """time.sleep(seconds), cut short when the role is asked to stop."""
+    if seconds > 0:
+        ROLE_STOP.wait(seconds)
 
 
 def role_arg_parser(
@@ -289,7 +306,9 @@ def build_role_shaper(scenario: ScenarioConfig, netns_run_id: str = "") -> Any:
         from fedsllm.deploy.links import InterfaceTopology
 
         topology = InterfaceTopology(scenario.clients.num_clients)
-    return build_shaper(scenario.link, topology=topology)
+    # Token pacing sleeps end when the role stops, so a handler pacing a slow
+    # downlink cannot hold SIGTERM up.
+    return build_shaper(scenario.link, topology=topology, sleep=sleep_unless_stopped)
 
 
 def make_pacer(scenario: ScenarioConfig, flops_per_s: float) -> Any:
@@ -298,7 +317,7 @@ def make_pacer(scenario: ScenarioConfig, flops_per_s: float) -> Any:
         return None
     from fedsllm.device import DevicePacer
 
-    return DevicePacer(flops_per_s, scenario.link.time_dilation)
+    return DevicePacer(flops_per_s, scenario.link.time_dilation, sleep=sleep_unless_stopped)
 
 
 def compute_context(pacer: Any) -> Callable[[float, str], AbstractContextManager[Any]]:
@@ -334,12 +353,18 @@ def pace_downlink(
     shaper: Any, client_id: int, rate_bps: float, nbytes: int, new_message: bool
 ) -> None:
     """Hold one downlink message to client `client_id` until a link of `rate_bps`
-    (0 = unlimited) has carried it; the servers learn the rate per message."""
+    (0 = unlimited) has carried it; the servers learn the rate per message.
+
+    Once the role is stopping (ROLE_STOP) nothing is paced any more: a shaper
+    from build_role_shaper wakes from its sleep, and the rest of the payload
+    goes out unpaced within the server's stop grace, so a reply already
+    computed still reaches its peer (nothing to re-send) and no handler
+    holds the stop."""
     import math
 
     from fedsllm.link.base import Direction
 
-    if rate_bps <= 0:
+    if rate_bps <= 0 or ROLE_STOP.is_set():
         return
     if shaper.rates(client_id)[1] != rate_bps:
         shaper.set_rates(client_id, math.inf, rate_bps)
@@ -378,15 +403,21 @@ def record_emulation(tracer: Any, pacer: Any, shaper: Any) -> None:
             )
 
 
-def wait_for_stop(every_s: float = 0.5, tick: Callable[[], object] | None = None) -> None:
-    """Block until SIGTERM or SIGINT (how the launcher, compose and Ctrl-C stop a
-    server), calling `tick` every `every_s` seconds meanwhile."""
+def install_stop_signals() -> threading.Event:
+    """Make SIGTERM and SIGINT (how the launcher, compose and Ctrl-C stop a
+    role) set ROLE_STOP, which it returns. Call it from the main thread."""
     import signal
-    import threading
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: ROLE_STOP.set())
+    signal.signal(signal.SIGINT, lambda *_: ROLE_STOP.set())
+    return ROLE_STOP
+
+
+def wait_for_stop(every_s: float = 0.5, tick: Callable[[], object] | None = None) -> None:
+    """Block until SIGTERM or SIGINT, calling `tick` every `every_s` seconds
+    meanwhile. A tick that waits should wait on ROLE_STOP, so a stop during
+    it is seen at once."""
+    stop = install_stop_signals()
     while not stop.wait(every_s):
         if tick is not None:
             tick()

@@ -215,5 +215,85 @@ def write_summary(
         "launcher_wall_s": outcome.wall_s,
         **summary.to_dict(),
     }
+    # Every fault action and restart of every launch at the top (the e2e checks read
+    # them there), the launches and the audit under "resilience".
+    extra = resilience(run_dir)
+    doc.update(
+        resumed=extra["resumed"] > 0,
+        faults=extra["faults"],
+        restarts=extra["restarts"],
+        audit=extra["audit"],
+        resilience=extra,
+    )
     (Path(run_dir) / "summary.json").write_text(json.dumps(doc, indent=2))
     return summary
+
+
+def resilience(run_dir: Path) -> dict[str, Any]:
+    """What the run went through and how it came out: every launch (the first and each
+    --resume) with its faults, their actions and restarts (RUN_DIR/faults.json, which
+    fedsllm.launch writes), and the audit of its rounds (fedsllm.state.audit)."""
+    from fedsllm.launch import read_fault_log
+    from fedsllm.state.audit import audit_run_dir
+
+    launches = read_fault_log(Path(run_dir))
+    return {
+        "launches": launches,
+        "resumed": sum(1 for launch in launches if launch.get("resumed")),
+        "faults": [
+            {**event, "launch": i}
+            for i, launch in enumerate(launches)
+            for event in launch.get("events", [])
+        ],
+        "restarts": [
+            {**restart, "launch": i}
+            for i, launch in enumerate(launches)
+            for restart in launch.get("restarts", [])
+        ],
+        "audit": audit_run_dir(run_dir).to_dict(),
+    }
+
+
+def _when(at_s: Any, rnd: Any) -> str:
+    at = f"t={at_s:.1f}s" if isinstance(at_s, int | float) else "t=?"
+    return f"{at}, round {rnd}" if rnd is not None else f"{at}, round ?"
+
+
+def resilience_lines(run_dir: Path, doc: dict[str, Any] | None = None) -> list[str]:
+    """Plain lines for `fedsllm run`'s summary and the report: resumes, each fault
+    action (time, round, action, error), each restart, how each launch ended (completed,
+    rounds done), and the audit. `doc` is `resilience(run_dir)` when already computed."""
+    doc = doc if doc is not None else resilience(run_dir)
+    lines: list[str] = []
+    launches = doc["launches"]
+    for i, launch in enumerate(launches):
+        label = "resumed" if launch.get("resumed") else "launch"
+        head = f"{label} {i + 1} of {len(launches)}:" if len(launches) > 1 else f"{label}:"
+        if launch.get("resumed"):
+            head += " continued from the roles' stores;"
+        policy = f" restart {launch.get('restart', 'never')}"
+        if launch.get("restart") == "on-failure":
+            policy += f" (at most {launch.get('max_restarts')} per role)"
+        rounds = launch.get("rounds_done")
+        end = "completed" if launch.get("completed") else f"failed ({launch.get('failed')})"
+        done = f", {rounds} rounds done" if rounds is not None else ""
+        lines.append(f"{head}{policy}; {end}{done}")
+        for fault in launch.get("faults", []):
+            if fault.get("fired_at_s") is None:
+                lines.append(f"  fault {fault['fault']}: never triggered")
+                continue
+            for action in fault.get("actions", []):
+                outcome = f"error: {action['error']}" if action.get("error") else "ok"
+                lines.append(
+                    f"  fault {fault['fault']}: {action['action']} "
+                    f"({_when(action.get('at_s'), action.get('round'))}): {outcome}"
+                )
+        for restart in launch.get("restarts", []):
+            lines.append(
+                f"  restart {restart['role']} #{restart['attempt']} by {restart['cause']} "
+                f"after {restart['died_of']} ({_when(restart.get('at_s'), restart.get('round'))})"
+            )
+    if not launches:
+        lines.append("faults and restarts: none recorded (no faults.json)")
+    lines.append(doc["audit"]["line"])
+    return lines

@@ -7,6 +7,15 @@ the scenario and base hashes, serves MainServer (and the health service)
 until SIGTERM, then stops with a grace period. Its adapter goes to the fed
 server after each completed round and at the end; it writes nothing outside
 its work directory.
+
+State (issue 10): the trainer's whole state (adapter, optimizer, counters, an
+open wave's gradients) is checkpointed to a MainServerStore in
+WORK_DIR/state after each completed round, every CHECKPOINT_EVERY_S seconds
+while steps happen, and at a clean exit; a restarted main server restores the
+latest one before it serves, so clients reconnect to where it was (steps
+computed after the last checkpoint are lost with a kill -9; a step whose
+reply did not reach its client is re-sent by it). A fed server that is gone
+for a while is waited for: Join and adapter pushes retry with backoff.
 """
 
 from __future__ import annotations
@@ -14,41 +23,96 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedsllm.state import MainServerSnapshot, MainServerStore
+    from main_server.compute import StepQueue
 
 log = logging.getLogger("main_server")
 
 STARTUP_TIMEOUT_S = 120.0
 """How long to wait for the fed server before the scenario is known."""
 
+CHECKPOINT_EVERY_S = 10.0
+"""Seconds between two periodic checkpoints while steps happen (one is also
+written at each completed round and at a clean exit)."""
 
-def join_main_server(channel: Any, scenario_hash: str, base_hash: str) -> int:
-    """JoinMainServer; SettingError naming the hash the fed server refused."""
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 10.0
+"""Backoff (fedsllm.wire.retry.backoff_delays) of the calls to the fed server
+that are retried while it is unreachable: JoinMainServer and adapter pushes."""
+
+FINAL_WAIT_S = 5.0
+"""At a clean exit, how long the last checkpoint and the final adapter push
+may take each: the launcher's grace period is 10 s."""
+
+RETRIED_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+"""A fed server that is restarting: retry. Anything else is an answer."""
+
+
+def join_main_server(
+    channel: Any,
+    scenario_hash: str,
+    base_hash: str,
+    stop: threading.Event | None = None,
+) -> int:
+    """JoinMainServer; SettingError naming the hash the fed server refused.
+
+    While the fed server is unreachable (UNAVAILABLE: restarting) the join is
+    retried with backoff until it answers or `stop` is set (RoleStopping)."""
     import grpc
 
     from fedsllm.bootstrap import SettingError
     from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
-    from fedsllm.wire.rpc import unary_call
+    from fedsllm.roles import RoleStopping
+    from fedsllm.wire.retry import backoff_delays
 
     stub = fed_server_pb2_grpc.FedServerStub(channel)
     request = fed_server_pb2.MainServerJoinRequest(scenario_hash=scenario_hash, base_hash=base_hash)
-    try:
-        return unary_call(stub.JoinMainServer, request, timeout_s=30.0).num_rounds
-    except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-            field = "base_hash" if "base_hash" in (err.details() or "") else "scenario_hash"
-            raise SettingError(field, base_hash if field == "base_hash" else scenario_hash,
-                               f"refused at Join: {err.details()}") from None  # fmt: skip
-        raise
+    delays = backoff_delays(RETRY_BASE_S, RETRY_CAP_S, seed=None)
+    stop = threading.Event() if stop is None else stop
+    while True:
+        try:
+            return stub.JoinMainServer(request, timeout=30.0).num_rounds
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                field = "base_hash" if "base_hash" in (err.details() or "") else "scenario_hash"
+                raise SettingError(field, base_hash if field == "base_hash" else scenario_hash,
+                                   f"refused at Join: {err.details()}") from None  # fmt: skip
+            if err.code().name not in RETRIED_CODES:
+                raise
+            delay = next(delays)
+            log.warning("fed server unreachable at Join (%s); again in %.1f s",
+                        err.code().name, delay)  # fmt: skip
+            if stop.wait(delay):
+                raise RoleStopping("stopping before the fed server answered Join") from None
 
 
 class AdapterCheckpoints:
     """Sends the server adapter to the fed server after each round it completes
-    (polled on its Status) and at the end; failures are logged, not raised."""
+    (polled on its Status) and at the end. `adapter(timeout_s)` serializes it
+    (on the step worker; TimeoutError when busy past timeout_s, None: wait).
+
+    A push the fed server cannot take now (UNAVAILABLE: it is restarting) is
+    retried with backoff from later ticks, so the tick loop never blocks on
+    it; a refusal as "not joined" joins again first (`rejoin`). Other
+    failures are logged, not raised. `on_round` runs after each completed
+    round is seen (the local checkpoint)."""
 
     def __init__(
-        self, channel: Any, adapter: Callable[[], bytes], chunk_bytes: int, every_s: float = 1.0
+        self,
+        channel: Any,
+        adapter: Callable[[float | None], bytes],
+        chunk_bytes: int,
+        every_s: float = 1.0,
+        *,
+        on_round: Callable[[], object] | None = None,
+        rejoin: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from fedsllm.proto import fed_server_pb2_grpc
 
@@ -56,49 +120,233 @@ class AdapterCheckpoints:
         self.adapter = adapter
         self.chunk_bytes = chunk_bytes
         self.every_s = every_s
+        self.on_round = on_round
+        self.rejoin = rejoin
+        self.clock = clock
         self.completed = -1
-        self._last_poll = 0.0
+        """Latest completed round seen; restored from the local checkpoint."""
+        self.pushed = -1
+        """Latest completed round whose adapter the fed server took."""
+        self.timeout_s: float | None = None
+        """Bound on each push while stopping (None while serving)."""
+        self._last_poll = -float("inf")
+        self._retry_at = 0.0
+        self._delays: Iterator[float] | None = None
 
     def tick(self, force: bool = False) -> None:
-        import time
-
         import grpc
 
         from fedsllm.proto import fed_server_pb2
 
-        now = time.monotonic()
-        if now - self._last_poll < self.every_s and not force:
-            return
-        self._last_poll = now
-        try:
-            status = self.stub.Status(fed_server_pb2.StatusRequest(), timeout=5.0)
-        except grpc.RpcError:
-            return
-        completed = status.round - 1 if not status.finished else status.num_rounds - 1
-        if completed > self.completed:
-            self.completed = completed
-            self.push(final=False)
+        now = self.clock()
+        if now - self._last_poll >= self.every_s or force:
+            self._last_poll = now
+            try:
+                status = self.stub.Status(fed_server_pb2.StatusRequest(), timeout=5.0)
+            except grpc.RpcError:
+                status = None  # unreachable now: polled again next tick
+            if status is not None:
+                completed = status.round - 1 if not status.finished else status.num_rounds - 1
+                if completed > self.completed:
+                    self.completed = completed
+                    self._delays = None
+                    self._retry_at = now
+                    self._push_pending()
+                    if self.on_round is not None:
+                        self.on_round()
+                    return
+        if self.pushed < self.completed and now >= self._retry_at:
+            self._push_pending()
 
-    def push(self, final: bool) -> bool:
+    def _push_pending(self) -> None:
+        from fedsllm.wire.retry import backoff_delays
+
+        if self.push(final=False, timeout_s=self.timeout_s):
+            self.pushed = self.completed
+            self._delays = None
+            return
+        if self._delays is None:
+            self._delays = backoff_delays(RETRY_BASE_S, RETRY_CAP_S, seed=None)
+        self._retry_at = self.clock() + next(self._delays)
+
+    def push(self, final: bool, timeout_s: float | None = None) -> bool:
+        """One push of the current adapter; True once the fed server took it."""
         import grpc
 
         from fedsllm.bootstrap import server_adapter_requests
+        from fedsllm.wire.status import refusal_of
 
-        blob = self.adapter()
         try:
-            self.stub.PushServerAdapter(
-                server_adapter_requests(self.completed, final, blob, self.chunk_bytes),
-                timeout=10.0,
-            )
-        except grpc.RpcError as err:
-            log.warning("server adapter not sent to the fed server: %s", err.details())
+            blob = self.adapter(timeout_s)
+        except TimeoutError:
+            log.warning("server adapter not sent: the step worker stayed busy")
             return False
+        for again in (False, True):
+            try:
+                self.stub.PushServerAdapter(
+                    server_adapter_requests(self.completed, final, blob, self.chunk_bytes),
+                    timeout=10.0 if timeout_s is None else timeout_s,
+                )
+            except grpc.RpcError as err:
+                if not again and self.rejoin is not None and refusal_of(err) == "not_joined":
+                    log.info("the fed server does not know this main server: joining again")
+                    self.rejoin()
+                    continue
+                retried = err.code().name in RETRIED_CODES and not final
+                log.warning("server adapter not sent to the fed server%s: %s",
+                            " (will retry)" if retried else "", err.details())  # fmt: skip
+                return False
+            break
         log.info(
             "server adapter sent (%s, %d bytes)",
             "final" if final else f"after round {self.completed}",
             len(blob),
         )
         return True
+
+
+class LocalCheckpoints:
+    """The main server's own state in its MainServerStore (WORK_DIR/state).
+
+    Written, each time atomically (the store's commit document is written
+    last): after each completed round (AdapterCheckpoints.on_round), every
+    `every_s` seconds while steps happen (`tick`), and at a clean exit. The
+    export runs on the step worker (StepQueue.call), between passes, so a
+    checkpoint never holds half an update."""
+
+    def __init__(
+        self,
+        store: MainServerStore,
+        steps: StepQueue,
+        scenario_hash: str,
+        *,
+        pushed_round: Callable[[], int] = lambda: -1,
+        every_s: float = CHECKPOINT_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.steps = steps
+        self.scenario_hash = scenario_hash
+        self.pushed_round = pushed_round
+        self.every_s = every_s
+        self.clock = clock
+        self._last_s = clock()
+        self._steps_at_save = 0
+
+    def restore(self) -> MainServerSnapshot | None:
+        """Load the latest checkpoint into the trainer (None: there is none).
+        StateError when it belongs to another scenario or does not fit."""
+        from fedsllm.errors import StateError
+        from main_server.compute import TrainerState
+
+        snap = self.store.load()
+        if snap is None:
+            return None
+        saved_hash = snap.extra.get("scenario_hash")
+        if saved_hash != self.scenario_hash:
+            raise StateError(
+                f"{self.store.backend.location}: checkpoint of scenario {saved_hash!r}, "
+                f"this run's is {self.scenario_hash!r}; move the state directory away "
+                "to start fresh"
+            )
+        if snap.optimizer is None:
+            raise StateError(f"{self.store.backend.location}: checkpoint without optimizer state")
+        e = snap.extra
+        state = TrainerState(
+            adapter=snap.adapter,
+            optimizer=snap.optimizer,
+            wave=snap.wave,
+            num_steps=snap.num_steps,
+            num_updates=snap.num_updates,
+            num_partial_waves=int(e["num_partial_waves"]),
+            last_round=snap.round,
+            batches_in_wave=int(e["batches_in_wave"]),
+            wave_round=int(e["wave_round"]),
+            update=str(e["update"]),
+            wave_size=int(e["wave_size"]),
+        )
+        self.steps.call(lambda t: t.restore_state(state))
+        self._steps_at_save = self.steps.num_steps
+        log.info(
+            "resumed from checkpoint %d: %d updates, %d steps",
+            snap.seq, snap.num_updates, snap.num_steps,
+        )  # fmt: skip
+        return snap
+
+    def save(self, reason: str, timeout_s: float | None = None) -> int:
+        """Export the trainer (on the worker) and commit it; returns the commit number."""
+        steps_now = self.steps.num_steps
+        state = self.steps.call(lambda t: t.export_state(), timeout_s)
+        seq = self.store.save(
+            state.adapter,
+            state.optimizer,
+            num_steps=state.num_steps,
+            num_updates=state.num_updates,
+            round_index=state.last_round,
+            extra={
+                "scenario_hash": self.scenario_hash,
+                "pushed_round": self.pushed_round(),
+                **state.counters(),
+            },
+            wave=state.wave,
+        )
+        self._last_s = self.clock()
+        self._steps_at_save = steps_now
+        log.info("checkpoint %d (%s): %d updates, %d steps",
+                 seq, reason, state.num_updates, state.num_steps)  # fmt: skip
+        return seq
+
+    def tick(self) -> None:
+        """The periodic checkpoint: every `every_s` seconds, if steps happened since."""
+        if self.clock() - self._last_s < self.every_s:
+            return
+        if self.steps.num_steps == self._steps_at_save:
+            self._last_s = self.clock()
+            return
+        self.save("periodic")
+
+
+def serve_until_stopped(
+    server: Any,
+    steps: StepQueue,
+    adapters: AdapterCheckpoints | None,
+    local: LocalCheckpoints | None,
+    grace_s: float = 2.0,
+) -> None:
+    """Serve until SIGTERM or SIGINT, checkpointing meanwhile; then stop in order.
+
+    Every step of the stop is bounded: queued steps are refused (their
+    handlers answer UNAVAILABLE; pacing sleeps and step waits already ended
+    on the stop flag), running calls get `grace_s`, then the last round's
+    adapter, the last checkpoint and the final push each get FINAL_WAIT_S."""
+    from fedsllm.roles import wait_for_stop
+    from fedsllm.wire.rpc import stop_server
+
+    def tick() -> None:
+        if adapters is not None:
+            adapters.tick()
+        if local is not None:
+            local.tick()
+
+    wait_for_stop(tick=tick)
+    dropped = steps.refuse_steps()
+    if dropped:
+        log.info("stopping: %d queued steps refused (their clients re-send them)", dropped)
+    stop_server(server, grace_s=grace_s)
+    if adapters is not None:
+        adapters.timeout_s = FINAL_WAIT_S
+        # The fed server keeps the server adapter in its run directory: this
+        # role writes nothing outside its own work directory.
+        adapters.tick(force=True)  # a last round that ended since the last poll
+    if local is not None:
+        try:
+            local.save("exit", timeout_s=FINAL_WAIT_S)
+        except TimeoutError:
+            log.warning("no checkpoint at exit: the step worker stayed busy; "
+                        "the previous one stands")  # fmt: skip
+    if adapters is not None:
+        adapters.push(final=True, timeout_s=FINAL_WAIT_S)
+    steps.close(timeout_s=2.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,14 +374,17 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level, "main_server")
     from fedsllm.bootstrap import SettingError, parse_bind, resolve
+    from fedsllm.errors import StateError, WireError
     from fedsllm.model.counts import count_scenario
     from fedsllm.model.lora import adapter_to_bytes
     from fedsllm.proto import main_server_pb2_grpc
     from fedsllm.roles import (
+        RoleStopping,
         align_clock,
         build_role_part,
         build_role_shaper,
         compute_context,
+        install_stop_signals,
         make_pacer,
         pace_downlink,
         record_emulation,
@@ -141,11 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         role_base_file,
         role_security,
         role_start,
-        wait_for_stop,
     )
+    from fedsllm.state import open_store
     from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import create_server, make_channel, stop_server, wait_healthy
+    from fedsllm.wire.rpc import create_server, make_channel, wait_healthy
     from main_server.compute import LocalWorker, ServerTrainer, StepQueue
     from main_server.service import MainServerService, StepLimits
 
@@ -172,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     if warning is not None:
         log.warning("%s", warning)
     log.info("channels: %s", security.describe())
+    # This role's checkpoints: its own work directory, nowhere else.
+    store = open_store("main_server", work_dir / "state")
     # Records stream to the fed server's collector (spooled under
     # WORK_DIR/spool while it is unreachable).
     telemetry_channel = make_channel(fed_address, security)
@@ -182,15 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     part, tokenizer, model_config, base_hash = build_role_part(
         scenario, "server", role_base_file(info, fed_address, work_dir, security)
     )
+    # Until here SIGTERM ends the process at once (nothing to save yet); from
+    # here on it only sets a flag that every wait below watches.
+    stop = install_stop_signals()
     try:
-        join_main_server(fed_channel, scenario_hash, base_hash)
-    except SettingError as err:
+        join_main_server(fed_channel, scenario_hash, base_hash, stop)
+    except (SettingError, RoleStopping) as err:
         log.error("%s", err)
         tracer.close()
         telemetry.close(timeout_s=3.0)
         telemetry_channel.close()
         fed_channel.close()
-        return 2
+        return 2 if isinstance(err, SettingError) else 0
     trainer = ServerTrainer(
         part,
         lr=scenario.training.server_lr,
@@ -213,8 +469,32 @@ def main(argv: list[str] | None = None) -> int:
     # Handlers receive; one worker computes (main_server/compute.py).
     steps = StepQueue(LocalWorker(trainer))
 
-    def adapter() -> bytes:
-        return steps.call(lambda t: t.adapter_bytes(adapter_to_bytes))
+    def adapter(timeout_s: float | None = None) -> bytes:
+        return steps.call(lambda t: t.adapter_bytes(adapter_to_bytes), timeout_s)
+
+    # Restored before serving: the first step a client sends sees the adapter
+    # and optimizer the last checkpoint holds.
+    local = LocalCheckpoints(store, steps, scenario_hash)
+    try:
+        snapshot = local.restore()
+    except (StateError, WireError) as err:
+        log.error("%s", err)
+        steps.close()
+        tracer.close()
+        telemetry.close(timeout_s=3.0)
+        telemetry_channel.close()
+        fed_channel.close()
+        return 2
+    adapters = AdapterCheckpoints(
+        fed_channel,
+        adapter,
+        scenario.link.chunk_bytes,
+        on_round=lambda: local.save("round completed", timeout_s=adapters.timeout_s),
+        rejoin=lambda: join_main_server(fed_channel, scenario_hash, base_hash, stop),
+    )
+    local.pushed_round = lambda: adapters.pushed
+    if snapshot is not None:
+        adapters.completed = adapters.pushed = int(snapshot.extra.get("pushed_round", -1))
 
     service = MainServerService(
         trainer,
@@ -231,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         compute=compute_context(pacer),
         flops_per_sample=counts.phi_s,
         steps=steps,
+        stop=stop,
     )
     server, port = create_server(
         bind,
@@ -239,14 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("serving MainServer on port %d", port)
 
-    checkpoints = AdapterCheckpoints(fed_channel, adapter, scenario.link.chunk_bytes)
-    wait_for_stop(tick=checkpoints.tick)
-    stop_server(server, grace_s=2.0)
-    # The fed server keeps the server adapter in its run directory: this
-    # role writes nothing outside its own work directory.
-    checkpoints.tick(force=True)  # a last round that ended since the last poll
-    checkpoints.push(final=True)
-    steps.close()
+    serve_until_stopped(server, steps, adapters, local)
     record_emulation(tracer, pacer, shaper)
     tracer.close()
     # The fed server waits for this source's final push before it stops;
@@ -255,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     telemetry_channel.close()
     fed_channel.close()
     log.info(
-        "stopped after %d server updates: %d steps in %d worker passes, %.1f s busy "
-        "(%.1f steps/s), deepest queue %d",
-        trainer.num_updates, steps.num_steps, steps.num_passes, steps.busy_s,
+        "stopped after %d server updates, %d train steps; since this start: %d steps "
+        "(eval included) in %d worker passes, %.1f s busy (%.1f steps/s), deepest queue %d",
+        trainer.num_updates, trainer.num_steps, steps.num_steps, steps.num_passes, steps.busy_s,
         steps.num_steps / steps.busy_s if steps.busy_s > 0 else 0.0, steps.max_depth,
     )  # fmt: skip
     return 0

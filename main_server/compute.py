@@ -104,6 +104,10 @@ class ServerTrainer:
         self.num_updates = 0
         self.num_partial_waves = 0
         """Waves applied before they held wave_size batches."""
+        self.num_steps = 0
+        """Train batches computed (a fused pass of n counts n)."""
+        self.last_round = -1
+        """Round of the latest train batch (-1: none yet)."""
         self._initial = [p.detach().clone() for p in self.params]
         """The adapter before any update, for "before training" evaluations."""
 
@@ -157,6 +161,8 @@ class ServerTrainer:
             row += num_rows
         (torch.stack(losses).sum() * scale).backward()
         self._batches_in_wave += len(batches)
+        self.num_steps += len(batches)
+        self.last_round = max(self.last_round, round_index)
         if self.update == "per_batch" or self._batches_in_wave >= self.wave_size:
             self.optimizer.step()
             self._batches_in_wave = 0
@@ -224,11 +230,141 @@ class ServerTrainer:
         compute_s = time.perf_counter() - t0
         return ServerStepResult(float(loss), num_loss_tokens(labels), None, compute_s)
 
+    # ------------------------------------------------------------ checkpoint
+    def export_state(self) -> TrainerState:
+        """Everything a restarted server needs to continue exactly here.
+
+        A partial wave is persisted, not flushed: its summed gradients and
+        how many batches it holds go into the state, so a checkpoint taken
+        mid-wave (the periodic one) changes no update, and a restored trainer
+        given the rest of the wave applies the same step the original would
+        have. Call it through the queue (`StepQueue.call`): not thread-safe."""
+        from fedsllm.model.lora import state_to_bytes
+        from fedsllm.state.optim import optimizer_to_bytes
+
+        wave = None
+        if self._batches_in_wave:
+            wave = state_to_bytes(
+                {str(i): p.grad for i, p in enumerate(self.params) if p.grad is not None}
+            )
+        return TrainerState(
+            adapter=state_to_bytes(dict(self._named_params())),
+            optimizer=optimizer_to_bytes(self.optimizer.state_dict()),
+            wave=wave,
+            num_steps=self.num_steps,
+            num_updates=self.num_updates,
+            num_partial_waves=self.num_partial_waves,
+            last_round=self.last_round,
+            batches_in_wave=self._batches_in_wave,
+            wave_round=self._wave_round,
+            update=self.update,
+            wave_size=self.wave_size,
+        )
+
+    def restore_state(self, state: TrainerState) -> None:
+        """Put this trainer exactly where `export_state` left one built the same way.
+
+        Checks everything before it changes anything: the update mode and
+        wave size, and every adapter tensor's name, shape and dtype; a
+        mismatch raises StateError naming it and leaves the trainer as it was."""
+        from fedsllm.errors import StateError
+        from fedsllm.model.lora import bytes_to_state
+        from fedsllm.state.optim import optimizer_from_bytes
+
+        if (state.update, state.wave_size) != (self.update, self.wave_size):
+            raise StateError(
+                f"checkpoint of server_update={state.update!r} wave_size={state.wave_size}, "
+                f"this server runs {self.update!r} wave_size={self.wave_size}"
+            )
+        params = dict(self._named_params())
+        adapter = bytes_to_state(state.adapter, "adapter")
+        _check_like(adapter, params, "adapter")
+        grads = bytes_to_state(state.wave, "wave") if state.wave is not None else {}
+        by_index = {str(i): p for i, p in enumerate(self.params)}
+        _check_like(grads, by_index, "wave", partial=True)
+        try:  # load_state_dict checks the groups before it changes anything
+            self.optimizer.load_state_dict(optimizer_from_bytes(state.optimizer))
+        except ValueError as err:
+            raise StateError(f"checkpoint optimizer does not fit this model: {err}") from None
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(adapter[name])
+        for key, p in by_index.items():
+            p.grad = grads[key].clone() if key in grads else None
+        self.num_steps = state.num_steps
+        self.num_updates = state.num_updates
+        self.num_partial_waves = state.num_partial_waves
+        self.last_round = state.last_round
+        self._batches_in_wave = state.batches_in_wave
+        self._wave_round = state.wave_round
+
+    def _named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The trainable parameters (the server adapter), in optimizer order."""
+        return [(n, p) for n, p in self.part.named_parameters() if p.requires_grad]
+
     def adapter_bytes(self, to_bytes: Any) -> bytes:
         """Serialize the adapter, a partial wave applied first. Call it through the
         queue (`StepQueue.call`) while a worker runs, so no update is half-applied."""
         self.flush()
         return to_bytes(self.part)
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """A ServerTrainer's whole state (ServerTrainer.export_state); the main
+    server keeps it in its MainServerStore (main_server/__main__.py)."""
+
+    adapter: bytes
+    """safetensors of the trainable parameters, by parameter name."""
+    optimizer: bytes
+    """fedsllm.state.optim.optimizer_to_bytes of the optimizer's state dict."""
+    wave: bytes | None
+    """Wave mode, a partial wave held: safetensors of the summed gradients by
+    parameter index (None: no wave open)."""
+    num_steps: int
+    num_updates: int
+    num_partial_waves: int
+    last_round: int
+    batches_in_wave: int
+    wave_round: int
+    update: str
+    wave_size: int
+
+    def counters(self) -> dict[str, Any]:
+        """The JSON-able fields, as the store keeps them."""
+        return {
+            "num_partial_waves": self.num_partial_waves,
+            "batches_in_wave": self.batches_in_wave,
+            "wave_round": self.wave_round,
+            "update": self.update,
+            "wave_size": self.wave_size,
+        }
+
+
+def _check_like(
+    got: dict[str, torch.Tensor],
+    want: dict[str, torch.Tensor],
+    field_name: str,
+    partial: bool = False,
+) -> None:
+    """StateError unless `got` has `want`'s names (a subset when `partial`),
+    shapes and dtypes."""
+    from fedsllm.errors import StateError
+
+    unknown = sorted(set(got) - set(want))
+    missing = [] if partial else sorted(set(want) - set(got))
+    if unknown or missing:
+        raise StateError(
+            f"checkpoint {field_name} does not fit this model: "
+            f"unknown {unknown[:3]}, missing {missing[:3]}"
+        )
+    for name, value in got.items():
+        ref = want[name]
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise StateError(
+                f"checkpoint {field_name}[{name}] does not fit this model: "
+                f"{tuple(value.shape)} {value.dtype}, the model's is {tuple(ref.shape)} {ref.dtype}"
+            )
 
 
 def _pad_and_stack(
@@ -321,7 +457,9 @@ class StepQueue:
         self._held: StepJob | _Call | None = None
         self._thread = threading.Thread(target=self._loop, name="step-worker", daemon=True)
         self._started = False
+        self._refusing = False
         self._start_lock = threading.Lock()
+        """Guards starting the worker and the switch to refusing steps."""
         self.num_passes = 0
         self.num_steps = 0
         self.busy_s = 0.0
@@ -330,21 +468,55 @@ class StepQueue:
         """Most jobs seen waiting at once (queue depth at a pass)."""
 
     def submit(self, job: StepJob) -> Future[ServerStepResult]:
+        """Queue a step; once `refuse_steps` was called its future fails at once."""
         self._ensure_started()
-        self._jobs.put(job)
+        with self._start_lock:
+            if self._refusing:
+                job.future.set_exception(StepQueueStopped("the main server is stopping"))
+                return job.future
+            self._jobs.put(job)
         return job.future
 
-    def call(self, fn: Any) -> Any:
-        """Run fn(trainer) on the worker thread between passes and return its value."""
+    def call(self, fn: Any, timeout_s: float | None = None) -> Any:
+        """Run fn(trainer) on the worker thread between passes and return its value;
+        TimeoutError when the worker has not run it within `timeout_s` (None: wait)."""
         self._ensure_started()
         item = _Call(fn)
         self._jobs.put(item)
-        return item.future.result()
+        return item.future.result(timeout=timeout_s)
 
-    def close(self) -> None:
+    def refuse_steps(self) -> int:
+        """Stop taking steps (a stopping server): queued steps that the worker has
+        not started fail with StepQueueStopped, and so does every later submit;
+        `call` still works (the last checkpoint). Returns how many were dropped.
+        A step dropped here changed nothing; its client re-sends it to the
+        restarted server."""
+        dropped = 0
+        kept: list[StepJob | _Call | None] = []
+        with self._start_lock:
+            self._refusing = True
+            while True:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, StepJob):
+                    item.future.set_exception(StepQueueStopped("the main server is stopping"))
+                    dropped += 1
+                else:
+                    kept.append(item)
+            for item in kept:
+                self._jobs.put(item)
+        return dropped
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Refuse steps, let the worker finish its pass and end; wait at most
+        `timeout_s` for it (the thread is a daemon: a worker stuck in a step
+        does not keep the process alive)."""
         if self._started:
+            self.refuse_steps()
             self._jobs.put(None)
-            self._thread.join(timeout=10.0)
+            self._thread.join(timeout=timeout_s)
 
     def _ensure_started(self) -> None:
         with self._start_lock:
@@ -405,6 +577,10 @@ class StepQueue:
                         result.num_fused,
                     )
                 )
+
+
+class StepQueueStopped(RuntimeError):
+    """The queue refuses steps: the main server is stopping (StepQueue.refuse_steps)."""
 
 
 @dataclass

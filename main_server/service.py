@@ -12,7 +12,10 @@ INVALID_ARGUMENT and changes no server state.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -24,7 +27,7 @@ from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.proto import tensor_pb2
-from fedsllm.roles import compute_context
+from fedsllm.roles import ROLE_STOP, RoleStopping, compute_context
 from fedsllm.security.identity import PermissionDeniedError, authorize
 from fedsllm.security.limits import PeerLimits, peer_key
 from fedsllm.trace import Tracer
@@ -38,11 +41,30 @@ from fedsllm.wire.messages import (
 from fedsllm.wire.status import abort_for
 from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import StepUpload, message_bytes, read_uplink
-from main_server.compute import LocalWorker, ServerTrainer, StepJob, StepQueue, num_loss_tokens
+from main_server.compute import (
+    LocalWorker,
+    ServerStepResult,
+    ServerTrainer,
+    StepJob,
+    StepQueue,
+    StepQueueStopped,
+    num_loss_tokens,
+)
 
 log = logging.getLogger(__name__)
 
 STEP_TENSORS = ("activations", "attention_mask", "labels")
+
+STOP_POLL_S = 0.25
+"""How often a handler waiting on its step checks whether the server is
+stopping or its client has gone."""
+
+STOP_GRACE_S = 1.5
+"""Once the server stops, how long a handler still waits for a step the worker
+is computing (queued ones are refused at once): a step that finishes is
+answered, so its client has nothing to re-send. Shorter than the server's stop
+grace (2 s, main_server.__main__.serve_until_stopped), so the handler ends
+with UNAVAILABLE before it would be cancelled."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +128,12 @@ class MainServerService(pb_grpc.MainServerServicer):
         compute: Callable[[float, str], Any] | None = None,
         flops_per_sample: float = 0.0,
         steps: StepQueue | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.trainer = trainer
+        self.stop = ROLE_STOP if stop is None else stop
+        """Set when the server is stopping: handlers waiting on a step give up
+        (UNAVAILABLE, which the client retries on the restarted server)."""
         self.steps = steps or StepQueue(LocalWorker(trainer))
         """Receiving a step is decoupled from computing it: handlers put steps
         here and wait; one worker computes (and, in wave mode, fuses) them."""
@@ -169,9 +195,13 @@ class MainServerService(pb_grpc.MainServerServicer):
             for upload in uplink:
                 if not isinstance(upload, StepUpload):
                     raise WireError("TrainRequest", "hello sent twice")
-                yield from self._serve_step(client_id, upload)
+                yield from self._serve_step(client_id, upload, context)
         except (WireError, StateError) as err:
             self._abort(context, err)
+        except (RoleStopping, StepQueueStopped) as err:
+            # Not the client's fault: it re-sends the step once we are back.
+            log.info("client %d: %s", client_id, err)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"main server stopping: {err}")
         log.info("client %d disconnected", client_id)
 
     def _transfer_s(self, upload: StepUpload) -> float:
@@ -212,7 +242,28 @@ class MainServerService(pb_grpc.MainServerServicer):
         check_step_values(self.limits, mask, labels)
         return hidden, mask, labels
 
-    def _serve_step(self, client_id: int, upload: StepUpload) -> Iterator[Any]:
+    def _await(
+        self, future: Future[ServerStepResult], context: grpc.ServicerContext
+    ) -> ServerStepResult:
+        """The step's result; RoleStopping when the client has gone or, once the
+        server stops, after STOP_GRACE_S, so no handler outlives a SIGTERM
+        waiting on the worker."""
+        give_up_at: float | None = None
+        while True:
+            try:
+                return future.result(timeout=STOP_POLL_S)
+            except TimeoutError:
+                if not context.is_active():
+                    raise RoleStopping("the client went away") from None
+                if self.stop.is_set():
+                    now = time.monotonic()
+                    give_up_at = now + STOP_GRACE_S if give_up_at is None else give_up_at
+                    if now >= give_up_at:
+                        raise RoleStopping("stopping: the step did not finish") from None
+
+    def _serve_step(
+        self, client_id: int, upload: StepUpload, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
         receive_s = self._transfer_s(upload)  # now, before compute: the upload's end
         hidden, mask, labels = self._step_tensors(upload)
         header = upload.header
@@ -233,9 +284,9 @@ class MainServerService(pb_grpc.MainServerServicer):
                 flops = self.flops_per_sample * hidden.shape[0]
                 with self.compute(flops, "server_compute") as device:
                     span.extra["device"] = device
-                    result = self.steps.submit(job).result()
+                    result = self._await(self.steps.submit(job), context)
             else:
-                result = self.steps.submit(job).result()
+                result = self._await(self.steps.submit(job), context)
             # receive_s runs from the client's send stamp (or, unstamped, from the
             # step header) to the end marker's arrival here (see _transfer_s):
             # bytes / receive_s is the uplink rate achieved, whatever shaped it.

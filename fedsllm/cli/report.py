@@ -51,6 +51,7 @@ def _report(args: argparse.Namespace) -> int:
                     "report_json": str(result.report_json),
                     "figures": [str(p) for p in result.figures],
                     "totals": doc["totals"],
+                    "audit": doc.get("resilience", {}).get("audit"),
                 }
             )
         )
@@ -61,5 +62,7 @@ def _report(args: argparse.Namespace) -> int:
             f"{r['round']:>5} {_num(r['measured_s'], '>11.3f')} "
             f"{_num(r['predicted_s'], '>12.3f')} {_num(r['error_pct'], '>+7.1f')}%"
         )
+    for line in doc.get("resilience", {}).get("lines", []):
+        print(line)
     print(f"report: {result.report_md}")
     return 0

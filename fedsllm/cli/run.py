@@ -9,8 +9,10 @@ failing process and its error.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from fedsllm.cli import (
@@ -21,7 +23,7 @@ from fedsllm.cli import (
     check_run_memory,
 )
 from fedsllm.cli import flag_overrides as shared_flag_overrides
-from fedsllm.config import NETWORKS, POLICIES
+from fedsllm.config import NETWORKS, POLICIES, RESTART_POLICIES
 
 
 def register(sub: Any) -> None:
@@ -68,8 +70,45 @@ def register(sub: Any) -> None:
         help="allow plain gRPC on a non-loopback run.host (run.insecure); warned about "
         "in the log and the report",
     )
+    parser.add_argument(
+        "--restart",
+        choices=RESTART_POLICIES,
+        help="when a role dies while clients still run: never (default; the run stops) "
+        "or on-failure (start it again after a short backoff, at most run.max_restarts "
+        "times per role, default 3; a client that exits 0 is done) (run.restart)",
+    )
+    parser.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="inject faults, e.g. 'kill:client_1@round=3;restart=2s,stop:main_server@t=20s;"
+        "for=5s' (run.faults; `--faults help` lists the kinds); outage needs --network netns",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the interrupted run in RUN_DIR from its roles' stores (same "
+        "scenario, directories and credentials); only --restart, --faults, --quiet and "
+        "--skip-memory-check may be given with it",
+    )
     add_memory_check_arg(parser)
     parser.set_defaults(func=run_command)
+
+
+RESUME_CONFLICTS = {
+    "scenario": "--scenario",
+    "overrides": "--set",
+    "clients": "--clients",
+    "rounds": "--rounds",
+    "local_steps": "--local-steps",
+    "seed": "--seed",
+    "policy": "--policy",
+    "network": "--network",
+    "out": "--out",
+    "tls": "--tls",
+    "insecure": "--insecure",
+}
+"""Flags that would change what an interrupted run is: refused with --resume (the
+run continues as its scenario.json says)."""
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -83,7 +122,65 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         out += [f"run.network={args.network!r}"]
         if args.network == "netns":
             out += ["link.backend='tc'"]
-    return out
+    return out + launcher_overrides(args)
+
+
+def launcher_overrides(args: argparse.Namespace) -> list[str]:
+    """--restart: a launcher-only field (allowed with --resume too). --faults is
+    applied by `with_fault_flag`, once the scenario it is checked against exists."""
+    return [f"run.restart={args.restart!r}"] if getattr(args, "restart", None) else []
+
+
+def with_fault_flag(args: argparse.Namespace, scenario: Any) -> Any:
+    """The scenario with --faults as run.faults, checked against the resolved scenario
+    (its clients, its network) and naming the flag: ConfigError, exit 2, before
+    anything is created."""
+    import dataclasses
+
+    from fedsllm.config import check_faults
+
+    if getattr(args, "faults", None) is None:
+        return scenario
+    check_faults(args.faults, scenario.clients.num_clients, scenario.run.network, "--faults")
+    run = dataclasses.replace(scenario.run, faults=args.faults.strip())
+    return dataclasses.replace(scenario, run=run)
+
+
+def resumed_scenario(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The scenario of the run in --resume RUN_DIR (its scenario.json) with --restart
+    applied, and the run directory; ConfigError naming --resume when
+    RUN_DIR is not a run directory, or naming a flag that cannot be combined."""
+    from fedsllm.config import apply_overrides, from_dict
+    from fedsllm.errors import ConfigError
+
+    for attr, flag in RESUME_CONFLICTS.items():
+        value = getattr(args, attr, None)
+        if value not in (None, False, []):
+            raise ConfigError(
+                flag,
+                value,
+                "cannot be combined with --resume (the run continues as its scenario.json says)",
+            )
+    run_dir = Path(args.resume)
+    path = run_dir / "scenario.json"
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or "scenario_hash" not in doc:
+            raise ValueError("no scenario_hash")
+        doc.pop("scenario_hash")
+        # The faults of an earlier launch are not injected again: only --faults'.
+        if isinstance(doc.get("run"), dict):
+            doc["run"]["faults"] = ""
+        if not (run_dir / "logs").is_dir():
+            raise ValueError("no logs/")
+    except (OSError, ValueError):
+        raise ConfigError(
+            "--resume",
+            str(run_dir),
+            "not a run directory of fedsllm run (no readable scenario.json and logs/)",
+        ) from None
+    scenario = from_dict(apply_overrides(doc, launcher_overrides(args)))
+    return scenario, run_dir.resolve()
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -95,7 +192,17 @@ def run_command(args: argparse.Namespace) -> int:
     from fedsllm.summary import write_summary
     from fedsllm.trace import read_telemetry
 
-    scenario = load_scenario(args.scenario, flag_overrides(args))
+    if getattr(args, "faults", None) == "help":
+        from fedsllm.faults import describe_kinds
+
+        print("\n".join(describe_kinds()))
+        return EXIT_OK
+    resume = getattr(args, "resume", None) is not None
+    if resume:
+        scenario, run_dir = resumed_scenario(args)
+    else:
+        scenario = load_scenario(args.scenario, flag_overrides(args))
+    scenario = with_fault_flag(args, scenario)
     console = Console(stderr=True)
     check_run_memory(scenario, args)
     if scenario.policy.name != "fixed_steps":
@@ -103,19 +210,25 @@ def run_command(args: argparse.Namespace) -> int:
 
         # The controller would refuse these (a < 1, ...) only after the roles started.
         delay_inputs(scenario)
-    run_dir = make_run_dir(args.out, scenario)
+    if resume:
+        for sub in ("logs", "trace", "adapters"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = make_run_dir(args.out, scenario)
+    verb = "resuming" if resume else "->"
     console.print(
         f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "
-        f"{scenario.clients.num_clients} clients, {plan_text(scenario)} -> {run_dir}"
+        f"{scenario.clients.num_clients} clients, {plan_text(scenario)} {verb} {run_dir}"
     )
     prepare_base(scenario, console, enabled=not args.quiet)
     progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
     with progress:
-        outcome = run_processes(scenario, run_dir, on_tick=progress.update)
+        outcome = run_processes(scenario, run_dir, on_tick=progress.update, resume=resume)
     summary = write_summary(
         run_dir, outcome, read_telemetry(run_dir / "trace"), scenario_name=scenario.name
     )
     print_summary(console, summary)
+    print_resilience(console, run_dir)
     if outcome.failed is None:
         from fedsllm.report import write_report
 
@@ -195,3 +308,11 @@ def print_summary(console: Any, summary: Any) -> None:
             fmt(link.overrun_s, 3),
         )
     console.print(links)
+
+
+def print_resilience(console: Any, run_dir: Path) -> None:
+    """Faults, restarts, resumes and the audit, as fedsllm.summary words them."""
+    from fedsllm.summary import resilience_lines
+
+    for line in resilience_lines(run_dir):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

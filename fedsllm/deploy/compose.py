@@ -142,8 +142,10 @@ def build_compose(
         [] if scenario_json is None else [{"source": "scenario", "target": SCENARIO_CONFIG_PATH}]
     )
 
+    restart = restart_policy(scenario.run.max_restarts)
+
     def role(command: list[str], **extra: Any) -> dict[str, Any]:
-        service: dict[str, Any] = {"image": IMAGE, "build": _build()}
+        service: dict[str, Any] = {"image": IMAGE, "build": _build(), "restart": restart}
         service.update(extra)
         service["command"] = command
         return service
@@ -193,6 +195,7 @@ def build_compose(
         )
     services["report"] = role(
         ["fedsllm", "report", RUN_DIR],
+        restart="no",  # it runs once, after every role completed
         volumes=[f"{VOLUME}:/data"],
         depends_on={
             name: {"condition": "service_completed_successfully"}
@@ -224,6 +227,14 @@ def resolved_scenario_json(scenario: Any) -> str:
     return json.dumps(doc, indent=2, sort_keys=True).replace("$", "$$") + "\n"
 
 
+def restart_policy(max_restarts: int) -> str:
+    """Every role's compose restart policy: the engine starts a role that exits non-zero
+    again, as `fedsllm run --restart on-failure` does (a client that exits 0 is done),
+    at most run.max_restarts times, so a role that cannot run still fails `up`.
+    (Docker reads on-failure:0 as "no limit", so 0 restarts is "no".)"""
+    return f"on-failure:{max_restarts}" if max_restarts > 0 else "no"
+
+
 def header(scenario: Any, links: str, tls: bool = False) -> str:
     """The comment on top of the file: what it runs and how."""
     secrets = (
@@ -247,7 +258,8 @@ def header(scenario: Any, links: str, tls: bool = False) -> str:
         f"#   {UP_COMMAND}\n"
         "#\n"
         "# It returns 0 once the report is in the run-data volume (/data/run/report.md),\n"
-        "# non-zero as soon as a role fails. Copy the run directory out with\n"
+        "# non-zero when a role fails for good: each is restarted on failure, at most\n"
+        f"# {scenario.run.max_restarts} times (run.max_restarts). Copy the run directory out with\n"
         "#   docker compose cp fed-server:/data/run ./run\n"
         "# Build behind a package mirror: TORCH_INDEX_URL= docker compose build\n"
     )

@@ -54,10 +54,28 @@ class FaultEvent:
     round: int | None
     """The round current at that poll, when known."""
     error: str | None = None
+    label: str = ""
+    """What was done, without target or time: "signal SIGKILL", "restart", "link down"."""
+    target: str = ""
+    """The launcher's name of the target: client_1, main_server, fed_server."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """For RUN_DIR/faults.json and summary.json: the fields, `action` the label."""
+        return {
+            "fault": self.fault,
+            "action": self.label,
+            "target": self.target,
+            "detail": self.action,
+            "at_s": self.done_s,
+            "due_s": self.due_s,
+            "round": self.round,
+            "error": self.error,
+            "ok": self.ok,
+        }
 
 
 @dataclass(order=True)
@@ -137,6 +155,8 @@ class FaultExecutor:
                 done_s=now_s,
                 round=round_index,
                 error=error,
+                label=item.action.label(),
+                target=item.action.target.name,
             )
             new.append(event)
         self.events += new

@@ -58,12 +58,18 @@ class Action:
     on: bool | None = None
     """For "outage": True cuts the target's links, False restores them."""
 
-    def text(self) -> str:
-        detail = {
-            "signal": lambda: signal.Signals(self.signum).name if self.signum else "?",
+    def label(self) -> str:
+        """What is done, without target or time: "signal SIGKILL", "restart", "link down"."""
+        return {
+            "signal": lambda: (
+                "signal " + (signal.Signals(self.signum).name if self.signum else "?")
+            ),
             "restart": lambda: "restart",
             "outage": lambda: "link down" if self.on else "link up",
         }[self.op]()
+
+    def text(self) -> str:
+        detail = self.label().removeprefix("signal ")
         return f"{detail} {self.target.name} at +{_fmt_s(self.offset_s)}"
 
 

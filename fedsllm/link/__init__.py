@@ -13,6 +13,8 @@ Everything here imports only the standard library, so roles start fast.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fedsllm.errors import LinkError
@@ -35,17 +37,26 @@ __all__ = [
 ]
 
 
-def build_shaper(link: LinkConfig, *, topology: NetnsTopology | None = None) -> Shaper | None:
+def build_shaper(
+    link: LinkConfig,
+    *,
+    topology: NetnsTopology | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Shaper | None:
     """The Shaper a role should use for `link` (None for backend "none").
 
     The tc backend needs the run's `NetnsTopology` (entered by the launcher,
-    or a never-entered handle with the same run id inside a role).
+    or a never-entered handle with the same run id inside a role). `sleep`
+    (token backend) replaces time.sleep for pacing: a role passes one that
+    returns early when it is stopping, so pacing never holds SIGTERM up.
     """
     if link.backend == "none":
         return None
     if link.backend == "token":
         return TokenShaper(
-            propagation_delay_s=link.propagation_delay_s, time_dilation=link.time_dilation
+            propagation_delay_s=link.propagation_delay_s,
+            time_dilation=link.time_dilation,
+            sleep=sleep,
         )
     if link.backend == "tc":
         if topology is None:

@@ -56,6 +56,8 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CLOCK_OFFSET: _ClassVar[EventKind]
     EVENT_KIND_DEVICE_SUMMARY: _ClassVar[EventKind]
     EVENT_KIND_LINK_STATS: _ClassVar[EventKind]
+    EVENT_KIND_RECONNECT: _ClassVar[EventKind]
+    EVENT_KIND_PUSH_ACCEPTED: _ClassVar[EventKind]
 TELEMETRY_SCHEMA_UNSPECIFIED: TelemetrySchema
 TELEMETRY_SCHEMA_V1: TelemetrySchema
 TELEMETRY_ROLE_UNSPECIFIED: TelemetryRole
@@ -91,6 +93,8 @@ EVENT_KIND_STRAGGLER: EventKind
 EVENT_KIND_CLOCK_OFFSET: EventKind
 EVENT_KIND_DEVICE_SUMMARY: EventKind
 EVENT_KIND_LINK_STATS: EventKind
+EVENT_KIND_RECONNECT: EventKind
+EVENT_KIND_PUSH_ACCEPTED: EventKind
 
 class DeviceStep(_message.Message):
     __slots__ = ("label", "flops", "target_s", "compute_s", "padded_s", "overrun_s", "done")

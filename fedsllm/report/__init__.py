@@ -73,6 +73,10 @@ and for a link rate "unshaped", i.e. infinite):
                            initial_val_loss, final_val_loss
     eval_spans[]           client, round, start_s, duration_s (validation, not protocol)
     figures[]              file names of the PNGs next to report.md
+    resilience             launches[] (RUN_DIR/faults.json: each launch, first and resumed,
+                           with its restart policy, faults, fault actions and restarts,
+                           completed, rounds_done), resumed (count), audit (the recomputed
+                           FedAvg against the produced adapter, fedsllm.state.audit), lines
     notes[]                what a reader must know to read the numbers right
 """
 
@@ -354,6 +358,11 @@ def report_from_records(
     security = Path(run_dir) / "security.txt"
     if security.is_file():
         report["security"] = security.read_text().strip()
+    # Faults, restarts and resumes (RUN_DIR/faults.json) and the audit of the rounds.
+    from fedsllm.summary import resilience, resilience_lines
+
+    report["resilience"] = resilience(Path(run_dir))
+    report["resilience"]["lines"] = resilience_lines(Path(run_dir), report["resilience"])
     return report
 
 

@@ -86,6 +86,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    if report.get("resilience"):
+        lines += ["## Faults, restarts and audit", ""]
+        lines += [f"- {line.strip()}" for line in report["resilience"]["lines"]] + [""]
 
     lines += ["## Rounds", ""]
     rows = []

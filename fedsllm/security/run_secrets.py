@@ -23,6 +23,7 @@ peer). The launcher itself calls with its own token / certificate
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsllm.security.identity import Identity, TokenTable
+
+log = logging.getLogger(__name__)
 
 SERVER_ROLES = ("fed_server", "main_server")
 SECURITY_ENV_VARS = (
@@ -174,6 +177,32 @@ def read_launcher_security(run_dir: Path) -> object | None:
     except (OSError, ValueError, KeyError):
         return None  # not written yet (or being written)
     return Security(token=token)
+
+
+def existing_run_secrets(
+    run_dir: Path, role_dirs: dict[str, Path], insecure: bool
+) -> RunSecrets | None:
+    """The credentials an interrupted run already has (RUN_DIR/launcher/tokens.json,
+    its certs/ and every role's secrets/), so a resumed run keeps them: None when any
+    is missing, and then the caller writes a fresh set."""
+    launcher = run_dir / "launcher"
+    try:
+        tokens = TokenTable.from_identity_map(json.loads((launcher / "tokens.json").read_text()))
+    except (OSError, ValueError):
+        return None
+    tls_dir = launcher / "certs"
+    secrets = RunSecrets(
+        tokens=tokens, tls_dir=tls_dir if tls_dir.is_dir() else None, insecure=insecure
+    )
+    for name, work_dir in role_dirs.items():
+        secret_dir = work_dir / "secrets"
+        if not (secret_dir / "token").is_file():
+            return None
+        if name in SERVER_ROLES and not (secret_dir / "peers.json").is_file():
+            return None
+        secrets.role_dirs[name] = secret_dir
+    log.info("resume: reusing the run's credentials in %s", launcher)
+    return secrets
 
 
 def prepare_run_secrets(

@@ -17,7 +17,8 @@ the largest difference either way.
 Also reported: an update counted twice (a client twice in a round, a key in
 two rounds, a round closed twice), an update missing from the store or whose
 tensors no longer match the digest the round accepted, and rounds absent
-from the records. No I/O besides the `get_update` callable; numpy only.
+from the records. `audit_rounds` does no I/O besides the `get_update` callable;
+`audit_run_dir` reads a run directory (for `fedsllm report` and `fedsllm run`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,3 +218,79 @@ def audit_store(
         produced_by_round=store.global_adapter,
         atol=atol,
     )
+
+
+@dataclass(frozen=True)
+class RunAudit:
+    """The audit of one run directory, or why there was none."""
+
+    result: AuditResult | None
+    """None: not audited (`reason` says why)."""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool | None:
+        """True/False when audited, None when not."""
+        return None if self.result is None else self.result.ok
+
+    def line(self) -> str:
+        """One plain line, for `fedsllm report` and `fedsllm run`'s summary."""
+        res = self.result
+        if res is None:
+            return f"audit: not run ({self.reason})"
+        if not res.compared:
+            equal = "no adapter to compare"
+        else:
+            verdict = "yes" if not res.mismatched else "no"
+            equal = f"{verdict} (max diff {res.max_abs_diff:.3g})"
+        line = (
+            f"audit {'OK' if res.ok else 'FAILED'}: {res.num_rounds} rounds, "
+            f"{res.num_updates} updates, final adapter equals recomputed FedAvg: {equal}"
+        )
+        problems = len(res.doubled) + len(res.missing)
+        if problems:
+            line += f"; {len(res.doubled)} counted twice, {len(res.missing)} missing"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        res = self.result
+        if res is None:
+            return {"audited": False, "reason": self.reason, "line": self.line()}
+        return {
+            "audited": True,
+            "ok": res.ok,
+            "num_rounds": res.num_rounds,
+            "num_updates": res.num_updates,
+            "compared": res.compared,
+            "final_equal": res.compared and not res.mismatched,
+            "max_abs_diff": res.max_abs_diff,
+            "doubled": list(res.doubled),
+            "missing": list(res.missing),
+            "mismatched": list(res.mismatched),
+            "line": self.line(),
+        }
+
+
+PRODUCED_ADAPTER = "adapters/client_global.safetensors"
+"""The global client adapter a run produced (fed_server/checkpoint.py), under RUN_DIR."""
+
+
+def audit_run_dir(run_dir: str | Path) -> RunAudit:
+    """Audit the run in `run_dir`: every round recomputed from the updates recorded in
+    RUN_DIR/state (the fed server's store), the last compared with the adapter the run
+    produced (RUN_DIR/adapters/client_global.safetensors; the store's own latest
+    global when that file is absent). A run directory without state/ (runs from
+    before the stores) or without closed rounds is not audited, and says so."""
+    from fedsllm.state.store import open_store
+
+    run_dir = Path(run_dir)
+    state = run_dir / "state"
+    if not state.is_dir():
+        return RunAudit(None, f"no {state.name}/ in {run_dir}: a run from before state stores")
+    store = open_store("fed_server", state)
+    assert isinstance(store, FedServerStore)
+    if not store.round_records():
+        return RunAudit(None, f"no closed round recorded in {state}")
+    produced_file = run_dir / PRODUCED_ADAPTER
+    produced = produced_file.read_bytes() if produced_file.is_file() else None
+    return RunAudit(audit_store(store, produced=produced))

@@ -338,10 +338,13 @@ class MainServerSnapshot:
     """Latest round a batch came from (-1: none)."""
     extra: dict[str, Any]
     seq: int
+    wave: bytes | None = None
+    """Gradients of a partial wave held at the checkpoint (wave mode; None: none)."""
 
 
 class MainServerStore(_CheckpointStore):
-    """The main server's adapter, optimizer state and step counters."""
+    """The main server's adapter, optimizer state, step counters and, in wave
+    mode, the gradients of a partial wave (so a checkpoint never forces one)."""
 
     KIND = "main_server.checkpoint"
 
@@ -354,8 +357,11 @@ class MainServerStore(_CheckpointStore):
         num_updates: int,
         round_index: int,
         extra: Mapping[str, Any] | None = None,
+        wave: bytes | None = None,
     ) -> int:
         blobs = {"adapter": adapter} | ({"optimizer": optimizer} if optimizer else {})
+        if wave is not None:
+            blobs["wave"] = wave
         meta = {
             "num_steps": num_steps,
             "num_updates": num_updates,
@@ -377,6 +383,7 @@ class MainServerStore(_CheckpointStore):
             round=int(m["round"]),
             extra=dict(m["extra"]),
             seq=ckpt.seq,
+            wave=ckpt.blobs.get("wave"),
         )
 
 

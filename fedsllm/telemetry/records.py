@@ -62,6 +62,8 @@ EVENTS: tuple[str, ...] = (
     "clock_offset",
     "device_summary",
     "link_stats",
+    "reconnect",
+    "push_accepted",
 )
 """Event names, in the order of the proto's EventKind enum (value = index + 1)."""
 
@@ -96,6 +98,8 @@ class EventKind(enum.StrEnum):
     CLOCK_OFFSET = "clock_offset"
     DEVICE_SUMMARY = "device_summary"
     LINK_STATS = "link_stats"
+    RECONNECT = "reconnect"
+    PUSH_ACCEPTED = "push_accepted"
 
 
 _PHASE_OF: dict[str, Phase] = {p.value: p for p in Phase}

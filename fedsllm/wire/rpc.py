@@ -7,8 +7,9 @@ methods that stream tensors get their own (de)serializers (the Train
 method's chunk codec, fedsllm.wire.train) in place of the generated
 protobuf ones, whichever way the servicer was registered; servers stop
 with a grace period; client calls carry a deadline, and the one
-retry-with-backoff function lives here. What the services do is left to the
-roles' service.py modules.
+retry-with-backoff function (call_with_retry) and the clients' reconnect
+policy (RetryPolicy: backoff with jitter, a budget per outage) live here.
+What the services do is left to the roles' service.py modules.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedsllm.wire.retry import backoff_delays
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -38,10 +41,17 @@ MAIN_SERVER_SERVICE = "fedsllm.proto.MainServer"
 FED_SERVER_SERVICE = "fedsllm.proto.FedServer"
 CONTROLLER_SERVICE = "fedsllm.proto.Controller"
 
+MAX_RECONNECT_BACKOFF_MS = 5_000
+
 # Both ends: large-enough messages (streams of 1 MiB chunks never need them,
 # but a unary reply may), and keepalive pings that the server is told to
 # accept, so an idle Train stream or Subscribe survives and a dead peer is
-# noticed within about 40 s.
+# noticed (a ping unanswered for gRPC's ping timeout, 60 s by default, ends
+# the transport). A peer that was only stopped (SIGSTOP) for that long is
+# cut off too, and comes back through the callers' reconnect (RetryPolicy;
+# tests/client/test_sigstop.py). The channel's own reconnect backoff is
+# capped low (gRPC's default grows to 120 s), so a restarted server is found
+# within seconds.
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -49,6 +59,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     *CHANNEL_OPTIONS,
@@ -305,37 +318,170 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+RECONNECT_BUDGET_S = 300.0
+"""How long a client keeps reconnecting through one outage (from the first
+failure until a call goes through) before it gives up with ReconnectError:
+long enough for a supervisor to restart a server and for it to restore its
+state, short enough that a run whose server is gone for good ends."""
+RECONNECT_BASE_S = 0.2
+RECONNECT_CAP_S = 10.0
+RECONNECT_JITTER = 0.5
+
+
+class ReconnectError(ConnectionError):
+    """A peer stayed unreachable for the whole reconnect budget."""
+
+    def __init__(self, call: str, waited_s: float, code: Any, details: str) -> None:
+        self.call = call
+        self.waited_s = waited_s
+        super().__init__(
+            f"{call}: still {getattr(code, 'name', code)} after {waited_s:.0f} s of "
+            f"reconnecting (last: {details or 'no details'}); giving up"
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one process retries its calls on UNAVAILABLE: capped exponential
+    backoff with jitter (fedsllm.wire.retry.backoff_delays) seeded by `seed`
+    (a client's id, so clients spread their reconnects after a server
+    restart), bounded by `budget_s` per outage. `on_retry(call, wait_s)` hears
+    every retry before its wait (the client's trace); `sleep` is the wait
+    (an Event's wait, to be interruptible; a list's append, in tests)."""
+
+    seed: int = 0
+    budget_s: float = RECONNECT_BUDGET_S
+    base_s: float = RECONNECT_BASE_S
+    cap_s: float = RECONNECT_CAP_S
+    jitter: float = RECONNECT_JITTER
+    sleep: Callable[[float], Any] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    on_retry: Callable[[str, float], None] | None = None
+
+    def call(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        retry_on: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE,),
+    ) -> T:
+        """`fn()` until it succeeds; ReconnectError once the budget is spent."""
+        return call_with_retry(
+            fn,
+            attempts=None,
+            base_delay_s=self.base_s,
+            max_delay_s=self.cap_s,
+            jitter=self.jitter,
+            seed=self.seed,
+            budget_s=self.budget_s,
+            retry_on=retry_on,
+            sleep=self.sleep,
+            clock=self.clock,
+            on_retry=self.on_retry,
+            name=name,
+        )
+
+    def waits(self, name: str) -> RetryWaits:
+        """The same schedule, for a caller that runs its own loop (a stream that
+        reconnects and re-sends): `wait(err)` once per failure."""
+        return RetryWaits(
+            name,
+            backoff_delays(self.base_s, self.cap_s, self.jitter, self.seed),
+            budget_s=self.budget_s,
+            sleep=self.sleep,
+            clock=self.clock,
+            on_retry=self.on_retry,
+        )
+
+
+class RetryWaits:
+    """The waits of one outage: each failure takes the next delay; the budget
+    runs from the first failure. Used by call_with_retry and by streams that
+    reconnect themselves."""
+
+    def __init__(
+        self,
+        name: str,
+        delays: Iterator[float],
+        *,
+        budget_s: float | None,
+        sleep: Callable[[float], Any] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        on_retry: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._delays = delays
+        self.budget_s = budget_s
+        self._sleep = sleep
+        self._clock = clock
+        self._on_retry = on_retry
+        self._started: float | None = None
+
+    def wait(self, err: BaseException) -> None:
+        """Sleep before the next try, or raise ReconnectError (from `err`) when
+        that wait would end past the budget."""
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+        delay_s = next(self._delays)
+        waited_s = now - self._started
+        code = err.code() if isinstance(err, grpc.Call) else None
+        if self.budget_s is not None and waited_s + delay_s > self.budget_s:
+            details = err.details() if isinstance(err, grpc.Call) else str(err)
+            raise ReconnectError(self.name, waited_s, code, details or "") from err
+        if self._on_retry is not None:
+            self._on_retry(self.name, delay_s)
+        log.info("%s: %s, retrying in %.2f s", self.name, getattr(code, "name", err), delay_s)
+        self._sleep(delay_s)
+
+
 def call_with_retry(
     fn: Callable[[], T],
     *,
-    attempts: int = 5,
+    attempts: int | None = 5,
     base_delay_s: float = 0.1,
     max_delay_s: float = 5.0,
+    jitter: float = 0.0,
+    seed: int | None = 0,
+    budget_s: float | None = None,
     retry_on: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE,),
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    on_retry: Callable[[str, float], None] | None = None,
+    name: str = "call",
 ) -> T:
     """Call `fn` until it succeeds, retrying gRPC errors whose code is in
-    `retry_on` with exponential backoff (base_delay_s * 2**i, capped at
-    max_delay_s). Other errors and the last failure propagate unchanged.
+    `retry_on` after the waits of fedsllm.wire.retry.backoff_delays
+    (base_delay_s doubling up to max_delay_s, shortened by up to `jitter` of
+    each, reproducible from `seed`). Other errors propagate unchanged.
 
-    Only idempotent calls belong here (Join, Register, PullGlobal, Status):
-    a retried stream would resend half its chunks.
+    Two bounds, either or both: `attempts` (the last failure propagates
+    unchanged) and `budget_s`, seconds from the first failure (a wait that
+    would end past it raises ReconnectError naming `name` and the last
+    status). attempts=None with no budget retries for ever.
+
+    Only idempotent calls belong here (Join, Register, PullGlobal, Status, and
+    a push keyed by (client, round, attempt)): `fn` must open a fresh call.
     """
-    if attempts < 1:
+    if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    for i in range(attempts):
+    waits = RetryWaits(
+        name,
+        backoff_delays(base_delay_s, max(max_delay_s, base_delay_s), jitter, seed),
+        budget_s=budget_s,
+        sleep=sleep,
+        clock=clock,
+        on_retry=on_retry,
+    )
+    tries = 0
+    while True:
         try:
             return fn()
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.Call) else None
-            if code not in retry_on or i == attempts - 1:
+            tries += 1
+            if code not in retry_on or (attempts is not None and tries >= attempts):
                 raise
-            delay_s = min(max_delay_s, base_delay_s * 2**i)
-            log.debug(
-                "retrying after %s (attempt %d/%d, sleeping %.3f s)", code, i + 1, attempts, delay_s
-            )
-            sleep(delay_s)
-    raise AssertionError("unreachable")  # pragma: no cover
+            waits.wait(err)
 
 
 def unary_call(

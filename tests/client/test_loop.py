@@ -10,7 +10,7 @@ import json
 
 import torch
 
-from client.loop import ClientTrainer, FixedPlan, StepReply
+from client.loop import ClientTrainer, FixedPlan, PushAck, StepReply
 from fedsllm.data.dataset import Batch, TokenDataset
 from fedsllm.trace import Tracer, read_records
 
@@ -68,6 +68,7 @@ class FakePull:
 class FakeFed:
     def __init__(self, on_wait=None, on_read=None) -> None:
         self.pushed: list[int] = []
+        self.attempts: list[int] = []
         self.pulled: list[int] = []
         self.blobs: dict[int, bytes] = {}
         self.on_wait = on_wait
@@ -78,9 +79,11 @@ class FakeFed:
     def join(self, num_samples):
         return 0, 2
 
-    def push_adapter(self, round_index, blob):
+    def push_adapter(self, round_index, blob, attempt=0):
         self.pushed.append(round_index)
+        self.attempts.append(attempt)
         self.blobs[round_index] = blob
+        return PushAck(attempt=attempt, seq=len(self.pushed))
 
     def pull_global(self, round_index):
         self.pulled.append(round_index)
@@ -167,6 +170,12 @@ def test_run_pushes_pulls_and_evaluates_per_round(tmp_path) -> None:
     assert trainer.loaded_round == 1
     records = read_records(tmp_path / "trace")
     assert [r["round"] for r in records if r["name"] == "val_loss"] == [-1, 0, 1]
+    # Each accepted push is recorded with the key the server counted.
+    acks = [r for r in records if r["name"] == "push_accepted"]
+    assert [(r["round"], r["extra"]["attempt"], r["extra"]["seq"]) for r in acks] == [
+        (0, 0, 1),
+        (1, 0, 2),
+    ]
 
 
 def test_eval_every_skips_rounds_but_not_the_last(tmp_path) -> None:

@@ -11,6 +11,14 @@ from fed_server.aggregate import parse_adapter, serialize_adapter
 from fed_server.checkpoint import load_checkpoint
 from fed_server.rounds import RoundState
 from fedsllm.errors import StateError, WireError
+from fedsllm.state import (
+    ConflictingUpdateError,
+    DuplicateUpdateError,
+    NotJoinedError,
+    RoundClosedError,
+    RoundNotOpenError,
+    RunFinishedError,
+)
 from fedsllm.trace import Tracer
 
 
@@ -46,8 +54,8 @@ def test_round_completes_when_all_report(tmp_path) -> None:
     ("call", "error", "match"),
     [
         (lambda s: s.submit(5, 0, _blob(1.0)), WireError, "client_id"),
-        (lambda s: s.submit(1, 0, _blob(1.0)), StateError, "has not joined"),
-        (lambda s: s.submit(0, 1, _blob(1.0)), StateError, "not the current round"),
+        (lambda s: s.submit(1, 0, _blob(1.0)), NotJoinedError, "has not joined"),
+        (lambda s: s.submit(0, 1, _blob(1.0)), RoundNotOpenError, "not open yet"),
         (lambda s: s.submit(0, 0, b"garbage"), WireError, "safetensors"),
         (lambda s: s.submit(0, 0, _blob(1.0), num_samples=11), WireError, "num_samples"),
         (
@@ -76,8 +84,10 @@ def test_duplicate_and_incompatible_reports(tmp_path) -> None:
         state.join(k, 10)
     state.submit(0, 0, _blob(1.0))
     before = state.snapshot()
-    with pytest.raises(StateError, match="already reported"):
-        state.submit(0, 0, _blob(2.0))
+    with pytest.raises(ConflictingUpdateError, match="other tensors"):
+        state.submit(0, 0, _blob(2.0))  # the same key (attempt 0) with other bytes
+    with pytest.raises(DuplicateUpdateError, match="already accepted"):
+        state.submit(0, 0, _blob(2.0), attempt=1)  # a second update of the round
     wrong_shape = serialize_adapter({"w": np.zeros((3, 2), "float32")})
     with pytest.raises(WireError, match="shape"):
         state.submit(1, 0, wrong_shape)
@@ -106,27 +116,21 @@ def test_deadline_aggregates_with_enough_clients(tmp_path) -> None:
     state.submit(0, 0, _blob(1.0))
     now[0] = 11.0
     assert not state.poll_deadline()  # one adapter is fewer than min_clients
-    state.submit(2, 0, _blob(3.0))
-    assert state.poll_deadline()
+    state.submit(2, 0, _blob(3.0))  # the round is past due with min_clients: it closes now
     assert state.current_round == 1
+    assert not state.poll_deadline()
     np.testing.assert_allclose(parse_adapter(state.wait_global(0, 1))["w"], 2.0)
-    with pytest.raises(StateError, match="not the current round"):
+    with pytest.raises(RoundClosedError, match="round closed"):
         state.submit(1, 0, _blob(9.0))  # the straggler is refused
 
 
-def test_resume_from_checkpoint(tmp_path) -> None:
+def test_resume_from_the_store(tmp_path) -> None:
     state = _state(tmp_path, num_clients=1)
     state.join(0, 4)
     state.submit(0, 0, _blob(2.0))
-    resumed = RoundState(
-        num_clients=1,
-        num_rounds=3,
-        run_dir=tmp_path,
-        tracer=Tracer(None, "fed_server"),
-        checkpoint=load_checkpoint(tmp_path),
-    )
+    resumed = _state(tmp_path, num_clients=1)
     assert resumed.current_round == 1
-    assert resumed.wait_global(0, 0.01) == _blob(2.0)
+    assert parse_adapter(resumed.wait_global(0, 0.01))["w"][0, 0] == 2.0
     resumed.join(0, 4)
     with pytest.raises(WireError, match="shape"):
         resumed.submit(0, 1, serialize_adapter({"w": np.zeros((1, 2), "float32")}))
@@ -138,7 +142,7 @@ def test_no_adapter_is_accepted_after_the_last_round(tmp_path) -> None:
     state.submit(0, 0, _blob(1.0))
     assert state.finished and state.current_round == 1
     before = state.snapshot()
-    with pytest.raises(StateError, match="rounds are done"):
+    with pytest.raises(RunFinishedError, match="rounds are done"):
         state.submit(0, 1, _blob(2.0))
     assert state.snapshot() == before
     assert load_checkpoint(tmp_path).completed_round == 0

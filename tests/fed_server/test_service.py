@@ -120,8 +120,8 @@ def _oversize_requests() -> Iterator[pb.PushAdapterRequest]:
         ),
         (
             lambda s: _push(s, 0, 1, _blob(1.0)),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "not the current round",
+            grpc.StatusCode.OUT_OF_RANGE,
+            "not open yet",
         ),
         (
             lambda s: _push(s, 1, 0, _blob(1.0)),

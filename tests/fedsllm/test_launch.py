@@ -138,3 +138,83 @@ def test_client_host_forks_clients_reports_codes_and_stops_them(tmp_path) -> Non
     assert codes["client_0"] == -signal.SIGTERM
     assert codes["client_host"] == 0
     assert _wait_gone([bad.pid, waiting.pid, host.proc.pid]) == []
+
+
+def test_client_host_hands_out_a_restarted_clients_new_process(tmp_path) -> None:
+    """A client requested again (a restart) is a new ForkedRole with its own pid, and
+    each ForkedRole reads its own exit code: the old one's death does not make the
+    new one look dead, nor the new one make the old one look alive. The host is a
+    stand-in that prints the events client/host.py would."""
+    import json
+    import subprocess
+    import sys
+
+    from fedsllm.launch import RoleProcess
+
+    events = [
+        {"event": "ready"},
+        {"event": "started", "name": "client_1", "pid": 111},
+        {"event": "exited", "name": "client_1", "pid": 111, "code": -9},
+        {"event": "started", "name": "client_1", "pid": 222},
+    ]
+    script = (
+        "import sys\n"
+        + "".join(f"print({json.dumps(json.dumps(e))}, flush=True)\n" for e in events)
+        + "sys.stdin.read()\n"
+    )
+    popen = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    host = ClientHost(RoleProcess("client_host", [], tmp_path / "host.log", popen))
+    try:
+        first = host.forked("client_1")
+        second = host.forked("client_1")
+        assert (first.pid, second.pid) == (111, 222)
+        assert first.poll() == -signal.SIGKILL
+        assert second.poll() is None
+    finally:
+        popen.stdin.close()
+        popen.wait(10)
+
+
+LAUNCHER_STAND_IN = """
+import os, sys, time
+from pathlib import Path
+from fedsllm.launch import start_role
+proc = start_role("role", "tests.fedsllm.launch_sleeper", [], Path(sys.argv[1]), dict(os.environ))
+print(proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which("setpriv"), reason="needs util-linux setpriv")
+def test_a_role_dies_with_a_launcher_killed_by_sigkill(tmp_path) -> None:
+    """SIGKILL leaves the launcher no cleanup; the kernel then stops its roles
+    (PR_SET_PDEATHSIG through setpriv), which run in sessions of their own and
+    would otherwise keep running."""
+    import subprocess
+    import sys
+
+    (tmp_path / "logs").mkdir()
+    root = Path(__file__).resolve().parents[2]
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_STAND_IN, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert launcher.stdout is not None
+    role_pid = int(launcher.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in (tmp_path / "logs" / "role.log").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        launcher.kill()
+        launcher.wait(10)
+        assert _wait_gone([role_pid]) == []
+    finally:
+        if _alive(role_pid):
+            os.kill(role_pid, signal.SIGKILL)

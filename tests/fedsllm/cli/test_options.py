@@ -10,12 +10,15 @@ from fedsllm.cli import build_parser, main
 EXPECTED = {
     "run": {
         "--clients",
+        "--faults",
         "--insecure",
         "--local-steps",
         "--network",
         "--out",
         "--policy",
         "--quiet",
+        "--restart",
+        "--resume",
         "--rounds",
         "--scenario",
         "--seed",

@@ -427,7 +427,8 @@ def fed_attacks(draw) -> Attack:
             lambda s: fed_stub(s, CLIENT[k]).PushAdapter(
                 push_stream(header, chunks_of(blob)), timeout=5
             ),
-            C.FAILED_PRECONDITION,
+            # Not joined: rejoin (FAILED_PRECONDITION); a round not open: OUT_OF_RANGE.
+            C.FAILED_PRECONDITION if stranger else C.OUT_OF_RANGE,
         )
     if kind == 9:  # a sound adapter with another sample count, or zero samples
         blob = serialize_adapter(good_adapter())

@@ -265,6 +265,75 @@ def test_call_with_retry_gives_up_and_skips_other_codes() -> None:
     assert fn.calls == 1
 
 
+class _Clock:
+    """A fake monotonic clock that only the fake sleep moves."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_retry_budget_spent_raises_a_clear_error() -> None:
+    clock = _Clock()
+    heard: list[tuple[str, float]] = []
+    policy = rpc.RetryPolicy(
+        seed=0,
+        base_s=1.0,
+        cap_s=4.0,
+        jitter=0.0,
+        budget_s=10.0,
+        sleep=clock.sleep,
+        clock=clock,
+        on_retry=lambda call, wait_s: heard.append((call, wait_s)),
+    )
+    fn = _Flaky(1000, grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(rpc.ReconnectError, match=r"^Join: still UNAVAILABLE after 7 s") as info:
+        policy.call("Join", fn)
+    # 1 + 2 + 4 = 7 s waited; the next 4 s would end past the 10 s budget.
+    assert clock.sleeps == [1.0, 2.0, 4.0] and fn.calls == 4
+    assert heard == [("Join", 1.0), ("Join", 2.0), ("Join", 4.0)]
+    assert isinstance(info.value.__cause__, grpc.RpcError)
+
+
+def test_retry_budget_is_per_outage_and_other_codes_pass() -> None:
+    clock = _Clock()
+    policy = rpc.RetryPolicy(
+        base_s=1.0, cap_s=1.0, jitter=0.0, budget_s=2.5, sleep=clock.sleep, clock=clock
+    )
+    assert policy.call("Join", _Flaky(2, grpc.StatusCode.UNAVAILABLE)) == "ok"
+    assert policy.call("Join", _Flaky(2, grpc.StatusCode.UNAVAILABLE)) == "ok"  # a fresh budget
+    fn = _Flaky(1, grpc.StatusCode.FAILED_PRECONDITION)
+    with pytest.raises(grpc.RpcError):
+        policy.call("Join", fn)
+    assert fn.calls == 1
+
+
+def test_retry_waits_are_seeded_so_clients_spread_out() -> None:
+    def waits(seed: int) -> list[float]:
+        clock = _Clock()
+        policy = rpc.RetryPolicy(seed=seed, base_s=1.0, cap_s=8.0, sleep=clock.sleep, clock=clock)
+        policy.call("Train", _Flaky(4, grpc.StatusCode.UNAVAILABLE))
+        return clock.sleeps
+
+    assert waits(3) == waits(3)
+    assert waits(3) != waits(4)
+    assert all(0.5 * 2**i <= w <= 2**i for i, w in enumerate(waits(3)))  # jitter 0.5
+
+
+def test_channels_find_a_restarted_server_within_seconds() -> None:
+    # gRPC's own reconnect backoff grows to 120 s by default: a channel that
+    # failed for a minute would then leave a restarted server unused for as long.
+    options = dict(rpc.CHANNEL_OPTIONS)
+    assert options["grpc.max_reconnect_backoff_ms"] <= 5_000
+
+
 def test_unary_call_retries_until_server_appears() -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

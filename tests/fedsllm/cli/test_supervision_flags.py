@@ -1,0 +1,154 @@
+"""`fedsllm run --restart / --faults / --resume`: bad values exit 2 naming the flag and
+create nothing; good values become the launcher-only scenario fields, which leave
+the scenario hash alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedsllm.cli import build_parser, main
+from fedsllm.config import load_scenario
+from fedsllm.errors import ConfigError
+from fedsllm.launch import scenario_hash
+
+
+def _run(argv: list[str]) -> int:
+    return main(["run", "--quiet", "--skip-memory-check", *argv])
+
+
+def test_a_bad_restart_policy_exits_2_naming_the_flag(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        _run(["--restart", "always", "--out", str(out)])
+    assert err.value.code == 2
+    assert "--restart" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("kill:client_1", "expected KIND:TARGET"),
+        ("kill:client_7@round=1", "client 7 does not exist"),
+        ("explode:client_0@t=1s", "unknown fault kind"),
+        ("stop:client_0@round=1", "stop needs for="),
+        ("kill:client_0@round=1;restart=soon", "not a duration"),
+        ("outage:client_0@round=1;for=2s", "needs run.network = netns"),
+    ],
+)
+def test_a_bad_fault_spec_exits_2_naming_the_flag(tmp_path, capsys, spec, words) -> None:
+    out = tmp_path / "run"
+    assert _run(["--clients", "2", "--faults", spec, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedsllm: error: --faults: ") and words in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_faults_help_lists_every_kind(capsys) -> None:
+    assert _run(["--faults", "help"]) == 0
+    text = capsys.readouterr().out
+    for kind in ("kill", "stop", "restart", "outage"):
+        assert f"{kind}:" in text
+
+
+@pytest.mark.parametrize(
+    ("setting", "path"),
+    [
+        ("run.faults='kill:client_9@round=1'", "run.faults"),
+        ("run.faults='outage:main_server@t=1s;for=1s'", "run.faults"),
+        ("run.restart='sometimes'", "run.restart"),
+        ("run.max_restarts=-1", "run.max_restarts"),
+        ("run.restart_backoff_s=-1.0", "run.restart_backoff_s"),
+    ],
+)
+def test_the_scenario_fields_are_checked_naming_them(setting, path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, [setting])
+    assert err.value.path == path
+
+
+def test_an_outage_is_accepted_under_netns() -> None:
+    scenario = load_scenario(
+        None,
+        ["run.network='netns'", "link.backend='tc'", "run.faults='outage:client_0@t=1s;for=2s'"],
+    )
+    assert scenario.run.faults.startswith("outage:")
+
+
+def test_restart_and_faults_do_not_change_the_scenario_hash() -> None:
+    """They say how the launcher supervises, not what the roles compute: a run
+    resumed with other ones is the same run to its roles."""
+    plain = load_scenario(None, ["clients.num_clients=2"])
+    supervised = load_scenario(
+        None,
+        [
+            "clients.num_clients=2",
+            "run.restart='on-failure'",
+            "run.max_restarts=7",
+            "run.restart_backoff_s=0.1",
+            "run.faults='kill:client_1@round=1;restart=1s'",
+        ],
+    )
+    assert scenario_hash(plain) == scenario_hash(supervised)
+    other = load_scenario(None, ["clients.num_clients=2", "seed=5"])
+    assert scenario_hash(plain) != scenario_hash(other)
+
+
+def test_restart_flag_is_sugar_for_run_restart() -> None:
+    from fedsllm.cli.run import flag_overrides
+
+    (sub,) = [a for a in build_parser()._actions if hasattr(a, "choices") and a.choices]
+    args = sub.choices["run"].parse_args(["--restart", "on-failure"])
+    assert flag_overrides(args) == ["run.restart='on-failure'"]
+
+
+def test_resume_of_a_directory_that_is_not_a_run_exits_2_naming_resume(tmp_path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, tmp_path / "absent"):
+        assert _run(["--resume", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fedsllm: error: --resume: not a run directory"), err
+        assert len(err.strip().splitlines()) == 1
+    assert list(empty.iterdir()) == []
+    assert not (tmp_path / "absent").exists()
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    doc = {"scenario_hash": "x", **load_scenario(None).to_dict()}
+    (run_dir / "scenario.json").write_text(json.dumps(doc))
+    for flags, named in (
+        (["--clients", "4"], "--clients"),
+        (["--set", "seed=2"], "--set"),
+        (["--out", str(tmp_path / "o")], "--out"),
+    ):
+        assert _run(["--resume", str(run_dir), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fedsllm: error: {named}: cannot be combined with --resume"), err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["logs", "scenario.json"]
+
+
+def test_resume_reads_the_runs_scenario_with_the_new_launcher_flags(tmp_path) -> None:
+    """The resumed scenario is the run's, with --restart applied and the earlier
+    launch's faults dropped (only --faults given now are injected)."""
+    from fedsllm.cli.run import resumed_scenario
+
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    scenario = load_scenario(
+        None, ["clients.num_clients=2", "seed=9", "run.faults='kill:client_1@round=1'"]
+    )
+    doc = {"scenario_hash": scenario_hash(scenario), **scenario.to_dict()}
+    (run_dir / "scenario.json").write_text(json.dumps(doc))
+    (sub,) = [a for a in build_parser()._actions if hasattr(a, "choices") and a.choices]
+    args = sub.choices["run"].parse_args(["--resume", str(run_dir), "--restart", "on-failure"])
+    resumed, where = resumed_scenario(args)
+    assert where == run_dir.resolve()
+    assert (resumed.seed, resumed.clients.num_clients) == (9, 2)
+    assert (resumed.run.restart, resumed.run.faults) == ("on-failure", "")
+    assert scenario_hash(resumed) == doc["scenario_hash"]
