@@ -22,8 +22,9 @@ doubled:
 - accepted: updates the closed rounds count (the round records);
 - refused: pushes the fed server refused (clients' "straggler" events: late,
   round closed, duplicate attempt);
-- lost: a push a client was told was accepted (its "push_accepted" event)
-  that no round record holds, plus updates the audit found missing;
+- lost: a push a client was told was accepted (its "push_accepted" event:
+  that key, or for "already counted" that client in that round) that no
+  round record holds, plus updates the audit found missing;
 - doubled: a client counted twice in a round, an update in two rounds, a
   round closed twice (the audit's list).
 
@@ -128,8 +129,16 @@ def measure(out: Path, fig: RunFigures) -> None:
     fig.accepted = sum(len(r["accepted"]) for r in records)
     fig.doubled = len(audit.doubled)
     recorded = {(a["client_id"], a["round"], a["attempt"]) for r in records for a in r["accepted"]}
-    told = {(e["client"], e["round"], e["extra"]["attempt"]) for e in _events(out, "push_accepted")}
-    fig.lost = len(audit.missing) + len(told - recorded)
+    counted = {(c, r) for c, r, _ in recorded}
+    told_keys, told_rounds = set(), set()
+    for event in _events(out, "push_accepted"):
+        extra = event["extra"]
+        if extra.get("counted_before"):
+            # "duplicate": an earlier attempt is what the round counts.
+            told_rounds.add((event["client"], event["round"]))
+        else:
+            told_keys.add((event["client"], event["round"], extra["attempt"]))
+    fig.lost = len(audit.missing) + len(told_keys - recorded) + len(told_rounds - counted)
     fig.refused = len(_events(out, "straggler"))
     if audit.mismatched:
         fig.problems += audit.mismatched

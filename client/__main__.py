@@ -254,7 +254,7 @@ def _run(
         flops_forward=batch_size * counts.client_fwd_flops,
         flops_backward=batch_size * counts.client_bwd_flops,
         eval_every=scenario.training.eval_every,
-        store=open_store("client", Path(args.work_dir) / "state"),
+        store=open_store("client", Path(args.work_dir) / "state", owner=True),
     )
     evaluate = None
     if k == 0:

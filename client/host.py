@@ -12,9 +12,11 @@ Protocol, one JSON object per line. On stdin (from the launcher):
 ``{"op": "start", "name": "client_3", "argv": [...], "env": {...}, "log": "..."}``
 (`env`: the client's own variables, set over the host's),
 and ``{"op": "signal", "name": "client_3", "signum": 15}``. On stdout:
-``{"event": "ready"}`` once preloaded, ``{"event": "started", "name", "pid"}``
-and ``{"event": "exited", "name", "pid", "code"}`` (code as subprocess gives
-it: negative for a signal). The host is the children's parent and reaps them
+``{"event": "ready"}`` once preloaded, ``{"event": "started", "name", "pid",
+"seq"}`` and ``{"event": "exited", "name", "pid", "seq", "code"}`` (code as
+subprocess gives it: negative for a signal; seq numbers the host's forks
+from 1, so a pid the kernel hands out again never makes one child's exit
+another's). The host is the children's parent and reaps them
 itself, so a signal it forwards can only reach its own live child, never a
 reused pid. Children stay in the host's process group: the launcher's
 SIGTERM/SIGKILL to the group reaches every client. On SIGTERM, or when stdin
@@ -171,7 +173,8 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
     gc.collect()
     gc.freeze()
     _send(out, event="ready", missing=missing)
-    children: dict[int, str] = {}
+    children: dict[int, tuple[str, int]] = {}  # pid -> (name, fork seq), until reaped
+    num_forks = 0
     buffer = b""
     stdin_open = True
     stop_sent = False
@@ -183,9 +186,10 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
                 break
             if pid == 0:
                 break
-            name = children.pop(pid, None)
-            if name is not None:
-                _send(out, event="exited", name=name, pid=pid, code=_code(status))
+            child = children.pop(pid, None)
+            if child is not None:
+                name, seq = child
+                _send(out, event="exited", name=name, pid=pid, seq=seq, code=_code(status))
         if stopping or not stdin_open:
             if not stop_sent:
                 for pid in children:
@@ -235,10 +239,11 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
                         (stdin_fd, out.fileno(), gate_r),
                     )
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                children[pid] = request["name"]
-                _send(out, event="started", name=request["name"], pid=pid)
+                num_forks += 1
+                children[pid] = (request["name"], num_forks)
+                _send(out, event="started", name=request["name"], pid=pid, seq=num_forks)
             elif request["op"] == "signal":
-                for pid, name in children.items():
+                for pid, (name, _seq) in children.items():
                     if name == request["name"]:
                         _kill(pid, int(request["signum"]))
         os.close(gate_w)

@@ -8,9 +8,10 @@ below, so it knows nothing of gRPC; client/remote.py implements them.
 
 With a ClientStore the loop checkpoints each round's update before and
 after its push, and a restarted client resumes from it (resume_point):
-it trains an unpushed round again under the next attempt number, goes
-straight to the global adapter of a round it pushed, or rejoins at the
-fed server's current round; its data stream continues where it stopped.
+it pushes the saved update of an unpushed round again, byte for byte and
+under the same attempt, goes straight to the global adapter of a round it
+pushed, or rejoins at the fed server's current round; its data stream
+continues where it stopped.
 """
 
 from __future__ import annotations
@@ -64,34 +65,38 @@ class ResumePoint:
     start_round: int
     """First round to train; the loop installs the global adapter of the round
     before it first."""
-    attempt: int
-    """Attempt number of start_round's push (later rounds push attempt 0)."""
     restore_optimizer: bool
     """Load the saved optimizer state: it is of the round being resumed."""
     why: str
-    """"fresh", "retrain", "pull" or "rejoin", for the log."""
+    """"fresh", "repush", "pull" or "rejoin", for the log."""
+    repush: bool = False
+    """Before anything else, push the saved update of round start_round - 1
+    again (its exact bytes, under its saved attempt)."""
 
 
 def resume_point(saved: Any, current_round: int) -> ResumePoint:
     """What a (re)started client does, from its saved state (a ClientSnapshot,
-    or anything with round, pushed and attempt; None: nothing saved) and the
-    current round its Join returned.
+    or anything with round and pushed; None: nothing saved) and the current
+    round its Join returned.
 
     - nothing saved: train the current round (a fresh client, as always);
-    - round r not pushed, current r: train r again under attempt a+1 (if
-      attempt a was in fact accepted, the fed server says so and the push
-      counts as done);
+    - round r not pushed, current r: push the saved update of r again under
+      its saved attempt a (the server answers "replayed" if it had accepted
+      a, and accepts it now otherwise), then go on as below. Training r
+      again would send the main server a whole extra round of steps (which
+      train its adapter), move the data stream on, and start from optimizer
+      state saved after r on the global adapter of r-1;
     - round r pushed, current r: wait for r's global adapter, then train r+1;
     - any other current round: rejoin there with the current global adapter
       (the saved optimizer state belongs to an adapter the run left behind).
     """
     if saved is None:
-        return ResumePoint(current_round, 0, False, "fresh")
+        return ResumePoint(current_round, False, "fresh")
     if saved.round == current_round and not saved.pushed:
-        return ResumePoint(current_round, saved.attempt + 1, True, "retrain")
+        return ResumePoint(current_round + 1, True, "repush", repush=True)
     if saved.round == current_round:
-        return ResumePoint(current_round + 1, 0, True, "pull")
-    return ResumePoint(current_round, 0, False, "rejoin")
+        return ResumePoint(current_round + 1, True, "pull")
+    return ResumePoint(current_round, False, "rejoin")
 
 
 @dataclass(frozen=True)
@@ -355,11 +360,22 @@ class ClientTrainer:
         return point
 
     # ------------------------------------------------------------- rounds
-    def push(self, round_index: int, attempt: int) -> bool:
+    def push(self, round_index: int, attempt: int = 0) -> bool:
         """Checkpoint, push, checkpoint: True when the update counts, False when the
         round went on without it (a straggler; the next pull catches up)."""
         blob = self.to_bytes(self.part)
         self.save(round_index, blob, pushed=False, attempt=attempt)
+        return self._send(round_index, blob, attempt)
+
+    def repush(self, saved: Any) -> bool:
+        """Push a saved, unpushed update again: the very bytes push() saved before
+        it sent them, under the same attempt, so the fed server either replays
+        its earlier acceptance or accepts them now; checkpointed as pushed."""
+        return self._send(saved.round, saved.adapter, saved.attempt)
+
+    def _send(self, round_index: int, blob: bytes, attempt: int) -> bool:
+        """Push `blob` as (this client, round_index, attempt); then checkpoint it
+        as pushed (accepted or refused as a straggler: never pushed again)."""
         try:
             with self.tracer.span("adapter_upload", round=round_index) as span:
                 span.bytes = len(blob)
@@ -394,6 +410,8 @@ class ClientTrainer:
         current, num_rounds = self.fed.join(num_samples)
         log.info("client %d joined at round %d of %d", self.client_id, current, num_rounds)
         point = self.resume(saved, current)
+        if point.repush:
+            self.repush(saved)
         round_index = point.start_round
         while round_index < num_rounds:
             done = self.load_global(round_index - 1)
@@ -418,8 +436,7 @@ class ClientTrainer:
                 num_steps,
                 sum(losses) / len(losses),
             )
-            attempt = point.attempt if round_index == point.start_round else 0
-            if not self.push(round_index, attempt):
+            if not self.push(round_index):
                 round_index += 1
                 continue
             last = round_index == num_rounds - 1

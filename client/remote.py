@@ -9,7 +9,8 @@ Every call reconnects on UNAVAILABLE under one RetryPolicy (capped
 exponential backoff with jitter seeded by the client id, a total budget per
 outage: fedsllm.wire.rpc), and resumes where it was: the Train stream opens
 a new call, says hello again and re-sends the step whose reply it was
-waiting for; a push is retried under the same (client, round, attempt) key;
+waiting for; a push is retried under the same (client, round, attempt) key (also
+when its deadline runs out);
 a pull asks again; the allocation follower registers and subscribes again.
 The loop above sees none of it, except a "reconnect" trace event per retry.
 """
@@ -275,7 +276,12 @@ class MainServerStream:
 
 
 # ===================================================================== fed server
-PUSH_RETRY_ON = (UNAVAILABLE,)
+PUSH_RETRY_ON = (UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""Codes a push is sent again on, under the same (client, round, attempt) key:
+pushes are idempotent (the fed server replays an accepted key), so a push
+whose deadline ran out (a slow link, a server stalled mid-write) or whose
+server went away (restarted, or its disk failed: UNAVAILABLE) is retried
+under the reconnect budget instead of failing the client."""
 
 PushOutcome = str
 """What a refused push means to the client (push_outcome)."""
@@ -354,9 +360,10 @@ class FedServerClient:
 
     def push_adapter(self, round_index: int, blob: bytes, attempt: int = 0) -> PushAck:
         """Push this round's update under (client, round, attempt); returns once the
-        fed server counts it (now, or under an earlier attempt). UNAVAILABLE:
-        the same key again; not joined: join, then push again; out of range:
-        StragglerError; anything else: StateError or the RpcError."""
+        fed server counts it (now, or under an earlier attempt). UNAVAILABLE or
+        DEADLINE_EXCEEDED: the same key again (PUSH_RETRY_ON); not joined: join,
+        then push again; out of range: StragglerError; anything else: StateError
+        or the RpcError."""
         header = PushHeaderInfo(
             client_id=self.client_id,
             round=round_index,

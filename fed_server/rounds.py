@@ -18,8 +18,12 @@ This module adds what the ledger leaves to the role: the adapter checks
 (parsed, finite, the model's keys, shapes and dtypes) before anything is
 accepted, FedAvg, the files other code reads (RUN_DIR/adapters/client_global*
 and checkpoint.json, fed_server/checkpoint.py), the trace, and waiters that
-a stopping server wakes at once. Refusals are the typed errors of
-fedsllm.state.errors, which fedsllm/wire/status.py gives their codes.
+a stopping server, or their caller's going away, wakes at once. Once the store
+committed a round, its waiters are released and its pusher told "accepted"
+whatever fails after (those files are rewritten from the store at the next
+start); a store that cannot commit raises StorageError, and nothing changed.
+Refusals are the typed errors of fedsllm.state.errors, which
+fedsllm/wire/status.py gives their codes.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from fedsllm.state import (
     UpdateKey,
     open_store,
 )
+from fedsllm.state.store import StorageError
 from fedsllm.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,16 @@ STATE_DIR = "state"
 
 class ServerStoppingError(Exception):
     """The server is stopping: a waiter gives up at once (the service answers UNAVAILABLE)."""
+
+
+class CallerGoneError(Exception):
+    """The caller a waiter waited for has gone (a cancelled or killed client):
+    the wait ends at once, so its thread and its stream slot are freed."""
+
+
+WAIT_POLL_S = 0.5
+"""How often a waiting pull checks that its caller is still there, when its
+cancellation was not signalled through `wake` (as controller_service does)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +100,10 @@ def fedavg_blobs(blobs: Sequence[bytes], weights: Sequence[float]) -> bytes:
 
 
 def fed_server_store(run_dir: Path | None) -> FedServerStore:
-    """RUN_DIR/state on disk, or memory when the server has no run directory."""
-    store = open_store("fed_server", None if run_dir is None else run_dir / STATE_DIR)
+    """RUN_DIR/state on disk, or memory when the server has no run directory.
+    For the fed server itself, at its start: it owns the directory, so the
+    temp files a killed predecessor left there are removed."""
+    store = open_store("fed_server", None if run_dir is None else run_dir / STATE_DIR, owner=True)
     assert isinstance(store, FedServerStore)
     return store
 
@@ -166,7 +183,7 @@ class RoundState:
             ledger.open_round,
             [a.client_id for a in ledger.accepted()],
             f"round {done}" if done >= 0 else "none",
-            len(self.store.round_records()),
+            len(self.store.backend.names("rounds/")),
         )
 
     def _sync_checkpoint_files(self) -> None:
@@ -278,7 +295,18 @@ class RoundState:
                 result.acceptance.seq,
                 self.num_clients,
             )
-            self._close_if_due_locked()
+            # The update is committed: whatever happens to the close, the pusher
+            # is told so (else it would retry, and count, nothing new). A close
+            # that failed leaves the round due: poll_deadline closes it.
+            try:
+                self._close_if_due_locked()
+            except Exception:
+                log.exception(
+                    "round %d: closing failed after client %d's update was accepted; "
+                    "the next poll closes it",
+                    round_index,
+                    client_id,
+                )
             return result
 
     def poll_deadline(self) -> bool:
@@ -286,22 +314,47 @@ class RoundState:
         updates at hand (when at least min_clients reported), or complete with
         a close that failed before (a full disk); True when it did."""
         with self._cond:
-            return self._close_if_due_locked() is not None
+            try:
+                return self._close_if_due_locked() is not None
+            except StorageError as err:  # a full disk: the next poll tries again
+                log.warning("round %d: could not close: %s", self._rounds.ledger.open_round, err)
+                return False
 
     def _close_if_due_locked(self) -> RoundRecord | None:
         now = self.clock()
         if self._rounds.ledger.due(now) is None:
             return None
         round_index = self._rounds.ledger.open_round
-        with self.tracer.span("aggregation", round=round_index) as span:
-            record = self._rounds.close_if_due(now)  # aggregated and committed to the store
-            assert record is not None
-            _, blob = self._rounds.latest_global()
-            assert blob is not None
-            if self.run_dir is not None:
+        try:
+            with self.tracer.span("aggregation", round=round_index) as span:
+                record = self._rounds.close_if_due(now)  # aggregated and committed to the store
+                assert record is not None
+                _, blob = self._rounds.latest_global()
+                assert blob is not None
+                span.bytes = len(blob)
+                span.extra = {"clients": record.client_ids, "weights": record.weights}
+            self._after_close_locked(record, blob)
+        finally:
+            # Once the store committed, whatever fails after it (the trace, the
+            # run-directory files) must not keep the waiters asleep; a wake
+            # when the commit itself failed is harmless (they wait again).
+            self._cond.notify_all()
+        return record
+
+    def _after_close_locked(self, record: RoundRecord, blob: bytes) -> None:
+        """What follows a committed close: the run-directory files, the trace,
+        the hook. None of it is the round's truth (the store is), so a failure
+        here is logged, never raised past the waiters' release."""
+        if self.run_dir is not None:
+            try:
                 save_checkpoint(self.run_dir, record.round, blob)
-            span.bytes = len(blob)
-            span.extra = {"clients": record.client_ids, "weights": record.weights}
+            except OSError:
+                # The next start's _sync_checkpoint_files rewrites them from the store.
+                log.exception(
+                    "round %d: could not write checkpoint.json/adapters/ (the store has "
+                    "the round; the next start rewrites them)",
+                    record.round,
+                )
         self.tracer.event(
             "round_done",
             round=record.round,
@@ -323,8 +376,6 @@ class RoundState:
             except Exception:  # a failed re-solve must not lose the aggregate
                 log.exception("round %d: the after-aggregation hook failed", record.round)
         log.info("round %d aggregated from clients %s", record.round, record.client_ids)
-        self._cond.notify_all()
-        return record
 
     def stop(self) -> None:
         """Wake every waiter: each ends with ServerStoppingError (the server is going away)."""
@@ -332,11 +383,22 @@ class RoundState:
             self._stopping = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake every waiter to check its `alive` (a caller went away); changes nothing."""
+        with self._cond:
+            self._cond.notify_all()
+
     def wait_global(self, round_index: int, timeout_s: float) -> bytes | None:
         """The global adapter of `round_index` (or later); see `wait_global_round`."""
         return self.wait_global_round(round_index, timeout_s)[1]
 
-    def wait_global_round(self, round_index: int, timeout_s: float) -> tuple[int, bytes | None]:
+    def wait_global_round(
+        self,
+        round_index: int,
+        timeout_s: float,
+        alive: Callable[[], bool] | None = None,
+        poll_s: float = WAIT_POLL_S,
+    ) -> tuple[int, bytes | None]:
         """Block until the global adapter of `round_index` exists; returns it with
         the round it belongs to, read together under the lock.
 
@@ -345,7 +407,9 @@ class RoundState:
         Asking for a round the server has moved past returns the latest one
         (a straggler catching up), labelled with its own round. Raises
         ServerStoppingError as soon as `stop()` is called, TimeoutError after
-        `timeout_s`.
+        `timeout_s`, CallerGoneError once `alive()` is false: checked every
+        `poll_s` seconds and whenever `wake()` is called (a gRPC handler wakes
+        it from its context's done-callback, so a cancelled call ends at once).
         """
         if round_index < -1 or round_index >= self.num_rounds:
             raise WireError("round", f"{round_index} is not in [-1, {self.num_rounds})")
@@ -358,7 +422,14 @@ class RoundState:
                 return -1, None
             if not ready():
                 log.debug("a pull waits for the global adapter of round %d", round_index)
-            self._cond.wait_for(lambda: self._stopping or ready(), timeout=timeout_s)
+            end = time.monotonic() + timeout_s
+            while not (self._stopping or ready()):
+                if alive is not None and not alive():
+                    raise CallerGoneError(f"the pull of round {round_index} was cancelled")
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, poll_s) if alive is not None else left)
             if not ready():
                 if self._stopping:
                     raise ServerStoppingError("fed server stopping")

@@ -16,13 +16,14 @@ from typing import NoReturn
 import grpc
 
 from fed_server.checkpoint import save_server_adapter
-from fed_server.rounds import RoundState, ServerStoppingError
+from fed_server.rounds import WAIT_POLL_S, CallerGoneError, RoundState, ServerStoppingError
 from fedsllm.bootstrap import read_server_adapter
 from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
 from fedsllm.security.identity import AuthenticationError, PermissionDeniedError, authorize
 from fedsllm.security.limits import PeerLimits, peer_key
+from fedsllm.state.store import StorageError
 from fedsllm.wire.adapters import (
     AdapterAssembler,
     GlobalHeaderInfo,
@@ -34,8 +35,16 @@ from fedsllm.wire.status import abort_for
 
 log = logging.getLogger(__name__)
 
-REFUSED = (WireError, StateError, ResourceLimitError, AuthenticationError, PermissionDeniedError)
-"""What a handler refuses (fedsllm.wire.status maps each); anything else is a bug."""
+REFUSED = (
+    WireError,
+    StateError,
+    ResourceLimitError,
+    AuthenticationError,
+    PermissionDeniedError,
+    StorageError,
+)
+"""What a handler refuses (fedsllm.wire.status maps each; StorageError, the
+store's full disk: UNAVAILABLE, retry later); anything else is a bug."""
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
@@ -66,8 +75,12 @@ class FedServerService(pb_grpc.FedServerServicer):
         base_hash: str = "",
         run_dir: Path | None = None,
         limits: PeerLimits | None = None,
+        pull_poll_s: float = WAIT_POLL_S,
     ) -> None:
         self.state = state
+        self.pull_poll_s = pull_poll_s
+        """How often a waiting PullGlobal checks that its client is still there
+        (a cancellation also wakes it at once, through the call's callback)."""
         self.limits = limits or PeerLimits()
         """Streams per peer and Join rate (fedsllm.security.limits)."""
         self.base_hash = base_hash
@@ -180,7 +193,18 @@ class FedServerService(pb_grpc.FedServerServicer):
                     "client_id", f"{request.client_id} is not in [0, {self.state.num_clients})"
                 )
             with self.limits.stream("PullGlobal", peer):
-                done, blob = self.state.wait_global_round(request.round, self.pull_timeout_s)
+                # A client that goes away (cancelled, killed) frees its slot and this
+                # thread at once, not when the round closes: its call's end wakes the wait.
+                context.add_callback(self.state.wake)
+                done, blob = self.state.wait_global_round(
+                    request.round,
+                    self.pull_timeout_s,
+                    alive=context.is_active,
+                    poll_s=self.pull_poll_s,
+                )
+        except CallerGoneError:
+            log.info("PullGlobal of client %d: the client went away", request.client_id)
+            return
         except ServerStoppingError:
             _abort_stopping(context)
         except (*REFUSED, TimeoutError) as err:

@@ -69,6 +69,40 @@ def fresh_out_dir(out: str | Path | None, stem: str, field: str = "--out") -> Pa
     return writable_dir(path, field)
 
 
+LOCK_FILE = "launcher.lock"
+"""RUN_DIR/launcher.lock: flock'd by the launcher that runs RUN_DIR, for the
+whole run; it holds that launcher's pid."""
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path, flag: str) -> Iterator[None]:
+    """Hold RUN_DIR/launcher.lock (fcntl.flock, exclusive) while the body runs:
+    a second launcher on the same run (`--resume RUN_DIR` while it is still
+    live) would start a second set of roles on the same stores. Refused with a
+    ConfigError naming `flag` (exit 2) and the holder's pid when known. The
+    kernel drops the lock when its holder exits, however it exits, and the
+    roles do not inherit it (the descriptor is not inheritable)."""
+    import fcntl
+
+    from fedsllm.errors import ConfigError
+
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f"launcher (pid {holder})" if holder.isdigit() else "launcher"
+            raise ConfigError(
+                flag, str(run_dir), f"run directory in use by another {who}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def make_run_dir(out: str | Path | None, scenario: ScenarioConfig) -> Path:
     """A fresh run directory with its logs/, trace/ and adapters/ folders."""
     run_dir = fresh_out_dir(out, scenario.name)
@@ -92,6 +126,9 @@ class RoleProcess:
     cmd: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes]
+    terminated: bool = False
+    """The launcher sent it SIGTERM while it ran (terminate): a death by SIGTERM
+    is then the launcher's own stop, not a failure (stopped_cleanly)."""
 
     @property
     def pid(self) -> int:
@@ -119,14 +156,28 @@ class RoleProcess:
                 os.killpg(self.pid, signum)
 
     def terminate(self) -> None:
-        """Ask the process to stop (SIGTERM) without waiting."""
+        """Ask the process to stop (SIGTERM) without waiting. SIGCONT follows: a
+        role a stop fault left stopped acts on a handled SIGTERM only once
+        continued, and would otherwise wait out the grace and be SIGKILLed."""
+        if self.popen.poll() is None:
+            self.terminated = True
         self.signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
     def wait(self) -> int:
         return int(self.popen.wait())
+
+
+def stopped_cleanly(proc: Any, code: int | None) -> bool:
+    """Whether exit `code` of role `proc` at shutdown is a clean stop: 0, or death
+    by the SIGTERM the launcher itself sent it (`terminated`): a server restarted
+    near the end can get that SIGTERM before it has installed its handlers."""
+    if code == 0:
+        return True
+    return code == -signal.SIGTERM and bool(getattr(proc, "terminated", False))
 
 
 class StopRequest:
@@ -323,17 +374,22 @@ class ClientHost:
     a RoleProcess of its own (its own session, stopped through its pid; the
     clients share its process group, so that signal reaches them too); each
     client is a `ForkedRole` whose exit code the host, its parent, reports.
+    Forks are known by the host's fork sequence number, never by pid: a pid
+    the kernel hands out again must not give a new client an old one's exit
+    code (the supervisor would restart a client that is still running).
     """
 
     def __init__(self, proc: RoleProcess) -> None:
         self.proc = proc
         self._cond = threading.Condition()
         self._ready = False
-        self._pids: dict[str, list[int]] = {}
-        """Every pid forked for a name, in order (a restarted client has several)."""
+        self._forks: dict[str, list[tuple[int, int]]] = {}
+        """(fork seq, pid) of every child forked for a name, in order (a restarted
+        client has several)."""
         self._claimed: set[int] = set()
+        """Fork seqs already handed out as a ForkedRole."""
         self._codes: dict[int, int] = {}
-        """Exit code per pid, as the host reported it."""
+        """Exit code per fork seq, as the host reported it."""
         self._eof = False
         self._reader = threading.Thread(target=self._read, name="client-host", daemon=True)
         self._reader.start()
@@ -373,9 +429,10 @@ class ClientHost:
                 if kind == "ready":
                     self._ready = True
                 elif kind == "started":
-                    self._pids.setdefault(event["name"], []).append(int(event["pid"]))
+                    fork = (int(event["seq"]), int(event["pid"]))
+                    self._forks.setdefault(event["name"], []).append(fork)
                 elif kind == "exited":
-                    self._codes[int(event["pid"])] = int(event["code"])
+                    self._codes[int(event["seq"])] = int(event["code"])
                 self._cond.notify_all()
         with self._cond:
             self._eof = True
@@ -424,42 +481,44 @@ class ClientHost:
             stdin.write(("\n".join(lines) + "\n").encode())
             stdin.flush()
 
-    def _unclaimed(self, name: str) -> int | None:
-        return next((p for p in self._pids.get(name, []) if p not in self._claimed), None)
+    def _unclaimed(self, name: str) -> tuple[int, int] | None:
+        forks = self._forks.get(name, [])
+        return next((f for f in forks if f[0] not in self._claimed), None)
 
     def forked(self, name: str, timeout_s: float = 30.0) -> ForkedRole:
         """The child the host forked for `name` (requested before): the first one not
         handed out yet, so a client requested again gets its new process."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while (pid := self._unclaimed(name)) is None:
+            while (fork := self._unclaimed(name)) is None:
                 if self._eof or time.monotonic() >= deadline:
                     raise RoleFailed(self.proc, f"did not fork {name}")
                 self._cond.wait(0.1)
-            self._claimed.add(pid)
-        log.info("started %s (pid %d, forked by client_host)", name, pid)
+            seq, pid = fork
+            self._claimed.add(seq)
+        log.info("started %s (pid %d, fork %d of client_host)", name, pid, seq)
         return ForkedRole(
             name=name,
             log_path=self.proc.log_path.parent / f"{name}.log",
             host=self,
             forked_pid=pid,
+            fork_seq=seq,
         )
 
-    def code(self, pid: int) -> int | None:
-        """The exit code of forked child `pid` once the host reported it; -9 if the
-        host is gone without reporting (it died, and its children with its process
-        group)."""
+    def code(self, seq: int) -> int | None:
+        """The exit code of fork `seq` once the host reported it; -9 if the host is
+        gone without reporting (it died, and its children with its process group)."""
         with self._cond:
-            if pid in self._codes:
-                return self._codes[pid]
+            if seq in self._codes:
+                return self._codes[seq]
             if self._eof and self.proc.poll() is not None:
                 return -signal.SIGKILL
             return None
 
-    def wait_code(self, pid: int) -> int:
+    def wait_code(self, seq: int) -> int:
         with self._cond:
             while True:
-                code = self.code(pid)
+                code = self.code(seq)
                 if code is not None:
                     return code
                 self._cond.wait(0.1)
@@ -478,16 +537,20 @@ class ForkedRole:
     log_path: Path
     host: ClientHost
     forked_pid: int
+    fork_seq: int
+    """The host's number for this fork: what its exit code is reported under."""
+    terminated: bool = False
+    """The launcher sent it SIGTERM while it ran (see RoleProcess.terminated)."""
 
     @property
     def pid(self) -> int:
         return self.forked_pid
 
     def poll(self) -> int | None:
-        return self.host.code(self.forked_pid)
+        return self.host.code(self.fork_seq)
 
     def wait(self) -> int:
-        return self.host.wait_code(self.forked_pid)
+        return self.host.wait_code(self.fork_seq)
 
     def log_tail(self, num_lines: int = 25) -> str:
         return RoleProcess.log_tail(self, num_lines)  # type: ignore[arg-type]
@@ -497,7 +560,11 @@ class ForkedRole:
             self.host.signal(self.name, signum)
 
     def terminate(self) -> None:
+        """SIGTERM, then SIGCONT for a client a stop fault left stopped."""
+        if self.poll() is None:
+            self.terminated = True
         self.signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -1226,7 +1293,7 @@ def _run_processes(
         for name in ("fed_server", "main_server"):
             proc = supervisor.current.get(name)
             code = proc.poll() if proc is not None else None
-            if proc is not None and code is not None and code != 0:
+            if proc is not None and code is not None and not stopped_cleanly(proc, code):
                 failed = RoleFailed(proc, f"exited with code {code} at shutdown")
                 break
     outcome = _outcome(run_dir, exit_codes, failed, supervisor, executor, tracker, resume)

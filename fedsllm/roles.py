@@ -416,8 +416,14 @@ def install_stop_signals() -> threading.Event:
 def wait_for_stop(every_s: float = 0.5, tick: Callable[[], object] | None = None) -> None:
     """Block until SIGTERM or SIGINT, calling `tick` every `every_s` seconds
     meanwhile. A tick that waits should wait on ROLE_STOP, so a stop during
-    it is seen at once."""
+    it is seen at once. A tick that raises is logged and tried again at the
+    next one: what it polls (a deadline, a checkpoint) is still due then, and
+    the role's servers must not die of it."""
     stop = install_stop_signals()
     while not stop.wait(every_s):
-        if tick is not None:
+        if tick is None:
+            continue
+        try:
             tick()
+        except Exception:
+            log.exception("tick failed; retried in %.1f s", every_s)

@@ -9,13 +9,22 @@ server after each completed round and at the end; it writes nothing outside
 its work directory.
 
 State (issue 10): the trainer's whole state (adapter, optimizer, counters, an
-open wave's gradients) is checkpointed to a MainServerStore in
-WORK_DIR/state after each completed round, every CHECKPOINT_EVERY_S seconds
-while steps happen, and at a clean exit; a restarted main server restores the
-latest one before it serves, so clients reconnect to where it was (steps
-computed after the last checkpoint are lost with a kill -9; a step whose
-reply did not reach its client is re-sent by it). A fed server that is gone
-for a while is waited for: Join and adapter pushes retry with backoff.
+open wave's gradients, and per client the latest train step applied with its
+reply) is checkpointed to a MainServerStore in WORK_DIR/state after each
+completed round, every CHECKPOINT_EVERY_S seconds while steps happen, and at
+a clean exit; a restarted main server restores the latest one before it
+serves, so clients reconnect to where it was. Steps computed after the last
+checkpoint are lost with a kill -9.
+
+A client re-sends the step whose reply did not reach it (its stream broke,
+this server restarted), and that step may have been applied already. Each
+train step is applied at most once per (client, round, step): the worker
+answers a re-send of a client's latest applied step from its saved reply
+without computing it again (main_server.compute.admit_step), also after a
+restart when the checkpoint holds that step; a step the checkpoint does not
+hold was lost with the crash, and is computed (applied once). A fed server
+that is gone for a while is waited for: Join and adapter pushes retry with
+backoff.
 """
 
 from __future__ import annotations
@@ -264,12 +273,14 @@ class LocalCheckpoints:
             wave_round=int(e["wave_round"]),
             update=str(e["update"]),
             wave_size=int(e["wave_size"]),
+            applied=snap.applied,
+            replies=snap.replies,
         )
         self.steps.call(lambda t: t.restore_state(state))
         self._steps_at_save = self.steps.num_steps
         log.info(
-            "resumed from checkpoint %d: %d updates, %d steps",
-            snap.seq, snap.num_updates, snap.num_steps,
+            "resumed from checkpoint %d: %d updates, %d steps, the latest of %d clients",
+            snap.seq, snap.num_updates, snap.num_steps, len(snap.applied),
         )  # fmt: skip
         return snap
 
@@ -289,6 +300,8 @@ class LocalCheckpoints:
                 **state.counters(),
             },
             wave=state.wave,
+            applied=state.applied,
+            replies=state.replies,
         )
         self._last_s = self.clock()
         self._steps_at_save = steps_now
@@ -424,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", warning)
     log.info("channels: %s", security.describe())
     # This role's checkpoints: its own work directory, nowhere else.
-    store = open_store("main_server", work_dir / "state")
+    store = open_store("main_server", work_dir / "state", owner=True)
     # Records stream to the fed server's collector (spooled under
     # WORK_DIR/spool while it is unreachable).
     telemetry_channel = make_channel(fed_address, security)

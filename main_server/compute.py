@@ -27,10 +27,20 @@ Server update modes (docs/MODEL.md section 1, training.server_update):
   client that stopped) is applied as the mean of the batches it holds when a
   batch of a later round arrives, when the adapter is read (evaluation,
   export), or on `flush()`.
+
+Exactly once per (client, round, step): a client re-sends the step whose
+reply it did not get (client/remote.py: a broken stream, a restarted main
+server), and the first copy may well have been applied already. The trainer
+keeps, per client, the latest train step it applied and its result
+(`AppliedStep`); a job with that key and the same tensors is answered from it
+without computing (`admit_step` has the rules), and the record is part of
+the trainer's exported state, so a checkpoint says exactly which steps it
+holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -42,6 +52,7 @@ from typing import Any
 import torch
 
 from fedsllm.data.dataset import IGNORE_INDEX
+from fedsllm.errors import StateError
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class ServerStepResult:
     """Wall seconds the step waited in the queue before the worker took it."""
     num_fused: int = 1
     """Batches computed in the same forward and backward as this one."""
+    replayed: bool = False
+    """A re-sent step answered from its first computation (nothing applied again)."""
 
 
 @dataclass
@@ -74,8 +87,74 @@ class StepJob:
     initial_adapter: bool = False
     """Eval only: evaluate the adapter as it was before training."""
     client_id: int = -1
+    step: int | None = None
+    """Train: the step within its round. With `client_id` and `digest` it keys
+    the job, which the trainer then applies at most once (admit_step); None:
+    not keyed, applied on every submit (direct callers, tests)."""
+    digest: str = ""
+    """A hash of the step's tensors (main_server.service.step_digest): a re-send
+    carries the very same bytes, a new step under an old key does not."""
     enqueued_s: float = field(default_factory=time.perf_counter)
     future: Future[ServerStepResult] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class AppliedStep:
+    """A client's latest applied train step and the result it was answered
+    with: a re-send of it gets this result, not a second update."""
+
+    round: int
+    step: int
+    digest: str
+    result: ServerStepResult
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.round, self.step)
+
+
+class StaleStepError(StateError):
+    """A keyed train step that a client following the protocol never sends: a
+    key older than the one last applied for it (not the first step of that
+    round), or that key with other tensors. A violation, not a retry: the
+    stream ends with FAILED_PRECONDITION and nothing is applied."""
+
+    def __init__(self, client_id: int, key: tuple[int, int], last: tuple[int, int], why: str):
+        self.client_id = client_id
+        self.key = key
+        self.last = last
+        super().__init__(
+            f"client {client_id}: train step (round {key[0]}, step {key[1]}) refused: {why} "
+            f"(last applied: round {last[0]}, step {last[1]})"
+        )
+
+
+def admit_step(last: AppliedStep | None, job: StepJob) -> bool:
+    """True: compute and apply the keyed `job`; False: it re-sends `last`, whose
+    result answers it. Raises StaleStepError for anything else.
+
+    Keys (round, step) of one client go forward, with one exception: step 0
+    of the round last applied. That is a client restarted from its own
+    checkpoint, training its round again from the start under a new push
+    attempt (client/loop.py resume_point); the steps its lost attempt had
+    applied stay applied (nothing can take them back), the new ones apply
+    once each. Same key, same tensors: a re-send (a broken stream, a
+    restarted main server)."""
+    if last is None or job.step is None:
+        return True
+    key = (job.round, job.step)
+    if key == last.key and job.digest == last.digest:
+        return False
+    if key > last.key:
+        return True
+    if job.step == 0 and job.round == last.round:
+        return True
+    why = "the same key with other tensors" if key == last.key else "older than the last"
+    raise StaleStepError(job.client_id, key, last.key, why)
+
+
+_PENDING = ServerStepResult(float("nan"), 0, None, 0.0)
+"""Inside ServerTrainer.train_jobs: the result of a step not computed yet."""
 
 
 class ServerTrainer:
@@ -110,6 +189,9 @@ class ServerTrainer:
         """Round of the latest train batch (-1: none yet)."""
         self._initial = [p.detach().clone() for p in self.params]
         """The adapter before any update, for "before training" evaluations."""
+        self.applied: dict[int, AppliedStep] = {}
+        """Per client, its latest keyed train step applied (train_jobs): one
+        gradient each, so at most num_clients of them are held (and saved)."""
 
     # ------------------------------------------------------------ train
     def train_step(
@@ -182,6 +264,58 @@ class ServerTrainer:
             )
         return results
 
+    def train_jobs(self, jobs: list[StepJob]) -> list[ServerStepResult | StateError]:
+        """Train jobs of one round, keyed ones applied at most once each: a
+        re-send gets its first result (replayed=True), even when both copies
+        are in this list; a stale one gets its StaleStepError instead of a
+        result. The rest are computed in one pass (train_steps)."""
+        last = dict(self.applied)
+        pending: dict[int, int] = {}
+        """Client -> index in `fresh` of its new job in this list (then
+        last[client] is that job's key, its result not computed yet)."""
+        fresh: list[StepJob] = []
+        plan: list[tuple[int, bool] | AppliedStep | StateError] = []
+        """Per job: (index in `fresh`, replayed), the applied step it re-sends,
+        or its refusal."""
+        for job in jobs:
+            previous = last.get(job.client_id) if job.step is not None else None
+            try:
+                new = admit_step(previous, job)
+            except StaleStepError as err:
+                plan.append(err)
+                continue
+            if not new:
+                assert previous is not None
+                index = pending.get(job.client_id)
+                plan.append(previous if index is None else (index, True))
+                continue
+            plan.append((len(fresh), False))
+            if job.step is not None:
+                last[job.client_id] = AppliedStep(job.round, job.step, job.digest, _PENDING)
+                pending[job.client_id] = len(fresh)
+            fresh.append(job)
+        computed = (
+            self.train_steps(
+                [(j.hidden, j.attention_mask, j.labels) for j in fresh], fresh[0].round
+            )
+            if fresh
+            else []
+        )
+        for job, result in zip(fresh, computed, strict=True):
+            if job.step is not None:
+                self.applied[job.client_id] = AppliedStep(job.round, job.step, job.digest, result)
+        results: list[ServerStepResult | StateError] = []
+        for item in plan:
+            if isinstance(item, tuple):
+                index, replayed = item
+                result = computed[index]
+                results.append(dataclasses.replace(result, replayed=True) if replayed else result)
+            elif isinstance(item, AppliedStep):
+                results.append(dataclasses.replace(item.result, replayed=True))
+            else:
+                results.append(item)
+        return results
+
     def flush(self) -> bool:
         """Apply a partial wave as the mean of the batches it holds; True if one was."""
         if self.update != "wave" or self._batches_in_wave == 0:
@@ -238,7 +372,10 @@ class ServerTrainer:
         how many batches it holds go into the state, so a checkpoint taken
         mid-wave (the periodic one) changes no update, and a restored trainer
         given the rest of the wave applies the same step the original would
-        have. Call it through the queue (`StepQueue.call`): not thread-safe."""
+        have. The steps applied (`applied`: per client its latest key and
+        result) go with it, so a restored trainer answers a re-send of a step
+        this state holds from its saved result, and computes any later one.
+        Call it through the queue (`StepQueue.call`): not thread-safe."""
         from fedsllm.model.lora import state_to_bytes
         from fedsllm.state.optim import optimizer_to_bytes
 
@@ -247,6 +384,10 @@ class ServerTrainer:
             wave = state_to_bytes(
                 {str(i): p.grad for i, p in enumerate(self.params) if p.grad is not None}
             )
+        applied = {str(c): a for c, a in sorted(self.applied.items())}
+        replies = None
+        if applied:
+            replies = state_to_bytes({c: _grad_of(a) for c, a in applied.items()})
         return TrainerState(
             adapter=state_to_bytes(dict(self._named_params())),
             optimizer=optimizer_to_bytes(self.optimizer.state_dict()),
@@ -259,15 +400,17 @@ class ServerTrainer:
             wave_round=self._wave_round,
             update=self.update,
             wave_size=self.wave_size,
+            applied={c: _applied_to_doc(a) for c, a in applied.items()},
+            replies=replies,
         )
 
     def restore_state(self, state: TrainerState) -> None:
         """Put this trainer exactly where `export_state` left one built the same way.
 
         Checks everything before it changes anything: the update mode and
-        wave size, and every adapter tensor's name, shape and dtype; a
-        mismatch raises StateError naming it and leaves the trainer as it was."""
-        from fedsllm.errors import StateError
+        wave size, every adapter tensor's name, shape and dtype, and the
+        applied steps against their gradients; a mismatch raises StateError
+        naming it and leaves the trainer as it was."""
         from fedsllm.model.lora import bytes_to_state
         from fedsllm.state.optim import optimizer_from_bytes
 
@@ -282,6 +425,7 @@ class ServerTrainer:
         grads = bytes_to_state(state.wave, "wave") if state.wave is not None else {}
         by_index = {str(i): p for i, p in enumerate(self.params)}
         _check_like(grads, by_index, "wave", partial=True)
+        applied = _applied_from_state(state)
         try:  # load_state_dict checks the groups before it changes anything
             self.optimizer.load_state_dict(optimizer_from_bytes(state.optimizer))
         except ValueError as err:
@@ -297,6 +441,7 @@ class ServerTrainer:
         self.last_round = state.last_round
         self._batches_in_wave = state.batches_in_wave
         self._wave_round = state.wave_round
+        self.applied = applied
 
     def _named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
         """The trainable parameters (the server adapter), in optimizer order."""
@@ -329,6 +474,11 @@ class TrainerState:
     wave_round: int
     update: str
     wave_size: int
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per client (its id as a string): the latest train step applied, its key,
+    tensor digest and result fields (JSON-able; the gradient is in `replies`)."""
+    replies: bytes | None = None
+    """safetensors of those steps' gradients, by client id (None: no step yet)."""
 
     def counters(self) -> dict[str, Any]:
         """The JSON-able fields, as the store keeps them."""
@@ -341,6 +491,56 @@ class TrainerState:
         }
 
 
+def _grad_of(applied: AppliedStep) -> torch.Tensor:
+    grad = applied.result.grad_hidden
+    if grad is None:  # pragma: no cover - a train result always has a gradient
+        raise RuntimeError(f"applied step {applied.key} has no gradient")
+    return grad
+
+
+def _applied_to_doc(applied: AppliedStep) -> dict[str, Any]:
+    r = applied.result
+    return {
+        "round": applied.round,
+        "step": applied.step,
+        "digest": applied.digest,
+        "loss": r.loss,
+        "num_tokens": r.num_tokens,
+        "compute_s": r.compute_s,
+        "num_fused": r.num_fused,
+    }
+
+
+def _applied_from_state(state: TrainerState) -> dict[int, AppliedStep]:
+    """The applied steps a TrainerState holds; StateError when its documents and
+    its gradients do not match."""
+    from fedsllm.model.lora import bytes_to_state
+
+    grads = bytes_to_state(state.replies, "replies") if state.replies is not None else {}
+    if set(grads) != set(state.applied):
+        raise StateError(
+            f"checkpoint replies do not match its applied steps: gradients of clients "
+            f"{sorted(grads)[:5]}, steps of {sorted(state.applied)[:5]}"
+        )
+    applied = {}
+    for client, doc in state.applied.items():
+        try:
+            result = ServerStepResult(
+                float(doc["loss"]),
+                int(doc["num_tokens"]),
+                grads[client],
+                float(doc["compute_s"]),
+                0.0,
+                int(doc["num_fused"]),
+            )
+            applied[int(client)] = AppliedStep(
+                int(doc["round"]), int(doc["step"]), str(doc["digest"]), result
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise StateError(f"checkpoint applied step of client {client!r}: {err!r}") from None
+    return applied
+
+
 def _check_like(
     got: dict[str, torch.Tensor],
     want: dict[str, torch.Tensor],
@@ -349,8 +549,6 @@ def _check_like(
 ) -> None:
     """StateError unless `got` has `want`'s names (a subset when `partial`),
     shapes and dtypes."""
-    from fedsllm.errors import StateError
-
     unknown = sorted(set(got) - set(want))
     missing = [] if partial else sorted(set(want) - set(got))
     if unknown or missing:
@@ -399,7 +597,8 @@ def num_loss_tokens(labels: torch.Tensor) -> int:
 
 # ---------------------------------------------------------------- queue and workers
 class StepWorker(ABC):
-    """Computes a list of queued jobs and returns one result per job, in order.
+    """Computes a list of queued jobs and returns one result per job, in order
+    (or the job's refusal: a StaleStepError, which fails that job alone).
 
     The queue calls `run` from one thread at a time. `max_fused` says how many
     train jobs one call may take. Today's worker is `LocalWorker`; a
@@ -409,7 +608,7 @@ class StepWorker(ABC):
     def max_fused(self) -> int: ...
 
     @abstractmethod
-    def run(self, jobs: list[StepJob]) -> list[ServerStepResult]: ...
+    def run(self, jobs: list[StepJob]) -> list[ServerStepResult | StateError]: ...
 
     def call(self, fn: Any) -> Any:
         """Run `fn(trainer-like state)` between jobs (adapter export)."""
@@ -428,7 +627,7 @@ class LocalWorker(StepWorker):
         left = self.trainer.wave_size - self.trainer.pending_in_wave
         return min(left, self.trainer.max_fused)
 
-    def run(self, jobs: list[StepJob]) -> list[ServerStepResult]:
+    def run(self, jobs: list[StepJob]) -> list[ServerStepResult | StateError]:
         if jobs[0].mode == "eval":
             (job,) = jobs
             return [
@@ -436,9 +635,7 @@ class LocalWorker(StepWorker):
                     job.hidden, job.attention_mask, job.labels, job.initial_adapter
                 )
             ]
-        return self.trainer.train_steps(
-            [(j.hidden, j.attention_mask, j.labels) for j in jobs], jobs[0].round
-        )
+        return self.trainer.train_jobs(jobs)
 
     def call(self, fn: Any) -> Any:
         return fn(self.trainer)
@@ -567,15 +764,11 @@ class StepQueue:
             self.num_passes += 1
             self.num_steps += len(jobs)
             for job, result in zip(jobs, results, strict=True):
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                    continue
                 job.future.set_result(
-                    ServerStepResult(
-                        result.loss,
-                        result.num_tokens,
-                        result.grad_hidden,
-                        result.compute_s,
-                        max(0.0, started - job.enqueued_s),
-                        result.num_fused,
-                    )
+                    dataclasses.replace(result, queue_s=max(0.0, started - job.enqueued_s))
                 )
 
 

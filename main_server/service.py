@@ -7,10 +7,18 @@ against the model, label and mask values), runs ServerTrainer, and streams
 back the result and, in training, the activation gradient, paced at the
 downlink rate the client asked for. A bad frame ends the stream with
 INVALID_ARGUMENT and changes no server state.
+
+A train step is applied at most once per (client, round, step): a client
+re-sends the step whose reply it did not get, on a new stream, and the first
+copy may have been applied (or still be computing) already. Each train job
+carries its key and a digest of its tensors; the worker answers a re-send
+from the first result (main_server.compute.admit_step) and refuses a key
+that goes back (FAILED_PRECONDITION). The reply is paced like any other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -91,6 +99,18 @@ def step_specs(limits: StepLimits) -> list[TensorSpec]:
         TensorSpec("attention_mask", frozenset({"int64"}), ("B", "T")),
         TensorSpec("labels", frozenset({"int64"}), ("B", "T")),
     ]
+
+
+def step_digest(upload: StepUpload) -> str:
+    """A hash of the step's tensors (names, dtypes, shapes, bytes): a re-send
+    carries the same frames, so the same digest; a new step under an old key
+    (a restarted client training its round again) almost surely does not."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in STEP_TENSORS:
+        frame = upload.frames[name]
+        h.update(f"{name}:{frame.dtype}:{frame.shape};".encode())
+        h.update(frame.data)
+    return h.hexdigest()
 
 
 def check_step_values(limits: StepLimits, mask: torch.Tensor, labels: torch.Tensor) -> None:
@@ -268,6 +288,7 @@ class MainServerService(pb_grpc.MainServerServicer):
         hidden, mask, labels = self._step_tensors(upload)
         header = upload.header
         round_index, step = header.round, header.step
+        train = header.mode == "train"
         with self.tracer.span(
             "server_compute", round=round_index, step=step, client=client_id
         ) as span:
@@ -275,12 +296,15 @@ class MainServerService(pb_grpc.MainServerServicer):
                 hidden,
                 mask,
                 labels,
-                mode="train" if header.mode == "train" else "eval",
+                mode="train" if train else "eval",
                 round=round_index,
                 initial_adapter=header.initial_adapter,
                 client_id=client_id,
+                # Train steps are keyed (applied once); evaluations change nothing.
+                step=step if train else None,
+                digest=step_digest(upload) if train else "",
             )
-            if header.mode == "train":
+            if train:
                 flops = self.flops_per_sample * hidden.shape[0]
                 with self.compute(flops, "server_compute") as device:
                     span.extra["device"] = device
@@ -299,6 +323,14 @@ class MainServerService(pb_grpc.MainServerServicer):
                 receive_s=receive_s,
                 uplink_bytes=sum(frame.num_bytes for frame in upload.frames.values()),
             )
+            if result.replayed:
+                # The upload crossed the link again; compute_s is the first copy's.
+                span.extra["replayed"] = True
+        if result.replayed:
+            log.info(
+                "client %d: round %d step %d re-sent; answered from its first computation",
+                client_id, round_index, step,
+            )  # fmt: skip
         names: tuple[str, ...] = ("activations_grad",) if result.grad_hidden is not None else ()
         info = StepResultInfo(
             round=round_index,

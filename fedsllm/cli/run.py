@@ -9,6 +9,7 @@ failing process and its error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -146,6 +147,13 @@ def with_fault_flag(args: argparse.Namespace, scenario: Any) -> Any:
     return dataclasses.replace(scenario, run=run)
 
 
+def given(value: Any) -> bool:
+    """Whether a flag was given, from its parsed value: argparse's defaults here are
+    None (valued flags), False (switches) and [] (--set). Checked by identity, not
+    `in`: 0 == False, so `--seed 0` or `--rounds 0` would read as not given."""
+    return not (value is None or value is False or (isinstance(value, list) and not value))
+
+
 def resumed_scenario(args: argparse.Namespace) -> tuple[Any, Path]:
     """The scenario of the run in --resume RUN_DIR (its scenario.json) with --restart
     applied, and the run directory; ConfigError naming --resume when
@@ -155,7 +163,7 @@ def resumed_scenario(args: argparse.Namespace) -> tuple[Any, Path]:
 
     for attr, flag in RESUME_CONFLICTS.items():
         value = getattr(args, attr, None)
-        if value not in (None, False, []):
+        if given(value):
             raise ConfigError(
                 flag,
                 value,
@@ -184,22 +192,32 @@ def resumed_scenario(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from fedsllm.config import load_scenario
-    from fedsllm.launch import make_run_dir, run_processes
-    from fedsllm.progress import RunProgress, prepare_base
-    from fedsllm.summary import write_summary
-    from fedsllm.trace import read_telemetry
-
+    """Run (or resume) one run, holding its directory's launcher lock throughout."""
     if getattr(args, "faults", None) == "help":
         from fedsllm.faults import describe_kinds
 
         print("\n".join(describe_kinds()))
         return EXIT_OK
+    with contextlib.ExitStack() as held:
+        return _run_command(args, held)
+
+
+def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
+    """run_command's body; `held` keeps the run directory's launcher lock
+    (fedsllm.launch.run_dir_lock) until the run is over."""
+    from rich.console import Console
+
+    from fedsllm.config import load_scenario
+    from fedsllm.launch import make_run_dir, run_dir_lock, run_processes
+    from fedsllm.progress import RunProgress, prepare_base
+    from fedsllm.summary import write_summary
+    from fedsllm.trace import read_telemetry
+
     resume = getattr(args, "resume", None) is not None
     if resume:
         scenario, run_dir = resumed_scenario(args)
+        # Before anything reads or writes the run: a launcher may still run it.
+        held.enter_context(run_dir_lock(run_dir, "--resume"))
     else:
         scenario = load_scenario(args.scenario, flag_overrides(args))
     scenario = with_fault_flag(args, scenario)
@@ -215,6 +233,7 @@ def run_command(args: argparse.Namespace) -> int:
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
     else:
         run_dir = make_run_dir(args.out, scenario)
+        held.enter_context(run_dir_lock(run_dir, "--out"))
     verb = "resuming" if resume else "->"
     console.print(
         f"[bold]fedsllm run[/] scenario [cyan]{scenario.name}[/]: "

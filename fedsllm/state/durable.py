@@ -11,7 +11,8 @@
     round_done, blob = rounds.latest_global()
 
 On open it resumes from the store: membership, the open round, the updates
-already accepted, the latest global adapter. Each accepted update, each
+already accepted, the latest global adapter, and the acceptances of the
+last closed rounds (from their records). Each accepted update, each
 join, each closed round is written (fedsllm/state/store.py's commit order)
 before the ledger moves, so what a client was told survives a crash.
 `aggregate(blobs, weights) -> blob` is the role's FedAvg (the core never
@@ -24,7 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fedsllm.state.format import tensor_digest
-from fedsllm.state.ledger import JoinInfo, RoundLedger, RoundRecord, SubmitResult
+from fedsllm.state.ledger import (
+    REPLAY_ROUNDS,
+    JoinInfo,
+    RoundLedger,
+    RoundRecord,
+    SubmitResult,
+)
 from fedsllm.state.store import FedServerStore, UpdateKey
 
 Aggregate = Callable[[Sequence[bytes], Sequence[float]], bytes]
@@ -48,22 +55,27 @@ class DurableRounds:
         num_rounds: int,
         min_clients: int = 1,
         deadline_s: float = 0.0,
+        replay_rounds: int = REPLAY_ROUNDS,
         now: float,
         aggregate: Aggregate,
     ) -> DurableRounds:
-        """Resume from `store` (a fresh ledger when it holds none)."""
+        """Resume from `store` (a fresh ledger when it holds none). The last
+        closed rounds' records rebuild the ledger's replay index, so a push
+        retried across the restart is still answered "replayed"."""
         saved = store.load().ledger
         settings = dict(
             num_clients=num_clients,
             num_rounds=num_rounds,
             min_clients=min_clients,
             deadline_s=deadline_s,
+            replay_rounds=replay_rounds,
         )
-        ledger = (
-            RoundLedger(**settings)
-            if saved is None
-            else RoundLedger.restore(saved, now=now, **settings)
-        )
+        if saved is None:
+            return cls(RoundLedger(**settings), store, aggregate)
+        # One more than kept: the newest record may be of a round whose close
+        # the crash cut short (still open in `saved`), which restore skips.
+        records = [RoundRecord.from_dict(d) for d in store.round_records(last=replay_rounds + 1)]
+        ledger = RoundLedger.restore(saved, now=now, records=records, **settings)
         return cls(ledger, store, aggregate)
 
     @property

@@ -24,13 +24,20 @@ Every mutation takes an optional `commit(state)` callback called with the
 ledger's next `to_dict()` before anything changes here: when it raises (a
 full disk), the ledger is exactly as it was. The caller holds its own lock;
 this class is not thread-safe. Aggregation is left to the caller.
+
+What a push costs stays flat over a long run: `to_dict()` holds only what
+the open round needs (membership, its acceptances, its late marks), and a
+mutation copies only that small state. Acceptances of closed rounds live in
+their RoundRecords (the store's rounds/*.json); the ledger keeps those of the
+last `replay_rounds` closed rounds in memory, so a retried push of a round
+that just closed is still answered "replayed" (`restore` rebuilds them from
+the records). A retry of an older round is RoundClosedError: catch up.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fedsllm.errors import StateError, WireError
@@ -46,6 +53,9 @@ from fedsllm.state.errors import (
 )
 
 Commit = Callable[[dict[str, Any]], None]
+
+REPLAY_ROUNDS = 4
+"""Closed rounds whose acceptances the ledger keeps to answer a retried push "replayed"."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,20 @@ class RoundRecord:
         )
 
 
+@dataclass(frozen=True)
+class _OpenState:
+    """Everything a mutation may change, all small (O(num_clients)). A mutation
+    builds the next one, copying only the dict it changes, and swaps it in
+    after the commit; dicts here are never changed in place."""
+
+    closed: int = -1
+    opened_at: float | None = None
+    members: dict[int, int] = field(default_factory=dict)
+    accepted: dict[int, Acceptance] = field(default_factory=dict)
+    """Client -> its acceptance in the open round."""
+    late: dict[int, str] = field(default_factory=dict)
+
+
 class RoundLedger:
     def __init__(
         self,
@@ -129,58 +153,67 @@ class RoundLedger:
         num_rounds: int,
         min_clients: int = 1,
         deadline_s: float = 0.0,
+        replay_rounds: int = REPLAY_ROUNDS,
     ) -> None:
         if num_clients < 1 or num_rounds < 1:
             raise ValueError(f"num_clients={num_clients}, num_rounds={num_rounds}: need >= 1")
         if not 1 <= min_clients <= num_clients:
             raise ValueError(f"min_clients={min_clients} is not in [1, {num_clients}]")
+        if replay_rounds < 0:
+            raise ValueError(f"replay_rounds={replay_rounds}: need >= 0")
         self.num_clients = num_clients
         self.num_rounds = num_rounds
         self.min_clients = min_clients
         self.deadline_s = deadline_s
         """0 = no deadline: a round closes only when every client reported."""
-        self._members: dict[int, int] = {}
-        self._closed = -1
-        self._opened_at: float | None = None
-        self._history: dict[tuple[int, int], Acceptance] = {}
-        self._late: dict[int, str] = {}
+        self.replay_rounds = replay_rounds
+        self._s = _OpenState()
+        self._recent: dict[int, dict[int, Acceptance]] = {}
+        """Round -> client -> acceptance, for the last `replay_rounds` closed rounds."""
 
     # ------------------------------------------------------------ queries
     @property
     def open_round(self) -> int:
-        return self._closed + 1
+        return self._s.closed + 1
 
     @property
     def closed_round(self) -> int:
-        return self._closed
+        return self._s.closed
 
     @property
     def finished(self) -> bool:
-        return self._closed >= self.num_rounds - 1
+        return self._s.closed >= self.num_rounds - 1
 
     @property
     def members(self) -> dict[int, int]:
-        return dict(self._members)
+        return dict(self._s.members)
 
     def accepted(self, round_index: int | None = None) -> list[Acceptance]:
-        """Acceptances of `round_index` (default: the open round), in client order."""
-        r = self.open_round if round_index is None else round_index
-        return sorted(
-            (a for (_, rr), a in self._history.items() if rr == r), key=lambda a: a.client_id
-        )
+        """Acceptances of `round_index` (default: the open round), in client order;
+        a closed round's only while it is among the last `replay_rounds`."""
+        if round_index is None or round_index == self.open_round:
+            found = self._s.accepted
+        else:
+            found = self._recent.get(round_index, {})
+        return [found[c] for c in sorted(found)]
+
+    def _known(self, client_id: int, round_index: int) -> Acceptance | None:
+        if round_index == self.open_round:
+            return self._s.accepted.get(client_id)
+        return self._recent.get(round_index, {}).get(client_id)
 
     def past_deadline(self, now: float) -> bool:
         return (
             self.deadline_s > 0
-            and self._opened_at is not None
-            and now - self._opened_at > self.deadline_s
+            and self._s.opened_at is not None
+            and now - self._s.opened_at > self.deadline_s
         )
 
     def due(self, now: float) -> str | None:
         """Why the open round may close now ("complete" / "deadline"), or None."""
         if self.finished:
             return None
-        num = len(self.accepted())
+        num = len(self._s.accepted)
         if num == self.num_clients:
             return "complete"
         if self.past_deadline(now) and num >= self.min_clients:
@@ -192,10 +225,10 @@ class RoundLedger:
         if not 0 <= client_id < self.num_clients:
             raise WireError("client_id", f"{client_id} is not in [0, {self.num_clients})")
 
-    def _apply(self, nxt: RoundLedger, commit: Commit | None) -> None:
+    def _apply(self, nxt: _OpenState, commit: Commit | None) -> None:
         if commit is not None:
-            commit(nxt.to_dict())  # raises: nothing below runs, self is unchanged
-        self.__dict__.update(nxt.__dict__)
+            commit(self._doc(nxt))  # raises: nothing below runs, self is unchanged
+        self._s = nxt
 
     def join(
         self, client_id: int, num_samples: int, now: float, commit: Commit | None = None
@@ -204,17 +237,18 @@ class RoundLedger:
         self._checked_client(client_id)
         if num_samples < 1:
             raise WireError("num_samples", f"{num_samples}, expected >= 1")
-        known = self._members.get(client_id)
+        known = self._s.members.get(client_id)
         if known is not None and known != num_samples:
             raise MembershipError(
                 f"client {client_id} rejoined with num_samples={num_samples}, "
                 f"joined before with {known}"
             )
         if known is None:
-            nxt = copy.deepcopy(self)
-            nxt._members[client_id] = num_samples
-            if nxt._opened_at is None:
-                nxt._opened_at = now
+            nxt = replace(
+                self._s,
+                members={**self._s.members, client_id: num_samples},
+                opened_at=now if self._s.opened_at is None else self._s.opened_at,
+            )
             self._apply(nxt, commit)
         return JoinInfo(self.open_round, self.num_rounds)
 
@@ -231,9 +265,9 @@ class RoundLedger:
         self._checked_client(client_id)
         if round_index < 0 or attempt < 0:
             raise WireError("round/attempt", f"{round_index}/{attempt}, expected >= 0")
-        if client_id not in self._members:
+        if client_id not in self._s.members:
             raise NotJoinedError(client_id, round_index, "has not joined: join again")
-        known = self._history.get((client_id, round_index))
+        known = self._known(client_id, round_index)
         if known is not None:
             if known.attempt != attempt:
                 raise DuplicateUpdateError(client_id, round_index, known.attempt)
@@ -256,27 +290,23 @@ class RoundLedger:
                 client_id, round_index, f"not open yet (open round is {self.open_round})"
             )
         if self.due(now) == "deadline":
-            if client_id not in self._late:
-                nxt = copy.deepcopy(self)
-                nxt._late[client_id] = "late"
-                self._apply(nxt, commit)
+            if client_id not in self._s.late:
+                self._apply(replace(self._s, late={**self._s.late, client_id: "late"}), commit)
             raise LateUpdateError(
                 client_id,
                 round_index,
                 f"past the {self.deadline_s:g} s deadline; the round closes with "
-                f"{len(self.accepted())} updates",
+                f"{len(self._s.accepted)} updates",
             )
         acceptance = Acceptance(
             client_id=client_id,
             round=round_index,
             attempt=attempt,
             digest=digest,
-            num_samples=self._members[client_id],
-            seq=len(self.accepted()) + 1,
+            num_samples=self._s.members[client_id],
+            seq=len(self._s.accepted) + 1,
         )
-        nxt = copy.deepcopy(self)
-        nxt._history[(client_id, round_index)] = acceptance
-        self._apply(nxt, commit)
+        self._apply(replace(self._s, accepted={**self._s.accepted, client_id: acceptance}), commit)
         return SubmitResult(acceptance, replayed=False)
 
     def close(
@@ -287,44 +317,54 @@ class RoundLedger:
         reason = self.due(now)
         if reason is None:
             raise StateError(
-                f"round {self.open_round} is not due: {len(self.accepted())}/{self.num_clients} "
+                f"round {self.open_round} is not due: {len(self._s.accepted)}/{self.num_clients} "
                 f"updates, min_clients={self.min_clients}, past deadline={self.past_deadline(now)}"
             )
         accepted = tuple(self.accepted())
         got = {a.client_id for a in accepted}
         missing = {
-            c: self._late.get(c, "no_update" if c in self._members else "not_joined")
+            c: self._s.late.get(c, "no_update" if c in self._s.members else "not_joined")
             for c in range(self.num_clients)
             if c not in got
         }
         record = RoundRecord(
             round=self.open_round,
             reason=reason,
-            opened_at=self._opened_at if self._opened_at is not None else now,
+            opened_at=self._s.opened_at if self._s.opened_at is not None else now,
             closed_at=now,
             accepted=accepted,
             missing=missing,
         )
-        nxt = copy.deepcopy(self)
-        nxt._closed += 1
-        nxt._late = {}
-        nxt._opened_at = now
+        nxt = replace(self._s, closed=self._s.closed + 1, opened_at=now, accepted={}, late={})
         if commit is not None:
-            commit(record, nxt.to_dict())
-        self.__dict__.update(nxt.__dict__)
+            commit(record, self._doc(nxt))  # raises: self is unchanged
+        self._s = nxt
+        self._remember(record.round, accepted)
         return record
+
+    def _remember(self, round_index: int, accepted: Iterable[Acceptance]) -> None:
+        """Keep a closed round's acceptances for retries; forget the oldest beyond
+        `replay_rounds` (their retries meet RoundClosedError: catch up)."""
+        self._recent[round_index] = {a.client_id: a for a in accepted}
+        for old in sorted(self._recent)[: max(len(self._recent) - self.replay_rounds, 0)]:
+            del self._recent[old]
 
     # ------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
+        """The open round's state: its size depends on num_clients, not on how
+        many rounds closed ("accepted" lists the open round's acceptances)."""
+        return self._doc(self._s)
+
+    def _doc(self, s: _OpenState) -> dict[str, Any]:
         return {
             "num_clients": self.num_clients,
             "num_rounds": self.num_rounds,
             "min_clients": self.min_clients,
-            "closed_round": self._closed,
-            "members": {str(k): v for k, v in sorted(self._members.items())},
-            "accepted": [asdict(a) for _, a in sorted(self._history.items())],
-            "late": {str(k): v for k, v in sorted(self._late.items())},
-            "started": self._opened_at is not None,
+            "closed_round": s.closed,
+            "members": {str(k): v for k, v in sorted(s.members.items())},
+            "accepted": [asdict(s.accepted[c]) for c in sorted(s.accepted)],
+            "late": {str(k): v for k, v in sorted(s.late.items())},
+            "started": s.opened_at is not None,
         }
 
     @classmethod
@@ -336,13 +376,19 @@ class RoundLedger:
         num_rounds: int,
         min_clients: int = 1,
         deadline_s: float = 0.0,
+        replay_rounds: int = REPLAY_ROUNDS,
         now: float,
+        records: Iterable[RoundRecord] = (),
     ) -> RoundLedger:
         """The ledger of `to_dict()` output, checked against this run's settings.
 
         The open round's deadline restarts at `now`: clock readings of the
         process that wrote the state mean nothing to this one, and a round
-        that lost its server deserves the time it lost."""
+        that lost its server deserves the time it lost. `records` are closed
+        rounds' records (the store's, any number, any order): the last
+        `replay_rounds` of those the state counts as closed rebuild the
+        replay index. A state written when "accepted" held every round's
+        acceptances reads the same: only the open round's are kept."""
         for name, want in (("num_clients", num_clients), ("num_rounds", num_rounds)):
             if int(data[name]) != want:
                 raise StateError(
@@ -354,10 +400,22 @@ class RoundLedger:
             num_rounds=num_rounds,
             min_clients=min_clients,
             deadline_s=deadline_s,
+            replay_rounds=replay_rounds,
         )
-        ledger._closed = int(data["closed_round"])
-        ledger._members = {int(k): int(v) for k, v in data["members"].items()}
-        ledger._history = {(a["client_id"], a["round"]): Acceptance(**a) for a in data["accepted"]}
-        ledger._late = {int(k): str(v) for k, v in data["late"].items()}
-        ledger._opened_at = now if data.get("started") else None
+        closed = int(data["closed_round"])
+        ledger._s = _OpenState(
+            closed=closed,
+            opened_at=now if data.get("started") else None,
+            members={int(k): int(v) for k, v in data["members"].items()},
+            accepted={
+                int(a["client_id"]): Acceptance(**a)
+                for a in data["accepted"]
+                if int(a["round"]) == closed + 1
+            },
+            late={int(k): str(v) for k, v in data["late"].items()},
+        )
+        # A record of a round the state has not closed is from a crash inside
+        # the close: that round is still open here and will be closed again.
+        for record in sorted((r for r in records if r.round <= closed), key=lambda r: r.round):
+            ledger._remember(record.round, record.accepted)
         return ledger

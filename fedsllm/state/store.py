@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fedsllm.errors import ConfigError
+from fedsllm.errors import ConfigError, FedsLLMError
 from fedsllm.state.format import (
     atomic_write,
     check_safetensors,
@@ -98,11 +99,20 @@ class DiskBackend(StateBackend):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         """Created by the first write, so opening a store only to read it (the
-        report's audit) leaves no trace. Temp files a killed writer left behind
-        are removed: only this role writes here."""
-        if self.root.is_dir():
-            for stale in self.root.rglob(".*.tmp"):
-                stale.unlink(missing_ok=True)
+        report's audit) leaves no trace, and changes nothing: a reader may open
+        the directory of a live role, whose temp files are writes in flight."""
+
+    def remove_temp_files(self) -> int:
+        """Remove the temp files a killed writer left behind; returns a count.
+        Only the role that owns this directory calls it, once at its start
+        (open_store(..., owner=True)), before it writes: no other writer is
+        alive then, so every temp file is a dead one."""
+        if not self.root.is_dir():
+            return 0
+        stale = list(self.root.rglob(".*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def _path(self, name: str) -> Path:
         parts = PurePosixPath(name).parts
@@ -165,6 +175,24 @@ class _Files:
 
 
 # ====================================================================== fed server
+class StorageError(FedsLLMError, OSError):
+    """The store could not commit (a full disk, an I/O error): nothing was
+    committed, the state is as before the call. Transient from a peer's point
+    of view: fedsllm/wire/status.py answers UNAVAILABLE, and the peer retries
+    the same request later. An OSError still, for callers that catch those."""
+
+
+@contextmanager
+def _committing(what: str, location: str) -> Iterator[None]:
+    """Raise the OSError of a failed commit as StorageError naming it."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        raise StorageError(f"state store {location}: could not commit {what}: {err}") from err
+
+
 @dataclass(frozen=True)
 class UpdateKey:
     """What makes a push unique: the same key twice is one update."""
@@ -213,13 +241,15 @@ class FedServerStore:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- writes
+    # Each raises StorageError when a write fails: the commit point (the last
+    # write) was not reached, so what was committed before still stands.
     def record_join(self, ledger: Mapping[str, Any]) -> None:
-        with self._lock:
+        with self._lock, _committing("a join", self.backend.location):
             self._files.put_doc(self.LEDGER, "fed_server.ledger", ledger)
 
     def record_update(self, key: UpdateKey, blob: bytes, ledger: Mapping[str, Any]) -> None:
         """Persist an accepted update, then the ledger that accepts it."""
-        with self._lock:
+        with self._lock, _committing(f"update {key}", self.backend.location):
             self._files.put_tensors(key.name, blob)
             self._files.put_doc(self.LEDGER, "fed_server.ledger", ledger)
 
@@ -228,14 +258,18 @@ class FedServerStore:
     ) -> None:
         """Persist a closed round: its global adapter, its record, then the ledger."""
         round_index = int(record["round"])
-        with self._lock:
+        with self._lock, _committing(f"round {round_index}", self.backend.location):
             self._files.put_tensors(f"globals/r{round_index:06d}.safetensors", global_adapter)
-            self._files.put_doc(f"rounds/r{round_index:06d}.json", "fed_server.round", record)
+            self._files.put_doc(self._round_name(round_index), "fed_server.round", record)
             self._files.put_doc(self.LEDGER, "fed_server.ledger", ledger)
 
     def save_controller(self, state: Mapping[str, Any]) -> None:
-        with self._lock:
+        with self._lock, _committing("the controller state", self.backend.location):
             self._files.put_doc(self.CONTROLLER, "fed_server.controller", state)
+
+    @staticmethod
+    def _round_name(round_index: int) -> str:
+        return f"rounds/r{round_index:06d}.json"
 
     def prune_updates(self, before_round: int) -> int:
         """Drop the updates of rounds < before_round (no audit of them then); returns a count."""
@@ -262,13 +296,14 @@ class FedServerStore:
     def global_adapter(self, round_index: int) -> bytes | None:
         return self._files.get_tensors(f"globals/r{round_index:06d}.safetensors")
 
-    def round_records(self) -> list[dict[str, Any]]:
-        """Every closed round's record, in round order."""
-        return [
-            doc
-            for name in self.backend.names("rounds/")
-            if (doc := self._files.get_doc(name, "fed_server.round")) is not None
-        ]
+    def round_records(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Every closed round's record, in round order; only the `last` ones
+        when given (what a restart needs, without reading a long run's all)."""
+        names = self.backend.names("rounds/")
+        if last is not None:
+            names = names[-last:] if last > 0 else []
+        docs = (self._files.get_doc(name, "fed_server.round") for name in names)
+        return [doc for doc in docs if doc is not None]
 
 
 # ====================================================================== checkpoints
@@ -340,11 +375,19 @@ class MainServerSnapshot:
     seq: int
     wave: bytes | None = None
     """Gradients of a partial wave held at the checkpoint (wave mode; None: none)."""
+    applied: dict[str, Any] = field(default_factory=dict)
+    """Per client (id as a string), the latest train step this checkpoint holds:
+    its key, tensor digest and reply fields (main_server.compute.TrainerState)."""
+    replies: bytes | None = None
+    """Those steps' reply gradients (safetensors by client id; None: no step)."""
 
 
 class MainServerStore(_CheckpointStore):
-    """The main server's adapter, optimizer state, step counters and, in wave
-    mode, the gradients of a partial wave (so a checkpoint never forces one)."""
+    """The main server's adapter, optimizer state, step counters, in wave
+    mode the gradients of a partial wave (so a checkpoint never forces one),
+    and per client the latest train step applied with its reply: written in
+    the same commit as the adapter, so the checkpoint says exactly which
+    steps it contains and a re-send of one is answered, not applied again."""
 
     KIND = "main_server.checkpoint"
 
@@ -358,15 +401,20 @@ class MainServerStore(_CheckpointStore):
         round_index: int,
         extra: Mapping[str, Any] | None = None,
         wave: bytes | None = None,
+        applied: Mapping[str, Any] | None = None,
+        replies: bytes | None = None,
     ) -> int:
         blobs = {"adapter": adapter} | ({"optimizer": optimizer} if optimizer else {})
         if wave is not None:
             blobs["wave"] = wave
+        if replies is not None:
+            blobs["replies"] = replies
         meta = {
             "num_steps": num_steps,
             "num_updates": num_updates,
             "round": round_index,
             "extra": dict(extra or {}),
+            "applied": dict(applied or {}),
         }
         return self._save(blobs, meta)
 
@@ -384,6 +432,8 @@ class MainServerStore(_CheckpointStore):
             extra=dict(m["extra"]),
             seq=ckpt.seq,
             wave=ckpt.blobs.get("wave"),
+            applied=dict(m.get("applied", {})),
+            replies=ckpt.blobs.get("replies"),
         )
 
 
@@ -452,15 +502,24 @@ STORE_KINDS: Mapping[str, Callable[[StateBackend], Store]] = {
 """Role -> its store; open_store looks kinds up here (no if-chain)."""
 
 
-def open_backend(path: str | Path | None) -> StateBackend:
-    """Memory for None, else the directory `path` (created by the first write)."""
-    return InMemoryBackend() if path is None else DiskBackend(Path(path))
+def open_backend(path: str | Path | None, *, owner: bool = False) -> StateBackend:
+    """Memory for None, else the directory `path` (created by the first write).
+    `owner`: the caller is the role that writes there, at its start: the temp
+    files a killed writer left are removed. A reader (a report) leaves them."""
+    if path is None:
+        return InMemoryBackend()
+    backend = DiskBackend(Path(path))
+    if owner:
+        backend.remove_temp_files()
+    return backend
 
 
-def open_store(kind: str, path: str | Path | None = None) -> Store:
+def open_store(kind: str, path: str | Path | None = None, *, owner: bool = False) -> Store:
     """The store of role `kind` ("fed_server", "main_server", "client"), in
-    memory (path None) or in the directory `path`, which is that role's own."""
+    memory (path None) or in the directory `path`. The role whose directory
+    it is opens it with owner=True at its start (see open_backend); anyone
+    else only reads it and opens it without."""
     factory = STORE_KINDS.get(kind)
     if factory is None:
         raise ConfigError("state.kind", kind, f"expected one of {sorted(STORE_KINDS)}")
-    return factory(open_backend(path))
+    return factory(open_backend(path, owner=owner))

@@ -34,6 +34,7 @@ from fedsllm.state.errors import (
     RunFinishedError,
     UpdateRefused,
 )
+from fedsllm.state.store import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
         ResourceLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
         # The server waited for peers (e.g. a round to close) past its limit.
         TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+        # The server's own store could not commit (a full disk): nothing of
+        # the call was kept, the state is as before it. Not the peer's fault
+        # and not final: retry the same request (the same push key) later.
+        StorageError: grpc.StatusCode.UNAVAILABLE,
     }
 )
 """Domain error -> status code; a superset of the tables fed_server/service.py,

@@ -46,12 +46,13 @@ def test_host_stops_a_stopped_child(tmp_path) -> None:
         host.stdin.write(json.dumps(request) + "\n")
         host.stdin.flush()
         started = _event(host)
-        assert started["event"] == "started"
+        assert (started["event"], started["seq"]) == ("started", 1)
         child = started["pid"]
         os.kill(child, signal.SIGSTOP)
         host.send_signal(signal.SIGTERM)
         exited = _event(host, 60.0)  # never comes without the host's SIGCONT
         assert (exited["event"], exited["code"]) == ("exited", -signal.SIGTERM)
+        assert (exited["pid"], exited["seq"]) == (child, 1)
         assert host.wait(timeout=60) == 0
     finally:
         if host.poll() is None:

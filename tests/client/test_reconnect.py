@@ -73,6 +73,8 @@ class FakeMainServer(main_server_pb2_grpc.MainServerServicer):
         self.hold = hold
         self.hellos = 0
         self.steps: list[tuple[int, int]] = []
+        self.uploads: list[tuple[tuple[int, int], dict[str, bytes]]] = []
+        """Every step received: its (round, step) key and each tensor's bytes."""
         self.got_step = threading.Event()
         self.num_ended = 0
         self.ended = threading.Event()
@@ -95,7 +97,10 @@ class FakeMainServer(main_server_pb2_grpc.MainServerServicer):
                     )
                 )
                 continue
-            self.steps.append((item.header.round, item.header.step))
+            key = (item.header.round, item.header.step)
+            self.steps.append(key)
+            tensors = {n: item.tensor(n).numpy().tobytes() for n in item.header.tensor_names}
+            self.uploads.append((key, tensors))
             self.got_step.set()
             if self.hold:
                 ended = threading.Event()
@@ -155,8 +160,15 @@ def test_train_stream_reconnects_and_resends_the_step_in_flight() -> None:
         restarter.join()
         for server in servers:
             stop_server(server, grace_s=0)
-    assert first.steps == [(1, 7)]
-    assert second.hellos == 1 and second.steps == [(1, 7), (1, 8)]  # re-sent, then the next
+    # What the client must do: send the step in flight again on the new stream,
+    # under the same (round, step) key and with the same bytes, then go on.
+    # (Whether a server computes a re-sent step again or answers it from a
+    # cache is the server's business, not asserted here.)
+    keys = [key for key, _ in first.uploads + second.uploads]
+    assert keys == [(1, 7), (1, 7), (1, 8)]
+    (_, lost), (_, resent) = first.uploads[0], second.uploads[0]
+    assert set(lost) == {"activations", "attention_mask", "labels"} and resent == lost
+    assert second.hellos == 1
     assert torch.equal(reply.grad, acts * 2) and reply.loss == 1.5
     assert stream.num_reconnects == 1 and retried and set(retried) == {"Train"}
 
@@ -190,7 +202,8 @@ class FakeFedServer(fed_server_pb2_grpc.FedServerServicer):
     `refuse` is the refusals of the first pushes, in order: an UpdateRefused
     (through the real status table, reason word included), "unavailable" (the
     push is read, counted, and the reply lost: the server "died" before
-    answering), or None (accept)."""
+    answering), "deadline" (counted, then the call's deadline ran out before
+    the reply), or None (accept)."""
 
     def __init__(self, refuse: list[Any]) -> None:
         self.refuse = list(refuse)
@@ -213,6 +226,9 @@ class FakeFedServer(fed_server_pb2_grpc.FedServerServicer):
         if refusal == "unavailable":
             self.ledger.add(key)
             context.abort(grpc.StatusCode.UNAVAILABLE, "stored, then lost the reply")
+        if refusal == "deadline":
+            self.ledger.add(key)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "stored, then ran out of time")
         if refusal is not None:
             abort_for(context, refusal)
         replayed = key in self.ledger
@@ -259,6 +275,14 @@ def test_push_retried_on_unavailable_is_counted_once(fed_server) -> None:
     assert fake.keys == [(4, 2, 1), (4, 2, 1)]  # the same key again, whole blob both times
     assert fake.blobs == [BLOB, BLOB]
     assert fake.ledger == {(4, 2, 1)}
+
+
+def test_push_past_its_deadline_is_sent_again_under_the_same_key(fed_server) -> None:
+    client, fake = fed_server(["deadline"])
+    ack = client.push_adapter(2, BLOB, attempt=1)
+    assert fake.keys == [(4, 2, 1), (4, 2, 1)] and fake.blobs == [BLOB, BLOB]
+    assert fake.ledger == {(4, 2, 1)}
+    assert ack.replayed  # the server had counted the first one
 
 
 def test_not_joined_joins_again_then_pushes_again(fed_server) -> None:

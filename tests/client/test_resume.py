@@ -13,6 +13,7 @@ import torch
 
 from client.loop import ResumePoint, StragglerError, resume_point
 from fedsllm.state import ClientSnapshot, open_store
+from fedsllm.state.format import tensor_digest
 from fedsllm.state.optim import optimizer_to_bytes
 
 from .test_loop import FakeFed, _batches
@@ -37,20 +38,21 @@ def _saved(round_index: int, pushed: bool, attempt: int) -> ClientSnapshot:
     ("saved", "current", "expected"),
     [
         # nothing saved: a fresh client, as before
-        (None, 0, ResumePoint(0, 0, False, "fresh")),
-        (None, 4, ResumePoint(4, 0, False, "fresh")),
-        # died before its push was accepted, round still open: train it again, next attempt
-        (_saved(3, False, 0), 3, ResumePoint(3, 1, True, "retrain")),
-        (_saved(3, False, 2), 3, ResumePoint(3, 3, True, "retrain")),
+        (None, 0, ResumePoint(0, False, "fresh")),
+        (None, 4, ResumePoint(4, False, "fresh")),
+        # died before its push was answered, round still open: push the saved
+        # update again (same bytes, same attempt), then on as if it was pushed
+        (_saved(3, False, 0), 3, ResumePoint(4, True, "repush", repush=True)),
+        (_saved(3, False, 2), 3, ResumePoint(4, True, "repush", repush=True)),
         # pushed, round still open: wait for its global adapter, then the next round
-        (_saved(3, True, 0), 3, ResumePoint(4, 0, True, "pull")),
-        (_saved(3, True, 1), 3, ResumePoint(4, 0, True, "pull")),
+        (_saved(3, True, 0), 3, ResumePoint(4, True, "pull")),
+        (_saved(3, True, 1), 3, ResumePoint(4, True, "pull")),
         # the run went on: rejoin at the current round, the old optimizer state is stale
-        (_saved(3, False, 0), 5, ResumePoint(5, 0, False, "rejoin")),
-        (_saved(3, True, 0), 4, ResumePoint(4, 0, False, "rejoin")),
-        (_saved(-1, True, 0), 0, ResumePoint(0, 0, False, "rejoin")),
+        (_saved(3, False, 0), 5, ResumePoint(5, False, "rejoin")),
+        (_saved(3, True, 0), 4, ResumePoint(4, False, "rejoin")),
+        (_saved(-1, True, 0), 0, ResumePoint(0, False, "rejoin")),
         # the fed server is behind this client's store: it decides
-        (_saved(6, True, 0), 2, ResumePoint(2, 0, False, "rejoin")),
+        (_saved(6, True, 0), 2, ResumePoint(2, False, "rejoin")),
     ],
 )
 def test_resume_point(saved, current, expected) -> None:
@@ -65,11 +67,14 @@ class ResumingFed(FakeFed):
         self.current = current
         self.num_rounds = num_rounds
         self.straggle = straggle
+        self.sent: list[bytes] = []
+        """Every pushed blob, in order."""
 
     def join(self, num_samples):
         return self.current, self.num_rounds
 
     def push_adapter(self, round_index, blob, attempt=0):
+        self.sent.append(blob)
         ack = super().push_adapter(round_index, blob, attempt)
         if round_index in self.straggle:
             raise StragglerError(round_index, "late")
@@ -98,32 +103,64 @@ def _plan(n: int):
     return FixedPlan(n)
 
 
-def test_unpushed_round_is_trained_again_under_the_next_attempt(tmp_path) -> None:
+def test_unpushed_round_is_pushed_again_not_trained_again(tmp_path) -> None:
+    """A client that died in round 1's push re-pushes the exact bytes it saved,
+    under the same attempt, and runs no step of round 1: the main server sees
+    round 2 only, the data stream goes on from the saved position, and round 2
+    trains with the optimizer state saved after round 1."""
     store = open_store("client")
     # What a client that died in round 1's push left: 2 rounds x 2 steps consumed.
     old, _, _ = _trainer(tmp_path / "old")
     _momentum(old)
     old.local_iteration(0, 0)  # gives the optimizer a momentum buffer
     moments = optimizer_to_bytes(old.optimizer.state_dict())
-    store.save(1, ADAPTER, moments, pushed=False, attempt=0, extra={"batches": 4})
+    buffer = old.optimizer.state_dict()["state"][0]["momentum_buffer"].clone()
+    store.save(1, ADAPTER, moments, pushed=False, attempt=2, extra={"batches": 4})
+    kept = store.load().adapter  # the store's copy: ADAPTER with its format stamp
 
-    trainer, _, fed = _trainer(tmp_path, fed=ResumingFed(1, 3))
+    trainer, main, fed = _trainer(tmp_path, fed=ResumingFed(1, 3))
     _momentum(trainer)
     trainer.store = store
     first: list[torch.Tensor] = []
     trainer.batches = _recording(trainer.batches, first)
+    buffers: list[torch.Tensor] = []
+    step = trainer.local_iteration
+
+    def record_momentum(round_index: int, s: int) -> float:
+        if not buffers:  # the optimizer state the first step starts from
+            buffers.append(trainer.optimizer.state_dict()["state"][0]["momentum_buffer"].clone())
+        return step(round_index, s)
+
+    trainer.local_iteration = record_momentum
     trainer.run(10, _plan(2), None)
 
-    assert fed.pushed == [1, 2] and fed.attempts == [1, 0]
-    assert fed.pulled[0] == 0  # round 1 starts from the global adapter of round 0
+    assert fed.pushed == [1, 2] and fed.attempts == [2, 0]
+    # The saved bytes, not a new update (the same tensors as the first push's:
+    # the fed server's digest ignores the store's stamp).
+    assert fed.sent[0] == kept and tensor_digest(kept) == tensor_digest(ADAPTER)
+    assert {r for r, _, _ in main.calls} == {2}  # no step of round 1 again
+    assert fed.pulled[0] == 1  # round 2 starts from the global adapter of round 1
+    assert torch.equal(buffers[0], buffer)
     # The data stream continues after the 4 batches the old run used: the source
-    # is read past them (8 = 4 skipped + 2 rounds x 2 steps; the warm-up's batch
+    # is read past them (6 = 4 skipped + 1 round x 2 steps; the warm-up's batch
     # goes back in front), and the first one trained on is batch 4.
-    assert len(first) == 8
+    assert len(first) == 6
     assert torch.equal(first[4], next(itertools.islice(_batches(), 4, None)).input_ids)
-    assert trainer.batches_consumed == 4 + 2 * 2
+    assert trainer.batches_consumed == 4 + 2
     saved = store.load()
     assert (saved.round, saved.pushed, saved.attempt) == (2, True, 0)
+
+
+def test_a_repush_refused_as_late_goes_on_like_a_pushed_round(tmp_path) -> None:
+    store = open_store("client")
+    store.save(1, ADAPTER, None, pushed=False, attempt=0, extra={"batches": 4})
+    store_copy = store.load().adapter
+    trainer, main, fed = _trainer(tmp_path, fed=ResumingFed(1, 3, straggle={1}))
+    trainer.store = store
+    trainer.run(10, _plan(2), None)
+    assert fed.pushed == [1, 2] and fed.sent[0] == store_copy
+    assert {r for r, _, _ in main.calls} == {2}
+    assert fed.pulled[0] == 1
 
 
 def _recording(batches, seen: list[torch.Tensor]):

@@ -3,15 +3,26 @@ idempotent pushes, closing at the deadline with the missing clients recorded."""
 
 from __future__ import annotations
 
+import errno
+import threading
+
 import numpy as np
 import pytest
 
 from fed_server.aggregate import fedavg, parse_adapter, serialize_adapter
 from fed_server.checkpoint import load_checkpoint
 from fed_server.rounds import STATE_DIR, RoundState
-from fedsllm.state import DiskBackend, FedServerStore, LateUpdateError, RoundRecord
+from fedsllm.state import (
+    DiskBackend,
+    FedServerStore,
+    LateUpdateError,
+    RoundClosedError,
+    RoundRecord,
+)
+from fedsllm.state.store import StorageError
 from fedsllm.telemetry.records import TelemetryRecord
 from fedsllm.trace import Tracer
+from tests.fed_server._stores import FullDisk
 
 
 def _blob(value: float) -> bytes:
@@ -168,9 +179,9 @@ def test_a_round_whose_close_was_lost_closes_on_the_next_start(tmp_path) -> None
     state.join(0, 10)
     state.join(1, 30)
     state.submit(0, 0, _blob(1.0))
-    with pytest.raises(OSError, match="no space"):
-        state.submit(1, 0, _blob(5.0))
-    assert state.current_round == 0  # nothing moved: the ledger is as it was
+    # The update itself was committed: the pusher is told so; the close was not.
+    assert not state.submit(1, 0, _blob(5.0)).replayed
+    assert state.current_round == 0  # the round is still open, due
     again = _state(tmp_path, num_clients=2, store=FedServerStore(backend))
     assert again.current_round == 1
     np.testing.assert_allclose(parse_adapter(again.wait_global(0, 0.01))["w"], 4.0)
@@ -180,7 +191,143 @@ def test_a_round_whose_close_was_lost_closes_on_the_next_start(tmp_path) -> None
 def test_poll_closes_a_complete_round_whose_close_failed(tmp_path) -> None:
     state = _state(tmp_path, num_clients=1, store=FailingCloseStore(DiskBackend(tmp_path / "s")))
     state.join(0, 10)
-    with pytest.raises(OSError):
-        state.submit(0, 0, _blob(1.0))
+    assert state.submit(0, 0, _blob(1.0)).acceptance.seq == 1  # accepted; its close failed
+    assert state.current_round == 0
     assert state.poll_deadline()  # no deadline configured: it closes because it is complete
     assert state.current_round == 1
+
+
+def test_a_failing_checkpoint_write_after_the_commit_releases_waiters(
+    tmp_path, monkeypatch
+) -> None:
+    """The round is committed to the store, then checkpoint.json cannot be
+    written: the pusher is told its update was accepted, the waiting pull gets
+    the new global adapter at once, and the next start rewrites the files."""
+    state = _state(tmp_path, num_clients=2)
+    state.join(0, 10)
+    state.join(1, 30)
+    state.submit(0, 0, _blob(1.0))
+    waiting = threading.Event()
+    got: list[tuple[int, bytes | None]] = []
+
+    def alive() -> bool:
+        waiting.set()  # the waiter is in its loop, about to sleep
+        return True
+
+    def pull() -> None:
+        # Woken only by the round's close: its own poll would take an hour.
+        got.append(state.wait_global_round(0, 3600.0, alive=alive, poll_s=3600.0))
+
+    waiter = threading.Thread(target=pull, daemon=True)
+    waiter.start()
+    assert waiting.wait(30)
+
+    def disk_full(*_args) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("fed_server.rounds.save_checkpoint", disk_full)
+    try:
+        result = state.submit(1, 0, _blob(5.0))
+        assert not result.replayed and result.acceptance.seq == 2
+        assert state.current_round == 1
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert got and got[0][0] == 0
+        np.testing.assert_allclose(parse_adapter(got[0][1])["w"], 4.0)
+    finally:
+        state.stop()  # never leave the waiter behind, whatever failed
+    assert load_checkpoint(tmp_path).completed_round == -1
+    monkeypatch.undo()
+    _state(tmp_path, num_clients=2)  # the next start repairs the run-directory files
+    assert load_checkpoint(tmp_path).completed_round == 0
+
+
+def test_a_push_while_the_disk_is_full_is_a_storage_error_and_changes_nothing(tmp_path) -> None:
+    backend = FullDisk(tmp_path / STATE_DIR)
+    state = _state(tmp_path, num_clients=2, store=FedServerStore(backend))
+    state.join(0, 10)
+    state.join(1, 10)
+    state.submit(0, 0, _blob(1.0))
+    before, saved = state.snapshot(), state.store.load().ledger
+    backend.full = True
+    with pytest.raises(StorageError, match="could not commit update .*No space left"):
+        state.submit(1, 0, _blob(3.0), attempt=2)
+    with pytest.raises(StorageError):  # still full: still refused, as transient
+        state.submit(1, 0, _blob(3.0), attempt=2)
+    assert state.snapshot() == before and state.store.load().ledger == saved
+    assert not state.poll_deadline()  # nothing due; a full disk is not a crash either
+    backend.full = False
+    # The client retries the same key later: a first acceptance, not a replay.
+    retry = state.submit(1, 0, _blob(3.0), attempt=2)
+    assert not retry.replayed and retry.acceptance.seq == 2
+    assert state.current_round == 1
+
+
+def test_poll_survives_a_full_disk_while_closing(tmp_path) -> None:
+    """A close that cannot be committed is retried by the next poll, not raised at it."""
+    now = [0.0]
+    backend = FullDisk(tmp_path / STATE_DIR)
+    state = _state(
+        tmp_path, deadline_s=5.0, min_clients=1, clock=lambda: now[0], store=FedServerStore(backend)
+    )
+    state.join(0, 10)
+    state.submit(0, 0, _blob(1.0))
+    now[0] = 6.0
+    backend.full = True
+    assert not state.poll_deadline()
+    assert state.current_round == 0
+    backend.full = False
+    assert state.poll_deadline() and state.current_round == 1
+
+
+def test_a_ledger_of_a_long_run_stays_small_and_replays_the_last_round(tmp_path) -> None:
+    """200 rounds: ledger.json holds the open round, not the run's history,
+    and a push retried after a restart is still answered replayed."""
+    state = _state(tmp_path, num_clients=2, num_rounds=200)
+    state.join(0, 10)
+    state.join(1, 10)
+    ledger = tmp_path / STATE_DIR / "ledger.json"
+    sizes = []
+    for r in range(200):
+        state.submit(0, r, _blob(float(r)), attempt=r % 3)
+        state.submit(1, r, _blob(float(r)))
+        sizes.append(ledger.stat().st_size)
+    assert state.finished
+    assert max(sizes) <= sizes[10] + 16  # a digit more in the round numbers, nothing else
+    again = _state(tmp_path, num_clients=2, num_rounds=200)
+    assert again.submit(0, 199, _blob(199.0), attempt=199 % 3).replayed
+    assert again.submit(1, 198, _blob(198.0)).replayed
+    with pytest.raises(RoundClosedError):  # long closed: catch up
+        again.submit(1, 10, _blob(10.0))
+
+
+def test_whatever_fails_after_the_commit_the_waiters_are_released(tmp_path) -> None:
+    """A failure after the store's commit other than the files (here the trace's
+    sink) still wakes the waiting pulls, and the pusher is told it was accepted."""
+
+    def sink(record: TelemetryRecord) -> None:
+        if record.name == "round_done":
+            raise RuntimeError("telemetry spool broken")
+
+    state = _state(tmp_path, num_clients=1, tracer=Tracer(None, "fed_server", sink=sink))
+    state.join(0, 10)
+    waiting = threading.Event()
+    got: list[tuple[int, bytes | None]] = []
+
+    def alive() -> bool:
+        waiting.set()
+        return True
+
+    waiter = threading.Thread(
+        target=lambda: got.append(state.wait_global_round(0, 3600.0, alive=alive, poll_s=3600.0)),
+        daemon=True,
+    )
+    waiter.start()
+    assert waiting.wait(30)
+    try:
+        assert not state.submit(0, 0, _blob(2.0)).replayed
+        waiter.join(30)
+        assert not waiter.is_alive() and got[0][0] == 0
+    finally:
+        state.stop()
+    assert state.current_round == 1 and load_checkpoint(tmp_path).completed_round == 0

@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 
 from fed_server.aggregate import parse_adapter, serialize_adapter
-from fed_server.rounds import RoundState, ServerStoppingError
+from fed_server.rounds import STATE_DIR, RoundState, ServerStoppingError
 from fed_server.service import STOPPING, FedServerService
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
+from fedsllm.security.limits import PeerLimits
+from fedsllm.state import FedServerStore
 from fedsllm.trace import Tracer
 from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
 from fedsllm.wire.status import refusal_of
+from tests.fed_server._stores import FullDisk
 
 HASH = "abc123"
 
@@ -236,3 +239,50 @@ def test_join_main_server_is_idempotent(tmp_path) -> None:
             )
         )
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _until(predicate, limit_s: float = 30.0) -> bool:
+    """Wait for `predicate` (a condition, not a timing): False if it never held."""
+    stop = threading.Event()
+    for _ in range(int(limit_s / 0.01)):
+        if predicate():
+            return True
+        stop.wait(0.01)
+    return predicate()
+
+
+def test_a_cancelled_pull_frees_its_slot_at_once(tmp_path) -> None:
+    """A killed client's PullGlobal does not wait for the round to close: its
+    slot and thread are freed when the call ends, so the restarted client's
+    pull is not refused RESOURCE_EXHAUSTED."""
+    with serving(tmp_path) as fed:
+        fed.service.limits = PeerLimits(max_streams=1)
+        fed.service.pull_poll_s = 3600.0  # only the call's end may wake the wait
+        _join(fed.stub, 0)
+        request = pb.PullGlobalRequest(client_id=0, round=0)
+        for _ in range(3):  # a client restarted three times in one open round
+            call = fed.stub.PullGlobal(request, timeout=120)
+            assert _until(lambda: fed.service.limits.snapshot())  # the handler waits
+            call.cancel()
+            assert _until(lambda: not fed.service.limits.snapshot())
+        assert fed.state.current_round == 0  # the round never closed meanwhile
+
+
+def test_a_push_while_the_store_cannot_write_is_unavailable_and_changes_nothing(
+    tmp_path,
+) -> None:
+    backend = FullDisk(tmp_path / STATE_DIR)
+    with serving(tmp_path, store=FedServerStore(backend)) as fed:
+        _join(fed.stub, 0)
+        _join(fed.stub, 1)
+        _push(fed.stub, 0, 0, _blob(1.0))
+        before, saved = fed.state.snapshot(), fed.state.store.load().ledger
+        backend.full = True
+        err = _refused(lambda: _push(fed.stub, 1, 0, _blob(3.0), attempt=1))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert "could not commit" in err.details() and "No space left" in err.details()
+        assert refusal_of(err) is None  # not a refusal of the push: retry it
+        assert fed.state.snapshot() == before and fed.state.store.load().ledger == saved
+        backend.full = False
+        again = _push(fed.stub, 1, 0, _blob(3.0), attempt=1)  # the same key, later
+        assert (again.accepted, again.replayed, again.seq) == (True, False, 2)

@@ -153,9 +153,9 @@ def test_client_host_hands_out_a_restarted_clients_new_process(tmp_path) -> None
 
     events = [
         {"event": "ready"},
-        {"event": "started", "name": "client_1", "pid": 111},
-        {"event": "exited", "name": "client_1", "pid": 111, "code": -9},
-        {"event": "started", "name": "client_1", "pid": 222},
+        {"event": "started", "name": "client_1", "pid": 111, "seq": 1},
+        {"event": "exited", "name": "client_1", "pid": 111, "seq": 1, "code": -9},
+        {"event": "started", "name": "client_1", "pid": 222, "seq": 2},
     ]
     script = (
         "import sys\n"
@@ -175,6 +175,118 @@ def test_client_host_hands_out_a_restarted_clients_new_process(tmp_path) -> None
     finally:
         popen.stdin.close()
         popen.wait(10)
+
+
+ECHO_HOST = "import sys\nfor line in sys.stdin:\n    print(line, end='', flush=True)\n"
+"""A stand-in client host that reports exactly the events the test writes to it."""
+
+
+def test_a_reused_pid_does_not_give_a_new_client_the_old_ones_exit_code(tmp_path) -> None:
+    """The kernel may give a restarted client the pid of the one that died: the
+    new client must still read as running (else the supervisor restarts a live
+    client), and each handle keeps its own exit code. Forks are told apart by
+    the host's fork sequence number."""
+    import json
+    import subprocess
+    import sys
+
+    from fedsllm.launch import RoleProcess
+
+    popen = subprocess.Popen(
+        [sys.executable, "-c", ECHO_HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    host = ClientHost(RoleProcess("client_host", [], tmp_path / "host.log", popen))
+
+    def report(**event: object) -> None:
+        popen.stdin.write((json.dumps(event) + "\n").encode())
+        popen.stdin.flush()
+
+    try:
+        report(event="started", name="client_1", pid=4242, seq=1)
+        old = host.forked("client_1")
+        report(event="exited", name="client_1", pid=4242, seq=1, code=1)
+        assert old.wait() == 1
+        report(event="started", name="client_1", pid=4242, seq=2)  # the same pid again
+        new = host.forked("client_1")
+        assert new.pid == old.pid == 4242
+        assert new.poll() is None  # running: its predecessor's code is not its own
+        report(event="exited", name="client_1", pid=4242, seq=2, code=0)
+        assert (new.wait(), old.poll()) == (0, 1)
+    finally:
+        popen.stdin.close()
+        popen.wait(10)
+
+
+TERM_HANDLER_ROLE = """
+import os, signal, sys, time
+def stop(signum, frame):
+    # A server's handler: it runs only once the process is continued.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.slow
+def test_stop_all_ends_a_stopped_role_by_its_sigterm_not_sigkill(tmp_path) -> None:
+    """A server a stop fault left stopped (SIGSTOP) holds a handled SIGTERM until
+    it is continued: terminate sends SIGCONT after it, so the role stops by
+    its SIGTERM (a clean stop at shutdown), not by SIGKILL at the end of the
+    grace period (which the launcher reported as a failed run)."""
+    import subprocess
+    import sys
+
+    from fedsllm.launch import RoleProcess, stopped_cleanly
+
+    (tmp_path / "logs").mkdir()
+    log_path = tmp_path / "logs" / "fed_server.log"
+    with open(log_path, "ab") as fh:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", TERM_HANDLER_ROLE],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc = RoleProcess("fed_server", [], log_path, popen)
+    roles = ProcessSet()
+    roles.procs.append(proc)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in proc.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.signal(signal.SIGSTOP)
+        while _state(proc.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(proc.pid) == "T"
+        # A grace far longer than a continued process needs; SIGKILL only after it.
+        codes = roles.stop_all(grace_s=30.0)
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(10)
+    assert codes == {"fed_server": -signal.SIGTERM}
+    assert proc.terminated and stopped_cleanly(proc, codes["fed_server"])
+
+
+def test_only_the_launchers_own_sigterm_is_a_clean_stop_at_shutdown() -> None:
+    from fedsllm.launch import stopped_cleanly
+
+    class Proc:
+        terminated = False
+
+    ours, theirs = Proc(), Proc()
+    ours.terminated = True
+    assert stopped_cleanly(ours, 0) and stopped_cleanly(theirs, 0)
+    assert stopped_cleanly(ours, -signal.SIGTERM)  # restarted late, no handler yet
+    assert not stopped_cleanly(theirs, -signal.SIGTERM)  # someone else's SIGTERM
+    assert not stopped_cleanly(ours, -signal.SIGKILL)
+    assert not stopped_cleanly(ours, 1)
 
 
 LAUNCHER_STAND_IN = """

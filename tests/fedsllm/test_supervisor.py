@@ -314,3 +314,50 @@ def test_an_outage_cuts_the_roles_port_on_the_runs_bridge() -> None:
         ["ip", "-n", "fsl-abcd1234-br", "link", "set", "p-fed", "up"]
     ]
     assert outage_cmds(topology, "main_server", True)[0][-2:] == ["p-main", "down"]
+
+
+ECHO_HOST = "import sys\nfor line in sys.stdin:\n    print(line, end='', flush=True)\n"
+"""A stand-in client host that reports exactly the events the test writes to it."""
+
+
+def test_a_restarted_client_on_a_reused_pid_is_not_restarted_again(tmp_path) -> None:
+    """The restarted client gets its dead predecessor's pid (the kernel reuses
+    pids): the supervisor must see it running, not dead with the old exit code,
+    and so start nothing more. Forked clients are told apart by fork seq."""
+    import json
+    import subprocess
+    import sys
+
+    from fedsllm.launch import ClientHost, RoleProcess
+
+    popen = subprocess.Popen(
+        [sys.executable, "-c", ECHO_HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    host = ClientHost(RoleProcess("client_host", [], tmp_path / "host.log", popen))
+    forks: list[int] = []
+
+    def report(**event: object) -> None:
+        popen.stdin.write((json.dumps(event) + "\n").encode())
+        popen.stdin.flush()
+
+    def start(name: str):
+        forks.append(len(forks) + 1)
+        report(event="started", name=name, pid=777, seq=forks[-1])  # always pid 777
+        return host.forked(name)
+
+    sup = Supervisor(start, RestartPolicy("on-failure", max_restarts=3, backoff_s=0.0))
+    try:
+        sup.watch("client_0", start("client_0"), client=True)
+        first = sup.current["client_0"]
+        report(event="exited", name="client_0", pid=777, seq=1, code=1)
+        assert first.wait() == 1
+        sup.tick()  # the death is seen, and the restart (no backoff) started
+        second = sup.current["client_0"]
+        assert second is not first and second.pid == first.pid
+        sup.tick()
+        sup.tick()
+        assert forks == [1, 2] and sup.current["client_0"] is second
+        assert second.poll() is None and sup.clients_running
+    finally:
+        popen.stdin.close()
+        popen.wait(10)

@@ -117,7 +117,20 @@ def test_resume_of_a_directory_that_is_not_a_run_exits_2_naming_resume(tmp_path,
     assert not (tmp_path / "absent").exists()
 
 
-def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> None:
+def _nothing_may_start(monkeypatch) -> None:
+    """A launch that gets past its checks fails the test at once (no real run)."""
+    import fedsllm.launch
+    import fedsllm.progress
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the launch went on")
+
+    monkeypatch.setattr(fedsllm.launch, "run_processes", refuse)
+    monkeypatch.setattr(fedsllm.progress, "prepare_base", refuse)
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys, monkeypatch) -> None:
+    _nothing_may_start(monkeypatch)
     run_dir = tmp_path / "run"
     (run_dir / "logs").mkdir(parents=True)
     doc = {"scenario_hash": "x", **load_scenario(None).to_dict()}
@@ -126,6 +139,11 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> Non
         (["--clients", "4"], "--clients"),
         (["--set", "seed=2"], "--set"),
         (["--out", str(tmp_path / "o")], "--out"),
+        # Zero is a value given, not a flag left out (0 == False).
+        (["--seed", "0"], "--seed"),
+        (["--rounds", "0"], "--rounds"),
+        (["--local-steps", "0"], "--local-steps"),
+        (["--clients", "0"], "--clients"),
     ):
         assert _run(["--resume", str(run_dir), *flags]) == 2
         err = capsys.readouterr().err
@@ -152,3 +170,64 @@ def test_resume_reads_the_runs_scenario_with_the_new_launcher_flags(tmp_path) ->
     assert (resumed.seed, resumed.clients.num_clients) == (9, 2)
     assert (resumed.run.restart, resumed.run.faults) == ("on-failure", "")
     assert scenario_hash(resumed) == doc["scenario_hash"]
+
+
+def _a_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    scenario = load_scenario(None, ["policy.name='fixed_steps'", "model.pretrain_steps=0"])
+    doc = {"scenario_hash": scenario_hash(scenario), **scenario.to_dict()}
+    (run_dir / "scenario.json").write_text(json.dumps(doc))
+    return run_dir
+
+
+class _Started(Exception):
+    """Raised by the stand-in run_processes: the launch got as far as the roles."""
+
+
+def test_a_second_launcher_on_a_live_run_exits_2_and_starts_nothing(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import os
+
+    import fedsllm.launch
+    import fedsllm.progress
+    from fedsllm.launch import run_dir_lock
+
+    run_dir = _a_run_dir(tmp_path)
+    started: list[object] = []
+    monkeypatch.setattr(fedsllm.launch, "run_processes", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(fedsllm.progress, "prepare_base", lambda *a, **k: started.append(a))
+    with run_dir_lock(run_dir, "--out"):  # the first launcher, still running the run
+        assert _run(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedsllm: error: --resume: run directory in use by another launcher")
+    assert f"(pid {os.getpid()})" in err and len(err.strip().splitlines()) == 1
+    assert started == []
+
+
+def test_the_launcher_holds_the_run_dir_lock_while_the_roles_run(tmp_path, monkeypatch) -> None:
+    """Fresh and resumed alike: while run_processes runs, nobody else can lock."""
+    import fedsllm.launch
+    import fedsllm.progress
+    from fedsllm.launch import run_dir_lock
+
+    refused: list[str] = []
+
+    def roles_run(_scenario, run_dir, **_kwargs):
+        with pytest.raises(ConfigError) as err, run_dir_lock(run_dir, "--resume"):
+            pass
+        refused.append(err.value.reason)
+        raise _Started
+
+    monkeypatch.setattr(fedsllm.launch, "run_processes", roles_run)
+    monkeypatch.setattr(fedsllm.progress, "prepare_base", lambda *a, **k: None)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(_Started):
+        _run(["--policy", "fixed_steps", "--set", "model.pretrain_steps=0", "--out", str(fresh)])
+    with pytest.raises(_Started):
+        _run(["--resume", str(_a_run_dir(tmp_path))])
+    assert len(refused) == 2 and all("in use by another launcher" in r for r in refused)
+    # Released once the launcher is done with the run.
+    with run_dir_lock(fresh, "--resume"):
+        pass

@@ -110,3 +110,22 @@ def test_deadline_round_and_straggler_then_lost_membership() -> None:
     with pytest.raises(NotJoinedError):
         fresh.submit(2, 1, 0, _update(2, 1), 7.0)
     assert audit_store(rounds.store).ok
+
+
+def test_a_push_retried_across_a_restart_after_its_round_closed_is_replayed(tmp_path) -> None:
+    """The reply to the push that closed round r was lost, then the fed server
+    restarted: the client's retry is answered "replayed" from round r's record
+    (ledger.json no longer lists closed rounds)."""
+    rounds = _open(FedServerStore(DiskBackend(tmp_path)))
+    for c in range(K):
+        rounds.join(c, 1 + c, 0.0)
+    for r in range(3):
+        _play_round(rounds, r, 1.0 + r)
+        rounds.close_if_due(1.0 + r)
+    saved = rounds.store.load().ledger
+    assert saved["closed_round"] == 2 and saved["accepted"] == []
+    again = _open(FedServerStore(DiskBackend(tmp_path)), now=100.0)
+    for r in (1, 2):
+        result = again.submit(K - 1, r, 0, _update(K - 1, r), 101.0)
+        assert result.replayed and result.acceptance.seq == K
+    assert again.store.load().ledger == saved  # a replay writes nothing

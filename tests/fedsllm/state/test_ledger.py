@@ -230,3 +230,73 @@ def test_each_refusal_has_its_own_reason_word() -> None:
     assert len(UPDATE_REFUSALS) == 7
     for reason, cls in UPDATE_REFUSALS.items():
         assert cls.reason == reason and issubclass(cls, UpdateRefused)
+
+
+def _play(ledger: RoundLedger, rounds: range, now: float = 1.0) -> list[RoundRecord]:
+    records = []
+    for r in rounds:
+        for c in range(ledger.num_clients):
+            ledger.submit(c, r, attempt=c, digest=f"d{c}.{r}", now=now)
+        records.append(ledger.close(now=now))
+    return records
+
+
+def test_the_state_a_push_commits_does_not_grow_with_the_run() -> None:
+    ledger = _ledger(num_rounds=200)
+    sizes: list[int] = []
+    for r in range(200):
+        ledger.submit(0, r, 0, f"a{r}", now=1.0, commit=lambda s: sizes.append(len(repr(s))))
+        for c in (1, 2):
+            ledger.submit(c, r, 0, f"b{r}", now=1.0)
+        ledger.close(now=1.0)
+    assert max(sizes) <= sizes[10] + 8  # one digit more in the round numbers, nothing else
+    # what it holds is the open round's: closed rounds' acceptances are in their records
+    assert ledger.finished and ledger.to_dict()["accepted"] == []
+
+
+def test_retries_of_the_last_closed_rounds_replay_older_ones_are_closed() -> None:
+    ledger = RoundLedger(num_clients=2, num_rounds=10, replay_rounds=2)
+    for c in range(2):
+        ledger.join(c, 5, now=0.0)
+    records = _play(ledger, range(5))
+    for r in (3, 4):
+        again = ledger.submit(1, r, 1, f"d1.{r}", now=2.0)
+        assert again.replayed and again.acceptance == records[r].accepted[1]
+        with pytest.raises(DuplicateUpdateError):
+            ledger.submit(1, r, 7, f"d1.{r}", now=2.0)
+    with pytest.raises(RoundClosedError):  # beyond the window: catch up
+        ledger.submit(1, 2, 1, "d1.2", now=2.0)
+    assert ledger.accepted(2) == [] and ledger.accepted(4) == list(records[4].accepted)
+
+
+def test_restore_rebuilds_the_replay_index_from_the_round_records() -> None:
+    ledger = RoundLedger(num_clients=2, num_rounds=10, replay_rounds=2)
+    for c in range(2):
+        ledger.join(c, 5, now=0.0)
+    records = _play(ledger, range(4))
+    state = ledger.to_dict()
+    # A crash inside round 4's close left its record but not the ledger: it stays open.
+    half = RoundRecord(4, "complete", 1.0, 1.0, records[3].accepted, {})
+    back = RoundLedger.restore(
+        state, num_clients=2, num_rounds=10, replay_rounds=2, now=0.0, records=[*records, half]
+    )
+    assert back.open_round == 4 and back.accepted() == []
+    assert back.submit(0, 3, 0, "d0.3", now=1.0).replayed
+    assert back.submit(1, 2, 1, "d1.2", now=1.0).replayed
+    with pytest.raises(RoundClosedError):
+        back.submit(1, 1, 1, "d1.1", now=1.0)
+    assert not back.submit(0, 4, 0, "new", now=1.0).replayed
+
+
+def test_restore_reads_a_state_that_listed_every_round() -> None:
+    """ledger.json of the same format version written before the ledger kept
+    only the open round: "accepted" held every round's. It reads the same."""
+    ledger = _ledger()
+    records = _play(ledger, range(2))
+    ledger.submit(1, 2, 4, "e1", now=3.0)
+    state = ledger.to_dict()
+    every_round = [a for r in records for a in r.to_dict()["accepted"]] + state["accepted"]
+    old = dict(state, accepted=every_round)
+    back = RoundLedger.restore(old, num_clients=3, num_rounds=3, min_clients=2, now=0.0)
+    assert back.to_dict() == state
+    assert back.submit(1, 2, 4, "e1", now=1.0).replayed

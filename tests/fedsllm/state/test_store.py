@@ -213,11 +213,35 @@ def test_opening_a_disk_store_to_read_creates_nothing(tmp_path) -> None:
     assert not root.exists()
 
 
-def test_temp_files_of_a_killed_writer_are_removed_on_open(tmp_path) -> None:
-    FedServerStore(DiskBackend(tmp_path)).record_join(_ledger(-1))
-    (tmp_path / ".ledger.json.999.tmp").write_bytes(b"half")
-    (tmp_path / "updates").mkdir()
-    (tmp_path / "updates" / ".x.safetensors.1.tmp").write_bytes(b"half")
-    store = FedServerStore(DiskBackend(tmp_path))
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["ledger.json"]
-    assert store.load().ledger == _ledger(-1)
+def _with_temp_files(root) -> None:
+    FedServerStore(DiskBackend(root)).record_join(_ledger(-1))
+    (root / ".ledger.json.999.tmp").write_bytes(b"half")
+    (root / "updates").mkdir()
+    (root / "updates" / ".x.safetensors.1.tmp").write_bytes(b"half")
+
+
+def _files(root) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("kind", ["fed_server", "main_server", "client"])
+def test_temp_files_of_a_killed_writer_are_removed_when_the_owner_opens(tmp_path, kind) -> None:
+    _with_temp_files(tmp_path)
+    open_store(kind, tmp_path, owner=True)
+    assert _files(tmp_path) == ["ledger.json"]
+    assert FedServerStore(DiskBackend(tmp_path)).load().ledger == _ledger(-1)
+
+
+def test_a_reader_opening_the_store_leaves_temp_files_alone(tmp_path) -> None:
+    """`fedsllm report` on a live run opens the fed server's store: a temp
+    file there may be a write in flight, which it must not delete."""
+    from fedsllm.state.audit import audit_run_dir
+
+    run_dir = tmp_path / "run"
+    _with_temp_files(run_dir / "state")
+    before = _files(run_dir)
+    assert ".ledger.json.999.tmp" in before
+    open_store("fed_server", run_dir / "state").load()
+    FedServerStore(DiskBackend(run_dir / "state")).round_records()
+    audit_run_dir(run_dir)
+    assert _files(run_dir) == before
