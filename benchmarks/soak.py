@@ -15,8 +15,9 @@ K-1 clients, so a stopped client is a straggler, not a stall.
 After each run the fed server's store is audited (fedsllm.state.audit):
 the final global adapter must equal the FedAvg recomputed from the updates
 the rounds recorded. It prints, per run and in total: rounds completed,
-faults injected and survived (performed without error, and the run exited
-0 with a clean audit), restarts, and updates accepted, refused, lost and
+faults injected (their signal or cut performed; one whose target was
+already down is counted as skipped) and survived (the run exited 0 with a
+clean audit), restarts, and updates accepted, refused, lost and
 doubled:
 
 - accepted: updates the closed rounds count (the round records);
@@ -67,6 +68,9 @@ class RunFigures:
     wall_s: float
     rounds: int = 0
     faults: int = 0
+    """Faults injected (their first action performed)."""
+    skipped: int = 0
+    """Faults whose target was already down when they fired."""
     survived: int = 0
     restarts: int = 0
     accepted: int = 0
@@ -115,7 +119,6 @@ def measure(out: Path, fig: RunFigures) -> None:
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     faults = summary.get("faults", [])
-    fig.faults = len({f.get("fault") for f in faults})
     fig.restarts = len(summary.get("restarts", []))
     if not (out / "state").is_dir():
         fig.problems.append("no fed server store")
@@ -143,10 +146,15 @@ def measure(out: Path, fig: RunFigures) -> None:
     if audit.mismatched:
         fig.problems += audit.mismatched
     clean = fig.exit_code == 0 and audit.ok
-    by_fault: dict[str, bool] = {}
+    # A fault is injected when its first action (the signal, the cut) was
+    # performed; one whose target was already down (an earlier fault on the
+    # same role a moment before) was not injected as specified: skipped.
+    first: dict[str, dict] = {}
     for f in faults:
-        by_fault[f.get("fault", "")] = by_fault.get(f.get("fault", ""), True) and bool(f.get("ok"))
-    fig.survived = sum(1 for ok in by_fault.values() if ok and clean)
+        first.setdefault(f.get("fault", ""), f)
+    fig.skipped = sum(1 for f in first.values() if not f.get("ok"))
+    fig.faults = len(first) - fig.skipped
+    fig.survived = fig.faults if clean else 0
 
 
 def run_once(args: argparse.Namespace, spec: str, out: Path, timeout_s: float) -> RunFigures:
@@ -207,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         longest = max(longest, fig.wall_s)
         print(
             f"run {len(figures):3d}: exit {fig.exit_code:3d} {fig.wall_s:6.1f} s  "
-            f"rounds {fig.rounds:3d}  faults {fig.survived}/{fig.faults} survived  "
+            f"rounds {fig.rounds:3d}  faults {fig.survived}/{fig.faults} survived"
+            f"{f' ({fig.skipped} skipped)' if fig.skipped else ''}  "
             f"restarts {fig.restarts}  accepted {fig.accepted}  refused {fig.refused}  "
             f"lost {fig.lost}  doubled {fig.doubled}  [{fig.spec}]",
             flush=True,
@@ -216,13 +225,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"          {problem}")
     total = {
         k: sum(getattr(f, k) for f in figures)
-        for k in ("rounds", "faults", "survived", "restarts", "accepted", "refused", "lost")
+        for k in (
+            "rounds",
+            "faults",
+            "skipped",
+            "survived",
+            "restarts",
+            "accepted",
+            "refused",
+            "lost",
+        )
     }
     doubled = sum(f.doubled for f in figures)
     failed = sum(1 for f in figures if f.exit_code != 0)
     print(
         f"total: {len(figures)} runs ({failed} failed), {total['rounds']} rounds completed, "
-        f"{total['faults']} faults injected, {total['survived']} survived, "
+        f"{total['faults']} faults injected, {total['survived']} survived "
+        f"({total['skipped']} skipped: target already down), "
         f"{total['restarts']} restarts; updates accepted {total['accepted']}, refused "
         f"{total['refused']}, lost {total['lost']}, doubled {doubled}"
     )
