@@ -3,21 +3,32 @@ the activation/gradient echo round trip, each as a ratio to a stream of
 ready-made byte messages over the same gRPC, measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/wire_throughput.py [--quick] [--reps-scale X]
+        [--only stream|echo|codec] [--compare-fold] [--in-process]
+
+The project side speaks Train wire version 2 (fedsllm.wire.train): a step is
+StepPart messages, the header folded into the first, the end flag into the
+last, the small tensors riding whole with the last activation chunk; the
+echo's reply is ReplyPart messages, the result folded into the first (as the
+main server replies when the downlink is not paced).
 
 (a) uploads one float32 tensor as a Train step (chunked, assembled and
     validated by the server, which replies with a result and no tensor) for
     1.57 MB and 67 MB tensors at 64 KiB, 256 KiB (the scenario default) and
-    1 MiB chunks; raw = the same number of ready-made byte messages of the
-    same sizes on a stream kept open across steps (as the project's is),
-    answered by one small reply. Goal: project / raw >= 0.9 at the default
-    chunk size.
+    1 MiB chunks; raw = the tensor's bytes as ready-made messages of the chunk
+    size plus two 8-byte messages (the mask and labels), on a stream kept open
+    across steps (as the project's is), answered by one small reply. (The
+    project sends as many messages as the tensor has chunks: two fewer.) Goal:
+    project / raw >= 0.9 at the default chunk size.
 (b) a 1.57 MB activation echo: (8, 64, 768) float32 activations + mask +
     labels up, a same-size gradient down, decoded to a tensor; with the
     wire's validation off (dtype and shape against bytes only) and on (also
     finiteness both ways, mask values and label range, as the main server
     checks them). raw = a bidirectional stream carrying the same bytes as
-    ready-made messages up and down, step by step. Goal: project / raw <= 1.2.
-(c) the codec alone (frame -> chunks -> bytes -> chunks -> assembler ->
+    ready-made messages up (activation chunks, mask, labels) and down
+    (gradient chunks), step by step. Goal: project / raw <= 1.2.
+    --compare-fold also times the project with the reply's result as a
+    message of its own before the gradient's chunks (the paced layout).
+(c) the codec alone (frame -> StepParts -> bytes -> parts -> assembler ->
     tensor), no gRPC.
 
 Project and raw repetitions alternate, so a load spike on a shared host hits
@@ -48,7 +59,6 @@ from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, TrainHelloInfo
 from fedsllm.wire.tensors import (
     ChunkAssembler,
     TensorSpec,
-    frame_to_chunks,
     frame_to_tensor,
     tensor_to_frame,
 )
@@ -67,6 +77,8 @@ INTS = frozenset({"int64"})
 CHUNK_SIZES = (64 * 2**10, 256 * 2**10, 2**20)
 DEFAULT_CHUNK = 256 * 2**10
 ECHO_SHAPE = (8, 64, 768)
+FOLD_DOWNLINK = True
+"""Whether the echo's result rides in the gradient's first message."""
 VOCAB = 50257
 
 
@@ -103,16 +115,18 @@ def _check_values(mask: torch.Tensor, labels: torch.Tensor) -> None:
 
 class BenchServer(main_server_pb2_grpc.MainServerServicer):
     """Train mode echoes the activations as the gradient; eval mode returns none.
-    The hello's scenario_hash carries "<chunk bytes>:<validate 0|1>"."""
+    The hello's scenario_hash carries "<chunk bytes>:<validate 0|1>:<fold 0|1>"
+    (fold: the result in the gradient's first message, else a message of its own
+    before the chunks)."""
 
     def Train(self, request_iterator, context):  # noqa: N802 - generated name
-        chunk_bytes, validate = 2**20, False
+        chunk_bytes, validate, fold = 2**20, False, True
         try:
             uplink = read_uplink(request_iterator, lambda _header: _specs(validate))
             for item in uplink:
                 if isinstance(item, TrainHelloInfo):
-                    chunk, flag = item.scenario_hash.split(":")
-                    chunk_bytes, validate = int(chunk), flag == "1"
+                    chunk, flag, folded = item.scenario_hash.split(":")
+                    chunk_bytes, validate, fold = int(chunk), flag == "1", folded == "1"
                     yield TrainWelcomeInfo(
                         client_id=item.client_id,
                         scenario_hash=item.scenario_hash,
@@ -132,7 +146,7 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
                     tensor_names=names,
                 )
                 frames = [tensor_to_frame("activations_grad", acts)] if names else []
-                yield from step_download_responses(result, frames, chunk_bytes)
+                yield from step_download_responses(result, frames, chunk_bytes, fold)
         except WireError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
@@ -142,7 +156,9 @@ class Session:
     chunks (views of the tensors) are queued and gRPC's sending thread encodes
     each as it goes out."""
 
-    def __init__(self, address: str, chunk_bytes: int, validate: bool = False) -> None:
+    def __init__(
+        self, address: str, chunk_bytes: int, validate: bool = False, fold: bool = True
+    ) -> None:
         self.chunk_bytes = chunk_bytes
         self.validate = validate
         self.shape: tuple[int, ...] | None = None
@@ -152,7 +168,9 @@ class Session:
             train_call(self.channel)(self.requests, timeout=600), self._grad_specs
         )
         hello = TrainHelloInfo(
-            client_id=0, scenario_hash=f"{chunk_bytes}:{int(validate)}", wire_dtype="float32"
+            client_id=0,
+            scenario_hash=f"{chunk_bytes}:{int(validate)}:{int(fold)}",
+            wire_dtype="float32",
         )
         self.requests.put(encode_train_request(hello))
         next(self.downlink)
@@ -292,28 +310,33 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> t
     return num_bytes / med["project"] / 1e6, num_bytes / med["raw"] / 1e6
 
 
-def bench_echo(address: str, chunk_bytes: int, reps: int) -> dict[str, float]:
-    """Median seconds of one echo step: project without and with validation, raw."""
+def bench_echo(
+    address: str, chunk_bytes: int, reps: int, compare_fold: bool = False
+) -> dict[str, float]:
+    """Median seconds of one echo step: project without and with validation, raw
+    (and, with compare_fold, the project with the downlink's result unfolded)."""
     acts = torch.randn(*ECHO_SHAPE)
     b, t = ECHO_SHAPE[:2]
     mask = torch.ones(b, t, dtype=torch.int64)
     labels = torch.randint(0, VOCAB, (b, t))
-    plain = Session(address, chunk_bytes, validate=False)
-    checked = Session(address, chunk_bytes, validate=True)
+    plain = Session(address, chunk_bytes, validate=False, fold=FOLD_DOWNLINK)
+    checked = Session(address, chunk_bytes, validate=True, fold=FOLD_DOWNLINK)
+    sessions = [plain, checked]
     sizes = [acts.numel() * 4, mask.numel() * 8, labels.numel() * 8]
     with rpc.make_channel(address) as channel:
         raw = RawEcho(channel, sizes, sizes[0], chunk_bytes)
-        med = _alternate(
-            {
-                "project": lambda: plain.run_step(acts, mask, labels, "train"),
-                "validated": lambda: checked.run_step(acts, mask, labels, "train"),
-                "raw": raw.run,
-            },
-            reps,
-            warmup=5,
-        )
+        fns: dict[str, Callable[[], object]] = {
+            "project": lambda: plain.run_step(acts, mask, labels, "train"),
+            "validated": lambda: checked.run_step(acts, mask, labels, "train"),
+            "raw": raw.run,
+        }
+        if compare_fold:
+            other = Session(address, chunk_bytes, validate=False, fold=not FOLD_DOWNLINK)
+            sessions.append(other)
+            fns["other_fold"] = lambda: other.run_step(acts, mask, labels, "train")
+        med = _alternate(fns, reps, warmup=5)
         raw.close()
-    for session in (plain, checked):
+    for session in sessions:
         grad = session.run_step(acts, mask, labels, "train")
         if grad is None or not torch.equal(grad, acts):
             raise RuntimeError("echo returned a different tensor")
@@ -323,12 +346,14 @@ def bench_echo(address: str, chunk_bytes: int, reps: int) -> dict[str, float]:
 
 def bench_codec(num_bytes: int, chunk_bytes: int, reps: int) -> float:
     acts = torch.randn(num_bytes // 4)
+    header = StepHeaderInfo(round=0, step=0, mode="eval", downlink_bps=0.0, tensor_names=("a",))
     rates = []
     for _ in range(reps):
         t0 = time.perf_counter()
         asm = ChunkAssembler()
-        for chunk in frame_to_chunks(tensor_to_frame("a", acts), chunk_bytes):
-            asm.feed(decode_train_request(encode_train_request(chunk)))
+        for part in step_upload_requests(header, [tensor_to_frame("a", acts)], chunk_bytes):
+            for chunk in decode_train_request(encode_train_request(part)).chunks:
+                asm.feed(chunk)
         frame_to_tensor(asm.finish()["a"], copy=False)
         rates.append(num_bytes / (time.perf_counter() - t0) / 1e6)
     return statistics.median(rates)
@@ -359,6 +384,46 @@ def _serve() -> int:
     return 0
 
 
+def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
+    """Print table (a)."""
+    print(
+        "\n(a) tensor upload over gRPC, median MB/s; raw = the same bytes as a stream "
+        f"of ready-made messages; goal ratio >= 0.9 at {DEFAULT_CHUNK // 1024} KiB"
+    )
+    print("| payload | chunk | project MB/s | raw MB/s | ratio |")
+    print("|---|---|---|---|---|")
+    for num_bytes, n in ((1_572_864, reps_small), (64 * 2**20, reps_big)):
+        for chunk in CHUNK_SIZES:
+            rate, raw = bench_stream(address, num_bytes, chunk, n)
+            print(
+                f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
+                f"{raw:.0f} | {rate / raw:.2f} |"
+            )
+
+
+def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
+    """Print table (b)."""
+    print(
+        f"\n(b) activation echo round trip, {ECHO_SHAPE} fp32 + mask + labels up, the "
+        f"same-size gradient down, median of {reps_echo}; goal project / raw <= 1.2"
+    )
+    print("| chunk | project ms | validated ms | raw echo ms | ratio | validated ratio |")
+    print("|---|---|---|---|---|---|")
+    for chunk in (DEFAULT_CHUNK, 2**20):
+        med = bench_echo(address, chunk, reps_echo, compare_fold)
+        if "other_fold" in med:
+            print(
+                f"   (downlink result {'unfolded' if FOLD_DOWNLINK else 'folded'}: "
+                f"{med['other_fold'] * 1e3:.2f} ms, ratio "
+                f"{med['other_fold'] / med['raw']:.2f})"
+            )
+        print(
+            f"| {chunk // 1024} KiB | {med['project'] * 1e3:.2f} | "
+            f"{med['validated'] * 1e3:.2f} | {med['raw'] * 1e3:.2f} | "
+            f"{med['project'] / med['raw']:.2f} | {med['validated'] / med['raw']:.2f} |"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -372,6 +437,16 @@ def main() -> int:
         "--in-process",
         action="store_true",
         help="run the server in this process (default: a child process)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("stream", "echo", "codec"),
+        help="run one part only (default: all)",
+    )
+    parser.add_argument(
+        "--compare-fold",
+        action="store_true",
+        help="also time the echo with the downlink's result folded the other way",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args()
@@ -414,44 +489,23 @@ def main() -> int:
     address = f"127.0.0.1:{port}"
     try:
         rpc.wait_healthy(address, 10)
-        print(
-            "\n(a) tensor upload over gRPC, median MB/s; raw = the same bytes as a stream "
-            f"of ready-made messages; goal ratio >= 0.9 at {DEFAULT_CHUNK // 1024} KiB"
-        )
-        print("| payload | chunk | project MB/s | raw MB/s | ratio |")
-        print("|---|---|---|---|---|")
-        for num_bytes, n in ((1_572_864, reps_small), (64 * 2**20, reps_big)):
-            for chunk in CHUNK_SIZES:
-                rate, raw = bench_stream(address, num_bytes, chunk, n)
-                print(
-                    f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
-                    f"{raw:.0f} | {rate / raw:.2f} |"
-                )
-        print(
-            f"\n(b) activation echo round trip, {ECHO_SHAPE} fp32 + mask + labels up, the "
-            f"same-size gradient down, median of {reps_echo}; goal project / raw <= 1.2"
-        )
-        print("| chunk | project ms | validated ms | raw echo ms | ratio | validated ratio |")
-        print("|---|---|---|---|---|---|")
-        for chunk in (DEFAULT_CHUNK, 2**20):
-            med = bench_echo(address, chunk, reps_echo)
-            print(
-                f"| {chunk // 1024} KiB | {med['project'] * 1e3:.2f} | "
-                f"{med['validated'] * 1e3:.2f} | {med['raw'] * 1e3:.2f} | "
-                f"{med['project'] / med['raw']:.2f} | {med['validated'] / med['raw']:.2f} |"
-            )
+        if ns.only in (None, "stream"):
+            bench_stream_table(address, reps_small, reps_big)
+        if ns.only in (None, "echo"):
+            bench_echo_table(address, reps_echo, ns.compare_fold)
     finally:
         if server is not None:
             rpc.stop_server(server, 0.5)
         if child is not None:
             child.stdin.close()  # type: ignore[union-attr]
             child.wait(timeout=30)
-    print("\n(c) codec alone (encode, chunk, frame, validate, assemble, decode), median MB/s")
-    for chunk in CHUNK_SIZES:
-        print(
-            f"   64 MiB, {chunk // 1024:>5} KiB chunks: "
-            f"{bench_codec(64 * 2**20, chunk, reps_big):.0f} MB/s"
-        )
+    if ns.only in (None, "codec"):
+        print("\n(c) codec alone (encode, chunk, frame, validate, assemble, decode), median MB/s")
+        for chunk in CHUNK_SIZES:
+            print(
+                f"   64 MiB, {chunk // 1024:>5} KiB chunks: "
+                f"{bench_codec(64 * 2**20, chunk, reps_big):.0f} MB/s"
+            )
     return 0
 
 

@@ -1,7 +1,8 @@
 """MainServer gRPC servicer: one long-lived bidirectional Train stream per client.
 
 Per step the client sends a header, the chunks of "activations",
-"attention_mask" and "labels", and an end marker; the server validates the
+"attention_mask" and "labels", and an end marker (wire version 2: folded into
+a few StepPart messages, fedsllm.wire.train); the server validates the
 whole step before it touches the model (dtype, shapes against each other and
 against the model, label and mask values), runs ServerTrainer, and streams
 back the result and, in training, the activation gradient, paced at the
@@ -43,12 +44,16 @@ from fedsllm.wire.messages import (
     StepResultInfo,
     TrainHelloInfo,
     TrainWelcomeInfo,
-    step_result_to_proto,
     welcome_to_proto,
 )
 from fedsllm.wire.status import abort_for
-from fedsllm.wire.tensors import TensorSpec, WireLimits, frame_to_chunks, tensor_to_frame
-from fedsllm.wire.train import StepUpload, message_bytes, read_uplink
+from fedsllm.wire.tensors import TensorSpec, WireLimits, tensor_to_frame
+from fedsllm.wire.train import (
+    StepUpload,
+    message_bytes,
+    read_uplink,
+    step_download_responses,
+)
 from main_server.compute import (
     LocalWorker,
     ServerStepResult,
@@ -341,19 +346,28 @@ class MainServerService(pb_grpc.MainServerServicer):
             server_receive_s=receive_s,
             tensor_names=names,
         )
-        yield pb.TrainResponse(result=step_result_to_proto(info))
         if result.grad_hidden is None:
+            yield info  # no tensor (evaluation): the result alone, one message
             return
         frame = tensor_to_frame("activations_grad", result.grad_hidden, self.limits.wire_dtype)
+        # Unpaced, the result rides in the gradient's first message (wire
+        # version 2: one message fewer per step, which shows on a fast link).
+        # On a paced (emulated) downlink the link is the bottleneck, and the
+        # reply keeps the unfolded layout: the result first, not charged to the
+        # link, then the gradient's chunks, each charged (as version 1 paced).
+        fold = self.pace is None or header.downlink_bps <= 0
+        replies = step_download_responses(info, [frame], self.chunk_bytes, fold)
+        if not fold:
+            yield next(replies)
         with self.tracer.span(
             "downlink", round=round_index, step=step, client=client_id, bytes=frame.num_bytes
         ):
             # Chunks are views of the gradient; the Train codec (installed by
-            # create_server) frames each with one copy of its bytes.
-            for i, chunk in enumerate(frame_to_chunks(frame, self.chunk_bytes)):
+            # create_server) frames each message with one copy of its bytes.
+            for i, msg in enumerate(replies):
                 if self.pace is not None:
-                    self.pace(client_id, header.downlink_bps, message_bytes(chunk), i == 0)
-                yield chunk
+                    self.pace(client_id, header.downlink_bps, message_bytes(msg), i == 0)
+                yield msg
 
     # ------------------------------------------------------------ adapter
     def GetServerAdapter(

@@ -25,31 +25,35 @@ _sym_db = _symbol_database.Default()
 from fedsllm.proto import tensor_pb2 as fedsllm_dot_proto_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64sllm/proto/main_server.proto\x12\rfedsllm.proto\x1a\x1a\x66\x65\x64sllm/proto/tensor.proto\"`\n\nTrainHello\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x15\n\rscenario_hash\x18\x02 \x01(\t\x12\x12\n\nwire_dtype\x18\x03 \x01(\t\x12\x14\n\x0cwire_version\x18\x04 \x01(\r\"\xaa\x01\n\nStepHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\r\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.fedsllm.proto.StepMode\x12\x14\n\x0c\x64ownlink_bps\x18\x04 \x01(\x01\x12\x14\n\x0ctensor_names\x18\x05 \x03(\t\x12\x13\n\x0bsent_unix_s\x18\x06 \x01(\x01\x12\x17\n\x0finitial_adapter\x18\x07 \x01(\x08\"\t\n\x07StepEnd\"\xc3\x01\n\x0cTrainRequest\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.fedsllm.proto.TrainHelloH\x00\x12+\n\x06header\x18\x02 \x01(\x0b\x32\x19.fedsllm.proto.StepHeaderH\x00\x12+\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1a.fedsllm.proto.TensorChunkH\x00\x12%\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x16.fedsllm.proto.StepEndH\x00\x42\x06\n\x04kind\"h\n\x0cTrainWelcome\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x15\n\rscenario_hash\x18\x02 \x01(\t\x12\x18\n\x10max_tensor_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cwire_version\x18\x04 \x01(\r\"\xfb\x01\n\nStepResult\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x12\n\nnum_tokens\x18\x04 \x01(\x04\x12\x18\n\x10server_compute_s\x18\x05 \x01(\x01\x12\x18\n\x10server_forward_s\x18\x06 \x01(\x01\x12\x19\n\x11server_backward_s\x18\x07 \x01(\x01\x12\x17\n\x0fserver_update_s\x18\x08 \x01(\x01\x12\x16\n\x0eserver_queue_s\x18\t \x01(\x01\x12\x18\n\x10server_receive_s\x18\n \x01(\x01\x12\x14\n\x0ctensor_names\x18\x0b \x03(\t\"\xa1\x01\n\rTrainResponse\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.fedsllm.proto.TrainWelcomeH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.fedsllm.proto.StepResultH\x00\x12+\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1a.fedsllm.proto.TensorChunkH\x00\x42\x06\n\x04kind\",\n\x17GetServerAdapterRequest\x12\x11\n\trequester\x18\x01 \x01(\x05*N\n\x08StepMode\x12\x19\n\x15STEP_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_MODE_TRAIN\x10\x01\x12\x12\n\x0eSTEP_MODE_EVAL\x10\x02\x32\xaf\x01\n\nMainServer\x12\x46\n\x05Train\x12\x1b.fedsllm.proto.TrainRequest\x1a\x1c.fedsllm.proto.TrainResponse(\x01\x30\x01\x12Y\n\x10GetServerAdapter\x12&.fedsllm.proto.GetServerAdapterRequest\x1a\x1b.fedsllm.proto.AdapterChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64sllm/proto/main_server.proto\x12\rfedsllm.proto\x1a\x1a\x66\x65\x64sllm/proto/tensor.proto\"`\n\nTrainHello\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x15\n\rscenario_hash\x18\x02 \x01(\t\x12\x12\n\nwire_dtype\x18\x03 \x01(\t\x12\x14\n\x0cwire_version\x18\x04 \x01(\r\"\xaa\x01\n\nStepHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\r\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.fedsllm.proto.StepMode\x12\x14\n\x0c\x64ownlink_bps\x18\x04 \x01(\x01\x12\x14\n\x0ctensor_names\x18\x05 \x03(\t\x12\x13\n\x0bsent_unix_s\x18\x06 \x01(\x01\x12\x17\n\x0finitial_adapter\x18\x07 \x01(\x08\"\t\n\x07StepEnd\"n\n\x08StepPart\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedsllm.proto.StepHeader\x12*\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1a.fedsllm.proto.TensorChunk\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x08\"\xec\x01\n\x0cTrainRequest\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.fedsllm.proto.TrainHelloH\x00\x12+\n\x06header\x18\x02 \x01(\x0b\x32\x19.fedsllm.proto.StepHeaderH\x00\x12+\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1a.fedsllm.proto.TensorChunkH\x00\x12%\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x16.fedsllm.proto.StepEndH\x00\x12\'\n\x04part\x18\x05 \x01(\x0b\x32\x17.fedsllm.proto.StepPartH\x00\x42\x06\n\x04kind\"h\n\x0cTrainWelcome\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x15\n\rscenario_hash\x18\x02 \x01(\t\x12\x18\n\x10max_tensor_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cwire_version\x18\x04 \x01(\r\"\xfb\x01\n\nStepResult\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x12\n\nnum_tokens\x18\x04 \x01(\x04\x12\x18\n\x10server_compute_s\x18\x05 \x01(\x01\x12\x18\n\x10server_forward_s\x18\x06 \x01(\x01\x12\x19\n\x11server_backward_s\x18\x07 \x01(\x01\x12\x17\n\x0fserver_update_s\x18\x08 \x01(\x01\x12\x16\n\x0eserver_queue_s\x18\t \x01(\x01\x12\x18\n\x10server_receive_s\x18\n \x01(\x01\x12\x14\n\x0ctensor_names\x18\x0b \x03(\t\"b\n\tReplyPart\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.fedsllm.proto.StepResult\x12*\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1a.fedsllm.proto.TensorChunk\"\xcb\x01\n\rTrainResponse\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.fedsllm.proto.TrainWelcomeH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.fedsllm.proto.StepResultH\x00\x12+\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1a.fedsllm.proto.TensorChunkH\x00\x12(\n\x04part\x18\x04 \x01(\x0b\x32\x18.fedsllm.proto.ReplyPartH\x00\x42\x06\n\x04kind\",\n\x17GetServerAdapterRequest\x12\x11\n\trequester\x18\x01 \x01(\x05*N\n\x08StepMode\x12\x19\n\x15STEP_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_MODE_TRAIN\x10\x01\x12\x12\n\x0eSTEP_MODE_EVAL\x10\x02\x32\xaf\x01\n\nMainServer\x12\x46\n\x05Train\x12\x1b.fedsllm.proto.TrainRequest\x1a\x1c.fedsllm.proto.TrainResponse(\x01\x30\x01\x12Y\n\x10GetServerAdapter\x12&.fedsllm.proto.GetServerAdapterRequest\x1a\x1b.fedsllm.proto.AdapterChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedsllm.proto.main_server_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STEPMODE']._serialized_start=1128
-  _globals['_STEPMODE']._serialized_end=1206
+  _globals['_STEPMODE']._serialized_start=1423
+  _globals['_STEPMODE']._serialized_end=1501
   _globals['_TRAINHELLO']._serialized_start=78
   _globals['_TRAINHELLO']._serialized_end=174
   _globals['_STEPHEADER']._serialized_start=177
   _globals['_STEPHEADER']._serialized_end=347
   _globals['_STEPEND']._serialized_start=349
   _globals['_STEPEND']._serialized_end=358
-  _globals['_TRAINREQUEST']._serialized_start=361
-  _globals['_TRAINREQUEST']._serialized_end=556
-  _globals['_TRAINWELCOME']._serialized_start=558
-  _globals['_TRAINWELCOME']._serialized_end=662
-  _globals['_STEPRESULT']._serialized_start=665
-  _globals['_STEPRESULT']._serialized_end=916
-  _globals['_TRAINRESPONSE']._serialized_start=919
-  _globals['_TRAINRESPONSE']._serialized_end=1080
-  _globals['_GETSERVERADAPTERREQUEST']._serialized_start=1082
-  _globals['_GETSERVERADAPTERREQUEST']._serialized_end=1126
-  _globals['_MAINSERVER']._serialized_start=1209
-  _globals['_MAINSERVER']._serialized_end=1384
+  _globals['_STEPPART']._serialized_start=360
+  _globals['_STEPPART']._serialized_end=470
+  _globals['_TRAINREQUEST']._serialized_start=473
+  _globals['_TRAINREQUEST']._serialized_end=709
+  _globals['_TRAINWELCOME']._serialized_start=711
+  _globals['_TRAINWELCOME']._serialized_end=815
+  _globals['_STEPRESULT']._serialized_start=818
+  _globals['_STEPRESULT']._serialized_end=1069
+  _globals['_REPLYPART']._serialized_start=1071
+  _globals['_REPLYPART']._serialized_end=1169
+  _globals['_TRAINRESPONSE']._serialized_start=1172
+  _globals['_TRAINRESPONSE']._serialized_end=1375
+  _globals['_GETSERVERADAPTERREQUEST']._serialized_start=1377
+  _globals['_GETSERVERADAPTERREQUEST']._serialized_end=1421
+  _globals['_MAINSERVER']._serialized_start=1504
+  _globals['_MAINSERVER']._serialized_end=1679
 # @@protoc_insertion_point(module_scope)

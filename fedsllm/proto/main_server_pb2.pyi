@@ -51,17 +51,29 @@ class StepEnd(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class StepPart(_message.Message):
+    __slots__ = ("header", "chunks", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: StepHeader
+    chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    end: bool
+    def __init__(self, header: _Optional[_Union[StepHeader, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., end: _Optional[bool] = ...) -> None: ...
+
 class TrainRequest(_message.Message):
-    __slots__ = ("hello", "header", "chunk", "end")
+    __slots__ = ("hello", "header", "chunk", "end", "part")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     hello: TrainHello
     header: StepHeader
     chunk: _tensor_pb2.TensorChunk
     end: StepEnd
-    def __init__(self, hello: _Optional[_Union[TrainHello, _Mapping]] = ..., header: _Optional[_Union[StepHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., end: _Optional[_Union[StepEnd, _Mapping]] = ...) -> None: ...
+    part: StepPart
+    def __init__(self, hello: _Optional[_Union[TrainHello, _Mapping]] = ..., header: _Optional[_Union[StepHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., end: _Optional[_Union[StepEnd, _Mapping]] = ..., part: _Optional[_Union[StepPart, _Mapping]] = ...) -> None: ...
 
 class TrainWelcome(_message.Message):
     __slots__ = ("client_id", "scenario_hash", "max_tensor_bytes", "wire_version")
@@ -101,15 +113,25 @@ class StepResult(_message.Message):
     tensor_names: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., num_tokens: _Optional[int] = ..., server_compute_s: _Optional[float] = ..., server_forward_s: _Optional[float] = ..., server_backward_s: _Optional[float] = ..., server_update_s: _Optional[float] = ..., server_queue_s: _Optional[float] = ..., server_receive_s: _Optional[float] = ..., tensor_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ReplyPart(_message.Message):
+    __slots__ = ("result", "chunks")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    result: StepResult
+    chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    def __init__(self, result: _Optional[_Union[StepResult, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+
 class TrainResponse(_message.Message):
-    __slots__ = ("welcome", "result", "chunk")
+    __slots__ = ("welcome", "result", "chunk", "part")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     welcome: TrainWelcome
     result: StepResult
     chunk: _tensor_pb2.TensorChunk
-    def __init__(self, welcome: _Optional[_Union[TrainWelcome, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+    part: ReplyPart
+    def __init__(self, welcome: _Optional[_Union[TrainWelcome, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., part: _Optional[_Union[ReplyPart, _Mapping]] = ...) -> None: ...
 
 class GetServerAdapterRequest(_message.Message):
     __slots__ = ("requester",)

@@ -51,10 +51,25 @@ class MainServerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Train(self, request_iterator, context):
-        """Client -> server: hello once, then per step: header, the chunks of every
-        tensor named in the header, end.
-        Server -> client: welcome once, then per step: result, then (TRAIN mode
-        only) the chunks of "activations_grad".
+        """Wire version 2 (TrainHello.wire_version):
+        Client -> server: hello once, then per step one or more `part` messages
+        (StepPart): the first carries the step header, every one carries
+        consecutive chunks of the tensors the header names, the last carries
+        end = true. A step is usually as many messages as its largest tensor
+        has chunks: the header rides on the first chunk message and the small
+        tensors (attention_mask, labels) ride whole on the last one.
+        Server -> client: welcome once, then per step: in TRAIN mode `part`
+        messages (ReplyPart), the first carrying the result, together bringing
+        the chunks of every tensor the result names ("activations_grad"); in
+        EVAL mode (no tensor) the `result` alone, one message. When the step
+        asks for a paced downlink (StepHeader.downlink_bps > 0) the main server
+        sends the version-1 layout instead: the `result` alone (not charged to
+        the emulated link), then each gradient chunk as a `chunk` message.
+        A receiver also accepts the version-1 layout of a step inside a
+        version-2 stream (`header`, `chunk`s, `end` as separate messages; a
+        `result` followed by `chunk`s): the same grammar, unfolded. A peer that
+        speaks another version is refused at hello (INVALID_ARGUMENT naming
+        TrainHello.wire_version / TrainWelcome.wire_version).
         Errors end the stream with a status (INVALID_ARGUMENT for malformed
         input, FAILED_PRECONDITION for a scenario mismatch or stale step).
         """

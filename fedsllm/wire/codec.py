@@ -22,6 +22,15 @@ cannot frame (another envelope field, truncated or malformed input) are
 handed to protobuf's own parser, which raises as it always did.
 proto/fedsllm/proto/tensor.proto documents the layout and its version.
 
+Wire version 2 folds a step into few messages (StepPart / ReplyPart in
+main_server.proto): a small control message (the step header or result) and
+an end flag around one or more chunks. `part_pieces` lays such a message out
+as a list of byte strings and payload views (joined once, by gRPC's sending
+thread, through `join_pieces`; their total length is what a shaper charges,
+known before anything is copied), and `decode_part` reads one back into the
+control message's bytes, the chunks (payloads viewing the received bytes)
+and the end flag.
+
 What the fields must hold (dtype, shape against bytes, offsets) is checked
 later, by fedsllm.wire.tensors.ChunkAssembler; this module only frames.
 """
@@ -43,8 +52,17 @@ _DATA_TAG = bytes([_DATA_FIELD << 3 | _LEN])
 _OFFSET_TAG = bytes([_OFFSET_FIELD << 3 | _VARINT])
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -55,6 +73,8 @@ def varint(value: int) -> bytes:
 
 def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """(value, next position); (-1, end + 1) when the varint runs past `end`."""
+    if pos < end and buf[pos] < 0x80:
+        return buf[pos], pos + 1
     value = 0
     shift = 0
     while pos < end and shift < 70:
@@ -150,14 +170,68 @@ def decode_chunk(envelope_field: int, buf: bytes) -> Chunk | None:
     field goes to protobuf's parser, cached by its bytes, since all chunks of
     a tensor repeat them. As in protobuf, the last occurrence of a field wins.
     """
-    from fedsllm.wire.tensors import Chunk
+    pos = _envelope_body(envelope_field, buf)
+    if pos < 0:
+        return None
+    return _decode_chunk_body(buf, pos, len(buf))
 
+
+def _envelope_body(envelope_field: int, buf: bytes) -> int:
+    """Where the body of `buf`'s only field, `envelope_field` (length-delimited),
+    begins; -1 when `buf` is not exactly that one field."""
     total = len(buf)
     if total < 2 or buf[0] != (envelope_field << 3 | _LEN):
-        return None
+        return -1
     length, pos = _read_varint(buf, 1, total)
     if length < 0 or pos + length != total:
-        return None
+        return -1
+    return pos
+
+
+# The header fields (1-4) of the tensors seen last, as they were serialized
+# in front of the offset and the data: every chunk of a tensor repeats them,
+# so a chunk that starts with one of them is read with a prefix comparison and
+# two varints.
+_HINTS: list[bytes] = []
+_MAX_HINTS = 4
+
+
+def _decode_hinted(buf: bytes, pos: int, total: int) -> Chunk | None:
+    """The chunk in buf[pos:total] when it is one of the _HINTS headers followed by
+    only an offset and the data, else None (the full scan decides)."""
+    from fedsllm.wire.tensors import Chunk
+
+    for header in _HINTS:
+        if not buf.startswith(header, pos):
+            continue
+        p = pos + len(header)
+        offset = 0
+        if p < total and buf[p] == _OFFSET_KEY:
+            offset, p = _read_varint(buf, p + 1, total)
+        if p >= total or buf[p] != _DATA_KEY:
+            return None
+        num_bytes, start = _read_varint(buf, p + 1, total)
+        if offset < 0 or start + num_bytes != total:
+            return None
+        name, dtype, shape, total_bytes = _parse_header(header)
+        return Chunk(name, dtype, shape, total_bytes, offset, memoryview(buf)[start:total])
+    return None
+
+
+_OFFSET_KEY = _OFFSET_TAG[0]
+_DATA_KEY = _DATA_TAG[0]
+
+
+def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
+    """The TensorChunk serialized in buf[pos:total] (its data a view into
+    `buf`), or None when those bytes are not a chunk this reader frames."""
+    from fedsllm.wire.tensors import Chunk
+
+    if _HINTS:
+        chunk = _decode_hinted(buf, pos, total)
+        if chunk is not None:
+            return chunk
+    start = pos
     header_parts: list[tuple[int, int]] = []
     offset = 0
     data = (0, 0)
@@ -185,7 +259,17 @@ def decode_chunk(envelope_field: int, buf: bytes) -> Chunk | None:
             else:
                 header_parts.append((pos, after))
             pos = after
-    name, dtype, shape, total_bytes = _parse_header(_join(buf, header_parts))
+    header = _join(buf, header_parts)
+    name, dtype, shape, total_bytes = _parse_header(header)
+    if (
+        len(header_parts) == 1
+        and header_parts[0][0] == start
+        and len(header) <= _MAX_CACHED_HEADER_BYTES
+        and header not in _HINTS
+    ):
+        # The usual layout (header fields first): later chunks take the fast path.
+        _HINTS.insert(0, header)
+        del _HINTS[_MAX_HINTS:]
     return Chunk(
         name=name,
         dtype=dtype,
@@ -194,6 +278,104 @@ def decode_chunk(envelope_field: int, buf: bytes) -> Chunk | None:
         offset=offset,
         data=memoryview(buf)[data[0] : data[1]],
     )
+
+
+# ---------------------------------------------------------------- parts (wire version 2)
+
+# StepPart / ReplyPart field numbers: the control message (header or result),
+# the chunks, the end flag (StepPart only).
+PART_HEAD_FIELD = 1
+PART_CHUNKS_FIELD = 2
+PART_END_FIELD = 3
+_END_TRUE = bytes([PART_END_FIELD << 3 | _VARINT, 1])
+
+Piece = bytes | memoryview
+
+
+def part_pieces(
+    envelope_field: int, head: bytes | None, chunks: Sequence[Chunk], end: bool
+) -> list[Piece]:
+    """The envelope whose field `envelope_field` is a part message with `head`
+    (a serialized StepHeader / StepResult, possibly b""; None = none), `chunks`
+    and `end`,
+    as pieces: byte strings and the chunks' data views, in wire order. Nothing
+    of the payloads is copied here."""
+    pieces: list[Piece] = []
+    small = b""
+    if head is not None:
+        small = bytes([PART_HEAD_FIELD << 3 | _LEN]) + varint(len(head)) + head
+    body = len(small)
+    for chunk in chunks:
+        data = _bytes_view(chunk.data)
+        prefix = _chunk_prefix(PART_CHUNKS_FIELD, chunk, data.nbytes)
+        body += len(prefix) + data.nbytes
+        small += prefix
+        if data.nbytes:
+            pieces.append(small)
+            pieces.append(data)
+            small = b""
+    if end:
+        small += _END_TRUE
+        body += len(_END_TRUE)
+    if small:
+        pieces.append(small)
+    envelope = bytes([envelope_field << 3 | _LEN]) + varint(body)
+    if pieces and isinstance(pieces[0], bytes):
+        pieces[0] = envelope + pieces[0]
+    else:
+        pieces.insert(0, envelope)
+    return pieces
+
+
+def pieces_bytes(pieces: Sequence[Piece]) -> int:
+    """Length of the message `pieces` make."""
+    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
+
+
+def join_pieces(pieces: Sequence[Piece]) -> bytes:
+    """The message bytes: each payload copied once."""
+    return b"".join(pieces)
+
+
+def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, list[Chunk], bool] | None:
+    """(head bytes or None, chunks viewing `buf`, end flag) of an envelope whose
+    only field is the part message `envelope_field`; None when `buf` is
+    anything else or malformed (the caller hands it to protobuf). As in
+    protobuf, unknown fields are skipped and the last head / end wins."""
+    pos = _envelope_body(envelope_field, buf)
+    if pos < 0:
+        return None
+    total = len(buf)
+    head: tuple[int, int] | None = None
+    chunks: list[Chunk] = []
+    end = False
+    while pos < total:
+        key, value_pos = _read_varint(buf, pos, total)
+        if key < 0:
+            return None
+        field, wire_type = key >> 3, key & 7
+        if wire_type == _LEN and field in (PART_CHUNKS_FIELD, PART_HEAD_FIELD):
+            length, start = _read_varint(buf, value_pos, total)
+            if length < 0 or start + length > total:
+                return None
+            pos = start + length
+            if field == PART_HEAD_FIELD:
+                head = (start, pos)
+                continue
+            chunk = _decode_chunk_body(buf, start, pos)
+            if chunk is None:
+                return None
+            chunks.append(chunk)
+        elif field == PART_END_FIELD and wire_type == _VARINT:
+            value, pos = _read_varint(buf, value_pos, total)
+            if value < 0:
+                return None
+            end = value != 0
+        else:
+            pos = _skip(buf, value_pos, wire_type, total)
+            if pos > total:
+                return None
+    return (None if head is None else bytes(buf[head[0] : head[1]])), chunks, end
 
 
 def _join(buf: bytes, parts: Sequence[tuple[int, int]]) -> bytes:

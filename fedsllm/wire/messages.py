@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2
 
 STEP_MODES = ("train", "eval")
-TRAIN_WIRE_VERSION = 1
+TRAIN_WIRE_VERSION = 2
 """Version of the Train stream's format (grammar and TensorChunk encoding,
-proto/fedsllm/proto/tensor.proto); a peer sending 0 predates versioning and
-speaks version 1."""
+proto/fedsllm/proto/main_server.proto and tensor.proto). 2: a step's header,
+chunks and end folded into StepPart messages, a reply's result into the first
+ReplyPart; 1: each its own message; a peer sending 0 predates versioning and
+speaks version 1. Only this version is accepted."""
 
 _record = dataclass(frozen=True, kw_only=True, slots=True)
 
@@ -53,7 +55,11 @@ class TrainHelloInfo:
 def _wire_version(field: str, version: int) -> int:
     version = version or 1  # unset: a peer from before versioning, which spoke 1
     if version != TRAIN_WIRE_VERSION:
-        raise WireError(field, f"={version}, this side speaks {TRAIN_WIRE_VERSION}")
+        raise WireError(
+            field,
+            f"={version}, this side speaks {TRAIN_WIRE_VERSION} only "
+            "(both ends of a Train stream must run the same wire version)",
+        )
     return version
 
 

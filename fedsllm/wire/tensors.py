@@ -122,6 +122,12 @@ def _torch_dtype(name: str) -> torch.dtype:
     return _torch_dtypes()[name]
 
 
+@functools.cache
+def _wire_names() -> dict[torch.dtype, str]:
+    """torch dtype -> wire name."""
+    return {v: k for k, v in _torch_dtypes().items()}
+
+
 def _check_allowed(field: str, name: str) -> str:
     """`name` if it is a wire dtype, else WireError naming `field`."""
     if name not in DTYPE_ITEMSIZE:
@@ -146,12 +152,20 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
 
     t = tensor.detach()
     if wire_dtype is not None:
-        t = t.to(dtype=_torch_dtype(_check_allowed(f"{name}.dtype", wire_dtype)))
-    dtype = _check_allowed(f"{name}.dtype", str(t.dtype).removeprefix("torch."))
+        want = _torch_dtype(_check_allowed(f"{name}.dtype", wire_dtype))
+        if t.dtype != want:
+            t = t.to(dtype=want)
+    dtype = _wire_names().get(t.dtype) or _check_allowed(
+        f"{name}.dtype", str(t.dtype).removeprefix("torch.")
+    )
     if t.numel() == 0:
         raise WireError(f"{name}.shape", f"empty tensor {tuple(t.shape)} cannot be sent")
-    t = t.to(device="cpu").contiguous()
-    flat = t.reshape(-1)
+    # Each call is cheap, but they add up per step: skip the no-ops.
+    if not t.is_cpu:
+        t = t.cpu()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    flat = t.view(-1) if t.dim() != 1 else t
     raw = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
     data: Buffer = memoryview(raw.numpy()).cast("B")
     if sys.byteorder == "big" and DTYPE_ITEMSIZE[dtype] > 1:  # pragma: no cover - x86/arm are LE

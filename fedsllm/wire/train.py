@@ -1,33 +1,55 @@
 """The Train stream's envelopes: steps as typed records <-> TrainRequest /
 TrainResponse message sequences, with the stream grammar enforced.
 
-Uplink (client -> main server): hello once, then per step: header, the
-chunks of every tensor the header names, end. Downlink: welcome once, then
-per step: result, then the chunks of every tensor the result names
-("activations_grad" in TRAIN mode). The builders yield typed items (records
-and `Chunk`s whose data are views of the tensors); `read_uplink` /
-`read_downlink` turn the received items into `StepUpload` / `StepDownload`
-records and raise WireError on any message out of place.
+Wire version 2 (proto/fedsllm/proto/main_server.proto). Uplink (client ->
+main server): hello once, then per step one or more `StepPart` messages: the
+first carries the step header, each carries consecutive chunks of the
+tensors the header names, the last carries the end flag. Downlink: welcome
+once, then per step either the result alone (no tensor: EVAL mode) or
+`ReplyPart` messages, the first carrying the result, whose chunks make up
+every tensor the result names ("activations_grad" in TRAIN mode). The
+builders pack a step into as few messages as its largest tensor has chunks
+(`pack_chunks`); the readers also accept the version-1 layout (header,
+chunks and end, or result and chunks, as separate messages) of a step, which
+the main server keeps for a reply on a paced downlink (main_server.service).
+
+The builders yield typed items (records, `StepPart`s / `ReplyPart`s whose
+chunks view the tensors); `read_uplink` / `read_downlink` turn the received
+items into `StepUpload` / `StepDownload` records and raise WireError on any
+message out of place.
 
 The Train method carries its own (de)serializers (`train_call` on the
 client, `TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
-chunks are framed by fedsllm.wire.codec with one copy of the payload, every
-other message goes through protobuf. The bytes are the protobuf encoding of
-main_server.proto either way, so the generated stubs still interoperate.
+parts and chunks are framed by fedsllm.wire.codec with one copy of the
+payload, every other message goes through protobuf. The bytes are the
+protobuf encoding of main_server.proto either way, so the generated stubs
+still interoperate (`train_request` / `train_response` wrap any item in its
+protobuf envelope).
 
 Pacing is the caller's: wrap the builder's iterator and sleep per message
-(`message_bytes` gives each message's size on the wire).
+(`message_bytes` gives each message's size on the wire; for a part it is
+known before its payload is copied, and the layout it computes is kept for
+the encoder).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedsllm.errors import WireError
-from fedsllm.wire.codec import decode_chunk, encode_chunk, encoded_chunk_bytes
+from fedsllm.wire.codec import (
+    Piece,
+    decode_chunk,
+    decode_part,
+    encode_chunk,
+    encoded_chunk_bytes,
+    join_pieces,
+    part_pieces,
+    pieces_bytes,
+)
 from fedsllm.wire.messages import (
     StepEndInfo,
     StepHeaderInfo,
@@ -62,24 +84,86 @@ if TYPE_CHECKING:
 
     from fedsllm.proto import main_server_pb2, tensor_pb2
 
-UplinkItem = TrainHelloInfo | StepHeaderInfo | StepEndInfo
-DownlinkItem = TrainWelcomeInfo | StepResultInfo
-
 TRAIN_METHOD = "/fedsllm.proto.MainServer/Train"
-# Field number of `chunk` in the TrainRequest and TrainResponse oneofs.
+# Field numbers in the TrainRequest and TrainResponse oneofs: `chunk`
+# (version 1 layout) and `part` (StepPart, ReplyPart).
 _CHUNK_FIELD = 3
+_REQUEST_PART_FIELD = 5
+_RESPONSE_PART_FIELD = 4
+
+PART_SLACK = 4
+"""A part message takes the next chunk while its data stays within
+chunk_bytes + chunk_bytes // PART_SLACK: a tensor's last chunk takes the small
+tensors after it along, and no message is much larger than one chunk."""
+
+
+# ---------------------------------------------------------------- parts
+
+
+@dataclass(eq=True, slots=True)
+class StepPart:
+    """One uplink message of a step (wire version 2): the header on the step's
+    first, consecutive chunks, the end flag on its last. The chunks' data are
+    views (of the tensors when sending, of the message bytes when received)."""
+
+    chunks: tuple[Chunk, ...] = ()
+    header: StepHeaderInfo | None = None
+    end: bool = False
+    _pieces: list[Piece] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def pieces(self) -> list[Piece]:
+        """The message as byte strings and payload views (computed once)."""
+        if self._pieces is None:
+            head = None
+            if self.header is not None:
+                head = step_header_to_proto(self.header).SerializeToString()
+            self._pieces = part_pieces(_REQUEST_PART_FIELD, head, self.chunks, self.end)
+        return self._pieces
+
+
+@dataclass(eq=True, slots=True)
+class ReplyPart:
+    """One downlink message of a reply with tensors (wire version 2): the result
+    on the first, consecutive chunks of the tensors it names."""
+
+    chunks: tuple[Chunk, ...] = ()
+    result: StepResultInfo | None = None
+    _pieces: list[Piece] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def pieces(self) -> list[Piece]:
+        """The message as byte strings and payload views (computed once)."""
+        if self._pieces is None:
+            head = None
+            if self.result is not None:
+                head = step_result_to_proto(self.result).SerializeToString()
+            self._pieces = part_pieces(_RESPONSE_PART_FIELD, head, self.chunks, False)
+        return self._pieces
+
+
+UplinkItem = TrainHelloInfo | StepHeaderInfo | StepEndInfo | StepPart
+DownlinkItem = TrainWelcomeInfo | StepResultInfo | ReplyPart
 
 
 # ---------------------------------------------------------------- envelopes
+
+
+def _chunks_to_proto(chunks: Sequence[Chunk]) -> list[tensor_pb2.TensorChunk]:
+    return [chunk_to_proto(c) for c in chunks]
 
 
 def train_request(
     item: UplinkItem | Chunk | tensor_pb2.TensorChunk,
 ) -> main_server_pb2.TrainRequest:
     """Wrap one uplink item in its TrainRequest envelope (protobuf objects; the
-    stream itself encodes chunks without them, see encode_train_request)."""
+    stream itself encodes parts and chunks without them, see
+    encode_train_request)."""
     from fedsllm.proto import main_server_pb2, tensor_pb2
 
+    if isinstance(item, StepPart):
+        part = main_server_pb2.StepPart(chunks=_chunks_to_proto(item.chunks), end=item.end)
+        if item.header is not None:
+            part.header.CopyFrom(step_header_to_proto(item.header))
+        return main_server_pb2.TrainRequest(part=part)
     if isinstance(item, TrainHelloInfo):
         return main_server_pb2.TrainRequest(hello=hello_to_proto(item))
     if isinstance(item, StepHeaderInfo):
@@ -96,11 +180,20 @@ def train_request(
 def parse_train_request(
     msg: main_server_pb2.TrainRequest | UplinkItem | Chunk,
 ) -> UplinkItem | Chunk:
-    """Unwrap one received TrainRequest (chunks already decoded by the codec, and
-    records of an in-process stream, pass through)."""
+    """Unwrap one received TrainRequest (parts and chunks already decoded by the
+    codec, and records of an in-process stream, pass through; a decoded part's
+    header is validated here)."""
+    if type(msg) is StepPart:
+        if msg.header is None or isinstance(msg.header, StepHeaderInfo):
+            return msg
+        return StepPart(msg.chunks, step_header_from_proto(msg.header), msg.end)
     if isinstance(msg, (Chunk, TrainHelloInfo, StepHeaderInfo, StepEndInfo)):
         return msg
     kind = msg.WhichOneof("kind")
+    if kind == "part":
+        part = msg.part
+        header = step_header_from_proto(part.header) if part.HasField("header") else None
+        return StepPart(tuple(chunk_from_proto(c) for c in part.chunks), header, part.end)
     if kind == "hello":
         return hello_from_proto(msg.hello)
     if kind == "header":
@@ -118,6 +211,11 @@ def train_response(
     """Wrap one downlink item in its TrainResponse envelope (protobuf objects)."""
     from fedsllm.proto import main_server_pb2, tensor_pb2
 
+    if isinstance(item, ReplyPart):
+        part = main_server_pb2.ReplyPart(chunks=_chunks_to_proto(item.chunks))
+        if item.result is not None:
+            part.result.CopyFrom(step_result_to_proto(item.result))
+        return main_server_pb2.TrainResponse(part=part)
     if isinstance(item, TrainWelcomeInfo):
         return main_server_pb2.TrainResponse(welcome=welcome_to_proto(item))
     if isinstance(item, StepResultInfo):
@@ -132,10 +230,19 @@ def train_response(
 def parse_train_response(
     msg: main_server_pb2.TrainResponse | DownlinkItem | Chunk,
 ) -> DownlinkItem | Chunk:
-    """Unwrap one received TrainResponse (chunks and records pass through)."""
+    """Unwrap one received TrainResponse (parts, chunks and records pass
+    through; a decoded part's result is validated here)."""
+    if type(msg) is ReplyPart:
+        if msg.result is None or isinstance(msg.result, StepResultInfo):
+            return msg
+        return ReplyPart(msg.chunks, step_result_from_proto(msg.result))
     if isinstance(msg, (Chunk, TrainWelcomeInfo, StepResultInfo)):
         return msg
     kind = msg.WhichOneof("kind")
+    if kind == "part":
+        part = msg.part
+        result = step_result_from_proto(part.result) if part.HasField("result") else None
+        return ReplyPart(tuple(chunk_from_proto(c) for c in part.chunks), result)
     if kind == "welcome":
         return welcome_from_proto(msg.welcome)
     if kind == "result":
@@ -149,9 +256,11 @@ def parse_train_response(
 
 
 def encode_train_request(item: Any) -> bytes:
-    """gRPC request serializer: a Chunk is framed by hand (one copy of its data),
-    a record or a TrainRequest goes through protobuf, and bytes (a message
-    encoded earlier, by this function) pass as they are."""
+    """gRPC request serializer: a StepPart or a Chunk is framed by hand (one copy
+    of its data), a record or a TrainRequest goes through protobuf, and bytes
+    (a message encoded earlier, by this function) pass as they are."""
+    if type(item) is StepPart:
+        return join_pieces(item.pieces())
     if isinstance(item, bytes):
         return item
     if isinstance(item, Chunk):
@@ -161,21 +270,29 @@ def encode_train_request(item: Any) -> bytes:
     return item.SerializeToString()
 
 
-def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | Chunk:
-    """gRPC request deserializer: a Chunk viewing `buf`, or a TrainRequest for
-    every other kind. Nothing is validated here (a WireError raised inside
-    gRPC's deserializer would reach the client as INTERNAL); read_uplink does
-    it. Bytes protobuf cannot parse raise, as protobuf's own parser would."""
+def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | StepPart | Chunk:
+    """gRPC request deserializer: a StepPart (its header still a protobuf
+    message) or a Chunk, their data viewing `buf`, or a TrainRequest for every
+    other kind. Nothing is validated here (a WireError raised inside gRPC's
+    deserializer would reach the client as INTERNAL); read_uplink does it.
+    Bytes protobuf cannot parse raise, as protobuf's own parser would."""
+    from fedsllm.proto import main_server_pb2
+
+    part = decode_part(_REQUEST_PART_FIELD, buf)
+    if part is not None:
+        head, chunks, end = part
+        header = None if head is None else main_server_pb2.StepHeader.FromString(head)
+        return StepPart(tuple(chunks), header, end)  # type: ignore[arg-type]
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
-    from fedsllm.proto import main_server_pb2
-
     return main_server_pb2.TrainRequest.FromString(buf)
 
 
 def encode_train_response(item: Any) -> bytes:
     """gRPC response serializer (see encode_train_request)."""
+    if type(item) is ReplyPart:
+        return join_pieces(item.pieces())
     if isinstance(item, bytes):
         return item
     if isinstance(item, Chunk):
@@ -185,13 +302,18 @@ def encode_train_response(item: Any) -> bytes:
     return item.SerializeToString()
 
 
-def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | Chunk:
+def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReplyPart | Chunk:
     """gRPC response deserializer (see decode_train_request)."""
+    from fedsllm.proto import main_server_pb2
+
+    part = decode_part(_RESPONSE_PART_FIELD, buf)
+    if part is not None:
+        head, chunks, _end = part
+        result = None if head is None else main_server_pb2.StepResult.FromString(head)
+        return ReplyPart(tuple(chunks), result)  # type: ignore[arg-type]
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
-    from fedsllm.proto import main_server_pb2
-
     return main_server_pb2.TrainResponse.FromString(buf)
 
 
@@ -211,6 +333,8 @@ def train_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
 
 
 _KINDS: dict[type, str] = {
+    StepPart: "part",
+    ReplyPart: "part",
     Chunk: "chunk",
     TrainHelloInfo: "hello",
     StepHeaderInfo: "header",
@@ -228,6 +352,8 @@ def _kind(msg: Any) -> str | None:
 
 def message_bytes(msg: Any) -> int:
     """Serialized size of one Train message, bytes (what a shaper charges)."""
+    if type(msg) is StepPart or type(msg) is ReplyPart:
+        return pieces_bytes(msg.pieces())
     if isinstance(msg, bytes):
         return len(msg)
     if isinstance(msg, Chunk):
@@ -248,27 +374,60 @@ def _check_names(field: str, names: Sequence[str], frames: Sequence[TensorFrame]
         raise WireError(field, f"={list(names)} but the frames are {got}")
 
 
+def pack_chunks(frames: Sequence[TensorFrame], chunk_bytes: int) -> Iterator[tuple[Chunk, ...]]:
+    """The chunks of every frame (in order, at most `chunk_bytes` each, views of
+    the frames), grouped into messages: a message takes the next chunk while
+    its data stay within chunk_bytes + chunk_bytes // PART_SLACK. So a tensor
+    cut into chunk_bytes pieces is one message per piece, and the small
+    tensors after it (a step's attention_mask and labels) ride in its last.
+    At least one (possibly empty) group."""
+    limit = chunk_bytes + chunk_bytes // PART_SLACK
+    group: list[Chunk] = []
+    size = 0
+    for frame in frames:
+        for chunk in frame_to_chunks(frame, chunk_bytes):
+            n = len(chunk.data)
+            if group and size + n > limit:
+                yield tuple(group)
+                group, size = [], 0
+            group.append(chunk)
+            size += n
+    yield tuple(group)
+
+
 def step_upload_requests(
     header: StepHeaderInfo, frames: Sequence[TensorFrame], chunk_bytes: int
-) -> Iterator[UplinkItem | Chunk]:
-    """header, every frame's chunks (in header order), end: the items a Train
-    call made by `train_call` sends (wrap each in train_request for a stub
-    with protobuf's serializers)."""
+) -> Iterator[StepPart]:
+    """The step as StepPart messages (wire version 2): the header on the first,
+    the frames' chunks (in header order, packed by pack_chunks), the end flag on
+    the last. The items a Train call made by `train_call` sends (wrap each in
+    train_request for a stub with protobuf's serializers)."""
     _check_names("StepHeader.tensor_names", header.tensor_names, frames)
-    yield header
-    for frame in frames:
-        yield from frame_to_chunks(frame, chunk_bytes)
-    yield StepEndInfo()
+    groups = pack_chunks(frames, chunk_bytes)
+    current = next(groups)
+    first = True
+    for following in groups:
+        yield StepPart(current, header if first else None, False)
+        current, first = following, False
+    yield StepPart(current, header if first else None, True)
 
 
 def step_download_responses(
-    result: StepResultInfo, frames: Sequence[TensorFrame], chunk_bytes: int
+    result: StepResultInfo, frames: Sequence[TensorFrame], chunk_bytes: int, fold: bool = True
 ) -> Iterator[DownlinkItem | Chunk]:
-    """result, then every frame's chunks (in result order)."""
+    """The reply: the result alone when no tensor follows, else ReplyPart
+    messages, the result on the first, the frames' chunks (in result order,
+    packed by pack_chunks). fold=False keeps the unfolded layout: the result,
+    then every chunk as a message of its own (a paced reply: see
+    main_server.service)."""
     _check_names("StepResult.tensor_names", result.tensor_names, frames)
-    yield result
-    for frame in frames:
-        yield from frame_to_chunks(frame, chunk_bytes)
+    if not frames or not fold:
+        yield result
+        for frame in frames:
+            yield from frame_to_chunks(frame, chunk_bytes)
+        return
+    for i, chunks in enumerate(pack_chunks(frames, chunk_bytes)):
+        yield ReplyPart(chunks, result if i == 0 else None)
 
 
 # ---------------------------------------------------------------- readers
@@ -327,7 +486,8 @@ def read_uplink(
     `specs(header)` says which tensors the step may carry and how they must
     look; it is called once per header, so it can depend on the mode.
     WireError on anything out of order or malformed; nothing of a bad step
-    is yielded.
+    is yielded. Steps come as StepPart messages (wire version 2) or in the
+    version-1 layout (header, chunks, end as separate messages).
     """
     limits = limits or WireLimits()
     buffers = ReceiveBuffers()
@@ -342,33 +502,59 @@ def read_uplink(
     header: StepHeaderInfo | None = None
     assembler: ChunkAssembler | None = None
     started = 0.0
+
+    def open_step(item: StepHeaderInfo, field: str) -> ChunkAssembler:
+        nonlocal header, started
+        if header is not None:
+            raise WireError(
+                field, f"header of step {item.step} before the end of step {header.step}"
+            )
+        started = time.perf_counter()
+        asm = _step_assembler(
+            "StepHeader.tensor_names", item.tensor_names, specs(item), limits, buffers
+        )
+        header = item
+        return asm
+
+    def close_step(field: str) -> StepUpload:
+        nonlocal header, assembler
+        if header is None or assembler is None:
+            raise WireError(field, "end without a step header")
+        frames = assembler.finish(header.tensor_names)
+        upload = StepUpload(
+            header=header, frames=dict(frames), receive_s=time.perf_counter() - started
+        )
+        header, assembler = None, None
+        return upload
+
     for msg in it:
         item = parse_train_request(msg)
-        if isinstance(item, StepHeaderInfo):
-            if header is not None:
-                raise WireError(
-                    "TrainRequest.kind",
-                    f"header of step {item.step} before the end of step {header.step}",
-                )
-            started = time.perf_counter()
-            assembler = _step_assembler(
-                "StepHeader.tensor_names", item.tensor_names, specs(item), limits, buffers
-            )
-            header = item
-        elif isinstance(item, StepEndInfo):
-            if header is None or assembler is None:
-                raise WireError("TrainRequest.kind", "end without a step header")
-            frames = assembler.finish(header.tensor_names)
-            yield StepUpload(
-                header=header, frames=dict(frames), receive_s=time.perf_counter() - started
-            )
-            header, assembler = None, None
-        elif isinstance(item, TrainHelloInfo):
-            raise WireError("TrainRequest.kind", "hello sent twice")
-        else:
+        if type(item) is StepPart:
+            if item.header is not None:
+                assembler = open_step(item.header, "StepPart.end")
+            elif assembler is None:
+                if item.chunks:
+                    raise WireError(
+                        "StepPart.header",
+                        f"missing: chunk of {item.chunks[0].name!r} outside a step "
+                        "(the first message of a step carries its header)",
+                    )
+                if not item.end:
+                    raise WireError("StepPart", "carries no header, chunk or end")
+            for chunk in item.chunks:
+                assembler.feed(chunk)  # type: ignore[union-attr]
+            if item.end:
+                yield close_step("StepPart.end")
+        elif isinstance(item, Chunk):
             if assembler is None:
                 raise WireError("TrainRequest.kind", f"chunk of {item.name!r} outside a step")
             assembler.feed(item)
+        elif isinstance(item, StepHeaderInfo):
+            assembler = open_step(item, "TrainRequest.kind")
+        elif isinstance(item, StepEndInfo):
+            yield close_step("TrainRequest.kind")
+        else:
+            raise WireError("TrainRequest.kind", "hello sent twice")
     if header is not None:
         raise WireError("TrainRequest.kind", f"stream ended inside step {header.step}")
 
@@ -378,7 +564,8 @@ def read_downlink(
     specs: Callable[[StepResultInfo], Iterable[TensorSpec]],
     limits: WireLimits | None = None,
 ) -> Iterator[TrainWelcomeInfo | StepDownload]:
-    """Yield the welcome, then one StepDownload per step once its tensors are in."""
+    """Yield the welcome, then one StepDownload per step once its tensors are in
+    (ReplyPart messages, wire version 2, or a result followed by chunks)."""
     limits = limits or WireLimits()
     buffers = ReceiveBuffers()
     it = iter(responses)
@@ -394,33 +581,47 @@ def read_downlink(
     started = 0.0
     for msg in it:
         item = parse_train_response(msg)
-        if isinstance(item, StepResultInfo):
+        if type(item) is ReplyPart:
+            head, chunks = item.result, item.chunks
+            field = "ReplyPart.result"
+        elif isinstance(item, Chunk):
+            head, chunks = None, (item,)
+            field = "TrainResponse.kind"
+        elif isinstance(item, StepResultInfo):
+            head, chunks = item, ()
+            field = "TrainResponse.kind"
+        else:
+            raise WireError("TrainResponse.kind", "welcome sent twice")
+        if head is not None:
             if result is not None:
                 raise WireError(
-                    "TrainResponse.kind",
-                    f"result of step {item.step} before the tensors of step {result.step}",
+                    field, f"result of step {head.step} before the tensors of step {result.step}"
                 )
             started = time.perf_counter()
-            if not item.tensor_names:
-                yield StepDownload(result=item, frames={}, receive_s=0.0)
+            if not head.tensor_names and not chunks:
+                yield StepDownload(result=head, frames={}, receive_s=0.0)
                 continue
             assembler = _step_assembler(
-                "StepResult.tensor_names", item.tensor_names, specs(item), limits, buffers
+                "StepResult.tensor_names", head.tensor_names, specs(head), limits, buffers
             )
-            result = item
-        elif isinstance(item, TrainWelcomeInfo):
-            raise WireError("TrainResponse.kind", "welcome sent twice")
-        else:
-            if result is None or assembler is None:
-                raise WireError("TrainResponse.kind", f"chunk of {item.name!r} outside a step")
-            assembler.feed(item)
-            if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):
-                yield StepDownload(
-                    result=result,
-                    frames=dict(assembler.frames),
-                    receive_s=time.perf_counter() - started,
-                )
-                result, assembler = None, None
+            result = head
+        elif result is None or assembler is None:
+            name = chunks[0].name if chunks else None
+            raise WireError(
+                field,
+                f"missing: chunk of {name!r} outside a step"
+                if type(item) is ReplyPart
+                else f"chunk of {name!r} outside a step",
+            )
+        for chunk in chunks:
+            assembler.feed(chunk)  # type: ignore[union-attr]
+        if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):  # type: ignore[union-attr]
+            yield StepDownload(
+                result=result,  # type: ignore[arg-type]
+                frames=dict(assembler.frames),  # type: ignore[union-attr]
+                receive_s=time.perf_counter() - started,
+            )
+            result, assembler = None, None
     if result is not None:
         raise WireError(
             "TrainResponse.kind", f"stream ended inside the reply to step {result.step}"

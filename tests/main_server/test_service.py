@@ -18,9 +18,9 @@ from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.roles import build_part
 from fedsllm.trace import Tracer
-from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo
-from fedsllm.wire.tensors import TensorFrame, tensor_to_frame
-from fedsllm.wire.train import step_upload_requests, train_call, train_request
+from fedsllm.wire.messages import TRAIN_WIRE_VERSION, StepHeaderInfo, TrainHelloInfo
+from fedsllm.wire.tensors import Chunk, TensorFrame, frame_to_chunks, tensor_to_frame
+from fedsllm.wire.train import StepPart, step_upload_requests, train_call, train_request
 from main_server.compute import ServerTrainer
 from main_server.service import MainServerService, StepLimits
 
@@ -104,7 +104,7 @@ def _stream(
     client_id: int = 0,
     scenario_hash: str = HASH,
     names: tuple[str, ...] | None = None,
-    wire_version: int = 1,
+    wire_version: int = TRAIN_WIRE_VERSION,
 ) -> Iterator[pb.TrainRequest]:
     yield train_request(
         TrainHelloInfo(
@@ -123,9 +123,7 @@ def _stream(
     )
     if names is None:
         yield from step_upload_requests(header, frames, 4096)
-    else:
-        from fedsllm.wire.tensors import frame_to_chunks
-
+    else:  # the version-1 layout of a step, which a version-2 reader also accepts
         yield train_request(header)
         for frame in frames:
             for chunk in frame_to_chunks(frame, 4096):
@@ -189,7 +187,82 @@ def _float64_stream() -> Iterator[pb.TrainRequest]:
     )
 
 
+def _header(step: int) -> StepHeaderInfo:
+    return StepHeaderInfo(
+        round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=STEP_NAMES
+    )
+
+
+STEP_NAMES = ("activations", "attention_mask", "labels")
+
+
+def _parts_stream(parts: list[object]) -> Iterator[object]:
+    """Hello, then hand-made StepPart messages (wire version 2)."""
+    yield TrainHelloInfo(client_id=0, scenario_hash=HASH, wire_dtype="float32")
+    yield from parts
+
+
+def _no_header() -> Iterator[object]:
+    parts = list(step_upload_requests(_header(0), _frames(_tensors()), 4096))
+    return _parts_stream([StepPart(parts[0].chunks, None, False), *parts[1:]])
+
+
+def _no_end() -> Iterator[object]:
+    frames = _frames(_tensors())
+    first = list(step_upload_requests(_header(0), frames, 4096))
+    first[-1] = StepPart(first[-1].chunks, first[-1].header, False)
+    return _parts_stream([*first, *step_upload_requests(_header(1), frames, 4096)])
+
+
+def _out_of_order() -> Iterator[object]:
+    acts, mask, labels = _frames(_tensors())
+    c0, c1 = frame_to_chunks(acts, 4096)
+    (m,), (lab,) = frame_to_chunks(mask, 4096), frame_to_chunks(labels, 4096)
+    return _parts_stream([StepPart((c1,), _header(0)), StepPart((c0, m, lab), None, True)])
+
+
+def _size_mismatch(end_early: bool) -> Iterator[object]:
+    """The second activation chunk 4 bytes short: then the mask (or the end)."""
+    acts, mask, labels = _frames(_tensors())
+    c0, c1 = frame_to_chunks(acts, 4096)
+    short = Chunk(c1.name, c1.dtype, c1.shape, c1.total_bytes, c1.offset, bytes(c1.data)[:-4])
+    if end_early:
+        return _parts_stream([StepPart((c0,), _header(0)), StepPart((short,), None, True)])
+    parts = [StepPart((c0,), _header(0)), StepPart((short, *frame_to_chunks(mask, 4096)))]
+    return _parts_stream([*parts, StepPart(tuple(frame_to_chunks(labels, 4096)), None, True)])
+
+
 CASES: list[tuple[str, Callable[[], Iterator[pb.TrainRequest]], grpc.StatusCode, str]] = [
+    (
+        "v2: header missing on the first message",
+        _no_header,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "StepPart.header",
+    ),
+    (
+        "v2: end flag missing before the next header",
+        _no_end,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "StepPart.end: header of step 1 before the end of step 0",
+    ),
+    (
+        "v2: chunks out of order",
+        _out_of_order,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "activations.offset",
+    ),
+    (
+        "v2: a tensor short of its size, then the next",
+        lambda: _size_mismatch(end_early=False),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'attention_mask' started before 'activations' was complete (8188 of 8192 bytes)",
+    ),
+    (
+        "v2: a tensor short of its size at the end flag",
+        lambda: _size_mismatch(end_early=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "activations.data: incomplete: 8188 of 8192 bytes received",
+    ),
     (
         "wrong hidden size",
         lambda: _stream(_with(activations=torch.randn(B, T, D - 1))),
@@ -266,10 +339,22 @@ CASES: list[tuple[str, Callable[[], Iterator[pb.TrainRequest]], grpc.StatusCode,
         "client_id",
     ),
     (
-        "newer wire version",
-        lambda: _stream(_frames(_tensors()), wire_version=2),
+        "version-1 peer",
+        lambda: _stream(_frames(_tensors()), wire_version=1),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "TrainHello.wire_version",
+        "TrainHello.wire_version: =1, this side speaks 2 only",
+    ),
+    (
+        "peer from before versioning",
+        lambda: _stream(_frames(_tensors()), wire_version=0),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TrainHello.wire_version: =1, this side speaks 2 only",
+    ),
+    (
+        "newer wire version",
+        lambda: _stream(_frames(_tensors()), wire_version=3),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TrainHello.wire_version: =3, this side speaks 2 only",
     ),
     (
         "other scenario",
@@ -429,3 +514,62 @@ def test_step_values_checked_without_grpc(mask_value: int, label_value: int, nee
         return
     with pytest.raises(WireError, match=re.escape(needle)):
         check_step_values(limits, mask, labels)
+
+
+@pytest.mark.parametrize("downlink_bps", [0.0, 1e9])
+def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> None:
+    """Unpaced (0 bit/s), the result rides in the gradient's first message (wire
+    version 2); on a paced downlink it goes first and alone, not charged, as
+    version 1 paced. Either way pace() sees each gradient message's wire size
+    before it is sent, the first flagged new."""
+    from fedsllm.wire.rpc import create_server, make_channel, stop_server
+    from fedsllm.wire.train import ReplyPart, encode_train_response
+
+    scenario = load_scenario(overrides=["model.pretrain_steps=0", "data.seq_len=16"])
+    part, tokenizer, cfg = build_part(scenario, "server")
+    limits = StepLimits(
+        hidden_size=cfg.hidden_size,
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=T,
+        max_batch=8,
+        wire_dtype="float32",
+        num_clients=1,
+        max_tensor_bytes=2**20,
+    )
+    charged: list[tuple[int, float, int, bool]] = []
+    service = MainServerService(
+        ServerTrainer(part, lr=1e-2),
+        limits,
+        HASH,
+        Tracer(None, "main_server"),
+        chunk_bytes=4096,
+        pace=lambda *args: charged.append(args),
+    )
+    srv, port = create_server(
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
+        allow_unauthenticated=True,
+    )
+    header = StepHeaderInfo(
+        round=0, step=0, mode="train", downlink_bps=downlink_bps, tensor_names=STEP_NAMES
+    )
+    requests = [
+        TrainHelloInfo(client_id=0, scenario_hash=HASH, wire_dtype="float32"),
+        *step_upload_requests(header, _frames(_tensors()), 4096),
+    ]
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            replies = list(train_call(channel)(iter(requests), timeout=30))[1:]
+    finally:
+        stop_server(srv, grace_s=0.5)
+    if downlink_bps == 0:
+        assert [type(r) for r in replies] == [ReplyPart, ReplyPart]
+        assert replies[0].result is not None and replies[1].result is None
+        charged_msgs = replies
+    else:
+        assert replies[0].WhichOneof("kind") == "result"
+        assert [type(r).__name__ for r in replies[1:]] == ["Chunk", "Chunk"]
+        charged_msgs = replies[1:]
+    assert charged == [
+        (0, downlink_bps, len(encode_train_response(r)), i == 0) for i, r in enumerate(charged_msgs)
+    ]

@@ -204,16 +204,17 @@ def test_cases_set_every_defaulted_field() -> None:
 def test_train_wire_version(
     to_proto: Callable, from_proto: Callable, info: Any, field: str
 ) -> None:
-    """Sent on both sides; unset (a peer from before versioning) reads as 1; any
-    other version is refused, naming the field."""
+    """Sent on both sides; version 2 only: a version-1 peer (1, or unset: from
+    before versioning) and any other version are refused, naming the field."""
     msg = to_proto(info)
-    assert msg.wire_version == m.TRAIN_WIRE_VERSION == 1
-    msg.wire_version = 0
-    assert from_proto(msg).wire_version == 1
-    msg.wire_version = 2
-    with pytest.raises(WireError) as err:
-        from_proto(msg)
-    assert err.value.field == field and "=2, this side speaks 1" in str(err.value)
+    assert msg.wire_version == m.TRAIN_WIRE_VERSION == 2
+    assert from_proto(msg).wire_version == 2
+    for version, shown in ((0, 1), (1, 1), (3, 3)):
+        msg.wire_version = version
+        with pytest.raises(WireError) as err:
+            from_proto(msg)
+        assert err.value.field == field
+        assert f"={shown}, this side speaks 2 only" in str(err.value)
 
 
 def test_nan_loss_is_carried() -> None:
@@ -226,13 +227,15 @@ def test_nan_loss_is_carried() -> None:
     [
         (
             m.hello_from_proto,
-            main_server_pb2.TrainHello(scenario_hash="h", wire_dtype="int8"),
+            main_server_pb2.TrainHello(
+                scenario_hash="h", wire_dtype="int8", wire_version=m.TRAIN_WIRE_VERSION
+            ),
             "TrainHello.wire_dtype",
             "'int8'",
         ),
         (
             m.hello_from_proto,
-            main_server_pb2.TrainHello(wire_dtype="float32"),
+            main_server_pb2.TrainHello(wire_dtype="float32", wire_version=m.TRAIN_WIRE_VERSION),
             "TrainHello.scenario_hash",
             "empty",
         ),

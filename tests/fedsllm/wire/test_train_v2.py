@@ -1,0 +1,450 @@
+"""Train wire version 2 without gRPC: steps folded into StepPart / ReplyPart
+messages round-trip bit for bit (every wire dtype, every shape, odd chunk
+boundaries), the bytes are protobuf's, and every malformed layout is refused
+naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedsllm.errors import WireError
+from fedsllm.proto import main_server_pb2
+from fedsllm.wire.messages import (
+    StepHeaderInfo,
+    StepResultInfo,
+    TrainHelloInfo,
+    TrainWelcomeInfo,
+)
+from fedsllm.wire.tensors import (
+    DTYPE_ITEMSIZE,
+    Chunk,
+    TensorFrame,
+    TensorSpec,
+    frame_to_chunks,
+    frame_to_tensor,
+    tensor_to_frame,
+)
+from fedsllm.wire.train import (
+    PART_SLACK,
+    ReplyPart,
+    StepDownload,
+    StepPart,
+    StepUpload,
+    decode_train_request,
+    decode_train_response,
+    encode_train_request,
+    encode_train_response,
+    message_bytes,
+    pack_chunks,
+    parse_train_request,
+    parse_train_response,
+    read_downlink,
+    read_uplink,
+    step_download_responses,
+    step_upload_requests,
+    train_request,
+    train_response,
+)
+
+from ._echo import echo_specs
+from .test_tensors import DTYPES, SHAPES, _special
+
+HELLO = TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32")
+WELCOME = TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=2**20)
+ANY = frozenset(DTYPE_ITEMSIZE)
+
+
+def _any_specs(_item: object) -> list[TensorSpec]:
+    return [TensorSpec(n, ANY) for n in ("t", "small", "activations_grad")]
+
+
+def _header(step: int, names: tuple[str, ...]) -> StepHeaderInfo:
+    return StepHeaderInfo(
+        round=3, step=step, mode="train", downlink_bps=5e6, tensor_names=names, sent_unix_s=1.5
+    )
+
+
+def _result(step: int, names: tuple[str, ...]) -> StepResultInfo:
+    return StepResultInfo(
+        round=3, step=step, loss=0.25, num_tokens=7, server_compute_s=0.5, tensor_names=names
+    )
+
+
+def _up_wire(items: list, wire: str) -> list:
+    """Through bytes, as on the wire: the project's codec, or plain protobuf
+    (a peer with the generated stubs) into the project's decoder and back."""
+    if wire == "codec":
+        return [decode_train_request(encode_train_request(x)) for x in items]
+    return [
+        main_server_pb2.TrainRequest.FromString(train_request(x).SerializeToString()) for x in items
+    ]
+
+
+def _down_wire(items: list, wire: str) -> list:
+    if wire == "codec":
+        return [decode_train_response(encode_train_response(x)) for x in items]
+    return [
+        main_server_pb2.TrainResponse.FromString(train_response(x).SerializeToString())
+        for x in items
+    ]
+
+
+def _chunk_sizes(num_bytes: int) -> list[int]:
+    """1, primes, and sizes the tensor is exactly a multiple of."""
+    sizes = {1, 2, 3, 7, 13, 4093, num_bytes}
+    sizes |= {num_bytes // k for k in (2, 3, 4) if num_bytes % k == 0}
+    return sorted(sizes)
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("wire", ["codec", "protobuf"])
+@pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_step_round_trip_bit_exact(name: str, shape: tuple[int, ...], wire: str) -> None:
+    """Every wire dtype and shape (0-d included), at odd chunk boundaries, up and
+    down: the bytes that arrive are the bytes sent, NaN payloads included."""
+    x = _special(DTYPES[name], shape)
+    frame = tensor_to_frame("t", x)
+    small = tensor_to_frame("small", torch.arange(5, dtype=torch.int64))
+    for chunk_bytes in _chunk_sizes(frame.num_bytes):
+        items: list = [HELLO]
+        for step in range(2):  # two steps: the reused receive buffers too
+            items += step_upload_requests(
+                _header(step, ("t", "small")), [frame, small], chunk_bytes
+            )
+        got = list(read_uplink(_up_wire(items, wire), _any_specs))
+        assert got[0] == HELLO and len(got) == 3
+        for step, upload in enumerate(got[1:]):
+            assert isinstance(upload, StepUpload)
+            assert upload.header == _header(step, ("t", "small"))
+            out = upload.frames["t"]
+            assert (out.dtype, out.shape) == (name, shape)
+            assert bytes(out.data) == bytes(frame.data), chunk_bytes
+            assert bytes(upload.frames["small"].data) == bytes(small.data)
+            y = upload.tensor("t")
+            assert y.dtype == x.dtype and y.shape == x.shape
+
+        grad = TensorFrame("activations_grad", frame.dtype, frame.shape, frame.data)
+        down: list = [WELCOME]
+        down += step_download_responses(_result(0, ("activations_grad",)), [grad], chunk_bytes)
+        down += step_download_responses(_result(1, ()), [], chunk_bytes)
+        replies = list(read_downlink(_down_wire(down, wire), _any_specs))
+        assert replies[0] == WELCOME
+        train, evals = replies[1:]
+        assert isinstance(train, StepDownload) and train.result == _result(0, ("activations_grad",))
+        assert bytes(train.frames["activations_grad"].data) == bytes(frame.data), chunk_bytes
+        assert evals.result == _result(1, ()) and evals.frames == {}
+
+
+def test_empty_tensors_are_refused_at_both_ends() -> None:
+    """The wire has no empty tensor: the sender refuses one, and so does the
+    receiver, naming the field."""
+    with pytest.raises(WireError) as info:
+        tensor_to_frame("t", torch.zeros(2, 0))
+    assert info.value.field == "t.shape"
+    chunk = Chunk("t", "float32", (2, 0), 0, 0, b"\0")
+    items = [HELLO, StepPart((chunk,), _header(0, ("t",)), True)]
+    with pytest.raises(WireError) as info:
+        list(read_uplink(_up_wire(items, "codec"), _any_specs))
+    assert info.value.field == "t.shape[1]"
+
+
+# ---------------------------------------------------------------- layout
+
+
+def _echo_frames(d: int = 64) -> list[TensorFrame]:
+    gen = torch.Generator().manual_seed(d)
+    return [
+        tensor_to_frame("activations", torch.randn(2, 8, d, generator=gen)),
+        tensor_to_frame("attention_mask", torch.ones(2, 8, dtype=torch.int64)),
+        tensor_to_frame("labels", torch.randint(0, 9, (2, 8), generator=gen)),
+    ]
+
+
+NAMES = ("activations", "attention_mask", "labels")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1024, 1000, 4096, 10**6])
+def test_a_step_is_as_many_messages_as_its_largest_tensor_has_chunks(chunk_bytes: int) -> None:
+    frames = _echo_frames()  # 4096 bytes of activations, 128 + 128 of mask, labels
+    parts = list(step_upload_requests(_header(0, NAMES), frames, chunk_bytes))
+    assert len(parts) <= math.ceil(4096 / chunk_bytes)
+    assert parts[0].header == _header(0, NAMES)
+    assert all(p.header is None for p in parts[1:])
+    assert [p.end for p in parts] == [False] * (len(parts) - 1) + [True]
+    if 4096 % chunk_bytes == 0:
+        # The small tensors ride whole on the last message, after the activations.
+        assert [c.name for c in parts[-1].chunks] == list(NAMES)
+    got = [(c.name, c.offset, len(c.data)) for p in parts for c in p.chunks]
+    assert got == [(c.name, c.offset, len(c.data)) for c in _flat(frames, chunk_bytes)]
+    limit = chunk_bytes + chunk_bytes // PART_SLACK
+    assert all(sum(len(c.data) for c in p.chunks) <= limit for p in parts)
+    # Downlink: the result in the first part, one part per gradient chunk.
+    grad = tensor_to_frame("activations_grad", torch.randn(2, 8, 64))
+    reply = list(step_download_responses(_result(0, ("activations_grad",)), [grad], chunk_bytes))
+    assert len(reply) <= math.ceil(4096 / chunk_bytes)
+    assert reply[0].result is not None and all(r.result is None for r in reply[1:])
+
+
+def _flat(frames: list[TensorFrame], chunk_bytes: int) -> list[Chunk]:
+    return [c for f in frames for c in frame_to_chunks(f, chunk_bytes)]
+
+
+def test_packing_keeps_order_and_every_byte() -> None:
+    frames = [
+        tensor_to_frame("a", torch.arange(10, dtype=torch.uint8)),
+        tensor_to_frame("b", torch.arange(3, dtype=torch.uint8)),
+        tensor_to_frame("c", torch.arange(9, dtype=torch.uint8)),
+    ]
+    groups = list(pack_chunks(frames, 4))  # limit 5 bytes a message
+    flat = [c for g in groups for c in g]
+    assert [(c.name, c.offset, len(c.data)) for c in flat] == [
+        ("a", 0, 4), ("a", 4, 4), ("a", 8, 2), ("b", 0, 3), ("c", 0, 4), ("c", 4, 4), ("c", 8, 1),
+    ]  # fmt: skip
+    assert [[(c.name, c.offset) for c in g] for g in groups] == [
+        [("a", 0)], [("a", 4)], [("a", 8), ("b", 0)], [("c", 0)], [("c", 4), ("c", 8)],
+    ]  # fmt: skip
+    assert list(pack_chunks([], 4)) == [()]
+
+
+def test_a_step_of_small_tensors_is_one_message() -> None:
+    frames = _echo_frames(d=1)
+    (part,) = step_upload_requests(_header(0, NAMES), frames, 2**20)
+    assert part.header is not None and part.end and len(part.chunks) == 3
+
+
+def test_part_bytes_are_protobufs_and_sized_before_copying() -> None:
+    """A peer with the generated stubs reads what the codec writes and the
+    reverse; message_bytes (what a shaper charges) is the encoded size, known
+    from views of the tensors before any payload is copied."""
+    frames = _echo_frames()
+    parts = list(step_upload_requests(_header(0, NAMES), frames, 1000))
+    parts.append(StepPart((), _header(1, NAMES), True))  # header and end only
+    for part in parts:
+        size = message_bytes(part)
+        assert any(isinstance(p, memoryview) for p in part.pieces()) == bool(part.chunks)
+        wire = encode_train_request(part)
+        assert len(wire) == size
+        assert wire == train_request(part).SerializeToString()
+        assert parse_train_request(decode_train_request(wire)) == part
+        assert parse_train_request(main_server_pb2.TrainRequest.FromString(wire)) == part
+    grad = tensor_to_frame("activations_grad", torch.randn(2, 8, 64))
+    # A result of all defaults serializes to b"": it must still be sent.
+    for result in (_result(0, ("activations_grad",)), StepResultInfo(
+        round=0, step=0, loss=0.0, num_tokens=0, server_compute_s=0.0,
+        tensor_names=("activations_grad",),
+    )):  # fmt: skip
+        for reply in step_download_responses(result, [grad], 1000):
+            wire = encode_train_response(reply)
+            assert len(wire) == message_bytes(reply)
+            assert wire == train_response(reply).SerializeToString()
+            assert parse_train_response(decode_train_response(wire)) == reply
+            assert parse_train_response(main_server_pb2.TrainResponse.FromString(wire)) == reply
+
+
+def test_decoded_part_views_the_received_bytes() -> None:
+    """No copy between gRPC's message bytes and the assembler."""
+    part = next(step_upload_requests(_header(0, NAMES), _echo_frames(), 1000))
+    wire = encode_train_request(part)
+    decoded = decode_train_request(wire)
+    assert isinstance(decoded, StepPart)
+    (chunk,) = decoded.chunks
+    assert isinstance(chunk.data, memoryview) and chunk.data.obj is wire
+    assert bytes(chunk.data) == bytes(part.chunks[0].data)
+
+
+def test_decoder_accepts_other_protobuf_layouts() -> None:
+    """Any valid encoding reads the same: the end flag before the chunks, the
+    header last, unknown fields."""
+    frames = _echo_frames()
+    (part,) = step_upload_requests(_header(0, NAMES), frames, 2**20)
+    msg = train_request(part).part
+    chunks = b"".join(b"\x12" + _varint(c.ByteSize()) + c.SerializeToString() for c in msg.chunks)
+    header = msg.header.SerializeToString()
+    body = b"\x18\x01" + b"\x78\x05" + chunks + b"\x0a" + _varint(len(header)) + header
+    wire = b"\x2a" + _varint(len(body)) + body
+    got = parse_train_request(decode_train_request(wire))
+    assert got == part
+
+
+def _varint(value: int) -> bytes:
+    from fedsllm.wire.codec import varint
+
+    return varint(value)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def _parts(step: int = 0, chunk_bytes: int = 1000) -> list[StepPart]:
+    return list(step_upload_requests(_header(step, NAMES), _echo_frames(), chunk_bytes))
+
+
+def _strip(part: StepPart, header: bool = False, end: bool = False) -> StepPart:
+    return StepPart(part.chunks, None if header else part.header, False if end else part.end)
+
+
+def _chunks(name: str, chunk_bytes: int) -> tuple[Chunk, ...]:
+    frame = {f.name: f for f in _echo_frames()}[name]
+    return tuple(frame_to_chunks(frame, chunk_bytes))
+
+
+def _bad_total() -> list:
+    (c,) = _chunks("attention_mask", 4096)
+    bad = Chunk(c.name, c.dtype, c.shape, c.total_bytes + 8, 0, c.data)
+    acts = _chunks("activations", 4096)
+    return [HELLO, StepPart((*acts, bad), _header(0, NAMES), True)]
+
+
+def _nan() -> list:
+    frames = _echo_frames()
+    acts = frame_to_tensor(frames[0]).clone()
+    acts[1, 2, 3] = float("inf")
+    frames[0] = tensor_to_frame("activations", acts)
+    return [HELLO, *step_upload_requests(_header(0, NAMES), frames, 1000)]
+
+
+def _labels_dtype() -> list:
+    frames = _echo_frames()
+    frames[2] = tensor_to_frame("labels", torch.zeros(2, 8))
+    return [HELLO, *step_upload_requests(_header(0, NAMES), frames, 1000)]
+
+
+REFUSALS = [
+    (
+        "header missing on the first message",
+        lambda: [HELLO, _strip(_parts()[0], header=True), *_parts()[1:]],
+        "StepPart.header",
+        "chunk of 'activations' outside a step",
+    ),
+    (
+        "end flag missing before the next step's header",
+        lambda: [HELLO, *_parts()[:-1], _strip(_parts()[-1], end=True), *_parts(1)],
+        "StepPart.end",
+        "header of step 1 before the end of step 0",
+    ),
+    (
+        "end flag missing, then the stream ends",
+        lambda: [HELLO, *_parts()[:-1], _strip(_parts()[-1], end=True)],
+        "TrainRequest.kind",
+        "stream ended inside step 0",
+    ),
+    (
+        "header twice in one step",
+        lambda: [HELLO, _parts()[0], _parts()[0]],
+        "StepPart.end",
+        "header of step 0 before the end of step 0",
+    ),
+    (
+        "end without a header",
+        lambda: [HELLO, StepPart((), None, True)],
+        "StepPart.end",
+        "end without a step header",
+    ),
+    (
+        "empty part",
+        lambda: [HELLO, StepPart()],
+        "StepPart",
+        "carries no header, chunk or end",
+    ),
+    (
+        "chunks out of order",
+        lambda: [HELLO, _parts()[0], _parts()[2], _parts()[1], *_parts()[3:]],
+        "activations.offset",
+        "=2000, expected 1000",
+    ),
+    (
+        "tensors interleaved",
+        lambda: [
+            HELLO,
+            StepPart(_chunks("activations", 1000)[:1] + _chunks("labels", 1000), _header(0, NAMES)),
+        ],
+        "chunk.name",
+        "'labels' started before 'activations' was complete",
+    ),
+    (
+        "end flag before a tensor is complete",
+        lambda: [HELLO, _parts()[0], StepPart(_parts()[1].chunks, None, True)],
+        "activations.data",
+        "incomplete: 2000 of 4096 bytes received",
+    ),
+    (
+        "end flag before every tensor came",
+        lambda: [HELLO, StepPart(_chunks("activations", 4096), _header(0, NAMES), True)],
+        "attention_mask",
+        "['attention_mask', 'labels'] never arrived",
+    ),
+    ("size mismatch", _bad_total, "attention_mask.total_bytes", "=136, but shape (2, 8)"),
+    ("NaN or Inf", _nan, "activations.data", "1 non-finite value(s)"),
+    ("labels not integers", _labels_dtype, "labels.dtype", "=float32, expected one of ['int64']"),
+    (
+        "a tensor the header does not name",
+        lambda: [HELLO, StepPart(_chunks("activations", 4096), _header(0, ("labels",)), True)],
+        "chunk.name",
+        "unexpected tensor 'activations'",
+    ),
+]
+
+
+@pytest.mark.parametrize("wire", ["codec", "protobuf"])
+@pytest.mark.parametrize(
+    ("make", "field", "needle"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_uplink_refuses(make, field: str, needle: str, wire: str) -> None:
+    with pytest.raises(WireError) as info:
+        list(read_uplink(_up_wire(make(), wire), echo_specs))
+    assert info.value.field == field
+    assert needle in info.value.reason
+
+
+def test_downlink_refuses() -> None:
+    grad = tensor_to_frame("activations_grad", torch.randn(2, 8, 64))
+    result = _result(0, ("activations_grad",))
+    parts = list(step_download_responses(result, [grad], 1000))
+    spec = [TensorSpec("activations_grad", frozenset({"float32"}), (2, 8, 64))]
+
+    def read(items: list) -> list:
+        return list(read_downlink(_down_wire(items, "codec"), lambda r: spec))
+
+    with pytest.raises(WireError) as info:
+        read([WELCOME, ReplyPart(parts[0].chunks), *parts[1:]])
+    assert info.value.field == "ReplyPart.result"
+    assert "chunk of 'activations_grad' outside a step" in info.value.reason
+    with pytest.raises(WireError, match="result of step 0 before the tensors of step 0"):
+        read([WELCOME, parts[0], parts[0]])
+    with pytest.raises(WireError, match="stream ended inside the reply to step 0"):
+        read([WELCOME, *parts[:-1]])
+    with pytest.raises(WireError, match="first message must be welcome, got part"):
+        read(parts)
+    with pytest.raises(WireError, match=r"activations_grad.offset: =2000, expected 1000"):
+        read([WELCOME, parts[0], parts[2], parts[1], *parts[3:]])
+    nan = frame_to_tensor(grad).clone()
+    nan[0, 0, 0] = float("nan")
+    bad = list(step_download_responses(result, [tensor_to_frame("activations_grad", nan)], 1000))
+    spec = [TensorSpec("activations_grad", frozenset({"float32"}), None, require_finite=True)]
+    with pytest.raises(WireError, match="activations_grad.data: 1 non-finite"):
+        read([WELCOME, *bad])
+
+
+def test_version_1_layout_of_a_step_is_still_read() -> None:
+    """Header, chunks and end as separate messages (and a result followed by
+    chunks): the same grammar, unfolded, inside a version-2 stream."""
+    from fedsllm.wire.messages import StepEndInfo
+
+    frames = _echo_frames()
+    items: list = [HELLO, _header(0, NAMES)]
+    items += [c for f in frames for c in frame_to_chunks(f, 1000)]
+    items += [StepEndInfo(), *_parts(1)]
+    (hello, first, second) = read_uplink(_up_wire(items, "codec"), echo_specs)
+    assert first.header.step == 0 and second.header.step == 1
+    for upload in (first, second):
+        assert bytes(upload.frames["activations"].data) == bytes(frames[0].data)
+    grad = tensor_to_frame("activations_grad", torch.randn(2, 8, 64))
+    down = [WELCOME, _result(0, ("activations_grad",)), *frame_to_chunks(grad, 1000)]
+    (_w, reply) = read_downlink(_down_wire(down, "codec"), _any_specs)
+    assert bytes(reply.frames["activations_grad"].data) == bytes(grad.data)
