@@ -10,7 +10,8 @@ its work directory.
 
 State (issue 10): the trainer's whole state (adapter, optimizer, counters, an
 open wave's gradients, and per client the latest train step applied with its
-reply) is checkpointed to a MainServerStore in WORK_DIR/state after each
+reply) is checkpointed to a MainServerStore in WORK_DIR/state before the first
+step of each new round, after each
 completed round, every CHECKPOINT_EVERY_S seconds while steps happen, and at
 a clean exit; a restarted main server restores the latest one before it
 serves, so clients reconnect to where it was. Steps computed after the last
@@ -288,6 +289,13 @@ class LocalCheckpoints:
         """Export the trainer (on the worker) and commit it; returns the commit number."""
         steps_now = self.steps.num_steps
         state = self.steps.call(lambda t: t.export_state(), timeout_s)
+        return self._commit(state, reason, steps_now)
+
+    def save_on_worker(self, trainer: Any, reason: str = "round started") -> int:
+        """The same from the worker thread itself (StepQueue.on_new_round)."""
+        return self._commit(trainer.export_state(), reason, self.steps.num_steps)
+
+    def _commit(self, state: Any, reason: str, steps_now: int) -> int:
         seq = self.store.save(
             state.adapter,
             state.optimizer,
@@ -488,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     # Restored before serving: the first step a client sends sees the adapter
     # and optimizer the last checkpoint holds.
     local = LocalCheckpoints(store, steps, scenario_hash)
+    # Before the first step of each new round: every step of the rounds before
+    # is in the checkpoint, however fast the rounds (the fed server's Status is
+    # polled only once a second).
+    steps.on_new_round = local.save_on_worker
     try:
         snapshot = local.restore()
     except (StateError, WireError) as err:

@@ -41,10 +41,12 @@ holds.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,8 @@ import torch
 
 from fedsllm.data.dataset import IGNORE_INDEX
 from fedsllm.errors import StateError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -663,6 +667,13 @@ class StepQueue:
         """Wall seconds the worker spent computing (steps / busy_s = steps/s)."""
         self.max_depth = 0
         """Most jobs seen waiting at once (queue depth at a pass)."""
+        self.on_new_round: Callable[[Any], None] | None = None
+        """Called on the worker thread with the trainer before the first train
+        pass of a round later than every round seen so far (not the first one
+        after a start): main_server/__main__.py checkpoints there, so a
+        checkpoint holds every step of the rounds before, without waiting for
+        a poll of the fed server that a fast round outruns."""
+        self._round_seen = -1
 
     def submit(self, job: StepJob) -> Future[ServerStepResult]:
         """Queue a step; once `refuse_steps` was called its future fails at once."""
@@ -753,6 +764,13 @@ class StepQueue:
                         self._held = item
                         break
             self.max_depth = max(self.max_depth, len(jobs) + self._jobs.qsize())
+            if first.mode == "train" and first.round > self._round_seen:
+                if self._round_seen >= 0 and self.on_new_round is not None:
+                    try:
+                        self.worker.call(self.on_new_round)
+                    except Exception:  # a failed checkpoint must not stop training
+                        log.exception("checkpoint before round %d failed", first.round)
+                self._round_seen = first.round
             started = time.perf_counter()
             try:
                 results = self.worker.run(jobs)

@@ -180,3 +180,28 @@ def test_a_wave_larger_than_the_cap_is_split_and_equals_one_by_one(
     assert worker.max_fused() == 2
     worker.trainer.train_steps(batches[:4])
     assert worker.max_fused() == 1  # what the open wave still needs
+
+
+def test_queue_calls_on_new_round_on_the_worker_before_a_later_rounds_first_step(
+    part: torch.nn.Module,
+) -> None:
+    """The main server checkpoints there: the trainer it is handed holds every
+    step of the rounds before, and no step of the new one, whatever the timing.
+    Not before the first round after a start (nothing to save), not for an
+    eval step, not again for the same round or an older one (a straggler)."""
+    trainer = ServerTrainer(part, lr=0.05)
+    steps = StepQueue(LocalWorker(trainer))
+    seen: list[tuple[int, str]] = []
+    steps.on_new_round = lambda t: seen.append((t.num_steps, threading.current_thread().name))
+    steps.submit(StepJob(*BATCHES[0], round=0)).result(10)
+    steps.submit(StepJob(*BATCHES[1], round=0)).result(10)
+    assert seen == []
+    steps.submit(StepJob(*BATCHES[2], round=1)).result(10)
+    assert seen == [(2, "step-worker")]
+    steps.submit(StepJob(*BATCHES[0], round=0)).result(10)  # a straggler's step
+    steps.submit(StepJob(*BATCHES[1], round=1, mode="eval")).result(10)
+    steps.submit(StepJob(*BATCHES[2], round=1)).result(10)
+    assert seen == [(2, "step-worker")]
+    steps.submit(StepJob(*BATCHES[0], round=2)).result(10)
+    assert seen == [(2, "step-worker"), (5, "step-worker")]
+    steps.close()
