@@ -97,9 +97,9 @@ def _faults(out: Path) -> list[dict]:
 @pytest.mark.parametrize("role", ["client_1", "main_server", "fed_server"])
 def test_kill_9_a_role_mid_run_and_restart_it(tmp_path, role) -> None:
     """SIGKILL when round 3 opens (the client mid-round, the main server mid-step,
-    the fed server just after aggregating round 2), restarted 1 s later. Round
-    3, not earlier: the main server checkpoints when it sees a round complete
-    (it polls the fed server every second), so by then it has one to resume."""
+    the fed server just after aggregating round 2), restarted 1 s later. By
+    round 3 the main server has checkpointed (before the first step of round
+    1 and of round 2: StepQueue.on_new_round), so it has one to resume."""
     out = _run(tmp_path, "--faults", f"kill:{role}@round=3;restart=1s")
     faults = _faults(out)
     assert [f["action"] for f in faults] == ["signal SIGKILL", "restart"], faults
