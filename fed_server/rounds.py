@@ -135,7 +135,9 @@ class RoundState:
         so the controller's allocation for the next round is out first."""
         self.store = store if store is not None else fed_server_store(run_dir)
         self._cond = threading.Condition()
-        self._stopping = False
+        self._stopping = threading.Event()
+        """Set once by stop(); read without the lock (PullGlobal checks it per chunk,
+        and a close holds the lock through FedAvg and the disk commit)."""
         self._rounds = DurableRounds.open(
             self.store,
             num_clients=num_clients,
@@ -209,8 +211,7 @@ class RoundState:
 
     @property
     def stopping(self) -> bool:
-        with self._cond:
-            return self._stopping
+        return self._stopping.is_set()
 
     def snapshot(self) -> RoundSnapshot:
         with self._cond:
@@ -234,8 +235,7 @@ class RoundState:
     # ------------------------------------------------------------ commands
     def join(self, client_id: int, num_samples: int) -> JoinResult:
         """Admit a client; joining again with the same sample count is a no-op
-        (a client, or this server, that restarted)."""
-        self._check_client(client_id)
+        (a client, or this server, that restarted). The ledger checks the id."""
         with self._cond:
             known = client_id in self._rounds.ledger.members
             info = self._rounds.join(client_id, num_samples, self.clock())
@@ -379,8 +379,8 @@ class RoundState:
 
     def stop(self) -> None:
         """Wake every waiter: each ends with ServerStoppingError (the server is going away)."""
+        self._stopping.set()
         with self._cond:
-            self._stopping = True
             self._cond.notify_all()
 
     def wake(self) -> None:
@@ -423,7 +423,7 @@ class RoundState:
             if not ready():
                 log.debug("a pull waits for the global adapter of round %d", round_index)
             end = time.monotonic() + timeout_s
-            while not (self._stopping or ready()):
+            while not (self._stopping.is_set() or ready()):
                 if alive is not None and not alive():
                     raise CallerGoneError(f"the pull of round {round_index} was cancelled")
                 left = end - time.monotonic()
@@ -431,7 +431,7 @@ class RoundState:
                     break
                 self._cond.wait(min(left, poll_s) if alive is not None else left)
             if not ready():
-                if self._stopping:
+                if self._stopping.is_set():
                     raise ServerStoppingError("fed server stopping")
                 raise TimeoutError(
                     f"global adapter of round {round_index} not ready after {timeout_s:.0f} s"

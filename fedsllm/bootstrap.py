@@ -311,7 +311,7 @@ def server_adapter_requests(
 def read_server_adapter(requests: Iterator[Any], max_bytes: int) -> tuple[int, bool, bytes]:
     """A PushServerAdapter stream -> (round, final, blob); WireError on a defect."""
     from fedsllm.errors import WireError
-    from fedsllm.wire.adapters import AdapterAssembler
+    from fedsllm.wire.adapters import AdapterAssembler, read_blob_chunks
 
     it = iter(requests)
     first = next(it, None)
@@ -324,8 +324,4 @@ def read_server_adapter(requests: Iterator[Any], max_bytes: int) -> tuple[int, b
             f"={header.total_bytes}, must be in [1, {max_bytes}]",
         )
     asm = AdapterAssembler(header.total_bytes, max_bytes, preallocate=False)
-    for msg in it:
-        if msg.WhichOneof("kind") != "chunk":
-            raise WireError("PushServerAdapterRequest.kind", "a second header")
-        asm.feed(msg.chunk)
-    return header.round, header.final, asm.result()
+    return header.round, header.final, read_blob_chunks(it, "PushServerAdapterRequest", asm)

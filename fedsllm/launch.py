@@ -1077,16 +1077,6 @@ def run_secrets(
     return secrets
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 FAULTS_FILE = "faults.json"
 """RUN_DIR/faults.json: one entry per launch of the run (first, and each --resume):
 its restart policy, faults and their actions, restarts, and how it ended."""

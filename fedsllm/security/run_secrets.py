@@ -62,9 +62,12 @@ def _private_dir(path: Path) -> Path:
 
 
 def _write_private(path: Path, data: str | bytes) -> None:
+    """Owner-only from the start, and again after the write: a file that was
+    already there (a run directory prepared twice) keeps no wider mode."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, 0o600)
 
 
 @dataclass

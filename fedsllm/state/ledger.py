@@ -191,16 +191,17 @@ class RoundLedger:
     def accepted(self, round_index: int | None = None) -> list[Acceptance]:
         """Acceptances of `round_index` (default: the open round), in client order;
         a closed round's only while it is among the last `replay_rounds`."""
-        if round_index is None or round_index == self.open_round:
-            found = self._s.accepted
-        else:
-            found = self._recent.get(round_index, {})
+        found = self._round_map(self.open_round if round_index is None else round_index)
         return [found[c] for c in sorted(found)]
 
-    def _known(self, client_id: int, round_index: int) -> Acceptance | None:
+    def _round_map(self, round_index: int) -> dict[int, Acceptance]:
+        """Client -> acceptance of a round: the open one, or a recent closed one."""
         if round_index == self.open_round:
-            return self._s.accepted.get(client_id)
-        return self._recent.get(round_index, {}).get(client_id)
+            return self._s.accepted
+        return self._recent.get(round_index, {})
+
+    def _known(self, client_id: int, round_index: int) -> Acceptance | None:
+        return self._round_map(round_index).get(client_id)
 
     def past_deadline(self, now: float) -> bool:
         return (

@@ -28,7 +28,6 @@ from fedsllm.errors import StateError
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.roles import build_part
 from fedsllm.state import open_store
-from fedsllm.trace import Tracer
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
 from main_server.__main__ import LocalCheckpoints
 from main_server.compute import (
@@ -41,7 +40,7 @@ from main_server.compute import (
     StepQueue,
     admit_step,
 )
-from main_server.service import MainServerService, StepLimits
+from tests.main_server.service_kit import main_service
 
 HASH = "h"
 B, T, D = 2, 16, 64
@@ -107,22 +106,14 @@ class HoldFirstStep:
 
 @contextlib.contextmanager
 def serving(trainer: ServerTrainer, steps: StepQueue | None = None, **kw: Any) -> Iterator[str]:
-    limits = StepLimits(
+    steps = steps or StepQueue(LocalWorker(trainer))
+    service = main_service(
+        trainer,
         hidden_size=D,
         vocab_size=259,
         max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
         num_clients=2,
-        max_tensor_bytes=2**20,
-    )
-    steps = steps or StepQueue(LocalWorker(trainer))
-    service = MainServerService(
-        trainer,
-        limits,
-        HASH,
-        Tracer(None, "main_server"),
-        chunk_bytes=4096,
+        scenario_hash=HASH,
         steps=steps,
         stop=threading.Event(),
         **kw,

@@ -23,6 +23,7 @@ from fedsllm.wire.tensors import Chunk, TensorFrame, frame_to_chunks, tensor_to_
 from fedsllm.wire.train import StepPart, step_upload_requests, train_call, train_request
 from main_server.compute import ServerTrainer
 from main_server.service import MainServerService, StepLimits
+from tests.main_server.service_kit import main_service
 
 HASH = "h"
 B, T, D = 2, 16, 64
@@ -37,22 +38,13 @@ def server() -> Iterator[tuple[str, ServerTrainer]]:
     )
     part, tokenizer, cfg = build_part(scenario, "server")
     trainer = ServerTrainer(part, lr=1e-2)
-    limits = StepLimits(
+    service = main_service(
+        trainer,
         hidden_size=cfg.hidden_size,
         vocab_size=tokenizer.vocab_size,
         max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
         num_clients=2,
-        max_tensor_bytes=2**20,
-    )
-    service = MainServerService(
-        trainer,
-        limits,
-        HASH,
-        Tracer(None, "main_server"),
-        chunk_bytes=4096,
-        adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
+        scenario_hash=HASH,
     )
     srv, port = create_server(
         "127.0.0.1:0",

@@ -61,7 +61,7 @@ from fedsllm.wire.rpc import wait_healthy
 from fedsllm.wire.tensors import Chunk, TensorFrame, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import train_call
 from main_server.compute import ServerTrainer
-from main_server.service import MainServerService, StepLimits
+from main_server.service import MainServerService
 from tests.fedsllm.security.peers import (
     CLIENT,
     LAUNCHER,
@@ -71,6 +71,7 @@ from tests.fedsllm.security.peers import (
     code_of,
     serving,
 )
+from tests.main_server.service_kit import main_service as build_main_service
 
 C = grpc.StatusCode
 HASH = "fuzz-scenario-hash"
@@ -174,22 +175,16 @@ def servers(tmp_path_factory) -> Iterator[Servers]:
     controller_service.limits = PeerLimits(rate=10**9)
     part, tokenizer, cfg = build_part(scenario, "server")
     trainer = ServerTrainer(part, lr=1e-2)
-    limits = StepLimits(
+    main_service = build_main_service(
+        trainer,
         hidden_size=cfg.hidden_size,
         vocab_size=tokenizer.vocab_size,
         max_seq_len=T,
-        max_batch=4,
-        wire_dtype="float32",
         num_clients=3,
+        scenario_hash=HASH,
+        max_batch=4,
         max_tensor_bytes=2**16,
-    )
-    main_service = MainServerService(
-        trainer,
-        limits,
-        HASH,
-        Tracer(None, "main_server"),
         chunk_bytes=1024,
-        adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
     )
     add_run_info = lambda s: fpb_grpc.add_RunInfoServicer_to_server(run_info, s)  # noqa: E731
     with (

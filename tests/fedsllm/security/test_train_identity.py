@@ -16,13 +16,12 @@ from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.roles import build_part
 from fedsllm.security.limits import DEFAULT_MAX_STREAMS
-from fedsllm.trace import Tracer
 from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo
 from fedsllm.wire.tensors import tensor_to_frame
 from fedsllm.wire.train import step_upload_requests, train_call, train_request
 from main_server.compute import ServerTrainer
-from main_server.service import MainServerService, StepLimits
 from tests.fedsllm.security.peers import CLIENT, LAUNCHER, channel_as, code_of, serving
+from tests.main_server.service_kit import main_service
 
 HASH = "h"
 B, T = 2, 16
@@ -35,22 +34,13 @@ def main() -> Iterator[tuple[str, ServerTrainer, int]]:
     )
     part, tokenizer, cfg = build_part(scenario, "server")
     trainer = ServerTrainer(part, lr=1e-2)
-    limits = StepLimits(
+    service = main_service(
+        trainer,
         hidden_size=cfg.hidden_size,
         vocab_size=tokenizer.vocab_size,
         max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
         num_clients=3,
-        max_tensor_bytes=2**20,
-    )
-    service = MainServerService(
-        trainer,
-        limits,
-        HASH,
-        Tracer(None, "main_server"),
-        chunk_bytes=4096,
-        adapter_bytes=lambda: trainer.adapter_bytes(adapter_to_bytes),
+        scenario_hash=HASH,
     )
     with serving([lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)]) as address:
         yield address, trainer, cfg.hidden_size
