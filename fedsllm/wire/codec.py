@@ -192,7 +192,8 @@ def _envelope_body(envelope_field: int, buf: bytes) -> int:
 # in front of the offset and the data: every chunk of a tensor repeats them,
 # so a chunk that starts with one of them is read with a prefix comparison and
 # two varints.
-_HINTS: list[bytes] = []
+_HINTS: list[tuple[bytes, tuple[str, str, tuple[int, ...], int]]] = []
+"""(serialized header, its parsed fields), newest first."""
 _MAX_HINTS = 4
 
 
@@ -201,7 +202,7 @@ def _decode_hinted(buf: bytes, pos: int, total: int) -> Chunk | None:
     only an offset and the data, else None (the full scan decides)."""
     from fedsllm.wire.tensors import Chunk
 
-    for header in _HINTS:
+    for header, fields in _HINTS:
         if not buf.startswith(header, pos):
             continue
         p = pos + len(header)
@@ -213,8 +214,7 @@ def _decode_hinted(buf: bytes, pos: int, total: int) -> Chunk | None:
         num_bytes, start = _read_varint(buf, p + 1, total)
         if offset < 0 or start + num_bytes != total:
             return None
-        name, dtype, shape, total_bytes = _parse_header(header)
-        return Chunk(name, dtype, shape, total_bytes, offset, memoryview(buf)[start:total])
+        return Chunk(*fields, offset, memoryview(buf)[start:total])
     return None
 
 
@@ -225,12 +225,12 @@ _DATA_KEY = _DATA_TAG[0]
 def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
     """The TensorChunk serialized in buf[pos:total] (its data a view into
     `buf`), or None when those bytes are not a chunk this reader frames."""
-    from fedsllm.wire.tensors import Chunk
-
     if _HINTS:
         chunk = _decode_hinted(buf, pos, total)
         if chunk is not None:
             return chunk
+    from fedsllm.wire.tensors import Chunk
+
     start = pos
     header_parts: list[tuple[int, int]] = []
     offset = 0
@@ -265,10 +265,10 @@ def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
         len(header_parts) == 1
         and header_parts[0][0] == start
         and len(header) <= _MAX_CACHED_HEADER_BYTES
-        and header not in _HINTS
+        and all(header != known for known, _ in _HINTS)
     ):
         # The usual layout (header fields first): later chunks take the fast path.
-        _HINTS.insert(0, header)
+        _HINTS.insert(0, (header, (name, dtype, shape, total_bytes)))
         del _HINTS[_MAX_HINTS:]
     return Chunk(
         name=name,
