@@ -50,8 +50,10 @@ FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 MAX_NDIM = 8
 DEFAULT_MAX_TENSOR_BYTES = 512 * 2**20
 # Received bytes are checked for NaN and Inf in slices of about this size,
-# small enough to still be in cache, large enough to keep the calls few.
-FINITE_CHECK_BYTES = 2**20
+# small enough to still be in a server CPU's last-level cache, large enough
+# that a step's activations (a few MB) take one call: each call is several
+# torch operations, which cost more than the data on a cold step.
+FINITE_CHECK_BYTES = 4 * 2**20
 
 Buffer = bytes | bytearray | memoryview
 
@@ -150,7 +152,9 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
     """
     import torch
 
-    t = tensor.detach()
+    # Each torch call is cheap, but a step makes dozens and they run cold (the
+    # model ran in between): only the ones that change something are made.
+    t = tensor.detach() if tensor.requires_grad else tensor
     if wire_dtype is not None:
         want = _torch_dtype(_check_allowed(f"{name}.dtype", wire_dtype))
         if t.dtype != want:
@@ -158,19 +162,26 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
     dtype = _wire_names().get(t.dtype) or _check_allowed(
         f"{name}.dtype", str(t.dtype).removeprefix("torch.")
     )
-    if t.numel() == 0:
-        raise WireError(f"{name}.shape", f"empty tensor {tuple(t.shape)} cannot be sent")
-    # Each call is cheap, but they add up per step: skip the no-ops.
+    shape = tuple(t.shape)
+    if 0 in shape:
+        raise WireError(f"{name}.shape", f"empty tensor {shape} cannot be sent")
     if not t.is_cpu:
         t = t.cpu()
     if not t.is_contiguous():
         t = t.contiguous()
-    flat = t.view(-1) if t.dim() != 1 else t
-    raw = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+    if not shape:
+        t = t.reshape(1)
+    # A contiguous tensor viewed as bytes (the last dimension grows by the
+    # itemsize); numpy's buffer is C-contiguous, so the cast flattens it.
+    raw = t.view(torch.uint8) if t.dtype != torch.uint8 else t
     data: Buffer = memoryview(raw.numpy()).cast("B")
     if sys.byteorder == "big" and DTYPE_ITEMSIZE[dtype] > 1:  # pragma: no cover - x86/arm are LE
         data = _byteswap(data, DTYPE_ITEMSIZE[dtype])
-    return TensorFrame(name=name, dtype=dtype, shape=tuple(int(s) for s in t.shape), data=data)
+    return TensorFrame(name=name, dtype=dtype, shape=shape, data=data)
+
+
+_NO_SIZE_LIMIT = WireLimits(max_tensor_bytes=sys.maxsize)
+"""A frame already in memory is checked for consistency, not for size."""
 
 
 def frame_to_tensor(
@@ -184,19 +195,13 @@ def frame_to_tensor(
     """
     import torch
 
-    _validate_header(
-        frame.name,
-        frame.dtype,
-        frame.shape,
-        frame.num_bytes,
-        WireLimits(max_tensor_bytes=sys.maxsize),
-    )
+    _validate_header(frame.name, frame.dtype, frame.shape, frame.num_bytes, _NO_SIZE_LIMIT)
     data = frame.data
     if sys.byteorder == "big" and DTYPE_ITEMSIZE[frame.dtype] > 1:  # pragma: no cover
         data = bytearray(_byteswap(data, DTYPE_ITEMSIZE[frame.dtype]))
-    elif copy or memoryview(data).readonly:
+    elif copy or (data.readonly if type(data) is memoryview else memoryview(data).readonly):
         data = bytearray(data)
-    t = torch.frombuffer(data, dtype=_torch_dtype(frame.dtype)).reshape(frame.shape)
+    t = torch.frombuffer(data, dtype=_torch_dtype(frame.dtype)).view(frame.shape)
     if dtype is not None and dtype != t.dtype:
         t = t.to(dtype)
     return t
@@ -301,12 +306,14 @@ def _all_finite(t: torch.Tensor) -> bool:
 
     Fast path: any NaN or Inf makes the sum non-finite, so a finite sum
     proves every element finite (torch.isfinite over the whole tensor is
-    about 30x slower here). A sum that overflows falls through to the exact
-    check, which is False only for a real NaN or Inf.
+    about 30x slower here). The sum accumulates in float32 whatever the
+    dtype, so half-precision values do not overflow it; a sum that still
+    overflows falls through to the exact check, which is False only for a
+    real NaN or Inf.
     """
     import torch
 
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    return math.isfinite(float(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
 
 
 def _raise_non_finite(name: str, t: torch.Tensor) -> None:
@@ -465,7 +472,7 @@ class ChunkAssembler:
         if cur.elements is not None and cur.all_finite:
             itemsize = DTYPE_ITEMSIZE[cur.dtype]
             whole = end // itemsize
-            # In slices of about a megabyte: still in cache, and few calls.
+            # In slices of a few megabytes: still in cache, and few calls.
             if whole > cur.checked and (
                 end == cur.total or (whole - cur.checked) * itemsize >= FINITE_CHECK_BYTES
             ):

@@ -508,6 +508,32 @@ def test_step_values_checked_without_grpc(mask_value: int, label_value: int, nee
         check_step_values(limits, mask, labels)
 
 
+@pytest.mark.parametrize(("kept_column", "refused"), [(0, True), (1, False)])
+def test_step_without_a_token_to_predict_is_refused(kept_column: int, refused: bool) -> None:
+    """The loss shifts labels by one: a batch whose only non-ignored labels sit in
+    the first column predicts nothing and is refused; one in the second is fine."""
+    from fedsllm.errors import WireError
+    from main_server.service import check_step_values
+
+    limits = StepLimits(
+        hidden_size=D,
+        vocab_size=259,
+        max_seq_len=T,
+        max_batch=8,
+        wire_dtype="float32",
+        num_clients=1,
+        max_tensor_bytes=2**20,
+    )
+    mask = torch.ones(B, T, dtype=torch.int64)
+    labels = torch.full((B, T), -100, dtype=torch.int64)
+    labels[:, kept_column] = 7
+    if not refused:
+        check_step_values(limits, mask, labels)
+        return
+    with pytest.raises(WireError, match="no token to predict"):
+        check_step_values(limits, mask, labels)
+
+
 @pytest.mark.parametrize("downlink_bps", [0.0, 1e9])
 def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> None:
     """Unpaced (0 bit/s), the result rides in the gradient's first message (wire
