@@ -28,6 +28,10 @@ main server replies when the downlink is not paced).
     (gradient chunks), step by step. Goal: project / raw <= 1.2.
     --compare-fold also times the project with the reply's result as a
     message of its own before the gradient's chunks (the paced layout).
+    Below the table, each variant's CPU time per step in the client's
+    process and the server's (every thread, gRPC's included): on a host with
+    few cores the wall time follows it, so the "extra" column is what the
+    framework costs over the transport.
 (c) the codec alone (frame -> StepParts -> bytes -> parts -> assembler ->
     tensor), no gRPC.
 
@@ -47,6 +51,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
@@ -273,18 +278,59 @@ class RawEcho:
 # ---------------------------------------------------------------- measurements
 
 
-def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each function, repetitions interleaved."""
+def _server_cpu_s(pid: int | None) -> float:
+    """CPU seconds the server process has used, every thread (ns resolution,
+    from /proc/PID/task/*/schedstat); 0.0 for a server in this process."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended since the listing
+    return total / 1e9
+
+
+SERVER_PID: int | None = None
+"""The child server's pid (None: in process), for the CPU columns."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One function's figures over the interleaved repetitions."""
+
+    wall_s: float
+    """Median wall time of a repetition."""
+    client_cpu_s: float
+    """Mean CPU time of a repetition in this process (all its threads; with
+    --in-process, the server's too)."""
+    server_cpu_s: float
+    """Mean CPU time of a repetition in the server's process (0 in process)."""
+
+
+def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, Timing]:
+    """Each function's figures, repetitions interleaved (a load spike on a
+    shared host hits every function alike). The CPU readings are taken
+    outside the timed interval."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu = {name: [0.0, 0.0] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            c0, s0 = time.process_time(), _server_cpu_s(SERVER_PID)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            cpu[name][0] += time.process_time() - c0
+            cpu[name][1] += _server_cpu_s(SERVER_PID) - s0
+    return {
+        name: Timing(statistics.median(ts), cpu[name][0] / reps, cpu[name][1] / reps)
+        for name, ts in times.items()
+    }
 
 
 def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> tuple[float, float]:
@@ -307,14 +353,14 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> t
         )
         raw.close()
     session.close()
-    return num_bytes / med["project"] / 1e6, num_bytes / med["raw"] / 1e6
+    return num_bytes / med["project"].wall_s / 1e6, num_bytes / med["raw"].wall_s / 1e6
 
 
 def bench_echo(
     address: str, chunk_bytes: int, reps: int, compare_fold: bool = False
-) -> dict[str, float]:
-    """Median seconds of one echo step: project without and with validation, raw
-    (and, with compare_fold, the project with the downlink's result unfolded)."""
+) -> dict[str, Timing]:
+    """One echo step's figures: project without and with validation, raw (and,
+    with compare_fold, the project with the downlink's result unfolded)."""
     acts = torch.randn(*ECHO_SHAPE)
     b, t = ECHO_SHAPE[:2]
     mask = torch.ones(b, t, dtype=torch.int64)
@@ -409,18 +455,40 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
     )
     print("| chunk | project ms | validated ms | raw echo ms | ratio | validated ratio |")
     print("|---|---|---|---|---|---|")
+    cpu_rows = []
     for chunk in (DEFAULT_CHUNK, 2**20):
         med = bench_echo(address, chunk, reps_echo, compare_fold)
+        raw = med["raw"].wall_s
         if "other_fold" in med:
+            other = med["other_fold"].wall_s
             print(
                 f"   (downlink result {'unfolded' if FOLD_DOWNLINK else 'folded'}: "
-                f"{med['other_fold'] * 1e3:.2f} ms, ratio "
-                f"{med['other_fold'] / med['raw']:.2f})"
+                f"{other * 1e3:.2f} ms, ratio {other / raw:.2f})"
             )
+        project, validated = med["project"].wall_s, med["validated"].wall_s
         print(
-            f"| {chunk // 1024} KiB | {med['project'] * 1e3:.2f} | "
-            f"{med['validated'] * 1e3:.2f} | {med['raw'] * 1e3:.2f} | "
-            f"{med['project'] / med['raw']:.2f} | {med['validated'] / med['raw']:.2f} |"
+            f"| {chunk // 1024} KiB | {project * 1e3:.2f} | {validated * 1e3:.2f} | "
+            f"{raw * 1e3:.2f} | {project / raw:.2f} | {validated / raw:.2f} |"
+        )
+        cpu_rows.append((chunk, med))
+    # Where the wall time goes: on a host with few cores the processes' CPU
+    # time, gRPC's threads included, bounds a step's wall time.
+    print(
+        "\n    CPU per echo step, ms (mean; client process + server process, every "
+        "thread; the extra over raw is the framework's)"
+    )
+    print("| chunk | project | validated | raw | project extra | validated extra |")
+    print("|---|---|---|---|---|---|")
+    for chunk, med in cpu_rows:
+        total = {k: (t.client_cpu_s + t.server_cpu_s) * 1e3 for k, t in med.items()}
+        parts = {
+            k: f"{total[k]:.2f} ({t.client_cpu_s * 1e3:.2f} + {t.server_cpu_s * 1e3:.2f})"
+            for k, t in med.items()
+        }
+        print(
+            f"| {chunk // 1024} KiB | {parts['project']} | {parts['validated']} | "
+            f"{parts['raw']} | {total['project'] - total['raw']:+.2f} | "
+            f"{total['validated'] - total['raw']:+.2f} |"
         )
 
 
@@ -486,6 +554,8 @@ def main() -> int:
             text=True,
         )
         port = int(child.stdout.readline())  # type: ignore[union-attr]
+        global SERVER_PID
+        SERVER_PID = child.pid
     address = f"127.0.0.1:{port}"
     try:
         rpc.wait_healthy(address, 10)

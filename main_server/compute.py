@@ -95,9 +95,10 @@ class StepJob:
     """Train: the step within its round. With `client_id` and `digest` it keys
     the job, which the trainer then applies at most once (admit_step); None:
     not keyed, applied on every submit (direct callers, tests)."""
-    digest: str = ""
-    """A hash of the step's tensors (main_server.service.step_digest): a re-send
-    carries the very same bytes, a new step under an old key does not."""
+    digest: str | Future[str] = ""
+    """A hash of the step's tensors (main_server.service.step_digest), or its
+    future while a thread computes it: a re-send carries the very same bytes,
+    a new step under an old key does not. Read through digest_value."""
     enqueued_s: float = field(default_factory=time.perf_counter)
     future: Future[ServerStepResult] = field(default_factory=Future)
 
@@ -109,7 +110,7 @@ class AppliedStep:
 
     round: int
     step: int
-    digest: str
+    digest: str | Future[str]
     result: ServerStepResult
 
     @property
@@ -133,6 +134,12 @@ class StaleStepError(StateError):
         )
 
 
+def digest_value(digest: str | Future[str]) -> str:
+    """A step digest, waiting for it if it is still being computed (a
+    millisecond or two after the step was queued)."""
+    return digest if isinstance(digest, str) else digest.result()
+
+
 def admit_step(last: AppliedStep | None, job: StepJob) -> bool:
     """True: compute and apply the keyed `job`; False: it re-sends `last`, whose
     result answers it. Raises StaleStepError for anything else.
@@ -147,7 +154,7 @@ def admit_step(last: AppliedStep | None, job: StepJob) -> bool:
     if last is None or job.step is None:
         return True
     key = (job.round, job.step)
-    if key == last.key and job.digest == last.digest:
+    if key == last.key and digest_value(job.digest) == digest_value(last.digest):
         return False
     if key > last.key:
         return True
@@ -507,7 +514,7 @@ def _applied_to_doc(applied: AppliedStep) -> dict[str, Any]:
     return {
         "round": applied.round,
         "step": applied.step,
-        "digest": applied.digest,
+        "digest": digest_value(applied.digest),
         "loss": r.loss,
         "num_tokens": r.num_tokens,
         "compute_s": r.compute_s,

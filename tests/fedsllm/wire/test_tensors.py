@@ -521,3 +521,60 @@ def test_decoder_reads_headers_too_long_to_cache() -> None:
         name="n" * 5000, dtype="uint8", shape=(3,), total_bytes=3, offset=1, data=b"\x07\x08"
     )
     assert decode_train_request(encode_train_request(chunk)) == chunk
+
+
+# ---------------------------------------------------------------- numpy fast path
+
+
+@pytest.mark.parametrize("name", ["float32", "float16", "int64", "int32", "bool", "uint8"])
+def test_numpy_fast_path_frames_match_the_torch_path(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual tensor takes one torch call (numpy()); its frame is the one the
+    general path makes (dtype, shape, the same bytes), and decoding it without
+    a copy views the buffer, writable, through either path."""
+    from fedsllm.wire import tensors
+
+    x = _sample(DTYPES[name], (2, 3, 4))
+    fast = tensors._frame_via_numpy("t", x, None)
+    assert fast is not None
+    with monkeypatch.context() as m:
+        m.setattr(tensors, "_frame_via_numpy", lambda *_: None)
+        general = tensor_to_frame("t", x)
+        m.setattr(tensors, "_NUMPY_DTYPES", {})
+        buf = bytearray(general.data)
+        via_torch = frame_to_tensor(
+            TensorFrame(name="t", dtype=name, shape=general.shape, data=memoryview(buf)),
+            copy=False,
+        )
+    assert (fast.dtype, fast.shape, bytes(fast.data)) == (
+        general.dtype,
+        general.shape,
+        bytes(general.data),
+    )
+    buf = bytearray(fast.data)
+    view = frame_to_tensor(
+        TensorFrame(name="t", dtype=fast.dtype, shape=fast.shape, data=memoryview(buf)), copy=False
+    )
+    assert torch.equal(view, x) and torch.equal(via_torch, x)
+    size = DTYPE_ITEMSIZE[name]
+    view.view(-1)[0] = view.view(-1)[1]
+    assert bytes(buf[:size]) == bytes(buf[size : 2 * size])
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(2, 3, requires_grad=True),
+        torch.randn(3, 2).t(),
+        torch.tensor(1.5),
+        torch.randn(2, 3).to(torch.bfloat16),
+    ],
+    ids=["requires_grad", "non_contiguous", "zero_dim", "bfloat16"],
+)
+def test_numpy_fast_path_leaves_the_rest_to_the_general_path(tensor: torch.Tensor) -> None:
+    from fedsllm.wire import tensors
+
+    assert tensors._frame_via_numpy("t", tensor, None) is None
+    frame = tensor_to_frame("t", tensor)
+    assert torch.equal(frame_to_tensor(frame), tensor.detach())
