@@ -76,6 +76,7 @@ from fedsllm.wire.train import (
     step_upload_requests,
     train_call,
 )
+from main_server.service import StepLimits, check_step_values
 
 FLOATS = frozenset({"float32", "bfloat16", "float16"})
 INTS = frozenset({"int64"})
@@ -101,21 +102,17 @@ def _specs(validate: bool) -> list[TensorSpec]:
     ]
 
 
-def _check_values(mask: torch.Tensor, labels: torch.Tensor) -> None:
-    """The main server's value checks (main_server.service.check_step_values)."""
-    from main_server.service import StepLimits, check_step_values
-
-    batch, seq = mask.shape
-    limits = StepLimits(
-        hidden_size=0,
-        vocab_size=VOCAB,
-        max_seq_len=seq,
-        max_batch=batch,
-        wire_dtype="float32",
-        num_clients=1,
-        max_tensor_bytes=2**30,
-    )
-    check_step_values(limits, mask, labels)
+ECHO_LIMITS = StepLimits(
+    hidden_size=ECHO_SHAPE[2],
+    vocab_size=VOCAB,
+    max_seq_len=ECHO_SHAPE[1],
+    max_batch=ECHO_SHAPE[0],
+    wire_dtype="float32",
+    num_clients=1,
+    max_tensor_bytes=2**30,
+)
+"""What the validated echo's server checks values against, built once as the
+main server builds its limits."""
 
 
 class BenchServer(main_server_pb2_grpc.MainServerServicer):
@@ -140,7 +137,9 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
                     continue
                 acts = item.tensor("activations")
                 if validate:
-                    _check_values(item.tensor("attention_mask"), item.tensor("labels"))
+                    check_step_values(
+                        ECHO_LIMITS, item.tensor("attention_mask"), item.tensor("labels")
+                    )
                 names = ("activations_grad",) if item.header.mode == "train" else ()
                 result = StepResultInfo(
                     round=0,

@@ -345,12 +345,13 @@ class RetryPolicy:
     """How one process retries its calls on UNAVAILABLE: capped exponential
     backoff with jitter (fedsllm.wire.retry.backoff_delays) seeded by `seed`
     (a client's id, so clients spread their reconnects after a server
-    restart), bounded by `budget_s` per outage. `on_retry(call, wait_s)` hears
+    restart; None: a fresh seed), bounded by `budget_s` per outage (None: no
+    bound). call_with_retry builds its waits here too, so both agree. `on_retry(call, wait_s)` hears
     every retry before its wait (the client's trace); `sleep` is the wait
     (an Event's wait, to be interruptible; a list's append, in tests)."""
 
-    seed: int = 0
-    budget_s: float = RECONNECT_BUDGET_S
+    seed: int | None = 0
+    budget_s: float | None = RECONNECT_BUDGET_S
     base_s: float = RECONNECT_BASE_S
     cap_s: float = RECONNECT_CAP_S
     jitter: float = RECONNECT_JITTER
@@ -385,7 +386,7 @@ class RetryPolicy:
         reconnects and re-sends): `wait(err)` once per failure."""
         return RetryWaits(
             name,
-            backoff_delays(self.base_s, self.cap_s, self.jitter, self.seed),
+            backoff_delays(self.base_s, max(self.cap_s, self.base_s), self.jitter, self.seed),
             budget_s=self.budget_s,
             sleep=self.sleep,
             clock=self.clock,
@@ -464,14 +465,16 @@ def call_with_retry(
     """
     if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    waits = RetryWaits(
-        name,
-        backoff_delays(base_delay_s, max(max_delay_s, base_delay_s), jitter, seed),
+    waits = RetryPolicy(
+        seed=seed,
         budget_s=budget_s,
+        base_s=base_delay_s,
+        cap_s=max_delay_s,
+        jitter=jitter,
         sleep=sleep,
         clock=clock,
         on_retry=on_retry,
-    )
+    ).waits(name)
     tries = 0
     while True:
         try:

@@ -131,12 +131,6 @@ def _torch_dtype(name: str) -> torch.dtype:
     return _torch_dtypes()[name]
 
 
-@functools.cache
-def _wire_names() -> dict[torch.dtype, str]:
-    """torch dtype -> wire name."""
-    return {v: k for k, v in _torch_dtypes().items()}
-
-
 def _check_allowed(field: str, name: str) -> str:
     """`name` if it is a wire dtype, else WireError naming `field`."""
     if name not in DTYPE_ITEMSIZE:
@@ -186,32 +180,19 @@ def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = No
         return frame
     import torch
 
-    # Each torch call is cheap, but a step makes dozens and they run cold (the
-    # model ran in between): only the ones that change something are made.
-    t = tensor.detach() if tensor.requires_grad else tensor
+    t = tensor.detach()
     if wire_dtype is not None:
-        want = _torch_dtype(_check_allowed(f"{name}.dtype", wire_dtype))
-        if t.dtype != want:
-            t = t.to(dtype=want)
-    dtype = _wire_names().get(t.dtype) or _check_allowed(
-        f"{name}.dtype", str(t.dtype).removeprefix("torch.")
-    )
-    shape = tuple(t.shape)
-    if 0 in shape:
-        raise WireError(f"{name}.shape", f"empty tensor {shape} cannot be sent")
-    if not t.is_cpu:
-        t = t.cpu()
-    if not t.is_contiguous():
-        t = t.contiguous()
-    if not shape:
-        t = t.reshape(1)
-    # A contiguous tensor viewed as bytes (the last dimension grows by the
-    # itemsize); numpy's buffer is C-contiguous, so the cast flattens it.
-    raw = t.view(torch.uint8) if t.dtype != torch.uint8 else t
+        t = t.to(dtype=_torch_dtype(_check_allowed(f"{name}.dtype", wire_dtype)))
+    dtype = _check_allowed(f"{name}.dtype", str(t.dtype).removeprefix("torch."))
+    if t.numel() == 0:
+        raise WireError(f"{name}.shape", f"empty tensor {tuple(t.shape)} cannot be sent")
+    t = t.to(device="cpu").contiguous()
+    flat = t.reshape(-1)
+    raw = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
     data: Buffer = memoryview(raw.numpy()).cast("B")
     if sys.byteorder == "big" and DTYPE_ITEMSIZE[dtype] > 1:  # pragma: no cover - x86/arm are LE
         data = _byteswap(data, DTYPE_ITEMSIZE[dtype])
-    return TensorFrame(name=name, dtype=dtype, shape=shape, data=data)
+    return TensorFrame(name=name, dtype=dtype, shape=tuple(int(s) for s in t.shape), data=data)
 
 
 _NO_SIZE_LIMIT = WireLimits(max_tensor_bytes=sys.maxsize)
@@ -231,22 +212,17 @@ def frame_to_tensor(
 
     _validate_header(frame.name, frame.dtype, frame.shape, frame.num_bytes, _NO_SIZE_LIMIT)
     data = frame.data
+    readonly = memoryview(data).readonly
     np_dtype = _NUMPY_DTYPES.get(frame.dtype)
-    if (
-        not copy
-        and np_dtype is not None
-        and _LITTLE_ENDIAN
-        and type(data) is memoryview
-        and not data.readonly
-    ):
+    if not copy and not readonly and np_dtype is not None and _LITTLE_ENDIAN:
         # One torch call (from_numpy) instead of frombuffer and a reshape.
         t = torch.from_numpy(np.frombuffer(data, dtype=np_dtype).reshape(frame.shape))
         return t if dtype is None or dtype == t.dtype else t.to(dtype)
     if sys.byteorder == "big" and DTYPE_ITEMSIZE[frame.dtype] > 1:  # pragma: no cover
         data = bytearray(_byteswap(data, DTYPE_ITEMSIZE[frame.dtype]))
-    elif copy or (data.readonly if type(data) is memoryview else memoryview(data).readonly):
+    elif copy or readonly:
         data = bytearray(data)
-    t = torch.frombuffer(data, dtype=_torch_dtype(frame.dtype)).view(frame.shape)
+    t = torch.frombuffer(data, dtype=_torch_dtype(frame.dtype)).reshape(frame.shape)
     if dtype is not None and dtype != t.dtype:
         t = t.to(dtype)
     return t
@@ -521,12 +497,7 @@ class ChunkAssembler:
             if whole > cur.checked and (
                 end == cur.total or (whole - cur.checked) * itemsize >= FINITE_CHECK_BYTES
             ):
-                part = (
-                    cur.elements
-                    if cur.checked == 0 and end == cur.total
-                    else cur.elements[cur.checked : whole]
-                )
-                cur.all_finite = _all_finite(part)
+                cur.all_finite = _all_finite(cur.elements[cur.checked : whole])
                 cur.checked = whole
         if end < cur.total:
             return None

@@ -606,13 +606,13 @@ def test_train_step_hashed_beside_the_worker_not_before_it(monkeypatch) -> None:
 
     threads: list[str] = []
     digests: list[str] = []
+    step_digest = service_module.step_digest
 
     def recording_digest(upload) -> str:
         threads.append(threading.current_thread().name)
-        digests.append(service_module.step_digest.__wrapped__(upload))
+        digests.append(step_digest(upload))
         return digests[-1]
 
-    recording_digest.__wrapped__ = service_module.step_digest  # type: ignore[attr-defined]
     monkeypatch.setattr(service_module, "step_digest", recording_digest)
     scenario = load_scenario(
         overrides=["model.pretrain_steps=0", "data.seq_len=16", "clients.num_clients=1"]
