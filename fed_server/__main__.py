@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "fed_server")
+    from fedsllm.roles import install_stop_signals
+
+    # First: a SIGTERM while the servers start (the launcher stopping a run
+    # early) is a clean stop once they are up, not the default death.
+    install_stop_signals()
     from fed_server.rounds import RoundState, fed_server_store
     from fed_server.service import FedServerService
     from fedsllm.bootstrap import SettingError, parse_bind, parse_dir, parse_file, resolve

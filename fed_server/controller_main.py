@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.cli import configure_logging
 
     configure_logging(args.log_level, "controller")
+    from fedsllm.roles import install_stop_signals
+
+    # First: a SIGTERM while the servers start (the launcher stopping a run
+    # early) is a clean stop once they are up, not the default death.
+    install_stop_signals()
     from fed_server.controller import Controller
     from fed_server.controller_service import serve_controller
     from fedsllm.errors import AllocationError, ConfigError

@@ -104,3 +104,22 @@ def test_sigterm_releases_a_waiting_pull_and_the_server_exits(tmp_path) -> None:
         if proc.poll() is None:
             proc.kill()  # by its own pid: only a failed test gets here
             proc.wait()
+
+
+def test_sigterm_while_the_servers_start_is_a_clean_stop(tmp_path) -> None:
+    """A SIGTERM before the fed server is serving (the launcher stopping a run
+    early) sets the stop: the server comes up, stops at once and exits 0. The
+    handlers used to be installed only once it served, so such a signal killed
+    it by default (exit -15), and a pull woken in that window could see its
+    socket close instead of "fed server stopping"."""
+    proc, lines = _start(tmp_path)
+    seen: list[str] = []
+    try:
+        _wait_for(lines, r"channels: plain gRPC", seen)  # logged before any server starts
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=HANG_GUARD_S) == 0, "".join(seen[-40:])
+        _wait_for(lines, r"fed_server INFO fed_server: stopped", seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # by its own pid: only a failed test gets here
+            proc.wait()
