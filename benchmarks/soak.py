@@ -114,21 +114,19 @@ def _events(out: Path, name: str) -> list[dict]:
 def measure(out: Path, fig: RunFigures) -> None:
     """Fill `fig` from the run directory: summary, audit, client events."""
     from fedsllm.state import open_store
-    from fedsllm.state.audit import audit_store
+    from fedsllm.state.audit import audit_run_dir
 
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     faults = summary.get("faults", [])
     fig.restarts = len(summary.get("restarts", []))
-    if not (out / "state").is_dir():
-        fig.problems.append("no fed server store")
+    run_audit = audit_run_dir(out)
+    audit = run_audit.result
+    if audit is None:
+        fig.problems.append(run_audit.line())
         return
-    store = open_store("fed_server", out / "state")
-    records = store.round_records()
+    records = open_store("fed_server", out / "state").round_records()
     fig.rounds = len(records)
-    produced_path = out / "adapters" / "client_global.safetensors"
-    produced = produced_path.read_bytes() if produced_path.exists() else None
-    audit = audit_store(store, produced=produced)
     fig.accepted = sum(len(r["accepted"]) for r in records)
     fig.doubled = len(audit.doubled)
     recorded = {(a["client_id"], a["round"], a["attempt"]) for r in records for a in r["accepted"]}
@@ -234,18 +232,18 @@ def main(argv: list[str] | None = None) -> int:
             "accepted",
             "refused",
             "lost",
+            "doubled",
         )
     }
-    doubled = sum(f.doubled for f in figures)
     failed = sum(1 for f in figures if f.exit_code != 0)
     print(
         f"total: {len(figures)} runs ({failed} failed), {total['rounds']} rounds completed, "
         f"{total['faults']} faults injected, {total['survived']} survived "
         f"({total['skipped']} skipped: target already down), "
         f"{total['restarts']} restarts; updates accepted {total['accepted']}, refused "
-        f"{total['refused']}, lost {total['lost']}, doubled {doubled}"
+        f"{total['refused']}, lost {total['lost']}, doubled {total['doubled']}"
     )
-    return 1 if total["lost"] or doubled or failed else 0
+    return 1 if total["lost"] or total["doubled"] or failed else 0
 
 
 if __name__ == "__main__":

@@ -353,16 +353,16 @@ class Controller:
                     extra={"reason": reason, "status": err.status, "message": str(err)},
                 )
             raise
+        self._check_open()
+        # Saved first: a store that cannot commit leaves the controller as it was.
+        self._persist(registered, channels, round_index, self._version + 1)
         with self._cond:
-            if self._closed:
-                raise StateError("controller is closed: the run has ended")
             self._registered = registered
             self._channels = channels
             self._round = round_index
             self._version += 1
             self._allocations = allocations
             self._cond.notify_all()
-        self._persist()
         self._record(allocations, reason)
         return allocations[0].version
 
@@ -431,9 +431,9 @@ class Controller:
                     self._round, registered, dict(self._channels), f"register client {k}"
                 )
             elif changed:
+                self._persist(registered, self._channels, self._round, self._version)
                 with self._cond:
                     self._registered = registered
-                self._persist()
             log.info(
                 "controller: client %d registered (%d samples, %.3g FLOP/s, %.1f dBm)%s",
                 k,
@@ -471,9 +471,9 @@ class Controller:
                 return self._resolve_and_publish(
                     self._round, dict(self._registered), channels, f"channel report of client {k}"
                 )
+            self._persist(self._registered, channels, self._round, self._version)
             with self._cond:
                 self._channels = channels
-            self._persist()
             return self._version
 
     def start_round(self, round_index: int) -> int:
@@ -504,21 +504,35 @@ class Controller:
     def state_dict(self) -> dict[str, Any]:
         """Plan, registrations, channel reports, round and version, as JSON values."""
         with self._cond:
-            return {
-                "plan": dataclasses.asdict(self.plan),
-                "registered": {
-                    str(k): dataclasses.asdict(v) for k, v in sorted(self._registered.items())
-                },
-                "channels": {
-                    str(k): dataclasses.asdict(v) for k, v in sorted(self._channels.items())
-                },
-                "round": self._round,
-                "version": self._version,
-            }
+            return self._state_of(self._registered, self._channels, self._round, self._version)
 
-    def _persist(self) -> None:
+    def _state_of(
+        self,
+        registered: dict[int, RegisterInfo],
+        channels: dict[int, ChannelReportInfo],
+        round_index: int,
+        version: int,
+    ) -> dict[str, Any]:
+        return {
+            "plan": dataclasses.asdict(self.plan),
+            "registered": {str(k): dataclasses.asdict(v) for k, v in sorted(registered.items())},
+            "channels": {str(k): dataclasses.asdict(v) for k, v in sorted(channels.items())},
+            "round": round_index,
+            "version": version,
+        }
+
+    def _persist(
+        self,
+        registered: dict[int, RegisterInfo],
+        channels: dict[int, ChannelReportInfo],
+        round_index: int,
+        version: int,
+    ) -> None:
+        """Save the state a change is about to make, before it is made (the
+        store raises StorageError when it cannot commit: then nothing changed,
+        and the caller's retry finds the change still to do)."""
         if self.on_change is not None:
-            self.on_change(self.state_dict())
+            self.on_change(self._state_of(registered, channels, round_index, version))
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back what `state_dict()` saved (a restarted fed server), before any round starts.

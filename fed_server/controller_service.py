@@ -15,10 +15,9 @@ from typing import Any, NoReturn
 import grpc
 
 from fed_server.controller import Controller
-from fedsllm.errors import AllocationError, ResourceLimitError, StateError, WireError
 from fedsllm.proto import controller_pb2 as pb
 from fedsllm.proto import controller_pb2_grpc as pb_grpc
-from fedsllm.security.identity import AuthenticationError, PermissionDeniedError, authorize
+from fedsllm.security.identity import authorize
 from fedsllm.security.limits import PeerLimits, peer_key
 from fedsllm.wire.messages import (
     ChannelReplyInfo,
@@ -28,21 +27,10 @@ from fedsllm.wire.messages import (
     register_from_proto,
     register_reply_to_proto,
 )
-from fedsllm.wire.status import abort_for
+from fedsllm.wire.status import REFUSED, abort_for
 
 log = logging.getLogger(__name__)
 
-REFUSED = (
-    WireError,
-    StateError,
-    AllocationError,
-    ResourceLimitError,
-    AuthenticationError,
-    PermissionDeniedError,
-)
-"""What a handler refuses, each mapped by fedsllm.wire.status (AllocationError:
-the request would leave the round unsolvable, so it was refused and the
-previous allocation stays in force); anything else is a bug (UNKNOWN)."""
 
 SUBSCRIBE_POLL_S = 0.5
 """How often an idle Subscribe stream checks that its client is still there."""

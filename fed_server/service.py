@@ -21,9 +21,8 @@ from fedsllm.bootstrap import read_server_adapter
 from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
-from fedsllm.security.identity import AuthenticationError, PermissionDeniedError, authorize
+from fedsllm.security.identity import authorize
 from fedsllm.security.limits import PeerLimits, peer_key
-from fedsllm.state.store import StorageError
 from fedsllm.wire.adapters import (
     AdapterAssembler,
     GlobalHeaderInfo,
@@ -31,20 +30,9 @@ from fedsllm.wire.adapters import (
     read_blob_chunks,
     read_push_header,
 )
-from fedsllm.wire.status import abort_for
+from fedsllm.wire.status import REFUSED, abort_for
 
 log = logging.getLogger(__name__)
-
-REFUSED = (
-    WireError,
-    StateError,
-    ResourceLimitError,
-    AuthenticationError,
-    PermissionDeniedError,
-    StorageError,
-)
-"""What a handler refuses (fedsllm.wire.status maps each; StorageError, the
-store's full disk: UNAVAILABLE, retry later); anything else is a bug."""
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> NoReturn:
@@ -207,7 +195,7 @@ class FedServerService(pb_grpc.FedServerServicer):
             return
         except ServerStoppingError:
             _abort_stopping(context)
-        except (*REFUSED, TimeoutError) as err:
+        except REFUSED as err:
             _abort(context, err)
         header = GlobalHeaderInfo(
             round=max(done, 0),

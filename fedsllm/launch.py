@@ -738,7 +738,7 @@ class Supervisor:
     The watch loop calls `tick()` every tick: a client that exited 0 is done; any
     other death (a client's non-zero exit or signal, a server's exit of any kind
     while clients run) either waits for the restart a fault has scheduled
-    (`fault_restart_pending`), or is started again after a backoff under
+    (`FaultExecutor.restart_pending`), or is started again after a backoff under
     run.restart = on-failure (at most `max_restarts` times per role), or stops the
     run (RoleFailed), as before. `start(name)` starts role `name` again with the
     arguments it had; it is the launcher's (a ProcessSet start, so the new child is
@@ -918,21 +918,6 @@ def outage_cmds(topology: Any, name: str, down: bool) -> list[list[str]]:
     port = f"p-{role}"
     state = "down" if down else "up"
     return [["ip", "-n", topology.netns(BRIDGE_ROLE), "link", "set", port, state]]
-
-
-def fault_restart_pending(executor: Any, name: str) -> bool:
-    """Whether a fault that has fired will still restart `name` (its restart action
-    not performed yet): the death it caused is then expected, not a failure."""
-    for i, fault in enumerate(executor.faults):
-        if executor.fired_at[i] is None:
-            continue
-        restarts = [
-            a.text() for a in fault.actions() if a.op == "restart" and a.target.name == name
-        ]
-        done = [e.action for e in executor.events if e.fault_index == i]
-        if any(text not in done for text in restarts):
-            return True
-    return False
 
 
 @dataclass
@@ -1244,7 +1229,7 @@ def _run_processes(
             supervisor.round_of = tracker.current
         if faults:
             executor = _fault_executor(faults, supervisor, topology)
-            supervisor.fault_restart_pending = lambda name: fault_restart_pending(executor, name)
+            supervisor.fault_restart_pending = executor.restart_pending
         while supervisor.clients_running:
             stop.check()
             if executor is not None and not executor.done:

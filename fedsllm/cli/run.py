@@ -330,8 +330,11 @@ def print_summary(console: Any, summary: Any) -> None:
 
 
 def print_resilience(console: Any, run_dir: Path) -> None:
-    """Faults, restarts, resumes and the audit, as fedsllm.summary words them."""
+    """Faults, restarts, resumes and the audit, as fedsllm.summary words them,
+    from the summary just written (the audit reads every update of every
+    round: once per run is enough)."""
     from fedsllm.summary import resilience_lines
 
-    for line in resilience_lines(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for line in resilience_lines(run_dir, summary.get("resilience")):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

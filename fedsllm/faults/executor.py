@@ -105,6 +105,17 @@ class FaultExecutor:
     def done(self) -> bool:
         return all(t is not None for t in self.fired_at) and not self._queue
 
+    def restart_pending(self, name: str) -> bool:
+        """Whether a fault that has fired will still restart `name` (its restart
+        action queued, not performed yet): the death it caused is then
+        expected, not a failure. Asked from the supervisor's thread: it reads a
+        copy of the queue (one atomic list copy), and poll takes an action off
+        the queue only once it is performed, so there is no moment when the
+        restart is neither queued nor done."""
+        return any(
+            d.action.op == "restart" and d.action.target.name == name for d in list(self._queue)
+        )
+
     def next_due_s(self) -> float | None:
         """The earliest time-triggered fault or pending action (None: only rounds left)."""
         times = [d.due_s for d in self._queue[:1]]
@@ -140,13 +151,14 @@ class FaultExecutor:
                 heapq.heappush(self._queue, _Due(base + action.offset_s, i, order, action))
         new: list[FaultEvent] = []
         while self._queue and self._queue[0].due_s <= now_s:
-            item = heapq.heappop(self._queue)
+            item = self._queue[0]
             error = None
             try:
                 self._perform[item.action.op](item.action)
             except Exception as err:  # a harness failure is recorded, never fatal
                 error = f"{type(err).__name__}: {err}"
                 log.warning("fault %d: %s failed: %s", item.fault_index, item.action.text(), error)
+            heapq.heappop(self._queue)  # only now: restart_pending saw it until it was done
             event = FaultEvent(
                 fault_index=item.fault_index,
                 fault=self.faults[item.fault_index].text(),

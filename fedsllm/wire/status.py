@@ -78,8 +78,13 @@ STATUS_OF: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
         StorageError: grpc.StatusCode.UNAVAILABLE,
     }
 )
-"""Domain error -> status code; a superset of the tables fed_server/service.py,
-fed_server/controller_service.py and main_server/service.py kept."""
+"""Domain error -> status code, for every server of the project."""
+
+REFUSED: tuple[type[BaseException], ...] = tuple(STATUS_OF)
+"""What a handler refuses (`except REFUSED as err: abort_for(context, err)`):
+every type STATUS_OF maps; anything else is a bug (UNKNOWN). One tuple, so
+a newly mapped error (StorageError) reaches every service's callers with its
+status."""
 
 
 REFUSAL_KEY = "fedsllm-refusal"

@@ -68,18 +68,25 @@ def _assert_nothing_left(tmp_path: Path) -> None:
     assert _our_pids(tmp_path) == []
 
 
+def _audit(out: Path):
+    """The run's audit (fedsllm.state.audit.audit_run_dir), which must have compared
+    the produced adapter with the recomputed rounds and found them equal."""
+    from fedsllm.state.audit import audit_run_dir
+
+    audit = audit_run_dir(out)
+    result = audit.result
+    assert result is not None and result.ok and result.compared, audit.line()
+    return result
+
+
 def _assert_nothing_lost(out: Path) -> list[dict]:
     """The audit of the fed server's store against the adapter the run wrote;
     returns the round records."""
     from fedsllm.state import open_store
-    from fedsllm.state.audit import audit_store
 
-    store = open_store("fed_server", out / "state")
-    produced = (out / "adapters" / "client_global.safetensors").read_bytes()
-    result = audit_store(store, produced=produced)
-    assert result.ok and result.compared, "\n".join(result.lines())
+    result = _audit(out)
     assert result.max_abs_diff == 0.0
-    records = store.round_records()
+    records = open_store("fed_server", out / "state").round_records()
     assert [r["round"] for r in records] == list(range(NUM_ROUNDS))
     for record in records:
         clients = [a["client_id"] for a in record["accepted"]]
@@ -221,14 +228,7 @@ def test_restart_on_failure_survives_kill_9_of_each_role_from_outside(tmp_path) 
     assert [r["role"] for r in restarts] == [role for role, _ in killed], restarts
     for role, pid in killed:
         assert pids[role] != pid, f"{role} was not started again"
-    from fedsllm.state import open_store
-    from fedsllm.state.audit import audit_store
-
-    store = open_store("fed_server", out / "state")
-    result = audit_store(
-        store, produced=(out / "adapters" / "client_global.safetensors").read_bytes()
-    )
-    assert result.ok and result.compared, "\n".join(result.lines())
+    _audit(out)
     _assert_nothing_left(tmp_path)
 
 

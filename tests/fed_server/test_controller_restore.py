@@ -99,3 +99,38 @@ def test_restore_after_a_round_started_is_refused(counts) -> None:
     ctrl.start_round(0)
     with pytest.raises(StateError, match="after a round started"):
         ctrl.restore(ctrl.state_dict())
+
+
+@pytest.mark.parametrize("change", ["register", "report_channel", "start_round"])
+def test_a_change_the_store_cannot_save_is_not_made(counts, tmp_path, change: str) -> None:
+    """The state is saved before it is taken: on a full disk the call fails with
+    StorageError (UNAVAILABLE to the peer), the controller is as before, and the
+    same call again, once the disk has room, makes the change and saves it
+    (before, the change stayed in memory, and a retried Register found nothing
+    changed and never saved it)."""
+    from fedsllm.state import open_backend
+    from fedsllm.state.store import StorageError
+    from tests.fed_server._stores import FullDisk
+
+    disk = FullDisk(tmp_path / "state")
+    store = FedServerStore(disk)
+    ctrl = _controller(counts, store)
+    _register(ctrl, 0, 1.0)
+    ctrl.start_round(0)
+    calls = {
+        "register": lambda: _register(ctrl, 1, 2.0),
+        "report_channel": lambda: ctrl.report_channel(
+            ChannelReportInfo(client_id=0, gain_db=-70.0, distance_m=0.0)
+        ),
+        "start_round": lambda: ctrl.start_round(1),
+    }
+    before = ctrl.state_dict()
+    disk.full = True
+    with pytest.raises(StorageError):
+        calls[change]()
+    assert ctrl.state_dict() == before
+    assert store.load().controller == before
+    disk.full = False
+    calls[change]()
+    assert ctrl.state_dict() != before
+    assert FedServerStore(open_backend(tmp_path / "state")).load().controller == ctrl.state_dict()

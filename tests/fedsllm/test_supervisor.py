@@ -17,7 +17,6 @@ from fedsllm.launch import (
     RestartPolicy,
     RoleFailed,
     Supervisor,
-    fault_restart_pending,
     role_env,
 )
 
@@ -226,22 +225,30 @@ def test_signals_reach_only_a_running_process_of_the_run() -> None:
 
 
 def test_fault_restart_pending_follows_the_executors_fired_faults() -> None:
-    """A fired kill with restart=D expects the death until its restart is performed."""
+    """A fired kill with restart=D expects the death until its restart is performed,
+    the moment of performing it included (the supervisor asks from its own thread)."""
     sup, _, _ = _supervisor(RestartPolicy("never"))
+    pending_while_restarting: list[bool] = []
+
+    def restart(name: str) -> None:
+        pending_while_restarting.append(executor.restart_pending(name))
+        sup.restart(name)
+
     ops = FaultOps(
         pid_of=sup.pid_of,
-        restart=sup.restart,
+        restart=restart,
         set_outage=lambda name, down: None,
         send_signal=sup.send_signal,
     )
     executor = FaultExecutor(parse_faults("kill:client_1@t=1s;restart=2s", 2), ops)
-    assert not fault_restart_pending(executor, "client_1")
+    assert not executor.restart_pending("client_1")
     executor.poll(1.0)
     assert sup.current["client_1"].signals == [signal.SIGKILL]
-    assert fault_restart_pending(executor, "client_1")
-    assert not fault_restart_pending(executor, "client_0")
+    assert executor.restart_pending("client_1")
+    assert not executor.restart_pending("client_0")
     executor.poll(3.0)
-    assert not fault_restart_pending(executor, "client_1")
+    assert pending_while_restarting == [True]
+    assert not executor.restart_pending("client_1")
     assert [e.label for e in executor.events] == ["signal SIGKILL", "restart"]
     assert sup.restarts[0].cause == "fault"
 
