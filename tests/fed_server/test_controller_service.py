@@ -208,6 +208,31 @@ def test_bad_requests_get_a_status_and_change_nothing(served, scenario, call, co
     assert controller.snapshot() == before
 
 
+def test_a_change_the_store_cannot_save_is_unavailable(served, scenario) -> None:
+    """A full disk under the controller's state (its store raises StorageError)
+    reaches the caller as UNAVAILABLE, to retry, and changes nothing; the same
+    Register once the disk has room is taken. The service used to list the
+    errors it refuses by hand, without StorageError: the caller got UNKNOWN."""
+    from fedsllm.state.store import StorageError
+
+    stub, controller = served
+    full = True
+
+    def save(_state: dict) -> None:
+        if full:
+            raise StorageError("controller.json: No space left on device")
+
+    controller.on_change = save
+    before = controller.snapshot()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Register(_register_request(scenario, 1), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert controller.snapshot() == before
+    full = False
+    reply = stub.Register(_register_request(scenario, 1), timeout=5)
+    assert reply.num_registered == 1
+
+
 @pytest.mark.slow
 def test_controller_main_serves_until_sigterm(tmp_path: Path, scenario) -> None:
     doc = {"scenario_hash": "h1", **scenario.to_dict()}
