@@ -25,10 +25,9 @@ import torch
 from client.remote import MainServerStream
 from fedsllm.config import load_scenario
 from fedsllm.errors import StateError
-from fedsllm.proto import main_server_pb2_grpc as pb_grpc
 from fedsllm.roles import build_part
 from fedsllm.state import open_store
-from fedsllm.wire.rpc import create_server, make_channel, stop_server
+from fedsllm.wire.rpc import make_channel
 from main_server.__main__ import LocalCheckpoints
 from main_server.compute import (
     AppliedStep,
@@ -40,7 +39,7 @@ from main_server.compute import (
     StepQueue,
     admit_step,
 )
-from tests.main_server.service_kit import main_service
+from tests.main_server.service_kit import serving as kit_serving
 
 HASH = "h"
 B, T, D = 2, 16, 64
@@ -104,30 +103,18 @@ class HoldFirstStep:
             self.release.wait(WAIT_S)
 
 
-@contextlib.contextmanager
-def serving(trainer: ServerTrainer, steps: StepQueue | None = None, **kw: Any) -> Iterator[str]:
-    steps = steps or StepQueue(LocalWorker(trainer))
-    service = main_service(
+def serving(trainer: ServerTrainer, steps: StepQueue | None = None, **kw: Any):
+    """This file's server: two clients, D-wide activations, T tokens."""
+    return kit_serving(
         trainer,
+        steps,
         hidden_size=D,
         vocab_size=259,
         max_seq_len=T,
         num_clients=2,
         scenario_hash=HASH,
-        steps=steps,
-        stop=threading.Event(),
         **kw,
     )
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_server(server, grace_s=0.5)
-        steps.close()
 
 
 def send(address: str, client: int, round_index: int, step: int, seed: int) -> tuple[Any, bytes]:

@@ -12,18 +12,16 @@ import pytest
 import torch
 
 from client.remote import MainServerStream
-from fedsllm.config import load_scenario
 from fedsllm.model.lora import adapter_to_bytes
 from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
-from fedsllm.roles import build_part
 from fedsllm.trace import Tracer
 from fedsllm.wire.messages import TRAIN_WIRE_VERSION, StepHeaderInfo, TrainHelloInfo
 from fedsllm.wire.tensors import Chunk, TensorFrame, frame_to_chunks, tensor_to_frame
 from fedsllm.wire.train import StepPart, step_upload_requests, train_call, train_request
 from main_server.compute import ServerTrainer
-from main_server.service import MainServerService, StepLimits
-from tests.main_server.service_kit import main_service
+from main_server.service import StepLimits
+from tests.main_server.service_kit import serving, tiny_server_part
 
 HASH = "h"
 B, T, D = 2, 16, 64
@@ -31,30 +29,12 @@ B, T, D = 2, 16, 64
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, ServerTrainer]]:
-    from fedsllm.wire.rpc import create_server, stop_server
-
-    scenario = load_scenario(
-        overrides=["model.pretrain_steps=0", "data.seq_len=16", "clients.num_clients=2"]
-    )
-    part, tokenizer, cfg = build_part(scenario, "server")
+    part, hidden, vocab = tiny_server_part()
     trainer = ServerTrainer(part, lr=1e-2)
-    service = main_service(
-        trainer,
-        hidden_size=cfg.hidden_size,
-        vocab_size=tokenizer.vocab_size,
-        max_seq_len=T,
-        num_clients=2,
-        scenario_hash=HASH,
-    )
-    srv, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        yield f"127.0.0.1:{port}", trainer
-    finally:
-        stop_server(srv, grace_s=0.5)
+    with serving(
+        trainer, hidden_size=hidden, vocab_size=vocab, max_seq_len=T, num_clients=2
+    ) as address:
+        yield address, trainer
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -428,20 +408,9 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
     import time
 
     from fedsllm.trace import read_records
-    from fedsllm.wire.rpc import create_server, make_channel, stop_server
+    from fedsllm.wire.rpc import make_channel
 
-    scenario = load_scenario(overrides=["model.pretrain_steps=0", "data.seq_len=16"])
-    part, tokenizer, cfg = build_part(scenario, "server")
-    trainer = ServerTrainer(part, lr=1e-2)
-    limits = StepLimits(
-        hidden_size=cfg.hidden_size,
-        vocab_size=tokenizer.vocab_size,
-        max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
-        num_clients=1,
-        max_tensor_bytes=2**20,
-    )
+    part, hidden, vocab = tiny_server_part()
 
     @contextlib.contextmanager
     def slow_device(_flops: float, _label: str):
@@ -449,27 +418,39 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
         time.sleep(1.0)  # the emulated server takes 1 s for this step
 
     tracer = Tracer(tmp_path / "trace" / "main_server.jsonl", "main_server")
-    service = MainServerService(
-        trainer, limits, HASH, tracer, chunk_bytes=4096, compute=slow_device
-    )
-    srv, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
+    served = serving(
+        ServerTrainer(part, lr=1e-2),
+        hidden_size=hidden,
+        vocab_size=vocab,
+        max_seq_len=T,
+        num_clients=1,
+        tracer=tracer,
+        compute=slow_device,
     )
     try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
+        with served as address, make_channel(address) as channel:
             stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096, now=tracer.now)
             t = _tensors()
             stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
             stream.receive_reply(0, 0)
             stream.close()
     finally:
-        stop_server(srv, grace_s=0.5)
         tracer.close()
     (step,) = [r for r in read_records(tmp_path / "trace") if r["name"] == "server_compute"]
     assert step["t1"] - step["t0"] >= 1.0
     assert 0 <= step["extra"]["receive_s"] < 0.5
+
+
+VALUE_LIMITS = StepLimits(
+    hidden_size=D,
+    vocab_size=259,
+    max_seq_len=T,
+    max_batch=8,
+    wire_dtype="float32",
+    num_clients=1,
+    max_tensor_bytes=2**20,
+)
+"""Limits of the value-check tests (no gRPC): a 259-token vocabulary."""
 
 
 @pytest.mark.parametrize(
@@ -488,24 +469,15 @@ def test_step_values_checked_without_grpc(mask_value: int, label_value: int, nee
     from fedsllm.errors import WireError
     from main_server.service import check_step_values
 
-    limits = StepLimits(
-        hidden_size=D,
-        vocab_size=259,
-        max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
-        num_clients=1,
-        max_tensor_bytes=2**20,
-    )
     mask = torch.ones(B, T, dtype=torch.int64)
     labels = torch.randint(3, 259, (B, T))
     mask[1, 3] = mask_value
     labels[1, 5] = label_value
     if needle is None:
-        check_step_values(limits, mask, labels)
+        check_step_values(VALUE_LIMITS, mask, labels)
         return
     with pytest.raises(WireError, match=re.escape(needle)):
-        check_step_values(limits, mask, labels)
+        check_step_values(VALUE_LIMITS, mask, labels)
 
 
 @pytest.mark.parametrize(("kept_column", "refused"), [(0, True), (1, False)])
@@ -515,23 +487,14 @@ def test_step_without_a_token_to_predict_is_refused(kept_column: int, refused: b
     from fedsllm.errors import WireError
     from main_server.service import check_step_values
 
-    limits = StepLimits(
-        hidden_size=D,
-        vocab_size=259,
-        max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
-        num_clients=1,
-        max_tensor_bytes=2**20,
-    )
     mask = torch.ones(B, T, dtype=torch.int64)
     labels = torch.full((B, T), -100, dtype=torch.int64)
     labels[:, kept_column] = 7
     if not refused:
-        check_step_values(limits, mask, labels)
+        check_step_values(VALUE_LIMITS, mask, labels)
         return
     with pytest.raises(WireError, match="no token to predict"):
-        check_step_values(limits, mask, labels)
+        check_step_values(VALUE_LIMITS, mask, labels)
 
 
 @pytest.mark.parametrize("downlink_bps", [0.0, 1e9])
@@ -540,34 +503,11 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
     version 2); on a paced downlink it goes first and alone, not charged, as
     version 1 paced. Either way pace() sees each gradient message's wire size
     before it is sent, the first flagged new."""
-    from fedsllm.wire.rpc import create_server, make_channel, stop_server
+    from fedsllm.wire.rpc import make_channel
     from fedsllm.wire.train import ReplyPart, encode_train_response
 
-    scenario = load_scenario(overrides=["model.pretrain_steps=0", "data.seq_len=16"])
-    part, tokenizer, cfg = build_part(scenario, "server")
-    limits = StepLimits(
-        hidden_size=cfg.hidden_size,
-        vocab_size=tokenizer.vocab_size,
-        max_seq_len=T,
-        max_batch=8,
-        wire_dtype="float32",
-        num_clients=1,
-        max_tensor_bytes=2**20,
-    )
+    part, hidden, vocab = tiny_server_part()
     charged: list[tuple[int, float, int, bool]] = []
-    service = MainServerService(
-        ServerTrainer(part, lr=1e-2),
-        limits,
-        HASH,
-        Tracer(None, "main_server"),
-        chunk_bytes=4096,
-        pace=lambda *args: charged.append(args),
-    )
-    srv, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
     header = StepHeaderInfo(
         round=0, step=0, mode="train", downlink_bps=downlink_bps, tensor_names=STEP_NAMES
     )
@@ -575,11 +515,16 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
         TrainHelloInfo(client_id=0, scenario_hash=HASH, wire_dtype="float32"),
         *step_upload_requests(header, _frames(_tensors()), 4096),
     ]
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            replies = list(train_call(channel)(iter(requests), timeout=30))[1:]
-    finally:
-        stop_server(srv, grace_s=0.5)
+    served = serving(
+        ServerTrainer(part, lr=1e-2),
+        hidden_size=hidden,
+        vocab_size=vocab,
+        max_seq_len=T,
+        num_clients=1,
+        pace=lambda *args: charged.append(args),
+    )
+    with served as address, make_channel(address) as channel:
+        replies = list(train_call(channel)(iter(requests), timeout=30))[1:]
     if downlink_bps == 0:
         assert [type(r) for r in replies] == [ReplyPart, ReplyPart]
         assert replies[0].result is not None and replies[1].result is None
@@ -600,7 +545,7 @@ def test_train_step_hashed_beside_the_worker_not_before_it(monkeypatch) -> None:
     applied step keeps the very digest step_digest gives."""
     import threading
 
-    from fedsllm.wire.rpc import create_server, make_channel, stop_server
+    from fedsllm.wire.rpc import make_channel
     from main_server import service as service_module
     from main_server.compute import digest_value
 
@@ -614,35 +559,27 @@ def test_train_step_hashed_beside_the_worker_not_before_it(monkeypatch) -> None:
         return digests[-1]
 
     monkeypatch.setattr(service_module, "step_digest", recording_digest)
-    scenario = load_scenario(
-        overrides=["model.pretrain_steps=0", "data.seq_len=16", "clients.num_clients=1"]
-    )
-    part, tokenizer, cfg = build_part(scenario, "server")
+    part, hidden, vocab = tiny_server_part()
     trainer = ServerTrainer(part, lr=1e-2)
-    service = main_service(
-        trainer,
-        hidden_size=cfg.hidden_size,
-        vocab_size=tokenizer.vocab_size,
-        max_seq_len=T,
-        num_clients=1,
-        scenario_hash=HASH,
-    )
-    srv, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_MainServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096)
-            t = _tensors(3)
-            stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
-            stream.receive_reply(0, 0)
-            stream.send_step(0, 0, False, t["activations"], t["attention_mask"], t["labels"])
-            stream.receive_reply(0, 0)
-            stream.close()
-    finally:
-        stop_server(srv, grace_s=0.5)
+    served = serving(trainer, hidden_size=hidden, vocab_size=vocab, max_seq_len=T, num_clients=1)
+    with served as address, make_channel(address) as channel:
+        stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096)
+        t = _tensors(3)
+        stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
+        stream.receive_reply(0, 0)
+        stream.send_step(0, 0, False, t["activations"], t["attention_mask"], t["labels"])
+        stream.receive_reply(0, 0)
+        stream.close()
     assert len(threads) == 1, "one train step hashed, the evaluation not"
     assert threads[0].startswith("step-digest")
-    assert digest_value(trainer.applied[0].digest) == digests[0]
+    # The digest of the tensors sent, built here from them: the thread hashed
+    # the step's own bytes (not a receive buffer the next step had reused).
+    from fedsllm.wire.train import StepUpload
+
+    frames = _frames(t)
+    header = StepHeaderInfo(
+        round=0, step=0, mode="train", downlink_bps=0.0, tensor_names=tuple(f.name for f in frames)
+    )
+    sent = StepUpload(header=header, frames={f.name: f for f in frames}, receive_s=0.0)
+    assert digests[0] == step_digest(sent)
+    assert digest_value(trainer.applied[0].digest) == step_digest(sent)
