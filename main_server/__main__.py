@@ -79,27 +79,31 @@ def join_main_server(
     from fedsllm.bootstrap import SettingError
     from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
     from fedsllm.roles import RoleStopping
-    from fedsllm.wire.retry import backoff_delays
+    from fedsllm.wire.rpc import RetryPolicy
 
     stub = fed_server_pb2_grpc.FedServerStub(channel)
     request = fed_server_pb2.MainServerJoinRequest(scenario_hash=scenario_hash, base_hash=base_hash)
-    delays = backoff_delays(RETRY_BASE_S, RETRY_CAP_S, seed=None)
     stop = threading.Event() if stop is None else stop
-    while True:
-        try:
-            return stub.JoinMainServer(request, timeout=30.0).num_rounds
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                field = "base_hash" if "base_hash" in (err.details() or "") else "scenario_hash"
-                raise SettingError(field, base_hash if field == "base_hash" else scenario_hash,
-                                   f"refused at Join: {err.details()}") from None  # fmt: skip
-            if err.code().name not in RETRIED_CODES:
-                raise
-            delay = next(delays)
-            log.warning("fed server unreachable at Join (%s); again in %.1f s",
-                        err.code().name, delay)  # fmt: skip
-            if stop.wait(delay):
-                raise RoleStopping("stopping before the fed server answered Join") from None
+
+    def wait_or_stop(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise RoleStopping("stopping before the fed server answered Join")
+
+    retry = RetryPolicy(
+        seed=None, budget_s=None, base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S, sleep=wait_or_stop
+    )
+    try:
+        return retry.call(
+            "JoinMainServer",
+            lambda: stub.JoinMainServer(request, timeout=30.0).num_rounds,
+            retry_on=tuple(getattr(grpc.StatusCode, name) for name in RETRIED_CODES),
+        )
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        field = "base_hash" if "base_hash" in (err.details() or "") else "scenario_hash"
+        raise SettingError(field, base_hash if field == "base_hash" else scenario_hash,
+                           f"refused at Join: {err.details()}") from None  # fmt: skip
 
 
 class AdapterCheckpoints:

@@ -19,7 +19,10 @@ from fedsllm.roles import RoleStopping
 from main_server.__main__ import AdapterCheckpoints, join_main_server
 
 
-class FakeRpcError(grpc.RpcError):
+class FakeRpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A failed call as gRPC raises it: an RpcError that is also the Call (the
+    retry policy reads the code only from a Call)."""
+
     def __init__(self, code: grpc.StatusCode, refusal: str | None = None) -> None:
         self._code = code
         self._refusal = refusal
@@ -32,6 +35,21 @@ class FakeRpcError(grpc.RpcError):
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("fedsllm-refusal", self._refusal),) if self._refusal else ()
+
+    def initial_metadata(self) -> tuple:  # pragma: no cover - unused
+        return ()
+
+    def is_active(self) -> bool:  # pragma: no cover - unused
+        return False
+
+    def time_remaining(self) -> None:  # pragma: no cover - unused
+        return None
+
+    def cancel(self) -> bool:  # pragma: no cover - unused
+        return False
+
+    def add_callback(self, callback: Any) -> bool:  # pragma: no cover - unused
+        return False
 
 
 class FakeFedServer:
