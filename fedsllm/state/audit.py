@@ -271,16 +271,13 @@ class RunAudit:
         }
 
 
-PRODUCED_ADAPTER = "adapters/client_global.safetensors"
-"""The global client adapter a run produced (fed_server/checkpoint.py), under RUN_DIR."""
-
-
 def audit_run_dir(run_dir: str | Path) -> RunAudit:
     """Audit the run in `run_dir`: every round recomputed from the updates recorded in
     RUN_DIR/state (the fed server's store), the last compared with the adapter the run
     produced (RUN_DIR/adapters/client_global.safetensors; the store's own latest
     global when that file is absent). A run directory without state/ (runs from
     before the stores) or without closed rounds is not audited, and says so."""
+    from fedsllm.model.export import CLIENT_ADAPTER
     from fedsllm.state.store import open_store
 
     run_dir = Path(run_dir)
@@ -289,8 +286,9 @@ def audit_run_dir(run_dir: str | Path) -> RunAudit:
         return RunAudit(None, f"no {state.name}/ in {run_dir}: a run from before state stores")
     store = open_store("fed_server", state)
     assert isinstance(store, FedServerStore)
-    if not store.round_records():
+    if not store.round_records(last=1):
         return RunAudit(None, f"no closed round recorded in {state}")
-    produced_file = run_dir / PRODUCED_ADAPTER
+    # The global client adapter the run produced (fed_server/checkpoint.py).
+    produced_file = run_dir / CLIENT_ADAPTER
     produced = produced_file.read_bytes() if produced_file.is_file() else None
     return RunAudit(audit_store(store, produced=produced))

@@ -321,7 +321,8 @@ def test_out_of_range_is_a_straggler(fed_server, refusal) -> None:
 
 def test_duplicate_counts_as_accepted(fed_server) -> None:
     client, fake = fed_server([DuplicateUpdateError(4, 2, accepted_attempt=0)])
-    client.push_adapter(2, BLOB, attempt=1)  # no error: attempt 0 already counts
+    ack = client.push_adapter(2, BLOB, attempt=1)  # no error: attempt 0 already counts
+    assert (ack.attempt, ack.seq, ack.counted_before) == (1, 0, True)
     assert fake.calls == ["push"]
 
 

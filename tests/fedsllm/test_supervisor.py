@@ -19,6 +19,7 @@ from fedsllm.launch import (
     Supervisor,
     role_env,
 )
+from tests.fedsllm.test_launch import ECHO_HOST
 
 SLEEPER = "tests.fedsllm.launch_sleeper"
 
@@ -323,7 +324,6 @@ def test_an_outage_cuts_the_roles_port_on_the_runs_bridge() -> None:
     assert outage_cmds(topology, "main_server", True)[0][-2:] == ["p-main", "down"]
 
 
-ECHO_HOST = "import sys\nfor line in sys.stdin:\n    print(line, end='', flush=True)\n"
 """A stand-in client host that reports exactly the events the test writes to it."""
 
 
