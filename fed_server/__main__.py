@@ -161,20 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         controller.start_round(state.current_round)
     pace_down = None
     if controller is not None and scenario.link.backend == "token":
-        from fed_server.rounds import ServerStoppingError
-        from fedsllm.roles import RoleStopping, build_role_shaper, pace_downlink
+        from fedsllm.roles import build_role_shaper, pace_downlink
 
         shaper = build_role_shaper(scenario)
 
         def pace_down(client_id: int, nbytes: int, new_message: bool) -> None:
             # The global adapter crosses client k's downlink at the rate the
-            # controller allocated it (0 = unlimited).
+            # controller allocated it (0 = unlimited); once stopping, unpaced.
             current = controller.current(client_id)
             rate = current.downlink_bps if current is not None else 0.0
-            try:
-                pace_downlink(shaper, client_id, rate, nbytes, new_message)
-            except RoleStopping as err:  # SIGTERM arrived while pacing
-                raise ServerStoppingError(str(err)) from None
+            pace_downlink(shaper, client_id, rate, nbytes, new_message)
 
     # Peers fetch the scenario and (a pretrained) base from here and present
     # both hashes at Join.

@@ -204,15 +204,12 @@ class FedServerService(pb_grpc.FedServerServicer):
             finished=self.state.finished,
         )
         for i, response in enumerate(pull_responses(header, blob, self.chunk_bytes)):
-            # Downlink pacing must not hold a stopping server: checked per message,
-            # and a pacer that sees the stop first raises ServerStoppingError.
-            try:
-                if self.state.stopping:
-                    raise ServerStoppingError(STOPPING)
-                if self.pace_down is not None:
-                    self.pace_down(request.client_id, response.ByteSize(), i == 0)
-            except ServerStoppingError:
+            # Downlink pacing must not hold a stopping server: checked per message
+            # (and the pacer itself stops pacing once the role stops).
+            if self.state.stopping:
                 _abort_stopping(context)
+            if self.pace_down is not None:
+                self.pace_down(request.client_id, response.ByteSize(), i == 0)
             yield response
 
     def JoinMainServer(
