@@ -41,8 +41,10 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from fedsllm.wire.tensors import Chunk
+
 if TYPE_CHECKING:
-    from fedsllm.wire.tensors import Buffer, Chunk
+    from fedsllm.wire.tensors import Buffer
 
 # Protobuf wire types and the TensorChunk field numbers this module writes.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -97,12 +99,36 @@ def chunk_header(name: str, dtype: str, shape: tuple[int, ...], total_bytes: int
     ).SerializeToString()
 
 
+_PREFIXES: dict[tuple, bytes] = {}
+"""Chunk prefixes made so far: a stream sends the same tensors' chunks at the
+same offsets step after step, so each is built once (bounded: cleared when
+full, as a peer's odd shapes could otherwise grow it)."""
+_MAX_PREFIXES = 4096
+
+
 def _chunk_prefix(envelope_field: int, chunk: Chunk, num_bytes: int) -> bytes:
-    header = chunk_header(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes)
-    offset = _OFFSET_TAG + varint(chunk.offset) if chunk.offset else b""
-    data = _DATA_TAG + varint(num_bytes) if num_bytes else b""
-    body = len(header) + len(offset) + len(data) + num_bytes
-    return b"".join((bytes([envelope_field << 3 | _LEN]), varint(body), header, offset, data))
+    """Everything of the enveloped chunk before its data: envelope tag and
+    length, fields 1-4, the offset, the data's tag and length."""
+    key = (
+        envelope_field,
+        chunk.name,
+        chunk.dtype,
+        tuple(chunk.shape),
+        chunk.total_bytes,
+        chunk.offset,
+        num_bytes,
+    )
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        header = chunk_header(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes)
+        offset = _OFFSET_TAG + varint(chunk.offset) if chunk.offset else b""
+        data = _DATA_TAG + varint(num_bytes) if num_bytes else b""
+        body = len(header) + len(offset) + len(data) + num_bytes
+        prefix = b"".join((bytes([envelope_field << 3 | _LEN]), varint(body), header, offset, data))
+        if len(_PREFIXES) >= _MAX_PREFIXES:
+            _PREFIXES.clear()
+        _PREFIXES[key] = prefix
+    return prefix
 
 
 def _bytes_view(data: Buffer) -> memoryview:
@@ -200,8 +226,6 @@ _MAX_HINTS = 4
 def _decode_hinted(buf: bytes, pos: int, total: int) -> Chunk | None:
     """The chunk in buf[pos:total] when it is one of the _HINTS headers followed by
     only an offset and the data, else None (the full scan decides)."""
-    from fedsllm.wire.tensors import Chunk
-
     for header, fields in _HINTS:
         if not buf.startswith(header, pos):
             continue
@@ -229,8 +253,6 @@ def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
         chunk = _decode_hinted(buf, pos, total)
         if chunk is not None:
             return chunk
-    from fedsllm.wire.tensors import Chunk
-
     start = pos
     header_parts: list[tuple[int, int]] = []
     offset = 0
@@ -288,6 +310,8 @@ PART_HEAD_FIELD = 1
 PART_CHUNKS_FIELD = 2
 PART_END_FIELD = 3
 _END_TRUE = bytes([PART_END_FIELD << 3 | _VARINT, 1])
+_PART_HEAD_KEY = PART_HEAD_FIELD << 3 | _LEN
+_PART_CHUNK_KEY = PART_CHUNKS_FIELD << 3 | _LEN
 
 Piece = bytes | memoryview
 
@@ -350,11 +374,26 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, list[Chu
     chunks: list[Chunk] = []
     end = False
     while pos < total:
+        key = buf[pos]
+        if key in (_PART_CHUNK_KEY, _PART_HEAD_KEY):  # one-byte keys: the usual
+            length, start = _read_varint(buf, pos + 1, total)
+            if length < 0 or start + length > total:
+                return None
+            pos = start + length
+            if key == _PART_HEAD_KEY:
+                head = (start, pos)
+                continue
+            chunk = _decode_chunk_body(buf, start, pos)
+            if chunk is None:
+                return None
+            chunks.append(chunk)
+            continue
         key, value_pos = _read_varint(buf, pos, total)
         if key < 0:
             return None
         field, wire_type = key >> 3, key & 7
         if wire_type == _LEN and field in (PART_CHUNKS_FIELD, PART_HEAD_FIELD):
+            # The same fields with an over-long key varint (valid protobuf).
             length, start = _read_varint(buf, value_pos, total)
             if length < 0 or start + length > total:
                 return None

@@ -62,6 +62,11 @@ DEFAULT_MAX_TENSOR_BYTES = 512 * 2**20
 # torch operations, which cost more than the data on a cold step.
 FINITE_CHECK_BYTES = 4 * 2**20
 
+# Chunks of this size or more are copied by numpy, which lets go of the GIL
+# meanwhile (as CPython's bytes.join does from 1 MiB); smaller ones by a
+# buffer assignment, the cheaper call.
+GIL_FREE_COPY_BYTES = 2**20
+
 Buffer = bytes | bytearray | memoryview
 
 
@@ -231,11 +236,15 @@ def frame_to_tensor(
 # ---------------------------------------------------------------- chunks
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Chunk:
     """One TensorChunk message as a record: bytes [offset, offset + len(data)) of
     a tensor. `data` may be a view into a frame or into received message
-    bytes; it is copied once, by the assembler."""
+    bytes; it is copied once, by the assembler.
+
+    Treated as immutable, but not a frozen dataclass: a step makes a dozen of
+    them on each side, and a frozen dataclass's constructor (an
+    object.__setattr__ per field) costs four times a plain one's (issue 13)."""
 
     name: str
     dtype: str
@@ -470,7 +479,12 @@ class ChunkAssembler:
         cur = self._current
         if cur is None:
             cur = self._start(chunk)
-        else:
+        elif (
+            chunk.name != cur.name
+            or chunk.dtype != cur.dtype
+            or chunk.total_bytes != cur.total
+            or (chunk.shape != cur.shape and tuple(chunk.shape) != cur.shape)
+        ):
             self._check_continuation(cur, chunk)
         data = chunk.data
         n = len(data)
@@ -487,8 +501,12 @@ class ChunkAssembler:
                 f"{cur.name}.data",
                 f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
-        # numpy copies without holding the GIL, so gRPC's threads go on meanwhile.
-        cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
+        if n < GIL_FREE_COPY_BYTES and type(data) is not np.ndarray:
+            # A buffer copy is the cheapest call for a chunk of the usual size.
+            cur.buf[cur.filled : end] = data
+        else:
+            # numpy copies without holding the GIL, so gRPC's threads go on.
+            cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
         cur.filled = end
         if cur.elements is not None and cur.all_finite:
             itemsize = DTYPE_ITEMSIZE[cur.dtype]

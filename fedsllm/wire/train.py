@@ -184,9 +184,9 @@ def parse_train_request(
     codec, and records of an in-process stream, pass through; a decoded part's
     header is validated here)."""
     if type(msg) is StepPart:
-        if msg.header is None or isinstance(msg.header, StepHeaderInfo):
-            return msg
-        return StepPart(msg.chunks, step_header_from_proto(msg.header), msg.end)
+        if msg.header is not None and not isinstance(msg.header, StepHeaderInfo):
+            msg.header = step_header_from_proto(msg.header)  # the decoder's own part
+        return msg
     if isinstance(msg, (Chunk, TrainHelloInfo, StepHeaderInfo, StepEndInfo)):
         return msg
     kind = msg.WhichOneof("kind")
@@ -233,9 +233,9 @@ def parse_train_response(
     """Unwrap one received TrainResponse (parts, chunks and records pass
     through; a decoded part's result is validated here)."""
     if type(msg) is ReplyPart:
-        if msg.result is None or isinstance(msg.result, StepResultInfo):
-            return msg
-        return ReplyPart(msg.chunks, step_result_from_proto(msg.result))
+        if msg.result is not None and not isinstance(msg.result, StepResultInfo):
+            msg.result = step_result_from_proto(msg.result)  # the decoder's own part
+        return msg
     if isinstance(msg, (Chunk, TrainWelcomeInfo, StepResultInfo)):
         return msg
     kind = msg.WhichOneof("kind")
