@@ -578,3 +578,54 @@ def test_numpy_fast_path_leaves_the_rest_to_the_general_path(tensor: torch.Tenso
     assert tensors._frame_via_numpy("t", tensor, None) is None
     frame = tensor_to_frame("t", tensor)
     assert torch.equal(frame_to_tensor(frame), tensor.detach())
+
+
+# ---------------------------------------------------------------- per-message fast paths
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "ndarray", "gil_free_size"])
+def test_assembler_copies_every_buffer_kind(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk data may be bytes (a protobuf TensorChunk), a view of received
+    bytes (the codec), or any other buffer: the usual sizes are copied by buffer
+    assignment, large ones (and arrays) by numpy; every byte lands either way."""
+    import numpy as np
+
+    from fedsllm.wire import tensors
+
+    if kind == "gil_free_size":
+        monkeypatch.setattr(tensors, "GIL_FREE_COPY_BYTES", 64)
+    tensor = torch.arange(100, dtype=torch.float32)
+    frame = tensor_to_frame("t", tensor)
+    wrap = {
+        "bytes": bytes,
+        "bytearray": bytearray,
+        "memoryview": lambda d: memoryview(bytes(d)),
+        "ndarray": lambda d: np.frombuffer(bytes(d), dtype=np.uint8),
+        "gil_free_size": lambda d: memoryview(bytes(d)),
+    }[kind]
+    chunks = [
+        Chunk(c.name, c.dtype, c.shape, c.total_bytes, c.offset, wrap(c.data))
+        for c in frame_to_chunks(frame, 96)
+    ]
+    (got,) = ChunkAssembler().feed_all(chunks).values()
+    assert torch.equal(frame_to_tensor(got), tensor)
+
+
+def test_chunk_prefixes_are_cached_exact_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's chunks repeat their prefixes step after step: each is built
+    once and reused, byte for byte what protobuf writes, and the cache never
+    holds more than its bound (a peer's odd shapes cannot grow it)."""
+    from fedsllm.proto import main_server_pb2
+    from fedsllm.wire import codec
+    from fedsllm.wire.train import encode_train_request, train_request
+
+    monkeypatch.setattr(codec, "_PREFIXES", {})
+    monkeypatch.setattr(codec, "_MAX_PREFIXES", 8)
+    frame = tensor_to_frame("t", torch.arange(400, dtype=torch.float32))
+    for _ in range(2):  # the second pass reads the cache (for the first few offsets)
+        for chunk in frame_to_chunks(frame, 64):  # 25 chunks: more than the bound
+            wire = encode_train_request(chunk)
+            assert wire == train_request(chunk).SerializeToString()
+            assert main_server_pb2.TrainRequest.FromString(wire).chunk.offset == chunk.offset
+            assert len(codec._PREFIXES) <= 8
+    assert codec._PREFIXES  # it was used

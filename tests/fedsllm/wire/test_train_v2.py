@@ -272,6 +272,35 @@ def test_decoder_accepts_other_protobuf_layouts() -> None:
     assert got == part
 
 
+def test_decoder_accepts_over_long_field_keys() -> None:
+    """Protobuf allows a field key written as a longer varint than needed; the
+    decoder's one-byte fast path leaves such keys to the general scan, which
+    reads them as protobuf does."""
+    frames = _echo_frames()
+    (part,) = step_upload_requests(_header(0, NAMES), frames, 2**20)
+    msg = train_request(part).part
+    chunks = b"".join(
+        b"\x92\x00" + _varint(c.ByteSize()) + c.SerializeToString() for c in msg.chunks
+    )
+    header = msg.header.SerializeToString()
+    body = b"\x8a\x00" + _varint(len(header)) + header + chunks + b"\x98\x00\x01"
+    wire = b"\x2a" + _varint(len(body)) + body
+    assert main_server_pb2.TrainRequest.FromString(wire).part == msg
+    got = decode_train_request(wire)
+    assert isinstance(got, StepPart) and all(isinstance(c.data, memoryview) for c in got.chunks)
+    assert parse_train_request(got) == part
+
+
+def test_parse_fills_the_decoded_part_in_place() -> None:
+    """The decoder's part takes its validated header itself (no second part
+    object per step), and parsing it again changes nothing."""
+    (part,) = step_upload_requests(_header(3, NAMES), _echo_frames(), 2**20)
+    decoded = decode_train_request(encode_train_request(part))
+    parsed = parse_train_request(decoded)
+    assert parsed is decoded and parsed == part
+    assert parse_train_request(parsed) is parsed and parsed.header == part.header
+
+
 def _varint(value: int) -> bytes:
     from fedsllm.wire.codec import varint
 
