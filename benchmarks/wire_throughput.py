@@ -35,6 +35,13 @@ main server replies when the downlink is not paced).
 (c) the codec alone (frame -> StepParts -> bytes -> parts -> assembler ->
     tensor), no gRPC.
 
+Tables (a) and (b) also time a "copy floor": the raw stream plus the one
+copy per message on each side that any tensor framework on gRPC-Python 1.85
+has to make, since its messages are `bytes` (the sender copies each message
+out of the tensor, the receiver copies it into a tensor-sized buffer; the
+server's reply likewise). It separates what the copies cost (floor / raw)
+from what the framework's own code costs (project / floor).
+
 Project and raw repetitions alternate, so a load spike on a shared host hits
 both; the figures are medians. The server runs in a child process, as the
 main server does in a run; pass --in-process to share one interpreter (and
@@ -55,6 +62,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
+import numpy as np
 import torch
 
 from fedsllm.errors import WireError
@@ -221,16 +229,27 @@ def _identity(data: bytes) -> bytes:
 
 def _raw_echo(request_iterator, context) -> Iterator[bytes]:
     """Baseline: per step, take `up` bytes of raw messages, then send `down`
-    bytes back as ready-made messages of `chunk` bytes (all from metadata)."""
+    bytes back as ready-made messages of `chunk` bytes (all from metadata).
+    With "copies" = "1" (the copy floor), every message received is copied
+    into one buffer of the step's size, and the reply's messages are cut from
+    that buffer as it is sent, one copy each."""
     meta = dict(context.invocation_metadata())
     up, down, chunk = int(meta["up"]), int(meta["down"]), int(meta["chunk"])
+    copies = meta.get("copies") == "1"
     reply = _messages(down, chunk)
+    buf = memoryview(np.empty(up, dtype=np.uint8))
     received = 0
     for msg in request_iterator:
+        if copies:
+            buf[received : received + len(msg)] = msg
         received += len(msg)
         if received >= up:
             received = 0
-            yield from reply
+            if copies:
+                for start in range(0, down, chunk):
+                    yield bytes(buf[start : min(start + chunk, down)])
+            else:
+                yield from reply
 
 
 def _add_raw(server: grpc.Server) -> None:
@@ -249,21 +268,67 @@ def _messages(num_bytes: int, chunk_bytes: int) -> list[bytes]:
     return [data[i : i + chunk_bytes] for i in range(0, num_bytes, chunk_bytes)]
 
 
+def _copy_span(span: tuple[memoryview, int, int]) -> bytes:
+    """The floor's request serializer: the message's bytes, copied out of its source."""
+    src, start, stop = span
+    return bytes(src[start:stop])
+
+
 class RawEcho:
     """A bidirectional stream of ready-made messages, step by step: `up` bytes
-    (in messages the sizes of the project's) out, `down` bytes back."""
+    (in messages the sizes of the project's) out, `down` bytes back.
 
-    def __init__(self, channel: grpc.Channel, up: list[int], down: int, chunk_bytes: int) -> None:
+    copies=True is the copy floor: the same messages, but made the way any
+    tensor has to be sent through gRPC-Python, whose messages are `bytes`:
+    each is copied out of the step's buffers as it is sent, and each received
+    is copied into a buffer of the step's size (the server does the same), so
+    one copy per message on each side, and nothing else."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        up: list[int],
+        down: int,
+        chunk_bytes: int,
+        copies: bool = False,
+    ) -> None:
         self.requests = rpc.RequestQueue()
+        # The floor's copy out is its serializer's, on gRPC's sending thread, one
+        # message at a time, as the project's is.
         call = channel.stream_stream(
-            "/bench.Raw/Echo", request_serializer=_identity, response_deserializer=_identity
+            "/bench.Raw/Echo",
+            request_serializer=_copy_span if copies else _identity,
+            response_deserializer=_identity,
         )
-        metadata_ = (("up", str(sum(up))), ("down", str(down)), ("chunk", str(chunk_bytes)))
+        metadata_ = (
+            ("up", str(sum(up))),
+            ("down", str(down)),
+            ("chunk", str(chunk_bytes)),
+            ("copies", "1" if copies else "0"),
+        )
         self.responses = call(self.requests, timeout=600, metadata=metadata_)
-        self.up = [m for n in up for m in _messages(n, chunk_bytes)]
+        self.copies = copies
+        sources = [memoryview(b"".join(_messages(n, chunk_bytes))) for n in up]
+        # What each message is cut from: (source, start, stop).
+        self.spans = [
+            (src, i, min(i + chunk_bytes, len(src)))
+            for src in sources
+            for i in range(0, len(src), chunk_bytes)
+        ]
+        self.up = [bytes(src[a:b]) for src, a, b in self.spans]
         self.num_down = len(_messages(down, chunk_bytes))
+        self.received = memoryview(np.empty(down, dtype=np.uint8))
 
     def run(self) -> None:
+        if self.copies:
+            for span in self.spans:
+                self.requests.put(span)
+            pos = 0
+            for _ in range(self.num_down):
+                msg = next(self.responses)
+                self.received[pos : pos + len(msg)] = msg
+                pos += len(msg)
+            return
         for msg in self.up:
             self.requests.put(msg)
         for _ in range(self.num_down):
@@ -332,8 +397,11 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
     }
 
 
-def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> tuple[float, float]:
-    """(project, raw) median MB/s of uploading one float32 tensor of `num_bytes`."""
+def bench_stream(
+    address: str, num_bytes: int, chunk_bytes: int, reps: int
+) -> tuple[float, float, float]:
+    """(project, raw, copy floor) median MB/s of uploading one float32 tensor of
+    `num_bytes`."""
     acts = torch.randn(1, 1, num_bytes // 4)
     mask = torch.ones(1, 1, dtype=torch.int64)
     labels = torch.zeros(1, 1, dtype=torch.int64)
@@ -342,17 +410,20 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> t
         # The same messages up (tensor chunks, then the 8-byte mask and labels)
         # and one small reply, on a stream kept open like the project's.
         raw = RawEcho(channel, [num_bytes, 8, 8], 16, chunk_bytes)
+        floor = RawEcho(channel, [num_bytes, 8, 8], 16, chunk_bytes, copies=True)
         med = _alternate(
             {
                 "project": lambda: session.run_step(acts, mask, labels, "eval"),
                 "raw": raw.run,
+                "floor": floor.run,
             },
             reps,
             warmup=2,
         )
         raw.close()
+        floor.close()
     session.close()
-    return num_bytes / med["project"].wall_s / 1e6, num_bytes / med["raw"].wall_s / 1e6
+    return tuple(num_bytes / med[k].wall_s / 1e6 for k in ("project", "raw", "floor"))  # type: ignore[return-value]
 
 
 def bench_echo(
@@ -370,10 +441,12 @@ def bench_echo(
     sizes = [acts.numel() * 4, mask.numel() * 8, labels.numel() * 8]
     with rpc.make_channel(address) as channel:
         raw = RawEcho(channel, sizes, sizes[0], chunk_bytes)
+        floor = RawEcho(channel, sizes, sizes[0], chunk_bytes, copies=True)
         fns: dict[str, Callable[[], object]] = {
             "project": lambda: plain.run_step(acts, mask, labels, "train"),
             "validated": lambda: checked.run_step(acts, mask, labels, "train"),
             "raw": raw.run,
+            "floor": floor.run,
         }
         if compare_fold:
             other = Session(address, chunk_bytes, validate=False, fold=not FOLD_DOWNLINK)
@@ -381,6 +454,7 @@ def bench_echo(
             fns["other_fold"] = lambda: other.run_step(acts, mask, labels, "train")
         med = _alternate(fns, reps, warmup=5)
         raw.close()
+        floor.close()
     for session in sessions:
         grad = session.run_step(acts, mask, labels, "train")
         if grad is None or not torch.equal(grad, acts):
@@ -433,16 +507,18 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
     """Print table (a)."""
     print(
         "\n(a) tensor upload over gRPC, median MB/s; raw = the same bytes as a stream "
-        f"of ready-made messages; goal ratio >= 0.9 at {DEFAULT_CHUNK // 1024} KiB"
+        f"of ready-made messages; goal ratio >= 0.9 at {DEFAULT_CHUNK // 1024} KiB; "
+        "copy floor = raw plus the copy per message each side that bytes-only "
+        "gRPC-Python messages force (see RawEcho)"
     )
-    print("| payload | chunk | project MB/s | raw MB/s | ratio |")
-    print("|---|---|---|---|---|")
+    print("| payload | chunk | project MB/s | raw MB/s | ratio | copy floor MB/s | of floor |")
+    print("|---|---|---|---|---|---|---|")
     for num_bytes, n in ((1_572_864, reps_small), (64 * 2**20, reps_big)):
         for chunk in CHUNK_SIZES:
-            rate, raw = bench_stream(address, num_bytes, chunk, n)
+            rate, raw, floor = bench_stream(address, num_bytes, chunk, n)
             print(
                 f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
-                f"{raw:.0f} | {rate / raw:.2f} |"
+                f"{raw:.0f} | {rate / raw:.2f} | {floor:.0f} | {rate / floor:.2f} |"
             )
 
 
@@ -450,10 +526,14 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
     """Print table (b)."""
     print(
         f"\n(b) activation echo round trip, {ECHO_SHAPE} fp32 + mask + labels up, the "
-        f"same-size gradient down, median of {reps_echo}; goal project / raw <= 1.2"
+        f"same-size gradient down, median of {reps_echo}; goal project / raw <= 1.2; "
+        "copy floor = raw plus one copy per message on each side"
     )
-    print("| chunk | project ms | validated ms | raw echo ms | ratio | validated ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| chunk | project ms | validated ms | raw echo ms | ratio | validated ratio "
+        "| copy floor ms | project / floor | validated / floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     cpu_rows = []
     for chunk in (DEFAULT_CHUNK, 2**20):
         med = bench_echo(address, chunk, reps_echo, compare_fold)
@@ -465,9 +545,11 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
                 f"{other * 1e3:.2f} ms, ratio {other / raw:.2f})"
             )
         project, validated = med["project"].wall_s, med["validated"].wall_s
+        floor = med["floor"].wall_s
         print(
             f"| {chunk // 1024} KiB | {project * 1e3:.2f} | {validated * 1e3:.2f} | "
-            f"{raw * 1e3:.2f} | {project / raw:.2f} | {validated / raw:.2f} |"
+            f"{raw * 1e3:.2f} | {project / raw:.2f} | {validated / raw:.2f} | "
+            f"{floor * 1e3:.2f} | {project / floor:.2f} | {validated / floor:.2f} |"
         )
         cpu_rows.append((chunk, med))
     # Where the wall time goes: on a host with few cores the processes' CPU
@@ -476,8 +558,11 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
         "\n    CPU per echo step, ms (mean; client process + server process, every "
         "thread; the extra over raw is the framework's)"
     )
-    print("| chunk | project | validated | raw | project extra | validated extra |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| chunk | project | validated | raw | copy floor | project extra | validated extra "
+        "| project over floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for chunk, med in cpu_rows:
         total = {k: (t.client_cpu_s + t.server_cpu_s) * 1e3 for k, t in med.items()}
         parts = {
@@ -486,8 +571,9 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
         }
         print(
             f"| {chunk // 1024} KiB | {parts['project']} | {parts['validated']} | "
-            f"{parts['raw']} | {total['project'] - total['raw']:+.2f} | "
-            f"{total['validated'] - total['raw']:+.2f} |"
+            f"{parts['raw']} | {parts['floor']} | {total['project'] - total['raw']:+.2f} | "
+            f"{total['validated'] - total['raw']:+.2f} | "
+            f"{total['project'] - total['floor']:+.2f} |"
         )
 
 

@@ -497,6 +497,22 @@ def test_step_without_a_token_to_predict_is_refused(kept_column: int, refused: b
         check_step_values(VALUE_LIMITS, mask, labels)
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+def test_single_column_batch_has_no_token_to_predict(ignored: bool) -> None:
+    """One column leaves nothing after the shift, whether or not any label is
+    ignored (the checks take a shorter path when none is)."""
+    from fedsllm.errors import WireError
+    from main_server.service import check_step_values
+
+    mask = torch.ones(B, 1, dtype=torch.int64)
+    labels = torch.full((B, 1), 7, dtype=torch.int64)
+    if ignored:
+        labels[0, 0] = -100
+    with pytest.raises(WireError, match="no token to predict"):
+        check_step_values(VALUE_LIMITS, mask, labels)
+    check_step_values(VALUE_LIMITS, torch.ones(B, 2, dtype=torch.int64), labels.repeat(1, 2))
+
+
 @pytest.mark.parametrize("downlink_bps", [0.0, 1e9])
 def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> None:
     """Unpaced (0 bit/s), the result rides in the gradient's first message (wire

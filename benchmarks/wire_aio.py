@@ -1,0 +1,256 @@
+"""The Train codec on grpc.aio: would an event loop (one Python thread per
+process, no hand-off between gRPC's threads and the handler's) bring the
+activation echo closer to raw gRPC than the sync API the roles use today?
+
+    OMP_NUM_THREADS=1 python benchmarks/wire_aio.py [--reps N]
+
+Four echoes of the same step, interleaved step by step in one client process,
+each server in a child process:
+
+- "aio project": the project's wire code (fedsllm.wire.train builders,
+  codec, readers' assembler) on grpc.aio on both ends: StepPart messages up,
+  ReplyPart messages down, decoded to a tensor;
+- "aio raw": ready-made byte messages of the same sizes on grpc.aio;
+- "sync project" and "sync raw": benchmarks/wire_throughput.py's project
+  session and raw echo (the sync API, as the roles and the goal of issue 13
+  use it).
+
+It prints the medians and three ratios: the framework over its own transport
+(aio project / aio raw, sync project / sync raw) and aio project / sync raw
+(what moving the roles to grpc.aio would give against today's baseline).
+The chunk size is the scenario default (256 KiB); validation is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import torch
+import wire_throughput as wt
+
+from fedsllm.wire import rpc
+from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo
+from fedsllm.wire.tensors import (
+    ChunkAssembler,
+    ReceiveBuffers,
+    TensorSpec,
+    frame_to_tensor,
+    tensor_to_frame,
+)
+from fedsllm.wire.train import (
+    decode_train_request,
+    decode_train_response,
+    encode_train_request,
+    encode_train_response,
+    parse_train_request,
+    parse_train_response,
+    step_download_responses,
+    step_upload_requests,
+)
+
+CHUNK = wt.DEFAULT_CHUNK
+NAMES = ("activations", "attention_mask", "labels")
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _sizes() -> list[int]:
+    """Bytes of the step's tensors: activations, mask, labels."""
+    b, t, d = wt.ECHO_SHAPE
+    return [b * t * d * 4, b * t * 8, b * t * 8]
+
+
+async def _project_echo(request_iterator: AsyncIterator, _context) -> AsyncIterator:
+    """Assemble each step as the main server does and echo the activations."""
+    buffers = ReceiveBuffers()
+    specs = {s.name: s for s in wt._specs(False)}
+    assembler: ChunkAssembler | None = None
+    header: StepHeaderInfo | None = None
+    async for msg in request_iterator:
+        part = parse_train_request(msg)
+        if part.header is not None:
+            header = part.header
+            assembler = ChunkAssembler(specs=specs, buffers=buffers)
+        for chunk in part.chunks:
+            assembler.feed(chunk)  # type: ignore[union-attr]
+        if part.end:
+            frames = assembler.finish(header.tensor_names)  # type: ignore[union-attr]
+            acts = frame_to_tensor(frames["activations"], copy=False)
+            result = StepResultInfo(
+                round=0,
+                step=header.step,  # type: ignore[union-attr]
+                loss=0.0,
+                num_tokens=0,
+                server_compute_s=0.0,
+                tensor_names=("activations_grad",),
+            )
+            grad = tensor_to_frame("activations_grad", acts)
+            for reply in step_download_responses(result, [grad], CHUNK):
+                yield reply
+
+
+async def _raw_echo(request_iterator: AsyncIterator, _context) -> AsyncIterator:
+    up, reply = sum(_sizes()), wt._messages(_sizes()[0], CHUNK)
+    received = 0
+    async for msg in request_iterator:
+        received += len(msg)
+        if received >= up:
+            received = 0
+            for out in reply:
+                yield out
+
+
+async def _serve() -> None:
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Aio",
+        {
+            "Project": grpc.stream_stream_rpc_method_handler(
+                _project_echo, decode_train_request, encode_train_response
+            ),
+            "Raw": grpc.stream_stream_rpc_method_handler(_raw_echo, _identity, _identity),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(0.5)
+
+
+def _child(script: str) -> tuple[subprocess.Popen[str], int]:
+    child = subprocess.Popen(
+        [sys.executable, script, "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return child, int(child.stdout.readline())  # type: ignore[union-attr]
+
+
+async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]:
+    acts = torch.randn(*wt.ECHO_SHAPE)
+    b, t = wt.ECHO_SHAPE[:2]
+    mask = torch.ones(b, t, dtype=torch.int64)
+    labels = torch.randint(0, wt.VOCAB, (b, t))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{aio_port}")
+    project = channel.stream_stream(
+        "/bench.Aio/Project",
+        request_serializer=encode_train_request,
+        response_deserializer=decode_train_response,
+    )()
+    raw = channel.stream_stream(
+        "/bench.Aio/Raw", request_serializer=_identity, response_deserializer=_identity
+    )()
+    buffers = ReceiveBuffers()
+    grad_spec = {"activations_grad": TensorSpec("activations_grad", wt.FLOATS)}
+    raw_up = [m for n in _sizes() for m in wt._messages(n, CHUNK)]
+    raw_down = len(wt._messages(_sizes()[0], CHUNK))
+    step = 0
+
+    async def aio_project() -> torch.Tensor:
+        nonlocal step
+        frames = [
+            tensor_to_frame("activations", acts),
+            tensor_to_frame("attention_mask", mask),
+            tensor_to_frame("labels", labels),
+        ]
+        header = StepHeaderInfo(
+            round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=NAMES
+        )
+        step += 1
+        for part in step_upload_requests(header, frames, CHUNK):
+            await project.write(part)
+        assembler = ChunkAssembler(specs=grad_spec, buffers=buffers)
+        while "activations_grad" not in assembler.frames:
+            for chunk in parse_train_response(await project.read()).chunks:
+                assembler.feed(chunk)
+        return frame_to_tensor(assembler.frames["activations_grad"], copy=False)
+
+    async def aio_raw() -> None:
+        for msg in raw_up:
+            await raw.write(msg)
+        for _ in range(raw_down):
+            await raw.read()
+
+    address = f"127.0.0.1:{sync_port}"
+    rpc.wait_healthy(address, 10)
+    sync_channel = rpc.make_channel(address)
+    sync_raw = wt.RawEcho(sync_channel, _sizes(), _sizes()[0], CHUNK)
+    sync_project = wt.Session(address, CHUNK)
+
+    async def sync_project_step() -> None:
+        sync_project.run_step(acts, mask, labels, "train")
+
+    async def sync_raw_step() -> None:
+        sync_raw.run()
+
+    variants: dict[str, Callable[[], Awaitable[object]]] = {
+        "aio project": aio_project,
+        "aio raw": aio_raw,
+        "sync project": sync_project_step,
+        "sync raw": sync_raw_step,
+    }
+    for _ in range(10):
+        for fn in variants.values():
+            await fn()
+    if not torch.equal(await aio_project(), acts):
+        raise RuntimeError("the aio echo returned a different tensor")
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            await fn()
+            times[name].append(time.perf_counter() - t0)
+    await project.done_writing()
+    await raw.done_writing()
+    await channel.close()
+    sync_raw.close()
+    sync_project.close()
+    sync_channel.close()
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=300, help="steps per variant (default 300)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    torch.set_num_threads(1)
+    if ns.serve:
+        asyncio.run(_serve())
+        return 0
+    print("# Train codec on grpc.aio against raw aio and sync echoes")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, grpcio {grpc.__version__}")
+    aio_child, aio_port = _child(__file__)
+    sync_child, sync_port = _child(wt.__file__)
+    try:
+        med = asyncio.run(_measure(aio_port, sync_port, ns.reps))
+    finally:
+        for child in (aio_child, sync_child):
+            child.stdin.close()  # type: ignore[union-attr]
+            child.wait(timeout=30)
+    print(f"\n{wt.ECHO_SHAPE} fp32 echo at {CHUNK // 1024} KiB chunks, median of {ns.reps}")
+    print("| aio project ms | aio raw ms | sync project ms | sync raw ms |")
+    print("|---|---|---|---|")
+    print("| " + " | ".join(f"{med[k] * 1e3:.2f}" for k in med) + " |")
+    print(
+        f"\naio project / aio raw {med['aio project'] / med['aio raw']:.2f}; "
+        f"sync project / sync raw {med['sync project'] / med['sync raw']:.2f}; "
+        f"aio project / sync raw {med['aio project'] / med['sync raw']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
