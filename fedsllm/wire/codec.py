@@ -100,16 +100,46 @@ def chunk_header(name: str, dtype: str, shape: tuple[int, ...], total_bytes: int
 
 
 _PREFIXES: dict[tuple, bytes] = {}
-"""Chunk prefixes made so far: a stream sends the same tensors' chunks at the
-same offsets step after step, so each is built once (bounded: cleared when
-full, as a peer's odd shapes could otherwise grow it)."""
+"""Prefixes made so far (of chunks, and of parts carrying one chunk): a stream
+sends the same tensors' chunks at the same offsets step after step, so each
+is built once (bounded: cleared when full, as a peer's odd shapes could
+otherwise grow it)."""
 _MAX_PREFIXES = 4096
 
 
-def _chunk_prefix(envelope_field: int, chunk: Chunk, num_bytes: int) -> bytes:
+def _remember(key: tuple, prefix: bytes) -> bytes:
+    if len(_PREFIXES) >= _MAX_PREFIXES:
+        _PREFIXES.clear()
+    _PREFIXES[key] = prefix
+    return prefix
+
+
+def _chunk_prefix_of(
+    envelope_field: int,
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    total_bytes: int,
+    offset: int,
+    num_bytes: int,
+) -> bytes:
     """Everything of the enveloped chunk before its data: envelope tag and
     length, fields 1-4, the offset, the data's tag and length."""
-    key = (
+    key = (envelope_field, name, dtype, shape, total_bytes, offset, num_bytes)
+    prefix = _PREFIXES.get(key)
+    if prefix is not None:
+        return prefix
+    header = chunk_header(name, dtype, shape, total_bytes)
+    off = _OFFSET_TAG + varint(offset) if offset else b""
+    data = _DATA_TAG + varint(num_bytes) if num_bytes else b""
+    body = len(header) + len(off) + len(data) + num_bytes
+    return _remember(
+        key, b"".join((bytes([envelope_field << 3 | _LEN]), varint(body), header, off, data))
+    )
+
+
+def _chunk_prefix(envelope_field: int, chunk: Chunk, num_bytes: int) -> bytes:
+    return _chunk_prefix_of(
         envelope_field,
         chunk.name,
         chunk.dtype,
@@ -118,17 +148,6 @@ def _chunk_prefix(envelope_field: int, chunk: Chunk, num_bytes: int) -> bytes:
         chunk.offset,
         num_bytes,
     )
-    prefix = _PREFIXES.get(key)
-    if prefix is None:
-        header = chunk_header(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes)
-        offset = _OFFSET_TAG + varint(chunk.offset) if chunk.offset else b""
-        data = _DATA_TAG + varint(num_bytes) if num_bytes else b""
-        body = len(header) + len(offset) + len(data) + num_bytes
-        prefix = b"".join((bytes([envelope_field << 3 | _LEN]), varint(body), header, offset, data))
-        if len(_PREFIXES) >= _MAX_PREFIXES:
-            _PREFIXES.clear()
-        _PREFIXES[key] = prefix
-    return prefix
 
 
 def _bytes_view(data: Buffer) -> memoryview:
@@ -349,6 +368,29 @@ def part_pieces(
     else:
         pieces.insert(0, envelope)
     return pieces
+
+
+def single_chunk_part_prefix(
+    envelope_field: int,
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    total_bytes: int,
+    offset: int,
+    num_bytes: int,
+) -> bytes:
+    """The bytes before the payload of the envelope whose field `envelope_field`
+    is a part carrying exactly this one chunk (`num_bytes` > 0 of data) and
+    nothing else: what part_pieces writes for it. A reader that knows which
+    chunk comes next matches a message against this and its length, and so
+    takes the usual message (a tensor's next chunk) without decoding it."""
+    key = ("part", envelope_field, name, dtype, shape, total_bytes, offset, num_bytes)
+    prefix = _PREFIXES.get(key)
+    if prefix is not None:
+        return prefix
+    chunk = _chunk_prefix_of(PART_CHUNKS_FIELD, name, dtype, shape, total_bytes, offset, num_bytes)
+    envelope = bytes([envelope_field << 3 | _LEN]) + varint(len(chunk) + num_bytes)
+    return _remember(key, envelope + chunk)
 
 
 def pieces_bytes(pieces: Sequence[Piece]) -> int:
