@@ -343,6 +343,21 @@ def part_pieces(
     and `end`,
     as pieces: byte strings and the chunks' data views, in wire order. Nothing
     of the payloads is copied here."""
+    if head is None and not end and len(chunks) == 1:
+        # The usual message, a tensor's next chunk alone: one cached prefix.
+        chunk = chunks[0]
+        data = _bytes_view(chunk.data)
+        if data.nbytes:
+            prefix = single_chunk_part_prefix(
+                envelope_field,
+                chunk.name,
+                chunk.dtype,
+                tuple(chunk.shape),
+                chunk.total_bytes,
+                chunk.offset,
+                data.nbytes,
+            )
+            return [prefix, data]
     pieces: list[Piece] = []
     small = b""
     if head is not None:
