@@ -21,7 +21,12 @@ message out of place.
 The Train method carries its own (de)serializers (`train_call` on the
 client, `TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
 parts and chunks are framed by fedsllm.wire.codec with one copy of the
-payload, every other message goes through protobuf. The bytes are the
+payload, every other message goes through protobuf. On the receiving side a
+part message is handed to the reader as bytes (`receive_train_request` /
+`receive_train_response`): when it is byte for byte the encoding of the
+chunk the reader expects next (a tensor's next chunk, alone: most messages
+of a step) its payload goes straight into the tensor's buffer, with no
+decode; anything else is decoded and checked in full. The bytes are the
 protobuf encoding of main_server.proto either way, so the generated stubs
 still interoperate (`train_request` / `train_response` wrap any item in its
 protobuf envelope).
