@@ -426,8 +426,6 @@ class _Partial:
     array: np.ndarray
     """`buf` as a numpy array, written chunk by chunk."""
     filled: int = 0
-    last_size: int = 0
-    """Bytes of the last chunk written."""
     elements: torch.Tensor | None = None
     """Flat view of `buf` as the tensor's dtype, when finiteness is checked."""
     checked: int = 0
@@ -497,47 +495,12 @@ class ChunkAssembler:
                 f"{cur.name}.offset",
                 f"={chunk.offset}, expected {cur.filled} (chunks must be contiguous and in order)",
             )
-        if cur.filled + n > cur.total:
+        end = cur.filled + n
+        if end > cur.total:
             raise WireError(
                 f"{cur.name}.data",
-                f"chunk [{chunk.offset}, {cur.filled + n}) runs past total_bytes={cur.total}",
+                f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
-        return self._write(cur, data, n)
-
-    def expected_chunk(self) -> tuple[str, str, tuple[int, ...], int, int, int] | None:
-        """(name, dtype, shape, total_bytes, offset, size) of the chunk that would
-        continue the tensor in progress at the size of its last chunk (or what
-        is left of it); None when no tensor is in progress. A sender cuts a
-        tensor into equal chunks, so this is the usual next chunk."""
-        cur = self._current
-        if cur is None:
-            return None
-        return (
-            cur.name,
-            cur.dtype,
-            cur.shape,
-            cur.total,
-            cur.filled,
-            min(cur.last_size, cur.total - cur.filled),
-        )
-
-    def feed_expected(self, data: Buffer) -> TensorFrame | None:
-        """Buffer the payload of the chunk expected_chunk() describes; the caller
-        matched the chunk's whole encoding byte for byte (fedsllm.wire.train),
-        so every check feed makes holds already. The finished frame when it
-        was the last. ValueError when no such chunk is expected or `data` is
-        not its size (a caller's mistake, not a peer's)."""
-        expected = self.expected_chunk()
-        n = len(data)
-        if expected is None or n != expected[5] or n == 0:
-            raise ValueError(f"no chunk of {n} bytes is expected next ({expected})")
-        return self._write(self._current, data, n)  # type: ignore[arg-type]
-
-    def _write(self, cur: _Partial, data: Buffer, n: int) -> TensorFrame | None:
-        """Copy a checked chunk's `n` bytes into the tensor's buffer, check the
-        whole elements now in it for NaN and Inf where asked, and finish the
-        frame when it was the last."""
-        end = cur.filled + n
         if n < GIL_FREE_COPY_BYTES and type(data) is not np.ndarray:
             # A buffer copy is the cheapest call for a chunk of the usual size.
             cur.buf[cur.filled : end] = data
@@ -545,7 +508,6 @@ class ChunkAssembler:
             # numpy copies without holding the GIL, so gRPC's threads go on.
             cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
         cur.filled = end
-        cur.last_size = n
         if cur.elements is not None and cur.all_finite:
             itemsize = DTYPE_ITEMSIZE[cur.dtype]
             whole = end // itemsize

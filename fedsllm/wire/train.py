@@ -21,12 +21,10 @@ message out of place.
 The Train method carries its own (de)serializers (`train_call` on the
 client, `TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
 parts and chunks are framed by fedsllm.wire.codec with one copy of the
-payload, every other message goes through protobuf. On the receiving side a
-part message is handed to the reader as bytes (`receive_train_request` /
-`receive_train_response`): when it is byte for byte the encoding of the
-chunk the reader expects next (a tensor's next chunk, alone: most messages
-of a step) its payload goes straight into the tensor's buffer, with no
-decode; anything else is decoded and checked in full. The bytes are the
+payload, every other message goes through protobuf. Every received message
+is decoded by the deserializer, so bytes protobuf cannot parse end the call
+as gRPC ends it for any failed deserializer (INTERNAL), whatever their kind.
+The bytes are the
 protobuf encoding of main_server.proto either way, so the generated stubs
 still interoperate (`train_request` / `train_response` wrap any item in its
 protobuf envelope).
@@ -54,7 +52,6 @@ from fedsllm.wire.codec import (
     join_pieces,
     part_pieces,
     pieces_bytes,
-    single_chunk_part_prefix,
 )
 from fedsllm.wire.messages import (
     StepEndInfo,
@@ -188,10 +185,7 @@ def parse_train_request(
 ) -> UplinkItem | Chunk:
     """Unwrap one received TrainRequest (parts and chunks already decoded by the
     codec, and records of an in-process stream, pass through; a decoded part's
-    header is validated here; bytes, a part left undecoded by
-    receive_train_request, are decoded first)."""
-    if type(msg) is bytes:
-        msg = decode_train_request(msg)
+    header is validated here)."""
     if type(msg) is StepPart:
         if msg.header is not None and not isinstance(msg.header, StepHeaderInfo):
             msg.header = step_header_from_proto(msg.header)  # the decoder's own part
@@ -240,10 +234,7 @@ def parse_train_response(
     msg: main_server_pb2.TrainResponse | DownlinkItem | Chunk,
 ) -> DownlinkItem | Chunk:
     """Unwrap one received TrainResponse (parts, chunks and records pass
-    through; a decoded part's result is validated here; bytes are decoded
-    first)."""
-    if type(msg) is bytes:
-        msg = decode_train_response(msg)
+    through; a decoded part's result is validated here)."""
     if type(msg) is ReplyPart:
         if msg.result is not None and not isinstance(msg.result, StepResultInfo):
             msg.result = step_result_from_proto(msg.result)  # the decoder's own part
@@ -329,31 +320,7 @@ def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReplyPa
     return main_server_pb2.TrainResponse.FromString(buf)
 
 
-_REQUEST_PART_TAG = _REQUEST_PART_FIELD << 3 | 2
-_RESPONSE_PART_TAG = _RESPONSE_PART_FIELD << 3 | 2
-
-
-def receive_train_request(buf: bytes) -> Any:
-    """gRPC request deserializer of a Train server: a part message stays bytes,
-    which read_uplink takes without decoding when it is the next chunk of the
-    tensor in progress (byte for byte as the sender writes it) and decodes
-    otherwise; every other message is decoded here (decode_train_request)."""
-    if buf[:1] == _REQUEST_PART_BYTE:
-        return buf
-    return decode_train_request(buf)
-
-
-def receive_train_response(buf: bytes) -> Any:
-    """gRPC response deserializer of a Train client (see receive_train_request)."""
-    if buf[:1] == _RESPONSE_PART_BYTE:
-        return buf
-    return decode_train_response(buf)
-
-
-_REQUEST_PART_BYTE = bytes([_REQUEST_PART_TAG])
-_RESPONSE_PART_BYTE = bytes([_RESPONSE_PART_TAG])
-
-TRAIN_SERVER_CODEC = (receive_train_request, encode_train_response)
+TRAIN_SERVER_CODEC = (decode_train_request, encode_train_response)
 """(request_deserializer, response_serializer) of the Train method on a server."""
 
 
@@ -363,27 +330,9 @@ def train_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
     return channel.stream_stream(
         TRAIN_METHOD,
         request_serializer=encode_train_request,
-        response_deserializer=receive_train_response,
+        response_deserializer=decode_train_response,
         _registered_method=True,
     )
-
-
-def _take_expected(envelope_field: int, msg: bytes, assembler: ChunkAssembler | None) -> bool:
-    """Feed `msg` to `assembler` and say True when it is exactly the part message
-    carrying the chunk the assembler expects next (the usual message: a
-    tensor's next chunk, alone); else False and nothing happened. Every check
-    the decoder and the assembler would make holds for such bytes by
-    construction, so they are skipped: one comparison of the prefix instead
-    of a decode, a part, a chunk record and the checks."""
-    expected = None if assembler is None else assembler.expected_chunk()
-    if expected is None or expected[5] <= 0:
-        return False
-    prefix = single_chunk_part_prefix(envelope_field, *expected)
-    start = len(prefix)
-    if len(msg) != start + expected[5] or not msg.startswith(prefix):
-        return False
-    assembler.feed_expected(memoryview(msg)[start:])  # type: ignore[union-attr]
-    return True
 
 
 _KINDS: dict[type, str] = {
@@ -549,8 +498,6 @@ def read_uplink(
     first = next(it, None)
     if first is None:
         return
-    if type(first) is bytes:
-        first = decode_train_request(first)
     hello = parse_train_request(first)
     if not isinstance(hello, TrainHelloInfo):
         raise WireError("TrainRequest.kind", f"first message must be hello, got {_kind(first)}")
@@ -584,8 +531,6 @@ def read_uplink(
         return upload
 
     for msg in it:
-        if type(msg) is bytes and _take_expected(_REQUEST_PART_FIELD, msg, assembler):
-            continue
         item = parse_train_request(msg)
         if type(item) is StepPart:
             if item.header is not None:
@@ -630,8 +575,6 @@ def read_downlink(
     first = next(it, None)
     if first is None:
         return
-    if type(first) is bytes:
-        first = decode_train_response(first)
     welcome = parse_train_response(first)
     if not isinstance(welcome, TrainWelcomeInfo):
         raise WireError("TrainResponse.kind", f"first message must be welcome, got {_kind(first)}")
@@ -640,45 +583,41 @@ def read_downlink(
     assembler: ChunkAssembler | None = None
     started = 0.0
     for msg in it:
-        if not (type(msg) is bytes and _take_expected(_RESPONSE_PART_FIELD, msg, assembler)):
-            item = parse_train_response(msg)
-            if type(item) is ReplyPart:
-                head, chunks = item.result, item.chunks
-                field = "ReplyPart.result"
-            elif isinstance(item, Chunk):
-                head, chunks = None, (item,)
-                field = "TrainResponse.kind"
-            elif isinstance(item, StepResultInfo):
-                head, chunks = item, ()
-                field = "TrainResponse.kind"
-            else:
-                raise WireError("TrainResponse.kind", "welcome sent twice")
-            if head is not None:
-                if result is not None:
-                    raise WireError(
-                        field,
-                        f"result of step {head.step} before the tensors of step {result.step}",
-                    )
-                started = time.perf_counter()
-                if not head.tensor_names and not chunks:
-                    yield StepDownload(result=head, frames={}, receive_s=0.0)
-                    continue
-                assembler = _step_assembler(
-                    "StepResult.tensor_names", head.tensor_names, specs(head), limits, buffers
-                )
-                result = head
-            elif result is None or assembler is None:
-                name = chunks[0].name if chunks else None
+        item = parse_train_response(msg)
+        if type(item) is ReplyPart:
+            head, chunks = item.result, item.chunks
+            field = "ReplyPart.result"
+        elif isinstance(item, Chunk):
+            head, chunks = None, (item,)
+            field = "TrainResponse.kind"
+        elif isinstance(item, StepResultInfo):
+            head, chunks = item, ()
+            field = "TrainResponse.kind"
+        else:
+            raise WireError("TrainResponse.kind", "welcome sent twice")
+        if head is not None:
+            if result is not None:
                 raise WireError(
-                    field,
-                    f"missing: chunk of {name!r} outside a step"
-                    if type(item) is ReplyPart
-                    else f"chunk of {name!r} outside a step",
+                    field, f"result of step {head.step} before the tensors of step {result.step}"
                 )
-            for chunk in chunks:
-                assembler.feed(chunk)
-        # (A message taken as the expected chunk came inside a reply: result and
-        # assembler are set.)
+            started = time.perf_counter()
+            if not head.tensor_names and not chunks:
+                yield StepDownload(result=head, frames={}, receive_s=0.0)
+                continue
+            assembler = _step_assembler(
+                "StepResult.tensor_names", head.tensor_names, specs(head), limits, buffers
+            )
+            result = head
+        elif result is None or assembler is None:
+            name = chunks[0].name if chunks else None
+            raise WireError(
+                field,
+                f"missing: chunk of {name!r} outside a step"
+                if type(item) is ReplyPart
+                else f"chunk of {name!r} outside a step",
+            )
+        for chunk in chunks:
+            assembler.feed(chunk)  # type: ignore[union-attr]
         if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):  # type: ignore[union-attr]
             yield StepDownload(
                 result=result,  # type: ignore[arg-type]

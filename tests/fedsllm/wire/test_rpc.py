@@ -171,6 +171,11 @@ HELLO_BYTES = train_request(
         (b"\x1a\x05\x0a\x03ab", grpc.StatusCode.INTERNAL, "deserializing"),
         (b"\x1a\x03\x32\x7f\x00", grpc.StatusCode.INTERNAL, "deserializing"),
         (b"\xff\xff", grpc.StatusCode.INTERNAL, "deserializing"),
+        # The same for a message whose first byte says StepPart: every kind is
+        # decoded by the deserializer (a reader decoding parts itself ended such
+        # a call UNKNOWN, from the handler).
+        (b"\x2a", grpc.StatusCode.INTERNAL, "deserializing"),
+        (b"\x2a\x02\x12\x05", grpc.StatusCode.INTERNAL, "deserializing"),
         # Well-formed protobuf but no oneof field.
         (b"", grpc.StatusCode.INVALID_ARGUMENT, "no field of the oneof"),
         # A chunk with no step header before it.

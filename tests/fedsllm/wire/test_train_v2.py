@@ -21,7 +21,6 @@ from fedsllm.wire.messages import (
 from fedsllm.wire.tensors import (
     DTYPE_ITEMSIZE,
     Chunk,
-    ChunkAssembler,
     TensorFrame,
     TensorSpec,
     frame_to_chunks,
@@ -44,8 +43,6 @@ from fedsllm.wire.train import (
     parse_train_response,
     read_downlink,
     read_uplink,
-    receive_train_request,
-    receive_train_response,
     step_download_responses,
     step_upload_requests,
     train_request,
@@ -77,14 +74,10 @@ def _result(step: int, names: tuple[str, ...]) -> StepResultInfo:
 
 
 def _up_wire(items: list, wire: str) -> list:
-    """Through bytes, as on the wire: the project's codec, what a Train server's
-    deserializer hands the reader ("received": part messages stay bytes), or
-    plain protobuf (a peer with the generated stubs) into the project's
-    decoder and back."""
+    """Through bytes, as on the wire: the project's codec, or plain protobuf
+    (a peer with the generated stubs) into the project's decoder and back."""
     if wire == "codec":
         return [decode_train_request(encode_train_request(x)) for x in items]
-    if wire == "received":
-        return [receive_train_request(encode_train_request(x)) for x in items]
     return [
         main_server_pb2.TrainRequest.FromString(train_request(x).SerializeToString()) for x in items
     ]
@@ -93,8 +86,6 @@ def _up_wire(items: list, wire: str) -> list:
 def _down_wire(items: list, wire: str) -> list:
     if wire == "codec":
         return [decode_train_response(encode_train_response(x)) for x in items]
-    if wire == "received":
-        return [receive_train_response(encode_train_response(x)) for x in items]
     return [
         main_server_pb2.TrainResponse.FromString(train_response(x).SerializeToString())
         for x in items
@@ -111,7 +102,7 @@ def _chunk_sizes(num_bytes: int) -> list[int]:
 # ---------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("wire", ["codec", "received", "protobuf"])
+@pytest.mark.parametrize("wire", ["codec", "protobuf"])
 @pytest.mark.parametrize("name", sorted(DTYPES))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_step_round_trip_bit_exact(name: str, shape: tuple[int, ...], wire: str) -> None:
@@ -429,7 +420,7 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("wire", ["codec", "received", "protobuf"])
+@pytest.mark.parametrize("wire", ["codec", "protobuf"])
 @pytest.mark.parametrize(
     ("make", "field", "needle"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
 )
@@ -440,15 +431,14 @@ def test_uplink_refuses(make, field: str, needle: str, wire: str) -> None:
     assert needle in info.value.reason
 
 
-@pytest.mark.parametrize("wire", ["codec", "received"])
-def test_downlink_refuses(wire: str) -> None:
+def test_downlink_refuses() -> None:
     grad = tensor_to_frame("activations_grad", torch.randn(2, 8, 64))
     result = _result(0, ("activations_grad",))
     parts = list(step_download_responses(result, [grad], 1000))
     spec = [TensorSpec("activations_grad", frozenset({"float32"}), (2, 8, 64))]
 
     def read(items: list) -> list:
-        return list(read_downlink(_down_wire(items, wire), lambda r: spec))
+        return list(read_downlink(_down_wire(items, "codec"), lambda r: spec))
 
     with pytest.raises(WireError) as info:
         read([WELCOME, ReplyPart(parts[0].chunks), *parts[1:]])
@@ -468,61 +458,6 @@ def test_downlink_refuses(wire: str) -> None:
     spec = [TensorSpec("activations_grad", frozenset({"float32"}), None, require_finite=True)]
     with pytest.raises(WireError, match="activations_grad.data: 1 non-finite"):
         read([WELCOME, *bad])
-
-
-def test_the_usual_message_is_taken_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A part that is exactly the next chunk of the tensor in progress (the
-    sender's layout: a tensor cut into equal chunks, one per message) goes
-    into the buffer without a decode; the first message of a step or reply,
-    the last of a step (three tensors and the end flag) and anything else are
-    decoded and checked as before. Two steps, so buffers are reused too."""
-    from fedsllm.wire import train
-
-    frames = _echo_frames()
-    up = _up_wire([HELLO, *_parts(0), *_parts(1)], "received")
-    grad = tensor_to_frame("activations_grad", torch.randn(2, 8, 64))
-    down = _down_wire(
-        [WELCOME, *step_download_responses(_result(0, ("activations_grad",)), [grad], 1000)],
-        "received",
-    )
-    assert sum(type(m) is bytes for m in up) == 2 * len(_parts())
-    decoded: list[int] = []
-    for name in ("decode_train_request", "decode_train_response"):
-        real = getattr(train, name)
-        monkeypatch.setattr(
-            train, name, lambda buf, real=real: decoded.append(len(buf)) or real(buf)
-        )
-    hello, *uploads = read_uplink(up, echo_specs)
-    assert hello == HELLO and len(uploads) == 2
-    for upload in uploads:
-        for frame in frames:
-            assert bytes(upload.frames[frame.name].data) == bytes(frame.data)
-    # 4096 activation bytes in 1000-byte chunks, then 128 of mask and of labels:
-    # parts [header + a0], [a1], [a2], [a3, a4, mask], [labels, end]. Two are
-    # the next chunk alone; the other three a step are decoded.
-    assert [len(p.chunks) for p in _parts()] == [1, 1, 1, 3, 1]
-    assert len(decoded) == 2 * 3
-    (welcome, reply) = read_downlink(down, _any_specs)
-    assert bytes(reply.frames["activations_grad"].data) == bytes(grad.data)
-    # The reply: [result + g0], [g1], [g2], [g3, g4]: the first and last decoded.
-    assert len(decoded) == 2 * 3 + 2
-
-
-def test_feed_expected_refuses_a_chunk_nobody_expects() -> None:
-    """The fast path's entry is for the reader that matched the bytes; any other
-    use is a programming error, refused before a byte is written."""
-    asm = ChunkAssembler()
-    with pytest.raises(ValueError, match="expected next"):
-        asm.feed_expected(b"\0" * 8)
-    frame = tensor_to_frame("t", torch.arange(6, dtype=torch.float32))
-    asm.feed(next(frame_to_chunks(frame, 8)))
-    assert asm.expected_chunk() == ("t", "float32", (6,), 24, 8, 8)
-    with pytest.raises(ValueError, match="expected next"):
-        asm.feed_expected(b"\0" * 4)
-    assert asm.feed_expected(bytes(frame.data)[8:16]) is None
-    done = asm.feed_expected(bytes(frame.data)[16:24])
-    assert done is not None and torch.equal(frame_to_tensor(done), torch.arange(6.0))
-    assert asm.expected_chunk() is None
 
 
 def test_version_1_layout_of_a_step_is_still_read() -> None:
