@@ -396,9 +396,8 @@ def single_chunk_part_prefix(
 ) -> bytes:
     """The bytes before the payload of the envelope whose field `envelope_field`
     is a part carrying exactly this one chunk (`num_bytes` > 0 of data) and
-    nothing else: what part_pieces writes for it. A reader that knows which
-    chunk comes next matches a message against this and its length, and so
-    takes the usual message (a tensor's next chunk) without decoding it."""
+    nothing else: what part_pieces writes for the usual message, a tensor's
+    next chunk alone, from one cached lookup."""
     key = ("part", envelope_field, name, dtype, shape, total_bytes, offset, num_bytes)
     prefix = _PREFIXES.get(key)
     if prefix is not None:
