@@ -501,10 +501,13 @@ class ChunkAssembler:
                 f"{cur.name}.data",
                 f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
-        if n < GIL_FREE_COPY_BYTES and type(data) is not np.ndarray:
-            # A buffer copy is the cheapest call for a chunk of the usual size.
+        try:
+            if n >= GIL_FREE_COPY_BYTES or type(data) is np.ndarray:
+                raise TypeError  # to numpy, below
+            # A buffer copy is the cheapest call for a chunk of the usual size
+            # (a view of another one-byte format, "b" or "c", is refused by it).
             cur.buf[cur.filled : end] = data
-        else:
+        except (TypeError, ValueError):
             # numpy copies without holding the GIL, so gRPC's threads go on.
             cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
         cur.filled = end

@@ -583,11 +583,14 @@ def test_numpy_fast_path_leaves_the_rest_to_the_general_path(tensor: torch.Tenso
 # ---------------------------------------------------------------- per-message fast paths
 
 
-@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "ndarray", "gil_free_size"])
+@pytest.mark.parametrize(
+    "kind", ["bytes", "bytearray", "memoryview", "int8_view", "ndarray", "gil_free_size"]
+)
 def test_assembler_copies_every_buffer_kind(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk data may be bytes (a protobuf TensorChunk), a view of received
     bytes (the codec), or any other buffer: the usual sizes are copied by buffer
-    assignment, large ones (and arrays) by numpy; every byte lands either way."""
+    assignment, large ones, arrays and views of another one-byte format by
+    numpy; every byte lands either way."""
     import numpy as np
 
     from fedsllm.wire import tensors
@@ -600,6 +603,7 @@ def test_assembler_copies_every_buffer_kind(kind: str, monkeypatch: pytest.Monke
         "bytes": bytes,
         "bytearray": bytearray,
         "memoryview": lambda d: memoryview(bytes(d)),
+        "int8_view": lambda d: memoryview(bytes(d)).cast("b"),
         "ndarray": lambda d: np.frombuffer(bytes(d), dtype=np.uint8),
         "gil_free_size": lambda d: memoryview(bytes(d)),
     }[kind]
