@@ -129,9 +129,15 @@ def test_a_client_stopped_past_the_deadline_is_refused_and_catches_up(tmp_path) 
     from fedsllm.trace import read_records
 
     # A deadline well above a round's few seconds on a loaded 2-core host, and a
-    # stop well above the deadline: only the stopped client can be late.
+    # stop well above the deadline: only the stopped client can be late. Rounds
+    # of 12 local steps (a second or more) so that the stop, sent within a
+    # launcher tick of round 1 opening, lands while client 2 trains round 1:
+    # with 3 steps (0.3 s) it could finish and push round 1 first, and then it
+    # had no late push to refuse (a CI run saw that).
     out = _run(
         tmp_path,
+        "--local-steps",
+        "12",
         "--faults",
         "stop:client_2@round=1;for=25s",
         settings=("training.round_deadline_s=10.0", "training.min_clients=2"),
