@@ -139,29 +139,17 @@ def check_step_values(limits: StepLimits, mask: torch.Tensor, labels: torch.Tens
     if int(np.bitwise_or.reduce(mask.numpy(), axis=None)) & ~1:
         raise WireError("attention_mask", "values must be 0 or 1")
     y = labels.numpy()
-    if y.min() >= 0:
-        # No ignored position (two reductions decide): in range, and with two
-        # columns or more there is a token to predict after the shift.
-        if y.max() >= limits.vocab_size:
-            _raise_bad_label(limits, y, y == IGNORE_INDEX)
-        if seq < 2:
-            raise WireError("labels", f"no token to predict (all {IGNORE_INDEX} after the shift)")
-        return
     ignored = y == IGNORE_INDEX
     counted = np.where(ignored, 0, y)
     if counted.min() < 0 or counted.max() >= limits.vocab_size:
-        _raise_bad_label(limits, y, ignored)
+        valid = ignored | ((y >= 0) & (y < limits.vocab_size))
+        bad = int(y[~valid][0])
+        raise WireError(
+            "labels", f"value {bad} is neither {IGNORE_INDEX} nor in [0, {limits.vocab_size})"
+        )
     # num_loss_tokens(labels) == 0, without the torch calls.
     if ignored[:, 1:].all():
         raise WireError("labels", f"no token to predict (all {IGNORE_INDEX} after the shift)")
-
-
-def _raise_bad_label(limits: StepLimits, y: np.ndarray, ignored: np.ndarray) -> NoReturn:
-    valid = ignored | ((y >= 0) & (y < limits.vocab_size))
-    bad = int(y[~valid][0])
-    raise WireError(
-        "labels", f"value {bad} is neither {IGNORE_INDEX} nor in [0, {limits.vocab_size})"
-    )
 
 
 class MainServerService(pb_grpc.MainServerServicer):

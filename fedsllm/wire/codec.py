@@ -100,54 +100,37 @@ def chunk_header(name: str, dtype: str, shape: tuple[int, ...], total_bytes: int
 
 
 _PREFIXES: dict[tuple, bytes] = {}
-"""Prefixes made so far (of chunks, and of parts carrying one chunk): a stream
-sends the same tensors' chunks at the same offsets step after step, so each
-is built once (bounded: cleared when full, as a peer's odd shapes could
-otherwise grow it)."""
+"""Chunk prefixes made so far: a stream sends the same tensors' chunks at the
+same offsets step after step, so each is built once (bounded: cleared when
+full, as a peer's odd shapes could otherwise grow it)."""
 _MAX_PREFIXES = 4096
 
 
-def _remember(key: tuple, prefix: bytes) -> bytes:
-    if len(_PREFIXES) >= _MAX_PREFIXES:
-        _PREFIXES.clear()
-    _PREFIXES[key] = prefix
-    return prefix
-
-
-def _chunk_prefix_of(
-    envelope_field: int,
-    name: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    total_bytes: int,
-    offset: int,
-    num_bytes: int,
-) -> bytes:
+def _chunk_prefix(envelope_field: int, chunk: Chunk, num_bytes: int) -> bytes:
     """Everything of the enveloped chunk before its data: envelope tag and
     length, fields 1-4, the offset, the data's tag and length."""
-    key = (envelope_field, name, dtype, shape, total_bytes, offset, num_bytes)
-    prefix = _PREFIXES.get(key)
-    if prefix is not None:
-        return prefix
-    header = chunk_header(name, dtype, shape, total_bytes)
-    off = _OFFSET_TAG + varint(offset) if offset else b""
-    data = _DATA_TAG + varint(num_bytes) if num_bytes else b""
-    body = len(header) + len(off) + len(data) + num_bytes
-    return _remember(
-        key, b"".join((bytes([envelope_field << 3 | _LEN]), varint(body), header, off, data))
-    )
-
-
-def _chunk_prefix(envelope_field: int, chunk: Chunk, num_bytes: int) -> bytes:
-    return _chunk_prefix_of(
+    shape = tuple(chunk.shape)
+    key = (
         envelope_field,
         chunk.name,
         chunk.dtype,
-        tuple(chunk.shape),
+        shape,
         chunk.total_bytes,
         chunk.offset,
         num_bytes,
     )
+    prefix = _PREFIXES.get(key)
+    if prefix is not None:
+        return prefix
+    header = chunk_header(chunk.name, chunk.dtype, shape, chunk.total_bytes)
+    offset = _OFFSET_TAG + varint(chunk.offset) if chunk.offset else b""
+    data = _DATA_TAG + varint(num_bytes) if num_bytes else b""
+    body = len(header) + len(offset) + len(data) + num_bytes
+    prefix = b"".join((bytes([envelope_field << 3 | _LEN]), varint(body), header, offset, data))
+    if len(_PREFIXES) >= _MAX_PREFIXES:
+        _PREFIXES.clear()
+    _PREFIXES[key] = prefix
+    return prefix
 
 
 def _bytes_view(data: Buffer) -> memoryview:
@@ -329,8 +312,6 @@ PART_HEAD_FIELD = 1
 PART_CHUNKS_FIELD = 2
 PART_END_FIELD = 3
 _END_TRUE = bytes([PART_END_FIELD << 3 | _VARINT, 1])
-_PART_HEAD_KEY = PART_HEAD_FIELD << 3 | _LEN
-_PART_CHUNK_KEY = PART_CHUNKS_FIELD << 3 | _LEN
 
 Piece = bytes | memoryview
 
@@ -343,21 +324,6 @@ def part_pieces(
     and `end`,
     as pieces: byte strings and the chunks' data views, in wire order. Nothing
     of the payloads is copied here."""
-    if head is None and not end and len(chunks) == 1:
-        # The usual message, a tensor's next chunk alone: one cached prefix.
-        chunk = chunks[0]
-        data = _bytes_view(chunk.data)
-        if data.nbytes:
-            prefix = single_chunk_part_prefix(
-                envelope_field,
-                chunk.name,
-                chunk.dtype,
-                tuple(chunk.shape),
-                chunk.total_bytes,
-                chunk.offset,
-                data.nbytes,
-            )
-            return [prefix, data]
     pieces: list[Piece] = []
     small = b""
     if head is not None:
@@ -385,28 +351,6 @@ def part_pieces(
     return pieces
 
 
-def single_chunk_part_prefix(
-    envelope_field: int,
-    name: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    total_bytes: int,
-    offset: int,
-    num_bytes: int,
-) -> bytes:
-    """The bytes before the payload of the envelope whose field `envelope_field`
-    is a part carrying exactly this one chunk (`num_bytes` > 0 of data) and
-    nothing else: what part_pieces writes for the usual message, a tensor's
-    next chunk alone, from one cached lookup."""
-    key = ("part", envelope_field, name, dtype, shape, total_bytes, offset, num_bytes)
-    prefix = _PREFIXES.get(key)
-    if prefix is not None:
-        return prefix
-    chunk = _chunk_prefix_of(PART_CHUNKS_FIELD, name, dtype, shape, total_bytes, offset, num_bytes)
-    envelope = bytes([envelope_field << 3 | _LEN]) + varint(len(chunk) + num_bytes)
-    return _remember(key, envelope + chunk)
-
-
 def pieces_bytes(pieces: Sequence[Piece]) -> int:
     """Length of the message `pieces` make."""
     return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
@@ -431,25 +375,14 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, list[Chu
     end = False
     while pos < total:
         key = buf[pos]
-        if key in (_PART_CHUNK_KEY, _PART_HEAD_KEY):  # one-byte keys: the usual
-            length, start = _read_varint(buf, pos + 1, total)
-            if length < 0 or start + length > total:
+        if key < 0x80:  # a one-byte key, as every field here is written: no call
+            value_pos = pos + 1
+        else:
+            key, value_pos = _read_varint(buf, pos, total)
+            if key < 0:
                 return None
-            pos = start + length
-            if key == _PART_HEAD_KEY:
-                head = (start, pos)
-                continue
-            chunk = _decode_chunk_body(buf, start, pos)
-            if chunk is None:
-                return None
-            chunks.append(chunk)
-            continue
-        key, value_pos = _read_varint(buf, pos, total)
-        if key < 0:
-            return None
         field, wire_type = key >> 3, key & 7
         if wire_type == _LEN and field in (PART_CHUNKS_FIELD, PART_HEAD_FIELD):
-            # The same fields with an over-long key varint (valid protobuf).
             length, start = _read_varint(buf, value_pos, total)
             if length < 0 or start + length > total:
                 return None

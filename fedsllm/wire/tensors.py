@@ -433,6 +433,20 @@ class _Partial:
     all_finite: bool = True
 
 
+def _copy_into(cur: _Partial, data: Buffer, end: int) -> None:
+    """Write `data` at cur.filled..end of the tensor's buffer: a chunk of the
+    usual size by buffer assignment, the cheapest call; a large one (and an
+    array, or a view of another one-byte format, which buffer assignment
+    refuses) by numpy, which lets go of the GIL while it copies."""
+    if end - cur.filled < GIL_FREE_COPY_BYTES and type(data) is not np.ndarray:
+        try:
+            cur.buf[cur.filled : end] = data
+            return
+        except (TypeError, ValueError):
+            pass
+    cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
+
+
 @dataclass(slots=True)
 class ChunkAssembler:
     """Rebuilds tensors from a sequence of TensorChunk messages.
@@ -501,15 +515,7 @@ class ChunkAssembler:
                 f"{cur.name}.data",
                 f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
-        try:
-            if n >= GIL_FREE_COPY_BYTES or type(data) is np.ndarray:
-                raise TypeError  # to numpy, below
-            # A buffer copy is the cheapest call for a chunk of the usual size
-            # (a view of another one-byte format, "b" or "c", is refused by it).
-            cur.buf[cur.filled : end] = data
-        except (TypeError, ValueError):
-            # numpy copies without holding the GIL, so gRPC's threads go on.
-            cur.array[cur.filled : end] = np.frombuffer(data, dtype=np.uint8)
+        _copy_into(cur, data, end)
         cur.filled = end
         if cur.elements is not None and cur.all_finite:
             itemsize = DTYPE_ITEMSIZE[cur.dtype]

@@ -4,8 +4,10 @@ FAILED_PRECONDITION) and leaves the server adapter untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -27,13 +29,28 @@ HASH = "h"
 B, T, D = 2, 16, 64
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, ServerTrainer]]:
+def _tiny_serving(
+    num_clients: int = 1, **service_kw: Any
+) -> tuple[ServerTrainer, contextlib.AbstractContextManager[str]]:
+    """A fresh trainer over the tiny server part, and `serving` it for this
+    file's T tokens (enter the second to get the address)."""
     part, hidden, vocab = tiny_server_part()
     trainer = ServerTrainer(part, lr=1e-2)
-    with serving(
-        trainer, hidden_size=hidden, vocab_size=vocab, max_seq_len=T, num_clients=2
-    ) as address:
+    served = serving(
+        trainer,
+        hidden_size=hidden,
+        vocab_size=vocab,
+        max_seq_len=T,
+        num_clients=num_clients,
+        **service_kw,
+    )
+    return trainer, served
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, ServerTrainer]]:
+    trainer, served = _tiny_serving(num_clients=2)
+    with served as address:
         yield address, trainer
 
 
@@ -404,13 +421,10 @@ def test_initial_adapter_eval_ignores_training_so_far(server) -> None:
 def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
     """receive_s (what 'achieved uplink rate' divides by) ends when the upload has
     arrived: a long emulated server step must not count as transfer time."""
-    import contextlib
     import time
 
     from fedsllm.trace import read_records
     from fedsllm.wire.rpc import make_channel
-
-    part, hidden, vocab = tiny_server_part()
 
     @contextlib.contextmanager
     def slow_device(_flops: float, _label: str):
@@ -418,15 +432,7 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
         time.sleep(1.0)  # the emulated server takes 1 s for this step
 
     tracer = Tracer(tmp_path / "trace" / "main_server.jsonl", "main_server")
-    served = serving(
-        ServerTrainer(part, lr=1e-2),
-        hidden_size=hidden,
-        vocab_size=vocab,
-        max_seq_len=T,
-        num_clients=1,
-        tracer=tracer,
-        compute=slow_device,
-    )
+    _, served = _tiny_serving(tracer=tracer, compute=slow_device)
     try:
         with served as address, make_channel(address) as channel:
             stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096, now=tracer.now)
@@ -522,7 +528,6 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
     from fedsllm.wire.rpc import make_channel
     from fedsllm.wire.train import ReplyPart, encode_train_response
 
-    part, hidden, vocab = tiny_server_part()
     charged: list[tuple[int, float, int, bool]] = []
     header = StepHeaderInfo(
         round=0, step=0, mode="train", downlink_bps=downlink_bps, tensor_names=STEP_NAMES
@@ -531,14 +536,7 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
         TrainHelloInfo(client_id=0, scenario_hash=HASH, wire_dtype="float32"),
         *step_upload_requests(header, _frames(_tensors()), 4096),
     ]
-    served = serving(
-        ServerTrainer(part, lr=1e-2),
-        hidden_size=hidden,
-        vocab_size=vocab,
-        max_seq_len=T,
-        num_clients=1,
-        pace=lambda *args: charged.append(args),
-    )
+    _, served = _tiny_serving(pace=lambda *args: charged.append(args))
     with served as address, make_channel(address) as channel:
         replies = list(train_call(channel)(iter(requests), timeout=30))[1:]
     if downlink_bps == 0:
@@ -575,9 +573,7 @@ def test_train_step_hashed_beside_the_worker_not_before_it(monkeypatch) -> None:
         return digests[-1]
 
     monkeypatch.setattr(service_module, "step_digest", recording_digest)
-    part, hidden, vocab = tiny_server_part()
-    trainer = ServerTrainer(part, lr=1e-2)
-    served = serving(trainer, hidden_size=hidden, vocab_size=vocab, max_seq_len=T, num_clients=1)
+    trainer, served = _tiny_serving()
     with served as address, make_channel(address) as channel:
         stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096)
         t = _tensors(3)
