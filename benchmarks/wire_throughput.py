@@ -18,7 +18,8 @@ main server replies when the downlink is not paced).
     size plus two 8-byte messages (the mask and labels), on a stream kept open
     across steps (as the project's is), answered by one small reply. (The
     project sends as many messages as the tensor has chunks: two fewer.) Goal:
-    project / raw >= 0.9 at the default chunk size.
+    project / raw >= 0.9 at the default chunk size. Below the table, the
+    same for a 1 KiB step: what a step costs whatever its size.
 (b) a 1.57 MB activation echo: (8, 64, 768) float32 activations + mask +
     labels up, a same-size gradient down, decoded to a tensor; with the
     wire's validation off (dtype and shape against bytes only) and on (also
@@ -51,6 +52,7 @@ its GIL) with the client.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -94,6 +96,8 @@ ECHO_SHAPE = (8, 64, 768)
 FOLD_DOWNLINK = True
 """Whether the echo's result rides in the gradient's first message."""
 VOCAB = 50257
+TINY_BYTES = 1024
+"""The payload of the per-step cost line under table (a)."""
 
 
 def _specs(validate: bool) -> list[TensorSpec]:
@@ -252,11 +256,52 @@ def _raw_echo(request_iterator, context) -> Iterator[bytes]:
                 yield from reply
 
 
+LEAN_PREFIX = bytes(range(0x20, 0x50))
+"""What the minimal framework puts in front of every payload: as long as the
+project's chunk prefix (envelope, tensor header, offset, data length)."""
+
+
+def _join_pair(pair: tuple[bytes, memoryview]) -> bytes:
+    """The minimal framework's serializer: prefix + payload, one copy."""
+    return b"".join(pair)
+
+
+def _lean_receive(msg: bytes, into: memoryview, at: int) -> int:
+    """The minimal framework's receive: check the prefix, copy the payload to
+    `at` of the step's buffer; the position after it."""
+    if not msg.startswith(LEAN_PREFIX):
+        raise ValueError("not a minimal-framework message")
+    size = len(msg) - len(LEAN_PREFIX)
+    into[at : at + size] = memoryview(msg)[len(LEAN_PREFIX) :]
+    return at + size
+
+
+def _lean_echo(request_iterator, context) -> Iterator[tuple[bytes, memoryview]]:
+    """Server of the minimal framework (see LeanEcho): per step, receive the
+    activations, mask and labels into one buffer, make the activations a
+    tensor and the tensor's bytes the reply (the two torch calls a server
+    needs), and send them back in chunk-sized messages."""
+    meta = dict(context.invocation_metadata())
+    up, acts, chunk = int(meta["up"]), int(meta["acts"]), int(meta["chunk"])
+    buf = np.empty(up, dtype=np.uint8)
+    view = memoryview(buf)
+    received = 0
+    for msg in request_iterator:
+        received = _lean_receive(msg, view, received)
+        if received >= up:
+            received = 0
+            tensor = torch.from_numpy(buf[:acts].view(np.float32).reshape(ECHO_SHAPE))
+            grad = memoryview(tensor.numpy()).cast("B")
+            for start in range(0, acts, chunk):
+                yield LEAN_PREFIX, grad[start : start + chunk]
+
+
 def _add_raw(server: grpc.Server) -> None:
     handler = grpc.method_handlers_generic_handler(
         "bench.Raw",
         {
             "Echo": grpc.stream_stream_rpc_method_handler(_raw_echo, _identity, _identity),
+            "Lean": grpc.stream_stream_rpc_method_handler(_lean_echo, _identity, _join_pair),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -339,6 +384,48 @@ class RawEcho:
         next(self.responses, None)
 
 
+class LeanEcho:
+    """A minimal tensor framework on the same gRPC, for the echo: the copy floor
+    plus what any framework has to do besides framing, and nothing else: the
+    six torch calls of a step (the client's three tensors to bytes, the
+    server's activations to a tensor and its gradient back to bytes, the
+    client's gradient to a tensor) and a prefix check per message. No header,
+    result, names, dtypes, shapes or offsets: it knows them in advance. It
+    says how close to raw a framework written in Python can get here, so the
+    project's own cost over it is its structure and its checks."""
+
+    def __init__(self, channel: grpc.Channel, up: int, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.requests = rpc.RequestQueue()
+        call = channel.stream_stream(
+            "/bench.Raw/Lean", request_serializer=_join_pair, response_deserializer=_identity
+        )
+        metadata_ = (
+            ("up", str(up)),
+            ("acts", str(math.prod(ECHO_SHAPE) * 4)),
+            ("chunk", str(chunk_bytes)),
+        )
+        self.responses = call(self.requests, timeout=600, metadata=metadata_)
+        self.buf = np.empty(math.prod(ECHO_SHAPE) * 4, dtype=np.uint8)
+        self.view = memoryview(self.buf)
+
+    def run_step(
+        self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        for tensor in (acts, mask, labels):
+            data = memoryview(tensor.numpy()).cast("B")
+            for start in range(0, data.nbytes, self.chunk_bytes):
+                self.requests.put((LEAN_PREFIX, data[start : start + self.chunk_bytes]))
+        received = 0
+        while received < self.buf.nbytes:
+            received = _lean_receive(next(self.responses), self.view, received)
+        return torch.from_numpy(self.buf.view(np.float32).reshape(ECHO_SHAPE))
+
+    def close(self) -> None:
+        self.requests.close()
+        next(self.responses, None)
+
+
 # ---------------------------------------------------------------- measurements
 
 
@@ -397,11 +484,9 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
     }
 
 
-def bench_stream(
-    address: str, num_bytes: int, chunk_bytes: int, reps: int
-) -> tuple[float, float, float]:
-    """(project, raw, copy floor) median MB/s of uploading one float32 tensor of
-    `num_bytes`."""
+def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> dict[str, Timing]:
+    """Figures of uploading one float32 tensor of `num_bytes` as a step:
+    "project", "raw" and "floor" (the copy floor)."""
     acts = torch.randn(1, 1, num_bytes // 4)
     mask = torch.ones(1, 1, dtype=torch.int64)
     labels = torch.zeros(1, 1, dtype=torch.int64)
@@ -423,7 +508,7 @@ def bench_stream(
         raw.close()
         floor.close()
     session.close()
-    return tuple(num_bytes / med[k].wall_s / 1e6 for k in ("project", "raw", "floor"))  # type: ignore[return-value]
+    return med
 
 
 def bench_echo(
@@ -442,11 +527,15 @@ def bench_echo(
     with rpc.make_channel(address) as channel:
         raw = RawEcho(channel, sizes, sizes[0], chunk_bytes)
         floor = RawEcho(channel, sizes, sizes[0], chunk_bytes, copies=True)
+        lean = LeanEcho(channel, sum(sizes), chunk_bytes)
+        if not torch.equal(lean.run_step(acts, mask, labels), acts):
+            raise RuntimeError("the minimal framework's echo returned a different tensor")
         fns: dict[str, Callable[[], object]] = {
             "project": lambda: plain.run_step(acts, mask, labels, "train"),
             "validated": lambda: checked.run_step(acts, mask, labels, "train"),
             "raw": raw.run,
             "floor": floor.run,
+            "lean": lambda: lean.run_step(acts, mask, labels),
         }
         if compare_fold:
             other = Session(address, chunk_bytes, validate=False, fold=not FOLD_DOWNLINK)
@@ -455,6 +544,7 @@ def bench_echo(
         med = _alternate(fns, reps, warmup=5)
         raw.close()
         floor.close()
+        lean.close()
     for session in sessions:
         grad = session.run_step(acts, mask, labels, "train")
         if grad is None or not torch.equal(grad, acts):
@@ -515,11 +605,26 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
     print("|---|---|---|---|---|---|---|")
     for num_bytes, n in ((1_572_864, reps_small), (64 * 2**20, reps_big)):
         for chunk in CHUNK_SIZES:
-            rate, raw, floor = bench_stream(address, num_bytes, chunk, n)
+            med = bench_stream(address, num_bytes, chunk, n)
+            rate, raw, floor = (
+                num_bytes / med[k].wall_s / 1e6 for k in ("project", "raw", "floor")
+            )
             print(
                 f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
                 f"{raw:.0f} | {rate / raw:.2f} | {floor:.0f} | {rate / floor:.2f} |"
             )
+    # What a step costs whatever its size: a 1 KiB tensor is one message up
+    # (the raw stream's three), so the difference is the step's own handling.
+    med = bench_stream(address, TINY_BYTES, DEFAULT_CHUNK, reps_small * 5)
+    us = {k: t.wall_s * 1e6 for k, t in med.items()}
+    cpu = {k: (t.client_cpu_s + t.server_cpu_s) * 1e6 for k, t in med.items()}
+    print(
+        f"    per-step cost (a {TINY_BYTES} B step, median of {reps_small * 5}): "
+        f"project {us['project']:.0f} us, raw {us['raw']:.0f} us "
+        f"(+{us['project'] - us['raw']:.0f} us); CPU per step, both processes: "
+        f"project {cpu['project']:.0f} us, raw {cpu['raw']:.0f} us "
+        f"({cpu['project'] - cpu['raw']:+.0f} us)"
+    )
 
 
 def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
@@ -552,6 +657,18 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
             f"{floor * 1e3:.2f} | {project / floor:.2f} | {validated / floor:.2f} |"
         )
         cpu_rows.append((chunk, med))
+    print(
+        "\n    the minimal framework (LeanEcho: the copy floor, the six torch calls of a "
+        "step and a prefix check per message; how close to raw Python can get here)"
+    )
+    print("| chunk | minimal ms | minimal / raw | project / minimal | validated / minimal |")
+    print("|---|---|---|---|---|")
+    for chunk, med in cpu_rows:
+        lean = med["lean"].wall_s
+        print(
+            f"| {chunk // 1024} KiB | {lean * 1e3:.2f} | {lean / med['raw'].wall_s:.2f} | "
+            f"{med['project'].wall_s / lean:.2f} | {med['validated'].wall_s / lean:.2f} |"
+        )
     # Where the wall time goes: on a host with few cores the processes' CPU
     # time, gRPC's threads included, bounds a step's wall time.
     print(
@@ -559,10 +676,10 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
         "thread; the extra over raw is the framework's)"
     )
     print(
-        "| chunk | project | validated | raw | copy floor | project extra | validated extra "
-        "| project over floor |"
+        "| chunk | project | validated | raw | copy floor | minimal | project extra "
+        "| validated extra | project over floor | project over minimal |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for chunk, med in cpu_rows:
         total = {k: (t.client_cpu_s + t.server_cpu_s) * 1e3 for k, t in med.items()}
         parts = {
@@ -571,9 +688,11 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
         }
         print(
             f"| {chunk // 1024} KiB | {parts['project']} | {parts['validated']} | "
-            f"{parts['raw']} | {parts['floor']} | {total['project'] - total['raw']:+.2f} | "
+            f"{parts['raw']} | {parts['floor']} | {parts['lean']} | "
+            f"{total['project'] - total['raw']:+.2f} | "
             f"{total['validated'] - total['raw']:+.2f} | "
-            f"{total['project'] - total['floor']:+.2f} |"
+            f"{total['project'] - total['floor']:+.2f} | "
+            f"{total['project'] - total['lean']:+.2f} |"
         )
 
 
