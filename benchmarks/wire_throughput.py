@@ -41,7 +41,11 @@ copy per message on each side that any tensor framework on gRPC-Python 1.85
 has to make, since its messages are `bytes` (the sender copies each message
 out of the tensor, the receiver copies it into a tensor-sized buffer; the
 server's reply likewise). It separates what the copies cost (floor / raw)
-from what the framework's own code costs (project / floor).
+from what the framework's own code costs (project / floor). Table (b) also
+times a minimal framework (LeanEcho): the copy floor plus the six torch
+calls of a step and a prefix check per message, and nothing else. It says
+how close to raw a framework written in Python gets on the host at hand,
+and project / minimal what the project's structure and checks cost.
 
 Project and raw repetitions alternate, so a load spike on a shared host hits
 both; the figures are medians. The server runs in a child process, as the
@@ -392,22 +396,29 @@ class LeanEcho:
     client's gradient to a tensor) and a prefix check per message. No header,
     result, names, dtypes, shapes or offsets: it knows them in advance. It
     says how close to raw a framework written in Python can get here, so the
-    project's own cost over it is its structure and its checks."""
+    project's own cost over it is its structure and its checks.
+
+    It sends the same messages as RawEcho: the mask and labels as messages of
+    their own, two more per step than the project, which packs them with the
+    last activation chunk; so project / minimal errs in the project's
+    favour. Built for the echo's tensors (ECHO_SHAPE float32 activations):
+    `up` is the byte count of all three."""
 
     def __init__(self, channel: grpc.Channel, up: int, chunk_bytes: int) -> None:
         self.chunk_bytes = chunk_bytes
+        self.buf = np.empty(math.prod(ECHO_SHAPE) * 4, dtype=np.uint8)
+        """The gradient's bytes (ECHO_SHAPE, float32), filled each step."""
+        self.view = memoryview(self.buf)
         self.requests = rpc.RequestQueue()
         call = channel.stream_stream(
             "/bench.Raw/Lean", request_serializer=_join_pair, response_deserializer=_identity
         )
         metadata_ = (
             ("up", str(up)),
-            ("acts", str(math.prod(ECHO_SHAPE) * 4)),
+            ("acts", str(self.buf.nbytes)),
             ("chunk", str(chunk_bytes)),
         )
         self.responses = call(self.requests, timeout=600, metadata=metadata_)
-        self.buf = np.empty(math.prod(ECHO_SHAPE) * 4, dtype=np.uint8)
-        self.view = memoryview(self.buf)
 
     def run_step(
         self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
@@ -472,7 +483,9 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
     cpu = {name: [0.0, 0.0] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            c0, s0 = time.process_time(), _server_cpu_s(SERVER_PID)
+            # Server first, so this process's reading excludes the /proc scan.
+            s0 = _server_cpu_s(SERVER_PID)
+            c0 = time.process_time()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -514,8 +527,10 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> d
 def bench_echo(
     address: str, chunk_bytes: int, reps: int, compare_fold: bool = False
 ) -> dict[str, Timing]:
-    """One echo step's figures: project without and with validation, raw (and,
-    with compare_fold, the project with the downlink's result unfolded)."""
+    """One echo step's figures: "project" without and "validated" with
+    validation, "raw", "floor" (the copy floor), "lean" (the minimal
+    framework) and, with compare_fold, "other_fold" (the project with the
+    downlink's result unfolded)."""
     acts = torch.randn(*ECHO_SHAPE)
     b, t = ECHO_SHAPE[:2]
     mask = torch.ones(b, t, dtype=torch.int64)
@@ -621,7 +636,7 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
     print(
         f"    per-step cost (a {TINY_BYTES} B step, median of {reps_small * 5}): "
         f"project {us['project']:.0f} us, raw {us['raw']:.0f} us "
-        f"(+{us['project'] - us['raw']:.0f} us); CPU per step, both processes: "
+        f"({us['project'] - us['raw']:+.0f} us); CPU per step (mean), both processes: "
         f"project {cpu['project']:.0f} us, raw {cpu['raw']:.0f} us "
         f"({cpu['project'] - cpu['raw']:+.0f} us)"
     )
