@@ -59,10 +59,6 @@ CHUNK = wt.DEFAULT_CHUNK
 NAMES = ("activations", "attention_mask", "labels")
 
 
-def _identity(data: bytes) -> bytes:
-    return data
-
-
 def _sizes() -> list[int]:
     """Bytes of the step's tensors: activations, mask, labels."""
     b, t, d = wt.ECHO_SHAPE
@@ -117,7 +113,7 @@ async def _serve() -> None:
             "Project": grpc.stream_stream_rpc_method_handler(
                 _project_echo, decode_train_request, encode_train_response
             ),
-            "Raw": grpc.stream_stream_rpc_method_handler(_raw_echo, _identity, _identity),
+            "Raw": grpc.stream_stream_rpc_method_handler(_raw_echo, wt._identity, wt._identity),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -150,7 +146,7 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         response_deserializer=decode_train_response,
     )()
     raw = channel.stream_stream(
-        "/bench.Aio/Raw", request_serializer=_identity, response_deserializer=_identity
+        "/bench.Aio/Raw", request_serializer=wt._identity, response_deserializer=wt._identity
     )()
     buffers = ReceiveBuffers()
     grad_spec = {"activations_grad": TensorSpec("activations_grad", wt.FLOATS)}

@@ -493,12 +493,7 @@ class ChunkAssembler:
         cur = self._current
         if cur is None:
             cur = self._start(chunk)
-        elif (
-            chunk.name != cur.name
-            or chunk.dtype != cur.dtype
-            or chunk.total_bytes != cur.total
-            or (chunk.shape != cur.shape and tuple(chunk.shape) != cur.shape)
-        ):
+        else:
             self._check_continuation(cur, chunk)
         data = chunk.data
         n = len(data)
@@ -632,7 +627,8 @@ class ChunkAssembler:
                 f"{cur.name}.dtype",
                 f"={chunk.dtype!r} in a later chunk, first chunk said {cur.dtype!r}",
             )
-        if tuple(chunk.shape) != cur.shape:
+        # A decoded chunk's shape is already a tuple: compare before converting.
+        if chunk.shape != cur.shape and tuple(chunk.shape) != cur.shape:
             raise WireError(
                 f"{cur.name}.shape",
                 f"={tuple(chunk.shape)} in a later chunk, first chunk said {cur.shape}",

@@ -506,7 +506,7 @@ def test_step_without_a_token_to_predict_is_refused(kept_column: int, refused: b
 @pytest.mark.parametrize("ignored", [False, True])
 def test_single_column_batch_has_no_token_to_predict(ignored: bool) -> None:
     """One column leaves nothing after the shift, whether or not any label is
-    ignored (the checks take a shorter path when none is)."""
+    ignored; two columns do."""
     from fedsllm.errors import WireError
     from main_server.service import check_step_values
 

@@ -625,11 +625,19 @@ def test_chunk_prefixes_are_cached_exact_and_bounded(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(codec, "_PREFIXES", {})
     monkeypatch.setattr(codec, "_MAX_PREFIXES", 8)
-    frame = tensor_to_frame("t", torch.arange(400, dtype=torch.float32))
-    for _ in range(2):  # the second pass reads the cache (for the first few offsets)
-        for chunk in frame_to_chunks(frame, 64):  # 25 chunks: more than the bound
+
+    def encode_all(frame: TensorFrame) -> None:
+        for chunk in frame_to_chunks(frame, 64):
             wire = encode_train_request(chunk)
             assert wire == train_request(chunk).SerializeToString()
             assert main_server_pb2.TrainRequest.FromString(wire).chunk.offset == chunk.offset
             assert len(codec._PREFIXES) <= 8
-    assert codec._PREFIXES  # it was used
+
+    small = tensor_to_frame("t", torch.arange(64, dtype=torch.float32))  # 4 chunks
+    encode_all(small)
+    cached = dict(codec._PREFIXES)
+    assert len(cached) == 4
+    encode_all(small)  # the next step: every prefix read from the cache, none built
+    assert codec._PREFIXES.keys() == cached.keys()
+    assert all(codec._PREFIXES[k] is v for k, v in cached.items())
+    encode_all(tensor_to_frame("u", torch.arange(400, dtype=torch.float32)))  # 25 chunks
