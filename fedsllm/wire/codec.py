@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedsllm.wire.tensors import Chunk
@@ -225,7 +226,7 @@ _HINTS: list[tuple[bytes, tuple[str, str, tuple[int, ...], int]]] = []
 _MAX_HINTS = 4
 
 
-def _decode_hinted(buf: bytes, pos: int, total: int) -> Chunk | None:
+def _decode_hinted(buf: bytes, pos: int, total: int) -> _ChunkFields | None:
     """The chunk in buf[pos:total] when it is one of the _HINTS headers followed by
     only an offset and the data, else None (the full scan decides)."""
     for header, fields in _HINTS:
@@ -240,7 +241,7 @@ def _decode_hinted(buf: bytes, pos: int, total: int) -> Chunk | None:
         num_bytes, start = _read_varint(buf, p + 1, total)
         if offset < 0 or start + num_bytes != total:
             return None
-        return Chunk(*fields, offset, memoryview(buf)[start:total])
+        return (*fields, offset, start, total)
     return None
 
 
@@ -251,10 +252,25 @@ _DATA_KEY = _DATA_TAG[0]
 def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
     """The TensorChunk serialized in buf[pos:total] (its data a view into
     `buf`), or None when those bytes are not a chunk this reader frames."""
+    fields = _chunk_fields(buf, pos, total)
+    if fields is None:
+        return None
+    *head, start, stop = fields
+    return Chunk(*head, memoryview(buf)[start:stop])  # type: ignore[call-arg]
+
+
+_ChunkFields = tuple[str, str, tuple[int, ...], int, int, int, int]
+"""A decoded chunk: name, dtype, shape, total_bytes, offset, and where its data
+start and stop in the message."""
+
+
+def _chunk_fields(buf: bytes, pos: int, total: int) -> _ChunkFields | None:
+    """The fields of the TensorChunk serialized in buf[pos:total], or None when
+    those bytes are not a chunk this reader frames."""
     if _HINTS:
-        chunk = _decode_hinted(buf, pos, total)
-        if chunk is not None:
-            return chunk
+        fields = _decode_hinted(buf, pos, total)
+        if fields is not None:
+            return fields
     start = pos
     header_parts: list[tuple[int, int]] = []
     offset = 0
@@ -294,14 +310,7 @@ def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
         # The usual layout (header fields first): later chunks take the fast path.
         _HINTS.insert(0, (header, (name, dtype, shape, total_bytes)))
         del _HINTS[_MAX_HINTS:]
-    return Chunk(
-        name=name,
-        dtype=dtype,
-        shape=shape,
-        total_bytes=total_bytes,
-        offset=offset,
-        data=memoryview(buf)[data[0] : data[1]],
-    )
+    return name, dtype, shape, total_bytes, offset, data[0], data[1]
 
 
 # ---------------------------------------------------------------- parts (wire version 2)
@@ -361,17 +370,120 @@ def join_pieces(pieces: Sequence[Piece]) -> bytes:
     return b"".join(pieces)
 
 
-def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, list[Chunk], bool] | None:
-    """(head bytes or None, chunks viewing `buf`, end flag) of an envelope whose
-    only field is the part message `envelope_field`; None when `buf` is
-    anything else or malformed (the caller hands it to protobuf). As in
-    protobuf, unknown fields are skipped and the last head / end wins."""
+ChunkKey = tuple[str, str, tuple[int, ...], int]
+"""What every chunk of a tensor repeats: name, dtype, shape, total_bytes."""
+LaidChunk = tuple[ChunkKey, int, int, int]
+"""A chunk of a part layout: its key, its offset, and where its data start and
+stop, counted from the layout's start."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartLayout:
+    """What decode_part made of a part message's fields after its leading head:
+    the bytes outside the chunks' payloads, and what they said. The decoded
+    fields depend on those bytes alone (a payload is skipped by the length in
+    front of it), so a later message with the same bytes around payloads of
+    the same sizes decodes to the same chunks, head and end without reading
+    its fields again."""
+
+    fixed: tuple[tuple[int, bytes], ...]
+    """(position from the layout's start, bytes): everything but the payloads."""
+    chunks: tuple[LaidChunk, ...]
+    head: tuple[int, int] | None
+    """A head field inside the layout (the last wins over the leading one)."""
+    end: bool
+
+
+_MESSAGES: dict[int, dict[int, list[PartLayout]]] = {}
+"""Layouts of whole part messages without a leading head, by envelope field and
+message length. A stream sends the same layout step after step, so every part
+message but a step's first is matched byte for byte against one of these
+instead of decoded."""
+_TAILS: dict[int, dict[int, list[PartLayout]]] = {}
+"""Layouts of what follows a leading head (a step's first message), the same way."""
+_MAX_LAYOUTS = 256
+"""Layouts kept at most, all tables together (cleared when full: a peer's odd
+layouts cannot grow them)."""
+_MAX_LAYOUT_FIXED_BYTES = 4096
+"""A layout with more bytes than this outside its payloads (unknown fields,
+many tiny chunks) is decoded every time rather than kept."""
+_layout_count = 0
+_HEAD_KEY = PART_HEAD_FIELD << 3 | _LEN
+
+
+def known_part(envelope_field: int, buf: bytes) -> PartLayout | None:
+    """The layout of `buf` when it is a part message (without a leading head)
+    whose bytes outside its payloads equal those of one decoded before: a
+    dictionary lookup and a comparison per run of bytes between payloads (one
+    for a message of one chunk). The layout starts at 0; None: decode_part."""
+    for layout in _MESSAGES.get(envelope_field, {}).get(len(buf), ()):
+        for at, piece in layout.fixed:
+            if not buf.startswith(piece, at):
+                break
+        else:
+            return layout
+    return None
+
+
+def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayout, int] | None:
+    """(head bytes or None, layout, where the layout starts in `buf`) of an
+    envelope whose only field is the part message `envelope_field`; None when
+    `buf` is anything else or malformed (the caller hands it to protobuf). As
+    in protobuf, unknown fields are skipped and the last head / end wins.
+    `layout_chunks` gives the chunks.
+
+    A message without a leading head is laid out whole (from 0); after a
+    leading head (a step's header or result, which changes every step) only
+    the rest is, so the next step's first message matches it. Either is
+    matched against the layouts decoded before, and decoded field by field
+    only when none matches."""
     pos = _envelope_body(envelope_field, buf)
     if pos < 0:
         return None
     total = len(buf)
     head: tuple[int, int] | None = None
-    chunks: list[Chunk] = []
+    base = 0
+    tables = _MESSAGES
+    if pos < total and buf[pos] == _HEAD_KEY:
+        length, start = _read_varint(buf, pos + 1, total)
+        if length < 0 or start + length > total:
+            return None
+        head = (start, start + length)
+        base = pos = start + length
+        tables = _TAILS
+    table = tables.setdefault(envelope_field, {})
+    layout = _match(table.get(total - base, ()), buf, base)
+    if layout is None:
+        layout = _decode_layout(buf, base, pos, total)
+        if layout is None:
+            return None
+        _keep_layout(table, total - base, layout)
+    if layout.head is not None:
+        head = (base + layout.head[0], base + layout.head[1])
+    return (None if head is None else bytes(buf[head[0] : head[1]])), layout, base
+
+
+def layout_chunks(layout: PartLayout, buf: bytes, base: int) -> list[Chunk]:
+    """The chunks of a decoded part (decode_part), their data viewing `buf`."""
+    view = memoryview(buf)
+    return [Chunk(*key, offset, view[base + a : base + b]) for key, offset, a, b in layout.chunks]
+
+
+def _match(layouts: Sequence[PartLayout], buf: bytes, base: int) -> PartLayout | None:
+    for layout in layouts:
+        for at, piece in layout.fixed:
+            if not buf.startswith(piece, base + at):
+                break
+        else:
+            return layout
+    return None
+
+
+def _decode_layout(buf: bytes, base: int, pos: int, total: int) -> PartLayout | None:
+    """Decode the part fields in buf[pos:total] field by field (None when
+    malformed), laid out from `base` (everything from there is the layout's)."""
+    head: tuple[int, int] | None = None
+    chunks: list[LaidChunk] = []
     end = False
     while pos < total:
         key = buf[pos]
@@ -388,12 +500,14 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, list[Chu
                 return None
             pos = start + length
             if field == PART_HEAD_FIELD:
-                head = (start, pos)
+                head = (start - base, pos - base)
                 continue
-            chunk = _decode_chunk_body(buf, start, pos)
-            if chunk is None:
+            fields = _chunk_fields(buf, start, pos)
+            if fields is None:
                 return None
-            chunks.append(chunk)
+            name, dtype, shape, size, offset, a, b = fields
+            a, b = (a - base, b - base) if b > a else (0, 0)
+            chunks.append(((name, dtype, shape, size), offset, a, b))
         elif field == PART_END_FIELD and wire_type == _VARINT:
             value, pos = _read_varint(buf, value_pos, total)
             if value < 0:
@@ -403,7 +517,29 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, list[Chu
             pos = _skip(buf, value_pos, wire_type, total)
             if pos > total:
                 return None
-    return (None if head is None else bytes(buf[head[0] : head[1]])), chunks, end
+    fixed: list[tuple[int, bytes]] = []
+    at = 0
+    for _, _, a, b in chunks:
+        if b > a:
+            if a > at:
+                fixed.append((at, bytes(buf[base + at : base + a])))
+            at = b
+    if total - base > at:
+        fixed.append((at, bytes(buf[base + at : total])))
+    return PartLayout(tuple(fixed), tuple(chunks), head, end)
+
+
+def _keep_layout(table: dict[int, list[PartLayout]], length: int, layout: PartLayout) -> None:
+    global _layout_count
+    if sum(len(piece) for _, piece in layout.fixed) > _MAX_LAYOUT_FIXED_BYTES:
+        return
+    if _layout_count >= _MAX_LAYOUTS:
+        for tables in (_MESSAGES, _TAILS):
+            for known in tables.values():
+                known.clear()
+        _layout_count = 0
+    table.setdefault(length, []).insert(0, layout)
+    _layout_count += 1
 
 
 def _join(buf: bytes, parts: Sequence[tuple[int, int]]) -> bytes:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from fedsllm.proto import tensor_pb2
+    from fedsllm.wire.codec import LaidChunk
 
 # Bytes per element of every dtype allowed on the wire.
 DTYPE_ITEMSIZE: Mapping[str, int] = {
@@ -422,6 +423,8 @@ class _Partial:
     dtype: str
     shape: tuple[int, ...]
     total: int
+    key: tuple[str, str, tuple[int, ...], int]
+    """(name, dtype, shape, total): what every later chunk must repeat."""
     buf: memoryview
     array: np.ndarray
     """`buf` as a numpy array, written chunk by chunk."""
@@ -511,6 +514,27 @@ class ChunkAssembler:
                 f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
             )
         _copy_into(cur, data, end)
+        return self._written(cur, end)
+
+    def feed_laid(self, laid: Iterable[LaidChunk], buf: bytes, base: int) -> None:
+        """Feed the chunks of a received part message as fedsllm.wire.codec
+        laid them out (key, offset, data start and stop from `base` in `buf`),
+        with the same checks as `feed`: a chunk that continues the tensor in
+        progress (same key, the next offset, not past its end: all `feed`
+        asks of it) is copied straight away; any other goes through `feed`."""
+        view = memoryview(buf)
+        for key, offset, a, b in laid:
+            cur = self._current
+            if cur is not None and offset == cur.filled and key == cur.key:
+                end = offset + b - a
+                if offset < end <= cur.total:
+                    _copy_into(cur, view[base + a : base + b], end)
+                    self._written(cur, end)
+                    continue
+            self.feed(Chunk(*key, offset, view[base + a : base + b]))
+
+    def _written(self, cur: _Partial, end: int) -> TensorFrame | None:
+        """Account for bytes written up to `end`: check finiteness, finish the tensor."""
         cur.filled = end
         if cur.elements is not None and cur.all_finite:
             itemsize = DTYPE_ITEMSIZE[cur.dtype]
@@ -579,6 +603,7 @@ class ChunkAssembler:
             dtype=chunk.dtype,
             shape=shape,
             total=total,
+            key=(name, chunk.dtype, shape, total),
             buf=buf,
             array=np.frombuffer(buf, dtype=np.uint8),
             elements=elements,

@@ -44,12 +44,15 @@ from typing import TYPE_CHECKING, Any
 
 from fedsllm.errors import WireError
 from fedsllm.wire.codec import (
+    PartLayout,
     Piece,
     decode_chunk,
     decode_part,
     encode_chunk,
     encoded_chunk_bytes,
     join_pieces,
+    known_part,
+    layout_chunks,
     part_pieces,
     pieces_bytes,
 )
@@ -143,6 +146,29 @@ class ReplyPart:
         return self._pieces
 
 
+@dataclass(slots=True)
+class ReceivedPart:
+    """A StepPart or ReplyPart as the deserializer leaves it: the message bytes,
+    the layout fedsllm.wire.codec read (or matched) in them, and the head
+    (StepHeader or StepResult, still a protobuf message; None on all but a
+    step's first). The readers feed the layout's chunks to their assembler
+    without making a Chunk of each; `chunks` makes them for everyone else."""
+
+    layout: PartLayout
+    buf: bytes
+    base: int
+    """Where the layout starts in `buf`."""
+    head: Any = None
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        return tuple(layout_chunks(self.layout, self.buf, self.base))
+
+    @property
+    def end(self) -> bool:
+        return self.layout.end
+
+
 UplinkItem = TrainHelloInfo | StepHeaderInfo | StepEndInfo | StepPart
 DownlinkItem = TrainWelcomeInfo | StepResultInfo | ReplyPart
 
@@ -186,11 +212,10 @@ def parse_train_request(
     """Unwrap one received TrainRequest (parts and chunks already decoded by the
     codec, and records of an in-process stream, pass through; a decoded part's
     header is validated here)."""
-    if type(msg) is StepPart:
-        if msg.header is not None and not isinstance(msg.header, StepHeaderInfo):
-            msg.header = step_header_from_proto(msg.header)  # the decoder's own part
-        return msg
-    if isinstance(msg, (Chunk, TrainHelloInfo, StepHeaderInfo, StepEndInfo)):
+    if type(msg) is ReceivedPart:
+        header = None if msg.head is None else step_header_from_proto(msg.head)
+        return StepPart(msg.chunks, header, msg.end)
+    if isinstance(msg, (StepPart, Chunk, TrainHelloInfo, StepHeaderInfo, StepEndInfo)):
         return msg
     kind = msg.WhichOneof("kind")
     if kind == "part":
@@ -235,11 +260,10 @@ def parse_train_response(
 ) -> DownlinkItem | Chunk:
     """Unwrap one received TrainResponse (parts, chunks and records pass
     through; a decoded part's result is validated here)."""
-    if type(msg) is ReplyPart:
-        if msg.result is not None and not isinstance(msg.result, StepResultInfo):
-            msg.result = step_result_from_proto(msg.result)  # the decoder's own part
-        return msg
-    if isinstance(msg, (Chunk, TrainWelcomeInfo, StepResultInfo)):
+    if type(msg) is ReceivedPart:
+        result = None if msg.head is None else step_result_from_proto(msg.head)
+        return ReplyPart(msg.chunks, result)
+    if isinstance(msg, (ReplyPart, Chunk, TrainWelcomeInfo, StepResultInfo)):
         return msg
     kind = msg.WhichOneof("kind")
     if kind == "part":
@@ -261,11 +285,14 @@ def parse_train_response(
 def encode_train_request(item: Any) -> bytes:
     """gRPC request serializer: a StepPart or a Chunk is framed by hand (one copy
     of its data), a record or a TrainRequest goes through protobuf, and bytes
-    (a message encoded earlier, by this function) pass as they are."""
+    (a message encoded earlier, by this function) and a received part (its
+    bytes) pass as they are."""
     if type(item) is StepPart:
         return join_pieces(item.pieces())
     if isinstance(item, bytes):
         return item
+    if type(item) is ReceivedPart:
+        return item.buf
     if isinstance(item, Chunk):
         return encode_chunk(_CHUNK_FIELD, item)
     if isinstance(item, (TrainHelloInfo, StepHeaderInfo, StepEndInfo)):
@@ -273,19 +300,22 @@ def encode_train_request(item: Any) -> bytes:
     return item.SerializeToString()
 
 
-def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | StepPart | Chunk:
-    """gRPC request deserializer: a StepPart (its header still a protobuf
+def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | ReceivedPart | Chunk:
+    """gRPC request deserializer: a ReceivedPart (its header still a protobuf
     message) or a Chunk, their data viewing `buf`, or a TrainRequest for every
     other kind. Nothing is validated here (a WireError raised inside gRPC's
     deserializer would reach the client as INTERNAL); read_uplink does it.
     Bytes protobuf cannot parse raise, as protobuf's own parser would."""
+    layout = known_part(_REQUEST_PART_FIELD, buf)
+    if layout is not None:  # the usual message: laid out as one before it
+        return ReceivedPart(layout, buf, 0)
     from fedsllm.proto import main_server_pb2
 
     part = decode_part(_REQUEST_PART_FIELD, buf)
     if part is not None:
-        head, chunks, end = part
+        head, layout, base = part
         header = None if head is None else main_server_pb2.StepHeader.FromString(head)
-        return StepPart(tuple(chunks), header, end)  # type: ignore[arg-type]
+        return ReceivedPart(layout, buf, base, header)
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
@@ -298,6 +328,8 @@ def encode_train_response(item: Any) -> bytes:
         return join_pieces(item.pieces())
     if isinstance(item, bytes):
         return item
+    if type(item) is ReceivedPart:
+        return item.buf
     if isinstance(item, Chunk):
         return encode_chunk(_CHUNK_FIELD, item)
     if isinstance(item, (TrainWelcomeInfo, StepResultInfo)):
@@ -305,15 +337,18 @@ def encode_train_response(item: Any) -> bytes:
     return item.SerializeToString()
 
 
-def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReplyPart | Chunk:
+def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReceivedPart | Chunk:
     """gRPC response deserializer (see decode_train_request)."""
+    layout = known_part(_RESPONSE_PART_FIELD, buf)
+    if layout is not None:
+        return ReceivedPart(layout, buf, 0)
     from fedsllm.proto import main_server_pb2
 
     part = decode_part(_RESPONSE_PART_FIELD, buf)
     if part is not None:
-        head, chunks, _end = part
+        head, layout, base = part
         result = None if head is None else main_server_pb2.StepResult.FromString(head)
-        return ReplyPart(tuple(chunks), result)  # type: ignore[arg-type]
+        return ReceivedPart(layout, buf, base, result)
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
@@ -336,6 +371,7 @@ def train_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
 
 
 _KINDS: dict[type, str] = {
+    ReceivedPart: "part",
     StepPart: "part",
     ReplyPart: "part",
     Chunk: "chunk",
@@ -355,6 +391,8 @@ def _kind(msg: Any) -> str | None:
 
 def message_bytes(msg: Any) -> int:
     """Serialized size of one Train message, bytes (what a shaper charges)."""
+    if type(msg) is ReceivedPart:
+        return len(msg.buf)
     if type(msg) is StepPart or type(msg) is ReplyPart:
         return pieces_bytes(msg.pieces())
     if isinstance(msg, bytes):
@@ -531,33 +569,45 @@ def read_uplink(
         return upload
 
     for msg in it:
-        item = parse_train_request(msg)
-        if type(item) is StepPart:
-            if item.header is not None:
-                assembler = open_step(item.header, "StepPart.end")
-            elif assembler is None:
-                if item.chunks:
-                    raise WireError(
-                        "StepPart.header",
-                        f"missing: chunk of {item.chunks[0].name!r} outside a step "
-                        "(the first message of a step carries its header)",
-                    )
-                if not item.end:
-                    raise WireError("StepPart", "carries no header, chunk or end")
-            for chunk in item.chunks:
-                assembler.feed(chunk)  # type: ignore[union-attr]
-            if item.end:
-                yield close_step("StepPart.end")
-        elif isinstance(item, Chunk):
-            if assembler is None:
-                raise WireError("TrainRequest.kind", f"chunk of {item.name!r} outside a step")
-            assembler.feed(item)
-        elif isinstance(item, StepHeaderInfo):
-            assembler = open_step(item, "TrainRequest.kind")
-        elif isinstance(item, StepEndInfo):
-            yield close_step("TrainRequest.kind")
+        if type(msg) is ReceivedPart:  # the usual message: chunks fed as laid out
+            head = None if msg.head is None else step_header_from_proto(msg.head)
+            laid, chunks, end = msg.layout.chunks, (), msg.layout.end
+            first = laid[0][0][0] if laid else None
         else:
-            raise WireError("TrainRequest.kind", "hello sent twice")
+            item = parse_train_request(msg)
+            if type(item) is not StepPart:  # the version-1 layout
+                if isinstance(item, Chunk):
+                    if assembler is None:
+                        raise WireError(
+                            "TrainRequest.kind", f"chunk of {item.name!r} outside a step"
+                        )
+                    assembler.feed(item)
+                elif isinstance(item, StepHeaderInfo):
+                    assembler = open_step(item, "TrainRequest.kind")
+                elif isinstance(item, StepEndInfo):
+                    yield close_step("TrainRequest.kind")
+                else:
+                    raise WireError("TrainRequest.kind", "hello sent twice")
+                continue
+            head, laid, chunks, end = item.header, (), item.chunks, item.end
+            first = chunks[0].name if chunks else None
+        if head is not None:
+            assembler = open_step(head, "StepPart.end")
+        elif assembler is None:
+            if first is not None:
+                raise WireError(
+                    "StepPart.header",
+                    f"missing: chunk of {first!r} outside a step "
+                    "(the first message of a step carries its header)",
+                )
+            if not end:
+                raise WireError("StepPart", "carries no header, chunk or end")
+        if laid:
+            assembler.feed_laid(laid, msg.buf, msg.base)  # type: ignore[union-attr]
+        for chunk in chunks:
+            assembler.feed(chunk)  # type: ignore[union-attr]
+        if end:
+            yield close_step("StepPart.end")
     if header is not None:
         raise WireError("TrainRequest.kind", f"stream ended inside step {header.step}")
 
@@ -583,25 +633,31 @@ def read_downlink(
     assembler: ChunkAssembler | None = None
     started = 0.0
     for msg in it:
-        item = parse_train_response(msg)
-        if type(item) is ReplyPart:
-            head, chunks = item.result, item.chunks
-            field = "ReplyPart.result"
-        elif isinstance(item, Chunk):
-            head, chunks = None, (item,)
-            field = "TrainResponse.kind"
-        elif isinstance(item, StepResultInfo):
-            head, chunks = item, ()
-            field = "TrainResponse.kind"
+        laid: tuple = ()
+        if type(msg) is ReceivedPart:  # the usual message: chunks fed as laid out
+            head = None if msg.head is None else step_result_from_proto(msg.head)
+            laid, chunks, part = msg.layout.chunks, (), True
+            first = laid[0][0][0] if laid else None
         else:
-            raise WireError("TrainResponse.kind", "welcome sent twice")
+            item = parse_train_response(msg)
+            part = type(item) is ReplyPart
+            if part:
+                head, chunks = item.result, item.chunks
+            elif isinstance(item, Chunk):
+                head, chunks = None, (item,)
+            elif isinstance(item, StepResultInfo):
+                head, chunks = item, ()
+            else:
+                raise WireError("TrainResponse.kind", "welcome sent twice")
+            first = chunks[0].name if chunks else None
+        field = "ReplyPart.result" if part else "TrainResponse.kind"
         if head is not None:
             if result is not None:
                 raise WireError(
                     field, f"result of step {head.step} before the tensors of step {result.step}"
                 )
             started = time.perf_counter()
-            if not head.tensor_names and not chunks:
+            if not head.tensor_names and not chunks and not laid:
                 yield StepDownload(result=head, frames={}, receive_s=0.0)
                 continue
             assembler = _step_assembler(
@@ -609,13 +665,14 @@ def read_downlink(
             )
             result = head
         elif result is None or assembler is None:
-            name = chunks[0].name if chunks else None
             raise WireError(
                 field,
-                f"missing: chunk of {name!r} outside a step"
-                if type(item) is ReplyPart
-                else f"chunk of {name!r} outside a step",
+                f"missing: chunk of {first!r} outside a step"
+                if part
+                else f"chunk of {first!r} outside a step",
             )
+        if laid:
+            assembler.feed_laid(laid, msg.buf, msg.base)  # type: ignore[union-attr]
         for chunk in chunks:
             assembler.feed(chunk)  # type: ignore[union-attr]
         if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):  # type: ignore[union-attr]

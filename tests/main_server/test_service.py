@@ -526,7 +526,7 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
     version 1 paced. Either way pace() sees each gradient message's wire size
     before it is sent, the first flagged new."""
     from fedsllm.wire.rpc import make_channel
-    from fedsllm.wire.train import ReplyPart, encode_train_response
+    from fedsllm.wire.train import ReceivedPart, encode_train_response
 
     charged: list[tuple[int, float, int, bool]] = []
     header = StepHeaderInfo(
@@ -540,8 +540,8 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
     with served as address, make_channel(address) as channel:
         replies = list(train_call(channel)(iter(requests), timeout=30))[1:]
     if downlink_bps == 0:
-        assert [type(r) for r in replies] == [ReplyPart, ReplyPart]
-        assert replies[0].result is not None and replies[1].result is None
+        assert [type(r) for r in replies] == [ReceivedPart, ReceivedPart]
+        assert replies[0].head is not None and replies[1].head is None
         charged_msgs = replies
     else:
         assert replies[0].WhichOneof("kind") == "result"

@@ -22,6 +22,7 @@ from fedsllm.wire.tensors import (
 from fedsllm.wire.train import (
     TRAIN_METHOD,
     StepDownload,
+    encode_train_request,
     read_downlink,
     step_upload_requests,
     train_call,
@@ -196,6 +197,25 @@ def test_malformed_bytes_refused_with_protobuf_statuses(
     err = _raw_train(echo_server, [HELLO_BYTES, message])
     assert err.code() == code, err.details()
     assert needle in err.details()
+
+
+def test_corrupted_repeat_of_a_known_message_ends_internal(echo_server: str) -> None:
+    """A message as long as a part the server has read, but with a byte of its
+    framing broken, is not taken for that part: it is decoded, and ends the
+    call as any undecodable message does."""
+    frames = [
+        tensor_to_frame("activations", torch.randn(1, 4, 256)),
+        tensor_to_frame("attention_mask", torch.ones(1, 4, dtype=torch.int64)),
+        tensor_to_frame("labels", torch.zeros(1, 4, dtype=torch.int64)),
+    ]
+    header = StepHeaderInfo(round=0, step=0, mode="train", downlink_bps=0.0, tensor_names=NAMES)
+    parts = [encode_train_request(p) for p in step_upload_requests(header, frames, 1024)]
+    assert len(parts) == 4
+    broken = bytearray(parts[1])
+    broken[2] ^= 0x7F  # the envelope's length: no longer the message's
+    err = _raw_train(echo_server, [HELLO_BYTES, *parts[:2], bytes(broken)])
+    assert err.code() == grpc.StatusCode.INTERNAL, err.details()
+    assert "deserializing" in err.details()
 
 
 def test_server_adapter_stream(echo_server: str) -> None:

@@ -22,6 +22,7 @@ from fedsllm.wire.tensors import (
     assemble,
     check_finite,
     chunk_from_proto,
+    chunk_to_proto,
     frame_to_chunks,
     frame_to_tensor,
     tensor_to_frame,
@@ -224,13 +225,54 @@ SPECS = [
         ),
     ],
 )
-def test_assembler_rejects(chunks: list[tensor_pb2.TensorChunk], field: str, needle: str) -> None:
+@pytest.mark.parametrize("how", ["feed", "feed_laid"])
+def test_assembler_rejects(
+    chunks: list[tensor_pb2.TensorChunk], field: str, needle: str, how: str
+) -> None:
+    """Chunk by chunk (`feed`) or laid out in one received message, as the
+    codec hands a part to the readers (`feed_laid`): the same refusals."""
     asm = ChunkAssembler.for_specs(SPECS)
     with pytest.raises(WireError) as info:
-        for c in chunks:
-            asm.feed(c)
+        if how == "feed":
+            for c in chunks:
+                asm.feed(c)
+        else:
+            asm.feed_laid(*_laid(chunks))
     assert info.value.field == field
     assert needle in str(info.value)
+
+
+def _laid(chunks: list[tensor_pb2.TensorChunk]) -> tuple[list, bytes, int]:
+    """`chunks` as one message laid out by fedsllm.wire.codec: (laid chunks,
+    message bytes, where the layout starts), the data after 3 other bytes."""
+    buf = bytearray(b"abc")
+    laid = []
+    for c in chunks:
+        key = (c.name, c.dtype, tuple(c.shape), c.total_bytes)
+        laid.append((key, c.offset, len(buf) - 3, len(buf) - 3 + len(c.data)))
+        buf += c.data
+    return laid, bytes(buf), 3
+
+
+def test_laid_chunks_assemble_as_fed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor in several laid-out messages is the tensor fed chunk by chunk;
+    only its first chunk goes through `feed` (the rest continue it directly)."""
+    t = torch.randn(2, 4, 8)
+    frame = tensor_to_frame("activations", t)
+    chunks = [chunk_to_proto(c) for c in frame_to_chunks(frame, 100)]
+    fed, laid = ChunkAssembler.for_specs(SPECS), ChunkAssembler.for_specs(SPECS)
+    for c in chunks:
+        fed.feed(c)
+    calls = []
+    feed = ChunkAssembler.feed
+    monkeypatch.setattr(ChunkAssembler, "feed", lambda self, c: calls.append(c) or feed(self, c))
+    for i in range(0, len(chunks), 2):
+        laid.feed_laid(*_laid(chunks[i : i + 2]))
+    assert len(chunks) == 3 and len(calls) == 1
+    assert laid.in_progress is None
+    got = frame_to_tensor(laid.finish(["activations"])["activations"])
+    assert torch.equal(got, t)
+    assert got.shape == frame_to_tensor(fed.finish()["activations"]).shape
 
 
 def test_assembler_size_limit_checked_before_allocation() -> None:

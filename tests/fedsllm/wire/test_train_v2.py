@@ -23,12 +23,14 @@ from fedsllm.wire.tensors import (
     Chunk,
     TensorFrame,
     TensorSpec,
+    chunk_to_proto,
     frame_to_chunks,
     frame_to_tensor,
     tensor_to_frame,
 )
 from fedsllm.wire.train import (
     PART_SLACK,
+    ReceivedPart,
     ReplyPart,
     StepDownload,
     StepPart,
@@ -252,7 +254,7 @@ def test_decoded_part_views_the_received_bytes() -> None:
     part = next(step_upload_requests(_header(0, NAMES), _echo_frames(), 1000))
     wire = encode_train_request(part)
     decoded = decode_train_request(wire)
-    assert isinstance(decoded, StepPart)
+    assert isinstance(decoded, ReceivedPart)
     (chunk,) = decoded.chunks
     assert isinstance(chunk.data, memoryview) and chunk.data.obj is wire
     assert bytes(chunk.data) == bytes(part.chunks[0].data)
@@ -287,18 +289,76 @@ def test_decoder_accepts_over_long_field_keys() -> None:
     wire = b"\x2a" + _varint(len(body)) + body
     assert main_server_pb2.TrainRequest.FromString(wire).part == msg
     got = decode_train_request(wire)
-    assert isinstance(got, StepPart) and all(isinstance(c.data, memoryview) for c in got.chunks)
+    assert isinstance(got, ReceivedPart) and all(isinstance(c.data, memoryview) for c in got.chunks)
     assert parse_train_request(got) == part
 
 
-def test_parse_fills_the_decoded_part_in_place() -> None:
-    """The decoder's part takes its validated header itself (no second part
-    object per step), and parsing it again changes nothing."""
-    (part,) = step_upload_requests(_header(3, NAMES), _echo_frames(), 2**20)
-    decoded = decode_train_request(encode_train_request(part))
-    parsed = parse_train_request(decoded)
-    assert parsed is decoded and parsed == part
-    assert parse_train_request(parsed) is parsed and parsed.header == part.header
+def test_a_repeated_layout_is_matched_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every message of a step after the first repeats the bytes of the last
+    step's around its payloads: the decoder matches them against the layout it
+    read then (the same object) and reads nothing field by field, and what it
+    gives is what a decode gives. Changing any byte outside the payloads, or
+    the payload's length, makes it decode again."""
+    from fedsllm.wire import codec
+
+    monkeypatch.setattr(codec, "_MESSAGES", {})
+    monkeypatch.setattr(codec, "_TAILS", {})
+    frames = _echo_frames()
+    steps = [list(step_upload_requests(_header(i, NAMES), frames, 1000)) for i in range(2)]
+    first = [decode_train_request(encode_train_request(p)) for p in steps[0]]
+    decoded_fields = []
+    monkeypatch.setattr(
+        codec, "_chunk_fields", lambda *a: decoded_fields.append(a) or pytest.fail("decoded")
+    )
+    second = [decode_train_request(encode_train_request(p)) for p in steps[1]]
+    assert [p.layout for p in second] == [p.layout for p in first]
+    assert all(a.layout is b.layout for a, b in zip(first, second, strict=True))
+    assert [parse_train_request(p) for p in second] == steps[1]
+    assert not decoded_fields
+    monkeypatch.undo()
+    # A later message of the step: one byte of its offset field changed.
+    wire = bytearray(encode_train_request(steps[1][1]))
+    at = wire.index(bytes(steps[1][1].chunks[0].data[:16]))
+    changed = bytes(wire[: at - 4]) + bytes([wire[at - 4] ^ 1]) + bytes(wire[at - 3 :])
+    assert codec.known_part(5, bytes(wire)) is not None
+    assert codec.known_part(5, changed) is None
+
+
+def test_layouts_are_kept_per_envelope_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's layout never reads a response (their envelopes differ), a
+    layout with large fields outside its payloads is not kept, and the tables
+    are cleared when full, so no peer can grow them."""
+    from fedsllm.wire import codec
+
+    monkeypatch.setattr(codec, "_MESSAGES", {})
+    monkeypatch.setattr(codec, "_TAILS", {})
+    monkeypatch.setattr(codec, "_MAX_LAYOUTS", 4)
+    parts = list(step_upload_requests(_header(0, NAMES), _echo_frames(), 1000))
+    wire = encode_train_request(parts[1])
+    decode_train_request(wire)
+    assert codec.known_part(5, wire) is not None
+    assert codec.known_part(4, wire) is None
+    with pytest.raises(WireError, match="no field of the oneof"):
+        parse_train_response(decode_train_response(wire))  # field 5 of a response: unknown
+    for d in range(8, 64, 8):  # new shapes, new layouts
+        for part in step_upload_requests(_header(0, NAMES), _echo_frames(d), 1000):
+            decode_train_request(encode_train_request(part))
+            kept = sum(
+                len(v)
+                for t in (codec._MESSAGES, codec._TAILS)
+                for k in t.values()
+                for v in k.values()
+            )
+            assert kept <= 4
+    big = Chunk("t", "uint8", (8,), 8, 0, bytes(8))
+    msg = main_server_pb2.TrainRequest(
+        part=main_server_pb2.StepPart(chunks=[chunk_to_proto(big)], end=True)
+    ).SerializeToString()
+    padded = (
+        msg[:1] + _varint(len(msg) - 2 + 5003) + msg[2:] + b"\x7a" + _varint(5000) + bytes(5000)
+    )
+    assert parse_train_request(decode_train_request(padded)).chunks == (big,)
+    assert codec.known_part(5, padded) is None
 
 
 def _varint(value: int) -> bytes:
