@@ -28,8 +28,15 @@ an end flag around one or more chunks. `part_pieces` lays such a message out
 as a list of byte strings and payload views (joined once, by gRPC's sending
 thread, through `join_pieces`; their total length is what a shaper charges,
 known before anything is copied), and `decode_part` reads one back into the
-control message's bytes, the chunks (payloads viewing the received bytes)
-and the end flag.
+control message's bytes and its layout: the chunks (where their payloads lie
+in the received bytes) and the end flag, with every byte outside the
+payloads. A stream repeats its layouts step after step, so each is kept
+(bounded) and a later message whose bytes around its payloads, and whose
+length, equal one is matched against it (`known_part`: a dictionary lookup
+and one comparison per run of bytes between payloads) instead of read field
+by field. The decoded fields depend on nothing else (a payload is skipped by
+the length in front of it), so a match decodes exactly as the reading did,
+and bytes that match no layout are read, and refused, as before.
 
 What the fields must hold (dtype, shape against bytes, offsets) is checked
 later, by fedsllm.wire.tensors.ChunkAssembler; this module only frames.

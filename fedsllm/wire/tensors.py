@@ -164,15 +164,16 @@ def _frame_via_numpy(name: str, tensor: torch.Tensor, wire_dtype: str | None) ->
     except (RuntimeError, TypeError):  # grad, another device, bfloat16, conj/neg bits
         return None
     dtype = _NUMPY_WIRE_NAMES.get(arr.dtype)
+    view = memoryview(arr)
     if (
         dtype is None
         or (wire_dtype is not None and wire_dtype != dtype)
-        or arr.ndim == 0
-        or arr.size == 0
-        or not arr.flags.c_contiguous
+        or not view.ndim
+        or not view.nbytes
+        or not view.c_contiguous
     ):
         return None
-    return TensorFrame(name=name, dtype=dtype, shape=arr.shape, data=memoryview(arr).cast("B"))
+    return TensorFrame(name, dtype, arr.shape, view.cast("B"))
 
 
 def tensor_to_frame(name: str, tensor: torch.Tensor, wire_dtype: str | None = None) -> TensorFrame:

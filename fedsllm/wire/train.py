@@ -21,9 +21,12 @@ message out of place.
 The Train method carries its own (de)serializers (`train_call` on the
 client, `TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
 parts and chunks are framed by fedsllm.wire.codec with one copy of the
-payload, every other message goes through protobuf. Every received message
-is decoded by the deserializer, so bytes protobuf cannot parse end the call
-as gRPC ends it for any failed deserializer (INTERNAL), whatever their kind.
+payload, every other message goes through protobuf. A received part is a
+`ReceivedPart`: its bytes and the layout the codec read or matched in them,
+whose chunks the readers copy into their tensors without a record per chunk.
+Every received message is decoded (or matched) by the deserializer, so bytes
+protobuf cannot parse end the call as gRPC ends it for any failed
+deserializer (INTERNAL), whatever their kind.
 The bytes are the
 protobuf encoding of main_server.proto either way, so the generated stubs
 still interoperate (`train_request` / `train_response` wrap any item in its
