@@ -31,12 +31,14 @@ known before anything is copied), and `decode_part` reads one back into the
 control message's bytes and its layout: the chunks (where their payloads lie
 in the received bytes) and the end flag, with every byte outside the
 payloads. A stream repeats its layouts step after step, so each is kept
-(bounded) and a later message whose bytes around its payloads, and whose
-length, equal one is matched against it (`known_part`: a dictionary lookup
-and one comparison per run of bytes between payloads) instead of read field
-by field. The decoded fields depend on nothing else (a payload is skipped by
-the length in front of it), so a match decodes exactly as the reading did,
-and bytes that match no layout are read, and refused, as before.
+(bounded in number, size and per length) and a later message whose bytes
+around its payloads, and whose length, equal one is matched against it (a
+dictionary lookup and one comparison per run of bytes between payloads)
+instead of read field by field. A head is read every time: a message is kept
+whole only when it has none, and after a leading head only the rest is kept.
+The decoded fields depend on nothing else (a payload is skipped by the length
+in front of it), so a match decodes exactly as the reading did, and bytes
+that match no layout are read, and refused, as before.
 
 What the fields must hold (dtype, shape against bytes, offsets) is checked
 later, by fedsllm.wire.tensors.ChunkAssembler; this module only frames.
@@ -386,50 +388,44 @@ stop, counted from the layout's start."""
 
 @dataclass(frozen=True, slots=True)
 class PartLayout:
-    """What decode_part made of a part message's fields after its leading head:
-    the bytes outside the chunks' payloads, and what they said. The decoded
-    fields depend on those bytes alone (a payload is skipped by the length in
-    front of it), so a later message with the same bytes around payloads of
-    the same sizes decodes to the same chunks, head and end without reading
-    its fields again."""
+    """What decode_part made of a part message from where the layout starts
+    (the message's first byte, or the byte after its leading head) to its
+    end: the bytes outside the chunks' payloads, and what they said. The
+    decoded fields depend on those bytes alone (a payload is skipped by the
+    length in front of it), so a later message with the same bytes around
+    payloads of the same sizes decodes to the same chunks, head and end
+    without reading its fields again."""
 
     fixed: tuple[tuple[int, bytes], ...]
     """(position from the layout's start, bytes): everything but the payloads."""
     chunks: tuple[LaidChunk, ...]
     head: tuple[int, int] | None
-    """A head field inside the layout (the last wins over the leading one)."""
+    """A head field inside the layout (the last wins over a leading one)."""
     end: bool
 
 
 _MESSAGES: dict[int, dict[int, list[PartLayout]]] = {}
-"""Layouts of whole part messages without a leading head, by envelope field and
-message length. A stream sends the same layout step after step, so every part
-message but a step's first is matched byte for byte against one of these
-instead of decoded."""
+"""Layouts of whole part messages with no head field anywhere, by envelope
+field and message length. A stream sends the same layout step after step,
+so every part message but a step's first is matched byte for byte against
+one of these instead of decoded."""
 _TAILS: dict[int, dict[int, list[PartLayout]]] = {}
 """Layouts of what follows a leading head (a step's first message), the same way."""
 _MAX_LAYOUTS = 256
-"""Layouts kept at most, all tables together (cleared when full: a peer's odd
-layouts cannot grow them)."""
+"""Layouts kept at most, all tables together (cleared when full, so a peer's
+odd layouts cannot grow them)."""
+_MAX_SAME_LENGTH = 16
+"""Layouts kept for one envelope and length (the oldest goes first): a
+stream has one per chunk offset of a tensor, and a message that matches none
+is compared with each before it is decoded."""
+_MAX_LAYOUT_CHUNKS = 16
 _MAX_LAYOUT_FIXED_BYTES = 4096
-"""A layout with more bytes than this outside its payloads (unknown fields,
-many tiny chunks) is decoded every time rather than kept."""
+"""A layout with more chunks or more bytes outside its payloads than these
+(unknown fields, many tiny tensors) is decoded every time rather than kept:
+so a kept layout costs at most a few kilobytes, and a comparison with it at
+most seventeen `startswith` calls."""
 _layout_count = 0
 _HEAD_KEY = PART_HEAD_FIELD << 3 | _LEN
-
-
-def known_part(envelope_field: int, buf: bytes) -> PartLayout | None:
-    """The layout of `buf` when it is a part message (without a leading head)
-    whose bytes outside its payloads equal those of one decoded before: a
-    dictionary lookup and a comparison per run of bytes between payloads (one
-    for a message of one chunk). The layout starts at 0; None: decode_part."""
-    for layout in _MESSAGES.get(envelope_field, {}).get(len(buf), ()):
-        for at, piece in layout.fixed:
-            if not buf.startswith(piece, at):
-                break
-        else:
-            return layout
-    return None
 
 
 def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayout, int] | None:
@@ -439,32 +435,40 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayo
     in protobuf, unknown fields are skipped and the last head / end wins.
     `layout_chunks` gives the chunks.
 
-    A message without a leading head is laid out whole (from 0); after a
+    A message without a head field is laid out whole (from 0); after a
     leading head (a step's header or result, which changes every step) only
     the rest is, so the next step's first message matches it. Either is
-    matched against the layouts decoded before, and decoded field by field
-    only when none matches."""
+    matched against the layouts decoded before (a whole one first of all,
+    before any field is read: the usual message is one its stream sent
+    before), and decoded field by field only when none matches."""
+    total = len(buf)
+    whole = _MESSAGES.get(envelope_field)
+    if whole is not None:
+        layout = _match(whole.get(total, ()), buf, 0)
+        if layout is not None:
+            return None, layout, 0
     pos = _envelope_body(envelope_field, buf)
     if pos < 0:
         return None
-    total = len(buf)
     head: tuple[int, int] | None = None
     base = 0
-    tables = _MESSAGES
     if pos < total and buf[pos] == _HEAD_KEY:
         length, start = _read_varint(buf, pos + 1, total)
         if length < 0 or start + length > total:
             return None
         head = (start, start + length)
         base = pos = start + length
-        tables = _TAILS
-    table = tables.setdefault(envelope_field, {})
-    layout = _match(table.get(total - base, ()), buf, base)
+        table = _TAILS.setdefault(envelope_field, {})
+        layout = _match(table.get(total - base, ()), buf, base)
+    else:  # no leading head, and not a whole message seen before
+        table = _MESSAGES.setdefault(envelope_field, {})
+        layout = None
     if layout is None:
         layout = _decode_layout(buf, base, pos, total)
         if layout is None:
             return None
-        _keep_layout(table, total - base, layout)
+        if base or layout.head is None:  # a whole message with a head is not kept
+            _keep_layout(table, total - base, layout)
     if layout.head is not None:
         head = (base + layout.head[0], base + layout.head[1])
     return (None if head is None else bytes(buf[head[0] : head[1]])), layout, base
@@ -538,14 +542,19 @@ def _decode_layout(buf: bytes, base: int, pos: int, total: int) -> PartLayout | 
 
 def _keep_layout(table: dict[int, list[PartLayout]], length: int, layout: PartLayout) -> None:
     global _layout_count
-    if sum(len(piece) for _, piece in layout.fixed) > _MAX_LAYOUT_FIXED_BYTES:
+    if (
+        len(layout.chunks) > _MAX_LAYOUT_CHUNKS
+        or sum(len(piece) for _, piece in layout.fixed) > _MAX_LAYOUT_FIXED_BYTES
+    ):
         return
     if _layout_count >= _MAX_LAYOUTS:
         for tables in (_MESSAGES, _TAILS):
-            for known in tables.values():
+            for known in list(tables.values()):  # list(): one step, while others may add
                 known.clear()
         _layout_count = 0
-    table.setdefault(length, []).insert(0, layout)
+    same = table.setdefault(length, [])
+    same.insert(0, layout)
+    del same[_MAX_SAME_LENGTH:]
     _layout_count += 1
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from fedsllm.proto import tensor_pb2
-    from fedsllm.wire.codec import LaidChunk
+    from fedsllm.wire.codec import ChunkKey, LaidChunk
 
 # Bytes per element of every dtype allowed on the wire.
 DTYPE_ITEMSIZE: Mapping[str, int] = {
@@ -424,7 +424,7 @@ class _Partial:
     dtype: str
     shape: tuple[int, ...]
     total: int
-    key: tuple[str, str, tuple[int, ...], int]
+    key: ChunkKey
     """(name, dtype, shape, total): what every later chunk must repeat."""
     buf: memoryview
     array: np.ndarray
@@ -499,43 +499,39 @@ class ChunkAssembler:
             cur = self._start(chunk)
         else:
             self._check_continuation(cur, chunk)
-        data = chunk.data
-        n = len(data)
-        if n == 0:
-            raise WireError(f"{cur.name}.data", f"empty chunk at offset {chunk.offset}")
-        if chunk.offset != cur.filled:
-            raise WireError(
-                f"{cur.name}.offset",
-                f"={chunk.offset}, expected {cur.filled} (chunks must be contiguous and in order)",
-            )
-        end = cur.filled + n
-        if end > cur.total:
-            raise WireError(
-                f"{cur.name}.data",
-                f"chunk [{chunk.offset}, {end}) runs past total_bytes={cur.total}",
-            )
-        _copy_into(cur, data, end)
-        return self._written(cur, end)
+        return self._append(cur, chunk.offset, chunk.data)
 
     def feed_laid(self, laid: Iterable[LaidChunk], buf: bytes, base: int) -> None:
         """Feed the chunks of a received part message as fedsllm.wire.codec
         laid them out (key, offset, data start and stop from `base` in `buf`),
-        with the same checks as `feed`: a chunk that continues the tensor in
-        progress (same key, the next offset, not past its end: all `feed`
-        asks of it) is copied straight away; any other goes through `feed`."""
+        with the same checks as `feed`, without a Chunk record for a chunk
+        that continues the tensor in progress (the same key: name, dtype,
+        shape and total all match)."""
         view = memoryview(buf)
         for key, offset, a, b in laid:
             cur = self._current
-            if cur is not None and offset == cur.filled and key == cur.key:
-                end = offset + b - a
-                if offset < end <= cur.total:
-                    _copy_into(cur, view[base + a : base + b], end)
-                    self._written(cur, end)
-                    continue
-            self.feed(Chunk(*key, offset, view[base + a : base + b]))
+            if cur is not None and key == cur.key:
+                self._append(cur, offset, view[base + a : base + b])
+            else:
+                self.feed(Chunk(*key, offset, view[base + a : base + b]))
 
-    def _written(self, cur: _Partial, end: int) -> TensorFrame | None:
-        """Account for bytes written up to `end`: check finiteness, finish the tensor."""
+    def _append(self, cur: _Partial, offset: int, data: Buffer) -> TensorFrame | None:
+        """Write the next chunk of `cur` (not empty, at the offset reached, not
+        past the total), check finiteness, finish the tensor with its last."""
+        n = len(data)
+        if n == 0:
+            raise WireError(f"{cur.name}.data", f"empty chunk at offset {offset}")
+        if offset != cur.filled:
+            raise WireError(
+                f"{cur.name}.offset",
+                f"={offset}, expected {cur.filled} (chunks must be contiguous and in order)",
+            )
+        end = cur.filled + n
+        if end > cur.total:
+            raise WireError(
+                f"{cur.name}.data", f"chunk [{offset}, {end}) runs past total_bytes={cur.total}"
+            )
+        _copy_into(cur, data, end)
         cur.filled = end
         if cur.elements is not None and cur.all_finite:
             itemsize = DTYPE_ITEMSIZE[cur.dtype]

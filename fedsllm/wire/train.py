@@ -54,7 +54,6 @@ from fedsllm.wire.codec import (
     encode_chunk,
     encoded_chunk_bytes,
     join_pieces,
-    known_part,
     layout_chunks,
     part_pieces,
     pieces_bytes,
@@ -309,16 +308,16 @@ def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | ReceivedP
     other kind. Nothing is validated here (a WireError raised inside gRPC's
     deserializer would reach the client as INTERNAL); read_uplink does it.
     Bytes protobuf cannot parse raise, as protobuf's own parser would."""
-    layout = known_part(_REQUEST_PART_FIELD, buf)
-    if layout is not None:  # the usual message: laid out as one before it
-        return ReceivedPart(layout, buf, 0)
-    from fedsllm.proto import main_server_pb2
-
     part = decode_part(_REQUEST_PART_FIELD, buf)
     if part is not None:
         head, layout, base = part
-        header = None if head is None else main_server_pb2.StepHeader.FromString(head)
-        return ReceivedPart(layout, buf, base, header)
+        if head is None:  # the usual message
+            return ReceivedPart(layout, buf, base)
+        from fedsllm.proto import main_server_pb2
+
+        return ReceivedPart(layout, buf, base, main_server_pb2.StepHeader.FromString(head))
+    from fedsllm.proto import main_server_pb2
+
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
@@ -342,16 +341,16 @@ def encode_train_response(item: Any) -> bytes:
 
 def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReceivedPart | Chunk:
     """gRPC response deserializer (see decode_train_request)."""
-    layout = known_part(_RESPONSE_PART_FIELD, buf)
-    if layout is not None:
-        return ReceivedPart(layout, buf, 0)
-    from fedsllm.proto import main_server_pb2
-
     part = decode_part(_RESPONSE_PART_FIELD, buf)
     if part is not None:
         head, layout, base = part
-        result = None if head is None else main_server_pb2.StepResult.FromString(head)
-        return ReceivedPart(layout, buf, base, result)
+        if head is None:  # the usual message
+            return ReceivedPart(layout, buf, base)
+        from fedsllm.proto import main_server_pb2
+
+        return ReceivedPart(layout, buf, base, main_server_pb2.StepResult.FromString(head))
+    from fedsllm.proto import main_server_pb2
+
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
@@ -575,7 +574,7 @@ def read_uplink(
         if type(msg) is ReceivedPart:  # the usual message: chunks fed as laid out
             head = None if msg.head is None else step_header_from_proto(msg.head)
             laid, chunks, end = msg.layout.chunks, (), msg.layout.end
-            first = laid[0][0][0] if laid else None
+            first_name = laid[0][0][0] if laid else None
         else:
             item = parse_train_request(msg)
             if type(item) is not StepPart:  # the version-1 layout
@@ -593,14 +592,14 @@ def read_uplink(
                     raise WireError("TrainRequest.kind", "hello sent twice")
                 continue
             head, laid, chunks, end = item.header, (), item.chunks, item.end
-            first = chunks[0].name if chunks else None
+            first_name = chunks[0].name if chunks else None
         if head is not None:
             assembler = open_step(head, "StepPart.end")
         elif assembler is None:
-            if first is not None:
+            if first_name is not None:
                 raise WireError(
                     "StepPart.header",
-                    f"missing: chunk of {first!r} outside a step "
+                    f"missing: chunk of {first_name!r} outside a step "
                     "(the first message of a step carries its header)",
                 )
             if not end:
@@ -640,7 +639,7 @@ def read_downlink(
         if type(msg) is ReceivedPart:  # the usual message: chunks fed as laid out
             head = None if msg.head is None else step_result_from_proto(msg.head)
             laid, chunks, part = msg.layout.chunks, (), True
-            first = laid[0][0][0] if laid else None
+            first_name = laid[0][0][0] if laid else None
         else:
             item = parse_train_response(msg)
             part = type(item) is ReplyPart
@@ -652,7 +651,7 @@ def read_downlink(
                 head, chunks = item, ()
             else:
                 raise WireError("TrainResponse.kind", "welcome sent twice")
-            first = chunks[0].name if chunks else None
+            first_name = chunks[0].name if chunks else None
         field = "ReplyPart.result" if part else "TrainResponse.kind"
         if head is not None:
             if result is not None:
@@ -670,9 +669,9 @@ def read_downlink(
         elif result is None or assembler is None:
             raise WireError(
                 field,
-                f"missing: chunk of {first!r} outside a step"
+                f"missing: chunk of {first_name!r} outside a step"
                 if part
-                else f"chunk of {first!r} outside a step",
+                else f"chunk of {first_name!r} outside a step",
             )
         if laid:
             assembler.feed_laid(laid, msg.buf, msg.base)  # type: ignore[union-attr]

@@ -175,6 +175,18 @@ SPECS = [
             "activations.offset",
             "=64, expected 128",
         ),
+        # A later chunk (laid out, it continues the tensor without a record):
+        # empty, or running past the total.
+        (
+            [_chunk(data=b"\0" * 128), _chunk(offset=128, data=b"")],
+            "activations.data",
+            "empty chunk at offset 128",
+        ),
+        (
+            [_chunk(data=b"\0" * 128), _chunk(offset=128, data=b"\0" * 132)],
+            "activations.data",
+            "chunk [128, 260) runs past total_bytes=256",
+        ),
         (
             [
                 _chunk(data=b"\0" * 128),

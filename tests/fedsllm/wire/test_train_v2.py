@@ -6,9 +6,11 @@ naming the field."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
+from google.protobuf.message import DecodeError
 
 from fedsllm.errors import WireError
 from fedsllm.proto import main_server_pb2
@@ -17,6 +19,7 @@ from fedsllm.wire.messages import (
     StepResultInfo,
     TrainHelloInfo,
     TrainWelcomeInfo,
+    step_header_to_proto,
 )
 from fedsllm.wire.tensors import (
     DTYPE_ITEMSIZE,
@@ -293,63 +296,106 @@ def test_decoder_accepts_over_long_field_keys() -> None:
     assert parse_train_request(got) == part
 
 
-def test_a_repeated_layout_is_matched_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every message of a step after the first repeats the bytes of the last
-    step's around its payloads: the decoder matches them against the layout it
-    read then (the same object) and reads nothing field by field, and what it
-    gives is what a decode gives. Changing any byte outside the payloads, or
-    the payload's length, makes it decode again."""
+@pytest.fixture
+def fresh_layouts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple]]:
+    """Empty layout tables for one test (the module's are shared by every
+    stream in the process); yields the list of chunks decoded field by field."""
     from fedsllm.wire import codec
 
     monkeypatch.setattr(codec, "_MESSAGES", {})
     monkeypatch.setattr(codec, "_TAILS", {})
+    monkeypatch.setattr(codec, "_layout_count", 0)
+    decoded: list[tuple] = []
+    fields = codec._chunk_fields
+    monkeypatch.setattr(codec, "_chunk_fields", lambda *a: decoded.append(a) or fields(*a))
+    yield decoded
+
+
+def test_a_repeated_layout_is_matched_not_decoded(fresh_layouts: list[tuple]) -> None:
+    """Every message of a step repeats the bytes of the last step's around its
+    payloads (the first after its header): the decoder matches them against
+    the layout it read then (the same object) and reads no field, and what it
+    gives is what a decode gives. Changing any byte outside the payloads
+    makes it decode again."""
+    from fedsllm.wire import codec
+
     frames = _echo_frames()
     steps = [list(step_upload_requests(_header(i, NAMES), frames, 1000)) for i in range(2)]
     first = [decode_train_request(encode_train_request(p)) for p in steps[0]]
-    decoded_fields = []
-    monkeypatch.setattr(
-        codec, "_chunk_fields", lambda *a: decoded_fields.append(a) or pytest.fail("decoded")
-    )
+    assert fresh_layouts
+    fresh_layouts.clear()
     second = [decode_train_request(encode_train_request(p)) for p in steps[1]]
-    assert [p.layout for p in second] == [p.layout for p in first]
+    assert not fresh_layouts
     assert all(a.layout is b.layout for a, b in zip(first, second, strict=True))
     assert [parse_train_request(p) for p in second] == steps[1]
-    assert not decoded_fields
-    monkeypatch.undo()
     # A later message of the step: one byte of its offset field changed.
-    wire = bytearray(encode_train_request(steps[1][1]))
+    wire = encode_train_request(steps[1][1])
     at = wire.index(bytes(steps[1][1].chunks[0].data[:16]))
-    changed = bytes(wire[: at - 4]) + bytes([wire[at - 4] ^ 1]) + bytes(wire[at - 3 :])
-    assert codec.known_part(5, bytes(wire)) is not None
-    assert codec.known_part(5, changed) is None
+    changed = wire[: at - 4] + bytes([wire[at - 4] ^ 1]) + wire[at - 3 :]
+    assert codec.decode_part(5, wire)[1] is second[1].layout
+    assert not fresh_layouts
+    assert codec.decode_part(5, changed)[1] is not second[1].layout
+    assert fresh_layouts
 
 
-def test_layouts_are_kept_per_envelope_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request's layout never reads a response (their envelopes differ), a
-    layout with large fields outside its payloads is not kept, and the tables
-    are cleared when full, so no peer can grow them."""
+def _part_wire(fields: list[bytes]) -> bytes:
+    """A TrainRequest whose StepPart is `fields` (each a serialized field) in order."""
+    body = b"".join(fields)
+    return b"\x2a" + _varint(len(body)) + body
+
+
+def test_a_head_anywhere_is_read_every_time(fresh_layouts: list[tuple]) -> None:
+    """A head that is not the message's first field (fields in another order,
+    or its key written long) is the step's header each time the message comes,
+    and a malformed one is refused each time: a message with a head is never
+    matched whole, as its head would then be lost."""
+    chunk = chunk_to_proto(Chunk("t", "uint8", (4,), 4, 0, b"abcd"))
+    header = step_header_to_proto(_header(3, ("t",))).SerializeToString()
+    field_chunk = b"\x12" + _varint(chunk.ByteSize()) + chunk.SerializeToString()
+    layouts = [
+        [b"\x18\x01", b"\x0a" + _varint(len(header)) + header, field_chunk],
+        [b"\x8a\x00" + _varint(len(header)) + header, field_chunk, b"\x18\x01"],
+    ]
+    for fields in layouts:
+        wire = _part_wire(fields)
+        for _ in range(3):
+            got = parse_train_request(decode_train_request(wire))
+            assert got.header == _header(3, ("t",)) and got.end
+    broken = _part_wire([field_chunk, b"\x0a\x01\xff"])
+    for _ in range(3):
+        with pytest.raises(DecodeError):
+            decode_train_request(broken)
+
+
+def test_layouts_are_kept_per_envelope_and_bounded(
+    fresh_layouts: list[tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's layout never reads a response (their envelopes differ); the
+    tables hold at most _MAX_LAYOUTS layouts, _MAX_SAME_LENGTH of one length,
+    and none with more than _MAX_LAYOUT_CHUNKS chunks or large fields outside
+    its payloads, so no peer can grow them or make a miss costly."""
     from fedsllm.wire import codec
 
-    monkeypatch.setattr(codec, "_MESSAGES", {})
-    monkeypatch.setattr(codec, "_TAILS", {})
-    monkeypatch.setattr(codec, "_MAX_LAYOUTS", 4)
+    def kept() -> list[int]:
+        return [
+            len(v) for t in (codec._MESSAGES, codec._TAILS) for k in t.values() for v in k.values()
+        ]
+
     parts = list(step_upload_requests(_header(0, NAMES), _echo_frames(), 1000))
     wire = encode_train_request(parts[1])
     decode_train_request(wire)
-    assert codec.known_part(5, wire) is not None
-    assert codec.known_part(4, wire) is None
+    assert kept() == [1] and 4 not in codec._MESSAGES
     with pytest.raises(WireError, match="no field of the oneof"):
         parse_train_response(decode_train_response(wire))  # field 5 of a response: unknown
+    assert kept() == [1]
+    monkeypatch.setattr(codec, "_MAX_LAYOUTS", 5)
+    monkeypatch.setattr(codec, "_MAX_SAME_LENGTH", 2)
     for d in range(8, 64, 8):  # new shapes, new layouts
         for part in step_upload_requests(_header(0, NAMES), _echo_frames(d), 1000):
             decode_train_request(encode_train_request(part))
-            kept = sum(
-                len(v)
-                for t in (codec._MESSAGES, codec._TAILS)
-                for k in t.values()
-                for v in k.values()
-            )
-            assert kept <= 4
+            assert sum(kept()) <= 5 and max(kept()) <= 2
+    monkeypatch.setattr(codec, "_MESSAGES", {})
+    monkeypatch.setattr(codec, "_TAILS", {})
     big = Chunk("t", "uint8", (8,), 8, 0, bytes(8))
     msg = main_server_pb2.TrainRequest(
         part=main_server_pb2.StepPart(chunks=[chunk_to_proto(big)], end=True)
@@ -358,7 +404,12 @@ def test_layouts_are_kept_per_envelope_and_bounded(monkeypatch: pytest.MonkeyPat
         msg[:1] + _varint(len(msg) - 2 + 5003) + msg[2:] + b"\x7a" + _varint(5000) + bytes(5000)
     )
     assert parse_train_request(decode_train_request(padded)).chunks == (big,)
-    assert codec.known_part(5, padded) is None
+    tiny = [chunk_to_proto(Chunk(f"t{i}", "uint8", (1,), 1, 0, b"x")) for i in range(17)]
+    many = main_server_pb2.TrainRequest(
+        part=main_server_pb2.StepPart(chunks=tiny, end=True)
+    ).SerializeToString()
+    assert len(parse_train_request(decode_train_request(many)).chunks) == 17
+    assert kept() == []
 
 
 def _varint(value: int) -> bytes:
