@@ -36,7 +36,7 @@ import torch
 import wire_throughput as wt
 
 from fedsllm.wire import rpc
-from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo
+from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, step_header_from_proto
 from fedsllm.wire.tensors import (
     ChunkAssembler,
     ReceiveBuffers,
@@ -49,8 +49,6 @@ from fedsllm.wire.train import (
     decode_train_response,
     encode_train_request,
     encode_train_response,
-    parse_train_request,
-    parse_train_response,
     step_download_responses,
     step_upload_requests,
 )
@@ -71,14 +69,12 @@ async def _project_echo(request_iterator: AsyncIterator, _context) -> AsyncItera
     specs = {s.name: s for s in wt._specs(False)}
     assembler: ChunkAssembler | None = None
     header: StepHeaderInfo | None = None
-    async for msg in request_iterator:
-        part = parse_train_request(msg)
-        if part.header is not None:
-            header = part.header
+    async for msg in request_iterator:  # ReceivedParts, fed as the readers feed them
+        if msg.head is not None:
+            header = step_header_from_proto(msg.head)
             assembler = ChunkAssembler(specs=specs, buffers=buffers)
-        for chunk in part.chunks:
-            assembler.feed(chunk)  # type: ignore[union-attr]
-        if part.end:
+        assembler.feed_laid(msg.layout.chunks, msg.buf, msg.base)  # type: ignore[union-attr]
+        if msg.end:
             frames = assembler.finish(header.tensor_names)  # type: ignore[union-attr]
             acts = frame_to_tensor(frames["activations"], copy=False)
             result = StepResultInfo(
@@ -169,8 +165,8 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
             await project.write(part)
         assembler = ChunkAssembler(specs=grad_spec, buffers=buffers)
         while "activations_grad" not in assembler.frames:
-            for chunk in parse_train_response(await project.read()).chunks:
-                assembler.feed(chunk)
+            reply = await project.read()
+            assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
         return frame_to_tensor(assembler.frames["activations_grad"], copy=False)
 
     async def aio_raw() -> None:

@@ -576,8 +576,8 @@ def bench_codec(num_bytes: int, chunk_bytes: int, reps: int) -> float:
         t0 = time.perf_counter()
         asm = ChunkAssembler()
         for part in step_upload_requests(header, [tensor_to_frame("a", acts)], chunk_bytes):
-            for chunk in decode_train_request(encode_train_request(part)).chunks:
-                asm.feed(chunk)
+            got = decode_train_request(encode_train_request(part))  # as read_uplink feeds it
+            asm.feed_laid(got.layout.chunks, got.buf, got.base)
         frame_to_tensor(asm.finish()["a"], copy=False)
         rates.append(num_bytes / (time.perf_counter() - t0) / 1e6)
     return statistics.median(rates)
