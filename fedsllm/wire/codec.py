@@ -31,11 +31,13 @@ known before anything is copied), and `decode_part` reads one back into the
 control message's bytes and its layout: the chunks (where their payloads lie
 in the received bytes) and the end flag, with every byte outside the
 payloads. A stream repeats its layouts step after step, so each is kept
-(bounded in number, size and per length) and a later message whose bytes
-around its payloads, and whose length, equal one is matched against it (a
-dictionary lookup and one comparison per run of bytes between payloads)
-instead of read field by field. A head is read every time: a message is kept
-whole only when it has none, and after a leading head only the rest is kept.
+(bounded in number and size) and a later message whose bytes around its
+payloads, and whose length, equal one is matched against it (a dictionary
+lookup by its bytes up to the first payload, and a comparison per further run
+of bytes between payloads) instead of read field by field. A head is read
+every time: a message is kept whole only when it has none, and after a
+leading head only the rest is kept; a part with two heads, which protobuf
+merges, is left to protobuf.
 The decoded fields depend on nothing else (a payload is skipped by the length
 in front of it), so a match decodes exactly as the reading did, and bytes
 that match no layout are read, and refused, as before.
@@ -396,34 +398,38 @@ class PartLayout:
     payloads of the same sizes decodes to the same chunks, head and end
     without reading its fields again."""
 
-    fixed: tuple[tuple[int, bytes], ...]
-    """(position from the layout's start, bytes): everything but the payloads."""
+    fixed: tuple[tuple[int, bytes], ...] | None
+    """(position from the layout's start, bytes): everything but the payloads,
+    the first at 0; None for a layout that is not kept (see _keep_layout)."""
     chunks: tuple[LaidChunk, ...]
     head: tuple[int, int] | None
-    """A head field inside the layout (the last wins over a leading one)."""
+    """A head field inside the layout (a message has one head at most here)."""
     end: bool
 
 
-_MESSAGES: dict[int, dict[int, list[PartLayout]]] = {}
-"""Layouts of whole part messages with no head field anywhere, by envelope
-field and message length. A stream sends the same layout step after step,
-so every part message but a step's first is matched byte for byte against
-one of these instead of decoded."""
-_TAILS: dict[int, dict[int, list[PartLayout]]] = {}
+_Index = dict[int, dict[int, dict[bytes, PartLayout]]]
+"""Layouts by the length they cover, the length of their first run of fixed
+bytes, and those bytes: a message is looked up with one slice per first-run
+length (one, usually), whatever the number of layouts of its length (a
+tensor of many chunks has as many, differing only in the offset)."""
+_MESSAGES: dict[int, _Index] = {}
+"""Layouts of whole part messages with no head field, by envelope field. A
+stream sends the same layouts step after step, so every part message but a
+step's first is matched byte for byte against one of these instead of
+decoded."""
+_TAILS: dict[int, _Index] = {}
 """Layouts of what follows a leading head (a step's first message), the same way."""
-_MAX_LAYOUTS = 256
+_MAX_LAYOUTS = 2048
 """Layouts kept at most, all tables together (cleared when full, so a peer's
-odd layouts cannot grow them)."""
-_MAX_SAME_LENGTH = 16
-"""Layouts kept for one envelope and length (the oldest goes first): a
-stream has one per chunk offset of a tensor, and a message that matches none
-is compared with each before it is decoded."""
+odd layouts cannot grow them): a stream keeps one per message of a step, so
+a 512 MiB tensor in 256 KiB chunks fits."""
+_MAX_FIRST_RUNS = 8
+"""Lengths of first runs kept per layout length, so a lookup slices at most this often."""
 _MAX_LAYOUT_CHUNKS = 16
-_MAX_LAYOUT_FIXED_BYTES = 4096
+_MAX_LAYOUT_FIXED_BYTES = 2048
 """A layout with more chunks or more bytes outside its payloads than these
 (unknown fields, many tiny tensors) is decoded every time rather than kept:
-so a kept layout costs at most a few kilobytes, and a comparison with it at
-most seventeen `startswith` calls."""
+a kept layout costs a few kilobytes at most, all of them a few megabytes."""
 _layout_count = 0
 _HEAD_KEY = PART_HEAD_FIELD << 3 | _LEN
 
@@ -431,9 +437,9 @@ _HEAD_KEY = PART_HEAD_FIELD << 3 | _LEN
 def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayout, int] | None:
     """(head bytes or None, layout, where the layout starts in `buf`) of an
     envelope whose only field is the part message `envelope_field`; None when
-    `buf` is anything else or malformed (the caller hands it to protobuf). As
-    in protobuf, unknown fields are skipped and the last head / end wins.
-    `layout_chunks` gives the chunks.
+    `buf` is anything else, malformed, or has two heads (which protobuf
+    merges): the caller hands it to protobuf. As in protobuf, unknown fields
+    are skipped and the last end wins. `layout_chunks` gives the chunks.
 
     A message without a head field is laid out whole (from 0); after a
     leading head (a step's header or result, which changes every step) only
@@ -444,7 +450,7 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayo
     total = len(buf)
     whole = _MESSAGES.get(envelope_field)
     if whole is not None:
-        layout = _match(whole.get(total, ()), buf, 0)
+        layout = _match(whole, buf, 0)
         if layout is not None:
             return None, layout, 0
     pos = _envelope_body(envelope_field, buf)
@@ -452,23 +458,23 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayo
         return None
     head: tuple[int, int] | None = None
     base = 0
+    tables = _MESSAGES
     if pos < total and buf[pos] == _HEAD_KEY:
         length, start = _read_varint(buf, pos + 1, total)
         if length < 0 or start + length > total:
             return None
         head = (start, start + length)
         base = pos = start + length
-        table = _TAILS.setdefault(envelope_field, {})
-        layout = _match(table.get(total - base, ()), buf, base)
+        tables = _TAILS
+        layout = _match(_TAILS.get(envelope_field, {}), buf, base)
     else:  # no leading head, and not a whole message seen before
-        table = _MESSAGES.setdefault(envelope_field, {})
         layout = None
     if layout is None:
-        layout = _decode_layout(buf, base, pos, total)
+        layout = _decode_layout(buf, base, pos, total, head is not None)
         if layout is None:
             return None
-        if base or layout.head is None:  # a whole message with a head is not kept
-            _keep_layout(table, total - base, layout)
+        if layout.fixed is not None:
+            _keep_layout(tables.setdefault(envelope_field, {}), total - base, layout)
     if layout.head is not None:
         head = (base + layout.head[0], base + layout.head[1])
     return (None if head is None else bytes(buf[head[0] : head[1]])), layout, base
@@ -480,22 +486,31 @@ def layout_chunks(layout: PartLayout, buf: bytes, base: int) -> list[Chunk]:
     return [Chunk(*key, offset, view[base + a : base + b]) for key, offset, a, b in layout.chunks]
 
 
-def _match(layouts: Sequence[PartLayout], buf: bytes, base: int) -> PartLayout | None:
-    for layout in layouts:
-        for at, piece in layout.fixed:
-            if not buf.startswith(piece, base + at):
-                break
-        else:
-            return layout
+def _match(index: _Index, buf: bytes, base: int) -> PartLayout | None:
+    by_first = index.get(len(buf) - base)
+    if by_first is None:
+        return None
+    for first, by_bytes in by_first.items():
+        layout = by_bytes.get(buf[base : base + first])
+        if layout is not None:
+            for at, piece in layout.fixed[1:]:  # type: ignore[index]
+                if not buf.startswith(piece, base + at):
+                    break
+            else:
+                return layout
     return None
 
 
-def _decode_layout(buf: bytes, base: int, pos: int, total: int) -> PartLayout | None:
-    """Decode the part fields in buf[pos:total] field by field (None when
-    malformed), laid out from `base` (everything from there is the layout's)."""
+def _decode_layout(
+    buf: bytes, base: int, pos: int, total: int, has_head: bool
+) -> PartLayout | None:
+    """Decode the part fields in buf[pos:total] field by field, laid out from
+    `base` (everything from there is the layout's); None when malformed or
+    when it holds a head and `has_head` (a leading one) or a second head."""
     head: tuple[int, int] | None = None
     chunks: list[LaidChunk] = []
     end = False
+    payload = 0
     while pos < total:
         key = buf[pos]
         if key < 0x80:  # a one-byte key, as every field here is written: no call
@@ -511,6 +526,8 @@ def _decode_layout(buf: bytes, base: int, pos: int, total: int) -> PartLayout | 
                 return None
             pos = start + length
             if field == PART_HEAD_FIELD:
+                if has_head or head is not None:
+                    return None  # protobuf merges repeated heads: left to it
                 head = (start - base, pos - base)
                 continue
             fields = _chunk_fields(buf, start, pos)
@@ -519,6 +536,7 @@ def _decode_layout(buf: bytes, base: int, pos: int, total: int) -> PartLayout | 
             name, dtype, shape, size, offset, a, b = fields
             a, b = (a - base, b - base) if b > a else (0, 0)
             chunks.append(((name, dtype, shape, size), offset, a, b))
+            payload += b - a
         elif field == PART_END_FIELD and wire_type == _VARINT:
             value, pos = _read_varint(buf, value_pos, total)
             if value < 0:
@@ -528,34 +546,39 @@ def _decode_layout(buf: bytes, base: int, pos: int, total: int) -> PartLayout | 
             pos = _skip(buf, value_pos, wire_type, total)
             if pos > total:
                 return None
+    if (
+        (head is not None and not has_head)  # a whole message's head would be lost
+        or len(chunks) > _MAX_LAYOUT_CHUNKS
+        or total - base - payload > _MAX_LAYOUT_FIXED_BYTES
+    ):
+        return PartLayout(None, tuple(chunks), head, end)
     fixed: list[tuple[int, bytes]] = []
     at = 0
     for _, _, a, b in chunks:
         if b > a:
-            if a > at:
-                fixed.append((at, bytes(buf[base + at : base + a])))
+            fixed.append((at, bytes(buf[base + at : base + a])))
             at = b
-    if total - base > at:
+    if total - base > at or not fixed:
         fixed.append((at, bytes(buf[base + at : total])))
     return PartLayout(tuple(fixed), tuple(chunks), head, end)
 
 
-def _keep_layout(table: dict[int, list[PartLayout]], length: int, layout: PartLayout) -> None:
+def _keep_layout(index: _Index, length: int, layout: PartLayout) -> None:
     global _layout_count
-    if (
-        len(layout.chunks) > _MAX_LAYOUT_CHUNKS
-        or sum(len(piece) for _, piece in layout.fixed) > _MAX_LAYOUT_FIXED_BYTES
-    ):
+    first = layout.fixed[0][1]  # type: ignore[index]
+    by_first = index.setdefault(length, {})
+    if len(first) not in by_first and len(by_first) >= _MAX_FIRST_RUNS:
         return
     if _layout_count >= _MAX_LAYOUTS:
         for tables in (_MESSAGES, _TAILS):
             for known in list(tables.values()):  # list(): one step, while others may add
                 known.clear()
         _layout_count = 0
-    same = table.setdefault(length, [])
-    same.insert(0, layout)
-    del same[_MAX_SAME_LENGTH:]
-    _layout_count += 1
+        by_first = index.setdefault(length, {})
+    by_bytes = by_first.setdefault(len(first), {})
+    if first not in by_bytes:
+        _layout_count += 1
+    by_bytes[first] = layout
 
 
 def _join(buf: bytes, parts: Sequence[tuple[int, int]]) -> bytes:

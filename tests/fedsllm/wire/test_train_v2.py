@@ -367,35 +367,96 @@ def test_a_head_anywhere_is_read_every_time(fresh_layouts: list[tuple]) -> None:
             decode_train_request(broken)
 
 
+def test_two_heads_are_merged_as_protobuf_merges(fresh_layouts: list[tuple]) -> None:
+    """Protobuf merges a repeated message field; the codec leaves a part with
+    two heads to it, every time: the header is the merge, and a malformed
+    one (first or second) is refused."""
+    chunk = chunk_to_proto(Chunk("t", "uint8", (4,), 4, 0, b"abcd"))
+    field_chunk = b"\x12" + _varint(chunk.ByteSize()) + chunk.SerializeToString()
+    first = step_header_to_proto(_header(3, ("t",))).SerializeToString()
+    second = main_server_pb2.StepHeader(round=7).SerializeToString()
+    heads = [b"\x0a" + _varint(len(h)) + h for h in (first, second)]
+    for fields in ([heads[0], field_chunk, heads[1]], [heads[0], heads[1], field_chunk]):
+        wire = _part_wire([*fields, b"\x18\x01"])
+        for _ in range(3):
+            got = parse_train_request(decode_train_request(wire))
+            assert (
+                got.header
+                == parse_train_request(main_server_pb2.TrainRequest.FromString(wire)).header
+            )
+            assert got.header.round == 7 and got.header.step == 3
+    for fields in (
+        [heads[0], field_chunk, b"\x0a\x01\xff"],
+        [b"\x0a\x01\xff", heads[0], field_chunk],
+    ):
+        for _ in range(3):
+            with pytest.raises(DecodeError):
+                decode_train_request(_part_wire(fields))
+
+
+def test_a_tensor_of_many_chunks_is_matched_whole(fresh_layouts: list[tuple]) -> None:
+    """A large tensor's middle chunks are messages of one length that differ
+    only in their offset: every one of them is matched on the next step."""
+    frames = [tensor_to_frame("t", torch.randn(64, 160))]  # 40 960 bytes, 41 chunks
+    steps = [list(step_upload_requests(_header(i, ("t",)), frames, 1000)) for i in range(2)]
+    lengths = [len(encode_train_request(p)) for p in steps[0]]
+    assert len(lengths) == 41 and max(lengths.count(n) for n in lengths) > 16
+    for part in steps[0]:
+        decode_train_request(encode_train_request(part))
+    fresh_layouts.clear()
+    second = [decode_train_request(encode_train_request(p)) for p in steps[1]]
+    assert not fresh_layouts
+    assert [parse_train_request(p) for p in second] == steps[1]
+
+
 def test_layouts_are_kept_per_envelope_and_bounded(
     fresh_layouts: list[tuple], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request's layout never reads a response (their envelopes differ); the
-    tables hold at most _MAX_LAYOUTS layouts, _MAX_SAME_LENGTH of one length,
-    and none with more than _MAX_LAYOUT_CHUNKS chunks or large fields outside
-    its payloads, so no peer can grow them or make a miss costly."""
+    tables hold at most _MAX_LAYOUTS layouts, _MAX_FIRST_RUNS first-run
+    lengths for one message length, and none with more than
+    _MAX_LAYOUT_CHUNKS chunks or large fields outside its payloads, so no
+    peer can grow them or make a lookup costly."""
     from fedsllm.wire import codec
 
-    def kept() -> list[int]:
-        return [
-            len(v) for t in (codec._MESSAGES, codec._TAILS) for k in t.values() for v in k.values()
-        ]
+    def kept() -> int:
+        return sum(
+            len(by_bytes)
+            for tables in (codec._MESSAGES, codec._TAILS)
+            for index in tables.values()
+            for by_first in index.values()
+            for by_bytes in by_first.values()
+        )
 
     parts = list(step_upload_requests(_header(0, NAMES), _echo_frames(), 1000))
     wire = encode_train_request(parts[1])
     decode_train_request(wire)
-    assert kept() == [1] and 4 not in codec._MESSAGES
+    assert kept() == 1 and 4 not in codec._MESSAGES
     with pytest.raises(WireError, match="no field of the oneof"):
         parse_train_response(decode_train_response(wire))  # field 5 of a response: unknown
-    assert kept() == [1]
+    assert kept() == 1
     monkeypatch.setattr(codec, "_MAX_LAYOUTS", 5)
-    monkeypatch.setattr(codec, "_MAX_SAME_LENGTH", 2)
     for d in range(8, 64, 8):  # new shapes, new layouts
         for part in step_upload_requests(_header(0, NAMES), _echo_frames(d), 1000):
             decode_train_request(encode_train_request(part))
-            assert sum(kept()) <= 5 and max(kept()) <= 2
+            assert kept() <= 5
+    # Messages of one length whose first runs differ in length (longer names,
+    # shorter data): at most _MAX_FIRST_RUNS of them are kept.
     monkeypatch.setattr(codec, "_MESSAGES", {})
     monkeypatch.setattr(codec, "_TAILS", {})
+    monkeypatch.setattr(codec, "_MAX_FIRST_RUNS", 2)
+    runs = []
+    for k in range(1, 5):
+        c = chunk_to_proto(Chunk("t" * k, "uint8", (20 - k,), 20 - k, 0, bytes(20 - k)))
+        runs.append(_part_wire([b"\x12" + _varint(c.ByteSize()) + c.SerializeToString()]))
+    assert len({len(w) for w in runs}) == 1
+    for w in runs:
+        decode_train_request(w)
+    assert kept() == 2
+    fresh_layouts.clear()
+    decode_train_request(runs[3])  # not kept: read again
+    assert fresh_layouts
+    monkeypatch.setattr(codec, "_MESSAGES", {})
     big = Chunk("t", "uint8", (8,), 8, 0, bytes(8))
     msg = main_server_pb2.TrainRequest(
         part=main_server_pb2.StepPart(chunks=[chunk_to_proto(big)], end=True)
@@ -409,7 +470,7 @@ def test_layouts_are_kept_per_envelope_and_bounded(
         part=main_server_pb2.StepPart(chunks=tiny, end=True)
     ).SerializeToString()
     assert len(parse_train_request(decode_train_request(many)).chunks) == 17
-    assert kept() == []
+    assert kept() == 0
 
 
 def _varint(value: int) -> bytes:
