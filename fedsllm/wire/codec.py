@@ -490,7 +490,8 @@ def _match(index: _Index, buf: bytes, base: int) -> PartLayout | None:
     by_first = index.get(len(buf) - base)
     if by_first is None:
         return None
-    for first, by_bytes in by_first.items():
+    # tuple(): taken in one step, as another stream's deserializer may add a length.
+    for first, by_bytes in tuple(by_first.items()):
         layout = by_bytes.get(buf[base : base + first])
         if layout is not None:
             for at, piece in layout.fixed[1:]:  # type: ignore[index]

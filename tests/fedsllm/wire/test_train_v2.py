@@ -409,6 +409,31 @@ def test_a_tensor_of_many_chunks_is_matched_whole(fresh_layouts: list[tuple]) ->
     assert [parse_train_request(p) for p in second] == steps[1]
 
 
+def test_a_lookup_survives_another_stream_adding_layouts(fresh_layouts: list[tuple]) -> None:
+    """Deserializers of several streams run on gRPC's threads at once: a
+    lookup walks a snapshot of the first-run lengths, so a length another
+    stream adds meanwhile cannot break it."""
+    from fedsllm.wire import codec
+
+    parts = list(step_upload_requests(_header(0, NAMES), _echo_frames(), 1000))
+    wire = encode_train_request(parts[1])
+    kept = decode_train_request(wire).layout
+    (by_first,) = codec._MESSAGES[5].values()
+
+    class Growing(dict):
+        def get(self, key: object, default: object = None) -> object:
+            by_first.setdefault(len(by_first) + 10_000, {})  # another stream keeps one
+            return super().get(key, default)
+
+    real = dict(by_first)
+    by_first.clear()
+    by_first[1] = Growing()  # looked up first, and misses
+    by_first.update(real)
+    fresh_layouts.clear()
+    assert decode_train_request(wire).layout is kept
+    assert not fresh_layouts
+
+
 def test_layouts_are_kept_per_envelope_and_bounded(
     fresh_layouts: list[tuple], monkeypatch: pytest.MonkeyPatch
 ) -> None:
