@@ -213,7 +213,11 @@ def decode_chunk(envelope_field: int, buf: bytes) -> Chunk | None:
     pos = _envelope_body(envelope_field, buf)
     if pos < 0:
         return None
-    return _decode_chunk_body(buf, pos, len(buf))
+    fields = _chunk_fields(buf, pos, len(buf))
+    if fields is None:
+        return None
+    *head, start, stop = fields
+    return Chunk(*head, memoryview(buf)[start:stop])  # type: ignore[call-arg]
 
 
 def _envelope_body(envelope_field: int, buf: bytes) -> int:
@@ -258,16 +262,6 @@ def _decode_hinted(buf: bytes, pos: int, total: int) -> _ChunkFields | None:
 
 _OFFSET_KEY = _OFFSET_TAG[0]
 _DATA_KEY = _DATA_TAG[0]
-
-
-def _decode_chunk_body(buf: bytes, pos: int, total: int) -> Chunk | None:
-    """The TensorChunk serialized in buf[pos:total] (its data a view into
-    `buf`), or None when those bytes are not a chunk this reader frames."""
-    fields = _chunk_fields(buf, pos, total)
-    if fields is None:
-        return None
-    *head, start, stop = fields
-    return Chunk(*head, memoryview(buf)[start:stop])  # type: ignore[call-arg]
 
 
 _ChunkFields = tuple[str, str, tuple[int, ...], int, int, int, int]

@@ -420,12 +420,8 @@ class ReceiveBuffers:
 
 @dataclass(slots=True)
 class _Partial:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    total: int
     key: ChunkKey
-    """(name, dtype, shape, total): what every later chunk must repeat."""
+    """(name, dtype, shape, total bytes): what every later chunk must repeat."""
     buf: memoryview
     array: np.ndarray
     """`buf` as a numpy array, written chunk by chunk."""
@@ -435,6 +431,22 @@ class _Partial:
     checked: int = 0
     """Elements already checked for NaN and Inf (whole elements received)."""
     all_finite: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.key[0]
+
+    @property
+    def dtype(self) -> str:
+        return self.key[1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.key[2]
+
+    @property
+    def total(self) -> int:
+        return self.key[3]
 
 
 def _copy_into(cur: _Partial, data: Buffer, end: int) -> None:
@@ -596,10 +608,6 @@ class ChunkAssembler:
 
             elements = torch.frombuffer(buf, dtype=_torch_dtype(chunk.dtype))
         self._current = _Partial(
-            name=name,
-            dtype=chunk.dtype,
-            shape=shape,
-            total=total,
             key=(name, chunk.dtype, shape, total),
             buf=buf,
             array=np.frombuffer(buf, dtype=np.uint8),
