@@ -54,7 +54,7 @@ from fedsllm.wire.train import (
 )
 
 CHUNK = wt.DEFAULT_CHUNK
-NAMES = ("activations", "attention_mask", "labels")
+NAMES = ("attention_mask", "labels", "activations")
 
 
 def _sizes() -> list[int]:
@@ -153,9 +153,9 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     async def aio_project() -> torch.Tensor:
         nonlocal step
         frames = [
-            tensor_to_frame("activations", acts),
             tensor_to_frame("attention_mask", mask),
             tensor_to_frame("labels", labels),
+            tensor_to_frame("activations", acts),
         ]
         header = StepHeaderInfo(
             round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=NAMES

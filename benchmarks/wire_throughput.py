@@ -7,7 +7,8 @@ ready-made byte messages over the same gRPC, measured in the same run.
 
 The project side speaks Train wire version 2 (fedsllm.wire.train): a step is
 StepPart messages, the header folded into the first, the end flag into the
-last, the small tensors riding whole with the last activation chunk; the
+last, the small tensors (mask, labels) first, whole, with the first
+activation chunk (as client.remote sends them); the
 echo's reply is ReplyPart messages, the result folded into the first (as the
 main server replies when the downlink is not paced).
 
@@ -66,6 +67,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 import grpc
 import numpy as np
@@ -177,7 +179,12 @@ class Session:
     each as it goes out."""
 
     def __init__(
-        self, address: str, chunk_bytes: int, validate: bool = False, fold: bool = True
+        self,
+        address: str,
+        chunk_bytes: int,
+        validate: bool = False,
+        fold: bool = True,
+        call: Callable[[grpc.Channel], grpc.StreamStreamMultiCallable] = train_call,
     ) -> None:
         self.chunk_bytes = chunk_bytes
         self.validate = validate
@@ -185,7 +192,7 @@ class Session:
         self.channel = rpc.make_channel(address)
         self.requests = rpc.RequestQueue()
         self.downlink = read_downlink(
-            train_call(self.channel)(self.requests, timeout=600), self._grad_specs
+            call(self.channel)(self.requests, timeout=600), self._grad_specs
         )
         hello = TrainHelloInfo(
             client_id=0,
@@ -205,9 +212,9 @@ class Session:
         self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, mode: str
     ) -> torch.Tensor | None:
         frames = [
-            tensor_to_frame("activations", acts),
             tensor_to_frame("attention_mask", mask),
             tensor_to_frame("labels", labels),
+            tensor_to_frame("activations", acts),
         ]
         self.shape = tuple(acts.shape)
         header = StepHeaderInfo(
@@ -215,7 +222,7 @@ class Session:
             step=self.step,
             mode=mode,
             downlink_bps=0.0,
-            tensor_names=("activations", "attention_mask", "labels"),
+            tensor_names=("attention_mask", "labels", "activations"),
         )
         self.step += 1
         self.requests.put_all(step_upload_requests(header, frames, self.chunk_bytes))
@@ -340,14 +347,17 @@ class RawEcho:
         down: int,
         chunk_bytes: int,
         copies: bool = False,
+        wrap: Callable[[Callable[[Any], Any], str], Callable[[Any], Any]] = lambda fn, _: fn,
     ) -> None:
+        """`wrap(fn, "request" or "reply")` is applied to the serializer and the
+        deserializer (wire_timeline.py marks when each message passes)."""
         self.requests = rpc.RequestQueue()
         # The floor's copy out is its serializer's, on gRPC's sending thread, one
         # message at a time, as the project's is.
         call = channel.stream_stream(
             "/bench.Raw/Echo",
-            request_serializer=_copy_span if copies else _identity,
-            response_deserializer=_identity,
+            request_serializer=wrap(_copy_span if copies else _identity, "request"),
+            response_deserializer=wrap(_identity, "reply"),
         )
         metadata_ = (
             ("up", str(sum(up))),

@@ -201,10 +201,14 @@ class MainServerStream:
         labels: torch.Tensor,
         initial_adapter: bool = False,
     ) -> int:
+        # The small tensors first: the main server takes them in with the
+        # first message, while the activations' chunks are still on their way,
+        # so what it does once the last message is in (and its reply waits
+        # on) is one chunk's copy (benchmarks/wire_timeline.py, issue 13).
         frames = [
-            tensor_to_frame("activations", activations.detach(), self.wire_dtype),
             tensor_to_frame("attention_mask", attention_mask),
             tensor_to_frame("labels", labels),
+            tensor_to_frame("activations", activations.detach(), self.wire_dtype),
         ]
         self._sent_shape = tuple(activations.shape)
         header = StepHeaderInfo(

@@ -56,8 +56,9 @@ class MainServerServicer:
         (StepPart): the first carries the step header, every one carries
         consecutive chunks of the tensors the header names, the last carries
         end = true. A step is usually as many messages as its largest tensor
-        has chunks: the header rides on the first chunk message and the small
-        tensors (attention_mask, labels) ride whole on the last one.
+        has chunks: the header rides on the first chunk message. The client
+        sends the small tensors (attention_mask, labels) first, so they ride
+        whole on the first message too (any order the header names is valid).
         Server -> client: welcome once, then per step: in TRAIN mode `part`
         messages (ReplyPart), the first carrying the result, together bringing
         the chunks of every tensor the result names ("activations_grad"); in

@@ -421,9 +421,10 @@ def pack_chunks(frames: Sequence[TensorFrame], chunk_bytes: int) -> Iterator[tup
     """The chunks of every frame (in order, at most `chunk_bytes` each, views of
     the frames), grouped into messages: a message takes the next chunk while
     its data stay within chunk_bytes + chunk_bytes // PART_SLACK. So a tensor
-    cut into chunk_bytes pieces is one message per piece, and the small
-    tensors after it (a step's attention_mask and labels) ride in its last.
-    At least one (possibly empty) group."""
+    cut into chunk_bytes pieces is one message per piece, and small tensors
+    next to it (a step's attention_mask and labels) ride in its first piece's
+    message when they come before it, in its last's when after. At least one
+    (possibly empty) group."""
     limit = chunk_bytes + chunk_bytes // PART_SLACK
     group: list[Chunk] = []
     size = 0

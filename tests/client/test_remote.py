@@ -6,6 +6,7 @@ transfer). A training step's reply says the downlink rate the main server paced 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,10 +16,12 @@ from client.remote import AllocationFollower
 from fed_server.controller import Controller
 from fed_server.controller_service import ControllerService
 from fedsllm.config import load_scenario
-from fedsllm.proto import controller_pb2_grpc
+from fedsllm.proto import controller_pb2_grpc, main_server_pb2_grpc
 from fedsllm.roles import register_info
 from fedsllm.trace import Tracer
+from fedsllm.wire.messages import TrainWelcomeInfo
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
+from fedsllm.wire.train import parse_train_request
 
 
 @pytest.fixture
@@ -165,3 +168,58 @@ def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
         stop_server(server, grace_s=0.5)
     assert paced and set(paced) == {asked_bps}  # every gradient chunk, at that rate
     assert reply.downlink_bps == asked_bps
+
+
+class _RecordingMainServer(main_server_pb2_grpc.MainServerServicer):
+    """A Train servicer that welcomes the client, keeps the parts of its first
+    step as the Train deserializer hands them over, and ends the call."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.done = threading.Event()
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        hello = parse_train_request(next(request_iterator))
+        yield TrainWelcomeInfo(
+            client_id=hello.client_id, scenario_hash=hello.scenario_hash, max_tensor_bytes=2**20
+        )
+        for part in request_iterator:
+            self.parts.append(part)
+            if part.end:
+                break
+        self.done.set()
+
+
+def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
+    """The mask and labels ride whole on the step's first message, with the
+    header and the first activation chunk, so the main server takes them in
+    while the activations are still arriving, and the step's last message
+    holds activations only (issue 13: what the server does after the last
+    message is on the step's critical path)."""
+    import torch
+
+    from client.remote import MainServerStream
+
+    recorder = _RecordingMainServer()
+    server, port = create_server(
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(recorder, s)],
+        allow_unauthenticated=True,
+    )
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            stream = MainServerStream(channel, 0, "h", "float32", 4096)
+            hidden = torch.randn(2, 8, 512)  # 32 KiB: eight 4 KiB chunks
+            mask = torch.ones(2, 8, dtype=torch.int64)
+            labels = torch.arange(16).reshape(2, 8)
+            stream.send_step(0, 0, True, hidden, mask, labels)
+            assert recorder.done.wait(10)
+            stream.close()
+    finally:
+        stop_server(server, grace_s=0.5)
+    laid = [
+        [(key[0], offset, b - a) for key, offset, a, b in p.layout.chunks] for p in recorder.parts
+    ]
+    assert recorder.parts[0].head is not None  # the step header
+    assert laid[0] == [("attention_mask", 0, 128), ("labels", 0, 128), ("activations", 0, 4096)]
+    assert laid[1:] == [[("activations", i * 4096, 4096)] for i in range(1, 8)]

@@ -1,0 +1,276 @@
+"""Where a Train step's wall time goes, on the critical path, against raw gRPC:
+the median moment of each hand-over between client and server, step by step.
+
+    OMP_NUM_THREADS=1 python benchmarks/wire_timeline.py [--steps N]
+
+wire_throughput.py says how much slower than raw gRPC a step is; this says
+where. Both processes note when each message passes a point (monotonic
+clock, which Linux shares between processes):
+
+- client: each request leaves its serializer (on gRPC's sending thread),
+  each reply leaves its deserializer;
+- server: each request reaches the handler (after gRPC's deserializer and
+  the hand-over between gRPC's thread and the handler's), each reply leaves
+  the handler (before gRPC serializes it).
+
+The steps are wire_throughput.py's: "project" is its Session against its
+BenchServer (the Train codec, readers and builders), "floor" and "raw" its
+RawEcho with and without the one copy per message each side. Two payloads:
+the 1.57 MB activation echo at the default chunk size, and a 1 KiB step
+answered by a result alone (what a step costs whatever its size). Variants
+alternate step by step, so load on the host hits them alike.
+
+The table gives, per segment, the median duration of each variant and the
+project's excess over raw: the segments that take the project longer are
+where its code sits on the critical path. The Python a step runs between
+payload copies runs with cold caches (each copy of 256 KiB evicts what was
+there), so it costs several times what a warm loop times it at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import torch
+import wire_throughput as wt
+
+from fedsllm.proto import main_server_pb2_grpc
+from fedsllm.wire import rpc
+from fedsllm.wire.train import TRAIN_METHOD, decode_train_response, encode_train_request
+
+EVENTS: list[tuple[str, int]] = []
+"""(point, monotonic ns) as messages pass, in this process."""
+
+SEGMENTS = (
+    ("client builds, first request serialized", "step", "request serialized"),
+    ("first request reaches the server handler", "request serialized", "request at handler"),
+    ("rest of the upload", "request at handler", "last request at handler"),
+    ("server turnaround to the first reply", "last request at handler", "reply produced"),
+    ("first reply reaches the client", "reply produced", "reply deserialized"),
+    ("rest of the download", "reply deserialized", "last reply deserialized"),
+    ("client finishes the step", "last reply deserialized", "end"),
+)
+"""(label, from point, to point): a point is the first passage of a message,
+"last ..." the last one in the step."""
+
+
+def _mark(point: str) -> None:
+    EVENTS.append((point, time.perf_counter_ns()))
+
+
+def _marking(point: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Wrap a (de)serializer so that it marks `point` when it returns."""
+
+    def wrap(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def marked(arg: Any) -> Any:
+            out = fn(arg)
+            _mark(point)
+            return out
+
+        return marked
+
+    return wrap
+
+
+def _raw_wrap(fn: Callable[[Any], Any], direction: str) -> Callable[[Any], Any]:
+    """RawEcho's wrap: its serializer marks a request, its deserializer a reply."""
+    return _marking("request serialized" if direction == "request" else "reply deserialized")(fn)
+
+
+def _project_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
+    """fedsllm.wire.train.train_call with marking (de)serializers."""
+    return channel.stream_stream(
+        TRAIN_METHOD,
+        request_serializer=_marking("request serialized")(encode_train_request),
+        response_deserializer=_marking("reply deserialized")(decode_train_response),
+        _registered_method=True,
+    )
+
+
+def _marked_requests(requests: Iterator[Any]) -> Iterator[Any]:
+    for msg in requests:
+        _mark("request at handler")
+        yield msg
+
+
+def _marked_replies(replies: Iterator[Any]) -> Iterator[Any]:
+    for msg in replies:
+        _mark("reply produced")
+        yield msg
+
+
+class MarkedServer(wt.BenchServer):
+    """wire_throughput's BenchServer, marking requests in and replies out."""
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        return _marked_replies(super().Train(_marked_requests(request_iterator), context))
+
+
+def _raw_echo(request_iterator, context) -> Iterator[bytes]:
+    return _marked_replies(wt._raw_echo(_marked_requests(request_iterator), context))
+
+
+def _serve() -> int:
+    """Child mode: serve until stdin closes, then print the marks as JSON."""
+    torch.set_num_threads(1)
+
+    def add_raw(server: grpc.Server) -> None:
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Raw",
+            {"Echo": grpc.stream_stream_rpc_method_handler(_raw_echo, wt._identity, wt._identity)},
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+    server, port = rpc.create_server(
+        "127.0.0.1:0",
+        [
+            lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(MarkedServer(), s),
+            add_raw,
+        ],
+        service_names=[rpc.MAIN_SERVER_SERVICE],
+        allow_unauthenticated=True,  # loopback benchmark: no credentials
+        max_workers=8,
+    )
+    print(port, flush=True)
+    sys.stdin.read()
+    rpc.stop_server(server, 0.5)
+    print(json.dumps(EVENTS), flush=True)
+    return 0
+
+
+def _steps(events: list[tuple[str, int]]) -> dict[str, list[dict[str, list[float]]]]:
+    """Per variant, per step: point -> the µs since the step's start at which
+    each passage happened, in order."""
+    out: dict[str, list[dict[str, list[float]]]] = {}
+    current: dict[str, list[float]] | None = None
+    start = 0
+    for point, ns in sorted(events, key=lambda e: e[1]):
+        if point.startswith("step "):
+            variant = point.removeprefix("step ")
+            current, start = {}, ns
+            out.setdefault(variant, []).append(current)
+            continue
+        if current is not None:
+            current.setdefault(point, []).append((ns - start) / 1e3)
+            if point == "end":
+                current = None
+    return out
+
+
+def _segments(step: dict[str, list[float]]) -> list[float] | None:
+    """The step's segment durations, µs; None when a point is missing."""
+
+    def at(point: str) -> float | None:
+        if point == "step":
+            return 0.0
+        last = point.startswith("last ")
+        times = step.get(point.removeprefix("last "))
+        if not times:
+            return None
+        return times[-1] if last else times[0]
+
+    out = []
+    for _, a, b in SEGMENTS:
+        ta, tb = at(a), at(b)
+        if ta is None or tb is None:
+            return None
+        out.append(tb - ta)
+    return out
+
+
+def _table(title: str, steps: dict[str, list[dict[str, list[float]]]]) -> None:
+    variants = [v for v in ("project", "floor", "raw") if v in steps]
+    per = {v: [s for s in map(_segments, steps[v]) if s is not None] for v in variants}
+    med = {v: [statistics.median(col) for col in zip(*per[v], strict=True)] for v in variants}
+    totals = {v: statistics.median(st["end"][0] for st in steps[v]) for v in variants}
+    print(f"\n{title} (median µs over {min(len(per[v]) for v in variants)} steps)")
+    print("| segment | " + " | ".join(variants) + " | project - raw |")
+    print("|---|" + "---|" * (len(variants) + 1))
+    for i, (label, _, _) in enumerate(SEGMENTS):
+        cells = " | ".join(f"{med[v][i]:.0f}" for v in variants)
+        print(f"| {label} | {cells} | {med['project'][i] - med['raw'][i]:+.0f} |")
+    cells = " | ".join(f"{totals[v]:.0f}" for v in variants)
+    print(f"| whole step | {cells} | {totals['project'] - totals['raw']:+.0f} |")
+
+
+def _run(address: str, up: list[int], down: int, mode: str, shape: tuple[int, ...], n: int):
+    """Alternate the variants for `n` steps (after a warm-up); the client's marks."""
+    acts = torch.randn(*shape)
+    b, t = shape[:2]
+    mask = torch.ones(b, t, dtype=torch.int64)
+    labels = torch.randint(0, wt.VOCAB, (b, t))
+    session = wt.Session(address, wt.DEFAULT_CHUNK, call=_project_call)
+    with rpc.make_channel(address) as channel:
+        raw = wt.RawEcho(channel, up, down, wt.DEFAULT_CHUNK, wrap=_raw_wrap)
+        floor = wt.RawEcho(channel, up, down, wt.DEFAULT_CHUNK, copies=True, wrap=_raw_wrap)
+        variants: dict[str, Callable[[], object]] = {
+            "project": lambda: session.run_step(acts, mask, labels, mode),
+            "floor": floor.run,
+            "raw": raw.run,
+        }
+        for _ in range(20):
+            for fn in variants.values():
+                fn()
+        EVENTS.clear()
+        for _ in range(n):
+            for name, fn in variants.items():
+                _mark(f"step {name}")
+                fn()
+                _mark("end")
+        events = list(EVENTS)
+        raw.close()
+        floor.close()
+    session.close()
+    return events
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="steps per variant and payload")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    if ns.serve:
+        return _serve()
+    torch.set_num_threads(1)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port = int(child.stdout.readline())  # type: ignore[union-attr]
+    address = f"127.0.0.1:{port}"
+    events: list[tuple[str, int]] = []
+    try:
+        rpc.wait_healthy(address, 10)
+        acts = 4 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1] * wt.ECHO_SHAPE[2]
+        small = 8 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1]
+        echo = _run(address, [acts, small, small], acts, "train", wt.ECHO_SHAPE, ns.steps)
+        tiny = _run(
+            address, [wt.TINY_BYTES, 8, 8], 16, "eval", (1, 1, wt.TINY_BYTES // 4), ns.steps
+        )
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        server_events = json.loads(child.stdout.readline() or "[]")  # type: ignore[union-attr]
+        child.wait(timeout=30)
+    print("# wire timeline: a Train step's critical path against raw gRPC")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, chunk {wt.DEFAULT_CHUNK // 1024} KiB")
+    server = [tuple(e) for e in server_events]
+    split = len(echo) and max(ns for _, ns in echo)
+    events = echo + [e for e in server if e[1] <= split]
+    _table(f"(a) {wt.ECHO_SHAPE} fp32 activation echo", _steps(events))
+    events = tiny + [e for e in server if e[1] > split]
+    _table(f"(b) a {wt.TINY_BYTES} B step answered by its result", _steps(events))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
