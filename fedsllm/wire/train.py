@@ -309,19 +309,9 @@ def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | ReceivedP
     deserializer would reach the client as INTERNAL); read_uplink does it.
     Bytes protobuf cannot parse raise, as protobuf's own parser would."""
     part = decode_part(_REQUEST_PART_FIELD, buf)
-    if part is not None:
-        head, layout, base = part
-        if head is None:  # the usual message
-            return ReceivedPart(layout, buf, base)
-        from fedsllm.proto import main_server_pb2
-
-        return ReceivedPart(layout, buf, base, main_server_pb2.StepHeader.FromString(head))
-    from fedsllm.proto import main_server_pb2
-
-    chunk = decode_chunk(_CHUNK_FIELD, buf)
-    if chunk is not None:
-        return chunk
-    return main_server_pb2.TrainRequest.FromString(buf)
+    if part is not None and part[0] is None:  # the usual message: no header
+        return ReceivedPart(part[1], buf, part[2])
+    return _decode_other(buf, part, "StepHeader", "TrainRequest")
 
 
 def encode_train_response(item: Any) -> bytes:
@@ -342,19 +332,26 @@ def encode_train_response(item: Any) -> bytes:
 def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReceivedPart | Chunk:
     """gRPC response deserializer (see decode_train_request)."""
     part = decode_part(_RESPONSE_PART_FIELD, buf)
-    if part is not None:
-        head, layout, base = part
-        if head is None:  # the usual message
-            return ReceivedPart(layout, buf, base)
-        from fedsllm.proto import main_server_pb2
+    if part is not None and part[0] is None:  # the usual message: no result
+        return ReceivedPart(part[1], buf, part[2])
+    return _decode_other(buf, part, "StepResult", "TrainResponse")
 
-        return ReceivedPart(layout, buf, base, main_server_pb2.StepResult.FromString(head))
+
+def _decode_other(
+    buf: bytes, part: tuple[bytes | None, PartLayout, int] | None, head_type: str, envelope: str
+) -> Any:
+    """The rest of a Train deserializer: a part with its head parsed as
+    `head_type`, a chunk, or the whole message parsed as `envelope` (both
+    main_server.proto message names)."""
     from fedsllm.proto import main_server_pb2
 
+    if part is not None:
+        head, layout, base = part
+        return ReceivedPart(layout, buf, base, getattr(main_server_pb2, head_type).FromString(head))
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
-    return main_server_pb2.TrainResponse.FromString(buf)
+    return getattr(main_server_pb2, envelope).FromString(buf)
 
 
 TRAIN_SERVER_CODEC = (decode_train_request, encode_train_response)
