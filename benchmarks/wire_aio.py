@@ -58,9 +58,9 @@ NAMES = ("attention_mask", "labels", "activations")
 
 
 def _sizes() -> list[int]:
-    """Bytes of the step's tensors: activations, mask, labels."""
+    """Bytes of the step's tensors, in NAMES order: mask, labels, activations."""
     b, t, d = wt.ECHO_SHAPE
-    return [b * t * d * 4, b * t * 8, b * t * 8]
+    return [b * t * 8, b * t * 8, b * t * d * 4]
 
 
 async def _project_echo(request_iterator: AsyncIterator, _context) -> AsyncIterator:
@@ -91,7 +91,7 @@ async def _project_echo(request_iterator: AsyncIterator, _context) -> AsyncItera
 
 
 async def _raw_echo(request_iterator: AsyncIterator, _context) -> AsyncIterator:
-    up, reply = sum(_sizes()), wt._messages(_sizes()[0], CHUNK)
+    up, reply = sum(_sizes()), wt._messages(_sizes()[2], CHUNK)
     received = 0
     async for msg in request_iterator:
         received += len(msg)
@@ -147,7 +147,7 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     buffers = ReceiveBuffers()
     grad_spec = {"activations_grad": TensorSpec("activations_grad", wt.FLOATS)}
     raw_up = [m for n in _sizes() for m in wt._messages(n, CHUNK)]
-    raw_down = len(wt._messages(_sizes()[0], CHUNK))
+    raw_down = len(wt._messages(_sizes()[2], CHUNK))
     step = 0
 
     async def aio_project() -> torch.Tensor:
@@ -178,7 +178,7 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     address = f"127.0.0.1:{sync_port}"
     rpc.wait_healthy(address, 10)
     sync_channel = rpc.make_channel(address)
-    sync_raw = wt.RawEcho(sync_channel, _sizes(), _sizes()[0], CHUNK)
+    sync_raw = wt.RawEcho(sync_channel, _sizes(), _sizes()[2], CHUNK)
     sync_project = wt.Session(address, CHUNK)
 
     async def sync_project_step() -> None:

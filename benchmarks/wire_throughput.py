@@ -15,8 +15,8 @@ main server replies when the downlink is not paced).
 (a) uploads one float32 tensor as a Train step (chunked, assembled and
     validated by the server, which replies with a result and no tensor) for
     1.57 MB and 67 MB tensors at 64 KiB, 256 KiB (the scenario default) and
-    1 MiB chunks; raw = the tensor's bytes as ready-made messages of the chunk
-    size plus two 8-byte messages (the mask and labels), on a stream kept open
+    1 MiB chunks; raw = two 8-byte messages (the mask and labels) and the
+    tensor's bytes as ready-made messages of the chunk size, on a stream kept open
     across steps (as the project's is), answered by one small reply. (The
     project sends as many messages as the tensor has chunks: two fewer.) Goal:
     project / raw >= 0.9 at the default chunk size. Below the table, the
@@ -289,7 +289,7 @@ def _lean_receive(msg: bytes, into: memoryview, at: int) -> int:
 
 def _lean_echo(request_iterator, context) -> Iterator[tuple[bytes, memoryview]]:
     """Server of the minimal framework (see LeanEcho): per step, receive the
-    activations, mask and labels into one buffer, make the activations a
+    mask, labels and activations into one buffer, make the activations a
     tensor and the tensor's bytes the reply (the two torch calls a server
     needs), and send them back in chunk-sized messages."""
     meta = dict(context.invocation_metadata())
@@ -301,7 +301,7 @@ def _lean_echo(request_iterator, context) -> Iterator[tuple[bytes, memoryview]]:
         received = _lean_receive(msg, view, received)
         if received >= up:
             received = 0
-            tensor = torch.from_numpy(buf[:acts].view(np.float32).reshape(ECHO_SHAPE))
+            tensor = torch.from_numpy(buf[up - acts :].view(np.float32).reshape(ECHO_SHAPE))
             grad = memoryview(tensor.numpy()).cast("B")
             for start in range(0, acts, chunk):
                 yield LEAN_PREFIX, grad[start : start + chunk]
@@ -331,8 +331,11 @@ def _copy_span(span: tuple[memoryview, int, int]) -> bytes:
 
 
 class RawEcho:
-    """A bidirectional stream of ready-made messages, step by step: `up` bytes
-    (in messages the sizes of the project's) out, `down` bytes back.
+    """A bidirectional stream of ready-made messages, step by step: `up`
+    (the byte counts of the step's tensors, in the project's order, each cut
+    into messages of the chunk size: two messages more than the project,
+    which packs the small tensors with an activation chunk) out, `down` bytes
+    back.
 
     copies=True is the copy floor: the same messages, but made the way any
     tensor has to be sent through gRPC-Python, whose messages are `bytes`:
@@ -410,7 +413,7 @@ class LeanEcho:
 
     It sends the same messages as RawEcho: the mask and labels as messages of
     their own, two more per step than the project, which packs them with the
-    last activation chunk; so project / minimal errs in the project's
+    first activation chunk; so project / minimal errs in the project's
     favour. Built for the echo's tensors (ECHO_SHAPE float32 activations):
     `up` is the byte count of all three."""
 
@@ -433,7 +436,7 @@ class LeanEcho:
     def run_step(
         self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        for tensor in (acts, mask, labels):
+        for tensor in (mask, labels, acts):  # the project's order
             data = memoryview(tensor.numpy()).cast("B")
             for start in range(0, data.nbytes, self.chunk_bytes):
                 self.requests.put((LEAN_PREFIX, data[start : start + self.chunk_bytes]))
@@ -517,8 +520,8 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> d
     with rpc.make_channel(address) as channel:
         # The same messages up (tensor chunks, then the 8-byte mask and labels)
         # and one small reply, on a stream kept open like the project's.
-        raw = RawEcho(channel, [num_bytes, 8, 8], 16, chunk_bytes)
-        floor = RawEcho(channel, [num_bytes, 8, 8], 16, chunk_bytes, copies=True)
+        raw = RawEcho(channel, [8, 8, num_bytes], 16, chunk_bytes)
+        floor = RawEcho(channel, [8, 8, num_bytes], 16, chunk_bytes, copies=True)
         med = _alternate(
             {
                 "project": lambda: session.run_step(acts, mask, labels, "eval"),
@@ -548,10 +551,10 @@ def bench_echo(
     plain = Session(address, chunk_bytes, validate=False, fold=FOLD_DOWNLINK)
     checked = Session(address, chunk_bytes, validate=True, fold=FOLD_DOWNLINK)
     sessions = [plain, checked]
-    sizes = [acts.numel() * 4, mask.numel() * 8, labels.numel() * 8]
+    sizes = [mask.numel() * 8, labels.numel() * 8, acts.numel() * 4]  # the project's order
     with rpc.make_channel(address) as channel:
-        raw = RawEcho(channel, sizes, sizes[0], chunk_bytes)
-        floor = RawEcho(channel, sizes, sizes[0], chunk_bytes, copies=True)
+        raw = RawEcho(channel, sizes, sizes[2], chunk_bytes)
+        floor = RawEcho(channel, sizes, sizes[2], chunk_bytes, copies=True)
         lean = LeanEcho(channel, sum(sizes), chunk_bytes)
         if not torch.equal(lean.run_step(acts, mask, labels), acts):
             raise RuntimeError("the minimal framework's echo returned a different tensor")

@@ -51,19 +51,20 @@ EVENTS: list[tuple[str, int]] = []
 
 SEGMENTS = (
     ("client builds, first request serialized", "step", "request serialized"),
-    ("first request reaches the server handler", "request serialized", "request at handler"),
-    ("rest of the upload", "request at handler", "last request at handler"),
+    ("upload, to the last request at the handler", "request serialized", "last request at handler"),
     ("server turnaround to the first reply", "last request at handler", "reply produced"),
     ("first reply reaches the client", "reply produced", "reply deserialized"),
     ("rest of the download", "reply deserialized", "last reply deserialized"),
     ("client finishes the step", "last reply deserialized", "end"),
 )
 """(label, from point, to point): a point is the first passage of a message,
-"last ..." the last one in the step."""
+"last ..." the last one in the step. The raw variants send the mask and
+labels as messages of their own (the project packs them with the first
+activation chunk), so only the upload as a whole compares."""
 
 
 def _mark(point: str) -> None:
-    EVENTS.append((point, time.perf_counter_ns()))
+    EVENTS.append((point, time.monotonic_ns()))
 
 
 def _marking(point: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
@@ -96,12 +97,18 @@ def _project_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
 
 
 def _marked_requests(requests: Iterator[Any]) -> Iterator[Any]:
+    """The handler's requests, marked as the handler takes each: after gRPC's
+    deserializer and its hand-over to the handler's thread, which sit on the
+    path too."""
     for msg in requests:
         _mark("request at handler")
         yield msg
 
 
 def _marked_replies(replies: Iterator[Any]) -> Iterator[Any]:
+    """The handler's replies, marked as each leaves the handler (before gRPC
+    serializes it: the serializer's copy counts to the transfer, as the
+    client's deserializer's counts to it on the other side)."""
     for msg in replies:
         _mark("reply produced")
         yield msg
@@ -110,11 +117,13 @@ def _marked_replies(replies: Iterator[Any]) -> Iterator[Any]:
 class MarkedServer(wt.BenchServer):
     """wire_throughput's BenchServer, marking requests in and replies out."""
 
-    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+    def Train(  # noqa: N802 - generated name
+        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
         return _marked_replies(super().Train(_marked_requests(request_iterator), context))
 
 
-def _raw_echo(request_iterator, context) -> Iterator[bytes]:
+def _raw_echo(request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
     return _marked_replies(wt._raw_echo(_marked_requests(request_iterator), context))
 
 
@@ -188,10 +197,15 @@ def _segments(step: dict[str, list[float]]) -> list[float] | None:
 
 def _table(title: str, steps: dict[str, list[dict[str, list[float]]]]) -> None:
     variants = [v for v in ("project", "floor", "raw") if v in steps]
-    per = {v: [s for s in map(_segments, steps[v]) if s is not None] for v in variants}
+    # Only steps with every point (a step always has them; a missing one would
+    # be a bug in the marks, and is left out rather than guessed).
+    whole = {v: [st for st in steps[v] if _segments(st) is not None] for v in variants}
+    if not all(whole.values()):
+        raise RuntimeError(f"{title}: no complete step for some variant")
+    per = {v: [_segments(st) for st in whole[v]] for v in variants}
     med = {v: [statistics.median(col) for col in zip(*per[v], strict=True)] for v in variants}
-    totals = {v: statistics.median(st["end"][0] for st in steps[v]) for v in variants}
-    print(f"\n{title} (median µs over {min(len(per[v]) for v in variants)} steps)")
+    totals = {v: statistics.median(st["end"][0] for st in whole[v]) for v in variants}
+    print(f"\n{title} (median µs over {min(len(whole[v]) for v in variants)} steps)")
     print("| segment | " + " | ".join(variants) + " | project - raw |")
     print("|---|" + "---|" * (len(variants) + 1))
     for i, (label, _, _) in enumerate(SEGMENTS):
@@ -201,8 +215,12 @@ def _table(title: str, steps: dict[str, list[dict[str, list[float]]]]) -> None:
     print(f"| whole step | {cells} | {totals['project'] - totals['raw']:+.0f} |")
 
 
-def _run(address: str, up: list[int], down: int, mode: str, shape: tuple[int, ...], n: int):
-    """Alternate the variants for `n` steps (after a warm-up); the client's marks."""
+def _run(
+    address: str, up: list[int], down: int, mode: str, shape: tuple[int, ...], n: int
+) -> list[tuple[str, int]]:
+    """Alternate the variants for `n` steps (after a warm-up); the client's
+    marks. `up` are the raw variants' tensors in the project's order (mask,
+    labels, activations), `down` their reply's bytes."""
     acts = torch.randn(*shape)
     b, t = shape[:2]
     mask = torch.ones(b, t, dtype=torch.int64)
@@ -239,6 +257,8 @@ def main() -> int:
     ns = parser.parse_args()
     if ns.serve:
         return _serve()
+    if ns.steps < 1:
+        parser.error(f"--steps: must be >= 1, got {ns.steps}")
     torch.set_num_threads(1)
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve"],
@@ -246,25 +266,26 @@ def main() -> int:
         stdout=subprocess.PIPE,
         text=True,
     )
-    port = int(child.stdout.readline())  # type: ignore[union-attr]
-    address = f"127.0.0.1:{port}"
-    events: list[tuple[str, int]] = []
     try:
+        address = f"127.0.0.1:{int(child.stdout.readline())}"  # type: ignore[union-attr]
         rpc.wait_healthy(address, 10)
         acts = 4 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1] * wt.ECHO_SHAPE[2]
         small = 8 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1]
-        echo = _run(address, [acts, small, small], acts, "train", wt.ECHO_SHAPE, ns.steps)
+        echo = _run(address, [small, small, acts], acts, "train", wt.ECHO_SHAPE, ns.steps)
         tiny = _run(
-            address, [wt.TINY_BYTES, 8, 8], 16, "eval", (1, 1, wt.TINY_BYTES // 4), ns.steps
+            address, [8, 8, wt.TINY_BYTES], 16, "eval", (1, 1, wt.TINY_BYTES // 4), ns.steps
         )
-    finally:
         child.stdin.close()  # type: ignore[union-attr]
-        server_events = json.loads(child.stdout.readline() or "[]")  # type: ignore[union-attr]
+        server_events = json.loads(child.stdout.readline())  # type: ignore[union-attr]
         child.wait(timeout=30)
+    finally:
+        if child.poll() is None:  # failed or hung: stop it by its own pid
+            child.kill()
+            child.wait(timeout=30)
     print("# wire timeline: a Train step's critical path against raw gRPC")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, chunk {wt.DEFAULT_CHUNK // 1024} KiB")
     server = [tuple(e) for e in server_events]
-    split = len(echo) and max(ns for _, ns in echo)
+    split = max(t for _, t in echo)  # the echo's last client mark
     events = echo + [e for e in server if e[1] <= split]
     _table(f"(a) {wt.ECHO_SHAPE} fp32 activation echo", _steps(events))
     events = tiny + [e for e in server if e[1] > split]

@@ -202,9 +202,10 @@ class MainServerStream:
         initial_adapter: bool = False,
     ) -> int:
         # The small tensors first: the main server takes them in with the
-        # first message, while the activations' chunks are still on their way,
-        # so what it does once the last message is in (and its reply waits
-        # on) is one chunk's copy (benchmarks/wire_timeline.py, issue 13).
+        # first message (while they fit in a quarter chunk, PART_SLACK; else
+        # in messages of their own), while the activations are still on their
+        # way, so what it does once the last message is in (and its reply
+        # waits on) is one chunk's copy (benchmarks/wire_timeline.py, issue 13).
         frames = [
             tensor_to_frame("attention_mask", attention_mask),
             tensor_to_frame("labels", labels),

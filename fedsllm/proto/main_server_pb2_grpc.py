@@ -58,7 +58,8 @@ class MainServerServicer:
         end = true. A step is usually as many messages as its largest tensor
         has chunks: the header rides on the first chunk message. The client
         sends the small tensors (attention_mask, labels) first, so they ride
-        whole on the first message too (any order the header names is valid).
+        whole on the first message too while they fit in a quarter chunk (any
+        order the header names is valid).
         Server -> client: welcome once, then per step: in TRAIN mode `part`
         messages (ReplyPart), the first carrying the result, together bringing
         the chunks of every tensor the result names ("activations_grad"); in

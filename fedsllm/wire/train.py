@@ -89,6 +89,7 @@ from fedsllm.wire.tensors import (
 if TYPE_CHECKING:
     import grpc
     import torch
+    from google.protobuf.message import Message
 
     from fedsllm.proto import main_server_pb2, tensor_pb2
 
@@ -101,8 +102,9 @@ _RESPONSE_PART_FIELD = 4
 
 PART_SLACK = 4
 """A part message takes the next chunk while its data stays within
-chunk_bytes + chunk_bytes // PART_SLACK: a tensor's last chunk takes the small
-tensors after it along, and no message is much larger than one chunk."""
+chunk_bytes + chunk_bytes // PART_SLACK: small tensors (up to that slack in
+all) ride with a tensor's first chunk when they come before it and with its
+last when after, and no message is much larger than one chunk."""
 
 
 # ---------------------------------------------------------------- parts
@@ -311,7 +313,9 @@ def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | ReceivedP
     part = decode_part(_REQUEST_PART_FIELD, buf)
     if part is not None and part[0] is None:  # the usual message: no header
         return ReceivedPart(part[1], buf, part[2])
-    return _decode_other(buf, part, "StepHeader", "TrainRequest")
+    from fedsllm.proto import main_server_pb2 as pb
+
+    return _decode_other(buf, part, pb.StepHeader, pb.TrainRequest)
 
 
 def encode_train_response(item: Any) -> bytes:
@@ -334,24 +338,26 @@ def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | Receive
     part = decode_part(_RESPONSE_PART_FIELD, buf)
     if part is not None and part[0] is None:  # the usual message: no result
         return ReceivedPart(part[1], buf, part[2])
-    return _decode_other(buf, part, "StepResult", "TrainResponse")
+    from fedsllm.proto import main_server_pb2 as pb
+
+    return _decode_other(buf, part, pb.StepResult, pb.TrainResponse)
 
 
 def _decode_other(
-    buf: bytes, part: tuple[bytes | None, PartLayout, int] | None, head_type: str, envelope: str
+    buf: bytes,
+    part: tuple[bytes | None, PartLayout, int] | None,
+    head_type: type[Message],
+    envelope: type[Message],
 ) -> Any:
     """The rest of a Train deserializer: a part with its head parsed as
-    `head_type`, a chunk, or the whole message parsed as `envelope` (both
-    main_server.proto message names)."""
-    from fedsllm.proto import main_server_pb2
-
+    `head_type`, a chunk, or the whole message parsed as `envelope`."""
     if part is not None:
         head, layout, base = part
-        return ReceivedPart(layout, buf, base, getattr(main_server_pb2, head_type).FromString(head))
+        return ReceivedPart(layout, buf, base, head_type.FromString(head))
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk
-    return getattr(main_server_pb2, envelope).FromString(buf)
+    return envelope.FromString(buf)
 
 
 TRAIN_SERVER_CODEC = (decode_train_request, encode_train_response)

@@ -11,17 +11,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import torch
 
-from client.remote import AllocationFollower
+from client.remote import AllocationFollower, MainServerStream
 from fed_server.controller import Controller
 from fed_server.controller_service import ControllerService
 from fedsllm.config import load_scenario
 from fedsllm.proto import controller_pb2_grpc, main_server_pb2_grpc
 from fedsllm.roles import register_info
 from fedsllm.trace import Tracer
-from fedsllm.wire.messages import TrainWelcomeInfo
+from fedsllm.wire.messages import TrainWelcomeInfo, step_header_from_proto
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
-from fedsllm.wire.train import parse_train_request
+from fedsllm.wire.train import ReceivedPart, parse_train_request
 
 
 @pytest.fixture
@@ -119,12 +120,7 @@ def test_pull_global_returns_once_the_fed_server_answers() -> None:
 
 @pytest.mark.parametrize("asked_bps", [0.0, 2e6])
 def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
-    import torch
-
-    from client.remote import MainServerStream
-    from fedsllm.proto import main_server_pb2_grpc
     from fedsllm.roles import build_part
-    from fedsllm.wire.rpc import create_server, stop_server
     from main_server.compute import ServerTrainer
     from main_server.service import MainServerService, StepLimits
 
@@ -175,7 +171,7 @@ class _RecordingMainServer(main_server_pb2_grpc.MainServerServicer):
     step as the Train deserializer hands them over, and ends the call."""
 
     def __init__(self) -> None:
-        self.parts: list = []
+        self.parts: list[ReceivedPart] = []
         self.done = threading.Event()
 
     def Train(self, request_iterator, context):  # noqa: N802 - generated name
@@ -196,10 +192,6 @@ def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
     while the activations are still arriving, and the step's last message
     holds activations only (issue 13: what the server does after the last
     message is on the step's critical path)."""
-    import torch
-
-    from client.remote import MainServerStream
-
     recorder = _RecordingMainServer()
     server, port = create_server(
         "127.0.0.1:0",
@@ -220,6 +212,7 @@ def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
     laid = [
         [(key[0], offset, b - a) for key, offset, a, b in p.layout.chunks] for p in recorder.parts
     ]
-    assert recorder.parts[0].head is not None  # the step header
+    header = step_header_from_proto(recorder.parts[0].head)
+    assert header.tensor_names == ("attention_mask", "labels", "activations")
     assert laid[0] == [("attention_mask", 0, 128), ("labels", 0, 128), ("activations", 0, 4096)]
     assert laid[1:] == [[("activations", i * 4096, 4096)] for i in range(1, 8)]

@@ -196,6 +196,24 @@ def test_a_step_is_as_many_messages_as_its_largest_tensor_has_chunks(chunk_bytes
     assert reply[0].result is not None and all(r.result is None for r in reply[1:])
 
 
+@pytest.mark.parametrize("chunk_bytes", [1024, 4096])
+def test_small_tensors_named_first_ride_whole_on_the_first_message(chunk_bytes: int) -> None:
+    """The order client.remote sends a step in: the mask and labels share the
+    header's message with the first activation chunk; every later message is
+    one activation chunk."""
+    acts, mask, labels = _echo_frames()
+    names = ("attention_mask", "labels", "activations")
+    parts = list(step_upload_requests(_header(0, names), [mask, labels, acts], chunk_bytes))
+    assert [(c.name, c.offset) for c in parts[0].chunks] == [
+        ("attention_mask", 0),
+        ("labels", 0),
+        ("activations", 0),
+    ]
+    assert [[(c.name, c.offset) for c in p.chunks] for p in parts[1:]] == [
+        [("activations", i * chunk_bytes)] for i in range(1, 4096 // chunk_bytes)
+    ]
+
+
 def _flat(frames: list[TensorFrame], chunk_bytes: int) -> list[Chunk]:
     return [c for f in frames for c in frame_to_chunks(f, chunk_bytes)]
 
