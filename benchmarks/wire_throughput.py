@@ -307,11 +307,11 @@ def _lean_echo(request_iterator, context) -> Iterator[tuple[bytes, memoryview]]:
                 yield LEAN_PREFIX, grad[start : start + chunk]
 
 
-def _add_raw(server: grpc.Server) -> None:
+def _add_raw(server: grpc.Server, echo: Callable[..., Iterator[bytes]] = _raw_echo) -> None:
     handler = grpc.method_handlers_generic_handler(
         "bench.Raw",
         {
-            "Echo": grpc.stream_stream_rpc_method_handler(_raw_echo, _identity, _identity),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo, _identity, _identity),
             "Lean": grpc.stream_stream_rpc_method_handler(_lean_echo, _identity, _join_pair),
         },
     )
@@ -596,12 +596,19 @@ def bench_codec(num_bytes: int, chunk_bytes: int, reps: int) -> float:
     return statistics.median(rates)
 
 
-def _start_server() -> grpc.Server:
+def _start_server(
+    servicer: BenchServer | None = None, echo: Callable[..., Iterator[bytes]] = _raw_echo
+) -> grpc.Server:
+    """The benchmark server on a free loopback port (`server.bench_port`):
+    `servicer` (a BenchServer by default) for Train, `echo` for the raw echo,
+    and the minimal framework's echo."""
     server, port = rpc.create_server(
         "127.0.0.1:0",
         [
-            lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(BenchServer(), s),
-            _add_raw,
+            lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(
+                servicer or BenchServer(), s
+            ),
+            lambda s: _add_raw(s, echo),
         ],
         service_names=[rpc.MAIN_SERVER_SERVICE],
         allow_unauthenticated=True,  # loopback benchmark: no credentials

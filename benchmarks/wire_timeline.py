@@ -42,7 +42,6 @@ import grpc
 import torch
 import wire_throughput as wt
 
-from fedsllm.proto import main_server_pb2_grpc
 from fedsllm.wire import rpc
 from fedsllm.wire.train import TRAIN_METHOD, decode_train_response, encode_train_request
 
@@ -130,25 +129,8 @@ def _raw_echo(request_iterator: Iterator[bytes], context: grpc.ServicerContext) 
 def _serve() -> int:
     """Child mode: serve until stdin closes, then print the marks as JSON."""
     torch.set_num_threads(1)
-
-    def add_raw(server: grpc.Server) -> None:
-        handler = grpc.method_handlers_generic_handler(
-            "bench.Raw",
-            {"Echo": grpc.stream_stream_rpc_method_handler(_raw_echo, wt._identity, wt._identity)},
-        )
-        server.add_generic_rpc_handlers((handler,))
-
-    server, port = rpc.create_server(
-        "127.0.0.1:0",
-        [
-            lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(MarkedServer(), s),
-            add_raw,
-        ],
-        service_names=[rpc.MAIN_SERVER_SERVICE],
-        allow_unauthenticated=True,  # loopback benchmark: no credentials
-        max_workers=8,
-    )
-    print(port, flush=True)
+    server = wt._start_server(MarkedServer(), _raw_echo)
+    print(server.bench_port, flush=True)  # type: ignore[attr-defined]
     sys.stdin.read()
     rpc.stop_server(server, 0.5)
     print(json.dumps(EVENTS), flush=True)

@@ -539,9 +539,10 @@ class ChunkAssembler:
                 f"={offset}, expected {cur.filled} (chunks must be contiguous and in order)",
             )
         end = cur.filled + n
-        if end > cur.total:
+        total = cur.total  # once: a property, and this runs for every chunk
+        if end > total:
             raise WireError(
-                f"{cur.name}.data", f"chunk [{offset}, {end}) runs past total_bytes={cur.total}"
+                f"{cur.name}.data", f"chunk [{offset}, {end}) runs past total_bytes={total}"
             )
         _copy_into(cur, data, end)
         cur.filled = end
@@ -550,11 +551,11 @@ class ChunkAssembler:
             whole = end // itemsize
             # In slices of a few megabytes: still in cache, and few calls.
             if whole > cur.checked and (
-                end == cur.total or (whole - cur.checked) * itemsize >= FINITE_CHECK_BYTES
+                end == total or (whole - cur.checked) * itemsize >= FINITE_CHECK_BYTES
             ):
                 cur.all_finite = _all_finite(cur.elements[cur.checked : whole])
                 cur.checked = whole
-        if end < cur.total:
+        if end < total:
             return None
         self._current = None
         frame = TensorFrame(name=cur.name, dtype=cur.dtype, shape=cur.shape, data=cur.buf)
