@@ -1,8 +1,9 @@
-"""FedAvg of client-side LoRA adapters, weighted by data size (docs/MODEL.md section 1).
+"""The fed server's adapter checks: blobs parsed and serialized (safetensors),
+each update held to the run's template (keys, shapes, dtypes, finite values).
 
 Pure numpy on parsed safetensors dicts: the fed server never needs torch.
-Averages are accumulated in float64 and cast back to each tensor's dtype so
-the result does not depend on the order clients reported in.
+The average itself is the core's (fedsllm.model.fedavg), which the audit
+recomputes runs with.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedsllm.errors import WireError
-
-AdapterState = dict[str, np.ndarray]
+from fedsllm.model.fedavg import AdapterState
 
 
 def parse_adapter(blob: bytes) -> AdapterState:
@@ -71,19 +71,3 @@ def template_from_spec(spec: Mapping[str, tuple[Sequence[int], str]]) -> Adapter
         }
     except TypeError as err:  # a dtype numpy lacks (bfloat16): check keys only
         raise ValueError(f"adapter template not representable in numpy: {err}") from None
-
-
-def fedavg(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-    """sum_k w_k * state_k / sum_k w_k, key by key."""
-    if len(states) != len(weights) or not states:
-        raise ValueError("fedavg needs one weight per state and at least one state")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError(f"fedavg weights must sum to > 0, got {total}")
-    result: AdapterState = {}
-    for key, ref in states[0].items():
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for state, weight in zip(states, weights, strict=True):
-            acc += state[key].astype(np.float64) * (weight / total)
-        result[key] = acc.astype(ref.dtype)
-    return result

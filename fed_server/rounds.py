@@ -36,15 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fed_server.aggregate import (
-    AdapterState,
     check_compatible,
     check_finite_float,
-    fedavg,
     parse_adapter,
     serialize_adapter,
 )
 from fed_server.checkpoint import load_checkpoint, save_checkpoint
 from fedsllm.errors import StateError, WireError
+from fedsllm.model.fedavg import AdapterState, fedavg
 from fedsllm.state import (
     DurableRounds,
     FedServerStore,

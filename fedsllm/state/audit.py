@@ -7,10 +7,10 @@ init) and the adapter the run produced. Each round's global adapter is
 recomputed as the FedAvg of exactly the updates its record lists, in client
 order, with weights float(D_k); the last one must equal the produced adapter.
 
-Equality is bit-exact by default (`atol=0`): `fedavg_reference` performs the
-same IEEE operations in the same order as fed_server/aggregate.py (float64
-accumulation of w_k/sum(w) * x_k over clients in id order, then one cast to
-the tensor's dtype), so an honest run reproduces every bit. A tolerance is
+Equality is bit-exact by default (`atol=0`): the average is
+fedsllm.model.fedavg, the very function the fed server aggregates with, over
+the same updates in the same (client id) order, so an honest run reproduces
+every bit. A tolerance is
 only for adapters aggregated elsewhere in another order; the result states
 the largest difference either way.
 
@@ -31,30 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from fedsllm.model.fedavg import AdapterState, fedavg
 from fedsllm.state.format import tensor_digest
 from fedsllm.state.ledger import RoundRecord
 from fedsllm.state.store import FedServerStore, UpdateKey
 
-AdapterState = dict[str, np.ndarray]
 Average = Callable[[Sequence[AdapterState], Sequence[float]], AdapterState]
-
-
-def fedavg_reference(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
-    """sum_k w_k * state_k / sum_k w_k, key by key; the semantics of fed_server/aggregate.py
-    `fedavg`, restated here because the core never imports a role (STYLE rule 23).
-    tests/fedsllm/state/test_audit.py holds the two to the same bits."""
-    if len(states) != len(weights) or not states:
-        raise ValueError("fedavg needs one weight per state and at least one state")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError(f"fedavg weights must sum to > 0, got {total}")
-    result: AdapterState = {}
-    for key, ref in states[0].items():
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for state, weight in zip(states, weights, strict=True):
-            acc += state[key].astype(np.float64) * (weight / total)
-        result[key] = acc.astype(ref.dtype)
-    return result
 
 
 def _parse(blob: bytes) -> AdapterState:
@@ -131,7 +113,7 @@ def audit_rounds(
     initial: bytes | None,
     produced: bytes | None,
     produced_by_round: Callable[[int], bytes | None] | None = None,
-    average: Average = fedavg_reference,
+    average: Average = fedavg,
     atol: float = 0.0,
 ) -> AuditResult:
     """Recompute every round from its accepted updates; see the module docstring.

@@ -1,4 +1,5 @@
-"""FedAvg arithmetic and checkpoint reload (fed_server/aggregate.py, checkpoint.py)."""
+"""FedAvg arithmetic (fedsllm/model/fedavg.py), the fed server's adapter checks and
+checkpoint reload (fed_server/aggregate.py, checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import pytest
 
 from fed_server.aggregate import (
     check_compatible,
-    fedavg,
     parse_adapter,
     serialize_adapter,
 )
 from fed_server.checkpoint import load_checkpoint, save_checkpoint
 from fedsllm.errors import WireError
+from fedsllm.model.fedavg import fedavg
 
 
 def _state(value: float, dtype: str = "float32") -> dict[str, np.ndarray]:

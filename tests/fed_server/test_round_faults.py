@@ -9,9 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-from fed_server.aggregate import fedavg, parse_adapter, serialize_adapter
+from fed_server.aggregate import parse_adapter, serialize_adapter
 from fed_server.checkpoint import load_checkpoint
 from fed_server.rounds import STATE_DIR, RoundState
+from fedsllm.model.fedavg import fedavg
 from fedsllm.state import (
     DiskBackend,
     FedServerStore,

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from fed_server.aggregate import fedavg, parse_adapter, serialize_adapter
+from fed_server.aggregate import parse_adapter, serialize_adapter
+from fedsllm.model.fedavg import fedavg
 from fedsllm.state.audit import audit_store
 from fedsllm.state.durable import DurableRounds
 from fedsllm.state.errors import NotJoinedError, RoundClosedError
