@@ -638,6 +638,15 @@ def load_dict(path: str | Path | None) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("--scenario", str(source), "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError("--scenario", str(source), "is a directory, not a TOML file") from None
+    except OSError as err:  # permission denied, an unreadable device, ...
+        reason = err.strerror or type(err).__name__
+        raise ConfigError("--scenario", str(source), f"cannot be read ({reason})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            "--scenario", str(source), f"not valid TOML (not UTF-8 text: {err.reason})"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("--scenario", str(source), f"not valid TOML ({err})") from None
 

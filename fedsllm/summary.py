@@ -225,7 +225,11 @@ def write_summary(
         audit=extra["audit"],
         resilience=extra,
     )
-    (Path(run_dir) / "summary.json").write_text(json.dumps(doc, indent=2))
+    # Strict JSON, as report.json: a round not evaluated has val_loss null, not
+    # NaN (which JSON has no word for, and JSON.parse refuses).
+    (Path(run_dir) / "summary.json").write_text(
+        json.dumps(json_clean(doc), indent=2, allow_nan=False)
+    )
     return summary
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,64 @@ TINY = [
 controller and no emulation (tests that want them override these)."""
 
 
+RUN_MARK = "FEDSLLM_TEST_RUN"
+"""Set, to the test's directory, in the environment of every `fedsllm` a test
+here starts. The launcher hands its environment on to every role, and the
+client host to the clients it forks, so a test's processes are exactly those
+whose environment holds its mark: whatever their command line (a forked
+client's is the client host's, which names no path of the run), and never a
+process that reused one of their pids."""
+
+
+def run_env(cwd: Path) -> dict[str, str]:
+    """The environment a test starts `fedsllm` in: offline, one thread, marked."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **{RUN_MARK: str(cwd)})
+
+
+def run_pids(cwd: Path) -> list[int]:
+    """Pids of the processes started by `fedsllm` under run_env(cwd), still running."""
+    mark = f"\0{RUN_MARK}={cwd}\0".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = b"\0" + (entry / "environ").read_bytes() + b"\0"
+        except OSError:  # gone meanwhile, a zombie (exited, not reaped), or not ours
+            continue
+        if mark in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_no_run_pids(cwd: Path, timeout_s: float = 10.0) -> list[int]:
+    """run_pids(cwd) once it is empty, or what is still running after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while (left := run_pids(cwd)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def stop_run(launcher: subprocess.Popen[str], cwd: Path) -> None:
+    """A test's cleanup after a `fedsllm run` it started, on every path: SIGTERM
+    to a launcher still running (its own cleanup stops the roles), SIGKILL after
+    60 s, then SIGKILL, each by its pid, to any process of the run still there
+    (a killed launcher cannot stop them). A test that asserts nothing is left
+    checks it before calling this."""
+    if launcher.poll() is None:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+    for pid in run_pids(cwd):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def fedsllm(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = run_env(cwd)
     return subprocess.run(
         [sys.executable, "-m", "fedsllm", *args],
         cwd=cwd,

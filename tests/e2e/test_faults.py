@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import fedsllm, overrides, read_json
+from tests.e2e.conftest import (
+    fedsllm,
+    overrides,
+    read_json,
+    run_env,
+    run_pids,
+    stop_run,
+    wait_no_run_pids,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,26 +54,10 @@ def _run(tmp_path: Path, *args: str, settings: tuple[str, ...] = ()) -> Path:
     return out
 
 
-def _our_pids(tmp_path: Path) -> list[int]:
-    """Processes whose command line names this test's directory (roles of its run)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if str(tmp_path) in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def _assert_nothing_left(tmp_path: Path) -> None:
-    deadline = time.monotonic() + 10
-    while _our_pids(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _our_pids(tmp_path) == []
+    """No process of the run is left: the launcher, its roles and the clients
+    the client host forked (tests/e2e/conftest.py RUN_MARK)."""
+    assert wait_no_run_pids(tmp_path) == []
 
 
 def _audit(out: Path):
@@ -181,7 +173,7 @@ def test_restart_on_failure_survives_kill_9_of_each_role_from_outside(tmp_path) 
     from fedsllm.trace import read_records
 
     out = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = run_env(tmp_path)
     cmd = [
         sys.executable, "-m", "fedsllm", "--log-level", "INFO", "run",
         "--clients", "3", "--rounds", "6", "--local-steps", "3", "--quiet",
@@ -219,23 +211,19 @@ def test_restart_on_failure_survives_kill_9_of_each_role_from_outside(tmp_path) 
                 assert time.monotonic() < deadline, "".join(lines[-40:])
                 time.sleep(0.2)
             pid = pids[role]
-            assert str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
-                errors="replace"
-            ) or role.startswith("client"), f"pid {pid} is not {role} of this run"
+            assert pid in run_pids(tmp_path), f"pid {pid} is not {role} of this run"
             os.kill(pid, signal.SIGKILL)
             killed.append((role, pid))
         assert launcher.wait(600) == 0, "".join(lines[-60:])
+        _assert_nothing_left(tmp_path)  # before the cleanup below, which would hide it
     finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGTERM)
-            launcher.wait(60)
+        stop_run(launcher, tmp_path)
         reader.join(5)
     restarts = read_json(out / "summary.json")["restarts"]
     assert [r["role"] for r in restarts] == [role for role, _ in killed], restarts
     for role, pid in killed:
         assert pids[role] != pid, f"{role} was not started again"
     _audit(out)
-    _assert_nothing_left(tmp_path)
 
 
 @pytest.mark.root

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import overrides
-from tests.fedsllm.test_launch import _wait_gone
+from tests.e2e.conftest import overrides, run_env, stop_run, wait_no_run_pids
 
 pytestmark = pytest.mark.slow
-
-
-def _is_ours(pid: int, tmp_path) -> bool:
-    """Whether `pid` still runs a role of this test's run (its command names tmp_path),
-    so a reused pid is never signalled."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return str(tmp_path) in cmdline
 
 
 STARTED = re.compile(r"started (\S+) \(pid (\d+)[,)]")
@@ -39,7 +25,7 @@ def test_ctrl_c_during_startup_stops_every_role(tmp_path, interrupt_after) -> No
 
     With 12 clients, SIGINT after client_0 lands while the others are still
     being forked, where the old launcher lost track of them."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = run_env(tmp_path)
     cmd = [
         sys.executable,
         "-m",
@@ -79,18 +65,12 @@ def test_ctrl_c_during_startup_stops_every_role(tmp_path, interrupt_after) -> No
     try:
         assert seen.wait(120), "".join(lines[-30:])
         code = launcher.wait(timeout=60)
+        # Before any cleanup: the launcher alone must have stopped every role.
+        left = wait_no_run_pids(tmp_path)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-        # A launcher killed above cannot clean up: stop, by their own pids, the
-        # roles it reported, so a failing run of this test leaves nothing behind.
-        leftover = [pid for pid in pids.values() if _is_ours(pid, tmp_path)]
-        for pid in leftover:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_run(launcher, tmp_path)
     reader.join(timeout=10)
     assert code == 130, "".join(lines[-30:])
     assert any("interrupted" in line for line in lines)
     assert "fed_server" in pids and interrupt_after in pids
-    assert _wait_gone(list(pids.values())) == [], f"left running: {pids}"
+    assert left == [], f"left running: {left} (roles started: {pids})"

@@ -161,7 +161,8 @@ def _training_rows(scenario, texts):
 
 
 def _summary(rounds):
-    """A summary.json as the launcher writes it (json.dumps, so NaN for 'not evaluated')."""
+    """A summary.json as launchers before 2026-12-02 wrote it (NaN for 'not
+    evaluated'; the launcher now writes null): the export still reads those."""
     return {
         "scenario": "default",
         "ok": True,

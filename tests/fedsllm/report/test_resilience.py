@@ -21,7 +21,13 @@ from fedsllm.launch import (
 )
 from fedsllm.state.audit import audit_run_dir
 from fedsllm.state.store import DiskBackend
-from fedsllm.summary import RunSummary, resilience_lines, write_summary
+from fedsllm.summary import (
+    ClientLink,
+    RoundSummary,
+    RunSummary,
+    resilience_lines,
+    write_summary,
+)
 from tests.fedsllm.report.synthetic import make_run_dir, synthetic_records
 from tests.fedsllm.state.test_audit import _run as honest_rounds
 
@@ -109,6 +115,31 @@ def test_the_lines_list_each_fault_action_restart_resume_and_the_audit(tmp_path)
     assert "restart main_server #1 by supervisor after SIGKILL (t=7.5s, round 2)" in joined
     assert lines[-1].startswith("audit: not run (no state/ in ")
     assert "a run from before state stores" in lines[-1]
+
+
+def test_the_summary_json_is_strict_json_with_null_for_what_was_not_measured(
+    tmp_path,
+) -> None:
+    """A round not evaluated has no validation loss: null, never NaN, which no
+    JSON parser but Python's accepts (JavaScript's JSON.parse refuses the file)."""
+    nan = float("nan")
+    rounds = [
+        RoundSummary(round=0, train_loss=2.5, val_loss=nan, wall_s=1.0, num_clients=3, num_steps=3),
+        RoundSummary(round=1, train_loss=2.0, val_loss=1.9, wall_s=1.0, num_clients=3, num_steps=3),
+    ]
+    link = ClientLink(client=0, allocated_uplink_bps=nan, achieved_uplink_bps=8e6,
+                      allocated_bandwidth_hz=nan, overrun_s=0.0)  # fmt: skip
+    summary = RunSummary(rounds=rounds, initial_val_loss=2.7, final_val_loss=1.9,
+                         total_wall_s=2.0, links=[link])  # fmt: skip
+    write_summary(tmp_path, _outcome(tmp_path, resumed=False), summary, scenario_name="x")
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    doc = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    assert [r["val_loss"] for r in doc["rounds"]] == [None, 1.9]
+    assert doc["links"][0]["allocated_uplink_bps"] is None
+    assert doc["links"][0]["achieved_uplink_bps"] == 8e6
 
 
 def test_the_summary_json_carries_faults_restarts_resumes_and_audit(tmp_path) -> None:

@@ -3,12 +3,22 @@ a full buffer and its own restart; it never blocks the caller on the network."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 from fedsllm.telemetry.collector import TelemetryCollector
 from fedsllm.telemetry.sender import TelemetrySender
 from tests.fedsllm.telemetry.helpers import FlakyPush, event
+
+
+def _eventually(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _steps(collector: TelemetryCollector) -> list[int]:
@@ -41,8 +51,8 @@ def test_outage_and_lost_reply_neither_lose_nor_double(tmp_path: Path) -> None:
     push.down.set()
     for i in range(50):  # the buffer (8) overflows: the caller spills to the spool
         sender(event(i))
-    time.sleep(0.05)
-    assert collector.records() == [] and push.num_calls > 0
+    assert _eventually(lambda: push.num_calls > 0)  # the sender tried, during the outage
+    assert collector.records() == []
     assert sender.num_spilled > 0
     push.down.clear()
     push.lose_next_reply = True  # stored, but the sender does not hear so
@@ -75,16 +85,26 @@ def test_restarted_source_resends_unacked_and_continues_numbering(tmp_path: Path
 
 
 def test_the_caller_never_waits_for_the_network(tmp_path: Path) -> None:
-    collector = TelemetryCollector(None)
+    """The push hangs (from the first record on) until the caller is done: a
+    caller that waited for the network, even once, would never finish its 1000
+    records (spills included)."""
+    release = threading.Event()
+    pushes_started = threading.Event()
 
-    def slow_push(records, final):
-        time.sleep(0.5)
+    def hanging_push(records, final):
+        pushes_started.set()
+        release.wait()
         raise ConnectionError("timeout")
 
-    sender = _sender(slow_push, tmp_path, max_buffered=64)
-    t0 = time.perf_counter()
-    for i in range(1000):
-        sender(event(i))
-    assert time.perf_counter() - t0 < 0.4  # 1000 records, spills included
-    assert collector.records() == []
+    sender = _sender(hanging_push, tmp_path, max_buffered=64)
+    sender(event(0))
+    hung = pushes_started.wait(10)  # the sender's thread is now stuck in the network
+    caller = threading.Thread(target=lambda: [sender(event(i)) for i in range(1, 1000)])
+    caller.start()
+    caller.join(timeout=60)
+    finished = not caller.is_alive()
+    release.set()
+    caller.join()
     sender.close(0.01)
+    assert hung, "the sender never pushed"
+    assert finished, "the caller waited for a push that was hanging"
