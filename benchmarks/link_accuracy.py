@@ -185,8 +185,10 @@ def run_tc(args: argparse.Namespace) -> None:
     from fedsllm.link.netns import NetnsTopology
 
     run, _ = combos(args.max_seconds)
+    # A fixed port is free: nothing but this benchmark runs in the namespaces
+    # it creates, which are named for this process (two runs never share them).
     port = 5100
-    with NetnsTopology("bench", 1) as topo:
+    with NetnsTopology(f"bench{os.getpid()}", 1) as topo:
         main_addr = topo.address("main")
         recv = subprocess.Popen(
             topo.exec_prefix("main") + [sys.executable, "-c", RECEIVER, main_addr, str(port)],
@@ -231,11 +233,16 @@ def tc_change_delay(topo, port: int) -> None:
             + [sys.executable, "-c", SENDER, main_addr, str(port), str(5 * 1024 * 1024)],
             stdout=subprocess.DEVNULL,
         )
-        time.sleep(1.5)
-        t0 = time.monotonic()
-        topo.set_client_rates(0, 24e6, math.inf)
-        t1 = time.monotonic()
-        sender.wait(60)
+        try:
+            time.sleep(1.5)
+            t0 = time.monotonic()
+            topo.set_client_rates(0, 24e6, math.inf)
+            t1 = time.monotonic()
+            sender.wait(60)
+        finally:  # a sender still running (a failure above): stopped by its pid
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
         marks = []
         for line in recv.stdout:
             parts = line.split()

@@ -230,6 +230,7 @@ def report_from_records(
             propagation_delay_s=(
                 scenario.link.propagation_delay_s if scenario.link.backend != "none" else 0.0
             ),
+            downlink_propagation=scenario.link.backend == "token",
         )
         inputs = None
         if counts is not None:

@@ -145,8 +145,16 @@ def predict_client(
     emulate_compute: bool,
     aggregation_s: float,
     propagation_delay_s: float = 0.0,
+    downlink_propagation: bool = False,
 ) -> ClientPredicted:
-    """round_k of docs/MODEL.md section 3 for what client k actually executed (module docstring)."""
+    """round_k of docs/MODEL.md section 3 for what client k actually executed (module docstring).
+
+    `propagation_delay_s` is charged once per message a shaper paced: each
+    uplink transfer and the adapter upload (the client paces both, token or
+    tc); with `downlink_propagation` (the token backend, where the servers
+    pace the downlink in-process) also each gradient reply and the global
+    adapter's download, when the downlink is shaped. Under tc the kernel
+    shapes the downlink and nothing adds a delay to it."""
     p = ClientPredicted(client=measured.client)
     ph = p.phases_s
     if emulate_compute and measured.num_client_device_steps > 0:
@@ -166,12 +174,11 @@ def predict_client(
     ph["global_download"] = transfer_s(measured.global_bytes, down)
     ph["aggregation"] = aggregation_s
     if propagation_delay_s > 0 and rates.source != "unshaped_backend":
-        # One propagation delay per paced message: every uplink message and adapter
-        # upload; downlink messages only when the downlink is shaped (the server paces
-        # only then).
         num_msgs = measured.num_uplink_msgs + (measured.adapter_bytes > 0)
-        if not math.isinf(down):
-            num_msgs += measured.num_downlink_msgs
+        if downlink_propagation and not math.isinf(down):
+            # The main server paces each reply, the fed server the global adapter
+            # (fedsllm.roles.pace_downlink), only at a rate the allocation set.
+            num_msgs += measured.num_downlink_msgs + (measured.global_bytes > 0)
         p.propagation_s = propagation_delay_s * num_msgs
     p.total_s = sum(ph.values()) + p.propagation_s
     return p
@@ -184,6 +191,7 @@ def predict_round(
     emulate_compute: bool,
     aggregation_s: float,
     propagation_delay_s: float = 0.0,
+    downlink_propagation: bool = False,
 ) -> RoundPredicted:
     """The model's round delay: the slowest client's round_k (docs/MODEL.md section 3)."""
     clients = [
@@ -193,6 +201,7 @@ def predict_round(
             emulate_compute=emulate_compute,
             aggregation_s=aggregation_s,
             propagation_delay_s=propagation_delay_s,
+            downlink_propagation=downlink_propagation,
         )
         for c in measured.clients
     ]

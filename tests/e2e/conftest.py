@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,24 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
     path = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("FEDSLLM_CACHE", str(path))
     return path
+
+
+@pytest.fixture
+def netns_run(tmp_path) -> Iterator[str]:
+    """The network-namespace run id of `fedsllm run --out tmp_path/run`
+    (fedsllm.launch.netns_run_id). Whatever of that run's namespaces and links
+    is left when the test ends is deleted: a run killed on its timeout cannot
+    clean up after itself. A test that asserts the run left nothing does so in
+    its body, before this teardown."""
+    from fedsllm.launch import netns_run_id
+    from fedsllm.link.netns import project_footprint
+
+    run_id = netns_run_id((tmp_path / "run").resolve())
+    yield run_id
+    left = project_footprint(run_id)
+    # A namespace takes its veth ends and bridge with it; what is left in this
+    # namespace and named for the run goes after.
+    for ns in sorted(left.namespaces):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    for link in sorted(project_footprint(run_id).links):
+        subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)

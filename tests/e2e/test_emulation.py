@@ -10,7 +10,6 @@ import threading
 
 import pytest
 
-from fedsllm.launch import netns_run_id
 from tests.e2e.conftest import fedsllm, overrides, read_json
 
 pytestmark = pytest.mark.slow
@@ -120,13 +119,13 @@ class _SeenNamespaces:
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and tc need root")
-def test_netns_tc_policy_optimal(tmp_path) -> None:
+def test_netns_tc_policy_optimal(tmp_path, netns_run) -> None:
     from fedsllm.link.netns import NetnsTopology, project_footprint
 
     out = tmp_path / "run"
     # The launcher names the run's namespaces after its run directory
     # (fedsllm.launch._run_here); watching them shows this is that run.
-    run_id = netns_run_id(out.resolve())
+    run_id = netns_run
     before = project_footprint(run_id)
     with _SeenNamespaces(run_id) as watch:
         proc = fedsllm(

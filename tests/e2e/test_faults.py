@@ -228,16 +228,15 @@ def test_restart_on_failure_survives_kill_9_of_each_role_from_outside(tmp_path) 
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-def test_a_link_outage_under_netns_is_survived(tmp_path) -> None:
+def test_a_link_outage_under_netns_is_survived(tmp_path, netns_run) -> None:
     """`outage:client_1@round=1;for=5s` sets client 1's veth down for 5 s in a
     --network netns run, then up again: TCP holds the connections across so
     short an outage (client 1 simply stalls, and the round waits for it), the
     run completes with nothing lost, and no namespace or link of the run is
     left."""
-    from fedsllm.launch import netns_run_id
     from fedsllm.link.netns import project_footprint
 
-    run_id = netns_run_id((tmp_path / "run").resolve())
+    run_id = netns_run
     before = project_footprint(run_id)
     out = _run(tmp_path, "--network", "netns", "--faults", "outage:client_1@round=1;for=5s")
     faults = _faults(out)

@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 
-from fedsllm.launch import netns_run_id
 from tests.e2e.conftest import fedsllm, overrides, read_json
 
 pytestmark = pytest.mark.slow
@@ -87,11 +86,13 @@ def test_loopback_roles_share_nothing_but_grpc(tmp_path, cache_dir, monkeypatch)
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-def test_netns_roles_with_private_dirs_complete_the_run(tmp_path, cache_dir, monkeypatch) -> None:
+def test_netns_roles_with_private_dirs_complete_the_run(
+    tmp_path, cache_dir, monkeypatch, netns_run
+) -> None:
     from fedsllm.link.netns import project_footprint
 
     out = tmp_path / "run"
-    run_id = netns_run_id(out.resolve())
+    run_id = netns_run
     before = project_footprint(run_id)
     proc = _run(out, tmp_path, "--network", "netns")
     assert proc.returncode == 0, proc.stderr[-3000:]

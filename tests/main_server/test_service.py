@@ -444,7 +444,8 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
         tracer.close()
     (step,) = [r for r in read_records(tmp_path / "trace") if r["name"] == "server_compute"]
     assert step["t1"] - step["t0"] >= 1.0
-    assert 0 <= step["extra"]["receive_s"] < 0.5
+    # A receive time that took the compute in would be at least its 1 s.
+    assert 0 <= step["extra"]["receive_s"] < 1.0
 
 
 VALUE_LIMITS = StepLimits(

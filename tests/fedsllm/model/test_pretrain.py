@@ -109,7 +109,13 @@ def test_concurrent_processes_train_once_and_agree(tmp_path):
         )
         for _ in range(3)
     ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:  # on a timeout too: stop every worker, by its own pid
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert all(p.returncode == 0 for p in procs), outputs
     sums = {line for out in outputs for line in out.splitlines() if line.startswith("SUM")}
     assert len(sums) == 1

@@ -1,5 +1,6 @@
-"""Tests never reach Hugging Face: tests/conftest.py forces offline mode,
-whatever the environment they were started in says."""
+"""The settings tests/conftest.py gives every test: Hugging Face offline,
+whatever the environment the tests were started in says, and Hypothesis
+drawing the same examples on every run."""
 
 from __future__ import annotations
 
@@ -38,3 +39,9 @@ def test_offline_holds_when_the_environment_says_otherwise() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_property_tests_draw_the_same_examples_every_run() -> None:
+    from hypothesis import settings
+
+    assert settings.default.derandomize is True
