@@ -71,7 +71,7 @@ def fresh_out_dir(out: str | Path | None, stem: str, field: str = "--out") -> Pa
 
 LOCK_FILE = "launcher.lock"
 """RUN_DIR/launcher.lock: flock'd by the launcher that runs RUN_DIR, for the
-whole run; it holds that launcher's pid."""
+whole run; it holds that launcher's pid while it runs, and nothing after."""
 
 
 @contextmanager
@@ -98,7 +98,10 @@ def run_dir_lock(run_dir: Path, flag: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:  # a finished launcher's pid would name a process that is gone, or another
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
 

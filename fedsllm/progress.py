@@ -16,6 +16,11 @@ from fedsllm.config import ScenarioConfig
 from fedsllm.telemetry.records import EventKind, TelemetryRecord
 
 
+def counted(n: int, noun: str) -> str:
+    """ "1 local step", "37 rounds": what the console prints of a count."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class RunProgress:
     def __init__(
         self, scenario: ScenarioConfig, trace_dir: Path, console: Any, enabled: bool = True
@@ -98,8 +103,9 @@ class RunProgress:
             for task in self._tasks.values():
                 self._progress.update(task, total=rounds * steps)
             self.console.print(
-                f"plan ({rec.labels['policy']}): eta {rec.values['eta']:.3f}, {rounds} rounds "
-                f"x {steps} local steps, predicted {rec.values['predicted_total_s']:.1f} s"
+                f"plan ({rec.labels['policy']}): eta {rec.values['eta']:.3f}, "
+                f"{counted(rounds, 'round')} x {counted(steps, 'local step')}, "
+                f"predicted {rec.values['predicted_total_s']:.1f} s"
             )
         elif event is EventKind.TRAIN_LOSS and rec.client in self._tasks:
             self._progress.update(

@@ -280,7 +280,10 @@ def plan_text(scenario: Any) -> str:
     """What the banner says about rounds: fixed, or left to the controller's plan."""
     training, policy = scenario.training, scenario.policy
     if policy.name == "fixed_steps":
-        return f"{training.num_rounds} rounds x {training.num_local_steps} local steps"
+        from fedsllm.progress import counted
+
+        rounds, steps = training.num_rounds, training.num_local_steps
+        return f"{counted(rounds, 'round')} x {counted(steps, 'local step')}"
     cap = f", at most {policy.max_rounds} rounds" if policy.max_rounds else ""
     return f"policy {policy.name} (the controller plans rounds and local steps{cap})"
 

@@ -208,6 +208,8 @@ def test_a_second_launcher_on_a_live_run_exits_2_and_starts_nothing(
 
 def test_the_launcher_holds_the_run_dir_lock_while_the_roles_run(tmp_path, monkeypatch) -> None:
     """Fresh and resumed alike: while run_processes runs, nobody else can lock."""
+    import os
+
     import fedsllm.launch
     import fedsllm.progress
     from fedsllm.launch import run_dir_lock
@@ -228,6 +230,12 @@ def test_the_launcher_holds_the_run_dir_lock_while_the_roles_run(tmp_path, monke
     with pytest.raises(_Started):
         _run(["--resume", str(_a_run_dir(tmp_path))])
     assert len(refused) == 2 and all("in use by another launcher" in r for r in refused)
-    # Released once the launcher is done with the run.
+    # Released once the launcher is done with the run, and no pid left in it (it
+    # would name a process that is gone); a refused launcher leaves the holder's.
+    assert (fresh / "launcher.lock").read_text() == ""
     with run_dir_lock(fresh, "--resume"):
-        pass
+        assert (fresh / "launcher.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(ConfigError), run_dir_lock(fresh, "--resume"):
+            pass
+        assert (fresh / "launcher.lock").read_text() == f"{os.getpid()}\n"
+    assert (fresh / "launcher.lock").read_text() == ""

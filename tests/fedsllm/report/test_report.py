@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import replace
@@ -447,3 +448,28 @@ def test_write_report_on_real_run(tmp_path: Path) -> None:
         assert r["train_loss"] is not None
     assert doc["losses"]["initial_val_loss"] is not None
     assert "## Rounds" in result.report_md.read_text()
+
+
+def test_the_delay_figures_legend_sits_below_the_bars_it_explains() -> None:
+    """Inside the axes it covered the first rounds' bars (seen on the default run)."""
+    from fedsllm.report.figures import delay_figure
+
+    rounds = [
+        {
+            "round": r,
+            "measured_s": 1.0,
+            "predicted_s": 1.05,
+            "model_s": 0.9,
+            "controller_predicted_s": 1.0,
+            "error_pct": 5.0,
+        }
+        for r in range(37)
+    ]
+    fig = delay_figure({"rounds": rounds})
+    fig.savefig(io.BytesIO(), format="png")  # laid out as the report writes it
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent()
+    axes = ax.get_window_extent()
+    assert legend.y1 <= axes.y0  # wholly below the plotting area
+    figure = fig.bbox
+    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1 and legend.y0 >= figure.y0
