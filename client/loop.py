@@ -6,8 +6,8 @@ from here as the wait for the reply), downlink, client backward + LoRA step.
 The loop talks to the servers only through the two small link interfaces
 below, so it knows nothing of gRPC; client/remote.py implements them.
 
-With a ClientStore the loop checkpoints each round's update before and
-after its push, and a restarted client resumes from it (resume_point):
+With a ClientStore the loop checkpoints each round's update before its push
+(and marks it pushed after), and a restarted client resumes from it (resume_point):
 it pushes the saved update of an unpushed round again, byte for byte and
 under the same attempt, goes straight to the global adapter of a round it
 pushed, or rejoins at the fed server's current round; its data stream
@@ -317,8 +317,9 @@ class ClientTrainer:
         return self.loaded_round
 
     # ------------------------------------------------------------- state
-    def save(self, round_index: int, blob: bytes, *, pushed: bool, attempt: int) -> None:
-        """Checkpoint the round's update, the optimizer and the data position."""
+    def save(self, round_index: int, blob: bytes, *, attempt: int) -> None:
+        """Checkpoint the round's update, the optimizer and the data position,
+        not yet pushed (mark_pushed says so once it was)."""
         if self.store is None:
             return
         from fedsllm.state.optim import optimizer_to_bytes
@@ -327,10 +328,16 @@ class ClientTrainer:
             round_index,
             blob,
             optimizer_to_bytes(self.optimizer.state_dict()),
-            pushed=pushed,
+            pushed=False,
             attempt=attempt,
             extra={"batches": self.batches_consumed},
         )
+
+    def mark_pushed(self, round_index: int, attempt: int) -> None:
+        """Mark the round's checkpoint (saved by push() before it sent the update)
+        as pushed: one small document, not the adapter and optimizer again."""
+        if self.store is not None:
+            self.store.mark_pushed(round_index, attempt)
 
     def skip_batches(self, num_batches: int) -> None:
         """Continue the data stream after `num_batches` (those a saved run used)."""
@@ -364,7 +371,7 @@ class ClientTrainer:
         """Checkpoint, push, checkpoint: True when the update counts, False when the
         round went on without it (a straggler; the next pull catches up)."""
         blob = self.to_bytes(self.part)
-        self.save(round_index, blob, pushed=False, attempt=attempt)
+        self.save(round_index, blob, attempt=attempt)
         return self._send(round_index, blob, attempt)
 
     def repush(self, saved: Any) -> bool:
@@ -383,11 +390,11 @@ class ClientTrainer:
         except StragglerError as err:
             # Past the round's deadline: the fed server aggregated without this
             # update. Not an error of the run; the next pull catches up.
-            self.save(round_index, blob, pushed=True, attempt=attempt)
+            self.mark_pushed(round_index, attempt)
             self.tracer.event("straggler", round=round_index, reason=str(err))
             log.warning("client %d: round %d update refused: %s", self.client_id, round_index, err)
             return False
-        self.save(round_index, blob, pushed=True, attempt=attempt)
+        self.mark_pushed(round_index, attempt)
         # What the server told this client it counts: the soak benchmark checks
         # every such key against the rounds' records (nothing lost).
         self.tracer.event(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fedsllm.errors import ConfigError, FedsLLMError
+from fedsllm.errors import ConfigError, FedsLLMError, StateError
 from fedsllm.state.format import (
     atomic_write,
     check_safetensors,
@@ -343,6 +343,26 @@ class _CheckpointStore:
                     self.backend.delete(name)
             return seq
 
+    def _update_meta(self, expect: Mapping[str, Any], changes: Mapping[str, Any]) -> int:
+        """Change fields of the latest checkpoint's meta in place, when its meta
+        holds `expect`: one small document written, its tensor files kept as
+        they are. StateError (nothing written) when there is no checkpoint or it
+        is another one. Returns its commit number."""
+        with self._lock:
+            doc = self._files.get_doc(self.DOC, self.KIND)
+            if doc is None:
+                raise StateError(f"{self.backend.location}/{self.DOC}: no checkpoint to update")
+            meta = dict(doc["meta"])
+            differs = {k: meta.get(k) for k, v in expect.items() if meta.get(k) != v}
+            if differs:
+                raise StateError(
+                    f"{self.backend.location}/{self.DOC}: the checkpoint holds {differs}, "
+                    f"not {dict(expect)}"
+                )
+            meta.update(changes)
+            self._files.put_doc(self.DOC, self.KIND, {**doc, "meta": meta})
+            return int(doc["seq"])
+
     def _load(self) -> Checkpoint | None:
         with self._lock:
             doc = self._files.get_doc(self.DOC, self.KIND)
@@ -474,6 +494,15 @@ class ClientStore(_CheckpointStore):
             "extra": dict(extra or {}),
         }
         return self._save(blobs, meta)
+
+    def mark_pushed(self, round_index: int, attempt: int) -> int:
+        """Record that round `round_index`'s update (the checkpoint saved before
+        its push, under `attempt`) was accepted or refused: only the document
+        is rewritten, not the adapter and optimizer it names again. A lost
+        marker costs nothing but a re-push the fed server answers from its
+        ledger, but each write is on the round's critical path. StateError when
+        the checkpoint is of another round or attempt."""
+        return self._update_meta({"round": round_index, "attempt": attempt}, {"pushed": True})
 
     def load(self) -> ClientSnapshot | None:
         ckpt = self._load()

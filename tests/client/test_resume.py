@@ -97,6 +97,40 @@ def test_a_fresh_run_saves_each_round_pushed(tmp_path) -> None:
     assert saved.optimizer is not None
 
 
+class CountingStore:
+    """A ClientStore that counts its full saves and its pushed marks."""
+
+    def __init__(self) -> None:
+        self.store = open_store("client")
+        self.calls: list[tuple[str, int]] = []
+
+    def save(self, round_index, *args, **kwargs):
+        self.calls.append(("save", round_index))
+        return self.store.save(round_index, *args, **kwargs)
+
+    def mark_pushed(self, round_index, attempt):
+        self.calls.append(("mark_pushed", round_index))
+        return self.store.mark_pushed(round_index, attempt)
+
+    def load(self):
+        return self.store.load()
+
+
+@pytest.mark.parametrize("straggle", [frozenset(), frozenset({1})])
+def test_a_round_writes_its_update_once_and_then_only_marks_it_pushed(tmp_path, straggle) -> None:
+    """The adapter and optimizer are written once per round, before the push
+    (the write-ahead a restart re-pushes from); after the push, accepted or
+    refused as a straggler, only the mark. Each write is on the round's path."""
+    store = CountingStore()
+    trainer, _, fed = _trainer(tmp_path, fed=ResumingFed(0, 2, straggle=straggle))
+    trainer.store = store
+    trainer.run(10, _plan(3), None)
+    assert store.calls == [("save", 0), ("mark_pushed", 0), ("save", 1), ("mark_pushed", 1)]
+    saved = store.load()
+    assert (saved.round, saved.pushed, saved.attempt) == (1, True, 0)
+    assert tensor_digest(saved.adapter) == tensor_digest(fed.sent[-1])  # the tensors pushed
+
+
 def _plan(n: int):
     from client.loop import FixedPlan
 

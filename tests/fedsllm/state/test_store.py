@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedsllm.errors import ConfigError
+from fedsllm.errors import ConfigError, StateError
 from fedsllm.state.errors import StoreFormatError
 from fedsllm.state.format import tensor_digest
 from fedsllm.state.store import (
@@ -196,6 +196,41 @@ def test_a_torn_checkpoint_keeps_the_previous_one() -> None:
     store.save(1, adapter(3), None, attempt=2)  # the next commit reuses seq 2 cleanly
     snap = store.load()
     assert snap is not None and (snap.round, snap.attempt, snap.optimizer) == (1, 2, None)
+
+
+def test_marking_a_client_checkpoint_pushed_writes_its_document_only() -> None:
+    """The write after a push (on the round's critical path) is one small
+    document: the adapter and optimizer it names stay as saved."""
+    backend = FailingBackend(fail_at=99)
+    store = ClientStore(backend)
+    store.save(3, adapter(1), adapter(2), attempt=1, extra={"batches": 12})
+    before = {name: backend.read(name) for name in backend.names()}
+    backend.num_writes = 0
+    assert store.mark_pushed(3, 1) == 1
+    assert backend.num_writes == 1
+    after = {name: backend.read(name) for name in backend.names()}
+    assert after.keys() == before.keys()
+    assert [n for n in after if after[n] != before[n]] == ["checkpoint.json"]
+    snap = store.load()
+    assert snap is not None and (snap.round, snap.pushed, snap.attempt, snap.seq) == (3, True, 1, 1)
+    assert snap.extra == {"batches": 12}
+    assert tensor_digest(snap.adapter) == tensor_digest(adapter(1))
+    assert tensor_digest(snap.optimizer) == tensor_digest(adapter(2))
+
+
+@pytest.mark.parametrize(("round_index", "attempt"), [(2, 1), (3, 0)])
+def test_marking_another_rounds_checkpoint_pushed_is_refused_and_changes_nothing(
+    round_index: int, attempt: int
+) -> None:
+    backend = InMemoryBackend()
+    store = ClientStore(backend)
+    with pytest.raises(StateError, match="no checkpoint"):
+        store.mark_pushed(round_index, attempt)
+    store.save(3, adapter(1), None, attempt=1)
+    before = {name: backend.read(name) for name in backend.names()}
+    with pytest.raises(StateError, match="the checkpoint holds"):
+        store.mark_pushed(round_index, attempt)
+    assert {name: backend.read(name) for name in backend.names()} == before
 
 
 def test_checkpoint_naming_a_missing_file_is_an_error(tmp_path) -> None:
