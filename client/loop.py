@@ -368,8 +368,8 @@ class ClientTrainer:
 
     # ------------------------------------------------------------- rounds
     def push(self, round_index: int, attempt: int = 0) -> bool:
-        """Checkpoint, push, checkpoint: True when the update counts, False when the
-        round went on without it (a straggler; the next pull catches up)."""
+        """Checkpoint, push, mark pushed: True when the update counts, False when
+        the round went on without it (a straggler; the next pull catches up)."""
         blob = self.to_bytes(self.part)
         self.save(round_index, blob, attempt=attempt)
         return self._send(round_index, blob, attempt)
@@ -377,12 +377,12 @@ class ClientTrainer:
     def repush(self, saved: Any) -> bool:
         """Push a saved, unpushed update again: the very bytes push() saved before
         it sent them, under the same attempt, so the fed server either replays
-        its earlier acceptance or accepts them now; checkpointed as pushed."""
+        its earlier acceptance or accepts them now; then marked pushed."""
         return self._send(saved.round, saved.adapter, saved.attempt)
 
     def _send(self, round_index: int, blob: bytes, attempt: int) -> bool:
-        """Push `blob` as (this client, round_index, attempt); then checkpoint it
-        as pushed (accepted or refused as a straggler: never pushed again)."""
+        """Push `blob` as (this client, round_index, attempt); then mark its
+        checkpoint pushed (accepted or refused as a straggler: never pushed again)."""
         try:
             with self.tracer.span("adapter_upload", round=round_index) as span:
                 span.bytes = len(blob)

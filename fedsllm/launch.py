@@ -71,7 +71,9 @@ def fresh_out_dir(out: str | Path | None, stem: str, field: str = "--out") -> Pa
 
 LOCK_FILE = "launcher.lock"
 """RUN_DIR/launcher.lock: flock'd by the launcher that runs RUN_DIR, for the
-whole run; it holds that launcher's pid while it runs, and nothing after."""
+whole run; it holds that launcher's pid while it runs, and nothing after a
+clean exit (a launcher killed with SIGKILL leaves its pid: the lock itself
+is the kernel's, and free)."""
 
 
 @contextmanager

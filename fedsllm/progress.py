@@ -14,11 +14,7 @@ from typing import Any
 
 from fedsllm.config import ScenarioConfig
 from fedsllm.telemetry.records import EventKind, TelemetryRecord
-
-
-def counted(n: int, noun: str) -> str:
-    """ "1 local step", "37 rounds": what the console prints of a count."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+from fedsllm.words import counted
 
 
 class RunProgress:

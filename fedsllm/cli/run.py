@@ -280,7 +280,7 @@ def plan_text(scenario: Any) -> str:
     """What the banner says about rounds: fixed, or left to the controller's plan."""
     training, policy = scenario.training, scenario.policy
     if policy.name == "fixed_steps":
-        from fedsllm.progress import counted
+        from fedsllm.words import counted
 
         rounds, steps = training.num_rounds, training.num_local_steps
         return f"{counted(rounds, 'round')} x {counted(steps, 'local step')}"

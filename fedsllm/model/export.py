@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.errors import ConfigError, WireError
+from fedsllm.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +528,8 @@ def model_card(
         f"seed {scenario.seed}",
         f"- clients: {scenario.clients.num_clients}; policy `{scenario.policy.name}`"
         + (
-            f", {training.num_rounds} rounds x {training.num_local_steps} local steps"
+            f", {counted(training.num_rounds, 'round')} x "
+            f"{counted(training.num_local_steps, 'local step')}"
             if scenario.policy.name == "fixed_steps"
             else " (rounds and local steps planned by the delay model)"
         ),

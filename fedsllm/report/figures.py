@@ -186,8 +186,9 @@ def delay_figure(report: dict[str, Any]) -> Any:
     ax.set_title("Measured vs predicted round delay (label: prediction error)")
     if xs:
         ax.set_xticks(xs)
-    # Below the axes: inside, it covered the first rounds' bars.
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    # Below everything the axes draw (the constrained layout makes room):
+    # inside the axes it covered the first rounds' bars.
+    fig.legend(fontsize="small", loc="outside lower center", ncol=2)
     return fig
 
 

@@ -15,8 +15,10 @@ already accepted, the latest global adapter, and the acceptances of the
 last closed rounds (from their records). Each accepted update, each
 join, each closed round is written (fedsllm/state/store.py's commit order)
 before the ledger moves, so what a client was told survives a crash.
-`aggregate(blobs, weights) -> blob` is the role's FedAvg (the core never
-imports a role); it gets the accepted blobs in client order. Not
+`aggregate(blobs, weights) -> blob` is the role's wrapper of the FedAvg
+(fed_server.rounds.fedavg_blobs around fedsllm.model.fedavg: parsing and
+serializing blobs is the role's, and the core never imports a role); it gets
+the accepted blobs in client order. Not
 thread-safe: the caller holds its lock.
 """
 

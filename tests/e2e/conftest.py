@@ -90,16 +90,24 @@ def stop_run(launcher: subprocess.Popen[str], cwd: Path) -> None:
 
 
 def fedsllm(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = run_env(cwd)
-    return subprocess.run(
-        [sys.executable, "-m", "fedsllm", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """`python -m fedsllm ARGS` in `cwd`, marked (run_env). On its timeout the
+    launcher is killed, and then, by pid, every process of its run it can no
+    longer stop (parent-death signals need setpriv, which a host may lack)."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "fedsllm", *args],
+            cwd=cwd,
+            env=run_env(cwd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        for pid in run_pids(cwd):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
 
 
 def overrides(*items: str) -> list[str]:

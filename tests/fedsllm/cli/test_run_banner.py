@@ -6,7 +6,7 @@ import pytest
 
 from fedsllm.cli.run import plan_text
 from fedsllm.config import load_scenario
-from fedsllm.progress import counted
+from fedsllm.words import counted
 
 
 @pytest.mark.parametrize(

@@ -280,9 +280,10 @@ def _send_through_socket(rate_bps: float, total_bytes: int, chunk_bytes: int) ->
 def test_real_socket_transfer_is_paced_at_the_rate(rate_bps, total_bytes):
     """Over a real socket every chunk waits its own transmission time before it
     goes (no burst credit), so the payload can never arrive sooner than at the
-    rate; the upper bound only catches gross overpacing on a loaded host. How
+    rate; the upper bound only catches a stalled pacer. How
     close to the rate it comes is a figure of benchmarks/link_accuracy.py, not
     a bound here (FACTS: within 0.6% from 1 to 100 Mbit/s)."""
     elapsed = _send_through_socket(rate_bps, total_bytes, 64 * 1024)
     expected = total_bytes * 8 / rate_bps
-    assert expected - 1e-3 <= elapsed < 3 * expected  # 1 ms: clock reads
+    assert expected - 1e-3 <= elapsed  # 1 ms: clock reads
+    assert elapsed < expected + 5.0  # paced, not stalled (seconds of slack for a loaded host)

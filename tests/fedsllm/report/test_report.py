@@ -468,8 +468,9 @@ def test_the_delay_figures_legend_sits_below_the_bars_it_explains() -> None:
     fig = delay_figure({"rounds": rounds})
     fig.savefig(io.BytesIO(), format="png")  # laid out as the report writes it
     (ax,) = fig.axes
-    legend = ax.get_legend().get_window_extent()
-    axes = ax.get_window_extent()
-    assert legend.y1 <= axes.y0  # wholly below the plotting area
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    drawn = ax.get_tightbbox()  # bars, ticks, tick labels and axis labels
+    assert box.y1 <= drawn.y0  # wholly below all of it
     figure = fig.bbox
-    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1 and legend.y0 >= figure.y0
+    assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and box.y0 >= figure.y0

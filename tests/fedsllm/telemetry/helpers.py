@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from fedsllm.proto import telemetry_pb2 as pb
 from fedsllm.telemetry.codec import record_from_proto
 from fedsllm.telemetry.collector import TelemetryCollector
 from fedsllm.telemetry.records import TelemetryRecord, make_record
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Return once `predicate()` holds; AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
 
 
 def event(i: int, client: int = 0, role: str = "client") -> TelemetryRecord:

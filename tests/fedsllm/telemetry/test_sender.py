@@ -4,21 +4,11 @@ a full buffer and its own restart; it never blocks the caller on the network."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from fedsllm.telemetry.collector import TelemetryCollector
 from fedsllm.telemetry.sender import TelemetrySender
-from tests.fedsllm.telemetry.helpers import FlakyPush, event
-
-
-def _eventually(condition, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+from tests.fedsllm.telemetry.helpers import FlakyPush, event, wait_for
 
 
 def _steps(collector: TelemetryCollector) -> list[int]:
@@ -51,7 +41,7 @@ def test_outage_and_lost_reply_neither_lose_nor_double(tmp_path: Path) -> None:
     push.down.set()
     for i in range(50):  # the buffer (8) overflows: the caller spills to the spool
         sender(event(i))
-    assert _eventually(lambda: push.num_calls > 0)  # the sender tried, during the outage
+    wait_for(lambda: push.num_calls > 0)  # the sender tried, during the outage
     assert collector.records() == []
     assert sender.num_spilled > 0
     push.down.clear()
@@ -93,18 +83,25 @@ def test_the_caller_never_waits_for_the_network(tmp_path: Path) -> None:
 
     def hanging_push(records, final):
         pushes_started.set()
-        release.wait()
+        release.wait(120)  # bounded: a sender that pushed on the caller's thread fails, not hangs
         raise ConnectionError("timeout")
 
     sender = _sender(hanging_push, tmp_path, max_buffered=64)
-    sender(event(0))
+
+    def call(first: int, last: int) -> threading.Thread:
+        caller = threading.Thread(target=lambda: [sender(event(i)) for i in range(first, last)])
+        caller.start()
+        return caller
+
+    first = call(0, 1)
     hung = pushes_started.wait(10)  # the sender's thread is now stuck in the network
-    caller = threading.Thread(target=lambda: [sender(event(i)) for i in range(1, 1000)])
-    caller.start()
-    caller.join(timeout=60)
-    finished = not caller.is_alive()
+    first.join(timeout=10)
+    rest = call(1, 1000)
+    rest.join(timeout=60)
+    finished = not first.is_alive() and not rest.is_alive()
     release.set()
-    caller.join()
+    first.join()
+    rest.join()
     sender.close(0.01)
     assert hung, "the sender never pushed"
     assert finished, "the caller waited for a push that was hanging"

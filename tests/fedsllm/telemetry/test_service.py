@@ -24,7 +24,7 @@ from fedsllm.telemetry.service import (
     grpc_push,
 )
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
-from tests.fedsllm.telemetry.helpers import event
+from tests.fedsllm.telemetry.helpers import event, wait_for
 
 
 def _serve(collector: TelemetryCollector, address: str = "127.0.0.1:0", service=None):
@@ -64,14 +64,6 @@ def served(tmp_path: Path):
     stop_server(server, grace_s=0.1)
 
 
-def _wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 def test_push_then_watch_from_an_index(served) -> None:
     collector, address = served
     with make_channel(address) as channel:
@@ -82,11 +74,11 @@ def test_push_then_watch_from_an_index(served) -> None:
     assert len(collector.records()) == 5
     watched = Watched(address, from_index=2)
     try:
-        _wait_for(lambda: len(watched.steps()) == 3)
+        wait_for(lambda: len(watched.steps()) == 3)
         assert watched.steps() == [2, 3, 4]
         with make_channel(address) as channel:
             grpc_push(channel, "client", 0)([record_to_proto(event(5).numbered(6))], False)
-        _wait_for(lambda: len(watched.steps()) == 4)  # live, after the replay
+        wait_for(lambda: len(watched.steps()) == 4)  # live, after the replay
     finally:
         watched.close()
 
@@ -196,7 +188,7 @@ def test_collector_restart_mid_run_every_record_arrives_exactly_once(tmp_path: P
         watched = Watched(address)
         try:
             for w in (watched, early):
-                _wait_for(lambda w=w: len(w.steps()) >= num_records)
+                wait_for(lambda w=w: len(w.steps()) >= num_records)
                 assert sorted(w.steps()) == list(range(num_records))
         finally:
             watched.close()
@@ -254,7 +246,7 @@ def test_run_progress_watches_with_the_launchers_token_once_it_exists(tmp_path) 
             with make_channel(address, as_client) as channel:
                 grpc_push(channel, "client", 0)([record_to_proto(event(0).numbered(1))], False)
             seen = []
-            _wait_for(lambda: bool(seen.extend(progress.watcher.poll()) or seen))
+            wait_for(lambda: bool(seen.extend(progress.watcher.poll()) or seen))
             assert [r.step for r in seen] == [0]
         finally:
             collector.close()
