@@ -17,6 +17,7 @@ from typing import Any
 
 from fedsllm.cli import EXIT_OK, add_scenario_args
 from fedsllm.cli import flag_overrides as shared_flag_overrides
+from fedsllm.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -61,6 +62,8 @@ def compose_command(args: argparse.Namespace) -> int:
         # Each container is a network namespace of its own, as under `run --network netns`.
         overrides += ["run.network='netns'", "link.backend='tc'"]
     scenario = load_scenario(args.scenario, overrides)
+    if args.out and Path(args.out).is_dir():  # checked before secrets/ or certs/ go next to it
+        raise ConfigError("--out", str(args.out), "is a directory; give the compose file's path")
     packaged = args.scenario is None and not overrides and scenario.link.backend == "token"
     tls_dir = None
     if args.tls:
@@ -89,7 +92,6 @@ def _issue_certs(out: str | None, num_clients: int) -> str:
     (the image's fedsllm user) and each mounts only its own key file."""
     import os
 
-    from fedsllm.errors import ConfigError
     from fedsllm.security.certs import write_certs
 
     if not out:

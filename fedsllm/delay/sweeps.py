@@ -99,6 +99,10 @@ def sweep(
         raise ConfigError("--seeds", num_seeds, "must be >= 1")
     if "optimal" not in policies or "equal" not in policies:
         raise ConfigError("policies", list(policies), "must include optimal and equal")
+    if param == "num_clients":
+        fractional = [v for v in values if float(v) != int(v)]
+        if fractional:  # rounded, it would be swept as another K under its own label
+            raise ConfigError("--values", fractional[0], "num_clients takes whole numbers")
     path, factor = SWEEP_PARAMS[param]
     base_seed = int(base.get("seed", 0))
     # No swept parameter touches the model, split, adapter or sequence: count once.

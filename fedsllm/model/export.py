@@ -298,13 +298,27 @@ def _export_run(run_dir: Path, out_dir: Path) -> Path:
     from fedsllm.model.split import part_key_to_full, split_model
     from fedsllm.paths import writable_dir
 
-    # Checked before the minutes of model building, not when the first file is saved.
-    out_dir = writable_dir(out_dir, "OUT_DIR")
+    # Every input checked before OUT_DIR is created, and OUT_DIR before the
+    # minutes of model building: a refused export writes nothing.
+    if not run_dir.is_dir():
+        raise ConfigError("RUN_DIR", str(run_dir), "is not a directory")
     scenario_json = _read_scenario_json(run_dir)
     scenario = _scenario_from_json(run_dir, scenario_json)
     for rel in (CLIENT_ADAPTER, SERVER_ADAPTER):
         if not (run_dir / rel).is_file():
             raise ConfigError(str(run_dir / rel), None, "file not found")
+    # Never among files it did not write: not the run directory (whose base/ the
+    # fed server serves), not a used directory; an earlier export it rewrites.
+    if out_dir.exists() and out_dir.resolve() == run_dir.resolve():
+        raise ConfigError("OUT_DIR", str(out_dir), "is the run directory")
+    if out_dir.exists() and (
+        not out_dir.is_dir()
+        or (any(out_dir.iterdir()) and not (out_dir / "adapter_config.json").is_file())
+    ):
+        raise ConfigError(
+            "OUT_DIR", str(out_dir), "exists and holds files that are not an earlier export"
+        )
+    out_dir = writable_dir(out_dir, "OUT_DIR")
     tokenizer = load_tokenizer(scenario)
     # The base the fed server served its peers (a pretrained preset), when the
     # run directory keeps it: no pretraining, no cache on this host.

@@ -61,10 +61,25 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys, command, make_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def _run_dir_to_export(tmp_path: Path) -> Path:
+    """As much of a run directory as export reads before it checks OUT_DIR (the
+    inputs come first; the adapters are read only after)."""
+    from fedsllm.config import load_scenario
+    from fedsllm.launch import write_scenario
+    from fedsllm.model.export import CLIENT_ADAPTER, SERVER_ADAPTER
+
+    run_dir = tmp_path / "run"
+    (run_dir / "adapters").mkdir(parents=True)
+    write_scenario(run_dir, load_scenario())
+    for rel in (CLIENT_ADAPTER, SERVER_ADAPTER):
+        (run_dir / rel).write_bytes(b"not read before OUT_DIR is checked")
+    return run_dir
+
+
 @pytest.mark.parametrize("make_path", [_denied, _under_a_file], ids=["denied", "under-a-file"])
 def test_export_to_an_unwritable_out_dir_is_one_line_exit_2(tmp_path, capsys, make_path) -> None:
     out = make_path(tmp_path)
-    code = main(["export", str(tmp_path / "no-run"), str(out)])
+    code = main(["export", str(_run_dir_to_export(tmp_path)), str(out)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.strip().splitlines() == [err.strip()]

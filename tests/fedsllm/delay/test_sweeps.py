@@ -91,3 +91,9 @@ def test_average_leaves_out_points_where_equal_is_flagged() -> None:
     points = [_point(0.3, "ok"), _point(0.5, "ok"), _point(0.99, "absurd")]
     assert average_reduction(points) == pytest.approx(0.4)
     assert math.isnan(average_reduction([_point(0.99, "absurd")]))
+
+
+def test_a_fractional_number_of_clients_is_refused_not_rounded() -> None:
+    """2.5 clients used to be swept as 2 under the label 2.5."""
+    with pytest.raises(ConfigError, match=r"--values.*whole numbers.*2\.5"):
+        sweep(load_dict(None), "num_clients", [2.5, 3], num_seeds=1)

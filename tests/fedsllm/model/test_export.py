@@ -104,7 +104,33 @@ def test_cli_export_writes_adapter_and_reports_bad_input(tiny_scenario, tmp_path
     assert cli_main(["export", str(run_dir), str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert cli_main(["export", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 2
-    assert "scenario.json" in capsys.readouterr().err
+    assert "RUN_DIR: is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()  # nothing written for a refused export
+
+
+def test_export_never_writes_into_a_directory_that_holds_anything(tiny_scenario, tmp_path):
+    """Not a used directory, and above all not the run directory itself (its
+    base/ is what the fed server serves): refused, and nothing in it changes.
+    (An earlier export is rewritten: see the model card test below.)"""
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, tiny_scenario())
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+
+    def files(root):
+        return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    for out, reason in ((used, "not an earlier export"), (run_dir, "is the run directory")):
+        before = files(out)
+        with pytest.raises(ConfigError, match=f"OUT_DIR.*{reason}"):
+            export_run(run_dir, out)
+        assert files(out) == before
+    for bad_run in (tmp_path / "empty", used / "keep.txt"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(ConfigError):
+            export_run(bad_run, tmp_path / "never")
+        assert not (tmp_path / "never").exists()
 
 
 def test_export_errors_name_the_file(tiny_scenario, tmp_path):

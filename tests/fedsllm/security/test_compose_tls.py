@@ -41,3 +41,13 @@ def test_compose_tls_issues_certificates_next_to_the_file(tmp_path) -> None:
     assert stat.S_IMODE(certs.stat().st_mode) == 0o700
     assert (certs / "client_1.key").is_file() and (certs / "ca.pem").is_file()
     assert "FEDSLLM_TLS_KEY: /run/fedsllm/tls/client_1.key" in out.read_text()
+
+
+def test_compose_out_that_is_a_directory_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "d"
+    out.mkdir()
+    for flags in ([], ["--tls"]):
+        assert main(["compose", *flags, "--clients", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out: is a directory" in err and len(err.strip().splitlines()) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and not any(out.iterdir())
