@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+
+class _NoValue:
+    """The value of a setting that was not given at all."""
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE: Final = _NoValue()
+"""A ConfigError's value when nothing was given or the value says nothing
+(a missing flag, a file that is not there): the message then ends with the
+reason, not with "got None"."""
 
 
 class FedsLLMError(Exception):
@@ -13,14 +26,16 @@ class ConfigError(FedsLLMError):
     """A scenario field is missing, unknown or out of range.
 
     `path` is the dotted field name (``clients.profiles[2].flops``) so the
-    message tells the user exactly what to edit.
+    message tells the user exactly what to edit; `value` is what was given
+    there, or NO_VALUE when nothing was.
     """
 
     def __init__(self, path: str, value: Any, reason: str) -> None:
         self.path = path
         self.value = value
         self.reason = reason
-        super().__init__(f"{path}: {reason}, got {value!r}")
+        got = "" if value is NO_VALUE else f", got {value!r}"
+        super().__init__(f"{path}: {reason}{got}")
 
 
 class WireError(FedsLLMError):

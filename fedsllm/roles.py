@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.config import ScenarioConfig, from_dict
-from fedsllm.errors import ConfigError
+from fedsllm.errors import NO_VALUE, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,11 @@ def resolve_role_paths(args: argparse.Namespace, security: Any) -> tuple[str, Pa
     )  # fmt: skip
     if fed.value is None:
         raise SettingError(
-            "--fed-address", None, "required (or FEDSLLM_FED_ADDRESS, or run.fed_address)"
+            "--fed-address", NO_VALUE, "required (or FEDSLLM_FED_ADDRESS, or run.fed_address)"
         )
     work = resolve("--work-dir", args.work_dir, "FEDSLLM_WORK_DIR", parse=parse_dir)
     if work.value is None:
-        raise SettingError("--work-dir", None, "required (or FEDSLLM_WORK_DIR)")
+        raise SettingError("--work-dir", NO_VALUE, "required (or FEDSLLM_WORK_DIR)")
     check_dial(fed.value, "--fed-address", security)
     return fed.value, work.value
 

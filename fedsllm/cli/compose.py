@@ -17,7 +17,7 @@ from typing import Any
 
 from fedsllm.cli import EXIT_OK, add_scenario_args
 from fedsllm.cli import flag_overrides as shared_flag_overrides
-from fedsllm.errors import ConfigError
+from fedsllm.errors import NO_VALUE, ConfigError
 
 
 def register(sub: Any) -> None:
@@ -95,7 +95,7 @@ def _issue_certs(out: str | None, num_clients: int) -> str:
     from fedsllm.security.certs import write_certs
 
     if not out:
-        raise ConfigError("--tls", True, "needs --out: the certificates go next to the file")
+        raise ConfigError("--tls", NO_VALUE, "needs --out: the certificates go next to the file")
     cert_dir = Path(out).resolve().parent / "certs"
     write_certs(cert_dir, num_clients)
     cert_dir.chmod(0o700)

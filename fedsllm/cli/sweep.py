@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.cli import add_scenario_args
-from fedsllm.errors import ConfigError
+from fedsllm.errors import NO_VALUE, ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -61,7 +61,11 @@ def register(subparsers: Any) -> None:
 
 def parse_values(text: str | None) -> list[float]:
     if not text:
-        raise ConfigError("--values", text, "give comma-separated numbers, e.g. 5,10,20")
+        raise ConfigError(
+            "--values",
+            NO_VALUE if text is None else text,
+            "give comma-separated numbers, e.g. 5,10,20",
+        )
     out = []
     for item in text.split(","):
         try:
@@ -231,11 +235,16 @@ def run(args: argparse.Namespace) -> int:
 
     base = apply_overrides(load_dict(args.scenario), args.overrides)
     if args.paper:
+        for flag, given in (("--param", args.param), ("--values", args.values)):
+            if given is not None:
+                # --paper sweeps its own set; silently sweeping something else
+                # than what was asked for would mislabel the results.
+                raise ConfigError(flag, given, "cannot be combined with --paper")
         base = apply_overrides(base, [f"clients.num_clients={PAPER_BASE_CLIENTS}"])
         jobs = list(PAPER_SWEEPS.items())
     else:
         if args.param is None:
-            raise ConfigError("--param", None, "required unless --paper")
+            raise ConfigError("--param", NO_VALUE, "required unless --paper")
         check_param(args.param)
         jobs = [(args.param, tuple(parse_values(args.values)))]
     scen = from_dict(base)  # validate the base once, before any work

@@ -31,7 +31,7 @@ import numpy as np
 
 from fedsllm.delay.inputs import DelayInputs
 from fedsllm.delay.solvers import Allocation, shares_allocation, solve_allocation
-from fedsllm.errors import AllocationError, ConfigError
+from fedsllm.errors import NO_VALUE, AllocationError, ConfigError
 
 POLICY_NAMES = (
     "optimal",
@@ -85,7 +85,7 @@ def check_fractions(fractions: Sequence[float] | np.ndarray | None, num_clients:
     """
     field = "policy.shares_file"
     if fractions is None:
-        raise ConfigError(field, None, "policy fixed needs a list of shares")
+        raise ConfigError(field, NO_VALUE, "policy fixed needs a list of shares")
     values = list(fractions)
     if len(values) != num_clients:
         raise ConfigError(

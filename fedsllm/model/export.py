@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fedsllm.errors import ConfigError, WireError
+from fedsllm.errors import NO_VALUE, ConfigError, WireError
 from fedsllm.words import counted
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,11 @@ def _read_scenario_json(run_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found (is this a run directory?)") from None
+        raise ConfigError(
+            str(path), NO_VALUE, "file not found (is this a run directory?)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(str(path), None, f"not readable JSON ({err})") from None
+        raise ConfigError(str(path), NO_VALUE, f"not readable JSON ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(str(path), type(data).__name__, "must hold a JSON object")
     return data
@@ -110,9 +112,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found") from None
+        raise ConfigError(str(path), NO_VALUE, "file not found") from None
     except OSError as err:
-        raise ConfigError(str(path), None, f"not readable ({err})") from None
+        raise ConfigError(str(path), NO_VALUE, f"not readable ({err})") from None
 
 
 def _checked_state(path: Path, peft_part: Any) -> dict[str, Any]:
@@ -306,7 +308,7 @@ def _export_run(run_dir: Path, out_dir: Path) -> Path:
     scenario = _scenario_from_json(run_dir, scenario_json)
     for rel in (CLIENT_ADAPTER, SERVER_ADAPTER):
         if not (run_dir / rel).is_file():
-            raise ConfigError(str(run_dir / rel), None, "file not found")
+            raise ConfigError(str(run_dir / rel), NO_VALUE, "file not found")
     # Never among files it did not write: not the run directory (whose base/ the
     # fed server serves), not a used directory; an earlier export it rewrites.
     if out_dir.exists() and out_dir.resolve() == run_dir.resolve():

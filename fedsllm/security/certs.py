@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsllm.errors import ConfigError
+from fedsllm.errors import NO_VALUE, ConfigError
 from fedsllm.security.identity import Identity
 
 INDEX_FORMAT_VERSION = 1
@@ -256,7 +256,7 @@ def read_index(cert_dir: str | Path) -> dict[Identity, tuple[Path, Path]]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(str(path), None, f"not a certificate index ({err})") from None
+        raise ConfigError(str(path), NO_VALUE, f"not a certificate index ({err})") from None
     if doc.get("format_version") != INDEX_FORMAT_VERSION:
         raise ConfigError(
             f"{path}:format_version",

@@ -44,10 +44,23 @@ def test_sweep_writes_csv_and_png(tmp_path: Path, capsys: pytest.CaptureFixture)
         (["--param", "bandwidth_mhz", "--values", "5,x"], "--values"),
         (["--param", "bandwidth_mhz", "--values", "0"], "channel.bandwidth_hz"),
         (["--values", "1"], "--param"),
+        (["--paper", "--param", "num_clients"], "--param"),
+        (["--paper", "--values", "5,10"], "--values"),
     ],
 )
 def test_bad_sweep_flags_exit_2(
     argv: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     assert main(["sweep", *argv, "--out", str(tmp_path)]) == 2
-    assert field in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert field in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # refused before any sweep file was written
+
+
+def test_a_missing_flag_names_no_value(capsys: pytest.CaptureFixture) -> None:
+    """Nothing was given, so the message ends with what to do, not 'got None'."""
+    assert main(["sweep", "--values", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--param: required unless --paper" in err
+    assert "None" not in err
