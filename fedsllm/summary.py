@@ -201,7 +201,7 @@ def write_summary(
     failed = outcome.failed
     doc = {
         "scenario": scenario_name,
-        "run_dir": str(run_dir),
+        "run_dir": str(Path(run_dir).resolve()),
         "ok": failed is None,
         "failed": None
         if failed is None

@@ -361,7 +361,7 @@ def measure_run(run_dir: Path, scenario: ScenarioConfig, scenario_hash: str = ""
     records = read_telemetry(run_dir / "trace")
     report = report_from_records(run_dir, scenario, scenario_hash or hash_of(scenario), records)
     write_report_files(run_dir, report, records)
-    res = PolicyResult(policy=scenario.policy.name, run_dir=str(run_dir))
+    res = PolicyResult(policy=scenario.policy.name, run_dir=str(run_dir.resolve()))
     res.plan = plan_from_records(records)
     res.num_rounds_full = full_plan_rounds(
         res.plan, scenario.convergence.a, scenario.policy.max_rounds

@@ -303,7 +303,8 @@ def report_from_records(
     ]
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
-        "run_dir": str(Path(run_dir)),
+        # Absolute: the report outlives the working directory it was made from.
+        "run_dir": str(Path(run_dir).resolve()),
         "scenario_hash": scenario_hash,
         "scenario": scenario.to_dict(),
         "time_dilation": dil,

@@ -378,6 +378,15 @@ def test_cli_report_on_run_without_trace_exits_2(tmp_path: Path, capsys) -> None
     assert "trace/*.jsonl" in capsys.readouterr().err
 
 
+def test_a_relative_run_dir_is_recorded_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = make_run_dir(tmp_path / "run", synthetic_records())
+    monkeypatch.chdir(tmp_path)
+    doc = json.loads(write_report("run").report_json.read_text())
+    assert doc["run_dir"] == str(run.resolve())
+
+
 def test_cli_report_prints_rounds(tmp_path: Path, capsys) -> None:
     from fedsllm.cli import main
 

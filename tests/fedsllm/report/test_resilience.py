@@ -142,6 +142,16 @@ def test_the_summary_json_is_strict_json_with_null_for_what_was_not_measured(
     assert doc["links"][0]["achieved_uplink_bps"] == 8e6
 
 
+def test_the_summary_json_records_its_run_dir_absolute(tmp_path, monkeypatch) -> None:
+    empty = RunSummary(rounds=[], initial_val_loss=0.0, final_val_loss=0.0, total_wall_s=0.0,
+                       links=[])  # fmt: skip
+    monkeypatch.chdir(tmp_path.parent)
+    relative = Path(tmp_path.name)
+    write_summary(relative, _outcome(tmp_path, resumed=False), empty, scenario_name="x")
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["run_dir"] == str(tmp_path.resolve())
+
+
 def test_the_summary_json_carries_faults_restarts_resumes_and_audit(tmp_path) -> None:
     write_fault_log(tmp_path, SCENARIO, _outcome(tmp_path, resumed=True))
     empty = RunSummary(rounds=[], initial_val_loss=0.0, final_val_loss=0.0, total_wall_s=0.0,
