@@ -413,19 +413,20 @@ PRESET_NOTES = {
         "parameters, a byte vocabulary and a short pretraining on generated text. It is "
         "there to exercise the testbed (split training, links, the delay model), not to "
         "write: greedy generations are byte-level babble in the style of the training "
-        "sentences and ignore the prompt's attributes. For example, after the default run "
-        f"(3 rounds x 10 local steps, validation loss 1.58) `{E2E_PROMPT}` continues as "
-        "`En Sung orverside the park is a burger in the market oftensi`, and after 10 "
-        "rounds x 20 local steps (validation loss 0.91) as `The The The The The is a hea "
-        "an Sore is a price range outine`."
+        "sentences and ignore the prompt's attributes. For example, after this version's "
+        "default run (the controller planned 37 rounds x 1 local step; validation loss "
+        f"1.52) `{E2E_PROMPT}` continues as `The parm], price[boome bluis bridge], "
+        "food[hotel], food[hote`, and after 10 rounds x 20 local steps (policy "
+        "fixed_steps, validation loss 0.92) as `The The The The The The The Tomile Sur he "
+        "city col estaurant`."
     ),
     "tiny-gpt2": (
         "The base is the built-in `tiny-gpt2` preset: 4 blocks, hidden size 64, 0.25M "
         "parameters, a byte vocabulary and a short pretraining on generated text. It is "
         "there to exercise the testbed (split training, links, the delay model), not to "
         "write: greedy generations are byte-level babble and ignore the prompt. For "
-        f"example, after the default run (validation loss 2.55) `{E2E_PROMPT}` "
-        "continues as `angheris aris and an arithere brith bris bris brith bre bre`."
+        f"example, after this version's default run (validation loss 2.53) `{E2E_PROMPT}` "
+        "continues as `and bus bus brithe bris brise britheris buris bris bris bre`."
     ),
     "gpt2-small": (
         "The base is the built-in `gpt2-small` preset: GPT-2's 124M shape with a random "
@@ -433,7 +434,9 @@ PRESET_NOTES = {
     ),
 }
 """What a preset's generations look like (measured with the card's own snippet,
-transformers 5.24, on the E2E_PROMPT), for the card's "What to expect" note."""
+transformers 5.24, on the E2E_PROMPT, after `fedsllm run` on the default scenario
+with that preset), for the card's "What to expect" note. Re-measure when the
+default scenario, the presets or their pretraining change."""
 
 MEANINGFUL_MODEL_HINT = (
     "For a model whose generations mean something, fine-tune a real checkpoint: "

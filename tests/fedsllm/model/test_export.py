@@ -360,3 +360,13 @@ def test_export_prints_no_progress_bar_and_no_future_warning(tiny_scenario, tmp_
     from transformers.utils import logging as hf_logging
 
     assert hf_logging.set_tqdm_hook(None) is None  # the export's hook is gone
+
+
+def test_the_readmes_example_generation_is_the_model_cards() -> None:
+    """The README quotes the card's measured example; one measurement, two places."""
+    from fedsllm.model.export import PRESET_NOTES
+
+    readme = " ".join((Path(__file__).parents[3] / "README.md").read_text().split())
+    quoted = re.search(r"with babble such as `([^`]+)`", readme)
+    assert quoted is not None
+    assert f"`{quoted.group(1)}`" in PRESET_NOTES["tiny-llama"]
