@@ -483,6 +483,21 @@ class Timing:
     --in-process, the server's too)."""
     server_cpu_s: float
     """Mean CPU time of a repetition in the server's process (0 in process)."""
+    walls_s: list[float]
+    """Every repetition's wall time, in order (the i-th of two functions ran
+    next to each other)."""
+
+
+def paired_ratio(num: Timing, den: Timing) -> str:
+    """Median and interquartile range of num's over den's wall time, repetition
+    by repetition: "1.18 (1.12-1.25)". Each pair ran back to back, so drift on
+    the host cancels in it; the range shows how far one run's ratio can be
+    trusted (a figure inside it is not a difference)."""
+    ratios = [a / b for a, b in zip(num.walls_s, den.walls_s, strict=True)]
+    if len(ratios) < 4:
+        return f"{statistics.median(ratios):.2f}"
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return f"{q2:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, Timing]:
@@ -505,7 +520,7 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
             cpu[name][0] += time.process_time() - c0
             cpu[name][1] += _server_cpu_s(SERVER_PID) - s0
     return {
-        name: Timing(statistics.median(ts), cpu[name][0] / reps, cpu[name][1] / reps)
+        name: Timing(statistics.median(ts), cpu[name][0] / reps, cpu[name][1] / reps, ts)
         for name, ts in times.items()
     }
 
@@ -636,8 +651,11 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
         "copy floor = raw plus the copy per message each side that bytes-only "
         "gRPC-Python messages force (see RawEcho)"
     )
-    print("| payload | chunk | project MB/s | raw MB/s | ratio | copy floor MB/s | of floor |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| payload | chunk | project MB/s | raw MB/s | ratio | copy floor MB/s | of floor "
+        "| paired ratio (IQR) | reps |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for num_bytes, n in ((1_572_864, reps_small), (64 * 2**20, reps_big)):
         for chunk in CHUNK_SIZES:
             med = bench_stream(address, num_bytes, chunk, n)
@@ -646,7 +664,8 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
             )
             print(
                 f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
-                f"{raw:.0f} | {rate / raw:.2f} | {floor:.0f} | {rate / floor:.2f} |"
+                f"{raw:.0f} | {rate / raw:.2f} | {floor:.0f} | {rate / floor:.2f} | "
+                f"{paired_ratio(med['raw'], med['project'])} | {n} |"
             )
     # What a step costs whatever its size: a 1 KiB tensor is one message up
     # (the raw stream's three), so the difference is the step's own handling.
@@ -692,6 +711,17 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
             f"{floor * 1e3:.2f} | {project / floor:.2f} | {validated / floor:.2f} |"
         )
         cpu_rows.append((chunk, med))
+    print("\n    paired ratios to raw, step by step: median (interquartile range)")
+    print("| chunk | project / raw | validated / raw | copy floor / raw | minimal / raw |")
+    print("|---|---|---|---|---|")
+    for chunk, med in cpu_rows:
+        print(
+            f"| {chunk // 1024} KiB | "
+            + " | ".join(
+                paired_ratio(med[k], med["raw"]) for k in ("project", "validated", "floor", "lean")
+            )
+            + " |"
+        )
     print(
         "\n    the minimal framework (LeanEcho: the copy floor, the six torch calls of a "
         "step and a prefix check per message; how close to raw Python can get here)"
@@ -760,7 +790,9 @@ def main() -> int:
     if ns.serve:
         return _serve()
     torch.set_num_threads(1)
-    reps = (10, 3, 20) if ns.quick else (40, 7, 100)
+    # A 64 MiB repetition is short (tens of ms): enough of them that one
+    # load spike on the host does not make the row.
+    reps = (10, 5, 20) if ns.quick else (40, 20, 100)
     reps_small, reps_big, reps_echo = (max(1, round(r * ns.reps_scale)) for r in reps)
 
     print("# wire throughput benchmark")

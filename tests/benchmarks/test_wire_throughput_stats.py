@@ -1,0 +1,48 @@
+"""The wire benchmark's paired ratio: what a run's ratio and its spread mean."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "wire_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("wire_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["wire_throughput"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["wire_throughput"]
+
+
+def _timing(bench, walls: list[float]):
+    return bench.Timing(sorted(walls)[len(walls) // 2], 0.0, 0.0, walls)
+
+
+def test_pairs_are_taken_repetition_by_repetition(bench) -> None:
+    # A drift that slows both alike cancels: every pair is 1.2 apart.
+    project = _timing(bench, [1.2, 2.4, 3.6, 4.8, 6.0])
+    raw = _timing(bench, [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert bench.paired_ratio(project, raw) == "1.20 (1.20-1.20)"
+
+
+def test_the_range_is_the_interquartile_range(bench) -> None:
+    raw = _timing(bench, [2.0] * 7)
+    project = _timing(bench, [3.2, 2.0, 2.6, 3.0, 2.2, 2.4, 2.8])  # ratios 1.0..1.6, shuffled
+    # 7 ratios: the quartiles of the exclusive method are the 2nd, 4th and 6th.
+    assert bench.paired_ratio(project, raw) == "1.30 (1.10-1.50)"
+
+
+def test_too_few_pairs_give_the_median_alone(bench) -> None:
+    assert bench.paired_ratio(_timing(bench, [2.0, 3.0]), _timing(bench, [1.0, 1.0])) == "2.50"
+
+
+def test_unequal_repetition_counts_are_refused(bench) -> None:
+    with pytest.raises(ValueError):
+        bench.paired_ratio(_timing(bench, [1.0, 2.0]), _timing(bench, [1.0]))
