@@ -456,6 +456,9 @@ class ScenarioConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        # numpy's generators take no negative seed, torch's none of 2**64 or
+        # more; the seed is also offset per client and per round.
+        _check(0 <= self.seed < 2**63, "seed", self.seed, "must be in [0, 2**63)")
         k = self.clients.num_clients
         _check(
             len(self.clients.profiles) in (0, k),

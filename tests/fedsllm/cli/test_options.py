@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from fedsllm.cli import build_parser, main
 
 EXPECTED = {
@@ -108,3 +110,13 @@ def test_flags_are_sugar_for_overrides() -> None:
 def test_bad_override_exits_2_naming_the_field(capsys) -> None:
     assert main(["plan", "--set", "channel.bandwidth_hz=-1"]) == 2
     assert "channel.bandwidth_hz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--seed", "-1"], ["--set", "seed=-1"], ["--set", "seed=9223372036854775808"]]
+)
+def test_a_seed_no_generator_takes_exits_2_naming_seed(argv: list[str], capsys) -> None:
+    # -1 reached numpy's default_rng and died there with a traceback.
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "seed" in err and "Traceback" not in err
