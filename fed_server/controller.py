@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsllm.config import ClientProfile, ScenarioConfig
-from fedsllm.delay.policies import PLAN_ROUND, POLICY_NAMES, policy_shares, read_shares_file
+from fedsllm.delay.policies import PLAN_ROUND, POLICY_NAMES, fixed_fractions, policy_shares
 from fedsllm.errors import AllocationError, ConfigError, StateError, WireError
 from fedsllm.trace import Tracer
 from fedsllm.wire.messages import (
@@ -131,11 +131,7 @@ class Controller:
         self.clock = clock
         self.tracer = tracer
         self.num_clients = scenario.clients.num_clients
-        self._fixed_fractions = (
-            read_shares_file(policy.shares_file, self.num_clients)
-            if policy.name == "fixed"
-            else None
-        )
+        self._fixed_fractions = fixed_fractions(scenario)
         self._cvxpy: CvxpyInner | None = None  # one compiled cvxpy problem for every round
         self._change_lock = threading.Lock()
         self._cond = threading.Condition()

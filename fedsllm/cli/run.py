@@ -208,6 +208,7 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from rich.console import Console
 
     from fedsllm.config import load_scenario
+    from fedsllm.delay.policies import check_plannable
     from fedsllm.launch import make_run_dir, run_dir_lock, run_processes
     from fedsllm.progress import RunProgress, prepare_base
     from fedsllm.summary import write_summary
@@ -223,11 +224,7 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     scenario = with_fault_flag(args, scenario)
     console = Console(stderr=True)
     check_run_memory(scenario, args)
-    if scenario.policy.name != "fixed_steps":
-        from fedsllm.delay.inputs import delay_inputs
-
-        # The controller would refuse these (a < 1, ...) only after the roles started.
-        delay_inputs(scenario)
+    check_plannable(scenario)  # the controller would refuse these only after the roles started
     if resume:
         for sub in ("logs", "trace", "adapters"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -26,12 +26,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsllm.delay.inputs import DelayInputs
 from fedsllm.delay.solvers import Allocation, shares_allocation, solve_allocation
 from fedsllm.errors import NO_VALUE, AllocationError, ConfigError
+
+if TYPE_CHECKING:
+    from fedsllm.config import ScenarioConfig
 
 POLICY_NAMES = (
     "optimal",
@@ -113,6 +117,27 @@ def read_shares_file(path: str | Path, num_clients: int) -> np.ndarray:
     if not isinstance(data, list):
         raise ConfigError(field, data, "must hold a JSON list of numbers")
     return check_fractions(data, num_clients)
+
+
+def fixed_fractions(scenario: ScenarioConfig) -> np.ndarray | None:
+    """Policy fixed's fractions of `scenario`, read from its file and checked;
+    None under every other policy."""
+    if scenario.policy.name != "fixed":
+        return None
+    return read_shares_file(scenario.policy.shares_file, scenario.clients.num_clients)
+
+
+def check_plannable(scenario: ScenarioConfig) -> None:
+    """ConfigError for what the allocation controller refuses when it starts
+    (the delay model's inputs, policy fixed's file), so that a launcher
+    refuses it before any role starts rather than after the fed server died
+    with it. Policy fixed_steps plans nothing and runs without a controller."""
+    if scenario.policy.name == "fixed_steps":
+        return
+    from fedsllm.delay.inputs import delay_inputs
+
+    delay_inputs(scenario)
+    fixed_fractions(scenario)
 
 
 def random_fractions(
