@@ -657,6 +657,40 @@ class Endpoints:
         return self.prefixes.get(role, [])
 
 
+def check_launch(scenario: ScenarioConfig) -> None:
+    """ConfigError (exit 2) for what would otherwise fail only after the roles
+    started: what the allocation controller refuses (check_plannable), and a
+    run.host the launcher cannot serve on (check_run_host). Launchers call it
+    before a run directory exists, so a refusal leaves nothing behind."""
+    from fedsllm.delay.policies import check_plannable
+
+    check_plannable(scenario)
+    check_run_host(scenario)
+
+
+def check_run_host(scenario: ScenarioConfig) -> None:
+    """run.host must take plain gRPC (loopback, --insecure, or TLS: the rule of
+    fedsllm.security.credentials.check_insecure) and be an address this host
+    can listen on. In network namespaces the launcher picks the addresses."""
+    from fedsllm.errors import ConfigError
+    from fedsllm.security.credentials import check_insecure
+    from fedsllm.wire.rpc import free_port
+
+    if scenario.run.network == "netns":
+        return
+    host = scenario.run.host
+    if not scenario.run.tls:
+        try:
+            check_insecure(f"{host}:0", scenario.run.insecure)  # the warning is logged at launch
+        except ConfigError as err:
+            raise ConfigError("run.host", host, err.reason) from None
+    try:
+        free_port(host)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError("run.host", host, f"cannot listen on it here ({reason})") from None
+
+
 def loopback_endpoints(scenario: ScenarioConfig) -> Endpoints:
     from fedsllm.wire.rpc import free_port
 

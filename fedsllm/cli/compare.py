@@ -56,7 +56,6 @@ def compare_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedsllm.cli import flag_overrides
-    from fedsllm.delay.policies import check_plannable
     from fedsllm.experiments.compare import (
         compare_doc,
         load_compare_base,
@@ -68,7 +67,7 @@ def compare_command(args: argparse.Namespace) -> int:
         table_rows,
         write_outputs,
     )
-    from fedsllm.launch import fresh_out_dir, make_run_dir
+    from fedsllm.launch import check_launch, fresh_out_dir, make_run_dir
     from fedsllm.progress import prepare_base
 
     policies = parse_policies(args.policies)
@@ -79,7 +78,7 @@ def compare_command(args: argparse.Namespace) -> int:
     # Build (and so validate) every policy's scenario before anything runs.
     scenarios = [policy_scenario(base, p) for p in policies]
     for scenario in scenarios:
-        check_plannable(scenario)  # not after the first policies have run
+        check_launch(scenario)  # not after the first policies have run
     reference, note = reference_policy(policies)
     check_run_memory(base, args)  # the policies run one after another: one run's worth
     out_dir = fresh_out_dir(args.out, f"compare-{base.name}")

@@ -208,8 +208,7 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from rich.console import Console
 
     from fedsllm.config import load_scenario
-    from fedsllm.delay.policies import check_plannable
-    from fedsllm.launch import make_run_dir, run_dir_lock, run_processes
+    from fedsllm.launch import check_launch, make_run_dir, run_dir_lock, run_processes
     from fedsllm.progress import RunProgress, prepare_base
     from fedsllm.summary import write_summary
     from fedsllm.trace import read_telemetry
@@ -224,7 +223,7 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     scenario = with_fault_flag(args, scenario)
     console = Console(stderr=True)
     check_run_memory(scenario, args)
-    check_plannable(scenario)  # the controller would refuse these only after the roles started
+    check_launch(scenario)  # what would otherwise fail only after the roles started
     if resume:
         for sub in ("logs", "trace", "adapters"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""What the allocation controller would refuse is refused by the launcher first:
-exit 2 naming the field, before a run directory exists or any role starts."""
+"""What would fail only after the roles started is refused by the launcher first
+(fedsllm.launch.check_launch): exit 2 naming the field, before a run directory
+exists or any role starts."""
 
 from __future__ import annotations
 
@@ -58,3 +59,28 @@ def test_a_good_shares_file_is_what_the_controller_gets(tmp_path: Path) -> None:
     check_plannable(scenario)
     assert fixed_fractions(scenario).tolist() == [0.5, 0.3, 0.2]
     assert fixed_fractions(load_scenario(None, [])) is None  # policy optimal: no file
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ([], "or pass --insecure"),
+        # TEST-NET-1 (RFC 5737): never an address of this host.
+        (["--insecure"], "cannot listen on it here"),
+    ],
+)
+def test_run_refuses_a_run_host_it_cannot_serve_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], words: str
+) -> None:
+    out = tmp_path / "run"
+    argv = ["run", "--quiet", "--skip-memory-check", "--out", str(out), *flags]
+    assert main([*argv, "--set", "run.host='192.0.2.1'"]) == 2
+    err = capsys.readouterr().err
+    assert "run.host" in err and words in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_loopback_run_host_passes(tmp_path: Path) -> None:
+    from fedsllm.launch import check_launch
+
+    check_launch(load_scenario(None, ["run.host='127.0.0.2'"]))
