@@ -55,3 +55,22 @@ def test_compose_says_how_to_get_the_report_out_and_how_to_start_afresh() -> Non
 
 def test_the_downlink_default_is_stated() -> None:
     assert "by default the\n  downlink is not paced" in README
+
+
+def test_the_memory_example_is_what_the_estimate_says() -> None:
+    """The README's refusal is this version's, but for the memory it says is free."""
+    from fedsllm.config import load_scenario
+    from fedsllm.errors import ConfigError
+    from fedsllm.resources import GIB, check_memory, scenario_memory
+
+    example = re.search(r"\$ fedsllm run --clients (\d+)\n((?:    .*\n)+)", README)
+    assert example is not None
+    said = " ".join(example.group(2).split())
+    free = float(re.search(r"but only ([\d.]+) GiB", said).group(1)) * GIB
+    scenario = load_scenario(None, [f"clients.num_clients={example.group(1)}"])
+    try:
+        check_memory(scenario_memory(scenario), free)
+    except ConfigError as err:
+        assert said == f"fedsllm: error: {err}"
+    else:
+        raise AssertionError("the README's example run is not refused")
