@@ -9,7 +9,6 @@ only when a checkpoint path is given, so the roles start fast.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsllm.errors import ConfigError
@@ -106,9 +105,11 @@ def load_tokenizer(scenario: ScenarioConfig) -> ByteTokenizer | HFTokenizer:
     path = scenario.model.path
     if not path:
         return ByteTokenizer()
-    if not Path(path).is_dir():
-        raise ConfigError("model.path", path, "not a directory")
     from transformers import AutoTokenizer
+
+    from fedsllm.model.checkpoint import checkpoint_dir
+
+    checkpoint_dir(scenario)
 
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

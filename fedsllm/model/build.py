@@ -87,7 +87,9 @@ def build_preset_model(scenario: Any, vocab_size: int) -> Any:
 def _load_checkpoint(scenario: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
-    path = scenario.model.path
+    from fedsllm.model.checkpoint import checkpoint_dir
+
+    path = checkpoint_dir(scenario)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, attn_implementation=scenario.model.attn_implementation

@@ -237,11 +237,12 @@ def model_config_for(scenario: Any) -> Any:
     if scenario.model.path:
         from transformers import AutoConfig
 
-        try:
-            return AutoConfig.from_pretrained(scenario.model.path, local_files_only=True)
-        except (OSError, ValueError) as err:
-            from fedsllm.errors import ConfigError
+        from fedsllm.model.checkpoint import checkpoint_dir
 
+        path = checkpoint_dir(scenario)
+        try:
+            return AutoConfig.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as err:
             reason = str(err).splitlines()[0]
             raise ConfigError(
                 "model.path", scenario.model.path, f"not a causal LM checkpoint ({reason})"

@@ -65,8 +65,10 @@ def test_local_checkpoint_is_loaded_and_frozen(tiny_scenario, tmp_path):
 
 def test_missing_checkpoint_is_a_config_error(tmp_path):
     scenario = ScenarioConfig(model=ModelConfig(path=str(tmp_path / "nope")))
-    with pytest.raises(ConfigError, match="model.path"):
+    with pytest.raises(ConfigError, match="model.path") as err:
         build_base_model(scenario, 259)
+    # Not transformers' words for a hub repo id ("Repo id must use alphanumeric chars").
+    assert err.value.reason == "no such directory (a local checkpoint)"
 
 
 def test_gpt2_small_is_not_pretrained():
