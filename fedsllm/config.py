@@ -15,7 +15,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -722,6 +722,15 @@ def _override_paths(overrides: list[str]) -> list[tuple[str, Any]]:
         if sep:
             walk(key.strip(), _parse_override_value(raw.strip()))
     return out
+
+
+def check_overrides_not_owned(overrides: list[str], owned: Mapping[str, str]) -> None:
+    """Refuse an explicit override of a field that a command sets itself
+    (`owned`: field -> what sets it), which it would otherwise drop in silence."""
+    for path, value in _override_paths(overrides):
+        for field_path, owner in owned.items():
+            if path == field_path or path.startswith(f"{field_path}."):
+                raise ConfigError(path, value, f"is set by {owner}, not by --set")
 
 
 def check_overrides_apply(overrides: list[str], policy: str) -> None:

@@ -107,9 +107,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fedsllm.config import load_scenario
+    from fedsllm.config import check_overrides_not_owned, load_scenario
     from fedsllm.errors import ConfigError
     from fedsllm.experiments.calibrate import (
+        CALIBRATE_OWNED,
         calibration_doc,
         check_calibration_args,
         diagnose_calibration,
@@ -132,6 +133,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     ):
         # Found now, not after the minutes of runs the fit needs.
         raise ConfigError("--write", str(write_path), "cannot write there (permission denied)")
+    check_overrides_not_owned(args.overrides, CALIBRATE_OWNED)
     base = load_scenario(args.scenario, args.overrides)
     out_dir = fresh_out_dir(args.out, f"calibrate-{base.name}")
     console = Console(stderr=True)

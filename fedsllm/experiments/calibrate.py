@@ -196,6 +196,19 @@ def calibration_scenario(
     return dataclasses.replace(base, training=training, policy=policy, link=link)
 
 
+CALIBRATE_OWNED: dict[str, str] = {
+    "training.num_local_steps": "calibrate's --steps",
+    "training.num_rounds": "calibrate's --max-rounds",
+    "training.eval_every": "calibrate (every round is evaluated)",
+    "training.target_val_loss": "calibrate's --target-loss",
+    "policy": "calibrate (its runs are fixed_steps)",
+    "link.backend": "calibrate (its runs are unshaped)",
+    "link.emulate_compute": "calibrate (its runs are not paced)",
+}
+"""The fields `calibration_scenario` sets whatever the scenario says; a --set of
+one of them is refused rather than dropped."""
+
+
 def rounds_to_target(val_losses: dict[int, float], target_loss: float) -> int | None:
     """Global rounds until the validation loss first is <= target: round r counts r + 1.
 

@@ -207,6 +207,11 @@ def test_write_calibrated_replaces_only_a_and_v(tmp_path: Path) -> None:
         (["--target-loss", "3", "--steps", "1,zz"], "zz"),
         (["--target-loss", "3", "--max-rounds", "0"], "--max-rounds"),
         (["--target-loss", "3", "--set", "training.batch_size=0"], "training.batch_size"),
+        # Fields calibrate sets itself: a --set of one was dropped in silence.
+        (["--target-loss", "3", "--set", "policy.name='equal'"], "policy.name: is set by"),
+        (["--target-loss", "3", "--set", "training={eval_every=0}"], "training.eval_every"),
+        (["--target-loss", "3", "--set", "link.backend='tc'"], "link.backend: is set by"),
+        (["--target-loss", "3", "--set", "training.num_rounds=5"], "--max-rounds"),
     ],
 )
 def test_cli_refuses_bad_input_before_running(
