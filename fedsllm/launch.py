@@ -1116,12 +1116,62 @@ def read_fault_log(run_dir: Path) -> list[dict[str, Any]]:
     return list(launches) if isinstance(launches, list) else []
 
 
-def write_fault_log(run_dir: Path, scenario: ScenarioConfig, outcome: RunOutcome) -> Path:
-    """Append this launch to RUN_DIR/faults.json (written whole, atomically)."""
+LAUNCH_UNRECORDED = "the launcher ended without recording how (killed, or its host went down)"
+"""What faults.json says of a launch that never wrote its outcome."""
+
+
+def open_fault_log(run_dir: Path, scenario: ScenarioConfig, resumed: bool) -> str:
+    """Record in RUN_DIR/faults.json that a launch began, as not completed and
+    ended without a record, and return its id. write_fault_log replaces the
+    entry with the outcome; a launcher that is SIGKILLed never gets there, and
+    the entry then still says so (a later --resume lists it)."""
+    launch_id = f"{os.getpid()}-{time.time_ns()}"
+    entry = {
+        "launch": launch_id,
+        "resumed": resumed,
+        "restart": scenario.run.restart,
+        "max_restarts": scenario.run.max_restarts,
+        "fault_spec": scenario.run.faults,
+        "faults": [],
+        "events": [],
+        "restarts": [],
+        "completed": False,
+        "failed": LAUNCH_UNRECORDED,
+        "rounds_done": None,
+        "wall_s": None,
+    }
+    _save_launch(run_dir, entry)
+    return launch_id
+
+
+def _save_launch(run_dir: Path, entry: dict[str, Any]) -> Path:
+    """Put `entry` in RUN_DIR/faults.json in place of the entry of the same
+    launch id, or after the others (written whole, atomically)."""
     from fedsllm.state.format import atomic_write
 
+    launches = read_fault_log(run_dir)
+    same = [
+        i
+        for i, e in enumerate(launches)
+        if entry.get("launch") and e.get("launch") == entry["launch"]
+    ]
+    if same:
+        launches[same[0]] = entry
+    else:
+        launches.append(entry)
+    path = Path(run_dir) / FAULTS_FILE
+    atomic_write(path, (json.dumps({"launches": launches}, indent=2) + "\n").encode())
+    return path
+
+
+def write_fault_log(
+    run_dir: Path, scenario: ScenarioConfig, outcome: RunOutcome, launch_id: str = ""
+) -> Path:
+    """Record this launch's outcome in RUN_DIR/faults.json: in place of the
+    entry open_fault_log wrote for `launch_id`, or appended."""
     failed = outcome.failed
     entry = {
+        "launch": launch_id,
         "resumed": outcome.resumed,
         "restart": scenario.run.restart,
         "max_restarts": scenario.run.max_restarts,
@@ -1135,10 +1185,7 @@ def write_fault_log(run_dir: Path, scenario: ScenarioConfig, outcome: RunOutcome
         "rounds_done": outcome.rounds_done,
         "wall_s": round(outcome.wall_s, 3),
     }
-    path = Path(run_dir) / FAULTS_FILE
-    doc = {"launches": [*read_fault_log(run_dir), entry]}
-    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
-    return path
+    return _save_launch(run_dir, entry)
 
 
 def _is_ip(host: str) -> bool:
@@ -1234,6 +1281,7 @@ def _run_processes(
     supervisor = Supervisor(start, RestartPolicy.of(scenario))
     if resume:
         log.info("resuming the run in %s from its roles' stores", run_dir)
+    launch_id = open_fault_log(run_dir, scenario, resume)  # the outcome replaces it
     try:
         fed = start("fed_server")
         supervisor.watch("fed_server", fed)
@@ -1300,7 +1348,7 @@ def _run_processes(
         if interrupted:  # recorded too, so a later --resume lists this launch
             outcome = _outcome(run_dir, exit_codes, None, supervisor, executor, tracker, resume)
             outcome.interrupted = interrupted
-            write_fault_log(run_dir, scenario, outcome)
+            write_fault_log(run_dir, scenario, outcome, launch_id)
     if on_tick is not None:
         on_tick()
     if failed is None:
@@ -1311,7 +1359,7 @@ def _run_processes(
                 failed = RoleFailed(proc, f"exited with code {code} at shutdown")
                 break
     outcome = _outcome(run_dir, exit_codes, failed, supervisor, executor, tracker, resume)
-    write_fault_log(run_dir, scenario, outcome)
+    write_fault_log(run_dir, scenario, outcome, launch_id)
     return outcome
 
 

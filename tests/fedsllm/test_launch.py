@@ -330,3 +330,38 @@ def test_a_role_dies_with_a_launcher_killed_by_sigkill(tmp_path) -> None:
     finally:
         if _alive(role_pid):
             os.kill(role_pid, signal.SIGKILL)
+
+
+def test_a_launch_is_in_faults_json_from_its_start_and_its_outcome_replaces_it(
+    tmp_path,
+) -> None:
+    """A launcher killed by SIGKILL writes nothing at its end: its launch is
+    listed anyway, as ended without a record, and a --resume lists it first."""
+    from fedsllm.config import ScenarioConfig
+    from fedsllm.launch import (
+        LAUNCH_UNRECORDED,
+        RunOutcome,
+        open_fault_log,
+        read_fault_log,
+        write_fault_log,
+    )
+    from fedsllm.summary import resilience_lines
+
+    scenario = ScenarioConfig()
+    first = open_fault_log(tmp_path, scenario, resumed=False)
+    [killed] = read_fault_log(tmp_path)
+    assert (killed["launch"], killed["completed"], killed["failed"]) == (
+        first,
+        False,
+        LAUNCH_UNRECORDED,
+    )
+    second = open_fault_log(tmp_path, scenario, resumed=True)
+    assert second != first
+    done = RunOutcome(run_dir=tmp_path, exit_codes={}, failed=None, wall_s=2.5, resumed=True)
+    write_fault_log(tmp_path, scenario, done, second)
+    launches = read_fault_log(tmp_path)
+    assert [(e["launch"], e["completed"]) for e in launches] == [(first, False), (second, True)]
+    lines = resilience_lines(tmp_path)
+    assert lines[0] == f"launch 1 of 2: restart never; failed ({LAUNCH_UNRECORDED})"
+    assert lines[1].startswith("resumed 2 of 2: continued from the roles' stores;")
+    assert lines[1].endswith("completed")
