@@ -6,7 +6,14 @@ on the global model of round r (round -1: the model before training; parsed
 here once, by `val_losses`, for every module that needs it); the wall time of
 round r is fedsllm.report.phases' round window at time dilation 1 (wall
 seconds, evaluation included), so `fedsllm run`'s table and the report
-measure the same thing; a round that did not finish has a NaN wall time.
+measure the same thing; a round that did not finish has a NaN wall time. A
+round that spans a restart of the run's processes (`fedsllm run --resume`, a
+role the supervisor restarted) is measured from the restart on, as the report
+does, so the time the run was down is not its wall time; one that was only
+partly run again after the restart (fedsllm.report.phases' `partial`) has a
+NaN wall time too: what was measured is not the whole round. `total_wall_s`
+is the elapsed time from the first span to the last round's end, any time
+between launches included.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ class RoundSummary:
     wall_s: float
     num_clients: int
     num_steps: int
+    restarted: bool = False
+    """A process of the run started again inside the round (fedsllm.report.phases'
+    `restarted`): wall_s is measured from the restart on (NaN when the round was
+    only partly run again)."""
 
 
 @dataclass(frozen=True)
@@ -169,9 +180,10 @@ def summarize(records: list[TelemetryRecord]) -> RunSummary:
                 round=rnd,
                 train_loss=sum(values) / len(values) if values else math.nan,
                 val_loss=val.get(rnd, math.nan),
-                wall_s=m.window_s if m is not None and m.complete else math.nan,
+                wall_s=m.window_s if m is not None and m.complete and not m.partial else math.nan,
                 num_clients=len(clients.get(rnd, ())),
                 num_steps=len(values),
+                restarted=m is not None and m.restarted,
             )
         )
     ends = [start + m.end_s for m in windows.values() if m.complete]

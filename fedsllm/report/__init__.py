@@ -19,7 +19,8 @@ and for a link rate "unshaped", i.e. infinite):
     scenario               ScenarioConfig.to_dict() of what ran
     time_dilation          link.time_dilation that was divided out
     run_start_unix_s       wall-clock origin of every *_s offset
-    startup_skew_s         clients' start-up skew left out of round 0's window (emulated s)
+    startup_skew_s         clients' start-up skew left out of round 0's window, and of each
+                           window that opens again after a restart (emulated s)
     settings               policy, link_backend, emulate_compute, num_clients, batch_size,
                            aggregation_s (t_agg), propagation_delay_s, downlink_bps
                            (channel.downlink_bps; 0 = unshaped)
@@ -38,7 +39,17 @@ and for a link rate "unshaped", i.e. infinite):
         error_pct          (predicted_s - measured_s) / measured_s * 100
         model_error_pct    the same for model_s
         aggregation_s      the fed server's aggregation span
-        startup_skew_s     start-up skew left out of this round's window (round 0 only)
+        startup_skew_s     start-up skew left out of this round's window (round 0, or after a
+                           restart)
+        restarted          a process of the run started again inside the round (fedsllm run
+                           --resume, or the supervisor restarting a role): the round's work
+                           it did before is cut out and the window opens again when the last
+                           client starts, as round 0's does (fedsllm.report.phases)
+        restart_cut_s      what that left out of the window: the round's lost work, the
+                           downtime between launches, start-up (emulated s)
+        partial            restarted, and the window does not hold the whole round (work
+                           done only before a restart, or a restart while clients trained):
+                           left out of the totals
         train_loss         mean train loss of the round's local iterations
         val_loss           validation loss after the round (null when not evaluated)
         num_overruns, overrun_s   device-emulation overruns of the round (client + server)
@@ -63,9 +74,10 @@ and for a link rate "unshaped", i.e. infinite):
             rates          uplink_bps, downlink_bps (allocated / in force; null = unshaped),
                            source, version, bandwidth_hz, share, num_local_steps,
                            predicted_round_s, num_versions
-    totals                 measured_s, predicted_s, model_s (sums over complete rounds),
-                           error_pct, mean_abs_error_pct, eval_s, num_overruns, overrun_s,
-                           num_rounds, num_rounds_complete
+    totals                 measured_s, predicted_s, model_s (sums over complete rounds that
+                           are not partial), error_pct, mean_abs_error_pct (over those rounds),
+                           eval_s, num_overruns, overrun_s, num_rounds, num_rounds_complete,
+                           num_rounds_partial (complete but partial: left out of the sums)
     link_stats[]           per client and direction from the shapers: num_bytes,
                            num_chunks, busy_s, shaped_bytes, achieved_bps
     device_summaries[]     role, client and DeviceSummary fields of every paced process
@@ -107,7 +119,8 @@ class ReportResult:
     figures: tuple[Path, ...]
     num_rounds: int
     mean_abs_error_pct: float
-    """Mean |error| of predicted against measured over complete rounds (NaN if none)."""
+    """Mean |error| of predicted against measured over complete rounds, partial ones left
+    out (NaN if none)."""
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, str, list[TelemetryRecord]]:
@@ -287,7 +300,8 @@ def report_from_records(
         )
         rounds.append(row)
 
-    done = [r for r in rounds if r["complete"]]
+    # A round split by a restart (partial) holds only part of its work: not comparable.
+    done = [r for r in rounds if r["complete"] and not r["partial"]]
     tot_meas = sum(r["measured_s"] for r in done)
     tot_pred = sum(r["predicted_s"] for r in done)
     errs = [abs(r["error_pct"]) for r in done if math.isfinite(r["error_pct"])]
@@ -341,7 +355,8 @@ def report_from_records(
             "num_overruns": sum(r["num_overruns"] for r in rounds),
             "overrun_s": sum(r["overrun_s"] for r in rounds),
             "num_rounds": len(rounds),
-            "num_rounds_complete": len(done),
+            "num_rounds_complete": sum(1 for r in rounds if r["complete"]),
+            "num_rounds_partial": sum(1 for r in rounds if r["complete"] and r["partial"]),
         },
         "link_stats": link_stats,
         "device_summaries": device_summaries,
@@ -407,10 +422,12 @@ def _notes(report: dict[str, Any]) -> list[str]:
         )
     if report["startup_skew_s"] > 0:
         notes.append(
-            f"Round 0 opens when the last client starts its protocol work: the clients' "
-            f"process start-up skew ({report['startup_skew_s']:.3f} s, evaluation cut out) is "
-            "not part of the emulated protocol and is left out of measured_s."
+            f"Round 0 (and a round that opens again after a restart) opens when the last "
+            f"client starts its protocol work: the clients' process start-up skew "
+            f"({report['startup_skew_s']:.3f} s, evaluation cut out) is not part of the "
+            "emulated protocol and is left out of measured_s."
         )
+    notes += _restart_notes(report)
     for r in report["rounds"]:
         starts = [c["measured"]["start_s"] for c in r["clients"]]
         starts = [x for x in starts if math.isfinite(x)]
@@ -432,6 +449,36 @@ def _notes(report: dict[str, Any]) -> list[str]:
             "link.propagation_delay_s is not part of docs/MODEL.md; the prediction adds it "
             "once per paced message (predicted propagation_s)."
         )
+    return notes
+
+
+def _restart_notes(report: dict[str, Any]) -> list[str]:
+    """One note per round that spans a restart: what was cut, and whether it counts."""
+    notes = []
+    for r in report["rounds"]:
+        if not r["restarted"]:
+            continue
+        head = (
+            f"Round {r['round']} spans a restart of the run's processes (fedsllm run --resume, "
+            "or the supervisor restarting a role): the round's work a restarted process did "
+            "before it (lost with the process) is cut out, and the window opens again when the "
+            "last client starts the round's work that is left, so that work, the time the "
+            f"processes were down and their start-up ({r['restart_cut_s']:.3f} s in all) are "
+            "left out of measured_s."
+        )
+        if r["partial"]:
+            tail = (
+                " The window does not hold the whole round (a client had pushed its update "
+                "before its restart, or pushed it again, rather than train the round again; or "
+                "a process restarted while clients trained), so measured_s is not the round's "
+                "delay and the round is left out of the totals."
+            )
+        else:
+            tail = (
+                " Every client that lost work ran it again after its restart, so the round is "
+                "measured whole, as round 0 is, and counts in the totals."
+            )
+        notes.append(head + tail)
     return notes
 
 

@@ -14,6 +14,25 @@ job. Definitions (the report and its tests rely on them):
   start-up skew is not part of the emulated protocol. That skew (last start
   minus first start, evaluation inside it cut out) is kept as
   `RoundMeasured.startup_skew_s`.
+- A round whose window holds a process restart (`process_restarts`: a process
+  of the run that started again, as every one does after `fedsllm run
+  --resume`, or a role the supervisor restarted) is measured from the
+  restarts on. The round's spans that a restarted process left before its
+  last restart in the window (a client's, and the main server's for that
+  client or its own) are the round's work lost with the process and are left
+  out; the window opens as the first round's does over the spans that are
+  left (when the last client starts its work). What that cuts (the lost work,
+  the time the run was down between two launches, the start-up) is
+  `RoundMeasured.restart_cut_s`: the time between launches is no protocol
+  time, and nothing in the trace says how long the round would have taken
+  without the fault. The round is measured whole, as exactly as the first
+  round is, when no work of it was lost (each restarted client started every
+  training step it had started again, and uploaded its adapter again if it
+  had) and no process restarted after the window opens again. Otherwise (a
+  client that had pushed its update, or pushed its saved update again, rather
+  than train the round again; a server restarted while clients trained) the
+  window holds part of the round: the round is `RoundMeasured.partial`, and
+  the report leaves it out of its totals.
 - Eval spans (validation on client 0 between rounds) are not part of the
   emulated protocol: their overlap with a window is cut out of the time axis,
   `measured_s = window_s - eval_s`. That is exact when the evaluating client
@@ -47,7 +66,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedsllm.telemetry.records import DeviceStep, EventKind, Phase, TelemetryRecord
+from fedsllm.telemetry.records import (
+    DeviceStep,
+    EventKind,
+    Phase,
+    TelemetryRecord,
+    source_name,
+)
 
 PHASES = (
     "compute",
@@ -162,7 +187,19 @@ class RoundMeasured:
     startup_skew_s: float = 0.0
     """Emulated seconds between the first and the last client starting this round's
     work, evaluation cut out; left out of the window (non-zero only for a round that
-    opens without a previous round's end, i.e. round 0)."""
+    opens without a previous round's end, i.e. round 0, or after a restart)."""
+    restarted: bool = False
+    """A process of the run started again inside this round (fedsllm run --resume, or
+    the supervisor restarting a role): the work it left before is cut out, and the
+    window opens again when the last client starts the round's work that is left."""
+    restart_cut_s: float = 0.0
+    """Emulated seconds left out of the window for the restart: from where the round
+    opened before it (the previous round's end) to where it opens after it (the
+    round's lost work, the downtime between launches, start-up)."""
+    partial: bool = False
+    """Restarted, and the window does not hold the whole round: some client's work of
+    the round was done only before its restart, or a process restarted after the window
+    opens again. Not comparable with a prediction."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "clients"}
@@ -240,6 +277,69 @@ def _round_ends(records: list[TelemetryRecord]) -> dict[int, tuple[float, Teleme
     return ends
 
 
+PROCESS_START_EVENTS: dict[EventKind, tuple[str, ...]] = {
+    EventKind.CLOCK_OFFSET: ("client", "main_server"),
+    EventKind.PLAN: ("fed_server",),
+}
+"""Events a process records once when it starts, by the roles that record them: clients
+and the main server align their clocks with the fed server (fedsllm.roles.align_clock),
+and the fed server's controller records its plan when it is built (a fed server without
+a controller records none: its restart alone is not seen)."""
+
+
+def restarts_by_source(records: list[TelemetryRecord]) -> dict[str, list[float]]:
+    """Source (client_<k>, main_server, fed_server) -> the times it started again,
+    sorted: each of its start events (PROCESS_START_EVENTS) after its first. A source's
+    first start is none, even inside a round (a client that joins late)."""
+    starts: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        event = rec.event
+        if event is not None and rec.role in PROCESS_START_EVENTS.get(event, ()):
+            starts[rec.source].append(rec.t0)
+    return {src: sorted(times)[1:] for src, times in starts.items() if len(times) > 1}
+
+
+def process_restarts(records: list[TelemetryRecord]) -> list[float]:
+    """Times at which a process of the run started again, sorted (restarts_by_source)."""
+    return sorted(t for times in restarts_by_source(records).values() for t in times)
+
+
+def _lost(rec: TelemetryRecord, last_start: dict[str, float]) -> bool:
+    """Whether a record was left by a process that started again after it (`last_start`:
+    source -> its last restart in the window): a client's own spans, the main server's
+    spans of its own or for that client (the steps the client will run again)."""
+    if rec.t0 < last_start.get(rec.source, -math.inf):
+        return True
+    return (
+        rec.role == "main_server"
+        and rec.client >= 0
+        and rec.t0 < last_start.get(source_name("client", rec.client), -math.inf)
+    )
+
+
+def _rerun_whole(lost: list[TelemetryRecord], kept: list[TelemetryRecord]) -> bool:
+    """Whether every client whose work on a round was lost with a restart ran that work
+    again: started every training step it had started (client_forward) again, and
+    uploaded its adapter again if it had."""
+
+    def work(recs: list[TelemetryRecord]) -> dict[int, tuple[set[int], bool]]:
+        out: dict[int, tuple[set[int], bool]] = {}
+        for r in recs:
+            if r.role == "client" and r.phase in CLIENT_WORK_SPANS:
+                steps, uploaded = out.setdefault(r.client, (set(), False))
+                if r.phase is Phase.CLIENT_FORWARD:
+                    steps.add(r.step)
+                out[r.client] = (steps, uploaded or r.phase is Phase.ADAPTER_UPLOAD)
+        return out
+
+    again = work(kept)
+    for k, (steps, uploaded) in work(lost).items():
+        steps_again, uploaded_again = again.get(k, (set(), False))
+        if not steps <= steps_again or (uploaded and not uploaded_again):
+            return False
+    return True
+
+
 def _first_round_start(
     recs: list[TelemetryRecord], evals: list[tuple[float, float]]
 ) -> tuple[float, float] | None:
@@ -268,6 +368,7 @@ def measure_rounds(records: list[TelemetryRecord], time_dilation: float) -> list
         elif is_protocol_span(rec):
             by_round[rec.round].append(rec)
     eval_windows = [(e.t0, e.t1) for e in evals]
+    restarts = restarts_by_source(records)
     rounds: list[RoundMeasured] = []
     # The final global download is labelled round num_rounds: no round of its own.
     real = [
@@ -276,7 +377,7 @@ def measure_rounds(records: list[TelemetryRecord], time_dilation: float) -> list
         if r >= 0 and any(x.phase is not Phase.GLOBAL_DOWNLOAD for x in by_round[r])
     ]
     for rnd in sorted(real):
-        recs = by_round[rnd]
+        recs = round_recs = by_round[rnd]
         first = min(r.t0 for r in recs if r.phase is not Phase.GLOBAL_DOWNLOAD)
         skew = 0.0
         if rnd - 1 in ends:
@@ -287,10 +388,40 @@ def measure_rounds(records: list[TelemetryRecord], time_dilation: float) -> list
         complete = rnd in ends
         agg = ends[rnd][1] if complete else None
         end = ends[rnd][0] if complete else max(r.t1 for r in recs)
+        # Each restarted process's last start inside the round: after it opened, or after
+        # its first span began (round 0 may open only after the restart, at the start of
+        # a client that did nothing before it).
+        lo = min(start, min(r.t0 for r in recs))
+        last_start = {
+            src: max(inside)
+            for src, times in restarts.items()
+            if (inside := [t for t in times if lo < t < end])
+        }
+        restarted = bool(last_start)
+        cut = 0.0
+        partial = False
+        if restarted:
+            lost = [r for r in recs if _lost(r, last_start)]
+            recs = [r for r in recs if not _lost(r, last_start)]
+            opened = _first_round_start(recs, eval_windows)
+            if opened is not None:
+                new_start, skew = opened
+            else:  # no client work left: from the first span left, or the last restart
+                new_start = min((r.t0 for r in recs), default=max(last_start.values()))
+                skew = 0.0
+            new_start = max(start, min(new_start, end))
+            partial = (
+                opened is None
+                or not _rerun_whole(lost, recs)
+                or max(last_start.values()) > new_start
+            )
+            cut, start = new_start - start, new_start
         window_s = (end - start) / dil
         eval_s = union_length(eval_windows, start, end) / dil
         agg_s = _clipped(agg, start, end) / dil if agg is not None else 0.0
-        client_ids = sorted({r.client for r in recs if r.client >= 0})
+        # After a restart, a client whose work was all before it is still listed (with
+        # nothing measured): the round was not all run again.
+        client_ids = sorted({r.client for r in round_recs if r.client >= 0})
         clients = []
         for k in client_ids:
             own_evals = [(e.t0, e.t1) for e in evals if e.client == k]
@@ -319,6 +450,9 @@ def measure_rounds(records: list[TelemetryRecord], time_dilation: float) -> list
                 aggregation_s=agg_s,
                 clients=clients,
                 startup_skew_s=skew / dil,
+                restarted=restarted,
+                restart_cut_s=cut / dil,
+                partial=partial,
             )
         )
     return rounds

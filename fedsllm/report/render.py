@@ -53,6 +53,16 @@ def _downlink_summary(report: dict[str, Any]) -> str:
     return f"paced at {rates} Mbit/s{where}"
 
 
+def _round_label(r: dict[str, Any]) -> str:
+    """The round's number, and what a reader must know before reading its numbers."""
+    marks = []
+    if r.get("restarted"):
+        marks.append("restarted, partial: not in totals" if r.get("partial") else "restarted")
+    if not r["complete"]:
+        marks.append("incomplete")
+    return str(r["round"]) + (f" ({'; '.join(marks)})" if marks else "")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """Lines of a Markdown table (and a blank line after it)."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -73,7 +83,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"link backend `{s['link_backend']}`, compute emulated: {s['emulate_compute']}",
         f"- downlink (activation gradients, global adapter): {_downlink_summary(report)}",
         f"- time unit: emulated seconds (time dilation {report['time_dilation']:g} divided out)",
-        f"- rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}",
+        f"- rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}"
+        + (
+            f", {tot['num_rounds_partial']} split by a restart, left out of the totals"
+            if tot.get("num_rounds_partial")
+            else ""
+        ),
         f"- total measured {fmt(tot['measured_s'])} s, predicted {fmt(tot['predicted_s'])} s "
         f"(error {_pct(tot['error_pct'])}, mean |error| per round "
         f"{fmt(tot['mean_abs_error_pct'], 1)}%)",
@@ -95,7 +110,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["rounds"]:
         rows.append(
             [
-                str(r["round"]) + ("" if r["complete"] else " (incomplete)"),
+                _round_label(r),
                 fmt(r["measured_s"]),
                 fmt(r["predicted_s"]),
                 _pct(r["error_pct"]),
