@@ -40,6 +40,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from fedsllm.report import write_report
+    from fedsllm.report.render import round_marks
 
     result = write_report(args.run_dir)
     doc = json.loads(result.report_json.read_text(encoding="utf-8"))
@@ -56,11 +57,15 @@ def _report(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    tot = doc["totals"]
+    print(f"rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}")
     print(f"{'round':>5} {'measured s':>11} {'predicted s':>12} {'error':>8}")
     for r in doc["rounds"]:
+        marks = round_marks(r)  # as report.md marks them
         print(
             f"{r['round']:>5} {_num(r['measured_s'], '>11.3f')} "
             f"{_num(r['predicted_s'], '>12.3f')} {_num(r['error_pct'], '>+7.1f')}%"
+            + (f"  ({marks})" if marks else "")
         )
     for line in doc.get("resilience", {}).get("lines", []):
         print(line)

@@ -53,14 +53,21 @@ def _downlink_summary(report: dict[str, Any]) -> str:
     return f"paced at {rates} Mbit/s{where}"
 
 
-def _round_label(r: dict[str, Any]) -> str:
-    """The round's number, and what a reader must know before reading its numbers."""
+def round_marks(r: dict[str, Any]) -> str:
+    """What a reader must know about a round before reading its numbers
+    ("restarted", "incomplete", ...; empty for a plain round)."""
     marks = []
     if r.get("restarted"):
         marks.append("restarted, partial: not in totals" if r.get("partial") else "restarted")
     if not r["complete"]:
         marks.append("incomplete")
-    return str(r["round"]) + (f" ({'; '.join(marks)})" if marks else "")
+    return "; ".join(marks)
+
+
+def _round_label(r: dict[str, Any]) -> str:
+    """The round's number, and its marks in brackets."""
+    marks = round_marks(r)
+    return str(r["round"]) + (f" ({marks})" if marks else "")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -397,6 +397,30 @@ def test_cli_report_prints_rounds(tmp_path: Path, capsys) -> None:
     assert Path(out["report_md"]).is_file()
 
 
+def test_cli_report_text_marks_an_unfinished_round_as_report_md_does(
+    tmp_path: Path, capsys
+) -> None:
+    from fedsllm.cli import main
+    from fedsllm.telemetry.records import EventKind, Phase
+
+    records = synthetic_records()
+    last = max(r.round for r in records if r.event is EventKind.ROUND_DONE)
+
+    def ends_round(r) -> bool:  # what closes a round (phases._round_ends)
+        return r.event is EventKind.ROUND_DONE or r.phase is Phase.AGGREGATION
+
+    cut = [r for r in records if not (ends_round(r) and r.round == last)]
+    run = make_run_dir(tmp_path / "run", cut)
+    assert main(["report", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "rounds: 1 complete of 2"
+    rows = [line.split() for line in lines[2:4]]
+    assert [row[0] for row in rows] == ["0", str(last)]
+    assert lines[2].rstrip().endswith("%")  # a finished round: no mark
+    assert lines[3].endswith("  (incomplete)")
+    assert f"| {last} (incomplete) |" in (run / "report.md").read_text()
+
+
 # --------------------------------------------------------------------- a real run
 
 
