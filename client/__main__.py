@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedsllm.roles import role_main
+
 log = logging.getLogger("client")
 
 STARTUP_TIMEOUT_S = 120.0
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@role_main(log)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fedsllm.cli import configure_logging
@@ -69,28 +72,43 @@ def main(argv: list[str] | None = None) -> int:
         parse_client_id,
         resolve,
     )
-    from fedsllm.roles import resolve_role_paths, role_security, role_start
+    from fedsllm.errors import NO_VALUE
+    from fedsllm.roles import (
+        check_own_certificate,
+        refused_credentials,
+        resolve_role_paths,
+        role_security,
+        role_start,
+        wait_for_fed_server,
+    )
+    from fedsllm.security.identity import Identity
     from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import make_channel, wait_healthy
+    from fedsllm.wire.rpc import make_channel
 
     try:
         client_id = resolve(
             "--client-id", args.client_id, "FEDSLLM_CLIENT_ID", parse=parse_client_id
         )
         if client_id.value is None:
-            raise SettingError("--client-id", None, "required (or FEDSLLM_CLIENT_ID)")
+            raise SettingError("--client-id", NO_VALUE, "required (or FEDSLLM_CLIENT_ID)")
         k = client_id.value
         args.client_id = k
         # This client's credentials (flags > FEDSLLM_* > none), passed to every channel.
         security = role_security(args)
+        # Before any connection: a certificate of another client would be refused
+        # (PERMISSION_DENIED) only at its first call as client k.
+        given = (
+            f"--client-id {k}" if client_id.source == "--client-id" else f"FEDSLLM_CLIENT_ID={k}"
+        )
+        check_own_certificate(security, Identity.client(k), given)
         fed_address, work_dir = resolve_role_paths(args, security)
         control = resolve(
             "--control-address", args.control_address, "FEDSLLM_CONTROL_ADDRESS",
             parse=parse_address,
         ).value  # fmt: skip
         # Run info comes over the control port when there is one (unshaped under tc).
-        wait_healthy(control or fed_address, STARTUP_TIMEOUT_S, security=security)
+        wait_for_fed_server(control or fed_address, security, STARTUP_TIMEOUT_S)
         scenario, scenario_hash, info = role_start(args, control or fed_address, work_dir, security)
         control = resolve(
             "--control-address", control, "FEDSLLM_CONTROL_ADDRESS", "run.control_address",
@@ -102,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if main_address.value is None:
             raise SettingError(
-                "--main-address", None, "required (or FEDSLLM_MAIN_ADDRESS, or run.main_address)"
+                "--main-address",
+                NO_VALUE,
+                "required (or FEDSLLM_MAIN_ADDRESS, or run.main_address)",
             )
         if not k < scenario.clients.num_clients:
             raise SettingError(
@@ -120,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     telemetry = start_sender(telemetry_channel, work_dir, "client", k)
     tracer = Tracer(None, "client", client_id=k, sink=telemetry)
     try:
-        return _run(args, scenario, scenario_hash, info, tracer, security)
+        # A server refusing this client's credentials (its first Join, Register or
+        # Train stream, as another client's token) exits 2 naming the credential.
+        with refused_credentials(security, "a server of this run"):
+            return _run(args, scenario, scenario_hash, info, tracer, security)
     finally:
         # Bounded: a client whose fed server is gone still exits; what was not
         # acknowledged stays in WORK_DIR/spool for a restart of this client.

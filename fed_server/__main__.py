@@ -22,6 +22,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsllm.roles import role_main
+
 if TYPE_CHECKING:
     import grpc
 
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@role_main(log)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fedsllm.cli import configure_logging
@@ -69,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     from fed_server.rounds import RoundState, fed_server_store
     from fed_server.service import FedServerService
     from fedsllm.bootstrap import SettingError, parse_bind, parse_dir, parse_file, resolve
+    from fedsllm.errors import NO_VALUE
     from fedsllm.proto import fed_server_pb2_grpc
-    from fedsllm.roles import load_resolved_scenario, wait_for_stop
+    from fedsllm.roles import bindable, binding, load_resolved_scenario, wait_for_stop
     from fedsllm.telemetry.collector import TelemetryCollector
     from fedsllm.telemetry.service import TELEMETRY_SERVICE, TelemetryService, add_to_server
     from fedsllm.trace import Tracer
@@ -81,19 +85,21 @@ def main(argv: list[str] | None = None) -> int:
             "--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file
         )
         if scenario_file.value is None:
-            raise SettingError("--scenario", None, "required (or FEDSLLM_SCENARIO)")
+            raise SettingError("--scenario", NO_VALUE, "required (or FEDSLLM_SCENARIO)")
         run_dir_setting = resolve("--run-dir", args.run_dir, "FEDSLLM_RUN_DIR", parse=parse_dir)
         if run_dir_setting.value is None:
-            raise SettingError("--run-dir", None, "required (or FEDSLLM_RUN_DIR)")
+            raise SettingError("--run-dir", NO_VALUE, "required (or FEDSLLM_RUN_DIR)")
         scenario, scenario_hash = load_resolved_scenario(scenario_file.value)
-        bind = resolve(
+        bind_setting = resolve(
             "--bind", args.bind, "FEDSLLM_FED_BIND", "run.fed_address",
             scenario.run.fed_address, default="127.0.0.1:0", parse=parse_bind,
-        ).value  # fmt: skip
-        control_bind = resolve(
+        )  # fmt: skip
+        control_setting = resolve(
             "--control-bind", args.control_bind, "FEDSLLM_CONTROL_BIND", "run.control_address",
             scenario.run.control_address, default="127.0.0.1:0", parse=parse_bind,
-        ).value  # fmt: skip
+        )  # fmt: skip
+        # Refused now, before the minutes the base and the plan may take.
+        bind, control_bind = bindable(bind_setting), bindable(control_setting)
     except SettingError as err:
         log.error("%s", err)
         return 2
@@ -198,16 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         base_hash=base_hash,
         run_dir=run_dir,
     )
-    server, port = create_server(
-        bind,
-        [
-            lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s),
-            add_to_server(telemetry),
-            add_run_info,
-        ],
-        service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE, RUN_INFO_SERVICE),
-        security=security,
-    )
+    with binding(bind_setting.source, bind):
+        server, port = create_server(
+            bind,
+            [
+                lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s),
+                add_to_server(telemetry),
+                add_run_info,
+            ],
+            service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE, RUN_INFO_SERVICE),
+            security=security,
+        )
     log.info("serving FedServer and Telemetry on port %d", port)
     # Its own port: under tc, control traffic (allocations, telemetry) stays out
     # of the shaped class while adapter transfers to the fed server stay shaped.
@@ -222,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(controller_service, s)
         )
         control_names.append(CONTROLLER_SERVICE)
-    control_server, control_port = create_server(
-        control_bind, control, service_names=control_names, security=security
-    )
+    try:
+        with binding(control_setting.source, control_bind):
+            control_server, control_port = create_server(
+                control_bind, control, service_names=control_names, security=security
+            )
+    except SettingError:
+        stop_server(server, grace_s=0)
+        raise
     log.info("serving %s on port %d", ", ".join(control_names), control_port)
     local_server = _serve_local_telemetry(run_dir, telemetry, security)
 

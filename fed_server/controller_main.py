@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from fedsllm.roles import role_main
+
 log = logging.getLogger("fed_server.controller_main")
 
 
@@ -38,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@role_main(log)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fedsllm.cli import configure_logging
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     install_stop_signals()
     from fed_server.controller import Controller
     from fed_server.controller_service import serve_controller
+    from fedsllm.bootstrap import Setting, SettingError
     from fedsllm.errors import AllocationError, ConfigError
-    from fedsllm.roles import load_resolved_scenario, wait_for_stop
+    from fedsllm.roles import bindable, binding, load_resolved_scenario, wait_for_stop
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import security_from_env, stop_server
 
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
+    bind = bindable(Setting(args.bind, "--bind"))  # refused before the run is planned
     scenario, _scenario_hash = load_resolved_scenario(args.scenario_json)
     tracer = None
     if args.run_dir:
@@ -73,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         if tracer is not None:
             tracer.close()
         return 2
-    server, port = serve_controller(controller, args.bind, security)
+    try:
+        with binding("--bind", bind):
+            server, port = serve_controller(controller, bind, security)
+    except SettingError:
+        controller.close()
+        if tracer is not None:
+            tracer.close()
+        raise
     log.info("serving Controller on port %d", port)
     wait_for_stop()
     controller.close()

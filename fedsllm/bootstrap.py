@@ -141,15 +141,16 @@ def scenario_of(doc: Mapping[str, Any]) -> Any:
     return from_dict(dict(doc))
 
 
-def get_run_info(channel: Any, timeout_s: float = 30.0) -> RunInfo:
-    """The fed server's resolved scenario, its hash and the base's hash."""
+def get_run_info(channel: Any, timeout_s: float = 30.0, retry: Any = None) -> RunInfo:
+    """The fed server's resolved scenario, its hash and the base's hash;
+    retried on UNAVAILABLE like every client call (`retry`, as fetch_base's)."""
     from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
-    from fedsllm.wire.rpc import unary_call
+    from fedsllm.wire.rpc import RetryPolicy
 
     stub = fed_server_pb2_grpc.RunInfoStub(channel)
-    reply = unary_call(
-        stub.GetScenario, fed_server_pb2.GetScenarioRequest(), timeout_s=timeout_s, attempts=10
-    )
+    request = fed_server_pb2.GetScenarioRequest()
+    retry = RetryPolicy(seed=None) if retry is None else retry
+    reply = retry.call("GetScenario", lambda: stub.GetScenario(request, timeout=timeout_s))
     return RunInfo(
         scenario=scenario_of(json.loads(reply.scenario_json)),
         scenario_hash=reply.scenario_hash,
@@ -230,32 +231,61 @@ def fetch_base_responses(path: Path, base_hash: str, chunk_bytes: int) -> Iterat
             yield msg
 
 
-def fetch_base(channel: Any, work_dir: Path, base_hash: str, timeout_s: float = 600.0) -> Path:
+def fetch_base(
+    channel: Any,
+    work_dir: Path,
+    base_hash: str,
+    timeout_s: float = 600.0,
+    retry: Any = None,
+) -> Path:
     """Stream the fed server's base into WORK_DIR/base/<hash>.safetensors (kept:
     a restarted role fetches nothing) and return its path. The weights' hash is
-    checked by the caller once they are loaded (build_part)."""
-    from fedsllm.errors import WireError
-    from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
+    checked by the caller once they are loaded (build_part).
+
+    Like every client call, the download retries on UNAVAILABLE (a fed server
+    restarting, or too busy to take the connection) with `retry`'s backoff and
+    budget (fedsllm.wire.rpc.RetryPolicy; default: a fresh seed, the reconnect
+    budget of 300 s per outage); a download cut off midway starts again from
+    its first byte. A malformed stream (WireError) is never retried."""
+    from fedsllm.wire.rpc import RetryPolicy
 
     target = work_dir / "base" / f"{base_hash}.safetensors"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    retry = RetryPolicy(seed=None) if retry is None else retry
+    try:
+        written = retry.call(
+            "FetchBase", lambda: _download_base(channel, tmp, base_hash, timeout_s)
+        )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("base %s fetched from the fed server (%d bytes)", base_hash, written)
+    return target
+
+
+def _download_base(channel: Any, tmp: Path, base_hash: str, timeout_s: float) -> int:
+    """One FetchBase stream into `tmp` (rewritten from its first byte); the
+    bytes written. grpc.RpcError when the call fails, WireError on a defect."""
+    from fedsllm.errors import WireError
+    from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
+
     stub = fed_server_pb2_grpc.RunInfoStub(channel)
     stream = stub.FetchBase(fed_server_pb2.FetchBaseRequest(), timeout=timeout_s)
-    first = next(stream, None)
-    if first is None or first.WhichOneof("kind") != "header":
-        raise WireError("FetchBaseResponse.kind", "first message must be a header")
-    header = first.header
-    if header.base_hash != base_hash:
-        raise WireError(
-            "FetchBaseHeader.base_hash", f"{header.base_hash!r}, expected {base_hash!r}"
-        )
-    if not 0 < header.total_bytes <= MAX_BASE_BYTES:
-        raise WireError("FetchBaseHeader.total_bytes", f"={header.total_bytes} out of range")
-    written = 0
     try:
+        first = next(stream, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise WireError("FetchBaseResponse.kind", "first message must be a header")
+        header = first.header
+        if header.base_hash != base_hash:
+            raise WireError(
+                "FetchBaseHeader.base_hash", f"{header.base_hash!r}, expected {base_hash!r}"
+            )
+        if not 0 < header.total_bytes <= MAX_BASE_BYTES:
+            raise WireError("FetchBaseHeader.total_bytes", f"={header.total_bytes} out of range")
+        written = 0
         with open(tmp, "wb") as fh:
             for msg in stream:
                 chunk = msg.chunk
@@ -271,11 +301,11 @@ def fetch_base(channel: Any, work_dir: Path, base_hash: str, timeout_s: float = 
                 written += len(chunk.data)
         if written != header.total_bytes:
             raise WireError("FetchBaseResponse", f"ended at byte {written} of {header.total_bytes}")
-        os.replace(tmp, target)
+        return written
     finally:
-        tmp.unlink(missing_ok=True)
-    log.info("base %s fetched from the fed server (%d bytes)", base_hash, written)
-    return target
+        cancel = getattr(stream, "cancel", None)
+        if cancel is not None:
+            cancel()  # a refused stream is not left open; a finished one is unaffected
 
 
 def save_base(model: Any, path: Path) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,153 @@ def sleep_unless_stopped(seconds: float) -> None:
     """time.sleep(seconds), cut short when the role is asked to stop."""
     if seconds > 0:
         ROLE_STOP.wait(seconds)
+
+
+def role_main(logger: logging.Logger) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """The exit rule of every role's main (decorate it): a bad setting, a
+    fedsllm.bootstrap.SettingError or any ConfigError raised anywhere in it, is
+    logged on `logger` as its one-line message and the role exits 2, with no
+    traceback. The helpers below raise SettingError for what the user gave
+    badly: a flag or variable (resolve), a bind address in use (`binding`), a
+    credential a server refused (`refused_credentials`), a certificate of
+    another identity (`check_own_certificate`). Anything else propagates."""
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except ConfigError as err:  # SettingError included
+                logger.error("%s", err)
+                return 2
+
+        return run
+
+    return decorate
+
+
+@contextmanager
+def binding(source: str, address: str) -> Iterator[None]:
+    """Around a server's create_server on `address`, which the flag, variable or
+    field `source` named: a bind that fails (fedsllm.wire.rpc.BindError) is a
+    SettingError naming `source`, e.g. "--bind: address in use, got '0.0.0.0:50051'"."""
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.wire.rpc import BindError
+
+    try:
+        yield
+    except BindError as err:
+        raise SettingError(source, address, err.reason) from None
+
+
+def bindable(setting: Any) -> str:
+    """The address of a resolved bind setting (fedsllm.bootstrap.Setting),
+    checked before anything starts: one this host cannot bind now (in use, not
+    one of its addresses, a privileged port) is a SettingError naming the
+    setting's source. `binding` still covers a bind that fails later."""
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.wire.rpc import bind_problem
+
+    problem = bind_problem(setting.value)
+    if problem is not None:
+        raise SettingError(setting.source, setting.value, problem)
+    return str(setting.value)
+
+
+def credential_error(err: BaseException, security: Any, peer: str) -> Any:
+    """The SettingError for a call that `peer` ("the fed server at HOST:PORT")
+    refused for this process's credentials (UNAUTHENTICATED: none, or unknown;
+    PERMISSION_DENIED: another role's), naming where the credential came from
+    (--tls-cert, FEDSLLM_TOKEN, FEDSLLM_TOKEN_FILE, ...: never the token
+    itself) and what to give instead; None for any other error."""
+    import grpc
+
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.wire.rpc import NO_SECURITY, TOKEN_ENV, TOKEN_FILE_ENV
+
+    code = err.code() if isinstance(err, grpc.Call) else None
+    if code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return None
+    security = NO_SECURITY if security is None else security
+    status = f"{code.name}: {err.details() or 'no details'}"  # err is a grpc.Call here
+    source, path = security.credential()
+    if not source:
+        return SettingError(
+            TOKEN_ENV,
+            NO_VALUE,
+            f"not set, and {peer} refuses a role without credentials ({status}); give this "
+            f"role's token ({TOKEN_FILE_ENV} or {TOKEN_ENV}) or its TLS files "
+            "(--tls-ca/--tls-cert/--tls-key)",
+        )
+    if "no credentials configured" in status:
+        hint = "that server has no credentials configured (FEDSLLM_PEER_TOKENS or TLS files)"
+    elif security.tls is not None:
+        hint = (
+            "give this role's own certificate and key, issued by the run's CA "
+            "(fedsllm certs DIR: DIR/<role>.pem)"
+        )
+    elif code == grpc.StatusCode.PERMISSION_DENIED:
+        hint = "it is another role's token: give this role's own"
+    else:
+        hint = "that server does not know this token: give this role's, as its peer tokens list it"
+    return SettingError(source, path or NO_VALUE, f"{peer} refused it ({status}); {hint}")
+
+
+@contextmanager
+def refused_credentials(security: Any, peer: str) -> Iterator[None]:
+    """Around a role's calls to `peer` (its first ones above all: run info,
+    the base, Join): a refusal of this process's credentials is the
+    SettingError of `credential_error` (exit 2 naming the credential); every
+    other error propagates unchanged."""
+    try:
+        yield
+    except Exception as err:
+        setting = credential_error(err, security, peer)
+        if setting is None:
+            raise
+        raise setting from None
+
+
+def check_own_certificate(security: Any, expected: Any, said_by: str = "") -> None:
+    """Before connecting: this process's certificate (when it has TLS) must
+    name `expected` (fedsllm.security.identity.Identity) in its URI SAN, else
+    a SettingError naming the certificate's flag or variable (and `said_by`,
+    what set the expected identity, e.g. "--client-id 0")."""
+    from fedsllm.bootstrap import SettingError
+
+    if security is None or security.tls is None or security.tls.identity == expected:
+        return
+    source, path = security.credential()
+    by = f" ({said_by})" if said_by else ""
+    raise SettingError(
+        source,
+        path or NO_VALUE,
+        f"is the certificate of {security.tls.identity}, but this role is {expected}{by}; "
+        f"give {expected}'s ({expected.file_stem}.pem and .key of fedsllm certs)",
+    )
+
+
+def wait_for_fed_server(address: str, security: Any, timeout_s: float) -> None:
+    """Wait until the fed server at `address` serves (it may still be coming
+    up), saying at WARNING why while it does not. A TLS handshake that still
+    fails when the wait ends is a SettingError naming this role's CA (--tls-ca
+    or where it came from); any other UnreachableError (a TimeoutError) propagates."""
+    from fedsllm.bootstrap import SettingError
+    from fedsllm.wire.rpc import UnreachableError, is_handshake_failure, wait_healthy
+
+    try:
+        wait_healthy(address, timeout_s, security=security, waiting_for="the fed server")
+    except UnreachableError as err:
+        if security is None or security.tls is None or not is_handshake_failure(err.details):
+            raise
+        source, path = security.tls_sources[0] if security.tls_sources else ("--tls-ca", "")
+        raise SettingError(
+            source,
+            path or NO_VALUE,
+            f"the TLS handshake with the fed server at {address} failed for {timeout_s:.0f} s "
+            f"({err.details}): this CA must have issued the fed server's certificate and "
+            "this role's (one `fedsllm certs` directory)",
+        ) from None
 
 
 def role_arg_parser(
@@ -160,28 +308,39 @@ def role_start(
 ) -> tuple[ScenarioConfig, str, Any]:
     """A client's or the main server's start: the fed server's scenario (checked
     against a local --scenario file when one is given) and its RunInfo.
-    Raises fedsllm.bootstrap.SettingError for a bad or mismatched value."""
+    Raises fedsllm.bootstrap.SettingError for a bad or mismatched value, and
+    when the fed server refuses this role's credentials."""
     from fedsllm.bootstrap import check_local_scenario, get_run_info, parse_file, resolve
     from fedsllm.wire.rpc import make_channel
 
     local = resolve("--scenario", args.scenario_json, "FEDSLLM_SCENARIO", parse=parse_file)
-    with make_channel(fed_address, security) as channel:
+    with (
+        refused_credentials(security, f"the fed server at {fed_address}"),
+        make_channel(fed_address, security) as channel,
+    ):
         info = get_run_info(channel)
     if local.value is not None:
         check_local_scenario(local.value, local.source, info.scenario_hash)
     return info.scenario, info.scenario_hash, info
 
 
-def role_base_file(info: Any, fed_address: str, work_dir: Path, security: Any) -> Path | None:
+def role_base_file(
+    info: Any, fed_address: str, work_dir: Path, security: Any, retry: Any = None
+) -> Path | None:
     """The base's weights fetched from the fed server into this role's work
-    directory, or None when this role builds the base itself."""
+    directory (retried on UNAVAILABLE with `retry`, see fetch_base), or None
+    when this role builds the base itself. Raises
+    fedsllm.bootstrap.SettingError when the fed server refuses the credentials."""
     if not info.base_bytes:
         return None
     from fedsllm.bootstrap import fetch_base
     from fedsllm.wire.rpc import make_channel
 
-    with make_channel(fed_address, security) as channel:
-        return fetch_base(channel, work_dir, info.base_hash)
+    with (
+        refused_credentials(security, f"the fed server at {fed_address}"),
+        make_channel(fed_address, security) as channel,
+    ):
+        return fetch_base(channel, work_dir, info.base_hash, retry=retry)
 
 
 def load_resolved_scenario(path: str | Path) -> tuple[ScenarioConfig, str]:

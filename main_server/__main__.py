@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from fedsllm.roles import role_main
+
 if TYPE_CHECKING:
     from fedsllm.state import MainServerSnapshot, MainServerStore
     from main_server.compute import StepQueue
@@ -69,8 +71,12 @@ def join_main_server(
     scenario_hash: str,
     base_hash: str,
     stop: threading.Event | None = None,
+    *,
+    security: Any = None,
+    peer: str = "the fed server",
 ) -> int:
-    """JoinMainServer; SettingError naming the hash the fed server refused.
+    """JoinMainServer; SettingError naming the hash the fed server refused, or
+    the credential (of `security`) it refused (fedsllm.roles.credential_error).
 
     While the fed server is unreachable (UNAVAILABLE: restarting) the join is
     retried with backoff until it answers or `stop` is set (RoleStopping)."""
@@ -78,7 +84,7 @@ def join_main_server(
 
     from fedsllm.bootstrap import SettingError
     from fedsllm.proto import fed_server_pb2, fed_server_pb2_grpc
-    from fedsllm.roles import RoleStopping
+    from fedsllm.roles import RoleStopping, credential_error
     from fedsllm.wire.rpc import RetryPolicy
 
     stub = fed_server_pb2_grpc.FedServerStub(channel)
@@ -99,6 +105,9 @@ def join_main_server(
             retry_on=tuple(getattr(grpc.StatusCode, name) for name in RETRIED_CODES),
         )
     except grpc.RpcError as err:
+        refused = credential_error(err, security, peer)
+        if refused is not None:
+            raise refused from None
         if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
             raise
         field = "base_hash" if "base_hash" in (err.details() or "") else "scenario_hash"
@@ -393,6 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@role_main(log)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fedsllm.cli import configure_logging
@@ -406,8 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.roles import (
         RoleStopping,
         align_clock,
+        bindable,
+        binding,
         build_role_part,
         build_role_shaper,
+        check_own_certificate,
         compute_context,
         install_stop_signals,
         make_pacer,
@@ -417,24 +430,29 @@ def main(argv: list[str] | None = None) -> int:
         role_base_file,
         role_security,
         role_start,
+        wait_for_fed_server,
     )
+    from fedsllm.security.identity import Identity
     from fedsllm.state import open_store
     from fedsllm.telemetry.service import start_sender
     from fedsllm.trace import Tracer
-    from fedsllm.wire.rpc import create_server, make_channel, wait_healthy
+    from fedsllm.wire.rpc import create_server, make_channel
     from main_server.compute import LocalWorker, ServerTrainer, StepQueue
     from main_server.service import MainServerService, StepLimits
 
     try:
         security = role_security(args)
+        check_own_certificate(security, Identity("main_server"))
         fed_address, work_dir = resolve_role_paths(args, security)
         # Started beside the fed server, which may still be coming up.
-        wait_healthy(fed_address, STARTUP_TIMEOUT_S, security=security)
+        wait_for_fed_server(fed_address, security, STARTUP_TIMEOUT_S)
         scenario, scenario_hash, info = role_start(args, fed_address, work_dir, security)
-        bind = resolve(
+        bind_setting = resolve(
             "--bind", args.bind, "FEDSLLM_MAIN_BIND", "run.main_address",
             scenario.run.main_address, default="127.0.0.1:0", parse=parse_bind,
-        ).value  # fmt: skip
+        )  # fmt: skip
+        # Refused now, before the base is built and the fed server joined.
+        bind = bindable(bind_setting)
     except SettingError as err:
         log.error("%s", err)
         return 2
@@ -463,8 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     # Until here SIGTERM ends the process at once (nothing to save yet); from
     # here on it only sets a flag that every wait below watches.
     stop = install_stop_signals()
+    fed_peer = f"the fed server at {fed_address}"
     try:
-        join_main_server(fed_channel, scenario_hash, base_hash, stop)
+        join_main_server(
+            fed_channel, scenario_hash, base_hash, stop, security=security, peer=fed_peer
+        )
     except (SettingError, RoleStopping) as err:
         log.error("%s", err)
         tracer.close()
@@ -519,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         adapter,
         scenario.link.chunk_bytes,
         on_round=lambda: local.save("round completed", timeout_s=adapters.timeout_s),
-        rejoin=lambda: join_main_server(fed_channel, scenario_hash, base_hash, stop),
+        rejoin=lambda: join_main_server(
+            fed_channel, scenario_hash, base_hash, stop, security=security, peer=fed_peer
+        ),
     )
     local.pushed_round = lambda: adapters.pushed
     if snapshot is not None:
@@ -542,11 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         steps=steps,
         stop=stop,
     )
-    server, port = create_server(
-        bind,
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)],
-        security=security,
-    )
+    with binding(bind_setting.source, bind):
+        server, port = create_server(
+            bind,
+            [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)],
+            security=security,
+        )
     log.info("serving MainServer on port %d", port)
 
     serve_until_stopped(server, steps, adapters, local)

@@ -51,10 +51,12 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         try:
             role = role_from_proto(request.role)
             # Records are pushed as the channel's identity only (a client as itself).
+            # A client's refusal adds "as client <id>" itself (require), so the
+            # action names the role only for the others.
             authorize(
                 role=role,
                 client_id=request.source_client if role == "client" else None,
-                action=f"push telemetry as {role}",
+                action="push telemetry" if role == "client" else f"push telemetry as {role}",
             )
             source = source_name(role, request.source_client)
             records = [record_from_proto(m) for m in request.records]

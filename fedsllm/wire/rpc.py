@@ -15,6 +15,7 @@ What the services do is left to the roles' service.py modules.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import threading
@@ -156,6 +157,11 @@ def create_server(
         add(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Asked first, so the common refusal (a port in use) says so in a word,
+    # without gRPC's own error line; gRPC's bind below still decides.
+    busy = bind_problem(address)
+    if busy == ADDRESS_IN_USE:
+        raise BindError(address, busy)
     try:
         if security.tls is not None and not _is_unix(address):
             from fedsllm.security.credentials import server_credentials
@@ -164,7 +170,7 @@ def create_server(
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as err:
-        raise OSError(f"cannot bind gRPC server to {address}: {err}") from err
+        raise BindError(address, bind_problem(address) or f"gRPC: {err}") from err
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.start()
@@ -175,6 +181,65 @@ def create_server(
         ", ".join(service_names) or "health only",
     )
     return server, port
+
+
+ADDRESS_IN_USE = "address in use"
+
+
+class BindError(OSError):
+    """create_server could not bind `address`; `reason` says why in a few words
+    ("address in use", ...), for a message naming the flag that gave it."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"cannot bind gRPC server to {address}: {reason}")
+
+
+def bind_problem(address: str) -> str | None:
+    """Why a TCP listener cannot bind `address` (host:port, [v6]:port) now, in a
+    few words, or None when it can (or the address is not one to ask about: a
+    unix socket, port 0, a gRPC URI). Asks the kernel with a socket bound as
+    gRPC binds its own (SO_REUSEADDR, no SO_REUSEPORT) and closed at once; the
+    address is refused only when every address the host resolves to (in a
+    family this host has) is."""
+    import errno
+
+    if _is_unix(address) or "://" in address or address.startswith(("ipv4:", "ipv6:")):
+        return None
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) == 0:
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = socket.getaddrinfo(
+            host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as err:
+        return f"cannot resolve host {host!r} ({getattr(err, 'strerror', None) or err})"
+    reasons = []
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # a family this host lacks (no IPv6): gRPC falls back, so not asked
+        with sock:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+                return None
+            except OSError as err:
+                reasons.append(err.errno)
+    words = {
+        errno.EADDRINUSE: ADDRESS_IN_USE,
+        errno.EADDRNOTAVAIL: "not an address of this host",
+        errno.EACCES: "permission denied (a port below 1024 needs privileges)",
+    }
+    if not reasons:
+        return None  # nothing could be asked: gRPC's bind decides
+    if reasons[0] is None:
+        return "cannot bind"
+    return words.get(reasons[0]) or os.strerror(reasons[0])
 
 
 def stop_server(server: grpc.Server, grace_s: float = 2.0) -> None:
@@ -233,6 +298,12 @@ class Security:
     """fedsllm.security.identity.TokenTable of the peers its servers accept."""
     insecure: bool = False
     """--insecure / FEDSLLM_INSECURE=1 was asked for."""
+    tls_sources: tuple[tuple[str, str], ...] = ()
+    """(source, path) of the CA, the certificate and the key, in that order: the
+    flag, variable or scenario field that named each file (for messages)."""
+    token_source: tuple[str, str] = ("", "")
+    """(FEDSLLM_TOKEN, "") or (FEDSLLM_TOKEN_FILE, its path): where `token` came
+    from (for messages, which never show a token)."""
 
     @property
     def authenticates(self) -> bool:
@@ -254,6 +325,17 @@ class Security:
         if self.tokens is not None or self.token is not None:
             return "plain gRPC, per-peer tokens" + (" (--insecure)" if self.insecure else "")
         return "plain gRPC, no credentials (servers refuse every call)"
+
+    def credential(self) -> tuple[str, str]:
+        """(source, file) of what this process presents as its identity, for
+        a message that names it: its certificate under TLS (e.g. ("--tls-cert",
+        "certs/client_0.pem")), else its token ("FEDSLLM_TOKEN", "") or token
+        file; ("", "") when it has none."""
+        if self.tls is not None:
+            return self.tls_sources[1] if len(self.tls_sources) == 3 else ("--tls-cert", "")
+        if self.token is not None:
+            return self.token_source if self.token_source[0] else (TOKEN_ENV, "")
+        return ("", "")
 
     def check_bind(self, address: str) -> str | None:
         """The insecure-address rule (fedsllm.security.credentials.check_insecure)
@@ -291,12 +373,14 @@ def security_from_env(
     config = resolve_tls(flags, env, scenario_tls)
     tls = load_tls(config) if config is not None else None
     token = env.get(TOKEN_ENV) or None
+    token_source = (TOKEN_ENV, "") if token is not None else ("", "")
     token_file = env.get(TOKEN_FILE_ENV)
     if token is None and token_file:
         try:
             token = Path(token_file).read_text().strip() or None
         except OSError as err:
             raise ConfigError(TOKEN_FILE_ENV, token_file, f"cannot read ({err.strerror})") from None
+        token_source = (TOKEN_FILE_ENV, token_file)
     tokens = None
     peers_file = env.get(PEER_TOKENS_ENV)
     if peers_file:
@@ -307,7 +391,19 @@ def security_from_env(
                 PEER_TOKENS_ENV, peers_file, f"unusable token table ({err})"
             ) from None
     allow = insecure or env.get(INSECURE_ENV, "") in ("1", "true", "yes")
-    return Security(tls=tls, token=token, tokens=tokens, insecure=allow)
+    tls_sources = (
+        tuple(zip(config.sources, map(str, (config.ca, config.cert, config.key)), strict=True))
+        if config is not None
+        else ()
+    )
+    return Security(
+        tls=tls,
+        token=token,
+        tokens=tokens,
+        insecure=allow,
+        tls_sources=tls_sources,
+        token_source=token_source,
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -416,23 +512,55 @@ class RetryWaits:
         self._clock = clock
         self._on_retry = on_retry
         self._started: float | None = None
+        self._warned: set[str] = set()
 
     def wait(self, err: BaseException) -> None:
         """Sleep before the next try, or raise ReconnectError (from `err`) when
-        that wait would end past the budget."""
+        that wait would end past the budget. The first failure of the outage
+        (and a TLS handshake failure, the first time one shows) is logged at
+        WARNING, saying what is retried and for how long; each retry at INFO."""
         now = self._clock()
         if self._started is None:
             self._started = now
         delay_s = next(self._delays)
         waited_s = now - self._started
         code = err.code() if isinstance(err, grpc.Call) else None
+        details = (err.details() if isinstance(err, grpc.Call) else str(err)) or ""
         if self.budget_s is not None and waited_s + delay_s > self.budget_s:
-            details = err.details() if isinstance(err, grpc.Call) else str(err)
-            raise ReconnectError(self.name, waited_s, code, details or "") from err
+            raise ReconnectError(self.name, waited_s, code, details) from err
+        kind = "handshake" if is_handshake_failure(details) else "unreachable"
+        if kind not in self._warned:
+            self._warned.add(kind)
+            left = "" if self.budget_s is None else f" for up to {self.budget_s - waited_s:.0f} s"
+            log.warning(
+                "%s: %s; retrying with backoff%s until it answers",
+                self.name,
+                unreachable_reason(code, details),
+                left,
+            )
         if self._on_retry is not None:
             self._on_retry(self.name, delay_s)
         log.info("%s: %s, retrying in %.2f s", self.name, getattr(code, "name", err), delay_s)
         self._sleep(delay_s)
+
+
+def is_handshake_failure(details: str) -> bool:
+    """Whether a call's status details say the TLS handshake failed (gRPC
+    reports it as UNAVAILABLE: "... Tls handshake failed (TSI_PROTOCOL_FAILURE):
+    ... CERTIFICATE_VERIFY_FAILED ...")."""
+    return "handshake failed" in details.lower()
+
+
+def unreachable_reason(code: Any, details: str) -> str:
+    """One phrase for a call that did not reach its peer: a failed TLS
+    handshake (with what to check), or the peer unreachable; gRPC's details
+    in parentheses."""
+    if is_handshake_failure(details):
+        return (
+            f"TLS handshake with the peer fails ({details}): the peer's certificate "
+            "and this role's must come from the CA given with --tls-ca (FEDSLLM_TLS_CA)"
+        )
+    return f"peer unreachable ({getattr(code, 'name', code)}: {details or 'no details'})"
 
 
 def call_with_retry(
@@ -501,30 +629,55 @@ def unary_call(
     )
 
 
+UNREACHABLE_WARN_S = 5.0
+"""How long wait_healthy waits for an unreachable peer before it says so."""
+
+
+class UnreachableError(TimeoutError):
+    """wait_healthy's peer never answered SERVING; `details` is its last answer
+    or error (a failed TLS handshake shows there)."""
+
+    def __init__(self, message: str, *, address: str, details: str) -> None:
+        self.address = address
+        self.details = details
+        super().__init__(message)
+
+
 def wait_healthy(
     address: str,
     timeout_s: float,
     service: str = "",
     poll_s: float = 0.05,
     security: Security | None = None,
+    waiting_for: str | None = None,
 ) -> None:
     """Block until the server at `address` reports `service` SERVING (asked
     over a channel with `security`: a mutual TLS server needs a certificate).
 
-    Raises TimeoutError naming the address and the last answer or error.
+    With `waiting_for` (what the caller waits for, e.g. "the fed server"), a
+    failing TLS handshake is logged at WARNING at once, and a peer still
+    unreachable after UNREACHABLE_WARN_S, each once; without it (the
+    launcher's polls while a role starts) nothing is logged.
+
+    Raises UnreachableError (a TimeoutError) naming the address and the last
+    answer or error.
     """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     last = "no answer"
+    warned: set[str] = set()
     with make_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(
+                raise UnreachableError(
                     f"gRPC server at {address} not SERVING {service!r} after "
-                    f"{timeout_s} s (last: {last})"
+                    f"{timeout_s} s (last: {last})",
+                    address=address,
+                    details=last,
                 )
             try:
                 reply = stub.Check(
@@ -536,7 +689,20 @@ def wait_healthy(
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.RpcError as err:
                 code = err.code() if isinstance(err, grpc.Call) else None
-                last = f"{code}"
+                details = (err.details() if isinstance(err, grpc.Call) else "") or ""
+                last = f"{getattr(code, 'name', code)}: {details}" if details else f"{code}"
+                if waiting_for is not None:
+                    kind = "handshake" if is_handshake_failure(details) else "unreachable"
+                    late = time.monotonic() - started >= UNREACHABLE_WARN_S
+                    if kind not in warned and (kind == "handshake" or late):
+                        warned.add(kind)
+                        log.warning(
+                            "waiting for %s at %s: %s; retrying for up to %.0f s",
+                            waiting_for,
+                            address,
+                            unreachable_reason(code, details),
+                            max(0.0, deadline - time.monotonic()),
+                        )
             time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 

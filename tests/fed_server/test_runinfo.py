@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,3 +189,108 @@ def test_a_local_scenario_must_match_the_fed_servers(fed, scenario, tmp_path, mo
     monkeypatch.setenv("FEDSLLM_SCENARIO", str(other))
     with pytest.raises(SettingError, match="^FEDSLLM_SCENARIO: scenario hash mismatch"):
         role_start(_role_args(None), address, tmp_path, None)
+
+
+class _CutOnce(RunInfoService):
+    """A fed server too busy at first: its first FetchBase ends with UNAVAILABLE
+    after the header and one chunk; the next ones stream the whole base."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetches = 0
+
+    def FetchBase(self, request, context):
+        self.fetches += 1
+        stream = super().FetchBase(request, context)
+        if self.fetches > 1:
+            yield from stream
+            return
+        yield next(stream)  # the header
+        yield next(stream)  # one chunk
+        context.abort(grpc.StatusCode.UNAVAILABLE, "too busy: try again")
+
+
+def _fast_retry(heard: list[str]):
+    from fedsllm.wire.rpc import RetryPolicy
+
+    return RetryPolicy(
+        seed=0, budget_s=None, base_s=0.01, cap_s=0.1, on_retry=lambda call, _: heard.append(call)
+    )
+
+
+def test_a_base_download_cut_off_starts_again_and_arrives_whole(scenario, tmp_path) -> None:
+    base_file = tmp_path / "served.safetensors"
+    base_file.write_bytes(bytes(range(256)) * 5)
+    info = _CutOnce(scenario.to_dict(), scenario_hash(scenario), BASE, base_file, chunk_bytes=100)
+    server, port = create_server(
+        "127.0.0.1:0",
+        [lambda s: pb_grpc.add_RunInfoServicer_to_server(info, s)],
+        allow_unauthenticated=True,
+    )
+    heard: list[str] = []
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            path = fetch_base(channel, tmp_path / "work", BASE, retry=_fast_retry(heard))
+    finally:
+        stop_server(server, grace_s=0)
+    assert path.read_bytes() == base_file.read_bytes()  # not the first chunk twice
+    assert info.fetches == 2 and heard == ["FetchBase"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
+
+
+@pytest.mark.parametrize("call", ["GetScenario", "FetchBase"])
+def test_run_info_and_base_wait_for_a_fed_server_not_up_yet(scenario, tmp_path, call) -> None:
+    """As a client started before its fed server (or one it cannot reach yet):
+    the start-up calls are retried on UNAVAILABLE like every client call."""
+    from fedsllm.wire.rpc import RetryPolicy, free_port
+
+    base_file = tmp_path / "served.safetensors"
+    base_file.write_bytes(b"base" * 100)
+    info = RunInfoService(
+        scenario.to_dict(), scenario_hash(scenario), BASE, base_file, chunk_bytes=64
+    )
+    address = f"127.0.0.1:{free_port()}"
+    servers: list[grpc.Server] = []
+
+    def start_on_first_wait(seconds: float) -> None:
+        if not servers:  # the first try found nothing listening
+            servers.append(
+                create_server(
+                    address,
+                    [lambda s: pb_grpc.add_RunInfoServicer_to_server(info, s)],
+                    allow_unauthenticated=True,
+                )[0]
+            )
+        time.sleep(seconds)
+
+    heard: list[str] = []
+    retry = RetryPolicy(
+        seed=0,
+        budget_s=None,
+        base_s=0.05,
+        cap_s=0.2,
+        sleep=start_on_first_wait,
+        on_retry=lambda name, _: heard.append(name),
+    )
+    try:
+        with make_channel(address) as channel:
+            if call == "FetchBase":
+                path = fetch_base(channel, tmp_path / "work", BASE, retry=retry)
+                assert path.read_bytes() == b"base" * 100
+            else:
+                assert get_run_info(channel, retry=retry).scenario == scenario
+    finally:
+        for server in servers:
+            stop_server(server, grace_s=0)
+    assert servers and heard[0] == call
+
+
+def test_a_malformed_base_stream_is_not_retried(fed, tmp_path) -> None:
+    address, _ = fed
+    heard: list[str] = []
+    with (
+        make_channel(address) as channel,
+        pytest.raises(WireError, match="FetchBaseHeader.base_hash"),
+    ):
+        fetch_base(channel, tmp_path / "other", "not-this-one", retry=_fast_retry(heard))
+    assert heard == []

@@ -13,7 +13,7 @@ import pytest
 
 from fedsllm.proto import telemetry_pb2 as pb
 from fedsllm.proto import telemetry_pb2_grpc as pb_grpc
-from fedsllm.telemetry.codec import record_to_proto
+from fedsllm.telemetry.codec import record_to_proto, role_to_proto
 from fedsllm.telemetry.collector import TelemetryCollector
 from fedsllm.telemetry.sender import TelemetrySender
 from fedsllm.telemetry.service import (
@@ -251,3 +251,44 @@ def test_run_progress_watches_with_the_launchers_token_once_it_exists(tmp_path) 
         finally:
             collector.close()
             stop_server(server, grace_s=0.1)
+
+
+@pytest.mark.parametrize(
+    ("who", "role", "source_client", "message"),
+    [
+        (
+            1,
+            "client",
+            0,
+            "client/1 may not push telemetry as client 0: a client acts only as itself",
+        ),
+        (
+            0,
+            "main_server",
+            -1,
+            "client/0 may not push telemetry as main_server: only main_server may",
+        ),
+        (None, "client", 0, "main_server may not push telemetry: only client may"),
+    ],
+)
+def test_a_push_as_another_source_is_refused_in_plain_words(
+    tmp_path: Path, who, role, source_client, message
+) -> None:
+    """The refusal a client sees in its log (it read "as client as client 0")."""
+    from fedsllm.security.identity import Identity
+    from tests.fedsllm.security.peers import MAIN, channel_as, serving
+
+    collector = TelemetryCollector(tmp_path / "trace")
+    caller = MAIN if who is None else Identity.client(who)
+    try:
+        with serving([add_to_server(TelemetryService(collector))]) as address:
+            stub = pb_grpc.TelemetryStub(channel_as(address, caller))
+            request = pb.PushTelemetryRequest(
+                role=role_to_proto(role), source_client=source_client, records=[]
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Push(request, timeout=5)
+    finally:
+        collector.close()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.details() == message

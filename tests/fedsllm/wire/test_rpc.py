@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import grpc
@@ -230,6 +231,34 @@ def test_bind_conflict_raises_oserror(echo_server: str) -> None:
         rpc.create_server(echo_server, [], allow_unauthenticated=True)
 
 
+def test_a_port_in_use_is_refused_in_a_word(echo_server: str) -> None:
+    """The roles name the flag with this reason ("--bind: address in use, got ...");
+    gRPC itself only says "Failed to bind"."""
+    with pytest.raises(rpc.BindError) as err:
+        rpc.create_server(echo_server, [], allow_unauthenticated=True)
+    assert (err.value.address, err.value.reason) == (echo_server, "address in use")
+    assert str(err.value) == f"cannot bind gRPC server to {echo_server}: address in use"
+    assert rpc.bind_problem(echo_server) == "address in use"
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("127.0.0.1:0", None),  # any free port
+        ("unix:/tmp/nowhere.sock", None),  # not a TCP address: gRPC decides
+        ("192.0.2.1:5000", "not an address of this host"),  # TEST-NET-1 (RFC 5737)
+        ("no-such-host.invalid:5000", "cannot resolve host 'no-such-host.invalid'"),
+    ],
+)
+def test_bind_problem_says_why_in_a_few_words(address: str, problem: str | None) -> None:
+    found = rpc.bind_problem(address)
+    assert found == problem or (problem is not None and found.startswith(problem))
+
+
+def test_a_free_port_is_no_bind_problem() -> None:
+    assert rpc.bind_problem(f"127.0.0.1:{rpc.free_port()}") is None
+
+
 class _Flaky:
     def __init__(self, failures: int, code: grpc.StatusCode) -> None:
         self.failures, self.code, self.calls = failures, code, 0
@@ -242,14 +271,15 @@ class _Flaky:
 
 
 class _RpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
-    def __init__(self, code: grpc.StatusCode) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str = "test") -> None:
         self._code = code
+        self._details = details
 
     def code(self) -> grpc.StatusCode:
         return self._code
 
     def details(self) -> str:
-        return "test"
+        return self._details
 
     def initial_metadata(self):  # pragma: no cover - unused
         return None
@@ -325,6 +355,60 @@ def test_retry_budget_spent_raises_a_clear_error() -> None:
     assert clock.sleeps == [1.0, 2.0, 4.0] and fn.calls == 4
     assert heard == [("Join", 1.0), ("Join", 2.0), ("Join", 4.0)]
     assert isinstance(info.value.__cause__, grpc.RpcError)
+
+
+HANDSHAKE = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls handshake "
+    "failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:"
+    "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"
+)
+REFUSED = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: refused"
+
+
+class _Failing:
+    """Fails with UNAVAILABLE and each of `details` in turn, then succeeds."""
+
+    def __init__(self, details: list[str]) -> None:
+        self.details = list(details)
+
+    def __call__(self) -> str:
+        if self.details:
+            raise _RpcError(grpc.StatusCode.UNAVAILABLE, self.details.pop(0))
+        return "ok"
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_an_outage_is_said_once_at_warning_while_it_is_retried(caplog) -> None:
+    clock = _Clock()
+    policy = rpc.RetryPolicy(
+        base_s=1.0, cap_s=1.0, jitter=0.0, budget_s=300.0, sleep=clock.sleep, clock=clock
+    )
+    with caplog.at_level(logging.INFO, logger="fedsllm.wire.rpc"):
+        assert policy.call("Join", _Failing([REFUSED] * 5)) == "ok"
+    assert _warnings(caplog) == [
+        f"Join: peer unreachable (UNAVAILABLE: {REFUSED}); retrying with backoff for up to "
+        "300 s until it answers"
+    ]
+    assert len(clock.sleeps) == 5  # every retry still happened (at INFO)
+
+
+def test_a_failing_tls_handshake_is_named_with_what_to_check(caplog) -> None:
+    clock = _Clock()
+    policy = rpc.RetryPolicy(
+        base_s=1.0, cap_s=1.0, jitter=0.0, budget_s=None, sleep=clock.sleep, clock=clock
+    )
+    with caplog.at_level(logging.WARNING, logger="fedsllm.wire.rpc"):
+        assert policy.call("Train", _Failing([REFUSED, REFUSED, HANDSHAKE, HANDSHAKE])) == "ok"
+    unreachable, handshake = _warnings(caplog)  # once each, not once per retry
+    assert unreachable.startswith("Train: peer unreachable")
+    assert handshake == (
+        f"Train: TLS handshake with the peer fails ({HANDSHAKE}): the peer's certificate and "
+        "this role's must come from the CA given with --tls-ca (FEDSLLM_TLS_CA); retrying "
+        "with backoff until it answers"
+    )
 
 
 def test_retry_budget_is_per_outage_and_other_codes_pass() -> None:
