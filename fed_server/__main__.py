@@ -204,20 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         base_hash=base_hash,
         run_dir=run_dir,
     )
-    with binding(bind_setting.source, bind):
-        server, port = create_server(
-            bind,
-            [
-                lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s),
-                add_to_server(telemetry),
-                add_run_info,
-            ],
-            service_names=(FED_SERVER_SERVICE, TELEMETRY_SERVICE, RUN_INFO_SERVICE),
-            security=security,
-        )
-    log.info("serving FedServer and Telemetry on port %d", port)
-    # Its own port: under tc, control traffic (allocations, telemetry) stays out
-    # of the shaped class while adapter transfers to the fed server stay shaped.
+    # The control services (telemetry, run info, the controller) are served on
+    # the fed port too, for a role told only the fed address, and on a port of
+    # their own: under tc, control traffic there stays out of the shaped class
+    # while adapter transfers to the fed server stay shaped.
     control = [add_to_server(telemetry), add_run_info]
     control_names = [TELEMETRY_SERVICE, RUN_INFO_SERVICE]
     if controller is not None:
@@ -229,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(controller_service, s)
         )
         control_names.append(CONTROLLER_SERVICE)
+    with binding(bind_setting.source, bind):
+        server, port = create_server(
+            bind,
+            [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(service, s), *control],
+            service_names=(FED_SERVER_SERVICE, *control_names),
+            security=security,
+        )
+    log.info("serving FedServer and Telemetry on port %d, with %s", port, ", ".join(control_names))
     try:
         with binding(control_setting.source, control_bind):
             control_server, control_port = create_server(

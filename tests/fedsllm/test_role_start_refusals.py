@@ -203,3 +203,14 @@ def test_client_with_another_clients_certificate_exits_2_before_connecting(tmp_p
         f"give client/0's (client_0.pem and .key of fedsllm certs), got "
         f"'{certs / 'client_1.pem'}'",
     )
+
+
+def test_the_fed_port_serves_the_controller_too(fed) -> None:
+    """A client told only the fed address (README: --control-address defaults
+    to it) registers there: the controller was served on the control port
+    alone, and such a client died with UNIMPLEMENTED at Register."""
+    from fedsllm.wire.rpc import CONTROLLER_SERVICE, Security, wait_healthy
+
+    security = Security(token=TOKENS["client/0"])
+    for port in ("fed", "control"):  # each says SERVING for the Controller
+        wait_healthy(fed[port], 30, service=CONTROLLER_SERVICE, security=security)
