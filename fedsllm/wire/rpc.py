@@ -385,7 +385,12 @@ def security_from_env(
     peers_file = env.get(PEER_TOKENS_ENV)
     if peers_file:
         try:
-            tokens = TokenTable.from_identity_map(json.loads(Path(peers_file).read_text()))
+            table = json.loads(Path(peers_file).read_text())
+            if not isinstance(table, dict):
+                raise ValueError(
+                    'must hold a JSON object from identity to token, {"client/0": "...", ...}'
+                )
+            tokens = TokenTable.from_identity_map(table)
         except (OSError, ValueError, AttributeError) as err:
             raise ConfigError(
                 PEER_TOKENS_ENV, peers_file, f"unusable token table ({err})"

@@ -548,3 +548,16 @@ def test_server_threads_are_no_cap_on_blocked_calls() -> None:
         release.set()
         channel.close()
         rpc.stop_server(server, grace_s=0.5)
+
+
+def test_a_peer_token_table_that_is_not_an_object_is_refused_saying_its_shape(tmp_path) -> None:
+    """A list gave "unusable token table ('list' object has no attribute 'items')"."""
+    from fedsllm.errors import ConfigError
+    from fedsllm.wire.rpc import PEER_TOKENS_ENV, security_from_env
+
+    table = tmp_path / "peers.json"
+    table.write_text('["client-0-token-of-sixteen+"]')
+    with pytest.raises(ConfigError) as err:
+        security_from_env({PEER_TOKENS_ENV: str(table)})
+    assert err.value.path == PEER_TOKENS_ENV
+    assert "must hold a JSON object from identity to token" in err.value.reason
