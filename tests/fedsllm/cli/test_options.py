@@ -60,7 +60,7 @@ EXPECTED = {
         "--target-loss",
         "--write",
     },
-    "certs": {"--clients"},
+    "certs": {"--clients", "--host"},
     "compose": {"--clients", "--links", "--out", "--rounds", "--scenario", "--set", "--tls"},
 }
 

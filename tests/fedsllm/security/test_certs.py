@@ -126,3 +126,29 @@ def test_cli_writes_k_clients_and_exits_2_on_a_bad_dir(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert "DIR" in err and "not empty" in err and len(err.strip().splitlines()) == 1
     assert main(["certs", str(tmp_path / "neg"), "--clients", "-1"]) == 2
+
+
+def test_cli_host_puts_the_hosts_roles_dial_into_every_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Across machines a role dials fed-host, not localhost: without --host no
+    `fedsllm certs` certificate passed the TLS host check there."""
+    from fedsllm.cli import main
+
+    out = tmp_path / "c"
+    assert (
+        main(["certs", str(out), "--clients", "1", "--host", "fed-host", "--host", "10.0.0.5"]) == 0
+    )
+    for stem in ("fed_server", "main_server", "client_0"):
+        san = (
+            _cert(out / f"{stem}.pem")
+            .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            .value
+        )
+        assert "fed-host" in san.get_values_for_type(x509.DNSName)
+        assert ipaddress.ip_address("10.0.0.5") in san.get_values_for_type(x509.IPAddress)
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["certs", str(bad), "--host", "fed-host:50051"]) == 2
+    assert "--host" in capsys.readouterr().err
+    assert not bad.exists()  # refused before anything is written
