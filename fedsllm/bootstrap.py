@@ -167,9 +167,9 @@ def check_local_scenario(path: Path, source: str, fed_hash: str) -> None:
 
     try:
         # Recomputed, not the hash a scenario.json carries with it.
-        local_hash = scenario_hash(load_resolved_scenario(path)[0])
-    except (ConfigError, ValueError, OSError) as err:
-        raise SettingError(source, str(path), f"cannot be read: {err}") from None
+        local_hash = scenario_hash(load_resolved_scenario(path, source)[0])
+    except ConfigError as err:
+        raise SettingError(err.path, err.value, err.reason) from None
     if local_hash != fed_hash:
         raise SettingError(
             source,

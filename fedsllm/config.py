@@ -15,7 +15,8 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -633,25 +634,36 @@ def default_scenario_path() -> Path:
     return Path(str(resources.files("fedsllm") / "scenarios" / "default.toml"))
 
 
+@contextmanager
+def reading(field: str, source: Path, kind: str) -> Iterator[None]:
+    """Around reading and parsing the file `source` that `field` (a flag or
+    field) names: every way it can fail to read (missing, a directory,
+    unreadable, not UTF-8) is one ConfigError naming `field`, so each reader
+    of a scenario file says the same thing and no caller wraps OSError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ConfigError(field, str(source), "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(field, str(source), f"is a directory, not a {kind} file") from None
+    except OSError as err:  # permission denied, an unreadable device, ...
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(field, str(source), f"cannot be read ({reason})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            field, str(source), f"not valid {kind} (not UTF-8 text: {err.reason})"
+        ) from None
+
+
 def load_dict(path: str | Path | None) -> dict[str, Any]:
     """Read a scenario TOML file (None = the built-in default) as a dict."""
     source = Path(path) if path else default_scenario_path()
-    try:
-        with open(source, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("--scenario", str(source), "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError("--scenario", str(source), "is a directory, not a TOML file") from None
-    except OSError as err:  # permission denied, an unreadable device, ...
-        reason = err.strerror or type(err).__name__
-        raise ConfigError("--scenario", str(source), f"cannot be read ({reason})") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            "--scenario", str(source), f"not valid TOML (not UTF-8 text: {err.reason})"
-        ) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("--scenario", str(source), f"not valid TOML ({err})") from None
+    with reading("--scenario", source, "TOML"):
+        try:
+            with open(source, "rb") as fh:
+                return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError("--scenario", str(source), f"not valid TOML ({err})") from None
 
 
 def load_scenario(

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from fedsllm.config import ScenarioConfig, from_dict
+from fedsllm.config import ScenarioConfig, from_dict, reading
 from fedsllm.errors import NO_VALUE, ConfigError
 
 log = logging.getLogger(__name__)
@@ -285,9 +285,9 @@ def resolve_role_paths(args: argparse.Namespace, security: Any) -> tuple[str, Pa
     from_file = ""
     if local.value is not None:
         try:
-            from_file = load_resolved_scenario(local.value)[0].run.fed_address
-        except (ConfigError, ValueError, OSError) as err:
-            raise SettingError(local.source, str(local.value), f"cannot be read: {err}") from None
+            from_file = load_resolved_scenario(local.value, local.source)[0].run.fed_address
+        except ConfigError as err:
+            raise SettingError(err.path, err.value, err.reason) from None
     fed = resolve(
         "--fed-address", args.fed_address, "FEDSLLM_FED_ADDRESS", "run.fed_address", from_file,
         parse=parse_address,
@@ -343,19 +343,38 @@ def role_base_file(
         return fetch_base(channel, work_dir, info.base_hash, retry=retry)
 
 
-def load_resolved_scenario(path: str | Path) -> tuple[ScenarioConfig, str]:
+def load_resolved_scenario(
+    path: str | Path, field: str = "--scenario"
+) -> tuple[ScenarioConfig, str]:
     """Read the launcher's scenario.json, or a scenario TOML file (as docker
-    compose passes it); returns the scenario and its hash, which peers compare."""
+    compose passes it); returns the scenario and its hash, which peers compare.
+    Whatever is wrong with the file (unreadable, not JSON or TOML, not a valid
+    scenario) is one ConfigError naming `field`, the flag, variable or file
+    that gave it, so no caller wraps it."""
     path = Path(path)
-    if path.suffix == ".toml":
-        from fedsllm.config import load_scenario
-        from fedsllm.launch import scenario_hash
+    try:
+        if path.suffix == ".toml":
+            from fedsllm.config import load_scenario
+            from fedsllm.launch import scenario_hash
 
-        scenario = load_scenario(path)
-        return scenario, scenario_hash(scenario)
-    doc = json.loads(path.read_text())
-    scenario_hash_text = doc.pop("scenario_hash", "")
-    return from_dict(doc), scenario_hash_text
+            scenario = load_scenario(path)
+            return scenario, scenario_hash(scenario)
+        with reading(field, path, "JSON"):
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ConfigError(field, str(path), f"not valid JSON ({err})") from None
+        if not isinstance(doc, dict):
+            kind = type(doc).__name__
+            raise ConfigError(field, str(path), f"not a scenario (a JSON {kind}, not an object)")
+        scenario_hash_text = doc.pop("scenario_hash", "")
+        if not isinstance(scenario_hash_text, str):
+            raise ConfigError("scenario_hash", scenario_hash_text, "must be a string")
+        return from_dict(doc), scenario_hash_text
+    except ConfigError as err:
+        if err.path in (field, "--scenario") and err.value == str(path):
+            raise ConfigError(field, err.value, err.reason) from None  # a read error
+        raise ConfigError(field, str(path), f"not a valid scenario ({err})") from None
 
 
 def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:

@@ -135,10 +135,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, str, list[TelemetryRecord]]:
     scenario_path = root / "scenario.json"
     if not scenario_path.is_file():
         raise ConfigError("run_dir", str(root), "missing scenario.json (not a run directory)")
-    try:
-        scenario, scenario_hash = load_resolved_scenario(scenario_path)
-    except json.JSONDecodeError as err:
-        raise ConfigError(str(scenario_path), str(err), "is not valid JSON") from None
+    scenario, scenario_hash = load_resolved_scenario(scenario_path, field=str(scenario_path))
     trace_dir = root / "trace"
     if not trace_dir.is_dir() or not any(trace_dir.glob("*.jsonl")):
         raise ConfigError("run_dir", str(root), "missing trace/*.jsonl (no trace records)")

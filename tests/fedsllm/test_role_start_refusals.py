@@ -214,3 +214,22 @@ def test_the_fed_port_serves_the_controller_too(fed) -> None:
     security = Security(token=TOKENS["client/0"])
     for port in ("fed", "control"):  # each says SERVING for the Controller
         wait_healthy(fed[port], 30, service=CONTROLLER_SERVICE, security=security)
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [
+        ("fed_server", ["--run-dir"]),
+        ("fed_server.controller_main", []),
+        ("client", ["--client-id", "0", "--fed-address", "127.0.0.1:1", "--work-dir"]),
+    ],
+)
+def test_a_scenario_file_that_is_not_json_exits_2_naming_it(tmp_path, module, extra) -> None:
+    """Were tracebacks (JSONDecodeError, exit 1): the roles read --scenario through
+    fedsllm.roles.load_resolved_scenario, which now says what is wrong with the file."""
+    bad = tmp_path / "scenario.json"
+    bad.write_text("{not json")
+    args = [*extra, str(tmp_path)] if extra else []
+    proc = _role(module, {}, "--scenario", str(bad), *args)
+    _refused(proc, "--scenario: not valid JSON (Expecting property name")
+    assert f"got '{bad}'" in proc.stderr
