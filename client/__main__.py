@@ -108,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             parse=parse_address,
         ).value  # fmt: skip
         # Run info comes over the control port when there is one (unshaped under tc).
-        wait_for_fed_server(control or fed_address, security, STARTUP_TIMEOUT_S)
+        wait_for_fed_server(
+            control or fed_address,
+            security,
+            STARTUP_TIMEOUT_S,
+            "--control-address" if control else "--fed-address",
+        )
         scenario, scenario_hash, info = role_start(args, control or fed_address, work_dir, security)
         control = resolve(
             "--control-address", control, "FEDSLLM_CONTROL_ADDRESS", "run.control_address",

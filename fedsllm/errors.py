@@ -77,3 +77,15 @@ class AllocationError(FedsLLMError):
 
 class LinkError(FedsLLMError):
     """Link emulation cannot be set up as asked (no privileges, no netem)."""
+
+
+class ReconnectError(ConnectionError):
+    """A peer stayed unreachable for the whole reconnect budget."""
+
+    def __init__(self, call: str, waited_s: float, code: Any, details: str) -> None:
+        self.call = call
+        self.waited_s = waited_s
+        super().__init__(
+            f"{call}: still {getattr(code, 'name', code)} after {waited_s:.0f} s of "
+            f"reconnecting (last: {details or 'no details'}); giving up"
+        )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.config import ScenarioConfig, from_dict, reading
-from fedsllm.errors import NO_VALUE, ConfigError
+from fedsllm.errors import NO_VALUE, ConfigError, ReconnectError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,10 @@ def role_main(logger: logging.Logger) -> Callable[[Callable[..., int]], Callable
     traceback. The helpers below raise SettingError for what the user gave
     badly: a flag or variable (resolve), a bind address in use (`binding`), a
     credential a server refused (`refused_credentials`), a certificate of
-    another identity (`check_own_certificate`). Anything else propagates."""
+    another identity (`check_own_certificate`), a fed server that never
+    answers (`wait_for_fed_server`). A peer that stays unreachable through a
+    whole reconnect budget mid-run (ReconnectError) is one line too, exit 1: a
+    failure of the run, not of the input. Anything else propagates."""
 
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -51,6 +54,9 @@ def role_main(logger: logging.Logger) -> Callable[[Callable[..., int]], Callable
             except ConfigError as err:  # SettingError included
                 logger.error("%s", err)
                 return 2
+            except ReconnectError as err:  # a peer gone for good mid-run: not bad input
+                logger.error("%s", err)
+                return 1
 
         return run
 
@@ -158,19 +164,28 @@ def check_own_certificate(security: Any, expected: Any, said_by: str = "") -> No
     )
 
 
-def wait_for_fed_server(address: str, security: Any, timeout_s: float) -> None:
+def wait_for_fed_server(
+    address: str, security: Any, timeout_s: float, source: str = "--fed-address"
+) -> None:
     """Wait until the fed server at `address` serves (it may still be coming
-    up), saying at WARNING why while it does not. A TLS handshake that still
-    fails when the wait ends is a SettingError naming this role's CA (--tls-ca
-    or where it came from); any other UnreachableError (a TimeoutError) propagates."""
+    up), saying at WARNING why while it does not. When the wait ends without
+    it, a SettingError: a TLS handshake that still fails names this role's CA
+    (--tls-ca or where it came from); any other silence names `source`, the
+    flag that gave the address, with gRPC's last answer."""
     from fedsllm.bootstrap import SettingError
     from fedsllm.wire.rpc import UnreachableError, is_handshake_failure, wait_healthy
 
     try:
         wait_healthy(address, timeout_s, security=security, waiting_for="the fed server")
     except UnreachableError as err:
-        if security is None or security.tls is None or not is_handshake_failure(err.details):
-            raise
+        tls = security is not None and security.tls is not None
+        if not (tls and is_handshake_failure(err.details)):
+            raise SettingError(
+                source,
+                address,
+                f"the fed server did not answer for {timeout_s:.0f} s (last: {err.details}); "
+                "is it up, and is this its address?",
+            ) from None
         source, path = security.tls_sources[0] if security.tls_sources else ("--tls-ca", "")
         raise SettingError(
             source,

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedsllm.errors import ReconnectError
 from fedsllm.wire.retry import backoff_delays
 
 log = logging.getLogger(__name__)
@@ -427,18 +428,6 @@ state, short enough that a run whose server is gone for good ends."""
 RECONNECT_BASE_S = 0.2
 RECONNECT_CAP_S = 10.0
 RECONNECT_JITTER = 0.5
-
-
-class ReconnectError(ConnectionError):
-    """A peer stayed unreachable for the whole reconnect budget."""
-
-    def __init__(self, call: str, waited_s: float, code: Any, details: str) -> None:
-        self.call = call
-        self.waited_s = waited_s
-        super().__init__(
-            f"{call}: still {getattr(code, 'name', code)} after {waited_s:.0f} s of "
-            f"reconnecting (last: {details or 'no details'}); giving up"
-        )
 
 
 @dataclass(frozen=True)

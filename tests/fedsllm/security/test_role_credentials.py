@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 from types import SimpleNamespace
 
 import grpc
@@ -239,3 +240,39 @@ def test_role_main_turns_a_bad_setting_into_exit_2(caplog) -> None:
     with caplog.at_level(logging.ERROR, logger="test_role"):
         assert main([]) == 2
     assert [r.getMessage() for r in caplog.records] == ["--bind: address in use, got '127.0.0.1:1'"]
+
+
+def test_role_main_makes_a_peer_gone_mid_run_one_line_exit_1(caplog) -> None:
+    """A ReconnectError after the whole budget was a traceback; it is a failure of
+    the run (exit 1), said in one line, and other errors still propagate."""
+    log = logging.getLogger("test_role")
+
+    @role_main(log)
+    def gone(argv: list[str] | None = None) -> int:
+        raise ReconnectError("PushAdapter", 300.4, grpc.StatusCode.UNAVAILABLE, "Socket closed")
+
+    with caplog.at_level(logging.ERROR, logger="test_role"):
+        assert gone([]) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "PushAdapter: still UNAVAILABLE after 300 s of reconnecting (last: Socket closed); "
+        "giving up"
+    ]
+
+    @role_main(log)
+    def broken(argv: list[str] | None = None) -> int:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        broken([])
+
+
+def test_a_fed_server_that_never_answers_names_the_address_flag() -> None:
+    """Was UnreachableError's traceback (exit 1) after the 120 s start-up wait."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening
+        with pytest.raises(SettingError) as err:
+            wait_for_fed_server(address, None, timeout_s=1.0, source="--control-address")
+    message = str(err.value)
+    assert message.startswith("--control-address: the fed server did not answer for 1 s (last: ")
+    assert message.endswith(f"is it up, and is this its address?, got '{address}'")
