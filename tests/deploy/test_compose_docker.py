@@ -16,13 +16,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fedsllm.deploy.compose import IMAGE as COMPOSE_IMAGE
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_CONFIG = Path("/var/lib/fedsllm-docker/config")
-IMAGE = "fedsllm:latest"
+IMAGE = f"fedsllm-test-{uuid.uuid4().hex[:8]}:latest"
+"""A tag of this test run's own, removed when the module ends: the compose files
+name it instead of fedsllm:latest, which a user's `docker compose up` builds and
+keeps, and which the tests must neither replace nor leave behind."""
 SCENARIO = [
     "--clients", "2", "--rounds", "2",
     "--set", "model.pretrain_steps=0",
@@ -90,14 +96,18 @@ def _torch_index() -> str:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def image() -> Iterator[str]:
     problem = _engine_problem()
     if problem:
         pytest.skip(problem)
-    _docker(
-        "build", "-q", "--build-arg", f"TORCH_INDEX_URL={_torch_index()}", "-t", IMAGE, str(ROOT)
-    )
-    return IMAGE
+    try:
+        _docker(
+            "build", "-q", "--build-arg", f"TORCH_INDEX_URL={_torch_index()}", "-t", IMAGE,
+            str(ROOT),
+        )  # fmt: skip
+        yield IMAGE
+    finally:
+        _docker("image", "rm", "--force", IMAGE, check=False)
 
 
 def _compose_file(tmp_path: Path, links: str) -> Path:
@@ -107,6 +117,9 @@ def _compose_file(tmp_path: Path, links: str) -> Path:
         capture_output=True, text=True, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert f"image: {COMPOSE_IMAGE}" in text
+    out.write_text(text.replace(f"image: {COMPOSE_IMAGE}", f"image: {IMAGE}"))
     return out
 
 
