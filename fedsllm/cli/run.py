@@ -255,10 +255,7 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                 f"(run directory {run_dir} is complete; retry with fedsllm report)"
             )
             return EXIT_RUN_FAILED
-        console.print(
-            f"report: {report.report_md.name} (mean |error| of the delay model "
-            f"{report.mean_abs_error_pct:.1f}% over {report.num_rounds} rounds)"
-        )
+        console.print(f"report: {report.report_md.name} ({report.headline()})")
     if outcome.failed is not None:
         proc = outcome.failed.proc
         console.print(f"[bold red]run failed:[/] {outcome.failed}")

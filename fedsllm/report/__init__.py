@@ -75,7 +75,8 @@ and for a link rate "unshaped", i.e. infinite):
                            source, version, bandwidth_hz, share, num_local_steps,
                            predicted_round_s, num_versions
     totals                 measured_s, predicted_s, model_s (sums over complete rounds that
-                           are not partial), error_pct, mean_abs_error_pct (over those rounds),
+                           are not partial), error_pct, mean_abs_error_pct and
+                           num_rounds_in_mean (over those rounds, with a finite error),
                            eval_s, num_overruns, overrun_s, num_rounds, num_rounds_complete,
                            num_rounds_partial (complete but partial: left out of the sums)
     link_stats[]           per client and direction from the shapers: num_bytes,
@@ -121,6 +122,20 @@ class ReportResult:
     mean_abs_error_pct: float
     """Mean |error| of predicted against measured over complete rounds, partial ones left
     out (NaN if none)."""
+    num_rounds_in_mean: int = 0
+    """How many rounds that mean is over (complete, not partial, finite error)."""
+
+    def headline(self) -> str:
+        """The delay model's error as `fedsllm run` prints it: over the rounds it is
+        really over, saying how many of the run's rounds were left out."""
+        text = (
+            f"mean |error| of the delay model {self.mean_abs_error_pct:.1f}% over "
+            f"{self.num_rounds_in_mean} rounds"
+        )
+        left_out = self.num_rounds - self.num_rounds_in_mean
+        if left_out:
+            text += f" of {self.num_rounds}; {left_out} incomplete or partial, left out"
+        return text
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, str, list[TelemetryRecord]]:
@@ -348,6 +363,7 @@ def report_from_records(
             "model_s": sum(r["model_s"] for r in done),
             "error_pct": error_pct(tot_meas, tot_pred),
             "mean_abs_error_pct": _mean(errs),
+            "num_rounds_in_mean": len(errs),
             "eval_s": sum(e["duration_s"] for e in evals),
             "num_overruns": sum(r["num_overruns"] for r in rounds),
             "overrun_s": sum(r["overrun_s"] for r in rounds),
@@ -540,4 +556,5 @@ def write_report_files(
         figures=tuple(figures),
         num_rounds=len(report["rounds"]),
         mean_abs_error_pct=report["totals"]["mean_abs_error_pct"],
+        num_rounds_in_mean=report["totals"]["num_rounds_in_mean"],
     )

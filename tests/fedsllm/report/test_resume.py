@@ -285,3 +285,15 @@ def test_the_summary_wall_time_of_a_resumed_round_leaves_the_downtime_out() -> N
     split = summarize(resumed_records(False))
     assert math.isnan(split.rounds[1].wall_s) and split.rounds[1].restarted
     assert split.rounds[2].wall_s == pytest.approx(1.8)
+
+
+def test_the_run_headline_counts_only_the_rounds_in_the_mean(tmp_path: Path) -> None:
+    """`fedsllm run` said "over 3 rounds" when a partial round was left out of the mean."""
+    split = write_report(make_run_dir(tmp_path / "split", resumed_records(False)))
+    assert (split.num_rounds, split.num_rounds_in_mean) == (3, 2)
+    assert split.headline() == (
+        f"mean |error| of the delay model {split.mean_abs_error_pct:.1f}% over 2 rounds of 3; "
+        "1 incomplete or partial, left out"
+    )
+    whole = write_report(make_run_dir(tmp_path / "whole", resumed_records(True)))
+    assert whole.headline().endswith("% over 3 rounds")
