@@ -133,6 +133,22 @@ def val_losses(records: list[TelemetryRecord]) -> dict[int, float]:
     return {r.round: _required(r, "loss") for r in records if r.event is EventKind.VAL_LOSS}
 
 
+def train_losses(records: list[TelemetryRecord]) -> dict[int, list[float]]:
+    """Round -> the train losses of its local steps, one per (client, step): a step
+    recorded twice was run again after a restart (--resume, a killed client), and
+    only its last run counts; the aborted attempt's loss would count the step twice."""
+    last: dict[tuple[int, int, int], TelemetryRecord] = {}
+    for rec in records:
+        if rec.event is EventKind.TRAIN_LOSS:
+            key = (rec.round, rec.client, rec.step)
+            if key not in last or rec.t0 >= last[key].t0:
+                last[key] = rec
+    out: dict[int, list[float]] = defaultdict(list)
+    for (rnd, _client, _step), rec in sorted(last.items()):
+        out[rnd].append(_required(rec, "loss"))
+    return dict(out)
+
+
 def initial_val_loss(val: dict[int, float]) -> float:
     """The loss before training (NaN when not evaluated)."""
     return val.get(-1, math.nan)
@@ -158,14 +174,13 @@ def json_clean(value: Any) -> Any:
 def summarize(records: list[TelemetryRecord]) -> RunSummary:
     from fedsllm.report.phases import measure_rounds, run_start
 
-    losses: dict[int, list[float]] = defaultdict(list)
+    losses = train_losses(records)
     clients: dict[int, set[int]] = defaultdict(set)
     round_end: dict[int, float] = {}
     start = run_start(records)
     for rec in records:
         event, rnd = rec.event, rec.round
         if event is EventKind.TRAIN_LOSS:
-            losses[rnd].append(_required(rec, "loss"))
             clients[rnd].add(rec.client)
         elif event is EventKind.ROUND_DONE:
             round_end[rnd] = rec.t1

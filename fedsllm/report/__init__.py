@@ -50,7 +50,8 @@ and for a link rate "unshaped", i.e. infinite):
         partial            restarted, and the window does not hold the whole round (work
                            done only before a restart, or a restart while clients trained):
                            left out of the totals
-        train_loss         mean train loss of the round's local iterations
+        train_loss         mean train loss of the round's local iterations (a step run
+                           again after a restart counts once, its last run)
         val_loss           validation loss after the round (null when not evaluated)
         num_overruns, overrun_s   device-emulation overruns of the round (client + server)
         clients[]:
@@ -197,7 +198,7 @@ def report_from_records(
     """The report of already loaded records (see the module docstring for its fields)."""
     from fedsllm.report.phases import measure_rounds, run_start
     from fedsllm.report.predict import error_pct, model_client_s, predict_round, rates_in_force
-    from fedsllm.summary import final_val_loss, initial_val_loss, val_losses
+    from fedsllm.summary import final_val_loss, initial_val_loss, train_losses, val_losses
 
     dil = float(scenario.link.time_dilation)
     origin = run_start(records)
@@ -208,7 +209,7 @@ def report_from_records(
     beta = scenario.training.batch_size
     emulate = bool(scenario.link.emulate_compute)
 
-    train_by_round: dict[int, list[float]] = {}
+    train_by_round = train_losses(records)
     losses_train: list[dict[str, Any]] = []
     losses_val: list[dict[str, Any]] = []
     val_by_round = val_losses(records)
@@ -221,7 +222,6 @@ def report_from_records(
         t_s = (rec.t0 - origin) / dil
         if event is EventKind.TRAIN_LOSS:
             loss = rec.number("loss")
-            train_by_round.setdefault(rec.round, []).append(loss)
             losses_train.append(
                 {
                     "t_s": t_s,

@@ -10,6 +10,7 @@ round 6's end in the second, downtime and start-up included.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from fedsllm.report import build_report, write_report
 from fedsllm.report.phases import measure_rounds, process_restarts
-from fedsllm.summary import summarize
+from fedsllm.summary import summarize, train_losses
 from fedsllm.telemetry.records import TelemetryRecord
 from tests.fedsllm.report.synthetic import (
     DIL,
@@ -297,3 +298,30 @@ def test_the_run_headline_counts_only_the_rounds_in_the_mean(tmp_path: Path) -> 
     )
     whole = write_report(make_run_dir(tmp_path / "whole", resumed_records(True)))
     assert whole.headline().endswith("% over 3 rounds")
+
+
+def _loss(k: int, rnd: int, step: int, t: float, loss: float) -> TelemetryRecord:
+    rec = _event("client", k, rnd, "train_loss", t, loss=loss, num_tokens=100)
+    return dataclasses.replace(rec, step=step)
+
+
+def test_steps_run_again_after_a_restart_count_once_in_the_loss(tmp_path: Path) -> None:
+    """Client 1 trained round 1's step 0 (loss 9.0) before the kill and again after it
+    (loss 3.0): the round's train loss and step count were 9.0 and 3.0 averaged with
+    client 0's, over three steps; the rerun alone counts."""
+    recs = [r for r in resumed_records(True) if r.name != "train_loss"]
+    recs += [
+        _loss(0, 0, 0, 0.9, 4.0),
+        _loss(1, 0, 0, 0.9, 4.0),
+        _loss(1, 1, 0, 2.9, 9.0),  # the aborted attempt
+        _loss(1, 1, 0, GAP + 1.5, 3.0),
+        _loss(0, 1, 0, GAP + 2.1, 5.0),
+    ]
+    recs.sort(key=lambda r: r.t0)
+    assert train_losses(recs) == {0: [4.0, 4.0], 1: [5.0, 3.0]}  # by client
+    round1 = summarize(recs).rounds[1]
+    assert (round1.train_loss, round1.num_steps, round1.num_clients) == (4.0, 2, 2)
+    report = build_report(make_run_dir(tmp_path / "run", recs))
+    assert report["rounds"][1]["train_loss"] == pytest.approx(4.0)
+    # The loss curve keeps every step that ran, the aborted one too: it is history.
+    assert [p["loss"] for p in report["losses"]["train"] if p["round"] == 1] == [9.0, 3.0, 5.0]
