@@ -48,7 +48,8 @@ class ClientLink:
     allocated_uplink_bps: float
     """Mean of the uplink rates the controller pushed (NaN without a controller)."""
     achieved_uplink_bps: float
-    """Training-step uplink bytes * 8 / their receive time at the main server."""
+    """Training-step uplink bytes * 8 / their receive time at the main server, in
+    emulated seconds (wall / time_dilation), as the allocated rate is."""
     allocated_bandwidth_hz: float
     overrun_s: float
     """Client compute time beyond the emulated device's (0 = emulation held)."""
@@ -68,14 +69,19 @@ class RunSummary:
     final_val_loss: float
     total_wall_s: float
     links: list[ClientLink]
+    time_dilation: float = 1.0
+    """The run's link.time_dilation: round wall_s and total_wall_s are real seconds,
+    this many times the emulated ones; the link rates are emulated already."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def client_links(records: list[TelemetryRecord]) -> list[ClientLink]:
+def client_links(records: list[TelemetryRecord], time_dilation: float = 1.0) -> list[ClientLink]:
     """Allocated against achieved uplink rate, the downlink rate gradients were paced
-    at, and device overruns, per client."""
+    at, and device overruns, per client. Receive times are wall seconds, so the
+    achieved rate is divided back out of `time_dilation` (the links ran that many
+    times slower than the allocated, emulated, rates)."""
     allocated: dict[int, list[float]] = defaultdict(list)
     allocated_down: dict[int, list[float]] = defaultdict(list)
     asked_down: dict[int, list[float]] = defaultdict(list)
@@ -111,7 +117,9 @@ def client_links(records: list[TelemetryRecord]) -> list[ClientLink]:
             ClientLink(
                 client=k,
                 allocated_uplink_bps=sum(rates) / len(rates) if rates else math.nan,
-                achieved_uplink_bps=8 * sent[k] / took[k] if took.get(k) else math.nan,
+                achieved_uplink_bps=(
+                    8 * sent[k] * time_dilation / took[k] if took.get(k) else math.nan
+                ),
                 allocated_bandwidth_hz=sum(hz) / len(hz) if hz else math.nan,
                 overrun_s=overrun.get(k, 0.0),
                 downlink_bps=sum(down) / len(down) if down else 0.0,
@@ -171,7 +179,9 @@ def json_clean(value: Any) -> Any:
     return value
 
 
-def summarize(records: list[TelemetryRecord]) -> RunSummary:
+def summarize(records: list[TelemetryRecord], time_dilation: float = 1.0) -> RunSummary:
+    """The launcher's per-round and per-link summary of a run's records; rounds in
+    wall seconds, link rates in emulated terms (`time_dilation`, the scenario's)."""
     from fedsllm.report.phases import measure_rounds, run_start
 
     losses = train_losses(records)
@@ -208,7 +218,8 @@ def summarize(records: list[TelemetryRecord]) -> RunSummary:
         initial_val_loss=initial_val_loss(val),
         final_val_loss=final_val_loss(val),
         total_wall_s=last_end - start,
-        links=client_links(records),
+        links=client_links(records, time_dilation),
+        time_dilation=time_dilation,
     )
 
 
@@ -217,13 +228,16 @@ def write_summary(
     outcome: Any,
     records_or_summary: list[TelemetryRecord] | RunSummary,
     scenario_name: str,
+    *,
+    time_dilation: float,
 ) -> RunSummary:
     """RUN_DIR/summary.json: the launcher's outcome (fedsllm.launch.RunOutcome) and the
-    run summary (given, or summarized from the records); returns the summary."""
+    run summary (given, or summarized from the records with the scenario's
+    `time_dilation`); returns the summary."""
     summary = (
         records_or_summary
         if isinstance(records_or_summary, RunSummary)
-        else summarize(records_or_summary)
+        else summarize(records_or_summary, time_dilation)
     )
     failed = outcome.failed
     doc = {

@@ -240,7 +240,11 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     with progress:
         outcome = run_processes(scenario, run_dir, on_tick=progress.update, resume=resume)
     summary = write_summary(
-        run_dir, outcome, read_telemetry(run_dir / "trace"), scenario_name=scenario.name
+        run_dir,
+        outcome,
+        read_telemetry(run_dir / "trace"),
+        scenario_name=scenario.name,
+        time_dilation=scenario.link.time_dilation,
     )
     print_summary(console, summary)
     print_resilience(console, run_dir)
@@ -287,8 +291,12 @@ def print_summary(console: Any, summary: Any) -> None:
     def fmt(x: float, digits: int = 4) -> str:
         return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
-    table = Table(title="per-round summary")
-    for col in ("round", "clients", "steps", "train loss", "val loss", "wall s"):
+    dilation = summary.time_dilation
+    title, wall = "per-round summary", "wall s"
+    if dilation != 1.0:  # say which seconds: the plan and the report use emulated ones
+        title += f" (time dilated x{dilation:g}: emulated s = wall s / {dilation:g})"
+    table = Table(title=title)
+    for col in ("round", "clients", "steps", "train loss", "val loss", wall):
         table.add_column(col, justify="right")
     table.add_row("init", "", "", "", fmt(summary.initial_val_loss), "")
     for r in summary.rounds:

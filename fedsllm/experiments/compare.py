@@ -391,7 +391,13 @@ def run_policy(
     from fedsllm.trace import read_telemetry
 
     outcome = run_processes(scenario, run_dir, on_tick=on_tick)
-    write_summary(run_dir, outcome, read_telemetry(run_dir / "trace"), scenario_name=scenario.name)
+    write_summary(
+        run_dir,
+        outcome,
+        read_telemetry(run_dir / "trace"),
+        scenario_name=scenario.name,
+        time_dilation=scenario.link.time_dilation,
+    )
     failed = outcome.failed
     if failed is not None:
         return PolicyResult(

@@ -141,6 +141,18 @@ def test_links_allocated_against_achieved() -> None:
     assert links[1].overrun_s == pytest.approx(0.25) and links[0].overrun_s == 0.0
 
 
+def test_achieved_rates_are_emulated_under_time_dilation() -> None:
+    """Under link.time_dilation=4 the links ran 4x slower in wall time than allocated:
+    fedsllm run showed the achieved rate divided by 4 (15.6 allocated, 3.9 achieved);
+    rounds stay in wall seconds, and the summary says which dilation it used."""
+    summary = summarize(RECORDS, time_dilation=4.0)
+    links = {link.client: link for link in summary.links}
+    assert links[0].achieved_uplink_bps == pytest.approx(8e6)  # 125 kB in 0.5 s / 4
+    assert links[1].achieved_uplink_bps == pytest.approx(4e6)
+    assert links[0].allocated_uplink_bps == pytest.approx(3e6)
+    assert summary.rounds[0].wall_s == pytest.approx(1.4) and summary.time_dilation == 4.0
+
+
 def test_links_state_the_downlink_rate_the_gradients_were_paced_at() -> None:
     """Client 0's steps asked the main server for no pacing (the default downlink): it is
     unshaped whatever an allocation said; client 1's were paced at 1.6 Mbit/s."""

@@ -131,7 +131,9 @@ def test_the_summary_json_is_strict_json_with_null_for_what_was_not_measured(
                       allocated_bandwidth_hz=nan, overrun_s=0.0)  # fmt: skip
     summary = RunSummary(rounds=rounds, initial_val_loss=2.7, final_val_loss=1.9,
                          total_wall_s=2.0, links=[link])  # fmt: skip
-    write_summary(tmp_path, _outcome(tmp_path, resumed=False), summary, scenario_name="x")
+    write_summary(
+        tmp_path, _outcome(tmp_path, resumed=False), summary, scenario_name="x", time_dilation=1.0
+    )
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
@@ -147,7 +149,9 @@ def test_the_summary_json_records_its_run_dir_absolute(tmp_path, monkeypatch) ->
                        links=[])  # fmt: skip
     monkeypatch.chdir(tmp_path.parent)
     relative = Path(tmp_path.name)
-    write_summary(relative, _outcome(tmp_path, resumed=False), empty, scenario_name="x")
+    write_summary(
+        relative, _outcome(tmp_path, resumed=False), empty, scenario_name="x", time_dilation=1.0
+    )
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert doc["run_dir"] == str(tmp_path.resolve())
 
@@ -156,7 +160,9 @@ def test_the_summary_json_carries_faults_restarts_resumes_and_audit(tmp_path) ->
     write_fault_log(tmp_path, SCENARIO, _outcome(tmp_path, resumed=True))
     empty = RunSummary(rounds=[], initial_val_loss=0.0, final_val_loss=0.0, total_wall_s=0.0,
                        links=[])  # fmt: skip
-    write_summary(tmp_path, _outcome(tmp_path, resumed=True), empty, scenario_name="x")
+    write_summary(
+        tmp_path, _outcome(tmp_path, resumed=True), empty, scenario_name="x", time_dilation=1.0
+    )
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert doc["resumed"] is True
     assert [(f["action"], f["ok"], f["round"]) for f in doc["faults"]] == [
