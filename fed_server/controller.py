@@ -48,6 +48,7 @@ from fedsllm.wire.messages import (
     RegisterInfo,
     RegisterReplyInfo,
 )
+from fedsllm.words import counted
 
 if TYPE_CHECKING:
     from fedsllm.delay.inputs import DelayInputs
@@ -158,12 +159,12 @@ class Controller:
             predicted_total_s=float(num_rounds * plan_alloc.round_time_int_s),
         )
         log.info(
-            "controller: plan for policy %s: eta %.4f, %d local steps x %d rounds, "
+            "controller: plan for policy %s: eta %.4f, %s x %s, "
             "predicted round %.3f s, total %.3f s",
             self.plan.policy,
             self.plan.eta,
-            self.plan.num_local_steps,
-            self.plan.num_rounds,
+            counted(self.plan.num_local_steps, "local step"),
+            counted(self.plan.num_rounds, "round"),
             self.plan.predicted_round_s,
             self.plan.predicted_total_s,
         )
@@ -558,10 +559,10 @@ class Controller:
                 self._channels = channels
                 self._version = int(state["version"])
         log.info(
-            "controller: restored plan (%d local steps x %d rounds), %d registrations, "
+            "controller: restored plan (%s x %s), %d registrations, "
             "%d channel reports, allocation v%d of round %d",
-            saved_plan.num_local_steps,
-            saved_plan.num_rounds,
+            counted(saved_plan.num_local_steps, "local step"),
+            counted(saved_plan.num_rounds, "round"),
             len(registered),
             len(channels),
             self._version,

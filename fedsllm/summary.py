@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsllm.telemetry.records import EventKind, Phase, TelemetryRecord
+from fedsllm.words import counted
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,7 @@ def resilience_lines(run_dir: Path, doc: dict[str, Any] | None = None) -> list[s
             policy += f" (at most {launch.get('max_restarts')} per role)"
         rounds = launch.get("rounds_done")
         end = "completed" if launch.get("completed") else f"failed ({launch.get('failed')})"
-        done = f", {rounds} rounds done" if rounds is not None else ""
+        done = f", {counted(rounds, 'round')} done" if rounds is not None else ""
         lines.append(f"{head}{policy}; {end}{done}")
         for fault in launch.get("faults", []):
             if fault.get("fired_at_s") is None:

@@ -275,13 +275,13 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
 
 def plan_text(scenario: Any) -> str:
     """What the banner says about rounds: fixed, or left to the controller's plan."""
+    from fedsllm.words import counted
+
     training, policy = scenario.training, scenario.policy
     if policy.name == "fixed_steps":
-        from fedsllm.words import counted
-
         rounds, steps = training.num_rounds, training.num_local_steps
         return f"{counted(rounds, 'round')} x {counted(steps, 'local step')}"
-    cap = f", at most {policy.max_rounds} rounds" if policy.max_rounds else ""
+    cap = f", at most {counted(policy.max_rounds, 'round')}" if policy.max_rounds else ""
     return f"policy {policy.name} (the controller plans rounds and local steps{cap})"
 
 

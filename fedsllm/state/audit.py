@@ -35,6 +35,7 @@ from fedsllm.model.fedavg import AdapterState, fedavg
 from fedsllm.state.format import tensor_digest
 from fedsllm.state.ledger import RoundRecord
 from fedsllm.state.store import FedServerStore, UpdateKey
+from fedsllm.words import counted
 
 Average = Callable[[Sequence[AdapterState], Sequence[float]], AdapterState]
 
@@ -68,7 +69,8 @@ class AuditResult:
         how = "bit-exact" if self.atol == 0 else f"to atol={self.atol:g}"
         verdict = "OK" if self.ok else "FAILED"
         head = (
-            f"audit {verdict}: {self.num_rounds} rounds, {self.num_updates} accepted updates, "
+            f"audit {verdict}: {counted(self.num_rounds, 'round')}, "
+            f"{counted(self.num_updates, 'accepted update')}, "
             f"doubled={len(self.doubled)}, missing={len(self.missing)}"
         )
         out = [head]
@@ -226,8 +228,8 @@ class RunAudit:
             verdict = "yes" if not res.mismatched else "no"
             equal = f"{verdict} (max diff {res.max_abs_diff:.3g})"
         line = (
-            f"audit {'OK' if res.ok else 'FAILED'}: {res.num_rounds} rounds, "
-            f"{res.num_updates} updates, final adapter equals recomputed FedAvg: {equal}"
+            f"audit {'OK' if res.ok else 'FAILED'}: {counted(res.num_rounds, 'round')}, "
+            f"{counted(res.num_updates, 'update')}, final adapter equals recomputed FedAvg: {equal}"
         )
         problems = len(res.doubled) + len(res.missing)
         if problems:

@@ -255,3 +255,18 @@ def test_an_interrupted_launch_is_recorded_as_such(tmp_path) -> None:
         "launch 1 of 2: restart on-failure (at most 3 per role); failed (interrupted by SIGTERM)"
         in (resilience_lines(tmp_path)[0])
     )
+
+
+def test_counts_of_one_read_singular() -> None:
+    """The trial saw "audit OK: 1 rounds", "at most 1 rounds", "1 local steps x 2 rounds"."""
+    from fedsllm.cli.run import plan_text
+    from fedsllm.config import load_scenario
+    from fedsllm.state.audit import AuditResult
+
+    assert AuditResult(num_rounds=1, num_updates=1).lines()[0] == (
+        "audit OK: 1 round, 1 accepted update, doubled=0, missing=0"
+    )
+    scenario = load_scenario(None, ['policy.name="optimal"', "policy.max_rounds=1"])
+    assert plan_text(scenario).endswith(
+        "(the controller plans rounds and local steps, at most 1 round)"
+    )
