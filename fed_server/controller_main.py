@@ -19,6 +19,8 @@ log = logging.getLogger("fed_server.controller_main")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from fedsllm.cli import add_log_level_arg
+
     parser = argparse.ArgumentParser(
         prog="python -m fed_server.controller_main", description=__doc__
     )
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run directory; allocations are traced to RUN_DIR/trace/controller.jsonl "
         "(default: no trace)",
     )
-    parser.add_argument("--log-level", default="INFO")
+    add_log_level_arg(parser, "INFO")
     return parser.parse_args(argv)
 
 

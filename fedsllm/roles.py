@@ -204,6 +204,8 @@ def role_arg_parser(
     Values left out here come from FEDSLLM_* variables, then the scenario
     (fedsllm.bootstrap.resolve); argparse defaults are None for that reason.
     """
+    from fedsllm.cli import add_log_level_arg
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--scenario",
@@ -237,7 +239,7 @@ def role_arg_parser(
         default="",
         help="run id of the launcher's network namespaces (tc backend)",
     )
-    parser.add_argument("--log-level", default="INFO")
+    add_log_level_arg(parser, "INFO")
     tls = parser.add_argument_group(
         "credentials",
         "mutual TLS files (each: the flag, else FEDSLLM_TLS_CA/CERT/KEY); without them, "

@@ -38,11 +38,27 @@ SUBCOMMANDS = (
 so that the CLI grows one module at a time."""
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def add_log_level_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    """--log-level for `fedsllm` and every role: one of LOG_LEVELS, any case; argparse
+    refuses anything else (exit 2, naming the flag) rather than logging at INFO."""
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default {default})",
+    )
+
+
 def configure_logging(level: str = "INFO", role: str = "cli", client_id: int | None = None) -> None:
     """The one place that installs log handlers; called by `fedsllm` and each role's main."""
     tag = role if client_id is None else f"{role}[{client_id}]"
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=getattr(logging, level.upper()),
         format=f"%(asctime)s.%(msecs)03d {tag} %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
@@ -148,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedsllm",
         description="Federated split LoRA fine-tuning testbed over emulated wireless links.",
     )
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    add_log_level_arg(parser, "WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         try:

@@ -120,3 +120,22 @@ def test_a_seed_no_generator_takes_exits_2_naming_seed(argv: list[str], capsys) 
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err
     assert "seed" in err and "Traceback" not in err
+
+
+def test_an_unknown_log_level_is_refused_by_fedsllm_and_every_role(capsys) -> None:
+    """`fedsllm --log-level foo plan` ran at INFO without a word."""
+    from fed_server.controller_main import parse_args as controller_args
+    from fedsllm.roles import role_arg_parser
+
+    parsers = [
+        build_parser().parse_args,
+        role_arg_parser("client", None).parse_args,
+        role_arg_parser("fed_server", None, fed_server=True).parse_args,
+        lambda argv: controller_args([*argv, "--scenario", "x.json"]),
+    ]
+    for parse in parsers:
+        with pytest.raises(SystemExit) as exit_:
+            parse(["--log-level", "foo"])
+        assert exit_.value.code == 2
+        assert "argument --log-level: invalid choice: 'FOO'" in capsys.readouterr().err
+    assert build_parser().parse_args(["--log-level", "debug", "plan"]).log_level == "DEBUG"
