@@ -86,7 +86,7 @@ def sweep(
 
     `base` is a scenario dict (load_dict + overrides); each point is
     validated as a ScenarioConfig, so a bad value raises ConfigError naming
-    the field.
+    --values and the field it set.
     """
     from fedsllm.config import apply_overrides, from_dict
     from fedsllm.delay.inputs import delay_inputs
@@ -119,7 +119,12 @@ def sweep(
         etas: dict[str, list[float]] = {p: [] for p in policies}
         for i in range(num_seeds):
             data = apply_overrides(base, [*overrides, f"seed={base_seed + i}"])
-            scenario = from_dict(data)
+            try:
+                scenario = from_dict(data)
+            except ConfigError as err:  # the base is valid (counted above): the value is not
+                raise ConfigError(
+                    "--values", value, f"{param} {value:g} gives {err.path}: {err.reason}"
+                ) from None
             inputs = delay_inputs(scenario, 0, counts)
             if path is None:
                 inputs = inputs.replace(bits_per_iter=inputs.bits_per_iter * value)

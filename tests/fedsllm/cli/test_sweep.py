@@ -42,7 +42,14 @@ def test_sweep_writes_csv_and_png(tmp_path: Path, capsys: pytest.CaptureFixture)
     [
         (["--param", "rank", "--values", "1"], "--param"),
         (["--param", "bandwidth_mhz", "--values", "5,x"], "--values"),
-        (["--param", "bandwidth_mhz", "--values", "0"], "channel.bandwidth_hz"),
+        (
+            ["--param", "bandwidth_mhz", "--values", "0"],
+            "--values: bandwidth_mhz 0 gives channel.bandwidth_hz: must be > 0",
+        ),
+        (
+            ["--param", "num_clients", "--values", "2,0"],
+            "--values: num_clients 0 gives clients.num_clients: must be >= 1",
+        ),
         (["--values", "1"], "--param"),
         (["--paper", "--param", "num_clients"], "--param"),
         (["--paper", "--values", "5,10"], "--values"),
