@@ -54,7 +54,8 @@ def test_bad_sweep_arguments() -> None:
     assert err.value.path == "--param"
     with pytest.raises(ConfigError) as err:
         sweep(load_dict(None), "bandwidth_mhz", [-1.0], num_seeds=1)
-    assert err.value.path == "channel.bandwidth_hz"
+    assert err.value.path == "--values"
+    assert err.value.reason == "bandwidth_mhz -1 gives channel.bandwidth_hz: must be > 0"
 
 
 def test_sweep_flags_absurd_baselines() -> None:
