@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             service_names=(FED_SERVER_SERVICE, *control_names),
             security=security,
         )
-    log.info("serving FedServer and Telemetry on port %d, with %s", port, ", ".join(control_names))
+    log.info("serving FedServer on port %d, with %s", port, ", ".join(control_names))
     try:
         with binding(control_setting.source, control_bind):
             control_server, control_port = create_server(

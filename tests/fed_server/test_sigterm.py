@@ -75,7 +75,7 @@ def test_sigterm_releases_a_waiting_pull_and_the_server_exits(tmp_path) -> None:
     proc, lines = _start(tmp_path)
     seen: list[str] = []
     try:
-        port = int(_wait_for(lines, r"serving FedServer and Telemetry on port (\d+)", seen)[1])
+        port = int(_wait_for(lines, r"serving FedServer on port (\d+)", seen)[1])
         channel = make_channel(f"127.0.0.1:{port}", Security(token=TOKEN))
         stub = pb_grpc.FedServerStub(channel)
         hashed = json.loads((tmp_path / "run" / "scenario.json").read_text())["scenario_hash"]

@@ -108,7 +108,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory, scenario_file: Path) -> Iterat
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             text = log_path.read_text()
-            if found := re.search(r"serving FedServer and Telemetry on port (\d+)", text):
+            if found := re.search(r"serving FedServer on port (\d+)", text):
                 ports["fed"] = f"127.0.0.1:{found[1]}"
             if found := re.search(r"serving [\w., ]*Controller on port (\d+)", text):
                 ports["control"] = f"127.0.0.1:{found[1]}"
