@@ -617,10 +617,26 @@ def unary_call(
     attempts: int = 1,
     base_delay_s: float = 0.1,
 ) -> T:
-    """One unary call with a deadline, retried on UNAVAILABLE when attempts > 1."""
+    """One unary call with a deadline, retried on UNAVAILABLE when attempts > 1;
+    its retries are logged under the method's name."""
     return call_with_retry(
-        lambda: method(request, timeout=timeout_s), attempts=attempts, base_delay_s=base_delay_s
+        lambda: method(request, timeout=timeout_s),
+        attempts=attempts,
+        base_delay_s=base_delay_s,
+        name=method_name(method),
     )
+
+
+def method_name(method: Callable[..., Any]) -> str:
+    """'Status' for a stub's method (gRPC's multicallables keep their path,
+    /package.Service/Method, in `_method`), else the callable's own name: what
+    retry messages call the call."""
+    path = getattr(method, "_method", None)
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    if isinstance(path, str) and path:
+        return path.rsplit("/", 1)[-1]
+    return getattr(method, "__name__", "call")
 
 
 UNREACHABLE_WARN_S = 5.0

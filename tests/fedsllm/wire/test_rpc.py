@@ -443,7 +443,8 @@ def test_channels_find_a_restarted_server_within_seconds() -> None:
     assert options["grpc.max_reconnect_backoff_ms"] <= 5_000
 
 
-def test_unary_call_retries_until_server_appears() -> None:
+def test_unary_call_retries_until_server_appears(caplog) -> None:
+    """...and names the method in what it logs (the trial saw "call: peer unreachable")."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = rpc.free_port()
@@ -459,14 +460,18 @@ def test_unary_call_retries_until_server_appears() -> None:
     try:
         with rpc.make_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            reply = rpc.unary_call(
-                stub.Check,
-                health_pb2.HealthCheckRequest(),
-                timeout_s=1.0,
-                attempts=8,
-                base_delay_s=0.1,
-            )
+            assert rpc.method_name(stub.Check) == "Check"
+            with caplog.at_level(logging.INFO, logger="fedsllm.wire.rpc"):
+                reply = rpc.unary_call(
+                    stub.Check,
+                    health_pb2.HealthCheckRequest(),
+                    timeout_s=1.0,
+                    attempts=8,
+                    base_delay_s=0.1,
+                )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        said = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+        assert said and all(m.startswith("Check: ") for m in said), said
     finally:
         timer.join()
         for server in holder:
