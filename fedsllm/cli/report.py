@@ -40,7 +40,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from fedsllm.report import write_report
-    from fedsllm.report.render import round_marks
+    from fedsllm.report.render import round_marks, rounds_line
 
     result = write_report(args.run_dir)
     doc = json.loads(result.report_json.read_text(encoding="utf-8"))
@@ -58,7 +58,7 @@ def _report(args: argparse.Namespace) -> int:
         )
         return 0
     tot = doc["totals"]
-    print(f"rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}")
+    print(f"rounds: {rounds_line(tot)}")
     print(f"{'round':>5} {'measured s':>11} {'predicted s':>12} {'error':>8}")
     for r in doc["rounds"]:
         marks = round_marks(r)  # as report.md marks them

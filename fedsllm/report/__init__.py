@@ -78,7 +78,8 @@ and for a link rate "unshaped", i.e. infinite):
     totals                 measured_s, predicted_s, model_s (sums over complete rounds that
                            are not partial), error_pct, mean_abs_error_pct and
                            num_rounds_in_mean (over those rounds, with a finite error),
-                           eval_s, num_overruns, overrun_s, num_rounds, num_rounds_complete,
+                           eval_s, num_overruns, overrun_s, num_rounds (with records),
+                           num_rounds_planned (the plan's; null if unknown), num_rounds_complete,
                            num_rounds_partial (complete but partial: left out of the sums)
     link_stats[]           per client and direction from the shapers: num_bytes,
                            num_chunks, busy_s, shaped_bytes, achieved_bps
@@ -159,6 +160,18 @@ def load_run(run_dir: str | Path) -> tuple[Any, str, list[TelemetryRecord]]:
     if not any(r.is_span for r in records):
         raise ConfigError("run_dir", str(root), "trace/*.jsonl hold no spans (run incomplete)")
     return scenario, scenario_hash, records
+
+
+def planned_rounds(records: list[TelemetryRecord], scenario: Any) -> int | None:
+    """How many rounds the run was to have: the controller's plan (its last plan
+    event), or training.num_rounds under fixed_steps; None when neither is known.
+    An interrupted run has fewer rounds in its records than this."""
+    plans = [r for r in records if r.event is EventKind.PLAN and r.has_number("num_rounds")]
+    if plans:
+        return int(max(plans, key=lambda r: r.t0).number("num_rounds"))
+    if scenario.policy.name == "fixed_steps":
+        return int(scenario.training.num_rounds)
+    return None
 
 
 def _counts(scenario: Any) -> Any:
@@ -368,6 +381,7 @@ def report_from_records(
             "num_overruns": sum(r["num_overruns"] for r in rounds),
             "overrun_s": sum(r["overrun_s"] for r in rounds),
             "num_rounds": len(rounds),
+            "num_rounds_planned": planned_rounds(records, scenario),
             "num_rounds_complete": sum(1 for r in rounds if r["complete"]),
             "num_rounds_partial": sum(1 for r in rounds if r["complete"] and r["partial"]),
         },

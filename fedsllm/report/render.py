@@ -53,6 +53,15 @@ def _downlink_summary(report: dict[str, Any]) -> str:
     return f"paced at {rates} Mbit/s{where}"
 
 
+def rounds_line(tot: dict[str, Any]) -> str:
+    """ "1 complete of 2" and, for a run that stopped early, "of 37 planned"."""
+    text = f"{tot['num_rounds_complete']} complete of {tot['num_rounds']}"
+    planned = tot.get("num_rounds_planned")
+    if planned is not None and planned != tot["num_rounds"]:
+        text += f" started ({planned} planned)"
+    return text
+
+
 def round_marks(r: dict[str, Any]) -> str:
     """What a reader must know about a round before reading its numbers
     ("restarted", "incomplete", ...; empty for a plain round)."""
@@ -90,7 +99,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"link backend `{s['link_backend']}`, compute emulated: {s['emulate_compute']}",
         f"- downlink (activation gradients, global adapter): {_downlink_summary(report)}",
         f"- time unit: emulated seconds (time dilation {report['time_dilation']:g} divided out)",
-        f"- rounds: {tot['num_rounds_complete']} complete of {tot['num_rounds']}"
+        f"- rounds: {rounds_line(tot)}"
         + (
             f", {tot['num_rounds_partial']} split by a restart, left out of the totals"
             if tot.get("num_rounds_partial")

@@ -507,3 +507,18 @@ def test_the_delay_figures_legend_sits_below_the_bars_it_explains() -> None:
     assert box.y1 <= drawn.y0  # wholly below all of it
     figure = fig.bbox
     assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and box.y0 >= figure.y0
+
+
+def test_a_run_stopped_early_says_how_many_rounds_were_planned(tmp_path: Path, capsys) -> None:
+    """`fedsllm report` on a 37-round plan interrupted after round 0 said "1 complete of
+    2", as if the run had been two rounds long."""
+    from fedsllm.cli import main
+    from tests.fedsllm.report.synthetic import _event
+
+    plan = _event("fed_server", -1, -1, "plan", -5.0, num_rounds=37, num_local_steps=1)
+    run = make_run_dir(tmp_path / "run", sorted([plan, *synthetic_records()], key=lambda r: r.t0))
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "rounds: 2 complete of 2 started (37 planned)"
+    assert "- rounds: 2 complete of 2 started (37 planned)" in (run / "report.md").read_text()
+    doc = json.loads((run / "report.json").read_text())
+    assert doc["totals"]["num_rounds_planned"] == 37
