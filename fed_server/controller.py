@@ -89,6 +89,18 @@ class ControllerSnapshot:
     closed: bool
 
 
+def _same_allocations(new: tuple[AllocationInfo, ...], current: tuple[AllocationInfo, ...]) -> bool:
+    """Whether `new` allocates exactly what `current` does (version and issue time
+    aside): the solver is deterministic, so equal inputs give equal floats."""
+
+    def what(info: AllocationInfo) -> AllocationInfo:
+        return dataclasses.replace(info, version=0, issued_unix_s=0.0)
+
+    return len(new) == len(current) and all(
+        what(a) == what(b) for a, b in zip(new, current, strict=True)
+    )
+
+
 def _check_finite(field: str, value: float, minimum: float | None = None) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (minimum is not None and value < minimum):
@@ -351,6 +363,18 @@ class Controller:
                 )
             raise
         self._check_open()
+        if _same_allocations(allocations, self._allocations):
+            # A registration or report that changes nothing the solver sees (a client
+            # registering the profile the scenario gave it): the state is kept, but no
+            # new version is pushed to every subscriber or traced K times (with K
+            # clients joining, that was K^2 allocation records and pushes).
+            self._persist(registered, channels, round_index, self._version)
+            with self._cond:
+                self._registered = registered
+                self._channels = channels
+            log.debug("controller: round %d: %s leaves allocation v%d as it is",
+                      round_index, reason, self._version)  # fmt: skip
+            return self._version
         # Saved first: a store that cannot commit leaves the controller as it was.
         self._persist(registered, channels, round_index, self._version + 1)
         with self._cond:

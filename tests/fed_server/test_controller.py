@@ -510,3 +510,24 @@ def test_max_rounds_runs_the_first_rounds_of_the_plan() -> None:
         full.plan.num_local_steps,
     )
     assert short.plan.predicted_total_s == pytest.approx(3 * full.plan.predicted_round_s)
+
+
+def test_joining_clients_with_their_scenario_profiles_publish_nothing_new(
+    counts, tmp_path: Path
+) -> None:
+    """K clients registering the profiles the scenario gave them re-solved the round K
+    times, each publication traced once per client: K^2 allocation records (10,200 at
+    K=100) and pushes, for allocations all equal. Only a change is published now."""
+    tracer = Tracer(tmp_path / "trace" / "controller.jsonl", "controller")
+    ctrl = _controller(counts, tracer=tracer)
+    ctrl.start_round(0)
+    first = _shares(ctrl)
+    _register_all(ctrl)
+    assert ctrl.version == 1 and ctrl.snapshot().registered.keys() == set(range(NUM_CLIENTS))
+    np.testing.assert_array_equal(_shares(ctrl), first)
+    _register(ctrl, 1, flops=ctrl.scenario.profile(1).flops * 0.25)  # a real change
+    assert ctrl.version == 2 and _shares(ctrl)[1] != first[1]
+    tracer.close()
+    allocs = [r for r in read_records(tmp_path / "trace") if r["name"] == "allocation"]
+    assert len(allocs) == 2 * NUM_CLIENTS
+    assert {r["extra"]["reason"] for r in allocs} == {"start of round 0", "register client 1"}

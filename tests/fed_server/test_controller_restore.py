@@ -65,12 +65,13 @@ def test_a_restored_controller_gives_the_same_plan_shares_and_later_versions(cou
     _register(first, 0, 0.5)  # before round 0: saved without a publication
     first.start_round(0)
     _register(first, 1, 2.0)
-    _register(first, 2, 1.0)
+    _register(first, 2, 1.0)  # the profile the scenario gave it: no new allocation
     first.report_channel(ChannelReportInfo(client_id=2, gain_db=-70.0, distance_m=0.0))
     first.start_round(1)
     saved = store.load().controller
     assert saved == first.state_dict()
-    assert saved["version"] == first.version == 5
+    assert saved["version"] == first.version == 4
+    assert saved["registered"]["2"]["num_samples"] == 102  # still recorded
 
     again = _controller(counts, store)
     again.restore(store.load().controller)
