@@ -130,9 +130,11 @@ class ReportResult:
     def headline(self) -> str:
         """The delay model's error as `fedsllm run` prints it: over the rounds it is
         really over, saying how many of the run's rounds were left out."""
+        from fedsllm.words import counted
+
         text = (
             f"mean |error| of the delay model {self.mean_abs_error_pct:.1f}% over "
-            f"{self.num_rounds_in_mean} rounds"
+            f"{counted(self.num_rounds_in_mean, 'round')}"
         )
         left_out = self.num_rounds - self.num_rounds_in_mean
         if left_out:

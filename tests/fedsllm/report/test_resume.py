@@ -298,6 +298,8 @@ def test_the_run_headline_counts_only_the_rounds_in_the_mean(tmp_path: Path) -> 
     )
     whole = write_report(make_run_dir(tmp_path / "whole", resumed_records(True)))
     assert whole.headline().endswith("% over 3 rounds")
+    one = dataclasses.replace(whole, num_rounds=1, num_rounds_in_mean=1)
+    assert one.headline().endswith("% over 1 round")
 
 
 def _loss(k: int, rnd: int, step: int, t: float, loss: float) -> TelemetryRecord:
