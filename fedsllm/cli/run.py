@@ -260,6 +260,9 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             )
             return EXIT_RUN_FAILED
         console.print(f"report: {report.report_md.name} ({report.headline()})")
+        hint = report.overrun_hint(scenario.link.time_dilation, scenario.clients.num_clients)
+        if hint:
+            console.print(f"[yellow]hint:[/] {hint}")
     if outcome.failed is not None:
         proc = outcome.failed.proc
         console.print(f"[bold red]run failed:[/] {outcome.failed}")

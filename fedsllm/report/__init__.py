@@ -126,6 +126,29 @@ class ReportResult:
     out (NaN if none)."""
     num_rounds_in_mean: int = 0
     """How many rounds that mean is over (complete, not partial, finite error)."""
+    measured_s: float = math.nan
+    """The totals' measured delay (emulated s)."""
+    overrun_s: float = 0.0
+    """Device-emulation overruns over the run, clients and main server (emulated s)."""
+
+    OVERRUN_HINT_FRACTION = 0.05
+    """Overruns above this share of the measured delay are this host's slowness, not
+    the model's error: worth a hint."""
+
+    def overrun_hint(self, time_dilation: float, num_clients: int) -> str | None:
+        """What to do when the host could not keep up with the emulated devices (the
+        delay error then measures the host): a larger link.time_dilation."""
+        if not (
+            self.measured_s > 0 and self.overrun_s > self.OVERRUN_HINT_FRACTION * self.measured_s
+        ):
+            return None
+        suggested = max(2.0 * time_dilation, math.ceil(0.3 * num_clients))
+        return (
+            f"the emulated devices ran {self.overrun_s:.2f} s late in all "
+            f"({100 * self.overrun_s / self.measured_s:.0f}% of the measured delay): this host "
+            f"could not keep up, and the delay error counts it; stretch emulated time, e.g. "
+            f"--set link.time_dilation={suggested:g}"
+        )
 
     def headline(self) -> str:
         """The delay model's error as `fedsllm run` prints it: over the rounds it is
@@ -573,4 +596,6 @@ def write_report_files(
         num_rounds=len(report["rounds"]),
         mean_abs_error_pct=report["totals"]["mean_abs_error_pct"],
         num_rounds_in_mean=report["totals"]["num_rounds_in_mean"],
+        measured_s=report["totals"]["measured_s"],
+        overrun_s=report["totals"]["overrun_s"],
     )

@@ -522,3 +522,19 @@ def test_a_run_stopped_early_says_how_many_rounds_were_planned(tmp_path: Path, c
     assert "- rounds: 2 complete of 2 started (37 planned)" in (run / "report.md").read_text()
     doc = json.loads((run / "report.json").read_text())
     assert doc["totals"]["num_rounds_planned"] == 37
+
+
+def test_a_host_that_could_not_keep_up_gets_a_hint_to_dilate_time(tmp_path: Path) -> None:
+    """A 12-client run ended at 43% error with 3.1 s of overruns, mostly the main
+    server's, and nothing told the user that time dilation was the remedy."""
+    from fedsllm.report import ReportResult
+
+    def result(overrun_s: float) -> ReportResult:
+        return ReportResult(tmp_path, tmp_path / "r.md", tmp_path / "r.json", (), 3, 43.1, 3,
+                            measured_s=7.0, overrun_s=overrun_s)  # fmt: skip
+
+    assert result(0.3).overrun_hint(1.0, 12) is None  # 4%: within what a host adds
+    hint = result(3.1).overrun_hint(1.0, 12)
+    assert hint is not None and hint.startswith("the emulated devices ran 3.10 s late in all (44%")
+    assert hint.endswith("--set link.time_dilation=4")  # 0.3 x K, rounded up
+    assert result(3.1).overrun_hint(8.0, 12).endswith("--set link.time_dilation=16")
