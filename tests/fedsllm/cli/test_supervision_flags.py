@@ -4,6 +4,7 @@ the scenario hash alone."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -100,7 +101,7 @@ def test_restart_and_faults_do_not_change_the_scenario_hash() -> None:
 def test_restart_flag_is_sugar_for_run_restart() -> None:
     from fedsllm.cli.run import flag_overrides
 
-    (sub,) = [a for a in build_parser()._actions if hasattr(a, "choices") and a.choices]
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     args = sub.choices["run"].parse_args(["--restart", "on-failure"])
     assert flag_overrides(args) == ["run.restart='on-failure'"]
 
@@ -163,7 +164,7 @@ def test_resume_reads_the_runs_scenario_with_the_new_launcher_flags(tmp_path) ->
     )
     doc = {"scenario_hash": scenario_hash(scenario), **scenario.to_dict()}
     (run_dir / "scenario.json").write_text(json.dumps(doc))
-    (sub,) = [a for a in build_parser()._actions if hasattr(a, "choices") and a.choices]
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     args = sub.choices["run"].parse_args(["--resume", str(run_dir), "--restart", "on-failure"])
     resumed, where = resumed_scenario(args)
     assert where == run_dir.resolve()
