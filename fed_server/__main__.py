@@ -12,7 +12,8 @@ adapters (the main server's arrives over the wire), the served base.
 The collector (fedsllm.telemetry) keeps every role's records in
 RUN_DIR/trace/; it is served on the fed server's port, on the control port
 (unshaped under tc) and on RUN_DIR/telemetry.sock (for watchers on this host,
-whatever network namespace they are in).
+whatever network namespace they are in). RUN_DIR/endpoints.json says where
+(fedsllm.telemetry.write_endpoints), with the ports actually bound.
 """
 
 from __future__ import annotations
@@ -237,6 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         raise
     log.info("serving %s on port %d", ", ".join(control_names), control_port)
     local_server = _serve_local_telemetry(run_dir, telemetry, security)
+    # Where to reach this run (a launched run binds port 0): fedsllm watch and
+    # other tools read it, so nobody digs the port out of a log.
+    from fedsllm.telemetry import bound_address, socket_address, write_endpoints
+
+    endpoints = write_endpoints(
+        run_dir,
+        fed_address=bound_address(bind, port),
+        control_address=bound_address(control_bind, control_port),
+        telemetry_socket=socket_address(run_dir) if local_server is not None else None,
+    )
+    log.info("endpoints in %s", endpoints)
 
     wait_for_stop(tick=state.poll_deadline)
     state.stop()  # every PullGlobal still waiting ends now with UNAVAILABLE

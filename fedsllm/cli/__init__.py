@@ -33,6 +33,7 @@ SUBCOMMANDS = (
     "calibrate",
     "certs",
     "compose",
+    "watch",
 )
 """Modules under fedsllm.cli, each with `register(subparsers)`; missing ones are skipped
 so that the CLI grows one module at a time."""

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="create a CA and mutual-TLS certificates for every role and client",
         description=(
             "Write into DIR (new or empty) a CA certificate (ca.pem) and, for fed_server, "
-            "main_server, controller, launcher and client_0 .. client_{K-1}, an EC P-256 "
+            "main_server, controller, launcher, watcher (read-only: may only follow the "
+            "telemetry and read status) and client_0 .. client_{K-1}, an EC P-256 "
             "certificate (<name>.pem) and key (<name>.key, mode 0600), plus index.json. "
             "Each certificate names its identity in a URI SAN (fedsllm://client/3) and is "
             "valid for localhost, 127.0.0.1, its compose service name (client-3) and every "

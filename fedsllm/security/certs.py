@@ -4,7 +4,8 @@
 
     ca.pem                        the CA certificate (every peer trusts it)
     <stem>.pem, <stem>.key        per identity: fed_server, main_server,
-                                  controller, launcher, client_0 .. client_{K-1}
+                                  controller, launcher, watcher (read-only:
+                                  follows telemetry), client_0 .. client_{K-1}
     index.json                    what was issued (identity, URI, files, SANs, expiry)
 
 Keys are EC P-256 in unencrypted PKCS#8 PEM, created with mode 0600. Every
@@ -33,7 +34,7 @@ from fedsllm.security.identity import Identity
 INDEX_FORMAT_VERSION = 1
 CA_FILE = "ca.pem"
 INDEX_FILE = "index.json"
-SERVICE_ROLES = ("fed_server", "main_server", "controller", "launcher")
+SERVICE_ROLES = ("fed_server", "main_server", "controller", "launcher", "watcher")
 DEFAULT_VALIDITY_DAYS = 30
 CLOCK_SKEW_S = 300
 """not_valid_before is back-dated this much, so a peer whose clock is a little

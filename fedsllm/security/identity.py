@@ -8,10 +8,15 @@ mutual TLS, or else from a per-peer token in the ``authorization`` metadata
 ended with UNAUTHENTICATED before the handler is entered, so it touches no
 state. Handlers read the identity with `caller(context)` and check it with
 `require(...)`, which raises `PermissionDeniedError` (PERMISSION_DENIED in
-fedsllm.wire.status). What each RPC allows is left to the roles' services.
+fedsllm.wire.status). What each RPC allows is left to the roles' services,
+with one rule kept here for every server at once: a read-only role
+(`READ_ONLY_METHODS`: the `watcher`) is refused with PERMISSION_DENIED by
+the interceptor for any method outside its short list, so a method added
+later is closed to it until someone opens it on purpose.
 
 Identity URIs: ``fedsllm://client/<id>``, ``fedsllm://main_server``,
-``fedsllm://fed_server``, ``fedsllm://controller``, ``fedsllm://launcher``.
+``fedsllm://fed_server``, ``fedsllm://controller``, ``fedsllm://launcher``,
+``fedsllm://watcher``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import re
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -32,10 +38,28 @@ from fedsllm.errors import FedsLLMError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("client", "main_server", "fed_server", "controller", "launcher")
+ROLES = ("client", "main_server", "fed_server", "controller", "launcher", "watcher")
 """Every kind of peer. `controller` is the allocation controller (hosted by the
 fed server, or its own process); `launcher` is `fedsllm run` / tools that only
-poll health and status."""
+poll health and status; `watcher` is an observer (`fedsllm watch`, a
+dashboard) that may only read: see READ_ONLY_METHODS."""
+
+READ_ONLY_METHODS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "watcher": frozenset(
+            {
+                "/fedsllm.proto.Telemetry/Subscribe",
+                "/fedsllm.proto.FedServer/Status",
+                "/fedsllm.proto.RunInfo/GetScenario",
+            }
+        )
+    }
+)
+"""Roles confined to a list of methods (beyond the health service), enforced by
+IdentityInterceptor before any handler runs: anything else is PERMISSION_DENIED.
+The watcher may follow the telemetry stream, ask the fed server's Status and
+read the run's scenario (which every peer gets, and which holds no secret);
+it can push nothing, join nothing, and fetch no weights."""
 
 URI_SCHEME = "fedsllm"
 TOKEN_METADATA_KEY = "authorization"
@@ -299,6 +323,19 @@ def require(
     return identity
 
 
+def check_read_only(identity: Identity, method: str) -> None:
+    """PermissionDeniedError when `identity`'s role is confined to
+    READ_ONLY_METHODS and `method` (``/package.Service/Method``) is not among them."""
+    allowed = READ_ONLY_METHODS.get(identity.role)
+    if allowed is None or method in allowed:
+        return
+    short = ", ".join(sorted(m.rsplit(".", 1)[-1] for m in allowed))
+    raise PermissionDeniedError(
+        f"{identity} may not call {method.rsplit('.', 1)[-1]}: a {identity.role} is "
+        f"read-only and may call only {short} (and the health service)"
+    )
+
+
 def identity_from_auth_context(auth: Mapping[str, Sequence[bytes]]) -> Identity | None:
     """The identity of a TLS peer from grpc's auth context, or None when the
     call did not come over TLS. grpc fills the context only after the handshake
@@ -406,11 +443,19 @@ class IdentityInterceptor(grpc.ServerInterceptor):
 
     def _authenticate(self, context: grpc.ServicerContext, method: str) -> Identity | None:
         try:
-            return self.identify(context)
+            identity = self.identify(context)
         except AuthenticationError as err:
             log.warning("refused %s from %s: UNAUTHENTICATED: %s", method, context.peer(), err)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{method}: {err}")
             raise  # unreachable: abort raises
+        if identity is not None:
+            try:
+                check_read_only(identity, method)
+            except PermissionDeniedError as err:
+                peer = context.peer()
+                log.warning("refused %s from %s: PERMISSION_DENIED: %s", method, peer, err)
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+        return identity
 
     def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:

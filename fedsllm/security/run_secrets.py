@@ -11,13 +11,18 @@ directories:
         token                            its bearer token
         peers.json                       servers only: the tokens they accept
         ca.pem, <stem>.pem, <stem>.key   with TLS: the CA and its own pair
+    RUN_DIR/watcher/                     the read-only observer's (fedsllm watch,
+        token                            a dashboard): its token, which only the
+        ca.pem, watcher.pem, watcher.key fed server accepts, and with TLS its pair
 
 and `role_env(name)` gives the variables that point the role's process at
 them (fedsllm.wire.rpc.security_from_env reads them): FEDSLLM_TOKEN_FILE,
 FEDSLLM_PEER_TOKENS, FEDSLLM_TLS_CA/CERT/KEY, FEDSLLM_INSECURE. No secret is
 ever on a command line or in the scenario (which RunInfo serves to every
 peer). The launcher itself calls with its own token / certificate
-(`launcher_security`).
+(`launcher_security`); `fedsllm watch` and other observers call as the
+`watcher` identity (`read_watcher_security`), which servers let follow the
+telemetry and read status only (fedsllm.security.identity.READ_ONLY_METHODS).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from fedsllm.security.identity import Identity, TokenTable
 log = logging.getLogger(__name__)
 
 SERVER_ROLES = ("fed_server", "main_server")
+WATCHER_DIR = "watcher"
+"""RUN_DIR/watcher/: the watcher identity's credentials, apart from the
+launcher's (which can act for every role): give an observer this directory only."""
+WATCHER = Identity("watcher")
 SECURITY_ENV_VARS = (
     "FEDSLLM_TOKEN",
     "FEDSLLM_TOKEN_FILE",
@@ -139,15 +148,22 @@ def write_compose_secrets(directory: Path, num_clients: int) -> None:
         <stem>.token         one service's own token (stem: fed_server,
                              main_server, client_<k>)
         <stem>.peers.json    servers only: the tokens they accept
+        watcher.token        no service's: for an observer of the run (fedsllm
+                             watch, a dashboard) on the compose network
 
-    The fed server accepts the clients, the main server and itself (its
-    supervisor asks it whether the run is finished); the main server accepts
-    the clients. New tokens on every call. The directory is 0700 (no other
-    host user reads it); the files are 0644 inside it because the containers
-    run as another uid (the image's fedsllm user), each mounting only its own."""
+    The fed server accepts the clients, the main server, itself (its
+    supervisor asks it whether the run is finished) and the watcher; the main
+    server accepts the clients. New tokens on every call. The directory is
+    0700 (no other host user reads it); the files are 0644 inside it because
+    the containers run as another uid (the image's fedsllm user), each
+    mounting only its own."""
     names = ["fed_server", "main_server"] + [f"client_{k}" for k in range(num_clients)]
+    names.append(WATCHER.role)
     tokens = TokenTable.generate([identity_of_role(n) for n in names])
-    callers = {"fed_server": {"client", "main_server", "fed_server"}, "main_server": {"client"}}
+    callers = {
+        "fed_server": {"client", "main_server", "fed_server", WATCHER.role},
+        "main_server": {"client"},
+    }
     _private_dir(directory)
     for name in names:
         identity = identity_of_role(name)
@@ -180,6 +196,33 @@ def read_launcher_security(run_dir: Path) -> object | None:
     except (OSError, ValueError, KeyError):
         return None  # not written yet (or being written)
     return Security(token=token)
+
+
+def read_watcher_security(run_dir: Path) -> object | None:
+    """The watcher identity's credentials from RUN_DIR/watcher/ as a
+    fedsllm.wire.rpc.Security (its token, and its certificate when the run has
+    TLS: used on TCP only, never on the run's unix socket); None when the run
+    has none (started by hand, or before watchers existed)."""
+    from fedsllm.wire.rpc import Security
+
+    directory = run_dir / WATCHER_DIR
+    try:
+        token = (directory / "token").read_text().strip()
+    except OSError:
+        return None
+    tls = None
+    files = [directory / f for f in ("ca.pem", "watcher.pem", "watcher.key")]
+    if files[1].is_file():
+        from fedsllm.security.credentials import load_tls, tls_config_for
+
+        tls = load_tls(tls_config_for(directory, WATCHER))
+    # Messages name the files themselves (no flag or variable gave them).
+    return Security(
+        tls=tls,
+        token=token or None,
+        token_source=(str(directory / "token"), ""),
+        tls_sources=tuple((str(f), "") for f in files) if tls is not None else (),
+    )
 
 
 def existing_run_secrets(
@@ -221,7 +264,7 @@ def prepare_run_secrets(
     """Generate and place every role's credentials (see the module docstring).
     `role_dirs` maps each role name to its private directory."""
     launcher_dir = _private_dir(run_dir / "launcher")
-    identities = [identity_of_role(n) for n in role_names] + [Identity("launcher")]
+    identities = [identity_of_role(n) for n in role_names] + [Identity("launcher"), WATCHER]
     tokens = TokenTable.generate(identities)
     _write_private(launcher_dir / "tokens.json", json.dumps(tokens.to_identity_map(), indent=2))
     tls_dir = None
@@ -238,8 +281,10 @@ def prepare_run_secrets(
         _write_private(secret_dir / "token", tokens.token_for(identity))
         if name in SERVER_ROLES:
             # Who may call this server: clients, the launcher, the other server
-            # where it calls this one (the main server calls the fed server).
-            callers = {"client", "launcher"} | ({"main_server"} if name == "fed_server" else set())
+            # where it calls this one (the main server calls the fed server),
+            # and the read-only watcher where the telemetry is (the fed server).
+            fed_only = {"main_server", WATCHER.role} if name == "fed_server" else set()
+            callers = {"client", "launcher"} | fed_only
             peers = {
                 who: token
                 for who, token in tokens.to_identity_map().items()
@@ -250,4 +295,17 @@ def prepare_run_secrets(
             for file in (CA_FILE, f"{identity.file_stem}.pem", f"{identity.file_stem}.key"):
                 shutil.copyfile(tls_dir / file, secret_dir / file)
                 (secret_dir / file).chmod(0o600)
+    _write_watcher(run_dir, tokens, tls_dir)
     return secrets
+
+
+def _write_watcher(run_dir: Path, tokens: TokenTable, tls_dir: Path | None) -> None:
+    """RUN_DIR/watcher/ (0700): the watcher's token and, with TLS, the CA and its
+    own certificate and key, each 0600."""
+    directory = _private_dir(run_dir / WATCHER_DIR)
+    _write_private(directory / "token", tokens.token_for(WATCHER))
+    if tls_dir is not None:
+        from fedsllm.security.certs import CA_FILE
+
+        for file in (CA_FILE, f"{WATCHER.file_stem}.pem", f"{WATCHER.file_stem}.key"):
+            _write_private(directory / file, (tls_dir / file).read_bytes())

@@ -20,10 +20,11 @@ from typing import Any
 
 import grpc
 
-from fedsllm.errors import StateError, WireError
+from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import telemetry_pb2 as pb
 from fedsllm.proto import telemetry_pb2_grpc as pb_grpc
 from fedsllm.security.identity import PermissionDeniedError, authorize
+from fedsllm.security.limits import PeerLimits, peer_key
 from fedsllm.telemetry.codec import (
     record_from_proto,
     record_to_proto,
@@ -40,10 +41,22 @@ log = logging.getLogger(__name__)
 TELEMETRY_SERVICE = "fedsllm.proto.Telemetry"
 
 
+WATCH_ROLES = ("launcher", "fed_server", "controller", "watcher")
+"""Who may Subscribe: every role's records, for the run's own watchers and the
+read-only `watcher` identity (fedsllm watch, a dashboard); never a client or
+the main server."""
+
+
 class TelemetryService(pb_grpc.TelemetryServicer):
-    def __init__(self, collector: TelemetryCollector, poll_s: float = 0.5) -> None:
+    def __init__(
+        self, collector: TelemetryCollector, poll_s: float = 0.5, limits: PeerLimits | None = None
+    ) -> None:
         self.collector = collector
         self.poll_s = poll_s
+        self.limits = PeerLimits() if limits is None else limits
+        """Subscribe streams per peer (the same bound as the fed server's streams),
+        shared by every server this service is registered on (fed port, control
+        port, the run's socket): the launcher holds two (progress, round tracker)."""
 
     def Push(
         self, request: pb.PushTelemetryRequest, context: grpc.ServicerContext
@@ -81,9 +94,17 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self, request: pb.SubscribeTelemetryRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SubscribeTelemetryResponse]:
         try:  # every role's records: for the run's own watchers only
-            authorize(role=("launcher", "fed_server", "controller"), action="watch telemetry")
-        except PermissionDeniedError as err:
+            peer = authorize(role=WATCH_ROLES, action="watch telemetry")
+            slot = self.limits.stream("Subscribe", peer_key(peer, context))
+            slot.__enter__()
+        except (PermissionDeniedError, ResourceLimitError) as err:
             abort_for(context, err, log)
+        # The slot is given back when the call ends, however it ends (the client
+        # cancelled or went away, the collector closed): a generator's own
+        # `finally` would wait for its garbage collection.
+        if not context.add_callback(lambda: slot.__exit__(None, None, None)):
+            slot.__exit__(None, None, None)  # already over: no callback will come
+            return
         index = request.from_index
         while context.is_active():
             records, closed = self.collector.wait_from(index, self.poll_s)
@@ -121,6 +142,12 @@ def grpc_push(
     return push
 
 
+REFUSED_RETRY_MAX_S = 5.0
+"""After its credentials were refused, a watcher asks again at most this often
+(doubling from retry_s): a server restarted with a table that knows them
+lets it in, and a wrong token does not flood the server's log."""
+
+
 class TelemetryWatcher:
     """Follows a collector's records live from `from_index`, in a thread.
 
@@ -128,18 +155,40 @@ class TelemetryWatcher:
     stream is reopened from the next index whenever it breaks (the fed server
     not up yet, or gone), until `close()`; from 0, dropping records already
     delivered, when the collector restarted (its indexes changed).
+
+    A refusal of its credentials (UNAUTHENTICATED: none or an unknown token;
+    PERMISSION_DENIED: an identity that may not watch) is not retried in
+    silence: it is logged once at WARNING naming the credential
+    (fedsllm.roles.credential_error) and kept in `refused` until a stream
+    delivers again; meanwhile the watcher asks again with a growing pause, at
+    most REFUSED_RETRY_MAX_S. `ended` is set while the last stream was ended
+    by the server (its collector closed: the fed server stopping).
     """
 
     def __init__(
-        self, address: str, from_index: int = 0, retry_s: float = 0.2, security: Any = None
+        self,
+        address: str,
+        from_index: int = 0,
+        retry_s: float = 0.2,
+        security: Any = None,
+        *,
+        report_refusal: bool = True,
     ) -> None:
         from fedsllm.wire.rpc import make_channel
 
         self.address = address
         self.security = security
         """The watcher's credentials (fedsllm.wire.rpc.Security; None: none)."""
+        self.report_refusal = report_refusal
+        """Log a refusal at WARNING (False: the caller reports `refused` itself)."""
         self.next_index = from_index
         self.retry_s = retry_s
+        self.refused: Exception | None = None
+        """The refusal of this watcher's credentials (a fedsllm.bootstrap.SettingError
+        naming where they came from), None while none is standing."""
+        self.ended = threading.Event()
+        """Set when the server ended the last stream (its collector closed), cleared
+        when a stream delivers again (a fed server restarted)."""
         self._queue: queue.SimpleQueue[TelemetryRecord] = queue.SimpleQueue()
         self._collector_id = ""
         self._seen: set[tuple[str, int]] = set()
@@ -176,7 +225,22 @@ class TelemetryWatcher:
             self._stub = pb_grpc.TelemetryStub(self._channel)
         old.close()
 
+    def _on_refused(self, err: grpc.RpcError) -> None:
+        """Keep the refusal and say so once (until a stream delivers again)."""
+        from fedsllm.roles import credential_error
+
+        refusal = credential_error(err, self.security, f"the telemetry server at {self.address}")
+        first = self.refused is None
+        self.refused = refusal if refusal is not None else RuntimeError(str(err))
+        if first and self.report_refusal:
+            log.warning(
+                "telemetry watch refused, asking again every %.0f s at most: %s",
+                REFUSED_RETRY_MAX_S,
+                self.refused,
+            )
+
     def _follow(self) -> None:
+        pause_s = self.retry_s
         while not self._stop.is_set():
             call = self._stub.Subscribe(pb.SubscribeTelemetryRequest(from_index=self.next_index))
             with self._lock:
@@ -184,8 +248,13 @@ class TelemetryWatcher:
             if self._stop.is_set():
                 call.cancel()
                 return
+            restarted = False
             try:
                 for message in call:
+                    if self.refused is not None or self.ended.is_set():
+                        self.refused = None
+                        self.ended.clear()
+                    pause_s = self.retry_s
                     if message.collector_id != self._collector_id:
                         restarted = bool(self._collector_id) and self.next_index > 0
                         self._collector_id = message.collector_id
@@ -201,12 +270,19 @@ class TelemetryWatcher:
                     if key not in self._seen:
                         self._seen.add(key)
                         self._queue.put(rec)
+                if not restarted:
+                    self.ended.set()  # the server ended the stream: its collector closed
             except grpc.RpcError as err:
-                log.debug("telemetry watch of %s broke: %s", self.address, err)
-                if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    # Started before this process had its credentials (the launcher
-                    # issues them as the run starts): a new channel carries them.
+                code = err.code() if isinstance(err, grpc.Call) else None
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    self._on_refused(err)
+                    self._stop.wait(pause_s)
+                    pause_s = min(2 * pause_s, REFUSED_RETRY_MAX_S)
+                    # A fresh channel, in case the refusal was of the connection's
+                    # state rather than of the token (a server restarted meanwhile).
                     self._reconnect()
+                    continue
+                log.debug("telemetry watch of %s broke: %s", self.address, err)
             except WireError as err:
                 log.warning("telemetry watch of %s: unreadable record: %s", self.address, err)
             self._stop.wait(self.retry_s)

@@ -203,7 +203,7 @@ def test_compose_writes_each_services_token_next_to_the_file(tmp_path) -> None:
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     assert sorted(p.name for p in secrets.iterdir()) == [
         "client_0.token", "client_1.token", "fed_server.peers.json", "fed_server.token",
-        "main_server.peers.json", "main_server.token",
+        "main_server.peers.json", "main_server.token", "watcher.token",
     ]  # fmt: skip
     fed = TokenTable.from_identity_map(json.loads((secrets / "fed_server.peers.json").read_text()))
     main = TokenTable.from_identity_map(
@@ -216,6 +216,11 @@ def test_compose_writes_each_services_token_next_to_the_file(tmp_path) -> None:
     assert fed.lookup(main_token) == Identity("main_server") and main.lookup(main_token) is None
     # The fed server's supervisor asks it with the fed server's own token.
     assert fed.lookup((secrets / "fed_server.token").read_text()) == Identity("fed_server")
+    # An observer on the compose network follows the run as the read-only watcher;
+    # no service mounts its token.
+    watcher_token = (secrets / "watcher.token").read_text()
+    assert fed.lookup(watcher_token) == Identity("watcher") and main.lookup(watcher_token) is None
+    assert "watcher.token" not in (tmp_path / "compose.yml").read_text()
     # Tokens are never in the file itself.
     text = (tmp_path / "compose.yml").read_text()
     assert all(t not in text for t in fed.to_identity_map().values())

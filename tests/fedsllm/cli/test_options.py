@@ -62,6 +62,7 @@ EXPECTED = {
     },
     "certs": {"--clients", "--host"},
     "compose": {"--clients", "--links", "--out", "--rounds", "--scenario", "--set", "--tls"},
+    "watch": set(),
 }
 
 

@@ -23,6 +23,7 @@ IDENTITIES = (
     Identity("main_server"),
     Identity("fed_server"),
     Identity("launcher"),
+    Identity("watcher"),
 )
 TOKENS = TokenTable(
     {f"test-token-{i}-{str(who).replace('/', '-')}": who for i, who in enumerate(IDENTITIES)}
@@ -33,6 +34,7 @@ STRANGER_TOKEN = "test-token-nobody-knows-this-one"
 CLIENT = [Identity.client(k) for k in range(NUM_CLIENTS)]
 MAIN = Identity("main_server")
 LAUNCHER = Identity("launcher")
+WATCHER = Identity("watcher")
 
 
 @contextmanager

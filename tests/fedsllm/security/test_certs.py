@@ -23,6 +23,7 @@ EXPECTED_STEMS = [
     "main_server",
     "controller",
     "launcher",
+    "watcher",
     "client_0",
     "client_1",
     "client_2",

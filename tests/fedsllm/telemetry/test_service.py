@@ -292,3 +292,120 @@ def test_a_push_as_another_source_is_refused_in_plain_words(
         collector.close()
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert err.value.details() == message
+
+
+def _open_streams(address: str, who, num: int) -> list:
+    """`num` Subscribe streams as `who`, each past its first record (so the
+    server holds its slot), in the order opened."""
+    from tests.fedsllm.security.peers import channel_as
+
+    streams = []
+    for _ in range(num):
+        stub = pb_grpc.TelemetryStub(channel_as(address, who))
+        stream = stub.Subscribe(pb.SubscribeTelemetryRequest(), timeout=20)
+        next(stream)
+        streams.append(stream)
+    return streams
+
+
+@pytest.mark.parametrize("role", ["fed_server", "watcher"])
+def test_subscribe_streams_are_bounded_per_peer_like_the_other_streams(
+    tmp_path: Path, role: str
+) -> None:
+    """README: servers bound streams per peer (4 per method). Six Subscribe
+    streams of one token were all accepted; the fifth is now refused, the
+    launcher's own watchers (the progress display and the round tracker) still
+    fit beside a peer at its bound, and a closed stream frees its slot."""
+    from fedsllm.security.identity import Identity
+    from fedsllm.security.limits import DEFAULT_MAX_STREAMS
+    from fedsllm.telemetry.service import TelemetryWatcher
+    from fedsllm.wire.rpc import Security
+    from tests.fedsllm.security.peers import LAUNCHER, TOKENS, channel_as, serving
+
+    who = Identity(role)
+
+    collector = TelemetryCollector(tmp_path / "trace")
+    collector.store([event(0).numbered(1)])
+    service = TelemetryService(collector, poll_s=0.05)
+    held: list = []
+    launcher_watchers: list = []
+    try:
+        with serving([add_to_server(service)]) as address:
+            held = _open_streams(address, who, DEFAULT_MAX_STREAMS)
+            stub = pb_grpc.TelemetryStub(channel_as(address, who))
+            with pytest.raises(grpc.RpcError) as err:
+                next(stub.Subscribe(pb.SubscribeTelemetryRequest(), timeout=10))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.value.details() == (
+                f"Subscribe streams per peer: {role} already holds {DEFAULT_MAX_STREAMS}, "
+                f"the limit is {DEFAULT_MAX_STREAMS}"
+            )
+            # The launcher's two watchers are another peer's slots: both follow.
+            launcher = Security(token=TOKENS.token_for(LAUNCHER))
+            launcher_watchers = [
+                TelemetryWatcher(address, retry_s=0.05, security=launcher) for _ in range(2)
+            ]
+            for w in launcher_watchers:
+                got: list = []
+                wait_for(lambda w=w, got=got: bool(got.extend(w.poll())) or bool(got))
+                assert [r.step for r in got] == [0] and w.refused is None
+            # A stream that ends gives its slot back.
+            held.pop().cancel()
+            wait_for(lambda: service.limits.snapshot().get(("Subscribe", who), 0) < 4)
+            held += _open_streams(address, who, 1)
+    finally:
+        for stream in held:
+            stream.cancel()
+        for w in launcher_watchers:
+            w.close()
+        collector.close()
+    wait_for(lambda: service.limits.snapshot() == {})
+
+
+@pytest.mark.parametrize(
+    ("who", "code", "says"),
+    [
+        (None, "UNAUTHENTICATED", "unknown token"),
+        (0, "PERMISSION_DENIED", "client/0 may not watch telemetry"),
+    ],
+    ids=["unknown token", "a client's token"],
+)
+def test_a_refused_watcher_says_so_once_and_keeps_the_refusal(
+    tmp_path: Path, caplog, who, code, says
+) -> None:
+    """It retried in silence for ever, poll() returning [] on a wrong token."""
+    import logging
+
+    from fedsllm.security.identity import Identity
+    from fedsllm.wire.rpc import Security
+    from tests.fedsllm.security.peers import STRANGER_TOKEN, TOKENS, serving
+
+    collector = TelemetryCollector(tmp_path / "trace")
+    collector.store([event(0).numbered(1)])
+    token = STRANGER_TOKEN if who is None else TOKENS.token_for(Identity.client(who))
+    caplog.set_level(logging.INFO)
+    try:
+        with serving([add_to_server(TelemetryService(collector, poll_s=0.05))]) as address:
+            watcher = TelemetryWatcher(address, retry_s=0.01, security=Security(token=token))
+            try:
+                # Several refusals on the server's side...
+                wait_for(
+                    lambda: sum(r.getMessage().startswith("refused") for r in caplog.records) >= 3
+                )
+                assert watcher.poll() == []
+            finally:
+                watcher.close()
+    finally:
+        collector.close()
+    refusal = watcher.refused
+    assert refusal is not None
+    assert str(refusal).startswith(f"FEDSLLM_TOKEN: the telemetry server at {address} refused it")
+    assert code in str(refusal) and says in str(refusal)
+    # ... and one warning on the watcher's.
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.getMessage().startswith("telemetry watch refused")
+    ]
+    assert len(warnings) == 1
+    assert str(refusal) in warnings[0].getMessage()
