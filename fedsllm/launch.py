@@ -185,12 +185,17 @@ def stopped_cleanly(proc: Any, code: int | None) -> bool:
     return code == -signal.SIGTERM and bool(getattr(proc, "terminated", False))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops a run cleanly: Ctrl-C, a SIGTERM, and SIGHUP (the terminal closed,
+or `kill -HUP`), which used to kill the launcher before it recorded anything."""
+
+
 class StopRequest:
-    """SIGINT and SIGTERM received while roles run, recorded instead of raised.
+    """SIGINT, SIGTERM and SIGHUP received while roles run, recorded instead of raised.
 
     A KeyboardInterrupt raised at an arbitrary point (between a fork and the
     line that records the child, say) is how children were orphaned: the
-    launcher now turns both signals into this flag, checks it between every
+    launcher now turns these signals into this flag, checks it between every
     step of start-up and while it waits, and stops everything it started
     before it re-raises (`raise_if_set`).
     """
@@ -209,15 +214,18 @@ class StopRequest:
 
     @property
     def hurry(self) -> bool:
-        """A second signal: the user wants out now, so cleanup skips the grace period."""
-        return len(self.signals) >= 2
+        """A second signal: the user wants out now, so cleanup skips the grace period.
+        A repeated SIGHUP is not one: a closing terminal's shell resends its SIGHUP
+        to the job, and the kernel sends one more as the shell exits."""
+        return any(signum != signal.SIGHUP for signum in self.signals[1:])
 
     def check(self) -> None:
         if self.is_set:
             raise RunInterrupted(self.signals[0])
 
     def raise_if_set(self) -> None:
-        """After cleanup: SIGINT becomes KeyboardInterrupt, SIGTERM SystemExit(143)."""
+        """After cleanup: SIGINT becomes KeyboardInterrupt, any other signal N
+        SystemExit(128 + N): 143 for SIGTERM, 129 for SIGHUP."""
         if not self.signals:
             return
         if self.signals[0] == signal.SIGINT:
@@ -977,23 +985,37 @@ class RunOutcome:
     """Rounds the fed server aggregated, as the launcher saw them (None: not followed)."""
     interrupted: str = ""
     """Why the launch was cut short ("interrupted by SIGTERM"); empty when it was not."""
+    stop_signal: int | None = None
+    """The first stop signal (STOP_SIGNALS) the launcher got while the roles ran, also
+    when it came only as the run ended (then `interrupted` is empty); None: none came."""
+    output_dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The launcher's standard streams found gone while it ran ("stderr" -> why, e.g. its
+    pipe's reader exited), whose later output was dropped (fedsllm.output)."""
 
 
 @contextmanager
 def deferred_stop_signals() -> Iterator[StopRequest]:
-    """Record SIGINT and SIGTERM in a StopRequest while the roles run.
+    """Record SIGINT, SIGTERM and SIGHUP (STOP_SIGNALS) in a StopRequest while the
+    roles run.
 
     The roles run in sessions of their own, so neither the terminal's Ctrl-C
-    nor a SIGTERM to the launcher reaches them: only the launcher's cleanup
-    does, and it must never be skipped or cut short by an exception raised
-    mid-statement. Handlers can be set only from the main thread (signal's
-    rule); elsewhere the request stays empty and the caller's handlers apply.
+    or hang-up nor a signal to the launcher reaches them: only the launcher's
+    cleanup does, and it must never be skipped or cut short by an exception
+    raised mid-statement. A signal the launcher was started with ignored stays
+    ignored (`nohup fedsllm run` outlives its terminal; a background job of a
+    script ignores Ctrl-C). Handlers can be set only from the main thread
+    (signal's rule); elsewhere the request stays empty and the caller's
+    handlers apply.
     """
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {sig: signal.signal(sig, stop.record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, stop.record)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield stop
     finally:
@@ -1007,6 +1029,9 @@ def run_processes(
     on_tick: Callable[[], None] | None = None,
     tick_s: float = 0.25,
     resume: bool = False,
+    *,
+    raise_interrupt: bool = True,
+    output_dropped: dict[str, str] | None = None,
 ) -> RunOutcome:
     """Run every role on this machine: on loopback, or in network namespaces
     joined by veth pairs (run.network = netns), which are always removed.
@@ -1015,17 +1040,26 @@ def run_processes(
     on the same directories and credentials and restores from its store.
     Roles that die are restarted under run.restart = on-failure, and the
     faults of run.faults are injected (both recorded in RUN_DIR/faults.json).
-    An interrupt (SIGINT, SIGTERM) stops every process started so far, at any
-    point, and is then re-raised: KeyboardInterrupt, or SystemExit(143).
+    An interrupt (SIGINT, SIGTERM, SIGHUP) stops every process started so far, at
+    any point, and is recorded in faults.json ("interrupted by SIGHUP"); it is
+    then re-raised (StopRequest.raise_if_set: KeyboardInterrupt, or
+    SystemExit(128 + N)), or with `raise_interrupt=False` the outcome is
+    returned with `stop_signal` (and `interrupted`) set, for the caller to
+    finish its own records first (fedsllm run writes summary.json, then exits
+    128 + N). Any other exception that ends the launch is recorded there too
+    before it goes on up. `output_dropped` is the caller's live record of its
+    lost output streams (fedsllm.output.LauncherOutput), copied into the outcome.
     """
     with deferred_stop_signals() as stop:
         try:
-            outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop, resume)
-        except RunInterrupted:
-            outcome = None
-    stop.raise_if_set()
-    if outcome is None:  # pragma: no cover - RunInterrupted is raised only with a signal
-        raise RuntimeError("run interrupted without a signal")
+            outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop, resume, output_dropped)
+        except RunInterrupted:  # pragma: no cover - _run_processes returns it recorded
+            stop.raise_if_set()
+            raise
+    if stop.signals:
+        outcome.stop_signal = stop.signals[0]
+        if raise_interrupt:
+            stop.raise_if_set()
     return outcome
 
 
@@ -1042,6 +1076,7 @@ def _run_here(
     tick_s: float,
     stop: StopRequest,
     resume: bool = False,
+    output_dropped: dict[str, str] | None = None,
 ) -> RunOutcome:
     if scenario.run.network == "netns":
         from fedsllm.link.netns import NetnsTopology
@@ -1052,9 +1087,13 @@ def _run_here(
         )
         with topology:
             ends = netns_endpoints(scenario, topology)
-            return _run_processes(scenario, run_dir, ends, on_tick, tick_s, stop, resume, topology)
+            return _run_processes(
+                scenario, run_dir, ends, on_tick, tick_s, stop, resume, topology, output_dropped
+            )
     ends = loopback_endpoints(scenario)
-    return _run_processes(scenario, run_dir, ends, on_tick, tick_s, stop, resume)
+    return _run_processes(
+        scenario, run_dir, ends, on_tick, tick_s, stop, resume, output_dropped=output_dropped
+    )
 
 
 def run_secrets(
@@ -1139,6 +1178,7 @@ def open_fault_log(run_dir: Path, scenario: ScenarioConfig, resumed: bool) -> st
         "failed": LAUNCH_UNRECORDED,
         "rounds_done": None,
         "wall_s": None,
+        "output_dropped": {},
     }
     _save_launch(run_dir, entry)
     return launch_id
@@ -1184,6 +1224,7 @@ def write_fault_log(
         or (None if failed is None else f"{failed.proc.name}: {failed.reason}"),
         "rounds_done": outcome.rounds_done,
         "wall_s": round(outcome.wall_s, 3),
+        "output_dropped": dict(outcome.output_dropped),
     }
     return _save_launch(run_dir, entry)
 
@@ -1207,9 +1248,13 @@ def _run_processes(
     stop: StopRequest,
     resume: bool = False,
     topology: Any = None,
+    output_dropped: dict[str, str] | None = None,
 ) -> RunOutcome:
     """Start every role, watch them until the clients are done, stop the servers;
-    never leaves a process.
+    never leaves a process, and records how the launch ended in faults.json
+    whatever ended it: the clients done, a role failed, an interrupt (returned
+    with `interrupted` set), or an exception in the launcher itself (recorded,
+    then raised).
 
     Only the fed server is given the scenario and RUN_DIR; every other role gets
     the fed server's address and a private work directory of its own
@@ -1277,8 +1322,15 @@ def _run_processes(
     executor: Any = None
     exit_codes: dict[str, int] = {}
     failed: RoleFailed | None = None
-    interrupted = ""
+    interrupted = ""  # why the launch was cut short: an interrupt, or a launcher error
     supervisor = Supervisor(start, RestartPolicy.of(scenario))
+
+    def outcome_of(failed: RoleFailed | None) -> RunOutcome:
+        outcome = _outcome(run_dir, exit_codes, failed, supervisor, executor, tracker, resume)
+        outcome.interrupted = interrupted
+        outcome.output_dropped = dict(output_dropped or {})
+        return outcome
+
     if resume:
         log.info("resuming the run in %s from its roles' stores", run_dir)
     launch_id = open_fault_log(run_dir, scenario, resume)  # the outcome replaces it
@@ -1333,6 +1385,12 @@ def _run_processes(
         failed = err
     except RunInterrupted as err:
         interrupted = str(err)
+    except BaseException as err:
+        # Anything else (a bug, an exit from a display whose output is gone)
+        # still stops every role below, and is recorded before it goes on up:
+        # a launch must not end as "ended without recording how".
+        interrupted = launcher_error(err)
+        log.error("%s; stopping every role", interrupted)
         raise
     finally:
         # Every process is signalled before any is waited for, so an interrupt
@@ -1346,11 +1404,10 @@ def _run_processes(
             tracker.current()
             tracker.close()
         if interrupted:  # recorded too, so a later --resume lists this launch
-            outcome = _outcome(run_dir, exit_codes, None, supervisor, executor, tracker, resume)
-            outcome.interrupted = interrupted
-            write_fault_log(run_dir, scenario, outcome, launch_id)
-    if on_tick is not None:
-        on_tick()
+            cut_short = outcome_of(None)
+            write_fault_log(run_dir, scenario, cut_short, launch_id)
+    if interrupted:  # by a signal: the caller says so and exits (run_processes)
+        return cut_short
     if failed is None:
         for name in ("fed_server", "main_server"):
             proc = supervisor.current.get(name)
@@ -1358,9 +1415,19 @@ def _run_processes(
             if proc is not None and code is not None and not stopped_cleanly(proc, code):
                 failed = RoleFailed(proc, f"exited with code {code} at shutdown")
                 break
-    outcome = _outcome(run_dir, exit_codes, failed, supervisor, executor, tracker, resume)
-    write_fault_log(run_dir, scenario, outcome, launch_id)
+    try:
+        if on_tick is not None:
+            on_tick()  # the last records; recorded below even if this fails
+    finally:
+        outcome = outcome_of(failed)
+        write_fault_log(run_dir, scenario, outcome, launch_id)
     return outcome
+
+
+def launcher_error(err: BaseException) -> str:
+    """How faults.json words a launch ended by an exception in the launcher itself."""
+    detail = str(err)
+    return f"the launcher stopped on {type(err).__name__}" + (f": {detail}" if detail else "")
 
 
 def _outcome(

@@ -241,10 +241,14 @@ def write_summary(
         else summarize(records_or_summary, time_dilation)
     )
     failed = outcome.failed
+    # A launch a signal cut short (fedsllm.launch.RunOutcome.interrupted) is not ok
+    # either, though no role failed: faults.json says the same.
+    interrupted = outcome.interrupted or None
     doc = {
         "scenario": scenario_name,
         "run_dir": str(Path(run_dir).resolve()),
-        "ok": failed is None,
+        "ok": failed is None and interrupted is None,
+        "interrupted": interrupted,
         "failed": None
         if failed is None
         else {

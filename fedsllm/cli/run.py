@@ -3,7 +3,10 @@
 Resolves the scenario (flags are sugar for --set overrides), starts every
 role as its own process through fedsllm.launch, shows progress from the
 trace files, and prints the per-round summary. Exits non-zero naming the
-failing process and its error.
+failing process and its error; 128 + N when signal N (SIGINT, SIGTERM,
+SIGHUP) stopped it, once the run directory says so. Output nobody can read
+any more (a pipe whose reader exited, a closed terminal) is dropped and the
+run goes on (fedsllm.output.LauncherOutput).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import contextlib
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -198,11 +202,13 @@ def run_command(args: argparse.Namespace) -> int:
 
         print("\n".join(describe_kinds()))
         return EXIT_OK
-    with contextlib.ExitStack() as held:
-        return _run_command(args, held)
+    from fedsllm.output import LauncherOutput
+
+    with LauncherOutput() as output, contextlib.ExitStack() as held:
+        return _run_command(args, held, output)
 
 
-def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
+def _run_command(args: argparse.Namespace, held: contextlib.ExitStack, output: Any) -> int:
     """run_command's body; `held` keeps the run directory's launcher lock
     (fedsllm.launch.run_dir_lock) until the run is over."""
     from rich.console import Console
@@ -237,8 +243,24 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     )
     prepare_base(scenario, console, enabled=not args.quiet)
     progress = RunProgress(scenario, run_dir / "trace", console, enabled=not args.quiet)
+
+    def tick() -> None:
+        output.probe()
+        progress.update()
+
     with progress:
-        outcome = run_processes(scenario, run_dir, on_tick=progress.update, resume=resume)
+        outcome = run_processes(
+            scenario,
+            run_dir,
+            on_tick=tick,
+            resume=resume,
+            raise_interrupt=False,
+            output_dropped=output.dropped,
+        )
+    if outcome.stop_signal == signal.SIGHUP:
+        # A closing terminal sends more than one (its shell's, the kernel's): the
+        # later ones must not cut the records below short.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     summary = write_summary(
         run_dir,
         outcome,
@@ -248,6 +270,8 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     )
     print_summary(console, summary)
     print_resilience(console, run_dir)
+    if outcome.stop_signal is not None:
+        return stopped_by_signal(console, run_dir, outcome)
     if outcome.failed is None:
         from fedsllm.report import write_report
 
@@ -274,6 +298,29 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     label = "run directory: " if sys.stdout.isatty() else ""
     print(f"{label}{run_dir}", file=sys.stdout)
     return EXIT_OK
+
+
+def stopped_by_signal(console: Any, run_dir: Path, outcome: Any) -> int:
+    """A stop signal came while the roles ran: every role is stopped and the run
+    directory says so; say how to go on, write no report (the user asked to
+    stop), and exit as the signal asks: 128 + N (130 Ctrl-C, 143 SIGTERM, 129
+    SIGHUP)."""
+    from rich.markup import escape
+
+    name = signal.Signals(outcome.stop_signal).name
+    if outcome.interrupted:
+        console.print(
+            f"[bold yellow]run {outcome.interrupted}[/]: every role stopped; "
+            f"continue it with: fedsllm run --resume {escape(str(run_dir))}",
+            soft_wrap=True,
+        )
+    else:  # the clients were done before the launcher saw the signal
+        console.print(
+            f"run completed; {name} came as it ended, so no report was written "
+            f"(write it with: fedsllm report {escape(str(run_dir))})",
+            soft_wrap=True,
+        )
+    return 128 + int(outcome.stop_signal)
 
 
 def plan_text(scenario: Any) -> str:

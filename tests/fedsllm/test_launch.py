@@ -16,6 +16,7 @@ from fedsllm.launch import (
     ClientHost,
     ProcessSet,
     RunInterrupted,
+    StopRequest,
     deferred_stop_signals,
     fresh_out_dir,
     role_env,
@@ -365,3 +366,89 @@ def test_a_launch_is_in_faults_json_from_its_start_and_its_outcome_replaces_it(
     assert lines[0] == f"launch 1 of 2: restart never; failed ({LAUNCH_UNRECORDED})"
     assert lines[1].startswith("resumed 2 of 2: continued from the roles' stores;")
     assert lines[1].endswith("completed")
+
+
+def test_sighup_is_a_stop_request_like_sigterm() -> None:
+    """The terminal closing (SIGHUP) is recorded, not fatal: the launcher stops its
+    roles and exits 129 (it used to die on the spot, its launch unrecorded)."""
+    missed: list[int] = []  # where a SIGHUP the launcher does not handle lands
+    before = signal.signal(signal.SIGHUP, lambda signum, _frame: missed.append(signum))
+    try:
+        with deferred_stop_signals() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            stop.event.wait(2)
+        assert signal.getsignal(signal.SIGHUP) is not stop.record  # given back
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert missed == []
+    assert stop.signals == [signal.SIGHUP]
+    assert str(RunInterrupted(signal.SIGHUP)) == "interrupted by SIGHUP"
+    with pytest.raises(SystemExit) as exited:
+        stop.raise_if_set()
+    assert exited.value.code == 128 + signal.SIGHUP
+
+
+def test_a_stop_signal_ignored_at_start_stays_ignored() -> None:
+    """`nohup fedsllm run` starts with SIGHUP ignored so that the run outlives its
+    terminal: the launcher must not take that back."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with deferred_stop_signals() as stop:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)
+            assert signal.getsignal(signal.SIGTERM) == stop.record
+        assert stop.signals == []
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_an_interrupted_or_crashed_launch_is_recorded_with_its_dropped_output(tmp_path) -> None:
+    """faults.json says what ended a launch (an interrupt, or the launcher's own
+    error) and which of its output streams were found gone."""
+    from fedsllm.config import ScenarioConfig
+    from fedsllm.launch import (
+        RunOutcome,
+        launcher_error,
+        open_fault_log,
+        read_fault_log,
+        write_fault_log,
+    )
+
+    scenario = ScenarioConfig()
+    launch = open_fault_log(tmp_path, scenario, resumed=False)
+    assert read_fault_log(tmp_path)[0]["output_dropped"] == {}
+    outcome = RunOutcome(
+        run_dir=tmp_path,
+        exit_codes={},
+        failed=None,
+        wall_s=1.0,
+        interrupted="interrupted by SIGHUP",
+        output_dropped={"stderr": "broken pipe (its reader exited); later output dropped"},
+    )
+    write_fault_log(tmp_path, scenario, outcome, launch)
+    [entry] = read_fault_log(tmp_path)
+    assert (entry["completed"], entry["failed"]) == (False, "interrupted by SIGHUP")
+    assert list(entry["output_dropped"]) == ["stderr"]
+    assert launcher_error(SystemExit(1)) == "the launcher stopped on SystemExit: 1"
+    assert launcher_error(RuntimeError()) == "the launcher stopped on RuntimeError"
+
+
+def test_a_repeated_sighup_keeps_the_grace_a_second_ctrl_c_skips() -> None:
+    """A terminal closing sends SIGHUP twice (its shell resends it, and the kernel
+    sends one as the shell exits): the roles still get their grace period."""
+    hangups = StopRequest()
+    hangups.record(signal.SIGHUP)
+    hangups.record(signal.SIGHUP)
+    assert not hangups.hurry
+    for second in (signal.SIGINT, signal.SIGTERM):
+        again = StopRequest()
+        again.record(signal.SIGHUP)
+        assert not again.hurry
+        again.record(second)
+        assert again.hurry
+    twice = StopRequest()
+    twice.record(signal.SIGINT)
+    twice.record(signal.SIGINT)
+    assert twice.hurry

@@ -3,6 +3,7 @@ report.md and `fedsllm report`'s output."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -270,3 +271,20 @@ def test_counts_of_one_read_singular() -> None:
     assert plan_text(scenario).endswith(
         "(the controller plans rounds and local steps, at most 1 round)"
     )
+
+
+def test_a_summary_of_a_launch_a_signal_stopped_is_not_ok(tmp_path) -> None:
+    """SIGTERM or SIGHUP while the roles ran: no role failed, yet the run did not finish."""
+    empty = RunSummary(rounds=[], initial_val_loss=0.0, final_val_loss=0.0, total_wall_s=0.0,
+                       links=[])  # fmt: skip
+    stopped = dataclasses.replace(
+        _outcome(tmp_path, resumed=False), interrupted="interrupted by SIGHUP"
+    )
+    write_summary(tmp_path, stopped, empty, scenario_name="x", time_dilation=1.0)
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert (doc["ok"], doc["interrupted"], doc["failed"]) == (False, "interrupted by SIGHUP", None)
+    write_summary(
+        tmp_path, _outcome(tmp_path, resumed=False), empty, scenario_name="x", time_dilation=1.0
+    )
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert (doc["ok"], doc["interrupted"]) == (True, None)
