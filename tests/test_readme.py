@@ -82,19 +82,9 @@ def test_the_watching_snippet_follows_a_run_as_printed(tmp_path: Path) -> None:
     telemetry socket (served with the fed server's peer tokens)."""
     import contextlib
     import io
-    import json
     import threading
 
-    import pytest
-
-    from fedsllm.security.identity import Identity, TokenTable
-    from fedsllm.security.run_secrets import prepare_run_secrets
-    from fedsllm.telemetry import socket_address
-    from fedsllm.telemetry.codec import record_to_proto
-    from fedsllm.telemetry.collector import TelemetryCollector
-    from fedsllm.telemetry.service import TelemetryService, add_to_server, grpc_push
-    from fedsllm.wire.rpc import Security, create_server, make_channel, stop_server
-    from tests.fedsllm.telemetry.helpers import event
+    from tests.fedsllm.telemetry.helpers import served_run
 
     text = section("Watching a run")
     snippet = re.search(r"```python\n(.*?)```", text, flags=re.DOTALL)
@@ -103,37 +93,16 @@ def test_the_watching_snippet_follows_a_run_as_printed(tmp_path: Path) -> None:
     placeholder = 'Path("runs/default-20261201-120000")'
     assert placeholder in code
     run_dir = tmp_path / "run"
-    address = socket_address(run_dir)
-    if address is None:
-        pytest.skip("the temporary directory's path is too long for a unix socket")
-    names = ["fed_server", "client_0"]
-    prepare_run_secrets(
-        run_dir,
-        names,
-        {n: run_dir / "roles" / n for n in names},
-        num_clients=1,
-        tls=False,
-        insecure=False,
-    )
-    peers = run_dir / "roles" / "fed_server" / "secrets" / "peers.json"
-    tokens = TokenTable.from_identity_map(json.loads(peers.read_text()))
-    collector = TelemetryCollector(run_dir / "trace")
-    service = TelemetryService(collector, poll_s=0.05)
-    server, _ = create_server(address, [add_to_server(service)], security=Security(tokens=tokens))
-    closer = threading.Timer(1.0, collector.close)  # the fed server stopping
-    try:
-        with make_channel(address, Security(token=tokens.token_for(Identity.client(0)))) as ch:
-            grpc_push(ch, "client", 0)(
-                [record_to_proto(event(i).numbered(i + 1)) for i in (0, 1)], False
-            )
+    with served_run(run_dir) as run:
+        run.push((0, 1))
+        closer = threading.Timer(1.0, run.collector.close)  # the fed server stopping
         closer.start()
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(code.replace(placeholder, f"Path({str(run_dir)!r})"), {})  # noqa: S102
-    finally:
-        closer.cancel()
-        collector.close()
-        stop_server(server, grace_s=0.1)
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(code.replace(placeholder, f"Path({str(run_dir)!r})"), {})  # noqa: S102
+        finally:
+            closer.cancel()
     lines = out.getvalue().splitlines()
     assert [line.split()[:4] for line in lines] == [
         ["0", "client_0", "train_loss", "0"],

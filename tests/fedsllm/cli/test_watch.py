@@ -10,7 +10,6 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,9 @@ import pytest
 from fedsllm.cli import main
 from fedsllm.config import load_scenario
 from fedsllm.launch import LOCK_FILE, write_scenario
-from fedsllm.security.identity import Identity, TokenTable
-from fedsllm.security.run_secrets import prepare_run_secrets
 from fedsllm.telemetry import socket_address
-from fedsllm.telemetry.codec import record_to_proto
-from fedsllm.telemetry.collector import TelemetryCollector
-from fedsllm.telemetry.service import TelemetryService, add_to_server, grpc_push
 from fedsllm.telemetry.watch import RunGone, watch_run
-from fedsllm.wire.rpc import Security, create_server, make_channel, stop_server
-from tests.fedsllm.telemetry.helpers import event, wait_for
+from tests.fedsllm.telemetry.helpers import ServedRun, served_run, wait_for
 
 CREDENTIAL_VARS = (
     "FEDSLLM_TOKEN",
@@ -50,48 +43,10 @@ def _run_dir(tmp_path: Path) -> Path:
     return run_dir
 
 
-@dataclass
-class Run:
-    run_dir: Path
-    collector: TelemetryCollector
-    client_token: str
-
-    def push(self, steps: range) -> None:
-        address = socket_address(self.run_dir)
-        assert address is not None
-        with make_channel(address, Security(token=self.client_token)) as channel:
-            push = grpc_push(channel, "client", 0)
-            push([record_to_proto(event(i).numbered(i + 1)) for i in steps], False)
-
-
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[Run]:
-    run_dir = _run_dir(tmp_path)
-    address = socket_address(run_dir)
-    if address is None:
-        pytest.skip("the temporary directory's path is too long for a unix socket")
-    names = ["fed_server", "client_0"]
-    prepare_run_secrets(
-        run_dir,
-        names,
-        {n: run_dir / "roles" / n for n in names},
-        num_clients=1,
-        tls=False,
-        insecure=False,
-    )
-    peers = run_dir / "roles" / "fed_server" / "secrets" / "peers.json"
-    tokens = TokenTable.from_identity_map(json.loads(peers.read_text()))
-    collector = TelemetryCollector(run_dir / "trace")
-    server, _ = create_server(
-        address,
-        [add_to_server(TelemetryService(collector, poll_s=0.05))],
-        security=Security(tokens=tokens),
-    )
-    try:
-        yield Run(run_dir, collector, tokens.token_for(Identity.client(0)))
-    finally:
-        collector.close()
-        stop_server(server, grace_s=0.1)
+def run(tmp_path: Path) -> Iterator[ServedRun]:
+    with served_run(_run_dir(tmp_path)) as served:
+        yield served
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "not a run"])
@@ -119,7 +74,9 @@ def test_a_run_without_watcher_credentials_is_one_line_naming_run_dir(
     assert lines[0].startswith("fedsllm: error: RUN_DIR: has no watcher/token")
 
 
-def test_watch_prints_every_record_as_json_until_the_collector_closes(run: Run, capsys) -> None:
+def test_watch_prints_every_record_as_json_until_the_collector_closes(
+    run: ServedRun, capsys
+) -> None:
     run.push(range(3))
     closer = threading.Timer(1.0, run.collector.close)  # the fed server stopping
     closer.start()
@@ -134,7 +91,7 @@ def test_watch_prints_every_record_as_json_until_the_collector_closes(run: Run, 
     assert captured.err == ""
 
 
-def test_watch_goes_on_while_a_launcher_runs_the_directory(run: Run, capsys) -> None:
+def test_watch_goes_on_while_a_launcher_runs_the_directory(run: ServedRun, capsys) -> None:
     """The fed server's stream ends at a stop fault too: the run is over only
     once no launcher holds RUN_DIR/launcher.lock."""
     lock = run.run_dir / LOCK_FILE
@@ -154,7 +111,7 @@ def test_watch_goes_on_while_a_launcher_runs_the_directory(run: Run, capsys) -> 
     assert [json.loads(x)["step"] for x in capsys.readouterr().out.splitlines()] == [0, 1]
 
 
-def test_a_refused_token_is_one_line_naming_its_file_exit_2(run: Run, capsys) -> None:
+def test_a_refused_token_is_one_line_naming_its_file_exit_2(run: ServedRun, capsys) -> None:
     token_file = run.run_dir / "watcher" / "token"
     token_file.write_text("a-token-this-fed-server-never-issued")
     assert main(["watch", str(run.run_dir)]) == 2
@@ -171,7 +128,7 @@ def test_a_refused_token_is_one_line_naming_its_file_exit_2(run: Run, capsys) ->
     assert "UNAUTHENTICATED" in lines[0] and "unknown token" in lines[0]
 
 
-def test_nothing_serving_and_no_launcher_ends_the_watch(run: Run) -> None:
+def test_nothing_serving_and_no_launcher_ends_the_watch(run: ServedRun) -> None:
     run.collector.close()
     address = socket_address(run.run_dir)
     assert address is not None
@@ -184,7 +141,7 @@ def test_nothing_serving_and_no_launcher_ends_the_watch(run: Run) -> None:
         watch_run(stopped, lambda rec: None, wait_s=0.5, poll_s=0.05)
 
 
-def test_watch_waits_for_the_fed_server_of_a_starting_run(run: Run) -> None:
+def test_watch_waits_for_the_fed_server_of_a_starting_run(run: ServedRun) -> None:
     """A fed server that comes up a moment later is followed (records from the first)."""
     seen: list[int] = []
     run.push(range(1))
