@@ -1001,11 +1001,12 @@ def deferred_stop_signals() -> Iterator[StopRequest]:
     The roles run in sessions of their own, so neither the terminal's Ctrl-C
     or hang-up nor a signal to the launcher reaches them: only the launcher's
     cleanup does, and it must never be skipped or cut short by an exception
-    raised mid-statement. A signal the launcher was started with ignored stays
-    ignored (`nohup fedsllm run` outlives its terminal; a background job of a
-    script ignores Ctrl-C). Handlers can be set only from the main thread
-    (signal's rule); elsewhere the request stays empty and the caller's
-    handlers apply.
+    raised mid-statement. A SIGHUP the launcher was started with ignored stays
+    ignored (`nohup fedsllm run` outlives its terminal); SIGINT and SIGTERM
+    always stop it, even in a script's background job, which starts with SIGINT
+    ignored but may still be stopped by `kill -INT PID`. Handlers can be set
+    only from the main thread (signal's rule); elsewhere the request stays
+    empty and the caller's handlers apply.
     """
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -1014,7 +1015,7 @@ def deferred_stop_signals() -> Iterator[StopRequest]:
     previous = {
         sig: signal.signal(sig, stop.record)
         for sig in STOP_SIGNALS
-        if signal.getsignal(sig) is not signal.SIG_IGN
+        if not (sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN)
     }
     try:
         yield stop

@@ -36,7 +36,21 @@ def _launcher(tmp_path: Path, *args: str, stdout: Any, stderr: Any) -> subproces
         *("--out", str(tmp_path / "run")),
         *overrides(),
     ]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=run_env(tmp_path), stdout=stdout, stderr=stderr)
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=run_env(tmp_path),
+        stdout=stdout,
+        stderr=stderr,
+        preexec_fn=_hangup_as_by_default,
+    )
+
+
+def _hangup_as_by_default() -> None:
+    """The launcher as a terminal starts it, whatever started pytest: under `nohup`
+    (a CI script's) SIGHUP is ignored, the launcher keeps it so, and these tests
+    would test nohup instead."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _wait_first_round(run_dir: Path, launcher: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -93,6 +107,7 @@ def test_the_terminal_closing_stops_the_run_cleanly_and_records_it(tmp_path) -> 
     master, slave = pty.openpty()
 
     def own_terminal() -> None:  # a session of its own, the pty its terminal
+        _hangup_as_by_default()
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 

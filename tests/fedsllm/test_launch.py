@@ -390,18 +390,23 @@ def test_sighup_is_a_stop_request_like_sigterm() -> None:
 
 def test_a_stop_signal_ignored_at_start_stays_ignored() -> None:
     """`nohup fedsllm run` starts with SIGHUP ignored so that the run outlives its
-    terminal: the launcher must not take that back."""
+    terminal: the launcher must not take that back. A SIGINT ignored at start (a
+    script's background job) still stops it: `kill -INT PID` is a request to stop."""
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with deferred_stop_signals() as stop:
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)
             time.sleep(0.1)
             assert signal.getsignal(signal.SIGTERM) == stop.record
+            assert signal.getsignal(signal.SIGINT) == stop.record
         assert stop.signals == []
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # given back
     finally:
         signal.signal(signal.SIGHUP, before)
+        signal.signal(signal.SIGINT, before_int)
 
 
 def test_an_interrupted_or_crashed_launch_is_recorded_with_its_dropped_output(tmp_path) -> None:
