@@ -67,11 +67,11 @@ class ControllerService(pb_grpc.ControllerServicer):
                 role="client", client_id=request.client_id, action="read this allocation"
             )
             client_id = controller.check_client("SubscribeRequest.client_id", request.client_id)
-            slot = self.limits.stream("Subscribe", peer_key(peer, context))
-            slot.__enter__()
+            live = self.limits.stream_for_call("Subscribe", peer_key(peer, context), context)
         except REFUSED as err:
             _abort(context, err)
-        context.add_callback(lambda: slot.__exit__(None, None, None))
+        if not live:
+            return
         # A cancelled stream wakes its waiter at once instead of at the next poll.
         context.add_callback(controller.wake)
         after = 0

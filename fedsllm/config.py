@@ -655,15 +655,16 @@ def reading(field: str, source: Path, kind: str) -> Iterator[None]:
         ) from None
 
 
-def load_dict(path: str | Path | None) -> dict[str, Any]:
-    """Read a scenario TOML file (None = the built-in default) as a dict."""
+def load_dict(path: str | Path | None, field: str = "--scenario") -> dict[str, Any]:
+    """Read a scenario TOML file (None = the built-in default) as a dict; errors
+    name `field`, the flag or variable that gave the file."""
     source = Path(path) if path else default_scenario_path()
-    with reading("--scenario", source, "TOML"):
+    with reading(field, source, "TOML"):
         try:
             with open(source, "rb") as fh:
                 return tomllib.load(fh)
         except tomllib.TOMLDecodeError as err:
-            raise ConfigError("--scenario", str(source), f"not valid TOML ({err})") from None
+            raise ConfigError(field, str(source), f"not valid TOML ({err})") from None
 
 
 def load_scenario(

@@ -1052,11 +1052,8 @@ def run_processes(
     lost output streams (fedsllm.output.LauncherOutput), copied into the outcome.
     """
     with deferred_stop_signals() as stop:
-        try:
-            outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop, resume, output_dropped)
-        except RunInterrupted:  # pragma: no cover - _run_processes returns it recorded
-            stop.raise_if_set()
-            raise
+        # _run_processes turns a RunInterrupted into an outcome with `interrupted` set.
+        outcome = _run_here(scenario, run_dir, on_tick, tick_s, stop, resume, output_dropped)
     if stop.signals:
         outcome.stop_signal = stop.signals[0]
         if raise_interrupt:

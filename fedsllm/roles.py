@@ -368,14 +368,14 @@ def load_resolved_scenario(
     Whatever is wrong with the file (unreadable, not JSON or TOML, not a valid
     scenario) is one ConfigError naming `field`, the flag, variable or file
     that gave it, so no caller wraps it."""
-    path = Path(path)
-    try:
-        if path.suffix == ".toml":
-            from fedsllm.config import load_scenario
-            from fedsllm.launch import scenario_hash
+    from fedsllm.config import load_dict
+    from fedsllm.launch import scenario_hash
 
-            scenario = load_scenario(path)
-            return scenario, scenario_hash(scenario)
+    path = Path(path)
+    stored_hash: Any = None  # a TOML file carries none: it is computed
+    if path.suffix == ".toml":
+        doc = load_dict(path, field)
+    else:
         with reading(field, path, "JSON"):
             try:
                 doc = json.loads(path.read_text(encoding="utf-8"))
@@ -384,14 +384,14 @@ def load_resolved_scenario(
         if not isinstance(doc, dict):
             kind = type(doc).__name__
             raise ConfigError(field, str(path), f"not a scenario (a JSON {kind}, not an object)")
-        scenario_hash_text = doc.pop("scenario_hash", "")
-        if not isinstance(scenario_hash_text, str):
-            raise ConfigError("scenario_hash", scenario_hash_text, "must be a string")
-        return from_dict(doc), scenario_hash_text
+        stored_hash = doc.pop("scenario_hash", "")
+    try:
+        if stored_hash is not None and not isinstance(stored_hash, str):
+            raise ConfigError("scenario_hash", stored_hash, "must be a string")
+        scenario = from_dict(doc)
     except ConfigError as err:
-        if err.path in (field, "--scenario") and err.value == str(path):
-            raise ConfigError(field, err.value, err.reason) from None  # a read error
         raise ConfigError(field, str(path), f"not a valid scenario ({err})") from None
+    return scenario, scenario_hash(scenario) if stored_hash is None else stored_hash
 
 
 def build_part(scenario: ScenarioConfig, side: str) -> tuple[Any, Any, Any]:

@@ -342,11 +342,11 @@ def print_summary(console: Any, summary: Any) -> None:
         return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
     dilation = summary.time_dilation
-    title, wall = "per-round summary", "wall s"
+    title = "per-round summary"
     if dilation != 1.0:  # say which seconds: the plan and the report use emulated ones
         title += f" (time dilated x{dilation:g}: emulated s = wall s / {dilation:g})"
     table = Table(title=title)
-    for col in ("round", "clients", "steps", "train loss", "val loss", wall):
+    for col in ("round", "clients", "steps", "train loss", "val loss", "wall s"):
         table.add_column(col, justify="right")
     table.add_row("init", "", "", "", fmt(summary.initial_val_loss), "")
     for r in summary.rounds:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedsllm.errors import ResourceLimitError
 
@@ -61,6 +62,18 @@ class PeerLimits:
                     self._open[key] = left
                 else:
                     del self._open[key]
+
+    def stream_for_call(self, method: str, peer: Hashable, context: Any) -> bool:
+        """Hold one of `peer`'s slots of `method` until the gRPC call of `context`
+        ends, however it ends: a server-streaming handler is a generator, whose own
+        `finally` would run only when it is collected. ResourceLimitError past the
+        limit; False, with the slot given back, when the call had already ended."""
+        slot = self.stream(method, peer)
+        slot.__enter__()
+        if context.add_callback(lambda: slot.__exit__(None, None, None)):
+            return True
+        slot.__exit__(None, None, None)  # already over: no callback will come
+        return False
 
     def check_rate(self, method: str, peer: Hashable) -> None:
         """Count one call of `method` by `peer`; ResourceLimitError past `rate`

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +210,7 @@ def read_watcher_security(run_dir: Path) -> object | None:
     except OSError:
         return None
     tls = None
-    files = [directory / f for f in ("ca.pem", "watcher.pem", "watcher.key")]
+    files = [directory / f for f in _tls_files(WATCHER)]
     if files[1].is_file():
         from fedsllm.security.credentials import load_tls, tls_config_for
 
@@ -269,7 +268,7 @@ def prepare_run_secrets(
     _write_private(launcher_dir / "tokens.json", json.dumps(tokens.to_identity_map(), indent=2))
     tls_dir = None
     if tls:
-        from fedsllm.security.certs import CA_FILE, write_certs
+        from fedsllm.security.certs import write_certs
 
         tls_dir = launcher_dir / "certs"
         write_certs(tls_dir, num_clients, extra_ip_addresses=extra_ip_addresses)
@@ -292,9 +291,7 @@ def prepare_run_secrets(
             }
             _write_private(secret_dir / "peers.json", json.dumps(peers))
         if tls_dir is not None:
-            for file in (CA_FILE, f"{identity.file_stem}.pem", f"{identity.file_stem}.key"):
-                shutil.copyfile(tls_dir / file, secret_dir / file)
-                (secret_dir / file).chmod(0o600)
+            _place_tls(tls_dir, identity, secret_dir)
     _write_watcher(run_dir, tokens, tls_dir)
     return secrets
 
@@ -305,7 +302,17 @@ def _write_watcher(run_dir: Path, tokens: TokenTable, tls_dir: Path | None) -> N
     directory = _private_dir(run_dir / WATCHER_DIR)
     _write_private(directory / "token", tokens.token_for(WATCHER))
     if tls_dir is not None:
-        from fedsllm.security.certs import CA_FILE
+        _place_tls(tls_dir, WATCHER, directory)
 
-        for file in (CA_FILE, f"{WATCHER.file_stem}.pem", f"{WATCHER.file_stem}.key"):
-            _write_private(directory / file, (tls_dir / file).read_bytes())
+
+def _tls_files(identity: Identity) -> tuple[str, str, str]:
+    """The CA and `identity`'s certificate and key, as certs.write_certs names them."""
+    from fedsllm.security.certs import CA_FILE
+
+    return (CA_FILE, f"{identity.file_stem}.pem", f"{identity.file_stem}.key")
+
+
+def _place_tls(tls_dir: Path, identity: Identity, directory: Path) -> None:
+    """Copy `identity`'s TLS files from the run's certificates into `directory`, 0600."""
+    for file in _tls_files(identity):
+        _write_private(directory / file, (tls_dir / file).read_bytes())

@@ -95,15 +95,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
     ) -> Iterator[pb.SubscribeTelemetryResponse]:
         try:  # every role's records: for the run's own watchers only
             peer = authorize(role=WATCH_ROLES, action="watch telemetry")
-            slot = self.limits.stream("Subscribe", peer_key(peer, context))
-            slot.__enter__()
+            live = self.limits.stream_for_call("Subscribe", peer_key(peer, context), context)
         except (PermissionDeniedError, ResourceLimitError) as err:
             abort_for(context, err, log)
-        # The slot is given back when the call ends, however it ends (the client
-        # cancelled or went away, the collector closed): a generator's own
-        # `finally` would wait for its garbage collection.
-        if not context.add_callback(lambda: slot.__exit__(None, None, None)):
-            slot.__exit__(None, None, None)  # already over: no callback will come
+        if not live:
             return
         index = request.from_index
         while context.is_active():

@@ -17,6 +17,7 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,8 +29,22 @@ from tests.e2e.conftest import overrides, read_json, run_env, stop_run, wait_no_
 pytestmark = pytest.mark.slow
 
 
-def _launcher(tmp_path: Path, *args: str, stdout: Any, stderr: Any) -> subprocess.Popen[bytes]:
-    """`fedsllm run` of a tiny two-client scenario into tmp_path/run (marked: run_env)."""
+def _launcher(
+    tmp_path: Path,
+    *args: str,
+    stdout: Any,
+    stderr: Any,
+    stdin: Any = None,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`fedsllm run` of a tiny two-client scenario into tmp_path/run (marked: run_env),
+    SIGHUP at its default (`preexec` runs after that, in the child)."""
+
+    def child() -> None:
+        _hangup_as_by_default()
+        if preexec is not None:
+            preexec()
+
     cmd = [
         *(sys.executable, "-m", "fedsllm", "--log-level", "INFO", "run", "--clients", "2"),
         *args,
@@ -40,9 +55,10 @@ def _launcher(tmp_path: Path, *args: str, stdout: Any, stderr: Any) -> subproces
         cmd,
         cwd=tmp_path,
         env=run_env(tmp_path),
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        preexec_fn=_hangup_as_by_default,
+        preexec_fn=child,
     )
 
 
@@ -107,24 +123,12 @@ def test_the_terminal_closing_stops_the_run_cleanly_and_records_it(tmp_path) -> 
     master, slave = pty.openpty()
 
     def own_terminal() -> None:  # a session of its own, the pty its terminal
-        _hangup_as_by_default()
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     run_dir = tmp_path / "run"
-    cmd = [
-        *(sys.executable, "-m", "fedsllm", "run", "--clients", "2", "--rounds", "500"),
-        *("--out", str(run_dir)),
-        *overrides(),
-    ]
-    launcher = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=run_env(tmp_path),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        preexec_fn=own_terminal,
+    launcher = _launcher(
+        tmp_path, "--rounds", "500", stdin=slave, stdout=slave, stderr=slave, preexec=own_terminal
     )
     os.close(slave)
     shown: list[bytes] = []

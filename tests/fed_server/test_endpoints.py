@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -24,33 +22,11 @@ from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
 from fedsllm.telemetry import socket_address
 from fedsllm.wire.rpc import Security, make_channel, wait_healthy
+from tests.fed_server.process_lines import read_lines, wait_for_line
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER_TOKEN = "watcher-token-for-the-endpoints-test"
 HANG_GUARD_S = 60.0
-
-
-def _reader(stream) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put("")  # EOF
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
-def _wait_for(lines: queue.Queue[str], pattern: str, seen: list[str]) -> re.Match[str]:
-    while True:
-        line = lines.get(timeout=HANG_GUARD_S * 3)
-        seen.append(line)
-        if not line:
-            raise AssertionError("process ended early:\n" + "".join(seen[-40:]))
-        found = re.search(pattern, line)
-        if found:
-            return found
 
 
 def test_endpoints_json_names_the_bound_ports_and_watch_follows_the_run(tmp_path) -> None:
@@ -84,9 +60,9 @@ def test_endpoints_json_names_the_bound_ports_and_watch_follows_the_run(tmp_path
     watch: subprocess.Popen[str] | None = None
     seen: list[str] = []
     try:
-        fed_lines = _reader(fed.stderr)
+        fed_lines = read_lines(fed.stderr)
         ends_file = run_dir / "endpoints.json"
-        _wait_for(fed_lines, f"endpoints in {re.escape(str(ends_file))}", seen)
+        wait_for_line(fed_lines, f"endpoints in {re.escape(str(ends_file))}", seen)
         ends = json.loads(ends_file.read_text())
         assert set(ends) == {"fed_address", "control_address", "telemetry_socket", "pid"}
         assert ends["pid"] == fed.pid and ends["telemetry_socket"] == socket_address(run_dir)
@@ -119,7 +95,7 @@ def test_endpoints_json_names_the_bound_ports_and_watch_follows_the_run(tmp_path
             text=True,
         )
         # The controller's plan is the fed server's first record.
-        first = json.loads(_wait_for(_reader(watch.stdout), r"^\{", seen).string)
+        first = json.loads(wait_for_line(read_lines(watch.stdout), r"^\{", seen).string)
         assert (first["source"], first["name"]) == ("fed_server", "plan")
         fed.send_signal(signal.SIGTERM)
         assert fed.wait(timeout=HANG_GUARD_S) == 0

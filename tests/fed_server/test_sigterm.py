@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from fedsllm.launch import write_scenario
 from fedsllm.proto import fed_server_pb2 as pb
 from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
 from fedsllm.wire.rpc import Security, make_channel
+from tests.fed_server.process_lines import read_lines, wait_for_line
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "client-0-token-for-the-sigterm-test"
@@ -48,34 +48,15 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put("")  # EOF
-
-    threading.Thread(target=read, daemon=True).start()
-    return proc, lines
-
-
-def _wait_for(lines: queue.Queue[str], pattern: str, seen: list[str]) -> re.Match[str]:
-    while True:
-        line = lines.get(timeout=HANG_GUARD_S * 3)
-        seen.append(line)
-        if not line:
-            raise AssertionError("fed server ended early:\n" + "".join(seen[-40:]))
-        found = re.search(pattern, line)
-        if found:
-            return found
+    assert proc.stderr is not None
+    return proc, read_lines(proc.stderr)
 
 
 def test_sigterm_releases_a_waiting_pull_and_the_server_exits(tmp_path) -> None:
     proc, lines = _start(tmp_path)
     seen: list[str] = []
     try:
-        port = int(_wait_for(lines, r"serving FedServer on port (\d+)", seen)[1])
+        port = int(wait_for_line(lines, r"serving FedServer on port (\d+)", seen)[1])
         channel = make_channel(f"127.0.0.1:{port}", Security(token=TOKEN))
         stub = pb_grpc.FedServerStub(channel)
         hashed = json.loads((tmp_path / "run" / "scenario.json").read_text())["scenario_hash"]
@@ -92,7 +73,7 @@ def test_sigterm_releases_a_waiting_pull_and_the_server_exits(tmp_path) -> None:
 
         puller = threading.Thread(target=pull)
         puller.start()
-        _wait_for(lines, r"a pull waits for the global adapter of round 0", seen)
+        wait_for_line(lines, r"a pull waits for the global adapter of round 0", seen)
         proc.send_signal(signal.SIGTERM)
         puller.join(HANG_GUARD_S)
         assert not puller.is_alive()
@@ -115,10 +96,10 @@ def test_sigterm_while_the_servers_start_is_a_clean_stop(tmp_path) -> None:
     proc, lines = _start(tmp_path)
     seen: list[str] = []
     try:
-        _wait_for(lines, r"channels: plain gRPC", seen)  # logged before any server starts
+        wait_for_line(lines, r"channels: plain gRPC", seen)  # logged before any server starts
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=HANG_GUARD_S) == 0, "".join(seen[-40:])
-        _wait_for(lines, r"fed_server INFO fed_server: stopped", seen)
+        wait_for_line(lines, r"fed_server INFO fed_server: stopped", seen)
     finally:
         if proc.poll() is None:
             proc.kill()  # by its own pid: only a failed test gets here
