@@ -35,7 +35,11 @@ main server replies when the downlink is not paced).
     few cores the wall time follows it, so the "extra" column is what the
     framework costs over the transport.
 (c) the codec alone (frame -> StepParts -> bytes -> parts -> assembler ->
-    tensor), no gRPC.
+    tensor), no gRPC; then one echo step's wire work in this process, stage
+    by stage (client builds, server reads, server replies, client reads),
+    with validation off and on, against the copy floor's copies of the same
+    messages: "total - copies" is what the framework's Python costs per step,
+    the project's own share of the echo's excess over raw.
 
 Tables (a) and (b) also time a "copy floor": the raw stream plus the one
 copy per message on each side that any tensor framework on gRPC-Python 1.85
@@ -57,6 +61,7 @@ its GIL) with the client.
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import os
 import platform
@@ -85,7 +90,9 @@ from fedsllm.wire.tensors import (
 )
 from fedsllm.wire.train import (
     decode_train_request,
+    decode_train_response,
     encode_train_request,
+    encode_train_response,
     read_downlink,
     read_uplink,
     step_download_responses,
@@ -611,6 +618,126 @@ def bench_codec(num_bytes: int, chunk_bytes: int, reps: int) -> float:
     return statistics.median(rates)
 
 
+class _Inbox:
+    """An iterator over messages put into it: a reader fed step by step, in
+    this process, as gRPC would feed it."""
+
+    def __init__(self) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+
+    def __iter__(self) -> _Inbox:
+        return self
+
+    def __next__(self) -> Any:
+        return self.items.popleft()
+
+
+STEP_STAGES = ("client builds", "server reads", "server replies", "client reads")
+
+
+def bench_codec_step(chunk_bytes: int, reps: int, validate: bool) -> dict[str, float]:
+    """One echo step's wire work without gRPC, median microseconds per stage:
+    the client's step messages built (tensor_to_frame, step_upload_requests,
+    the request serializer), the server's reading of them (deserializer,
+    read_uplink, the activations as a tensor; with validate, finiteness and
+    check_step_values as BenchServer does), the server's reply built, the
+    client's reading of it into the gradient. "copies" is the copy floor's
+    share: one copy out and one copy in per message of the same sizes, both
+    directions. The rest is what the framework's Python costs per step, the
+    part of the echo's excess over the copy floor that is the project's own."""
+    acts = torch.randn(*ECHO_SHAPE)
+    b, t = ECHO_SHAPE[:2]
+    mask = torch.ones(b, t, dtype=torch.int64)
+    labels = torch.randint(0, VOCAB, (b, t))
+    names = ("attention_mask", "labels", "activations")
+    uplink, downlink = _Inbox(), _Inbox()
+    hello = TrainHelloInfo(client_id=0, scenario_hash="bench", wire_dtype="float32")
+    uplink.items.append(decode_train_request(encode_train_request(hello)))
+    server = read_uplink(uplink, lambda _header: _specs(validate))
+    next(server)
+    welcome = TrainWelcomeInfo(client_id=0, scenario_hash="bench", max_tensor_bytes=2**30)
+    downlink.items.append(decode_train_response(encode_train_response(welcome)))
+    grad_spec = TensorSpec("activations_grad", FLOATS, ECHO_SHAPE, require_finite=validate)
+    client = read_downlink(downlink, lambda _result: [grad_spec])
+    next(client)
+    sizes = [mask.numel() * 8, labels.numel() * 8, acts.numel() * 4]
+    sources = [memoryview(tensor.numpy()).cast("B") for tensor in (mask, labels, acts)]
+    spans = [
+        (src, i, min(i + chunk_bytes, n))
+        for src, n in zip(sources, sizes, strict=True)
+        for i in range(0, n, chunk_bytes)
+    ]
+    into = memoryview(np.empty(sum(sizes), dtype=np.uint8))
+    times: dict[str, list[float]] = {name: [] for name in (*STEP_STAGES, "copies")}
+    for step in range(reps + 20):
+        t0 = time.perf_counter()
+        frames = [
+            tensor_to_frame(name, tensor)
+            for name, tensor in zip(names, (mask, labels, acts), strict=True)
+        ]
+        header = StepHeaderInfo(
+            round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=names
+        )
+        up = [
+            encode_train_request(part) for part in step_upload_requests(header, frames, chunk_bytes)
+        ]
+        t1 = time.perf_counter()
+        uplink.items.extend(decode_train_request(msg) for msg in up)
+        upload = next(server)
+        grad = upload.tensor("activations")
+        if validate:
+            check_step_values(ECHO_LIMITS, upload.tensor("attention_mask"), upload.tensor("labels"))
+        t2 = time.perf_counter()
+        result = StepResultInfo(
+            round=0,
+            step=step,
+            loss=0.0,
+            num_tokens=0,
+            server_compute_s=0.0,
+            tensor_names=("activations_grad",),
+        )
+        reply = step_download_responses(
+            result, [tensor_to_frame("activations_grad", grad)], chunk_bytes
+        )
+        down = [encode_train_response(part) for part in reply]
+        t3 = time.perf_counter()
+        downlink.items.extend(decode_train_response(msg) for msg in down)
+        got = next(client).tensor("activations_grad")
+        t4 = time.perf_counter()
+        for _direction in ("up", "down"):  # as the project: a direction's messages, then read
+            pos = 0
+            for msg in [_copy_span(span) for span in spans]:
+                into[pos : pos + len(msg)] = msg
+                pos += len(msg)
+        t5 = time.perf_counter()
+        if step >= 20:  # warm-up: caches, layouts, receive buffers
+            for name, dt in zip(
+                (*STEP_STAGES, "copies"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+            ):
+                times[name].append(dt)
+    if not torch.equal(got, acts):
+        raise RuntimeError("the in-process echo returned a different tensor")
+    return {name: statistics.median(ts) * 1e6 for name, ts in times.items()}
+
+
+def bench_codec_step_table(reps: int) -> None:
+    print(
+        f"\n    one echo step's wire work in this process, no gRPC ({ECHO_SHAPE} fp32 + mask "
+        f"+ labels up, the gradient down, {DEFAULT_CHUNK // 1024} KiB chunks), "
+        f"median us of {reps}; copies = the copy floor's one copy out and in per message, both ways"
+    )
+    print("| validation | " + " | ".join(STEP_STAGES) + " | total | copies | total - copies |")
+    print("|---|" + "---|" * (len(STEP_STAGES) + 3))
+    for validate in (False, True):
+        us = bench_codec_step(DEFAULT_CHUNK, reps, validate)
+        total = sum(us[name] for name in STEP_STAGES)
+        cells = " | ".join(f"{us[name]:.0f}" for name in STEP_STAGES)
+        print(
+            f"| {'on' if validate else 'off'} | {cells} | {total:.0f} | {us['copies']:.0f} | "
+            f"{total - us['copies']:.0f} |"
+        )
+
+
 def _start_server(
     servicer: BenchServer | None = None, echo: Callable[..., Iterator[bytes]] = _raw_echo
 ) -> grpc.Server:
@@ -847,6 +974,7 @@ def main() -> int:
                 f"   64 MiB, {chunk // 1024:>5} KiB chunks: "
                 f"{bench_codec(64 * 2**20, chunk, reps_big):.0f} MB/s"
             )
+        bench_codec_step_table(reps_echo * 10)
     return 0
 
 

@@ -46,3 +46,13 @@ def test_too_few_pairs_give_the_median_alone(bench) -> None:
 def test_unequal_repetition_counts_are_refused(bench) -> None:
     with pytest.raises(ValueError):
         bench.paired_ratio(_timing(bench, [1.0, 2.0]), _timing(bench, [1.0]))
+
+
+@pytest.mark.parametrize("validate", [False, True])
+def test_the_in_process_echo_step_times_every_stage(bench, validate: bool) -> None:
+    # The step goes through the real builders and readers (it raises when the
+    # gradient read back differs from the activations sent), and every stage
+    # and the copy floor's copies get a time.
+    us = bench.bench_codec_step(bench.DEFAULT_CHUNK, reps=3, validate=validate)
+    assert list(us) == [*bench.STEP_STAGES, "copies"]
+    assert all(value > 0 for value in us.values())
