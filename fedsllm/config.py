@@ -384,7 +384,8 @@ class RunConfig:
     """torch intra-op threads of each client process."""
     server_threads: int = 2
     """torch intra-op threads of the main server, which computes for every client
-    (serialized by its lock), while clients mostly wait on their links."""
+    (one worker thread takes their steps in turn), while clients mostly wait on
+    their links."""
     startup_timeout_s: float = 120.0
     """How long the launcher waits for a server to report healthy."""
     fed_address: str = ""

@@ -14,29 +14,33 @@ __all__ = [
     "ByteTokenizer",
     "E2ERecord",
     "FederatedData",
+    "HFTokenizer",
     "TokenDataset",
     "build_federated_data",
+    "client_sizes",
     "generate_e2e",
     "generic_texts",
     "load_tokenizer",
     "partition_indices",
     "read_texts",
+    "render_text",
     "tokenize_texts",
+    "Tokenizer",
 ]
 
 
 def _module_of(name: str) -> str | None:
-    if name in ("ByteTokenizer", "load_tokenizer"):
+    if name in ("ByteTokenizer", "HFTokenizer", "Tokenizer", "load_tokenizer"):
         return "tokenizer"
     if name in ("Batch", "TokenDataset", "tokenize_texts"):
         return "dataset"
     if name in ("FederatedData", "build_federated_data"):
         return "federated"
-    if name in ("E2ERecord", "generate_e2e"):
+    if name in ("E2ERecord", "generate_e2e", "render_text"):
         return "e2e"
     if name == "generic_texts":
         return "generic"
-    if name == "partition_indices":
+    if name in ("partition_indices", "client_sizes"):
         return "partition"
     if name == "read_texts":
         return "files"
