@@ -15,7 +15,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -204,6 +204,7 @@ class TrainingConfig:
             "num_val_batches",
             "min_clients",
             "max_wave_batches",
+            "eval_every",
         ):
             value = getattr(self, name)
             _check(value >= 1, f"training.{name}", value, "must be >= 1")
@@ -669,16 +670,21 @@ def load_dict(path: str | Path | None, field: str = "--scenario") -> dict[str, A
 
 
 def load_scenario(
-    path: str | Path | None = None, overrides: list[str] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    evaluated: Collection[str] | None = None,
 ) -> ScenarioConfig:
     """Load, override and validate a scenario; the one entry point for configs.
 
     Explicit overrides of fields the scenario's policy ignores are refused
-    (`check_overrides_apply`); the same values written in the file are not,
-    since a file may serve several policies.
+    (`check_overrides_apply`), and of policy parameters that none of the
+    `evaluated` policies reads (`check_parameters_read`; default: the
+    scenario's own policy, as a run has); the same values written in the file
+    are not, since a file may serve several policies.
     """
     scenario = from_dict(apply_overrides(load_dict(path), overrides or []))
     check_overrides_apply(overrides or [], scenario.policy.name)
+    check_parameters_read(overrides or [], evaluated or (scenario.policy.name,))
     return scenario
 
 
@@ -717,6 +723,18 @@ POLICY_BOUND_FIELDS: dict[str, tuple[Callable[[str], bool], str]] = {
 """Fields that only some policies read -> (is it ignored under this policy?, the reason,
 which names the field that does apply). An override of one of them that the policy
 would silently drop is refused instead."""
+
+POLICY_PARAMETERS: dict[str, frozenset[str]] = {
+    "policy.fixed_eta": frozenset({"equal", "opt_fixed_eta"}),
+    "policy.shares_file": frozenset({"fixed"}),
+    "policy.num_random_draws": frozenset({"random"}),
+    "policy.solver": frozenset({"optimal", "opt_fixed_eta"}),
+}
+"""A policy's own parameters -> the policies that read them (fed_server.controller,
+fedsllm.delay.policies.solve_policy). Unlike POLICY_BOUND_FIELDS, which must apply to
+every run of a comparison, a parameter is refused only when no policy the command
+evaluates reads it: `fedsllm plan` evaluates them all, so policy.fixed_eta sets its
+equal baseline whatever the scenario's own policy."""
 
 
 def _override_paths(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -757,3 +775,19 @@ def check_overrides_apply(overrides: list[str], policy: str) -> None:
         bound = POLICY_BOUND_FIELDS.get(path)
         if bound is not None and bound[0](policy):
             raise ConfigError(path, value, bound[1].format(policy=policy, value=value))
+
+
+def check_parameters_read(overrides: list[str], policies: Collection[str]) -> None:
+    """Refuse an explicit override of a policy parameter (POLICY_PARAMETERS) that none
+    of `policies`, the ones the command runs or evaluates, reads: `--set
+    policy.shares_file=...` under policy optimal would otherwise be dropped in
+    silence."""
+    for path, value in _override_paths(overrides):
+        readers = POLICY_PARAMETERS.get(path)
+        if readers is not None and not readers & set(policies):
+            raise ConfigError(
+                path,
+                value,
+                f"is read only by policy {' and '.join(sorted(readers))}, not by "
+                f"{', '.join(sorted(set(policies)))}; set policy.name to use it",
+            )

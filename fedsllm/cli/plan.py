@@ -248,9 +248,10 @@ def _render(doc: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedsllm.config import load_scenario
+    from fedsllm.config import POLICIES, load_scenario
 
-    scenario = load_scenario(args.scenario, scenario_overrides(args))
+    # The plan evaluates every allocation policy, so any policy's parameter applies.
+    scenario = load_scenario(args.scenario, scenario_overrides(args), evaluated=POLICIES)
     doc = plan_document(scenario)
     if args.json:
         print(json.dumps(doc, indent=2, allow_nan=False))

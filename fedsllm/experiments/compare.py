@@ -105,11 +105,18 @@ def load_compare_base(
     applicability is checked against them, not against the file's (or an
     override's) policy.name.
     """
-    from fedsllm.config import apply_overrides, check_overrides_apply, from_dict, load_dict
+    from fedsllm.config import (
+        apply_overrides,
+        check_overrides_apply,
+        check_parameters_read,
+        from_dict,
+        load_dict,
+    )
 
     base = from_dict(compare_base_dict(apply_overrides(load_dict(path), overrides)))
     for policy in policies:
         check_overrides_apply(overrides, policy)
+    check_parameters_read(overrides, policies)
     return base
 
 

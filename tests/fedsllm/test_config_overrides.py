@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fedsllm.config import check_overrides_apply, load_scenario, policy_name_of
+from fedsllm.config import (
+    POLICIES,
+    check_overrides_apply,
+    check_parameters_read,
+    load_scenario,
+    policy_name_of,
+)
 from fedsllm.errors import ConfigError
 
 FIXED = "policy.name='fixed_steps'"
@@ -64,3 +70,39 @@ def test_policy_name_of(tmp_path: Path) -> None:
     bare = tmp_path / "bare.toml"
     bare.write_text('name = "bare"\n')
     assert policy_name_of(bare, []) == "fixed_steps"  # PolicyConfig's default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "readers"),
+    [
+        (['policy.shares_file="/nonexistent.json"'], "policy.shares_file", "fixed"),
+        (["policy.fixed_eta=0.3"], "policy.fixed_eta", "equal and opt_fixed_eta"),
+        (["policy.num_random_draws=5"], "policy.num_random_draws", "random"),
+        (['policy.name="fixed_steps"', 'policy.solver="cvxpy"'], "policy.solver", "opt_fixed_eta"),
+        (["policy={fixed_eta=0.3}"], "policy.fixed_eta", "equal and opt_fixed_eta"),
+    ],
+)
+def test_a_parameter_no_policy_reads_is_refused(
+    overrides: list[str], path: str, readers: str
+) -> None:
+    # The default scenario's policy is optimal (fixed_steps where overridden): it
+    # would drop these in silence and run as if they were never given.
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, overrides)
+    assert err.value.path == path
+    assert f"is read only by policy {readers}" in str(err.value)
+
+
+def test_a_parameter_is_kept_where_an_evaluated_policy_reads_it() -> None:
+    # fedsllm plan evaluates every policy: its equal baseline reads fixed_eta.
+    assert load_scenario(None, ["policy.fixed_eta=0.3"], evaluated=POLICIES).policy.fixed_eta == 0.3
+    scenario = load_scenario(None, ['policy.name="equal"', "policy.fixed_eta=0.3"])
+    assert scenario.policy.fixed_eta == 0.3
+    check_parameters_read(["policy.num_random_draws=3"], ["optimal", "random"])
+
+
+def test_eval_every_must_be_positive() -> None:
+    for value in (0, -1):
+        with pytest.raises(ConfigError) as err:
+            load_scenario(None, [f"training.eval_every={value}"])
+        assert err.value.path == "training.eval_every"

@@ -67,3 +67,31 @@ def test_run_refuses_before_creating_the_run_directory(tmp_path, capsys) -> None
     assert SKIP_FLAG in err and "--clients" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_long_sequences_and_large_batches_count_their_activations() -> None:
+    """Trial 5: data.seq_len=100000 passed the check and the OOM killer took a client
+    at 8.2 GB resident. The activations beyond the measured default now count: the
+    estimate puts that client at about 9 GB, and refuses the run on this machine."""
+    default = scenario_memory(load_scenario(None))
+    assert default.activation_note == ""  # already inside the measured per-process figures
+    long = scenario_memory(load_scenario(None, ["data.seq_len=100000"]))
+    assert 7e9 < long.per_client_bytes < 12e9
+    assert "seq_len 100000" in long.describe()
+    with pytest.raises(ConfigError) as err:
+        check_memory(long, available_bytes=20 * GIB)
+    assert "data.seq_len" in str(err.value) and "training.batch_size" in str(err.value)
+    # Twice the batch, twice the extra tokens; eager attention adds its T x T scores.
+    wide = scenario_memory(load_scenario(None, ["training.batch_size=16"]))
+    assert wide.per_client_bytes > default.per_client_bytes
+    sdpa = scenario_memory(load_scenario(None, ["data.seq_len=4096"]))
+    eager = scenario_memory(
+        load_scenario(None, ["data.seq_len=4096", 'model.attn_implementation="eager"'])
+    )
+    assert eager.per_client_bytes > sdpa.per_client_bytes + 4e9
+    # A wave fuses several clients' batches in one server pass.
+    wave = scenario_memory(
+        load_scenario(None, ["data.seq_len=1024", 'training.server_update="wave"'])
+    )
+    per_batch = scenario_memory(load_scenario(None, ["data.seq_len=1024"]))
+    assert wave.servers_bytes > per_batch.servers_bytes
