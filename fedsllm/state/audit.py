@@ -46,6 +46,20 @@ def _parse(blob: bytes) -> AdapterState:
     return load(blob)
 
 
+def _parse_produced(what: str, blob: bytes, result: AuditResult) -> AdapterState | None:
+    """A produced adapter's tensors, or None with `what` recorded as mismatched when
+    the bytes are no safetensors file: a damaged file is what an audit reports, not a
+    reason for `fedsllm report` to crash. (Stored updates need no such care: a damaged
+    one fails its digest first.)"""
+    from safetensors import SafetensorError
+
+    try:
+        return _parse(blob)
+    except SafetensorError as err:
+        result.mismatched.append(f"{what}: not a readable safetensors file ({err})")
+        return None
+
+
 @dataclass
 class AuditResult:
     num_rounds: int = 0
@@ -173,14 +187,15 @@ def audit_rounds(
             blob = produced_by_round(rec.round)
             if blob is None:
                 result.missing.append(f"round {rec.round}: no produced global adapter")
-            else:
-                _compare(f"round {rec.round}", current, _parse(blob), atol, result)
+            elif (state := _parse_produced(f"round {rec.round}", blob, result)) is not None:
+                _compare(f"round {rec.round}", current, state, atol, result)
     if produced is not None:
         result.compared = True
+        final = _parse_produced("final (the produced adapter)", produced, result)
         if current is None:
             result.mismatched.append("final: could not be recomputed")
-        else:
-            _compare("final", current, _parse(produced), atol, result)
+        elif final is not None:
+            _compare("final", current, final, atol, result)
     return result
 
 

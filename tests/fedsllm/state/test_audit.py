@@ -117,6 +117,20 @@ def test_a_produced_adapter_one_ulp_off_fails_bit_exact_but_passes_a_tolerance()
     assert audit_store(store, produced=off, atol=1e-6).ok
 
 
+@pytest.mark.parametrize("damaged", [b"\x9f" * 100, b"", b"truncated"])
+def test_a_damaged_produced_adapter_fails_the_audit_instead_of_crashing_it(
+    damaged: bytes,
+) -> None:
+    # Trial 5: random bytes in adapters/client_global.safetensors made `fedsllm report`
+    # end in a SafetensorError traceback.
+    store, _ = _run()
+    result = audit_store(store, produced=damaged)
+    assert not result.ok and result.compared
+    assert len(result.mismatched) == 1
+    assert result.mismatched[0].startswith("final (the produced adapter): not a readable")
+    assert "audit FAILED" in result.lines()[0]
+
+
 def test_a_doubled_update_is_reported() -> None:
     store, _ = _run()
     records = store.round_records()
