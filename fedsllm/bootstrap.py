@@ -114,9 +114,11 @@ def parse_file(text: str) -> Path:
 
 def parse_dir(text: str) -> Path:
     """A directory this process can write (created if absent)."""
+    from fedsllm.paths import make_dir
+
     path = Path(text)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dir(path)
     except OSError as err:
         raise ValueError(f"cannot create it ({err.strerror})") from None
     if not os.access(path, os.W_OK | os.X_OK):

@@ -49,14 +49,19 @@ def role_main(logger: logging.Logger) -> Callable[[Callable[..., int]], Callable
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> int:
+            from fedsllm.paths import remove_made_dirs
+
             try:
-                return main(*args, **kwargs)
+                code = main(*args, **kwargs)
             except ConfigError as err:  # SettingError included
                 logger.error("%s", err)
-                return 2
+                code = 2
             except ReconnectError as err:  # a peer gone for good mid-run: not bad input
                 logger.error("%s", err)
                 return 1
+            if code == 2:  # refused input leaves no directory it made behind
+                remove_made_dirs()
+            return code
 
         return run
 

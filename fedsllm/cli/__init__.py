@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, "cli")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
+    except (ConfigError, WireError) as err:
         print(f"fedsllm: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except WireError as err:
-        print(f"fedsllm: error: {err}", file=sys.stderr)
+        from fedsllm.paths import remove_made_dirs
+
+        remove_made_dirs()  # refused input leaves no directory it made behind
         return EXIT_BAD_INPUT
     except AllocationError as err:
         print(f"fedsllm: allocation failed ({err.status}): {err}", file=sys.stderr)

@@ -133,10 +133,12 @@ def test_fed_server_bind_in_use_exits_2_naming_it(
     address = f"127.0.0.1:{busy_port}"
     args = [flag, address] if flag else []
     env = {env_var: address} if env_var else {}
+    run_dir = tmp_path / "runs" / "refused"
     proc = _role(
-        "fed_server", env, "--scenario", str(scenario_file), "--run-dir", str(tmp_path), *args
+        "fed_server", env, "--scenario", str(scenario_file), "--run-dir", str(run_dir), *args
     )
     _refused(proc, f"{flag or env_var}: address in use, got '{address}'")
+    assert not (tmp_path / "runs").exists()  # the refused start made nothing that stays
 
 
 def test_main_server_bind_in_use_exits_2_naming_it(fed, busy_port, tmp_path) -> None:
@@ -144,18 +146,21 @@ def test_main_server_bind_in_use_exits_2_naming_it(fed, busy_port, tmp_path) -> 
     proc = _role(
         "main_server",
         {"FEDSLLM_TOKEN": TOKENS["main_server"]},
-        "--fed-address", fed["fed"], "--work-dir", str(tmp_path), "--bind", address,
+        "--fed-address", fed["fed"], "--work-dir", str(tmp_path / "work"), "--bind", address,
     )  # fmt: skip
     _refused(proc, f"--bind: address in use, got '{address}'")
+    assert not (tmp_path / "work").exists()
 
 
 def test_main_server_without_credentials_exits_2_naming_the_token(fed, tmp_path) -> None:
-    proc = _role("main_server", {}, "--fed-address", fed["fed"], "--work-dir", str(tmp_path))
+    work = tmp_path / "work"
+    proc = _role("main_server", {}, "--fed-address", fed["fed"], "--work-dir", str(work))
     _refused(
         proc,
         f"FEDSLLM_TOKEN: not set, and the fed server at {fed['fed']} refuses a role without "
         "credentials (UNAUTHENTICATED: ",
     )
+    assert not work.exists()
 
 
 def test_main_server_with_a_clients_token_exits_2_naming_the_token(fed, tmp_path) -> None:

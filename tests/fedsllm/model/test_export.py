@@ -106,6 +106,11 @@ def test_cli_export_writes_adapter_and_reports_bad_input(tiny_scenario, tmp_path
     assert cli_main(["export", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 2
     assert "RUN_DIR: is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()  # nothing written for a refused export
+    # Refused after OUT_DIR was made (trial 5: a damaged adapter left an empty one).
+    (run_dir / "adapters" / "server.safetensors").write_bytes(b"junk")
+    assert cli_main(["export", str(run_dir), str(tmp_path / "new" / "out3")]) == 2
+    assert "server.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_export_never_writes_into_a_directory_that_holds_anything(tiny_scenario, tmp_path):
