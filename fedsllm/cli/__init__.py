@@ -93,6 +93,24 @@ FLAG_PATHS = {
 }
 """Everyday flags -> the scenario field each one sets (flags are sugar for --set)."""
 
+FLAG_FIELDS = {**FLAG_PATHS, "bandwidth_mhz": "channel.bandwidth_hz"}
+"""Every flag that sets a scenario field (attr -> field), the value conversions
+included (plan's --bandwidth-mhz sets the field in Hz): a refused value is
+reported under the flag the user typed, not the field it set (`flag_named`)."""
+
+
+def flag_named(err: ConfigError, args: argparse.Namespace) -> ConfigError:
+    """`err` about a field that a flag of this invocation set, re-addressed to that
+    flag with the flag's own value ("--clients: must be >= 1, got 0" rather than
+    "clients.num_clients: ..."); any other error as it is. Flags win over --set,
+    so a field a flag set holds the flag's value."""
+    for attr, path in FLAG_FIELDS.items():
+        value = getattr(args, attr, None)
+        if value is not None and err.path == path:
+            return ConfigError(f"--{attr.replace('_', '-')}", value, err.reason)
+    return err
+
+
 ROUND_FLAG_PATHS: dict[str, tuple[str, str, str | None]] = {
     "rounds": ("--rounds", "training.num_rounds", "policy.max_rounds"),
     "local_steps": ("--local-steps", "training.num_local_steps", None),
@@ -185,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, WireError) as err:
-        print(f"fedsllm: error: {err}", file=sys.stderr)
+        shown = flag_named(err, args) if isinstance(err, ConfigError) else err
+        print(f"fedsllm: error: {shown}", file=sys.stderr)
         from fedsllm.paths import remove_made_dirs
 
         remove_made_dirs()  # refused input leaves no directory it made behind

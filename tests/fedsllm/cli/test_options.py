@@ -114,6 +114,21 @@ def test_bad_override_exits_2_naming_the_field(capsys) -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["plan", "--bandwidth-mhz=-1"], "--bandwidth-mhz: must be > 0, got -1.0"),
+        (["plan", "--clients", "0"], "--clients: must be >= 1, got 0"),
+        (["run", "--clients", "0", "--set", "clients.num_clients=2"], "--clients: must be >= 1"),
+        (["plan", "--set", "clients.num_clients=0"], "clients.num_clients: must be >= 1, got 0"),
+    ],
+)
+def test_a_value_refused_is_named_as_the_user_gave_it(argv: list[str], line: str, capsys) -> None:
+    # Trial 5: "--bandwidth-mhz=-1" was refused as channel.bandwidth_hz, got -1000000.0.
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().startswith(f"fedsllm: error: {line}")
+
+
+@pytest.mark.parametrize(
     "argv", [["--seed", "-1"], ["--set", "seed=-1"], ["--set", "seed=9223372036854775808"]]
 )
 def test_a_seed_no_generator_takes_exits_2_naming_seed(argv: list[str], capsys) -> None:
