@@ -63,8 +63,8 @@ def test_plan_table_and_cvxpy(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     "argv,field",
     [
-        (["--bandwidth-mhz", "-5"], "channel.bandwidth_hz"),
-        (["--clients", "0"], "clients.num_clients"),
+        (["--bandwidth-mhz", "-5"], "--bandwidth-mhz: must be > 0, got -5.0"),
+        (["--clients", "0"], "--clients: must be >= 1, got 0"),
         (["--set", "convergence.a=-1"], "convergence.a"),
     ],
 )
