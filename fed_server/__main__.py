@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     log.info("channels: %s", security.describe())
+    # RUN_DIR/state: membership, rounds, accepted updates, global adapters and
+    # the controller's state, committed before each answer (fed_server/rounds.py).
+    # Read before anything is written: a file there that cannot be read
+    # (StoreFormatError) is one line naming it, exit 2 (role_main).
+    store = fed_server_store(run_dir)
+    saved = store.load()
     # Resumes from the records a previous fed server of this run left there.
     collector = TelemetryCollector(run_dir / "trace")
     telemetry = TelemetryService(collector)
@@ -129,10 +135,6 @@ def main(argv: list[str] | None = None) -> int:
 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_scenario(run_dir, scenario)
-    # RUN_DIR/state: membership, rounds, accepted updates, global adapters and
-    # the controller's state, committed before each answer (fed_server/rounds.py).
-    store = fed_server_store(run_dir)
-    saved = store.load()
     num_rounds = scenario.training.num_rounds
     num_local_steps = scenario.training.num_local_steps
     controller = None

@@ -77,18 +77,30 @@ is the kernel's, and free)."""
 
 
 @contextmanager
-def run_dir_lock(run_dir: Path, flag: str) -> Iterator[None]:
+def run_dir_lock(
+    run_dir: Path, flag: str, before_claim: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Hold RUN_DIR/launcher.lock (fcntl.flock, exclusive) while the body runs:
     a second launcher on the same run (`--resume RUN_DIR` while it is still
     live) would start a second set of roles on the same stores. Refused with a
     ConfigError naming `flag` (exit 2) and the holder's pid when known. The
     kernel drops the lock when its holder exits, however it exits, and the
-    roles do not inherit it (the descriptor is not inheritable)."""
+    roles do not inherit it (the descriptor is not inheritable).
+
+    `before_claim` runs once the lock is held and before the file is written
+    (its pid): read-only checks of the run (`check_resume`) that nobody else
+    can change meanwhile. Whatever it raises goes on up with the lock file
+    as it was (not even its mtime changed); with no lock file at all it runs
+    before the file is created, so a refused run directory gains nothing."""
     import fcntl
 
     from fedsllm.errors import ConfigError
 
-    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    path = Path(run_dir) / LOCK_FILE
+    if before_claim is not None and not path.exists():
+        before_claim()  # no launcher ever held this directory: none holds it now
+        before_claim = None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,6 +110,8 @@ def run_dir_lock(run_dir: Path, flag: str) -> Iterator[None]:
             raise ConfigError(
                 flag, str(run_dir), f"run directory in use by another {who}"
             ) from None
+        if before_claim is not None:
+            before_claim()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -106,6 +120,39 @@ def run_dir_lock(run_dir: Path, flag: str) -> Iterator[None]:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+class RunAlreadyComplete(Exception):
+    """`check_resume`'s answer for a run with nothing left to resume: its fed
+    server's store has every planned round aggregated and the last global
+    adapter committed. Not an error: `fedsllm run --resume` says so, exit 0."""
+
+    def __init__(self, run_dir: Path, rounds_closed: int, num_rounds: int) -> None:
+        self.run_dir = run_dir
+        self.rounds_closed = rounds_closed
+        self.num_rounds = num_rounds
+        super().__init__(
+            f"{run_dir}: the run is already complete ({rounds_closed} of {num_rounds} rounds); "
+            f"nothing to resume — see `fedsllm report {run_dir}`"
+        )
+
+
+def check_resume(run_dir: Path, scenario: ScenarioConfig) -> None:
+    """Before a resume writes, locks or starts anything: read every store its
+    roles would resume from, each through its own loader (fedsllm.state.check),
+    writing nothing. The fed server's RUN_DIR/state first: RunAlreadyComplete
+    when it holds every planned round (no role would have work); then the main
+    server's and each client's roles/<role>/state. A store that cannot be read
+    is a ConfigError naming the file and what is wrong with it."""
+    from fedsllm.state.check import check_checkpoint_store, stored_progress
+
+    num_clients = scenario.clients.num_clients
+    progress = stored_progress(run_dir / "state", num_clients)
+    if progress is not None and progress.complete:
+        raise RunAlreadyComplete(run_dir, progress.rounds_closed, progress.num_rounds)
+    check_checkpoint_store("main_server", role_work_dir(run_dir, "main_server") / "state")
+    for k in range(num_clients):
+        check_checkpoint_store("client", role_work_dir(run_dir, f"client_{k}") / "state")
 
 
 def make_run_dir(out: str | Path | None, scenario: ScenarioConfig) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fedsllm.config import ScenarioConfig, from_dict, reading
 from fedsllm.errors import NO_VALUE, ConfigError, ReconnectError
+from fedsllm.state.errors import StoreFormatError
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,12 @@ def role_main(logger: logging.Logger) -> Callable[[Callable[..., int]], Callable
     badly: a flag or variable (resolve), a bind address in use (`binding`), a
     credential a server refused (`refused_credentials`), a certificate of
     another identity (`check_own_certificate`), a fed server that never
-    answers (`wait_for_fed_server`). A peer that stays unreachable through a
-    whole reconnect budget mid-run (ReconnectError) is one line too, exit 1: a
-    failure of the run, not of the input. Anything else propagates."""
+    answers (`wait_for_fed_server`). A state file of the role's own store that
+    it cannot read (fedsllm.state.StoreFormatError: damaged, or another
+    version's) is bad input too: one line naming the file, exit 2. A peer that
+    stays unreachable through a whole reconnect budget mid-run (ReconnectError)
+    is one line too, exit 1: a failure of the run, not of the input. Anything
+    else propagates."""
 
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -53,7 +57,7 @@ def role_main(logger: logging.Logger) -> Callable[[Callable[..., int]], Callable
 
             try:
                 code = main(*args, **kwargs)
-            except ConfigError as err:  # SettingError included
+            except (ConfigError, StoreFormatError) as err:  # SettingError included
                 logger.error("%s", err)
                 code = 2
             except ReconnectError as err:  # a peer gone for good mid-run: not bad input

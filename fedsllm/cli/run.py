@@ -214,7 +214,14 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack, output: A
     from rich.console import Console
 
     from fedsllm.config import load_scenario
-    from fedsllm.launch import check_launch, make_run_dir, run_dir_lock, run_processes
+    from fedsllm.launch import (
+        RunAlreadyComplete,
+        check_launch,
+        check_resume,
+        make_run_dir,
+        run_dir_lock,
+        run_processes,
+    )
     from fedsllm.progress import RunProgress, prepare_base
     from fedsllm.summary import write_summary
     from fedsllm.trace import read_telemetry
@@ -222,11 +229,22 @@ def _run_command(args: argparse.Namespace, held: contextlib.ExitStack, output: A
     resume = getattr(args, "resume", None) is not None
     if resume:
         scenario, run_dir = resumed_scenario(args)
+        scenario = with_fault_flag(args, scenario)
         # Before anything reads or writes the run: a launcher may still run it.
-        held.enter_context(run_dir_lock(run_dir, "--resume"))
+        # Once the lock is ours, and before anything is written (the lock's pid
+        # included), every store the roles would resume from is read: a damaged
+        # one is refused naming its file (exit 2), a run with no round left is
+        # said to be complete (exit 0), and the run directory is as it was.
+        try:
+            held.enter_context(
+                run_dir_lock(run_dir, "--resume", lambda: check_resume(run_dir, scenario))
+            )
+        except RunAlreadyComplete as done:
+            print(done, file=sys.stdout)
+            return EXIT_OK
     else:
         scenario = load_scenario(args.scenario, flag_overrides(args))
-    scenario = with_fault_flag(args, scenario)
+        scenario = with_fault_flag(args, scenario)
     console = Console(stderr=True)
     check_run_memory(scenario, args)
     check_launch(scenario)  # what would otherwise fail only after the roles started

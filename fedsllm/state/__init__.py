@@ -1,7 +1,8 @@
 """Each role's persistent state (stores), the round rules (ledger) and the audit.
 
 Public names are re-exported here; see store.py, ledger.py, audit.py,
-format.py and errors.py for what each part does and leaves to the roles.
+format.py and errors.py for what each part does and leaves to the roles, and
+check.py for the read-only checks a launcher makes before it resumes a run.
 """
 
 from fedsllm.state.durable import DurableRounds

@@ -16,14 +16,23 @@ from fedsllm.errors import StateError
 class StoreFormatError(StateError):
     """A persisted state file is unreadable, or of another format version.
 
-    `path` names the file, `found` the version it holds (None: none at all)."""
+    `path` names the file, `found` the version it holds (None: none at all).
+    Only a file whose format marker names another version is said to be
+    another fedsllm version's; one that cannot be parsed, or lacks what a
+    state file holds, is said to be damaged. `problem` is the message
+    without the path."""
 
     def __init__(self, path: str, found: object, expected: int, reason: str = "") -> None:
         self.path = path
         self.found = found
         self.expected = expected
         detail = reason or f"format version {found!r}, this build reads version {expected}"
-        super().__init__(f"{path}: {detail}; it was written by another fedsllm version")
+        if found is not None and str(found) != str(expected):
+            why = "it was written by another fedsllm version"
+        else:
+            why = "the file is damaged (truncated or overwritten) or was not written by fedsllm"
+        self.problem = f"{detail}; {why}"
+        super().__init__(f"{path}: {self.problem}")
 
 
 class UpdateRefused(StateError):

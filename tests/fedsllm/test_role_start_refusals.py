@@ -238,3 +238,23 @@ def test_a_scenario_file_that_is_not_json_exits_2_naming_it(tmp_path, module, ex
     proc = _role(module, {}, "--scenario", str(bad), *args)
     _refused(proc, "--scenario: not valid JSON (Expecting property name")
     assert f"got '{bad}'" in proc.stderr
+
+
+def test_fed_server_on_a_damaged_store_exits_2_naming_the_file(scenario_file, tmp_path) -> None:
+    """Was a traceback ending in StoreFormatError, exit 1, blaming "another fedsllm
+    version" for a truncated file: now one line naming the file and what is
+    wrong with it, exit 2, before the fed server writes anything in RUN_DIR."""
+    run_dir = tmp_path / "run"
+    ledger = run_dir / "state" / "ledger.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text('{"format": 1, trunc\n')
+    proc = _role(
+        "fed_server", {}, "--scenario", str(scenario_file), "--run-dir", str(run_dir),
+        "--bind", "127.0.0.1:0", "--control-bind", "127.0.0.1:0",
+    )  # fmt: skip
+    _refused(proc, f"{ledger}: not JSON (Expecting property name")
+    assert "another fedsllm version" not in proc.stderr
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == [
+        "state",
+        "state/ledger.json",
+    ]

@@ -242,6 +242,23 @@ def test_role_main_turns_a_bad_setting_into_exit_2(caplog) -> None:
     assert [r.getMessage() for r in caplog.records] == ["--bind: address in use, got '127.0.0.1:1'"]
 
 
+def test_role_main_refuses_an_unreadable_store_in_one_line_exit_2(caplog) -> None:
+    """A role's own store it cannot read (a client's or the main server's
+    checkpoint, the fed server's ledger) was a StoreFormatError traceback, exit 1."""
+    from fedsllm.state.errors import StoreFormatError
+
+    log = logging.getLogger("test_role")
+
+    @role_main(log)
+    def main(argv: list[str] | None = None) -> int:
+        raise StoreFormatError("w/state/checkpoint.json", None, 1, "not JSON (Expecting value)")
+
+    with caplog.at_level(logging.ERROR, logger="test_role"):
+        assert main([]) == 2
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("w/state/checkpoint.json: not JSON (Expecting value); the file is")
+
+
 def test_role_main_makes_a_peer_gone_mid_run_one_line_exit_1(caplog) -> None:
     """A ReconnectError after the whole budget was a traceback; it is a failure of
     the run (exit 1), said in one line, and other errors still propagate."""

@@ -70,3 +70,20 @@ def test_format_error_names_the_file_and_versions() -> None:
     err = StoreFormatError("run/state/ledger.json", 2, 1)
     assert "run/state/ledger.json" in str(err) and "version 2" in str(err)
     assert status_for(err) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_format_error_blames_another_version_only_when_the_marker_names_one() -> None:
+    """A damaged file (not JSON, no marker, the wrong kind) is not said to be
+    another fedsllm version's; a marker of another version is."""
+    damaged = [
+        StoreFormatError("s/ledger.json", None, 1, "not JSON (Expecting value)"),
+        StoreFormatError("s/ledger.json", None, 1, "no format_version field"),
+        StoreFormatError("s/ledger.json", 1, 1, "kind 'x', not 'fed_server.ledger'"),
+        StoreFormatError("s/a.safetensors", None, 1),
+    ]
+    for err in damaged:
+        assert "another fedsllm version" not in str(err) and "damaged" in str(err), err
+        assert str(err) == f"{err.path}: {err.problem}"
+    for found in (2, "9"):
+        err = StoreFormatError("s/ledger.json", found, 1)
+        assert str(err).endswith("; it was written by another fedsllm version"), err
