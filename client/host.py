@@ -21,9 +21,11 @@ itself, so a signal it forwards can only reach its own live child, never a
 reused pid. Children stay in the host's process group: the launcher's
 SIGTERM/SIGKILL to the group reaches every client. On SIGTERM, or when stdin
 closes (the launcher is gone), the host stops its children (SIGTERM, then
-SIGCONT for one that was stopped) and exits once all are reaped. The host
-forks from its only thread, before any gRPC channel or torch thread pool
-exists.
+SIGCONT for one that was stopped) and exits once all are reaped. A host that
+cannot (killed by SIGKILL, or crashed) still takes them down: each child asks
+the kernel for SIGTERM, its clean stop, when the host dies
+(fedsllm.launch.die_with_parent). The host forks from its only thread, before
+any gRPC channel or torch thread pool exists.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import signal
 import sys
 import time
 from typing import Any
+
+from fedsllm.launch import die_with_parent
 
 PRELOAD = (
     "torch",
@@ -158,6 +162,7 @@ def _child(argv: list[str], env: dict[str, str], log_path: str, keep_fds: tuple[
 
 def serve(stdin_fd: int = 0, out: Any = None) -> int:
     out = out or sys.stdout
+    host_pid = os.getpid()
     stopping = False
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -227,6 +232,10 @@ def serve(stdin_fd: int = 0, out: Any = None) -> int:
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 pid = os.fork()
                 if pid == 0:
+                    # Set while SIGTERM is still blocked: one that comes at once
+                    # waits for the defaults below, and then stops the child.
+                    if not die_with_parent(signal.SIGTERM, host_pid):
+                        os._exit(128 + signal.SIGTERM)  # the host died before it was set
                     for signum in STOP_SIGNALS:
                         signal.signal(signum, signal.SIG_DFL)
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -401,11 +401,34 @@ def parent_death_prefix(signame: str = "KILL") -> list[str]:
     which is unsafe in a launcher that runs threads. The signal comes when the
     launcher thread that started the role ends: every start, restarts included,
     happens on the thread that runs the whole run. State is not at risk: every
-    role commits its store atomically. Not for forked clients: they are the
-    client host's children, and the host stops them when the launcher goes.
+    role commits its store atomically. Forked clients never exec, so they set
+    the same signal themselves (die_with_parent).
     """
     tool = shutil.which("setpriv")
     return [tool, "--pdeathsig", signame, "--"] if tool else []
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends this process when its parent dies."""
+
+
+def die_with_parent(signum: int, parent_pid: int) -> bool:
+    """In a forked child that does not exec (a client of client/host.py): what
+    parent_death_prefix gets from setpriv, set with prctl(PR_SET_PDEATHSIG)
+    through ctypes, so the kernel sends `signum` when the parent dies, however
+    it dies (a SIGKILL to the client host alone does not reach its clients).
+
+    Returns False when the parent is already gone, since the signal comes only
+    for a death after it was set: the child's parent is then no longer
+    `parent_pid`, and the caller exits at once. Where prctl cannot be called
+    (not Linux) the child is stopped as before, by the host when it goes.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    return os.getppid() == parent_pid
 
 
 def start_role(
@@ -437,6 +460,14 @@ class ClientHost:
     Forks are known by the host's fork sequence number, never by pid: a pid
     the kernel hands out again must not give a new client an old one's exit
     code (the supervisor would restart a client that is still running).
+
+    A host can die before it reports its clients' exits (a SIGKILL to its pid
+    alone leaves its process group running). Its clients then stop on their
+    parent-death SIGTERM (client/host.py), and the launcher holds a pidfd for
+    each fork (taken when the host reports it started), which names that exact
+    process whatever pid the kernel hands out later: through it the launcher
+    sees when the client is gone and signals one still running itself
+    (ForkedRole.signal). Their exit codes are then unknown (EXIT_UNKNOWN).
     """
 
     def __init__(self, proc: RoleProcess) -> None:
@@ -450,6 +481,13 @@ class ClientHost:
         """Fork seqs already handed out as a ForkedRole."""
         self._codes: dict[int, int] = {}
         """Exit code per fork seq, as the host reported it."""
+        self._pidfds: dict[int, int] = {}
+        """A pidfd per fork seq not yet reported exited (none where pidfds are missing)."""
+        self._lost: dict[int, int] = {}
+        """Per fork seq gone after its host without a report: EXIT_UNKNOWN, or -SIGKILL
+        when the launcher's own SIGKILL ended it."""
+        self._killed: set[int] = set()
+        """Fork seqs the launcher sent SIGKILL through their pidfd, while they ran."""
         self._eof = False
         self._reader = threading.Thread(target=self._read, name="client-host", daemon=True)
         self._reader.start()
@@ -491,8 +529,12 @@ class ClientHost:
                 elif kind == "started":
                     fork = (int(event["seq"]), int(event["pid"]))
                     self._forks.setdefault(event["name"], []).append(fork)
+                    pidfd = self._pidfd_of(fork[1])
+                    if pidfd is not None:
+                        self._pidfds[fork[0]] = pidfd
                 elif kind == "exited":
                     self._codes[int(event["seq"])] = int(event["code"])
+                    self._close_pidfd(int(event["seq"]))
                 self._cond.notify_all()
         with self._cond:
             self._eof = True
@@ -565,15 +607,55 @@ class ClientHost:
             fork_seq=seq,
         )
 
+    def _pidfd_of(self, pid: int) -> int | None:
+        """A pidfd for the process the host reported forking as `pid`, or None: where
+        pidfds are missing (ENOSYS, EPERM: parent-death signals alone stop the
+        clients then), or when `pid` is no longer the host's (reaped, and the pid
+        reused; or a stand-in host's made-up pid). A process in the host's session
+        is one: the host leads it, and the kernel hands out no pid still naming a
+        session; the check counts only if that process still runs after it."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return None
+        try:
+            ours = os.getsid(pid) == self.proc.pid
+        except OSError:
+            ours = False
+        if ours and not _pidfd_exited(pidfd):
+            return pidfd
+        os.close(pidfd)
+        return None
+
+    def _close_pidfd(self, seq: int) -> None:
+        pidfd = self._pidfds.pop(seq, None)
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def _host_gone(self) -> bool:
+        """The host has exited and everything it reported has been read."""
+        return self._eof and self.proc.poll() is not None
+
     def code(self, seq: int) -> int | None:
-        """The exit code of fork `seq` once the host reported it; -9 if the host is
-        gone without reporting (it died, and its children with its process group)."""
+        """The exit code of fork `seq` once the host reported it; None while it runs.
+
+        A fork the host never reported (it died first) runs until its pidfd says it
+        exited; its code is then EXIT_UNKNOWN, or -SIGKILL if the launcher's own
+        SIGKILL ended it. Without a pidfd it counts as gone with the host: its
+        parent-death signal stops it, and nothing here can watch it."""
         with self._cond:
             if seq in self._codes:
                 return self._codes[seq]
-            if self._eof and self.proc.poll() is not None:
-                return -signal.SIGKILL
-            return None
+            if not self._host_gone():
+                return None
+            if seq in self._lost:
+                return self._lost[seq]
+            pidfd = self._pidfds.get(seq)
+            if pidfd is not None and not _pidfd_exited(pidfd):
+                return None
+            self._close_pidfd(seq)
+            self._lost[seq] = -signal.SIGKILL if seq in self._killed else EXIT_UNKNOWN
+            return self._lost[seq]
 
     def wait_code(self, seq: int) -> int:
         with self._cond:
@@ -583,15 +665,44 @@ class ClientHost:
                     return code
                 self._cond.wait(0.1)
 
-    def signal(self, name: str, signum: int) -> None:
-        self._send(op="signal", name=name, signum=signum)
+    def signal(self, name: str, seq: int, signum: int) -> None:
+        """Send `signum` to fork `seq` of client `name`: through the host, which signals
+        only a child it has not reaped; once the host has exited, through the fork's
+        pidfd (the kernel refuses it for a process that has exited)."""
+        if self.proc.poll() is None:
+            self._send(op="signal", name=name, signum=signum)
+            return
+        with self._cond:
+            pidfd = self._pidfds.get(seq)
+            if pidfd is None or _pidfd_exited(pidfd):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signum)
+                if signum == signal.SIGKILL:
+                    self._killed.add(seq)
+
+
+EXIT_UNKNOWN = -(1 << 16)
+"""ForkedRole.poll() and wait() of a client gone without its exit code: its host died
+before reporting it. No exit code is this (they are 0 to 255, or minus a signal
+number); the run records it as null, with the reason (RunOutcome.exit_unknown)."""
+
+
+def _pidfd_exited(pidfd: int) -> bool:
+    """Whether the process `pidfd` names has exited: its pidfd reads as ready then."""
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @dataclass
 class ForkedRole:
     """A client forked by the ClientHost; the same surface as RoleProcess. Signals go
     through the host, its parent, which forwards them only to a child it has not
-    reaped, so they never reach a reused pid."""
+    reaped, so they never reach a reused pid; once the host is gone, through the
+    fork's pidfd (ClientHost.signal)."""
 
     name: str
     log_path: Path
@@ -617,7 +728,7 @@ class ForkedRole:
 
     def signal(self, signum: int) -> None:
         if self.poll() is None:
-            self.host.signal(self.name, signum)
+            self.host.signal(self.name, self.fork_seq, signum)
 
     def terminate(self) -> None:
         """SIGTERM, then SIGCONT for a client a stop fault left stopped."""
@@ -817,6 +928,8 @@ class RestartRecord:
         """ "exit 1", "SIGKILL", or "running" (stopped by the restart itself)."""
         if self.exit_code is None:
             return "running"
+        if self.exit_code == EXIT_UNKNOWN:
+            return "unknown"
         if self.exit_code < 0:
             with contextlib.suppress(ValueError):
                 return signal.Signals(-self.exit_code).name
@@ -1017,7 +1130,9 @@ def outage_cmds(topology: Any, name: str, down: bool) -> list[list[str]]:
 @dataclass
 class RunOutcome:
     run_dir: Path
-    exit_codes: dict[str, int]
+    exit_codes: dict[str, int | None]
+    """Each process's exit code as subprocess gives it; None when it is not known
+    (a client whose host died first: why, in `exit_unknown`)."""
     failed: RoleFailed | None
     wall_s: float
     restarts: list[RestartRecord] = dataclasses.field(default_factory=list)
@@ -1038,6 +1153,8 @@ class RunOutcome:
     output_dropped: dict[str, str] = dataclasses.field(default_factory=dict)
     """The launcher's standard streams found gone while it ran ("stderr" -> why, e.g. its
     pipe's reader exited), whose later output was dropped (fedsllm.output)."""
+    exit_unknown: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Process -> why its exit code is null in `exit_codes`."""
 
 
 @contextmanager
@@ -1365,7 +1482,8 @@ def _run_processes(
 
     tracker: RoundTracker | None = None
     executor: Any = None
-    exit_codes: dict[str, int] = {}
+    exit_codes: dict[str, int | None] = {}
+    exit_unknown: dict[str, str] = {}
     failed: RoleFailed | None = None
     interrupted = ""  # why the launch was cut short: an interrupt, or a launcher error
     supervisor = Supervisor(start, RestartPolicy.of(scenario))
@@ -1374,6 +1492,7 @@ def _run_processes(
         outcome = _outcome(run_dir, exit_codes, failed, supervisor, executor, tracker, resume)
         outcome.interrupted = interrupted
         outcome.output_dropped = dict(output_dropped or {})
+        outcome.exit_unknown = dict(exit_unknown)
         return outcome
 
     if resume:
@@ -1418,11 +1537,12 @@ def _run_processes(
             stop.check()
             if executor is not None and not executor.done:
                 executor.poll(supervisor.elapsed_s(), supervisor.round_of())
-            supervisor.tick()
+            # The host first: its clients' deaths after its own are not theirs to report.
             if host is not None and host.proc.poll() is not None:
                 raise RoleFailed(
                     host.proc, f"exited with code {host.proc.poll()} while clients ran"
                 )
+            supervisor.tick()
             if on_tick is not None:
                 on_tick()
             stop.event.wait(tick_s)
@@ -1444,6 +1564,9 @@ def _run_processes(
         for name in supervisor.done:
             exit_codes[name] = 0
         for name, code in codes.items():
+            if code == EXIT_UNKNOWN and name not in exit_codes:
+                code = None
+                exit_unknown[name] = "client_host exited before reporting how it ended"
             exit_codes.setdefault(name, code)
         if tracker is not None:
             tracker.current()
@@ -1477,7 +1600,7 @@ def launcher_error(err: BaseException) -> str:
 
 def _outcome(
     run_dir: Path,
-    exit_codes: dict[str, int],
+    exit_codes: dict[str, int | None],
     failed: RoleFailed | None,
     supervisor: Supervisor,
     executor: Any,

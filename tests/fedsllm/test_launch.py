@@ -3,6 +3,7 @@ reach every one of them, and output paths checked before anything runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from fedsllm.config import load_scenario
 from fedsllm.errors import ConfigError
 from fedsllm.launch import (
     ClientHost,
+    ForkedRole,
     ProcessSet,
     RunInterrupted,
     StopRequest,
@@ -457,3 +459,77 @@ def test_a_repeated_sighup_keeps_the_grace_a_second_ctrl_c_skips() -> None:
     twice.record(signal.SIGINT)
     twice.record(signal.SIGINT)
     assert twice.hurry
+
+
+def _pidfd_exited(pidfd: int, timeout_s: float) -> bool:
+    """Whether the process `pidfd` names exits within `timeout_s` (its pidfd reads)."""
+    import select
+
+    ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    return bool(ready)
+
+
+def _wait_client_running(client: ForkedRole, timeout_s: float = 30.0) -> None:
+    """Until forked `client` is past the host's fork gate and runs the client: its
+    stdout is its log then (client/host.py _child). A child held at the gate
+    still holds the host's pipes and gate, which keeps its siblings there too."""
+    log_path = str(client.log_path)
+    deadline = time.monotonic() + timeout_s
+    while os.readlink(f"/proc/{client.pid}/fd/1") != log_path:
+        assert time.monotonic() < deadline, "the client never started"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3)")
+def test_clients_do_not_outlive_a_client_host_killed_by_sigkill(tmp_path) -> None:
+    """A SIGKILL to the client host's pid alone (its process group lives on) used to
+    orphan its clients, retrying for minutes, while the launcher recorded -9 for
+    them. Now a client running freely stops on its parent-death SIGTERM by itself;
+    a stopped one (SIGSTOP, as a fault does; its SIGTERM stays pending) is ended by
+    stop_all through the pidfd the launcher took when the host forked it; and
+    neither gets an exit code nobody reported (EXIT_UNKNOWN, not -9)."""
+    from fedsllm import launch
+
+    (tmp_path / "logs").mkdir()
+    env = role_env(load_scenario(None))
+    pidfds: list[int] = []  # the test's own handle on each client, immune to pid reuse
+    with deferred_stop_signals() as stop:
+        roles = ProcessSet(stop)
+        host = ClientHost.start(tmp_path, env)
+        roles.procs.append(host.proc)
+        try:
+            host.wait_ready(120.0, stop)
+            free = free_port()  # a fed server nobody serves: the clients wait (120 s)
+            host.request_many(
+                [
+                    (f"client_{k}", ["--client-id", str(k), "--fed-address",
+                     f"127.0.0.1:{free}", "--work-dir", str(tmp_path / f"w{k}")], None)
+                    for k in range(2)
+                ]
+            )  # fmt: skip
+            free_client, stopped_client = (roles.start_forked(host, f"client_{k}") for k in (0, 1))
+            pidfds += [os.pidfd_open(free_client.pid), os.pidfd_open(stopped_client.pid)]
+            _wait_client_running(free_client)
+            _wait_client_running(stopped_client)
+            signal.pidfd_send_signal(pidfds[1], signal.SIGSTOP)
+            os.kill(host.proc.pid, signal.SIGKILL)
+            assert host.proc.popen.wait(10) == -signal.SIGKILL
+            assert _pidfd_exited(pidfds[0], 30.0), "a client outlived its host"
+            assert not _pidfd_exited(pidfds[1], 0.0)  # stopped: left to the launcher
+            assert stopped_client.poll() is None, "a client still there reads as running"
+            started = time.monotonic()
+            codes = roles.stop_all(grace_s=10.0)
+            assert _pidfd_exited(pidfds[1], 0.0), "stop_all returned before the client exited"
+            assert time.monotonic() - started < 15.0
+        finally:
+            for pidfd in pidfds:  # whatever the launcher left, by the test's own pidfds
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                os.close(pidfd)
+            roles.stop_all(grace_s=1.0)
+    assert codes["client_host"] == -signal.SIGKILL
+    # Its SIGTERM came from the kernel, not through the host: no one saw how it ended.
+    assert codes["client_0"] == launch.EXIT_UNKNOWN
+    # Ended by the launcher's SIGTERM and SIGCONT, or by its SIGKILL after the grace.
+    assert codes["client_1"] in (launch.EXIT_UNKNOWN, -signal.SIGKILL)
