@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fed_server.controller import Controller, Plan
-from fedsllm.config import load_scenario
+from fedsllm.config import POLICIES, load_scenario
 from fedsllm.delay.inputs import delay_inputs
 from fedsllm.delay.rates import predict_round_delay
 from fedsllm.delay.solvers import exact_round_time, shares_allocation, solve_allocation
@@ -32,7 +32,9 @@ def _scenario(*overrides: str):
         "policy.name='optimal'",
         "seed=3",
     ]
-    return load_scenario(None, [*base, *overrides])
+    # One scenario serves every policy here, and `fedsllm plan` (which evaluates them
+    # all): a policy's own parameter is set whichever policy a test picks.
+    return load_scenario(None, [*base, *overrides], evaluated=POLICIES)
 
 
 @pytest.fixture(scope="module")

@@ -355,7 +355,7 @@ def test_doc_and_files(tmp_path: Path) -> None:
         (["--policies", "optimal,bogus"], "bogus"),
         (["--policies", "fixed_steps"], "fixed_steps"),
         (["--policies", "optimal", "--set", "training.batch_size=0"], "training.batch_size"),
-        (["--policies", "optimal", "--clients", "0"], "clients.num_clients"),
+        (["--policies", "optimal", "--clients", "0"], "--clients: must be >= 1"),
         (["--policies", "fixed"], "policy.shares_file"),
         (["--policies", "optimal,equal", "--set", "training.num_rounds=3"], "policy.max_rounds"),
         (["--policies", "optimal", "--set", "training.num_local_steps=3"], "fixed_steps"),
