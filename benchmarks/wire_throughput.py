@@ -662,11 +662,12 @@ def bench_codec_step(chunk_bytes: int, reps: int, validate: bool) -> dict[str, f
     next(client)
     sizes = [mask.numel() * 8, labels.numel() * 8, acts.numel() * 4]
     sources = [memoryview(tensor.numpy()).cast("B") for tensor in (mask, labels, acts)]
-    spans = [
+    up_spans = [
         (src, i, min(i + chunk_bytes, n))
         for src, n in zip(sources, sizes, strict=True)
         for i in range(0, n, chunk_bytes)
     ]
+    down_spans = [span for span in up_spans if span[0] is sources[2]]  # the gradient's
     into = memoryview(np.empty(sum(sizes), dtype=np.uint8))
     times: dict[str, list[float]] = {name: [] for name in (*STEP_STAGES, "copies")}
     for step in range(reps + 20):
@@ -704,7 +705,7 @@ def bench_codec_step(chunk_bytes: int, reps: int, validate: bool) -> dict[str, f
         downlink.items.extend(decode_train_response(msg) for msg in down)
         got = next(client).tensor("activations_grad")
         t4 = time.perf_counter()
-        for _direction in ("up", "down"):  # as the project: a direction's messages, then read
+        for spans in (up_spans, down_spans):  # as the project: a direction's messages, then read
             pos = 0
             for msg in [_copy_span(span) for span in spans]:
                 into[pos : pos + len(msg)] = msg

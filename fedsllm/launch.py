@@ -128,9 +128,6 @@ class RunAlreadyComplete(Exception):
     adapter committed. Not an error: `fedsllm run --resume` says so, exit 0."""
 
     def __init__(self, run_dir: Path, rounds_closed: int, num_rounds: int) -> None:
-        self.run_dir = run_dir
-        self.rounds_closed = rounds_closed
-        self.num_rounds = num_rounds
         super().__init__(
             f"{run_dir}: the run is already complete ({rounds_closed} of {num_rounds} rounds); "
             f"nothing to resume — see `fedsllm report {run_dir}`"

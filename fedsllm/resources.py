@@ -153,8 +153,8 @@ def scenario_memory(scenario: Any) -> MemoryEstimate:
     estimate = estimate_memory(scenario.clients.num_clients, base_params, forked)
     config = model_config_for(scenario)
     shape = ActivationShape(
-        hidden_size=getattr(config, "hidden_size", None) or config.n_embd,
-        num_heads=getattr(config, "num_attention_heads", None) or config.n_head,
+        hidden_size=config.hidden_size,  # gpt2's n_embd and n_head too (attribute_map)
+        num_heads=config.num_attention_heads,
         vocab_size=config.vocab_size,
         eager=scenario.model.attn_implementation == "eager",
     )
@@ -164,13 +164,13 @@ def scenario_memory(scenario: Any) -> MemoryEstimate:
         scenario.training.max_wave_batches if scenario.training.server_update == "wave" else 1
     )
 
-    def extra(blocks: int, batch_: int, reference_batch: int, head: bool) -> float:
+    def extra(blocks: int, batch_: int, head: bool) -> float:
         now = activation_bytes(shape, blocks, batch_, seq_len, head)
-        then = activation_bytes(reference, blocks, reference_batch, REFERENCE_SEQ_LEN, head)
+        then = activation_bytes(reference, blocks, REFERENCE_BATCH, REFERENCE_SEQ_LEN, head)
         return max(0.0, now - then)
 
-    client = extra(counts.split_layer, batch, REFERENCE_BATCH, head=False)
-    server = extra(counts.num_layers - counts.split_layer, server_batch, REFERENCE_BATCH, True)
+    client = extra(counts.split_layer, batch, head=False)
+    server = extra(counts.num_layers - counts.split_layer, server_batch, head=True)
     if client == 0.0 and server == 0.0:
         return estimate
     note = (

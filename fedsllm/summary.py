@@ -259,7 +259,7 @@ def write_summary(
         },
         "exit_codes": outcome.exit_codes,
         # Why a code above is null (a client whose host died before reporting it).
-        "exit_unknown": getattr(outcome, "exit_unknown", {}),
+        "exit_unknown": outcome.exit_unknown,
         "launcher_wall_s": outcome.wall_s,
         **summary.to_dict(),
     }

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +149,52 @@ def netns_run(tmp_path) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
     for link in sorted(project_footprint(run_id).links):
         subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+
+
+STARTED = re.compile(r"started (\S+) \(pid (\d+)[,)]")
+"""The launcher's INFO line for each process it starts (forked clients too)."""
+
+
+class LauncherLines:
+    """A launcher's stderr (a pipe) read on a thread of its own: every line, and the
+    pid of each process it says it started (restarted ones: the latest)."""
+
+    def __init__(self, launcher: subprocess.Popen[str]) -> None:
+        self.pids: dict[str, int] = {}
+        self.lines: list[str] = []
+        self._launcher = launcher
+        self._stderr = launcher.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._stderr is not None
+        for line in self._stderr:
+            self.lines.append(line)
+            if match := STARTED.search(line):
+                self.pids[match.group(1)] = int(match.group(2))
+
+    def tail(self, num_lines: int = 40) -> str:
+        return "".join(self.lines[-num_lines:])
+
+    def join(self, timeout_s: float = 5.0) -> None:
+        self._thread.join(timeout_s)
+
+    def wait_for_rounds(self, run_dir: Path, num_rounds: int, timeout_s: float = 240) -> None:
+        """Until the run in `run_dir` has aggregated `num_rounds` rounds; the launcher
+        exiting first, or the time running out, fails with its last lines."""
+        deadline = time.monotonic() + timeout_s
+        while rounds_done(run_dir) < num_rounds:
+            assert self._launcher.poll() is None, self.tail()
+            assert time.monotonic() < deadline, self.tail()
+            time.sleep(0.2)
+
+
+def rounds_done(run_dir: Path) -> int:
+    """Rounds the run in `run_dir` has aggregated so far, from its trace."""
+    from fedsllm.trace import read_records
+
+    try:
+        return sum(1 for r in read_records(run_dir / "trace") if r["name"] == "round_done")
+    except (OSError, ValueError):
+        return 0

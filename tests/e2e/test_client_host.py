@@ -5,31 +5,15 @@ the launcher had exited and recorded -9 for them."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import overrides, read_json, run_env, run_pids, stop_run
+from tests.e2e.conftest import LauncherLines, overrides, read_json, run_env, run_pids, stop_run
 
 pytestmark = pytest.mark.slow
-
-STARTED = re.compile(r"started (\S+) \(pid (\d+)[,)]")
-"""The launcher's INFO line for each process it starts (forked clients too)."""
-
-
-def _rounds_done(run_dir: Path) -> int:
-    from fedsllm.trace import read_records
-
-    try:
-        return sum(1 for r in read_records(run_dir / "trace") if r["name"] == "round_done")
-    except (OSError, ValueError):
-        return 0
 
 
 def test_a_client_host_killed_mid_run_leaves_no_client_behind(tmp_path) -> None:
@@ -50,33 +34,18 @@ def test_a_client_host_killed_mid_run_leaves_no_client_behind(tmp_path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    pids: dict[str, int] = {}
-    lines: list[str] = []
-
-    def read_stderr() -> None:
-        assert launcher.stderr is not None
-        for line in launcher.stderr:
-            lines.append(line)
-            if match := STARTED.search(line):
-                pids[match.group(1)] = int(match.group(2))
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    stderr = LauncherLines(launcher)
     try:
-        deadline = time.monotonic() + 240
-        while _rounds_done(out) < 1:
-            assert launcher.poll() is None, "".join(lines[-40:])
-            assert time.monotonic() < deadline, "".join(lines[-40:])
-            time.sleep(0.2)
-        host = pids["client_host"]
+        stderr.wait_for_rounds(out, 1)
+        host = stderr.pids["client_host"]
         assert host in run_pids(tmp_path), f"pid {host} is not this run's client_host"
         os.kill(host, signal.SIGKILL)
         code = launcher.wait(120)
         left = run_pids(tmp_path)  # at once: the launcher must not exit before them
     finally:
         stop_run(launcher, tmp_path)
-        reader.join(5)
-    assert code == 1, "".join(lines[-40:])
+        stderr.join()
+    assert code == 1, stderr.tail()
     assert left == [], f"left running after the launcher exited: {left}"
     summary = read_json(out / "summary.json")
     assert summary["failed"]["process"] == "client_host"

@@ -14,13 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import (
+    LauncherLines,
     fedsllm,
     overrides,
     read_json,
@@ -163,15 +162,10 @@ def test_a_client_stopped_past_every_keepalive_is_not_cut_off(tmp_path) -> None:
     _assert_nothing_left(tmp_path)
 
 
-STARTED = re.compile(r"started (\S+) \(pid (\d+)[,)]")
-
-
 def test_restart_on_failure_survives_kill_9_of_each_role_from_outside(tmp_path) -> None:
     """`--restart on-failure`: SIGKILL the fed server, then the main server, then
     a client, each by the pid the launcher reported, one round apart; the
     supervisor starts each again and the run completes."""
-    from fedsllm.trace import read_records
-
     out = tmp_path / "run"
     env = run_env(tmp_path)
     cmd = [
@@ -182,47 +176,24 @@ def test_restart_on_failure_survives_kill_9_of_each_role_from_outside(tmp_path) 
     launcher = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    pids: dict[str, int] = {}
-    lines: list[str] = []
-
-    def read_stderr() -> None:
-        assert launcher.stderr is not None
-        for line in launcher.stderr:
-            lines.append(line)
-            match = STARTED.search(line)
-            if match:
-                pids[match.group(1)] = int(match.group(2))
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-
-    def rounds_done() -> int:
-        try:
-            return sum(1 for r in read_records(out / "trace") if r["name"] == "round_done")
-        except (OSError, ValueError):
-            return 0
-
+    stderr = LauncherLines(launcher)
     killed: list[tuple[str, int]] = []
     try:
         for after_rounds, role in ((1, "fed_server"), (2, "main_server"), (3, "client_1")):
-            deadline = time.monotonic() + 240
-            while rounds_done() < after_rounds:
-                assert launcher.poll() is None, "".join(lines[-40:])
-                assert time.monotonic() < deadline, "".join(lines[-40:])
-                time.sleep(0.2)
-            pid = pids[role]
+            stderr.wait_for_rounds(out, after_rounds)
+            pid = stderr.pids[role]
             assert pid in run_pids(tmp_path), f"pid {pid} is not {role} of this run"
             os.kill(pid, signal.SIGKILL)
             killed.append((role, pid))
-        assert launcher.wait(600) == 0, "".join(lines[-60:])
+        assert launcher.wait(600) == 0, stderr.tail(60)
         _assert_nothing_left(tmp_path)  # before the cleanup below, which would hide it
     finally:
         stop_run(launcher, tmp_path)
-        reader.join(5)
+        stderr.join()
     restarts = read_json(out / "summary.json")["restarts"]
     assert [r["role"] for r in restarts] == [role for role, _ in killed], restarts
     for role, pid in killed:
-        assert pids[role] != pid, f"{role} was not started again"
+        assert stderr.pids[role] != pid, f"{role} was not started again"
     _audit(out)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,11 +102,10 @@ def test_fresh_out_dir_refuses_an_unwritable_path_naming_it(tmp_path) -> None:
     assert "cannot write there" in str(err.value)
 
 
-@pytest.mark.slow
-def test_client_host_forks_clients_reports_codes_and_stops_them(tmp_path) -> None:
-    """The fork server (issue 12): each client is its own child process with its own
-    log; the host reports its exit code; stop_all reaches a client that is still
-    waiting (for a fed server that never answers) and leaves no process behind."""
+@contextlib.contextmanager
+def _client_host(tmp_path: Path) -> Iterator[tuple[ProcessSet, ClientHost]]:
+    """A real client host (the default scenario's role environment), ready, in a
+    ProcessSet whose processes are stopped however the test ends."""
     (tmp_path / "logs").mkdir()
     env = role_env(load_scenario(None))
     with deferred_stop_signals() as stop:
@@ -114,29 +114,39 @@ def test_client_host_forks_clients_reports_codes_and_stops_them(tmp_path) -> Non
         roles.procs.append(host.proc)
         try:
             host.wait_ready(120.0, stop)
-            # No client id: refused as a bad setting (exit 2) before any network.
-            host.request("client_bad", ["--fed-address", "127.0.0.1:9"])
-            # Waits (up to 120 s) for a fed server on a port nobody serves.
-            free = free_port()
-            host.request(
-                "client_0",
-                ["--client-id", "0", "--fed-address", f"127.0.0.1:{free}", "--work-dir",
-                 str(tmp_path / "w0")],
-                {"FEDSLLM_TEST_MARK": "only-client-0"},
-            )  # fmt: skip
-            bad = roles.start_forked(host, "client_bad")
-            waiting = roles.start_forked(host, "client_0")
-            assert bad.pid != waiting.pid != host.proc.pid
-            deadline = time.monotonic() + 60
-            while bad.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert bad.poll() == 2
-            assert "--client-id" in bad.log_tail()
-            assert waiting.poll() is None and _alive(waiting.pid)
-            environ = Path(f"/proc/{waiting.pid}/environ").read_bytes()
-            assert b"MALLOC_ARENA_MAX=2" in environ
+            yield roles, host
         finally:
-            codes = roles.stop_all(grace_s=5.0)
+            roles.stop_all(grace_s=1.0)  # a test that failed midway: nothing left behind
+
+
+@pytest.mark.slow
+def test_client_host_forks_clients_reports_codes_and_stops_them(tmp_path) -> None:
+    """The fork server (issue 12): each client is its own child process with its own
+    log; the host reports its exit code; stop_all reaches a client that is still
+    waiting (for a fed server that never answers) and leaves no process behind."""
+    with _client_host(tmp_path) as (roles, host):
+        # No client id: refused as a bad setting (exit 2) before any network.
+        host.request("client_bad", ["--fed-address", "127.0.0.1:9"])
+        # Waits (up to 120 s) for a fed server on a port nobody serves.
+        free = free_port()
+        host.request(
+            "client_0",
+            ["--client-id", "0", "--fed-address", f"127.0.0.1:{free}", "--work-dir",
+             str(tmp_path / "w0")],
+            {"FEDSLLM_TEST_MARK": "only-client-0"},
+        )  # fmt: skip
+        bad = roles.start_forked(host, "client_bad")
+        waiting = roles.start_forked(host, "client_0")
+        assert bad.pid != waiting.pid != host.proc.pid
+        deadline = time.monotonic() + 60
+        while bad.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bad.poll() == 2
+        assert "--client-id" in bad.log_tail()
+        assert waiting.poll() is None and _alive(waiting.pid)
+        environ = Path(f"/proc/{waiting.pid}/environ").read_bytes()
+        assert b"MALLOC_ARENA_MAX=2" in environ
+        codes = roles.stop_all(grace_s=5.0)
     assert codes["client_bad"] == 2
     assert codes["client_0"] == -signal.SIGTERM
     assert codes["client_host"] == 0
@@ -491,15 +501,9 @@ def test_clients_do_not_outlive_a_client_host_killed_by_sigkill(tmp_path) -> Non
     neither gets an exit code nobody reported (EXIT_UNKNOWN, not -9)."""
     from fedsllm import launch
 
-    (tmp_path / "logs").mkdir()
-    env = role_env(load_scenario(None))
     pidfds: list[int] = []  # the test's own handle on each client, immune to pid reuse
-    with deferred_stop_signals() as stop:
-        roles = ProcessSet(stop)
-        host = ClientHost.start(tmp_path, env)
-        roles.procs.append(host.proc)
+    with _client_host(tmp_path) as (roles, host):
         try:
-            host.wait_ready(120.0, stop)
             free = free_port()  # a fed server nobody serves: the clients wait (120 s)
             host.request_many(
                 [
@@ -527,7 +531,6 @@ def test_clients_do_not_outlive_a_client_host_killed_by_sigkill(tmp_path) -> Non
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 os.close(pidfd)
-            roles.stop_all(grace_s=1.0)
     assert codes["client_host"] == -signal.SIGKILL
     # Its SIGTERM came from the kernel, not through the host: no one saw how it ended.
     assert codes["client_0"] == launch.EXIT_UNKNOWN
