@@ -45,8 +45,11 @@ Tables (a) and (b) also time a "copy floor": the raw stream plus the one
 copy per message on each side that any tensor framework on gRPC-Python 1.85
 has to make, since its messages are `bytes` (the sender copies each message
 out of the tensor, the receiver copies it into a tensor-sized buffer; the
-server's reply likewise). It separates what the copies cost (floor / raw)
-from what the framework's own code costs (project / floor). Table (b) also
+server's reply likewise). Each run checks that premise first, on the grpcio
+installed: the line under the header says which of bytes, memoryview and
+bytearray a serializer may hand gRPC (message_types_taken). The floor
+separates what the copies cost (floor / raw) from what the framework's own
+code costs (project / floor). Table (b) also
 times a minimal framework (LeanEcho): the copy floor plus the six torch
 calls of a step and a prefix check per message, and nothing else. It says
 how close to raw a framework written in Python gets on the host at hand,
@@ -320,9 +323,38 @@ def _add_raw(server: grpc.Server, echo: Callable[..., Iterator[bytes]] = _raw_ec
         {
             "Echo": grpc.stream_stream_rpc_method_handler(echo, _identity, _identity),
             "Lean": grpc.stream_stream_rpc_method_handler(_lean_echo, _identity, _join_pair),
+            "Probe": grpc.unary_unary_rpc_method_handler(
+                lambda request, _context: request, _identity, _identity
+            ),
         },
     )
     server.add_generic_rpc_handlers((handler,))
+
+
+MESSAGE_TYPES: tuple[type, ...] = (bytes, memoryview, bytearray)
+
+
+def message_types_taken(channel: grpc.Channel) -> dict[str, str]:
+    """What the installed gRPC-Python takes from a serializer as a message, for
+    each of MESSAGE_TYPES: "taken" (sent and echoed back intact) or the error it
+    raised. The copy floor rests on this: while only `bytes` is taken, every
+    message a framework sends from a tensor is a copy of it, since a `bytes`
+    object holds its own data. Should a release take a buffer, the floor's
+    copy out (and the project's) could go, and this line says so."""
+    payload = bytes(range(16))
+    verdicts: dict[str, str] = {}
+    for kind in MESSAGE_TYPES:
+        call = channel.unary_unary(
+            "/bench.Raw/Probe", request_serializer=kind, response_deserializer=_identity
+        )
+        try:
+            # A unary call serializes in the calling thread: a refusal raises here.
+            echoed = call(payload, timeout=10)
+        except (TypeError, ValueError) as err:
+            verdicts[kind.__name__] = f"refused ({type(err).__name__}: {err})"
+            continue
+        verdicts[kind.__name__] = "taken" if echoed == payload else f"garbled: {echoed!r}"
+    return verdicts
 
 
 def _messages(num_bytes: int, chunk_bytes: int) -> list[bytes]:
@@ -958,6 +990,12 @@ def main() -> int:
     address = f"127.0.0.1:{port}"
     try:
         rpc.wait_healthy(address, 10)
+        with rpc.make_channel(address) as channel:
+            taken = message_types_taken(channel)
+        print(
+            "messages gRPC-Python takes from a serializer (what the copy floor rests on): "
+            + "; ".join(f"{kind} {verdict}" for kind, verdict in taken.items())
+        )
         if ns.only in (None, "stream"):
             bench_stream_table(address, reps_small, reps_big)
         if ns.only in (None, "echo"):

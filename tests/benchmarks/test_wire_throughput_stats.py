@@ -1,4 +1,5 @@
-"""The wire benchmark's paired ratio: what a run's ratio and its spread mean."""
+"""The wire benchmark's paired ratio, its in-process step and its probe of what
+gRPC-Python takes as a message."""
 
 from __future__ import annotations
 
@@ -56,3 +57,20 @@ def test_the_in_process_echo_step_times_every_stage(bench, validate: bool) -> No
     us = bench.bench_codec_step(bench.DEFAULT_CHUNK, reps=3, validate=validate)
     assert list(us) == [*bench.STEP_STAGES, "copies"]
     assert all(value > 0 for value in us.values())
+
+
+def test_the_copy_floor_premise_is_checked_on_the_installed_grpcio(bench) -> None:
+    # The pinned grpcio takes only bytes from a serializer; a memoryview or a
+    # bytearray is refused with gRPC-Python's TypeError, which the probe reports
+    # instead of raising. (A release that takes buffers fails this test: then
+    # the copy floor, and the project's copy out, can go.)
+    server = bench._start_server()
+    try:
+        with bench.rpc.make_channel(f"127.0.0.1:{server.bench_port}") as channel:
+            taken = bench.message_types_taken(channel)
+    finally:
+        bench.rpc.stop_server(server, 0.5)
+    assert taken["bytes"] == "taken"
+    for kind in ("memoryview", "bytearray"):
+        assert taken[kind].startswith("refused (TypeError:"), taken
+        assert f"got {kind}" in taken[kind]
