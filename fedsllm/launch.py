@@ -619,7 +619,7 @@ class ClientHost:
             ours = os.getsid(pid) == self.proc.pid
         except OSError:
             ours = False
-        if ours and not _pidfd_exited(pidfd):
+        if ours and not pidfd_exited(pidfd):
             return pidfd
         os.close(pidfd)
         return None
@@ -648,7 +648,7 @@ class ClientHost:
             if seq in self._lost:
                 return self._lost[seq]
             pidfd = self._pidfds.get(seq)
-            if pidfd is not None and not _pidfd_exited(pidfd):
+            if pidfd is not None and not pidfd_exited(pidfd):
                 return None
             self._close_pidfd(seq)
             self._lost[seq] = -signal.SIGKILL if seq in self._killed else EXIT_UNKNOWN
@@ -671,7 +671,7 @@ class ClientHost:
             return
         with self._cond:
             pidfd = self._pidfds.get(seq)
-            if pidfd is None or _pidfd_exited(pidfd):
+            if pidfd is None or pidfd_exited(pidfd):
                 return
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signum)
@@ -685,13 +685,14 @@ before reporting it. No exit code is this (they are 0 to 255, or minus a signal
 number); the run records it as null, with the reason (RunOutcome.exit_unknown)."""
 
 
-def _pidfd_exited(pidfd: int) -> bool:
-    """Whether the process `pidfd` names has exited: its pidfd reads as ready then."""
+def pidfd_exited(pidfd: int, timeout_s: float = 0.0) -> bool:
+    """Whether the process `pidfd` names has exited, waiting up to `timeout_s` for it
+    (0: a look, no wait): its pidfd reads as ready then."""
     import select
 
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
+    return bool(poller.poll(timeout_s * 1000))
 
 
 @dataclass

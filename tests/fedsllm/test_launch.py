@@ -22,6 +22,7 @@ from fedsllm.launch import (
     StopRequest,
     deferred_stop_signals,
     fresh_out_dir,
+    pidfd_exited,
     role_env,
 )
 from fedsllm.wire.rpc import free_port
@@ -471,14 +472,6 @@ def test_a_repeated_sighup_keeps_the_grace_a_second_ctrl_c_skips() -> None:
     assert twice.hurry
 
 
-def _pidfd_exited(pidfd: int, timeout_s: float) -> bool:
-    """Whether the process `pidfd` names exits within `timeout_s` (its pidfd reads)."""
-    import select
-
-    ready, _, _ = select.select([pidfd], [], [], timeout_s)
-    return bool(ready)
-
-
 def _wait_client_running(client: ForkedRole, timeout_s: float = 30.0) -> None:
     """Until forked `client` is past the host's fork gate and runs the client: its
     stdout is its log then (client/host.py _child). A child held at the gate
@@ -519,12 +512,12 @@ def test_clients_do_not_outlive_a_client_host_killed_by_sigkill(tmp_path) -> Non
             signal.pidfd_send_signal(pidfds[1], signal.SIGSTOP)
             os.kill(host.proc.pid, signal.SIGKILL)
             assert host.proc.popen.wait(10) == -signal.SIGKILL
-            assert _pidfd_exited(pidfds[0], 30.0), "a client outlived its host"
-            assert not _pidfd_exited(pidfds[1], 0.0)  # stopped: left to the launcher
+            assert pidfd_exited(pidfds[0], 30.0), "a client outlived its host"
+            assert not pidfd_exited(pidfds[1], 0.0)  # stopped: left to the launcher
             assert stopped_client.poll() is None, "a client still there reads as running"
             started = time.monotonic()
             codes = roles.stop_all(grace_s=10.0)
-            assert _pidfd_exited(pidfds[1], 0.0), "stop_all returned before the client exited"
+            assert pidfd_exited(pidfds[1], 0.0), "stop_all returned before the client exited"
             assert time.monotonic() - started < 15.0
         finally:
             for pidfd in pidfds:  # whatever the launcher left, by the test's own pidfds
