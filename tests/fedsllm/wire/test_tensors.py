@@ -497,10 +497,18 @@ def test_decoder_refuses_malformed_bytes_as_protobuf_does(wire: bytes) -> None:
 # ---------------------------------------------------------------- finiteness per chunk
 
 
+FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _finite_spec(dtype: str) -> list[TensorSpec]:
+    return [TensorSpec("activations", frozenset({dtype}), ("B", "T", 8), True)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)  # float32 checked through numpy, the others torch
 @pytest.mark.parametrize("check_bytes", [1, 8, 2**20])
 @pytest.mark.parametrize("chunk_bytes", [3, 5, 64, 10**6])
 def test_finiteness_checked_across_odd_chunk_boundaries(
-    chunk_bytes: int, check_bytes: int, monkeypatch: pytest.MonkeyPatch
+    chunk_bytes: int, check_bytes: int, dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A NaN whose bytes straddle two chunks, and a second one later, are both
     counted, whatever slices the check runs in; the error names the first,
@@ -508,11 +516,11 @@ def test_finiteness_checked_across_odd_chunk_boundaries(
     from fedsllm.wire import tensors
 
     monkeypatch.setattr(tensors, "FINITE_CHECK_BYTES", check_bytes)
-    x = torch.zeros(2, 4, 8)
-    x.view(-1)[13] = float("nan")  # bytes [52, 56): split by 3- and 5-byte chunks
+    x = torch.zeros(2, 4, 8, dtype=FLOATS[dtype])
+    x.view(-1)[13] = float("nan")  # float32 bytes [52, 56): split by 3- and 5-byte chunks
     x.view(-1)[60] = float("-inf")
     chunks = list(frame_to_chunks(tensor_to_frame("activations", x), chunk_bytes))
-    asm = ChunkAssembler.for_specs(SPECS)
+    asm = ChunkAssembler.for_specs(_finite_spec(dtype))
     with pytest.raises(WireError) as info:
         for chunk in chunks:
             asm.feed(chunk)
@@ -521,9 +529,12 @@ def test_finiteness_checked_across_odd_chunk_boundaries(
     assert asm.frames == {}
 
 
-def test_finite_values_whose_chunk_sums_overflow_pass() -> None:
-    big = torch.full((2, 4, 8), torch.finfo(torch.float32).max / 2)
-    asm = ChunkAssembler.for_specs(SPECS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_finite_values_whose_chunk_sums_overflow_pass(dtype: str) -> None:
+    """float32's check sums squares, bfloat16's sums in float32: both overflow
+    on these finite values and fall back to the exact check."""
+    big = torch.full((2, 4, 8), torch.finfo(FLOATS[dtype]).max / 2, dtype=FLOATS[dtype])
+    asm = ChunkAssembler.for_specs(_finite_spec(dtype))
     for chunk in frame_to_chunks(tensor_to_frame("activations", big), 24):
         asm.feed(chunk)
     assert torch.equal(frame_to_tensor(asm.frames["activations"]), big)
