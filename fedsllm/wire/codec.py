@@ -338,11 +338,19 @@ def part_pieces(
     and `end`,
     as pieces: byte strings and the chunks' data views, in wire order. Nothing
     of the payloads is copied here."""
+    return enveloped(envelope_field, head, *part_body(chunks, end))
+
+
+def part_body(chunks: Sequence[Chunk], end: bool) -> tuple[list[Piece], int]:
+    """The part message's chunks and end flag as pieces (a byte string before
+    each payload view, and one after the last when there is an end flag), and
+    their length: everything of the message but its envelope and head, which
+    `enveloped` adds. A step's layout repeats step after step, so the byte
+    strings can be kept and only the views and the head changed
+    (fedsllm.wire.packing)."""
     pieces: list[Piece] = []
     small = b""
-    if head is not None:
-        small = bytes([PART_HEAD_FIELD << 3 | _LEN]) + varint(len(head)) + head
-    body = len(small)
+    body = 0
     for chunk in chunks:
         data = _bytes_view(chunk.data)
         prefix = _chunk_prefix(PART_CHUNKS_FIELD, chunk, data.nbytes)
@@ -357,12 +365,22 @@ def part_pieces(
         body += len(_END_TRUE)
     if small:
         pieces.append(small)
-    envelope = bytes([envelope_field << 3 | _LEN]) + varint(body)
-    if pieces and isinstance(pieces[0], bytes):
-        pieces[0] = envelope + pieces[0]
-    else:
-        pieces.insert(0, envelope)
-    return pieces
+    return pieces, body
+
+
+def enveloped(
+    envelope_field: int, head: bytes | None, body: Sequence[Piece], body_bytes: int
+) -> list[Piece]:
+    """The pieces of the envelope whose field `envelope_field` is a part message
+    with `head` (None = none) followed by `body` (part_body's pieces, of
+    `body_bytes` bytes). The envelope and the head join the first byte string."""
+    lead = b""
+    if head is not None:
+        lead = bytes([PART_HEAD_FIELD << 3 | _LEN]) + varint(len(head)) + head
+    lead = bytes([envelope_field << 3 | _LEN]) + varint(body_bytes + len(lead)) + lead
+    if body and isinstance(body[0], bytes):
+        return [lead + body[0], *body[1:]]
+    return [lead, *body]
 
 
 def pieces_bytes(pieces: Sequence[Piece]) -> int:

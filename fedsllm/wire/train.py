@@ -9,8 +9,10 @@ once, then per step either the result alone (no tensor: EVAL mode) or
 `ReplyPart` messages, the first carrying the result, whose chunks make up
 every tensor the result names ("activations_grad" in TRAIN mode). The
 builders pack a step into as few messages as its largest tensor has chunks
-(`pack_chunks`); the readers also accept the version-1 layout (header,
-chunks and end, or result and chunks, as separate messages) of a step, which
+(fedsllm.wire.packing, which keeps that packing and the messages' bytes
+around the payloads as a plan per tensor signature); the readers also
+accept the version-1 layout (header, chunks and end, or result and chunks,
+as separate messages) of a step, which
 the main server keeps for a reply on a paced downlink (main_server.service).
 
 The builders yield typed items (records, `StepPart`s / `ReplyPart`s whose
@@ -53,9 +55,10 @@ from fedsllm.wire.codec import (
     decode_part,
     encode_chunk,
     encoded_chunk_bytes,
+    enveloped,
     join_pieces,
     layout_chunks,
-    part_pieces,
+    part_body,
     pieces_bytes,
 )
 from fedsllm.wire.messages import (
@@ -73,6 +76,7 @@ from fedsllm.wire.messages import (
     welcome_from_proto,
     welcome_to_proto,
 )
+from fedsllm.wire.packing import Body, step_messages
 from fedsllm.wire.tensors import (
     Chunk,
     ChunkAssembler,
@@ -100,13 +104,6 @@ _CHUNK_FIELD = 3
 _REQUEST_PART_FIELD = 5
 _RESPONSE_PART_FIELD = 4
 
-PART_SLACK = 4
-"""A part message takes the next chunk while its data stays within
-chunk_bytes + chunk_bytes // PART_SLACK: small tensors (up to that slack in
-all) ride with a tensor's first chunk when they come before it and with its
-last when after, and no message is much larger than one chunk."""
-
-
 # ---------------------------------------------------------------- parts
 
 
@@ -120,6 +117,9 @@ class StepPart:
     header: StepHeaderInfo | None = None
     end: bool = False
     _pieces: list[Piece] | None = field(default=None, init=False, compare=False, repr=False)
+    _body: Body | None = field(default=None, init=False, compare=False, repr=False)
+    """The chunks and end flag as pieces, when the builder had them from its
+    plan (fedsllm.wire.packing); else made from `chunks` and `end`."""
 
     def pieces(self) -> list[Piece]:
         """The message as byte strings and payload views (computed once)."""
@@ -127,7 +127,8 @@ class StepPart:
             head = None
             if self.header is not None:
                 head = step_header_to_proto(self.header).SerializeToString()
-            self._pieces = part_pieces(_REQUEST_PART_FIELD, head, self.chunks, self.end)
+            body = self._body or part_body(self.chunks, self.end)
+            self._pieces = enveloped(_REQUEST_PART_FIELD, head, *body)
         return self._pieces
 
 
@@ -139,6 +140,8 @@ class ReplyPart:
     chunks: tuple[Chunk, ...] = ()
     result: StepResultInfo | None = None
     _pieces: list[Piece] | None = field(default=None, init=False, compare=False, repr=False)
+    _body: Body | None = field(default=None, init=False, compare=False, repr=False)
+    """See StepPart._body."""
 
     def pieces(self) -> list[Piece]:
         """The message as byte strings and payload views (computed once)."""
@@ -146,7 +149,8 @@ class ReplyPart:
             head = None
             if self.result is not None:
                 head = step_result_to_proto(self.result).SerializeToString()
-            self._pieces = part_pieces(_RESPONSE_PART_FIELD, head, self.chunks, False)
+            body = self._body or part_body(self.chunks, False)
+            self._pieces = enveloped(_RESPONSE_PART_FIELD, head, *body)
         return self._pieces
 
 
@@ -420,43 +424,20 @@ def _check_names(field: str, names: Sequence[str], frames: Sequence[TensorFrame]
         raise WireError(field, f"={list(names)} but the frames are {got}")
 
 
-def pack_chunks(frames: Sequence[TensorFrame], chunk_bytes: int) -> Iterator[tuple[Chunk, ...]]:
-    """The chunks of every frame (in order, at most `chunk_bytes` each, views of
-    the frames), grouped into messages: a message takes the next chunk while
-    its data stay within chunk_bytes + chunk_bytes // PART_SLACK. So a tensor
-    cut into chunk_bytes pieces is one message per piece, and small tensors
-    next to it (a step's attention_mask and labels) ride in its first piece's
-    message when they come before it, in its last's when after. At least one
-    (possibly empty) group."""
-    limit = chunk_bytes + chunk_bytes // PART_SLACK
-    group: list[Chunk] = []
-    size = 0
-    for frame in frames:
-        for chunk in frame_to_chunks(frame, chunk_bytes):
-            n = len(chunk.data)
-            if group and size + n > limit:
-                yield tuple(group)
-                group, size = [], 0
-            group.append(chunk)
-            size += n
-    yield tuple(group)
-
-
 def step_upload_requests(
     header: StepHeaderInfo, frames: Sequence[TensorFrame], chunk_bytes: int
 ) -> Iterator[StepPart]:
     """The step as StepPart messages (wire version 2): the header on the first,
-    the frames' chunks (in header order, packed by pack_chunks), the end flag on
+    the frames' chunks (in header order, packed by packing.pack_chunks), the end flag on
     the last. The items a Train call made by `train_call` sends (wrap each in
     train_request for a stub with protobuf's serializers)."""
     _check_names("StepHeader.tensor_names", header.tensor_names, frames)
-    groups = pack_chunks(frames, chunk_bytes)
-    current = next(groups)
-    first = True
-    for following in groups:
-        yield StepPart(current, header if first else None, False)
-        current, first = following, False
-    yield StepPart(current, header if first else None, True)
+    messages = step_messages(frames, chunk_bytes, end=True)
+    last = len(messages) - 1
+    for i, (chunks, body) in enumerate(messages):
+        part = StepPart(chunks, header if i == 0 else None, i == last)
+        part._body = body
+        yield part
 
 
 def step_download_responses(
@@ -464,7 +445,7 @@ def step_download_responses(
 ) -> Iterator[DownlinkItem | Chunk]:
     """The reply: the result alone when no tensor follows, else ReplyPart
     messages, the result on the first, the frames' chunks (in result order,
-    packed by pack_chunks). fold=False keeps the unfolded layout: the result,
+    packed by packing.pack_chunks). fold=False keeps the unfolded layout: the result,
     then every chunk as a message of its own (a paced reply: see
     main_server.service)."""
     _check_names("StepResult.tensor_names", result.tensor_names, frames)
@@ -473,8 +454,10 @@ def step_download_responses(
         for frame in frames:
             yield from frame_to_chunks(frame, chunk_bytes)
         return
-    for i, chunks in enumerate(pack_chunks(frames, chunk_bytes)):
-        yield ReplyPart(chunks, result if i == 0 else None)
+    for i, (chunks, body) in enumerate(step_messages(frames, chunk_bytes, end=False)):
+        part = ReplyPart(chunks, result if i == 0 else None)
+        part._body = body
+        yield part
 
 
 # ---------------------------------------------------------------- readers

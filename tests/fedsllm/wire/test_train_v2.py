@@ -21,6 +21,7 @@ from fedsllm.wire.messages import (
     TrainWelcomeInfo,
     step_header_to_proto,
 )
+from fedsllm.wire.packing import PART_SLACK, pack_chunks
 from fedsllm.wire.tensors import (
     DTYPE_ITEMSIZE,
     Chunk,
@@ -32,7 +33,6 @@ from fedsllm.wire.tensors import (
     tensor_to_frame,
 )
 from fedsllm.wire.train import (
-    PART_SLACK,
     ReceivedPart,
     ReplyPart,
     StepDownload,
@@ -43,7 +43,6 @@ from fedsllm.wire.train import (
     encode_train_request,
     encode_train_response,
     message_bytes,
-    pack_chunks,
     parse_train_request,
     parse_train_response,
     read_downlink,
