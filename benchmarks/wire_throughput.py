@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import math
 import os
 import platform
@@ -72,7 +73,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -87,6 +88,7 @@ from fedsllm.wire import rpc
 from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, TrainHelloInfo, TrainWelcomeInfo
 from fedsllm.wire.tensors import (
     ChunkAssembler,
+    TensorFrame,
     TensorSpec,
     frame_to_tensor,
     tensor_to_frame,
@@ -143,31 +145,68 @@ ECHO_LIMITS = StepLimits(
 main server builds its limits."""
 
 
+SERVER_STAGES = ("finite", "values", "shapes", "reply")
+"""What the server can leave out of half the steps (benchmarks/wire_step_costs.py):
+the activations' finiteness check, the mask and label value checks, the shape
+checks (symbols bound across tensors), and building the reply (the previous
+step's reply parts are sent again; their head is serialized and their
+payload copied as usual)."""
+
+
+def skipped(step: int) -> bool:
+    """Whether a staged stream leaves its stage out of step `step`: with, without,
+    without, with, and again, so each pair of steps has one of each and half
+    the pairs start with each (an effect of order cancels)."""
+    return step % 4 in (1, 2)
+
+
+def server_specs(validate: bool, skip: str, step: int) -> list[TensorSpec]:
+    """The specs the server reads step `step` with: _specs(validate), less the
+    check `skip` names where skipped(step)."""
+    specs = _specs(validate)
+    if not validate or not skipped(step) or skip not in ("finite", "shapes"):
+        return specs
+    if skip == "finite":
+        return [dataclasses.replace(spec, require_finite=False) for spec in specs]
+    return [dataclasses.replace(spec, shape=None) for spec in specs]
+
+
 class BenchServer(main_server_pb2_grpc.MainServerServicer):
     """Train mode echoes the activations as the gradient; eval mode returns none.
     The hello's scenario_hash carries "<chunk bytes>:<validate 0|1>:<fold 0|1>"
     (fold: the result in the gradient's first message, else a message of its own
-    before the chunks)."""
+    before the chunks), optionally followed by ":<stage>", one of SERVER_STAGES
+    left out of the steps `skipped` names."""
 
     def Train(self, request_iterator, context):  # noqa: N802 - generated name
-        chunk_bytes, validate, fold = 2**20, False, True
+        chunk_bytes, validate, fold, skip = 2**20, False, True, ""
+        last_reply: list[Any] = []
         try:
-            uplink = read_uplink(request_iterator, lambda _header: _specs(validate))
+            uplink = read_uplink(
+                request_iterator, lambda header: server_specs(validate, skip, header.step)
+            )
             for item in uplink:
                 if isinstance(item, TrainHelloInfo):
-                    chunk, flag, folded = item.scenario_hash.split(":")
+                    chunk, flag, folded, *stage = item.scenario_hash.split(":")
                     chunk_bytes, validate, fold = int(chunk), flag == "1", folded == "1"
+                    skip = stage[0] if stage else ""
                     yield TrainWelcomeInfo(
                         client_id=item.client_id,
                         scenario_hash=item.scenario_hash,
                         max_tensor_bytes=2**30,
                     )
                     continue
+                off = skipped(item.header.step)
                 acts = item.tensor("activations")
-                if validate:
+                if validate and not (off and skip == "values"):
                     check_step_values(
                         ECHO_LIMITS, item.tensor("attention_mask"), item.tensor("labels")
                     )
+                if off and skip == "reply" and last_reply:
+                    for part in last_reply:
+                        part._pieces = None  # serialized and copied again, as a new reply is
+                    yield from last_reply
+                    continue
                 names = ("activations_grad",) if item.header.mode == "train" else ()
                 result = StepResultInfo(
                     round=0,
@@ -178,7 +217,11 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
                     tensor_names=names,
                 )
                 frames = [tensor_to_frame("activations_grad", acts)] if names else []
-                yield from step_download_responses(result, frames, chunk_bytes, fold)
+                reply = step_download_responses(result, frames, chunk_bytes, fold)
+                if skip == "reply":
+                    last_reply = list(reply)
+                    reply = iter(last_reply)
+                yield from reply
         except WireError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
@@ -195,7 +238,10 @@ class Session:
         validate: bool = False,
         fold: bool = True,
         call: Callable[[grpc.Channel], grpc.StreamStreamMultiCallable] = train_call,
+        server_skip: str = "",
     ) -> None:
+        """`server_skip`: a stage of SERVER_STAGES the server leaves out of the
+        steps `skipped` names."""
         self.chunk_bytes = chunk_bytes
         self.validate = validate
         self.shape: tuple[int, ...] | None = None
@@ -206,7 +252,8 @@ class Session:
         )
         hello = TrainHelloInfo(
             client_id=0,
-            scenario_hash=f"{chunk_bytes}:{int(validate)}:{int(fold)}",
+            scenario_hash=f"{chunk_bytes}:{int(validate)}:{int(fold)}"
+            + (f":{server_skip}" if server_skip else ""),
             wire_dtype="float32",
         )
         self.requests.put(encode_train_request(hello))
@@ -235,9 +282,14 @@ class Session:
             tensor_names=("attention_mask", "labels", "activations"),
         )
         self.step += 1
-        self.requests.put_all(step_upload_requests(header, frames, self.chunk_bytes))
+        self.requests.put_all(self._requests(header, frames))
         reply = next(self.downlink)
         return reply.tensor("activations_grad") if reply.frames else None
+
+    def _requests(self, header: StepHeaderInfo, frames: list[TensorFrame]) -> Iterable[Any]:
+        """The step's messages, as client.remote makes them (a hook for
+        wire_step_costs.py)."""
+        return step_upload_requests(header, frames, self.chunk_bytes)
 
     def close(self) -> None:
         self.requests.close()
