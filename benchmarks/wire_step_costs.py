@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -49,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import wire_throughput as wt  # noqa: E402 - a sibling script
 
-from fedsllm.wire import rpc  # noqa: E402
 from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo  # noqa: E402
 from fedsllm.wire.tensors import TensorFrame, TensorSpec  # noqa: E402
 
@@ -127,15 +125,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600, help="step pairs per stage")
     ns = parser.parse_args()
     torch.set_num_threads(1)
-    child = subprocess.Popen(
-        [sys.executable, wt.__file__, "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child, address = wt.start_child()
     try:
-        address = f"127.0.0.1:{int(child.stdout.readline())}"  # type: ignore[union-attr]
-        rpc.wait_healthy(address, 10)
         print("# wire step costs: one stream per stage, the stage left out of half its steps")
         print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC")
         print(
@@ -147,9 +138,12 @@ def main() -> int:
         for name, client_skip, server_skip in STAGES:
             q2, q1, q3, us = run_stage(address, ns.steps, client_skip, server_skip)
             print(f"| {name} | {q2:.3f} ({q1:.3f}-{q3:.3f}) | {100 * (q2 - 1):+.1f} | {us:+.0f} |")
-    finally:
         child.stdin.close()  # type: ignore[union-attr]
         child.wait(timeout=30)
+    finally:
+        if child.poll() is None:  # failed or hung: stop it by its own pid
+            child.kill()
+            child.wait()
     return 0
 
 

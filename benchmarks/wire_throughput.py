@@ -845,6 +845,27 @@ def _start_server(
     return server
 
 
+def start_child(script: str = __file__) -> tuple[subprocess.Popen[str], str]:
+    """`script --serve` in a child process (a benchmark server that prints its
+    port, then serves until its stdin closes): the child, and its address once
+    it answers health checks. A child that fails to come up is killed by its
+    own pid before the error is raised."""
+    child = subprocess.Popen(
+        [sys.executable, script, "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = f"127.0.0.1:{int(child.stdout.readline())}"  # type: ignore[union-attr]
+        rpc.wait_healthy(address, 10)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    return child, address
+
+
 def _serve() -> int:
     """Child mode: serve until stdin closes, after printing the port."""
     torch.set_num_threads(1)
@@ -1029,17 +1050,11 @@ def main() -> int:
     if ns.in_process:
         server = _start_server()
         port = server.bench_port  # type: ignore[attr-defined]
+        address = f"127.0.0.1:{port}"
     else:
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        port = int(child.stdout.readline())  # type: ignore[union-attr]
+        child, address = start_child()
         global SERVER_PID
         SERVER_PID = child.pid
-    address = f"127.0.0.1:{port}"
     try:
         rpc.wait_healthy(address, 10)
         with rpc.make_channel(address) as channel:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -242,15 +241,8 @@ def main() -> int:
     if ns.steps < 1:
         parser.error(f"--steps: must be >= 1, got {ns.steps}")
     torch.set_num_threads(1)
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child, address = wt.start_child(__file__)
     try:
-        address = f"127.0.0.1:{int(child.stdout.readline())}"  # type: ignore[union-attr]
-        rpc.wait_healthy(address, 10)
         acts = 4 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1] * wt.ECHO_SHAPE[2]
         small = 8 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1]
         echo = _run(address, [small, small, acts], acts, "train", wt.ECHO_SHAPE, ns.steps)
