@@ -19,9 +19,9 @@ changes to the per-step Python pay (issue 13).
 
 Stages (the ones marked "left out" are replaced by nothing; "reused" ones by
 the previous step's result, so what remains is the rest of the step):
-- client build: tensor_to_frame of the three tensors, the step header and the
-  packed StepParts (reused: the previous step's parts are sent again, their
-  head serialized and payloads copied as usual);
+- client packing: the step's StepParts made from its frames (reused: the
+  previous step's parts are sent again, their head serialized and payloads
+  copied as usual; the frames and the header are made either way);
 - client finiteness: the gradient's NaN / Inf check (left out);
 - server finiteness: the activations' NaN / Inf check (left out);
 - server value checks: mask values and label range, check_step_values with
@@ -29,7 +29,7 @@ the previous step's result, so what remains is the rest of the step):
 - server shape checks: the shapes' symbols (B, T) bound across tensors (left
   out; dtype and bytes against the shape stay, as they frame the data);
 - server reply build: tensor_to_frame of the gradient and its ReplyParts
-  (reused, as the client build).
+  (reused, as the client's parts).
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ class StagedSession(wt.Session):
     leave `server_skip` (one of wire_throughput.SERVER_STAGES) out of them."""
 
     def __init__(self, address: str, client_skip: str = "", server_skip: str = "") -> None:
+        if client_skip and server_skip:
+            # Reused parts carry an earlier header, whose step number the server
+            # would take its own skipping from.
+            raise ValueError("one stage at a time: client_skip or server_skip, not both")
         self.client_skip = client_skip
         self._last_parts: list[Any] = []
         super().__init__(address, wt.DEFAULT_CHUNK, validate=True, server_skip=server_skip)
@@ -111,7 +115,7 @@ def run_stage(address: str, steps: int, client_skip: str = "", server_skip: str 
 
 
 STAGES = (
-    ("client build", "build", ""),
+    ("client packing", "build", ""),
     ("client finiteness", "finite", ""),
     ("server finiteness", "", "finite"),
     ("server value checks", "", "values"),
@@ -124,6 +128,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600, help="step pairs per stage")
     ns = parser.parse_args()
+    if ns.steps < 2:
+        parser.error(f"--steps: must be >= 2 (quartiles of the pairs), got {ns.steps}")
     torch.set_num_threads(1)
     child, address = wt.start_child()
     try:

@@ -94,6 +94,7 @@ from fedsllm.wire.tensors import (
     tensor_to_frame,
 )
 from fedsllm.wire.train import (
+    ReplyPart,
     decode_train_request,
     decode_train_response,
     encode_train_request,
@@ -204,7 +205,8 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
                     )
                 if off and skip == "reply" and last_reply:
                     for part in last_reply:
-                        part._pieces = None  # serialized and copied again, as a new reply is
+                        if type(part) is ReplyPart:  # serialized and copied again, as new ones
+                            part._pieces = None
                     yield from last_reply
                     continue
                 names = ("activations_grad",) if item.header.mode == "train" else ()
@@ -1051,12 +1053,12 @@ def main() -> int:
         server = _start_server()
         port = server.bench_port  # type: ignore[attr-defined]
         address = f"127.0.0.1:{port}"
-    else:
+        rpc.wait_healthy(address, 10)
+    else:  # healthy once start_child returns
         child, address = start_child()
         global SERVER_PID
         SERVER_PID = child.pid
     try:
-        rpc.wait_healthy(address, 10)
         with rpc.make_channel(address) as channel:
             taken = message_types_taken(channel)
         print(

@@ -25,6 +25,8 @@ proto/fedsllm/proto/tensor.proto documents the layout and its version.
 Wire version 2 folds a step into few messages (StepPart / ReplyPart in
 main_server.proto): a small control message (the step header or result) and
 an end flag around one or more chunks. `part_pieces` lays such a message out
+(its chunks and end flag by `part_body`, which the step plans of
+fedsllm.wire.packing keep, its envelope and head by `enveloped`)
 as a list of byte strings and payload views (joined once, by gRPC's sending
 thread, through `join_pieces`; their total length is what a shaper charges,
 known before anything is copied), and `decode_part` reads one back into the

@@ -59,8 +59,8 @@ MAX_NDIM = 8
 DEFAULT_MAX_TENSOR_BYTES = 512 * 2**20
 # Received bytes are checked for NaN and Inf in slices of about this size,
 # small enough to still be in a server CPU's last-level cache, large enough
-# that a step's activations (a few MB) take one call: each call is several
-# torch operations, which cost more than the data on a cold step.
+# that a step's activations (a few MB) take one call: each call is a few
+# numpy or torch operations, which cost more than the data on a cold step.
 FINITE_CHECK_BYTES = 4 * 2**20
 
 # Chunks of this size or more are copied by numpy, which lets go of the GIL
@@ -343,9 +343,11 @@ def _all_finite(t: torch.Tensor | np.ndarray) -> bool:
     dtype, so half-precision values do not overflow it; a sum that still
     overflows falls through to the exact check, which is False only for a
     real NaN or Inf. A float32 array takes the sum of squares instead (one
-    BLAS dot, no NaN or Inf in it unless one is in `t`): a cold numpy call
-    costs a fraction of a cold torch call, and a step makes one per float
-    tensor on each side (issue 13).
+    BLAS dot): a NaN or Inf in `t` makes it NaN or Inf, and so can finite
+    values above about 1.8e19, whose squares overflow; those fall through to
+    the exact check like an overflowing sum. A cold numpy call costs a
+    fraction of a cold torch call, and a step makes one per float tensor on
+    each side (issue 13).
     """
     if type(t) is np.ndarray:
         return math.isfinite(float(np.dot(t, t))) or bool(np.isfinite(t).all())

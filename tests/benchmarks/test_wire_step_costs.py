@@ -4,6 +4,7 @@ only those, and how a stage's cost is computed."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -66,7 +67,7 @@ def test_a_stage_costs_its_median_paired_excess(costs) -> None:
 def test_a_skipped_server_check_lets_through_what_the_client_then_refuses(costs) -> None:
     """With the server's finiteness left out of step 1 (and only there), a NaN
     there is echoed back and refused by the client's own check; the same NaN
-    on step 0 or 3, where the server checks, ends the stream at the server."""
+    on step 0, where the server checks, ends the stream at the server."""
     wt = costs.wt
     server = wt._start_server()
     address = f"127.0.0.1:{server.bench_port}"
@@ -92,3 +93,86 @@ def test_a_skipped_server_check_lets_through_what_the_client_then_refuses(costs)
         session.channel.close()
     finally:
         wt.rpc.stop_server(server, 0.5)
+
+
+def _echo_inputs(wt):
+    acts = torch.randn(*wt.ECHO_SHAPE)
+    mask = torch.ones(*wt.ECHO_SHAPE[:2], dtype=torch.int64)
+    labels = torch.zeros(*wt.ECHO_SHAPE[:2], dtype=torch.int64)
+    return acts, mask, labels
+
+
+def test_the_server_leaves_out_value_checks_and_reply_building_on_skipped_steps(costs) -> None:
+    wt = costs.wt
+    server = wt._start_server()
+    address = f"127.0.0.1:{server.bench_port}"
+    acts, mask, labels = _echo_inputs(wt)
+    out_of_range = torch.full_like(labels, wt.VOCAB)
+    try:
+        # values: a label past the vocabulary passes on step 1, not on step 0
+        session = costs.StagedSession(address, server_skip="values")
+        session.step = 1
+        assert torch.equal(session.run_step(acts, mask, out_of_range, "train"), acts)
+        session.step = 0
+        with pytest.raises(wt.grpc.RpcError) as info:
+            session.run_step(acts, mask, out_of_range, "train")
+        assert "labels" in info.value.details()
+        session.requests.close()
+        session.channel.close()
+
+        # reply: steps 1 and 2 get step 0's reply again; step 3 its own
+        session = costs.StagedSession(address, server_skip="reply")
+        sent = [acts * k for k in range(1, 5)]
+        got = [session.run_step(a, mask, labels, "train") for a in sent]
+        assert [torch.equal(g, sent[0]) for g in got[:3]] == [True, True, True]
+        assert torch.equal(got[3], sent[3])
+        session.close()
+    finally:
+        wt.rpc.stop_server(server, 0.5)
+
+
+def _bare_session(costs, client_skip: str):
+    """A StagedSession without a stream, for its per-step choices alone."""
+    session = costs.StagedSession.__new__(costs.StagedSession)
+    session.client_skip = client_skip
+    session._last_parts = []
+    session.chunk_bytes = 1024
+    session.shape = (1, 2, 3)
+    return session
+
+
+def test_the_client_leaves_out_its_finiteness_check_on_skipped_steps(costs) -> None:
+    wt = costs.wt
+    session = _bare_session(costs, "finite")
+    result = wt.StepResultInfo(
+        round=0, step=0, loss=0.0, num_tokens=0, server_compute_s=0.0, tensor_names=()
+    )
+    checked = [
+        session._grad_specs(dataclasses.replace(result, step=step))[0].require_finite
+        for step in range(4)
+    ]
+    assert checked == [not wt.skipped(step) for step in range(4)] == [True, False, False, True]
+
+
+def test_the_client_resends_its_last_parts_on_skipped_steps(costs) -> None:
+    wt = costs.wt
+    session = _bare_session(costs, "build")
+    frames = [wt.tensor_to_frame("activations", torch.randn(1, 2, 3))]
+
+    def header(step: int):
+        return wt.StepHeaderInfo(
+            round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=("activations",)
+        )
+
+    built = session._requests(header(0), frames)
+    for part in built:
+        part.pieces()
+    again = session._requests(header(1), frames)
+    assert again is built and all(part._pieces is None for part in again)
+    fresh = session._requests(header(3), frames)
+    assert fresh is not built and fresh[0].header == header(3)
+
+
+def test_one_stage_at_a_time(costs) -> None:
+    with pytest.raises(ValueError, match="one stage at a time"):
+        costs.StagedSession("127.0.0.1:1", client_skip="build", server_skip="values")

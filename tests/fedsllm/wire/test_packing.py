@@ -26,6 +26,8 @@ from fedsllm.wire.train import (
     read_uplink,
     step_download_responses,
     step_upload_requests,
+    train_request,
+    train_response,
 )
 
 from .test_tensors import DTYPES, _special
@@ -79,6 +81,10 @@ def test_planned_messages_are_the_unplanned_ones_step_after_step(
         )
         assert [p.chunks for p in parts] == list(pack_chunks(frames, chunk_bytes))
         assert [p.end for p in parts] == [False] * (len(parts) - 1) + [True]
+        # and, independently of the codec, what protobuf itself writes for them
+        assert [encode_train_request(p) for p in parts] == [
+            train_request(p).SerializeToString() for p in parts
+        ]
 
 
 @pytest.mark.parametrize("chunk_bytes", [7, 4096])
@@ -98,6 +104,9 @@ def test_planned_replies_are_the_unplanned_ones(chunk_bytes: int) -> None:
         assert [encode_train_response(p) for p in parts] == _unplanned(
             4, head, [grad], chunk_bytes, end=False
         )
+        assert [encode_train_response(p) for p in parts] == [
+            train_response(p).SerializeToString() for p in parts
+        ]
 
 
 def test_a_plan_is_made_once_per_signature_and_the_table_is_bounded(

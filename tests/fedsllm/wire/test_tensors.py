@@ -6,6 +6,7 @@ import math
 import struct
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -527,6 +528,17 @@ def test_finiteness_checked_across_odd_chunk_boundaries(
     assert info.value.field == "activations.data"
     assert "2 non-finite value(s), first at flat index 13 (nan)" in str(info.value)
     assert asm.frames == {}
+
+
+@pytest.mark.parametrize(("dtype", "kind"), [("float32", np.ndarray), ("float16", torch.Tensor)])
+def test_float32_is_checked_through_numpy_and_half_precision_through_torch(
+    dtype: str, kind: type
+) -> None:
+    x = torch.ones(2, 4, 8, dtype=FLOATS[dtype])
+    first = next(frame_to_chunks(tensor_to_frame("activations", x), 40))  # of several
+    asm = ChunkAssembler.for_specs(_finite_spec(dtype))
+    asm.feed(first)
+    assert type(asm._current.elements) is kind
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
