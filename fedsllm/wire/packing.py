@@ -12,9 +12,8 @@ the 1.57 MB echo that took 0.6-0.8% off the client's step (measured by
 alternating the plan-free and the planned builder step by step in one
 stream, 3 runs of 1500 pairs; a throwaway harness, described in issue 13's
 notes); small, but per step, and the server's reply gains the same way. The
-bytes are those
-fedsllm.wire.codec.part_body makes for the same chunks, since the plan is
-made by it.
+bytes are those fedsllm.wire.codec.part_body makes for the same chunks,
+since the plan is made by it.
 """
 
 from __future__ import annotations
