@@ -475,17 +475,16 @@ class RawEcho:
         self.received = memoryview(np.empty(down, dtype=np.uint8))
 
     def run(self) -> None:
+        # One batch per step, as the project puts its steps (RequestQueue.put_all).
         if self.copies:
-            for span in self.spans:
-                self.requests.put(span)
+            self.requests.put_all(self.spans)
             pos = 0
             for _ in range(self.num_down):
                 msg = next(self.responses)
                 self.received[pos : pos + len(msg)] = msg
                 pos += len(msg)
             return
-        for msg in self.up:
-            self.requests.put(msg)
+        self.requests.put_all(self.up)
         for _ in range(self.num_down):
             next(self.responses)
 
@@ -529,10 +528,12 @@ class LeanEcho:
     def run_step(
         self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
+        messages = []
         for tensor in (mask, labels, acts):  # the project's order
             data = memoryview(tensor.numpy()).cast("B")
             for start in range(0, data.nbytes, self.chunk_bytes):
-                self.requests.put((LEAN_PREFIX, data[start : start + self.chunk_bytes]))
+                messages.append((LEAN_PREFIX, data[start : start + self.chunk_bytes]))
+        self.requests.put_all(messages)  # one batch per step, as the project
         received = 0
         while received < self.buf.nbytes:
             received = _lean_receive(next(self.responses), self.view, received)

@@ -180,13 +180,17 @@ class MainServerStream:
 
     # ------------------------------------------------------------- steps
     def _upload(self, header: StepHeaderInfo, frames: list[TensorFrame], train: bool) -> int:
+        requests = list(step_upload_requests(header, frames, self.chunk_bytes))
+        if self.pace_up is None or not train:
+            # Evaluation is a measurement instrument, not part of the protocol
+            # being emulated: it crosses unshaped, as does an unshaped link. One
+            # batch: gRPC's sending thread is woken once (RequestQueue.put_all).
+            self._queue.put_all(requests)
+            return sum(message_bytes(r) for r in requests)
         total = 0
-        for request in step_upload_requests(header, frames, self.chunk_bytes):
+        for request in requests:
             size = message_bytes(request)
-            if self.pace_up is not None and train:
-                # Evaluation is a measurement instrument, not part of the
-                # protocol being emulated: it crosses unshaped.
-                self.pace_up(size, total == 0)
+            self.pace_up(size, total == 0)
             self._queue.put(request)
             total += size
         return total

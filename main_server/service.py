@@ -140,8 +140,10 @@ def check_step_values(limits: StepLimits, mask: torch.Tensor, labels: torch.Tens
         raise WireError("attention_mask", "values must be 0 or 1")
     y = labels.numpy()
     ignored = y == IGNORE_INDEX
-    counted = np.where(ignored, 0, y)
-    if counted.min() < 0 or counted.max() >= limits.vocab_size:
+    # One reduction for both bounds: as unsigned, a negative label is above
+    # any vocabulary size.
+    counted = np.where(ignored, 0, y).view(np.uint64)
+    if counted.max() >= limits.vocab_size:
         valid = ignored | ((y >= 0) & (y < limits.vocab_size))
         bad = int(y[~valid][0])
         raise WireError(

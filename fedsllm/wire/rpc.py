@@ -20,7 +20,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -723,7 +723,14 @@ class RequestQueue:
     whose next request depends on the last reply (the Train loop) needs an
     iterator that blocks until the caller puts the next message. `close()`
     ends the stream cleanly. With `maxsize` > 0, `put` blocks while that
-    many messages wait (backpressure).
+    many items wait (backpressure; a `put_all` batch is one item).
+
+    `put_all` hands over a step's messages as one batch: one queue item, one
+    wake-up of gRPC's sending thread, which then takes the messages one by
+    one without going back to the queue. Putting them one at a time costs a
+    lock, a condition notify and a thread switch each, on the step's
+    critical path (0.5-0.8% of the 1.57 MB echo's step, measured by
+    alternating the two in one stream; issue 13).
     """
 
     _END = object()
@@ -731,15 +738,27 @@ class RequestQueue:
     def __init__(self, maxsize: int = 0) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self._closed = threading.Event()
+        self._batch: Iterator[Any] = iter(())
+        """The rest of the batch being sent; only gRPC's sending thread, the
+        one consumer, touches it."""
 
     def put(self, msg: Any, timeout_s: float | None = None) -> None:
+        self._enqueue(msg, timeout_s)
+
+    def put_all(self, msgs: Iterable[Any]) -> None:
+        """Put every message of `msgs`, in order, as one batch. The iterable is
+        drained here, in the caller's thread, so an error in making the
+        messages is raised to the caller and not inside gRPC's thread."""
         if self._closed.is_set():
             raise ValueError("put on a closed RequestQueue")
-        self._queue.put(msg, timeout=timeout_s)
+        batch = list(msgs)
+        if batch:
+            self._enqueue(_Batch(batch), None)
 
-    def put_all(self, msgs: Iterator[Any] | Sequence[Any]) -> None:
-        for msg in msgs:
-            self.put(msg)
+    def _enqueue(self, item: Any, timeout_s: float | None) -> None:
+        if self._closed.is_set():
+            raise ValueError("put on a closed RequestQueue")
+        self._queue.put(item, timeout=timeout_s)
 
     def close(self) -> None:
         if not self._closed.is_set():
@@ -750,7 +769,20 @@ class RequestQueue:
         return self
 
     def __next__(self) -> Any:
+        item = next(self._batch, self._END)
+        if item is not self._END:
+            return item
         item = self._queue.get()
+        if type(item) is _Batch:
+            self._batch = iter(item.msgs)
+            item = next(self._batch)  # never empty: put_all puts none such
         if item is self._END:
             raise StopIteration
         return item
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Messages put_all queued together."""
+
+    msgs: list[Any]

@@ -470,6 +470,9 @@ VALUE_LIMITS = StepLimits(
         (1, 259, "value 259 is neither -100 nor in [0, 259)"),
         (1, -1, "value -1 is neither -100 nor in [0, 259)"),
         (1, -101, "value -101 is neither"),
+        # The int64 extremes: one bound check over the labels as unsigned.
+        (1, -(2**63), f"value {-(2**63)} is neither"),
+        (1, 2**63 - 1, f"value {2**63 - 1} is neither"),
     ],
 )
 def test_step_values_checked_without_grpc(mask_value: int, label_value: int, needle) -> None:

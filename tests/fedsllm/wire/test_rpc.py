@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 import grpc
 import pytest
 import torch
 
+from fedsllm.errors import WireError
 from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2, main_server_pb2_grpc
 from fedsllm.wire import rpc
 from fedsllm.wire.adapters import read_adapter_chunks
@@ -43,9 +45,16 @@ class _ProtobufQueue(rpc.RequestQueue):
     """What a peer speaking plain protobuf sends: every item in its envelope."""
 
     def put(self, msg: object, timeout_s: float | None = None) -> None:
-        if not isinstance(msg, main_server_pb2.TrainRequest):
-            msg = train_request(msg)  # type: ignore[arg-type]
-        super().put(msg, timeout_s)
+        super().put(_enveloped(msg), timeout_s)
+
+    def put_all(self, msgs: Iterable[object]) -> None:
+        super().put_all(_enveloped(msg) for msg in msgs)
+
+
+def _enveloped(msg: object) -> main_server_pb2.TrainRequest:
+    if isinstance(msg, main_server_pb2.TrainRequest):
+        return msg
+    return train_request(msg)  # type: ignore[arg-type]
 
 
 def _open_train(
@@ -480,11 +489,37 @@ def test_unary_call_retries_until_server_appears(caplog) -> None:
 
 def test_request_queue_order_and_close() -> None:
     q = rpc.RequestQueue()
+    q.put(0)
     q.put_all([1, 2, 3])
+    q.put_all([])
+    q.put(4)
+    q.put_all(iter([5, 6]))
+    q.close()
+    assert list(q) == [0, 1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="closed"):
+        q.put(7)
+    with pytest.raises(ValueError, match="closed"):
+        q.put_all([7])
+    with pytest.raises(ValueError, match="closed"):
+        q.put_all([])
+
+
+def test_request_queue_batch_is_one_item_and_errors_stay_with_the_caller() -> None:
+    """put_all queues a step as one item (one wake-up of gRPC's sending
+    thread), and an error making the messages is raised to the caller, with
+    nothing of the batch queued."""
+    q = rpc.RequestQueue()
+    q.put_all([1, 2, 3])
+    assert q._queue.qsize() == 1
+
+    def failing() -> Iterable[int]:
+        yield 4
+        raise WireError("StepHeader.tensor_names", "bad")
+
+    with pytest.raises(WireError, match="tensor_names"):
+        q.put_all(failing())
     q.close()
     assert list(q) == [1, 2, 3]
-    with pytest.raises(ValueError, match="closed"):
-        q.put(4)
 
 
 class _Recorder(main_server_pb2_grpc.MainServerServicer):
