@@ -14,6 +14,7 @@ What the services do is left to the roles' service.py modules.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -738,9 +739,10 @@ class RequestQueue:
     def __init__(self, maxsize: int = 0) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self._closed = threading.Event()
-        self._batch: Iterator[Any] = iter(())
-        """The rest of the batch being sent; only gRPC's sending thread, the
-        one consumer, touches it."""
+        self._batch: collections.deque[Any] = collections.deque()
+        """The rest of the batch being sent, emptied as it goes (a sent
+        message, and the tensor it views, is not kept alive by the queue);
+        only gRPC's sending thread, the one consumer, touches it."""
 
     def put(self, msg: Any, timeout_s: float | None = None) -> None:
         self._enqueue(msg, timeout_s)
@@ -751,7 +753,7 @@ class RequestQueue:
         messages is raised to the caller and not inside gRPC's thread."""
         if self._closed.is_set():
             raise ValueError("put on a closed RequestQueue")
-        batch = list(msgs)
+        batch = collections.deque(msgs)
         if batch:
             self._enqueue(_Batch(batch), None)
 
@@ -769,13 +771,12 @@ class RequestQueue:
         return self
 
     def __next__(self) -> Any:
-        item = next(self._batch, self._END)
-        if item is not self._END:
-            return item
+        if self._batch:
+            return self._batch.popleft()
         item = self._queue.get()
         if type(item) is _Batch:
-            self._batch = iter(item.msgs)
-            item = next(self._batch)  # never empty: put_all puts none such
+            self._batch = item.msgs
+            return self._batch.popleft()  # never empty: put_all puts none such
         if item is self._END:
             raise StopIteration
         return item
@@ -785,4 +786,4 @@ class RequestQueue:
 class _Batch:
     """Messages put_all queued together."""
 
-    msgs: list[Any]
+    msgs: collections.deque[Any]

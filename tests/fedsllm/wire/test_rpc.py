@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterable
 
 import grpc
@@ -520,6 +521,22 @@ def test_request_queue_batch_is_one_item_and_errors_stay_with_the_caller() -> No
         q.put_all(failing())
     q.close()
     assert list(q) == [1, 2, 3]
+
+
+def test_request_queue_lets_go_of_sent_messages() -> None:
+    """A batch's messages are not kept by the queue once taken: a step's parts
+    view its tensors, which must not live on until the next step."""
+    q = rpc.RequestQueue()
+
+    class Message:
+        pass
+
+    first, last = Message(), Message()
+    refs = [weakref.ref(first), weakref.ref(last)]
+    q.put_all([first, last])
+    del first, last
+    next(q), next(q)  # taken (by gRPC's sending thread) and dropped
+    assert [ref() for ref in refs] == [None, None]
 
 
 class _Recorder(main_server_pb2_grpc.MainServerServicer):
