@@ -750,7 +750,8 @@ class RequestQueue:
     def put_all(self, msgs: Iterable[Any]) -> None:
         """Put every message of `msgs`, in order, as one batch. The iterable is
         drained here, in the caller's thread, so an error in making the
-        messages is raised to the caller and not inside gRPC's thread."""
+        messages is raised to the caller and not inside gRPC's thread. With
+        `maxsize`, it blocks (without a timeout) while the queue is full."""
         if self._closed.is_set():
             raise ValueError("put on a closed RequestQueue")
         batch = collections.deque(msgs)

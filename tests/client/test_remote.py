@@ -216,3 +216,42 @@ def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
     assert header.tensor_names == ("attention_mask", "labels", "activations")
     assert laid[0] == [("attention_mask", 0, 128), ("labels", 0, 128), ("activations", 0, 4096)]
     assert laid[1:] == [[("activations", i * 4096, 4096)] for i in range(1, 8)]
+
+
+@pytest.mark.parametrize(("paced", "train"), [(False, True), (True, True), (True, False)])
+def test_upload_counts_and_paces_every_message(paced: bool, train: bool) -> None:
+    """send_step returns the bytes of the messages the server received, batched
+    or not. A paced training step calls pace_up once per message, before it,
+    with its size (new_message on the first only); an evaluation step, and an
+    unshaped link, is not paced."""
+    recorder = _RecordingMainServer()
+    calls: list[tuple[int, bool]] = []
+    server, port = create_server(
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(recorder, s)],
+        allow_unauthenticated=True,
+    )
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            stream = MainServerStream(
+                channel,
+                0,
+                "h",
+                "float32",
+                4096,
+                pace_up=(lambda n, new: calls.append((n, new))) if paced else None,
+            )
+            hidden = torch.randn(2, 8, 512)  # 32 KiB: eight messages
+            mask = torch.ones(2, 8, dtype=torch.int64)
+            labels = torch.arange(16).reshape(2, 8)
+            sent = stream.send_step(0, 0, train, hidden, mask, labels)
+            assert recorder.done.wait(10)
+            stream.close()
+    finally:
+        stop_server(server, grace_s=0.5)
+    sizes = [len(p.buf) for p in recorder.parts]
+    assert len(sizes) == 8 and sent == sum(sizes)
+    if paced and train:
+        assert calls == [(n, i == 0) for i, n in enumerate(sizes)]
+    else:
+        assert calls == []
