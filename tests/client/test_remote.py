@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -186,12 +186,12 @@ class _RecordingMainServer(main_server_pb2_grpc.MainServerServicer):
         self.done.set()
 
 
-def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
-    """The mask and labels ride whole on the step's first message, with the
-    header and the first activation chunk, so the main server takes them in
-    while the activations are still arriving, and the step's last message
-    holds activations only (issue 13: what the server does after the last
-    message is on the step's critical path)."""
+def _send_one_step(
+    train: bool = True, pace_up: Callable[[int, bool], None] | None = None
+) -> tuple[_RecordingMainServer, int]:
+    """One step of 32 KiB activations (eight 4 KiB chunks), mask and labels sent
+    by a MainServerStream to a _RecordingMainServer: the recorder, and the
+    bytes send_step says it sent."""
     recorder = _RecordingMainServer()
     server, port = create_server(
         "127.0.0.1:0",
@@ -200,15 +200,25 @@ def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
     )
     try:
         with make_channel(f"127.0.0.1:{port}") as channel:
-            stream = MainServerStream(channel, 0, "h", "float32", 4096)
-            hidden = torch.randn(2, 8, 512)  # 32 KiB: eight 4 KiB chunks
+            stream = MainServerStream(channel, 0, "h", "float32", 4096, pace_up=pace_up)
+            hidden = torch.randn(2, 8, 512)
             mask = torch.ones(2, 8, dtype=torch.int64)
             labels = torch.arange(16).reshape(2, 8)
-            stream.send_step(0, 0, True, hidden, mask, labels)
+            sent = stream.send_step(0, 0, train, hidden, mask, labels)
             assert recorder.done.wait(10)
             stream.close()
     finally:
         stop_server(server, grace_s=0.5)
+    return recorder, sent
+
+
+def test_a_step_sends_the_small_tensors_with_its_first_message() -> None:
+    """The mask and labels ride whole on the step's first message, with the
+    header and the first activation chunk, so the main server takes them in
+    while the activations are still arriving, and the step's last message
+    holds activations only (issue 13: what the server does after the last
+    message is on the step's critical path)."""
+    recorder, _ = _send_one_step()
     laid = [
         [(key[0], offset, b - a) for key, offset, a, b in p.layout.chunks] for p in recorder.parts
     ]
@@ -224,31 +234,9 @@ def test_upload_counts_and_paces_every_message(paced: bool, train: bool) -> None
     or not. A paced training step calls pace_up once per message, before it,
     with its size (new_message on the first only); an evaluation step, and an
     unshaped link, is not paced."""
-    recorder = _RecordingMainServer()
     calls: list[tuple[int, bool]] = []
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(recorder, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            stream = MainServerStream(
-                channel,
-                0,
-                "h",
-                "float32",
-                4096,
-                pace_up=(lambda n, new: calls.append((n, new))) if paced else None,
-            )
-            hidden = torch.randn(2, 8, 512)  # 32 KiB: eight messages
-            mask = torch.ones(2, 8, dtype=torch.int64)
-            labels = torch.arange(16).reshape(2, 8)
-            sent = stream.send_step(0, 0, train, hidden, mask, labels)
-            assert recorder.done.wait(10)
-            stream.close()
-    finally:
-        stop_server(server, grace_s=0.5)
+    pace_up = (lambda n, new: calls.append((n, new))) if paced else None
+    recorder, sent = _send_one_step(train, pace_up)
     sizes = [len(p.buf) for p in recorder.parts]
     assert len(sizes) == 8 and sent == sum(sizes)
     if paced and train:
