@@ -181,19 +181,17 @@ class MainServerStream:
     # ------------------------------------------------------------- steps
     def _upload(self, header: StepHeaderInfo, frames: list[TensorFrame], train: bool) -> int:
         requests = list(step_upload_requests(header, frames, self.chunk_bytes))
+        sizes = [message_bytes(r) for r in requests]
         if self.pace_up is None or not train:
             # Evaluation is a measurement instrument, not part of the protocol
             # being emulated: it crosses unshaped, as does an unshaped link. One
             # batch: gRPC's sending thread is woken once (RequestQueue.put_all).
             self._queue.put_all(requests)
-            return sum(message_bytes(r) for r in requests)
-        total = 0
-        for request in requests:
-            size = message_bytes(request)
-            self.pace_up(size, total == 0)
-            self._queue.put(request)
-            total += size
-        return total
+        else:
+            for i, (request, size) in enumerate(zip(requests, sizes, strict=True)):
+                self.pace_up(size, i == 0)
+                self._queue.put(request)
+        return sum(sizes)
 
     def send_step(
         self,
