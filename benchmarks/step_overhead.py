@@ -36,7 +36,8 @@ def build_server(hidden: int = 768, security: object = None) -> tuple[str, objec
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server
     from main_server.compute import ServerTrainer
-    from main_server.service import MainServerService, StepLimits
+    from main_server.service import MainServerService
+    from main_server.step_checks import StepLimits
 
     cfg = LlamaConfig(
         vocab_size=259,

@@ -24,8 +24,9 @@ the previous step's result, so what remains is the rest of the step):
   copied as usual; the frames and the header are made either way);
 - client finiteness: the gradient's NaN / Inf check (left out);
 - server finiteness: the activations' NaN / Inf check (left out);
-- server value checks: mask values and label range, check_step_values with
-  the two tensors it reads (left out);
+- server value checks: mask values and label range, the checks of
+  main_server.step_checks run as each of the two tensors completes (left
+  out);
 - server shape checks: the shapes' symbols (B, T) bound across tensors (left
   out; dtype and bytes against the shape stay, as they frame the data);
 - server reply build: tensor_to_frame of the gradient and its ReplyParts

@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -105,7 +106,7 @@ from fedsllm.wire.train import (
     step_upload_requests,
     train_call,
 )
-from main_server.service import StepLimits, check_step_values
+from main_server.step_checks import StepLimits, step_specs
 
 FLOATS = frozenset({"float32", "bfloat16", "float16"})
 INTS = frozenset({"int64"})
@@ -119,18 +120,18 @@ TINY_BYTES = 1024
 """The payload of the per-step cost line under table (a)."""
 
 
+@functools.cache
 def _specs(validate: bool) -> list[TensorSpec]:
+    """The server's specs: with validation, the main server's own
+    (main_server.step_checks: shapes, finiteness, mask and label values),
+    built once, as the main server builds them."""
     if not validate:
         return [
             TensorSpec("activations", FLOATS),
             TensorSpec("attention_mask", INTS),
             TensorSpec("labels", INTS),
         ]
-    return [
-        TensorSpec("activations", FLOATS, ("B", "T", None), require_finite=True),
-        TensorSpec("attention_mask", INTS, ("B", "T")),
-        TensorSpec("labels", INTS, ("B", "T")),
-    ]
+    return step_specs(ECHO_LIMITS)
 
 
 ECHO_LIMITS = StepLimits(
@@ -142,8 +143,8 @@ ECHO_LIMITS = StepLimits(
     num_clients=1,
     max_tensor_bytes=2**30,
 )
-"""What the validated echo's server checks values against, built once as the
-main server builds its limits."""
+"""The limits the validated echo's server reads steps with, as the main
+server's are built."""
 
 
 SERVER_STAGES = ("finite", "values", "shapes", "reply")
@@ -165,10 +166,12 @@ def server_specs(validate: bool, skip: str, step: int) -> list[TensorSpec]:
     """The specs the server reads step `step` with: _specs(validate), less the
     check `skip` names where skipped(step)."""
     specs = _specs(validate)
-    if not validate or not skipped(step) or skip not in ("finite", "shapes"):
+    if not validate or not skipped(step) or skip not in ("finite", "values", "shapes"):
         return specs
     if skip == "finite":
         return [dataclasses.replace(spec, require_finite=False) for spec in specs]
+    if skip == "values":
+        return [dataclasses.replace(spec, check=None) for spec in specs]
     return [dataclasses.replace(spec, shape=None) for spec in specs]
 
 
@@ -199,10 +202,9 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
                     continue
                 off = skipped(item.header.step)
                 acts = item.tensor("activations")
-                if validate and not (off and skip == "values"):
-                    check_step_values(
-                        ECHO_LIMITS, item.tensor("attention_mask"), item.tensor("labels")
-                    )
+                if validate:  # the main server makes all three for the model
+                    item.tensor("attention_mask")
+                    item.tensor("labels")
                 if off and skip == "reply" and last_reply:
                     for part in last_reply:
                         if type(part) is ReplyPart:  # serialized and copied again, as new ones
@@ -726,8 +728,9 @@ def bench_codec_step(chunk_bytes: int, reps: int, validate: bool) -> dict[str, f
     """One echo step's wire work without gRPC, median microseconds per stage:
     the client's step messages built (tensor_to_frame, step_upload_requests,
     the request serializer), the server's reading of them (deserializer,
-    read_uplink, the activations as a tensor; with validate, finiteness and
-    check_step_values as BenchServer does), the server's reply built, the
+    read_uplink, the activations as a tensor; with validate, the main
+    server's specs and all three tensors, as BenchServer reads them), the
+    server's reply built, the
     client's reading of it into the gradient. "copies" is the copy floor's
     share: one copy out and one copy in per message of the same sizes, both
     directions. The rest is what the framework's Python costs per step, the
@@ -773,8 +776,9 @@ def bench_codec_step(chunk_bytes: int, reps: int, validate: bool) -> dict[str, f
         uplink.items.extend(decode_train_request(msg) for msg in up)
         upload = next(server)
         grad = upload.tensor("activations")
-        if validate:
-            check_step_values(ECHO_LIMITS, upload.tensor("attention_mask"), upload.tensor("labels"))
+        if validate:  # the main server makes all three for the model
+            upload.tensor("attention_mask")
+            upload.tensor("labels")
         t2 = time.perf_counter()
         result = StepResultInfo(
             round=0,

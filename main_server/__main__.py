@@ -438,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedsllm.trace import Tracer
     from fedsllm.wire.rpc import create_server, make_channel
     from main_server.compute import LocalWorker, ServerTrainer, StepQueue
-    from main_server.service import MainServerService, StepLimits
+    from main_server.service import MainServerService
+    from main_server.step_checks import StepLimits
 
     try:
         security = role_security(args)

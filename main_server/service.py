@@ -4,7 +4,8 @@ Per step the client sends a header, the chunks of "activations",
 "attention_mask" and "labels", and an end marker (wire version 2: folded into
 a few StepPart messages, fedsllm.wire.train); the server validates the
 whole step before it touches the model (dtype, shapes against each other and
-against the model, label and mask values), runs ServerTrainer, and streams
+against the model, label and mask values: main_server.step_checks, each
+tensor as it completes), runs ServerTrainer, and streams
 back the result and, in training, the activation gradient, paced at the
 downlink rate the client asked for. A bad frame ends the stream with
 INVALID_ARGUMENT and changes no server state.
@@ -25,14 +26,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-import numpy as np
 import torch
 
-from fedsllm.data.dataset import IGNORE_INDEX
 from fedsllm.errors import ResourceLimitError, StateError, WireError
 from fedsllm.proto import main_server_pb2 as pb
 from fedsllm.proto import main_server_pb2_grpc as pb_grpc
@@ -48,7 +46,7 @@ from fedsllm.wire.messages import (
     welcome_to_proto,
 )
 from fedsllm.wire.status import abort_for
-from fedsllm.wire.tensors import TensorSpec, WireLimits, tensor_to_frame
+from fedsllm.wire.tensors import WireLimits, tensor_to_frame
 from fedsllm.wire.train import (
     StepUpload,
     message_bytes,
@@ -63,10 +61,9 @@ from main_server.compute import (
     StepQueue,
     StepQueueStopped,
 )
+from main_server.step_checks import STEP_TENSORS, StepLimits, step_specs
 
 log = logging.getLogger(__name__)
-
-STEP_TENSORS = ("activations", "attention_mask", "labels")
 
 STOP_POLL_S = 0.25
 """How often a handler waiting on its step checks whether the server is
@@ -78,32 +75,6 @@ is computing (queued ones are refused at once): a step that finishes is
 answered, so its client has nothing to re-send. Shorter than the server's stop
 grace (2 s, main_server.__main__.serve_until_stopped), so the handler ends
 with UNAVAILABLE before it would be cancelled."""
-
-
-@dataclass(frozen=True)
-class StepLimits:
-    """What a well-formed step looks like for this model and scenario."""
-
-    hidden_size: int
-    vocab_size: int
-    max_seq_len: int
-    max_batch: int
-    wire_dtype: str
-    num_clients: int
-    max_tensor_bytes: int
-
-
-def step_specs(limits: StepLimits) -> list[TensorSpec]:
-    return [
-        TensorSpec(
-            "activations",
-            frozenset({limits.wire_dtype}),
-            ("B", "T", limits.hidden_size),
-            require_finite=True,
-        ),
-        TensorSpec("attention_mask", frozenset({"int64"}), ("B", "T")),
-        TensorSpec("labels", frozenset({"int64"}), ("B", "T")),
-    ]
 
 
 def step_digest(upload: StepUpload) -> str:
@@ -121,37 +92,6 @@ def step_digest(upload: StepUpload) -> str:
         h.update(f"{name}:{frame.dtype}:{frame.shape};".encode())
         h.update(frame.data)
     return h.hexdigest()
-
-
-def check_step_values(limits: StepLimits, mask: torch.Tensor, labels: torch.Tensor) -> None:
-    """Checks that need the values, after the assembler checked dtypes and shapes.
-
-    The tensors are small (batch x sequence integers) and on the CPU (they
-    came off the wire), so the checks read them through numpy: a handful of
-    torch calls cost more per step than the data itself (issue 13)."""
-    batch, seq = mask.shape
-    if batch > limits.max_batch:
-        raise WireError("activations.shape[0]", f"={batch}, expected <= {limits.max_batch}")
-    if seq > limits.max_seq_len:
-        raise WireError("activations.shape[1]", f"={seq}, expected <= {limits.max_seq_len}")
-    # One reduction: the OR of values that are all 0 or 1 is 0 or 1; any other
-    # value, a negative one too (two's complement), sets a higher bit.
-    if int(np.bitwise_or.reduce(mask.numpy(), axis=None)) & ~1:
-        raise WireError("attention_mask", "values must be 0 or 1")
-    y = labels.numpy()
-    ignored = y == IGNORE_INDEX
-    # One reduction for both bounds: as unsigned, a negative label is above
-    # any vocabulary size.
-    counted = np.where(ignored, 0, y).view(np.uint64)
-    if counted.max() >= limits.vocab_size:
-        valid = ignored | ((y >= 0) & (y < limits.vocab_size))
-        bad = int(y[~valid][0])
-        raise WireError(
-            "labels", f"value {bad} is neither {IGNORE_INDEX} nor in [0, {limits.vocab_size})"
-        )
-    # num_loss_tokens(labels) == 0, without the torch calls.
-    if ignored[:, 1:].all():
-        raise WireError("labels", f"no token to predict (all {IGNORE_INDEX} after the shift)")
 
 
 class MainServerService(pb_grpc.MainServerServicer):
@@ -177,6 +117,9 @@ class MainServerService(pb_grpc.MainServerServicer):
         """Receiving a step is decoupled from computing it: handlers put steps
         here and wait; one worker computes (and, in wave mode, fuses) them."""
         self.limits = limits
+        self.specs = step_specs(limits)
+        """How a step must look, its values included (main_server.step_checks):
+        the assembler refuses a bad step before the model sees any of it."""
         self.scenario_hash = scenario_hash
         self.tracer = tracer
         self.chunk_bytes = chunk_bytes
@@ -205,7 +148,7 @@ class MainServerService(pb_grpc.MainServerServicer):
     ) -> Iterator[Any]:
         uplink = read_uplink(
             request_iterator,
-            lambda _header: step_specs(self.limits),
+            lambda _header: self.specs,
             WireLimits(max_tensor_bytes=self.limits.max_tensor_bytes),
         )
         try:
@@ -274,7 +217,8 @@ class MainServerService(pb_grpc.MainServerServicer):
             )
 
     def _step_tensors(self, upload: StepUpload) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every check of a step, before the model sees any of it."""
+        """The step's tensors, once its header named all three (the assembler
+        checked each as it arrived, against self.specs)."""
         if tuple(sorted(upload.header.tensor_names)) != tuple(sorted(STEP_TENSORS)):
             raise WireError(
                 "header.tensor_names",
@@ -283,7 +227,6 @@ class MainServerService(pb_grpc.MainServerServicer):
         hidden = upload.tensor("activations", torch.float32)
         mask = upload.tensor("attention_mask")
         labels = upload.tensor("labels")
-        check_step_values(self.limits, mask, labels)
         return hidden, mask, labels
 
     def _await(

@@ -8,8 +8,9 @@ frame (no copy), and `ChunkAssembler` puts chunks back together, validating
 every field before it copies a byte, so a servicer can reject bad input
 without touching state. Each chunk's bytes are written once, into a buffer
 sized for the whole tensor (reused across a stream's steps, see
-ReceiveBuffers), and checked for NaN and Inf in slices of about a megabyte
-right after they are written, while still in cache. Nothing is pickled: the buffer is the tensor's
+ReceiveBuffers), and checked for NaN and Inf in slices of a few megabytes
+right after they are written, while still in cache; a spec's value check
+runs as soon as its tensor is complete. Nothing is pickled: the buffer is the tensor's
 elements in C order, little-endian, and bfloat16 travels as its 16-bit
 patterns. fedsllm.wire.codec turns chunks into message bytes and back.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,11 @@ _NUMPY_DTYPES: Mapping[str, np.dtype] = {
     name: np.dtype(name) for name in DTYPE_ITEMSIZE if name != "bfloat16"
 }
 _NUMPY_WIRE_NAMES: Mapping[np.dtype, str] = {v: k for k, v in _NUMPY_DTYPES.items()}
+# The same dtypes as the wire lays them out (little-endian), to read a
+# received buffer's values in place on any host.
+_NUMPY_WIRE_DTYPES: Mapping[str, np.dtype] = {
+    name: dtype.newbyteorder("<") for name, dtype in _NUMPY_DTYPES.items()
+}
 _LITTLE_ENDIAN = sys.byteorder == "little"
 MAX_NDIM = 8
 DEFAULT_MAX_TENSOR_BYTES = 512 * 2**20
@@ -102,6 +108,19 @@ class TensorSpec:
     dtypes: frozenset[str]
     shape: tuple[int | str | None, ...] | None = None
     require_finite: bool = False
+    check: Callable[[np.ndarray], None] | None = None
+    """Checks of the values (a mask's 0/1, a label's range), given the
+    elements as a read-only numpy array of the tensor's shape; raises
+    WireError. The assembler calls it the moment the tensor is complete,
+    before its frame is handed on: a step's small tensors come first, so
+    their checks run while its activations are still arriving (issue 13),
+    and a bad value is refused before the rest of the step is received. For
+    dtypes numpy has (not bfloat16); the array must not outlive the call,
+    as the buffer under it is reused."""
+
+    def __post_init__(self) -> None:
+        if self.check is not None and "bfloat16" in self.dtypes:
+            raise ValueError(f"TensorSpec {self.name!r}: a value check cannot read bfloat16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +464,8 @@ class _Partial:
     checked: int = 0
     """Elements already checked for NaN and Inf (whole elements received)."""
     all_finite: bool = True
+    check: Callable[[np.ndarray], None] | None = None
+    """The spec's value check, run once the tensor is complete."""
 
     @property
     def name(self) -> str:
@@ -493,7 +514,8 @@ class ChunkAssembler:
     FINITE_CHECK_BYTES of them (or the last chunk) are written, so the check
     reads data still in cache and the tensor is never read again for it; a
     non-finite value is reported, with its count and first index, when the
-    tensor completes. Any violation raises
+    tensor completes, and then the spec's value check runs (TensorSpec.check).
+    Any violation raises
     WireError naming the field and the values.
 
     `specs=None` accepts any name with any allowed dtype and shape.
@@ -575,6 +597,10 @@ class ChunkAssembler:
         frame = TensorFrame(name=cur.name, dtype=cur.dtype, shape=cur.shape, data=cur.buf)
         if not cur.all_finite and cur.elements is not None:
             _raise_non_finite(cur.name, cur.elements)
+        if cur.check is not None:
+            values = cur.array.view(_NUMPY_WIRE_DTYPES[cur.dtype]).reshape(cur.shape)
+            values.flags.writeable = False
+            cur.check(values)
         self.frames[cur.name] = frame
         return frame
 
@@ -627,7 +653,11 @@ class ChunkAssembler:
 
                 elements = torch.frombuffer(buf, dtype=_torch_dtype(chunk.dtype))
         self._current = _Partial(
-            key=(name, chunk.dtype, shape, total), buf=buf, array=array, elements=elements
+            key=(name, chunk.dtype, shape, total),
+            buf=buf,
+            array=array,
+            elements=elements,
+            check=spec.check if spec is not None else None,
         )
         return self._current
 

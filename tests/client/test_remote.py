@@ -122,7 +122,8 @@ def test_pull_global_returns_once_the_fed_server_answers() -> None:
 def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
     from fedsllm.roles import build_part
     from main_server.compute import ServerTrainer
-    from main_server.service import MainServerService, StepLimits
+    from main_server.service import MainServerService
+    from main_server.step_checks import StepLimits
 
     scenario = load_scenario(overrides=["model.pretrain_steps=0", "data.seq_len=8"])
     part, tokenizer, cfg = build_part(scenario, "server")

@@ -14,7 +14,8 @@ import torch
 from fedsllm.model.lora import adapter_to_bytes
 from fedsllm.trace import Tracer
 from main_server.compute import LocalWorker, ServerTrainer, StepQueue
-from main_server.service import MainServerService, StepLimits
+from main_server.service import MainServerService
+from main_server.step_checks import StepLimits
 
 
 def tiny_server_part(seq_len: int = 16) -> tuple[torch.nn.Module, int, int]:

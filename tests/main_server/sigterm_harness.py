@@ -22,7 +22,8 @@ from fedsllm.trace import Tracer
 from fedsllm.wire.rpc import create_server
 from main_server.__main__ import LocalCheckpoints, serve_until_stopped
 from main_server.compute import LocalWorker, ServerStepResult, ServerTrainer, StepJob, StepQueue
-from main_server.service import MainServerService, StepLimits
+from main_server.service import MainServerService
+from main_server.step_checks import StepLimits
 
 HASH = "sigterm-test"
 

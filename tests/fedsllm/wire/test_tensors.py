@@ -720,3 +720,44 @@ def test_chunk_prefixes_are_cached_exact_and_bounded(monkeypatch: pytest.MonkeyP
     assert codec._PREFIXES.keys() == cached.keys()
     assert all(codec._PREFIXES[k] is v for k, v in cached.items())
     encode_all(tensor_to_frame("u", torch.arange(400, dtype=torch.float32)))  # 25 chunks
+
+
+@pytest.mark.parametrize("wire", ["int64", "int32", "float32", "float16", "uint8", "bool"])
+def test_spec_value_check_sees_the_complete_tensor_once(wire: str) -> None:
+    """TensorSpec.check runs when the last chunk is in, not before, with the
+    tensor's values (shape and dtype as sent) read-only in place."""
+    tensor = (torch.arange(60) % 7).reshape(3, 4, 5).to(DTYPES[wire])
+    seen: list[np.ndarray] = []
+
+    def check(values: np.ndarray) -> None:
+        seen.append(values.copy())
+        with pytest.raises(ValueError, match="read-only"):
+            values[0, 0, 0] = 0
+
+    spec = TensorSpec("t", frozenset({wire}), check=check)
+    assembler = ChunkAssembler.for_specs([spec])
+    chunks = list(frame_to_chunks(tensor_to_frame("t", tensor), 7))
+    assert len(chunks) > 2
+    for chunk in chunks[:-1]:
+        assert assembler.feed(chunk) is None
+    assert seen == []
+    assembler.feed(chunks[-1])
+    assert len(seen) == 1
+    assert seen[0].shape == (3, 4, 5)
+    np.testing.assert_array_equal(seen[0], tensor.numpy())
+
+
+def test_spec_value_check_refusal_keeps_the_frame_out() -> None:
+    def refuse(_values: np.ndarray) -> None:
+        raise WireError("t", "refused by its check")
+
+    assembler = ChunkAssembler.for_specs([TensorSpec("t", frozenset({"int64"}), check=refuse)])
+    with pytest.raises(WireError, match="refused by its check"):
+        for chunk in frame_to_chunks(tensor_to_frame("t", torch.arange(10)), 16):
+            assembler.feed(chunk)
+    assert assembler.frames == {}
+
+
+def test_spec_value_check_refuses_bfloat16() -> None:
+    with pytest.raises(ValueError, match="bfloat16"):
+        TensorSpec("t", frozenset({"float32", "bfloat16"}), check=lambda _values: None)
