@@ -471,10 +471,13 @@ class StepUpload:
     frames: dict[str, TensorFrame]
     receive_s: float
     """From the header's arrival to the end marker's, seconds."""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The frames as torch tensors over the same buffers, made by the reader's
+    assembler as each tensor started arriving (ChunkAssembler.make_tensors)."""
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         # The assembler's buffers are owned by this record alone: no copy.
-        return frame_to_tensor(self.frames[name], dtype, copy=False)
+        return _received_tensor(self.frames, self.tensors, name, dtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,9 +488,25 @@ class StepDownload:
     frames: dict[str, TensorFrame]
     receive_s: float
     """From the result's arrival to the last chunk's, seconds."""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """As StepUpload.tensors."""
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return frame_to_tensor(self.frames[name], dtype, copy=False)
+        return _received_tensor(self.frames, self.tensors, name, dtype)
+
+
+def _received_tensor(
+    frames: dict[str, TensorFrame],
+    tensors: dict[str, torch.Tensor],
+    name: str,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """A received tensor, as `dtype` if given: the one the assembler made, else
+    made from its frame (no copy either way)."""
+    t = tensors.get(name)
+    if t is None:
+        return frame_to_tensor(frames[name], dtype, copy=False)
+    return t if dtype is None or dtype == t.dtype else t.to(dtype)
 
 
 def _step_assembler(
@@ -503,7 +522,9 @@ def _step_assembler(
         raise WireError(
             field, f"names unexpected tensor(s) {unknown} (accepted: {sorted(by_name)})"
         )
-    return ChunkAssembler(limits=limits, specs={n: by_name[n] for n in names}, buffers=buffers)
+    return ChunkAssembler(
+        limits=limits, specs={n: by_name[n] for n in names}, buffers=buffers, make_tensors=True
+    )
 
 
 def read_uplink(
@@ -552,7 +573,10 @@ def read_uplink(
             raise WireError(field, "end without a step header")
         frames = assembler.finish(header.tensor_names)
         upload = StepUpload(
-            header=header, frames=dict(frames), receive_s=time.perf_counter() - started
+            header=header,
+            frames=dict(frames),
+            receive_s=time.perf_counter() - started,
+            tensors=dict(assembler.tensors),
         )
         header, assembler = None, None
         return upload
@@ -669,6 +693,7 @@ def read_downlink(
                 result=result,  # type: ignore[arg-type]
                 frames=dict(assembler.frames),  # type: ignore[union-attr]
                 receive_s=time.perf_counter() - started,
+                tensors=dict(assembler.tensors),  # type: ignore[union-attr]
             )
             result, assembler = None, None
     if result is not None:

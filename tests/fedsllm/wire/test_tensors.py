@@ -761,3 +761,41 @@ def test_spec_value_check_refusal_keeps_the_frame_out() -> None:
 def test_spec_value_check_refuses_bfloat16() -> None:
     with pytest.raises(ValueError, match="bfloat16"):
         TensorSpec("t", frozenset({"float32", "bfloat16"}), check=lambda _values: None)
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+def test_assembler_makes_tensors_over_its_buffers(name: str) -> None:
+    """make_tensors: each finished tensor equals the one sent, bit for bit,
+    and lies in the frame's buffer (no copy); without it, none is made."""
+    x = _sample(DTYPES[name], (3, 5, 7))
+    chunks = list(frame_to_chunks(tensor_to_frame("t", x), 13))
+    made = ChunkAssembler(make_tensors=True)
+    plain = ChunkAssembler()
+    for chunk in chunks:
+        made.feed(chunk)
+        plain.feed(chunk)
+    assert plain.tensors == {}
+    t = made.tensors["t"]
+    assert t.dtype == x.dtype and t.shape == x.shape
+    assert torch.equal(t.view(torch.uint8), x.view(torch.uint8))
+    buf = np.frombuffer(made.frames["t"].data, dtype=np.uint8)
+    assert t.data_ptr() == buf.ctypes.data
+
+
+def test_received_tensor_uses_the_assembled_one() -> None:
+    """StepUpload.tensor hands out the assembler's tensor itself, cast when
+    asked; a record without one falls back to its frame."""
+    from fedsllm.wire.messages import StepHeaderInfo
+    from fedsllm.wire.train import StepUpload
+
+    x = torch.arange(12, dtype=torch.int64).reshape(3, 4)
+    assembler = ChunkAssembler(make_tensors=True)
+    for chunk in frame_to_chunks(tensor_to_frame("t", x), 40):
+        assembler.feed(chunk)
+    header = StepHeaderInfo(round=0, step=0, mode="eval", downlink_bps=0.0, tensor_names=("t",))
+    upload = StepUpload(header, dict(assembler.frames), 0.0, dict(assembler.tensors))
+    assert upload.tensor("t") is assembler.tensors["t"]
+    as_float = upload.tensor("t", torch.float32)
+    assert as_float.dtype == torch.float32 and torch.equal(as_float, x.float())
+    bare = StepUpload(header, dict(assembler.frames), 0.0)
+    assert torch.equal(bare.tensor("t"), x)
