@@ -74,7 +74,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -121,17 +121,17 @@ TINY_BYTES = 1024
 
 
 @functools.cache
-def _specs(validate: bool) -> list[TensorSpec]:
+def _specs(validate: bool) -> tuple[TensorSpec, ...]:
     """The server's specs: with validation, the main server's own
     (main_server.step_checks: shapes, finiteness, mask and label values),
     built once, as the main server builds them."""
     if not validate:
-        return [
+        return (
             TensorSpec("activations", FLOATS),
             TensorSpec("attention_mask", INTS),
             TensorSpec("labels", INTS),
-        ]
-    return step_specs(ECHO_LIMITS)
+        )
+    return tuple(step_specs(ECHO_LIMITS))
 
 
 ECHO_LIMITS = StepLimits(
@@ -162,17 +162,17 @@ def skipped(step: int) -> bool:
     return step % 4 in (1, 2)
 
 
-def server_specs(validate: bool, skip: str, step: int) -> list[TensorSpec]:
+def server_specs(validate: bool, skip: str, step: int) -> Sequence[TensorSpec]:
     """The specs the server reads step `step` with: _specs(validate), less the
     check `skip` names where skipped(step)."""
     specs = _specs(validate)
     if not validate or not skipped(step) or skip not in ("finite", "values", "shapes"):
         return specs
     if skip == "finite":
-        return [dataclasses.replace(spec, require_finite=False) for spec in specs]
+        return tuple(dataclasses.replace(spec, require_finite=False) for spec in specs)
     if skip == "values":
-        return [dataclasses.replace(spec, check=None) for spec in specs]
-    return [dataclasses.replace(spec, shape=None) for spec in specs]
+        return tuple(dataclasses.replace(spec, check=None) for spec in specs)
+    return tuple(dataclasses.replace(spec, shape=None) for spec in specs)
 
 
 class BenchServer(main_server_pb2_grpc.MainServerServicer):

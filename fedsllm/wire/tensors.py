@@ -111,7 +111,8 @@ class TensorSpec:
     check: Callable[[np.ndarray], None] | None = None
     """Checks of the values (a mask's 0/1, a label's range), given the
     elements as a read-only numpy array of the tensor's shape; raises
-    WireError. The assembler calls it the moment the tensor is complete,
+    WireError for a bad value (anything else it raises is a bug, and passes
+    through as such). The assembler calls it the moment the tensor is complete,
     before its frame is handed on: a step's small tensors come first, so
     their checks run while its activations are still arriving (issue 13),
     and a bad value is refused before the rest of the step is received. For

@@ -501,8 +501,10 @@ def _received_tensor(
     name: str,
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    """A received tensor, as `dtype` if given: the one the assembler made, else
-    made from its frame (no copy either way)."""
+    """A received tensor, as `dtype` if given: the one the assembler made (the
+    same tensor object on every call: change it in place and every later call
+    sees the change), else made from its frame. No copy unless cast (or on a
+    big-endian host, where frame_to_tensor byte-swaps)."""
     t = tensors.get(name)
     if t is None:
         return frame_to_tensor(frames[name], dtype, copy=False)

@@ -50,7 +50,13 @@ def test_the_server_leaves_out_only_the_named_check_on_skipped_steps(costs) -> N
     assert wt.server_specs(True, "finite", 0) == full
     acts, *rest = wt.server_specs(True, "finite", 1)
     assert not acts.require_finite and acts.shape == full[0].shape
-    assert rest == full[1:]
+    assert tuple(rest) == full[1:]
+    # The mask's and the labels' value checks, and nothing else.
+    assert [s.check is not None for s in full] == [False, True, True]
+    assert wt.server_specs(True, "values", 0) == full
+    unchecked = wt.server_specs(True, "values", 1)
+    assert [s.check for s in unchecked] == [None] * 3
+    assert [dataclasses.replace(s, check=None) for s in full] == list(unchecked)
     assert [s.shape for s in wt.server_specs(True, "shapes", 2)] == [None] * 3
     assert wt.server_specs(True, "shapes", 3) == full
     assert wt.server_specs(False, "finite", 1) == wt._specs(False)

@@ -37,7 +37,7 @@ VALUE_LIMITS = StepLimits(
 """Limits of the value-check tests (no gRPC): a 259-token vocabulary."""
 
 
-def check_step_values(mask: torch.Tensor, labels: torch.Tensor) -> None:
+def assemble_mask_and_labels(mask: torch.Tensor, labels: torch.Tensor) -> None:
     """The two small tensors through the main server's specs, in small chunks,
     as its assembler reads them."""
     assembler = ChunkAssembler.for_specs(step_specs(VALUE_LIMITS))
@@ -68,10 +68,10 @@ def test_step_values_checked_without_grpc(mask_value: int, label_value: int, nee
     mask[1, 3] = mask_value
     labels[1, 5] = label_value
     if needle is None:
-        check_step_values(mask, labels)
+        assemble_mask_and_labels(mask, labels)
         return
     with pytest.raises(WireError, match=re.escape(needle)):
-        check_step_values(mask, labels)
+        assemble_mask_and_labels(mask, labels)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_step_values_checked_without_grpc(mask_value: int, label_value: int, nee
 )
 def test_batch_and_sequence_limits_refused(shape: tuple[int, int], field: str) -> None:
     with pytest.raises(WireError) as info:
-        check_step_values(torch.ones(shape, dtype=torch.int64), torch.zeros(shape).long())
+        assemble_mask_and_labels(torch.ones(shape, dtype=torch.int64), torch.zeros(shape).long())
     assert info.value.field == field
     assert "expected <=" in str(info.value)
 
@@ -93,10 +93,10 @@ def test_step_without_a_token_to_predict_is_refused(kept_column: int, refused: b
     labels = torch.full((B, T), -100, dtype=torch.int64)
     labels[:, kept_column] = 7
     if not refused:
-        check_step_values(mask, labels)
+        assemble_mask_and_labels(mask, labels)
         return
     with pytest.raises(WireError, match="no token to predict"):
-        check_step_values(mask, labels)
+        assemble_mask_and_labels(mask, labels)
 
 
 @pytest.mark.parametrize("ignored", [False, True])
@@ -108,8 +108,8 @@ def test_single_column_batch_has_no_token_to_predict(ignored: bool) -> None:
     if ignored:
         labels[0, 0] = -100
     with pytest.raises(WireError, match="no token to predict"):
-        check_step_values(mask, labels)
-    check_step_values(torch.ones(B, 2, dtype=torch.int64), labels.repeat(1, 2))
+        assemble_mask_and_labels(mask, labels)
+    assemble_mask_and_labels(torch.ones(B, 2, dtype=torch.int64), labels.repeat(1, 2))
 
 
 class _Counted:

@@ -587,6 +587,28 @@ def test_receive_buffers_reused_only_when_released() -> None:
     assert torch.equal(frame_to_tensor(third), torch.arange(128, 192, dtype=torch.float32))
 
 
+def test_receive_buffers_kept_while_an_assembled_tensor_lives() -> None:
+    """make_tensors: the assembler's own tensor over a pooled buffer keeps the
+    buffer from reuse as long as the caller holds it, like any view."""
+    buffers = ReceiveBuffers()
+
+    def assemble(x: torch.Tensor) -> torch.Tensor:
+        asm = ChunkAssembler(buffers=buffers, make_tensors=True)
+        for chunk in frame_to_chunks(tensor_to_frame("a", x), 40):
+            asm.feed(chunk)
+        return asm.tensors["a"]
+
+    held = assemble(torch.arange(64, dtype=torch.float32))
+    address = held.data_ptr()
+    second = assemble(torch.arange(64, 128, dtype=torch.float32))
+    assert second.data_ptr() != address
+    assert torch.equal(held, torch.arange(64, dtype=torch.float32))  # untouched
+    del held, second
+    third = assemble(torch.arange(128, 192, dtype=torch.float32))
+    assert third.data_ptr() == address
+    assert torch.equal(third, torch.arange(128, 192, dtype=torch.float32))
+
+
 def test_receive_buffers_are_bounded() -> None:
     buffers = ReceiveBuffers(max_buffers=2)
     held = [buffers.take(n) for n in (8, 16, 24)]
@@ -743,7 +765,7 @@ def test_spec_value_check_sees_the_complete_tensor_once(wire: str) -> None:
     assert seen == []
     assembler.feed(chunks[-1])
     assert len(seen) == 1
-    assert seen[0].shape == (3, 4, 5)
+    assert seen[0].shape == (3, 4, 5) and seen[0].dtype == np.dtype(wire)
     np.testing.assert_array_equal(seen[0], tensor.numpy())
 
 

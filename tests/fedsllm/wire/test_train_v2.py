@@ -130,8 +130,9 @@ def test_step_round_trip_bit_exact(name: str, shape: tuple[int, ...], wire: str)
             assert (out.dtype, out.shape) == (name, shape)
             assert bytes(out.data) == bytes(frame.data), chunk_bytes
             assert bytes(upload.frames["small"].data) == bytes(small.data)
-            y = upload.tensor("t")
+            y = upload.tensor("t")  # made before its bytes arrived (make_tensors)
             assert y.dtype == x.dtype and y.shape == x.shape
+            assert bytes(y.reshape(-1).view(torch.uint8).numpy()) == bytes(frame.data)
 
         grad = TensorFrame("activations_grad", frame.dtype, frame.shape, frame.data)
         down: list = [WELCOME]
@@ -142,6 +143,9 @@ def test_step_round_trip_bit_exact(name: str, shape: tuple[int, ...], wire: str)
         train, evals = replies[1:]
         assert isinstance(train, StepDownload) and train.result == _result(0, ("activations_grad",))
         assert bytes(train.frames["activations_grad"].data) == bytes(frame.data), chunk_bytes
+        g = train.tensor("activations_grad")
+        assert g.dtype == x.dtype and g.shape == x.shape
+        assert bytes(g.reshape(-1).view(torch.uint8).numpy()) == bytes(frame.data)
         assert evals.result == _result(1, ()) and evals.frames == {}
 
 
