@@ -672,7 +672,11 @@ class ChunkAssembler:
             array=array,
             elements=elements,
             check=spec.check if spec is not None else None,
-            tensor=_tensor_over(buf, array, chunk.dtype, shape) if self.make_tensors else None,
+            # Over the buffer before its bytes are in; not where the wire's byte
+            # order is not the host's (frame_to_tensor would copy to swap them).
+            tensor=frame_to_tensor(TensorFrame(name, chunk.dtype, shape, buf), copy=False)
+            if self.make_tensors and _LITTLE_ENDIAN
+            else None,
         )
         return self._current
 
@@ -729,22 +733,6 @@ class ChunkAssembler:
                 f"{cur.name}.total_bytes",
                 f"={chunk.total_bytes} in a later chunk, first chunk said {cur.total}",
             )
-
-
-def _tensor_over(
-    buf: memoryview, array: np.ndarray, dtype: str, shape: tuple[int, ...]
-) -> torch.Tensor | None:
-    """A torch tensor of `shape` over a receive buffer (`array` is the same
-    bytes as numpy), made before the bytes are in. None on a big-endian
-    host, where the wire's byte order is not the tensor's."""
-    if not _LITTLE_ENDIAN:  # pragma: no cover - x86/arm are little-endian
-        return None
-    import torch
-
-    np_dtype = _NUMPY_DTYPES.get(dtype)
-    if np_dtype is not None:  # one torch call
-        return torch.from_numpy(array.view(np_dtype).reshape(shape))
-    return torch.frombuffer(buf, dtype=_torch_dtype(dtype)).reshape(shape)
 
 
 def _spec_text(shape: tuple[Any, ...]) -> str:
