@@ -87,7 +87,7 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """(value, next position); (-1, end + 1) when the varint runs past `end`."""
     if pos < end and buf[pos] < 0x80:
         return buf[pos], pos + 1
@@ -168,10 +168,10 @@ def encoded_chunk_bytes(envelope_field: int, chunk: Chunk) -> int:
 def _skip(buf: bytes, pos: int, wire_type: int, end: int) -> int:
     """Position after one field value; end + 1 when malformed or past `end`."""
     if wire_type == _VARINT:
-        _, pos = _read_varint(buf, pos, end)
+        _, pos = read_varint(buf, pos, end)
         return pos
     if wire_type == _LEN:
-        length, pos = _read_varint(buf, pos, end)
+        length, pos = read_varint(buf, pos, end)
         return end + 1 if length < 0 else pos + length
     if wire_type == _I64:
         return pos + 8
@@ -228,7 +228,7 @@ def _envelope_body(envelope_field: int, buf: bytes) -> int:
     total = len(buf)
     if total < 2 or buf[0] != (envelope_field << 3 | _LEN):
         return -1
-    length, pos = _read_varint(buf, 1, total)
+    length, pos = read_varint(buf, 1, total)
     if length < 0 or pos + length != total:
         return -1
     return pos
@@ -252,10 +252,10 @@ def _decode_hinted(buf: bytes, pos: int, total: int) -> _ChunkFields | None:
         p = pos + len(header)
         offset = 0
         if p < total and buf[p] == _OFFSET_KEY:
-            offset, p = _read_varint(buf, p + 1, total)
+            offset, p = read_varint(buf, p + 1, total)
         if p >= total or buf[p] != _DATA_KEY:
             return None
-        num_bytes, start = _read_varint(buf, p + 1, total)
+        num_bytes, start = read_varint(buf, p + 1, total)
         if offset < 0 or start + num_bytes != total:
             return None
         return (*fields, offset, start, total)
@@ -283,18 +283,18 @@ def _chunk_fields(buf: bytes, pos: int, total: int) -> _ChunkFields | None:
     offset = 0
     data = (0, 0)
     while pos < total:
-        key, value_pos = _read_varint(buf, pos, total)
+        key, value_pos = read_varint(buf, pos, total)
         if key < 0:
             return None
         field, wire_type = key >> 3, key & 7
         if field == _DATA_FIELD and wire_type == _LEN:
-            num_bytes, data_pos = _read_varint(buf, value_pos, total)
+            num_bytes, data_pos = read_varint(buf, value_pos, total)
             if num_bytes < 0 or data_pos + num_bytes > total:
                 return None
             data = (data_pos, data_pos + num_bytes)
             pos = data_pos + num_bytes
         elif field == _OFFSET_FIELD and wire_type == _VARINT:
-            offset, pos = _read_varint(buf, value_pos, total)
+            offset, pos = read_varint(buf, value_pos, total)
             if offset < 0:
                 return None
         else:
@@ -475,7 +475,7 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayo
     base = 0
     tables = _MESSAGES
     if pos < total and buf[pos] == _HEAD_KEY:
-        length, start = _read_varint(buf, pos + 1, total)
+        length, start = read_varint(buf, pos + 1, total)
         if length < 0 or start + length > total:
             return None
         head = (start, start + length)
@@ -532,12 +532,12 @@ def _decode_layout(
         if key < 0x80:  # a one-byte key, as every field here is written: no call
             value_pos = pos + 1
         else:
-            key, value_pos = _read_varint(buf, pos, total)
+            key, value_pos = read_varint(buf, pos, total)
             if key < 0:
                 return None
         field, wire_type = key >> 3, key & 7
         if wire_type == _LEN and field in (PART_CHUNKS_FIELD, PART_HEAD_FIELD):
-            length, start = _read_varint(buf, value_pos, total)
+            length, start = read_varint(buf, value_pos, total)
             if length < 0 or start + length > total:
                 return None
             pos = start + length
@@ -554,7 +554,7 @@ def _decode_layout(
             chunks.append(((name, dtype, shape, size), offset, a, b))
             payload += b - a
         elif field == PART_END_FIELD and wire_type == _VARINT:
-            value, pos = _read_varint(buf, value_pos, total)
+            value, pos = read_varint(buf, value_pos, total)
             if value < 0:
                 return None
             end = value != 0

@@ -60,6 +60,14 @@ from fedsllm.wire.codec import (
     layout_chunks,
     part_body,
     pieces_bytes,
+    read_varint,
+    varint,
+)
+from fedsllm.wire.heads import (
+    parse_step_header,
+    parse_step_result,
+    serialize_step_header,
+    serialize_step_result,
 )
 from fedsllm.wire.messages import (
     StepEndInfo,
@@ -103,6 +111,8 @@ TRAIN_METHOD = "/fedsllm.proto.MainServer/Train"
 _CHUNK_FIELD = 3
 _REQUEST_PART_FIELD = 5
 _RESPONSE_PART_FIELD = 4
+_RESULT_KEY = 2 << 3 | 2
+"""TrainResponse.result's key (field 2, length-delimited)."""
 
 # ---------------------------------------------------------------- parts
 
@@ -126,7 +136,7 @@ class StepPart:
         if self._pieces is None:
             head = None
             if self.header is not None:
-                head = step_header_to_proto(self.header).SerializeToString()
+                head = serialize_step_header(self.header)
             body = self._body or part_body(self.chunks, self.end)
             self._pieces = enveloped(_REQUEST_PART_FIELD, head, *body)
         return self._pieces
@@ -148,7 +158,7 @@ class ReplyPart:
         if self._pieces is None:
             head = None
             if self.result is not None:
-                head = step_result_to_proto(self.result).SerializeToString()
+                head = serialize_step_result(self.result)
             body = self._body or part_body(self.chunks, False)
             self._pieces = enveloped(_RESPONSE_PART_FIELD, head, *body)
         return self._pieces
@@ -158,9 +168,10 @@ class ReplyPart:
 class ReceivedPart:
     """A StepPart or ReplyPart as the deserializer leaves it: the message bytes,
     the layout fedsllm.wire.codec read (or matched) in them, and the head
-    (StepHeader or StepResult, still a protobuf message; None on all but a
-    step's first). The readers feed the layout's chunks to their assembler
-    without making a Chunk of each; `chunks` makes them for everyone else."""
+    (the StepHeader's or StepResult's fields as fedsllm.wire.heads read them,
+    not yet validated; None on all but a step's first). The readers feed
+    the layout's chunks to their assembler without making a Chunk of each;
+    `chunks` makes them for everyone else."""
 
     layout: PartLayout
     buf: bytes
@@ -175,6 +186,14 @@ class ReceivedPart:
     @property
     def end(self) -> bool:
         return self.layout.end
+
+
+@dataclass(slots=True)
+class ReceivedResult:
+    """A reply without tensors (TrainResponse.result) as the deserializer
+    leaves it: the StepResult's fields, not yet validated."""
+
+    fields: Any
 
 
 UplinkItem = TrainHelloInfo | StepHeaderInfo | StepEndInfo | StepPart
@@ -271,6 +290,8 @@ def parse_train_response(
     if type(msg) is ReceivedPart:
         result = None if msg.head is None else step_result_from_proto(msg.head)
         return ReplyPart(msg.chunks, result)
+    if type(msg) is ReceivedResult:
+        return step_result_from_proto(msg.fields)
     if isinstance(msg, (ReplyPart, Chunk, TrainWelcomeInfo, StepResultInfo)):
         return msg
     kind = msg.WhichOneof("kind")
@@ -309,17 +330,18 @@ def encode_train_request(item: Any) -> bytes:
 
 
 def decode_train_request(buf: bytes) -> main_server_pb2.TrainRequest | ReceivedPart | Chunk:
-    """gRPC request deserializer: a ReceivedPart (its header still a protobuf
-    message) or a Chunk, their data viewing `buf`, or a TrainRequest for every
+    """gRPC request deserializer: a ReceivedPart (its header's fields read by
+    fedsllm.wire.heads) or a Chunk, their data viewing `buf`, or a TrainRequest for every
     other kind. Nothing is validated here (a WireError raised inside gRPC's
     deserializer would reach the client as INTERNAL); read_uplink does it.
     Bytes protobuf cannot parse raise, as protobuf's own parser would."""
     part = decode_part(_REQUEST_PART_FIELD, buf)
-    if part is not None and part[0] is None:  # the usual message: no header
-        return ReceivedPart(part[1], buf, part[2])
+    if part is not None:  # the usual message
+        head, layout, base = part
+        return ReceivedPart(layout, buf, base, None if head is None else parse_step_header(head))
     from fedsllm.proto import main_server_pb2 as pb
 
-    return _decode_other(buf, part, pb.StepHeader, pb.TrainRequest)
+    return _decode_other(buf, pb.TrainRequest)
 
 
 def encode_train_response(item: Any) -> bytes:
@@ -332,32 +354,45 @@ def encode_train_response(item: Any) -> bytes:
         return item.buf
     if isinstance(item, Chunk):
         return encode_chunk(_CHUNK_FIELD, item)
+    if type(item) is StepResultInfo:  # a reply without tensors, every EVAL step
+        result = serialize_step_result(item)
+        return bytes((_RESULT_KEY,)) + varint(len(result)) + result
     if isinstance(item, (TrainWelcomeInfo, StepResultInfo)):
         item = train_response(item)
     return item.SerializeToString()
 
 
-def decode_train_response(buf: bytes) -> main_server_pb2.TrainResponse | ReceivedPart | Chunk:
-    """gRPC response deserializer (see decode_train_request)."""
+def decode_train_response(
+    buf: bytes,
+) -> main_server_pb2.TrainResponse | ReceivedPart | ReceivedResult | Chunk:
+    """gRPC response deserializer (see decode_train_request); a reply without
+    tensors is a ReceivedResult."""
     part = decode_part(_RESPONSE_PART_FIELD, buf)
-    if part is not None and part[0] is None:  # the usual message: no result
-        return ReceivedPart(part[1], buf, part[2])
+    if part is not None:  # the usual message
+        head, layout, base = part
+        return ReceivedPart(layout, buf, base, None if head is None else parse_step_result(head))
+    result = _result_only(buf)
+    if result is not None:  # a reply without tensors (EVAL mode)
+        return ReceivedResult(parse_step_result(result))
     from fedsllm.proto import main_server_pb2 as pb
 
-    return _decode_other(buf, part, pb.StepResult, pb.TrainResponse)
+    return _decode_other(buf, pb.TrainResponse)
 
 
-def _decode_other(
-    buf: bytes,
-    part: tuple[bytes | None, PartLayout, int] | None,
-    head_type: type[Message],
-    envelope: type[Message],
-) -> Any:
-    """The rest of a Train deserializer: a part with its head parsed as
-    `head_type`, a chunk, or the whole message parsed as `envelope`."""
-    if part is not None:
-        head, layout, base = part
-        return ReceivedPart(layout, buf, base, head_type.FromString(head))
+def _result_only(buf: bytes) -> bytes | None:
+    """The StepResult of a TrainResponse whose one field is `result` (a
+    reply without tensors), else None."""
+    if not buf or buf[0] != _RESULT_KEY:
+        return None
+    length, start = read_varint(buf, 1, len(buf))
+    if length < 0 or start + length != len(buf):
+        return None
+    return buf[start:]
+
+
+def _decode_other(buf: bytes, envelope: type[Message]) -> Any:
+    """The rest of a Train deserializer: a chunk, or the whole message parsed
+    as `envelope`."""
     chunk = decode_chunk(_CHUNK_FIELD, buf)
     if chunk is not None:
         return chunk

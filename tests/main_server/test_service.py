@@ -453,7 +453,7 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
     version 1 paced. Either way pace() sees each gradient message's wire size
     before it is sent, the first flagged new."""
     from fedsllm.wire.rpc import make_channel
-    from fedsllm.wire.train import ReceivedPart, encode_train_response
+    from fedsllm.wire.train import ReceivedPart, ReceivedResult, encode_train_response
 
     charged: list[tuple[int, float, int, bool]] = []
     header = StepHeaderInfo(
@@ -471,7 +471,7 @@ def test_reply_layout_and_pacing_charge_every_message(downlink_bps: float) -> No
         assert replies[0].head is not None and replies[1].head is None
         charged_msgs = replies
     else:
-        assert replies[0].WhichOneof("kind") == "result"
+        assert type(replies[0]) is ReceivedResult  # TrainResponse.result, alone
         assert [type(r).__name__ for r in replies[1:]] == ["Chunk", "Chunk"]
         charged_msgs = replies[1:]
     assert charged == [
