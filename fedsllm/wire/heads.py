@@ -13,22 +13,24 @@ head costs a fraction of that and touches none of protobuf's code.
 The bytes are exactly what `SerializeToString` writes: fields in number
 order, zeros omitted (a double is omitted only when all its bits are zero,
 so -0.0 is written), varints for the integers, enum and bool, little-endian
-doubles. Reading accepts the usual layout (known fields, any order, repeated
-scalars: the last wins, as in protobuf) into a plain record with the
+doubles. Reading takes the usual layout (known fields, each with its own
+wire type and a value protobuf keeps as it is, in any order; a repeated
+scalar's last value wins, as in protobuf) into a plain record with the
 message's field names, which `step_header_from_proto` and
-`step_result_from_proto` validate as they do protobuf's message. Anything
-else (an unknown field, another wire type, a value out of the field's
-range, malformed bytes, invalid UTF-8) is handed to protobuf's own parser,
-which decodes or raises exactly as it always did. Values the writer does
-not cover (an int out of range, a non-str name) go through protobuf too, so
-they raise what they raised before.
+`step_result_from_proto` validate as they validate protobuf's message.
+Anything else (an unknown field, another wire type, a varint protobuf
+would truncate to the field's width, malformed bytes, invalid UTF-8) is
+handed to protobuf's own parser, which decodes or raises exactly as it
+always did. A value the writer does not cover (an int out of range, a name
+that is not a str) goes through protobuf too, so it raises what it raised
+before.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsllm.wire.codec import read_varint, varint
 from fedsllm.wire.messages import (
@@ -38,11 +40,16 @@ from fedsllm.wire.messages import (
     step_result_to_proto,
 )
 
+if TYPE_CHECKING:
+    from fedsllm.proto import main_server_pb2
+
 _DOUBLE = struct.Struct("<d")
+_ZERO_DOUBLE = bytes(8)
 _UINT32_END = 1 << 32
 _UINT64_END = 1 << 64
 _ENUM_END = 1 << 31
-"""Enum values at or above this are negative int32s on the wire: left to protobuf."""
+"""Enum values from here on are not read back as written (protobuf keeps an
+enum's low 32 bits, as a signed int32): left to protobuf."""
 
 _MODE_NUMBERS = {"train": 1, "eval": 2}
 """StepMode numbers of messages.STEP_MODES (main_server.proto: STEP_MODE_TRAIN,
@@ -82,7 +89,8 @@ class ResultFields:
 
 def _double(tag: bytes, value: Any) -> bytes:
     """A double field, b"" when its bits are all zero (as protobuf omits it);
-    TypeError for a value that is not a float or an int."""
+    TypeError for a value that is not a float or an int, OverflowError or
+    struct.error for an int beyond a double."""
     if type(value) is not float and type(value) is not int:
         raise TypeError(value)
     packed = _DOUBLE.pack(value)
@@ -109,29 +117,30 @@ def _strings(tag: bytes, values: Any) -> bytes:
     return out
 
 
-_ZERO_DOUBLE = bytes(8)
+_NOT_COVERED = (TypeError, OverflowError, struct.error, UnicodeEncodeError)
+"""What the writer's helpers raise for a value they leave to protobuf."""
 
 
 def serialize_step_header(info: StepHeaderInfo) -> bytes:
     """`step_header_to_proto(info).SerializeToString()`, without protobuf
     (which still writes, or refuses, what this does not cover)."""
     mode = _MODE_NUMBERS.get(info.mode)
+    if mode is None or type(info.initial_adapter) is not bool:
+        return step_header_to_proto(info).SerializeToString()
     try:
-        if mode is not None and type(info.initial_adapter) is bool:
-            return b"".join(
-                (
-                    _uint(b"\x08", info.round, _UINT32_END),
-                    _uint(b"\x10", info.step, _UINT32_END),
-                    b"\x18" + varint(mode),
-                    _double(b"\x21", info.downlink_bps),
-                    _strings(b"\x2a", info.tensor_names),
-                    _double(b"\x31", info.sent_unix_s),
-                    b"\x38\x01" if info.initial_adapter else b"",
-                )
+        return b"".join(
+            (
+                _uint(b"\x08", info.round, _UINT32_END),
+                _uint(b"\x10", info.step, _UINT32_END),
+                b"\x18" + varint(mode),
+                _double(b"\x21", info.downlink_bps),
+                _strings(b"\x2a", info.tensor_names),
+                _double(b"\x31", info.sent_unix_s),
+                b"\x38\x01" if info.initial_adapter else b"",
             )
-    except (TypeError, OverflowError, struct.error, UnicodeEncodeError):
-        pass
-    return step_header_to_proto(info).SerializeToString()
+        )
+    except _NOT_COVERED:
+        return step_header_to_proto(info).SerializeToString()
 
 
 def serialize_step_result(info: StepResultInfo) -> bytes:
@@ -152,54 +161,21 @@ def serialize_step_result(info: StepResultInfo) -> bytes:
                 _strings(b"\x5a", info.tensor_names),
             )
         )
-    except (TypeError, OverflowError, struct.error, UnicodeEncodeError):
+    except _NOT_COVERED:
         return step_result_to_proto(info).SerializeToString()
 
 
-def _read_header(buf: bytes) -> HeaderFields | None:
-    """The fields of a StepHeader in the usual layout (known fields, their own
-    wire types, values in range, any order; the last of a repeated scalar
-    wins), or None for protobuf to read."""
-    record = HeaderFields()
-    names = record.tensor_names
-    pos, end = 0, len(buf)
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x21 or tag == 0x31:  # downlink_bps, sent_unix_s
-            if pos + 9 > end:
-                return None
-            value = _DOUBLE.unpack_from(buf, pos + 1)[0]
-            if tag == 0x21:
-                record.downlink_bps = value
-            else:
-                record.sent_unix_s = value
-            pos += 9
-            continue
-        number, pos = read_varint(buf, pos + 1, end)
-        if number < 0:
-            return None
-        if tag == 0x2A:  # tensor_names
-            stop = pos + number
-            if stop > end:
-                return None
-            try:
-                names.append(buf[pos:stop].decode())
-            except UnicodeDecodeError:
-                return None
-            pos = stop
-        elif tag == 0x08 and number < _UINT32_END:
-            record.round = number
-        elif tag == 0x10 and number < _UINT32_END:
-            record.step = number
-        elif tag == 0x18 and number < _ENUM_END:
-            record.mode = number
-        elif tag == 0x38:
-            record.initial_adapter = number != 0
-        else:
-            return None
-    return record
+_Varints = dict[int, tuple[str, int, bool]]
+"""Varint fields by their tags: attribute, the end of the range protobuf keeps
+as it is, and whether the field is a bool (any value but 0 is True)."""
 
-
+_HEADER_DOUBLES = {0x21: "downlink_bps", 0x31: "sent_unix_s"}
+_HEADER_VARINTS: _Varints = {
+    0x08: ("round", _UINT32_END, False),
+    0x10: ("step", _UINT32_END, False),
+    0x18: ("mode", _ENUM_END, False),
+    0x38: ("initial_adapter", _UINT64_END, True),
+}
 _RESULT_DOUBLES = {
     0x19: "loss",
     0x29: "server_compute_s",
@@ -209,63 +185,69 @@ _RESULT_DOUBLES = {
     0x49: "server_queue_s",
     0x51: "server_receive_s",
 }
-"""StepResult's double fields by their tags."""
+_RESULT_VARINTS: _Varints = {
+    0x08: ("round", _UINT32_END, False),
+    0x10: ("step", _UINT32_END, False),
+    0x20: ("num_tokens", _UINT64_END, False),
+}
+_NAMES_TAG = {HeaderFields: 0x2A, ResultFields: 0x5A}
+"""The tag of each record's tensor_names (field 5 of StepHeader, 11 of StepResult)."""
 
 
-def _read_result(buf: bytes) -> ResultFields | None:
-    """The fields of a StepResult in the usual layout (see _read_header)."""
-    record = ResultFields()
+def _read(
+    buf: bytes, record: HeaderFields | ResultFields, doubles: dict[int, str], varints: _Varints
+) -> bool:
+    """Fill `record` from `buf` in the usual layout (see the module's
+    docstring); False for anything else, which protobuf then reads."""
+    names_tag = _NAMES_TAG[type(record)]
     names = record.tensor_names
     pos, end = 0, len(buf)
     while pos < end:
         tag = buf[pos]
-        double = _RESULT_DOUBLES.get(tag)
+        double = doubles.get(tag)
         if double is not None:
             if pos + 9 > end:
-                return None
+                return False
             setattr(record, double, _DOUBLE.unpack_from(buf, pos + 1)[0])
             pos += 9
             continue
         number, pos = read_varint(buf, pos + 1, end)
         if number < 0:
-            return None
-        if tag == 0x5A:  # tensor_names
+            return False
+        if tag == names_tag:
             stop = pos + number
             if stop > end:
-                return None
+                return False
             try:
                 names.append(buf[pos:stop].decode())
             except UnicodeDecodeError:
-                return None
+                return False
             pos = stop
-        elif tag == 0x08 and number < _UINT32_END:
-            record.round = number
-        elif tag == 0x10 and number < _UINT32_END:
-            record.step = number
-        elif tag == 0x20 and number < _UINT64_END:
-            record.num_tokens = number
-        else:
-            return None
-    return record
+            continue
+        known = varints.get(tag)
+        if known is None or number >= known[1]:
+            return False
+        setattr(record, known[0], number != 0 if known[2] else number)
+    return True
 
 
-def parse_step_header(buf: bytes) -> Any:
+def parse_step_header(buf: bytes) -> HeaderFields | main_server_pb2.StepHeader:
     """A received StepHeader's fields: a HeaderFields, or protobuf's
     StepHeader for what this reader leaves to it (raising as protobuf does
     on bytes it cannot parse). Not validated: step_header_from_proto does
     that."""
-    record = _read_header(buf)
-    if record is not None:
+    record = HeaderFields()
+    if _read(buf, record, _HEADER_DOUBLES, _HEADER_VARINTS):
         return record
     from fedsllm.proto import main_server_pb2
 
     return main_server_pb2.StepHeader.FromString(buf)
 
 
-def parse_step_result(buf: bytes) -> Any:
+def parse_step_result(buf: bytes) -> ResultFields | main_server_pb2.StepResult:
     """A received StepResult's fields (see parse_step_header)."""
-    record = _read_result(buf)
-    if record is not None:
+    record = ResultFields()
+    if _read(buf, record, _RESULT_DOUBLES, _RESULT_VARINTS):
         return record
     from fedsllm.proto import main_server_pb2
 

@@ -23,9 +23,11 @@ message out of place.
 The Train method carries its own (de)serializers (`train_call` on the
 client, `TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
 parts and chunks are framed by fedsllm.wire.codec with one copy of the
-payload, every other message goes through protobuf. A received part is a
-`ReceivedPart`: its bytes and the layout the codec read or matched in them,
-whose chunks the readers copy into their tensors without a record per chunk.
+payload, a step's header and result by fedsllm.wire.heads, and every other
+message goes through protobuf. A received part is a `ReceivedPart`: its
+bytes, the layout the codec read or matched in them, whose chunks the
+readers copy into their tensors without a record per chunk, and its head's
+fields; a reply without tensors is a `ReceivedResult`.
 Every received message is decoded (or matched) by the deserializer, so bytes
 protobuf cannot parse end the call as gRPC ends it for any failed
 deserializer (INTERNAL), whatever their kind.
@@ -64,6 +66,7 @@ from fedsllm.wire.codec import (
     varint,
 )
 from fedsllm.wire.heads import (
+    ResultFields,
     parse_step_header,
     parse_step_result,
     serialize_step_header,
@@ -191,9 +194,11 @@ class ReceivedPart:
 @dataclass(slots=True)
 class ReceivedResult:
     """A reply without tensors (TrainResponse.result) as the deserializer
-    leaves it: the StepResult's fields, not yet validated."""
+    leaves it: the message bytes and the StepResult's fields as
+    fedsllm.wire.heads read them, not yet validated."""
 
-    fields: Any
+    fields: ResultFields | main_server_pb2.StepResult
+    buf: bytes
 
 
 UplinkItem = TrainHelloInfo | StepHeaderInfo | StepEndInfo | StepPart
@@ -350,7 +355,7 @@ def encode_train_response(item: Any) -> bytes:
         return join_pieces(item.pieces())
     if isinstance(item, bytes):
         return item
-    if type(item) is ReceivedPart:
+    if type(item) is ReceivedPart or type(item) is ReceivedResult:
         return item.buf
     if isinstance(item, Chunk):
         return encode_chunk(_CHUNK_FIELD, item)
@@ -373,7 +378,7 @@ def decode_train_response(
         return ReceivedPart(layout, buf, base, None if head is None else parse_step_result(head))
     result = _result_only(buf)
     if result is not None:  # a reply without tensors (EVAL mode)
-        return ReceivedResult(parse_step_result(result))
+        return ReceivedResult(parse_step_result(result), buf)
     from fedsllm.proto import main_server_pb2 as pb
 
     return _decode_other(buf, pb.TrainResponse)
@@ -416,6 +421,7 @@ def train_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
 
 _KINDS: dict[type, str] = {
     ReceivedPart: "part",
+    ReceivedResult: "result",
     StepPart: "part",
     ReplyPart: "part",
     Chunk: "chunk",
@@ -435,7 +441,7 @@ def _kind(msg: Any) -> str | None:
 
 def message_bytes(msg: Any) -> int:
     """Serialized size of one Train message, bytes (what a shaper charges)."""
-    if type(msg) is ReceivedPart:
+    if type(msg) is ReceivedPart or type(msg) is ReceivedResult:
         return len(msg.buf)
     if type(msg) is StepPart or type(msg) is ReplyPart:
         return pieces_bytes(msg.pieces())

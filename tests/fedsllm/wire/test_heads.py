@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from fedsllm.errors import WireError
 from fedsllm.proto import main_server_pb2
 from fedsllm.wire import heads
+from fedsllm.wire.codec import varint
 from fedsllm.wire.heads import (
     HeaderFields,
     ResultFields,
@@ -95,23 +96,20 @@ RESULT = Head(
 
 
 def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
-    """("ok", value) or ("raises", exception type), for comparing two paths."""
+    """("ok", value) or ("raises", (exception type, message)), for comparing
+    two paths."""
     try:
         return "ok", fn()
-    except Exception as err:  # noqa: BLE001 - the type is what is compared
-        return "raises", type(err)
+    except Exception as err:  # noqa: BLE001 - the type and message are compared
+        return "raises", (type(err), str(err))
 
 
 def _same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
     """Outcomes equal, NaN equal to NaN (records compare field by field)."""
-    if a[0] != b[0]:
-        return False
-    if a[0] == "raises":
-        return a[1] is b[1]
-    return repr(a[1]) == repr(b[1])
+    return a[0] == b[0] and (a[1] == b[1] if a[0] == "raises" else repr(a[1]) == repr(b[1]))
 
 
-def f_double(info: Any, name: str) -> bool:
+def _is_double(info: Any, name: str) -> bool:
     """Whether the record's field `name` is a double on the wire."""
     return type(getattr(info, name)) in (int, float) and name not in (
         "round",
@@ -177,7 +175,7 @@ def test_written_bytes_are_protobufs() -> None:
             if hand[0] == "ok":  # the record sent, its doubles as floats
                 accepted += 1
                 sent = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
-                doubles = {k: float(v) for k, v in sent.items() if f_double(info, k)}
+                doubles = {k: float(v) for k, v in sent.items() if _is_double(info, k)}
                 assert repr(hand[1]) == repr(type(info)(**{**sent, **doubles}))
         assert accepted >= 10  # and the rest refused alike
 
@@ -223,7 +221,7 @@ def test_values_the_writer_does_not_cover_go_through_protobuf(change: dict[str, 
     proto = _outcome(lambda: step_header_to_proto(info).SerializeToString())
     assert _same(hand, proto), (hand, proto)
     if "mode" in change:
-        assert hand == ("raises", WireError)
+        assert hand[0] == "raises" and hand[1][0] is WireError
 
 
 @pytest.mark.parametrize("change", [{"num_tokens": -1}, {"num_tokens": 2**64}, {"loss": "x"}])
@@ -251,6 +249,10 @@ def _odd_layouts() -> list[bytes]:
         _key(2, 0) + b"\x01" + _key(2, 0) + b"\x09",  # a repeated scalar: the last wins
         _key(3, 0) + b"\x01" + _key(4, 1) + d + _key(4, 1) + struct.pack("<d", -1.0),
         _key(1, 0) + b"\x80\x80\x80\x80\x10",  # 2**32: protobuf truncates a uint32
+        _key(3, 0) + varint(2**32 + 1),  # protobuf reads the enum as 1
+        _key(4, 0) + varint(2**64 + 5),  # protobuf reads a uint64 as 5
+        _key(7, 0) + varint(2**64),  # protobuf reads a bool as False
+        _key(7, 0) + varint(2**64 + 2),
         _key(1, 0) + b"\x81\x00",  # an overlong varint
         _key(3, 0) + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a negative enum
         _key(7, 0) + b"\x05",  # a bool of 5
@@ -263,6 +265,11 @@ def _odd_layouts() -> list[bytes]:
         b"\x88\x00\x01",  # an overlong key
         _key(1, 0) + b"\x80" * 11 + b"\x01",  # a varint longer than ten bytes
     ]
+
+
+_VALID_HEADER = _key(3, 0) + b"\x01" + _key(5, 2) + b"\x01a"
+"""A header the validation accepts (mode train, one name): in front of an odd
+layout, what the layout's field decodes to is seen in the record."""
 
 
 def _mutations(seed: int, samples: list[bytes]) -> list[bytes]:
@@ -289,7 +296,13 @@ def test_reading_any_bytes_matches_protobuf() -> None:
     headers = [serialize_step_header(h) for h in _headers()]
     results = [serialize_step_result(r) for r in _results()]
     cases = (
-        (HEADER, headers + _odd_layouts() + _mutations(1, headers)),
+        (
+            HEADER,
+            headers
+            + _odd_layouts()
+            + [_VALID_HEADER + odd for odd in _odd_layouts()]
+            + _mutations(1, headers),
+        ),
         (RESULT, results + _odd_layouts() + _mutations(2, results)),
     )
     by_hand = 0
@@ -300,7 +313,7 @@ def test_reading_any_bytes_matches_protobuf() -> None:
             parsed = _outcome(lambda d=data, h=head: h.parse(d))[1]
             by_hand += type(parsed) in (HeaderFields, ResultFields)
     assert by_hand > 1500  # the 600 valid heads, and most mutations still valid, by hand
-    assert _outcome(lambda: parse_step_header(_key(5, 2) + b"\x01\xff")) == ("raises", DecodeError)
+    assert _outcome(lambda: parse_step_header(_key(5, 2) + b"\x01\xff"))[1][0] is DecodeError
 
 
 def test_step_heads_cross_the_codec_without_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,6 +345,9 @@ def test_step_heads_cross_the_codec_without_protobuf(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(heads, name, fail)
     for message in (main_server_pb2.StepHeader, main_server_pb2.StepResult):
         monkeypatch.setattr(message, "FromString", fail)
+        monkeypatch.setattr(message, "SerializeToString", fail)
+    monkeypatch.setattr(main_server_pb2.TrainResponse, "SerializeToString", fail)
+    monkeypatch.setattr(main_server_pb2.TrainResponse, "FromString", fail)
 
     up = [
         decode_train_request(encode_train_request(p))
@@ -365,3 +381,19 @@ def test_a_reply_without_tensors_is_protobufs_train_response() -> None:
     assert parse_train_response(decoded) == info
     with pytest.raises(DecodeError):
         decode_train_response(wire[:-1])
+
+
+def test_a_received_result_out_of_place_is_named() -> None:
+    """A reply without tensors where the welcome belongs is refused naming its
+    kind, as a protobuf TrainResponse was; its size and bytes are the
+    message's, for pacing and relaying."""
+    from fedsllm.wire.train import message_bytes, read_downlink
+
+    info = StepResultInfo(round=0, step=0, loss=0.5, num_tokens=1, server_compute_s=0.1)
+    wire = encode_train_response(info)
+    received = decode_train_response(wire)
+    assert type(received) is ReceivedResult
+    assert message_bytes(received) == len(wire)
+    assert encode_train_response(received) == wire
+    with pytest.raises(WireError, match="first message must be welcome, got result"):
+        list(read_downlink([received], lambda _result: []))
