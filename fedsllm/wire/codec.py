@@ -88,7 +88,10 @@ def varint(value: int) -> bytes:
 
 
 def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """(value, next position); (-1, end + 1) when the varint runs past `end`."""
+    """(value, next position); (-1, end + 1) when the varint runs past `end`,
+    is longer than ten bytes, or holds 2**64 or more (protobuf keeps the low
+    64 bits of such a one: every hand reader hands it to protobuf instead,
+    so it decodes as protobuf decodes it)."""
     if pos < end and buf[pos] < 0x80:
         return buf[pos], pos + 1
     value = 0
@@ -98,9 +101,12 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return value, pos
+            return (value, pos) if value < _VARINT_END else (-1, end + 1)
         shift += 7
     return -1, end + 1
+
+
+_VARINT_END = 1 << 64
 
 
 @functools.lru_cache(maxsize=64)
@@ -287,6 +293,8 @@ def _chunk_fields(buf: bytes, pos: int, total: int) -> _ChunkFields | None:
         if key < 0:
             return None
         field, wire_type = key >> 3, key & 7
+        if field == 0:  # not a field number: protobuf refuses the message
+            return None
         if field == _DATA_FIELD and wire_type == _LEN:
             num_bytes, data_pos = read_varint(buf, value_pos, total)
             if num_bytes < 0 or data_pos + num_bytes > total:
@@ -536,6 +544,8 @@ def _decode_layout(
             if key < 0:
                 return None
         field, wire_type = key >> 3, key & 7
+        if field == 0:  # not a field number: protobuf refuses the message
+            return None
         if wire_type == _LEN and field in (PART_CHUNKS_FIELD, PART_HEAD_FIELD):
             length, start = read_varint(buf, value_pos, total)
             if length < 0 or start + length > total:

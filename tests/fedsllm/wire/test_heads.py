@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from fedsllm.errors import WireError
 from fedsllm.proto import main_server_pb2
 from fedsllm.wire import heads
-from fedsllm.wire.codec import varint
+from fedsllm.wire.codec import chunk_header, varint
 from fedsllm.wire.heads import (
     HeaderFields,
     ResultFields,
@@ -397,3 +397,34 @@ def test_a_received_result_out_of_place_is_named() -> None:
     assert encode_train_response(received) == wire
     with pytest.raises(WireError, match="first message must be welcome, got result"):
         list(read_downlink([received], lambda _result: []))
+
+
+def test_what_protobuf_truncates_or_refuses_in_a_part_is_protobufs() -> None:
+    """A varint of 2**64 or more (protobuf keeps its low 64 bits) and field
+    number 0 (protobuf refuses the message) are read in a step's part as
+    protobuf reads them: the codec's hand reader leaves both to protobuf."""
+    from fedsllm.wire.tensors import Chunk, chunk_to_proto
+
+    chunk = chunk_to_proto(Chunk("activations", "float32", (1, 1, 2), 8, 0, bytes(8)))
+    body = chunk.SerializeToString()
+    part_chunk = _key(2, 2) + varint(len(body)) + body
+    for tail, end in ((_key(3, 0) + varint(2**64), False), (_key(3, 0) + varint(2**64 + 1), True)):
+        part = part_chunk + tail
+        wire = _key(5, 2) + varint(len(part)) + part  # TrainRequest.part
+        assert main_server_pb2.TrainRequest.FromString(wire).part.end is end
+        assert parse_train_request(decode_train_request(wire)).end is end
+    offset_body = (  # an offset of 2**64: protobuf reads 0
+        chunk_header("activations", "float32", (1, 1, 2), 8)
+        + (_key(5, 0) + varint(2**64))
+        + (_key(6, 2) + varint(8) + bytes(8))
+    )
+    part = _key(2, 2) + varint(len(offset_body)) + offset_body
+    wire = _key(5, 2) + varint(len(part)) + part
+    assert main_server_pb2.TrainRequest.FromString(wire).part.chunks[0].offset == 0
+    assert parse_train_request(decode_train_request(wire)).chunks[0].offset == 0
+    zero = _key(2, 2) + varint(2) + b"\x00\x00"  # a chunk holding field number 0
+    wire = _key(5, 2) + varint(len(zero)) + zero
+    with pytest.raises(DecodeError):
+        main_server_pb2.TrainRequest.FromString(wire)
+    with pytest.raises(DecodeError):
+        decode_train_request(wire)
