@@ -218,7 +218,7 @@ def decode_chunk(envelope_field: int, buf: bytes) -> Chunk | None:
     field goes to protobuf's parser, cached by its bytes, since all chunks of
     a tensor repeat them. As in protobuf, the last occurrence of a field wins.
     """
-    pos = _envelope_body(envelope_field, buf)
+    pos = envelope_body(envelope_field, buf)
     if pos < 0:
         return None
     fields = _chunk_fields(buf, pos, len(buf))
@@ -228,9 +228,10 @@ def decode_chunk(envelope_field: int, buf: bytes) -> Chunk | None:
     return Chunk(*head, memoryview(buf)[start:stop])  # type: ignore[call-arg]
 
 
-def _envelope_body(envelope_field: int, buf: bytes) -> int:
+def envelope_body(envelope_field: int, buf: bytes) -> int:
     """Where the body of `buf`'s only field, `envelope_field` (length-delimited),
-    begins; -1 when `buf` is not exactly that one field."""
+    begins; -1 when `buf` is not exactly that one field (an empty body
+    included: `buf` is then its key and a zero length)."""
     total = len(buf)
     if total < 2 or buf[0] != (envelope_field << 3 | _LEN):
         return -1
@@ -476,7 +477,7 @@ def decode_part(envelope_field: int, buf: bytes) -> tuple[bytes | None, PartLayo
         layout = _match(whole, buf, 0)
         if layout is not None:
             return None, layout, 0
-    pos = _envelope_body(envelope_field, buf)
+    pos = envelope_body(envelope_field, buf)
     if pos < 0:
         return None
     head: tuple[int, int] | None = None

@@ -57,12 +57,12 @@ from fedsllm.wire.codec import (
     decode_part,
     encode_chunk,
     encoded_chunk_bytes,
+    envelope_body,
     enveloped,
     join_pieces,
     layout_chunks,
     part_body,
     pieces_bytes,
-    read_varint,
     varint,
 )
 from fedsllm.wire.heads import (
@@ -114,8 +114,8 @@ TRAIN_METHOD = "/fedsllm.proto.MainServer/Train"
 _CHUNK_FIELD = 3
 _REQUEST_PART_FIELD = 5
 _RESPONSE_PART_FIELD = 4
-_RESULT_KEY = 2 << 3 | 2
-"""TrainResponse.result's key (field 2, length-delimited)."""
+_RESULT_FIELD = 2
+"""TrainResponse.result's field number."""
 
 # ---------------------------------------------------------------- parts
 
@@ -361,7 +361,7 @@ def encode_train_response(item: Any) -> bytes:
         return encode_chunk(_CHUNK_FIELD, item)
     if type(item) is StepResultInfo:  # a reply without tensors, every EVAL step
         result = serialize_step_result(item)
-        return bytes((_RESULT_KEY,)) + varint(len(result)) + result
+        return bytes((_RESULT_FIELD << 3 | 2,)) + varint(len(result)) + result
     if isinstance(item, (TrainWelcomeInfo, StepResultInfo)):
         item = train_response(item)
     return item.SerializeToString()
@@ -376,23 +376,12 @@ def decode_train_response(
     if part is not None:  # the usual message
         head, layout, base = part
         return ReceivedPart(layout, buf, base, None if head is None else parse_step_result(head))
-    result = _result_only(buf)
-    if result is not None:  # a reply without tensors (EVAL mode)
-        return ReceivedResult(parse_step_result(result), buf)
+    start = envelope_body(_RESULT_FIELD, buf)
+    if start >= 0:  # a reply without tensors (EVAL mode): TrainResponse.result alone
+        return ReceivedResult(parse_step_result(buf[start:]), buf)
     from fedsllm.proto import main_server_pb2 as pb
 
     return _decode_other(buf, pb.TrainResponse)
-
-
-def _result_only(buf: bytes) -> bytes | None:
-    """The StepResult of a TrainResponse whose one field is `result` (a
-    reply without tensors), else None."""
-    if not buf or buf[0] != _RESULT_KEY:
-        return None
-    length, start = read_varint(buf, 1, len(buf))
-    if length < 0 or start + length != len(buf):
-        return None
-    return buf[start:]
 
 
 def _decode_other(buf: bytes, envelope: type[Message]) -> Any:
