@@ -116,6 +116,8 @@ ECHO_SHAPE = (8, 64, 768)
 FOLD_DOWNLINK = True
 """Whether the echo's result rides in the gradient's first message."""
 VOCAB = 50257
+UPLOAD_BYTES = 1_572_864
+"""The small upload of table (a): the echo's activations, as one flat tensor."""
 TINY_BYTES = 1024
 """The payload of the per-step cost line under table (a)."""
 
@@ -896,7 +898,7 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
         "| paired ratio (IQR) | reps |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for num_bytes, n in ((1_572_864, reps_small), (64 * 2**20, reps_big)):
+    for num_bytes, n in ((UPLOAD_BYTES, reps_small), (64 * 2**20, reps_big)):
         for chunk in CHUNK_SIZES:
             med = bench_stream(address, num_bytes, chunk, n)
             rate, raw, floor = (

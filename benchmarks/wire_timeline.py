@@ -15,9 +15,10 @@ clock, which Linux shares between processes):
 
 The steps are wire_throughput.py's: "project" is its Session against its
 BenchServer (the Train codec, readers and builders), "floor" and "raw" its
-RawEcho with and without the one copy per message each side. Two payloads:
-the 1.57 MB activation echo at the default chunk size, and a 1 KiB step
-answered by a result alone (what a step costs whatever its size). Variants
+RawEcho with and without the one copy per message each side. Three payloads,
+at the default chunk size: the 1.57 MB activation echo, the 1.57 MB upload
+of wire_throughput.py's table (a) answered by a result alone, and a 1 KiB
+step answered by a result alone (what a step costs whatever its size). Variants
 alternate step by step, so load on the host hits them alike.
 
 The table gives, per segment, the median duration of each variant and the
@@ -196,6 +197,22 @@ def _table(title: str, steps: dict[str, list[dict[str, list[float]]]]) -> None:
     print(f"| whole step | {cells} | {totals['project'] - totals['raw']:+.0f} |")
 
 
+def split_server(
+    server: list[tuple[str, int]], cases: list[list[tuple[str, int]]]
+) -> list[list[tuple[str, int]]]:
+    """The server's marks of each case, the cases' client marks given in the
+    order they ran: a case's server marks fall after the previous case's last
+    client mark and by its own last (the client marks a step's end after the
+    server has answered it)."""
+    out = []
+    after = -1
+    for client in cases:
+        until = max(ns for _, ns in client)
+        out.append([e for e in server if after < e[1] <= until])
+        after = until
+    return out
+
+
 def _run(
     address: str, up: list[int], down: int, mode: str, shape: tuple[int, ...], n: int
 ) -> list[tuple[str, int]]:
@@ -245,10 +262,23 @@ def main() -> int:
     try:
         acts = 4 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1] * wt.ECHO_SHAPE[2]
         small = 8 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1]
-        echo = _run(address, [small, small, acts], acts, "train", wt.ECHO_SHAPE, ns.steps)
-        tiny = _run(
-            address, [8, 8, wt.TINY_BYTES], 16, "eval", (1, 1, wt.TINY_BYTES // 4), ns.steps
-        )
+        up = wt.UPLOAD_BYTES
+        cases = [
+            (
+                f"(a) {wt.ECHO_SHAPE} fp32 activation echo",
+                _run(address, [small, small, acts], acts, "train", wt.ECHO_SHAPE, ns.steps),
+            ),
+            (
+                f"(b) a {up / 1e6:.2f} MB upload answered by its result",
+                _run(address, [8, 8, up], 16, "eval", (1, 1, up // 4), ns.steps),
+            ),
+            (
+                f"(c) a {wt.TINY_BYTES} B step answered by its result",
+                _run(
+                    address, [8, 8, wt.TINY_BYTES], 16, "eval", (1, 1, wt.TINY_BYTES // 4), ns.steps
+                ),
+            ),
+        ]
         child.stdin.close()  # type: ignore[union-attr]
         server_events = json.loads(child.stdout.readline())  # type: ignore[union-attr]
         child.wait(timeout=30)
@@ -258,12 +288,10 @@ def main() -> int:
             child.wait(timeout=30)
     print("# wire timeline: a Train step's critical path against raw gRPC")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, chunk {wt.DEFAULT_CHUNK // 1024} KiB")
-    server = [tuple(e) for e in server_events]
-    split = max(t for _, t in echo)  # the echo's last client mark
-    events = echo + [e for e in server if e[1] <= split]
-    _table(f"(a) {wt.ECHO_SHAPE} fp32 activation echo", _steps(events))
-    events = tiny + [e for e in server if e[1] > split]
-    _table(f"(b) a {wt.TINY_BYTES} B step answered by its result", _steps(events))
+    server = [(point, ns) for point, ns in server_events]
+    theirs = split_server(server, [client for _, client in cases])
+    for (title, client), ours in zip(cases, theirs, strict=True):
+        _table(title, _steps(client + ours))
     return 0
 
 
