@@ -116,8 +116,9 @@ ECHO_SHAPE = (8, 64, 768)
 FOLD_DOWNLINK = True
 """Whether the echo's result rides in the gradient's first message."""
 VOCAB = 50257
-UPLOAD_BYTES = 1_572_864
-"""The small upload of table (a): the echo's activations, as one flat tensor."""
+UPLOAD_BYTES = 4 * math.prod(ECHO_SHAPE)
+"""The small upload of table (a), 1.57 MB: the echo's activations (float32),
+as one flat tensor."""
 TINY_BYTES = 1024
 """The payload of the per-step cost line under table (a)."""
 

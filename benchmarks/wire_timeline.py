@@ -260,17 +260,16 @@ def main() -> int:
     torch.set_num_threads(1)
     child, address = wt.start_child(__file__)
     try:
-        acts = 4 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1] * wt.ECHO_SHAPE[2]
+        acts = wt.UPLOAD_BYTES  # the echo's activations, also uploaded flat in (b)
         small = 8 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1]
-        up = wt.UPLOAD_BYTES
         cases = [
             (
                 f"(a) {wt.ECHO_SHAPE} fp32 activation echo",
                 _run(address, [small, small, acts], acts, "train", wt.ECHO_SHAPE, ns.steps),
             ),
             (
-                f"(b) a {up / 1e6:.2f} MB upload answered by its result",
-                _run(address, [8, 8, up], 16, "eval", (1, 1, up // 4), ns.steps),
+                f"(b) a {acts / 1e6:.2f} MB upload answered by its result",
+                _run(address, [8, 8, acts], 16, "eval", (1, 1, acts // 4), ns.steps),
             ),
             (
                 f"(c) a {wt.TINY_BYTES} B step answered by its result",

@@ -5,37 +5,18 @@ only those, and how a stage's cost is computed."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fedsllm.errors import WireError
 
-BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def costs():
-    saved = {name: sys.modules.get(name) for name in ("wire_throughput", "wire_step_costs")}
-    _load("wire_throughput")
-    yield _load("wire_step_costs")
-    for name, module in saved.items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
+def costs(benchmark_script):
+    benchmark_script("wire_throughput")
+    return benchmark_script("wire_step_costs")
 
 
 def test_every_pair_of_steps_has_one_with_and_one_without_in_both_orders(costs) -> None:

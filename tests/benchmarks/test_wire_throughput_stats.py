@@ -3,23 +3,12 @@ gRPC-Python takes as a message."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "wire_throughput.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("wire_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wire_throughput"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["wire_throughput"]
+def bench(benchmark_script):
+    return benchmark_script("wire_throughput")
 
 
 def _timing(bench, walls: list[float]):

@@ -4,36 +4,15 @@ figures themselves are never asserted: they are timings)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def timeline() -> Iterator[ModuleType]:
-    """wire_timeline, which imports wire_throughput as a sibling script."""
-    saved_path = list(sys.path)
-    saved = {name: sys.modules.get(name) for name in ("wire_throughput", "wire_timeline")}
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("wire_timeline", BENCH / "wire_timeline.py")
-        module = importlib.util.module_from_spec(spec)
-        assert spec.loader is not None
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path[:] = saved_path
-        for name, mod in saved.items():
-            if mod is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = mod
+def timeline(benchmark_script) -> ModuleType:
+    benchmark_script("wire_throughput")  # which wire_timeline imports
+    return benchmark_script("wire_timeline")
 
 
 def _step(variant: str, t0: int) -> list[tuple[str, int]]:
