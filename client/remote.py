@@ -132,6 +132,7 @@ class MainServerStream:
         """One new Train call: hello, then the welcome (RpcError if unreachable)."""
         self._queue = RequestQueue()
         self._call = train_call(self._channel)(self._queue)
+        self._queue.watch(self._call)
         self._downlink = read_downlink(self._call, self._reply_specs)
         self._queue.put(train_request(self._hello))
         welcome = next(self._downlink, None)
@@ -234,6 +235,8 @@ class MainServerStream:
     def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
         while True:
             try:
+                # Not woken by every message of the step going out (RequestQueue).
+                self._queue.wait_handed_out()
                 reply = next(self._downlink, None)
                 break
             except grpc.RpcError as err:

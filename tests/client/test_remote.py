@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
+from client import remote
 from client.remote import AllocationFollower, MainServerStream
 from fed_server.controller import Controller
 from fed_server.controller_service import ControllerService
@@ -20,7 +21,7 @@ from fedsllm.config import load_scenario
 from fedsllm.proto import controller_pb2_grpc, main_server_pb2_grpc
 from fedsllm.roles import register_info
 from fedsllm.trace import Tracer
-from fedsllm.wire.messages import TrainWelcomeInfo, step_header_from_proto
+from fedsllm.wire.messages import StepResultInfo, TrainWelcomeInfo, step_header_from_proto
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
 from fedsllm.wire.train import ReceivedPart, parse_train_request
 
@@ -244,3 +245,78 @@ def test_upload_counts_and_paces_every_message(paced: bool, train: bool) -> None
         assert calls == [(n, i == 0) for i, n in enumerate(sizes)]
     else:
         assert calls == []
+
+
+class _ReplyingMainServer(_RecordingMainServer):
+    """_RecordingMainServer that answers each evaluation step with its result."""
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        hello = parse_train_request(next(request_iterator))
+        yield TrainWelcomeInfo(
+            client_id=hello.client_id, scenario_hash=hello.scenario_hash, max_tensor_bytes=2**22
+        )
+        step = 0
+        for part in request_iterator:
+            self.parts.append(part)
+            if part.end:
+                yield StepResultInfo(
+                    round=0,
+                    step=step,
+                    loss=0.0,
+                    num_tokens=0,
+                    server_compute_s=0.0,
+                    tensor_names=(),
+                )
+                step += 1
+
+
+def test_the_reply_is_awaited_once_the_step_is_handed_to_grpc(monkeypatch) -> None:
+    """receive_reply waits on the request queue until gRPC's sending thread has
+    taken the step's last message, and only then on gRPC's reply iterator,
+    which gRPC would wake at every message sent (RequestQueue; issue 13: the
+    1.57 MB upload 4.5-5.7% faster). Recorded: the moment the last message is
+    taken (before the queue counts it, so before any wait can end) and each
+    call for the reply."""
+    events: list[str] = []
+
+    class SpyQueue(remote.RequestQueue):
+        def _took(self) -> None:
+            if self._items_out + 1 >= self._items_put:
+                events.append("handed out")
+            super()._took()
+
+    class SpyReplies:
+        def __init__(self, replies: Iterator[object]) -> None:
+            self.replies = replies
+
+        def __iter__(self) -> SpyReplies:
+            return self
+
+        def __next__(self) -> object:
+            events.append("reply awaited")
+            return next(self.replies)
+
+    monkeypatch.setattr(remote, "RequestQueue", SpyQueue)
+    server_side = _ReplyingMainServer()
+    server, port = create_server(
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(server_side, s)],
+        allow_unauthenticated=True,
+    )
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            stream = MainServerStream(channel, 0, "h", "float32", 4096)
+            stream._downlink = SpyReplies(stream._downlink)
+            hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB
+            labels = torch.zeros(2, 8, dtype=torch.int64)
+            for step in range(2):
+                events.clear()
+                sent = stream.send_step(
+                    0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
+                )
+                stream.receive_reply(0, step)  # raises unless it answers this step
+                assert events == ["handed out", "reply awaited"]
+                assert sent > hidden.numel() * 4
+            stream.close()
+    finally:
+        stop_server(server, grace_s=0.5)

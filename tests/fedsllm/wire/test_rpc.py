@@ -539,6 +539,80 @@ def test_request_queue_lets_go_of_sent_messages() -> None:
     assert [ref() for ref in refs] == [None, None]
 
 
+def _waiting(q: rpc.RequestQueue) -> tuple[threading.Thread, threading.Event]:
+    """q.wait_handed_out() on a thread of its own, and the event it sets on return."""
+    returned = threading.Event()
+
+    def wait() -> None:
+        q.wait_handed_out()
+        returned.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread, returned
+
+
+def test_request_queue_wait_returns_once_the_last_message_is_taken() -> None:
+    """The caller's wait before its reply ends when gRPC's sending thread (the
+    consumer) has taken the last message put, and not before."""
+    q = rpc.RequestQueue()
+    q.wait_handed_out()  # nothing put: at once
+    q.put(0)
+    q.put_all([1, 2])
+    thread, returned = _waiting(q)
+    assert [next(q), next(q)] == [0, 1]
+    assert not returned.wait(0.2)  # message 2 is still in the queue
+    assert next(q) == 2
+    assert returned.wait(10)
+    thread.join(10)
+    q.put(3)  # a new put is waited for again
+    thread, returned = _waiting(q)
+    assert not returned.wait(0.2)
+    q.close()  # a closed queue sends no more: the wait ends
+    assert returned.wait(10)
+    thread.join(10)
+
+
+def test_request_queue_wait_ends_with_the_call_it_feeds() -> None:
+    """gRPC stops taking messages from a call that has ended, so the wait
+    must end with the call (RequestQueue.watch), or a caller whose stream
+    broke mid-step would wait for ever instead of reading the error."""
+
+    class Call:
+        def add_done_callback(self, fn) -> None:
+            self.fn = fn
+
+    q = rpc.RequestQueue()
+    call = Call()
+    q.watch(call)  # type: ignore[arg-type]
+    q.put_all([1, 2])
+    thread, returned = _waiting(q)
+    assert not returned.wait(0.2)
+    call.fn(call)
+    assert returned.wait(10)
+    thread.join(10)
+
+
+def test_a_broken_stream_ends_the_wait_for_its_untaken_messages(echo_server: str) -> None:
+    """Against a real server that ends the stream with an error: messages put
+    after that are never taken, and the wait still returns, so the caller
+    reads the error from the reply iterator."""
+    channel, requests, responses = _open_train(echo_server)
+    try:
+        requests.watch(responses)  # type: ignore[arg-type]
+        requests.put(b"\x2a\x03bad")  # a StepPart that is no protobuf: refused
+        with pytest.raises(grpc.RpcError):
+            for _ in responses:  # type: ignore[attr-defined]
+                pass
+        requests.put_all([b"late"] * 3)
+        thread, returned = _waiting(requests)
+        assert returned.wait(10)
+        thread.join(10)
+    finally:
+        requests.close()
+        channel.close()
+
+
 class _Recorder(main_server_pb2_grpc.MainServerServicer):
     """Records what gRPC hands the Train handler, then ends the stream."""
 
