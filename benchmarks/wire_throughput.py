@@ -55,6 +55,14 @@ calls of a step and a prefix check per message, and nothing else. It says
 how close to raw a framework written in Python gets on the host at hand,
 and project / minimal what the project's structure and checks cost.
 
+The project's client waits for a step's reply only once gRPC's sending
+thread has taken the step's last message (RequestQueue.wait_handed_out):
+gRPC-Python wakes a thread waiting on the reply at every message sent, and
+a plain gRPC client, as raw is, pays for those wake-ups. The minimal
+framework waits as the project does. Tables (a) and (b) also time raw
+waiting that way ("raw, waiting as the project"), so each run says how much
+of the project's figure against raw is that wait and how much is the rest.
+
 Project and raw repetitions alternate, so a load spike on a shared host hits
 both; the figures are medians. The server runs in a child process, as the
 main server does in a run; pass --in-process to share one interpreter (and
