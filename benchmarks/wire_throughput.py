@@ -55,8 +55,8 @@ calls of a step and a prefix check per message, and nothing else. It says
 how close to raw a framework written in Python gets on the host at hand,
 and project / minimal what the project's structure and checks cost.
 
-The project's client waits for a step's reply only once gRPC's sending
-thread has taken the step's last message (RequestQueue.wait_handed_out):
+The project's client waits for a step's reply only once gRPC has sent the
+step's last message (RequestQueue.wait_sent):
 gRPC-Python wakes a thread waiting on the reply at every message sent, and
 a plain gRPC client, as raw is, pays for those wake-ups. The minimal
 framework waits as the project does. Tables (a) and (b) also time raw
@@ -298,7 +298,7 @@ class Session:
         )
         self.step += 1
         self.requests.put_all(self._requests(header, frames))
-        self.requests.wait_handed_out()  # as client.remote waits for its reply
+        self.requests.wait_sent()  # as client.remote waits for its reply
         reply = next(self.downlink)
         return reply.tensor("activations_grad") if reply.frames else None
 
@@ -451,7 +451,7 @@ class RawEcho:
     one copy per message on each side, and nothing else.
 
     wait=True waits for the reply as the project does (RequestQueue.
-    wait_handed_out: not woken by every message sent); the default waits on
+    wait_sent: not woken by every message sent); the default waits on
     gRPC's reply iterator at once, as a plain gRPC client does. The goals
     compare against the default; the other says how much of the project's
     lead over it is that wait alone."""
@@ -502,7 +502,7 @@ class RawEcho:
         if self.copies:
             self.requests.put_all(self.spans)
             if self.wait:
-                self.requests.wait_handed_out()
+                self.requests.wait_sent()
             pos = 0
             for _ in range(self.num_down):
                 msg = next(self.responses)
@@ -511,7 +511,7 @@ class RawEcho:
             return
         self.requests.put_all(self.up)
         if self.wait:
-            self.requests.wait_handed_out()
+            self.requests.wait_sent()
         for _ in range(self.num_down):
             next(self.responses)
 
@@ -563,7 +563,7 @@ class LeanEcho:
             for start in range(0, data.nbytes, self.chunk_bytes):
                 messages.append((LEAN_PREFIX, data[start : start + self.chunk_bytes]))
         self.requests.put_all(messages)  # one batch per step, as the project
-        self.requests.wait_handed_out()  # and the reply waited for as the project
+        self.requests.wait_sent()  # and the reply waited for as the project
         received = 0
         while received < self.buf.nbytes:
             received = _lean_receive(next(self.responses), self.view, received)

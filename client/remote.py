@@ -236,7 +236,7 @@ class MainServerStream:
         while True:
             try:
                 # Not woken by every message of the step going out (RequestQueue).
-                self._queue.wait_handed_out()
+                self._queue.wait_sent()
                 reply = next(self._downlink, None)
                 break
             except grpc.RpcError as err:

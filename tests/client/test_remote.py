@@ -271,19 +271,18 @@ class _ReplyingMainServer(_RecordingMainServer):
 
 
 def test_the_reply_is_awaited_once_the_step_is_handed_to_grpc(monkeypatch) -> None:
-    """receive_reply waits on the request queue until gRPC's sending thread has
-    taken the step's last message, and only then on gRPC's reply iterator,
-    which gRPC would wake at every message sent (RequestQueue; issue 13: the
-    1.57 MB upload 4.5-5.7% faster). Recorded: the moment the last message is
-    taken (before the queue counts it, so before any wait can end) and each
-    call for the reply."""
+    """receive_reply waits on the request queue until gRPC has sent the step's
+    last message, and only then on gRPC's reply iterator, which gRPC would
+    wake at every message sent (RequestQueue; issue 13). Recorded: the moment
+    the queue learns the last message is sent (before it counts it, so before
+    any wait can end) and each call for the reply."""
     events: list[str] = []
 
     class SpyQueue(remote.RequestQueue):
-        def _took(self) -> None:
-            if self._items_out + 1 >= self._items_put:
-                events.append("handed out")
-            super()._took()
+        def _sent(self) -> None:
+            if self._items_sent + 1 >= self._items_put:
+                events.append("sent")
+            super()._sent()
 
     class SpyReplies:
         def __init__(self, replies: Iterator[object]) -> None:
@@ -315,7 +314,7 @@ def test_the_reply_is_awaited_once_the_step_is_handed_to_grpc(monkeypatch) -> No
                     0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
                 )
                 stream.receive_reply(0, step)  # raises unless it answers this step
-                assert events == ["handed out", "reply awaited"]
+                assert events == ["sent", "reply awaited"]
                 assert sent > hidden.numel() * 4
             stream.close()
     finally:

@@ -540,11 +540,11 @@ def test_request_queue_lets_go_of_sent_messages() -> None:
 
 
 def _waiting(q: rpc.RequestQueue) -> tuple[threading.Thread, threading.Event]:
-    """q.wait_handed_out() on a thread of its own, and the event it sets on return."""
+    """q.wait_sent() on a thread of its own, and the event it sets on return."""
     returned = threading.Event()
 
     def wait() -> None:
-        q.wait_handed_out()
+        q.wait_sent()
         returned.set()
 
     thread = threading.Thread(target=wait, daemon=True)
@@ -552,25 +552,41 @@ def _waiting(q: rpc.RequestQueue) -> tuple[threading.Thread, threading.Event]:
     return thread, returned
 
 
-def test_request_queue_wait_returns_once_the_last_message_is_taken() -> None:
+def _consume(q: rpc.RequestQueue, count: int) -> list[object]:
+    """What gRPC's sending thread does: take a message, send it, come back
+    for the next (here `count` times, on a thread of its own)."""
+    taken: list[object] = []
+    thread = threading.Thread(target=lambda: taken.extend(next(q) for _ in range(count)))
+    thread.start()
+    thread.join(10)
+    return taken
+
+
+def test_request_queue_wait_returns_once_the_last_message_is_sent() -> None:
     """The caller's wait before its reply ends when gRPC's sending thread (the
-    consumer) has taken the last message put, and not before."""
+    consumer) comes back for more after the last message put, which it does
+    only once that message is sent; not when it takes it."""
     q = rpc.RequestQueue()
-    q.wait_handed_out()  # nothing put: at once
+    q.wait_sent()  # nothing put: at once
     q.put(0)
     q.put_all([1, 2])
     thread, returned = _waiting(q)
-    assert [next(q), next(q)] == [0, 1]
-    assert not returned.wait(0.2)  # message 2 is still in the queue
-    assert next(q) == 2
+    assert [next(q), next(q), next(q)] == [0, 1, 2]
+    assert not returned.wait(0.2)  # message 2 taken, not yet sent
+    q.put(3)  # the consumer comes back: 2 is sent, 3 is waited for
+    assert _consume(q, 1) == [3]
+    assert not returned.wait(0.2)
+    back = threading.Thread(target=lambda: next(q, None))  # back for more: 3 is sent
+    back.start()
     assert returned.wait(10)
     thread.join(10)
-    q.put(3)  # a new put is waited for again
+    q.put(4)  # a new put is waited for again, until the queue is closed
     thread, returned = _waiting(q)
     assert not returned.wait(0.2)
-    q.close()  # a closed queue sends no more: the wait ends
+    q.close()
     assert returned.wait(10)
     thread.join(10)
+    back.join(10)
 
 
 def test_request_queue_wait_ends_with_the_call_it_feeds() -> None:
