@@ -224,9 +224,10 @@ def _run(
     mask = torch.ones(b, t, dtype=torch.int64)
     labels = torch.randint(0, wt.VOCAB, (b, t))
     session = wt.Session(address, wt.DEFAULT_CHUNK, call=_project_call)
-    with rpc.make_channel(address) as channel:
-        raw = wt.RawEcho(channel, up, down, wt.DEFAULT_CHUNK, wrap=_raw_wrap)
-        floor = wt.RawEcho(channel, up, down, wt.DEFAULT_CHUNK, copies=True, wrap=_raw_wrap)
+    # A channel per variant, as the project's session has (see wire_throughput.bench_echo).
+    with rpc.make_channel(address) as raw_channel, rpc.make_channel(address) as floor_channel:
+        raw = wt.RawEcho(raw_channel, up, down, wt.DEFAULT_CHUNK, wrap=_raw_wrap)
+        floor = wt.RawEcho(floor_channel, up, down, wt.DEFAULT_CHUNK, copies=True, wrap=_raw_wrap)
         variants: dict[str, Callable[[], object]] = {
             "project": lambda: session.run_step(acts, mask, labels, mode),
             "floor": floor.run,
