@@ -703,11 +703,12 @@ def bench_echo(
     sessions = [plain, checked]
     sizes = [mask.numel() * 8, labels.numel() * 8, acts.numel() * 4]  # the project's order
     with contextlib.ExitStack() as stack:
-        # Each variant on a channel of its own, as each project session is: a
-        # channel that other variants' steps leave idle is slower to start a
-        # step, so sharing one would favour the variants that share it (a
-        # 1 KiB step: the project 123-194 us over raw with the raw variants on
-        # one channel, 54-58 us with a channel each; 5 and 2 runs).
+        # Each variant on a channel of its own, as each project session is, so
+        # every channel sits idle alike between its steps (the raw variants
+        # shared one, busy three steps in four or six, while the project's
+        # waited; whether that favoured them, the runs do not settle: a 1 KiB
+        # step read 123-194 us over raw in 5 runs with the shared channel,
+        # -18 to +239 us in 7 with a channel each).
         def channel() -> grpc.Channel:
             return stack.enter_context(rpc.make_channel(address))
 
