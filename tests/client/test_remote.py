@@ -6,10 +6,12 @@ transfer). A training step's reply says the downlink rate the main server paced 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 
+import grpc
 import pytest
 import torch
 
@@ -119,6 +121,22 @@ def test_pull_global_returns_once_the_fed_server_answers() -> None:
         assert len(stub.requests) == 1
 
 
+@contextlib.contextmanager
+def _main_server_channel(servicer: object) -> Iterator[grpc.Channel]:
+    """A channel to `servicer`, a MainServer served on a free loopback port and
+    stopped afterwards."""
+    server, port = create_server(
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)],
+        allow_unauthenticated=True,
+    )
+    try:
+        with make_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        stop_server(server, grace_s=0.5)
+
+
 @pytest.mark.parametrize("asked_bps", [0.0, 2e6])
 def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
     from fedsllm.roles import build_part
@@ -146,24 +164,14 @@ def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
         chunk_bytes=4096,
         pace=lambda _client, rate_bps, _nbytes, _new: paced.append(rate_bps),
     )
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
     g = torch.Generator().manual_seed(0)
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            stream = MainServerStream(
-                channel, 0, "h", "float32", 4096, downlink_bps=lambda: asked_bps
-            )
-            hidden = torch.randn(2, 8, cfg.hidden_size, generator=g)
-            labels = torch.randint(3, 200, (2, 8), generator=g)
-            stream.send_step(0, 0, True, hidden, torch.ones(2, 8, dtype=torch.int64), labels)
-            reply, _ = stream.receive_reply(0, 0)
-            stream.close()
-    finally:
-        stop_server(server, grace_s=0.5)
+    with _main_server_channel(service) as channel:
+        stream = MainServerStream(channel, 0, "h", "float32", 4096, downlink_bps=lambda: asked_bps)
+        hidden = torch.randn(2, 8, cfg.hidden_size, generator=g)
+        labels = torch.randint(3, 200, (2, 8), generator=g)
+        stream.send_step(0, 0, True, hidden, torch.ones(2, 8, dtype=torch.int64), labels)
+        reply, _ = stream.receive_reply(0, 0)
+        stream.close()
     assert paced and set(paced) == {asked_bps}  # every gradient chunk, at that rate
     assert reply.downlink_bps == asked_bps
 
@@ -195,22 +203,14 @@ def _send_one_step(
     by a MainServerStream to a _RecordingMainServer: the recorder, and the
     bytes send_step says it sent."""
     recorder = _RecordingMainServer()
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(recorder, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            stream = MainServerStream(channel, 0, "h", "float32", 4096, pace_up=pace_up)
-            hidden = torch.randn(2, 8, 512)
-            mask = torch.ones(2, 8, dtype=torch.int64)
-            labels = torch.arange(16).reshape(2, 8)
-            sent = stream.send_step(0, 0, train, hidden, mask, labels)
-            assert recorder.done.wait(10)
-            stream.close()
-    finally:
-        stop_server(server, grace_s=0.5)
+    with _main_server_channel(recorder) as channel:
+        stream = MainServerStream(channel, 0, "h", "float32", 4096, pace_up=pace_up)
+        hidden = torch.randn(2, 8, 512)
+        mask = torch.ones(2, 8, dtype=torch.int64)
+        labels = torch.arange(16).reshape(2, 8)
+        sent = stream.send_step(0, 0, train, hidden, mask, labels)
+        assert recorder.done.wait(10)
+        stream.close()
     return recorder, sent
 
 
@@ -296,26 +296,17 @@ def test_the_reply_is_awaited_once_the_step_is_handed_to_grpc(monkeypatch) -> No
             return next(self.replies)
 
     monkeypatch.setattr(remote, "RequestQueue", SpyQueue)
-    server_side = _ReplyingMainServer()
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(server_side, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            stream = MainServerStream(channel, 0, "h", "float32", 4096)
-            stream._downlink = SpyReplies(stream._downlink)
-            hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB
-            labels = torch.zeros(2, 8, dtype=torch.int64)
-            for step in range(2):
-                events.clear()
-                sent = stream.send_step(
-                    0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
-                )
-                stream.receive_reply(0, step)  # raises unless it answers this step
-                assert events == ["sent", "reply awaited"]
-                assert sent > hidden.numel() * 4
-            stream.close()
-    finally:
-        stop_server(server, grace_s=0.5)
+    with _main_server_channel(_ReplyingMainServer()) as channel:
+        stream = MainServerStream(channel, 0, "h", "float32", 4096)
+        stream._downlink = SpyReplies(stream._downlink)
+        hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB
+        labels = torch.zeros(2, 8, dtype=torch.int64)
+        for step in range(2):
+            events.clear()
+            sent = stream.send_step(
+                0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
+            )
+            stream.receive_reply(0, step)  # raises unless it answers this step
+            assert events == ["sent", "reply awaited"]
+            assert sent > hidden.numel() * 4
+        stream.close()
