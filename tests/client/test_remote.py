@@ -270,7 +270,7 @@ class _ReplyingMainServer(_RecordingMainServer):
                 step += 1
 
 
-def test_the_reply_is_awaited_once_the_step_is_handed_to_grpc(monkeypatch) -> None:
+def test_the_reply_is_awaited_once_the_step_is_sent(monkeypatch) -> None:
     """receive_reply waits on the request queue until gRPC has sent the step's
     last message, and only then on gRPC's reply iterator, which gRPC would
     wake at every message sent (RequestQueue; issue 13). Recorded: the moment
@@ -298,15 +298,18 @@ def test_the_reply_is_awaited_once_the_step_is_handed_to_grpc(monkeypatch) -> No
     monkeypatch.setattr(remote, "RequestQueue", SpyQueue)
     with _main_server_channel(_ReplyingMainServer()) as channel:
         stream = MainServerStream(channel, 0, "h", "float32", 4096)
-        stream._downlink = SpyReplies(stream._downlink)
-        hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB
-        labels = torch.zeros(2, 8, dtype=torch.int64)
-        for step in range(2):
-            events.clear()
-            sent = stream.send_step(
-                0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
-            )
-            stream.receive_reply(0, step)  # raises unless it answers this step
-            assert events == ["sent", "reply awaited"]
-            assert sent > hidden.numel() * 4
-        stream.close()
+        try:
+            stream._downlink = SpyReplies(stream._downlink)
+            hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB
+            labels = torch.zeros(2, 8, dtype=torch.int64)
+            stream._queue.wait_sent()  # the hello's own "sent" recorded before the steps
+            for step in range(2):
+                events.clear()
+                sent = stream.send_step(
+                    0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
+                )
+                stream.receive_reply(0, step)  # raises unless it answers this step
+                assert events == ["sent", "reply awaited"]
+                assert sent > hidden.numel() * 4
+        finally:
+            stream.close()

@@ -580,7 +580,7 @@ def test_request_queue_wait_returns_once_the_last_message_is_sent() -> None:
     back.start()
     assert returned.wait(10)
     thread.join(10)
-    q.put(4)  # a new put is waited for again, until the queue is closed
+    q.put(4)  # waited for again (`back` takes it, and is never back), until closed
     thread, returned = _waiting(q)
     assert not returned.wait(0.2)
     q.close()
@@ -611,8 +611,8 @@ def test_request_queue_wait_ends_with_the_call_it_feeds() -> None:
 
 def test_a_broken_stream_ends_the_wait_for_its_untaken_messages(echo_server: str) -> None:
     """Against a real server that ends the stream with an error: messages put
-    after that are never taken, and the wait still returns, so the caller
-    reads the error from the reply iterator."""
+    after that are never sent (gRPC's sending thread may take one batch, then
+    quits), and the wait still returns, so the caller reads the error."""
     channel, requests, responses = _open_train(echo_server)
     try:
         requests.watch(responses)  # type: ignore[arg-type]
