@@ -168,21 +168,24 @@ def test_collector_restart_mid_run_every_record_arrives_exactly_once(tmp_path: P
 
     loop = threading.Thread(target=training_loop)
     loop.start()
-    phase_done[0].wait(30)
-    assert dying.died.wait(10)
-    stop_server(server, grace_s=0.0)
-    go_on[0].set()
-    phase_done[1].wait(30)  # ... and the loop went on while it was away
-    assert len((trace / "client_0.jsonl").read_text().splitlines()) <= 300
-    collector = TelemetryCollector(trace)  # a new process: state from the files only
-    server, _ = _serve(collector, address)
-    go_on[1].set()
-    phase_done[2].wait(30)
-    go_on[2].set()
-    produced.wait(30)
-    loop.join(30)
-    assert sender.close(20.0)
+    servers, collectors = [server], [collector]
     try:
+        phase_done[0].wait(30)
+        assert dying.died.wait(10)
+        stop_server(server, grace_s=0.0)
+        go_on[0].set()
+        phase_done[1].wait(30)  # ... and the loop went on while it was away
+        assert len((trace / "client_0.jsonl").read_text().splitlines()) <= 300
+        collector = TelemetryCollector(trace)  # a new process: state from the files only
+        collectors.append(collector)
+        server, _ = _serve(collector, address)
+        servers.append(server)
+        go_on[1].set()
+        phase_done[2].wait(30)
+        go_on[2].set()
+        produced.wait(30)
+        loop.join(30)
+        assert sender.close(20.0)
         lines = [json.loads(x) for x in (trace / "client_0.jsonl").read_text().splitlines()]
         assert sorted(r["seq"] for r in lines) == list(range(1, num_records + 1))
         assert sorted(r["step"] for r in lines) == list(range(num_records))
@@ -196,10 +199,19 @@ def test_collector_restart_mid_run_every_record_arrives_exactly_once(tmp_path: P
                 assert sorted(w.steps()) == list(range(num_records))
         finally:
             watched.close()
-            early.close()
     finally:
-        collector.close()
-        stop_server(server, grace_s=0.1)
+        # Also when an assertion failed: a server left serving a subscription
+        # keeps a worker thread busy, and Python waits for it at exit, so the
+        # whole pytest process would hang after its summary.
+        for released in go_on:
+            released.set()
+        loop.join(30)
+        sender.close(1.0)
+        early.close()
+        for open_collector in collectors:
+            open_collector.close()
+        for open_server in servers:
+            stop_server(open_server, grace_s=0.1)
         channel.close()
 
 
