@@ -15,12 +15,17 @@ main server replies when the downlink is not paced).
 (a) uploads one float32 tensor as a Train step (chunked, assembled and
     validated by the server, which replies with a result and no tensor) for
     1.57 MB and 67 MB tensors at 64 KiB, 256 KiB (the scenario default) and
-    1 MiB chunks; raw = two 8-byte messages (the mask and labels) and the
-    tensor's bytes as ready-made messages of the chunk size, on a stream kept open
-    across steps (as the project's is), answered by one small reply. (The
-    project sends as many messages as the tensor has chunks: two fewer.) Goal:
-    project / raw >= 0.9 at the default chunk size. Below the table, the
-    same for a 1 KiB step: what a step costs whatever its size.
+    1 MiB chunks, shaped (1, 2, n) with a (1, 2) mask and labels: the
+    smallest step the main server accepts. "project" is read with the wire's
+    own checks (dtype, shape against bytes); "validated" with the main
+    server's too (finiteness, the mask's and labels' values, B and T bound
+    across the three; the width left free). raw = two 16-byte messages (the
+    mask and labels) and the tensor's bytes as ready-made messages of the
+    chunk size, on a stream kept open across steps (as the project's is),
+    answered by one small reply. (The project sends as many messages as the
+    tensor has chunks: two fewer.) Goal: project / raw >= 0.9 at the default
+    chunk size, with validation off and on. Below the table, the same for a
+    1 KiB step: what a step costs whatever its size.
 (b) a 1.57 MB activation echo: (8, 64, 768) float32 activations + mask +
     labels up, a same-size gradient down, decoded to a tensor; with the
     wire's validation off (dtype and shape against bytes only) and on (also
@@ -132,18 +137,32 @@ TINY_BYTES = 1024
 """The payload of the per-step cost line under table (a)."""
 
 
-@functools.cache
-def _specs(validate: bool) -> tuple[TensorSpec, ...]:
+def _specs(validate: bool, any_width: bool = False) -> tuple[TensorSpec, ...]:
     """The server's specs: with validation, the main server's own
     (main_server.step_checks: shapes, finiteness, mask and label values),
-    built once, as the main server builds them."""
+    built once, as the main server builds them. `any_width` frees the
+    activations' last dimension (the hidden size), so that table (a)'s
+    uploads, whose sizes no hidden size divides, are read with every other
+    check of the main server's."""
+    return _built_specs(validate, validate and any_width)
+
+
+@functools.cache
+def _built_specs(validate: bool, any_width: bool) -> tuple[TensorSpec, ...]:
     if not validate:
         return (
             TensorSpec("activations", FLOATS),
             TensorSpec("attention_mask", INTS),
             TensorSpec("labels", INTS),
         )
-    return tuple(step_specs(ECHO_LIMITS))
+    if not any_width:
+        return tuple(step_specs(ECHO_LIMITS))
+    return tuple(
+        dataclasses.replace(spec, shape=(*spec.shape[:-1], None))
+        if spec.name == "activations"
+        else spec
+        for spec in _built_specs(True, False)
+    )
 
 
 ECHO_LIMITS = StepLimits(
@@ -174,10 +193,12 @@ def skipped(step: int) -> bool:
     return step % 4 in (1, 2)
 
 
-def server_specs(validate: bool, skip: str, step: int) -> Sequence[TensorSpec]:
-    """The specs the server reads step `step` with: _specs(validate), less the
-    check `skip` names where skipped(step)."""
-    specs = _specs(validate)
+def server_specs(
+    validate: bool, skip: str, step: int, any_width: bool = False
+) -> Sequence[TensorSpec]:
+    """The specs the server reads step `step` with: _specs(validate,
+    any_width), less the check `skip` names where skipped(step)."""
+    specs = _specs(validate, any_width)
     if not validate or not skipped(step) or skip not in ("finite", "values", "shapes"):
         return specs
     if skip == "finite":
@@ -189,22 +210,25 @@ def server_specs(validate: bool, skip: str, step: int) -> Sequence[TensorSpec]:
 
 class BenchServer(main_server_pb2_grpc.MainServerServicer):
     """Train mode echoes the activations as the gradient; eval mode returns none.
-    The hello's scenario_hash carries "<chunk bytes>:<validate 0|1>:<fold 0|1>"
-    (fold: the result in the gradient's first message, else a message of its own
+    The hello's scenario_hash carries "<chunk bytes>:<validate 0|1|w>:<fold 0|1>"
+    (validate w: with the activations' width free, _specs' any_width; fold:
+    the result in the gradient's first message, else a message of its own
     before the chunks), optionally followed by ":<stage>", one of SERVER_STAGES
     left out of the steps `skipped` names."""
 
     def Train(self, request_iterator, context):  # noqa: N802 - generated name
-        chunk_bytes, validate, fold, skip = 2**20, False, True, ""
+        chunk_bytes, validate, any_width, fold, skip = 2**20, False, False, True, ""
         last_reply: list[Any] = []
         try:
             uplink = read_uplink(
-                request_iterator, lambda header: server_specs(validate, skip, header.step)
+                request_iterator,
+                lambda header: server_specs(validate, skip, header.step, any_width),
             )
             for item in uplink:
                 if isinstance(item, TrainHelloInfo):
                     chunk, flag, folded, *stage = item.scenario_hash.split(":")
-                    chunk_bytes, validate, fold = int(chunk), flag == "1", folded == "1"
+                    chunk_bytes, fold = int(chunk), folded == "1"
+                    validate, any_width = flag != "0", flag == "w"
                     skip = stage[0] if stage else ""
                     yield TrainWelcomeInfo(
                         client_id=item.client_id,
@@ -255,9 +279,11 @@ class Session:
         fold: bool = True,
         call: Callable[[grpc.Channel], grpc.StreamStreamMultiCallable] = train_call,
         server_skip: str = "",
+        any_width: bool = False,
     ) -> None:
         """`server_skip`: a stage of SERVER_STAGES the server leaves out of the
-        steps `skipped` names."""
+        steps `skipped` names; `any_width`: with `validate`, the server reads
+        activations of any last dimension (_specs)."""
         self.chunk_bytes = chunk_bytes
         self.validate = validate
         self.shape: tuple[int, ...] | None = None
@@ -268,8 +294,8 @@ class Session:
         self.downlink = read_downlink(stream, self._grad_specs)
         hello = TrainHelloInfo(
             client_id=0,
-            scenario_hash=f"{chunk_bytes}:{int(validate)}:{int(fold)}"
-            + (f":{server_skip}" if server_skip else ""),
+            scenario_hash=f"{chunk_bytes}:{('w' if any_width else '1') if validate else '0'}:"
+            f"{int(fold)}" + (f":{server_skip}" if server_skip else ""),
             wire_dtype="float32",
         )
         self.requests.put(encode_train_request(hello))
@@ -652,26 +678,34 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
 
 def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> dict[str, Timing]:
     """Figures of uploading one float32 tensor of `num_bytes` as a step:
-    "project", "raw", "floor" (the copy floor) and "raw_wait" (raw waiting
-    for the reply as the project does)."""
-    acts = torch.randn(1, 1, num_bytes // 4)
-    mask = torch.ones(1, 1, dtype=torch.int64)
-    labels = torch.zeros(1, 1, dtype=torch.int64)
+    "project", "validated" (read with the main server's checks: finiteness,
+    the mask's and labels' values, B and T bound across the three), "raw",
+    "floor" (the copy floor) and "raw_wait" (raw waiting for the reply as
+    the project does). The step is the smallest the main server accepts:
+    batch 1, two tokens (with one, no label is left to predict once the loss
+    shifts them), so the tensor is (1, 2, num_bytes / 8)."""
+    acts = torch.randn(1, 2, num_bytes // 8)
+    mask = torch.ones(1, 2, dtype=torch.int64)
+    labels = torch.zeros(1, 2, dtype=torch.int64)
+    small = mask.numel() * 8
     session = Session(address, chunk_bytes)
+    checked = Session(address, chunk_bytes, validate=True, any_width=True)
     with contextlib.ExitStack() as stack:
-        # The same messages up (tensor chunks, then the 8-byte mask and labels)
+        # The same messages up (the 16-byte mask and labels, then the tensor's chunks)
         # and one small reply, on a stream kept open like the project's, each
         # variant on a channel of its own, as the project's session is (see
         # bench_echo).
         def channel() -> grpc.Channel:
             return stack.enter_context(rpc.make_channel(address))
 
-        raw = RawEcho(channel(), [8, 8, num_bytes], 16, chunk_bytes)
-        floor = RawEcho(channel(), [8, 8, num_bytes], 16, chunk_bytes, copies=True)
-        raw_wait = RawEcho(channel(), [8, 8, num_bytes], 16, chunk_bytes, wait=True)
+        up = [small, small, num_bytes]
+        raw = RawEcho(channel(), up, 16, chunk_bytes)
+        floor = RawEcho(channel(), up, 16, chunk_bytes, copies=True)
+        raw_wait = RawEcho(channel(), up, 16, chunk_bytes, wait=True)
         med = _alternate(
             {
                 "project": lambda: session.run_step(acts, mask, labels, "eval"),
+                "validated": lambda: checked.run_step(acts, mask, labels, "eval"),
                 "raw": raw.run,
                 "floor": floor.run,
                 "raw_wait": raw_wait.run,
@@ -683,6 +717,7 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> d
         floor.close()
         raw_wait.close()
     session.close()
+    checked.close()
     return med
 
 
@@ -945,20 +980,23 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
     )
     print(
         "| payload | chunk | project MB/s | raw MB/s | ratio | copy floor MB/s | of floor "
-        "| paired ratio (IQR) | raw, waiting as the project MB/s | of it | reps |"
+        "| paired ratio (IQR) | validated MB/s | validated ratio | validated paired (IQR) "
+        "| raw, waiting as the project MB/s | of it | reps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_bytes, n in ((UPLOAD_BYTES, reps_small), (64 * 2**20, reps_big)):
         for chunk in CHUNK_SIZES:
             med = bench_stream(address, num_bytes, chunk, n)
-            rate, raw, floor, raw_wait = (
-                num_bytes / med[k].wall_s / 1e6 for k in ("project", "raw", "floor", "raw_wait")
+            rate, checked, raw, floor, raw_wait = (
+                num_bytes / med[k].wall_s / 1e6
+                for k in ("project", "validated", "raw", "floor", "raw_wait")
             )
             print(
                 f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
                 f"{raw:.0f} | {rate / raw:.2f} | {floor:.0f} | {rate / floor:.2f} | "
-                f"{paired_ratio(med['raw'], med['project'])} | {raw_wait:.0f} | "
-                f"{rate / raw_wait:.2f} | {n} |"
+                f"{paired_ratio(med['raw'], med['project'])} | {checked:.0f} | "
+                f"{checked / raw:.2f} | {paired_ratio(med['raw'], med['validated'])} | "
+                f"{raw_wait:.0f} | {rate / raw_wait:.2f} | {n} |"
             )
     # What a step costs whatever its size: a 1 KiB tensor is one message up
     # (the raw stream's three), so the difference is the step's own handling.

@@ -63,3 +63,37 @@ def test_the_copy_floor_premise_is_checked_on_the_installed_grpcio(bench) -> Non
     for kind in ("memoryview", "bytearray"):
         assert taken[kind].startswith("refused (TypeError:"), taken
         assert f"got {kind}" in taken[kind]
+
+
+def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> None:
+    # Table (a)'s "validated" session: any width of activations is taken (the
+    # uploads' sizes fit no hidden size), but a NaN is refused as the main
+    # server refuses it, and so is a label out of the vocabulary; the plain
+    # session's server checks neither.
+    server = bench._start_server()
+    address = f"127.0.0.1:{server.bench_port}"
+    mask = bench.torch.ones(1, 2, dtype=bench.torch.int64)
+    labels = bench.torch.zeros(1, 2, dtype=bench.torch.int64)
+    bad_acts = bench.torch.randn(1, 2, 1000)
+    bad_acts[0, 1, 7] = float("nan")
+    bad_labels = bench.torch.full((1, 2), bench.VOCAB)
+    sessions = []
+    try:
+        plain = bench.Session(address, bench.DEFAULT_CHUNK)
+        sessions.append(plain)
+        assert plain.run_step(bad_acts, mask, bad_labels, "eval") is None
+        for acts, step_labels, field in (
+            (bad_acts, labels, "activations.data: 1 non-finite value(s), first at flat index 1007"),
+            (bench.torch.randn(1, 2, 1000), bad_labels, f"labels: value {bench.VOCAB}"),
+        ):
+            checked = bench.Session(address, bench.DEFAULT_CHUNK, validate=True, any_width=True)
+            sessions.append(checked)
+            assert checked.run_step(bench.torch.randn(1, 2, 4096), mask, labels, "eval") is None
+            with pytest.raises(bench.grpc.RpcError) as err:
+                checked.run_step(acts, mask, step_labels, "eval")
+            assert err.value.code() == bench.grpc.StatusCode.INVALID_ARGUMENT
+            assert field in err.value.details()
+    finally:
+        for session in sessions:
+            session.channel.close()
+        bench.rpc.stop_server(server, 0.5)
