@@ -3,7 +3,7 @@ the activation/gradient echo round trip, each as a ratio to a stream of
 ready-made byte messages over the same gRPC, measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/wire_throughput.py [--quick] [--reps-scale X]
-        [--only stream|echo|codec] [--compare-fold] [--in-process]
+        [--only stream|echo|codec] [--compare-fold] [--in-process] [--pin]
 
 The project side speaks Train wire version 2 (fedsllm.wire.train): a step is
 StepPart messages, the header folded into the first, the end flag into the
@@ -59,6 +59,16 @@ times a minimal framework (LeanEcho): the copy floor plus the six torch
 calls of a step and a prefix check per message, and nothing else. It says
 how close to raw a framework written in Python gets on the host at hand,
 and project / minimal what the project's structure and checks cost.
+
+--pin runs this process on one CPU and the server's on another. The
+scheduler then moves no thread, and a thread woken by another of its
+process runs on the same CPU, so the figures move less from run to run
+(the paired ratios' interquartile ranges about half as wide, 2 runs on the
+development machine); but no thread of a process runs beside another of
+it, so each process's Python shows in full, and the project, with more
+Python per step than raw, reads further from raw than unpinned. It is a
+microscope for A/B work on the wire; the goals are judged unpinned, as the
+issue measured them.
 
 The project's client waits for a step's reply only once gRPC has sent the
 step's last message (RequestQueue.wait_sent):
@@ -938,13 +948,17 @@ def _start_server(
     return server
 
 
-def start_child(script: str = __file__) -> tuple[subprocess.Popen[str], str]:
+def start_child(
+    script: str = __file__, cpu: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """`script --serve` in a child process (a benchmark server that prints its
     port, then serves until its stdin closes): the child, and its address once
-    it answers health checks. A child that fails to come up is killed by its
-    own pid before the error is raised."""
+    it answers health checks. With `cpu`, the child runs on that CPU alone
+    (pin_to_cpu, before it starts a thread). A child that fails to come up is
+    killed by its own pid before the error is raised."""
+    pin = ["--serve-cpu", str(cpu)] if cpu is not None else []
     child = subprocess.Popen(
-        [sys.executable, script, "--serve"],
+        [sys.executable, script, "--serve", *pin],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -959,8 +973,26 @@ def start_child(script: str = __file__) -> tuple[subprocess.Popen[str], str]:
     return child, address
 
 
-def _serve() -> int:
+def pin_to_cpu(cpu: int) -> None:
+    """Run this process on `cpu` alone: the calling thread is pinned, and every
+    thread started after inherits it, so call it before gRPC starts any (the
+    threads already there, if any, stay where they were)."""
+    os.sched_setaffinity(0, {cpu})
+
+
+def pinned_cpus() -> tuple[int, int]:
+    """The client's and the server's CPU for --pin: the first two this process
+    may run on."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit(f"--pin needs two CPUs; this process may run on {cpus}")
+    return cpus[0], cpus[1]
+
+
+def _serve(cpu: int | None = None) -> int:
     """Child mode: serve until stdin closes, after printing the port."""
+    if cpu is not None:
+        pin_to_cpu(cpu)
     torch.set_num_threads(1)
     server = _start_server()
     print(server.bench_port, flush=True)  # type: ignore[attr-defined]
@@ -1119,10 +1151,23 @@ def main() -> int:
         action="store_true",
         help="also time the echo with the downlink's result folded the other way",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run this process on one CPU and the server's on another (less noise; "
+        "each process's Python then shows in full, as none of its threads runs beside "
+        "another; the goals are judged unpinned)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-cpu", type=int, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.serve:
-        return _serve()
+        return _serve(ns.serve_cpu)
+    if ns.pin and ns.in_process:
+        parser.error("--pin: the server runs in a child process, not with --in-process")
+    client_cpu, server_cpu = pinned_cpus() if ns.pin else (None, None)
+    if client_cpu is not None:
+        pin_to_cpu(client_cpu)
     torch.set_num_threads(1)
     # A 64 MiB repetition is short (tens of ms): enough of them that one
     # load spike on the host does not make the row. The 1.57 MB upload and
@@ -1149,6 +1194,11 @@ def main() -> int:
     )
     print("scenario: none (wire layer only, loopback, unshaped)")
     print(f"server: {'same process' if ns.in_process else 'child process'}")
+    print(
+        f"pinned: client on CPU {client_cpu}, server on CPU {server_cpu}"
+        if ns.pin
+        else "pinned: no (the scheduler places every thread)"
+    )
 
     child: subprocess.Popen[str] | None = None
     server: grpc.Server | None = None
@@ -1158,7 +1208,7 @@ def main() -> int:
         address = f"127.0.0.1:{port}"
         rpc.wait_healthy(address, 10)
     else:  # healthy once start_child returns
-        child, address = start_child()
+        child, address = start_child(cpu=server_cpu)
         global SERVER_PID
         SERVER_PID = child.pid
     try:

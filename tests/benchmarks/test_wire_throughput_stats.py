@@ -97,3 +97,28 @@ def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> Non
         for session in sessions:
             session.channel.close()
         bench.rpc.stop_server(server, 0.5)
+
+
+def test_a_pinned_child_runs_every_thread_on_its_cpu(bench) -> None:
+    # --pin's server: pinned before it starts a thread, so gRPC's threads, made
+    # after, are on that CPU too (a thread pinned after its start would not be).
+    import os
+
+    cpu = max(os.sched_getaffinity(0))
+    child, _address = bench.start_child(cpu=cpu)
+    try:
+        tasks = os.listdir(f"/proc/{child.pid}/task")
+        assert len(tasks) > 1  # gRPC's threads besides the main one
+        for task in tasks:
+            assert os.sched_getaffinity(int(task)) == {cpu}, task
+    finally:
+        child.stdin.close()
+        child.wait(10)
+
+
+def test_pin_needs_two_cpus(bench, monkeypatch) -> None:
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _pid: {3})
+    with pytest.raises(SystemExit, match=r"--pin needs two CPUs; this process may run on \[3\]"):
+        bench.pinned_cpus()
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _pid: {5, 2, 7})
+    assert bench.pinned_cpus() == (2, 5)
