@@ -122,3 +122,43 @@ def test_pin_needs_two_cpus(bench, monkeypatch) -> None:
         bench.pinned_cpus()
     monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _pid: {5, 2, 7})
     assert bench.pinned_cpus() == (2, 5)
+
+
+def test_between_steps_runs_before_every_timed_repetition_and_untimed(bench, monkeypatch) -> None:
+    # A fake clock: the work between steps moves it by 100, each step by 1. The
+    # steps must read 1 each, and the work must run once per timed repetition
+    # of every function (not in the warm-up).
+    clock = [0.0]
+    calls: list[str] = []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def between() -> None:
+        calls.append("between")
+        clock[0] += 100.0
+
+    def step(name: str):
+        def run() -> None:
+            calls.append(name)
+            clock[0] += 1.0
+
+        return run
+
+    monkeypatch.setattr(bench, "BETWEEN_STEPS", between)
+    med = bench._alternate({"a": step("a"), "b": step("b")}, reps=3, warmup=2)
+    assert calls[:4] == ["a", "b", "a", "b"]  # the warm-up: nothing between
+    assert calls[4:] == ["between", "a", "between", "b"] * 3
+    assert med["a"].walls_s == [1.0, 1.0, 1.0] and med["b"].walls_s == [1.0, 1.0, 1.0]
+
+
+def test_the_model_between_steps_runs_a_forward_and_a_backward_pass(bench) -> None:
+    between = bench.ModelBetweenSteps()
+    between()
+    between()
+    assert between.runs == 2
+    grads = [p.grad for p in between.model.parameters()]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    # zero_grad before each pass: the second pass's gradients, not a sum of two
+    first = [g.clone() for g in grads]
+    between()
+    params = list(between.model.parameters())
+    assert all(bench.torch.equal(a, p.grad) for a, p in zip(first, params, strict=True))
