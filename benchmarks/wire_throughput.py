@@ -69,10 +69,10 @@ back to back (the default), a step finds the code and data of the step
 before it still in cache, which a training loop never offers; the goals are
 judged on the default, as the issue measured them.
 
---pin runs this process on one CPU and the server's on another. The
+--pin runs this process on one CPU and the server's on another core. The
 scheduler then moves no thread, and a thread woken by another of its
-process runs on the same CPU, so the figures move less from run to run
-(the paired ratios' interquartile ranges about half as wide, 2 runs on the
+process runs on the same CPU, so the repetitions of a run spread less (the
+paired ratios' interquartile ranges about half as wide, 2 runs on the
 development machine); but no thread of a process runs beside another of
 it, so each process's Python shows in full, and the project, with more
 Python per step than raw, reads further from raw than unpinned. It is a
@@ -654,14 +654,14 @@ class Timing:
     server_cpu_s: float
     """Mean CPU time of a repetition in the server's process (0 in process)."""
     walls_s: list[float]
-    """Every repetition's wall time, in order (the i-th of two functions ran
-    next to each other)."""
+    """Every repetition's wall time, in order (the i-th of every function ran in
+    the same round, one after another)."""
 
 
 def paired_ratio(num: Timing, den: Timing) -> str:
     """Median and interquartile range of num's over den's wall time, repetition
-    by repetition: "1.18 (1.12-1.25)". Each pair ran back to back, so drift on
-    the host cancels in it; the range shows how far one run's ratio can be
+    by repetition: "1.18 (1.12-1.25)". Each pair ran in the same round, so
+    drift on the host cancels in it; the range shows how far one run's ratio can be
     trusted (a figure inside it is not a difference)."""
     ratios = [a / b for a, b in zip(num.walls_s, den.walls_s, strict=True)]
     if len(ratios) < 4:
@@ -1013,19 +1013,36 @@ def start_child(
 
 
 def pin_to_cpu(cpu: int) -> None:
-    """Run this process on `cpu` alone: the calling thread is pinned, and every
-    thread started after inherits it, so call it before gRPC starts any (the
-    threads already there, if any, stay where they were)."""
-    os.sched_setaffinity(0, {cpu})
+    """Run this process on `cpu` alone: every thread it has (numpy's or torch's
+    workers, if any started on import), and every thread started after, which
+    inherits its creator's CPU. Called before gRPC starts any."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), {cpu})
+        except ProcessLookupError:  # a thread that ended since the listing
+            continue
+
+
+def _core(cpu: int) -> tuple[str, str] | None:
+    """(package, core) of a CPU from sysfs; None where sysfs does not say."""
+    base = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+    try:
+        with open(f"{base}/physical_package_id") as pkg, open(f"{base}/core_id") as core:
+            return pkg.read().strip(), core.read().strip()
+    except OSError:
+        return None
 
 
 def pinned_cpus() -> tuple[int, int]:
-    """The client's and the server's CPU for --pin: the first two this process
-    may run on."""
+    """The client's and the server's CPU for --pin: the first this process may
+    run on, and the next one on another core where there is one (two
+    hyperthreads of one core share its caches and its pipeline)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit(f"--pin needs two CPUs; this process may run on {cpus}")
-    return cpus[0], cpus[1]
+    first = _core(cpus[0])
+    other = next((c for c in cpus[1:] if first is None or _core(c) != first), cpus[1])
+    return cpus[0], other
 
 
 def _serve(cpu: int | None = None) -> int:
@@ -1203,7 +1220,7 @@ def main() -> int:
         default="nothing",
         help="what runs before every timed repetition: nothing (the default, the "
         "steps back to back), or a small model's forward and backward pass, as a "
-        "client computes between steps, so every step starts with cold caches",
+        "client computes between steps, so every step starts after a model's compute",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-cpu", type=int, help=argparse.SUPPRESS)

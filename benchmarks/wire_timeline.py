@@ -261,7 +261,8 @@ def main() -> int:
     torch.set_num_threads(1)
     child, address = wt.start_child(__file__)
     try:
-        acts = wt.UPLOAD_BYTES  # the echo's activations, also uploaded flat in (b)
+        acts = wt.UPLOAD_BYTES  # the echo's activations; (b) and (c) are table (a)'s steps,
+        # (1, 2, n) with a (1, 2) mask and labels (wire_throughput.bench_stream)
         small = 8 * wt.ECHO_SHAPE[0] * wt.ECHO_SHAPE[1]
         cases = [
             (
@@ -270,12 +271,17 @@ def main() -> int:
             ),
             (
                 f"(b) a {acts / 1e6:.2f} MB upload answered by its result",
-                _run(address, [8, 8, acts], 16, "eval", (1, 1, acts // 4), ns.steps),
+                _run(address, [16, 16, acts], 16, "eval", (1, 2, acts // 8), ns.steps),
             ),
             (
                 f"(c) a {wt.TINY_BYTES} B step answered by its result",
                 _run(
-                    address, [8, 8, wt.TINY_BYTES], 16, "eval", (1, 1, wt.TINY_BYTES // 4), ns.steps
+                    address,
+                    [16, 16, wt.TINY_BYTES],
+                    16,
+                    "eval",
+                    (1, 2, wt.TINY_BYTES // 8),
+                    ns.steps,
                 ),
             ),
         ]

@@ -85,6 +85,8 @@ def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> Non
         for acts, step_labels, field in (
             (bad_acts, labels, "activations.data: 1 non-finite value(s), first at flat index 1007"),
             (bench.torch.randn(1, 2, 1000), bad_labels, f"labels: value {bench.VOCAB}"),
+            # B and T stay bound across the three: only the width is free
+            (bench.torch.randn(1, 3, 1000), labels, "activations.shape[1]: =3, expected T=2"),
         ):
             checked = bench.Session(address, bench.DEFAULT_CHUNK, validate=True, any_width=True)
             sessions.append(checked)
@@ -114,6 +116,44 @@ def test_a_pinned_child_runs_every_thread_on_its_cpu(bench) -> None:
     finally:
         child.stdin.close()
         child.wait(10)
+
+
+def test_pin_to_cpu_moves_the_threads_already_running(bench, tmp_path) -> None:
+    # A worker started before the pin (as numpy's or torch's may be on import)
+    # is moved too, in a child process, so pytest's own stays where it is.
+    import os
+    import subprocess
+    import sys
+
+    cpu = max(os.sched_getaffinity(0))
+    script = tmp_path / "pin.py"
+    script.write_text(
+        "import os, sys, threading\n"
+        f"sys.path.insert(0, {str(bench.__file__.rsplit('/', 1)[0])!r})\n"
+        "import wire_throughput as wt\n"
+        "stop = threading.Event()\n"
+        "worker = threading.Thread(target=stop.wait)\n"
+        "worker.start()\n"
+        f"wt.pin_to_cpu({cpu})\n"
+        "cpus = {tuple(os.sched_getaffinity(int(t))) for t in os.listdir('/proc/self/task')}\n"
+        "stop.set()\n"
+        "print(len(os.listdir('/proc/self/task')), sorted(cpus))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
+    )
+    tasks, cpus = out.stdout.split(" ", 1)
+    assert int(tasks) >= 2 and cpus.strip() == str([(cpu,)])
+
+
+def test_pin_prefers_a_cpu_on_another_core(bench, monkeypatch) -> None:
+    # CPUs 0 and 1 are hyperthreads of one core: the server gets CPU 2.
+    cores = {0: ("0", "0"), 1: ("0", "0"), 2: ("0", "1")}
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _pid: {0, 1, 2})
+    monkeypatch.setattr(bench, "_core", cores.get)
+    assert bench.pinned_cpus() == (0, 2)
+    cores[2] = ("0", "0")  # one core only: the next CPU, whatever it shares
+    assert bench.pinned_cpus() == (0, 1)
 
 
 def test_pin_needs_two_cpus(bench, monkeypatch) -> None:
