@@ -673,8 +673,8 @@ def paired_ratio(num: Timing, den: Timing) -> str:
 class ModelBetweenSteps:
     """What a client computes between two steps, stood in by a small torch
     model's forward and backward pass (two 1024 x 1024 linear layers on a
-    batch of 4: about 16 MB of weights and gradients touched, a millisecond
-    or two here). A real client's step starts with its caches full of the
+    batch of 4: about 16 MB of weights and gradients touched, 6.3 ms on one
+    thread of the development machine). A real client's step starts with its caches full of the
     model's data, not the wire's; run before every timed repetition (and not
     timed), it starts every variant's step that way."""
 
@@ -725,6 +725,26 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
     }
 
 
+def _raw_variants(
+    stack: contextlib.ExitStack, address: str, up: list[int], down: int, chunk_bytes: int
+) -> dict[str, Callable[[], object]]:
+    """The steps of "raw", "floor" (the copy floor) and "raw_wait" (raw waiting
+    for the reply as the project does) on RawEcho streams (`up`, `down`), each
+    closed by `stack` before its channel. Each has a channel of its own, as each
+    project session has, so every channel sits idle alike between its steps
+    (the raw variants once shared one, busy three steps in four or six, while
+    the project's waited; whether that favoured them, the runs do not settle:
+    a 1 KiB step read 123-194 us over raw in 5 runs with the shared channel,
+    -18 to +239 us in 7 with a channel each)."""
+    steps: dict[str, Callable[[], object]] = {}
+    for name, kind in (("raw", {}), ("floor", {"copies": True}), ("raw_wait", {"wait": True})):
+        channel = stack.enter_context(rpc.make_channel(address))
+        echo = RawEcho(channel, up, down, chunk_bytes, **kind)
+        stack.callback(echo.close)
+        steps[name] = echo.run
+    return steps
+
+
 def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> dict[str, Timing]:
     """Figures of uploading one float32 tensor of `num_bytes` as a step:
     "project", "validated" (read with the main server's checks: finiteness,
@@ -740,31 +760,17 @@ def bench_stream(address: str, num_bytes: int, chunk_bytes: int, reps: int) -> d
     session = Session(address, chunk_bytes)
     checked = Session(address, chunk_bytes, validate=True, any_width=True)
     with contextlib.ExitStack() as stack:
-        # The same messages up (the 16-byte mask and labels, then the tensor's chunks)
-        # and one small reply, on a stream kept open like the project's, each
-        # variant on a channel of its own, as the project's session is (see
-        # bench_echo).
-        def channel() -> grpc.Channel:
-            return stack.enter_context(rpc.make_channel(address))
-
-        up = [small, small, num_bytes]
-        raw = RawEcho(channel(), up, 16, chunk_bytes)
-        floor = RawEcho(channel(), up, 16, chunk_bytes, copies=True)
-        raw_wait = RawEcho(channel(), up, 16, chunk_bytes, wait=True)
+        # The same messages up (the 16-byte mask and labels, then the tensor's
+        # chunks) and one small reply.
         med = _alternate(
             {
                 "project": lambda: session.run_step(acts, mask, labels, "eval"),
                 "validated": lambda: checked.run_step(acts, mask, labels, "eval"),
-                "raw": raw.run,
-                "floor": floor.run,
-                "raw_wait": raw_wait.run,
+                **_raw_variants(stack, address, [small, small, num_bytes], 16, chunk_bytes),
             },
             reps,
             warmup=2,
         )
-        raw.close()
-        floor.close()
-        raw_wait.close()
     session.close()
     checked.close()
     return med
@@ -787,27 +793,14 @@ def bench_echo(
     sessions = [plain, checked]
     sizes = [mask.numel() * 8, labels.numel() * 8, acts.numel() * 4]  # the project's order
     with contextlib.ExitStack() as stack:
-        # Each variant on a channel of its own, as each project session is, so
-        # every channel sits idle alike between its steps (the raw variants
-        # shared one, busy three steps in four or six, while the project's
-        # waited; whether that favoured them, the runs do not settle: a 1 KiB
-        # step read 123-194 us over raw in 5 runs with the shared channel,
-        # -18 to +239 us in 7 with a channel each).
-        def channel() -> grpc.Channel:
-            return stack.enter_context(rpc.make_channel(address))
-
-        raw = RawEcho(channel(), sizes, sizes[2], chunk_bytes)
-        floor = RawEcho(channel(), sizes, sizes[2], chunk_bytes, copies=True)
-        raw_wait = RawEcho(channel(), sizes, sizes[2], chunk_bytes, wait=True)
-        lean = LeanEcho(channel(), sum(sizes), chunk_bytes)
+        lean = LeanEcho(stack.enter_context(rpc.make_channel(address)), sum(sizes), chunk_bytes)
+        stack.callback(lean.close)  # before its channel (last in, first out)
         if not torch.equal(lean.run_step(acts, mask, labels), acts):
             raise RuntimeError("the minimal framework's echo returned a different tensor")
         fns: dict[str, Callable[[], object]] = {
             "project": lambda: plain.run_step(acts, mask, labels, "train"),
             "validated": lambda: checked.run_step(acts, mask, labels, "train"),
-            "raw": raw.run,
-            "floor": floor.run,
-            "raw_wait": raw_wait.run,
+            **_raw_variants(stack, address, sizes, sizes[2], chunk_bytes),
             "lean": lambda: lean.run_step(acts, mask, labels),
         }
         if compare_fold:
@@ -815,10 +808,6 @@ def bench_echo(
             sessions.append(other)
             fns["other_fold"] = lambda: other.run_step(acts, mask, labels, "train")
         med = _alternate(fns, reps, warmup=5)
-        raw.close()
-        floor.close()
-        raw_wait.close()
-        lean.close()
     for session in sessions:
         grad = session.run_step(acts, mask, labels, "train")
         if grad is None or not torch.equal(grad, acts):

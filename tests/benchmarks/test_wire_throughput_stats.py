@@ -157,6 +157,7 @@ def test_pin_prefers_a_cpu_on_another_core(bench, monkeypatch) -> None:
 
 
 def test_pin_needs_two_cpus(bench, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "_core", lambda _cpu: None)  # no topology: not this host's
     monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _pid: {3})
     with pytest.raises(SystemExit, match=r"--pin needs two CPUs; this process may run on \[3\]"):
         bench.pinned_cpus()

@@ -45,6 +45,7 @@ from fedsllm.wire.rpc import (
 from fedsllm.wire.status import abort_for
 from fedsllm.wire.tensors import TensorSpec, WireLimits, tensor_to_frame
 from fedsllm.wire.train import read_uplink, step_download_responses, train_response
+from tests.loopback import serving
 
 FAST = RetryPolicy(seed=0, base_s=0.02, cap_s=0.2, budget_s=60.0)
 """Short waits, a budget no healthy test comes near."""
@@ -370,17 +371,11 @@ class SlowPull(fed_server_pb2_grpc.FedServerServicer):
 
 def test_pull_asks_again_after_a_deadline() -> None:
     servicer = SlowPull(num_slow=2)
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(servicer, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            client = FedServerClient(channel, 0, "h", 1024, pull_timeout_s=0.2, retry=FAST)
-            assert client.pull_global(3).read() == (3, BLOB)
-    finally:
-        stop_server(server, grace_s=0)
+    with serving(
+        lambda s: fed_server_pb2_grpc.add_FedServerServicer_to_server(servicer, s), grace_s=0
+    ) as channel:
+        client = FedServerClient(channel, 0, "h", 1024, pull_timeout_s=0.2, retry=FAST)
+        assert client.pull_global(3).read() == (3, BLOB)
     assert servicer.num_calls == 3
 
 

@@ -26,6 +26,7 @@ from fedsllm.trace import Tracer
 from fedsllm.wire.messages import StepResultInfo, TrainWelcomeInfo, step_header_from_proto
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
 from fedsllm.wire.train import ReceivedPart, parse_train_request
+from tests.loopback import serving
 
 
 @pytest.fixture
@@ -121,20 +122,10 @@ def test_pull_global_returns_once_the_fed_server_answers() -> None:
         assert len(stub.requests) == 1
 
 
-@contextlib.contextmanager
-def _main_server_channel(servicer: object) -> Iterator[grpc.Channel]:
+def _main_server_channel(servicer: object) -> contextlib.AbstractContextManager[grpc.Channel]:
     """A channel to `servicer`, a MainServer served on a free loopback port and
     stopped afterwards."""
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            yield channel
-    finally:
-        stop_server(server, grace_s=0.5)
+    return serving(lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s))
 
 
 @pytest.mark.parametrize("asked_bps", [0.0, 2e6])

@@ -17,7 +17,7 @@ from fedsllm.proto import fed_server_pb2_grpc as pb_grpc
 from fedsllm.proto import tensor_pb2
 from fedsllm.trace import Tracer
 from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
-from fedsllm.wire.rpc import create_server, make_channel, stop_server
+from tests.loopback import serving
 
 HASH = "abc123"
 
@@ -30,17 +30,8 @@ def fed(tmp_path) -> Iterator[tuple[pb_grpc.FedServerStub, RoundState]]:
     service = FedServerService(
         state, HASH, num_local_steps=3, max_adapter_bytes=4096, chunk_bytes=64, pull_timeout_s=2.0
     )
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
-    channel = make_channel(f"127.0.0.1:{port}")
-    try:
+    with serving(lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)) as channel:
         yield pb_grpc.FedServerStub(channel), state
-    finally:
-        channel.close()
-        stop_server(server, grace_s=0.5)
 
 
 def _blob(value: float) -> bytes:
@@ -174,19 +165,11 @@ def test_pull_global_is_paced_per_client(tmp_path) -> None:
         chunk_bytes=64,
         pace_down=lambda k, n, first: paced.append((k, n, first)),
     )
-    server, port = create_server(
-        "127.0.0.1:0",
-        [lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)],
-        allow_unauthenticated=True,
-    )
-    try:
-        with make_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.FedServerStub(channel)
-            _join(stub, 0)
-            _push(stub, 0, 0, _blob(2.0))
-            responses = list(stub.PullGlobal(pb.PullGlobalRequest(client_id=0, round=0), timeout=5))
-    finally:
-        stop_server(server, grace_s=0.5)
+    with serving(lambda s: pb_grpc.add_FedServerServicer_to_server(service, s)) as channel:
+        stub = pb_grpc.FedServerStub(channel)
+        _join(stub, 0)
+        _push(stub, 0, 0, _blob(2.0))
+        responses = list(stub.PullGlobal(pb.PullGlobalRequest(client_id=0, round=0), timeout=5))
     assert len(paced) == len(responses) > 2
     assert [p[0] for p in paced] == [0] * len(paced)
     assert [p[2] for p in paced] == [True] + [False] * (len(paced) - 1)

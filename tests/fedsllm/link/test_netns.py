@@ -401,9 +401,10 @@ def _marks(proc: subprocess.Popen) -> list[tuple[float, int]]:
 GOODPUT_SLICE_S = 0.3
 
 
-def _received_by(window: list[tuple[float, int]], t: float) -> float:
-    """Bytes received by time `t`, interpolated between the receiver's marks."""
-    i = bisect.bisect_right([m[0] for m in window], t)
+def _received_by(window: list[tuple[float, int]], times: list[float], t: float) -> float:
+    """Bytes received by time `t`, interpolated between the receiver's marks
+    (`times`: the marks' times)."""
+    i = bisect.bisect_right(times, t)
     if i == 0:
         return float(window[0][1])
     if i == len(window):
@@ -423,7 +424,8 @@ def _goodput_bps(marks: list[tuple[float, int]], t_from: float = -math.inf) -> f
     t0 = window[0][0]
     slices = int((window[-1][0] - t0) // GOODPUT_SLICE_S)
     assert slices >= 3, f"{window[-1][0] - t0:.2f} s of marks: too short to measure"
-    edges = [_received_by(window, t0 + k * GOODPUT_SLICE_S) for k in range(slices + 1)]
+    times = [t for t, _ in window]
+    edges = [_received_by(window, times, t0 + k * GOODPUT_SLICE_S) for k in range(slices + 1)]
     return statistics.median((b - a) * 8 / GOODPUT_SLICE_S for a, b in itertools.pairwise(edges))
 
 
