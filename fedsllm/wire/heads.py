@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedsllm.wire.codec import read_varint, varint
 from fedsllm.wire.messages import (
+    STEP_MODE_NUMBERS,
     StepHeaderInfo,
     StepResultInfo,
     step_header_to_proto,
@@ -51,10 +52,6 @@ _UINT64_END = 1 << 64
 _ENUM_END = 1 << 31
 """Enum values from here on are not read back as written (protobuf keeps an
 enum's low 32 bits, as a signed int32): left to protobuf."""
-
-_MODE_NUMBERS = {"train": 1, "eval": 2}
-"""StepMode numbers of messages.STEP_MODES (main_server.proto: STEP_MODE_TRAIN,
-STEP_MODE_EVAL)."""
 
 
 @dataclass(slots=True)
@@ -125,7 +122,7 @@ _NOT_COVERED = (TypeError, OverflowError, struct.error, UnicodeEncodeError)
 def serialize_step_header(info: StepHeaderInfo) -> bytes:
     """`step_header_to_proto(info).SerializeToString()`, without protobuf
     (which still writes, or refuses, what this does not cover)."""
-    mode = _MODE_NUMBERS.get(info.mode)
+    mode = STEP_MODE_NUMBERS.get(info.mode)
     if mode is None or type(info.initial_adapter) is not bool:
         return step_header_to_proto(info).SerializeToString()
     try:

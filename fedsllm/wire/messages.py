@@ -156,12 +156,16 @@ def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
     )
 
 
-def step_header_from_proto(msg: main_server_pb2.StepHeader) -> StepHeaderInfo:
-    from fedsllm.proto import main_server_pb2
+STEP_MODE_NUMBERS = {"train": 1, "eval": 2}
+"""STEP_MODES' StepMode numbers (main_server.proto: STEP_MODE_TRAIN,
+STEP_MODE_EVAL; a test holds them to the generated code), so that writing
+and reading a header by hand (fedsllm.wire.heads, step_header_from_proto)
+imports no protobuf module."""
+_MODE_NAMES = {number: name for name, number in STEP_MODE_NUMBERS.items()}
 
-    mode = {main_server_pb2.STEP_MODE_TRAIN: "train", main_server_pb2.STEP_MODE_EVAL: "eval"}.get(
-        msg.mode
-    )
+
+def step_header_from_proto(msg: main_server_pb2.StepHeader) -> StepHeaderInfo:
+    mode = _MODE_NAMES.get(msg.mode)
     if mode is None:
         raise WireError(
             "StepHeader.mode", f"={msg.mode}, expected STEP_MODE_TRAIN or STEP_MODE_EVAL"

@@ -77,13 +77,16 @@ GIL_FREE_COPY_BYTES = 2**20
 Buffer = bytes | bytearray | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TensorFrame:
     """One tensor as it travels: `data` holds prod(shape) * itemsize bytes.
 
     `data` may share memory with the tensor it came from (tensor_to_frame
     does not copy when no cast is needed); take `bytes(frame.data)` to own it.
-    """
+
+    Treated as immutable, but not frozen, like Chunk: every step makes one
+    per tensor on each side, and a frozen dataclass's constructor costs an
+    object.__setattr__ call per field (issue 13)."""
 
     name: str
     dtype: str
@@ -404,11 +407,6 @@ def check_finite(frame: TensorFrame) -> None:
         _raise_non_finite(frame.name, t)
 
 
-def _new_buffer(num_bytes: int) -> memoryview:
-    # Not zero-filled: every byte is written by the chunks before anyone reads it.
-    return memoryview(np.empty(num_bytes, dtype=np.uint8))
-
-
 def _refcount(buffers: list[np.ndarray], i: int) -> int:
     return sys.getrefcount(buffers[i])
 
@@ -436,6 +434,12 @@ class ReceiveBuffers:
 
     def take(self, num_bytes: int) -> memoryview:
         """A writable buffer of exactly `num_bytes` (contents undefined)."""
+        return memoryview(self.take_array(num_bytes))
+
+    def take_array(self, num_bytes: int) -> np.ndarray:
+        """`take`'s buffer as the pool's own uint8 array: the assembler writes
+        through it and views it as the tensor's dtype without another numpy
+        call (a cold numpy call costs several microseconds; issue 13)."""
         for i in range(len(self._buffers)):
             if (
                 self._buffers[i].nbytes == num_bytes
@@ -443,18 +447,24 @@ class ReceiveBuffers:
             ):
                 array = self._buffers.pop(i)
                 self._buffers.append(array)  # most recently used last
-                return memoryview(array)
+                return array
         array = np.empty(num_bytes, dtype=np.uint8)
         self._buffers.append(array)
         if len(self._buffers) > self.max_buffers:
             del self._buffers[0]
-        return memoryview(array)
+        return array
 
 
 @dataclass(slots=True)
 class _Partial:
     key: ChunkKey
     """(name, dtype, shape, total bytes): what every later chunk must repeat."""
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    total: int
+    """The key's four fields, each its own attribute: read for every chunk,
+    where a property is a function call (issue 13)."""
     buf: memoryview
     array: np.ndarray
     """`buf` as a numpy array, written chunk by chunk."""
@@ -469,22 +479,6 @@ class _Partial:
     """The spec's value check, run once the tensor is complete."""
     tensor: torch.Tensor | None = None
     """The torch tensor over `buf` (ChunkAssembler.make_tensors)."""
-
-    @property
-    def name(self) -> str:
-        return self.key[0]
-
-    @property
-    def dtype(self) -> str:
-        return self.key[1]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.key[2]
-
-    @property
-    def total(self) -> int:
-        return self.key[3]
 
 
 def _copy_into(cur: _Partial, data: Buffer, end: int) -> None:
@@ -587,7 +581,7 @@ class ChunkAssembler:
                 f"={offset}, expected {cur.filled} (chunks must be contiguous and in order)",
             )
         end = cur.filled + n
-        total = cur.total  # once: a property, and this runs for every chunk
+        total = cur.total
         if end > total:
             raise WireError(
                 f"{cur.name}.data", f"chunk [{offset}, {end}) runs past total_bytes={total}"
@@ -656,29 +650,52 @@ class ChunkAssembler:
         spec = self.specs.get(name) if self.specs is not None else None
         if spec is not None:
             self._check_spec(spec, chunk.dtype, shape)
-        buf = self.buffers.take(total) if self.buffers is not None else _new_buffer(total)
-        array = np.frombuffer(buf, dtype=np.uint8)
+        dtype = chunk.dtype
+        array = (
+            self.buffers.take_array(total)
+            if self.buffers is not None
+            else np.empty(total, dtype=np.uint8)  # not zero-filled: the chunks write every byte
+        )
+        buf = memoryview(array)
         elements = None
-        if spec is not None and spec.require_finite and chunk.dtype in FLOAT_DTYPES:
-            if chunk.dtype == "float32" and _LITTLE_ENDIAN:
+        if spec is not None and spec.require_finite and dtype in FLOAT_DTYPES:
+            if dtype == "float32" and _LITTLE_ENDIAN:
                 elements = array.view(np.float32)  # numpy: see _all_finite
             else:  # half precision: numpy's sums of it are slow, bfloat16 it lacks
                 import torch
 
-                elements = torch.frombuffer(buf, dtype=_torch_dtype(chunk.dtype))
+                elements = torch.frombuffer(buf, dtype=_torch_dtype(dtype))
         self._current = _Partial(
-            key=(name, chunk.dtype, shape, total),
+            key=(name, dtype, shape, total),
+            name=name,
+            dtype=dtype,
+            shape=shape,
+            total=total,
             buf=buf,
             array=array,
             elements=elements,
             check=spec.check if spec is not None else None,
-            # Over the buffer before its bytes are in; not where the wire's byte
-            # order is not the host's (frame_to_tensor would copy to swap them).
-            tensor=frame_to_tensor(TensorFrame(name, chunk.dtype, shape, buf), copy=False)
-            if self.make_tensors and _LITTLE_ENDIAN
-            else None,
+            tensor=self._tensor_over(array, buf, name, dtype, shape) if self.make_tensors else None,
         )
         return self._current
+
+    @staticmethod
+    def _tensor_over(
+        array: np.ndarray, buf: memoryview, name: str, dtype: str, shape: tuple[int, ...]
+    ) -> torch.Tensor | None:
+        """The tensor over a buffer before its bytes are in: for a dtype numpy
+        has, the pool's array viewed as the dtype and shape (two numpy calls
+        and one torch call, the header already checked); for bfloat16, by
+        frame_to_tensor. None where the wire's byte order is not the host's
+        (frame_to_tensor would copy to swap them)."""
+        if not _LITTLE_ENDIAN:  # pragma: no cover - x86/arm are little-endian
+            return None
+        np_dtype = _NUMPY_DTYPES.get(dtype)
+        if np_dtype is None:
+            return frame_to_tensor(TensorFrame(name, dtype, shape, buf), copy=False)
+        import torch
+
+        return torch.from_numpy(array.view(np_dtype).reshape(shape))
 
     def _check_spec(self, spec: TensorSpec, dtype: str, shape: tuple[int, ...]) -> None:
         name = spec.name

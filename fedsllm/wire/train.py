@@ -603,12 +603,12 @@ def read_uplink(
         nonlocal header, assembler
         if header is None or assembler is None:
             raise WireError(field, "end without a step header")
-        frames = assembler.finish(header.tensor_names)
+        # The assembler's own dicts: it is dropped here, so nothing else holds them.
         upload = StepUpload(
             header=header,
-            frames=dict(frames),
+            frames=assembler.finish(header.tensor_names),
             receive_s=time.perf_counter() - started,
-            tensors=dict(assembler.tensors),
+            tensors=assembler.tensors,
         )
         header, assembler = None, None
         return upload
@@ -721,11 +721,11 @@ def read_downlink(
         for chunk in chunks:
             assembler.feed(chunk)  # type: ignore[union-attr]
         if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):  # type: ignore[union-attr]
-            yield StepDownload(
+            yield StepDownload(  # the assembler's dicts: it is dropped below
                 result=result,  # type: ignore[arg-type]
-                frames=dict(assembler.frames),  # type: ignore[union-attr]
+                frames=assembler.frames,  # type: ignore[union-attr]
                 receive_s=time.perf_counter() - started,
-                tensors=dict(assembler.tensors),  # type: ignore[union-attr]
+                tensors=assembler.tensors,  # type: ignore[union-attr]
             )
             result, assembler = None, None
     if result is not None:

@@ -28,6 +28,7 @@ from fedsllm.wire.heads import (
     serialize_step_result,
 )
 from fedsllm.wire.messages import (
+    STEP_MODE_NUMBERS,
     STEP_MODES,
     StepHeaderInfo,
     StepResultInfo,
@@ -181,11 +182,11 @@ def test_written_bytes_are_protobufs() -> None:
 
 
 def test_modes_are_protobufs_numbers() -> None:
-    assert heads._MODE_NUMBERS == {
+    assert STEP_MODE_NUMBERS == {
         "train": main_server_pb2.STEP_MODE_TRAIN,
         "eval": main_server_pb2.STEP_MODE_EVAL,
     }
-    assert tuple(heads._MODE_NUMBERS) == STEP_MODES
+    assert tuple(STEP_MODE_NUMBERS) == STEP_MODES
 
 
 @pytest.mark.parametrize(
