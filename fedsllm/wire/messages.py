@@ -226,15 +226,32 @@ def step_result_to_proto(info: StepResultInfo) -> main_server_pb2.StepResult:
 
 def step_result_from_proto(msg: main_server_pb2.StepResult) -> StepResultInfo:
     # A non-finite loss is a legitimate report (a diverged model), so only
-    # the timings are range-checked.
-    times = {name: _finite(f"StepResult.{name}", getattr(msg, name)) for name in _RESULT_TIMES}
+    # the timings are range-checked. Every step's reply passes here: the
+    # usual values are read and checked without a call each (issue 13).
+    times = (
+        msg.server_compute_s,
+        msg.server_forward_s,
+        msg.server_backward_s,
+        msg.server_update_s,
+        msg.server_queue_s,
+        msg.server_receive_s,
+    )
+    for name, value in zip(_RESULT_TIMES, times, strict=True):
+        if not 0.0 <= value < math.inf:  # also False for NaN
+            _finite(f"StepResult.{name}", value)  # raises, naming the field
+    compute, forward, backward, update, queue, receive = times
     return StepResultInfo(
         round=msg.round,
         step=msg.step,
         loss=msg.loss,
         num_tokens=msg.num_tokens,
+        server_compute_s=compute,
+        server_forward_s=forward,
+        server_backward_s=backward,
+        server_update_s=update,
+        server_queue_s=queue,
+        server_receive_s=receive,
         tensor_names=tuple(msg.tensor_names),
-        **times,
     )
 
 

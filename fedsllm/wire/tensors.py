@@ -356,6 +356,18 @@ def _validate_header(
     return itemsize
 
 
+@np.errstate(over="ignore")
+def _sum_of_squares(t: np.ndarray) -> float:
+    """One BLAS dot of a float32 array with itself. An overflowing square is
+    expected, and decided by _all_finite's exact check: no RuntimeWarning in
+    a role's log for a peer's large values. The errstate is made once, as a
+    decorator (which keeps its state per call, so threads may share it):
+    built and entered at every call, as a `with` block, it cost about 18 us
+    of a step's 85-100 us check of 1.57 MB when the step starts cold (issue
+    13; measured alternating the two)."""
+    return float(np.dot(t, t))
+
+
 def _all_finite(t: torch.Tensor | np.ndarray) -> bool:
     """True when the float elements `t` (a torch tensor, or a float32 numpy
     array) hold no NaN or Inf.
@@ -373,10 +385,7 @@ def _all_finite(t: torch.Tensor | np.ndarray) -> bool:
     each side (issue 13).
     """
     if type(t) is np.ndarray:
-        # An overflowing square is expected, and decided by the exact check: no
-        # RuntimeWarning in a role's log for a peer's large values.
-        with np.errstate(over="ignore"):
-            return math.isfinite(float(np.dot(t, t))) or bool(np.isfinite(t).all())
+        return math.isfinite(_sum_of_squares(t)) or bool(np.isfinite(t).all())
     import torch
 
     return math.isfinite(float(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())

@@ -332,3 +332,20 @@ def test_header_to_proto_rejects_unknown_mode() -> None:
     bad = m.StepHeaderInfo(round=0, step=0, mode="infer", downlink_bps=0.0, tensor_names=("a",))
     with pytest.raises(WireError, match="'infer'"):
         m.step_header_to_proto(bad)
+
+
+@pytest.mark.parametrize("name", m._RESULT_TIMES)
+@pytest.mark.parametrize("bad", [math.nan, -1e-9, math.inf, -math.inf])
+def test_result_times_refused_each_by_name(name: str, bad: float) -> None:
+    """Every timing of a StepResult is checked (finite, >= 0), and the error
+    names the one that is wrong, whichever it is."""
+    with pytest.raises(WireError) as err:
+        m.step_result_from_proto(main_server_pb2.StepResult(**{name: bad}))
+    assert err.value.field == f"StepResult.{name}"
+
+
+def test_result_times_kept_as_sent() -> None:
+    times = dict(zip(m._RESULT_TIMES, (0.5, 0.0, -0.0, 1e300, 2.5e-9, 3.0), strict=True))
+    info = m.step_result_from_proto(main_server_pb2.StepResult(round=2, step=7, **times))
+    assert {name: getattr(info, name) for name in m._RESULT_TIMES} == times
+    assert math.copysign(1.0, info.server_backward_s) == -1.0  # -0.0 passes as itself

@@ -554,6 +554,39 @@ def test_finite_values_whose_chunk_sums_overflow_pass(dtype: str) -> None:
     assert torch.equal(frame_to_tensor(asm.frames["activations"]), big)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_finite_check_is_quiet_in_concurrent_streams() -> None:
+    """The overflow is silenced per call, not by one state that threads share:
+    a server's streams check their steps at once, each thread's overflow
+    stays quiet, and no call sees another's state (a shared errstate entered
+    with `with` refuses a second entry, or restores the wrong state)."""
+    import threading
+
+    from fedsllm.wire import tensors
+
+    big = np.full(4096, np.finfo(np.float32).max / 2, dtype=np.float32)
+    bad = big.copy()
+    bad[-1] = np.inf
+    results: list[tuple[bool, bool]] = []
+    errors: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            for _ in range(200):
+                results.append((tensors._all_finite(big), tensors._all_finite(bad)))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == [(True, False)] * 800
+    assert np.geterr()["over"] == "warn"  # this thread's state, as before
+
+
 def test_non_finite_is_kept_where_no_spec_asks() -> None:
     x = torch.tensor([float("nan"), 1.0])
     out = assemble(frame_to_chunks(tensor_to_frame("g", x), 4))
