@@ -3,7 +3,7 @@ the activation/gradient echo round trip, each as a ratio to a stream of
 ready-made byte messages over the same gRPC, measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/wire_throughput.py [--quick] [--reps-scale X]
-        [--only stream|echo|codec] [--compare-fold] [--in-process] [--pin]
+        [--only stream|sides|echo|codec] [--compare-fold] [--in-process] [--pin]
         [--between-steps nothing|model]
 
 The project side speaks Train wire version 2 (fedsllm.wire.train): a step is
@@ -46,6 +46,18 @@ main server replies when the downlink is not paced).
     with validation off and on, against the copy floor's copies of the same
     messages: "total - copies" is what the framework's Python costs per step,
     the project's own share of the echo's excess over raw.
+
+(d) where the time of table (a)'s step goes, by side (1 KiB and 1.57 MB, the
+    default chunk size, plain): "packed" is raw gRPC carrying the project's
+    own messages (the bytes its serializer makes, ready-made, the client
+    waiting as the project's does) to a server that reads nothing and
+    answers each step with a ready-made result (the sink); "client alone"
+    is the project's client against the sink; "server alone" the packed
+    messages to the project's server. Their excesses over packed, paired
+    step by step, are what each side's handling costs (its copies, checks
+    and Python); the project's own excess is about their sum. Raw, table
+    (a)'s, sends two messages more than packed (the mask and the labels on
+    their own), so packed against raw is what a message costs here.
 
 Tables (a) and (b) also time a "copy floor": the raw stream plus the one
 copy per message on each side that any tensor framework on gRPC-Python 1.85
@@ -128,6 +140,7 @@ from fedsllm.wire.tensors import (
     tensor_to_frame,
 )
 from fedsllm.wire.train import (
+    TRAIN_METHOD,
     ReplyPart,
     decode_train_request,
     decode_train_response,
@@ -431,11 +444,39 @@ def _lean_echo(request_iterator, context) -> Iterator[tuple[bytes, memoryview]]:
                 yield LEAN_PREFIX, grad[start : start + chunk]
 
 
+SINK_RESULT = StepResultInfo(round=0, step=0, loss=0.0, num_tokens=0, server_compute_s=0.0)
+"""The reply the sink gives every step: an eval step's result, as BenchServer's."""
+
+
+def _sink(request_iterator, context) -> Iterator[bytes]:
+    """A Train-like server that reads nothing (table d): the first message is
+    answered with a welcome, then every `msgs` messages (metadata) with an eval
+    step's result, both made once, as Train's serializer makes them. The
+    project's client against it costs what the client's side of a step costs,
+    with no server work beyond gRPC's."""
+    msgs = int(dict(context.invocation_metadata())["msgs"])
+    welcome = encode_train_response(
+        TrainWelcomeInfo(client_id=0, scenario_hash="sink", max_tensor_bytes=2**30)
+    )
+    result = encode_train_response(SINK_RESULT)
+    it = iter(request_iterator)
+    if next(it, None) is None:
+        return
+    yield welcome
+    count = 0
+    for _ in it:
+        count += 1
+        if count == msgs:
+            count = 0
+            yield result
+
+
 def _add_raw(server: grpc.Server, echo: Callable[..., Iterator[bytes]] = _raw_echo) -> None:
     handler = grpc.method_handlers_generic_handler(
         "bench.Raw",
         {
             "Echo": grpc.stream_stream_rpc_method_handler(echo, _identity, _identity),
+            "Sink": grpc.stream_stream_rpc_method_handler(_sink, _identity, _identity),
             "Lean": grpc.stream_stream_rpc_method_handler(_lean_echo, _identity, _join_pair),
             "Probe": grpc.unary_unary_rpc_method_handler(
                 lambda request, _context: request, _identity, _identity
@@ -621,6 +662,123 @@ class LeanEcho:
 
 
 # ---------------------------------------------------------------- measurements
+
+
+SINK_METHOD = "/bench.Raw/Sink"
+
+
+def project_step_messages(
+    num_bytes: int, chunk_bytes: int, step: int = 0
+) -> tuple[bytes, list[bytes]]:
+    """The hello and one eval step of table (a)'s upload of `num_bytes`, as
+    the bytes a Session's serializer sends (encode_train_request of its
+    StepParts): what the ready-made variants of table (d) send."""
+    acts = torch.zeros(1, 2, num_bytes // 8)
+    frames = [
+        tensor_to_frame("attention_mask", torch.ones(1, 2, dtype=torch.int64)),
+        tensor_to_frame("labels", torch.zeros(1, 2, dtype=torch.int64)),
+        tensor_to_frame("activations", acts),
+    ]
+    header = StepHeaderInfo(
+        round=0,
+        step=step,
+        mode="eval",
+        downlink_bps=0.0,
+        tensor_names=("attention_mask", "labels", "activations"),
+    )
+    hello = TrainHelloInfo(client_id=0, scenario_hash=f"{chunk_bytes}:0:1", wire_dtype="float32")
+    steps = step_upload_requests(header, frames, chunk_bytes)
+    return encode_train_request(hello), [encode_train_request(part) for part in steps]
+
+
+class ReadyMade:
+    """A client of ready-made messages (table d): `first` (a hello) once, then
+    per step `step`'s messages, on `method` with gRPC's identity serializers,
+    waiting for the step's one reply as the project does (RequestQueue.
+    wait_sent) but reading it as bytes. Against the sink, it is raw gRPC with
+    the project's message layout; against Train, the project's server alone."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        method: str,
+        first: bytes,
+        step: list[bytes],
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.requests = rpc.RequestQueue()
+        call = channel.stream_stream(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )
+        self.responses = call(self.requests, timeout=600, metadata=metadata)
+        self.requests.watch(self.responses)
+        self.step = step
+        self.requests.put(first)
+        next(self.responses)
+
+    def run(self) -> bytes:
+        self.requests.put_all(self.step)
+        self.requests.wait_sent()
+        return next(self.responses)
+
+    def close(self) -> None:
+        self.requests.close()
+        next(self.responses, None)
+
+
+SIDES = ("project", "client_alone", "server_alone", "packed", "raw")
+"""Table (d)'s variants: the project; its client against the sink; ready-made
+project messages to the project's server; ready-made project messages to the
+sink (raw gRPC with the project's layout); raw as in table (a)."""
+
+
+def bench_sides(address: str, num_bytes: int, reps: int) -> dict[str, Timing]:
+    """Table (d)'s figures for table (a)'s eval step of `num_bytes` at the
+    default chunk size: SIDES, interleaved, each on its own channel."""
+    acts = torch.randn(1, 2, num_bytes // 8)
+    mask = torch.ones(1, 2, dtype=torch.int64)
+    labels = torch.zeros(1, 2, dtype=torch.int64)
+    hello, step = project_step_messages(num_bytes, DEFAULT_CHUNK)
+    sink = (("msgs", str(len(step))),)
+    with contextlib.ExitStack() as stack:
+        project = Session(address, DEFAULT_CHUNK)
+        stack.callback(project.close)
+        client_alone = Session(
+            address,
+            DEFAULT_CHUNK,
+            call=lambda channel: functools.partial(
+                channel.stream_stream(
+                    SINK_METHOD,
+                    request_serializer=encode_train_request,
+                    response_deserializer=decode_train_response,
+                ),
+                metadata=sink,
+            ),
+        )
+        stack.callback(client_alone.close)
+        ready = {}
+        for name, method, metadata_ in (
+            ("server_alone", TRAIN_METHOD, ()),
+            ("packed", SINK_METHOD, sink),
+        ):
+            channel = stack.enter_context(rpc.make_channel(address))
+            ready[name] = ReadyMade(channel, method, hello, step, metadata_)
+            stack.callback(ready[name].close)
+        raw_echo = RawEcho(
+            stack.enter_context(rpc.make_channel(address)), [16, 16, num_bytes], 16, DEFAULT_CHUNK
+        )
+        stack.callback(raw_echo.close)
+        return _alternate(
+            {
+                "project": lambda: project.run_step(acts, mask, labels, "eval"),
+                "client_alone": lambda: client_alone.run_step(acts, mask, labels, "eval"),
+                "server_alone": ready["server_alone"].run,
+                "packed": ready["packed"].run,
+                "raw": raw_echo.run,
+            },
+            reps,
+            warmup=5,
+        )
 
 
 def _server_cpu_s(pid: int | None) -> float:
@@ -1089,6 +1247,45 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
     )
 
 
+def bench_sides_table(address: str, reps: int) -> None:
+    """Print table (d)."""
+    print(
+        f"\n(d) where a step's time goes, by side: table (a)'s eval step at "
+        f"{DEFAULT_CHUNK // 1024} KiB, median us of {reps}; packed = raw gRPC carrying "
+        "the project's own messages (ready-made, waiting as the project) to a server "
+        "that reads nothing; client alone = the project's client against that server; "
+        "server alone = the packed messages to the project's server. Each excess is "
+        "over packed, paired step by step; raw = table (a)'s, with two messages more"
+    )
+    print(
+        "| payload | messages | project | raw | packed | client alone | server alone "
+        "| client excess | server excess | project excess | project / raw (paired) "
+        "| CPU us, client + server: project | packed |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for num_bytes in (TINY_BYTES, UPLOAD_BYTES):
+        med = bench_sides(address, num_bytes, reps)
+        us = {k: t.wall_s * 1e6 for k, t in med.items()}
+        excess = {k: _paired_excess_us(med[k], med["packed"]) for k in SIDES[:3]}
+        cpu = {
+            k: f"{t.client_cpu_s * 1e6:.0f} + {t.server_cpu_s * 1e6:.0f}" for k, t in med.items()
+        }
+        size = f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 10**6 else f"{num_bytes} B"
+        print(
+            f"| {size} | {len(project_step_messages(num_bytes, DEFAULT_CHUNK)[1])} | "
+            + " | ".join(f"{us[k]:.0f}" for k in ("project", "raw", "packed"))
+            + f" | {us['client_alone']:.0f} | {us['server_alone']:.0f} | "
+            + " | ".join(f"{excess[k]:+.0f}" for k in ("client_alone", "server_alone", "project"))
+            + f" | {paired_ratio(med['project'], med['raw'])} | {cpu['project']} "
+            f"| {cpu['packed']} |"
+        )
+
+
+def _paired_excess_us(num: Timing, den: Timing) -> float:
+    """Median of num's minus den's wall time, repetition by repetition, us."""
+    return statistics.median(a - b for a, b in zip(num.walls_s, den.walls_s, strict=True)) * 1e6
+
+
 def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
     """Print table (b)."""
     print(
@@ -1188,7 +1385,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("stream", "echo", "codec"),
+        choices=("stream", "sides", "echo", "codec"),
         help="run one part only (default: all)",
     )
     parser.add_argument(
@@ -1283,6 +1480,8 @@ def main() -> int:
         )
         if ns.only in (None, "stream"):
             bench_stream_table(address, reps_small, reps_big)
+        if ns.only in (None, "stream", "sides"):
+            bench_sides_table(address, reps_echo)
         if ns.only in (None, "echo"):
             bench_echo_table(address, reps_echo, ns.compare_fold)
     finally:

@@ -203,3 +203,76 @@ def test_the_model_between_steps_runs_a_forward_and_a_backward_pass(bench) -> No
     between()
     params = list(between.model.parameters())
     assert all(bench.torch.equal(a, p.grad) for a, p in zip(first, params, strict=True))
+
+
+class _Recording:
+    """A Session whose step messages are kept, as its serializer sends them."""
+
+    def __init__(self, bench, address: str) -> None:
+        self.sent: list[list[bytes]] = []
+        recording = self
+
+        class Session(bench.Session):
+            def _requests(self, header, frames):
+                parts = list(super()._requests(header, frames))
+                recording.sent.append([bench.encode_train_request(p) for p in parts])
+                return parts
+
+        self.session = Session(address, bench.DEFAULT_CHUNK)
+
+
+@pytest.mark.parametrize("num_bytes", [1024, 1572864])
+def test_the_ready_made_step_is_the_projects_own(bench, num_bytes: int) -> None:
+    # Table (d)'s packed and server-alone variants send the very bytes a
+    # Session sends for that step: the same messages, so their difference to
+    # the project is the project's handling, not another layout.
+    server = bench._start_server()
+    address = f"127.0.0.1:{server.bench_port}"
+    recording = _Recording(bench, address)
+    try:
+        acts = bench.torch.zeros(1, 2, num_bytes // 8)
+        mask = bench.torch.ones(1, 2, dtype=bench.torch.int64)
+        labels = bench.torch.zeros(1, 2, dtype=bench.torch.int64)
+        recording.session.run_step(acts, mask, labels, "eval")
+        _, step = bench.project_step_messages(num_bytes, bench.DEFAULT_CHUNK)
+        assert recording.sent == [step]
+        assert len(step) == -(-num_bytes // bench.DEFAULT_CHUNK)  # the small ones ride along
+    finally:
+        recording.session.channel.close()
+        bench.rpc.stop_server(server, 0.5)
+
+
+def test_every_side_of_table_d_steps_against_the_real_servers(bench) -> None:
+    # Each variant completes its steps; the server-alone one is answered by the
+    # project's server, which reads the step (told to validate it with the
+    # echo's hidden size, it refuses the upload's width), and the sink answers
+    # after the step's last message.
+    server = bench._start_server()
+    address = f"127.0.0.1:{server.bench_port}"
+    try:
+        med = bench.bench_sides(address, 4 * bench.DEFAULT_CHUNK + 8, reps=3)
+        assert list(med) == list(bench.SIDES)
+        assert all(len(t.walls_s) == 3 and min(t.walls_s) > 0 for t in med.values())
+        hello, step = bench.project_step_messages(1024, bench.DEFAULT_CHUNK, step=9)
+        with bench.rpc.make_channel(address) as channel:
+            served = bench.ReadyMade(channel, bench.TRAIN_METHOD, hello, step)
+            reply = bench.decode_train_response(served.run())
+            assert (reply.fields.step, list(reply.fields.tensor_names)) == (9, [])
+            served.close()
+            sunk = bench.ReadyMade(
+                channel, bench.SINK_METHOD, hello, step * 2, (("msgs", str(len(step) * 2)),)
+            )
+            assert bench.decode_train_response(sunk.run()).fields.step == 0  # one reply
+            sunk.close()
+            strict = bench.encode_train_request(
+                bench.TrainHelloInfo(
+                    client_id=0, scenario_hash=f"{bench.DEFAULT_CHUNK}:1:1", wire_dtype="float32"
+                )
+            )
+            refused = bench.ReadyMade(channel, bench.TRAIN_METHOD, strict, step)
+            with pytest.raises(bench.grpc.RpcError) as err:
+                refused.run()
+            assert err.value.code() == bench.grpc.StatusCode.INVALID_ARGUMENT
+            assert "activations.shape[2]: =128, expected 768" in err.value.details()
+    finally:
+        bench.rpc.stop_server(server, 0.5)
