@@ -57,7 +57,8 @@ main server replies when the downlink is not paced).
     step by step, are what each side's handling costs (its copies, checks
     and Python); the project's own excess is about their sum. Raw, table
     (a)'s, sends two messages more than packed (the mask and the labels on
-    their own), so packed against raw is what a message costs here.
+    their own); raw waiting for its reply as packed does differs from packed
+    in that alone, so its excess over packed is what two messages cost here.
 
 Tables (a) and (b) also time a "copy floor": the raw stream plus the one
 copy per message on each side that any tensor framework on gRPC-Python 1.85
@@ -368,8 +369,10 @@ class Session:
 
     def close(self) -> None:
         self.requests.close()
-        next(self.downlink, None)
-        self.channel.close()
+        try:
+            _drain(self.downlink)
+        finally:
+            self.channel.close()
 
 
 # ---------------------------------------------------------------- raw gRPC
@@ -377,6 +380,14 @@ class Session:
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def _drain(replies: Iterator[Any]) -> None:
+    """The end of a stream whose requests are closed: its last reply, if any.
+    A stream that failed raises its error here again; closing it must not
+    replace the error that ended the run, so that is dropped."""
+    with contextlib.suppress(grpc.RpcError, WireError):
+        next(replies, None)
 
 
 def _raw_echo(request_iterator, context) -> Iterator[bytes]:
@@ -445,7 +456,8 @@ def _lean_echo(request_iterator, context) -> Iterator[tuple[bytes, memoryview]]:
 
 
 SINK_RESULT = StepResultInfo(round=0, step=0, loss=0.0, num_tokens=0, server_compute_s=0.0)
-"""The reply the sink gives every step: an eval step's result, as BenchServer's."""
+"""The reply the sink gives every step: an eval step's result, the same
+fields as BenchServer's but for the step number (always 0)."""
 
 
 def _sink(request_iterator, context) -> Iterator[bytes]:
@@ -604,7 +616,7 @@ class RawEcho:
 
     def close(self) -> None:
         self.requests.close()
-        next(self.responses, None)
+        _drain(self.responses)
 
 
 class LeanEcho:
@@ -658,7 +670,7 @@ class LeanEcho:
 
     def close(self) -> None:
         self.requests.close()
-        next(self.responses, None)
+        _drain(self.responses)
 
 
 # ---------------------------------------------------------------- measurements
@@ -713,8 +725,12 @@ class ReadyMade:
         self.responses = call(self.requests, timeout=600, metadata=metadata)
         self.requests.watch(self.responses)
         self.step = step
-        self.requests.put(first)
-        next(self.responses)
+        try:
+            self.requests.put(first)
+            next(self.responses)
+        except BaseException:  # no caller gets this object to close: gRPC's sender ends here
+            self.requests.close()
+            raise
 
     def run(self) -> bytes:
         self.requests.put_all(self.step)
@@ -723,13 +739,15 @@ class ReadyMade:
 
     def close(self) -> None:
         self.requests.close()
-        next(self.responses, None)
+        _drain(self.responses)
 
 
-SIDES = ("project", "client_alone", "server_alone", "packed", "raw")
+SIDES = ("project", "client_alone", "server_alone", "packed", "raw", "raw_wait")
 """Table (d)'s variants: the project; its client against the sink; ready-made
 project messages to the project's server; ready-made project messages to the
-sink (raw gRPC with the project's layout); raw as in table (a)."""
+sink (raw gRPC with the project's layout); raw as in table (a); and raw
+waiting for its reply as the project and packed do, which differs from
+packed in its message count alone."""
 
 
 def bench_sides(address: str, num_bytes: int, reps: int) -> dict[str, Timing]:
@@ -764,17 +782,24 @@ def bench_sides(address: str, num_bytes: int, reps: int) -> dict[str, Timing]:
             channel = stack.enter_context(rpc.make_channel(address))
             ready[name] = ReadyMade(channel, method, hello, step, metadata_)
             stack.callback(ready[name].close)
-        raw_echo = RawEcho(
-            stack.enter_context(rpc.make_channel(address)), [16, 16, num_bytes], 16, DEFAULT_CHUNK
-        )
-        stack.callback(raw_echo.close)
+        raws = {}
+        for name, wait in (("raw", False), ("raw_wait", True)):
+            raws[name] = RawEcho(
+                stack.enter_context(rpc.make_channel(address)),
+                [16, 16, num_bytes],
+                16,
+                DEFAULT_CHUNK,
+                wait=wait,
+            )
+            stack.callback(raws[name].close)
         return _alternate(
             {
                 "project": lambda: project.run_step(acts, mask, labels, "eval"),
                 "client_alone": lambda: client_alone.run_step(acts, mask, labels, "eval"),
                 "server_alone": ready["server_alone"].run,
                 "packed": ready["packed"].run,
-                "raw": raw_echo.run,
+                "raw": raws["raw"].run,
+                "raw_wait": raws["raw_wait"].run,
             },
             reps,
             warmup=5,
@@ -1255,18 +1280,23 @@ def bench_sides_table(address: str, reps: int) -> None:
         "the project's own messages (ready-made, waiting as the project) to a server "
         "that reads nothing; client alone = the project's client against that server; "
         "server alone = the packed messages to the project's server. Each excess is "
-        "over packed, paired step by step; raw = table (a)'s, with two messages more"
+        "over packed, paired step by step; raw = table (a)'s, two messages more than "
+        "packed; raw waiting = raw waiting for its reply as packed does, so its excess "
+        "over packed is what two more messages cost"
     )
     print(
         "| payload | messages | project | raw | packed | client alone | server alone "
-        "| client excess | server excess | project excess | project / raw (paired) "
-        "| CPU us, client + server: project | packed |"
+        "| client excess | server excess | project excess | raw waiting, excess "
+        "| project / raw (paired) | CPU us, client + server: project | packed |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_bytes in (TINY_BYTES, UPLOAD_BYTES):
         med = bench_sides(address, num_bytes, reps)
         us = {k: t.wall_s * 1e6 for k, t in med.items()}
-        excess = {k: _paired_excess_us(med[k], med["packed"]) for k in SIDES[:3]}
+        excess = {
+            k: _paired_excess_us(med[k], med["packed"])
+            for k in ("project", "client_alone", "server_alone", "raw_wait")
+        }
         cpu = {
             k: f"{t.client_cpu_s * 1e6:.0f} + {t.server_cpu_s * 1e6:.0f}" for k, t in med.items()
         }
@@ -1275,7 +1305,9 @@ def bench_sides_table(address: str, reps: int) -> None:
             f"| {size} | {len(project_step_messages(num_bytes, DEFAULT_CHUNK)[1])} | "
             + " | ".join(f"{us[k]:.0f}" for k in ("project", "raw", "packed"))
             + f" | {us['client_alone']:.0f} | {us['server_alone']:.0f} | "
-            + " | ".join(f"{excess[k]:+.0f}" for k in ("client_alone", "server_alone", "project"))
+            + " | ".join(
+                f"{excess[k]:+.0f}" for k in ("client_alone", "server_alone", "project", "raw_wait")
+            )
             + f" | {paired_ratio(med['project'], med['raw'])} | {cpu['project']} "
             f"| {cpu['packed']} |"
         )
@@ -1480,7 +1512,7 @@ def main() -> int:
         )
         if ns.only in (None, "stream"):
             bench_stream_table(address, reps_small, reps_big)
-        if ns.only in (None, "stream", "sides"):
+        if ns.only in (None, "sides"):
             bench_sides_table(address, reps_echo)
         if ns.only in (None, "echo"):
             bench_echo_table(address, reps_echo, ns.compare_fold)

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from fedsllm.proto import controller_pb2, fed_server_pb2, main_server_pb2
 
 STEP_MODES = ("train", "eval")
+STEP_MODE_NUMBERS = {"train": 1, "eval": 2}
+"""STEP_MODES' StepMode numbers (main_server.proto: STEP_MODE_TRAIN,
+STEP_MODE_EVAL; a test holds them to the generated code), so that writing
+and reading a header (fedsllm.wire.heads, step_header_from_proto)
+imports no protobuf module."""
+_MODE_NAMES = {number: name for name, number in STEP_MODE_NUMBERS.items()}
 TRAIN_WIRE_VERSION = 2
 """Version of the Train stream's format (grammar and TensorChunk encoding,
 proto/fedsllm/proto/main_server.proto and tensor.proto). 2: a step's header,
@@ -140,9 +146,7 @@ class StepHeaderInfo:
 def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
     from fedsllm.proto import main_server_pb2
 
-    mode = {"train": main_server_pb2.STEP_MODE_TRAIN, "eval": main_server_pb2.STEP_MODE_EVAL}.get(
-        info.mode
-    )
+    mode = STEP_MODE_NUMBERS.get(info.mode)
     if mode is None:
         raise WireError("StepHeader.mode", f"={info.mode!r}, expected one of {STEP_MODES}")
     return main_server_pb2.StepHeader(
@@ -154,14 +158,6 @@ def step_header_to_proto(info: StepHeaderInfo) -> main_server_pb2.StepHeader:
         sent_unix_s=info.sent_unix_s,
         initial_adapter=info.initial_adapter,
     )
-
-
-STEP_MODE_NUMBERS = {"train": 1, "eval": 2}
-"""STEP_MODES' StepMode numbers (main_server.proto: STEP_MODE_TRAIN,
-STEP_MODE_EVAL; a test holds them to the generated code), so that writing
-and reading a header by hand (fedsllm.wire.heads, step_header_from_proto)
-imports no protobuf module."""
-_MODE_NAMES = {number: name for name, number in STEP_MODE_NUMBERS.items()}
 
 
 def step_header_from_proto(msg: main_server_pb2.StepHeader) -> StepHeaderInfo:

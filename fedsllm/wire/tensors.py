@@ -86,7 +86,8 @@ class TensorFrame:
 
     Treated as immutable, but not frozen, like Chunk: every step makes one
     per tensor on each side, and a frozen dataclass's constructor costs an
-    object.__setattr__ call per field (issue 13)."""
+    object.__setattr__ call per field (issue 13). Not hashable (nothing
+    hashes a frame; its data is usually a writable view, unhashable anyway)."""
 
     name: str
     dtype: str
@@ -360,9 +361,10 @@ def _validate_header(
 def _sum_of_squares(t: np.ndarray) -> float:
     """One BLAS dot of a float32 array with itself. An overflowing square is
     expected, and decided by _all_finite's exact check: no RuntimeWarning in
-    a role's log for a peer's large values. The errstate is made once, as a
-    decorator (which keeps its state per call, so threads may share it):
-    built and entered at every call, as a `with` block, it cost about 18 us
+    a role's log for a peer's large values. The errstate object is built
+    once, as a decorator, which sets and resets numpy's state around each
+    call with a token of the call's own (so threads may share it); built
+    and entered at every call, as a `with` block, it cost about 18 us more
     of a step's 85-100 us check of 1.57 MB when the step starts cold (issue
     13; measured alternating the two)."""
     return float(np.dot(t, t))
@@ -447,8 +449,9 @@ class ReceiveBuffers:
 
     def take_array(self, num_bytes: int) -> np.ndarray:
         """`take`'s buffer as the pool's own uint8 array: the assembler writes
-        through it and views it as the tensor's dtype without another numpy
-        call (a cold numpy call costs several microseconds; issue 13)."""
+        through it and views it as the tensor's dtype and shape, without the
+        np.frombuffer over a memoryview it made before (a cold numpy call
+        costs several microseconds; issue 13)."""
         for i in range(len(self._buffers)):
             if (
                 self._buffers[i].nbytes == num_bytes
@@ -475,8 +478,10 @@ class _Partial:
     """The key's four fields, each its own attribute: read for every chunk,
     where a property is a function call (issue 13)."""
     buf: memoryview
+    """A memoryview of `array`: the finished frame's data."""
     array: np.ndarray
-    """`buf` as a numpy array, written chunk by chunk."""
+    """The tensor's bytes (uint8), the receive pool's own array or a fresh
+    one, written chunk by chunk."""
     filled: int = 0
     elements: torch.Tensor | np.ndarray | None = None
     """Flat view of `buf` as the tensor's dtype, when finiteness is checked

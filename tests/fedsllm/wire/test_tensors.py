@@ -642,6 +642,41 @@ def test_receive_buffers_kept_while_an_assembled_tensor_lives() -> None:
     assert torch.equal(third, torch.arange(128, 192, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int64"])
+@pytest.mark.parametrize("hold", ["frame", "tensor", "numpy view"])
+def test_receive_buffers_kept_while_anything_over_them_lives(dtype: str, hold: str) -> None:
+    """Whatever a caller keeps of an assembled tensor (the frame alone, the
+    tensor the assembler made, a numpy view of the frame's data), the pooled
+    buffer under it is not handed out again until it is dropped; the
+    assembler's own references (its array, memoryview and tensor, the
+    finiteness view) do not keep it."""
+    buffers = ReceiveBuffers()
+    spec = TensorSpec("a", frozenset({dtype}), require_finite=dtype in FLOATS)
+
+    def assemble(start: int) -> ChunkAssembler:
+        x = torch.arange(start, start + 64).to(DTYPES[dtype])
+        asm = ChunkAssembler(specs={"a": spec}, buffers=buffers, make_tensors=True)
+        for chunk in frame_to_chunks(tensor_to_frame("a", x), 40):
+            asm.feed(chunk)
+        return asm
+
+    first = assemble(0)
+    address = frame_to_tensor(first.frames["a"], copy=False).data_ptr()
+    if hold == "frame":
+        kept: object = first.frames["a"]
+    elif hold == "tensor":
+        kept = first.tensors["a"]
+    else:
+        kept = np.frombuffer(first.frames["a"].data, dtype=np.uint8)
+    del first
+    second = assemble(64)
+    assert frame_to_tensor(second.frames["a"], copy=False).data_ptr() != address
+    del second, kept
+    third = assemble(128)
+    assert frame_to_tensor(third.frames["a"], copy=False).data_ptr() == address
+    assert torch.equal(third.tensors["a"], torch.arange(128, 192).to(DTYPES[dtype]))
+
+
 def test_receive_buffers_are_bounded() -> None:
     buffers = ReceiveBuffers(max_buffers=2)
     held = [buffers.take(n) for n in (8, 16, 24)]
