@@ -13,6 +13,17 @@ def bench(benchmark_script):
     return benchmark_script("wire_throughput")
 
 
+@pytest.fixture
+def served(bench):
+    """The address of a benchmark server in this process (BenchServer, the raw
+    echo, the sink), stopped after the test, failed or not."""
+    server = bench._start_server()
+    try:
+        yield f"127.0.0.1:{server.bench_port}"
+    finally:
+        bench.rpc.stop_server(server, 0.5)
+
+
 def _timing(bench, walls: list[float]):
     return bench.Timing(sorted(walls)[len(walls) // 2], 0.0, 0.0, walls)
 
@@ -50,30 +61,24 @@ def test_the_in_process_echo_step_times_every_stage(bench, validate: bool) -> No
     assert all(value > 0 for value in us.values())
 
 
-def test_the_copy_floor_premise_is_checked_on_the_installed_grpcio(bench) -> None:
+def test_the_copy_floor_premise_is_checked_on_the_installed_grpcio(bench, served: str) -> None:
     # The pinned grpcio takes only bytes from a serializer; a memoryview or a
     # bytearray is refused with gRPC-Python's TypeError, which the probe reports
     # instead of raising. (A release that takes buffers fails this test: then
     # the copy floor, and the project's copy out, can go.)
-    server = bench._start_server()
-    try:
-        with bench.rpc.make_channel(f"127.0.0.1:{server.bench_port}") as channel:
-            taken = bench.message_types_taken(channel)
-    finally:
-        bench.rpc.stop_server(server, 0.5)
+    with bench.rpc.make_channel(served) as channel:
+        taken = bench.message_types_taken(channel)
     assert taken["bytes"] == "taken"
     for kind in ("memoryview", "bytearray"):
         assert taken[kind].startswith("refused (TypeError:"), taken
         assert f"got {kind}" in taken[kind]
 
 
-def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> None:
+def test_the_validated_upload_is_read_with_the_main_servers_checks(bench, served: str) -> None:
     # Table (a)'s "validated" session: any width of activations is taken (the
     # uploads' sizes fit no hidden size), but a NaN is refused as the main
     # server refuses it, and so is a label out of the vocabulary; the plain
     # session's server checks neither.
-    server = bench._start_server()
-    address = f"127.0.0.1:{server.bench_port}"
     mask = bench.torch.ones(1, 2, dtype=bench.torch.int64)
     labels = bench.torch.zeros(1, 2, dtype=bench.torch.int64)
     bad_acts = bench.torch.randn(1, 2, 1000)
@@ -81,7 +86,7 @@ def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> Non
     bad_labels = bench.torch.full((1, 2), bench.VOCAB)
     sessions = []
     try:
-        plain = bench.Session(address, bench.DEFAULT_CHUNK)
+        plain = bench.Session(served, bench.DEFAULT_CHUNK)
         sessions.append(plain)
         assert plain.run_step(bad_acts, mask, bad_labels, "eval") is None
         for acts, step_labels, field in (
@@ -90,7 +95,7 @@ def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> Non
             # B and T stay bound across the three: only the width is free
             (bench.torch.randn(1, 3, 1000), labels, "activations.shape[1]: =3, expected T=2"),
         ):
-            checked = bench.Session(address, bench.DEFAULT_CHUNK, validate=True, any_width=True)
+            checked = bench.Session(served, bench.DEFAULT_CHUNK, validate=True, any_width=True)
             sessions.append(checked)
             assert checked.run_step(bench.torch.randn(1, 2, 4096), mask, labels, "eval") is None
             with pytest.raises(bench.grpc.RpcError) as err:
@@ -100,7 +105,6 @@ def test_the_validated_upload_is_read_with_the_main_servers_checks(bench) -> Non
     finally:
         for session in sessions:
             session.channel.close()
-        bench.rpc.stop_server(server, 0.5)
 
 
 def test_a_pinned_child_runs_every_thread_on_its_cpu(bench) -> None:
@@ -228,83 +232,68 @@ class _Recording:
 
 
 @pytest.mark.parametrize("num_bytes", [1024, 1572864])
-def test_the_ready_made_step_is_the_projects_own(bench, num_bytes: int) -> None:
+def test_the_ready_made_step_is_the_projects_own(bench, served: str, num_bytes: int) -> None:
     # Table (d)'s packed and server-alone variants send the very bytes a
     # Session sends for that step: the same messages, so their difference to
     # the project is the project's handling, not another layout.
-    server = bench._start_server()
-    address = f"127.0.0.1:{server.bench_port}"
+    recording = _Recording(bench, served)
     try:
-        recording = _Recording(bench, address)
-        try:
-            acts = bench.torch.zeros(1, 2, num_bytes // 8)
-            mask = bench.torch.ones(1, 2, dtype=bench.torch.int64)
-            labels = bench.torch.zeros(1, 2, dtype=bench.torch.int64)
-            recording.session.run_step(acts, mask, labels, "eval")
-        finally:
-            recording.session.close()
-        _, step = bench.project_step_messages(num_bytes, bench.DEFAULT_CHUNK)
-        assert recording.sent == [step]
-        assert len(step) == -(-num_bytes // bench.DEFAULT_CHUNK)  # the small ones ride along
+        acts = bench.torch.zeros(1, 2, num_bytes // 8)
+        mask = bench.torch.ones(1, 2, dtype=bench.torch.int64)
+        labels = bench.torch.zeros(1, 2, dtype=bench.torch.int64)
+        recording.session.run_step(acts, mask, labels, "eval")
     finally:
-        bench.rpc.stop_server(server, 0.5)
+        recording.session.close()
+    _, step = bench.project_step_messages(num_bytes, bench.DEFAULT_CHUNK)
+    assert recording.sent == [step]
+    assert len(step) == -(-num_bytes // bench.DEFAULT_CHUNK)  # the small ones ride along
 
 
-def test_every_side_of_table_d_steps_against_the_real_servers(bench) -> None:
+def test_every_side_of_table_d_steps_against_the_real_servers(bench, served: str) -> None:
     # Each variant completes its steps; the server-alone one is answered by the
     # project's server, which reads the step (told to validate it with the
     # echo's hidden size, it refuses the upload's width).
-    server = bench._start_server()
-    address = f"127.0.0.1:{server.bench_port}"
-    try:
-        med = bench.bench_sides(address, 4 * bench.DEFAULT_CHUNK + 8, reps=3)
-        assert list(med) == list(bench.SIDES)
-        assert all(len(t.walls_s) == 3 and min(t.walls_s) > 0 for t in med.values())
-        hello, step = bench.project_step_messages(1024, bench.DEFAULT_CHUNK, step=9)
-        strict = bench.encode_train_request(
-            bench.TrainHelloInfo(
-                client_id=0, scenario_hash=f"{bench.DEFAULT_CHUNK}:1:1", wire_dtype="float32"
-            )
+    med = bench.bench_sides(served, 4 * bench.DEFAULT_CHUNK + 8, reps=3)
+    assert list(med) == list(bench.SIDES)
+    assert all(len(t.walls_s) == 3 and min(t.walls_s) > 0 for t in med.values())
+    hello, step = bench.project_step_messages(1024, bench.DEFAULT_CHUNK, step=9)
+    strict = bench.encode_train_request(
+        bench.TrainHelloInfo(
+            client_id=0, scenario_hash=f"{bench.DEFAULT_CHUNK}:1:1", wire_dtype="float32"
         )
-        with contextlib.ExitStack() as stack:
-            channel = stack.enter_context(bench.rpc.make_channel(address))
-            served = bench.ReadyMade(channel, bench.TRAIN_METHOD, hello, step)
-            stack.callback(served.close)
-            reply = bench.decode_train_response(served.run())
-            assert (reply.fields.step, list(reply.fields.tensor_names)) == (9, [])
-            refused = bench.ReadyMade(channel, bench.TRAIN_METHOD, strict, step)
-            stack.callback(refused.close)  # drains the failed stream quietly
-            with pytest.raises(bench.grpc.RpcError) as err:
-                refused.run()
-            assert err.value.code() == bench.grpc.StatusCode.INVALID_ARGUMENT
-            assert "activations.shape[2]: =128, expected 768" in err.value.details()
-    finally:
-        bench.rpc.stop_server(server, 0.5)
+    )
+    with contextlib.ExitStack() as stack:
+        channel = stack.enter_context(bench.rpc.make_channel(served))
+        answered = bench.ReadyMade(channel, bench.TRAIN_METHOD, hello, step)
+        stack.callback(answered.close)
+        reply = bench.decode_train_response(answered.run())
+        assert (reply.fields.step, list(reply.fields.tensor_names)) == (9, [])
+        refused = bench.ReadyMade(channel, bench.TRAIN_METHOD, strict, step)
+        stack.callback(refused.close)  # drains the failed stream quietly
+        with pytest.raises(bench.grpc.RpcError) as err:
+            refused.run()
+        assert err.value.code() == bench.grpc.StatusCode.INVALID_ARGUMENT
+        assert "activations.shape[2]: =128, expected 768" in err.value.details()
 
 
-def test_the_sink_answers_once_per_step(bench) -> None:
+def test_the_sink_answers_once_per_step(bench, served: str) -> None:
     # Two steps' messages in one batch get two replies, each after its step's
     # last message: not one per message, and none before the step is in.
-    server = bench._start_server()
-    address = f"127.0.0.1:{server.bench_port}"
-    try:
-        hello, step = bench.project_step_messages(3 * bench.DEFAULT_CHUNK, bench.DEFAULT_CHUNK)
-        assert len(step) == 3
-        with bench.rpc.make_channel(address) as channel:
-            sunk = bench.ReadyMade(
-                channel, bench.SINK_METHOD, hello, step * 2, (("msgs", str(len(step))),)
-            )
-            replies = [sunk.run()]
-            replies.append(next(sunk.responses))
-            sunk.requests.close()
-            assert next(sunk.responses, None) is None  # no third reply
-            assert [bench.decode_train_response(r).fields.step for r in replies] == [0, 0]
-            partial = bench.ReadyMade(
-                channel, bench.SINK_METHOD, hello, step[:2], (("msgs", str(len(step))),)
-            )
-            partial.requests.put_all(step[:2])
-            partial.requests.wait_sent()
-            partial.requests.close()
-            assert next(partial.responses, None) is None  # two of three messages: no reply
-    finally:
-        bench.rpc.stop_server(server, 0.5)
+    hello, step = bench.project_step_messages(3 * bench.DEFAULT_CHUNK, bench.DEFAULT_CHUNK)
+    assert len(step) == 3
+    with bench.rpc.make_channel(served) as channel:
+        sunk = bench.ReadyMade(
+            channel, bench.SINK_METHOD, hello, step * 2, (("msgs", str(len(step))),)
+        )
+        replies = [sunk.run()]
+        replies.append(next(sunk.responses))
+        sunk.requests.close()
+        assert next(sunk.responses, None) is None  # no third reply
+        assert [bench.decode_train_response(r).fields.step for r in replies] == [0, 0]
+        partial = bench.ReadyMade(
+            channel, bench.SINK_METHOD, hello, step[:2], (("msgs", str(len(step))),)
+        )
+        partial.requests.put_all(step[:2])
+        partial.requests.wait_sent()
+        partial.requests.close()
+        assert next(partial.responses, None) is None  # two of three messages: no reply
