@@ -725,12 +725,8 @@ class ReadyMade:
         self.responses = call(self.requests, timeout=600, metadata=metadata)
         self.requests.watch(self.responses)
         self.step = step
-        try:
-            self.requests.put(first)
-            next(self.responses)
-        except BaseException:  # no caller gets this object to close: gRPC's sender ends here
-            self.requests.close()
-            raise
+        self.requests.put(first)
+        next(self.responses)  # a refusal ends the watched call, and with it gRPC's sender
 
     def run(self) -> bytes:
         self.requests.put_all(self.step)
@@ -782,24 +778,16 @@ def bench_sides(address: str, num_bytes: int, reps: int) -> dict[str, Timing]:
             channel = stack.enter_context(rpc.make_channel(address))
             ready[name] = ReadyMade(channel, method, hello, step, metadata_)
             stack.callback(ready[name].close)
-        raws = {}
-        for name, wait in (("raw", False), ("raw_wait", True)):
-            raws[name] = RawEcho(
-                stack.enter_context(rpc.make_channel(address)),
-                [16, 16, num_bytes],
-                16,
-                DEFAULT_CHUNK,
-                wait=wait,
-            )
-            stack.callback(raws[name].close)
+        raws = _raw_variants(
+            stack, address, [16, 16, num_bytes], 16, DEFAULT_CHUNK, ("raw", "raw_wait")
+        )
         return _alternate(
             {
                 "project": lambda: project.run_step(acts, mask, labels, "eval"),
                 "client_alone": lambda: client_alone.run_step(acts, mask, labels, "eval"),
                 "server_alone": ready["server_alone"].run,
                 "packed": ready["packed"].run,
-                "raw": raws["raw"].run,
-                "raw_wait": raws["raw_wait"].run,
+                **raws,
             },
             reps,
             warmup=5,
@@ -908,8 +896,21 @@ def _alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> 
     }
 
 
+RAW_KINDS: dict[str, dict[str, bool]] = {
+    "raw": {},
+    "floor": {"copies": True},
+    "raw_wait": {"wait": True},
+}
+"""The RawEcho variants, by name: raw, the copy floor, raw waiting as the project."""
+
+
 def _raw_variants(
-    stack: contextlib.ExitStack, address: str, up: list[int], down: int, chunk_bytes: int
+    stack: contextlib.ExitStack,
+    address: str,
+    up: list[int],
+    down: int,
+    chunk_bytes: int,
+    names: Sequence[str] = tuple(RAW_KINDS),
 ) -> dict[str, Callable[[], object]]:
     """The steps of "raw", "floor" (the copy floor) and "raw_wait" (raw waiting
     for the reply as the project does) on RawEcho streams (`up`, `down`), each
@@ -920,9 +921,9 @@ def _raw_variants(
     a 1 KiB step read 123-194 us over raw in 5 runs with the shared channel,
     -18 to +239 us in 7 with a channel each)."""
     steps: dict[str, Callable[[], object]] = {}
-    for name, kind in (("raw", {}), ("floor", {"copies": True}), ("raw_wait", {"wait": True})):
+    for name in names:
         channel = stack.enter_context(rpc.make_channel(address))
-        echo = RawEcho(channel, up, down, chunk_bytes, **kind)
+        echo = RawEcho(channel, up, down, chunk_bytes, **RAW_KINDS[name])
         stack.callback(echo.close)
         steps[name] = echo.run
     return steps

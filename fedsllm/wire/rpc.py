@@ -15,6 +15,7 @@ What the services do is left to the roles' service.py modules.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -810,15 +811,22 @@ class RequestQueue:
             self._notify()
 
     def watch(self, call: grpc.Future) -> None:
-        """Let `wait_sent` return once `call` (the stream this queue
-        feeds) has ended: gRPC stops sending on a call that failed, so its
-        last messages would never be sent."""
+        """Tie the queue to `call`, the stream it feeds: once the call has
+        ended, `wait_sent` returns (gRPC stops sending on a call that
+        failed, so its last messages would never be sent), and gRPC's
+        sending thread, blocked here for the next message, gets the end of
+        the iterator and quits. Without that it would wait for ever on a
+        call that failed before anyone closed its queue (a refused hello)."""
         call.add_done_callback(self._on_call_done)
 
     def _on_call_done(self, _call: grpc.Future) -> None:
         with self._handed:
             self._call_ended = True
             self._handed.notify_all()
+        # Not closed: a later put still queues, as before, for nobody. A full
+        # queue has items for the sender to take, so it is not blocked here.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(self._END)
 
     def wait_sent(self) -> None:
         """Block until gRPC has sent every message put so far, the queue is

@@ -443,15 +443,11 @@ class ReceiveBuffers:
         # and the argument's), measured rather than assumed.
         self._free_refs = _refcount([np.empty(0, dtype=np.uint8)], 0)
 
-    def take(self, num_bytes: int) -> memoryview:
-        """A writable buffer of exactly `num_bytes` (contents undefined)."""
-        return memoryview(self.take_array(num_bytes))
-
-    def take_array(self, num_bytes: int) -> np.ndarray:
-        """`take`'s buffer as the pool's own uint8 array: the assembler writes
-        through it and views it as the tensor's dtype and shape, without the
-        np.frombuffer over a memoryview it made before (a cold numpy call
-        costs several microseconds; issue 13)."""
+    def take(self, num_bytes: int) -> np.ndarray:
+        """A writable uint8 array of exactly `num_bytes` (contents undefined),
+        the pool's own: the assembler writes through it and views it as the
+        tensor's dtype and shape, without an np.frombuffer over a memoryview
+        (a cold numpy call costs several microseconds; issue 13)."""
         for i in range(len(self._buffers)):
             if (
                 self._buffers[i].nbytes == num_bytes
@@ -666,7 +662,7 @@ class ChunkAssembler:
             self._check_spec(spec, chunk.dtype, shape)
         dtype = chunk.dtype
         array = (
-            self.buffers.take_array(total)
+            self.buffers.take(total)
             if self.buffers is not None
             else np.empty(total, dtype=np.uint8)  # not zero-filled: the chunks write every byte
         )
@@ -689,13 +685,13 @@ class ChunkAssembler:
             array=array,
             elements=elements,
             check=spec.check if spec is not None else None,
-            tensor=self._tensor_over(array, buf, name, dtype, shape) if self.make_tensors else None,
+            tensor=self._tensor_over(array, name, dtype, shape) if self.make_tensors else None,
         )
         return self._current
 
     @staticmethod
     def _tensor_over(
-        array: np.ndarray, buf: memoryview, name: str, dtype: str, shape: tuple[int, ...]
+        array: np.ndarray, name: str, dtype: str, shape: tuple[int, ...]
     ) -> torch.Tensor | None:
         """The tensor over a buffer before its bytes are in: for a dtype numpy
         has, the pool's array viewed as the dtype and shape (two numpy calls
@@ -706,7 +702,7 @@ class ChunkAssembler:
             return None
         np_dtype = _NUMPY_DTYPES.get(dtype)
         if np_dtype is None:
-            return frame_to_tensor(TensorFrame(name, dtype, shape, buf), copy=False)
+            return frame_to_tensor(TensorFrame(name, dtype, shape, memoryview(array)), copy=False)
         import torch
 
         return torch.from_numpy(array.view(np_dtype).reshape(shape))

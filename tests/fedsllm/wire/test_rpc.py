@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 
@@ -624,6 +625,38 @@ def test_a_broken_stream_ends_the_wait_for_its_untaken_messages(echo_server: str
         thread, returned = _waiting(requests)
         assert returned.wait(10)
         thread.join(10)
+    finally:
+        requests.close()
+        channel.close()
+
+
+def test_an_ended_call_lets_its_sending_thread_go(echo_server: str) -> None:
+    """gRPC's sending thread waits in the queue for the next message. When the
+    watched call ends before anyone closes the queue (here it is cancelled,
+    as a refused hello or a broken stream ends it), the thread must get the
+    iterator's end and quit, not wait for ever: before, one such thread was
+    left behind per stream that ended so."""
+    channel = rpc.make_channel(echo_server)
+    requests = rpc.RequestQueue()
+    before = {thread.ident for thread in threading.enumerate()}  # the channel's are older
+    responses = train_call(channel)(requests, timeout=60)
+    try:
+        requests.watch(responses)
+        requests.put(TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32"))
+        requests.wait_sent()  # the sending thread is back, waiting for the next message
+        responses.cancel()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # The in-process server's workers (grpc_N, rpc.create_server's pool) stay.
+            left = [
+                t
+                for t in threading.enumerate()
+                if t.ident not in before and not t.name.startswith("grpc_")
+            ]
+            if not left:
+                break
+            time.sleep(0.05)
+        assert [t.name for t in left] == []
     finally:
         requests.close()
         channel.close()
