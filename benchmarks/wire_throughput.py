@@ -834,11 +834,20 @@ def paired_ratio(num: Timing, den: Timing) -> str:
     by repetition: "1.18 (1.12-1.25)". Each pair ran in the same round, so
     drift on the host cancels in it; the range shows how far one run's ratio can be
     trusted (a figure inside it is not a difference)."""
-    ratios = [a / b for a, b in zip(num.walls_s, den.walls_s, strict=True)]
+    ratios = _paired_ratios(num, den)
     if len(ratios) < 4:
         return f"{statistics.median(ratios):.2f}"
     q1, q2, q3 = statistics.quantiles(ratios, n=4)
     return f"{q2:.2f} ({q1:.2f}-{q3:.2f})"
+
+
+def _paired_ratios(num: Timing, den: Timing) -> list[float]:
+    return [a / b for a, b in zip(num.walls_s, den.walls_s, strict=True)]
+
+
+def paired_median(num: Timing, den: Timing) -> float:
+    """The median of paired_ratio, as a number (wire_goals.py judges it)."""
+    return statistics.median(_paired_ratios(num, den))
 
 
 class ModelBetweenSteps:
