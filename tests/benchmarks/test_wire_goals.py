@@ -40,45 +40,49 @@ def test_no_rounds_is_an_error_not_an_empty_verdict(goals) -> None:
         goals.summarize([])
 
 
-def test_every_round_measures_all_goals_against_a_server_of_its_own(goals, benchmark_script):
-    wt = goals.wt
-    started: list[str] = []
-    stopped: list[str] = []
+def test_rounds_are_reported_in_order_with_their_load(goals) -> None:
+    given = iter([{"n": 1.0}, {"n": 2.0}, {"n": 3.0}])
+    reported: list[tuple[int, float, dict[str, float]]] = []
+    results = goals.run_rounds(3, lambda: next(given), lambda *args: reported.append(args))
+    assert results == [{"n": 1.0}, {"n": 2.0}, {"n": 3.0}]
+    assert [(i, r) for i, _, r in reported] == [(0, {"n": 1.0}), (1, {"n": 2.0}), (2, {"n": 3.0})]
+    assert all(load >= 0 for _, load, _ in reported)
 
-    def start():
-        server = wt._start_server()
-        address = f"127.0.0.1:{server.bench_port}"
-        started.append(address)
 
-        def stop() -> None:
-            wt.rpc.stop_server(server, 0.5)
-            stopped.append(address)
-
-        return None, address, stop
-
-    reported: list[tuple[int, dict[str, float]]] = []
-    results = goals.run_rounds(
-        2, (1, 1, 1), start, lambda i, _load, ratios: reported.append((i, ratios))
-    )
-    assert len(set(started)) == 2 and stopped == started
-    assert [i for i, _ in reported] == [0, 1]
-    for ratios in results:
-        assert set(ratios) == {g.key for g in goals.GOALS}
-        assert all(math.isfinite(x) and x > 0 for x in ratios.values()), ratios
-    assert wt.SERVER_PID is None
+def test_a_round_in_its_own_client_process_measures_every_goal(goals) -> None:
+    # The CLI's path: a child client process (--one-round) with its own
+    # server child, a few repetitions each; the parent reads its JSON.
+    ratios = goals.round_in_child((1, 1, 1), timeout_s=300)
+    assert set(ratios) == {g.key for g in goals.GOALS}
+    assert all(math.isfinite(x) and x > 0 for x in ratios.values()), ratios
 
 
 def test_a_failed_round_still_stops_its_server(goals, monkeypatch) -> None:
-    stopped: list[int] = []
+    wt = goals.wt
+    children = []
+    start_child = wt.start_child
+
+    def recorded(*args, **kwargs):
+        child, address = start_child(*args, **kwargs)
+        children.append(child)
+        return child, address
 
     def fail(address, reps):
+        assert children[0].pid == wt.SERVER_PID  # the CPU readings follow this server
         raise RuntimeError(f"round against {address} failed")
 
+    monkeypatch.setattr(wt, "start_child", recorded)
     monkeypatch.setattr(goals, "measure_round", fail)
-    with pytest.raises(RuntimeError, match="against here failed"):
-        goals.run_rounds(3, (1, 1, 1), lambda: (4242, "here", lambda: stopped.append(1)))
-    assert stopped == [1]  # the first round's server, and no round after it
-    assert goals.wt.SERVER_PID is None
+    with pytest.raises(RuntimeError, match="round against 127.0.0.1:[0-9]+ failed"):
+        goals.one_round((1, 1, 1))
+    assert len(children) == 1
+    assert children[0].poll() is not None  # stopped, and waited for
+    assert wt.SERVER_PID is None
+
+
+def test_a_round_that_fails_in_its_child_is_an_error_with_its_reason(goals) -> None:
+    with pytest.raises(RuntimeError, match=r"round failed \(exit 2\).*--reps"):
+        goals.round_in_child((1, 1, 0))  # refused by the child's own parser
 
 
 @pytest.mark.parametrize(
