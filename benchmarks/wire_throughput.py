@@ -100,6 +100,11 @@ framework waits as the project does. Tables (a) and (b) also time raw
 waiting that way ("raw, waiting as the project"), so each run says how much
 of the project's figure against raw is that wait and how much is the rest.
 
+One run's ratios move by 0.05-0.1 from the next on a host with two cores:
+benchmarks/wire_goals.py repeats the goals' rows of (a) and (b) in rounds,
+each in a fresh client and server process, and counts the rounds that meet
+each goal.
+
 Project and raw repetitions alternate, so a load spike on a shared host hits
 both; the figures are medians. The server runs in a child process, as the
 main server does in a run; pass --in-process to share one interpreter (and
