@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,8 +35,12 @@ from dataclasses import dataclass
 import torch
 import wire_throughput as wt
 
-BIG_UPLOAD_BYTES = 64 * 2**20
-"""Table (a)'s 67 MB upload."""
+RATIOS_MARK = "wire_goals ratios: "
+"""Starts the line on which a --one-round child prints its ratios (JSON), so
+that other output on its stdout cannot be taken for them."""
+ROUND_TIMEOUT_S = 900.0
+"""How long a round may take at --reps-scale 1 (about 25 s on the development
+machine); scaled with the repetitions."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Goal:
     (a time against raw's)."""
 
     def met(self, ratio: float) -> bool:
+        """Whether `ratio` is on the goal's side of its bound (the bound itself meets it)."""
         return ratio >= self.bound if self.at_least else ratio <= self.bound
 
 
@@ -64,6 +71,8 @@ GOALS: tuple[Goal, ...] = (
 
 @dataclass(frozen=True)
 class GoalSummary:
+    """One goal over the rounds: how many met it, and its ratio's median and range."""
+
     goal: Goal
     met: int
     rounds: int
@@ -100,7 +109,7 @@ def measure_round(address: str, reps: tuple[int, int, int]) -> dict[str, float]:
     echo's time over raw's, as tables (a) and (b) compute them."""
     reps_small, reps_big, reps_echo = reps
     small = wt.bench_stream(address, wt.UPLOAD_BYTES, wt.DEFAULT_CHUNK, reps_small)
-    big = wt.bench_stream(address, BIG_UPLOAD_BYTES, wt.DEFAULT_CHUNK, reps_big)
+    big = wt.bench_stream(address, wt.BIG_UPLOAD_BYTES, wt.DEFAULT_CHUNK, reps_big)
     echo = wt.bench_echo(address, wt.DEFAULT_CHUNK, reps_echo)
     return {
         "upload_small": wt.paired_median(small["raw"], small["project"]),
@@ -114,8 +123,10 @@ def measure_round(address: str, reps: tuple[int, int, int]) -> dict[str, float]:
 
 def one_round(reps: tuple[int, int, int]) -> dict[str, float]:
     """measure_round against a fresh server process, stopped by its pid
-    whether the round ends well or not."""
-    child, address = wt.start_child(wt.__file__)
+    whether the round ends well or not (SIGTERM included, once _exit_on_term
+    is installed)."""
+    child, address = wt.start_child()
+    print(f"round: server pid {child.pid} at {address}", file=sys.stderr, flush=True)
     try:
         wt.SERVER_PID = child.pid
         return measure_round(address, reps)
@@ -129,28 +140,67 @@ def one_round(reps: tuple[int, int, int]) -> dict[str, float]:
             child.wait()
 
 
-def round_in_child(reps: tuple[int, int, int], timeout_s: float = 900.0) -> dict[str, float]:
+def _exit_on_term(signum: int, _frame: object) -> None:
+    """SIGTERM raises SystemExit, so one_round's `finally` stops its server."""
+    raise SystemExit(128 + signum)
+
+
+def parse_ratios(stdout: str) -> dict[str, float]:
+    """The ratios on a child's RATIOS_MARK line: every goal's, each a finite
+    number; RuntimeError naming what is wrong otherwise."""
+    lines = [line for line in stdout.splitlines() if line.startswith(RATIOS_MARK)]
+    if len(lines) != 1:
+        raise RuntimeError(f"round printed {len(lines)} ratio lines, expected 1: {stdout[-500:]!r}")
+    try:
+        ratios = json.loads(lines[0][len(RATIOS_MARK) :])
+    except json.JSONDecodeError as err:
+        raise RuntimeError(f"round printed unreadable ratios ({err}): {lines[0]!r}") from err
+    if not isinstance(ratios, dict):
+        raise RuntimeError(f"round printed {type(ratios).__name__}, not ratios: {lines[0]!r}")
+    missing = [g.key for g in GOALS if g.key not in ratios]
+    if missing:
+        raise RuntimeError(f"round printed no ratio for {missing}")
+    bad = {
+        k: v
+        for k, v in ratios.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    }
+    if bad:
+        raise RuntimeError(f"round printed ratios that are not finite numbers: {bad}")
+    return {k: float(v) for k, v in ratios.items()}
+
+
+def round_in_child(
+    reps: tuple[int, int, int], timeout_s: float = ROUND_TIMEOUT_S
+) -> dict[str, float]:
     """one_round in a fresh client process (`--one-round`), so that neither
     side's placement, allocations or caches carry over from one round to the
     next: the ratios read on two cores move from run to run with the client
     process as much as with the server's (8 rounds against fresh servers
     from one client process gave medians 1.19 and 1.22 for the validated
-    echo in two runs a few minutes apart). A child that outlives `timeout_s`
-    is killed by its pid (its server, reading the child's pipe, then ends)."""
-    out = subprocess.run(
+    echo in two runs a few minutes apart). A child still running after
+    `timeout_s` gets SIGTERM (its server is then stopped by its pid), and
+    is killed by its own pid if it is still there 30 s later; the round is
+    then a RuntimeError, as is any exit but 0."""
+    child = subprocess.Popen(
         [sys.executable, __file__, "--one-round", "--reps", ",".join(map(str, reps))],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout_s,
-        check=False,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"round failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
-    ratios = json.loads(out.stdout.strip().splitlines()[-1])
-    missing = {g.key for g in GOALS} - set(ratios)
-    if missing:
-        raise RuntimeError(f"round printed no ratio for {sorted(missing)}")
-    return ratios
+    try:
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.terminate()
+        try:
+            child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise RuntimeError(f"round timed out after {timeout_s:.0f} s") from None
+    if child.returncode != 0:
+        raise RuntimeError(f"round failed (exit {child.returncode}): {stderr.strip()[-2000:]}")
+    return parse_ratios(stdout)
 
 
 def run_rounds(
@@ -170,6 +220,8 @@ def run_rounds(
 
 
 def _reps(text: str) -> tuple[int, int, int]:
+    """--reps: three positive counts, "N,N,N" (the 1.57 MB upload's, the 67 MB
+    upload's, the echo's)."""
     parts = text.split(",")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(
@@ -190,20 +242,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reps-scale",
         type=float,
         default=1.0,
-        help="multiply wire_throughput's repetition counts (150, 20, 300; default 1.0)",
+        help="multiply wire_throughput's repetition counts "
+        f"({', '.join(map(str, wt.DEFAULT_REPS))}; default 1.0)",
     )
     parser.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=_reps, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     torch.set_num_threads(1)
     if ns.one_round:  # a child of round_in_child: one round, its ratios as JSON
-        print(json.dumps(one_round(ns.reps or (150, 20, 300))))
+        signal.signal(signal.SIGTERM, _exit_on_term)
+        print(RATIOS_MARK + json.dumps(one_round(ns.reps or wt.DEFAULT_REPS)), flush=True)
         return 0
     if ns.rounds < 1:
         parser.error(f"--rounds: must be at least 1, got {ns.rounds}")
-    if ns.reps_scale <= 0:
-        parser.error(f"--reps-scale: must be positive, got {ns.reps_scale}")
-    reps = tuple(max(1, round(r * ns.reps_scale)) for r in (150, 20, 300))
+    if not (math.isfinite(ns.reps_scale) and ns.reps_scale > 0):
+        parser.error(f"--reps-scale: must be a positive finite number, got {ns.reps_scale}")
+    small, big, echo = (max(1, round(r * ns.reps_scale)) for r in wt.DEFAULT_REPS)
+    reps = (small, big, echo)
+    timeout_s = ROUND_TIMEOUT_S * max(1.0, ns.reps_scale)
     print("# wire goals (issue 13), round by round")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, cpus={os.cpu_count()}")
     print(
@@ -219,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = " | ".join(f"{ratios[g.key]:.3f}" for g in GOALS)
         print(f"| {i + 1} | {load:.2f} | {cells} |", flush=True)
 
-    results = run_rounds(ns.rounds, lambda: round_in_child(reps), report)  # type: ignore[arg-type]
+    results = run_rounds(ns.rounds, lambda: round_in_child(reps, timeout_s), report)
     print("\n| goal | bound | rounds met | median | range |")
     print("|---|---|---|---|---|")
     for s in summarize(results):

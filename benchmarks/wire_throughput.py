@@ -171,6 +171,14 @@ VOCAB = 50257
 UPLOAD_BYTES = 4 * math.prod(ECHO_SHAPE)
 """The small upload of table (a), 1.57 MB: the echo's activations (float32),
 as one flat tensor."""
+BIG_UPLOAD_BYTES = 64 * 2**20
+"""The large upload of table (a), 67 MB."""
+DEFAULT_REPS = (150, 20, 300)
+"""Repetitions of the 1.57 MB upload, the 67 MB upload and the echo: a 64 MiB
+repetition is tens of ms, enough of them that one load spike on the host
+does not make the row; the others take a few ms each, and this host's speed
+moves by tens of percent from one second to the next, so hundreds of them
+(40 and 100 gave rows that moved by 0.1 between runs of one code)."""
 TINY_BYTES = 1024
 """The payload of the per-step cost line under table (a)."""
 
@@ -847,6 +855,7 @@ def paired_ratio(num: Timing, den: Timing) -> str:
 
 
 def _paired_ratios(num: Timing, den: Timing) -> list[float]:
+    """num's over den's wall time, repetition by repetition (same round)."""
     return [a / b for a, b in zip(num.walls_s, den.walls_s, strict=True)]
 
 
@@ -1259,7 +1268,7 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
         "| raw, waiting as the project MB/s | of it | reps |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for num_bytes, n in ((UPLOAD_BYTES, reps_small), (64 * 2**20, reps_big)):
+    for num_bytes, n in ((UPLOAD_BYTES, reps_small), (BIG_UPLOAD_BYTES, reps_big)):
         for chunk in CHUNK_SIZES:
             med = bench_stream(address, num_bytes, chunk, n)
             rate, checked, raw, floor, raw_wait = (
@@ -1468,13 +1477,7 @@ def main() -> int:
     torch.set_num_threads(1)
     global BETWEEN_STEPS
     BETWEEN_STEPS = ModelBetweenSteps() if ns.between_steps == "model" else None
-    # A 64 MiB repetition is short (tens of ms): enough of them that one
-    # load spike on the host does not make the row. The 1.57 MB upload and
-    # the echo take a few ms each, and this host's speed moves by tens of
-    # percent from one second to the next: hundreds of them, so the medians
-    # and the paired ratios hold from run to run (40 and 100 gave rows that
-    # moved by 0.1 between runs of one code).
-    reps = (10, 5, 20) if ns.quick else (150, 20, 300)
+    reps = (10, 5, 20) if ns.quick else DEFAULT_REPS
     reps_small, reps_big, reps_echo = (max(1, round(r * ns.reps_scale)) for r in reps)
 
     print("# wire throughput benchmark")
