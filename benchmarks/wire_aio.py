@@ -4,7 +4,7 @@ activation echo closer to raw gRPC than the sync API the roles use today?
 
     OMP_NUM_THREADS=1 python benchmarks/wire_aio.py [--reps N]
 
-Four echoes of the same step, interleaved step by step in one client process,
+Five echoes of the same step, interleaved step by step in one client process,
 each server in a child process:
 
 - "aio project": the project's wire code (fedsllm.wire.train builders,
@@ -13,11 +13,15 @@ each server in a child process:
 - "aio raw": ready-made byte messages of the same sizes on grpc.aio;
 - "sync project" and "sync raw": benchmarks/wire_throughput.py's project
   session and raw echo (the sync API, as the roles and the goal of issue 13
-  use it).
+  use it);
+- "aio client, sync server": the aio project's client against the sync
+  server's Train method (wire_throughput's BenchServer): the client alone
+  moved to grpc.aio, a smaller change than both roles.
 
-It prints the medians and three ratios: the framework over its own transport
-(aio project / aio raw, sync project / sync raw) and aio project / sync raw
-(what moving the roles to grpc.aio would give against today's baseline).
+It prints the medians and four ratios: the framework over its own transport
+(aio project / aio raw, sync project / sync raw), aio project / sync raw
+(what moving the roles to grpc.aio would give against today's baseline),
+and the aio client's time over the sync project's, paired step by step.
 The chunk size is the scenario default (256 KiB); validation is off.
 """
 
@@ -36,7 +40,13 @@ import torch
 import wire_throughput as wt
 
 from fedsllm.wire import rpc
-from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, step_header_from_proto
+from fedsllm.wire.messages import (
+    StepHeaderInfo,
+    StepResultInfo,
+    TrainHelloInfo,
+    TrainWelcomeInfo,
+    step_header_from_proto,
+)
 from fedsllm.wire.tensors import (
     ChunkAssembler,
     ReceiveBuffers,
@@ -45,10 +55,12 @@ from fedsllm.wire.tensors import (
     tensor_to_frame,
 )
 from fedsllm.wire.train import (
+    TRAIN_METHOD,
     decode_train_request,
     decode_train_response,
     encode_train_request,
     encode_train_response,
+    parse_train_response,
     step_download_responses,
     step_upload_requests,
 )
@@ -150,7 +162,7 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     raw_down = len(wt._messages(_sizes()[2], CHUNK))
     step = 0
 
-    async def aio_project() -> torch.Tensor:
+    async def aio_echo(call: grpc.aio.StreamStreamCall) -> torch.Tensor:
         nonlocal step
         frames = [
             tensor_to_frame("attention_mask", mask),
@@ -162,12 +174,15 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         )
         step += 1
         for part in step_upload_requests(header, frames, CHUNK):
-            await project.write(part)
+            await call.write(part)
         assembler = ChunkAssembler(specs=grad_spec, buffers=buffers)
         while "activations_grad" not in assembler.frames:
-            reply = await project.read()
+            reply = await call.read()
             assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
         return frame_to_tensor(assembler.frames["activations_grad"], copy=False)
+
+    async def aio_project() -> torch.Tensor:
+        return await aio_echo(project)
 
     async def aio_raw() -> None:
         for msg in raw_up:
@@ -180,6 +195,22 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     sync_channel = rpc.make_channel(address)
     sync_raw = wt.RawEcho(sync_channel, _sizes(), _sizes()[2], CHUNK)
     sync_project = wt.Session(address, CHUNK)
+    # The client alone on grpc.aio: the same step against the sync server's
+    # Train (wire_throughput's BenchServer), after its hello.
+    to_sync = grpc.aio.insecure_channel(address)
+    client_only = to_sync.stream_stream(
+        TRAIN_METHOD,
+        request_serializer=encode_train_request,
+        response_deserializer=decode_train_response,
+    )()
+    await client_only.write(
+        TrainHelloInfo(client_id=0, scenario_hash=f"{CHUNK}:0:1", wire_dtype="float32")
+    )
+    if not isinstance(parse_train_response(await client_only.read()), TrainWelcomeInfo):
+        raise RuntimeError("the sync server did not welcome the aio client")
+
+    async def aio_client() -> torch.Tensor:
+        return await aio_echo(client_only)
 
     async def sync_project_step() -> None:
         sync_project.run_step(acts, mask, labels, "train")
@@ -192,12 +223,14 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         "aio raw": aio_raw,
         "sync project": sync_project_step,
         "sync raw": sync_raw_step,
+        "aio client, sync server": aio_client,
     }
     for _ in range(10):
         for fn in variants.values():
             await fn()
-    if not torch.equal(await aio_project(), acts):
-        raise RuntimeError("the aio echo returned a different tensor")
+    for fn in (aio_project, aio_client):
+        if not torch.equal(await fn(), acts):
+            raise RuntimeError("the aio echo returned a different tensor")
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, fn in variants.items():
@@ -206,11 +239,17 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
             times[name].append(time.perf_counter() - t0)
     await project.done_writing()
     await raw.done_writing()
+    await client_only.done_writing()
     await channel.close()
+    await to_sync.close()
     sync_raw.close()
     sync_project.close()
     sync_channel.close()
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    med["aio client / sync project, paired"] = statistics.median(
+        a / b for a, b in zip(times["aio client, sync server"], times["sync project"], strict=True)
+    )
+    return med
 
 
 def main() -> int:
@@ -233,13 +272,21 @@ def main() -> int:
             child.stdin.close()  # type: ignore[union-attr]
             child.wait(timeout=30)
     print(f"\n{wt.ECHO_SHAPE} fp32 echo at {CHUNK // 1024} KiB chunks, median of {ns.reps}")
-    print("| aio project ms | aio raw ms | sync project ms | sync raw ms |")
-    print("|---|---|---|---|")
-    print("| " + " | ".join(f"{med[k] * 1e3:.2f}" for k in med) + " |")
+    cols = ("aio project", "aio raw", "sync project", "sync raw", "aio client, sync server")
+    print("| " + " | ".join(f"{k} ms" for k in cols) + " |")
+    print("|---|---|---|---|---|")
+    print("| " + " | ".join(f"{med[k] * 1e3:.2f}" for k in cols) + " |")
     print(
         f"\naio project / aio raw {med['aio project'] / med['aio raw']:.2f}; "
         f"sync project / sync raw {med['sync project'] / med['sync raw']:.2f}; "
         f"aio project / sync raw {med['aio project'] / med['sync raw']:.2f}"
+    )
+    print(
+        "the client alone on grpc.aio, against the sync server: "
+        f"{med['aio client, sync server'] / med['sync raw']:.2f}x sync raw; "
+        f"{med['aio client / sync project, paired']:.3f} of the sync project's time, paired "
+        "step by step (what moving client.remote's Train stream to grpc.aio would give, "
+        "the main server unchanged)"
     )
     return 0
 
