@@ -22,6 +22,9 @@ It prints the medians and four ratios: the framework over its own transport
 (aio project / aio raw, sync project / sync raw), aio project / sync raw
 (what moving the roles to grpc.aio would give against today's baseline),
 and the aio client's time over the sync project's, paired step by step.
+Alternated with them, table (a)'s 1.57 MB upload (an eval step answered by
+its result) from the aio client, the sync project and sync raw to the sync
+server: each client's rate over raw's, paired, as table (a) reads it.
 The chunk size is the scenario default (256 KiB); validation is off.
 """
 
@@ -56,6 +59,7 @@ from fedsllm.wire.tensors import (
 )
 from fedsllm.wire.train import (
     TRAIN_METHOD,
+    ReceivedResult,
     decode_train_request,
     decode_train_response,
     encode_train_request,
@@ -162,24 +166,37 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     raw_down = len(wt._messages(_sizes()[2], CHUNK))
     step = 0
 
-    async def aio_echo(call: grpc.aio.StreamStreamCall) -> torch.Tensor:
+    async def aio_step(
+        call: grpc.aio.StreamStreamCall,
+        tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        mode: str,
+    ) -> torch.Tensor | None:
+        """One step of (activations, mask, labels) on `call`: the gradient of
+        a train step, None for an eval step (answered by its result alone)."""
         nonlocal step
+        step_acts, step_mask, step_labels = tensors
         frames = [
-            tensor_to_frame("attention_mask", mask),
-            tensor_to_frame("labels", labels),
-            tensor_to_frame("activations", acts),
+            tensor_to_frame("attention_mask", step_mask),
+            tensor_to_frame("labels", step_labels),
+            tensor_to_frame("activations", step_acts),
         ]
-        header = StepHeaderInfo(
-            round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=NAMES
-        )
+        header = StepHeaderInfo(round=0, step=step, mode=mode, downlink_bps=0.0, tensor_names=NAMES)
         step += 1
         for part in step_upload_requests(header, frames, CHUNK):
             await call.write(part)
+        if mode == "eval":
+            reply = await call.read()
+            if type(reply) is not ReceivedResult:
+                raise RuntimeError(f"an eval step was answered by {type(reply).__name__}")
+            return None
         assembler = ChunkAssembler(specs=grad_spec, buffers=buffers)
         while "activations_grad" not in assembler.frames:
             reply = await call.read()
             assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
         return frame_to_tensor(assembler.frames["activations_grad"], copy=False)
+
+    async def aio_echo(call: grpc.aio.StreamStreamCall) -> torch.Tensor | None:
+        return await aio_step(call, (acts, mask, labels), "train")
 
     async def aio_project() -> torch.Tensor:
         return await aio_echo(project)
@@ -209,8 +226,28 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     if not isinstance(parse_train_response(await client_only.read()), TrainWelcomeInfo):
         raise RuntimeError("the sync server did not welcome the aio client")
 
-    async def aio_client() -> torch.Tensor:
+    async def aio_client() -> torch.Tensor | None:
         return await aio_echo(client_only)
+
+    # Table (a)'s 1.57 MB upload (an eval step, answered by its result) on the
+    # same three clients of the sync server.
+    upload = (
+        torch.randn(1, 2, wt.UPLOAD_BYTES // 8),
+        torch.ones(1, 2, dtype=torch.int64),
+        torch.zeros(1, 2, dtype=torch.int64),
+    )
+    upload_channel = rpc.make_channel(address)
+    upload_raw = wt.RawEcho(upload_channel, [16, 16, wt.UPLOAD_BYTES], 16, CHUNK)
+    upload_project = wt.Session(address, CHUNK)
+
+    async def aio_client_upload() -> None:
+        await aio_step(client_only, upload, "eval")
+
+    async def sync_project_upload() -> None:
+        upload_project.run_step(*upload, "eval")
+
+    async def sync_raw_upload() -> None:
+        upload_raw.run()
 
     async def sync_project_step() -> None:
         sync_project.run_step(acts, mask, labels, "train")
@@ -224,6 +261,9 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         "sync project": sync_project_step,
         "sync raw": sync_raw_step,
         "aio client, sync server": aio_client,
+        "upload: aio client, sync server": aio_client_upload,
+        "upload: sync project": sync_project_upload,
+        "upload: sync raw": sync_raw_upload,
     }
     for _ in range(10):
         for fn in variants.values():
@@ -245,10 +285,20 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
     sync_raw.close()
     sync_project.close()
     sync_channel.close()
+    upload_raw.close()
+    upload_project.close()
+    upload_channel.close()
+
+    def paired(num: str, den: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    med["aio client / sync project, paired"] = statistics.median(
-        a / b for a, b in zip(times["aio client, sync server"], times["sync project"], strict=True)
+    med["aio client / sync project, paired"] = paired("aio client, sync server", "sync project")
+    # Rates against raw's, as table (a) reads them: raw's time over the client's.
+    med["upload: aio client rate / raw"] = paired(
+        "upload: sync raw", "upload: aio client, sync server"
     )
+    med["upload: sync project rate / raw"] = paired("upload: sync raw", "upload: sync project")
     return med
 
 
@@ -287,6 +337,11 @@ def main() -> int:
         f"{med['aio client / sync project, paired']:.3f} of the sync project's time, paired "
         "step by step (what moving client.remote's Train stream to grpc.aio would give, "
         "the main server unchanged)"
+    )
+    print(
+        f"table (a)'s {wt.UPLOAD_BYTES / 1e6:.2f} MB upload against the sync server, rate over "
+        f"raw's (paired): the client on grpc.aio {med['upload: aio client rate / raw']:.3f}, "
+        f"the sync project {med['upload: sync project rate / raw']:.3f}"
     )
     return 0
 
