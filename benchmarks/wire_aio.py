@@ -49,6 +49,7 @@ from fedsllm.wire.messages import (
     TrainHelloInfo,
     TrainWelcomeInfo,
     step_header_from_proto,
+    step_result_from_proto,
 )
 from fedsllm.wire.tensors import (
     ChunkAssembler,
@@ -184,14 +185,19 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         step += 1
         for part in step_upload_requests(header, frames, CHUNK):
             await call.write(part)
+        # The result is read as the sync client's read_downlink reads it
+        # (step_result_from_proto), so both clients do the same work.
         if mode == "eval":
             reply = await call.read()
             if type(reply) is not ReceivedResult:
                 raise RuntimeError(f"an eval step was answered by {type(reply).__name__}")
+            step_result_from_proto(reply.fields)
             return None
         assembler = ChunkAssembler(specs=grad_spec, buffers=buffers)
         while "activations_grad" not in assembler.frames:
             reply = await call.read()
+            if reply.head is not None:
+                step_result_from_proto(reply.head)
             assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
         return frame_to_tensor(assembler.frames["activations_grad"], copy=False)
 
