@@ -4,8 +4,8 @@ activation echo closer to raw gRPC than the sync API the roles use today?
 
     OMP_NUM_THREADS=1 python benchmarks/wire_aio.py [--reps N]
 
-Five echoes of the same step, interleaved step by step in one client process,
-each server in a child process:
+Five echoes of the same step, in one client process, each server in a child
+process:
 
 - "aio project": the project's wire code (fedsllm.wire.train builders,
   codec, readers' assembler) on grpc.aio on both ends: StepPart messages up,
@@ -14,29 +14,37 @@ each server in a child process:
 - "sync project" and "sync raw": benchmarks/wire_throughput.py's project
   session and raw echo (the sync API, as the roles and the goal of issue 13
   use it);
-- "aio client, sync server": the aio project's client against the sync
-  server's Train method (wire_throughput's BenchServer): the client alone
-  moved to grpc.aio, a smaller change than both roles.
+- "aio client, sync server": the same client code as "aio project"
+  (AioClient) against the sync server's Train method (wire_throughput's
+  BenchServer): the client alone moved to grpc.aio, the server as the main
+  server is today.
 
-It prints the medians and four ratios: the framework over its own transport
-(aio project / aio raw, sync project / sync raw), aio project / sync raw
-(what moving the roles to grpc.aio would give against today's baseline),
-and the aio client's time over the sync project's, paired step by step.
-Alternated with them, table (a)'s 1.57 MB upload (an eval step answered by
-its result) from the aio client, the sync project and sync raw to the sync
-server: each client's rate over raw's, paired, as table (a) reads it.
-The chunk size is the scenario default (256 KiB); validation is off.
+And table (a)'s 1.57 MB upload (an eval step answered by its result) to the
+sync server from the aio client, the sync project and sync raw, each client
+on a stream and channel of its own. Every repetition runs the eight variants
+in a rotated order, so none always follows the same one.
+
+It prints the medians and these ratios: the framework over its own transport
+(aio project / aio raw, sync project / sync raw); aio project / sync raw
+(both roles on grpc.aio against today's baseline); the aio client's echo
+time over the sync project's, paired step by step; and each upload's rate
+over sync raw's, paired (for the aio client, its transport's own gain is in
+that figure, as the goals compare against sync raw). AioClient is the
+project's wire code written for grpc.aio here, not client.remote, which is
+sync. The chunk size is the scenario default (256 KiB); validation is off.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import torch
@@ -147,160 +155,180 @@ def _child(script: str) -> tuple[subprocess.Popen[str], int]:
     return child, int(child.stdout.readline())  # type: ignore[union-attr]
 
 
+class AioClient:
+    """The project's client on one grpc.aio Train stream: a step's StepParts
+    written, its reply read into a ChunkAssembler that makes the tensor as
+    the sync reader's does (make_tensors), and the result parsed as
+    read_downlink parses it (step_result_from_proto). read_downlink's other
+    bookkeeping (its generator, the StepDownload, the names check) is left
+    out: a few microseconds of a step of thousands."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self.call = call
+        self.step = 0
+        self.buffers = ReceiveBuffers()
+        self.grad_spec = {"activations_grad": TensorSpec("activations_grad", wt.FLOATS)}
+
+    @classmethod
+    async def to_train(cls, channel: grpc.aio.Channel) -> AioClient:
+        """A client of a sync server's Train method, after its hello."""
+        call = channel.stream_stream(
+            TRAIN_METHOD,
+            request_serializer=encode_train_request,
+            response_deserializer=decode_train_response,
+        )(timeout=600)
+        await call.write(
+            TrainHelloInfo(client_id=0, scenario_hash=f"{CHUNK}:0:1", wire_dtype="float32")
+        )
+        if not isinstance(parse_train_response(await call.read()), TrainWelcomeInfo):
+            raise RuntimeError("the sync server did not welcome the aio client")
+        return cls(call)
+
+    async def _read(self) -> Any:
+        reply = await self.call.read()
+        if reply is grpc.aio.EOF:
+            raise RuntimeError(f"the stream ended ({await self.call.code()}) before a reply")
+        return reply
+
+    async def run_step(
+        self, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mode: str
+    ) -> torch.Tensor | None:
+        """One step of (activations, mask, labels): the gradient of a train
+        step, None for an eval step (answered by its result alone)."""
+        acts, mask, labels = tensors
+        frames = [
+            tensor_to_frame("attention_mask", mask),
+            tensor_to_frame("labels", labels),
+            tensor_to_frame("activations", acts),
+        ]
+        header = StepHeaderInfo(
+            round=0, step=self.step, mode=mode, downlink_bps=0.0, tensor_names=NAMES
+        )
+        self.step += 1
+        for part in step_upload_requests(header, frames, CHUNK):
+            await self.call.write(part)
+        if mode == "eval":
+            reply = await self._read()
+            if type(reply) is not ReceivedResult:
+                raise RuntimeError(f"an eval step was answered by {type(reply).__name__}")
+            step_result_from_proto(reply.fields)
+            return None
+        assembler = ChunkAssembler(specs=self.grad_spec, buffers=self.buffers, make_tensors=True)
+        while "activations_grad" not in assembler.frames:
+            reply = await self._read()
+            if reply.head is not None:
+                step_result_from_proto(reply.head)
+            assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
+        return assembler.tensors["activations_grad"]
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        while await self.call.read() is not grpc.aio.EOF:
+            pass
+
+
 async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]:
     acts = torch.randn(*wt.ECHO_SHAPE)
     b, t = wt.ECHO_SHAPE[:2]
     mask = torch.ones(b, t, dtype=torch.int64)
     labels = torch.randint(0, wt.VOCAB, (b, t))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{aio_port}")
-    project = channel.stream_stream(
-        "/bench.Aio/Project",
-        request_serializer=encode_train_request,
-        response_deserializer=decode_train_response,
-    )()
-    raw = channel.stream_stream(
-        "/bench.Aio/Raw", request_serializer=wt._identity, response_deserializer=wt._identity
-    )()
-    buffers = ReceiveBuffers()
-    grad_spec = {"activations_grad": TensorSpec("activations_grad", wt.FLOATS)}
-    raw_up = [m for n in _sizes() for m in wt._messages(n, CHUNK)]
-    raw_down = len(wt._messages(_sizes()[2], CHUNK))
-    step = 0
-
-    async def aio_step(
-        call: grpc.aio.StreamStreamCall,
-        tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        mode: str,
-    ) -> torch.Tensor | None:
-        """One step of (activations, mask, labels) on `call`: the gradient of
-        a train step, None for an eval step (answered by its result alone)."""
-        nonlocal step
-        step_acts, step_mask, step_labels = tensors
-        frames = [
-            tensor_to_frame("attention_mask", step_mask),
-            tensor_to_frame("labels", step_labels),
-            tensor_to_frame("activations", step_acts),
-        ]
-        header = StepHeaderInfo(round=0, step=step, mode=mode, downlink_bps=0.0, tensor_names=NAMES)
-        step += 1
-        for part in step_upload_requests(header, frames, CHUNK):
-            await call.write(part)
-        # The result is read as the sync client's read_downlink reads it
-        # (step_result_from_proto), so both clients do the same work.
-        if mode == "eval":
-            reply = await call.read()
-            if type(reply) is not ReceivedResult:
-                raise RuntimeError(f"an eval step was answered by {type(reply).__name__}")
-            step_result_from_proto(reply.fields)
-            return None
-        assembler = ChunkAssembler(specs=grad_spec, buffers=buffers)
-        while "activations_grad" not in assembler.frames:
-            reply = await call.read()
-            if reply.head is not None:
-                step_result_from_proto(reply.head)
-            assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
-        return frame_to_tensor(assembler.frames["activations_grad"], copy=False)
-
-    async def aio_echo(call: grpc.aio.StreamStreamCall) -> torch.Tensor | None:
-        return await aio_step(call, (acts, mask, labels), "train")
-
-    async def aio_project() -> torch.Tensor:
-        return await aio_echo(project)
-
-    async def aio_raw() -> None:
-        for msg in raw_up:
-            await raw.write(msg)
-        for _ in range(raw_down):
-            await raw.read()
-
-    address = f"127.0.0.1:{sync_port}"
-    rpc.wait_healthy(address, 10)
-    sync_channel = rpc.make_channel(address)
-    sync_raw = wt.RawEcho(sync_channel, _sizes(), _sizes()[2], CHUNK)
-    sync_project = wt.Session(address, CHUNK)
-    # The client alone on grpc.aio: the same step against the sync server's
-    # Train (wire_throughput's BenchServer), after its hello.
-    to_sync = grpc.aio.insecure_channel(address)
-    client_only = to_sync.stream_stream(
-        TRAIN_METHOD,
-        request_serializer=encode_train_request,
-        response_deserializer=decode_train_response,
-    )()
-    await client_only.write(
-        TrainHelloInfo(client_id=0, scenario_hash=f"{CHUNK}:0:1", wire_dtype="float32")
-    )
-    if not isinstance(parse_train_response(await client_only.read()), TrainWelcomeInfo):
-        raise RuntimeError("the sync server did not welcome the aio client")
-
-    async def aio_client() -> torch.Tensor | None:
-        return await aio_echo(client_only)
-
-    # Table (a)'s 1.57 MB upload (an eval step, answered by its result) on the
-    # same three clients of the sync server.
+    echo = (acts, mask, labels)
+    # Table (a)'s 1.57 MB upload: an eval step, answered by its result.
     upload = (
         torch.randn(1, 2, wt.UPLOAD_BYTES // 8),
         torch.ones(1, 2, dtype=torch.int64),
         torch.zeros(1, 2, dtype=torch.int64),
     )
-    upload_channel = rpc.make_channel(address)
-    upload_raw = wt.RawEcho(upload_channel, [16, 16, wt.UPLOAD_BYTES], 16, CHUNK)
-    upload_project = wt.Session(address, CHUNK)
+    raw_up = [m for n in _sizes() for m in wt._messages(n, CHUNK)]
+    raw_down = len(wt._messages(_sizes()[2], CHUNK))
+    address = f"127.0.0.1:{sync_port}"
+    rpc.wait_healthy(address, 10)
+    options = list(rpc.CHANNEL_OPTIONS)
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def aio_client_upload() -> None:
-        await aio_step(client_only, upload, "eval")
+        async def aio_channel(target: str) -> grpc.aio.Channel:
+            channel = grpc.aio.insecure_channel(target, options=options)
+            stack.push_async_callback(channel.close)
+            return channel
 
-    async def sync_project_upload() -> None:
-        upload_project.run_step(*upload, "eval")
+        def sync(make: Callable[[], Any]) -> Any:
+            made = make()
+            stack.callback(made.close)
+            return made
 
-    async def sync_raw_upload() -> None:
-        upload_raw.run()
+        aio_server = await aio_channel(f"127.0.0.1:{aio_port}")
+        project = AioClient(
+            aio_server.stream_stream(
+                "/bench.Aio/Project",
+                request_serializer=encode_train_request,
+                response_deserializer=decode_train_response,
+            )(timeout=600)
+        )
+        raw = aio_server.stream_stream(
+            "/bench.Aio/Raw", request_serializer=wt._identity, response_deserializer=wt._identity
+        )(timeout=600)
+        stack.callback(raw.cancel)
+        # The client alone on grpc.aio, against the sync server's Train
+        # (wire_throughput's BenchServer): a stream, on a channel of its own,
+        # for the echo and another for the upload, as the sync variants have.
+        aio_client = await AioClient.to_train(await aio_channel(address))
+        aio_client_upload = await AioClient.to_train(await aio_channel(address))
+        sync_channel = sync(lambda: rpc.make_channel(address))
+        sync_raw = sync(lambda: wt.RawEcho(sync_channel, _sizes(), _sizes()[2], CHUNK))
+        sync_project = sync(lambda: wt.Session(address, CHUNK))
+        upload_channel = sync(lambda: rpc.make_channel(address))
+        upload_raw = sync(lambda: wt.RawEcho(upload_channel, [16, 16, wt.UPLOAD_BYTES], 16, CHUNK))
+        upload_project = sync(lambda: wt.Session(address, CHUNK))
 
-    async def sync_project_step() -> None:
-        sync_project.run_step(acts, mask, labels, "train")
+        async def aio_raw() -> None:
+            for msg in raw_up:
+                await raw.write(msg)
+            for _ in range(raw_down):
+                await raw.read()
 
-    async def sync_raw_step() -> None:
-        sync_raw.run()
+        async def run_sync(fn: Callable[[], object]) -> None:
+            fn()
 
-    variants: dict[str, Callable[[], Awaitable[object]]] = {
-        "aio project": aio_project,
-        "aio raw": aio_raw,
-        "sync project": sync_project_step,
-        "sync raw": sync_raw_step,
-        "aio client, sync server": aio_client,
-        "upload: aio client, sync server": aio_client_upload,
-        "upload: sync project": sync_project_upload,
-        "upload: sync raw": sync_raw_upload,
-    }
-    for _ in range(10):
-        for fn in variants.values():
-            await fn()
-    for fn in (aio_project, aio_client):
-        if not torch.equal(await fn(), acts):
-            raise RuntimeError("the aio echo returned a different tensor")
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            await fn()
-            times[name].append(time.perf_counter() - t0)
-    await project.done_writing()
-    await raw.done_writing()
-    await client_only.done_writing()
-    await channel.close()
-    await to_sync.close()
-    sync_raw.close()
-    sync_project.close()
-    sync_channel.close()
-    upload_raw.close()
-    upload_project.close()
-    upload_channel.close()
+        variants: dict[str, Callable[[], Awaitable[object]]] = {
+            "aio project": lambda: project.run_step(echo, "train"),
+            "aio raw": aio_raw,
+            "sync project": lambda: run_sync(lambda: sync_project.run_step(*echo, "train")),
+            "sync raw": lambda: run_sync(sync_raw.run),
+            "aio client, sync server": lambda: aio_client.run_step(echo, "train"),
+            "upload: aio client, sync server": lambda: aio_client_upload.run_step(upload, "eval"),
+            "upload: sync project": lambda: run_sync(
+                lambda: upload_project.run_step(*upload, "eval")
+            ),
+            "upload: sync raw": lambda: run_sync(upload_raw.run),
+        }
+        names = list(variants)
+        for _ in range(10):
+            for fn in variants.values():
+                await fn()
+        for client in (project, aio_client):
+            if not torch.equal(await client.run_step(echo, "train"), acts):
+                raise RuntimeError("the aio echo returned a different tensor")
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for rep in range(reps):
+            # Each variant takes every place in the order in turn, so none
+            # always follows the same one (a stream just used by another
+            # variant starts warmer than one idle since the last round).
+            turn = rep % len(names)
+            for name in names[turn:] + names[:turn]:
+                t0 = time.perf_counter()
+                await variants[name]()
+                times[name].append(time.perf_counter() - t0)
+        for client in (project, aio_client, aio_client_upload):
+            await client.close()
+        await raw.done_writing()
 
     def paired(num: str, den: str) -> float:
         return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     med["aio client / sync project, paired"] = paired("aio client, sync server", "sync project")
-    # Rates against raw's, as table (a) reads them: raw's time over the client's.
+    # Rates against sync raw's, raw's time over the client's, as table (a)
+    # reads them; for the aio client, its transport's own gain included.
     med["upload: aio client rate / raw"] = paired(
         "upload: sync raw", "upload: aio client, sync server"
     )
@@ -341,11 +369,10 @@ def main() -> int:
         "the client alone on grpc.aio, against the sync server: "
         f"{med['aio client, sync server'] / med['sync raw']:.2f}x sync raw; "
         f"{med['aio client / sync project, paired']:.3f} of the sync project's time, paired "
-        "step by step (what moving client.remote's Train stream to grpc.aio would give, "
-        "the main server unchanged)"
+        "step by step (the project's wire code on a grpc.aio client, the server unchanged)"
     )
     print(
-        f"table (a)'s {wt.UPLOAD_BYTES / 1e6:.2f} MB upload against the sync server, rate over "
+        f"table (a)'s {wt.UPLOAD_BYTES / 1e6:.2f} MB upload to the sync server, rate over sync "
         f"raw's (paired): the client on grpc.aio {med['upload: aio client rate / raw']:.3f}, "
         f"the sync project {med['upload: sync project rate / raw']:.3f}"
     )
