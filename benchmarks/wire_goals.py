@@ -126,8 +126,8 @@ def one_round(reps: tuple[int, int, int]) -> dict[str, float]:
     whether the round ends well or not (SIGTERM included, once _exit_on_term
     is installed)."""
     child, address = wt.start_child()
-    print(f"round: server pid {child.pid} at {address}", file=sys.stderr, flush=True)
-    try:
+    try:  # the line inside: a SIGTERM right after it still stops the server
+        print(f"round: server pid {child.pid} at {address}", file=sys.stderr, flush=True)
         wt.SERVER_PID = child.pid
         return measure_round(address, reps)
     finally:
