@@ -322,10 +322,12 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
             await client.close()
         await raw.done_writing()
 
-    def paired(num: str, den: str) -> float:
-        return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+    timings = {name: wt.Timing(statistics.median(ts), 0.0, 0.0, ts) for name, ts in times.items()}
 
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+    def paired(num: str, den: str) -> float:
+        return wt.paired_median(timings[num], timings[den])
+
+    med = {name: t.wall_s for name, t in timings.items()}
     med["aio client / sync project, paired"] = paired("aio client, sync server", "sync project")
     # Rates against sync raw's, raw's time over the client's, as table (a)
     # reads them; for the aio client, its transport's own gain included.
@@ -353,8 +355,7 @@ def main() -> int:
         med = asyncio.run(_measure(aio_port, sync_port, ns.reps))
     finally:
         for child in (aio_child, sync_child):
-            child.stdin.close()  # type: ignore[union-attr]
-            child.wait(timeout=30)
+            wt.stop_child(child)
     print(f"\n{wt.ECHO_SHAPE} fp32 echo at {CHUNK // 1024} KiB chunks, median of {ns.reps}")
     cols = ("aio project", "aio raw", "sync project", "sync raw", "aio client, sync server")
     print("| " + " | ".join(f"{k} ms" for k in cols) + " |")

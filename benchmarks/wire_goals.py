@@ -132,12 +132,7 @@ def one_round(reps: tuple[int, int, int]) -> dict[str, float]:
         return measure_round(address, reps)
     finally:
         wt.SERVER_PID = None
-        child.stdin.close()  # type: ignore[union-attr]
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        wt.stop_child(child)
 
 
 def _exit_on_term(signum: int, _frame: object) -> None:
@@ -257,8 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--rounds: must be at least 1, got {ns.rounds}")
     if not (math.isfinite(ns.reps_scale) and ns.reps_scale > 0):
         parser.error(f"--reps-scale: must be a positive finite number, got {ns.reps_scale}")
-    small, big, echo = (max(1, round(r * ns.reps_scale)) for r in wt.DEFAULT_REPS)
-    reps = (small, big, echo)
+    reps = wt.scaled_reps(wt.DEFAULT_REPS, ns.reps_scale)
     timeout_s = ROUND_TIMEOUT_S * max(1.0, ns.reps_scale)
     print("# wire goals (issue 13), round by round")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, cpus={os.cpu_count()}")

@@ -145,12 +145,8 @@ def main() -> int:
         for name, client_skip, server_skip in STAGES:
             q2, q1, q3, us = run_stage(address, ns.steps, client_skip, server_skip)
             print(f"| {name} | {q2:.3f} ({q1:.3f}-{q3:.3f}) | {100 * (q2 - 1):+.1f} | {us:+.0f} |")
-        child.stdin.close()  # type: ignore[union-attr]
-        child.wait(timeout=30)
     finally:
-        if child.poll() is None:  # failed or hung: stop it by its own pid
-            child.kill()
-            child.wait()
+        wt.stop_child(child)
     return 0
 
 

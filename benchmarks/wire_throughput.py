@@ -1208,6 +1208,26 @@ def start_child(
     return child, address
 
 
+def stop_child(child: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
+    """Stop a child of start_child (or any child serving until its stdin
+    closes): close its stdin, wait for it, and kill it by its own pid if it
+    has not ended within `timeout_s`."""
+    if child.stdin is not None:
+        child.stdin.close()
+    try:
+        child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def scaled_reps(reps: Sequence[int], scale: float) -> tuple[int, int, int]:
+    """(1.57 MB upload, 67 MB upload, echo) repetitions times `scale`, each
+    at least 1."""
+    small, big, echo = (max(1, round(r * scale)) for r in reps)
+    return small, big, echo
+
+
 def pin_to_cpu(cpu: int) -> None:
     """Run this process on `cpu` alone: every thread it has (numpy's or torch's
     workers, if any started on import), and every thread started after, which
@@ -1478,7 +1498,7 @@ def main() -> int:
     global BETWEEN_STEPS
     BETWEEN_STEPS = ModelBetweenSteps() if ns.between_steps == "model" else None
     reps = (10, 5, 20) if ns.quick else DEFAULT_REPS
-    reps_small, reps_big, reps_echo = (max(1, round(r * ns.reps_scale)) for r in reps)
+    reps_small, reps_big, reps_echo = scaled_reps(reps, ns.reps_scale)
 
     print("# wire throughput benchmark")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
@@ -1538,8 +1558,7 @@ def main() -> int:
         if server is not None:
             rpc.stop_server(server, 0.5)
         if child is not None:
-            child.stdin.close()  # type: ignore[union-attr]
-            child.wait(timeout=30)
+            stop_child(child)
     if ns.only in (None, "codec"):
         print("\n(c) codec alone (encode, chunk, frame, validate, assemble, decode), median MB/s")
         for chunk in CHUNK_SIZES:

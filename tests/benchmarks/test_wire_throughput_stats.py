@@ -1,9 +1,12 @@
-"""The wire benchmark's paired ratio, its in-process step and its probe of what
-gRPC-Python takes as a message."""
+"""The wire benchmark's paired ratio, its in-process step, its probe of what
+gRPC-Python takes as a message, and how it stops its server child."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -297,3 +300,26 @@ def test_the_sink_answers_once_per_step(bench, served: str) -> None:
         partial.requests.wait_sent()
         partial.requests.close()
         assert next(partial.responses, None) is None  # two of three messages: no reply
+
+
+@pytest.mark.slow
+def test_a_child_that_ends_with_its_stdin_is_waited_for_not_killed(bench) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, text=True
+    )
+    bench.stop_child(child, timeout_s=30)
+    assert child.returncode == 0  # ended by itself: a kill would read -9
+
+
+@pytest.mark.slow
+def test_a_child_that_outlives_its_stdin_is_killed_by_its_pid(bench) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE, text=True
+    )
+    try:
+        bench.stop_child(child, timeout_s=0.5)
+        assert child.returncode == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
