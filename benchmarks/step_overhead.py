@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     from client.remote import MainServerStream
-    from fedsllm.wire.rpc import make_channel, stop_server
+    from fedsllm.wire.rpc import stop_server
 
     child = conn = server = None
     if args.in_process:
@@ -116,18 +116,17 @@ def main() -> None:
     labels = torch.randint(3, 259, (b, t))
     overheads, walls, computes = [], [], []
     try:
-        with make_channel(address) as channel:
-            stream = MainServerStream(channel, 0, "bench", "float32", 256 * 1024)
-            for step in range(args.steps + 5):
-                t0 = time.perf_counter()
-                stream.send_step(0, step, True, acts, mask, labels)
-                reply, nbytes = stream.receive_reply(0, step)
-                wall = time.perf_counter() - t0
-                if step >= 5:  # warm-up
-                    walls.append(wall)
-                    computes.append(reply.server_compute_s)
-                    overheads.append(wall - reply.server_compute_s)
-            stream.close()
+        stream = MainServerStream(address, 0, "bench", "float32", 256 * 1024)
+        for step in range(args.steps + 5):
+            t0 = time.perf_counter()
+            stream.send_step(0, step, True, acts, mask, labels)
+            reply, nbytes = stream.receive_reply(0, step)
+            wall = time.perf_counter() - t0
+            if step >= 5:  # warm-up
+                walls.append(wall)
+                computes.append(reply.server_compute_s)
+                overheads.append(wall - reply.server_compute_s)
+        stream.close()
     finally:
         if server is not None:
             stop_server(server, 0.5)

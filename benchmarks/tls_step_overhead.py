@@ -52,13 +52,11 @@ def main() -> None:
     torch.set_num_threads(1)
     import multiprocessing as mp
 
-    import grpc
-
     from client.remote import MainServerStream
     from fedsllm.security.certs import write_certs
-    from fedsllm.security.credentials import channel_credentials, load_tls, tls_config_for
-    from fedsllm.security.identity import Identity, TokenTable, with_token
-    from fedsllm.wire.rpc import CHANNEL_OPTIONS
+    from fedsllm.security.credentials import load_tls, tls_config_for
+    from fedsllm.security.identity import Identity, TokenTable
+    from fedsllm.wire.rpc import Security
 
     cert_dir = tempfile.mkdtemp(prefix="fedsllm-bench-") + "/certs"
     write_certs(cert_dir, 1)
@@ -75,24 +73,20 @@ def main() -> None:
         children[mode] = (proc, conn)
         addresses[mode] = conn.recv()
     me = load_tls(tls_config_for(cert_dir, Identity.client(0)))
-    channels = {
-        "plain": with_token(
-            grpc.insecure_channel(addresses["plain"], options=list(CHANNEL_OPTIONS)),
-            table.token_for(Identity.client(0)),
-        ),
-        "tls": grpc.secure_channel(
-            addresses["tls"], channel_credentials(me), options=list(CHANNEL_OPTIONS)
-        ),
+    securities = {
+        "plain": Security(token=table.token_for(Identity.client(0))),
+        "tls": Security(tls=me),
     }
     b, t, d = 8, 64, 768
     acts = torch.randn(b, t, d)
     mask = torch.ones(b, t, dtype=torch.int64)
     labels = torch.randint(3, 259, (b, t))
-    walls = {m: [] for m in channels}
-    overheads = {m: [] for m in channels}
+    walls = {m: [] for m in securities}
+    overheads = {m: [] for m in securities}
     try:
         streams = {
-            m: MainServerStream(c, 0, "bench", "float32", 256 * 1024) for m, c in channels.items()
+            m: MainServerStream(addresses[m], 0, "bench", "float32", 256 * 1024, security=s)
+            for m, s in securities.items()
         }
         for step in range(args.steps + 5):
             for mode in ("plain", "tls") if step % 2 else ("tls", "plain"):

@@ -11,9 +11,11 @@ process:
   codec, readers' assembler) on grpc.aio on both ends: StepPart messages up,
   ReplyPart messages down, decoded to a tensor;
 - "aio raw": ready-made byte messages of the same sizes on grpc.aio;
-- "sync project" and "sync raw": benchmarks/wire_throughput.py's project
-  session and raw echo (the sync API, as the roles and the goal of issue 13
-  use it);
+- "sync project": the project's client as it was on the sync API
+  (SyncSession, kept here as the reference: the client has since moved to
+  grpc.aio, fedsllm.wire.train_client, on what this benchmark measured);
+- "sync raw": benchmarks/wire_throughput.py's raw echo (the sync API, the
+  goal of issue 13's reference);
 - "aio client, sync server": the same client code as "aio project"
   (AioClient) against the sync server's Train method (wire_throughput's
   BenchServer): the client alone moved to grpc.aio, the server as the main
@@ -30,8 +32,10 @@ It prints the medians and these ratios: the framework over its own transport
 time over the sync project's, paired step by step; and each upload's rate
 over sync raw's, paired (for the aio client, its transport's own gain is in
 that figure, as the goals compare against sync raw). AioClient is the
-project's wire code written for grpc.aio here, not client.remote, which is
-sync. The chunk size is the scenario default (256 KiB); validation is off.
+project's wire code written for grpc.aio here, inside this benchmark's one
+event loop (fedsllm.wire.train_client's TrainCall runs on a loop of its own, so
+it cannot run inside another). The chunk size is the scenario default (256
+KiB); validation is off.
 """
 
 from __future__ import annotations
@@ -74,8 +78,10 @@ from fedsllm.wire.train import (
     encode_train_request,
     encode_train_response,
     parse_train_response,
+    read_downlink,
     step_download_responses,
     step_upload_requests,
+    train_call,
 )
 
 CHUNK = wt.DEFAULT_CHUNK
@@ -153,6 +159,54 @@ def _child(script: str) -> tuple[subprocess.Popen[str], int]:
         text=True,
     )
     return child, int(child.stdout.readline())  # type: ignore[union-attr]
+
+
+class SyncSession:
+    """The project's client as it was on the sync API before it moved to
+    grpc.aio (fedsllm.wire.train_client), kept here as the reference this
+    benchmark measured the move against: a step's parts go into a
+    RequestQueue that gRPC's sending thread drains (encoding each there),
+    and the reply comes through read_downlink on gRPC's response iterator."""
+
+    def __init__(self, address: str, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.channel = rpc.make_channel(address)
+        self.requests = rpc.RequestQueue()
+        stream = train_call(self.channel)(self.requests, timeout=600)
+        self.requests.watch(stream)
+        specs = [TensorSpec("activations_grad", wt.FLOATS)]
+        self.downlink = read_downlink(stream, lambda _result: specs)
+        hello = TrainHelloInfo(
+            client_id=0, scenario_hash=f"{chunk_bytes}:0:1", wire_dtype="float32"
+        )
+        self.requests.put(encode_train_request(hello))
+        next(self.downlink)
+        self.step = 0
+
+    def run_step(
+        self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, mode: str
+    ) -> torch.Tensor | None:
+        frames = [
+            tensor_to_frame("attention_mask", mask),
+            tensor_to_frame("labels", labels),
+            tensor_to_frame("activations", acts),
+        ]
+        header = StepHeaderInfo(
+            round=0, step=self.step, mode=mode, downlink_bps=0.0, tensor_names=NAMES
+        )
+        self.step += 1
+        self.requests.put_all(step_upload_requests(header, frames, self.chunk_bytes))
+        self.requests.wait_sent()  # as the sync client waited for its reply
+        reply = next(self.downlink)
+        return reply.tensor("activations_grad") if reply.frames else None
+
+    def close(self) -> None:
+        self.requests.close()
+        try:
+            for _ in self.downlink:
+                pass
+        finally:
+            self.channel.close()
 
 
 class AioClient:
@@ -275,10 +329,10 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         aio_client_upload = await AioClient.to_train(await aio_channel(address))
         sync_channel = sync(lambda: rpc.make_channel(address))
         sync_raw = sync(lambda: wt.RawEcho(sync_channel, _sizes(), _sizes()[2], CHUNK))
-        sync_project = sync(lambda: wt.Session(address, CHUNK))
+        sync_project = sync(lambda: SyncSession(address, CHUNK))
         upload_channel = sync(lambda: rpc.make_channel(address))
         upload_raw = sync(lambda: wt.RawEcho(upload_channel, [16, 16, wt.UPLOAD_BYTES], 16, CHUNK))
-        upload_project = sync(lambda: wt.Session(address, CHUNK))
+        upload_project = sync(lambda: SyncSession(address, CHUNK))
 
         async def aio_raw() -> None:
             for msg in raw_up:

@@ -156,8 +156,8 @@ from fedsllm.wire.train import (
     read_uplink,
     step_download_responses,
     step_upload_requests,
-    train_call,
 )
+from fedsllm.wire.train_client import AioLink, TrainCall
 from main_server.step_checks import StepLimits, step_specs
 
 FLOATS = frozenset({"float32", "bfloat16", "float16"})
@@ -313,9 +313,10 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
 
 
 class Session:
-    """One open Train stream with a given chunk size, used as client.remote does:
-    chunks (views of the tensors) are queued and gRPC's sending thread encodes
-    each as it goes out."""
+    """One open Train stream with a given chunk size, on the project's own
+    client transport (fedsllm.wire.train_client, as client.remote's
+    MainServerStream runs it): a step's parts, views of the tensors, are
+    encoded as each is written, and its reply read, on this thread."""
 
     def __init__(
         self,
@@ -323,29 +324,45 @@ class Session:
         chunk_bytes: int,
         validate: bool = False,
         fold: bool = True,
-        call: Callable[[grpc.Channel], grpc.StreamStreamMultiCallable] = train_call,
+        method: str = TRAIN_METHOD,
+        serializers: tuple[Callable[[Any], bytes], Callable[[bytes], Any]] = (
+            encode_train_request,
+            decode_train_response,
+        ),
+        metadata: tuple[tuple[str, str], ...] = (),
         server_skip: str = "",
         any_width: bool = False,
     ) -> None:
-        """`server_skip`: a stage of SERVER_STAGES the server leaves out of the
-        steps `skipped` names; `any_width`: with `validate`, the server reads
-        activations of any last dimension (_specs)."""
+        """`method`, `serializers` (request, response) and `metadata`: another
+        method for the same client (table (d)'s sink), or marking
+        (de)serializers (wire_timeline.py). `server_skip`: a stage of
+        SERVER_STAGES the server leaves out of the steps `skipped` names;
+        `any_width`: with `validate`, the server reads activations of any last
+        dimension (_specs)."""
         self.chunk_bytes = chunk_bytes
         self.validate = validate
         self.shape: tuple[int, ...] | None = None
-        self.channel = rpc.make_channel(address)
-        self.requests = rpc.RequestQueue()
-        stream = call(self.channel)(self.requests, timeout=600)
-        self.requests.watch(stream)
-        self.downlink = read_downlink(stream, self._grad_specs)
-        hello = TrainHelloInfo(
-            client_id=0,
-            scenario_hash=f"{chunk_bytes}:{('w' if any_width else '1') if validate else '0'}:"
-            f"{int(fold)}" + (f":{server_skip}" if server_skip else ""),
-            wire_dtype="float32",
-        )
-        self.requests.put(encode_train_request(hello))
-        next(self.downlink)
+        self.link = AioLink(address)
+        try:
+            self.call = TrainCall(
+                self.link,
+                self._grad_specs,
+                metadata=metadata,
+                method=method,
+                request_serializer=serializers[0],
+                response_deserializer=serializers[1],
+                timeout_s=600,
+            )
+            hello = TrainHelloInfo(
+                client_id=0,
+                scenario_hash=f"{chunk_bytes}:{('w' if any_width else '1') if validate else '0'}:"
+                f"{int(fold)}" + (f":{server_skip}" if server_skip else ""),
+                wire_dtype="float32",
+            )
+            self.call.open(hello)
+        except BaseException:
+            self.link.close()
+            raise
         self.step = 0
 
     def _grad_specs(self, _result: StepResultInfo) -> list[TensorSpec]:
@@ -370,9 +387,10 @@ class Session:
             tensor_names=("attention_mask", "labels", "activations"),
         )
         self.step += 1
-        self.requests.put_all(self._requests(header, frames))
-        self.requests.wait_sent()  # as client.remote waits for its reply
-        reply = next(self.downlink)
+        self.call.send(list(self._requests(header, frames)))
+        reply = self.call.receive()
+        if reply is None:
+            raise RuntimeError("the server ended the stream before a reply")
         return reply.tensor("activations_grad") if reply.frames else None
 
     def _requests(self, header: StepHeaderInfo, frames: list[TensorFrame]) -> Iterable[Any]:
@@ -381,11 +399,14 @@ class Session:
         return step_upload_requests(header, frames, self.chunk_bytes)
 
     def close(self) -> None:
-        self.requests.close()
         try:
-            _drain(self.downlink)
+            self.call.finish()
         finally:
-            self.channel.close()
+            self.link.close()
+
+    def cancel(self) -> None:
+        """Drop the stream without finishing it (after a refused step)."""
+        self.link.close()
 
 
 # ---------------------------------------------------------------- raw gRPC
@@ -773,14 +794,8 @@ def bench_sides(address: str, num_bytes: int, reps: int) -> dict[str, Timing]:
         client_alone = Session(
             address,
             DEFAULT_CHUNK,
-            call=lambda channel: functools.partial(
-                channel.stream_stream(
-                    SINK_METHOD,
-                    request_serializer=encode_train_request,
-                    response_deserializer=decode_train_response,
-                ),
-                metadata=sink,
-            ),
+            method=SINK_METHOD,
+            metadata=sink,
         )
         stack.callback(client_alone.close)
         ready = {}

@@ -43,7 +43,7 @@ import torch
 import wire_throughput as wt
 
 from fedsllm.wire import rpc
-from fedsllm.wire.train import TRAIN_METHOD, decode_train_response, encode_train_request
+from fedsllm.wire.train import decode_train_response, encode_train_request
 
 EVENTS: list[tuple[str, int]] = []
 """(point, monotonic ns) as messages pass, in this process."""
@@ -85,14 +85,11 @@ def _raw_wrap(fn: Callable[[Any], Any], direction: str) -> Callable[[Any], Any]:
     return _marking("request serialized" if direction == "request" else "reply deserialized")(fn)
 
 
-def _project_call(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
-    """fedsllm.wire.train.train_call with marking (de)serializers."""
-    return channel.stream_stream(
-        TRAIN_METHOD,
-        request_serializer=_marking("request serialized")(encode_train_request),
-        response_deserializer=_marking("reply deserialized")(decode_train_response),
-        _registered_method=True,
-    )
+PROJECT_SERIALIZERS = (
+    _marking("request serialized")(encode_train_request),
+    _marking("reply deserialized")(decode_train_response),
+)
+"""fedsllm.wire.train's Train (de)serializers, marking each message."""
 
 
 def _marked_requests(requests: Iterator[Any]) -> Iterator[Any]:
@@ -223,7 +220,7 @@ def _run(
     b, t = shape[:2]
     mask = torch.ones(b, t, dtype=torch.int64)
     labels = torch.randint(0, wt.VOCAB, (b, t))
-    session = wt.Session(address, wt.DEFAULT_CHUNK, call=_project_call)
+    session = wt.Session(address, wt.DEFAULT_CHUNK, serializers=PROJECT_SERIALIZERS)
     # A channel per variant, as the project's session has (see wire_throughput.bench_echo).
     with rpc.make_channel(address) as raw_channel, rpc.make_channel(address) as floor_channel:
         raw = wt.RawEcho(raw_channel, up, down, wt.DEFAULT_CHUNK, wrap=_raw_wrap)

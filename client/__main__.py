@@ -215,9 +215,8 @@ def _run(
     # One retry policy for every call: backoff seeded by the client id, so clients
     # spread their reconnects after a server restart; each retry is traced.
     retry = RetryPolicy(seed=k, on_retry=trace_reconnects(tracer))
-    main_channel = make_channel(args.main_address, security)
     fed_channel = make_channel(args.fed_address, security)
-    channels = [main_channel, fed_channel]
+    channels = [fed_channel]
     follower = None
     plan: Any = FixedPlan(scenario.training.num_local_steps)
     if scenario.policy.name != "fixed_steps":
@@ -257,7 +256,7 @@ def _run(
     )
     align_clock(tracer, fed_channel)
     main_link = MainServerStream(
-        main_channel,
+        args.main_address,
         k,
         scenario_hash,
         scenario.split.wire_dtype,
@@ -266,6 +265,7 @@ def _run(
         downlink_bps=downlink_bps,
         now=tracer.now,
         retry=retry,
+        security=security,
     )
     trainer = ClientTrainer(
         client_id=k,

@@ -34,19 +34,13 @@ from fedsllm.errors import StateError, WireError
 from fedsllm.proto import fed_server_pb2
 from fedsllm.proto import fed_server_pb2_grpc as fed_grpc
 from fedsllm.wire.adapters import PushHeaderInfo, push_requests, read_pull
-from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo, TrainWelcomeInfo
+from fedsllm.wire.messages import StepHeaderInfo, TrainHelloInfo
 from fedsllm.wire.retry import link_timeout_s
-from fedsllm.wire.rpc import RequestQueue, RetryPolicy
-from fedsllm.wire.status import refusal_of
+from fedsllm.wire.rpc import NO_SECURITY, RetryPolicy, Security
+from fedsllm.wire.status import refusal_of, status_code, status_details
 from fedsllm.wire.tensors import TensorFrame, TensorSpec, tensor_to_frame
-from fedsllm.wire.train import (
-    StepDownload,
-    message_bytes,
-    read_downlink,
-    step_upload_requests,
-    train_call,
-    train_request,
-)
+from fedsllm.wire.train import message_bytes, step_upload_requests
+from fedsllm.wire.train_client import AioLink, TrainCall
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +51,11 @@ new_message marks the first message of a transfer (charged the propagation delay
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
-def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
-    return err.code() if isinstance(err, grpc.Call) else None
-
-
 def _describe(err: BaseException) -> str:
     """One line for a log: a status's code and details, or the error's text."""
-    if isinstance(err, grpc.Call):
-        code = err.code()
-        return f"{getattr(code, 'name', code)}: {err.details()}"
+    code = status_code(err)
+    if code is not None:
+        return f"{code.name}: {status_details(err)}"
     return str(err)
 
 
@@ -89,12 +79,14 @@ class _InFlight:
 
 
 class MainServerStream:
-    """One long-lived bidirectional Train stream (MainServerLink), re-opened
-    when it breaks."""
+    """One long-lived bidirectional Train stream (MainServerLink) on grpc.aio
+    (fedsllm.wire.train_client: why), re-opened when it breaks. It owns its
+    channel to `address`, made with the process's `security` (its TLS
+    credentials, or its token on the call)."""
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        address: str,
         client_id: int,
         scenario_hash: str,
         wire_dtype: str,
@@ -103,6 +95,7 @@ class MainServerStream:
         downlink_bps: Callable[[], float] = lambda: 0.0,
         now: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
+        security: Security | None = None,
     ) -> None:
         self.client_id = client_id
         self.wire_dtype = wire_dtype
@@ -115,35 +108,32 @@ class MainServerStream:
         self.retry = retry or RetryPolicy(seed=client_id)
         self.num_reconnects = 0
         """Train calls opened after the first (each a broken stream survived)."""
-        self._channel = channel
+        self._metadata = (security or NO_SECURITY).call_metadata()
         self._hello = TrainHelloInfo(
             client_id=client_id, scenario_hash=scenario_hash, wire_dtype=wire_dtype
         )
         self._sent_shape: tuple[int, ...] | None = None
         self._sent_downlink_bps = 0.0
         self._inflight: _InFlight | None = None
-        self._queue = RequestQueue()
-        self._call: Any = None
-        self._downlink: Iterator[Any] = iter(())
-        self._connect(None)
+        self._call: TrainCall | None = None
+        self._link = AioLink(address, security)
+        try:
+            self._connect(None)
+        except BaseException:
+            self._link.close()
+            raise
 
     # ------------------------------------------------------------- connection
     def _open(self) -> None:
         """One new Train call: hello, then the welcome (RpcError if unreachable)."""
-        self._queue = RequestQueue()
-        self._call = train_call(self._channel)(self._queue)
-        self._queue.watch(self._call)
-        self._downlink = read_downlink(self._call, self._reply_specs)
-        self._queue.put(train_request(self._hello))
-        welcome = next(self._downlink, None)
-        if not isinstance(welcome, TrainWelcomeInfo):
-            raise WireError("TrainResponse", "main server did not answer hello with welcome")
+        self._call = TrainCall(self._link, self._reply_specs, metadata=self._metadata)
+        self._call.open(self._hello)
 
     def _discard(self) -> None:
-        """Let go of a broken call (its request thread ends with the queue)."""
-        self._queue.close()
+        """Let go of a broken call."""
         if self._call is not None:
             self._call.cancel()
+            self._call = None
 
     def _connect(self, broken: grpc.RpcError | None) -> None:
         """Open a Train call, retrying UNAVAILABLE under the policy; after a
@@ -157,7 +147,7 @@ class MainServerStream:
                 self._open()
                 break
             except grpc.RpcError as err:
-                if _code(err) != UNAVAILABLE:
+                if status_code(err) != UNAVAILABLE:
                     raise
                 self._discard()
                 waits.wait(err)
@@ -183,15 +173,12 @@ class MainServerStream:
     def _upload(self, header: StepHeaderInfo, frames: list[TensorFrame], train: bool) -> int:
         requests = list(step_upload_requests(header, frames, self.chunk_bytes))
         sizes = [message_bytes(r) for r in requests]
-        if self.pace_up is None or not train:
-            # Evaluation is a measurement instrument, not part of the protocol
-            # being emulated: it crosses unshaped, as does an unshaped link. One
-            # batch: gRPC's sending thread is woken once (RequestQueue.put_all).
-            self._queue.put_all(requests)
-        else:
-            for i, (request, size) in enumerate(zip(requests, sizes, strict=True)):
-                self.pace_up(size, i == 0)
-                self._queue.put(request)
+        assert self._call is not None  # _connect opened one, or raised
+        # Evaluation is a measurement instrument, not part of the protocol being
+        # emulated: it crosses unshaped, as does an unshaped link. A call that
+        # ended while writing is found by receive_reply's read, which reconnects.
+        pace = self.pace_up if train else None
+        self._call.send(requests, sizes, pace)
         return sum(sizes)
 
     def send_step(
@@ -204,6 +191,8 @@ class MainServerStream:
         labels: torch.Tensor,
         initial_adapter: bool = False,
     ) -> int:
+        """Send one step; returns once gRPC has taken its last message (paced by
+        the emulated uplink for a train step), with the bytes it sent."""
         # The small tensors first: the main server takes them in with the
         # first message (while they fit in a quarter chunk, PART_SLACK; else
         # in messages of their own), while the activations are still on their
@@ -225,22 +214,20 @@ class MainServerStream:
             initial_adapter=initial_adapter and not train,
         )
         self._sent_downlink_bps = header.downlink_bps
-        # The chunks are views of the tensors: gRPC's sending thread encodes each
-        # just before it goes out (one copy, into memory the last message freed),
-        # so the tensors must stay as they are until receive_reply returns. The
-        # frames are kept until then too: a reconnect sends them again.
+        # The chunks are views of the tensors, encoded as each is written. The
+        # frames are kept until the reply is in: a reconnect sends them again,
+        # so the tensors must stay as they are until receive_reply returns.
         self._inflight = _InFlight(header, frames, train)
         return self._upload(header, frames, train)
 
     def receive_reply(self, round_index: int, step: int) -> tuple[StepReply, int]:
         while True:
+            assert self._call is not None  # _connect opened one, or raised
             try:
-                # Not woken by every message of the step going out (RequestQueue).
-                self._queue.wait_sent()
-                reply = next(self._downlink, None)
+                reply = self._call.receive()
                 break
             except grpc.RpcError as err:
-                if _code(err) != UNAVAILABLE:
+                if status_code(err) != UNAVAILABLE:
                     raise
                 log.warning(
                     "client %d: Train stream broke waiting for round %d step %d (%s)",
@@ -250,7 +237,7 @@ class MainServerStream:
                     _describe(err),
                 )
                 self._connect(err)
-        if not isinstance(reply, StepDownload):
+        if reply is None:
             raise WireError(
                 "TrainResponse", f"stream ended before the reply to round {round_index} step {step}"
             )
@@ -276,13 +263,25 @@ class MainServerStream:
             downlink_bps=self._sent_downlink_bps,
         ), num_bytes
 
-    def close(self) -> None:
-        self._queue.close()
+    def cancel(self) -> None:
+        """Drop the stream at once, without finishing it (the server sees the
+        call cancelled), and close the channel."""
         try:
-            for _ in self._downlink:  # drain so the call completes with its status
-                pass
+            self._discard()
+        finally:
+            self._link.close()
+
+    def close(self) -> None:
+        """End the stream (the server sees the uplink end), wait for its status,
+        and close the channel; a server already gone is only logged."""
+        try:
+            if self._call is not None:
+                self._call.finish()
         except grpc.RpcError as err:  # the server is gone: nothing left to finish
-            log.info("client %d: Train stream ended with %s", self.client_id, _code(err))
+            log.info("client %d: Train stream ended with %s", self.client_id, status_code(err))
+        finally:
+            self._call = None
+            self._link.close()
 
 
 # ===================================================================== fed server
@@ -392,8 +391,8 @@ class FedServerClient:
                 reply = self.retry.call("PushAdapter", push, retry_on=PUSH_RETRY_ON)
                 return PushAck(attempt=attempt, seq=reply.seq, replayed=reply.replayed)
             except grpc.RpcError as err:
-                code, reason = _code(err), refusal_of(err)
-                details = err.details() if isinstance(err, grpc.Call) else str(err)
+                code, reason = status_code(err), refusal_of(err)
+                details = status_details(err)
                 outcome = push_outcome(code, reason)
                 if outcome == "accepted":
                     log.info(
@@ -439,7 +438,7 @@ class FedServerClient:
             try:
                 return self.retry.call("PullGlobal", open_once)
             except grpc.RpcError as err:
-                if _code(err) != grpc.StatusCode.DEADLINE_EXCEEDED:
+                if status_code(err) != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise
                 log.info(
                     "client %d: round %d still open; asking again", self.client_id, round_index
@@ -479,7 +478,7 @@ class GlobalStream:
                 break
             except grpc.RpcError as err:
                 retryable = (UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                if self._reopen is None or _code(err) not in retryable:
+                if self._reopen is None or status_code(err) not in retryable:
                     raise
                 waits.wait(err)
                 self._responses = self._reopen()
@@ -569,9 +568,9 @@ class AllocationFollower:
                     # that comes back (a restarted fed server) is subscribed again.
                     broken: BaseException = StateError("the controller ended the stream")
                 except grpc.RpcError as err:
-                    if self._closing.is_set() and _code(err) == grpc.StatusCode.CANCELLED:
+                    if self._closing.is_set() and status_code(err) == grpc.StatusCode.CANCELLED:
                         return  # close() cancelled the stream
-                    if _code(err) != UNAVAILABLE:
+                    if status_code(err) != UNAVAILABLE:
                         raise
                     broken = err
                 if self._closing.is_set():

@@ -110,12 +110,13 @@ def credential_error(err: BaseException, security: Any, peer: str) -> Any:
 
     from fedsllm.bootstrap import SettingError
     from fedsllm.wire.rpc import NO_SECURITY, TOKEN_ENV, TOKEN_FILE_ENV
+    from fedsllm.wire.status import status_code, status_details
 
-    code = err.code() if isinstance(err, grpc.Call) else None
+    code = status_code(err)
     if code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return None
     security = NO_SECURITY if security is None else security
-    status = f"{code.name}: {err.details() or 'no details'}"  # err is a grpc.Call here
+    status = f"{code.name}: {status_details(err) or 'no details'}"
     source, path = security.credential()
     if not source:
         return SettingError(

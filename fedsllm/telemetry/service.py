@@ -34,7 +34,7 @@ from fedsllm.telemetry.codec import (
 from fedsllm.telemetry.collector import TelemetryCollector
 from fedsllm.telemetry.records import TelemetryRecord, source_name
 from fedsllm.telemetry.sender import Push, TelemetrySender
-from fedsllm.wire.status import abort_for
+from fedsllm.wire.status import abort_for, status_code
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class TelemetryWatcher:
                 if not restarted:
                     self.ended.set()  # the server ended the stream: its collector closed
             except grpc.RpcError as err:
-                code = err.code() if isinstance(err, grpc.Call) else None
+                code = status_code(err)
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     self._on_refused(err)
                     self._stop.wait(pause_s)

@@ -31,6 +31,7 @@ import grpc
 
 from fedsllm.errors import ReconnectError
 from fedsllm.wire.retry import backoff_delays
+from fedsllm.wire.status import status_code, status_details
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,23 @@ def make_channel(address: str, security: Security | None = None) -> grpc.Channel
     return channel
 
 
+def make_aio_channel(address: str, security: Security | None = None) -> grpc.aio.Channel:
+    """make_channel's grpc.aio twin (the same options and credentials), for
+    the client's Train stream (fedsllm.wire.train_client). Call it inside the
+    event loop that will run the channel's calls. A token is not attached
+    here: grpc.aio's client interceptors pass every message of a stream
+    through a queue of their own (grpc/aio/_interceptor.py), so the calls
+    carry `security.call_metadata()` themselves."""
+    security = NO_SECURITY if security is None else security
+    if security.tls is not None and not _is_unix(address):
+        from fedsllm.security.credentials import channel_credentials
+
+        return grpc.aio.secure_channel(
+            address, channel_credentials(security.tls), options=list(CHANNEL_OPTIONS)
+        )
+    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+
+
 def _is_unix(address: str) -> bool:
     return address.startswith(("unix:", "unix-abstract:"))
 
@@ -313,6 +331,15 @@ class Security:
         """Whether this process's servers can derive an identity for a call.
         Without TLS or tokens they refuse every call but health checks."""
         return self.tls is not None or self.tokens is not None
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata that presents this process's token on a call made
+        without make_channel's interceptor (make_aio_channel); () without one."""
+        if self.token is None:
+            return ()
+        from fedsllm.security.identity import token_metadata
+
+        return token_metadata(self.token)
 
     def interceptor(self, *, allow_unauthenticated: bool = False) -> grpc.ServerInterceptor:
         from fedsllm.security.identity import IdentityInterceptor
@@ -520,8 +547,7 @@ class RetryWaits:
             self._started = now
         delay_s = next(self._delays)
         waited_s = now - self._started
-        code = err.code() if isinstance(err, grpc.Call) else None
-        details = (err.details() if isinstance(err, grpc.Call) else str(err)) or ""
+        code, details = status_code(err), status_details(err)
         if self.budget_s is not None and waited_s + delay_s > self.budget_s:
             raise ReconnectError(self.name, waited_s, code, details) from err
         kind = "handshake" if is_handshake_failure(details) else "unreachable"
@@ -604,7 +630,7 @@ def call_with_retry(
         try:
             return fn()
         except grpc.RpcError as err:
-            code = err.code() if isinstance(err, grpc.Call) else None
+            code = status_code(err)
             tries += 1
             if code not in retry_on or (attempts is not None and tries >= attempts):
                 raise
@@ -700,8 +726,8 @@ def wait_healthy(
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.RpcError as err:
-                code = err.code() if isinstance(err, grpc.Call) else None
-                details = (err.details() if isinstance(err, grpc.Call) else "") or ""
+                code = status_code(err)
+                details = status_details(err) if code is not None else ""
                 last = f"{getattr(code, 'name', code)}: {details}" if details else f"{code}"
                 if waiting_for is not None:
                     kind = "handshake" if is_handshake_failure(details) else "unreachable"

@@ -93,6 +93,22 @@ REFUSAL_KEY = "fedsllm-refusal"
 "round_closed" without parsing the message."""
 
 
+def status_code(err: BaseException) -> grpc.StatusCode | None:
+    """The status a failed call ended with: the error of a sync call (a
+    grpc.Call) or of a grpc.aio one (AioRpcError, which is not a grpc.Call);
+    None for any other error (one raised before a call existed)."""
+    if isinstance(err, (grpc.Call, grpc.aio.AioRpcError)):
+        return err.code()
+    return None
+
+
+def status_details(err: BaseException) -> str:
+    """The details a failed call ended with (as status_code), else the error's text."""
+    if isinstance(err, (grpc.Call, grpc.aio.AioRpcError)):
+        return err.details() or ""
+    return str(err)
+
+
 def refusal_of(err: grpc.RpcError) -> str | None:
     """The reason word a refused call carried in its trailing metadata, or None."""
     trailing = getattr(err, "trailing_metadata", None)

@@ -663,21 +663,47 @@ def read_downlink(
     limits: WireLimits | None = None,
 ) -> Iterator[TrainWelcomeInfo | StepDownload]:
     """Yield the welcome, then one StepDownload per step once its tensors are in
-    (ReplyPart messages, wire version 2, or a result followed by chunks)."""
-    limits = limits or WireLimits()
-    buffers = ReceiveBuffers()
-    it = iter(responses)
-    first = next(it, None)
-    if first is None:
-        return
-    welcome = parse_train_response(first)
-    if not isinstance(welcome, TrainWelcomeInfo):
-        raise WireError("TrainResponse.kind", f"first message must be welcome, got {_kind(first)}")
-    yield welcome
-    result: StepResultInfo | None = None
-    assembler: ChunkAssembler | None = None
-    started = 0.0
-    for msg in it:
+    (ReplyPart messages, wire version 2, or a result followed by chunks): a
+    DownlinkReader fed from an iterator of responses."""
+    reader = DownlinkReader(specs, limits)
+    for msg in responses:
+        item = reader.feed(msg)
+        if item is not None:
+            yield item
+    reader.end()
+
+
+class DownlinkReader:
+    """The client's side of the Train stream's downlink, one message at a time:
+    `feed` each response as it arrives and get back the welcome (first), a
+    StepDownload once a step's reply is complete, or None while one is still
+    coming. Driven by read_downlink over a sync call's iterator, and by the
+    grpc.aio client (fedsllm.wire.train_client), which awaits each message
+    itself. WireError on anything out of order or malformed."""
+
+    def __init__(
+        self,
+        specs: Callable[[StepResultInfo], Iterable[TensorSpec]],
+        limits: WireLimits | None = None,
+    ) -> None:
+        self._specs = specs
+        self._limits = limits or WireLimits()
+        self._buffers = ReceiveBuffers()
+        self._welcomed = False
+        self._result: StepResultInfo | None = None
+        self._assembler: ChunkAssembler | None = None
+        self._started = 0.0
+
+    def feed(self, msg: Any) -> TrainWelcomeInfo | StepDownload | None:
+        if not self._welcomed:
+            welcome = parse_train_response(msg)
+            if not isinstance(welcome, TrainWelcomeInfo):
+                raise WireError(
+                    "TrainResponse.kind", f"first message must be welcome, got {_kind(msg)}"
+                )
+            self._welcomed = True
+            return welcome
+        result, assembler = self._result, self._assembler
         laid: tuple = ()
         if type(msg) is ReceivedPart:  # the usual message: chunks fed as laid out
             head = None if msg.head is None else step_result_from_proto(msg.head)
@@ -701,14 +727,18 @@ def read_downlink(
                 raise WireError(
                     field, f"result of step {head.step} before the tensors of step {result.step}"
                 )
-            started = time.perf_counter()
+            self._started = time.perf_counter()
             if not head.tensor_names and not chunks and not laid:
-                yield StepDownload(result=head, frames={}, receive_s=0.0)
-                continue
+                return StepDownload(result=head, frames={}, receive_s=0.0)
             assembler = _step_assembler(
-                "StepResult.tensor_names", head.tensor_names, specs(head), limits, buffers
+                "StepResult.tensor_names",
+                head.tensor_names,
+                self._specs(head),
+                self._limits,
+                self._buffers,
             )
             result = head
+            self._result, self._assembler = result, assembler
         elif result is None or assembler is None:
             raise WireError(
                 field,
@@ -717,18 +747,22 @@ def read_downlink(
                 else f"chunk of {first_name!r} outside a step",
             )
         if laid:
-            assembler.feed_laid(laid, msg.buf, msg.base)  # type: ignore[union-attr]
+            assembler.feed_laid(laid, msg.buf, msg.base)
         for chunk in chunks:
-            assembler.feed(chunk)  # type: ignore[union-attr]
-        if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):  # type: ignore[union-attr]
-            yield StepDownload(  # the assembler's dicts: it is dropped below
-                result=result,  # type: ignore[arg-type]
-                frames=assembler.frames,  # type: ignore[union-attr]
-                receive_s=time.perf_counter() - started,
-                tensors=assembler.tensors,  # type: ignore[union-attr]
+            assembler.feed(chunk)
+        if assembler.in_progress is None and len(assembler.frames) == len(result.tensor_names):
+            self._result, self._assembler = None, None
+            return StepDownload(  # the assembler's dicts: it is dropped here
+                result=result,
+                frames=assembler.frames,
+                receive_s=time.perf_counter() - self._started,
+                tensors=assembler.tensors,
             )
-            result, assembler = None, None
-    if result is not None:
-        raise WireError(
-            "TrainResponse.kind", f"stream ended inside the reply to step {result.step}"
-        )
+        return None
+
+    def end(self) -> None:
+        """The stream ended: WireError if it ended inside a step's reply."""
+        if self._result is not None:
+            raise WireError(
+                "TrainResponse.kind", f"stream ended inside the reply to step {self._result.step}"
+            )

@@ -68,16 +68,14 @@ def test_a_skipped_server_check_lets_through_what_the_client_then_refuses(costs)
         assert torch.equal(session.run_step(acts, mask, labels, "train"), acts)  # step 0
         with pytest.raises(WireError, match="activations_grad.data"):
             session.run_step(bad, mask, labels, "train")  # step 1: the server skipped
-        session.requests.close()
-        session.channel.close()
+        session.cancel()
 
         session = costs.StagedSession(address, server_skip="finite")
         with pytest.raises(wt.grpc.RpcError) as info:
             session.run_step(bad, mask, labels, "train")  # step 0: the server checks
         assert info.value.code() == wt.grpc.StatusCode.INVALID_ARGUMENT
         assert "activations.data" in info.value.details()
-        session.requests.close()
-        session.channel.close()
+        session.cancel()
     finally:
         wt.rpc.stop_server(server, 0.5)
 
@@ -104,8 +102,7 @@ def test_the_server_leaves_out_value_checks_and_reply_building_on_skipped_steps(
         with pytest.raises(wt.grpc.RpcError) as info:
             session.run_step(acts, mask, out_of_range, "train")
         assert "labels" in info.value.details()
-        session.requests.close()
-        session.channel.close()
+        session.cancel()
 
         # reply: steps 1 and 2 get step 0's reply again; step 3 its own
         session = costs.StagedSession(address, server_skip="reply")

@@ -107,7 +107,7 @@ def test_the_validated_upload_is_read_with_the_main_servers_checks(bench, served
             assert field in err.value.details()
     finally:
         for session in sessions:
-            session.channel.close()
+            session.cancel()
 
 
 def test_a_pinned_child_runs_every_thread_on_its_cpu(bench) -> None:

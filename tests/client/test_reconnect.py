@@ -148,15 +148,14 @@ def test_train_stream_reconnects_and_resends_the_step_in_flight() -> None:
     labels = torch.randint(0, 9, (2, 2), generator=g)
     restarter = threading.Thread(target=restart)
     try:
-        with make_channel(address) as channel:
-            stream = MainServerStream(channel, 3, "h", "float32", 4096, retry=policy)
-            restarter.start()
-            stream.send_step(1, 7, True, acts, mask, labels)
-            reply, _ = stream.receive_reply(1, 7)
-            # The next step goes over the new stream as if nothing happened.
-            stream.send_step(1, 8, True, acts, mask, labels)
-            stream.receive_reply(1, 8)
-            stream.close()
+        stream = MainServerStream(address, 3, "h", "float32", 4096, retry=policy)
+        restarter.start()
+        stream.send_step(1, 7, True, acts, mask, labels)
+        reply, _ = stream.receive_reply(1, 7)
+        # The next step goes over the new stream as if nothing happened.
+        stream.send_step(1, 8, True, acts, mask, labels)
+        stream.receive_reply(1, 8)
+        stream.close()
     finally:
         restarter.join()
         for server in servers:
@@ -187,9 +186,8 @@ def test_train_stream_waits_for_a_main_server_that_is_not_up_yet() -> None:
 
     policy = RetryPolicy(seed=0, base_s=0.02, cap_s=0.2, on_retry=start_on_first_retry)
     try:
-        with make_channel(address) as channel:
-            stream = MainServerStream(channel, 0, "h", "float32", 4096, retry=policy)
-            stream.close()
+        stream = MainServerStream(address, 0, "h", "float32", 4096, retry=policy)
+        stream.close()
     finally:
         for server in servers:
             stop_server(server, grace_s=0)

@@ -11,11 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import grpc
 import pytest
 import torch
 
-from client import remote
 from client.remote import AllocationFollower, MainServerStream
 from fed_server.controller import Controller
 from fed_server.controller_service import ControllerService
@@ -26,7 +24,7 @@ from fedsllm.trace import Tracer
 from fedsllm.wire.messages import StepResultInfo, TrainWelcomeInfo, step_header_from_proto
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
 from fedsllm.wire.train import ReceivedPart, parse_train_request
-from tests.loopback import serving
+from tests.loopback import serving_address
 
 
 @pytest.fixture
@@ -122,10 +120,12 @@ def test_pull_global_returns_once_the_fed_server_answers() -> None:
         assert len(stub.requests) == 1
 
 
-def _main_server_channel(servicer: object) -> contextlib.AbstractContextManager[grpc.Channel]:
-    """A channel to `servicer`, a MainServer served on a free loopback port and
-    stopped afterwards."""
-    return serving(lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s))
+def _main_server(servicer: object) -> contextlib.AbstractContextManager[str]:
+    """The address of `servicer`, a MainServer served on a free loopback port
+    and stopped afterwards."""
+    return serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)
+    )
 
 
 @pytest.mark.parametrize("asked_bps", [0.0, 2e6])
@@ -156,8 +156,8 @@ def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
         pace=lambda _client, rate_bps, _nbytes, _new: paced.append(rate_bps),
     )
     g = torch.Generator().manual_seed(0)
-    with _main_server_channel(service) as channel:
-        stream = MainServerStream(channel, 0, "h", "float32", 4096, downlink_bps=lambda: asked_bps)
+    with _main_server(service) as address:
+        stream = MainServerStream(address, 0, "h", "float32", 4096, downlink_bps=lambda: asked_bps)
         hidden = torch.randn(2, 8, cfg.hidden_size, generator=g)
         labels = torch.randint(3, 200, (2, 8), generator=g)
         stream.send_step(0, 0, True, hidden, torch.ones(2, 8, dtype=torch.int64), labels)
@@ -194,8 +194,8 @@ def _send_one_step(
     by a MainServerStream to a _RecordingMainServer: the recorder, and the
     bytes send_step says it sent."""
     recorder = _RecordingMainServer()
-    with _main_server_channel(recorder) as channel:
-        stream = MainServerStream(channel, 0, "h", "float32", 4096, pace_up=pace_up)
+    with _main_server(recorder) as address:
+        stream = MainServerStream(address, 0, "h", "float32", 4096, pace_up=pace_up)
         hidden = torch.randn(2, 8, 512)
         mask = torch.ones(2, 8, dtype=torch.int64)
         labels = torch.arange(16).reshape(2, 8)
@@ -261,46 +261,44 @@ class _ReplyingMainServer(_RecordingMainServer):
                 step += 1
 
 
-def test_the_reply_is_awaited_once_the_step_is_sent(monkeypatch) -> None:
-    """receive_reply waits on the request queue until gRPC has sent the step's
-    last message, and only then on gRPC's reply iterator, which gRPC would
-    wake at every message sent (RequestQueue; issue 13). Recorded: the moment
-    the queue learns the last message is sent (before it counts it, so before
-    any wait can end) and each call for the reply."""
-    events: list[str] = []
+def test_a_step_is_encoded_and_its_reply_read_on_the_callers_thread(monkeypatch) -> None:
+    """The Train stream runs on grpc.aio, on a loop the caller's own thread
+    runs (fedsllm.wire.train_client): every message of a step is encoded as
+    it is written, on that thread, and its reply is read there too. The sync
+    client encoded each on gRPC's sending thread, and handed it over there
+    and the reply back with the GIL: what issue 13 measured aio to save.
+    Recorded: the thread of each StepPart's encoding (its pieces; the server
+    in this process encodes ReplyParts) and of each reply's assembly."""
+    from fedsllm.wire import train as train_module
 
-    class SpyQueue(remote.RequestQueue):
-        def _sent(self) -> None:
-            if self._items_sent + 1 >= self._items_put:
-                events.append("sent")
-            super()._sent()
+    encoded: list[int] = []
+    fed: list[int] = []
+    pieces = train_module.StepPart.pieces
+    feed = train_module.DownlinkReader.feed
 
-    class SpyReplies:
-        def __init__(self, replies: Iterator[object]) -> None:
-            self.replies = replies
+    def spy_pieces(self):  # type: ignore[no-untyped-def]
+        encoded.append(threading.get_ident())
+        return pieces(self)
 
-        def __iter__(self) -> SpyReplies:
-            return self
+    def spy_feed(self, msg):  # type: ignore[no-untyped-def]
+        fed.append(threading.get_ident())
+        return feed(self, msg)
 
-        def __next__(self) -> object:
-            events.append("reply awaited")
-            return next(self.replies)
-
-    monkeypatch.setattr(remote, "RequestQueue", SpyQueue)
-    with _main_server_channel(_ReplyingMainServer()) as channel:
-        stream = MainServerStream(channel, 0, "h", "float32", 4096)
+    monkeypatch.setattr(train_module.StepPart, "pieces", spy_pieces)
+    monkeypatch.setattr(train_module.DownlinkReader, "feed", spy_feed)
+    with _main_server(_ReplyingMainServer()) as address:
+        stream = MainServerStream(address, 0, "h", "float32", 4096)
         try:
-            stream._downlink = SpyReplies(stream._downlink)
             hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB
             labels = torch.zeros(2, 8, dtype=torch.int64)
-            stream._queue.wait_sent()  # the hello's own "sent" recorded before the steps
             for step in range(2):
-                events.clear()
                 sent = stream.send_step(
                     0, step, False, hidden, torch.ones(2, 8, dtype=torch.int64), labels
                 )
                 stream.receive_reply(0, step)  # raises unless it answers this step
-                assert events == ["sent", "reply awaited"]
                 assert sent > hidden.numel() * 4
         finally:
             stream.close()
+    # At least once per message (message_bytes sizes each from its pieces too).
+    assert len(encoded) >= 2 * 64 and set(encoded) == {threading.get_ident()}
+    assert len(fed) == 1 + 2 and set(fed) == {threading.get_ident()}  # welcome, 2 results

@@ -45,7 +45,7 @@ rpc.CHANNEL_OPTIONS = tuple(options.items())
 from client.remote import MainServerStream
 
 policy = rpc.RetryPolicy(seed=0, base_s=0.05, cap_s=0.5, budget_s=60.0)
-stream = MainServerStream(rpc.make_channel(sys.argv[1]), 0, "h", "float32", 4096, retry=policy)
+stream = MainServerStream(sys.argv[1], 0, "h", "float32", 4096, retry=policy)
 x = torch.ones(1, 2, 4)
 mask = torch.ones(1, 2, dtype=torch.int64)
 stream.send_step(0, 0, True, x, mask, mask)

@@ -27,7 +27,6 @@ from fedsllm.config import load_scenario
 from fedsllm.errors import StateError
 from fedsllm.roles import build_part
 from fedsllm.state import open_store
-from fedsllm.wire.rpc import make_channel
 from main_server.__main__ import LocalCheckpoints
 from main_server.compute import (
     AppliedStep,
@@ -120,13 +119,12 @@ def serving(trainer: ServerTrainer, steps: StepQueue | None = None, **kw: Any):
 def send(address: str, client: int, round_index: int, step: int, seed: int) -> tuple[Any, bytes]:
     """One train step on a new Train stream; the reply and its gradient bytes."""
     hidden, mask, labels = tensors(seed)
-    with make_channel(address) as channel:
-        stream = MainServerStream(channel, client, HASH, "float32", chunk_bytes=4096)
-        stream.send_step(round_index, step, True, hidden, mask, labels)
-        try:
-            reply, _ = stream.receive_reply(round_index, step)
-        finally:
-            stream.close()
+    stream = MainServerStream(address, client, HASH, "float32", chunk_bytes=4096)
+    stream.send_step(round_index, step, True, hidden, mask, labels)
+    try:
+        reply, _ = stream.receive_reply(round_index, step)
+    finally:
+        stream.close()
     return reply, grad_bytes(reply.grad)
 
 
@@ -145,11 +143,10 @@ def test_a_resent_step_on_a_new_stream_is_applied_once(
     with serving(trainer, compute=gate) as address:
         if reply_lost:
             hidden, mask, labels = tensors(1)
-            broken = make_channel(address)
-            stream = MainServerStream(broken, 0, HASH, "float32", chunk_bytes=4096)
+            stream = MainServerStream(address, 0, HASH, "float32", chunk_bytes=4096)
             stream.send_step(0, 3, True, hidden, mask, labels)
             assert gate.applied.wait(WAIT_S)
-            broken.close()  # the stream breaks with the step applied, unanswered
+            stream.cancel()  # the stream breaks with the step applied, unanswered
             gate.release.set()
         else:
             gate.release.set()

@@ -63,16 +63,13 @@ def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_good_step_trains_and_returns_gradient(server) -> None:
     address, trainer = server
-    from fedsllm.wire.rpc import make_channel
-
     before = trainer.adapter_bytes(adapter_to_bytes)
     updates = trainer.num_updates
-    with make_channel(address) as channel:
-        stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096)
-        t = _tensors()
-        sent = stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
-        reply, received = stream.receive_reply(0, 0)
-        stream.close()
+    stream = MainServerStream(address, 0, HASH, "float32", chunk_bytes=4096)
+    t = _tensors()
+    sent = stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
+    reply, received = stream.receive_reply(0, 0)
+    stream.close()
     assert sent > B * T * D * 4
     assert received == B * T * D * 4
     assert reply.grad is not None and reply.grad.shape == (B, T, D)
@@ -385,32 +382,29 @@ def test_initial_adapter_eval_ignores_training_so_far(server) -> None:
     """The "before training" loss is the same whether or not other clients have
     already updated the shared server adapter."""
     address, trainer = server
-    from fedsllm.wire.rpc import make_channel
-
     t = _tensors(seed=7)
-    with make_channel(address) as channel:
-        stream = MainServerStream(channel, 1, HASH, "float32", chunk_bytes=4096)
+    stream = MainServerStream(address, 1, HASH, "float32", chunk_bytes=4096)
 
-        def evaluate(initial: bool) -> float:
-            stream.send_step(
-                0,
-                0,
-                False,
-                t["activations"],
-                t["attention_mask"],
-                t["labels"],
-                initial_adapter=initial,
-            )
-            reply, _ = stream.receive_reply(0, 0)
-            assert reply.grad is None
-            return reply.loss
+    def evaluate(initial: bool) -> float:
+        stream.send_step(
+            0,
+            0,
+            False,
+            t["activations"],
+            t["attention_mask"],
+            t["labels"],
+            initial_adapter=initial,
+        )
+        reply, _ = stream.receive_reply(0, 0)
+        assert reply.grad is None
+        return reply.loss
 
-        before_initial, before_current = evaluate(True), evaluate(False)
-        adapter = trainer.adapter_bytes(adapter_to_bytes)
-        stream.send_step(0, 1, True, t["activations"], t["attention_mask"], t["labels"])
-        stream.receive_reply(0, 1)
-        after_initial, after_current = evaluate(True), evaluate(False)
-        stream.close()
+    before_initial, before_current = evaluate(True), evaluate(False)
+    adapter = trainer.adapter_bytes(adapter_to_bytes)
+    stream.send_step(0, 1, True, t["activations"], t["attention_mask"], t["labels"])
+    stream.receive_reply(0, 1)
+    after_initial, after_current = evaluate(True), evaluate(False)
+    stream.close()
     assert after_initial == before_initial
     assert after_current != before_current  # the adapter did train
     assert trainer.adapter_bytes(adapter_to_bytes) != adapter  # and the swap was undone
@@ -422,7 +416,6 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
     import time
 
     from fedsllm.trace import read_records
-    from fedsllm.wire.rpc import make_channel
 
     @contextlib.contextmanager
     def slow_device(_flops: float, _label: str):
@@ -432,8 +425,8 @@ def test_upload_time_is_measured_before_the_server_computes(tmp_path) -> None:
     tracer = Tracer(tmp_path / "trace" / "main_server.jsonl", "main_server")
     _, served = _tiny_serving(tracer=tracer, compute=slow_device)
     try:
-        with served as address, make_channel(address) as channel:
-            stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096, now=tracer.now)
+        with served as address:
+            stream = MainServerStream(address, 0, HASH, "float32", chunk_bytes=4096, now=tracer.now)
             t = _tensors()
             stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
             stream.receive_reply(0, 0)
@@ -486,7 +479,6 @@ def test_train_step_hashed_beside_the_worker_not_before_it(monkeypatch) -> None:
     applied step keeps the very digest step_digest gives."""
     import threading
 
-    from fedsllm.wire.rpc import make_channel
     from main_server import service as service_module
     from main_server.compute import digest_value
 
@@ -501,8 +493,8 @@ def test_train_step_hashed_beside_the_worker_not_before_it(monkeypatch) -> None:
 
     monkeypatch.setattr(service_module, "step_digest", recording_digest)
     trainer, served = _tiny_serving()
-    with served as address, make_channel(address) as channel:
-        stream = MainServerStream(channel, 0, HASH, "float32", chunk_bytes=4096)
+    with served as address:
+        stream = MainServerStream(address, 0, HASH, "float32", chunk_bytes=4096)
         t = _tensors(3)
         stream.send_step(0, 0, True, t["activations"], t["attention_mask"], t["labels"])
         stream.receive_reply(0, 0)

@@ -1,0 +1,199 @@
+"""The client's Train stream on grpc.aio (fedsllm.wire.train_client, used by
+client.remote.MainServerStream): statuses reach the caller as the server
+sent them, also when the call ended while a step was still being written;
+a clean end and a cut-off reply are told apart; pacing gates each message.
+(Its credentials: tests/fedsllm/security/test_train_stream_identity.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from fedsllm.errors import WireError
+from fedsllm.proto import main_server_pb2_grpc
+from fedsllm.security.identity import Identity, caller_or_none
+from fedsllm.wire.messages import StepHeaderInfo, StepResultInfo, TrainHelloInfo, TrainWelcomeInfo
+from fedsllm.wire.rpc import Security
+from fedsllm.wire.status import status_code, status_details
+from fedsllm.wire.tensors import TensorSpec, tensor_to_frame
+from fedsllm.wire.train import (
+    step_download_responses,
+    step_upload_requests,
+)
+from fedsllm.wire.train_client import LOST_STATUS, AioLink, TrainCall
+from tests.loopback import serving_address
+
+HELLO = TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32")
+CHUNK = 4096
+
+
+class Refusing(main_server_pb2_grpc.MainServerServicer):
+    """Welcomes the client, then refuses its step at the step's first message,
+    while the client is still writing the rest."""
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        next(request_iterator)
+        yield TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=2**24)
+        next(request_iterator)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "step refused: bad activations")
+
+
+class Echo(main_server_pb2_grpc.MainServerServicer):
+    """Welcomes the client and answers each step with its activations as the
+    gradient, until the client ends its uplink or `steps` steps are
+    answered; with `cut`, the last reply stops short of its last message.
+    Records each call's caller (None without identity)."""
+
+    def __init__(self, steps: int = 100, cut: bool = False) -> None:
+        self.steps = steps
+        self.cut = cut
+        self.callers: list[Identity | None] = []
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        self.callers.append(caller_or_none())
+        next(request_iterator)
+        yield TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=2**24)
+        for step in range(self.steps):
+            parts = []
+            for part in request_iterator:
+                parts.append(part)
+                if part.end:
+                    break
+            if not parts:
+                return  # the client ended its uplink
+            acts = torch.zeros(2, 4, 8)
+            result = StepResultInfo(
+                round=0,
+                step=step,
+                loss=1.0,
+                num_tokens=8,
+                server_compute_s=0.0,
+                tensor_names=("activations_grad",),
+            )
+            replies = list(
+                step_download_responses(result, [tensor_to_frame("activations_grad", acts)], 64)
+            )
+            if self.cut and step == self.steps - 1:
+                yield from replies[:-1]
+                return
+            yield from replies
+
+
+def _specs(_result: StepResultInfo) -> list[TensorSpec]:
+    return [TensorSpec("activations_grad", frozenset({"float32"}))]
+
+
+def _step(step: int, numel: int = 64 * CHUNK // 4) -> list:
+    header = StepHeaderInfo(
+        round=0, step=step, mode="train", downlink_bps=0.0, tensor_names=("activations",)
+    )
+    frames = [tensor_to_frame("activations", torch.ones(numel))]
+    return list(step_upload_requests(header, frames, CHUNK))
+
+
+@pytest.fixture
+def link() -> Iterator[AioLink]:
+    made: list[AioLink] = []
+
+    def open_link(address: str, security: Security | None = None) -> AioLink:
+        made.append(AioLink(address, security))
+        return made[-1]
+
+    yield open_link  # type: ignore[misc]
+    for one in made:
+        one.close()
+
+
+def test_a_refusal_while_the_step_is_written_reaches_the_caller_with_its_code(link) -> None:
+    """The server refuses the step at its first message while the client still
+    writes 63 more. gRPC's aio client loses that status to a failed write
+    (LOST_STATUS, grpc/grpc#36066) whenever its loop takes the status first;
+    the caller still gets the server's code and details, every time."""
+    with serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Refusing(), s)
+    ) as address:
+        aio = link(address)
+        seen = []
+        for _ in range(20):
+            call = TrainCall(aio, _specs)
+            call.open(HELLO)
+            written = call.send(_step(0))
+            with pytest.raises(grpc.RpcError) as info:
+                call.receive()
+            seen.append((written, status_code(info.value), status_details(info.value)))
+    assert {(code, details) for _, code, details in seen} == {
+        (grpc.StatusCode.INVALID_ARGUMENT, "step refused: bad activations")
+    }, seen
+    assert LOST_STATUS not in {(code, details) for _, code, details in seen}
+
+
+def test_steps_then_a_clean_end_then_a_cut_off_reply(link) -> None:
+    """Each step's reply comes back whole; a server that ends the call cleanly
+    gives None, one that ends it inside a reply a WireError naming the step."""
+    with serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(steps=2), s)
+    ) as address:
+        call = TrainCall(link(address), _specs)
+        assert isinstance(call.open(HELLO), TrainWelcomeInfo)
+        for step in range(2):
+            assert call.send(_step(step))
+            reply = call.receive()
+            assert reply is not None and reply.result.step == step
+            assert torch.equal(reply.tensor("activations_grad"), torch.zeros(2, 4, 8))
+        assert call.receive() is None
+    with serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(1, cut=True), s)
+    ) as address:
+        call = TrainCall(link(address), _specs)
+        call.open(HELLO)
+        call.send(_step(0))
+        with pytest.raises(WireError, match="stream ended inside the reply to step 0"):
+            call.receive()
+
+
+def test_a_pace_lets_each_message_go_and_needs_every_size(link) -> None:
+    """With a pace, each message is written only after pace(size, first) returns;
+    a pace without one size per message is refused before anything is sent."""
+    with serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(), s)
+    ) as address:
+        call = TrainCall(link(address), _specs)
+        call.open(HELLO)
+        requests = _step(0)
+        paced: list[tuple[int, bool]] = []
+        sizes = list(range(100, 100 + len(requests)))
+        assert call.send(requests, sizes, lambda n, first: paced.append((n, first)))
+        assert paced == [(n, i == 0) for i, n in enumerate(sizes)]
+        assert call.receive() is not None
+        with pytest.raises(ValueError, match="one size per message"):
+            call.send(_step(1), sizes[:-1], lambda n, first: None)
+
+
+def test_a_link_per_stream_each_on_its_own_loop(link) -> None:
+    """Two streams in one thread, each on its own link and loop, take turns."""
+    with serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(), s)
+    ) as address:
+        calls = [TrainCall(link(address), _specs) for _ in range(2)]
+        for call in calls:
+            call.open(HELLO)
+        for step in range(3):
+            for call in calls:
+                call.send(_step(step, numel=32))
+            for call in calls:
+                reply = call.receive()
+                assert reply is not None and reply.result.step == step
+
+
+def test_status_helpers_read_sync_and_aio_errors() -> None:
+    """status_code/status_details read a grpc.aio error (not a grpc.Call) as
+    they read a sync one; anything else has no code."""
+    aio = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
+    )
+    assert not isinstance(aio, grpc.Call)
+    assert (status_code(aio), status_details(aio)) == (grpc.StatusCode.UNAVAILABLE, "gone")
+    assert (status_code(ValueError("x")), status_details(ValueError("x"))) == (None, "x")
