@@ -653,6 +653,55 @@ class RawEcho:
         _drain(self.responses)
 
 
+class AioRawEcho:
+    """RawEcho's ready-made messages (copies=False) on a grpc.aio client, the
+    transport the project's client runs on (fedsllm.wire.train_client's
+    AioLink, its loop run only inside a step), against the same sync server:
+    raw gRPC as the project's client now has it. Its messages are written
+    one after the other and the reply read on the caller's thread, so there
+    is no wait to choose as RawEcho has."""
+
+    def __init__(self, address: str, up: list[int], down: int, chunk_bytes: int) -> None:
+        self.link = AioLink(address)
+        call = self.link.channel.stream_stream(
+            "/bench.Raw/Echo", request_serializer=_identity, response_deserializer=_identity
+        )
+        metadata_ = (
+            ("up", str(sum(up))),
+            ("down", str(down)),
+            ("chunk", str(chunk_bytes)),
+            ("copies", "0"),
+        )
+
+        async def start() -> Any:
+            return call(timeout=600, metadata=metadata_)
+
+        self.call = self.link.run(start())
+        self.up = [m for n in up for m in _messages(n, chunk_bytes)]
+        self.num_down = len(_messages(down, chunk_bytes))
+
+    async def _step(self) -> None:
+        for msg in self.up:
+            await self.call.write(msg)
+        for _ in range(self.num_down):
+            if await self.call.read() is grpc.aio.EOF:
+                raise RuntimeError("the raw echo ended before its reply")
+
+    def run(self) -> None:
+        self.link.run(self._step())
+
+    def close(self) -> None:
+        async def finish() -> None:
+            await self.call.done_writing()
+            while await self.call.read() is not grpc.aio.EOF:
+                pass
+
+        try:
+            self.link.run(finish())
+        finally:
+            self.link.close()
+
+
 class LeanEcho:
     """A minimal tensor framework on the same gRPC, for the echo: the copy floor
     plus what any framework has to do besides framing, and nothing else: the
@@ -938,8 +987,10 @@ RAW_KINDS: dict[str, dict[str, bool]] = {
     "raw": {},
     "floor": {"copies": True},
     "raw_wait": {"wait": True},
+    "raw_aio": {},
 }
-"""The RawEcho variants, by name: raw, the copy floor, raw waiting as the project."""
+"""The raw variants, by name: raw, the copy floor, raw waiting as the
+sync project did (RawEcho's), and raw on a grpc.aio client (AioRawEcho)."""
 
 
 def _raw_variants(
@@ -950,18 +1001,22 @@ def _raw_variants(
     chunk_bytes: int,
     names: Sequence[str] = tuple(RAW_KINDS),
 ) -> dict[str, Callable[[], object]]:
-    """The steps of "raw", "floor" (the copy floor) and "raw_wait" (raw waiting
-    for the reply as the project does) on RawEcho streams (`up`, `down`), each
-    closed by `stack` before its channel. Each has a channel of its own, as each
-    project session has, so every channel sits idle alike between its steps
+    """The steps of "raw", "floor" (the copy floor), "raw_wait" (raw waiting
+    for the reply as the sync project did) on RawEcho streams and "raw_aio"
+    on an AioRawEcho (`up`, `down`), each closed by `stack` before its channel.
+    Each has a channel of its own, as each project session has, so every
+    channel sits idle alike between its steps
     (the raw variants once shared one, busy three steps in four or six, while
     the project's waited; whether that favoured them, the runs do not settle:
     a 1 KiB step read 123-194 us over raw in 5 runs with the shared channel,
     -18 to +239 us in 7 with a channel each)."""
     steps: dict[str, Callable[[], object]] = {}
     for name in names:
-        channel = stack.enter_context(rpc.make_channel(address))
-        echo = RawEcho(channel, up, down, chunk_bytes, **RAW_KINDS[name])
+        if name == "raw_aio":
+            echo: RawEcho | AioRawEcho = AioRawEcho(address, up, down, chunk_bytes)
+        else:
+            channel = stack.enter_context(rpc.make_channel(address))
+            echo = RawEcho(channel, up, down, chunk_bytes, **RAW_KINDS[name])
         stack.callback(echo.close)
         steps[name] = echo.run
     return steps

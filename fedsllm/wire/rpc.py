@@ -745,11 +745,15 @@ def wait_healthy(
 
 
 class RequestQueue:
-    """A request iterator for a client-side stream that is fed step by step.
+    """A request iterator for a sync client-side stream that is fed step by step.
 
     gRPC drains a request iterator on its own thread; a bidirectional stream
-    whose next request depends on the last reply (the Train loop) needs an
-    iterator that blocks until the caller puts the next message. `close()`
+    whose next request depends on the last reply needs an iterator that
+    blocks until the caller puts the next message. The client's Train stream
+    fed one until it moved to grpc.aio (fedsllm.wire.train_client, which
+    spares these hand-overs altogether); the benchmarks' sync baselines
+    (benchmarks/wire_throughput.py's raw echo) still do, as the figures
+    below were measured. `close()`
     ends the stream cleanly. With `maxsize` > 0, `put` blocks while that
     many items wait (backpressure; a `put_all` batch is one item).
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -46,8 +46,6 @@ from fedsllm.wire.train import (
 )
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 Pace = Callable[[int, bool], None]
 """pace(nbytes, new_message): blocks until the emulated link has carried nbytes
@@ -177,8 +175,12 @@ class TrainCall:
         self._call.add_done_callback(self._on_done)
 
     def _on_done(self, call: grpc.aio.Call) -> None:
+        # Runs inside gRPC's own status handling: nothing may escape from here.
         if self._first_status is None:
-            self._first_status = _status_now(call)
+            try:
+                self._first_status = _status_now(call)
+            except Exception:  # noqa: BLE001 - then the status the call keeps is used
+                log.exception("could not read a Train call's status as it ended")
 
     def open(self, hello: TrainHelloInfo) -> TrainWelcomeInfo:
         """Say hello; return the welcome. The call's status (a grpc.RpcError) if

@@ -108,3 +108,40 @@ def test_a_stopped_client_continues_after_the_server_cut_it(monkeypatch) -> None
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("SIGSTOP/SIGCONT on Linux")
+
+
+def test_an_idle_client_still_answers_the_servers_pings(monkeypatch) -> None:
+    """The client's Train stream runs its event loop only while a step goes
+    out and its reply comes in (fedsllm.wire.train_client). Between steps
+    (the client computing, here sleeping) gRPC core still answers the
+    server's keepalive pings: the server, which cuts a silent peer within
+    about a second, leaves the call alone for 4 s, and the next step goes
+    over the same call."""
+    import time
+
+    import torch
+
+    from client.remote import MainServerStream
+
+    options = (*((k, SCALED.get(k, v)) for k, v in rpc.SERVER_OPTIONS), PING_TIMEOUT)
+    monkeypatch.setattr(rpc, "SERVER_OPTIONS", options)
+    servicer = FakeMainServer(hold=False)
+    server, port = rpc.create_server(
+        "127.0.0.1:0",
+        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)],
+        allow_unauthenticated=True,
+    )
+    try:
+        stream = MainServerStream(f"127.0.0.1:{port}", 0, "h", "float32", 4096)
+        x = torch.ones(1, 2, 4)
+        mask = torch.ones(1, 2, dtype=torch.int64)
+        stream.send_step(0, 0, True, x, mask, mask)
+        stream.receive_reply(0, 0)
+        time.sleep(4.0)  # the loop idle: nothing of this process's Python runs for gRPC
+        stream.send_step(0, 1, True, x, mask, mask)
+        reply, _ = stream.receive_reply(0, 1)
+        stream.close()
+    finally:
+        rpc.stop_server(server, grace_s=0)
+    assert torch.equal(reply.grad, 2 * x)
+    assert stream.num_reconnects == 0 and servicer.hellos == 1
