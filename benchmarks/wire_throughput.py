@@ -50,7 +50,7 @@ main server replies when the downlink is not paced).
 (d) where the time of table (a)'s step goes, by side (1 KiB and 1.57 MB, the
     default chunk size, plain): "packed" is raw gRPC carrying the project's
     own messages (the bytes its serializer makes, ready-made, the client
-    waiting as the project's does) to a server that reads nothing and
+    waiting as the sync project's did) to a server that reads nothing and
     answers each step with a ready-made result (the sink); "client alone"
     is the project's client against the sink; "server alone" the packed
     messages to the project's server. Their excesses over packed, paired
@@ -92,13 +92,17 @@ Python per step than raw, reads further from raw than unpinned. It is a
 microscope for A/B work on the wire; the goals are judged unpinned, as the
 issue measured them.
 
-The project's client waits for a step's reply only once gRPC has sent the
-step's last message (RequestQueue.wait_sent):
-gRPC-Python wakes a thread waiting on the reply at every message sent, and
-a plain gRPC client, as raw is, pays for those wake-ups. The minimal
-framework waits as the project does. Tables (a) and (b) also time raw
-waiting that way ("raw, waiting as the project"), so each run says how much
-of the project's figure against raw is that wait and how much is the rest.
+The project's client runs its Train stream on grpc.aio
+(fedsllm.wire.train_client): a step's messages are written, and its reply
+read, on the caller's thread, through an event loop that runs only then.
+Raw is issue 13's: ready-made messages on gRPC's sync API, its reply waited
+for on gRPC's iterator at once. "raw_aio" is raw on a grpc.aio client, the
+transport the project's client now has; wire_goals.py judges the goals
+against both. The sync client the project had waited for its reply only
+once gRPC had sent the step's last message (RequestQueue.wait_sent: gRPC-
+Python wakes a thread waiting on the reply at every message sent); raw
+waiting that way ("raw, waiting as the project") and the minimal framework,
+which waits so too, are kept as that client's references.
 
 One run's ratios move by 0.05-0.1 from the next on a host with two cores:
 benchmarks/wire_goals.py repeats the goals' rows of (a) and (b) in rounds,
@@ -583,7 +587,7 @@ class RawEcho:
     is copied into a buffer of the step's size (the server does the same), so
     one copy per message on each side, and nothing else.
 
-    wait=True waits for the reply as the project does (RequestQueue.
+    wait=True waits for the reply as the sync project did (RequestQueue.
     wait_sent: not woken by every message sent); the default waits on
     gRPC's reply iterator at once, as a plain gRPC client does. The goals
     compare against the default; the other says how much of the project's
@@ -603,7 +607,7 @@ class RawEcho:
         deserializer (wire_timeline.py marks when each message passes)."""
         self.requests = rpc.RequestQueue()
         # The floor's copy out is its serializer's, on gRPC's sending thread, one
-        # message at a time, as the project's is.
+        # message at a time, as the sync project's was.
         call = channel.stream_stream(
             "/bench.Raw/Echo",
             request_serializer=wrap(_copy_span if copies else _identity, "request"),
@@ -631,7 +635,7 @@ class RawEcho:
         self.received = memoryview(np.empty(down, dtype=np.uint8))
 
     def run(self) -> None:
-        # One batch per step, as the project puts its steps (RequestQueue.put_all).
+        # One batch per step, as the sync project put its steps (RequestQueue.put_all).
         if self.copies:
             self.requests.put_all(self.spans)
             if self.wait:
@@ -789,7 +793,7 @@ def project_step_messages(
 class ReadyMade:
     """A client of ready-made messages (table d): `first` (a hello) once, then
     per step `step`'s messages, on `method` with gRPC's identity serializers,
-    waiting for the step's one reply as the project does (RequestQueue.
+    waiting for the step's one reply as the sync project did (RequestQueue.
     wait_sent) but reading it as bytes. Against the sink, it is raw gRPC with
     the project's message layout; against Train, the project's server alone."""
 
@@ -1058,7 +1062,7 @@ def bench_echo(
 ) -> dict[str, Timing]:
     """One echo step's figures: "project" without and "validated" with
     validation, "raw", "floor" (the copy floor), "raw_wait" (raw waiting for
-    the reply as the project does), "lean" (the minimal framework) and, with
+    the reply as the sync project did), "lean" (the minimal framework) and, with
     compare_fold, "other_fold" (the project with the downlink's result
     unfolded)."""
     acts = torch.randn(*ECHO_SHAPE)
@@ -1350,27 +1354,31 @@ def bench_stream_table(address: str, reps_small: int, reps_big: int) -> None:
         f"of ready-made messages; goal ratio >= 0.9 at {DEFAULT_CHUNK // 1024} KiB; "
         "copy floor = raw plus the copy per message each side that bytes-only "
         "gRPC-Python messages force; raw, waiting as the project = raw with the "
-        "project's wait for the reply, not woken by each message sent (see RawEcho)"
+        "sync project's wait for the reply, not woken by each message sent (see RawEcho); "
+        "raw on aio = raw on a grpc.aio client, as the project's client (AioRawEcho)"
     )
     print(
         "| payload | chunk | project MB/s | raw MB/s | ratio | copy floor MB/s | of floor "
         "| paired ratio (IQR) | validated MB/s | validated ratio | validated paired (IQR) "
-        "| raw, waiting as the project MB/s | of it | reps |"
+        "| raw, waiting as the project MB/s | of it | raw on aio MB/s | paired ratio to it (IQR) "
+        "| validated, paired to it (IQR) | reps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_bytes, n in ((UPLOAD_BYTES, reps_small), (BIG_UPLOAD_BYTES, reps_big)):
         for chunk in CHUNK_SIZES:
             med = bench_stream(address, num_bytes, chunk, n)
-            rate, checked, raw, floor, raw_wait = (
+            rate, checked, raw, floor, raw_wait, raw_aio = (
                 num_bytes / med[k].wall_s / 1e6
-                for k in ("project", "validated", "raw", "floor", "raw_wait")
+                for k in ("project", "validated", "raw", "floor", "raw_wait", "raw_aio")
             )
             print(
                 f"| {num_bytes / 1e6:.2f} MB | {chunk // 1024} KiB | {rate:.0f} | "
                 f"{raw:.0f} | {rate / raw:.2f} | {floor:.0f} | {rate / floor:.2f} | "
                 f"{paired_ratio(med['raw'], med['project'])} | {checked:.0f} | "
                 f"{checked / raw:.2f} | {paired_ratio(med['raw'], med['validated'])} | "
-                f"{raw_wait:.0f} | {rate / raw_wait:.2f} | {n} |"
+                f"{raw_wait:.0f} | {rate / raw_wait:.2f} | {raw_aio:.0f} | "
+                f"{paired_ratio(med['raw_aio'], med['project'])} | "
+                f"{paired_ratio(med['raw_aio'], med['validated'])} | {n} |"
             )
     # What a step costs whatever its size: a 1 KiB tensor is one message up
     # (the raw stream's three), so the difference is the step's own handling.
@@ -1465,16 +1473,19 @@ def bench_echo_table(address: str, reps_echo: int, compare_fold: bool) -> None:
     print("\n    paired ratios to raw, step by step: median (interquartile range)")
     print(
         "| chunk | project / raw | validated / raw | copy floor / raw | minimal / raw "
-        "| project / raw waiting as the project |"
+        "| project / raw waiting as the project | project / raw on aio "
+        "| validated / raw on aio |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for chunk, med in cpu_rows:
         print(
             f"| {chunk // 1024} KiB | "
             + " | ".join(
                 paired_ratio(med[k], med["raw"]) for k in ("project", "validated", "floor", "lean")
             )
-            + f" | {paired_ratio(med['project'], med['raw_wait'])} |"
+            + f" | {paired_ratio(med['project'], med['raw_wait'])}"
+            + f" | {paired_ratio(med['project'], med['raw_aio'])}"
+            + f" | {paired_ratio(med['validated'], med['raw_aio'])} |"
         )
     print(
         "\n    the minimal framework (LeanEcho: the copy floor, the six torch calls of a "

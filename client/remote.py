@@ -2,8 +2,9 @@
 the fed server, behind the small link interfaces of client/loop.py.
 
 Uplink pacing happens here, before each message is handed to gRPC (the
-request iterator pulls from a queue the loop fills), so no byte reaches the
-network earlier than the emulated link allows.
+Train stream's writes: fedsllm.wire.train_client; a push's request
+iterator), so no byte reaches the network earlier than the emulated link
+allows.
 
 Every call reconnects on UNAVAILABLE under one RetryPolicy (capped
 exponential backoff with jitter seeded by the client id, a total budget per
@@ -272,13 +273,20 @@ class MainServerStream:
             self._link.close()
 
     def close(self) -> None:
-        """End the stream (the server sees the uplink end), wait for its status,
-        and close the channel; a server already gone is only logged."""
+        """End the stream and close the channel. With no step in flight the
+        uplink is ended and the call read to its status (the server sees a
+        clean end); a step still in flight (the client gave up on its reply,
+        or the reply was refused) is cancelled instead, as there is nothing
+        left to finish. Closing never raises for the call: a server already
+        gone, or a reply malformed, is only logged, so the caller's own error
+        (if it is closing after one) is the one that shows."""
         try:
-            if self._call is not None:
+            if self._call is not None and self._inflight is not None:
+                self._call.cancel()
+            elif self._call is not None:
                 self._call.finish()
-        except grpc.RpcError as err:  # the server is gone: nothing left to finish
-            log.info("client %d: Train stream ended with %s", self.client_id, status_code(err))
+        except (grpc.RpcError, WireError) as err:
+            log.info("client %d: Train stream ended with %s", self.client_id, _describe(err))
         finally:
             self._call = None
             self._link.close()

@@ -20,8 +20,9 @@ chunks view the tensors); `read_uplink` / `read_downlink` turn the received
 items into `StepUpload` / `StepDownload` records and raise WireError on any
 message out of place.
 
-The Train method carries its own (de)serializers (`train_call` on the
-client, `TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
+The Train method carries its own (de)serializers (`encode_train_request`
+and `decode_train_response` on the client, fedsllm.wire.train_client;
+`TRAIN_SERVER_CODEC` installed by fedsllm.wire.rpc.create_server):
 parts and chunks are framed by fedsllm.wire.codec with one copy of the
 payload, a step's header and result by fedsllm.wire.heads, and every other
 message goes through protobuf. A received part is a `ReceivedPart`: its

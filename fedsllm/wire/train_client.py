@@ -26,6 +26,7 @@ That is where MainServerStream (client/remote.py) reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -67,8 +68,20 @@ class AioLink:
         return make_aio_channel(address, security)
 
     def run(self, coro: Any) -> Any:
-        """Run `coro` on this link's loop until it is done; its result or error."""
-        return self.loop.run_until_complete(coro)
+        """Run `coro` on this link's loop until it is done; its result or error.
+        An exception that stops the loop from outside the coroutine (a
+        KeyboardInterrupt from a signal while the loop waits) cancels the
+        coroutine before it propagates, so no read or write is left pending
+        on the call (grpc.aio cancels the call with it)."""
+        task = self.loop.create_task(coro)
+        try:
+            return self.loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    self.loop.run_until_complete(task)
+            raise
 
     def close(self) -> None:
         """Close the channel (cancelling its calls) and the loop; idempotent."""
@@ -77,18 +90,29 @@ class AioLink:
         try:
             self.run(self.channel.close())
         finally:
-            # As asyncio.run ends: what the calls left running (gRPC's wait for
-            # a status that will not come now) is cancelled and run to its end.
-            self.run(_cancel_the_rest())
+            # What the calls left running (gRPC's wait for each call's status)
+            # is given a moment to end on this loop, the rest cancelled and run
+            # to its end: a loop closed with events still due to it makes gRPC's
+            # poller, shared by every loop, hand them to a closed loop
+            # ("Event loop is closed", logged on another link's loop).
+            self.run(_end_the_rest(CLOSE_GRACE_S))
             self.loop.close()
 
 
-async def _cancel_the_rest() -> None:
-    """Cancel every other task of the running loop and wait for their ends."""
+CLOSE_GRACE_S = 1.0
+"""How long AioLink.close waits for its calls' last events before cancelling."""
+
+
+async def _end_the_rest(grace_s: float) -> None:
+    """Wait up to `grace_s` for every other task of the running loop to end,
+    then cancel what is left and wait for that."""
     rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in rest:
+    if not rest:
+        return
+    _, pending = await asyncio.wait(rest, timeout=grace_s)
+    for task in pending:
         task.cancel()
-    await asyncio.gather(*rest, return_exceptions=True)
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 _CALL_ENDED = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
@@ -172,6 +196,9 @@ class TrainCall:
         self._failed: grpc.aio.AioRpcError | None = None
         """A write failed: the status the call really ended with, which
         receive raises in place of what the call now says."""
+        self._ended_ok = False
+        """A write failed because the server had ended the call with OK:
+        receive reports the stream's end."""
         self._call.add_done_callback(self._on_done)
 
     def _on_done(self, call: grpc.aio.Call) -> None:
@@ -189,8 +216,10 @@ class TrainCall:
 
     async def _open(self, hello: TrainHelloInfo) -> TrainWelcomeInfo:
         if not await self._write_all((hello,), None):
-            raise self._failed  # type: ignore[misc]  # set with every False
-        msg = await self._call.read()
+            if self._failed is not None:
+                raise self._failed
+            raise WireError("TrainResponse", "main server ended the call before its welcome")
+        msg = await self._read()
         if msg is grpc.aio.EOF:
             raise WireError("TrainResponse", "main server did not answer hello with welcome")
         welcome = self._reader.feed(msg)
@@ -211,23 +240,48 @@ class TrainCall:
     async def _write_all(
         self, requests: Sequence[Any], paced: tuple[Pace, Sequence[int] | None] | None
     ) -> bool:
+        if self._call.cancelled():
+            return False  # receive says so (_read)
         write = self._call.write
         try:
             if paced is None:
                 for request in requests:
                     await write(request)
             else:
-                pace, sizes = paced
-                if sizes is None or len(sizes) != len(requests):
-                    raise ValueError("pacing needs one size per message")
-                for i, request in enumerate(requests):
-                    pace(sizes[i], i == 0)  # blocks the loop, which has nothing else to run
-                    await write(request)
+                await self._write_paced(requests, *paced)
         except _CALL_ENDED as err:
             log.debug("Train call ended while writing: %s", err)
-            self._failed = await self._real_status()
+            status = await self._real_status()
+            if status.code() == grpc.StatusCode.OK:
+                self._ended_ok = True  # the server ended the stream: no error
+            else:
+                self._failed = status
             return False
         return True
+
+    async def _write_paced(
+        self, requests: Sequence[Any], pace: Pace, sizes: Sequence[int] | None
+    ) -> None:
+        """Each message written once pace(size, first) lets it go. The next
+        message's pacing runs while the last one's write is in flight (gRPC
+        takes one write at a time), as it ran beside gRPC's sending thread on
+        the sync API: the emulated link's clock does not count a slow write
+        (a full flow-control window) as idle time."""
+        if sizes is None or len(sizes) != len(requests):
+            raise ValueError("pacing needs one size per message")
+        in_flight: asyncio.Future[None] | None = None
+        try:
+            for i, request in enumerate(requests):
+                pace(sizes[i], i == 0)  # blocks the loop; gRPC core sends meanwhile
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(self._call.write(request))
+                await asyncio.sleep(0)  # the write starts: its message goes to gRPC core
+            if in_flight is not None:
+                await in_flight
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
 
     async def _real_status(self) -> grpc.aio.AioRpcError:
         """After a failed write: the status the call really ended with. The
@@ -252,10 +306,33 @@ class TrainCall:
         failed; WireError for a malformed reply or one cut off inside."""
         return self._link.run(self._receive())
 
+    async def _read(self) -> Any:
+        """The call's next message, EOF, or its status raised. grpc.aio hands
+        over None for a message the deserializer could not decode (it logs
+        the error): the call is cancelled and that is a WireError. A call
+        cancelled here (cancel(), or a read an interrupt left) is CANCELLED,
+        raised as a status as the sync API raised it (grpc.aio raises
+        asyncio.CancelledError for it, which would read as this task's own)."""
+        if self._call.cancelled():
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.CANCELLED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "the Train call was cancelled on this side",
+            )
+        msg = await self._call.read()
+        if msg is None:
+            self._call.cancel()
+            raise WireError("TrainResponse", "a message the Train codec could not decode")
+        return msg
+
     async def _receive(self) -> StepDownload | None:
         if self._failed is not None:
             raise self._failed
-        read, feed = self._call.read, self._reader.feed
+        if self._ended_ok:
+            self._reader.end()
+            return None
+        read, feed = self._read, self._reader.feed
         while True:
             msg = await read()
             if msg is grpc.aio.EOF:
@@ -271,7 +348,7 @@ class TrainCall:
         self._link.run(self._finish())
 
     async def _finish(self) -> None:
-        if self._failed is None and not self._call.done():
+        if self._failed is None and not self._ended_ok and not self._call.done():
             try:
                 await self._call.done_writing()
             except Exception as err:  # noqa: BLE001 - the call ended meanwhile
@@ -286,7 +363,3 @@ class TrainCall:
             self._call.cancel()
 
         self._link.run(cancel())
-
-    def code(self) -> grpc.StatusCode:
-        """The status the call ended with (waits for its end)."""
-        return self._link.run(self._call.code())

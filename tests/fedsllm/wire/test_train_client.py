@@ -6,6 +6,9 @@ a clean end and a cut-off reply are told apart; pacing gates each message.
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -41,15 +44,51 @@ class Refusing(main_server_pb2_grpc.MainServerServicer):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "step refused: bad activations")
 
 
+class EndsEarly(main_server_pb2_grpc.MainServerServicer):
+    """Welcomes the client, then ends the call cleanly (OK) at the step's first
+    message, while the client is still writing the rest."""
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        next(request_iterator)
+        yield TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=2**24)
+        next(request_iterator)
+
+
+class Garbled(main_server_pb2_grpc.MainServerServicer):
+    """Welcomes the client, then answers its step with bytes the Train codec
+    cannot decode."""
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        next(request_iterator)
+        yield TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=2**24)
+        for part in request_iterator:
+            if part.end:
+                yield b"\xff\xff\xff not a Train response"
+                break
+
+
+class Holding(main_server_pb2_grpc.MainServerServicer):
+    """Welcomes the client, takes its step and never answers (until the call ends)."""
+
+    def Train(self, request_iterator, context):  # noqa: N802 - generated name
+        next(request_iterator)
+        yield TrainWelcomeInfo(client_id=0, scenario_hash="h", max_tensor_bytes=2**24)
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        ended.wait(30)
+
+
 class Echo(main_server_pb2_grpc.MainServerServicer):
     """Welcomes the client and answers each step with its activations as the
     gradient, until the client ends its uplink or `steps` steps are
     answered; with `cut`, the last reply stops short of its last message.
     Records each call's caller (None without identity)."""
 
-    def __init__(self, steps: int = 100, cut: bool = False) -> None:
+    def __init__(self, steps: int = 100, cut: bool = False, fill: float = 0.0) -> None:
         self.steps = steps
         self.cut = cut
+        self.fill = fill
+        """The value of every gradient element sent back."""
         self.callers: list[Identity | None] = []
 
     def Train(self, request_iterator, context):  # noqa: N802 - generated name
@@ -64,7 +103,7 @@ class Echo(main_server_pb2_grpc.MainServerServicer):
                     break
             if not parts:
                 return  # the client ended its uplink
-            acts = torch.zeros(2, 4, 8)
+            acts = torch.full((2, 4, 8), self.fill)
             result = StepResultInfo(
                 round=0,
                 step=step,
@@ -127,6 +166,7 @@ def test_a_refusal_while_the_step_is_written_reaches_the_caller_with_its_code(li
     assert {(code, details) for _, code, details in seen} == {
         (grpc.StatusCode.INVALID_ARGUMENT, "step refused: bad activations")
     }, seen
+    assert not all(written for written, _, _ in seen), "no write met the ended call"
     assert LOST_STATUS not in {(code, details) for _, code, details in seen}
 
 
@@ -197,3 +237,144 @@ def test_status_helpers_read_sync_and_aio_errors() -> None:
     assert not isinstance(aio, grpc.Call)
     assert (status_code(aio), status_details(aio)) == (grpc.StatusCode.UNAVAILABLE, "gone")
     assert (status_code(ValueError("x")), status_details(ValueError("x"))) == (None, "x")
+
+
+def _serve(servicer: object):
+    return serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)
+    )
+
+
+def test_a_clean_end_while_the_step_is_written_is_the_streams_end(link) -> None:
+    """The server ends the call with OK at the step's first message: the step
+    is not answered, and receive says the stream ended (None), as a sync
+    call's iterator did, not an error whose code is OK."""
+    with _serve(EndsEarly()) as address:
+        aio = link(address)
+        for _ in range(10):
+            call = TrainCall(aio, _specs)
+            call.open(HELLO)
+            call.send(_step(0))
+            assert call.receive() is None
+
+
+def test_a_reply_the_codec_cannot_decode_is_a_wire_error(link) -> None:
+    """grpc.aio hands the caller None for a message its deserializer could not
+    decode (after logging it): that is a WireError, not an AttributeError."""
+    with _serve(Garbled()) as address:
+        call = TrainCall(link(address), _specs)
+        call.open(HELLO)
+        call.send(_step(0, numel=32))
+        with pytest.raises(WireError, match="could not decode"):
+            call.receive()
+
+
+def test_an_interrupt_while_waiting_leaves_no_read_behind(link) -> None:
+    """A KeyboardInterrupt (a signal) that lands while the loop waits for the
+    reply ends the wait: the read it left is cancelled with the call, so a
+    later receive reports the cancelled call instead of hanging, and the link
+    closes at once."""
+
+    raised: list[type[BaseException]] = [KeyboardInterrupt, TimeoutError]
+
+    def interrupt(_signum, _frame):  # type: ignore[no-untyped-def]
+        raise raised.pop(0)  # first the interrupt, then the watchdog's timeout
+
+    with _serve(Holding()) as address:
+        aio = link(address)
+        call = TrainCall(aio, _specs)
+        call.open(HELLO)
+        call.send(_step(0, numel=32))
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(KeyboardInterrupt):
+                call.receive()
+            signal.setitimer(signal.ITIMER_REAL, 10.0)  # a hang ends in TimeoutError
+            with pytest.raises(grpc.RpcError) as info:
+                call.receive()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert status_code(info.value) == grpc.StatusCode.CANCELLED
+
+
+def test_links_close_without_disturbing_another_loop(link, caplog) -> None:
+    """Closing a link whose call is still open, while another link's loop keeps
+    working, lets that call's last events land on its own loop before it
+    closes: no "Event loop is closed" error reaches another loop's log."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with _serve(Echo()) as address:
+        steady = TrainCall(link(address), _specs)
+        steady.open(HELLO)
+        for step in range(30):
+            other = AioLink(address)
+            call = TrainCall(other, _specs)
+            call.open(HELLO)
+            call.send(_step(0, numel=32))
+            other.close()  # the call still open: cancelled by the close
+            steady.send(_step(step, numel=32))
+            assert steady.receive() is not None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_lost_status_that_comes_first_is_waited_out() -> None:
+    """The other order of grpc/grpc#36066: the failed write's LOST_STATUS is the
+    call's first status, and core's own replaces it a few loop turns later;
+    the caller gets core's own."""
+
+    class Call:
+        """A finished call whose status is LOST_STATUS for its first `turns`
+        reads of code(), then core's own."""
+
+        def __init__(self, turns: int) -> None:
+            self.turns = turns
+            self.status = LOST_STATUS
+
+        async def code(self):  # type: ignore[no-untyped-def]
+            self.turns -= 1
+            if self.turns < 0:
+                self.status = (grpc.StatusCode.UNAVAILABLE, "Socket closed")
+            return self.status[0]
+
+        async def details(self):  # type: ignore[no-untyped-def]
+            return self.status[1]
+
+        async def initial_metadata(self):  # type: ignore[no-untyped-def]
+            return grpc.aio.Metadata()
+
+        async def trailing_metadata(self):  # type: ignore[no-untyped-def]
+            return grpc.aio.Metadata()
+
+        async def debug_error_string(self):  # type: ignore[no-untyped-def]
+            return ""
+
+    aio = AioLink("127.0.0.1:1")  # never dialled: the call is a stand-in
+    try:
+        call = TrainCall.__new__(TrainCall)
+        call._link = aio
+        call._call = Call(turns=5)  # type: ignore[assignment]
+        call._first_status = grpc.aio.AioRpcError(
+            LOST_STATUS[0], grpc.aio.Metadata(), grpc.aio.Metadata(), LOST_STATUS[1]
+        )
+        status = aio.run(call._real_status())
+    finally:
+        aio.close()
+    assert (status.code(), status.details()) == (grpc.StatusCode.UNAVAILABLE, "Socket closed")
+
+
+def test_closing_after_a_refused_reply_cancels_quietly() -> None:
+    """A reply the client refuses (a NaN gradient) raises from receive_reply;
+    closing the stream after it cancels the call (the step is still in
+    flight: there is nothing to finish) and raises nothing, so the caller's
+    own error is the one that shows."""
+    from client.remote import MainServerStream
+
+    with _serve(Echo(fill=float("nan"))) as address:
+        stream = MainServerStream(address, 0, "h", "float32", CHUNK)
+        acts = torch.zeros(2, 4, 8)
+        stream.send_step(0, 0, True, acts, torch.ones(2, 4, dtype=torch.int64), torch.ones(2, 4))
+        with pytest.raises(WireError, match="activations_grad"):
+            stream.receive_reply(0, 0)
+        stream.close()
+    assert stream._link.loop.is_closed()
