@@ -85,11 +85,10 @@ from fedsllm.wire.train import (
 )
 
 CHUNK = wt.DEFAULT_CHUNK
-NAMES = ("attention_mask", "labels", "activations")
 
 
 def _sizes() -> list[int]:
-    """Bytes of the step's tensors, in NAMES order: mask, labels, activations."""
+    """Bytes of the step's tensors, in wt.STEP_NAMES order: mask, labels, activations."""
     b, t, d = wt.ECHO_SHAPE
     return [b * t * 8, b * t * 8, b * t * d * 4]
 
@@ -186,14 +185,7 @@ class SyncSession:
     def run_step(
         self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, mode: str
     ) -> torch.Tensor | None:
-        frames = [
-            tensor_to_frame("attention_mask", mask),
-            tensor_to_frame("labels", labels),
-            tensor_to_frame("activations", acts),
-        ]
-        header = StepHeaderInfo(
-            round=0, step=self.step, mode=mode, downlink_bps=0.0, tensor_names=NAMES
-        )
+        header, frames = wt.step_of(self.step, mode, acts, mask, labels)
         self.step += 1
         self.requests.put_all(step_upload_requests(header, frames, self.chunk_bytes))
         self.requests.wait_sent()  # as the sync client waited for its reply
@@ -250,14 +242,7 @@ class AioClient:
         """One step of (activations, mask, labels): the gradient of a train
         step, None for an eval step (answered by its result alone)."""
         acts, mask, labels = tensors
-        frames = [
-            tensor_to_frame("attention_mask", mask),
-            tensor_to_frame("labels", labels),
-            tensor_to_frame("activations", acts),
-        ]
-        header = StepHeaderInfo(
-            round=0, step=self.step, mode=mode, downlink_bps=0.0, tensor_names=NAMES
-        )
+        header, frames = wt.step_of(self.step, mode, acts, mask, labels)
         self.step += 1
         for part in step_upload_requests(header, frames, CHUNK):
             await self.call.write(part)

@@ -316,6 +316,26 @@ class BenchServer(main_server_pb2_grpc.MainServerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
 
+STEP_NAMES = ("attention_mask", "labels", "activations")
+"""A step's tensors in the order client.remote sends them."""
+
+
+def step_of(
+    step: int, mode: str, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[StepHeaderInfo, list[TensorFrame]]:
+    """A benchmark step's header and frames (round 0), as client.remote makes
+    them: the small tensors first, then the activations."""
+    frames = [
+        tensor_to_frame("attention_mask", mask),
+        tensor_to_frame("labels", labels),
+        tensor_to_frame("activations", acts),
+    ]
+    header = StepHeaderInfo(
+        round=0, step=step, mode=mode, downlink_bps=0.0, tensor_names=STEP_NAMES
+    )
+    return header, frames
+
+
 class Session:
     """One open Train stream with a given chunk size, on the project's own
     client transport (fedsllm.wire.train_client, as client.remote's
@@ -377,19 +397,8 @@ class Session:
     def run_step(
         self, acts: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, mode: str
     ) -> torch.Tensor | None:
-        frames = [
-            tensor_to_frame("attention_mask", mask),
-            tensor_to_frame("labels", labels),
-            tensor_to_frame("activations", acts),
-        ]
         self.shape = tuple(acts.shape)
-        header = StepHeaderInfo(
-            round=0,
-            step=self.step,
-            mode=mode,
-            downlink_bps=0.0,
-            tensor_names=("attention_mask", "labels", "activations"),
-        )
+        header, frames = step_of(self.step, mode, acts, mask, labels)
         self.step += 1
         self.call.send(list(self._requests(header, frames)))
         reply = self.call.receive()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from fedsllm.proto import main_server_pb2_grpc
@@ -68,7 +69,9 @@ def _line(proc: subprocess.Popen) -> str:
     return line.strip()
 
 
-def test_a_stopped_client_continues_after_the_server_cut_it(monkeypatch) -> None:
+def _scaled_server(monkeypatch) -> tuple[FakeMainServer, grpc.Server, int]:
+    """A FakeMainServer whose keepalive is scaled down (it cuts a silent peer
+    within about a second): the servicer, the server and its port."""
     options = (*((k, SCALED.get(k, v)) for k, v in rpc.SERVER_OPTIONS), PING_TIMEOUT)
     monkeypatch.setattr(rpc, "SERVER_OPTIONS", options)
     servicer = FakeMainServer(hold=False)
@@ -77,6 +80,11 @@ def test_a_stopped_client_continues_after_the_server_cut_it(monkeypatch) -> None
         [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)],
         allow_unauthenticated=True,
     )
+    return servicer, server, port
+
+
+def test_a_stopped_client_continues_after_the_server_cut_it(monkeypatch) -> None:
+    servicer, server, port = _scaled_server(monkeypatch)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", CLIENT, f"127.0.0.1:{port}"],
@@ -123,14 +131,7 @@ def test_an_idle_client_still_answers_the_servers_pings(monkeypatch) -> None:
 
     from client.remote import MainServerStream
 
-    options = (*((k, SCALED.get(k, v)) for k, v in rpc.SERVER_OPTIONS), PING_TIMEOUT)
-    monkeypatch.setattr(rpc, "SERVER_OPTIONS", options)
-    servicer = FakeMainServer(hold=False)
-    server, port = rpc.create_server(
-        "127.0.0.1:0",
-        [lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)],
-        allow_unauthenticated=True,
-    )
+    servicer, server, port = _scaled_server(monkeypatch)
     try:
         stream = MainServerStream(f"127.0.0.1:{port}", 0, "h", "float32", 4096)
         x = torch.ones(1, 2, 4)
