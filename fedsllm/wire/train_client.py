@@ -234,7 +234,8 @@ class TrainCall:
         pace(size, first) lets it go (`sizes`: each message's bytes). Returns
         once gRPC has taken the last, so the tensors the messages view may
         change after that. False when the call had ended (nothing more is
-        written; `receive` raises its status)."""
+        written; `receive` reports how: its status raised, or None for a
+        server that ended it cleanly)."""
         return self._link.run(self._write_all(requests, None if pace is None else (pace, sizes)))
 
     async def _write_all(
