@@ -61,7 +61,6 @@ from fedsllm.wire.messages import (
     TrainHelloInfo,
     TrainWelcomeInfo,
     step_header_from_proto,
-    step_result_from_proto,
 )
 from fedsllm.wire.tensors import (
     ChunkAssembler,
@@ -72,12 +71,11 @@ from fedsllm.wire.tensors import (
 )
 from fedsllm.wire.train import (
     TRAIN_METHOD,
-    ReceivedResult,
+    DownlinkReader,
     decode_train_request,
     decode_train_response,
     encode_train_request,
     encode_train_response,
-    parse_train_response,
     read_downlink,
     step_download_responses,
     step_upload_requests,
@@ -94,12 +92,16 @@ def _sizes() -> list[int]:
 
 
 async def _project_echo(request_iterator: AsyncIterator, _context) -> AsyncIterator:
-    """Assemble each step as the main server does and echo the activations."""
+    """Welcome the client's hello, as Train does; then assemble each step as the
+    main server does and echo the activations."""
     buffers = ReceiveBuffers()
     specs = {s.name: s for s in wt._specs(False)}
     assembler: ChunkAssembler | None = None
     header: StepHeaderInfo | None = None
-    async for msg in request_iterator:  # ReceivedParts, fed as the readers feed them
+    messages = aiter(request_iterator)
+    await anext(messages)  # the hello
+    yield TrainWelcomeInfo(client_id=0, scenario_hash="aio", max_tensor_bytes=2**30)
+    async for msg in messages:  # ReceivedParts, fed as the readers feed them
         if msg.head is not None:
             header = step_header_from_proto(msg.head)
             assembler = ChunkAssembler(specs=specs, buffers=buffers)
@@ -202,33 +204,30 @@ class SyncSession:
 
 
 class AioClient:
-    """The project's client on one grpc.aio Train stream: a step's StepParts
-    written, its reply read into a ChunkAssembler that makes the tensor as
-    the sync reader's does (make_tensors), and the result parsed as
-    read_downlink parses it (step_result_from_proto). read_downlink's other
-    bookkeeping (its generator, the StepDownload, the names check) is left
-    out: a few microseconds of a step of thousands."""
+    """The project's client on one grpc.aio Train stream, inside this
+    benchmark's event loop: a step's StepParts written, its reply fed to the
+    client's own DownlinkReader (fedsllm.wire.train), as TrainCall feeds it."""
 
     def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
         self.call = call
+        specs = [TensorSpec("activations_grad", wt.FLOATS)]
+        self.reader = DownlinkReader(lambda _result: specs)
         self.step = 0
-        self.buffers = ReceiveBuffers()
-        self.grad_spec = {"activations_grad": TensorSpec("activations_grad", wt.FLOATS)}
 
     @classmethod
-    async def to_train(cls, channel: grpc.aio.Channel) -> AioClient:
-        """A client of a sync server's Train method, after its hello."""
+    async def open(cls, channel: grpc.aio.Channel, method: str = TRAIN_METHOD) -> AioClient:
+        """A client of `method` (a sync server's Train by default), after its hello."""
         call = channel.stream_stream(
-            TRAIN_METHOD,
+            method,
             request_serializer=encode_train_request,
             response_deserializer=decode_train_response,
         )(timeout=600)
+        client = cls(call)
         await call.write(
             TrainHelloInfo(client_id=0, scenario_hash=f"{CHUNK}:0:1", wire_dtype="float32")
         )
-        if not isinstance(parse_train_response(await call.read()), TrainWelcomeInfo):
-            raise RuntimeError("the sync server did not welcome the aio client")
-        return cls(call)
+        client.reader.feed(await client._read())  # a welcome, or it raises
+        return client
 
     async def _read(self) -> Any:
         reply = await self.call.read()
@@ -246,19 +245,9 @@ class AioClient:
         self.step += 1
         for part in step_upload_requests(header, frames, CHUNK):
             await self.call.write(part)
-        if mode == "eval":
-            reply = await self._read()
-            if type(reply) is not ReceivedResult:
-                raise RuntimeError(f"an eval step was answered by {type(reply).__name__}")
-            step_result_from_proto(reply.fields)
-            return None
-        assembler = ChunkAssembler(specs=self.grad_spec, buffers=self.buffers, make_tensors=True)
-        while "activations_grad" not in assembler.frames:
-            reply = await self._read()
-            if reply.head is not None:
-                step_result_from_proto(reply.head)
-            assembler.feed_laid(reply.layout.chunks, reply.buf, reply.base)
-        return assembler.tensors["activations_grad"]
+        while (reply := self.reader.feed(await self._read())) is None:
+            pass
+        return reply.tensors.get("activations_grad")
 
     async def close(self) -> None:
         await self.call.done_writing()
@@ -296,13 +285,7 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
             return made
 
         aio_server = await aio_channel(f"127.0.0.1:{aio_port}")
-        project = AioClient(
-            aio_server.stream_stream(
-                "/bench.Aio/Project",
-                request_serializer=encode_train_request,
-                response_deserializer=decode_train_response,
-            )(timeout=600)
-        )
+        project = await AioClient.open(aio_server, "/bench.Aio/Project")
         raw = aio_server.stream_stream(
             "/bench.Aio/Raw", request_serializer=wt._identity, response_deserializer=wt._identity
         )(timeout=600)
@@ -310,8 +293,8 @@ async def _measure(aio_port: int, sync_port: int, reps: int) -> dict[str, float]
         # The client alone on grpc.aio, against the sync server's Train
         # (wire_throughput's BenchServer): a stream, on a channel of its own,
         # for the echo and another for the upload, as the sync variants have.
-        aio_client = await AioClient.to_train(await aio_channel(address))
-        aio_client_upload = await AioClient.to_train(await aio_channel(address))
+        aio_client = await AioClient.open(await aio_channel(address))
+        aio_client_upload = await AioClient.open(await aio_channel(address))
         sync_channel = sync(lambda: rpc.make_channel(address))
         sync_raw = sync(lambda: wt.RawEcho(sync_channel, _sizes(), _sizes()[2], CHUNK))
         sync_project = sync(lambda: SyncSession(address, CHUNK))

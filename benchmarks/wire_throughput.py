@@ -1000,10 +1000,11 @@ RAW_KINDS: dict[str, dict[str, bool]] = {
     "raw": {},
     "floor": {"copies": True},
     "raw_wait": {"wait": True},
-    "raw_aio": {},
 }
-"""The raw variants, by name: raw, the copy floor, raw waiting as the
-sync project did (RawEcho's), and raw on a grpc.aio client (AioRawEcho)."""
+"""The RawEcho variants, by name: raw, the copy floor, raw waiting as the
+sync project did."""
+RAW_NAMES = (*RAW_KINDS, "raw_aio")
+"""Every raw variant: RawEcho's, and raw on a grpc.aio client (AioRawEcho)."""
 
 
 def _raw_variants(
@@ -1012,7 +1013,7 @@ def _raw_variants(
     up: list[int],
     down: int,
     chunk_bytes: int,
-    names: Sequence[str] = tuple(RAW_KINDS),
+    names: Sequence[str] = RAW_NAMES,
 ) -> dict[str, Callable[[], object]]:
     """The steps of "raw", "floor" (the copy floor), "raw_wait" (raw waiting
     for the reply as the sync project did) on RawEcho streams and "raw_aio"

@@ -41,13 +41,10 @@ from fedsllm.wire.rpc import NO_SECURITY, RetryPolicy, Security
 from fedsllm.wire.status import refusal_of, status_code, status_details
 from fedsllm.wire.tensors import TensorFrame, TensorSpec, tensor_to_frame
 from fedsllm.wire.train import message_bytes, step_upload_requests
-from fedsllm.wire.train_client import AioLink, TrainCall
+from fedsllm.wire.train_client import AioLink, Pace, TrainCall
 
 log = logging.getLogger(__name__)
 
-Pace = Callable[[int, bool], None]
-"""pace(nbytes, new_message): blocks until the emulated link has carried nbytes;
-new_message marks the first message of a transfer (charged the propagation delay)."""
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 

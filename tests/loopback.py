@@ -31,3 +31,12 @@ def serving(
     and the server stopped afterwards."""
     with serving_address(register, grace_s) as address, make_channel(address) as channel:
         yield channel
+
+
+def main_server_address(servicer: object) -> contextlib.AbstractContextManager[str]:
+    """serving_address for a MainServer servicer (a stand-in main server)."""
+    from fedsllm.proto import main_server_pb2_grpc
+
+    return serving_address(
+        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)
+    )

@@ -257,12 +257,9 @@ def make_channel(address: str, security: Security | None = None) -> grpc.Channel
     (not on a unix socket, which only this host can reach), and its token on
     every call when it has one."""
     security = NO_SECURITY if security is None else security
-    if security.tls is not None and not _is_unix(address):
-        from fedsllm.security.credentials import channel_credentials
-
-        channel = grpc.secure_channel(
-            address, channel_credentials(security.tls), options=list(CHANNEL_OPTIONS)
-        )
+    credentials = _tls_credentials(address, security)
+    if credentials is not None:
+        channel = grpc.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
     else:
         channel = grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
     if security.token is not None:
@@ -279,14 +276,20 @@ def make_aio_channel(address: str, security: Security | None = None) -> grpc.aio
     here: grpc.aio's client interceptors pass every message of a stream
     through a queue of their own (grpc/aio/_interceptor.py), so the calls
     carry `security.call_metadata()` themselves."""
-    security = NO_SECURITY if security is None else security
-    if security.tls is not None and not _is_unix(address):
-        from fedsllm.security.credentials import channel_credentials
-
-        return grpc.aio.secure_channel(
-            address, channel_credentials(security.tls), options=list(CHANNEL_OPTIONS)
-        )
+    credentials = _tls_credentials(address, NO_SECURITY if security is None else security)
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
     return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+
+
+def _tls_credentials(address: str, security: Security) -> grpc.ChannelCredentials | None:
+    """The channel's mutual-TLS credentials, or None: no TLS configured, or a
+    unix socket (which only this host can reach)."""
+    if security.tls is None or _is_unix(address):
+        return None
+    from fedsllm.security.credentials import channel_credentials
+
+    return channel_credentials(security.tls)
 
 
 def _is_unix(address: str) -> bool:

@@ -49,8 +49,8 @@ from fedsllm.wire.train import (
 log = logging.getLogger(__name__)
 
 Pace = Callable[[int, bool], None]
-"""pace(nbytes, new_message): blocks until the emulated link has carried nbytes
-(client/remote.py's Pace)."""
+"""pace(nbytes, new_message): blocks until the emulated link has carried nbytes;
+new_message marks the first message of a transfer (charged the propagation delay)."""
 
 
 class AioLink:
@@ -193,12 +193,10 @@ class TrainCall:
         self._call: grpc.aio.StreamStreamCall = link.run(start())
         self._first_status: grpc.aio.AioRpcError | None = None
         """The status the call ended with first (LOST_STATUS may replace it)."""
-        self._failed: grpc.aio.AioRpcError | None = None
+        self._ended: grpc.aio.AioRpcError | None = None
         """A write failed: the status the call really ended with, which
-        receive raises in place of what the call now says."""
-        self._ended_ok = False
-        """A write failed because the server had ended the call with OK:
-        receive reports the stream's end."""
+        receive reports in place of what the call now says (OK: the stream's
+        end; any other code: raised)."""
         self._call.add_done_callback(self._on_done)
 
     def _on_done(self, call: grpc.aio.Call) -> None:
@@ -216,16 +214,13 @@ class TrainCall:
 
     async def _open(self, hello: TrainHelloInfo) -> TrainWelcomeInfo:
         if not await self._write_all((hello,), None):
-            if self._failed is not None:
-                raise self._failed
+            if self._ended is not None and self._ended.code() != grpc.StatusCode.OK:
+                raise self._ended
             raise WireError("TrainResponse", "main server ended the call before its welcome")
         msg = await self._read()
         if msg is grpc.aio.EOF:
             raise WireError("TrainResponse", "main server did not answer hello with welcome")
-        welcome = self._reader.feed(msg)
-        if not isinstance(welcome, TrainWelcomeInfo):  # feed refuses anything else first
-            raise WireError("TrainResponse", "main server did not answer hello with welcome")
-        return welcome
+        return self._reader.feed(msg)  # type: ignore[return-value]  # the first: a welcome or raises
 
     def send(
         self, requests: Sequence[Any], sizes: Sequence[int] | None = None, pace: Pace | None = None
@@ -252,11 +247,7 @@ class TrainCall:
                 await self._write_paced(requests, *paced)
         except _CALL_ENDED as err:
             log.debug("Train call ended while writing: %s", err)
-            status = await self._real_status()
-            if status.code() == grpc.StatusCode.OK:
-                self._ended_ok = True  # the server ended the stream: no error
-            else:
-                self._failed = status
+            self._ended = await self._real_status()
             return False
         return True
 
@@ -310,17 +301,7 @@ class TrainCall:
     async def _read(self) -> Any:
         """The call's next message, EOF, or its status raised. grpc.aio hands
         over None for a message the deserializer could not decode (it logs
-        the error): the call is cancelled and that is a WireError. A call
-        cancelled here (cancel(), or a read an interrupt left) is CANCELLED,
-        raised as a status as the sync API raised it (grpc.aio raises
-        asyncio.CancelledError for it, which would read as this task's own)."""
-        if self._call.cancelled():
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.CANCELLED,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "the Train call was cancelled on this side",
-            )
+        the error): the call is cancelled and that is a WireError."""
         msg = await self._call.read()
         if msg is None:
             self._call.cancel()
@@ -328,11 +309,21 @@ class TrainCall:
         return msg
 
     async def _receive(self) -> StepDownload | None:
-        if self._failed is not None:
-            raise self._failed
-        if self._ended_ok:
+        if self._ended is not None:
+            if self._ended.code() != grpc.StatusCode.OK:
+                raise self._ended
             self._reader.end()
             return None
+        if self._call.cancelled():
+            # cancel(), or a read an interrupt left: CANCELLED, raised as a status
+            # as the sync API raised it (grpc.aio raises asyncio.CancelledError
+            # for it, which would read as this task's own).
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.CANCELLED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "the Train call was cancelled on this side",
+            )
         read, feed = self._read, self._reader.feed
         while True:
             msg = await read()
@@ -349,7 +340,7 @@ class TrainCall:
         self._link.run(self._finish())
 
     async def _finish(self) -> None:
-        if self._failed is None and not self._ended_ok and not self._call.done():
+        if self._ended is None and not self._call.done():
             try:
                 await self._call.done_writing()
             except Exception as err:  # noqa: BLE001 - the call ended meanwhile

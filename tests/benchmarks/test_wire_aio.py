@@ -29,7 +29,7 @@ def test_the_aio_client_echoes_bit_exact_and_reads_an_eval_result(aio) -> None:
     async def steps() -> list[torch.Tensor | None]:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.bench_port}")
         try:
-            client = await aio.AioClient.to_train(channel)
+            client = await aio.AioClient.open(channel)
             got = [
                 await client.run_step((acts, mask, labels), "train"),
                 await client.run_step((acts, mask, labels), "eval"),

@@ -6,7 +6,6 @@ transfer). A training step's reply says the downlink rate the main server paced 
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from fedsllm.trace import Tracer
 from fedsllm.wire.messages import StepResultInfo, TrainWelcomeInfo, step_header_from_proto
 from fedsllm.wire.rpc import create_server, make_channel, stop_server
 from fedsllm.wire.train import ReceivedPart, parse_train_request
-from tests.loopback import serving_address
+from tests.loopback import main_server_address
 
 
 @pytest.fixture
@@ -120,14 +119,6 @@ def test_pull_global_returns_once_the_fed_server_answers() -> None:
         assert len(stub.requests) == 1
 
 
-def _main_server(servicer: object) -> contextlib.AbstractContextManager[str]:
-    """The address of `servicer`, a MainServer served on a free loopback port
-    and stopped afterwards."""
-    return serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)
-    )
-
-
 @pytest.mark.parametrize("asked_bps", [0.0, 2e6])
 def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
     from fedsllm.roles import build_part
@@ -156,7 +147,7 @@ def test_reply_says_the_downlink_rate_the_server_paced_at(asked_bps) -> None:
         pace=lambda _client, rate_bps, _nbytes, _new: paced.append(rate_bps),
     )
     g = torch.Generator().manual_seed(0)
-    with _main_server(service) as address:
+    with main_server_address(service) as address:
         stream = MainServerStream(address, 0, "h", "float32", 4096, downlink_bps=lambda: asked_bps)
         hidden = torch.randn(2, 8, cfg.hidden_size, generator=g)
         labels = torch.randint(3, 200, (2, 8), generator=g)
@@ -194,7 +185,7 @@ def _send_one_step(
     by a MainServerStream to a _RecordingMainServer: the recorder, and the
     bytes send_step says it sent."""
     recorder = _RecordingMainServer()
-    with _main_server(recorder) as address:
+    with main_server_address(recorder) as address:
         stream = MainServerStream(address, 0, "h", "float32", 4096, pace_up=pace_up)
         hidden = torch.randn(2, 8, 512)
         mask = torch.ones(2, 8, dtype=torch.int64)
@@ -286,7 +277,7 @@ def test_a_step_is_encoded_and_its_reply_read_on_the_callers_thread(monkeypatch)
 
     monkeypatch.setattr(train_module.StepPart, "pieces", spy_pieces)
     monkeypatch.setattr(train_module.DownlinkReader, "feed", spy_feed)
-    with _main_server(_ReplyingMainServer()) as address:
+    with main_server_address(_ReplyingMainServer()) as address:
         stream = MainServerStream(address, 0, "h", "float32", 4096)
         try:
             hidden = torch.randn(2, 8, 4096)  # 64 messages of 4 KiB

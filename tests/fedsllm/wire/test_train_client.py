@@ -27,7 +27,8 @@ from fedsllm.wire.train import (
     step_upload_requests,
 )
 from fedsllm.wire.train_client import LOST_STATUS, AioLink, TrainCall
-from tests.loopback import serving_address
+from tests.fedsllm.wire.test_rpc import _RpcError as _SyncError
+from tests.loopback import main_server_address
 
 HELLO = TrainHelloInfo(client_id=0, scenario_hash="h", wire_dtype="float32")
 CHUNK = 4096
@@ -151,9 +152,7 @@ def test_a_refusal_while_the_step_is_written_reaches_the_caller_with_its_code(li
     writes 63 more. gRPC's aio client loses that status to a failed write
     (LOST_STATUS, grpc/grpc#36066) whenever its loop takes the status first;
     the caller still gets the server's code and details, every time."""
-    with serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Refusing(), s)
-    ) as address:
+    with main_server_address(Refusing()) as address:
         aio = link(address)
         seen = []
         for _ in range(20):
@@ -173,9 +172,7 @@ def test_a_refusal_while_the_step_is_written_reaches_the_caller_with_its_code(li
 def test_steps_then_a_clean_end_then_a_cut_off_reply(link) -> None:
     """Each step's reply comes back whole; a server that ends the call cleanly
     gives None, one that ends it inside a reply a WireError naming the step."""
-    with serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(steps=2), s)
-    ) as address:
+    with main_server_address(Echo(steps=2)) as address:
         call = TrainCall(link(address), _specs)
         assert isinstance(call.open(HELLO), TrainWelcomeInfo)
         for step in range(2):
@@ -184,9 +181,7 @@ def test_steps_then_a_clean_end_then_a_cut_off_reply(link) -> None:
             assert reply is not None and reply.result.step == step
             assert torch.equal(reply.tensor("activations_grad"), torch.zeros(2, 4, 8))
         assert call.receive() is None
-    with serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(1, cut=True), s)
-    ) as address:
+    with main_server_address(Echo(1, cut=True)) as address:
         call = TrainCall(link(address), _specs)
         call.open(HELLO)
         call.send(_step(0))
@@ -197,9 +192,7 @@ def test_steps_then_a_clean_end_then_a_cut_off_reply(link) -> None:
 def test_a_pace_lets_each_message_go_and_needs_every_size(link) -> None:
     """With a pace, each message is written only after pace(size, first) returns;
     a pace without one size per message is refused before anything is sent."""
-    with serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(), s)
-    ) as address:
+    with main_server_address(Echo()) as address:
         call = TrainCall(link(address), _specs)
         call.open(HELLO)
         requests = _step(0)
@@ -214,9 +207,7 @@ def test_a_pace_lets_each_message_go_and_needs_every_size(link) -> None:
 
 def test_a_link_per_stream_each_on_its_own_loop(link) -> None:
     """Two streams in one thread, each on its own link and loop, take turns."""
-    with serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(Echo(), s)
-    ) as address:
+    with main_server_address(Echo()) as address:
         calls = [TrainCall(link(address), _specs) for _ in range(2)]
         for call in calls:
             call.open(HELLO)
@@ -236,20 +227,16 @@ def test_status_helpers_read_sync_and_aio_errors() -> None:
     )
     assert not isinstance(aio, grpc.Call)
     assert (status_code(aio), status_details(aio)) == (grpc.StatusCode.UNAVAILABLE, "gone")
+    sync = _SyncError(grpc.StatusCode.UNAVAILABLE, "gone")
+    assert (status_code(sync), status_details(sync)) == (grpc.StatusCode.UNAVAILABLE, "gone")
     assert (status_code(ValueError("x")), status_details(ValueError("x"))) == (None, "x")
-
-
-def _serve(servicer: object):
-    return serving_address(
-        lambda s: main_server_pb2_grpc.add_MainServerServicer_to_server(servicer, s)
-    )
 
 
 def test_a_clean_end_while_the_step_is_written_is_the_streams_end(link) -> None:
     """The server ends the call with OK at the step's first message: the step
     is not answered, and receive says the stream ended (None), as a sync
     call's iterator did, not an error whose code is OK."""
-    with _serve(EndsEarly()) as address:
+    with main_server_address(EndsEarly()) as address:
         aio = link(address)
         for _ in range(10):
             call = TrainCall(aio, _specs)
@@ -261,7 +248,7 @@ def test_a_clean_end_while_the_step_is_written_is_the_streams_end(link) -> None:
 def test_a_reply_the_codec_cannot_decode_is_a_wire_error(link) -> None:
     """grpc.aio hands the caller None for a message its deserializer could not
     decode (after logging it): that is a WireError, not an AttributeError."""
-    with _serve(Garbled()) as address:
+    with main_server_address(Garbled()) as address:
         call = TrainCall(link(address), _specs)
         call.open(HELLO)
         call.send(_step(0, numel=32))
@@ -280,7 +267,7 @@ def test_an_interrupt_while_waiting_leaves_no_read_behind(link) -> None:
     def interrupt(_signum, _frame):  # type: ignore[no-untyped-def]
         raise raised.pop(0)  # first the interrupt, then the watchdog's timeout
 
-    with _serve(Holding()) as address:
+    with main_server_address(Holding()) as address:
         aio = link(address)
         call = TrainCall(aio, _specs)
         call.open(HELLO)
@@ -304,10 +291,10 @@ def test_links_close_without_disturbing_another_loop(link, caplog) -> None:
     working, lets that call's last events land on its own loop before it
     closes: no "Event loop is closed" error reaches another loop's log."""
     caplog.set_level(logging.ERROR, logger="asyncio")
-    with _serve(Echo()) as address:
+    with main_server_address(Echo(steps=300)) as address:
         steady = TrainCall(link(address), _specs)
         steady.open(HELLO)
-        for step in range(30):
+        for step in range(300):  # the first form logged 0-3 errors in 30, 11 in 300
             other = AioLink(address)
             call = TrainCall(other, _specs)
             call.open(HELLO)
@@ -370,7 +357,7 @@ def test_closing_after_a_refused_reply_cancels_quietly() -> None:
     own error is the one that shows."""
     from client.remote import MainServerStream
 
-    with _serve(Echo(fill=float("nan"))) as address:
+    with main_server_address(Echo(fill=float("nan"))) as address:
         stream = MainServerStream(address, 0, "h", "float32", CHUNK)
         acts = torch.zeros(2, 4, 8)
         stream.send_step(0, 0, True, acts, torch.ones(2, 4, dtype=torch.int64), torch.ones(2, 4))
